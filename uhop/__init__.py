@@ -1,0 +1,21 @@
+"""UHOP: the Universal Hardware Optimization Platform.
+
+Public API::
+
+    import uhop
+
+    @uhop.optimize("matmul")
+    def mm(a, b):
+        return a @ b
+
+    uhop.ops.softmax(x)                     # direct use of an op
+    uhop.tune("matmul", dims=..., dtype=...)  # tune a problem ahead of time
+"""
+
+__version__ = "0.1.0"
+
+from uhop import ops  # noqa: E402
+from uhop.dispatch import optimize  # noqa: E402
+from uhop.tune.tuner import tune  # noqa: E402
+
+__all__ = ["__version__", "ops", "optimize", "tune"]

@@ -1,0 +1,73 @@
+"""Backend registry: name -> "module:Class", imported lazily so a missing optional dependency
+costs nothing until the backend is asked for (and then reports a one-line reason).
+
+Adding a backend is one new file and one line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from uhop.backends.base import Backend, Candidate, Kernel, convert
+from uhop.problem import Problem
+
+REGISTRY: dict[str, str] = {
+    "numpy": "uhop.backends.numpy:NumpyBackend",
+    "torch": "uhop.backends.torch:TorchBackend",
+    "numba": "uhop.backends.numba:NumbaBackend",
+    "triton": "uhop.backends.triton:TritonBackend",
+}
+
+_instances: dict[str, Backend] = {}
+
+
+class _Missing(Backend):
+    """Stands in for a backend whose module failed to import."""
+
+    ops = ()
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name  # type: ignore[misc]
+        self._reason = reason
+
+    def _probe(self) -> tuple[bool, str]:
+        return False, self._reason
+
+    def candidates(self, problem):  # pragma: no cover - never available
+        return []
+
+    def compile(self, candidate, problem):  # pragma: no cover
+        raise RuntimeError(self._reason)
+
+
+def get(name: str) -> Backend:
+    if name not in _instances:
+        target = REGISTRY.get(name)
+        if target is None:
+            raise KeyError(f"unknown backend {name!r}; known: {', '.join(REGISTRY)}")
+        mod_name, cls_name = target.split(":")
+        try:
+            cls = getattr(importlib.import_module(mod_name), cls_name)
+            _instances[name] = cls()
+        except ImportError as exc:
+            _instances[name] = _Missing(name, f"not importable: {exc}")
+    return _instances[name]
+
+
+def all_backends() -> list[Backend]:
+    return [get(n) for n in REGISTRY]
+
+
+def for_problem(problem: Problem, allow: tuple[str, ...] = ()) -> list[Backend]:
+    """Available backends that support ``problem`` (restricted to ``allow`` if given)."""
+    out = []
+    for name in REGISTRY:
+        if allow and name not in allow:
+            continue
+        b = get(name)
+        if b.available and b.supports(problem):
+            out.append(b)
+    return out
+
+
+__all__ = ["Backend", "Candidate", "Kernel", "REGISTRY", "all_backends", "convert", "for_problem", "get"]

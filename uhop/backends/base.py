@@ -1,0 +1,115 @@
+"""The backend contract: one small class per backend, one file each, registered by name.
+
+A backend says whether it is available (and why not), yields :class:`Candidate` s for a
+:class:`~uhop.problem.Problem` (a kernel template plus a config dict), and compiles a candidate
+into a kernel: ``kernel(*inputs) -> output``, where ``inputs`` are ``problem.arity`` arrays of
+the backend's array library (``array``) on the problem's device, and the output is a new array
+of the problem's dtype and the op's output shape that aliases no input. Kernels never write to
+their inputs. Compile errors are raised; the tuner turns them into ``Measurement`` values.
+"""
+
+from __future__ import annotations
+
+import functools
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from uhop.problem import Problem
+
+Kernel = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    backend: str
+    template: str
+    config: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def of(cls, backend: str, template: str, **config: Any) -> Candidate:
+        return cls(backend, template, tuple(sorted(config.items())))
+
+    @property
+    def cfg(self) -> dict[str, Any]:
+        return dict(self.config)
+
+    @property
+    def id(self) -> str:
+        cfg = ",".join(f"{k}={v}" for k, v in self.config)
+        return f"{self.backend}/{self.template}" + (f"{{{cfg}}}" if cfg else "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"backend": self.backend, "template": self.template, "config": dict(self.config)}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Candidate:
+        return cls.of(d["backend"], d["template"], **d.get("config", {}))
+
+
+class Backend(ABC):
+    name: ClassVar[str]
+    #: array library the kernels take and return: "numpy" or "torch"
+    array: ClassVar[str] = "numpy"
+    #: device kinds served: "cpu", "cuda"
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    #: a vendor/library path (BLAS, cuBLAS, cuDNN): the "library baseline" in benchmarks
+    vendor: ClassVar[bool] = False
+    #: generated code from UHOP's own templates runs in-process; untrusted code never does
+    trusted: ClassVar[bool] = True
+    ops: ClassVar[tuple[str, ...]] = ()
+    dtypes: ClassVar[tuple[str, ...]] = ("float32", "float64")
+
+    @functools.cached_property
+    def availability(self) -> tuple[bool, str]:
+        """(available, reason). Reason is one line: why not, or what was found."""
+        try:
+            return self._probe()
+        except Exception as exc:  # a broken optional install must not break UHOP
+            return False, f"{type(exc).__name__}: {exc}"
+
+    @property
+    def available(self) -> bool:
+        return self.availability[0]
+
+    def _probe(self) -> tuple[bool, str]:
+        return True, "built in"
+
+    def supports(self, problem: Problem) -> bool:
+        return (
+            problem.op in self.ops
+            and problem.dtype in self.dtypes
+            and problem.device.split(":")[0] in self.devices
+        )
+
+    @abstractmethod
+    def candidates(self, problem: Problem) -> Sequence[Candidate]:
+        """Configs worth trying for ``problem``, best guess first (the ``fast`` policy's pick)."""
+
+    @abstractmethod
+    def compile(self, candidate: Candidate, problem: Problem) -> Kernel:
+        """A kernel for ``problem`` (raise on failure; the tuner records it)."""
+
+    def synchronize(self, device: str) -> None:
+        """Wait for all work on ``device`` (GPU backends; timing calls it)."""
+
+    def to_native(self, x: Any, device: str) -> Any:
+        """Convert a numpy array or torch tensor to this backend's array library (zero-copy on CPU)."""
+        return convert(x, self.array, device)
+
+
+def convert(x: Any, array: str, device: str = "cpu") -> Any:
+    if x is None:
+        return None
+    if array == "numpy":
+        if hasattr(x, "detach") and not isinstance(x, __import__("numpy").ndarray):
+            return x.detach().cpu().numpy()
+        return x
+    if array == "torch":
+        import torch
+
+        if isinstance(x, torch.Tensor):
+            return x if str(x.device) == device or device == "cpu" and x.device.type == "cpu" else x.to(device)
+        return torch.from_numpy(x).to(device) if device != "cpu" else torch.from_numpy(x)
+    raise ValueError(f"unknown array library {array!r}")

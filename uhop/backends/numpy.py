@@ -1,0 +1,271 @@
+"""numpy backend: the vendor BLAS path (OpenBLAS/MKL through ``np.matmul``), the plain eager
+formulas (the baseline everyone starts from), and cache-blocked in-place variants that keep
+temporaries in L2 instead of streaming whole intermediate arrays through memory."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from uhop.backends.base import Backend, Candidate, Kernel
+from uhop.ops import expr as ex
+from uhop.problem import Problem
+
+try:  # scipy's erf is a real ufunc (with out=); without it gelu falls back to math.erf
+    from scipy.special import erf as _erf_ufunc
+except ImportError:  # pragma: no cover - depends on the environment
+    _erf_ufunc = None
+
+
+def _erf(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    if _erf_ufunc is not None:
+        return _erf_ufunc(x, out=out)
+    out[...] = np.vectorize(math.erf, otypes=[np.float64])(x)
+    return out
+
+
+def _sigmoid(x, out):
+    np.negative(x, out=out)
+    np.exp(out, out=out)
+    out += 1.0
+    return np.reciprocal(out, out=out)
+
+
+def _silu(x, out):
+    _sigmoid(x, out)
+    return np.multiply(x, out, out=out)
+
+
+def _gelu(x, out):
+    np.multiply(x, 1.0 / math.sqrt(2.0), out=out)
+    _erf(out, out)
+    out += 1.0
+    out *= 0.5
+    return np.multiply(x, out, out=out)
+
+
+def _rsqrt(x, out):
+    np.sqrt(x, out=out)
+    return np.reciprocal(out, out=out)
+
+
+#: expr function name -> f(*args, out=out) writing into ``out`` (args may be scalars)
+INPLACE: dict[str, Callable[..., Any]] = {
+    "add": lambda a, b, out: np.add(a, b, out=out),
+    "sub": lambda a, b, out: np.subtract(a, b, out=out),
+    "mul": lambda a, b, out: np.multiply(a, b, out=out),
+    "div": lambda a, b, out: np.true_divide(a, b, out=out),
+    "pow": lambda a, b, out: np.power(a, b, out=out),
+    "maximum": lambda a, b, out: np.maximum(a, b, out=out),
+    "minimum": lambda a, b, out: np.minimum(a, b, out=out),
+    "neg": lambda a, out: np.negative(a, out=out),
+    "abs": lambda a, out: np.abs(a, out=out),
+    "exp": lambda a, out: np.exp(a, out=out),
+    "log": lambda a, out: np.log(a, out=out),
+    "sqrt": lambda a, out: np.sqrt(a, out=out),
+    "rsqrt": _rsqrt,
+    "tanh": lambda a, out: np.tanh(a, out=out),
+    "sin": lambda a, out: np.sin(a, out=out),
+    "cos": lambda a, out: np.cos(a, out=out),
+    "sigmoid": _sigmoid,
+    "relu": lambda a, out: np.maximum(a, 0.0, out=out),
+    "silu": _silu,
+    "gelu": _gelu,
+    "erf": _erf,
+    "square": lambda a, out: np.square(a, out=out),
+    "reciprocal": lambda a, out: np.reciprocal(a, out=out),
+}
+
+
+def _flat_program(e: ex.Expr) -> tuple[list[tuple[str, tuple[Any, ...], int]], int]:
+    """Post-order instructions (fn, args, dest) over temp slots; args are ('v', i), ('c', value)
+    or ('t', slot). Returns instructions and the slot count; the last instruction is the result."""
+    slots: dict[ex.Expr, int] = {}
+    prog = []
+    for n in ex.nodes(e):
+        if isinstance(n, ex.Call):
+            args = []
+            for a in n.args:
+                if isinstance(a, ex.Var):
+                    args.append(("v", a.index))
+                elif isinstance(a, ex.Const):
+                    args.append(("c", a.value))
+                else:
+                    args.append(("t", slots[a]))
+            slots[n] = len(slots)
+            prog.append((n.fn, tuple(args), slots[n]))
+    return prog, len(slots)
+
+
+def elementwise_kernel(expr_text: str, dtype: str, block: int) -> Kernel:
+    """Evaluate the chain over blocks of ``block`` elements with in-place ufuncs into per-block
+    temporaries, so intermediates live in cache (block=0: whole arrays, the eager baseline)."""
+    e = ex.parse(expr_text)
+    if isinstance(e, ex.Var):
+        return lambda *xs: np.array(xs[e.index], dtype=dtype, copy=True)
+    prog, nslots = _flat_program(e)
+    np_dtype = np.dtype(dtype)
+
+    def kernel(*xs: np.ndarray) -> np.ndarray:
+        shape = xs[0].shape
+        flat = [np.ascontiguousarray(x).reshape(-1) for x in xs]
+        n = flat[0].size
+        out = np.empty(n, dtype=np_dtype)
+        b = n if block <= 0 else block
+        tmp = [np.empty(min(b, n), dtype=np_dtype) for _ in range(nslots)]
+        with np.errstate(all="ignore"):
+            for s in range(0, n, b):
+                e_ = min(s + b, n)
+                m = e_ - s
+                views = [f[s:e_] for f in flat]
+                for i, (fn, args, dest) in enumerate(prog):
+                    vals = [views[v] if k == "v" else (np_dtype.type(v) if k == "c" else tmp[v][:m]) for k, v in args]
+                    target = out[s:e_] if i == len(prog) - 1 else tmp[dest][:m]
+                    INPLACE[fn](*vals, out=target)
+        return out.reshape(shape)
+
+    return kernel
+
+
+def _rows(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x).reshape(-1, x.shape[-1])
+
+
+def softmax_kernel(block: int) -> Kernel:
+    def kernel(x: np.ndarray) -> np.ndarray:
+        x2 = _rows(x)
+        out = np.empty_like(x2)
+        R = x2.shape[0]
+        b = R if block <= 0 else block
+        with np.errstate(all="ignore"):
+            for r in range(0, R, b):
+                blk, o = x2[r : r + b], out[r : r + b]
+                np.subtract(blk, blk.max(axis=1, keepdims=True), out=o)
+                np.exp(o, out=o)
+                o /= o.sum(axis=1, keepdims=True)
+        return out.reshape(x.shape)
+
+    return kernel
+
+
+def norm_kernel(kind: str, eps: float, block: int) -> Kernel:
+    def kernel(x: np.ndarray, weight: np.ndarray | None = None, bias: np.ndarray | None = None) -> np.ndarray:
+        x2 = _rows(x)
+        out = np.empty_like(x2)
+        R, N = x2.shape
+        b = R if block <= 0 else block
+        with np.errstate(all="ignore"):
+            for r in range(0, R, b):
+                blk, o = x2[r : r + b], out[r : r + b]
+                if kind == "layernorm":
+                    np.subtract(blk, blk.mean(axis=1, keepdims=True), out=o)
+                    var = np.einsum("ij,ij->i", o, o)[:, None] / N
+                else:
+                    var = np.einsum("ij,ij->i", blk, blk)[:, None] / N
+                    o[...] = blk
+                var += eps
+                o /= np.sqrt(var)
+                if weight is not None:
+                    o *= weight
+                if bias is not None:
+                    o += bias
+        return out.reshape(x.shape)
+
+    return kernel
+
+
+def matmul_kernel(activation: str, dtype: str) -> Kernel:
+    act = None if activation == "none" else INPLACE[activation]
+
+    def kernel(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+        y = np.matmul(a, b)
+        if bias is not None:
+            y += bias
+        if act is not None:
+            tmp = np.empty_like(y)
+            act(y, out=tmp)
+            y = tmp
+        return y
+
+    return kernel
+
+
+def attention_kernel(causal: bool) -> Kernel:
+    def kernel(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+        s = np.matmul(q, np.swapaxes(k, -1, -2))
+        s *= q.dtype.type(1.0 / math.sqrt(q.shape[-1]))
+        if causal:
+            S, L = s.shape[-2], s.shape[-1]
+            s[..., np.triu(np.ones((S, L), dtype=bool), k=1)] = -np.inf
+        s -= s.max(axis=-1, keepdims=True)
+        np.exp(s, out=s)
+        s /= s.sum(axis=-1, keepdims=True)
+        return np.matmul(s, v)
+
+    return kernel
+
+
+def conv2d_kernel(stride: int, padding: int) -> Kernel:
+    """im2col + one BLAS GEMM."""
+
+    def kernel(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+        if padding:
+            x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+        N, C, H, W = x.shape
+        K, _, R, S = w.shape
+        P, Q = (H - R) // stride + 1, (W - S) // stride + 1
+        win = np.lib.stride_tricks.sliding_window_view(x, (R, S), axis=(2, 3))[:, :, ::stride, ::stride][:, :, :P, :Q]
+        cols = np.ascontiguousarray(win.transpose(0, 2, 3, 1, 4, 5)).reshape(N * P * Q, C * R * S)
+        y = cols @ w.reshape(K, C * R * S).T
+        if bias is not None:
+            y += bias
+        return np.ascontiguousarray(y.reshape(N, P, Q, K).transpose(0, 3, 1, 2))
+
+    return kernel
+
+
+class NumpyBackend(Backend):
+    name = "numpy"
+    array = "numpy"
+    vendor = True
+    ops = ("matmul", "softmax", "layernorm", "rmsnorm", "elementwise", "attention", "conv2d")
+    dtypes = ("float32", "float64", "float16")
+
+    def _probe(self) -> tuple[bool, str]:
+        blas = "BLAS"
+        try:
+            cfg = np.show_config(mode="dicts")  # numpy >= 1.26
+            blas = cfg["Build Dependencies"]["blas"]["name"]
+        except Exception:
+            pass
+        return True, f"numpy {np.__version__} ({blas})"
+
+    def candidates(self, problem: Problem) -> list[Candidate]:
+        op, c = problem.op, Candidate.of
+        if op == "matmul":
+            return [c("numpy", "blas")]
+        if op == "attention":
+            return [c("numpy", "eager")]
+        if op == "conv2d":
+            return [c("numpy", "im2col")]
+        # Row ops and chains: block=0 is the eager baseline; blocks keep temporaries in L2.
+        if op == "elementwise":
+            return [c("numpy", "blocked", block=b) for b in (16384, 65536, 262144)] + [c("numpy", "eager", block=0)]
+        return [c("numpy", "blocked", block=b) for b in (16, 64, 256)] + [c("numpy", "eager", block=0)]
+
+    def compile(self, candidate: Candidate, problem: Problem) -> Kernel:
+        p, cfg = problem.param, candidate.cfg
+        if problem.op == "matmul":
+            return matmul_kernel(p["activation"], problem.dtype)
+        if problem.op == "attention":
+            return attention_kernel(p["causal"])
+        if problem.op == "conv2d":
+            return conv2d_kernel(p["stride"], p["padding"])
+        if problem.op == "elementwise":
+            return elementwise_kernel(p["expr"], problem.dtype, cfg["block"])
+        if problem.op == "softmax":
+            return softmax_kernel(cfg["block"])
+        return norm_kernel(problem.op, p["eps"], cfg["block"])

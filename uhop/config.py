@@ -1,0 +1,124 @@
+"""Every ``UHOP_*`` setting, declared once, typed, with a context override for tests.
+
+Settings are read from the environment when :func:`settings` is first called and cached;
+:func:`override` swaps in changed values for the duration of a ``with`` block (tests, CLI flags).
+
+| variable | default | meaning |
+| --- | --- | --- |
+| ``UHOP_HOME`` | user cache dir / ``uhop`` | where the kernel store and artifacts live |
+| ``UHOP_STORE`` | ``sqlite:///$UHOP_HOME/uhop.db`` | store URL (``sqlite:///path`` or ``postgresql://...``) |
+| ``UHOP_DISABLE`` | ``0`` | ``1``: ``@uhop.optimize`` calls the user's function directly |
+| ``UHOP_POLICY`` | ``tune`` | ``tune`` (measure candidates) or ``fast`` (choose without timing) |
+| ``UHOP_TUNE_BUDGET_S`` | ``20`` | wall-clock budget for tuning one problem, seconds |
+| ``UHOP_BENCH_MIN_S`` | ``0.05`` | minimum measured time per candidate, seconds |
+| ``UHOP_BENCH_REPEAT`` | ``7`` | maximum timed repeats per candidate |
+| ``UHOP_SHAPE_BUCKETS`` | ``exact`` | ``exact`` or ``pow2``: how dims map to a shape class |
+| ``UHOP_BACKENDS`` | (all) | comma-separated allowlist of backend names |
+| ``UHOP_VALIDATION_TRIALS`` | ``3`` | fresh random draws each candidate must pass |
+| ``UHOP_LOG`` | ``WARNING`` | log level of the ``uhop`` logger |
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _default_home() -> Path:
+    try:
+        import platformdirs
+
+        return Path(platformdirs.user_cache_dir("uhop"))
+    except ImportError:  # pragma: no cover - platformdirs is a core dependency
+        return Path.home() / ".cache" / "uhop"
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    return raw.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path = field(default_factory=_default_home)
+    store_url: str = ""
+    disable: bool = False
+    policy: str = "tune"
+    tune_budget_s: float = 20.0
+    bench_min_s: float = 0.05
+    bench_repeat: int = 7
+    shape_buckets: str = "exact"
+    backends: tuple[str, ...] = ()
+    validation_trials: int = 3
+    log_level: str = "WARNING"
+
+    def __post_init__(self) -> None:
+        if self.policy not in ("tune", "fast"):
+            raise ValueError(f"UHOP_POLICY must be 'tune' or 'fast', got {self.policy!r}")
+        if self.shape_buckets not in ("exact", "pow2"):
+            raise ValueError(f"UHOP_SHAPE_BUCKETS must be 'exact' or 'pow2', got {self.shape_buckets!r}")
+        if self.tune_budget_s <= 0:
+            raise ValueError(f"UHOP_TUNE_BUDGET_S must be > 0, got {self.tune_budget_s}")
+        if self.validation_trials < 1:
+            raise ValueError(f"UHOP_VALIDATION_TRIALS must be >= 1, got {self.validation_trials}")
+
+    @property
+    def resolved_store_url(self) -> str:
+        return self.store_url or f"sqlite:///{self.home / 'uhop.db'}"
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        env = os.environ.get
+        home = env("UHOP_HOME")
+        backends = tuple(b.strip() for b in env("UHOP_BACKENDS", "").split(",") if b.strip())
+        return cls(
+            home=Path(home).expanduser() if home else _default_home(),
+            store_url=env("UHOP_STORE", ""),
+            disable=_env_bool("UHOP_DISABLE", False),
+            policy=env("UHOP_POLICY", "tune").strip().lower(),
+            tune_budget_s=float(env("UHOP_TUNE_BUDGET_S", "20")),
+            bench_min_s=float(env("UHOP_BENCH_MIN_S", "0.05")),
+            bench_repeat=int(env("UHOP_BENCH_REPEAT", "7")),
+            shape_buckets=env("UHOP_SHAPE_BUCKETS", "exact").strip().lower(),
+            backends=backends,
+            validation_trials=int(env("UHOP_VALIDATION_TRIALS", "3")),
+            log_level=env("UHOP_LOG", "WARNING").upper(),
+        )
+
+
+_current: Settings | None = None
+
+
+def settings() -> Settings:
+    """The settings in force (environment at first use, or the innermost :func:`override`)."""
+    global _current
+    if _current is None:
+        _current = Settings.from_env()
+    return _current
+
+
+def reload() -> Settings:
+    """Re-read the environment (after ``os.environ`` changed)."""
+    global _current
+    _current = Settings.from_env()
+    return _current
+
+
+@contextlib.contextmanager
+def override(**changes: object) -> Iterator[Settings]:
+    """Temporarily replace settings fields, e.g. ``with override(home=tmp_path, policy="fast"):``."""
+    global _current
+    previous = settings()
+    if "home" in changes and changes["home"] is not None:
+        changes["home"] = Path(changes["home"])  # type: ignore[arg-type]
+    _current = dataclasses.replace(previous, **changes)  # type: ignore[arg-type]
+    try:
+        yield _current
+    finally:
+        _current = previous

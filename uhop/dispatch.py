@@ -1,0 +1,359 @@
+"""The runtime path: arguments -> problem key -> store -> kernel -> call.
+
+The hot path (a cache hit) is a signature tuple of the arguments, one dict lookup and the call;
+everything else (tracing, parameter inference, agreement checks, tuning, loading from the store)
+happens once per new signature, in :meth:`Optimized._miss`.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import itertools
+import logging
+import threading
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from uhop import backends as bk
+from uhop.backends.base import Backend, Candidate, Kernel
+from uhop.config import settings
+from uhop.errors import InputError, NoCandidateError
+from uhop.measure.validate import ValidationSet, agrees, check_kernel
+from uhop.ops import get as get_op
+from uhop.ops.base import Op, dtype_name, is_array
+from uhop.ops.elementwise import UnsupportedInput
+from uhop.ops.expr import TraceError, trace
+from uhop.problem import Problem
+
+log = logging.getLogger("uhop")
+
+
+class UhopWarning(UserWarning):
+    """UHOP fell back to the user's function or re-tuned a stale entry."""
+
+
+_ND = np.ndarray
+
+
+def _arg_sig(a: Any) -> Any:
+    if type(a) is _ND:
+        return (a.shape, a.dtype.num, a.flags.c_contiguous)
+    if a is None:
+        return None
+    if hasattr(a, "is_contiguous"):  # torch.Tensor
+        return (a.shape, a.dtype, a.is_contiguous(), a.device)
+    return (type(a), a)
+
+
+def _array_kind(args: Sequence[Any]) -> tuple[str, str]:
+    kinds = set()
+    device = "cpu"
+    for a in args:
+        if a is None:
+            continue
+        if isinstance(a, np.ndarray):
+            kinds.add("numpy")
+        elif hasattr(a, "is_contiguous"):
+            kinds.add("torch")
+            if a.device.type != "cpu":
+                device = f"{a.device.type}:{a.device.index or 0}"
+        elif hasattr(a, "__dlpack__"):
+            kinds.add("dlpack")
+    if len(kinds) > 1:
+        raise InputError(f"inputs mix array libraries ({', '.join(sorted(kinds))}); pass all numpy or all torch")
+    return (kinds.pop() if kinds else "numpy"), device
+
+
+def _is_contiguous(a: Any) -> bool:
+    return bool(a.flags.c_contiguous) if isinstance(a, np.ndarray) else bool(a.is_contiguous())
+
+
+def make_problem(spec: Op, args: Sequence[Any], params: Mapping[str, Any]) -> Problem:
+    """Validate inputs (clear :class:`InputError` s) and build the problem they pose."""
+    args = list(args)
+    while args and args[-1] is None and not spec.variadic:
+        args.pop()
+    for i, a in enumerate(args):
+        if a is None:
+            later = next(n for n, b in zip(spec.arg_names(len(args))[i + 1 :], args[i + 1 :], strict=False) if b is not None)
+            raise InputError(f"{spec.name}: {spec.arg_names(len(args))[i]} is None but {later} is given; pass both")
+    p = spec.normalize_params(params)
+    dims = spec.check(args, p)
+    dtype = spec.check_dtypes(args)
+    array, device = _array_kind(args)
+    layout = "contiguous" if all(_is_contiguous(a) for a in args) else "strided"
+    return Problem.make(spec.name, dims, dtype, p, len(args), layout, device, array)
+
+
+# ---- resolving a problem to a kernel --------------------------------------------------------
+_resolved: dict[str, tuple[Kernel, Backend, Candidate]] = {}
+_lock = threading.RLock()
+
+
+def _warn(msg: str) -> None:
+    warnings.warn(msg, UhopWarning, stacklevel=4)
+
+
+def resolve(problem: Problem, policy: str | None = None) -> tuple[Kernel, Backend, Candidate]:
+    """The kernel for ``problem``: from this process, else from the store (re-validated once, and
+    discarded if its content hash no longer matches), else tuned now."""
+    from uhop.store import open_store
+    from uhop.tune.tuner import content_hash, tune
+
+    s = settings()
+    key = problem.key(s.shape_buckets)
+    hit = _resolved.get(key)
+    if hit is not None:
+        return hit
+    with _lock:
+        if key in _resolved:
+            return _resolved[key]
+        store = open_store()
+        entry = store.get(key)
+        if entry is not None:
+            cand = Candidate.from_json(entry.candidate)
+            try:
+                backend = bk.get(cand.backend)
+            except KeyError:
+                backend = None
+            if backend is None or not (backend.available and backend.supports(problem)):
+                _warn(f"stored kernel {cand.id} for {problem.describe()} needs an unavailable backend; re-tuning")
+            elif entry.content_hash and entry.content_hash != content_hash(cand, key, backend):
+                _warn(f"stored kernel {cand.id} for {problem.describe()} is stale (content hash changed); re-tuning")
+            else:
+                try:
+                    kernel = backend.compile(cand, problem)
+                    verdict = check_kernel(kernel, ValidationSet(problem, trials=1), backend.array, problem.device)
+                except Exception as exc:  # a stored entry that no longer builds: re-tune
+                    verdict = None
+                    _warn(f"stored kernel {cand.id} failed to build ({exc}); re-tuning")
+                if verdict is not None and verdict.ok:
+                    _resolved[key] = (kernel, backend, cand)
+                    return _resolved[key]
+                if verdict is not None:
+                    _warn(f"stored kernel {cand.id} failed validation ({verdict.status}: {verdict.reason}); re-tuning")
+        res = tune(problem=problem, policy=policy, store=store)
+        assert res.kernel is not None and res.backend is not None and res.best is not None
+        _resolved[key] = (res.kernel, res.backend, res.best.candidate)
+        return _resolved[key]
+
+
+def _adapt(kernel: Kernel, backend: Backend, problem: Problem) -> Kernel:
+    """Wrap a kernel so it takes and returns the caller's array library (zero-copy on CPU)."""
+    if backend.array == problem.array:
+        return kernel
+    to = backend.to_native
+    dev = problem.device
+    if problem.array == "torch":
+        import torch
+
+        def from_numpy_kernel(*args: Any) -> Any:
+            return torch.from_numpy(kernel(*[to(a, dev) for a in args]))
+
+        return from_numpy_kernel
+
+    def from_torch_kernel(*args: Any) -> Any:
+        return kernel(*[to(a, dev) for a in args]).cpu().numpy()
+
+    return from_torch_kernel
+
+
+def _resolve_adapted(problem: Problem, policy: str | None) -> Kernel:
+    kernel, backend, _ = resolve(problem, policy)
+    return _adapt(kernel, backend, problem)
+
+
+def clear_process_cache() -> None:
+    """Forget kernels resolved in this process (tests; after ``uhop cache clear``)."""
+    _resolved.clear()
+    _direct_cache.clear()
+
+
+# ---- uhop.ops.<op>(...) -------------------------------------------------------------------
+_direct_cache: dict[Any, Kernel] = {}
+
+
+def call_op(op_name: str, args: Sequence[Any], params: Mapping[str, Any]) -> Any:
+    try:
+        sig = (op_name, tuple(sorted(params.items())), tuple(map(_arg_sig, args)))
+        k = _direct_cache.get(sig)
+    except TypeError:  # unhashable argument: let the checks below name it
+        sig, k = None, None
+    if k is not None:
+        return k(*args)
+    spec = get_op(op_name)
+    if settings().disable:
+        return _reference_call(spec, args, params)
+    try:
+        problem = make_problem(spec, args, params)
+    except UnsupportedInput:
+        return _reference_call(spec, args, params)
+    k = _resolve_adapted(problem, None)
+    if sig is not None:
+        _direct_cache[sig] = k
+    return k(*args)
+
+
+def _reference_call(spec: Op, args: Sequence[Any], params: Mapping[str, Any]) -> Any:
+    """Evaluate with the numpy backend's eager path in the inputs' dtype (UHOP_DISABLE=1, or
+    inputs UHOP's kernels don't take, such as broadcasting elementwise inputs)."""
+    from uhop.ops.base import as_f64
+
+    p = spec.normalize_params(params)
+    array, _ = _array_kind(args)
+    out = spec.reference(*[as_f64(a) for a in args], **p)
+    dt = dtype_name(next(a for a in args if a is not None))
+    if array == "torch":
+        import torch
+
+        return torch.from_numpy(out).to(dtype=getattr(torch, dt), device=next(a for a in args if a is not None).device)
+    return out.astype(dt)
+
+
+# ---- @uhop.optimize ---------------------------------------------------------------------------
+def _small_like(args: Sequence[Any], rng: np.random.Generator) -> list[Any]:
+    """Random inputs shaped like ``args`` with every dim capped at 8 (equal dims stay equal, so
+    shape relations such as a shared K survive)."""
+    out = []
+    for a in args:
+        if not is_array(a):
+            out.append(a)
+            continue
+        shape = tuple(min(int(d), 8) for d in a.shape)
+        x = rng.uniform(-1, 1, size=shape)
+        if isinstance(a, np.ndarray):
+            out.append(x.astype(a.dtype))
+        else:
+            import torch
+
+            out.append(torch.from_numpy(x).to(dtype=a.dtype, device=a.device))
+    return out
+
+
+class Optimized:
+    """A user function bound to an op; calls dispatch to UHOP's kernel for each new signature."""
+
+    def __init__(self, fn: Callable[..., Any], op: str, params: Mapping[str, Any], policy: str | None) -> None:
+        self.fn = fn
+        self.spec = get_op(op)
+        self.params = dict(params)
+        self.policy = policy
+        self._kernels: dict[Any, Callable[..., Any]] = {}
+        self._semantics: dict[Any, dict[str, Any] | None] = {}
+        self._sig = inspect.signature(fn)
+        self._lock = threading.Lock()
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs:
+            args = self._bind(args, kwargs)
+        try:
+            k = self._kernels.get(tuple(map(_arg_sig, args)))
+        except TypeError:  # unhashable (a list, say): the user's function decides what it means
+            return self.fn(*args)
+        if k is None:
+            return self._miss(args)
+        return k(*args)
+
+    def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+        bound = self._sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return tuple(bound.arguments.values())
+
+    # ---- first call with a new signature ----------------------------------------------------
+    def _miss(self, args: tuple[Any, ...]) -> Any:
+        sig = tuple(map(_arg_sig, args))
+        if settings().disable or not all(a is None or is_array(a) for a in args):
+            return self.fn(*args)
+        try:
+            params = self._semantics_for(args)
+            if params is None:  # the function is not this op: keep calling it
+                self._kernels[sig] = self.fn
+                return self.fn(*args)
+            problem = make_problem(self.spec, args, params)
+        except UnsupportedInput:
+            return self.fn(*args)
+        try:
+            kernel = _resolve_adapted(problem, self.policy)
+        except NoCandidateError as exc:
+            _warn(f"{self.fn.__qualname__}: {exc}; calling the function as written")
+            kernel = self.fn
+        self._kernels[sig] = kernel
+        return kernel(*args)
+
+    def _semantics_for(self, args: Sequence[Any]) -> dict[str, Any] | None:
+        """The op params the function implements for inputs of this arity, ranks and library
+        (traced for elementwise, probed for unstated discrete params), or None if it matches no
+        setting of the op's reference."""
+        skey = tuple((type(a), getattr(a, "ndim", None), dtype_name(a)) for a in args)
+        if skey in self._semantics:
+            return self._semantics[skey]
+        with self._lock:
+            params = self._infer(args)
+            self._semantics[skey] = params
+        return params
+
+    def _infer(self, args: Sequence[Any]) -> dict[str, Any] | None:
+        name = self.fn.__qualname__
+        given = dict(self.params)
+        if self.spec.name == "elementwise" and "expr" not in given:
+            try:
+                given["expr"] = trace(self.fn, len(args)).text()
+            except TraceError as exc:
+                _warn(f"{name} is not an elementwise chain UHOP can fuse ({exc}); calling it as written")
+                return None
+        probe_names = [p for p in self.spec.params if p.choices is not None and p.name not in given]
+        options = [dict(zip([p.name for p in probe_names], combo, strict=True))
+                   for combo in itertools.product(*(p.choices for p in probe_names))] or [{}]  # fmt: skip
+        rng = np.random.default_rng()
+        small = _small_like(args, rng)
+        last = None
+        for opt in options:
+            params = {**given, **opt}
+            try:
+                problem = make_problem(self.spec, small, params)
+            except UnsupportedInput:
+                raise
+            except InputError as exc:
+                # Inputs the op cannot take: raise as the reference would (clear, names the argument).
+                raise InputError(f"{name}: {exc}") from None
+            v = agrees(self.fn, self.spec.reference, small, problem)
+            if v.ok:
+                log.debug("%s implements %s with %s", name, self.spec.name, params)
+                return params
+            last = v
+        detail = f"{last.status}: {last.reason}" if last else "no candidate params"
+        _warn(
+            f"{name} does not compute {self.spec.name}{' ' + str(given) if given else ''} "
+            f"({detail}); UHOP keeps calling it as written"
+        )
+        return None
+
+    def cache_info(self) -> dict[str, Any]:
+        return {"signatures": len(self._kernels), "semantics": dict(self._semantics)}
+
+
+def optimize(op: str, *, policy: str | None = None, **params: Any) -> Callable[[Callable[..., Any]], Any]:
+    """Decorate a plain function whose semantics are ``op``.
+
+    ``params`` fix op parameters (``activation="gelu"``, ``causal=True``, ``eps=1e-6``);
+    discrete ones left out are inferred by probing the function. ``policy`` overrides
+    ``UHOP_POLICY`` for this function. With ``UHOP_DISABLE=1`` the function is returned as is.
+    """
+    spec = get_op(op)  # unknown op: fail at decoration time, not at first call
+    spec.normalize_params({k: v for k, v in params.items()})
+    if policy is not None and policy not in ("tune", "fast"):
+        raise ValueError(f"policy must be 'tune' or 'fast', got {policy!r}")
+
+    def wrap(fn: Callable[..., Any]) -> Any:
+        if not callable(fn):
+            raise TypeError(f"@uhop.optimize({op!r}) must decorate a function, got {type(fn).__name__}")
+        if settings().disable:
+            return fn
+        return Optimized(fn, op, params, policy)
+
+    return wrap

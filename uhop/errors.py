@@ -1,0 +1,23 @@
+"""Exceptions UHOP raises to users. Candidate failures are values (``Measurement``), not these."""
+
+from __future__ import annotations
+
+
+class UhopError(Exception):
+    """Base class of every error UHOP raises on purpose."""
+
+
+class InputError(UhopError, ValueError):
+    """Bad input to an op: wrong type, rank, shape, dtype or an empty tensor.
+
+    The message names the argument and what was expected, as the reference would complain.
+    """
+
+
+class UnknownOpError(UhopError, KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class NoCandidateError(UhopError, RuntimeError):
+    """No backend produced a valid candidate for a problem."""

@@ -1,0 +1,150 @@
+"""Validation: no candidate is chosen unless it matches the float64 reference on fresh random
+inputs, several draws, with its output checked for shape, dtype, aliasing and untouched inputs."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from uhop.backends.base import convert
+from uhop.ops.base import as_f64, dtype_name
+from uhop.problem import Problem
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    status: str = "ok"  # ok | wrong-result | bad-output | input-mutated | stale-output | crash
+    reason: str = ""
+    max_err: float = 0.0
+
+
+@dataclass
+class Trial:
+    inputs: list[np.ndarray]  # numpy, in the problem's dtype (float32 stands in for bfloat16)
+    reference: np.ndarray  # float64, computed from the inputs as rounded to the problem's dtype
+
+
+class ValidationSet:
+    """Fresh random trials for one problem, drawn from a secret seed, reference computed once
+    (in this process, never by the candidate) and reused for every candidate of a tuning run."""
+
+    def __init__(self, problem: Problem, trials: int = 3, seed: int | None = None) -> None:
+        self.problem = problem
+        spec = problem.spec
+        rng = np.random.default_rng(secrets.randbits(63) if seed is None else seed)
+        self.trials: list[Trial] = []
+        for _ in range(trials):
+            xs = spec.make_inputs(problem.dim, problem.param, rng, problem.dtype, problem.arity)
+            if problem.dtype == "bfloat16":
+                xs = [_round_bf16(x) for x in xs]
+            ref = spec.reference(*[as_f64(x) for x in xs], **problem.param)
+            self.trials.append(Trial(xs, ref))
+
+    def native_inputs(self, trial: Trial, array: str, device: str) -> list[Any]:
+        out = []
+        for x in trial.inputs:
+            y = convert(x.copy(), array, device)
+            if array == "torch" and self.problem.dtype == "bfloat16":
+                import torch
+
+                y = y.to(torch.bfloat16)
+            out.append(y)
+        return out
+
+
+def _round_bf16(x: np.ndarray) -> np.ndarray:
+    """Round float32 values to the nearest bfloat16 (kept in float32), ties to even."""
+    u = x.astype(np.float32).view(np.uint32)
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000).astype(np.uint32)
+    return r.view(np.float32)
+
+
+def compare(out: Any, ref: np.ndarray, problem: Problem) -> Verdict:
+    """Compare a kernel output with the float64 reference under the op's tolerance."""
+    expected_shape = tuple(ref.shape)
+    if not hasattr(out, "shape") or not hasattr(out, "dtype"):
+        return Verdict(False, "bad-output", f"returned {type(out).__name__}, expected an array")
+    if tuple(out.shape) != expected_shape:
+        return Verdict(False, "bad-output", f"shape {tuple(out.shape)}, expected {expected_shape}")
+    if dtype_name(out) != problem.dtype:
+        return Verdict(False, "bad-output", f"dtype {dtype_name(out)}, expected {problem.dtype}")
+    got = as_f64(out)
+    rtol, atol = problem.spec.tolerance(problem.dtype, problem.dim, problem.param)
+    ref_nan, got_nan = np.isnan(ref), np.isnan(got)
+    if np.any(ref_nan != got_nan):
+        n = int(np.sum(ref_nan != got_nan))
+        return Verdict(False, "wrong-result", f"{n} element(s) NaN where the reference is not (or vice versa)", np.inf)
+    fin = np.isfinite(ref)
+    if np.any(~fin & ~ref_nan) and not np.array_equal(got[~fin & ~ref_nan], ref[~fin & ~ref_nan]):
+        return Verdict(False, "wrong-result", "infinities differ from the reference", np.inf)
+    err = np.abs(got[fin] - ref[fin])
+    bound = atol + rtol * np.abs(ref[fin])
+    max_err = float(err.max()) if err.size else 0.0
+    if not np.all(err <= bound):  # also false when got has NaN/inf where ref is finite
+        i = int(np.argmax(np.where(np.isfinite(err), err / bound, np.inf)))
+        return Verdict(
+            False, "wrong-result",
+            f"max abs error {max_err:.3g} (at flat index {i}: got {got[fin][i]:.6g}, expected {ref[fin][i]:.6g}; "
+            f"rtol={rtol:.1g}, atol={atol:.1g})", max_err,
+        )  # fmt: skip
+    return Verdict(True, "ok", "", max_err)
+
+
+def _shares_memory(a: Any, b: Any) -> bool:
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return np.shares_memory(a, b)
+    if hasattr(a, "untyped_storage") and hasattr(b, "untyped_storage"):
+        return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+    return False
+
+
+def check_kernel(
+    kernel: Callable[..., Any],
+    vset: ValidationSet,
+    array: str,
+    device: str,
+    sync: Callable[[], None] | None = None,
+) -> Verdict:
+    """Run ``kernel`` on every trial and compare. Exceptions become ``crash`` verdicts."""
+    problem = vset.problem
+    prev_out = None
+    worst = 0.0
+    for t, trial in enumerate(vset.trials):
+        xs = vset.native_inputs(trial, array, device)
+        before = [as_f64(x) for x in xs]
+        try:
+            out = kernel(*xs)
+            if sync:
+                sync()
+        except Exception as exc:
+            return Verdict(False, "crash", f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+        if any(_shares_memory(out, x) for x in xs):
+            return Verdict(False, "bad-output", "output aliases an input (return a new array)")
+        if prev_out is not None and _shares_memory(out, prev_out):
+            return Verdict(False, "stale-output", "returned the same buffer as the previous call")
+        for i, (x, b) in enumerate(zip(xs, before, strict=True)):
+            if not np.array_equal(as_f64(x), b, equal_nan=True):
+                return Verdict(False, "input-mutated", f"input {problem.spec.arg_names(len(xs))[i]} was modified")
+        v = compare(out, trial.reference, problem)
+        if not v.ok:
+            if t > 0 and prev_out is not None and compare(out, vset.trials[t - 1].reference, problem).ok:
+                return Verdict(False, "stale-output", "returned the previous call's result for new inputs")
+            return v
+        worst = max(worst, v.max_err)
+        prev_out = out
+    return Verdict(True, "ok", "", worst)
+
+
+def agrees(fn: Callable[..., Any], reference: Callable[..., np.ndarray], args: Sequence[Any], problem: Problem) -> Verdict:
+    """Does ``fn(*args)`` match the reference on ``args`` (used to check a decorated function)?"""
+    try:
+        out = fn(*args)
+    except Exception as exc:
+        return Verdict(False, "crash", f"{type(exc).__name__}: {exc}")
+    ref = reference(*[as_f64(a) for a in args], **problem.param)
+    return compare(out, ref, problem)

@@ -1,0 +1,60 @@
+"""The op registry, and ``uhop.ops.<op>(...)`` for direct use.
+
+``uhop.ops.matmul(a, b)`` dispatches to the best cached kernel for the problem (tuning it on
+first use, per the policy in force); ``uhop.ops.get("matmul")`` returns the op's definition.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from uhop.errors import UnknownOpError
+from uhop.ops.attention import Attention, Conv2d
+from uhop.ops.base import Op, Param
+from uhop.ops.elementwise import Elementwise
+from uhop.ops.matmul import Matmul
+from uhop.ops.norms import LayerNorm, RMSNorm, Softmax
+
+REGISTRY: dict[str, Op] = {
+    op.name: op for op in (Matmul(), Softmax(), LayerNorm(), RMSNorm(), Elementwise(), Attention(), Conv2d())
+}
+
+
+def get(name: str) -> Op:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UnknownOpError(f"unknown op {name!r}; known ops: {', '.join(sorted(REGISTRY))}") from None
+
+
+def names() -> list[str]:
+    return list(REGISTRY)
+
+
+def _direct(op_name: str):
+    def run(*args: Any, **params: Any) -> Any:
+        from uhop.dispatch import call_op
+
+        return call_op(op_name, args, params)
+
+    run.__name__ = op_name
+    run.__doc__ = f"{REGISTRY[op_name].description}\n\nDispatches to UHOP's best kernel for the inputs."
+    return run
+
+
+matmul = _direct("matmul")
+softmax = _direct("softmax")
+layernorm = _direct("layernorm")
+rmsnorm = _direct("rmsnorm")
+attention = _direct("attention")
+conv2d = _direct("conv2d")
+
+
+def elementwise(expr: Any, *args: Any) -> Any:
+    """``elementwise("sigmoid(x*1.5+0.5)*x-0.25", x)``: evaluate a fused chain."""
+    from uhop.dispatch import call_op
+
+    return call_op("elementwise", args, {"expr": expr})
+
+
+__all__ = ["Op", "Param", "REGISTRY", "get", "names", *REGISTRY]

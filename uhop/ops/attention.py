@@ -1,0 +1,158 @@
+"""attention (softmax(Q K^T * scale [+ causal mask]) V) and conv2d (NCHW, stride, padding)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from uhop.errors import InputError
+from uhop.ops.base import ITEMSIZE, Op, Param
+
+
+class Attention(Op):
+    name = "attention"
+    inputs = ("q", "k", "v")
+    params = (Param("causal", False, (False, True), bool),)
+    dims = ("B", "S", "L", "D", "E")
+    description = "softmax(q k^T / sqrt(D)) v over (..., S, D) x (..., L, D) x (..., L, E); causal optional"
+
+    def defaulted_dims(self) -> dict[str, int]:
+        return {"B": 1}
+
+    def parse_shape(self, text: str) -> dict[str, int]:
+        """``BxHxSxD`` (the field's usual spelling: batch, heads, seq, head dim) or the canonical dims."""
+        values = [v for v in text.lower().split("x") if v]
+        if len(values) == 4:
+            b, h, s, d = (int(v) for v in values)
+            if min(b, h, s, d) <= 0:
+                raise InputError(f"shape dims must be positive, got {text!r}")
+            return {"B": b * h, "S": s, "L": s, "D": d, "E": d}
+        return super().parse_shape(text)
+
+    def check(self, args: Sequence[Any], params: Mapping[str, Any]) -> dict[str, int]:
+        self.check_arrays(args)
+        q, k, v = args
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            if t.ndim < 2:
+                raise InputError(f"attention: {name} must have at least 2 dims (..., seq, dim), got {tuple(t.shape)}")
+        if not (q.shape[:-2] == k.shape[:-2] == v.shape[:-2]):
+            raise InputError(
+                f"attention: batch dims must match: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+            )
+        if q.shape[-1] != k.shape[-1]:
+            raise InputError(f"attention: q's last dim ({q.shape[-1]}) must equal k's ({k.shape[-1]})")
+        if k.shape[-2] != v.shape[-2]:
+            raise InputError(f"attention: k and v must have the same seq length, got {k.shape[-2]} and {v.shape[-2]}")
+        S, L = q.shape[-2], k.shape[-2]
+        return {"B": math.prod(q.shape[:-2]), "S": S, "L": L, "D": q.shape[-1], "E": v.shape[-1]}
+
+    def output_shape(self, shapes, params):
+        return (*shapes[0][:-1], shapes[2][-1])
+
+    def shapes_from_dims(self, dims, params, arity):
+        B, S, L, D, E = (dims[d] for d in self.dims)
+        return [(B, S, D), (B, L, D), (B, L, E)][:arity]
+
+    def reference(self, q, k, v, causal=False, **_: Any) -> np.ndarray:
+        s = np.matmul(q, np.swapaxes(k, -1, -2)) / math.sqrt(q.shape[-1])
+        if causal:
+            S, L = s.shape[-2], s.shape[-1]
+            # Top-left aligned, as torch's scaled_dot_product_attention(is_causal=True).
+            mask = np.triu(np.ones((S, L), dtype=bool), k=1)
+            s = np.where(mask, -np.inf, s)
+        s = s - s.max(axis=-1, keepdims=True)
+        p = np.exp(s)
+        p /= p.sum(axis=-1, keepdims=True)
+        return np.matmul(p, v)
+
+    def flops(self, dims, params) -> float:
+        B, S, L, D, E = (dims[d] for d in self.dims)
+        f = 2.0 * B * S * L * (D + E)
+        return f / 2 if params.get("causal") else f
+
+    def bytes(self, dims, dtype, params) -> float:
+        B, S, L, D, E = (dims[d] for d in self.dims)
+        return ITEMSIZE[dtype] * B * (S * D + L * D + L * E + S * E)
+
+    def error_scale(self, dims, params) -> float:
+        return math.sqrt(dims["D"])
+
+
+class Conv2d(Op):
+    name = "conv2d"
+    inputs = ("x", "weight", "bias")
+    optional = 1
+    params = (Param("stride", 1, None, int), Param("padding", 0, None, int))
+    dims = ("N", "C", "H", "W", "K", "R", "S")
+    description = "2-D convolution, x (N,C,H,W), weight (K,C,R,S), bias (K,); stride, padding"
+
+    def normalize_params(self, given):
+        out = super().normalize_params(given)
+        if out["stride"] < 1:
+            raise InputError(f"conv2d: stride must be >= 1, got {out['stride']}")
+        if out["padding"] < 0:
+            raise InputError(f"conv2d: padding must be >= 0, got {out['padding']}")
+        return out
+
+    @staticmethod
+    def out_hw(dims: Mapping[str, int], params: Mapping[str, Any]) -> tuple[int, int]:
+        st, pd = params.get("stride", 1), params.get("padding", 0)
+        return (dims["H"] + 2 * pd - dims["R"]) // st + 1, (dims["W"] + 2 * pd - dims["S"]) // st + 1
+
+    def check(self, args: Sequence[Any], params: Mapping[str, Any]) -> dict[str, int]:
+        self.check_arrays(args)
+        x, w = args[0], args[1]
+        bias = args[2] if len(args) > 2 else None
+        if x.ndim != 4:
+            raise InputError(f"conv2d: x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
+        if w.ndim != 4:
+            raise InputError(f"conv2d: weight must be 4-D (K, C, R, S), got shape {tuple(w.shape)}")
+        N, C, H, W = x.shape
+        K, C2, R, S = w.shape
+        if C != C2:
+            raise InputError(f"conv2d: x has {C} channels but weight expects {C2} (weight shape {tuple(w.shape)})")
+        if bias is not None and tuple(bias.shape) != (K,):
+            raise InputError(f"conv2d: bias must have shape ({K},), got {tuple(bias.shape)}")
+        dims = {"N": N, "C": C, "H": H, "W": W, "K": K, "R": R, "S": S}
+        P, Q = self.out_hw(dims, params)
+        if P < 1 or Q < 1:
+            raise InputError(
+                f"conv2d: kernel {R}x{S} is larger than the padded input {H}x{W} (padding {params.get('padding', 0)})"
+            )
+        return dims
+
+    def output_shape(self, shapes, params):
+        (N, C, H, W), (K, _, R, S) = shapes[0], shapes[1]
+        P, Q = self.out_hw({"H": H, "W": W, "R": R, "S": S}, params)
+        return (N, K, P, Q)
+
+    def shapes_from_dims(self, dims, params, arity):
+        N, C, H, W, K, R, S = (dims[d] for d in self.dims)
+        return [(N, C, H, W), (K, C, R, S), (K,)][:arity]
+
+    def reference(self, x, weight, bias=None, stride=1, padding=0, **_: Any) -> np.ndarray:
+        if padding:
+            x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+        N, C, H, W = x.shape
+        K, _, R, S = weight.shape
+        P, Q = (H - R) // stride + 1, (W - S) // stride + 1
+        win = np.lib.stride_tricks.sliding_window_view(x, (R, S), axis=(2, 3))[:, :, ::stride, ::stride][:, :, :P, :Q]
+        out = np.einsum("ncpqrs,kcrs->nkpq", win, weight, optimize=True)
+        if bias is not None:
+            out = out + bias[None, :, None, None]
+        return out
+
+    def flops(self, dims, params) -> float:
+        P, Q = self.out_hw(dims, params)
+        return 2.0 * dims["N"] * dims["K"] * P * Q * dims["C"] * dims["R"] * dims["S"]
+
+    def bytes(self, dims, dtype, params) -> float:
+        P, Q = self.out_hw(dims, params)
+        N, C, H, W, K, R, S = (dims[d] for d in self.dims)
+        return ITEMSIZE[dtype] * (N * C * H * W + K * C * R * S + N * K * P * Q)
+
+    def error_scale(self, dims, params) -> float:
+        return math.sqrt(dims["C"] * dims["R"] * dims["S"])

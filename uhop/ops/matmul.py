@@ -1,0 +1,102 @@
+"""matmul: ``act(a @ b + bias)``, 2-D or batched, with a fused epilogue."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from uhop.errors import InputError
+from uhop.ops.base import Op, Param
+
+ACTIVATIONS = ("none", "relu", "gelu", "silu")
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    try:
+        from scipy.special import erf
+
+        return erf(x)
+    except ImportError:  # float64-accurate, slower; only the reference uses it
+        return np.vectorize(math.erf, otypes=[np.float64])(x)
+
+
+def apply_activation(y: np.ndarray, activation: str) -> np.ndarray:
+    """float64 activation; ``gelu`` is the exact erf form (torch's default)."""
+    if activation == "none":
+        return y
+    if activation == "relu":
+        return np.maximum(y, 0.0)
+    if activation == "gelu":
+        return 0.5 * y * (1.0 + _erf(y / math.sqrt(2.0)))
+    if activation == "silu":
+        return y / (1.0 + np.exp(-y))
+    raise InputError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+
+
+class Matmul(Op):
+    name = "matmul"
+    inputs = ("a", "b", "bias")
+    optional = 1
+    params = (Param("activation", "none", ACTIVATIONS, str),)
+    dims = ("B", "M", "N", "K")
+    description = "act(a @ b + bias); a (...,M,K), b (...,K,N) or (K,N), bias (N,)"
+
+    def defaulted_dims(self) -> dict[str, int]:
+        return {"B": 1}
+
+    def parse_shape(self, text: str) -> dict[str, int]:
+        # The field's convention for a GEMM shape is MxNxK; a 4th leading value is the batch.
+        return super().parse_shape(text)
+
+    def check(self, args: Sequence[Any], params: Mapping[str, Any]) -> dict[str, int]:
+        self.check_arrays(args)
+        a, b = args[0], args[1]
+        bias = args[2] if len(args) > 2 else None
+        if a.ndim < 2:
+            raise InputError(f"matmul: a must have at least 2 dims (M, K), got shape {tuple(a.shape)}")
+        if b.ndim < 2:
+            raise InputError(f"matmul: b must have at least 2 dims (K, N), got shape {tuple(b.shape)}")
+        M, K = a.shape[-2], a.shape[-1]
+        K2, N = b.shape[-2], b.shape[-1]
+        if K != K2:
+            raise InputError(
+                f"matmul: a is {tuple(a.shape)} and b is {tuple(b.shape)}: a's last dim (K={K}) "
+                f"must equal b's second-to-last dim ({K2})"
+            )
+        batch_a, batch_b = tuple(a.shape[:-2]), tuple(b.shape[:-2])
+        if batch_b and batch_b != batch_a:
+            raise InputError(
+                f"matmul: batch dims of a {batch_a} and b {batch_b} must match (or b must be 2-D)"
+            )
+        if bias is not None and tuple(bias.shape) != (N,):
+            raise InputError(f"matmul: bias must have shape ({N},), got {tuple(bias.shape)}")
+        return {"B": math.prod(batch_a) if batch_a else 1, "M": M, "N": N, "K": K}
+
+    def output_shape(self, shapes: Sequence[tuple[int, ...]], params: Mapping[str, Any]) -> tuple[int, ...]:
+        return (*shapes[0][:-1], shapes[1][-1])
+
+    def shapes_from_dims(self, dims: Mapping[str, int], params: Mapping[str, Any], arity: int) -> list[tuple[int, ...]]:
+        B, M, N, K = dims["B"], dims["M"], dims["N"], dims["K"]
+        lead = (B,) if B > 1 else ()
+        return [(*lead, M, K), (K, N), (N,)][:arity]
+
+    def reference(self, a, b, bias=None, activation="none", **_: Any) -> np.ndarray:
+        y = np.matmul(a, b)
+        if bias is not None:
+            y = y + bias
+        return apply_activation(y, activation)
+
+    def flops(self, dims, params) -> float:
+        return 2.0 * dims["B"] * dims["M"] * dims["N"] * dims["K"]
+
+    def bytes(self, dims, dtype, params) -> float:
+        from uhop.ops.base import ITEMSIZE
+
+        B, M, N, K = dims["B"], dims["M"], dims["N"], dims["K"]
+        return ITEMSIZE[dtype] * (B * M * K + K * N + B * M * N)
+
+    def error_scale(self, dims, params) -> float:
+        return math.sqrt(dims["K"])

@@ -1,0 +1,194 @@
+"""Problem keys: what a tuned kernel is valid for.
+
+A :class:`Problem` is op + canonical dims + dtype + params + layout + device. Its key adds the
+shape class (exact dims by default; ``UHOP_SHAPE_BUCKETS=pow2`` rounds each dim up to a power of
+two so dynamic shapes share one tuned entry; every UHOP kernel is shape-generic, so a bucketed
+entry stays correct and only its speed is approximate) and the hardware fingerprint (device,
+driver and library versions), so a kernel tuned elsewhere or under other versions is never served.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import platform
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from uhop import __version__
+from uhop.ops import get as get_op
+
+
+@dataclass(frozen=True)
+class Problem:
+    op: str
+    dims: tuple[tuple[str, int], ...]
+    dtype: str
+    params: tuple[tuple[str, Any], ...] = ()
+    #: number of array inputs present (optional inputs such as bias change the kernel)
+    arity: int = 0
+    #: "contiguous" when every input is C-contiguous, else "strided"
+    layout: str = "contiguous"
+    #: "cpu" or "cuda:N"
+    device: str = "cpu"
+    #: array library of the inputs: "numpy" or "torch"
+    array: str = "numpy"
+    _extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    @classmethod
+    def make(
+        cls,
+        op: str,
+        dims: Mapping[str, int],
+        dtype: str,
+        params: Mapping[str, Any] | None = None,
+        arity: int | None = None,
+        layout: str = "contiguous",
+        device: str = "cpu",
+        array: str = "numpy",
+    ) -> Problem:
+        spec = get_op(op)
+        p = spec.normalize_params(params or {})
+        n = len(spec.inputs) - spec.optional if arity is None else arity
+        if spec.variadic and arity is None:
+            from uhop.ops.expr import n_vars
+
+            n = n_vars(spec.expression(p))  # type: ignore[attr-defined]
+        return cls(
+            op=op,
+            dims=tuple((d, int(dims[d])) for d in spec.dims),
+            dtype=dtype,
+            params=tuple(sorted(p.items())),
+            arity=n,
+            layout=layout,
+            device=device,
+            array=array,
+        )
+
+    @property
+    def spec(self):
+        return get_op(self.op)
+
+    @property
+    def dim(self) -> dict[str, int]:
+        return dict(self.dims)
+
+    @property
+    def param(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    def shape_class(self, policy: str = "exact") -> tuple[tuple[str, int], ...]:
+        if policy == "exact":
+            return self.dims
+        return tuple((d, 1 << max(0, (v - 1).bit_length())) for d, v in self.dims)
+
+    def flops(self) -> float:
+        return self.spec.flops(self.dim, self.param)
+
+    def bytes(self) -> float:
+        return self.spec.bytes(self.dim, self.dtype, self.param)
+
+    def describe(self) -> str:
+        dims = "x".join(str(v) for _, v in self.dims)
+        extra = ",".join(f"{k}={v}" for k, v in self.params)
+        return f"{self.op}[{dims}] {self.dtype}{(' ' + extra) if extra else ''} on {self.device}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "op": self.op,
+            "dims": dict(self.dims),
+            "dtype": self.dtype,
+            "params": dict(self.params),
+            "arity": self.arity,
+            "layout": self.layout,
+            "device": self.device,
+            "array": self.array,
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Problem:
+        return cls.make(
+            d["op"], d["dims"], d["dtype"], d.get("params"), d.get("arity"), d.get("layout", "contiguous"),
+            d.get("device", "cpu"), d.get("array", "numpy"),
+        )  # fmt: skip
+
+    def key(self, shape_policy: str = "exact") -> str:
+        """Stable text key: readable prefix plus a hash of everything that selects a kernel."""
+        body = {
+            "op": self.op,
+            "dims": self.shape_class(shape_policy),
+            "dtype": self.dtype,
+            "params": self.params,
+            "arity": self.arity,
+            "layout": self.layout,
+            "device": self.device,
+            "array": self.array,
+            "hw": hardware_fingerprint(self.device),
+        }
+        h = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        dims = "x".join(str(v) for _, v in self.shape_class(shape_policy))
+        return f"{self.op}:{dims}:{self.dtype}:{h}"
+
+
+def _version(mod: str) -> str | None:
+    m = sys.modules.get(mod)
+    if m is None:
+        try:
+            from importlib.metadata import version
+
+            return version(mod)
+        except Exception:
+            return None
+    return getattr(m, "__version__", None)
+
+
+@functools.cache
+def hardware_fingerprint(device: str = "cpu") -> dict[str, Any]:
+    """What must match for a stored kernel to be served: device identity and the versions of
+    everything that changes the generated code or the library paths it calls."""
+    import numpy as np
+
+    fp: dict[str, Any] = {
+        "uhop": __version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "numpy": np.__version__,
+        "numba": _version("numba"),
+        "torch": _version("torch"),
+    }
+    if device == "cpu":
+        fp["cpu"] = cpu_model()
+    else:
+        fp.update(_gpu_fingerprint(device))
+    return fp
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _gpu_fingerprint(device: str) -> dict[str, Any]:
+    try:
+        import torch
+
+        idx = int(device.split(":")[1]) if ":" in device else 0
+        props = torch.cuda.get_device_properties(idx)
+        return {
+            "gpu": props.name,
+            "cc": f"{props.major}.{props.minor}",
+            "cuda": torch.version.cuda,
+            "triton": _version("triton"),
+        }
+    except Exception as exc:  # no torch/cuda: key still differs from cpu's
+        return {"gpu": f"unknown ({exc.__class__.__name__})"}

@@ -1,0 +1,278 @@
+"""The kernel store: chosen kernel per problem key plus every measurement taken.
+
+SQLite by default (WAL, versioned schema, every write one ``BEGIN IMMEDIATE`` transaction, so
+several processes can tune at once and a ``kill -9`` at any point leaves a consistent database).
+A PostgreSQL store implements the same methods (``postgresql://`` URLs; see the perf store).
+
+Conflict rule when two processes tune one key: a measured entry replaces an unmeasured (``fast``)
+one, and among measured entries the faster wins. Both writers' measurements are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS kernels (
+    key TEXT PRIMARY KEY,
+    op TEXT NOT NULL,
+    problem TEXT NOT NULL,
+    candidate TEXT NOT NULL,
+    median_s REAL,
+    gflops REAL,
+    gbps REAL,
+    policy TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    content_hash TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS measurements (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    op TEXT NOT NULL,
+    candidate TEXT NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    median_s REAL,
+    spread REAL,
+    n INTEGER,
+    max_err REAL,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS measurements_key ON measurements(key);
+"""
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str
+    op: str
+    problem: dict[str, Any]
+    candidate: dict[str, Any]
+    median_s: float | None
+    gflops: float | None
+    gbps: float | None
+    policy: str
+    fingerprint: dict[str, Any]
+    content_hash: str
+    created: float
+    updated: float
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _num(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+class SQLiteStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._conn().executescript(_SCHEMA)  # idempotent DDL; executescript commits on its own
+        with self._tx() as db:
+            row = db.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone()
+            if row is None:
+                db.execute("INSERT INTO meta(name, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"store {self.path} has schema version {row[0]}, newer than this UHOP's {SCHEMA_VERSION}; "
+                    "upgrade uhop or point UHOP_HOME elsewhere"
+                )
+
+    @property
+    def url(self) -> str:
+        return f"sqlite:///{self.path}"
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            # isolation_level=None: we issue BEGIN IMMEDIATE ourselves so writers queue up on the
+            # lock (busy_timeout) instead of failing on lock upgrade half-way through.
+            conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")  # WAL+NORMAL survives process crashes (kill -9)
+            conn.execute("PRAGMA busy_timeout=60000")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        else:
+            db.execute("COMMIT")
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # ---- reads ---------------------------------------------------------------------------
+    def get(self, key: str) -> Entry | None:
+        row = self._conn().execute("SELECT * FROM kernels WHERE key=?", (key,)).fetchone()
+        return self._entry(row) if row else None
+
+    def entries(self, op: str | None = None) -> list[Entry]:
+        q, args = "SELECT * FROM kernels", ()
+        if op:
+            q, args = q + " WHERE op=?", (op,)
+        return [self._entry(r) for r in self._conn().execute(q + " ORDER BY op, key", args)]
+
+    def measurements(self, key: str) -> list[dict[str, Any]]:
+        cur = self._conn().execute(
+            "SELECT candidate, status, reason, median_s, spread, n, max_err, created FROM measurements "
+            "WHERE key=? ORDER BY id",
+            (key,),
+        )
+        cols = [c[0] for c in cur.description]
+        out = []
+        for r in cur:
+            d = dict(zip(cols, r, strict=True))
+            d["candidate"] = json.loads(d["candidate"])
+            out.append(d)
+        return out
+
+    def _entry(self, row: tuple) -> Entry:
+        (key, op, problem, cand, med, gf, gb, policy, fp, ch, created, updated) = row
+        return Entry(key, op, json.loads(problem), json.loads(cand), med, gf, gb, policy, json.loads(fp), ch, created, updated)
+
+    # ---- writes ---------------------------------------------------------------------------
+    def record(
+        self,
+        key: str,
+        problem: dict[str, Any],
+        chosen: dict[str, Any] | None,
+        measurements: Iterable[dict[str, Any]],
+        *,
+        median_s: float | None,
+        gflops: float | None,
+        gbps: float | None,
+        policy: str,
+        fingerprint: dict[str, Any],
+        content_hash: str = "",
+    ) -> Entry | None:
+        """Store measurements and (if ``chosen``) the choice, in one transaction. Returns the entry
+        in force afterwards, which is another writer's if theirs was better."""
+        now = time.time()
+        op = problem["op"]
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO measurements(key, op, candidate, status, reason, median_s, spread, n, max_err, created) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (key, op, json.dumps(m["candidate"], sort_keys=True), m["status"], m.get("reason", ""),
+                     _num(m.get("median_s")), _num(m.get("spread")), m.get("n"), _num(m.get("max_err")), now)
+                    for m in measurements
+                ],
+            )  # fmt: skip
+            if chosen is not None:
+                db.execute(
+                    """
+                    INSERT INTO kernels(key, op, problem, candidate, median_s, gflops, gbps, policy, fingerprint,
+                                        content_hash, created, updated)
+                    VALUES (?,?,?,?,?,?,?,?,?,?,?,?)
+                    ON CONFLICT(key) DO UPDATE SET
+                        problem=excluded.problem, candidate=excluded.candidate, median_s=excluded.median_s,
+                        gflops=excluded.gflops, gbps=excluded.gbps, policy=excluded.policy,
+                        fingerprint=excluded.fingerprint, content_hash=excluded.content_hash, updated=excluded.updated
+                    WHERE excluded.content_hash != kernels.content_hash
+                       OR (excluded.median_s IS NOT NULL
+                           AND (kernels.median_s IS NULL OR excluded.median_s < kernels.median_s))
+                    """,
+                    (key, op, json.dumps(problem, sort_keys=True), json.dumps(chosen, sort_keys=True),
+                     _num(median_s), _num(gflops), _num(gbps), policy, json.dumps(fingerprint, sort_keys=True),
+                     content_hash, now, now),
+                )  # fmt: skip
+            row = db.execute("SELECT * FROM kernels WHERE key=?", (key,)).fetchone()
+        return self._entry(row) if row else None
+
+    def delete(self, key: str | None = None, op: str | None = None) -> int:
+        with self._tx() as db:
+            if key is not None:
+                n = db.execute("DELETE FROM kernels WHERE key=?", (key,)).rowcount
+                db.execute("DELETE FROM measurements WHERE key=?", (key,))
+            elif op is not None:
+                n = db.execute("DELETE FROM kernels WHERE op=?", (op,)).rowcount
+                db.execute("DELETE FROM measurements WHERE op=?", (op,))
+            else:
+                n = db.execute("DELETE FROM kernels").rowcount
+                db.execute("DELETE FROM measurements")
+        return n
+
+    def export(self, path: str | Path) -> int:
+        """Write every entry with its measurements as JSON (atomically: temp file + rename)."""
+        entries = self.entries()
+        doc = {
+            "uhop_store_export": SCHEMA_VERSION,
+            "entries": [{**e.to_json(), "measurements": self.measurements(e.key)} for e in entries],
+        }
+        path = Path(path)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
+        tmp.replace(path)
+        return len(entries)
+
+    def import_(self, path: str | Path) -> int:
+        try:
+            doc = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"FILE {path} is not a UHOP store export: {exc}") from None
+        if not isinstance(doc, dict) or "uhop_store_export" not in doc:
+            raise ValueError(f"FILE {path} is not a UHOP store export (no 'uhop_store_export' field)")
+        n = 0
+        for e in doc["entries"]:
+            self.record(
+                e["key"], e["problem"], e["candidate"], e.get("measurements", []),
+                median_s=e.get("median_s"), gflops=e.get("gflops"), gbps=e.get("gbps"), policy=e.get("policy", "tune"),
+                fingerprint=e.get("fingerprint", {}), content_hash=e.get("content_hash", ""),
+            )  # fmt: skip
+            n += 1
+        return n
+
+    def integrity_ok(self) -> bool:
+        return self._conn().execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+_stores: dict[str, SQLiteStore] = {}
+
+
+def open_store(url: str | None = None) -> SQLiteStore:
+    """The store for ``url`` (default: ``UHOP_STORE`` or SQLite under ``UHOP_HOME``), cached per URL."""
+    from uhop.config import settings
+
+    url = url or settings().resolved_store_url
+    if url not in _stores:
+        if url.startswith("sqlite:///"):
+            _stores[url] = SQLiteStore(url[len("sqlite:///") :])
+        elif url.startswith(("postgresql://", "postgres://")):
+            try:
+                from uhop.perf.pgstore import PostgresStore  # type: ignore[import-not-found]
+            except ImportError as exc:
+                raise RuntimeError(f"UHOP_STORE={url!r} needs the PostgreSQL store (pip install 'uhop[perf]'): {exc}") from None
+            _stores[url] = PostgresStore(url)
+        else:
+            raise ValueError(f"UHOP_STORE must be sqlite:///PATH or postgresql://..., got {url!r}")
+    return _stores[url]

@@ -1,0 +1,1 @@
+"""Tuning: the loop (tuner.py), search strategies and executors."""

@@ -1,0 +1,233 @@
+"""The tuning loop: problem -> candidates -> compile -> validate -> measure -> choose -> store.
+
+Failures are values: a candidate that fails to compile, crashes, or returns a wrong result is a
+:class:`Measurement` with a status and a reason and ``median_s = inf``; it never unwinds the loop
+and never reaches the store as a choice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import itertools
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from uhop import backends as bk
+from uhop.backends.base import Backend, Candidate, Kernel
+from uhop.config import settings
+from uhop.errors import NoCandidateError
+from uhop.measure.bench import Timing, benchmark
+from uhop.measure.validate import ValidationSet, check_kernel
+from uhop.problem import Problem, hardware_fingerprint
+from uhop.store import Entry, open_store
+
+
+@dataclass(frozen=True)
+class Measurement:
+    candidate: Candidate
+    status: str  # ok | compile-error | crash | wrong-result | bad-output | input-mutated | stale-output | skipped
+    reason: str = ""
+    timing: Timing = field(default_factory=Timing.failed)
+    max_err: float = math.nan
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def median_s(self) -> float:
+        return self.timing.median_s
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "candidate": self.candidate.to_json(),
+            "status": self.status,
+            "reason": self.reason,
+            "median_s": self.timing.median_s,
+            "spread": self.timing.spread,
+            "n": self.timing.n,
+            "max_err": self.max_err,
+        }
+
+
+@dataclass
+class TuneResult:
+    problem: Problem
+    key: str
+    policy: str
+    measurements: list[Measurement]
+    best: Measurement | None
+    entry: Entry | None
+    kernel: Kernel | None = None
+    backend: Backend | None = None
+
+    def rate(self, m: Measurement) -> tuple[float | None, float | None]:
+        """(GFLOP/s, GB/s) of a measurement."""
+        if not m.ok or not math.isfinite(m.median_s) or m.median_s <= 0:
+            return None, None
+        return self.problem.flops() / m.median_s / 1e9, self.problem.bytes() / m.median_s / 1e9
+
+
+ProgressFn = Callable[[int, int, Measurement], None]
+
+#: ``fast`` policy: which kind of backend to trust first without timing. Dense linear algebra goes
+#: to the vendor library; memory-bound chains and row ops go to generated fused kernels.
+_VENDOR_FIRST = {"matmul", "conv2d", "attention"}
+
+
+def content_hash(candidate: Candidate, key: str, backend: Backend) -> str:
+    """Hash of everything that determines the compiled kernel: candidate, problem key (op, shape
+    class, dtype, params, layout, device), the backend's source, and the hardware fingerprint."""
+    h = hashlib.sha256()
+    h.update(repr((candidate.backend, candidate.template, candidate.config)).encode())
+    h.update(key.encode())
+    try:
+        h.update(inspect.getsource(type(backend)).encode())
+        h.update(inspect.getsource(inspect.getmodule(type(backend))).encode())  # type: ignore[arg-type]
+    except (OSError, TypeError):
+        h.update(type(backend).__qualname__.encode())
+    return h.hexdigest()
+
+
+def _interleave(per_backend: Sequence[Sequence[Candidate]]) -> list[Candidate]:
+    """Round-robin across backends so a short budget still covers each backend's best guess."""
+    out = []
+    for group in itertools.zip_longest(*per_backend):
+        out.extend(c for c in group if c is not None)
+    return out
+
+
+def _fast_order(problem: Problem, usable: list[Backend], per_backend: list[list[Candidate]]) -> list[Candidate]:
+    vendor_first = problem.op in _VENDOR_FIRST
+    order = sorted(range(len(usable)), key=lambda i: (usable[i].vendor != vendor_first, i))
+    return [c for i in order for c in per_backend[i]]
+
+
+def evaluate(
+    candidate: Candidate,
+    backend: Backend,
+    problem: Problem,
+    vset: ValidationSet,
+    *,
+    time_it: bool = True,
+    cutoff_s: float = math.inf,
+) -> tuple[Measurement, Kernel | None]:
+    """Compile, validate and (optionally) time one candidate. Never raises for candidate faults."""
+    try:
+        kernel = backend.compile(candidate, problem)
+    except Exception as exc:
+        return Measurement(candidate, "compile-error", f"{type(exc).__name__}: {exc}".splitlines()[0][:300]), None
+    sync = (lambda: backend.synchronize(problem.device)) if problem.device != "cpu" else None
+    verdict = check_kernel(kernel, vset, backend.array, problem.device, sync)
+    if not verdict.ok:
+        return Measurement(candidate, verdict.status, verdict.reason, max_err=verdict.max_err), None
+    if not time_it:
+        return Measurement(candidate, "ok", "chosen without timing (policy=fast)", max_err=verdict.max_err), kernel
+    s = settings()
+    arg_sets = [vset.native_inputs(t, backend.array, problem.device) for t in vset.trials]
+    try:
+        timing = benchmark(
+            kernel, arg_sets, sync=sync, repeat=s.bench_repeat, min_time_s=s.bench_min_s, cutoff_s=cutoff_s
+        )
+    except Exception as exc:  # a kernel that validated but fails when timed is still contained
+        return Measurement(candidate, "crash", f"while timing: {type(exc).__name__}: {exc}"[:300]), None
+    # Re-check an output produced after timing: a kernel must not turn wrong once warmed up.
+    again = check_kernel(kernel, _single(vset), backend.array, problem.device, sync)
+    if not again.ok:
+        return Measurement(candidate, again.status, "after timing: " + again.reason, timing), None
+    return Measurement(candidate, "ok", "", timing, verdict.max_err), kernel
+
+
+def _single(vset: ValidationSet) -> ValidationSet:
+    one = object.__new__(ValidationSet)
+    one.problem, one.trials = vset.problem, vset.trials[-1:]
+    return one
+
+
+def tune(
+    op: str | None = None,
+    dims: Mapping[str, int] | None = None,
+    dtype: str = "float32",
+    params: Mapping[str, Any] | None = None,
+    *,
+    problem: Problem | None = None,
+    policy: str | None = None,
+    budget_s: float | None = None,
+    backends: Sequence[str] = (),
+    store: Any = None,
+    progress: ProgressFn | None = None,
+    force: bool = False,
+) -> TuneResult:
+    """Find, validate, measure and store the best kernel for a problem.
+
+    Either ``problem`` or ``op`` + ``dims`` (+ ``dtype``, ``params``). ``policy`` is ``tune``
+    (time every viable candidate within ``budget_s`` seconds) or ``fast`` (first candidate, in
+    heuristic order, that validates). Returns every measurement; raises
+    :class:`~uhop.errors.NoCandidateError` only if no candidate at all is valid.
+    """
+    s = settings()
+    if problem is None:
+        if op is None or dims is None:
+            raise TypeError("tune() needs problem= or op= and dims=")
+        problem = Problem.make(op, dims, dtype, params)
+    policy = policy or s.policy
+    if policy not in ("tune", "fast"):
+        raise ValueError(f"policy must be 'tune' or 'fast', got {policy!r}")
+    budget = s.tune_budget_s if budget_s is None else budget_s
+    store = store or open_store()
+    key = problem.key(s.shape_buckets)
+
+    usable = bk.for_problem(problem, tuple(backends) or s.backends)
+    if not usable:
+        reasons = "; ".join(f"{b.name}: {b.availability[1]}" for b in bk.all_backends())
+        raise NoCandidateError(f"no available backend supports {problem.describe()} ({reasons})")
+    per_backend: list[list[Candidate]] = []
+    for b in usable:
+        try:
+            per_backend.append(list(b.candidates(problem)))
+        except Exception as exc:  # a backend failing to enumerate must not stop the others
+            per_backend.append([])
+            progress and progress(0, 0, Measurement(Candidate(b.name, "<candidates>"), "crash", str(exc)))
+    by_name = {b.name: b for b in usable}
+    order = _fast_order(problem, usable, per_backend) if policy == "fast" else _interleave(per_backend)
+
+    vset = ValidationSet(problem, trials=s.validation_trials)
+    measurements: list[Measurement] = []
+    best: Measurement | None = None
+    best_kernel: Kernel | None = None
+    deadline = time.monotonic() + budget
+    for i, cand in enumerate(order):
+        if best is not None and (policy == "fast" or time.monotonic() > deadline):
+            measurements.extend(Measurement(c, "skipped", f"policy={policy}" if policy == "fast" else "budget spent") for c in order[i:])
+            break
+        cutoff = 3 * best.median_s if best is not None and math.isfinite(best.median_s) else math.inf
+        m, kernel = evaluate(cand, by_name[cand.backend], problem, vset, time_it=policy == "tune", cutoff_s=cutoff)
+        measurements.append(m)
+        if m.ok and (best is None or m.median_s < best.median_s):
+            best, best_kernel = m, kernel
+        if progress:
+            progress(i + 1, len(order), m)
+
+    entry = None
+    chosen_backend = by_name[best.candidate.backend] if best is not None else None
+    if best is not None:
+        flops, nbytes = problem.flops(), problem.bytes()
+        med = best.median_s if math.isfinite(best.median_s) else None
+        entry = store.record(
+            key, problem.to_json(), best.candidate.to_json(), [m.to_json() for m in measurements],
+            median_s=med, gflops=flops / med / 1e9 if med else None, gbps=nbytes / med / 1e9 if med else None,
+            policy=policy, fingerprint=hardware_fingerprint(problem.device),
+            content_hash=content_hash(best.candidate, key, chosen_backend),  # type: ignore[arg-type]
+        )  # fmt: skip
+    else:
+        store.record(
+            key, problem.to_json(), None, [m.to_json() for m in measurements], median_s=None, gflops=None,
+            gbps=None, policy=policy, fingerprint=hardware_fingerprint(problem.device),
+        )  # fmt: skip
+        reasons = "; ".join(f"{m.candidate.id}: {m.status} ({m.reason})" for m in measurements[:8])
+        raise NoCandidateError(f"no valid candidate for {problem.describe()}: {reasons}")
+    return TuneResult(problem, key, policy, measurements, best, entry, best_kernel, chosen_backend)
