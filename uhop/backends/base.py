@@ -91,7 +91,7 @@ class Backend(ABC):
     def compile(self, candidate: Candidate, problem: Problem) -> Kernel:
         """A kernel for ``problem`` (raise on failure; the tuner records it)."""
 
-    def synchronize(self, device: str) -> None:
+    def synchronize(self, device: str) -> None:  # noqa: B027 - optional hook, CPU backends need none
         """Wait for all work on ``device`` (GPU backends; timing calls it)."""
 
     def to_native(self, x: Any, device: str) -> Any:

@@ -125,7 +125,7 @@ class Conv2d(Op):
         return dims
 
     def output_shape(self, shapes, params):
-        (N, C, H, W), (K, _, R, S) = shapes[0], shapes[1]
+        (N, _, H, W), (K, _, R, S) = shapes[0], shapes[1]
         P, Q = self.out_hw({"H": H, "W": W, "R": R, "S": S}, params)
         return (N, K, P, Q)
 

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# System packages UHOP's tests exercise for real (not skipped): installed here so a fresh
+# machine and CI get them from Debian. Idempotent; needs root (CI and dev machines run as root).
+set -euo pipefail
+PKGS=(
+  bubblewrap        # sandbox: namespaces for untrusted kernels
+)
+missing=()
+for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
