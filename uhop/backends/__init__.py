@@ -16,6 +16,8 @@ REGISTRY: dict[str, str] = {
     "torch": "uhop.backends.torch:TorchBackend",
     "numba": "uhop.backends.numba:NumbaBackend",
     "triton": "uhop.backends.triton:TritonBackend",
+    "iree": "uhop.backends.iree:IreeBackend",
+    "user": "uhop.backends.user:UserKernelBackend",
 }
 
 _instances: dict[str, Backend] = {}
