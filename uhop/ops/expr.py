@@ -105,6 +105,25 @@ class Expr:
     def __pos__(self): return self  # noqa: E704
     def __abs__(self): return call("abs", self)  # noqa: E704
 
+    def __getattr__(self, name: str):
+        # Tensor-method spelling: x.exp(), x.sigmoid(), x.clamp(min=0), x.pow(2) ...
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name in ("clamp", "clip"):
+            return lambda *a, **k: Expr.__torch_function__(type(self).clamp_, (), (self, *a), k)
+        fn = _TORCH_NAMES.get(name, name)
+        if fn not in FUNCS:
+            raise AttributeError(f"{name!r} is not an elementwise operation UHOP can trace")
+        return lambda *a: call(fn, self, *a)
+
+    clamp_ = type("clamp", (), {"__name__": "clamp"})  # stands in for torch.clamp in method calls
+
+    def _compare(self, other):
+        raise TraceError("comparisons (x > 0, branching on values) are not supported in elementwise chains; "
+                         "use maximum/minimum/relu")
+
+    __lt__ = __le__ = __gt__ = __ge__ = _compare
+
     def __bool__(self) -> bool:
         raise TraceError("elementwise functions cannot branch on tensor values (a Python `if` on a tensor)")
 

@@ -1,0 +1,83 @@
+"""The `uhop` command end to end (in-process through typer's runner, plus one real subprocess)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from uhop.cli import build_app
+
+runner = CliRunner()
+app = build_app()
+
+
+@pytest.fixture(autouse=True)
+def wide_console():
+    """Rich tables crop to the terminal; give them room so keys print whole."""
+    import uhop.cli.cache
+    import uhop.cli.core
+
+    for c in (uhop.cli.core.console, uhop.cli.cache.console):
+        c.width = 220
+
+
+def run(*args, code=0):
+    res = runner.invoke(app, list(args))
+    assert res.exit_code == code, res.output + (str(res.exception) if res.exception else "")
+    return res.output
+
+
+def test_info_and_ops():
+    out = run("info")
+    assert "numpy" in out and "Backends" in out
+    out = run("ops")
+    for op in ("matmul", "softmax", "layernorm", "rmsnorm", "elementwise", "attention", "conv2d"):
+        assert op in out
+
+
+def test_tune_then_cache_commands(tmp_path):
+    out = run("tune", "matmul", "--shape", "64x48x32", "--budget", "5", "--json", str(tmp_path / "t.json"))
+    assert "chosen" in out and "GFLOP/s" in out
+    doc = json.loads((tmp_path / "t.json").read_text())
+    assert doc["chosen"] is not None and any(m["status"] == "ok" for m in doc["measurements"])
+    run("tune", "softmax", "--shape", "32x100", "--policy", "fast")
+    out = run("cache", "ls")
+    assert "matmul:1x64x48x32" in out and "softmax:32x100" in out
+    out = run("cache", "show", "matmul:1x64x48x32")
+    assert '"measurements"' in out
+    run("cache", "export", str(tmp_path / "e.json"))
+    out = run("cache", "verify")
+    assert "ok" in out
+    run("cache", "clear", "--yes")
+    assert "matmul" not in run("cache", "ls")
+    run("cache", "import", str(tmp_path / "e.json"))
+    assert "matmul:1x64x48x32" in run("cache", "ls")
+
+
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["tune", "matmul", "--shape", "3x4"], "shape for matmul must be"),
+        (["tune", "gemm", "--shape", "3x4x5"], "unknown op 'gemm'"),
+        (["tune", "matmul", "--shape", "8x8x8", "--dtype", "int8"], "--dtype must be one of"),
+        (["tune", "matmul", "--shape", "8x8x8", "-p", "activation=tanh"], "activation must be one of"),
+        (["cache", "show", "nope"], "no entry with key"),
+        (["cache", "import", "/nonexistent.json"], "does not exist"),
+    ],
+)
+def test_bad_input_exits_nonzero_with_a_clear_message(args, msg):
+    res = runner.invoke(app, args)
+    assert res.exit_code != 0
+    assert msg in res.output
+
+
+def test_real_console_script(tmp_path):
+    env = {"UHOP_HOME": str(tmp_path), "PATH": __import__("os").environ["PATH"]}
+    res = subprocess.run([sys.executable, "-m", "uhop", "tune", "elementwise", "--shape", "1000", "-p", "expr=x0*2+1",
+                          "--budget", "3"], capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "chosen" in res.stdout

@@ -1,0 +1,143 @@
+"""Op definitions: float64 references against independent implementations, shape checks, errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from uhop.errors import InputError, UnknownOpError
+from uhop.ops import REGISTRY, get
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+
+def rnd(rng, *shape):
+    return rng.uniform(-1, 1, size=shape)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng()
+
+
+def t(x):
+    return torch.from_numpy(np.asarray(x, dtype=np.float64))
+
+
+def test_registry_has_every_op():
+    assert set(REGISTRY) == {"matmul", "softmax", "layernorm", "rmsnorm", "elementwise", "attention", "conv2d"}
+    with pytest.raises(UnknownOpError, match="known ops"):
+        get("matmull")
+
+
+@pytest.mark.parametrize("act", ["none", "relu", "gelu", "silu"])
+def test_matmul_reference_vs_torch(rng, act):
+    a, b, bias = rnd(rng, 2, 5, 7), rnd(rng, 7, 3), rnd(rng, 3)
+    ref = get("matmul").reference(a, b, bias, activation=act)
+    y = torch.matmul(t(a), t(b)) + t(bias)
+    y = {"none": y, "relu": F.relu(y), "gelu": F.gelu(y), "silu": F.silu(y)}[act]
+    np.testing.assert_allclose(ref, y.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_row_ops_reference_vs_torch(rng):
+    x, w, b = rnd(rng, 3, 4, 11), rnd(rng, 11), rnd(rng, 11)
+    np.testing.assert_allclose(get("softmax").reference(x), torch.softmax(t(x), -1).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(
+        get("layernorm").reference(x, w, b, eps=1e-5), F.layer_norm(t(x), (11,), t(w), t(b), 1e-5).numpy(), rtol=1e-10, atol=1e-12
+    )
+    np.testing.assert_allclose(
+        get("rmsnorm").reference(x, w, eps=1e-6), F.rms_norm(t(x), (11,), t(w), 1e-6).numpy(), rtol=1e-10, atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_reference_vs_sdpa(rng, causal):
+    q, k, v = rnd(rng, 2, 3, 5, 8), rnd(rng, 2, 3, 5, 8), rnd(rng, 2, 3, 5, 4)
+    ref = get("attention").reference(q, k, v, causal=causal)
+    exp = F.scaled_dot_product_attention(t(q), t(k), t(v), is_causal=causal).numpy()
+    np.testing.assert_allclose(ref, exp, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("stride,padding", [(1, 0), (2, 1), (3, 2)])
+def test_conv2d_reference_vs_torch(rng, stride, padding):
+    x, w, b = rnd(rng, 2, 3, 9, 7), rnd(rng, 4, 3, 3, 2), rnd(rng, 4)
+    ref = get("conv2d").reference(x, w, b, stride=stride, padding=padding)
+    exp = F.conv2d(t(x), t(w), t(b), stride=stride, padding=padding).numpy()
+    np.testing.assert_allclose(ref, exp, rtol=1e-10, atol=1e-12)
+    dims = get("conv2d").check([x, w, b], {"stride": stride, "padding": padding})
+    assert get("conv2d").output_shape([x.shape, w.shape], {"stride": stride, "padding": padding}) == ref.shape
+    assert dims["C"] == 3
+
+
+def test_elementwise_reference(rng):
+    x = rnd(rng, 100)
+    out = get("elementwise").reference(x, expr="sigmoid(x0*1.5+0.5)*x0-0.25")
+    np.testing.assert_allclose(out, 1 / (1 + np.exp(-(x * 1.5 + 0.5))) * x - 0.25, rtol=1e-14)
+
+
+@pytest.mark.parametrize(
+    "op,args,params,match",
+    [
+        ("matmul", [np.ones((3, 4), np.float32), np.ones((5, 2), np.float32)], {}, r"K=4.*\(5\)"),
+        ("matmul", [np.ones(3, np.float32), np.ones((3, 2), np.float32)], {}, "a must have at least 2 dims"),
+        ("matmul", [np.ones((3, 4), np.float32), np.ones((4, 2), np.float32), np.ones(3, np.float32)], {}, r"bias must have shape \(2,\)"),
+        ("matmul", [np.ones((3, 4), np.int32), np.ones((4, 2), np.int32)], {}, "a has dtype int32"),
+        ("matmul", [np.ones((3, 4), np.float32), np.ones((4, 2), np.float64)], {}, "b has dtype float64 but earlier"),
+        ("matmul", [[[1.0]], np.ones((1, 1), np.float32)], {}, "a must be a numpy array or torch tensor, got list"),
+        ("matmul", [np.ones((0, 4), np.float32), np.ones((4, 2), np.float32)], {}, "a is empty"),
+        ("matmul", [np.ones((3, 4), np.float32), np.ones((4, 2), np.float32)], {"activation": "tanh"}, "activation must be one of"),
+        ("matmul", [np.ones((3, 4), np.float32)], {}, "takes 2 to 3 inputs"),
+        ("softmax", [np.ones((2, 3), np.float32)], {"dim": 0}, "no parameter"),
+        ("layernorm", [np.ones((2, 3), np.float32), np.ones(4, np.float32)], {}, r"weight must have shape \(3,\)"),
+        ("attention", [np.ones((2, 4, 8), np.float32)] * 2 + [np.ones((2, 5, 8), np.float32)], {}, "same seq length"),
+        ("attention", [np.ones((2, 4, 8), np.float32), np.ones((2, 4, 6), np.float32), np.ones((2, 4, 8), np.float32)], {}, "q's last dim"),
+        ("conv2d", [np.ones((1, 3, 5, 5), np.float32), np.ones((2, 4, 3, 3), np.float32)], {}, "3 channels but weight expects 4"),
+        ("conv2d", [np.ones((3, 5, 5), np.float32), np.ones((2, 3, 3, 3), np.float32)], {}, "x must be 4-D"),
+        ("conv2d", [np.ones((1, 3, 2, 2), np.float32), np.ones((2, 3, 3, 3), np.float32)], {}, "larger than the padded input"),
+        ("elementwise", [np.ones(3, np.float32)], {"expr": "x0+x1"}, "uses 2 input"),
+        ("elementwise", [np.ones(3, np.float32)], {"expr": "foo(x0)"}, "unknown function 'foo'"),
+    ],
+)
+def test_bad_input_names_the_argument(op, args, params, match):
+    import uhop
+
+    fn = uhop.ops.elementwise if op == "elementwise" else getattr(uhop.ops, op)
+    with pytest.raises(InputError, match=match):
+        if op == "elementwise":
+            fn(params.get("expr", "x0"), *args)
+        else:
+            fn(*args, **params)
+
+
+def test_parse_shape():
+    mm = get("matmul")
+    assert mm.parse_shape("256x128x64") == {"B": 1, "M": 256, "N": 128, "K": 64}
+    assert mm.parse_shape("4x256x128x64") == {"B": 4, "M": 256, "N": 128, "K": 64}
+    assert get("attention").parse_shape("8x16x2048x128") == {"B": 128, "S": 2048, "L": 2048, "D": 128, "E": 128}
+    with pytest.raises(InputError, match="shape for matmul must be MxNxK"):
+        mm.parse_shape("3x4")
+    with pytest.raises(InputError, match="positive"):
+        mm.parse_shape("0x4x4")
+
+
+def test_counts_are_consistent():
+    mm = get("matmul")
+    dims = mm.parse_shape("1024x1024x1024")
+    assert mm.flops(dims, {}) == 2 * 1024**3
+    assert mm.bytes(dims, "float32", {}) == 4 * 3 * 1024**2
+    sm = get("softmax")
+    assert sm.bytes({"R": 8192, "N": 1024}, "float32", {}) == 2 * 4 * 8192 * 1024
+    assert math.isclose(get("attention").flops({"B": 1, "S": 4, "L": 4, "D": 8, "E": 8}, {"causal": True}), 2 * 16 * 16 / 2)
+
+
+def test_make_inputs_are_fresh_and_nonzero():
+    mm = get("matmul")
+    dims = mm.parse_shape("16x8x4")
+    a1 = mm.make_inputs(dims, {}, np.random.default_rng(), "float32")
+    a2 = mm.make_inputs(dims, {}, np.random.default_rng(), "float32")
+    assert a1[0].dtype == np.float32 and a1[0].shape == (16, 4) and a1[1].shape == (4, 8)
+    assert not np.array_equal(a1[0], a2[0])
+    assert np.count_nonzero(a1[0]) == a1[0].size

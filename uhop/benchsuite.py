@@ -1,0 +1,262 @@
+"""``uhop bench``: UHOP vs the naive eager baseline vs the library baseline, in one run.
+
+Every row times three things with the one benchmark function on the same inputs:
+``naive`` (the plain numpy formula a user would write), ``library`` (the vendor path UHOP could
+have picked itself: numpy/OpenBLAS for GEMM, torch's CPU kernels where torch is installed), and
+``uhop`` (the public entry point, ``uhop.ops.<op>``, dispatch overhead included).
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from uhop.measure.bench import benchmark
+
+
+def _erf(x):
+    try:
+        from scipy.special import erf
+
+        return erf(x)
+    except ImportError:
+        return np.vectorize(math.erf, otypes=[x.dtype])(x)
+
+
+def _np_softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _np_layernorm(x, w, b, eps=1e-5):
+    mu = x.mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(x.var(-1, keepdims=True) + eps) * w + b
+
+
+def _np_rmsnorm(x, w, eps=1e-6):
+    return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
+
+
+def _np_attention(q, k, v, causal=False):
+    s = q @ np.swapaxes(k, -1, -2) / np.float32(math.sqrt(q.shape[-1]))
+    if causal:
+        s = np.where(np.triu(np.ones(s.shape[-2:], dtype=bool), 1), -np.inf, s)
+    return _np_softmax(s) @ v
+
+
+def _np_gelu_mm(a, b, bias):
+    y = a @ b + bias
+    return 0.5 * y * (1 + _erf(y / np.float32(math.sqrt(2))))
+
+
+NAIVE: dict[str, Callable[..., Any]] = {
+    "elementwise": lambda x: (1 / (1 + np.exp(-(x * 1.5 + 0.5)))) * x - 0.25,
+    "softmax": _np_softmax,
+    "layernorm": _np_layernorm,
+    "rmsnorm": _np_rmsnorm,
+    "matmul": lambda a, b: a @ b,
+    "matmul_gelu": _np_gelu_mm,
+    "attention": _np_attention,
+    "attention_causal": lambda q, k, v: _np_attention(q, k, v, True),
+    "conv2d": None,  # filled from the op reference (einsum), the plain way to write it in numpy
+}
+
+
+def _library(name: str) -> tuple[str, Callable[..., Any]] | None:
+    """The vendor path for a row: torch's CPU kernels if installed, numpy BLAS for GEMM."""
+    if name == "matmul":
+        return "numpy BLAS", lambda a, b: np.matmul(a, b)
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        return None
+    t = torch.from_numpy
+    table: dict[str, Callable[..., Any]] = {
+        "elementwise": lambda x: torch.sigmoid(t(x) * 1.5 + 0.5) * t(x) - 0.25,
+        "softmax": lambda x: torch.softmax(t(x), -1),
+        "layernorm": lambda x, w, b: F.layer_norm(t(x), (x.shape[-1],), t(w), t(b), 1e-5),
+        "rmsnorm": lambda x, w: F.rms_norm(t(x), (x.shape[-1],), t(w), 1e-6),
+        "matmul_gelu": lambda a, b, bias: F.gelu(torch.addmm(t(bias), t(a), t(b))),
+        "attention": lambda q, k, v: F.scaled_dot_product_attention(t(q), t(k), t(v)),
+        "attention_causal": lambda q, k, v: F.scaled_dot_product_attention(t(q), t(k), t(v), is_causal=True),
+        "conv2d": lambda x, w: F.conv2d(t(x), t(w), padding=1),
+    }
+    return ("torch " + torch.__version__, table[name]) if name in table else None
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    op: str
+    shape: str
+    params: dict[str, Any]
+    arity: int
+
+
+SUITES: dict[str, list[Case]] = {
+    "cpu": [
+        Case("elementwise", "elementwise", "16777216", {"expr": "sigmoid(x0*1.5+0.5)*x0-0.25"}, 1),
+        Case("softmax", "softmax", "8192x1024", {}, 1),
+        Case("layernorm", "layernorm", "8192x1024", {}, 3),
+        Case("rmsnorm", "rmsnorm", "8192x1024", {}, 2),
+        Case("matmul", "matmul", "1024x1024x1024", {}, 2),
+        Case("matmul_gelu", "matmul", "1024x4096x1024", {"activation": "gelu"}, 3),
+        Case("attention", "attention", "1x8x1024x64", {}, 3),
+        Case("attention_causal", "attention", "1x8x1024x64", {"causal": True}, 3),
+        Case("conv2d", "conv2d", "8x64x56x56x64x3x3", {"padding": 1}, 2),
+    ],
+    "quick": [
+        Case("elementwise", "elementwise", "262144", {"expr": "sigmoid(x0*1.5+0.5)*x0-0.25"}, 1),
+        Case("softmax", "softmax", "256x512", {}, 1),
+        Case("layernorm", "layernorm", "256x512", {}, 3),
+        Case("matmul", "matmul", "128x128x128", {}, 2),
+    ],
+}
+
+
+def machine_info() -> dict[str, Any]:
+    from uhop import __version__
+    from uhop.problem import cpu_model, hardware_fingerprint
+
+    info = {
+        "cpu": cpu_model(),
+        "cores": __import__("os").cpu_count(),
+        "python": platform.python_version(),
+        "uhop": __version__,
+        "versions": hardware_fingerprint("cpu"),
+    }
+    try:
+        from threadpoolctl import threadpool_info
+
+        info["blas"] = [{k: d.get(k) for k in ("internal_api", "version", "architecture", "num_threads")} for d in threadpool_info()]
+    except ImportError:
+        pass
+    return info
+
+
+def _peak(dtype: str) -> tuple[float | None, float | None]:
+    try:
+        from uhop.hardware import get_capabilities
+
+        caps = get_capabilities()
+        return caps.peak_flops({"float32": "fp32", "float64": "fp64"}.get(dtype, dtype)), caps.peak_bandwidth()
+    except Exception:
+        return None, None
+
+
+def run_suite(suite: str, budget_s: float = 30.0, console: Any = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    import uhop
+    from uhop.ops import get as get_op
+    from uhop.problem import Problem
+    from uhop.tune.tuner import tune
+
+    if suite not in SUITES:
+        raise ValueError(f"suite must be one of {', '.join(SUITES)}, got {suite!r}")
+    rng = np.random.default_rng(0)
+    rows = []
+    peak_flops, peak_bw = _peak("float32")
+    for case in SUITES[suite]:
+        spec = get_op(case.op)
+        dims = spec.parse_shape(case.shape)
+        problem = Problem.make(case.op, dims, "float32", case.params, case.arity)
+        if console:
+            console.print(f"[bold]{case.name}[/bold] {problem.describe()}: tuning ...")
+        res = tune(problem=problem, budget_s=budget_s)
+        xs = spec.make_inputs(problem.dim, problem.param, rng, "float32", case.arity)
+        sets = [xs] + [[x.copy() for x in xs] for _ in range(2)]
+        direct = getattr(uhop.ops, case.op)
+        if case.op == "elementwise":
+            expr = case.params["expr"]
+
+            def run_uhop(*a, _e=expr):
+                return uhop.ops.elementwise(_e, *a)
+        else:
+            p = case.params
+
+            def run_uhop(*a, _d=direct, _p=p):
+                return _d(*a, **_p)
+
+        naive = NAIVE[case.name]
+        if naive is None:
+            p = problem.param
+
+            def naive(*a, _spec=spec, _p=p):
+                return _spec.reference(*a, **_p)
+
+        t_uhop = benchmark(run_uhop, sets, min_time_s=0.3, repeat=7)
+        t_naive = benchmark(naive, sets, min_time_s=0.3, repeat=7)
+        lib = _library(case.name)
+        t_lib = benchmark(lib[1], sets, min_time_s=0.3, repeat=7) if lib else None
+        flops, nbytes = problem.flops(), problem.bytes()
+        row = {
+            "name": case.name,
+            "problem": problem.describe(),
+            "chosen": res.best.candidate.id if res.best else None,
+            "uhop_s": t_uhop.median_s,
+            "uhop_spread": t_uhop.spread,
+            "naive_s": t_naive.median_s,
+            "library": lib[0] if lib else None,
+            "library_s": t_lib.median_s if t_lib else None,
+            "speedup_vs_naive": t_naive.median_s / t_uhop.median_s,
+            "speedup_vs_library": (t_lib.median_s / t_uhop.median_s) if t_lib else None,
+            "gflops": flops / t_uhop.median_s / 1e9,
+            "gbps": nbytes / t_uhop.median_s / 1e9,
+            "pct_peak_flops": 100 * flops / t_uhop.median_s / peak_flops if peak_flops else None,
+            "pct_peak_bw": 100 * nbytes / t_uhop.median_s / peak_bw if peak_bw else None,
+        }
+        rows.append(row)
+    rows.append(dispatch_overhead())
+    return rows, machine_info()
+
+
+def dispatch_overhead(n: int = 20000) -> dict[str, Any]:
+    """Per-call cost of a cache hit through ``@uhop.optimize`` over calling the chosen kernel."""
+    import uhop
+
+    @uhop.optimize("matmul")
+    def mm(a, b):
+        return a @ b
+
+    a = np.random.default_rng(1).uniform(-1, 1, (8, 8)).astype(np.float32)
+    b = a.copy()
+    mm(a, b)
+    kernel = next(iter(mm._kernels.values()))
+    t_direct = benchmark(kernel, [(a, b)], min_time_s=0.2, repeat=9)
+    t_uhop = benchmark(mm, [(a, b)], min_time_s=0.2, repeat=9)
+    return {
+        "name": "dispatch_overhead",
+        "problem": "matmul 8x8x8 float32, cache hit through @uhop.optimize",
+        "kernel_s": t_direct.median_s,
+        "uhop_s": t_uhop.median_s,
+        "overhead_us": (t_uhop.median_s - t_direct.median_s) * 1e6,
+    }
+
+
+def print_table(rows: list[dict[str, Any]], console: Any) -> None:
+    from rich.table import Table
+
+    from uhop.cli.core import _fmt_time
+
+    t = Table(title="uhop bench (ratios > 1: UHOP faster)")
+    for col in ("case", "UHOP pick", "UHOP", "naive", "library", "vs naive", "vs library", "GFLOP/s", "GB/s"):
+        t.add_column(col)
+    for r in rows:
+        if r["name"] == "dispatch_overhead":
+            continue
+        t.add_row(
+            r["name"], r["chosen"] or "-", _fmt_time(r["uhop_s"]), _fmt_time(r["naive_s"]),
+            f"{_fmt_time(r['library_s'])} ({r['library']})" if r["library_s"] else "-",
+            f"{r['speedup_vs_naive']:.2f}x", f"{r['speedup_vs_library']:.2f}x" if r["speedup_vs_library"] else "-",
+            f"{r['gflops']:.1f}", f"{r['gbps']:.2f}",
+        )  # fmt: skip
+    console.print(t)
+    ov = next((r for r in rows if r["name"] == "dispatch_overhead"), None)
+    if ov:
+        console.print(f"cache-hit dispatch overhead: {ov['overhead_us']:.2f} µs per call "
+                      f"(kernel {ov['kernel_s'] * 1e6:.2f} µs, through UHOP {ov['uhop_s'] * 1e6:.2f} µs)")  # fmt: skip

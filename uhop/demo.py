@@ -1,0 +1,156 @@
+"""``uhop demo``: a pre-norm transformer block written as plain numpy functions, decorated with
+``@uhop.optimize``, run on this machine against the embedded default store.
+
+It prints, per op, the problem, the kernel UHOP chose and the speedup over the same plain numpy
+function, then the whole block's speedup and its error against a float64 reference.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+import uhop
+from uhop.config import override
+from uhop.measure.bench import benchmark
+
+
+# ---- the model, as a user writes it: plain numpy -------------------------------------------------
+def layernorm(x, w, b):
+    mu = x.mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(x.var(-1, keepdims=True) + 1e-5) * w + b
+
+
+def linear(x, w):
+    return x @ w
+
+
+def linear_gelu(x, w, b):
+    y = x @ w + b
+    return 0.5 * y * (1 + _erf(y / np.float32(math.sqrt(2))))
+
+
+def attention(q, k, v):
+    s = q @ np.swapaxes(k, -1, -2) / np.float32(math.sqrt(q.shape[-1]))
+    s = np.where(np.triu(np.ones(s.shape[-2:], dtype=bool), 1), -np.inf, s)
+    e = np.exp(s - s.max(-1, keepdims=True))
+    return (e / e.sum(-1, keepdims=True)) @ v
+
+
+def residual(x, y):
+    return x + y
+
+
+def _erf(x):
+    try:
+        from scipy.special import erf
+
+        return erf(x).astype(x.dtype)
+    except ImportError:
+        return np.vectorize(math.erf, otypes=[x.dtype])(x)
+
+
+PLAIN = {"layernorm": layernorm, "linear": linear, "linear_gelu": linear_gelu, "attention": attention, "residual": residual}
+OPS = {"layernorm": "layernorm", "linear": "matmul", "linear_gelu": "matmul", "attention": "attention", "residual": "elementwise"}
+
+
+def block(f: dict[str, Any], x, p, heads: int):
+    T, d = x.shape
+    h = f["layernorm"](x, p["ln1_w"], p["ln1_b"])
+    qkv = f["linear"](h, p["w_qkv"])
+    q, k, v = (np.ascontiguousarray(qkv[:, i * d:(i + 1) * d].reshape(T, heads, d // heads).transpose(1, 0, 2))
+               for i in range(3))  # fmt: skip
+    a = f["attention"](q, k, v).transpose(1, 0, 2).reshape(T, d)
+    x = f["residual"](x, f["linear"](np.ascontiguousarray(a), p["w_o"]))
+    h = f["layernorm"](x, p["ln2_w"], p["ln2_b"])
+    h = f["linear_gelu"](h, p["w_1"], p["b_1"])
+    return f["residual"](x, f["linear"](h, p["w_2"]))
+
+
+def make_params(d: int, rng: np.random.Generator, dtype=np.float32) -> dict[str, np.ndarray]:
+    def w(*shape):
+        return (rng.standard_normal(shape) / math.sqrt(shape[0])).astype(dtype)
+
+    return {
+        "ln1_w": (1 + 0.1 * rng.standard_normal(d)).astype(dtype), "ln1_b": (0.1 * rng.standard_normal(d)).astype(dtype),
+        "ln2_w": (1 + 0.1 * rng.standard_normal(d)).astype(dtype), "ln2_b": (0.1 * rng.standard_normal(d)).astype(dtype),
+        "w_qkv": w(d, 3 * d), "w_o": w(d, d), "w_1": w(d, 4 * d), "b_1": (0.1 * rng.standard_normal(4 * d)).astype(dtype),
+        "w_2": w(4 * d, d),
+    }  # fmt: skip
+
+
+def run_demo(tokens: int = 2048, d_model: int = 512, budget_s: float = 15.0, console: Any = None) -> bool:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    heads = max(1, d_model // 64)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((tokens, d_model)).astype(np.float32)
+    p = make_params(d_model, rng)
+
+    optimized = {name: uhop.optimize(OPS[name])(fn) for name, fn in PLAIN.items()}
+    console.print(f"[bold]UHOP demo[/bold]: transformer block, {tokens} tokens, d_model {d_model}, {heads} heads, float32")
+    console.print("First pass: UHOP checks each function against its op, then finds/loads the best kernel ...")
+    t0 = time.perf_counter()
+    with override(tune_budget_s=budget_s):
+        out = block(optimized, x, p, heads)
+    console.print(f"first pass (tuning or loading from the store) took {time.perf_counter() - t0:.1f} s")
+
+    # Correctness of the whole block against a float64 run of the plain functions.
+    p64 = {k: v.astype(np.float64) for k, v in p.items()}
+    ref = block(PLAIN, x.astype(np.float64), p64, heads)
+    rel = float(np.max(np.abs(out - ref)) / np.max(np.abs(ref)))
+
+    # Per-op speedups on the block's real inputs.
+    h = layernorm(x, p["ln1_w"], p["ln1_b"])
+    qkv = h @ p["w_qkv"]
+    q = np.ascontiguousarray(qkv[:, :d_model].reshape(tokens, heads, -1).transpose(1, 0, 2))
+    h4 = linear_gelu(h, p["w_1"], p["b_1"])
+    cases = [
+        ("layernorm", (x, p["ln1_w"], p["ln1_b"])),
+        ("linear", (h, p["w_qkv"])),
+        ("attention", (q, q.copy(), q.copy())),
+        ("linear_gelu", (h, p["w_1"], p["b_1"])),
+        ("linear", (h4, p["w_2"])),
+        ("residual", (x, h)),
+    ]
+    t = Table(title="What UHOP chose")
+    for col in ("function", "problem", "chosen kernel", "numpy", "UHOP", "speedup"):
+        t.add_column(col)
+    for name, args in cases:
+        fn = optimized[name]
+        fn(*args)
+        chosen = _chosen(fn, args)
+        tn = benchmark(PLAIN[name], [args], min_time_s=0.2, repeat=5).median_s
+        tu = benchmark(fn, [args], min_time_s=0.2, repeat=5).median_s
+        shape = " x ".join("x".join(map(str, a.shape)) for a in args)
+        t.add_row(name, f"{OPS[name]} {shape}", chosen, f"{tn * 1e3:.2f} ms", f"{tu * 1e3:.2f} ms", f"{tn / tu:.2f}x")
+    console.print(t)
+    tn = benchmark(lambda: block(PLAIN, x, p, heads), [()], min_time_s=0.5, repeat=5).median_s
+    tu = benchmark(lambda: block(optimized, x, p, heads), [()], min_time_s=0.5, repeat=5).median_s
+    ok = rel < 1e-3
+    console.print(
+        f"whole block: numpy {tn * 1e3:.1f} ms, UHOP {tu * 1e3:.1f} ms -> [bold]{tn / tu:.2f}x[/bold]; "
+        f"max error vs float64 reference {rel:.2e} (relative to max |y|) "
+        + ("[green]ok[/green]" if ok else "[red]TOO LARGE[/red]")
+    )
+    from uhop.store import open_store
+
+    console.print(f"kernels stored in {open_store().url} (see `uhop cache ls`)")
+    return ok
+
+
+def _chosen(fn: Any, args: tuple) -> str:
+    from uhop.config import settings
+    from uhop.dispatch import _resolved, make_problem
+
+    params = next((v for v in fn._semantics.values() if v is not None), None)
+    if params is None:
+        return "(user function: did not match the op)"
+    problem = make_problem(fn.spec, args, params)
+    hit = _resolved.get(problem.key(settings().shape_buckets))
+    return hit[2].id if hit else "-"
