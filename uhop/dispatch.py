@@ -136,6 +136,7 @@ def resolve(problem: Problem, policy: str | None = None) -> tuple[Kernel, Backen
                     return _resolved[key]
                 if verdict is not None:
                     _warn(f"stored kernel {cand.id} failed validation ({verdict.status}: {verdict.reason}); re-tuning")
+            store.invalidate(key)  # never serve it again; the re-tuned choice replaces it
         res = tune(problem=problem, policy=policy, store=store)
         assert res.kernel is not None and res.backend is not None and res.best is not None
         _resolved[key] = (res.kernel, res.backend, res.best.candidate)

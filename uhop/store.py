@@ -198,9 +198,8 @@ class SQLiteStore:
                         problem=excluded.problem, candidate=excluded.candidate, median_s=excluded.median_s,
                         gflops=excluded.gflops, gbps=excluded.gbps, policy=excluded.policy,
                         fingerprint=excluded.fingerprint, content_hash=excluded.content_hash, updated=excluded.updated
-                    WHERE excluded.content_hash != kernels.content_hash
-                       OR (excluded.median_s IS NOT NULL
-                           AND (kernels.median_s IS NULL OR excluded.median_s < kernels.median_s))
+                    WHERE excluded.median_s IS NOT NULL
+                      AND (kernels.median_s IS NULL OR excluded.median_s < kernels.median_s)
                     """,
                     (key, op, json.dumps(problem, sort_keys=True), json.dumps(chosen, sort_keys=True),
                      _num(median_s), _num(gflops), _num(gbps), policy, json.dumps(fingerprint, sort_keys=True),
@@ -208,6 +207,11 @@ class SQLiteStore:
                 )  # fmt: skip
             row = db.execute("SELECT * FROM kernels WHERE key=?", (key,)).fetchone()
         return self._entry(row) if row else None
+
+    def invalidate(self, key: str) -> bool:
+        """Drop the choice for ``key`` (stale or failing), keeping its measurements as history."""
+        with self._tx() as db:
+            return db.execute("DELETE FROM kernels WHERE key=?", (key,)).rowcount > 0
 
     def delete(self, key: str | None = None, op: str | None = None) -> int:
         with self._tx() as db:

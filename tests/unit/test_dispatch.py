@@ -222,3 +222,33 @@ def test_cache_hit_overhead_is_microseconds():
         t2 = time.perf_counter()
         best = min(best, ((t2 - t1) - (t1 - t0)) / n)
     assert best < 20e-6, f"dispatch overhead {best * 1e6:.2f} µs"
+
+
+def test_stale_or_wrong_store_entries_are_never_served():
+    x = f32(16, 40)
+    uhop.ops.softmax(x)
+    store = open_store()
+    (e,) = store.entries()
+    # 1. stale: the content hash no longer matches (code or versions changed)
+    store._conn().execute("UPDATE kernels SET content_hash='0000' WHERE key=?", (e.key,))
+    clear_process_cache()
+    with pytest.warns(UhopWarning, match="stale"):
+        uhop.ops.softmax(x)
+    (e2,) = store.entries()
+    assert e2.content_hash != "0000"
+    # 2. wrong: the stored choice points at a kernel that computes something else
+    bogus = {"backend": "numpy", "template": "blocked", "config": {"block": 16}}
+    store._conn().execute("UPDATE kernels SET candidate=?, content_hash='' WHERE key=?",
+                          (__import__("json").dumps(bogus), e.key))  # fmt: skip
+    import uhop.backends.numpy as npb
+
+    real = npb.softmax_kernel
+    try:
+        npb.softmax_kernel = lambda block: (lambda x: np.zeros_like(x))  # a wrong kernel behind the stored entry
+        clear_process_cache()
+        with pytest.warns(UhopWarning, match="failed validation"):
+            out = uhop.ops.softmax(x)
+    finally:
+        npb.softmax_kernel = real
+    e = np.exp(x.astype(np.float64) - x.max(-1, keepdims=True))
+    close(out, e / e.sum(-1, keepdims=True), 1e-5)
