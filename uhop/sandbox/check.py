@@ -1,0 +1,304 @@
+"""The hardened validator for untrusted kernel files (``uhop kernel check``, the ``user`` backend).
+
+Everything that decides acceptance happens here, in the parent: the float64 reference
+(``ValidationSet``), the comparison (``uhop.measure.validate.compare``), the clock. The sandboxed
+worker only runs the candidate and ships outputs back as plain arrays; its own reports are used
+only to reject. Per candidate:
+
+1. static pre-check (:mod:`uhop.sandbox.kernelfile`), then a fresh worker from the warm pool;
+2. at least two shapes per op, ``trials`` fresh random input sets per shape drawn from a secret
+   seed; each set is run twice (same inputs), the output memory poisoned before each call;
+3. each output must be a plain array of the right shape and dtype, aliasing no input, match the
+   reference, leave the inputs unmodified, equal-within-tolerance on the repeat call, and differ
+   from the previous set's output (a cached or stale result fails);
+4. timing: batches of back-to-back calls over rotating input sets, timed on the parent's clock
+   (minus the measured empty round trip), the last output of each batch re-validated, and a
+   checked call on brand-new inputs between batches.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from uhop.measure.validate import Trial, ValidationSet, compare
+from uhop.ops import get as get_op
+from uhop.problem import Problem
+from uhop.sandbox.kernelfile import KernelFile, KernelFileError, StaticPolicy, load
+from uhop.sandbox.worker import Limits, SandboxFault, Worker, WorkerPool, pool
+
+_perf = time.perf_counter
+
+#: Small, prime-ish validation shapes per op (``op.parse_shape`` text): two at least, so a kernel
+#: that hard-codes one shape fails, and sizes that are no multiple of common tile sizes.
+SHAPES: dict[str, tuple[str, ...]] = {
+    "matmul": ("31x37x29", "67x53x71"),
+    "softmax": ("37x61", "101x127"),
+    "layernorm": ("37x61", "101x127"),
+    "rmsnorm": ("37x61", "101x127"),
+    "elementwise": ("1031", "4099"),
+    "attention": ("1x2x17x16", "2x3x37x32"),
+    "conv2d": ("1x3x13x11x5x3x3", "2x4x17x19x7x3x3"),
+}
+
+CATEGORIES = (
+    "timeout", "memory", "crash", "forbidden", "wrong-result", "partial-write", "stale-output",
+    "input-mutated", "nondeterministic", "bad-output", "disk", "bad-file",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """Outcome of checking one kernel file. ``median_s`` is the per-call time on the largest
+    validation shape (parent clock, inf when rejected or not timed); ``overhead_s`` is the
+    sandbox cost of this evaluation beyond the kernel's own time (start, load, transfers)."""
+
+    ok: bool
+    category: str = "ok"
+    reason: str = ""
+    path: str = ""
+    op: str = ""
+    sha256: str = ""
+    median_s: float = math.inf
+    max_err: float = 0.0
+    layers: tuple[str, ...] = ()
+    overhead_s: float = math.nan
+    shapes: tuple[str, ...] = ()
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def line(self) -> str:
+        if not self.ok:
+            return f"rejected: {self.category}: {self.reason}"
+        t = f"{self.median_s * 1e6:.1f} us" if math.isfinite(self.median_s) else "not timed"
+        return f"ok: {self.op} {t} per call (max err {self.max_err:.2g}; sandbox: {'+'.join(self.layers)})"
+
+    def to_json(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["layers"], d["shapes"] = list(self.layers), list(self.shapes)
+        for k in ("median_s", "overhead_s", "max_err"):
+            d[k] = d[k] if math.isfinite(d[k]) else None
+        return d
+
+
+def problems_for(kf: KernelFile, dtype: str | None = None, params: Mapping[str, Any] | None = None,
+                 shapes: Sequence[str] | None = None) -> list[Problem]:  # fmt: skip
+    """The validation problems for a kernel file: its op at each shape, dtype and params."""
+    spec = get_op(kf.op)
+    dtype = dtype or ("float32" if "float32" in kf.dtypes else kf.dtypes[0])
+    if dtype not in kf.dtypes:
+        raise KernelFileError("bad-file", f"the file declares DTYPES={list(kf.dtypes)}; {dtype} was asked for")
+    p = {**kf.params, **(params or {})}
+    return [Problem.make(kf.op, spec.parse_shape(s), dtype, p) for s in (shapes or SHAPES[kf.op])]
+
+
+def _fresh_trial(problem: Problem) -> Trial:
+    return ValidationSet(problem, trials=1).trials[0]
+
+
+def _wrong_mask(out: np.ndarray, ref: np.ndarray, problem: Problem) -> np.ndarray:
+    rtol, atol = problem.spec.tolerance(problem.dtype, problem.dim, problem.param)
+    got = out.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        ok = (np.abs(got - ref) <= atol + rtol * np.abs(ref)) | (np.isnan(ref) & np.isnan(got))
+    return ~ok
+
+
+def _is_partial(out: np.ndarray, ref: np.ndarray, problem: Problem, prev: np.ndarray | None) -> bool:
+    """Some elements right, every wrong one untouched memory: poison (all-0xFF bytes), zero,
+    or what the previous call left there."""
+    wrong = _wrong_mask(out, ref, problem)
+    n_wrong = int(wrong.sum())
+    if n_wrong == 0 or n_wrong == wrong.size:
+        return False
+    raw = np.ascontiguousarray(out).view(np.uint8).reshape(*out.shape, out.dtype.itemsize)
+    untouched = np.all(raw == 0xFF, axis=-1) | (out == 0)
+    if prev is not None and prev.shape == out.shape:
+        untouched |= out == prev
+    return bool(np.all(untouched[wrong]))
+
+
+class Evaluation:
+    """One candidate in one worker: checked calls and timed batches (raises ``SandboxFault``)."""
+
+    def __init__(self, worker: Worker, problem: Problem) -> None:
+        self.w = worker
+        self.problem = problem
+        self.out_nbytes = 0
+        self.prev: tuple[np.ndarray, np.ndarray] | None = None  # (output, reference) of the last set
+        self.max_err = 0.0
+
+    def set_problem(self, problem: Problem) -> None:
+        self.problem, self.prev = problem, None
+
+    def _reply_cap(self, trial: Trial) -> int:
+        out = trial.reference.size * 8
+        return 4 * (out + sum(x.nbytes for x in trial.inputs)) + (1 << 20)
+
+    def put(self, slot: int, trial: Trial) -> None:
+        self.w.request({"cmd": "put", "slot": slot}, trial.inputs)
+
+    def check(self, trial: Trial, slot: int = 0, *, when: str = "") -> None:
+        """Run ``trial`` twice in the worker and judge both outputs here."""
+        p = self.problem
+        self.put(slot, trial)
+        out_nbytes = trial.reference.size * np.dtype(p.dtype if p.dtype != "bfloat16" else "float32").itemsize
+        reply, arrays = self.w.request(
+            {"cmd": "call", "slot": slot, "repeat": 2, "return_inputs": True, "out_nbytes": out_nbytes},
+            max_reply=self._reply_cap(trial),
+        )
+        n_out = 2
+        if len(arrays) != n_out + len(trial.inputs):
+            raise SandboxFault("bad-output", f"worker returned {len(arrays)} arrays, expected {n_out + len(trial.inputs)}")
+        o1, o2, after = arrays[0], arrays[1], arrays[n_out:]
+        self.judge(o1, trial, when=when, repeat=o2)
+        names = p.spec.arg_names(len(trial.inputs))
+        for name, x, y in zip(names[: len(after)], trial.inputs, after, strict=True):
+            if x.shape != y.shape or not np.array_equal(x, y, equal_nan=True):
+                raise SandboxFault("input-mutated", f"input {name} was modified by run(){when}")
+
+    def judge(self, out: np.ndarray, trial: Trial, *, when: str = "", repeat: np.ndarray | None = None) -> None:
+        p, ref = self.problem, trial.reference
+        v = compare(out, ref, p)
+        if v.status == "bad-output":
+            raise SandboxFault("bad-output", v.reason + when)
+        prev_out, prev_ref = self.prev if self.prev is not None else (None, None)
+        if v.ok:
+            if repeat is not None:
+                r = compare(repeat, ref, p)
+                if not r.ok:
+                    raise SandboxFault("nondeterministic", f"same inputs, second call wrong: {r.reason}{when}")
+            if prev_out is not None and prev_out.shape == out.shape and np.array_equal(prev_out, out):
+                raise SandboxFault("stale-output", f"new inputs gave the previous call's output{when}")
+            self.max_err = max(self.max_err, v.max_err)
+            self.prev = (out, ref)
+            return
+        if _is_partial(out, ref, p, prev_out):
+            n = int(_wrong_mask(out, ref, p).sum())
+            raise SandboxFault("partial-write", f"{n} of {out.size} output elements never written{when}")
+        if prev_ref is not None and prev_ref.shape == ref.shape and compare(out, prev_ref, p).ok:
+            raise SandboxFault("stale-output", f"returned the previous inputs' result for new inputs{when}")
+        if repeat is not None:
+            r = compare(repeat, ref, p)
+            if r.ok or not np.allclose(out, repeat, equal_nan=True, rtol=1e-6, atol=0):
+                raise SandboxFault("nondeterministic", f"two calls on the same inputs differ ({v.reason}){when}")
+        raise SandboxFault("wrong-result", v.reason + when)
+
+    def round_trip(self) -> float:
+        ts = []
+        for _ in range(5):
+            t0 = _perf()
+            self.w.request({"cmd": "ping"})
+            ts.append(_perf() - t0)
+        return min(ts)
+
+    def time(self, trials: Sequence[Trial], *, repeat: int = 5, min_time_s: float = 0.05) -> dict[str, float]:
+        """Per-call time on the parent's clock. Slots 0..k-1 hold ``trials``; batches rotate over
+        them; each batch's last output is re-validated; fresh checked calls are interleaved."""
+        for i, t in enumerate(trials):
+            self.put(i, t)
+        slots = list(range(len(trials)))
+        rtt = self.round_trip()
+
+        def batch(calls: int) -> float:
+            t0 = _perf()
+            reply, arrays = self.w.request({"cmd": "bench", "slots": slots, "calls": calls},
+                                           max_reply=self._reply_cap(trials[0]))  # fmt: skip
+            wall = _perf() - t0
+            slot = reply.get("slot")
+            if not arrays or not isinstance(slot, int) or not 0 <= slot < len(trials):
+                raise SandboxFault("bad-output", "timing batch returned no output")
+            self.prev = None  # rotating sets: compare only against this set's reference
+            self.judge(arrays[0], trials[slot], when=" (output produced while timing)")
+            child = float(reply.get("child_s", 0.0))
+            if not (child <= wall * 1.05 + 1e-3):  # the worker claims more time than passed
+                raise SandboxFault("crash", f"worker reported {child:.3g} s for a {wall:.3g} s batch")
+            return max(wall - rtt, 0.0) / calls
+
+        first = batch(1)
+        per = max(min_time_s / repeat, 1e-6)
+        calls = max(1, min(10_000, int(per / max(first, 1e-7))))
+        samples = []
+        for r in range(repeat):
+            samples.append(batch(calls))
+            if r % 2 == 1:  # interleave a checked call on brand-new inputs
+                self.prev = None
+                self.check(_fresh_trial(self.problem), slot=len(trials), when=" (between timing batches)")
+        return {"median_s": statistics.median(samples), "min_s": min(samples), "calls": calls, "rtt_s": rtt}
+
+
+def check_file(
+    path: str | Path,
+    op: str | None = None,
+    *,
+    dtype: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    shapes: Sequence[str] | None = None,
+    trials: int = 3,
+    time_it: bool = True,
+    limits: Limits | None = None,
+    policy: StaticPolicy | None = None,
+    isolation: str = "auto",
+    workers: WorkerPool | None = None,
+) -> CheckResult:
+    """Validate (and time) an untrusted kernel file in the sandbox. Never raises for a candidate
+    fault: every rejection is a ``CheckResult`` with a category and a reason."""
+    if trials < 1:
+        raise ValueError(f"trials must be >= 1, got {trials}")
+    try:
+        kf = load(path, policy)
+    except KernelFileError as exc:
+        return CheckResult(False, exc.category, exc.reason, str(path))
+    base = dict(path=str(path), op=kf.op, sha256=kf.sha256)
+    if op is not None and op != kf.op:
+        return CheckResult(False, "bad-file", f"the file declares OP = {kf.op!r}, expected {op!r}", **base)
+    try:
+        probs = problems_for(kf, dtype, params, shapes)
+    except KernelFileError as exc:
+        return CheckResult(False, exc.category, exc.reason, **base)
+    except Exception as exc:
+        return CheckResult(False, "bad-file", f"{type(exc).__name__}: {exc}", **base)
+    shape_names = tuple(p.describe() for p in probs)
+    # the references: computed here, before any candidate code runs anywhere
+    vsets = [ValidationSet(p, trials=max(trials, 2)) for p in probs]
+    t_start = _perf()
+    wp = workers or pool(isolation, limits, gpu=kf.device == "cuda")
+    w = wp.take()
+    kernel_s = 0.0
+    try:
+        w.load(kf.source, f"kernel_{kf.sha256[:12]}.py", array=kf.array, device=kf.device)
+        ev = Evaluation(w, probs[0])
+        for p, vs in zip(probs, vsets, strict=True):
+            ev.set_problem(p)
+            for t in vs.trials:
+                ev.check(t)
+        timing: dict[str, float] = {}
+        if time_it:
+            s = settings_bench()
+            ev.prev = None
+            timing = ev.time(vsets[-1].trials, repeat=s[0], min_time_s=s[1])
+            kernel_s = timing["median_s"] * (timing["calls"] * s[0] + 1)
+        w.request({"cmd": "ping"})
+    except SandboxFault as exc:
+        w.kill()
+        return CheckResult(False, exc.category, exc.reason, shapes=shape_names, layers=tuple(w.layers), **base)
+    finally:
+        w.kill()
+    total = _perf() - t_start
+    return CheckResult(
+        True, "ok", "", median_s=timing.get("median_s", math.inf), max_err=ev.max_err, overhead_s=max(total - kernel_s, 0.0),
+        shapes=shape_names, layers=tuple(w.layers), details={"timing": timing, "total_s": total}, **base,
+    )  # fmt: skip
+
+
+def settings_bench() -> tuple[int, float]:
+    from uhop.config import settings
+
+    s = settings()
+    return max(3, min(s.bench_repeat, 7)), s.bench_min_s

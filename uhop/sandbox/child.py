@@ -1,0 +1,406 @@
+"""The sandbox worker program: run by path (``python -I -B child.py``), inside bubblewrap when
+present. Stdlib and numpy only; it never imports uhop, so it starts fast and trusts nothing.
+
+Sequence: import numpy and bind timers (pre-warm; the parent keeps one spare worker started),
+report ``ready``; on ``load``: redirect stdout/stderr to a capped log, apply resource limits,
+parent-death signal and the seccomp filter, and only then import the candidate. After that
+everything this process says is untrusted: the parent uses its replies only to *reject*, never
+to accept (outputs are compared and timed in the parent).
+
+Protocol (both directions): frame = 8-byte little-endian length + payload; payload = 4-byte
+header length + JSON header + raw ``.npy`` blobs whose lengths are listed in ``header["blobs"]``.
+Arrays are written with ``np.save(allow_pickle=False)``; the parent reads them back with
+``np.load(allow_pickle=False)``, so no object ever crosses the boundary by pickle.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import signal
+import struct
+import sys
+import threading
+import time
+
+_perf = time.perf_counter  # bound before any candidate code exists in this process
+_monotonic = time.monotonic
+
+MAX_HEADER = 1 << 20
+
+
+# ---- framing (also imported by the parent) --------------------------------------------------
+def pack(header: dict, blobs: list[bytes] = ()) -> bytes:  # type: ignore[assignment]
+    header = dict(header, blobs=[len(b) for b in blobs])
+    h = json.dumps(header).encode()
+    payload = b"".join([struct.pack("<I", len(h)), h, *blobs])
+    return struct.pack("<Q", len(payload)) + payload
+
+
+def unpack(payload: bytes) -> tuple[dict, list[bytes]]:
+    if len(payload) < 4:
+        raise ValueError("short frame")
+    (n,) = struct.unpack_from("<I", payload)
+    if n > MAX_HEADER or 4 + n > len(payload):
+        raise ValueError("bad header length")
+    header = json.loads(payload[4 : 4 + n])
+    if not isinstance(header, dict):
+        raise ValueError("header is not an object")
+    lens = header.get("blobs", [])
+    if not isinstance(lens, list) or not all(isinstance(x, int) and x >= 0 for x in lens):
+        raise ValueError("bad blob lengths")
+    if 4 + n + sum(lens) != len(payload):
+        raise ValueError("blob lengths do not add up")
+    blobs, off = [], 4 + n
+    for ln in lens:
+        blobs.append(payload[off : off + ln])
+        off += ln
+    return header, blobs
+
+
+def npy(a) -> bytes:
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def from_npy(b: bytes):
+    import numpy as np
+
+    return np.load(io.BytesIO(b), allow_pickle=False)
+
+
+# ---- the worker --------------------------------------------------------------------------------
+def _read_exact(fd: int, n: int) -> bytes:
+    chunks, got = [], 0
+    while got < n:
+        c = os.read(fd, min(n - got, 1 << 20))
+        if not c:
+            raise EOFError
+        chunks.append(c)
+        got += len(c)
+    return b"".join(chunks)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class Fault(Exception):
+    def __init__(self, category: str, reason: str) -> None:
+        super().__init__(reason)
+        self.category = category
+        self.reason = reason
+
+
+def _classify(exc: BaseException) -> tuple[str, str]:
+    text = f"{type(exc).__name__}: {exc}".splitlines()[0][:300] if str(exc) else type(exc).__name__
+    if isinstance(exc, Fault):
+        return exc.category, exc.reason
+    if isinstance(exc, MemoryError):
+        return "memory", text
+    if isinstance(exc, OSError) and exc.errno in (errno.EFBIG, errno.ENOSPC, errno.EDQUOT):
+        return "disk", text
+    if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENETUNREACH):
+        return "forbidden", text
+    if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+        return "crash", f"called exit ({text})"
+    return "crash", text
+
+
+class Worker:
+    def __init__(self, rfd: int, wfd: int) -> None:
+        self.rfd, self.wfd = rfd, wfd
+        self.run = None
+        self.slots: dict[int, list] = {}
+        self.array = "numpy"
+        self.device = "cpu"
+        self.sync = lambda: None
+        self.log_limit = 1 << 20
+        self.threads = threading.active_count()
+
+    def send(self, header: dict, blobs: list[bytes] = ()) -> None:  # type: ignore[assignment]
+        _write_all(self.wfd, pack(header, list(blobs)))
+
+    def recv(self) -> tuple[dict, list[bytes]]:
+        (n,) = struct.unpack("<Q", _read_exact(self.rfd, 8))
+        return unpack(_read_exact(self.rfd, n))
+
+    def serve(self) -> None:
+        import numpy as np  # noqa: F401 - the pre-warm: this import is most of a worker's start-up
+
+        self.send({"ready": True, "pid": os.getpid()})
+        while True:
+            try:
+                header, blobs = self.recv()
+            except EOFError:
+                os._exit(0)
+            cmd = header.get("cmd")
+            try:
+                reply, out = getattr(self, "cmd_" + str(cmd))(header, blobs)
+            except BaseException as exc:  # noqa: BLE001 - every candidate fault becomes a reply
+                cat, reason = _classify(exc)
+                reply, out = {"error": cat, "reason": reason}, []
+            self.send(reply, out)
+            if cmd == "exit":
+                os._exit(0)
+
+    # ---- commands --------------------------------------------------------------------------
+    def cmd_ping(self, header, blobs):
+        return {"ok": True}, []
+
+    def cmd_exit(self, header, blobs):
+        return {"ok": True}, []
+
+    def cmd_load(self, header, blobs):
+        import importlib.util
+
+        workdir = header["workdir"]
+        os.makedirs(workdir, exist_ok=True)
+        os.chdir(workdir)
+        path = os.path.join(workdir, header["filename"])
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(header["source"])
+        # Candidate prints go to a capped log, never into the protocol pipe.
+        log = os.open(os.path.join(workdir, "output.log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        self.log_limit = int(header.get("log_bytes", 1 << 20))
+        self.array, self.device = header.get("array", "numpy"), header.get("device", "cpu")
+        if self.array == "torch":
+            import torch  # imported before the filter so its start-up is not the candidate's
+
+            if self.device == "cuda":
+                torch.cuda.init()
+                self.sync = torch.cuda.synchronize
+        layers = apply_limits(header["limits"], gpu=self.device == "cuda")
+        if header.get("seccomp", True):
+            layers += install_seccomp(deny_writes=bool(header.get("deny_writes", False)))
+        self.threads = threading.active_count()
+        spec = importlib.util.spec_from_file_location("uhop_candidate", path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["uhop_candidate"] = mod
+        try:
+            spec.loader.exec_module(mod)
+        except SyntaxError as exc:
+            raise Fault("bad-file", f"SyntaxError: {exc}") from None
+        except ImportError as exc:
+            raise Fault("crash", f"import failed: {type(exc).__name__}: {exc}"[:300]) from None
+        run = getattr(mod, "run", None)
+        if not callable(run):
+            raise Fault("bad-file", "the file defines no callable run(*inputs)")
+        self.run = run
+        self._check_side_effects()
+        return {"ok": True, "layers": layers}, []
+
+    def cmd_put(self, header, blobs):
+        self.slots[int(header["slot"])] = [from_npy(b) for b in blobs]
+        return {"ok": True}, []
+
+    def _args(self, slot: int) -> list:
+        xs = [x.copy() for x in self.slots[slot]]
+        if self.array == "torch":
+            import torch
+
+            xs = [torch.from_numpy(x).to(self.device) for x in xs]
+        return xs
+
+    def _poison(self, nbytes: int) -> None:
+        # Fill a block of the output's size with 0xFF bytes (a NaN in every float dtype) and free
+        # it: an np.empty of that size usually gets this block back, so unwritten elements show.
+        import numpy as np
+
+        p = np.empty(max(nbytes, 1), np.uint8)
+        p.fill(0xFF)
+        del p
+
+    def _snapshot(self, out, xs) -> bytes:
+        """Copy the output at once (work finished later on another thread does not count)."""
+        import numpy as np
+
+        if self.array == "torch":
+            import torch
+
+            if type(out) is not torch.Tensor:
+                raise Fault("bad-output", f"returned {type(out).__name__}, expected torch.Tensor")
+            if any(out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr() for x in xs):
+                raise Fault("bad-output", "output aliases an input (return a new tensor)")
+            if out.dtype == torch.bfloat16:
+                out = out.float()
+            out = out.detach().to("cpu").numpy().copy()
+        elif type(out) is not np.ndarray:
+            raise Fault("bad-output", f"returned {type(out).__module__}.{type(out).__name__}, expected numpy.ndarray")
+        elif any(np.may_share_memory(out, x) for x in xs):
+            raise Fault("bad-output", "output aliases an input (return a new array)")
+        if out.dtype.kind not in "fc":
+            raise Fault("bad-output", f"output dtype {out.dtype}, expected a floating-point array")
+        return npy(np.array(out, copy=True, order="C"))
+
+    def _check_side_effects(self) -> None:
+        if threading.active_count() > self.threads:
+            n = threading.active_count() - self.threads
+            raise Fault("forbidden", f"left {n} thread(s) running after returning")
+        size = os.fstat(1).st_size
+        if size > self.log_limit:
+            raise Fault("forbidden", f"printed {size} bytes (limit {self.log_limit})")
+
+    def cmd_call(self, header, blobs):
+        """Call run() ``repeat`` times on the same input set; reply with every output and the
+        inputs as they were after the first call."""
+        slot, repeat = int(header["slot"]), int(header.get("repeat", 1))
+        outs, after = [], []
+        for r in range(repeat):
+            xs = self._args(slot)
+            self._poison(int(header.get("out_nbytes", 0)))
+            out = self.run(*xs)
+            self.sync()
+            outs.append(self._snapshot(out, xs))
+            del out
+            self._check_side_effects()
+            if r == 0 and header.get("return_inputs"):
+                after = [npy(_host(x)) for x in xs]
+        return {"ok": True, "n_out": len(outs)}, outs + after
+
+    def cmd_bench(self, header, blobs):
+        """``calls`` back-to-back calls rotating over ``slots``; replies with the last output.
+        The parent times this request on its own clock; ``child_s`` is only a cross-check."""
+        slots, calls = [int(s) for s in header["slots"]], int(header["calls"])
+        sets = [self._args(s) for s in slots]
+        run, sync = self.run, self.sync
+        sync()
+        t0 = _perf()
+        out = None
+        for i in range(calls):
+            out = run(*sets[i % len(sets)])
+        sync()
+        t = _perf() - t0
+        last = (calls - 1) % len(sets)
+        blob = self._snapshot(out, sets[last])
+        self._check_side_effects()
+        return {"ok": True, "slot": slots[last], "child_s": t}, [blob]
+
+
+def _host(x):
+    return x.detach().to("cpu").numpy() if hasattr(x, "detach") else x
+
+
+# ---- limits and seccomp -----------------------------------------------------------------------
+def _vm_size() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def apply_limits(limits: dict, gpu: bool) -> list[str]:
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
+    try:  # die with the parent (bubblewrap does this too with --die-with-parent)
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: no /proc/<pid>/mem access from others
+    except Exception:
+        pass
+    cpu = int(limits["cpu_s"])
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(limits["file_bytes"]),) * 2)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (int(limits["open_files"]),) * 2)
+    layers = ["rlimits"]
+    if not gpu:
+        # RLIMIT_AS breaks CUDA (it reserves huge virtual ranges); GPU workers are limited by
+        # the parent's RSS polling instead.
+        cap = _vm_size() + int(limits["memory_bytes"])
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    return layers
+
+
+# x86-64/aarch64 clone flags and ioctl numbers used by the filter.
+CLONE_THREAD = 0x00010000
+TIOCSTI = 0x5412
+_DENY = (
+    "execve", "execveat", "fork", "vfork", "ptrace", "process_vm_readv", "process_vm_writev", "socket",
+    "socketpair", "connect", "bind", "listen", "accept", "accept4", "mount", "umount2", "pivot_root", "chroot",
+    "unshare", "setns", "keyctl", "add_key", "request_key", "bpf", "perf_event_open", "kexec_load",
+    "kexec_file_load", "init_module", "finit_module", "delete_module", "reboot", "swapon", "swapoff", "setsid",
+    "setpgid", "setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setgroups", "personality",
+    "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register", "open_by_handle_at",
+    "name_to_handle_at", "quotactl", "acct", "settimeofday", "clock_settime", "adjtimex", "syslog", "iopl",
+    "ioperm", "fanotify_init", "move_mount", "open_tree", "fsopen", "fsmount", "pidfd_open", "pidfd_getfd",
+)  # fmt: skip
+_WRITES = ("unlink", "unlinkat", "rename", "renameat", "renameat2", "mkdir", "mkdirat", "rmdir", "link",
+           "linkat", "symlink", "symlinkat", "truncate", "chmod", "fchmodat", "chown", "fchownat", "creat")
+
+
+def install_seccomp(deny_writes: bool) -> list[str]:
+    """Default-allow filter that kills the process (SIGSYS) on anything that reaches other
+    programs, the network, other processes or the kernel's configuration. Thread creation stays
+    allowed (BLAS/torch pools); process creation does not. ``deny_writes`` (no bubblewrap: the
+    host file system is visible) also refuses opening any file for writing."""
+    try:
+        import pyseccomp as sc
+    except ImportError:
+        return []
+    f = sc.SyscallFilter(defaction=sc.ALLOW)
+    for name in _DENY:
+        try:
+            f.add_rule(sc.KILL_PROCESS, name)
+        except Exception:  # not on this architecture
+            pass
+    f.add_rule(sc.KILL_PROCESS, "clone", sc.Arg(0, sc.MASKED_EQ, CLONE_THREAD, 0))
+    f.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")  # glibc then falls back to clone, filtered above
+    f.add_rule(sc.KILL_PROCESS, "ioctl", sc.Arg(1, sc.EQ, TIOCSTI))
+    pid = os.getpid()
+    f.add_rule(sc.ERRNO(errno.EPERM), "kill", sc.Arg(0, sc.NE, pid))
+    f.add_rule(sc.ERRNO(errno.EPERM), "tgkill", sc.Arg(0, sc.NE, pid))
+    f.add_rule(sc.ERRNO(errno.EPERM), "tkill")
+    if deny_writes:
+        for name in _WRITES:
+            try:
+                f.add_rule(sc.ERRNO(errno.EACCES), name)
+            except Exception:
+                pass
+        for flag in (os.O_WRONLY, os.O_RDWR, os.O_CREAT, os.O_TRUNC, os.O_APPEND):
+            f.add_rule(sc.ERRNO(errno.EACCES), "openat", sc.Arg(2, sc.MASKED_EQ, flag, flag))
+            try:
+                f.add_rule(sc.ERRNO(errno.EACCES), "open", sc.Arg(1, sc.MASKED_EQ, flag, flag))
+            except Exception:
+                pass
+        f.add_rule(sc.ERRNO(errno.EACCES), "openat2")
+    f.load()
+    return ["seccomp"] + (["no-writes"] if deny_writes else [])
+
+
+def _unshare_net() -> bool:
+    """Without bubblewrap: a private network namespace if the kernel lets us (user namespace
+    first, so it also works unprivileged)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    CLONE_NEWUSER, CLONE_NEWNET = 0x10000000, 0x40000000
+    return libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) == 0 or libc.unshare(CLONE_NEWNET) == 0
+
+
+def main() -> None:
+    sys.dont_write_bytecode = True
+    # The protocol uses private copies of stdin/stdout; fds 0-2 are handed to the candidate's log.
+    rfd, wfd = os.dup(0), os.dup(1)
+    if os.environ.get("UHOP_SANDBOX_UNSHARE_NET") == "1":
+        os.environ["UHOP_SANDBOX_NETNS"] = "1" if _unshare_net() else "0"
+    Worker(rfd, wfd).serve()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,371 @@
+"""Parent side of the sandbox: start a worker process (bubblewrap when present), talk to it with
+a wall-clock deadline, watch its memory, and kill and discard it on any fault.
+
+Isolation layers, strongest first (``Sandbox.layers`` reports which ran):
+
+* ``bwrap``: new user, pid, net, ipc, uts and cgroup namespaces; the root file system is an
+  allowlist of read-only binds (``/usr``, the Python prefix, ``sys.path``), ``/tmp`` a private
+  size-capped tmpfs that is the only writable place, no ``/home``, no host ``/etc`` beyond the
+  loader cache, ``--die-with-parent``;
+* ``seccomp`` (pyseccomp, the ``sandbox`` extra): kills the process on exec, fork, sockets,
+  ptrace, mounts, namespace changes and similar (threads stay allowed); without bubblewrap it
+  also refuses every write-open and a private network namespace is tried with ``unshare``;
+* ``rlimits``: CPU seconds, file size, open files, no core dumps, address space (CPU
+  candidates only: ``RLIMIT_AS`` breaks CUDA, so GPU workers are held to ``memory_bytes`` by
+  polling their resident memory from here instead).
+
+Without bubblewrap *and* seccomp there is no OS isolation and :class:`Sandbox` refuses to start.
+A worker serves one candidate and is then discarded; the next is already warm (``WorkerPool``).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import selectors
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from uhop.sandbox import child
+
+CHILD = Path(child.__file__).resolve()
+#: Environment variables passed into the sandbox (everything else is dropped: no secrets).
+PASS_ENV = ("LANG", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TRITON_INTERPRET",
+            "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "NUMBA_NUM_THREADS")  # fmt: skip
+_ETC = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/localtime", "/etc/nsswitch.conf", "/etc/hosts")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-candidate limits. ``wall_s`` bounds each request (load, one call, one timing batch);
+    ``memory_bytes`` is added on top of the pre-warmed worker's own footprint."""
+
+    wall_s: float = 20.0
+    cpu_s: int = 60
+    memory_bytes: int = 4 << 30
+    file_bytes: int = 64 << 20
+    disk_bytes: int = 256 << 20
+    open_files: int = 256
+    log_bytes: int = 1 << 20
+
+
+class SandboxFault(Exception):
+    """A candidate fault seen from the parent: ``category`` (timeout, memory, crash, forbidden,
+    bad-output, disk, ...) and a one-line reason."""
+
+    def __init__(self, category: str, reason: str) -> None:
+        super().__init__(f"{category}: {reason}")
+        self.category = category
+        self.reason = reason
+
+
+class SandboxUnavailable(RuntimeError):
+    pass
+
+
+@functools.lru_cache(maxsize=1)
+def bwrap_path() -> str | None:
+    """bubblewrap, if installed *and* able to create namespaces here (containers may forbid it)."""
+    exe = shutil.which("bwrap")
+    if exe is None:
+        return None
+    try:
+        r = subprocess.run([exe, "--unshare-all", "--ro-bind", "/", "/", "true"], capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return exe if r.returncode == 0 else None
+
+
+@functools.lru_cache(maxsize=1)
+def have_seccomp() -> bool:
+    try:
+        import pyseccomp  # noqa: F401
+    except (ImportError, OSError):
+        return False
+    return True
+
+
+def resolve_isolation(isolation: str = "auto") -> str:
+    """``auto`` -> ``bwrap`` if usable else ``seccomp``. Raises :class:`SandboxUnavailable` when
+    the requested layer is missing (untrusted code never runs without OS isolation)."""
+    if isolation not in ("auto", "bwrap", "seccomp"):
+        raise ValueError(f"isolation must be 'auto', 'bwrap' or 'seccomp', got {isolation!r}")
+    if isolation in ("auto", "bwrap") and bwrap_path():
+        return "bwrap"
+    if isolation == "bwrap":
+        raise SandboxUnavailable("bubblewrap is not installed or cannot create namespaces here")
+    if not have_seccomp():
+        raise SandboxUnavailable(
+            "no OS isolation available: install bubblewrap (scripts/install_system_deps.sh) or pyseccomp "
+            "(pip install 'uhop[sandbox]')"
+        )
+    return "seccomp"
+
+
+def _ro_paths() -> list[str]:
+    """Directories the worker needs to read: system libraries, the interpreter, sys.path."""
+    paths = ["/usr", "/lib", "/lib64", "/bin", "/sbin", sys.prefix, sys.base_prefix, str(CHILD.parent)]
+    paths += [p for p in sys.path if p and os.path.isdir(p)]
+    out: list[str] = []
+    for p in sorted({os.path.realpath(p) for p in paths if os.path.exists(p)}, key=len):
+        if not any(p == q or p.startswith(q.rstrip("/") + "/") for q in out):
+            out.append(p)
+    return out
+
+
+def _bwrap_cmd(limits: Limits, gpu: bool) -> list[str]:
+    cmd = [bwrap_path() or "bwrap", "--unshare-all", "--die-with-parent", "--cap-drop", "ALL"]
+    for p in _ro_paths():
+        if os.path.islink(p):
+            cmd += ["--symlink", os.readlink(p), p]
+        else:
+            cmd += ["--ro-bind", p, p]
+    for p in ("/lib", "/lib64", "/bin", "/sbin"):  # merged-/usr systems: keep the symlinks
+        if os.path.islink(p) and p not in cmd:
+            cmd += ["--symlink", os.readlink(p), p]
+    for p in _ETC:
+        cmd += ["--ro-bind-try", p, p]
+    cmd += ["--ro-bind-try", "/sys/devices/system/cpu", "/sys/devices/system/cpu"]
+    cmd += ["--proc", "/proc", "--dev", "/dev", "--size", str(limits.disk_bytes), "--tmpfs", "/tmp"]
+    if gpu:
+        for dev in sorted(Path("/dev").glob("nvidia*")) + [Path("/dev/dri")]:
+            cmd += ["--dev-bind-try", str(dev), str(dev)]
+        cmd += ["--ro-bind-try", "/sys", "/sys", "--ro-bind-try", "/proc/driver/nvidia", "/proc/driver/nvidia"]
+    cmd += ["--chdir", "/tmp"]
+    return cmd
+
+
+def _env(home: str) -> dict[str, str]:
+    env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
+    env.update(PATH="/usr/bin:/bin", HOME=home, TMPDIR=home, TRITON_CACHE_DIR=f"{home}/triton",
+               NUMBA_CACHE_DIR=f"{home}/numba", PYTHONNOUSERSITE="1")  # fmt: skip
+    env.setdefault("LANG", "C.UTF-8")
+    return env
+
+
+def _tree_pids(root: int) -> list[int]:
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _rss(pids: Sequence[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+class Worker:
+    """One sandboxed worker process. Start-up (interpreter + numpy) runs in the background from
+    construction; :meth:`load` waits for it. Every request has a deadline; on timeout, death,
+    memory overrun or a malformed reply the process group is killed and ``SandboxFault`` raised."""
+
+    def __init__(self, isolation: str = "auto", limits: Limits | None = None, gpu: bool = False) -> None:
+        self.isolation = resolve_isolation(isolation)
+        self.limits = limits or Limits()
+        self.gpu = gpu
+        self.layers: list[str] = []
+        self.dead = False
+        self.started = time.perf_counter()
+        self._tmp: str | None = None
+        self._buf = bytearray()
+        python = [sys.executable, "-I", "-B", str(CHILD)]
+        if self.isolation == "bwrap":
+            cmd, home = _bwrap_cmd(self.limits, gpu) + python, "/tmp"
+            self.layers.append("bwrap")
+        else:
+            self._tmp = tempfile.mkdtemp(prefix="uhop-sandbox-")
+            cmd, home = python, self._tmp
+        self.workdir = f"{home}/work"
+        env = _env(home)
+        if self.isolation != "bwrap":
+            env["UHOP_SANDBOX_UNSHARE_NET"] = "1"
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+            cwd=home if self._tmp else "/", start_new_session=True, close_fds=True,
+        )  # fmt: skip
+        self._ready = False
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    def kill(self) -> None:
+        if not self.dead:
+            self.dead = True
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL'd group
+                pass
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f and f.close()
+            except OSError:
+                pass
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    close = kill
+
+    def __del__(self) -> None:
+        try:
+            self.kill()
+        except Exception:
+            pass
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+    # ---- transport -----------------------------------------------------------------------------
+    def _death(self) -> SandboxFault:
+        try:
+            rc = self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            rc = None
+        self.kill()
+        sig = -rc if rc is not None and rc < 0 else (rc - 128 if rc is not None and rc > 128 else 0)
+        if sig == signal.SIGSYS:
+            return SandboxFault("forbidden", "killed by the seccomp filter (a forbidden system call)")
+        if sig in (signal.SIGXCPU,) or (sig == signal.SIGKILL and rc is not None):
+            return SandboxFault("timeout", f"CPU time limit ({self.limits.cpu_s} s) exceeded")
+        if sig:
+            return SandboxFault("crash", f"worker died from signal {signal.Signals(sig).name}")
+        return SandboxFault("crash", f"worker exited (code {rc}) in the middle of a request")
+
+    def _read_frame(self, deadline: float, max_bytes: int) -> bytes:
+        fd = self.proc.stdout.fileno()  # type: ignore[union-attr]
+        need: int | None = None
+        sel = selectors.DefaultSelector()
+        sel.register(fd, selectors.EVENT_READ)
+        try:
+            while True:
+                if need is None and len(self._buf) >= 8:
+                    (need,) = struct.unpack_from("<Q", self._buf)
+                    if need > max_bytes:
+                        self.kill()
+                        raise SandboxFault("bad-output", f"reply of {need} bytes exceeds the {max_bytes}-byte cap")
+                if need is not None and len(self._buf) >= 8 + need:
+                    frame = bytes(self._buf[8 : 8 + need])
+                    del self._buf[: 8 + need]
+                    return frame
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.kill()
+                    raise SandboxFault("timeout", f"no reply within {self.limits.wall_s:g} s wall clock")
+                if sel.select(min(left, 0.05)):
+                    chunk = os.read(fd, 1 << 20)
+                    if not chunk:
+                        raise self._death()
+                    self._buf += chunk
+                elif self.gpu and _rss(_tree_pids(self.proc.pid)) > self.limits.memory_bytes + (2 << 30):
+                    self.kill()
+                    raise SandboxFault("memory", f"resident memory above {self.limits.memory_bytes >> 20} MiB")
+        finally:
+            sel.close()
+
+    def request(
+        self, header: dict[str, Any], arrays: Sequence[np.ndarray] = (), *, max_reply: int = 1 << 26,
+        wall_s: float | None = None,
+    ) -> tuple[dict[str, Any], list[np.ndarray]]:  # fmt: skip
+        """Send a command; return the reply header and its arrays (plain ndarrays only)."""
+        if self.dead:
+            raise SandboxFault("crash", "worker already discarded")
+        deadline = time.monotonic() + (wall_s or self.limits.wall_s)
+        if not self._ready:
+            hello = self._read_frame(deadline, 1 << 16)
+            self._ready = True
+            del hello
+        data = child.pack(header, [child.npy(np.ascontiguousarray(a)) for a in arrays])
+        try:
+            self.proc.stdin.write(data)  # type: ignore[union-attr]
+            self.proc.stdin.flush()  # type: ignore[union-attr]
+        except (BrokenPipeError, OSError):
+            raise self._death() from None
+        frame = self._read_frame(deadline, max_reply)
+        try:
+            reply, blobs = child.unpack(frame)
+            out = [child.from_npy(b) for b in blobs]
+        except Exception as exc:
+            self.kill()
+            raise SandboxFault("bad-output", f"malformed reply from the worker: {exc}") from None
+        for a in out:  # np.load(allow_pickle=False) only builds plain arrays; check anyway
+            if type(a) is not np.ndarray or a.dtype.hasobject:
+                self.kill()
+                raise SandboxFault("bad-output", f"reply holds a {type(a).__name__}, expected a plain array")
+        if "error" in reply:
+            raise SandboxFault(str(reply["error"])[:40], str(reply.get("reason", ""))[:300])
+        return reply, out
+
+    # ---- commands ------------------------------------------------------------------------------
+    def load(self, source: str, filename: str, *, array: str = "numpy", device: str = "cpu") -> list[str]:
+        """Send the candidate, apply limits and seccomp, import it. Returns the layers in force."""
+        reply, _ = self.request({
+            "cmd": "load", "source": source, "filename": filename, "workdir": self.workdir,
+            "limits": asdict(self.limits), "log_bytes": self.limits.log_bytes, "array": array,
+            "device": device, "seccomp": True, "deny_writes": self.isolation != "bwrap",
+        })  # fmt: skip
+        layers = [str(x) for x in reply.get("layers", [])][:4]
+        self.layers = [x for x in self.layers if x == "bwrap"] + [x for x in layers if x in ("rlimits", "seccomp", "no-writes")]
+        return self.layers
+
+
+class WorkerPool:
+    """Hands out fresh workers, keeping one spare starting in the background, so a candidate
+    does not wait for an interpreter and numpy to start (about 0.3 s under bubblewrap)."""
+
+    def __init__(self, isolation: str = "auto", limits: Limits | None = None, gpu: bool = False) -> None:
+        self.isolation = resolve_isolation(isolation)
+        self.limits = limits or Limits()
+        self.gpu = gpu
+        self._spare: Worker | None = None
+
+    def take(self) -> Worker:
+        w = self._spare if self._spare is not None and self._spare.proc.poll() is None else None
+        if w is None:
+            w = Worker(self.isolation, self.limits, self.gpu)
+        self._spare = Worker(self.isolation, self.limits, self.gpu)
+        return w
+
+    def close(self) -> None:
+        if self._spare is not None:
+            self._spare.kill()
+            self._spare = None
+
+
+_pools: dict[tuple[str, Limits, bool], WorkerPool] = {}
+
+
+def pool(isolation: str = "auto", limits: Limits | None = None, gpu: bool = False) -> WorkerPool:
+    """A process-wide pool per (isolation, limits, gpu)."""
+    key = (resolve_isolation(isolation), limits or Limits(), gpu)
+    if key not in _pools:
+        _pools[key] = WorkerPool(*key)
+    return _pools[key]
