@@ -248,6 +248,7 @@ class SearchSpace:
         self._to_candidate = to_candidate
         self._by_name = {p.name: p for p in self.params}
         self._size: int | None = None
+        self._hashes: dict[tuple, str] = {}
 
     # ---- identity -------------------------------------------------------------------------
     @property
@@ -402,7 +403,15 @@ class SearchSpace:
 
     def config_hash(self, cfg: Mapping[str, Any]) -> str:
         """Stable id of the kernel a config builds (same across processes, runs and machines)."""
-        return candidate_hash(self.candidate(cfg))
+        canon = self.canonical(cfg)
+        try:
+            key = tuple(canon.values())
+            hit = self._hashes.get(key)
+        except TypeError:  # unhashable config values: no memo
+            return candidate_hash(self.candidate(canon))
+        if hit is None:
+            hit = self._hashes[key] = candidate_hash(self.candidate(canon))
+        return hit
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
