@@ -1,0 +1,3 @@
+"""placeholder"""
+def load(info):
+    return None
