@@ -1,5 +1,18 @@
 """torch backend: the vendor paths exposed as candidates (MKL/oneDNN on CPU; cuBLAS, cuDNN and
-SDPA/flash attention on CUDA), with torch's eager ops for norms, softmax and chains."""
+SDPA/flash attention on CUDA), with torch's eager ops for norms, softmax and chains.
+
+CUDA-only candidates (the "library baseline" a generated kernel must beat):
+
+* matmul ``lt_epilogue``: ``torch._addmm_activation``, cuBLASLt's fused bias + relu/gelu
+  epilogue (its gelu is the tanh form, within bf16/fp16 rounding of the exact one; offered for
+  those dtypes only, and validated like everything else).
+* matmul ``pad``: a misaligned GEMM (K or N not a multiple of 8 elements in 16-bit, 4 in fp32)
+  runs 3-5x slower in cuBLAS; zero-pad K and N up to a multiple of ``to``, multiply, and copy
+  the (M, N) corner out.
+* conv2d ``channels_last``: cuDNN's NHWC kernels (the tensor-core path) after a format change;
+  ``cudnn_benchmark``: cuDNN's own algorithm search for the shape.
+* attention ``sdpa`` with ``impl`` in flash / cudnn / efficient: one SDPA backend pinned.
+"""
 
 from __future__ import annotations
 
@@ -44,6 +57,30 @@ def _scalar_first(f):
     return g
 
 
+def _padded_matmul(activation: str, to: int) -> Kernel:
+    """cuBLAS on operands zero-padded so K and N are multiples of ``to`` (aligned rows)."""
+    import torch
+    import torch.nn.functional as F
+
+    act = {"none": None, "relu": torch.relu, "gelu": F.gelu, "silu": F.silu}[activation]
+
+    def mm(a, b, bias=None):
+        K, N = b.shape[-2], b.shape[-1]
+        kp, np_ = -K % to, -N % to
+        a_p = F.pad(a, (0, kp)) if kp else a
+        b_p = F.pad(b, (0, np_, 0, kp)) if (kp or np_) else b
+        if bias is not None:
+            bias_p = F.pad(bias, (0, np_)) if np_ else bias
+            y = torch.addmm(bias_p, a_p, b_p) if a_p.dim() == 2 else torch.matmul(a_p, b_p) + bias_p
+        else:
+            y = torch.matmul(a_p, b_p)
+        if act is not None:
+            y = act(y)
+        return y[..., :N].contiguous() if np_ else y
+
+    return mm
+
+
 class TorchBackend(Backend):
     name = "torch"
     array = "torch"
@@ -75,9 +112,27 @@ class TorchBackend(Backend):
 
     def candidates(self, problem: Problem) -> list[Candidate]:
         c = Candidate.of
+        cuda = problem.device.startswith("cuda")
         if problem.op == "attention":
-            return [c("torch", "sdpa"), c("torch", "eager")]
-        return [c("torch", "eager")]
+            out = [c("torch", "sdpa")]
+            if cuda:
+                out += [c("torch", "sdpa", impl=i) for i in ("flash", "cudnn", "efficient")]
+            return out + [c("torch", "eager")]
+        out = [c("torch", "eager")]
+        if not cuda:
+            return out
+        p, d = problem.param, problem.dim
+        if problem.op == "matmul":
+            half = problem.dtype in ("float16", "bfloat16")
+            if problem.arity == 3 and (p["activation"] == "relu" or (p["activation"] == "gelu" and half)):
+                out.append(c("torch", "lt_epilogue"))
+            step = 16 // (4 if problem.dtype == "float32" else 2)
+            if d["K"] % step or d["N"] % step:
+                out += [c("torch", "pad", to=64), c("torch", "pad", to=8)]
+        elif problem.op == "conv2d":
+            out += [c("torch", "channels_last"), c("torch", "eager", benchmark=True),
+                    c("torch", "channels_last", benchmark=True)]  # fmt: skip
+        return out
 
     def compile(self, candidate: Candidate, problem: Problem) -> Kernel:
         import torch
@@ -85,6 +140,19 @@ class TorchBackend(Backend):
 
         p = problem.param
         op = problem.op
+        cfg = candidate.cfg
+        if op == "matmul" and candidate.template == "lt_epilogue":
+            use_gelu = p["activation"] == "gelu"
+
+            def lt(a, b, bias):
+                a2 = a.reshape(-1, a.shape[-1]) if b.dim() == 2 else None
+                if a2 is None:
+                    raise ValueError("lt_epilogue needs a 2-D b")
+                return torch._addmm_activation(bias, a2, b, use_gelu=use_gelu).reshape(*a.shape[:-1], b.shape[-1])
+
+            return lt
+        if op == "matmul" and candidate.template == "pad":
+            return _padded_matmul(p["activation"], int(cfg["to"]))
         if op == "matmul":
             act = {"none": None, "relu": torch.relu, "gelu": F.gelu, "silu": F.silu}[p["activation"]]
 
@@ -115,6 +183,17 @@ class TorchBackend(Backend):
             return rms
         if op == "attention":
             causal = p["causal"]
+            if candidate.template == "sdpa" and "impl" in cfg:
+                from torch.nn.attention import SDPBackend, sdpa_kernel
+
+                backend = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+                           "efficient": SDPBackend.EFFICIENT_ATTENTION}[cfg["impl"]]  # fmt: skip
+
+                def pinned(q, k, v):
+                    with sdpa_kernel(backend):
+                        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+                return pinned
             if candidate.template == "sdpa":
                 return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
@@ -129,7 +208,19 @@ class TorchBackend(Backend):
             return naive
         if op == "conv2d":
             st, pd = p["stride"], p["padding"]
-            return lambda x, w, b=None: F.conv2d(x, w, b, stride=st, padding=pd)
+            cl = candidate.template == "channels_last"
+            bench = bool(cfg.get("benchmark", False))
+
+            def conv(x, w, b=None):
+                if cl:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                    w = w.contiguous(memory_format=torch.channels_last)
+                if not bench:
+                    return F.conv2d(x, w, b, stride=st, padding=pd)
+                with torch.backends.cudnn.flags(enabled=True, benchmark=True):
+                    return F.conv2d(x, w, b, stride=st, padding=pd)
+
+            return conv
         if op == "elementwise":
             e = ex.parse(p["expr"])
             funcs = dict(_torch_funcs())

@@ -1,0 +1,219 @@
+"""Every Triton template against the float64 reference, on CPU through Triton's interpreter
+(``TRITON_INTERPRET=1``): small shapes, odd sizes (1, primes, non-multiples of the tiles), every
+dtype the backend serves. Fresh random inputs per draw; no mocks.
+
+Triton reads ``TRITON_INTERPRET`` when it is imported (its own library functions are jit'd then),
+and setting it in this process would also offer the Triton backend to every other CPU test. So
+the tests run in a child pytest process with the variable set; in the parent, one test starts
+that child and the rest are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+IN_CHILD = os.environ.get("TRITON_INTERPRET") == "1"
+
+pytest.importorskip("triton")
+torch = pytest.importorskip("torch")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from uhop.measure.validate import ValidationSet, check_kernel  # noqa: E402
+from uhop.problem import Problem  # noqa: E402
+
+
+def test_templates_under_interpreter():
+    """Parent side: run this file in a TRITON_INTERPRET=1 child and require it to pass."""
+    if IN_CHILD:
+        pytest.skip("this is the interpreter child run")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p", "no:cacheprovider"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def interpreter():
+    if not IN_CHILD:
+        pytest.skip("runs in the TRITON_INTERPRET=1 child process (test_templates_under_interpreter)")
+    from uhop import backends as bk
+
+    return bk.get("triton")
+
+
+def _check(backend, op, dims, dtype, params=None, arity=None, template=None, cfg=None, limit=3):
+    p = Problem.make(op, dims, dtype, params, arity=arity, device="cpu", array="torch")
+    vset = ValidationSet(p, trials=1)
+    if template is not None:
+        from uhop.backends.triton import _family
+
+        kernels = [(f"{template}{cfg}", _family(op).build(template, cfg, p))]
+    else:
+        cands = backend.candidates(p)
+        assert cands, f"no candidates for {p.describe()}"
+        # the first few, plus the first of every other template
+        pick = cands[:limit] + [c for i, c in enumerate(cands) if c.template not in {x.template for x in cands[:i]}]
+        kernels = [(c.id, backend.compile(c, p)) for c in dict.fromkeys(pick)]
+    for name, k in kernels:
+        v = check_kernel(k, vset, "torch", "cpu")
+        assert v.ok, f"{name} on {p.describe()}: {v.status} {v.reason}"
+
+
+def test_available_under_interpreter(interpreter):
+    assert interpreter.available, interpreter.availability
+    p = Problem.make("softmax", {"R": 2, "N": 8}, "float32", device="cpu", array="torch")
+    assert interpreter.supports(p)
+    assert not interpreter.supports(Problem.make("softmax", {"R": 2, "N": 8}, "float64", device="cpu", array="torch"))
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    m=st.sampled_from([1, 7, 37, 64, 97]),
+    n=st.sampled_from([1, 5, 41, 64, 130]),
+    k=st.sampled_from([1, 3, 29, 64, 77]),
+    dtype=st.sampled_from(["float32", "float16", "bfloat16"]),
+    act=st.sampled_from(["none", "relu", "gelu", "silu"]),
+    bias=st.booleans(),
+)
+def test_matmul_ptr_any_shape(interpreter, m, n, k, dtype, act, bias):
+    cfg = {"BM": 32, "BN": 32, "BK": 16, "GM": 4, "warps": 4, "stages": 2, "prec": "ieee"}
+    _check(interpreter, "matmul", {"B": 1, "M": m, "N": n, "K": k}, dtype, {"activation": act},
+           3 if bias else 2, "ptr", cfg)  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize(("m", "n", "k", "pad"), [(70, 72, 40, False), (67, 41, 43, True), (33, 1, 9, True)])
+@pytest.mark.parametrize("ws", [False, True])
+def test_matmul_tma_persistent(interpreter, dtype, m, n, k, pad, ws):
+    step = 4 if dtype == "float32" else 8
+    if not pad and (k % step or n % step):
+        pytest.skip("TMA without padding needs 16-byte aligned rows")
+    cfg = {"BM": 32, "BN": 32, "BK": 16, "GM": 2, "warps": 4, "stages": 2, "ws": ws, "pad": pad, "prec": "ieee"}
+    _check(interpreter, "matmul", {"B": 1, "M": m, "N": n, "K": k}, dtype, {"activation": "gelu"}, 3, "tma", cfg)
+
+
+def test_matmul_batched_and_candidates(interpreter):
+    # batched a with a shared 2-D b (flattened into one GEMM), and a batched b
+    _check(interpreter, "matmul", {"B": 3, "M": 9, "N": 17, "K": 11}, "float32", {"activation": "relu"}, 2)
+    p = Problem.make("matmul", {"B": 2, "M": 5, "N": 6, "K": 7}, "float32", device="cpu", array="torch")
+    from uhop.backends.triton import _family
+
+    kern = _family("matmul").build("ptr", {"BM": 16, "BN": 16, "BK": 16, "GM": 2, "warps": 4, "stages": 1}, p)
+    a, b = torch.randn(2, 5, 7), torch.randn(2, 7, 6)
+    torch.testing.assert_close(kern(a, b), a @ b, rtol=1e-4, atol=1e-4)
+    # the search space of a large problem is pruned by shared memory and has TMA configs first
+    big = Problem.make("matmul", {"B": 1, "M": 4096, "N": 4096, "K": 4096}, "bfloat16", device="cpu", array="torch")
+    cands = interpreter.candidates(big)
+    assert cands[0].template == "tma" and len(cands) <= 24
+    from uhop.backends.triton_kernels import limits, matmul_smem
+
+    lim = limits("cpu")
+    for c in cands:
+        cfg = c.cfg
+        assert matmul_smem(cfg["BM"], cfg["BN"], cfg["BK"], cfg["stages"], 2) <= lim.shared_mem_bytes
+
+
+@pytest.mark.parametrize("op", ["softmax", "layernorm", "rmsnorm"])
+@pytest.mark.parametrize(("r", "n"), [(1, 1), (7, 33), (13, 100), (4, 1024), (3, 40000)])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_rowops(interpreter, op, r, n, dtype):
+    arity = {"softmax": 1, "layernorm": 3, "rmsnorm": 2}[op]
+    _check(interpreter, op, {"R": r, "N": n}, dtype, arity=arity, limit=2)
+
+
+def test_rowops_without_affine(interpreter):
+    _check(interpreter, "layernorm", {"R": 5, "N": 37}, "float16", arity=1)
+    _check(interpreter, "rmsnorm", {"R": 5, "N": 37}, "float16", arity=1)
+
+
+@pytest.mark.parametrize(
+    ("expr", "n"),
+    [
+        ("sigmoid(x0*1.5+0.5)*x0-0.25", 1),
+        ("sigmoid(x0*1.5+0.5)*x0-0.25", 4099),
+        ("gelu(x0)+tanh(x1)*pow(abs(x0)+1.0, 2.5)-maximum(x1, 0.1)/sqrt(abs(x1)+1.0)", 777),
+        ("relu(x0)-minimum(x0, x1)+exp(-square(x1))+rsqrt(abs(x0)+1)+reciprocal(abs(x1)+2)", 300),
+        ("silu(x0)+erf(x0)+sin(x0)*cos(x0)+log(abs(x0)+1.0)-neg(x0)", 2049),
+        ("x0", 17),
+    ],
+)
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_elementwise_codegen(interpreter, expr, n, dtype):
+    _check(interpreter, "elementwise", {"N": n}, dtype, {"expr": expr}, limit=2)
+
+
+def test_elementwise_generated_source_is_cached(interpreter, uhop_home):
+    from uhop.backends.triton_kernels import elementwise as ew
+    from uhop.ops import expr as ex
+
+    e = ex.parse("x0*2.0+x1")
+    k1 = ew.load_kernel(e, 2)
+    assert ew.load_kernel(e, 2) is k1
+    assert "tl.load(x1_ptr" in ew.generate(e, 2)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize(("b", "s", "l", "d"), [(1, 1, 1, 16), (2, 40, 40, 32), (3, 33, 17, 24), (1, 70, 130, 64)])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_attention_flash(interpreter, causal, b, s, l, d, dtype):  # noqa: E741
+    _check(interpreter, "attention", {"B": b, "S": s, "L": l, "D": d, "E": d}, dtype, {"causal": causal}, limit=2)
+
+
+def test_attention_bf16_4d(interpreter):
+    from uhop.backends.triton import _family
+
+    p = Problem.make("attention", {"B": 4, "S": 64, "L": 64, "D": 32, "E": 32}, "bfloat16", {"causal": True},
+                     device="cpu", array="torch")  # fmt: skip
+    k = _family("attention").build("flash", {"BM": 32, "BN": 32, "warps": 4, "stages": 2}, p)
+    q, kk, v = (torch.randn(2, 2, 64, 32, dtype=torch.bfloat16) for _ in range(3))
+    ref = torch.nn.functional.scaled_dot_product_attention(q.double(), kk.double(), v.double(), is_causal=True)
+    out = k(q, kk, v)
+    assert out.shape == (2, 2, 64, 32)
+    torch.testing.assert_close(out.double(), ref, rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.parametrize(
+    ("dims", "stride", "padding"),
+    [
+        ({"N": 2, "C": 3, "H": 9, "W": 8, "K": 5, "R": 3, "S": 3}, 1, 1),
+        ({"N": 1, "C": 16, "H": 7, "W": 7, "K": 33, "R": 3, "S": 3}, 2, 0),
+        ({"N": 3, "C": 5, "H": 6, "W": 11, "K": 4, "R": 1, "S": 1}, 1, 0),
+    ],
+)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_conv2d_implicit_gemm(interpreter, dims, stride, padding, dtype):
+    _check(interpreter, "conv2d", dims, dtype, {"stride": stride, "padding": padding}, arity=3, limit=1)
+
+
+def test_conv2d_channels_last_keeps_format(interpreter):
+    from uhop.backends.triton import _family
+
+    p = Problem.make("conv2d", {"N": 2, "C": 8, "H": 6, "W": 6, "K": 4, "R": 3, "S": 3}, "float32",
+                     {"stride": 1, "padding": 1}, arity=2, device="cpu", array="torch")  # fmt: skip
+    k = _family("conv2d").build("igemm", {"BM": 32, "BN": 32, "BK": 32, "warps": 4, "stages": 1, "GM": 4}, p)
+    x = torch.randn(2, 8, 6, 6).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(4, 8, 3, 3)
+    y = k(x, w)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, torch.nn.functional.conv2d(x, w, padding=1), rtol=1e-4, atol=1e-4)
+
+
+def test_bad_template_raises(interpreter):
+    from uhop.backends.triton import _family
+
+    p = Problem.make("softmax", {"R": 2, "N": 8}, "float32", device="cpu", array="torch")
+    with pytest.raises(ValueError, match="unknown row-op template"):
+        _family("softmax").build("nope", {}, p)
+
+
+def test_not_offered_for_plain_cpu_runs(monkeypatch):  # runs in both processes
+    from uhop.backends.triton import TritonBackend
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    p = Problem.make("softmax", {"R": 2, "N": 8}, "float32", device="cpu", array="torch")
+    assert not TritonBackend().supports(p)

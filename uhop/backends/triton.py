@@ -1,0 +1,89 @@
+"""Triton backend: UHOP's own GPU kernel templates (``uhop.backends.triton_kernels``), each with
+a search space pruned by the device's limits (the hardware manifest when present, else torch's
+device properties).
+
+Kernels take and return torch tensors on the problem's CUDA device. Under
+``TRITON_INTERPRET=1`` the same templates also serve device "cpu" through Triton's interpreter
+(slow; that is how CI checks them without a GPU); normal CPU runs never see this backend.
+Compile and launch errors surface as Python exceptions, which the tuner records.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from uhop.backends.base import Backend, Candidate, Kernel
+from uhop.problem import Problem
+
+#: op -> template module (in uhop.backends.triton_kernels)
+FAMILIES = {
+    "matmul": "matmul",
+    "softmax": "rowops",
+    "layernorm": "rowops",
+    "rmsnorm": "rowops",
+    "elementwise": "elementwise",
+    "attention": "attention",
+    "conv2d": "conv2d",
+}
+
+
+def _family(op: str) -> Any:
+    from uhop.backends.triton_kernels import fix_interpreter
+
+    fix_interpreter()  # no-op on GPU
+    return importlib.import_module(f"uhop.backends.triton_kernels.{FAMILIES[op]}")
+
+
+class TritonBackend(Backend):
+    name = "triton"
+    array = "torch"
+    devices = ("cuda",)
+    ops = tuple(FAMILIES)
+    dtypes = ("float32", "float16", "bfloat16")
+
+    def _probe(self) -> tuple[bool, str]:
+        import triton
+
+        from uhop.backends.triton_kernels import interpreting
+
+        if interpreting():
+            return True, f"triton {triton.__version__} (CPU interpreter)"
+        import torch
+
+        if not torch.cuda.is_available():
+            return False, f"triton {triton.__version__} installed, but torch sees no CUDA device"
+        return True, f"triton {triton.__version__} on {torch.cuda.get_device_name(0)}"
+
+    def supports(self, problem: Problem) -> bool:
+        from uhop.backends.triton_kernels import interpreting
+
+        if problem.op not in self.ops or problem.dtype not in self.dtypes or problem.array != "torch":
+            return False
+        kind = problem.device.split(":")[0]
+        return kind == "cuda" or (kind == "cpu" and interpreting())
+
+    def synchronize(self, device: str) -> None:
+        if device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize()
+
+    def candidates(self, problem: Problem) -> list[Candidate]:
+        from uhop.backends.triton_kernels import limits
+
+        lim = limits(problem.device)
+        fam = _family(problem.op)
+        if problem.op == "matmul":
+            tf32 = False
+            if problem.dtype == "float32" and problem.device.startswith("cuda"):
+                import torch
+
+                tf32 = bool(torch.backends.cuda.matmul.allow_tf32)  # the caller's opt-in, as for torch
+            pairs = fam.configs(problem, lim, tf32=tf32)
+        else:
+            pairs = fam.configs(problem, lim)
+        return [Candidate.of(self.name, template, **cfg) for template, cfg in pairs]
+
+    def compile(self, candidate: Candidate, problem: Problem) -> Kernel:
+        return _family(problem.op).build(candidate.template, candidate.cfg, problem)

@@ -1,0 +1,138 @@
+"""Flash-style attention forward: ``softmax(q k^T / sqrt(D) [+ causal mask]) v`` without
+materializing the scores. One program per (query block, batch-head); keys and values stream
+through in blocks with an online softmax (running max and sum in fp32, exp2 with the scale
+folded in). Causal masking is top-left aligned (as ``scaled_dot_product_attention``): blocks
+strictly below the diagonal skip the mask, blocks above it are never visited.
+
+Config keys: BM (query block), BN (key block), warps, stages.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import triton
+import triton.language as tl
+
+from uhop.backends.triton_kernels import Limits, next_pow2
+
+
+@triton.jit
+def _attn_block(acc, l_i, m_i, q, k_base, v_base, s_kl, s_vl, offs_m, offs_d, offs_e, lo, hi, L, D, E, qk_scale,
+                MASKED: tl.constexpr, CAUSAL: tl.constexpr, EVEN: tl.constexpr, BN: tl.constexpr,
+                PREC: tl.constexpr):  # fmt: skip
+    for start in tl.range(lo, hi, BN):
+        offs_n = start + tl.arange(0, BN)
+        k_ptrs = k_base + offs_n[None, :].to(tl.int64) * s_kl + offs_d[:, None]
+        v_ptrs = v_base + offs_n[:, None].to(tl.int64) * s_vl + offs_e[None, :]
+        if EVEN:
+            kt = tl.load(k_ptrs)
+            v = tl.load(v_ptrs)
+        else:
+            kt = tl.load(k_ptrs, mask=(offs_n[None, :] < L) & (offs_d[:, None] < D), other=0.0)
+            v = tl.load(v_ptrs, mask=(offs_n[:, None] < L) & (offs_e[None, :] < E), other=0.0)
+        s = tl.dot(q, kt, input_precision=PREC) * qk_scale
+        if MASKED:
+            keep = offs_n[None, :] < L
+            if CAUSAL:
+                keep = keep & (offs_n[None, :] <= offs_m[:, None])
+            s = tl.where(keep, s, -float("inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        p = tl.math.exp2(s - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _attn_fwd(
+    q_ptr, k_ptr, v_ptr, o_ptr, S, L, D, E, qk_scale,
+    s_qb, s_qs, s_kb, s_kl, s_vb, s_vl, s_ob, s_os,
+    CAUSAL: tl.constexpr, EVEN: tl.constexpr, PREC: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr,
+):  # fmt: skip
+    start_m = tl.program_id(0) * BM
+    bid = tl.program_id(1).to(tl.int64)
+    offs_m = start_m + tl.arange(0, BM)
+    offs_d = tl.arange(0, BD)
+    offs_e = tl.arange(0, BE)
+    q_ptrs = q_ptr + bid * s_qb + offs_m[:, None].to(tl.int64) * s_qs + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=(offs_m[:, None] < S) & (offs_d[None, :] < D), other=0.0)
+    k_base = k_ptr + bid * s_kb
+    v_base = v_ptr + bid * s_vb
+    m_i = tl.full((BM,), -float("inf"), tl.float32)
+    l_i = tl.zeros((BM,), tl.float32)
+    acc = tl.zeros((BM, BE), tl.float32)
+    if CAUSAL:
+        hi = tl.minimum(start_m + BM, L)
+        full = tl.minimum(start_m // BN * BN, hi)  # key blocks entirely at or below the diagonal
+        full = full // BN * BN
+        if EVEN:
+            acc, l_i, m_i = _attn_block(acc, l_i, m_i, q, k_base, v_base, s_kl, s_vl, offs_m, offs_d, offs_e,
+                                        0, full, L, D, E, qk_scale, False, True, True, BN, PREC)  # fmt: skip
+        else:
+            acc, l_i, m_i = _attn_block(acc, l_i, m_i, q, k_base, v_base, s_kl, s_vl, offs_m, offs_d, offs_e,
+                                        0, full, L, D, E, qk_scale, True, True, False, BN, PREC)  # fmt: skip
+        acc, l_i, m_i = _attn_block(acc, l_i, m_i, q, k_base, v_base, s_kl, s_vl, offs_m, offs_d, offs_e,
+                                    full, hi, L, D, E, qk_scale, True, True, False, BN, PREC)  # fmt: skip
+    else:
+        if EVEN:
+            acc, l_i, m_i = _attn_block(acc, l_i, m_i, q, k_base, v_base, s_kl, s_vl, offs_m, offs_d, offs_e,
+                                        0, L, L, D, E, qk_scale, False, False, True, BN, PREC)  # fmt: skip
+        else:
+            acc, l_i, m_i = _attn_block(acc, l_i, m_i, q, k_base, v_base, s_kl, s_vl, offs_m, offs_d, offs_e,
+                                        0, L, L, D, E, qk_scale, True, False, False, BN, PREC)  # fmt: skip
+    # Rows with no visible key (only possible past the end of S) keep l_i = 0: guard the divide.
+    l_safe = tl.where(l_i > 0.0, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    o_ptrs = o_ptr + bid * s_ob + offs_m[:, None].to(tl.int64) * s_os + offs_e[None, :]
+    tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=(offs_m[:, None] < S) & (offs_e[None, :] < E))
+
+
+def configs(problem: Any, lim: Limits) -> list[tuple[str, dict[str, Any]]]:
+    d = problem.dim
+    bd = max(16, next_pow2(max(d["D"], d["E"])))
+    itemsize = 4 if problem.dtype == "float32" else 2
+    out = []
+    for bm, bn, warps, stages in ((128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (128, 64, 4, 3), (64, 32, 4, 2)):
+        if bd > 128 and bm * bn > 64 * 64:
+            continue
+        if max(d["S"], 16) < bm // 2:
+            continue
+        smem = (bm * bd + 2 * stages * bn * bd) * itemsize
+        if lim.fits(smem, 32 * warps):
+            out.append(("flash", {"BM": bm, "BN": bn, "warps": warps, "stages": stages}))
+    return out or [("flash", {"BM": 16, "BN": 16, "warps": 4, "stages": 1})]
+
+
+def build(template: str, cfg: dict[str, Any], problem: Any) -> Any:
+    import torch
+
+    if template != "flash":
+        raise ValueError(f"unknown attention template {template!r}")
+    causal = bool(problem.param["causal"])
+    BM, BN = cfg["BM"], cfg["BN"]
+
+    def run(q, k, v):
+        S, D = q.shape[-2], q.shape[-1]
+        L, E = k.shape[-2], v.shape[-1]
+        q3, k3, v3 = (t.reshape(-1, t.shape[-2], t.shape[-1]) for t in (q, k, v))
+        q3, k3, v3 = (t if t.stride(-1) == 1 else t.contiguous() for t in (q3, k3, v3))
+        nb = q3.shape[0]
+        o = torch.empty((nb, S, E), device=q.device, dtype=q.dtype)
+        bd, be = max(16, next_pow2(D)), max(16, next_pow2(E))
+        even = S % BM == 0 and L % BN == 0 and bd == D and be == E
+        grid = (triton.cdiv(S, BM), nb)
+        _attn_fwd[grid](
+            q3, k3, v3, o, S, L, D, E, 1.0 / math.sqrt(D) * 1.4426950408889634,
+            q3.stride(0), q3.stride(1), k3.stride(0), k3.stride(1), v3.stride(0), v3.stride(1),
+            o.stride(0), o.stride(1),
+            CAUSAL=causal, EVEN=even, PREC="ieee" if q.dtype == torch.float32 else "tf32", BM=BM, BN=BN, BD=bd, BE=be,
+            num_warps=cfg["warps"], num_stages=cfg["stages"],
+        )  # fmt: skip
+        return o.reshape(*q.shape[:-1], E)
+
+    return run

@@ -1,0 +1,104 @@
+"""conv2d as an implicit GEMM: rows are output pixels (n, p, q), columns are filters k, and the
+reduction runs over (r, s, c) with c fastest, so a channels-last input is read in contiguous
+runs of channels. The im2col matrix is never materialized: each A tile is gathered straight
+from x with its padding masked to zero. Any memory format works (strides are arguments); the
+output takes the input's format (channels-last in, channels-last out).
+
+Config keys: BM, BN, BK, warps, stages, GM.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import triton
+import triton.language as tl
+
+from uhop.backends.triton_kernels import Limits, matmul_smem
+
+
+@triton.jit
+def _conv_kernel(
+    x_ptr, w_ptr, bias_ptr, y_ptr,
+    NB, C, H, W, K, R, S, P, Q, stride, pad,
+    s_xn, s_xc, s_xh, s_xw, s_wk, s_wc, s_wr, s_ws, s_yn, s_yk, s_yp, s_yq,
+    HAS_BIAS: tl.constexpr, PREC: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GM: tl.constexpr,
+):  # fmt: skip
+    M = NB * P * Q
+    num_pid_m = tl.cdiv(M, BM)
+    num_pid_n = tl.cdiv(K, BN)
+    pid = tl.program_id(0)
+    group = GM * num_pid_n
+    first_m = (pid // group) * GM
+    size_m = tl.minimum(num_pid_m - first_m, GM)
+    pid_m = first_m + (pid % group) % size_m
+    pid_n = (pid % group) // size_m
+
+    rm = pid_m * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    n = rm // (P * Q)
+    pq = rm % (P * Q)
+    h0 = (pq // Q) * stride - pad
+    w0 = (pq % Q) * stride - pad
+    x_row = x_ptr + n.to(tl.int64) * s_xn
+    CRS = C * R * S
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for t0 in range(0, CRS, BK):
+        t = t0 + tl.arange(0, BK)
+        c = t % C
+        rs = t // C
+        r = rs // S
+        s = rs % S
+        hh = h0[:, None] + r[None, :]
+        ww = w0[:, None] + s[None, :]
+        a_mask = (rm[:, None] < M) & (t[None, :] < CRS) & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+        a = tl.load(x_row[:, None] + c[None, :] * s_xc + hh * s_xh + ww * s_xw, mask=a_mask, other=0.0)
+        b_mask = (t[:, None] < CRS) & (rn[None, :] < K)
+        b = tl.load(w_ptr + rn[None, :] * s_wk + c[:, None] * s_wc + r[:, None] * s_wr + s[:, None] * s_ws,
+                    mask=b_mask, other=0.0)  # fmt: skip
+        acc = tl.dot(a, b, acc, input_precision=PREC)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + rn, mask=rn < K, other=0.0).to(tl.float32)[None, :]
+    y_ptrs = y_ptr + n.to(tl.int64)[:, None] * s_yn + rn[None, :] * s_yk + (pq // Q)[:, None] * s_yp \
+        + (pq % Q)[:, None] * s_yq
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < K))
+
+
+def configs(problem: Any, lim: Limits) -> list[tuple[str, dict[str, Any]]]:
+    itemsize = 4 if problem.dtype == "float32" else 2
+    K = problem.dim["K"]
+    out = []
+    for bm, bn, bk, warps, stages in ((128, 128, 64, 8, 3), (128, 64, 64, 4, 3), (64, 64, 32, 4, 2), (128, 256, 64, 8, 3)):
+        if bn > 2 * max(K, 16):
+            continue
+        if lim.fits(matmul_smem(bm, bn, bk, stages, itemsize), 32 * warps):
+            out.append(("igemm", {"BM": bm, "BN": bn, "BK": bk, "warps": warps, "stages": stages, "GM": 8}))
+    return out or [("igemm", {"BM": 32, "BN": 32, "BK": 32, "warps": 4, "stages": 1, "GM": 8})]
+
+
+def build(template: str, cfg: dict[str, Any], problem: Any) -> Any:
+    import torch
+
+    if template != "igemm":
+        raise ValueError(f"unknown conv2d template {template!r}")
+    st, pd = problem.param["stride"], problem.param["padding"]
+    prec = "ieee" if problem.dtype == "float32" else "tf32"
+    BM, BN = cfg["BM"], cfg["BN"]
+
+    def run(x, w, bias=None):
+        NB, C, H, W = x.shape
+        K, _, R, S = w.shape
+        P, Q = (H + 2 * pd - R) // st + 1, (W + 2 * pd - S) // st + 1
+        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and C > 1 else torch.contiguous_format
+        y = torch.empty((NB, K, P, Q), device=x.device, dtype=x.dtype, memory_format=fmt)
+        grid = (triton.cdiv(NB * P * Q, BM) * triton.cdiv(K, BN),)
+        _conv_kernel[grid](
+            x, w, bias if bias is not None else y, y, NB, C, H, W, K, R, S, P, Q, st, pd,
+            *x.stride(), *w.stride(), *y.stride(),
+            HAS_BIAS=bias is not None, PREC=prec, BM=BM, BN=BN, BK=cfg["BK"], GM=cfg["GM"],
+            num_warps=cfg["warps"], num_stages=cfg["stages"],
+        )  # fmt: skip
+        return y
+
+    return run

@@ -1,0 +1,246 @@
+"""GEMM templates: ``act(a @ b + bias)`` with fp32 accumulation and the epilogue fused.
+
+Two kernels:
+
+* ``ptr``: one tile per program, pointer loads with masks (any shape, any strides, batched ``b``),
+  grouped tile ordering for L2 reuse. The fallback that always applies.
+* ``tma``: persistent (one program per SM walking the tiles in grouped order), operands through
+  Hopper's tensor-memory accelerator (host-built TMA descriptors; out-of-bounds tiles are
+  zero-filled by the hardware, so no masks in the main loop), optional warp specialization.
+  TMA needs 16-byte aligned row strides; for a misaligned shape (K or N not a multiple of 8 in
+  bf16) config ``pad=True`` first copies the operands into row-padded buffers and the output is
+  written with masked stores, so no output copy is needed.
+
+Config keys: BM, BN, BK (tile), GM (group size of the tile order), warps, stages, and for ``tma``
+ws (warp specialization), pad; ``prec`` is the fp32 dot precision ("ieee" or "tf32").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import triton
+import triton.language as tl
+
+from uhop.backends.triton_kernels import Limits, matmul_smem
+
+ACT_CODES = {"none": 0, "relu": 1, "gelu": 2, "silu": 3}
+
+
+@triton.jit
+def _epilogue(acc, bias_ptr, rn, N, HAS_BIAS: tl.constexpr, ACT: tl.constexpr):
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)
+        acc = acc + bias[None, :]
+    if ACT == 1:
+        acc = tl.maximum(acc, 0.0)
+    elif ACT == 2:  # exact (erf) gelu, as torch's default
+        acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
+    elif ACT == 3:
+        acc = acc * tl.sigmoid(acc)
+    return acc
+
+
+@triton.jit
+def _tile_of(tile_id, num_pid_m, num_pid_n, GM: tl.constexpr):
+    """Grouped ordering: GM row-tiles sweep the columns together, so their B panels stay in L2."""
+    group = GM * num_pid_n
+    first_m = (tile_id // group) * GM
+    size_m = tl.minimum(num_pid_m - first_m, GM)
+    pid_m = first_m + (tile_id % group) % size_m
+    pid_n = (tile_id % group) // size_m
+    return pid_m, pid_n
+
+
+@triton.jit
+def _mm_ptr_kernel(
+    a_ptr, b_ptr, bias_ptr, c_ptr, M, N, K,
+    s_ab, s_am, s_ak, s_bb, s_bk, s_bn, s_cb, s_cm, s_cn,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, PREC: tl.constexpr, EVEN_K: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GM: tl.constexpr,
+):  # fmt: skip
+    pid_m, pid_n = _tile_of(tl.program_id(0), tl.cdiv(M, BM), tl.cdiv(N, BN), GM)
+    bid = tl.program_id(1).to(tl.int64)
+    rm = pid_m * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    rk = tl.arange(0, BK)
+    # Clamped row/column indices keep the loads unmasked in M and N (the store is masked).
+    ram = tl.max_contiguous(tl.multiple_of(tl.where(rm < M, rm, 0), BM), BM)
+    rbn = tl.max_contiguous(tl.multiple_of(tl.where(rn < N, rn, 0), BN), BN)
+    a_ptrs = a_ptr + bid * s_ab + ram[:, None].to(tl.int64) * s_am + rk[None, :] * s_ak
+    b_ptrs = b_ptr + bid * s_bb + rk[:, None].to(tl.int64) * s_bk + rbn[None, :] * s_bn
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BK)):
+        if EVEN_K:
+            a = tl.load(a_ptrs)
+            b = tl.load(b_ptrs)
+        else:
+            a = tl.load(a_ptrs, mask=rk[None, :] < K - k * BK, other=0.0)
+            b = tl.load(b_ptrs, mask=rk[:, None] < K - k * BK, other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PREC)
+        a_ptrs += BK * s_ak
+        b_ptrs += BK * s_bk
+    acc = _epilogue(acc, bias_ptr, rn, N, HAS_BIAS, ACT)
+    c_ptrs = c_ptr + bid * s_cb + rm[:, None].to(tl.int64) * s_cm + rn[None, :] * s_cn
+    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+@triton.jit
+def _mm_tma_kernel(
+    a_desc, b_desc, c_desc, c_ptr, bias_ptr, M, N, K, s_cm,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, PREC: tl.constexpr, TMA_STORE: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GM: tl.constexpr,
+    NUM_SMS: tl.constexpr, WS: tl.constexpr, FLATTEN: tl.constexpr,
+):  # fmt: skip
+    start = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BM)
+    num_pid_n = tl.cdiv(N, BN)
+    k_tiles = tl.cdiv(K, BK)
+    num_tiles = num_pid_m * num_pid_n
+    # A separate counter for the epilogue lets the compiler overlap one tile's epilogue with the
+    # next tile's loads when the loops are flattened.
+    tile_c = start - NUM_SMS
+    for tile_id in tl.range(start, num_tiles, NUM_SMS, flatten=FLATTEN, warp_specialize=WS):
+        pid_m, pid_n = _tile_of(tile_id, num_pid_m, num_pid_n, GM)
+        off_m = pid_m * BM
+        off_n = pid_n * BN
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+        for ki in range(k_tiles):
+            a = a_desc.load([off_m, ki * BK])
+            b = b_desc.load([ki * BK, off_n])
+            acc = tl.dot(a, b, acc, input_precision=PREC)
+        tile_c += NUM_SMS
+        pid_m, pid_n = _tile_of(tile_c, num_pid_m, num_pid_n, GM)
+        rn = pid_n * BN + tl.arange(0, BN)
+        acc = _epilogue(acc, bias_ptr, rn, N, HAS_BIAS, ACT)
+        out = acc.to(c_ptr.dtype.element_ty)
+        if TMA_STORE:
+            c_desc.store([pid_m * BM, pid_n * BN], out)
+        else:
+            rm = pid_m * BM + tl.arange(0, BM)
+            c_ptrs = c_ptr + rm[:, None].to(tl.int64) * s_cm + rn[None, :]
+            tl.store(c_ptrs, out, mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+# ---- configs ------------------------------------------------------------------------------
+def _cfg(bm, bn, bk, warps, stages, gm=8, **kw) -> dict[str, Any]:
+    return {"BM": bm, "BN": bn, "BK": bk, "GM": gm, "warps": warps, "stages": stages, **kw}
+
+
+def _aligned(n: int, itemsize: int) -> bool:
+    return (n * itemsize) % 16 == 0
+
+
+def configs(problem: Any, lim: Limits, tf32: bool = False) -> list[tuple[str, dict[str, Any]]]:
+    """(template, config) pairs for ``problem``, best guess first, pruned by shared memory."""
+    d = problem.dim
+    B, M, N, K = d["B"], d["M"], d["N"], d["K"]
+    itemsize = 4 if problem.dtype == "float32" else 2
+    prec = "tf32" if (problem.dtype == "float32" and tf32) else "ieee"
+    rows = B * M  # a 2-D b lets a batched a be flattened into one tall GEMM
+    out: list[tuple[str, dict[str, Any]]] = []
+    if itemsize == 2:
+        if rows <= 64:  # weight-read bound: narrow tiles, deep K
+            tiles = [(16, 64, 128, 4, 4), (32, 64, 128, 4, 4), (64, 128, 64, 4, 4), (32, 128, 128, 4, 4)]
+        elif K <= 128:  # output-write bound
+            tiles = [(128, 256, 64, 4, 8), (128, 128, 64, 4, 8), (256, 128, 64, 4, 8)]
+        else:
+            tiles = [(128, 256, 64, 8, 3), (128, 128, 64, 8, 4), (256, 128, 64, 8, 3), (128, 256, 64, 8, 4),
+                     (128, 128, 128, 8, 3), (64, 256, 64, 4, 4)]  # fmt: skip
+    else:
+        tiles = [(128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 64, 32, 4, 4)]
+    small = rows * N < 1024 * 1024
+    tma_ok = lim.hopper and (problem.layout == "contiguous") and rows > 64
+    aligned = _aligned(K, itemsize) and _aligned(N, itemsize)
+    for bm, bn, bk, w, s in tiles:
+        epi = itemsize if aligned else 0  # the TMA store stages the output tile in shared memory
+        if tma_ok and not small:
+            for ws in (False, True) if (lim.hopper and bm * bn >= 128 * 128) else (False,):
+                if lim.fits(matmul_smem(bm, bn, bk, s, itemsize, epi), 32 * w):
+                    out.append(("tma", _cfg(bm, bn, bk, w, s, ws=ws, pad=not aligned, prec=prec)))
+        if lim.fits(matmul_smem(bm, bn, bk, s, itemsize), 32 * w):
+            out.append(("ptr", _cfg(bm, bn, bk, w, s, prec=prec)))
+    if small:
+        out.append(("ptr", _cfg(32, 32, 32, 4, 2, prec=prec)))
+    # Order: persistent TMA first for big aligned problems (the expected winner), then the rest.
+    return out
+
+
+# ---- build --------------------------------------------------------------------------------
+def build(template: str, cfg: dict[str, Any], problem: Any) -> Any:
+    import torch
+
+    if template not in ("ptr", "tma"):
+        raise ValueError(f"unknown matmul template {template!r}")
+    act = ACT_CODES[problem.param["activation"]]
+    prec = cfg.get("prec", "ieee")
+    BM, BN, BK, GM = cfg["BM"], cfg["BN"], cfg["BK"], cfg["GM"]
+    warps, stages = cfg["warps"], cfg["stages"]
+
+    def run_ptr(a, b, bias=None):
+        batched_b = b.dim() > 2
+        if batched_b:
+            a3 = a.reshape(-1, a.shape[-2], a.shape[-1])
+            b3 = b.reshape(-1, b.shape[-2], b.shape[-1])
+        else:  # flatten the batch of a into rows (a view when a's rows are contiguous)
+            a3 = a.reshape(1, -1, a.shape[-1])
+            b3 = b.unsqueeze(0)
+        nb, M, K = a3.shape
+        N = b3.shape[-1]
+        c = torch.empty((nb, M, N), device=a.device, dtype=a.dtype)
+        grid = (triton.cdiv(M, BM) * triton.cdiv(N, BN), nb)
+        _mm_ptr_kernel[grid](
+            a3, b3, bias if bias is not None else c, c, M, N, K,
+            a3.stride(0), a3.stride(1), a3.stride(2), b3.stride(0) if batched_b else 0, b3.stride(1), b3.stride(2),
+            c.stride(0), c.stride(1), c.stride(2),
+            HAS_BIAS=bias is not None, ACT=act, PREC=prec, EVEN_K=K % BK == 0,
+            BM=BM, BN=BN, BK=BK, GM=GM, num_warps=warps, num_stages=stages,
+        )  # fmt: skip
+        return c.reshape(*a.shape[:-1], N)
+
+    if template == "ptr":
+        return run_ptr
+
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    from uhop.backends.triton_kernels import limits
+
+    num_sms = limits(problem.device).sm_count
+    pad, ws = cfg.get("pad", False), cfg.get("ws", False)
+
+    def padded(x):
+        """A copy of 2-D ``x`` whose rows start on 16-byte boundaries (a view of a wider buffer)."""
+        r, cols = x.shape
+        step = 16 // x.element_size()
+        buf = torch.empty((r, (cols + step - 1) // step * step), device=x.device, dtype=x.dtype)
+        view = buf[:, :cols]
+        view.copy_(x)
+        return view
+
+    def run_tma(a, b, bias=None):
+        if b.dim() > 2:
+            return run_ptr(a, b, bias)
+        a2 = a.reshape(-1, a.shape[-1])
+        M, K = a2.shape
+        N = b.shape[1]
+        if pad:
+            a2, b2 = padded(a2), padded(b)
+        else:
+            a2, b2 = a2.contiguous(), b.contiguous()
+            if a2.data_ptr() % 16 or b2.data_ptr() % 16:  # an offset view: TMA cannot start there
+                return run_ptr(a, b, bias)
+        c = torch.empty((M, N), device=a.device, dtype=a.dtype)
+        tma_store = not pad and _aligned(N, c.element_size())
+        a_d = TensorDescriptor(a2, [M, K], [a2.stride(0), 1], [BM, BK])
+        b_d = TensorDescriptor(b2, [K, N], [b2.stride(0), 1], [BK, BN])
+        c_d = TensorDescriptor(c, [M, N], [N, 1], [BM, BN]) if tma_store else a_d
+        tiles = triton.cdiv(M, BM) * triton.cdiv(N, BN)
+        _mm_tma_kernel[(min(num_sms, tiles),)](
+            a_d, b_d, c_d, c, bias if bias is not None else c, M, N, K, c.stride(0),
+            HAS_BIAS=bias is not None, ACT=act, PREC=prec, TMA_STORE=tma_store,
+            BM=BM, BN=BN, BK=BK, GM=GM, NUM_SMS=num_sms, WS=ws, FLATTEN=True,
+            num_warps=warps, num_stages=stages,
+        )  # fmt: skip
+        return c.reshape(*a.shape[:-1], N)
+
+    return run_tma
