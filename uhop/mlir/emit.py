@@ -349,7 +349,7 @@ def _conv2d(b: _Builder, shapes, out_shape, p) -> None:
     from iree.compiler.dialects import arith, linalg, tensor
 
     stride, pad = int(p["stride"]), int(p["padding"])
-    (N, C, H, W), (K, _, R, S) = shapes[0], shapes[1]
+    N, C, H, W = shapes[0]
 
     def body(x, w, *rest):
         if pad:  # zero border, then the unpadded input written into its interior
