@@ -184,6 +184,8 @@ class Worker:
         layers = apply_limits(header["limits"], gpu=self.device == "cuda")
         if header.get("seccomp", True):
             layers += install_seccomp(deny_writes=bool(header.get("deny_writes", False)))
+        if os.environ.get("UHOP_SANDBOX_NETNS") == "1":
+            layers.append("netns")
         self.threads = threading.active_count()
         spec = importlib.util.spec_from_file_location("uhop_candidate", path)
         mod = importlib.util.module_from_spec(spec)
@@ -256,6 +258,8 @@ class Worker:
         """Call run() ``repeat`` times on the same input set; reply with every output and the
         inputs as they were after the first call."""
         slot, repeat = int(header["slot"]), int(header.get("repeat", 1))
+        if blobs:  # inputs sent with the call (one round trip per call for the user backend)
+            self.slots[slot] = [from_npy(b) for b in blobs]
         outs, after = [], []
         for r in range(repeat):
             xs = self._args(slot)
@@ -397,6 +401,12 @@ def main() -> None:
     sys.dont_write_bytecode = True
     # The protocol uses private copies of stdin/stdout; fds 0-2 are handed to the candidate's log.
     rfd, wfd = os.dup(0), os.dup(1)
+    try:  # a spare worker must not outlive the parent even before its limits are applied
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
     if os.environ.get("UHOP_SANDBOX_UNSHARE_NET") == "1":
         os.environ["UHOP_SANDBOX_NETNS"] = "1" if _unshare_net() else "0"
     Worker(rfd, wfd).serve()

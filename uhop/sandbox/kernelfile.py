@@ -24,7 +24,7 @@ from typing import Any
 DEFAULT_IMPORTS: frozenset[str] = frozenset(
     {
         "__future__", "numpy", "math", "cmath", "torch", "triton", "numba", "functools", "itertools",
-        "operator", "typing", "dataclasses", "collections",
+        "operator", "typing", "dataclasses", "collections", "time",
     }
 )  # fmt: skip
 #: Sub-modules refused even under an allowed package: they compile/load native code or reach

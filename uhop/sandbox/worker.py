@@ -20,6 +20,7 @@ A worker serves one candidate and is then discarded; the next is already warm (`
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import selectors
@@ -138,11 +139,14 @@ def _bwrap_cmd(limits: Limits, gpu: bool) -> list[str]:
         cmd += ["--ro-bind-try", p, p]
     cmd += ["--ro-bind-try", "/sys/devices/system/cpu", "/sys/devices/system/cpu"]
     cmd += ["--proc", "/proc", "--dev", "/dev", "--size", str(limits.disk_bytes), "--tmpfs", "/tmp"]
+    cmd += ["--size", str(limits.disk_bytes // 4), "--tmpfs", "/dev/shm"]
     if gpu:
         for dev in sorted(Path("/dev").glob("nvidia*")) + [Path("/dev/dri")]:
             cmd += ["--dev-bind-try", str(dev), str(dev)]
         cmd += ["--ro-bind-try", "/sys", "/sys", "--ro-bind-try", "/proc/driver/nvidia", "/proc/driver/nvidia"]
-    cmd += ["--chdir", "/tmp"]
+    # bwrap's root is a writable tmpfs holding the mount points: make it read-only so the
+    # private /tmp is the only writable place.
+    cmd += ["--remount-ro", "/", "--chdir", "/tmp"]
     return cmd
 
 
@@ -333,7 +337,7 @@ class Worker:
             "device": device, "seccomp": True, "deny_writes": self.isolation != "bwrap",
         })  # fmt: skip
         layers = [str(x) for x in reply.get("layers", [])][:4]
-        self.layers = [x for x in self.layers if x == "bwrap"] + [x for x in layers if x in ("rlimits", "seccomp", "no-writes")]
+        self.layers = [x for x in self.layers if x == "bwrap"] + [x for x in layers if x in ("rlimits", "seccomp", "no-writes", "netns")]
         return self.layers
 
 
@@ -369,3 +373,9 @@ def pool(isolation: str = "auto", limits: Limits | None = None, gpu: bool = Fals
     if key not in _pools:
         _pools[key] = WorkerPool(*key)
     return _pools[key]
+
+
+@atexit.register
+def _close_pools() -> None:
+    for p in _pools.values():
+        p.close()

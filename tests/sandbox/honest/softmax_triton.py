@@ -1,0 +1,30 @@
+"""Honest softmax in Triton (one program per row; TRITON_INTERPRET=1 runs it on a CPU)."""
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+OP = "softmax"
+ARRAY = "torch"
+DTYPES = ("float32",)
+
+
+@triton.jit
+def softmax_row(x_ptr, out_ptr, n_cols, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    x = tl.load(x_ptr + row * n_cols + cols, mask=mask, other=-float("inf"))
+    x = x - tl.max(x, axis=0)
+    e = tl.exp(x)
+    tl.store(out_ptr + row * n_cols + cols, e / tl.sum(e, axis=0), mask=mask)
+
+
+def run(x):
+    out = torch.empty_like(x)
+    n_rows, n_cols = x.shape
+    softmax_row[(n_rows,)](x, out, n_cols, BLOCK=triton.next_power_of_2(n_cols))
+    return out
+
+
+assert np is not None

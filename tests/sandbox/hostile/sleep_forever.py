@@ -1,0 +1,9 @@
+# expect: timeout
+"""Sleeps forever."""
+import time
+
+OP = "softmax"
+
+
+def run(x):
+    time.sleep(10**6)

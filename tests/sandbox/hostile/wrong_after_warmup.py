@@ -1,0 +1,15 @@
+# expect: wrong-result
+# timed: yes
+"""Right for the first calls (validation), wrong once warmed up (timing)."""
+import numpy as np
+
+OP = "softmax"
+CALLS = [0]
+
+
+def run(x):
+    CALLS[0] += 1
+    if CALLS[0] > 16:
+        return np.zeros_like(x)
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).astype(x.dtype)

@@ -1,0 +1,7 @@
+# expect: bad-output
+"""Returns the transpose."""
+OP = "matmul"
+
+
+def run(a, b):
+    return (a @ b).T.copy()
