@@ -4,6 +4,7 @@
 set -euo pipefail
 PKGS=(
   bubblewrap        # sandbox: namespaces for untrusted kernels
+  postgresql        # perf store tests start a real server (binaries in /usr/lib/postgresql/<v>/bin)
 )
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

@@ -1,0 +1,314 @@
+"""The PostgreSQL kernel store: a central store many machines share (``UHOP_STORE=postgresql://...``).
+
+Same public methods and semantics as :class:`uhop.store.SQLiteStore`: ``get``, ``entries``,
+``measurements``, ``record`` (one transaction; a measured entry replaces an unmeasured one, the
+faster measured entry wins, every writer's measurements are kept), ``delete``, ``export``,
+``import_``, ``integrity_ok``, ``url``, ``close``; plus the ``telemetry`` table
+(:mod:`uhop.perf.telemetry`). Problem, candidate, fingerprint and the other JSON fields are
+``jsonb`` so a central store can be queried by field (``fingerprint->>'cpu'``).
+
+One connection per thread and process (a forked child opens its own). The conflict rule is one
+``INSERT ... ON CONFLICT DO UPDATE ... WHERE`` statement, atomic under concurrent writers; DDL
+runs under an advisory lock so processes that open a fresh database together do not race.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from uhop.store import SCHEMA_VERSION, Entry
+
+try:
+    import psycopg
+except ImportError as exc:  # open_store turns this into "pip install 'uhop[perf]'"
+    raise ImportError(f"the PostgreSQL store needs psycopg 3: {exc}") from None
+
+from uhop.perf.telemetry import COLUMNS as TEL_COLUMNS
+from uhop.perf.telemetry import JSON_COLUMNS as TEL_JSON
+
+_DDL_LOCK = 7234101  # pg_advisory_xact_lock id for schema creation
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS kernels (
+    key TEXT PRIMARY KEY, op TEXT NOT NULL, problem JSONB NOT NULL, candidate JSONB NOT NULL,
+    median_s DOUBLE PRECISION, gflops DOUBLE PRECISION, gbps DOUBLE PRECISION, policy TEXT NOT NULL,
+    fingerprint JSONB NOT NULL, content_hash TEXT NOT NULL DEFAULT '',
+    created DOUBLE PRECISION NOT NULL, updated DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS measurements (
+    id BIGSERIAL PRIMARY KEY, key TEXT NOT NULL, op TEXT NOT NULL, candidate JSONB NOT NULL,
+    status TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '', median_s DOUBLE PRECISION,
+    spread DOUBLE PRECISION, n INTEGER, max_err DOUBLE PRECISION, created DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS measurements_key ON measurements(key);
+CREATE TABLE IF NOT EXISTS telemetry (
+    id BIGSERIAL PRIMARY KEY,
+    created DOUBLE PRECISION NOT NULL, run_id TEXT NOT NULL, source TEXT NOT NULL,
+    key TEXT NOT NULL, op TEXT NOT NULL, dims JSONB NOT NULL, dtype TEXT NOT NULL, params JSONB NOT NULL,
+    problem JSONB NOT NULL, flops DOUBLE PRECISION, bytes DOUBLE PRECISION,
+    backend TEXT NOT NULL, template TEXT NOT NULL, config JSONB NOT NULL, config_hash TEXT NOT NULL,
+    hw_hash TEXT NOT NULL, fingerprint JSONB NOT NULL, hw_features JSONB NOT NULL,
+    status TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '', max_err DOUBLE PRECISION,
+    median_s DOUBLE PRECISION, min_s DOUBLE PRECISION, max_s DOUBLE PRECISION, spread DOUBLE PRECISION,
+    n INTEGER, calls INTEGER, energy_j DOUBLE PRECISION, versions JSONB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS telemetry_op ON telemetry(op, key)
+"""
+
+_KERNEL_COLS = "key, op, problem, candidate, median_s, gflops, gbps, policy, fingerprint, content_hash, created, updated"
+
+
+def _num(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def _dumps(x: Any) -> str:
+    return json.dumps(x, sort_keys=True, default=str)
+
+
+def _masked(url: str) -> str:
+    """The URL with any password replaced by ``***`` (for messages)."""
+    head, sep, tail = url.partition("://")
+    if "@" in tail:
+        cred, _, host = tail.rpartition("@")
+        if ":" in cred:
+            cred = cred.split(":", 1)[0] + ":***"
+        tail = f"{cred}@{host}"
+    return head + sep + tail
+
+
+class PostgresStore:
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._local = threading.local()
+        try:
+            conn = self._conn()
+        except psycopg.OperationalError as exc:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RuntimeError(f"UHOP_STORE {_masked(url)}: cannot connect to PostgreSQL: {msg}") from None
+        with self._tx() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_DDL_LOCK,))
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    cur.execute(stmt)
+            cur.execute("SELECT value FROM meta WHERE name='schema_version'")
+            row = cur.fetchone()
+            if row is None:
+                cur.execute("INSERT INTO meta(name, value) VALUES ('schema_version', %s)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"store {_masked(url)} has schema version {row[0]}, newer than this UHOP's {SCHEMA_VERSION}; "
+                    "upgrade uhop or point UHOP_STORE elsewhere"
+                )
+        del conn
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    def _conn(self) -> psycopg.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed or getattr(self._local, "pid", None) != os.getpid():
+            conn = psycopg.connect(self._url, autocommit=False, connect_timeout=10)
+            self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[psycopg.Cursor]:
+        conn = self._conn()
+        try:
+            with conn.cursor() as cur:
+                yield cur
+        except BaseException:
+            conn.rollback()
+            raise
+        else:
+            conn.commit()
+
+    def _read(self, q: str, args: Sequence[Any] = ()) -> tuple[list[str], list[tuple]]:
+        with self._tx() as cur:
+            cur.execute(q, args)
+            return [c.name for c in cur.description], cur.fetchall()
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # ---- reads ---------------------------------------------------------------------------
+    def get(self, key: str) -> Entry | None:
+        _, rows = self._read(f"SELECT {_KERNEL_COLS} FROM kernels WHERE key=%s", (key,))
+        return self._entry(rows[0]) if rows else None
+
+    def entries(self, op: str | None = None) -> list[Entry]:
+        q, args = f"SELECT {_KERNEL_COLS} FROM kernels", ()
+        if op:
+            q, args = q + " WHERE op=%s", (op,)
+        # COLLATE "C": byte order, as SQLite sorts, whatever the database's locale
+        _, rows = self._read(q + ' ORDER BY op COLLATE "C", key COLLATE "C"', args)
+        return [self._entry(r) for r in rows]
+
+    def measurements(self, key: str) -> list[dict[str, Any]]:
+        cols, rows = self._read(
+            "SELECT candidate, status, reason, median_s, spread, n, max_err, created FROM measurements "
+            "WHERE key=%s ORDER BY id",
+            (key,),
+        )
+        return [dict(zip(cols, r, strict=True)) for r in rows]
+
+    @staticmethod
+    def _entry(row: tuple) -> Entry:
+        return Entry(*row)
+
+    # ---- writes ---------------------------------------------------------------------------
+    def record(
+        self,
+        key: str,
+        problem: dict[str, Any],
+        chosen: dict[str, Any] | None,
+        measurements: Iterable[dict[str, Any]],
+        *,
+        median_s: float | None,
+        gflops: float | None,
+        gbps: float | None,
+        policy: str,
+        fingerprint: dict[str, Any],
+        content_hash: str = "",
+    ) -> Entry | None:
+        """Store measurements and (if ``chosen``) the choice, in one transaction. Returns the entry
+        in force afterwards, which is another writer's if theirs was better."""
+        now = time.time()
+        op = problem["op"]
+        rows = [
+            (key, op, _dumps(m["candidate"]), m["status"], m.get("reason", ""), _num(m.get("median_s")),
+             _num(m.get("spread")), m.get("n"), _num(m.get("max_err")), now)
+            for m in measurements
+        ]  # fmt: skip
+        with self._tx() as cur:
+            if rows:
+                cur.executemany(
+                    "INSERT INTO measurements(key, op, candidate, status, reason, median_s, spread, n, max_err, created) "
+                    "VALUES (%s,%s,%s::jsonb,%s,%s,%s,%s,%s,%s,%s)",
+                    rows,
+                )
+            if chosen is not None:
+                cur.execute(
+                    f"""
+                    INSERT INTO kernels({_KERNEL_COLS})
+                    VALUES (%s,%s,%s::jsonb,%s::jsonb,%s,%s,%s,%s,%s::jsonb,%s,%s,%s)
+                    ON CONFLICT(key) DO UPDATE SET
+                        problem=excluded.problem, candidate=excluded.candidate, median_s=excluded.median_s,
+                        gflops=excluded.gflops, gbps=excluded.gbps, policy=excluded.policy,
+                        fingerprint=excluded.fingerprint, content_hash=excluded.content_hash, updated=excluded.updated
+                    WHERE excluded.content_hash != kernels.content_hash
+                       OR (excluded.median_s IS NOT NULL
+                           AND (kernels.median_s IS NULL OR excluded.median_s < kernels.median_s))
+                    """,
+                    (key, op, _dumps(problem), _dumps(chosen), _num(median_s), _num(gflops), _num(gbps), policy,
+                     _dumps(fingerprint), content_hash, now, now),
+                )  # fmt: skip
+            cur.execute(f"SELECT {_KERNEL_COLS} FROM kernels WHERE key=%s", (key,))
+            row = cur.fetchone()
+        return self._entry(row) if row else None
+
+    def delete(self, key: str | None = None, op: str | None = None) -> int:
+        with self._tx() as cur:
+            if key is not None:
+                cur.execute("DELETE FROM kernels WHERE key=%s", (key,))
+                n = cur.rowcount
+                cur.execute("DELETE FROM measurements WHERE key=%s", (key,))
+            elif op is not None:
+                cur.execute("DELETE FROM kernels WHERE op=%s", (op,))
+                n = cur.rowcount
+                cur.execute("DELETE FROM measurements WHERE op=%s", (op,))
+            else:
+                cur.execute("DELETE FROM kernels")
+                n = cur.rowcount
+                cur.execute("DELETE FROM measurements")
+        return n
+
+    def export(self, path: str | Path) -> int:
+        """Write every entry with its measurements as JSON (atomically: temp file + rename); the
+        same document :meth:`SQLiteStore.export` writes, so either store imports the other's."""
+        entries = self.entries()
+        doc = {
+            "uhop_store_export": SCHEMA_VERSION,
+            "entries": [{**e.to_json(), "measurements": self.measurements(e.key)} for e in entries],
+        }
+        path = Path(path)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
+        tmp.replace(path)
+        return len(entries)
+
+    def import_(self, path: str | Path) -> int:
+        try:
+            doc = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"FILE {path} is not a UHOP store export: {exc}") from None
+        if not isinstance(doc, dict) or "uhop_store_export" not in doc:
+            raise ValueError(f"FILE {path} is not a UHOP store export (no 'uhop_store_export' field)")
+        n = 0
+        for e in doc["entries"]:
+            self.record(
+                e["key"], e["problem"], e["candidate"], e.get("measurements", []),
+                median_s=e.get("median_s"), gflops=e.get("gflops"), gbps=e.get("gbps"), policy=e.get("policy", "tune"),
+                fingerprint=e.get("fingerprint", {}), content_hash=e.get("content_hash", ""),
+            )  # fmt: skip
+            n += 1
+        return n
+
+    def integrity_ok(self) -> bool:
+        """True if the server answers, the schema version is readable and every kernel row's JSON
+        fields are objects (PostgreSQL's own storage is crash-safe; this checks UHOP's data)."""
+        try:
+            _, rows = self._read(
+                "SELECT (SELECT value FROM meta WHERE name='schema_version'), "
+                "(SELECT COUNT(*) FROM kernels WHERE jsonb_typeof(problem) != 'object' "
+                " OR jsonb_typeof(candidate) != 'object' OR jsonb_typeof(fingerprint) != 'object')"
+            )
+        except psycopg.Error:
+            return False
+        return rows[0][0] is not None and rows[0][1] == 0
+
+    # ---- telemetry (see uhop.perf.telemetry) ---------------------------------------------------
+    def insert_telemetry(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        marks = ", ".join("%s::jsonb" if c in TEL_JSON else "%s" for c in TEL_COLUMNS)
+        with self._tx() as cur:
+            cur.executemany(
+                f"INSERT INTO telemetry({', '.join(TEL_COLUMNS)}) VALUES ({marks})",
+                [tuple(_dumps(r[c]) if c in TEL_JSON and not isinstance(r[c], str) else r[c] for c in TEL_COLUMNS)
+                 for r in rows],
+            )  # fmt: skip
+        return len(rows)
+
+    def telemetry_rows(self, op: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        q, args = f"SELECT id, {', '.join(TEL_COLUMNS)} FROM telemetry WHERE TRUE", []
+        if op:
+            q, args = q + " AND op=%s", [*args, op]
+        if status:
+            q, args = q + " AND status=%s", [*args, status]
+        cols, rows = self._read(q + " ORDER BY id", args)
+        return [dict(zip(cols, r, strict=True)) for r in rows]
+
+    def telemetry_count(self, op: str | None = None) -> int:
+        q, args = ("SELECT COUNT(*) FROM telemetry WHERE op=%s", (op,)) if op else ("SELECT COUNT(*) FROM telemetry", ())
+        return int(self._read(q, args)[1][0][0])
+
+    def delete_telemetry(self, op: str | None = None) -> int:
+        with self._tx() as cur:
+            if op:
+                cur.execute("DELETE FROM telemetry WHERE op=%s", (op,))
+            else:
+                cur.execute("DELETE FROM telemetry")
+            return cur.rowcount

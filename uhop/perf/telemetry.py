@@ -1,0 +1,315 @@
+"""Telemetry: one row per measurement, with everything a cost model (or a person) needs.
+
+The ``telemetry`` table lives in the same database as the kernel store (the SQLite file of
+:func:`uhop.store.open_store` or the PostgreSQL database of a ``postgresql://`` URL). Each row
+holds: op, problem (dims, dtype, params, FLOP and byte counts), backend, template, config and its
+hash (:func:`uhop.space.candidate_hash`), the hardware fingerprint (and its hash) and manifest
+features (:func:`uhop.perf.features.hardware_features`), time statistics in seconds (median, min,
+max, spread = (p90-p10)/median, samples, calls per sample), energy in joules per call where the
+platform exposes a counter (Linux RAPL), the validation outcome (status, reason, max error),
+library versions, the source (``tune`` or ``collect``) and a timestamp (Unix seconds).
+
+The tuner calls :func:`record_measurements` after each tuning run; failures to write telemetry
+are logged and swallowed (telemetry never breaks tuning).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import platform
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("uhop.perf")
+
+#: columns of the telemetry table, in order (JSON columns hold sort_keys JSON text)
+COLUMNS = (
+    "created", "run_id", "source", "key", "op", "dims", "dtype", "params", "problem", "flops", "bytes",
+    "backend", "template", "config", "config_hash", "hw_hash", "fingerprint", "hw_features",
+    "status", "reason", "max_err", "median_s", "min_s", "max_s", "spread", "n", "calls", "energy_j",
+    "versions",
+)  # fmt: skip
+JSON_COLUMNS = ("dims", "params", "problem", "config", "fingerprint", "hw_features", "versions")
+
+SQLITE_DDL = """
+CREATE TABLE IF NOT EXISTS telemetry (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created REAL NOT NULL, run_id TEXT NOT NULL, source TEXT NOT NULL,
+    key TEXT NOT NULL, op TEXT NOT NULL, dims TEXT NOT NULL, dtype TEXT NOT NULL, params TEXT NOT NULL,
+    problem TEXT NOT NULL, flops REAL, bytes REAL,
+    backend TEXT NOT NULL, template TEXT NOT NULL, config TEXT NOT NULL, config_hash TEXT NOT NULL,
+    hw_hash TEXT NOT NULL, fingerprint TEXT NOT NULL, hw_features TEXT NOT NULL,
+    status TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '', max_err REAL,
+    median_s REAL, min_s REAL, max_s REAL, spread REAL, n INTEGER, calls INTEGER, energy_j REAL,
+    versions TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS telemetry_op ON telemetry(op, key);
+"""
+
+
+def _num(x: Any) -> float | None:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _dumps(x: Any) -> str:
+    return json.dumps(x, sort_keys=True, default=str)
+
+
+def hw_hash(fingerprint: Mapping[str, Any]) -> str:
+    return hashlib.sha256(_dumps(dict(fingerprint)).encode()).hexdigest()[:16]
+
+
+def versions() -> dict[str, str | None]:
+    from uhop.problem import _version
+
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for mod in ("uhop", "numpy", "torch", "numba", "triton", "scipy"):
+        out[mod] = _version(mod)
+    return out
+
+
+# ---- energy -------------------------------------------------------------------------------------
+_RAPL = Path("/sys/class/powercap/intel-rapl:0/energy_uj")
+
+
+def read_energy_j() -> float | None:
+    """Package energy counter in joules (Linux RAPL), or None where the platform hides it (VMs,
+    non-Intel/AMD, no permission). Differences of two reads give energy; the counter wraps."""
+    try:
+        return int(_RAPL.read_text()) / 1e6
+    except (OSError, ValueError):
+        return None
+
+
+# ---- rows ---------------------------------------------------------------------------------------
+def make_rows(
+    problem: Any,
+    measurements: Iterable[Any],
+    fingerprint: Mapping[str, Any] | None = None,
+    *,
+    key: str | None = None,
+    source: str = "tune",
+    run_id: str | None = None,
+    energy_j: Mapping[str, float] | None = None,
+) -> list[dict[str, Any]]:
+    """Telemetry rows for ``measurements`` (tuner ``Measurement`` objects or their ``to_json``
+    dicts) of ``problem`` (a :class:`~uhop.problem.Problem` or its JSON). ``energy_j`` maps a
+    candidate id to joules per call. Skipped candidates (never run) are not recorded."""
+    from uhop.backends.base import Candidate
+    from uhop.config import settings
+    from uhop.perf.features import hardware_features
+    from uhop.problem import Problem, hardware_fingerprint
+    from uhop.space import candidate_hash
+
+    if not isinstance(problem, Problem):
+        problem = Problem.from_json(problem)
+    fp = dict(fingerprint) if fingerprint is not None else hardware_fingerprint(problem.device)
+    key = key or problem.key(settings().shape_buckets)
+    hw = hardware_features(problem.device)
+    now, run_id = time.time(), run_id or uuid.uuid4().hex[:12]
+    common = {
+        "created": now, "run_id": run_id, "source": source, "key": key, "op": problem.op,
+        "dims": _dumps(dict(problem.dims)), "dtype": problem.dtype, "params": _dumps(dict(problem.params)),
+        "problem": _dumps(problem.to_json()), "flops": _num(problem.flops()), "bytes": _num(problem.bytes()),
+        "hw_hash": hw_hash(fp), "fingerprint": _dumps(fp), "hw_features": _dumps(hw), "versions": _dumps(versions()),
+    }  # fmt: skip
+    rows = []
+    for m in measurements:
+        if isinstance(m, Mapping):
+            d = dict(m)
+            cand = d["candidate"]
+            cand = cand if isinstance(cand, Candidate) else Candidate.from_json(cand)
+            t = d
+        else:
+            d = m.to_json()
+            cand = m.candidate
+            t = m.timing.__dict__ if getattr(m, "timing", None) is not None else d
+        if d["status"] == "skipped":
+            continue
+        ok = d["status"] == "ok" and _num(t.get("median_s")) is not None
+        rows.append({
+            **common, "backend": cand.backend, "template": cand.template, "config": _dumps(dict(cand.config)),
+            "config_hash": candidate_hash(cand), "status": d["status"], "reason": str(d.get("reason", ""))[:500],
+            "max_err": _num(d.get("max_err")),
+            "median_s": _num(t.get("median_s")) if ok else None, "min_s": _num(t.get("min_s")) if ok else None,
+            "max_s": _num(t.get("max_s")) if ok else None, "spread": _num(t.get("spread")) if ok else None,
+            "n": t.get("n"), "calls": t.get("calls"),
+            "energy_j": _num((energy_j or {}).get(cand.id)),
+        })  # fmt: skip
+    return rows
+
+
+def record_measurements(
+    problem: Any,
+    measurements: Iterable[Any],
+    fingerprint: Mapping[str, Any] | None = None,
+    *,
+    store: Any = None,
+    key: str | None = None,
+    source: str = "tune",
+    energy_j: Mapping[str, float] | None = None,
+    strict: bool = False,
+) -> int:
+    """Record one tuning run's measurements as telemetry rows in ``store`` (default: the
+    configured store), in one transaction. Returns the number of rows written; on failure logs a
+    warning and returns 0 (``strict=True`` raises instead)."""
+    try:
+        from uhop.store import open_store
+
+        rows = make_rows(problem, measurements, fingerprint, key=key, source=source, energy_j=energy_j)
+        if rows:
+            telemetry_db(store or open_store()).insert(rows)
+        return len(rows)
+    except Exception as exc:
+        if strict:
+            raise
+        log.warning("telemetry not recorded: %s: %s", type(exc).__name__, exc)
+        return 0
+
+
+# ---- storage ------------------------------------------------------------------------------------
+class SQLiteTelemetry:
+    """The telemetry table inside the kernel store's SQLite file (own connection per thread,
+    WAL, ``BEGIN IMMEDIATE`` per write, as the store itself does)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._local = threading.local()
+        self._conn().executescript(SQLITE_DDL)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA busy_timeout=60000")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        else:
+            db.execute("COMMIT")
+
+    def insert(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        q = f"INSERT INTO telemetry({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+        with self._tx() as db:
+            db.executemany(q, [tuple(r[c] for c in COLUMNS) for r in rows])
+        return len(rows)
+
+    def rows(self, op: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        q, args = f"SELECT id, {', '.join(COLUMNS)} FROM telemetry WHERE 1=1", []
+        if op:
+            q, args = q + " AND op=?", [*args, op]
+        if status:
+            q, args = q + " AND status=?", [*args, status]
+        cur = self._conn().execute(q + " ORDER BY id", args)
+        cols = [c[0] for c in cur.description]
+        return [_decode(dict(zip(cols, r, strict=True))) for r in cur]
+
+    def count(self, op: str | None = None) -> int:
+        if op:
+            return self._conn().execute("SELECT COUNT(*) FROM telemetry WHERE op=?", (op,)).fetchone()[0]
+        return self._conn().execute("SELECT COUNT(*) FROM telemetry").fetchone()[0]
+
+    def delete(self, op: str | None = None) -> int:
+        with self._tx() as db:
+            if op:
+                return db.execute("DELETE FROM telemetry WHERE op=?", (op,)).rowcount
+            return db.execute("DELETE FROM telemetry").rowcount
+
+
+def _decode(row: dict[str, Any]) -> dict[str, Any]:
+    for c in JSON_COLUMNS:
+        if isinstance(row.get(c), str):
+            row[c] = json.loads(row[c])
+    return row
+
+
+_sqlite_tel: dict[str, SQLiteTelemetry] = {}
+
+
+def telemetry_db(store: Any) -> Any:
+    """The telemetry table of ``store``: the PostgreSQL store is its own telemetry table; a SQLite
+    store gets a :class:`SQLiteTelemetry` on the same file."""
+    if hasattr(store, "insert_telemetry"):
+        return _PgAdapter(store)
+    path = getattr(store, "path", None)
+    if path is None:
+        raise TypeError(f"store {store!r} has neither a SQLite path nor telemetry methods")
+    k = str(Path(path).resolve())
+    if k not in _sqlite_tel:
+        _sqlite_tel[k] = SQLiteTelemetry(path)
+    return _sqlite_tel[k]
+
+
+class _PgAdapter:
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def insert(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        return self.store.insert_telemetry(rows)
+
+    def rows(self, op: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        return [_decode(r) for r in self.store.telemetry_rows(op, status)]
+
+    def count(self, op: str | None = None) -> int:
+        return self.store.telemetry_count(op)
+
+    def delete(self, op: str | None = None) -> int:
+        return self.store.delete_telemetry(op)
+
+
+def export(store: Any, path: str | Path, fmt: str = "parquet", op: str | None = None) -> int:
+    """Write the telemetry rows (JSON columns as JSON text) to ``path`` as ``parquet``, ``csv``
+    or ``jsonl`` (atomically: temp file + rename). Returns the row count."""
+    if fmt not in ("parquet", "csv", "jsonl"):
+        raise ValueError(f"format must be parquet, csv or jsonl, got {fmt!r}")
+    rows = telemetry_db(store).rows(op)
+    for r in rows:
+        for c in JSON_COLUMNS:
+            r[c] = _dumps(r[c])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    cols = ["id", *COLUMNS]
+    if fmt == "jsonl":
+        tmp.write_text("".join(json.dumps({c: r[c] for c in cols}) + "\n" for r in rows))
+    else:
+        import pyarrow as pa
+
+        types = {"created": pa.float64(), "id": pa.int64(), "n": pa.int64(), "calls": pa.int64()}
+        for c in ("flops", "bytes", "max_err", "median_s", "min_s", "max_s", "spread", "energy_j"):
+            types[c] = pa.float64()
+        schema = pa.schema([(c, types.get(c, pa.string())) for c in cols])
+        table = pa.Table.from_pylist([{c: r[c] for c in cols} for r in rows], schema=schema)
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            pq.write_table(table, tmp)
+        else:
+            import pyarrow.csv as pcsv
+
+            pcsv.write_csv(table, tmp)
+    tmp.replace(path)
+    return len(rows)
