@@ -141,6 +141,10 @@ class UserKernelBackend(Backend):
             if kf.matches(problem.op, problem.dtype, problem.param, problem.device)
         ]
 
+    def kernel_sha256(self, candidate: Candidate) -> str:
+        """The registered file's full sha256 (the store entry's content hash for this candidate)."""
+        return load_file(kernels_dir() / str(candidate.cfg.get("file", ""))).sha256
+
     def compile(self, candidate: Candidate, problem: Problem) -> Kernel:
         path = kernels_dir() / str(candidate.cfg.get("file", ""))
         kf = load_file(path)
@@ -150,7 +154,7 @@ class UserKernelBackend(Backend):
         # hard-coded size); the tuner's own validation and timing then run through the proxy.
         small = Problem.make(problem.op, get_op(problem.op).parse_shape(SHAPES[problem.op][0]), problem.dtype,
                              problem.param, problem.arity)  # fmt: skip
-        res = check(kf, [small, problem], time_it=False)
+        res = check(kf, [small, problem], time_it=True)
         if not res.ok:
             raise RuntimeError(res.line())
         return SandboxedKernel(kf)

@@ -174,7 +174,8 @@ class Evaluation:
                 r = compare(repeat, ref, p)
                 if not r.ok:
                     raise SandboxFault("nondeterministic", f"same inputs, second call wrong: {r.reason}{when}")
-            if prev_out is not None and prev_out.shape == out.shape and np.array_equal(prev_out, out):
+            if (prev_out is not None and prev_out.shape == out.shape and np.array_equal(prev_out, out)
+                    and not np.array_equal(prev_ref, ref)):  # fmt: skip
                 raise SandboxFault("stale-output", f"new inputs gave the previous call's output{when}")
             self.max_err = max(self.max_err, v.max_err)
             self.prev = (out, ref)

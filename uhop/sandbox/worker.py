@@ -117,7 +117,9 @@ def resolve_isolation(isolation: str = "auto") -> str:
 def _ro_paths() -> list[str]:
     """Directories the worker needs to read: system libraries, the interpreter, sys.path."""
     paths = ["/usr", "/lib", "/lib64", "/bin", "/sbin", sys.prefix, sys.base_prefix, str(CHILD.parent)]
-    paths += [p for p in sys.path if p and os.path.isdir(p)]
+    # Installed packages only: never the working directory or a source checkout on sys.path
+    # (that is where a user's project and its secrets live).
+    paths += [p for p in sys.path if p and os.path.isdir(p) and os.path.basename(p) in ("site-packages", "dist-packages")]
     out: list[str] = []
     for p in sorted({os.path.realpath(p) for p in paths if os.path.exists(p)}, key=len):
         if not any(p == q or p.startswith(q.rstrip("/") + "/") for q in out):
@@ -191,7 +193,8 @@ class Worker:
         self.isolation = resolve_isolation(isolation)
         self.limits = limits or Limits()
         self.gpu = gpu
-        self.layers: list[str] = []
+        # the layers this worker is started with (the load reply adds "netns" where it worked)
+        self.layers: list[str] = ["rlimits"] + (["seccomp"] if have_seccomp() else [])
         self.dead = False
         self.started = time.perf_counter()
         self._tmp: str | None = None
@@ -199,10 +202,11 @@ class Worker:
         python = [sys.executable, "-I", "-B", str(CHILD)]
         if self.isolation == "bwrap":
             cmd, home = _bwrap_cmd(self.limits, gpu) + python, "/tmp"
-            self.layers.append("bwrap")
+            self.layers.insert(0, "bwrap")
         else:
             self._tmp = tempfile.mkdtemp(prefix="uhop-sandbox-")
             cmd, home = python, self._tmp
+            self.layers.append("no-writes")
         self.workdir = f"{home}/work"
         env = _env(home)
         if self.isolation != "bwrap":
@@ -336,8 +340,8 @@ class Worker:
             "limits": asdict(self.limits), "log_bytes": self.limits.log_bytes, "array": array,
             "device": device, "seccomp": True, "deny_writes": self.isolation != "bwrap",
         })  # fmt: skip
-        layers = [str(x) for x in reply.get("layers", [])][:4]
-        self.layers = [x for x in self.layers if x == "bwrap"] + [x for x in layers if x in ("rlimits", "seccomp", "no-writes", "netns")]
+        if "netns" in reply.get("layers", []) and "netns" not in self.layers:
+            self.layers.append("netns")
         return self.layers
 
 

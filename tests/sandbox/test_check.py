@@ -1,0 +1,140 @@
+"""Honest kernel files pass the sandboxed validator; the validator's own machinery (shapes,
+classification, limits, overhead) behaves as documented."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sandbox_cases import HONEST
+
+from uhop.problem import Problem
+from uhop.sandbox.check import SHAPES, check, check_file, problems_for
+from uhop.sandbox.kernelfile import load
+from uhop.sandbox.worker import Limits, Worker, WorkerPool, resolve_isolation
+
+HONEST_NUMPY = [p for p in HONEST if "torch" not in p.read_text()]
+
+
+@pytest.mark.parametrize("path", HONEST_NUMPY, ids=lambda p: p.stem)
+def test_honest_numpy_kernels_pass_and_are_timed(path):
+    res = check_file(path)
+    assert res.ok, res.line()
+    assert math.isfinite(res.median_s) and res.median_s > 0
+    assert res.sha256 == load(path).sha256 and len(res.sha256) == 64
+    assert len(res.shapes) >= 2
+    assert res.line().startswith("ok: ")
+
+
+def test_honest_torch_kernel_passes():
+    res = check_file(Path(__file__).parent / "honest" / "rmsnorm_torch.py", time_it=False)
+    assert res.ok, res.line()
+
+
+def test_honest_triton_kernel_passes():
+    # The Triton interpreter runs one program per row in Python: small shapes keep this fast.
+    res = check_file(Path(__file__).parent / "honest" / "softmax_triton.py", shapes=["5x7", "3x33"], time_it=False)
+    assert res.ok, res.line()
+
+
+def test_validation_shapes_cover_every_op():
+    from uhop.ops import REGISTRY
+
+    assert set(SHAPES) == set(REGISTRY)
+    for op, shapes in SHAPES.items():
+        assert len(shapes) >= 2
+        for s in shapes:
+            REGISTRY[op].parse_shape(s)
+
+
+@settings(max_examples=4, deadline=None)
+@given(r=st.sampled_from([1, 2, 3, 7, 13]), n=st.sampled_from([1, 5, 17, 31, 127]))
+def test_honest_softmax_at_odd_shapes(r, n):
+    kf = load(Path(__file__).parent / "honest" / "softmax_numpy.py")
+    probs = [Problem.make("softmax", {"R": r, "N": n}, "float32"), Problem.make("softmax", {"R": r + 2, "N": n + 1}, "float32")]
+    res = check(kf, probs, trials=2, time_it=False)
+    assert res.ok, res.line()
+
+
+def test_float64_and_params(tmp_path):
+    f = tmp_path / "relu_mm.py"
+    f.write_text(
+        "import numpy as np\nOP = 'matmul'\nPARAMS = {'activation': 'relu'}\nDTYPES = ('float64',)\n"
+        "def run(a, b):\n    return np.maximum(a @ b, 0.0)\n"
+    )
+    res = check_file(f, dtype="float64", time_it=False)
+    assert res.ok, res.line()
+    assert "activation=relu" in res.shapes[0]
+    assert not check_file(f, dtype="float32").ok  # not declared in DTYPES
+
+
+@pytest.mark.parametrize(
+    "text,category",
+    [
+        ("OP = 'softmax'\n", "bad-file"),
+        ("def run(x):\n    return x\n", "bad-file"),
+        ("OP = 'nope'\ndef run(x):\n    return x\n", "bad-file"),
+        ("OP = 'softmax'\ndef run(x:\n", "bad-file"),
+        ("OP = 'softmax'\nimport os\ndef run(x):\n    return x\n", "forbidden"),
+    ],
+)
+def test_malformed_files(tmp_path, text, category):
+    f = tmp_path / "k.py"
+    f.write_text(text)
+    res = check_file(f)
+    assert res.category == category, res.line()
+
+
+def test_op_mismatch(tmp_path):
+    res = check_file(Path(__file__).parent / "honest" / "softmax_numpy.py", op="matmul")
+    assert res.category == "bad-file" and "softmax" in res.reason
+
+
+def test_isolation_layers_reported():
+    iso = resolve_isolation()
+    with Worker(iso, Limits()) as w:
+        layers = w.load("OP = 'softmax'\ndef run(x):\n    return x.copy()\n", "k.py")
+    assert {"rlimits", "seccomp"} <= set(layers)
+    assert ("bwrap" in layers) == (iso == "bwrap")
+    print(f"sandbox layers: {'+'.join(layers)}")
+
+
+def test_crashed_worker_is_discarded_and_the_next_one_is_fresh():
+    wp = WorkerPool(limits=Limits(wall_s=5))
+    try:
+        w = wp.take()
+        w.load("import numpy as np\nOP = 'softmax'\ndef run(x):\n    np.lib.stride_tricks.as_strided(x, (4,), (1 << 44,)).sum()\n", "k.py")
+        with pytest.raises(Exception) as info:
+            w.request({"cmd": "call", "slot": 0, "repeat": 1}, [np.ones((2, 2), np.float32)])
+        assert getattr(info.value, "category", "") == "crash"
+        assert w.dead
+        w2 = wp.take()
+        w2.load("OP = 'softmax'\ndef run(x):\n    return x + 1\n", "k.py")
+        _, out = w2.request({"cmd": "call", "slot": 0, "repeat": 1}, [np.ones((2, 2), np.float32)])
+        assert np.array_equal(out[0], np.full((2, 2), 2, np.float32))
+        w2.kill()
+    finally:
+        wp.close()
+
+
+def test_sandbox_overhead_per_candidate():
+    """Start (from the warm spare) + load + one call's transfer, beyond the kernel's own time.
+    The budget is 100 ms on an idle 2-core CPU; the assertion leaves room for a loaded CI box."""
+    kf = load(Path(__file__).parent / "honest" / "softmax_numpy.py")
+    probs = problems_for(kf)
+    wp = WorkerPool()
+    try:
+        check(kf, probs, time_it=False, workers=wp)  # warms the spare
+        time.sleep(1.0)  # let the spare finish starting, as it does while the previous candidate runs
+        res = check(kf, probs, time_it=True, workers=wp)
+    finally:
+        wp.close()
+    assert res.ok, res.line()
+    print(f"sandbox overhead per candidate: {res.overhead_s * 1e3:.1f} ms (start+load {res.details['start_load_s'] * 1e3:.1f} ms, "
+          f"round trip {res.details['timing']['rtt_s'] * 1e6:.0f} us)")
+    assert res.overhead_s < 0.5

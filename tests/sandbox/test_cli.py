@@ -1,0 +1,90 @@
+"""``uhop kernel check/add/list/remove`` end to end (real sandbox)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from uhop.backends import user
+from uhop.cli.kernel import app
+from uhop.problem import Problem
+
+HERE = Path(__file__).parent
+runner = CliRunner()
+
+
+def test_check_valid_prints_time():
+    r = runner.invoke(app, ["check", str(HERE / "honest" / "softmax_numpy.py")])
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("valid: softmax") and " us per call" in r.output
+
+
+def test_check_rejected_is_one_line():
+    r = runner.invoke(app, ["check", str(HERE / "hostile" / "half_write.py"), "--op", "matmul"])
+    assert r.exit_code == 1
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rejected: partial-write: ")
+
+
+def test_check_json():
+    r = runner.invoke(app, ["check", str(HERE / "hostile" / "wrong_dtype.py"), "--json"])
+    assert r.exit_code == 1
+    d = json.loads(r.output)
+    assert d["ok"] is False and d["category"] == "bad-output" and len(d["sha256"]) == 64
+
+
+def test_check_allow_import(tmp_path):
+    f = tmp_path / "k.py"
+    f.write_text("import numpy as np\nimport statistics\nOP = 'softmax'\n"
+                 "def run(x):\n    e = np.exp(x - x.max(axis=-1, keepdims=True))\n"
+                 "    return (e / e.sum(axis=-1, keepdims=True)).astype(x.dtype)\n")  # fmt: skip
+    assert runner.invoke(app, ["check", str(f), "--no-time"]).exit_code == 1
+    r = runner.invoke(app, ["check", str(f), "--no-time", "--allow-import", "statistics"])
+    assert r.exit_code == 0, r.output
+
+
+def test_bad_usage():
+    assert runner.invoke(app, ["check", "/nonexistent/k.py"]).exit_code == 2
+    r = runner.invoke(app, ["check", str(HERE / "honest" / "softmax_numpy.py"), "--op", "nope"])
+    assert r.exit_code == 2 and "--op" in r.output
+
+
+def test_add_list_candidates_remove(uhop_home):
+    f = HERE / "honest" / "softmax_numpy.py"
+    r = runner.invoke(app, ["add", str(f)])
+    assert r.exit_code == 0, r.output
+    stored = list((uhop_home / "kernels").glob("softmax-*.py"))
+    assert len(stored) == 1 and stored[0].read_bytes() == f.read_bytes()
+    assert runner.invoke(app, ["add", str(f)]).exit_code == 0  # idempotent
+    assert len(list((uhop_home / "kernels").glob("*.py"))) == 1
+    assert "softmax" in runner.invoke(app, ["list"]).output
+    prob = Problem.make("softmax", {"R": 9, "N": 33}, "float32")
+    b = user.UserKernelBackend()
+    cands = b.candidates(prob)
+    assert len(cands) == 1 and b.kernel_sha256(cands[0]) == user.sha256_of(f)
+    kernel = b.compile(cands[0], prob)
+    import numpy as np
+
+    x = np.random.default_rng(0).standard_normal((9, 33)).astype(np.float32)
+    e = np.exp(x.astype(np.float64) - x.max(axis=-1, keepdims=True))
+    np.testing.assert_allclose(kernel(x), e / e.sum(axis=-1, keepdims=True), rtol=1e-5, atol=1e-6)
+    kernel.close()
+    assert b.candidates(Problem.make("matmul", {"B": 1, "M": 2, "N": 3, "K": 4}, "float32")) == []
+    sha = user.sha256_of(f)
+    assert runner.invoke(app, ["remove", sha[:12]]).exit_code == 0
+    assert b.candidates(prob) == []
+
+
+def test_add_rejects_hostile(uhop_home):
+    r = runner.invoke(app, ["add", str(HERE / "hostile" / "returns_nan.py")])
+    assert r.exit_code == 1 and r.output.startswith("rejected: wrong-result")
+    assert not list((uhop_home / "kernels").glob("*.py")) if (uhop_home / "kernels").exists() else True
+
+
+def test_tampered_registry_file_is_ignored(uhop_home):
+    f = HERE / "honest" / "softmax_numpy.py"
+    dest = user.add_kernel(f)
+    dest.write_text(f.read_text() + "\n# edited after registration\n")
+    assert user.list_kernels("softmax") == []

@@ -1,0 +1,110 @@
+"""Every hostile kernel file is contained and rejected with its category; the host process
+stays alive, nothing is written outside the sandbox, and the store gains and loses nothing."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from sandbox_cases import HOSTILE, SECRET, expectations
+
+from uhop.sandbox.check import CATEGORIES, check_file
+from uhop.sandbox.kernelfile import StaticPolicy
+from uhop.sandbox.worker import Limits, bwrap_path
+
+# Short limits: the timeout cases cost ~2 s each.
+LIMITS = Limits(wall_s=2.0, cpu_s=4)
+SENTINELS = [Path.home() / "uhop_pwned.txt", Path("/root/uhop_pwned.txt"), Path("/tmp/uhop_exec_pwned")]
+
+
+def test_suite_is_big_enough():
+    assert len(HOSTILE) >= 25
+    for p in HOSTILE:
+        e = expectations(p)
+        assert e["expect"] in CATEGORIES, p.name
+        assert set(e.get("expect-unchecked", "ok").split("|")) <= {*CATEGORIES, "ok"}, p.name
+
+
+def _no_escape() -> None:
+    for s in SENTINELS:
+        assert not s.exists(), f"a candidate wrote {s}"
+    assert not list(Path.cwd().glob("fill_*.bin"))
+
+
+@pytest.mark.parametrize("path", HOSTILE, ids=lambda p: p.stem)
+def test_hostile_rejected(path):
+    e = expectations(path)
+    res = check_file(path, limits=LIMITS, time_it=e.get("timed") == "yes")
+    assert not res.ok
+    assert res.category == e["expect"], res.line()
+    assert res.line().startswith(f"rejected: {e['expect']}: ")
+    _no_escape()
+
+
+UNCHECKED = [p for p in HOSTILE if "expect-unchecked" in expectations(p)]
+
+
+@pytest.mark.parametrize("path", UNCHECKED, ids=lambda p: p.stem)
+def test_hostile_contained_by_os_layer(path):
+    """With the static check off, the OS layer and the validator still catch the candidate."""
+    e = expectations(path)
+    res = check_file(path, limits=LIMITS, policy=StaticPolicy(enabled=False), time_it=False)
+    assert not res.ok
+    assert res.category in e["expect-unchecked"].split("|"), res.line()
+    assert ("bwrap" in res.layers) == (bwrap_path() is not None)
+    assert "seccomp" in res.layers and "rlimits" in res.layers
+    if path.stem == "reads_env_secret":
+        assert "no secret" in res.reason  # the sandbox's environment was scrubbed
+    _no_escape()
+
+
+# Without bubblewrap (or where it cannot run) the sandbox falls back to rlimits + seccomp (+ a
+# network namespace when unshare works); these cases must be contained there as well.
+FALLBACK = {
+    "fork_bomb": {"forbidden"},
+    "opens_socket": {"forbidden"},
+    "exec_sh": {"forbidden"},
+    "writes_home": {"forbidden"},
+    "reads_env_secret": {"crash"},
+    "fills_disk": {"forbidden", "disk"},
+    "kills_parent": {"forbidden"},
+    "os_exit": {"crash"},
+    "alloc_64gb": {"memory"},
+    "segfault_numpy": {"crash"},
+    "import_time_attack": {"forbidden"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(FALLBACK))
+def test_hostile_contained_without_bwrap(name):
+    res = check_file(
+        Path(__file__).parent / "hostile" / f"{name}.py", limits=LIMITS, policy=StaticPolicy(enabled=False),
+        time_it=False, isolation="seccomp",
+    )  # fmt: skip
+    assert not res.ok
+    assert res.category in FALLBACK[name], res.line()
+    assert "bwrap" not in res.layers and {"seccomp", "rlimits", "no-writes"} <= set(res.layers)
+    _no_escape()
+
+
+def test_secret_never_reaches_the_sandbox():
+    assert os.environ["UHOP_TEST_SECRET"] == SECRET
+    res = check_file(Path(__file__).parent / "hostile" / "reads_env_secret.py", policy=StaticPolicy(enabled=False),
+                     limits=LIMITS, time_it=False)  # fmt: skip
+    assert res.category == "crash" and "no secret" in res.reason
+
+
+def test_timer_patching_does_not_fool_timing(tmp_path):
+    """A kernel that sleeps 20 ms per call and patches every clock in its process to claim it is
+    instant is timed on the parent's clock."""
+    f = tmp_path / "fake_fast.py"
+    f.write_text(
+        "import time\nimport numpy as np\nOP = 'softmax'\n_real_sleep = time.sleep\n"
+        "time.perf_counter = lambda: 0.0\ntime.monotonic = lambda: 0.0\ntime.perf_counter_ns = lambda: 0\n"
+        "def run(x):\n    _real_sleep(0.02)\n    e = np.exp(x - x.max(axis=-1, keepdims=True))\n"
+        "    return (e / e.sum(axis=-1, keepdims=True)).astype(x.dtype)\n"
+    )
+    res = check_file(f, policy=StaticPolicy(enabled=False), limits=Limits(wall_s=10))
+    assert res.ok, res.line()
+    assert res.median_s >= 0.018
