@@ -155,6 +155,12 @@ def test_lookup_is_case_insensitive_and_knows_aliases(name, expected):
     assert get_capabilities(name).name == expected
 
 
+def test_lookup_returns_a_copy():
+    a = lookup("h100")
+    a.flops.pop("bf16")
+    assert lookup("h100").peak_flops("bf16") == pytest.approx(989.4e12)
+
+
 def test_unknown_name_lists_known_names():
     with pytest.raises(ManifestError) as ei:
         get_capabilities("h1000")
@@ -302,7 +308,8 @@ def test_arch_match_drops_sku_figures_keeps_limits():
 
 def test_unknown_gpu_gets_generic_limits_with_note():
     info = DeviceInfo(kind="gpu", name="Tesla T4", api="torch.cuda", arch="sm_75", vendor="nvidia",
-                      reported={"compute_units": 40, "gpu.max_shared_mem_per_block_optin": 65536})  # fmt: skip
+                      reported={"compute_units": 40, "gpu.max_shared_mem_per_block_optin": 65536,
+                                "gpu.registers_per_sm": 0})  # fmt: skip
     caps = resolve(info, manifests())
     assert caps.kind == "gpu" and caps.cpu is None and caps.vendor == "nvidia" and caps.arch == "sm_75"
     assert caps.detection.level == "generic" and "Tesla T4" in caps.detection.notes[0]

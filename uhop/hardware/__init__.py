@@ -75,7 +75,7 @@ def lookup(name: str) -> Manifest:
     key = _norm(name)
     for candidate in (key, key.removeprefix("nvidia-"), key.removeprefix("amd-"), key.removeprefix("intel-")):
         if candidate in index:
-            return index[candidate]
+            return index[candidate].model_copy(deep=True)  # callers may not mutate the shared table
     aliases = sorted(a for m in table.values() for a in m.aliases)
     raise ManifestError(
         f"name: unknown hardware manifest {name!r}; known names: {', '.join(known_names())} "

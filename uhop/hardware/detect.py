@@ -283,13 +283,13 @@ def _torch_devices() -> list[DeviceInfo]:
         nx = 0
     for i in range(nx):
         p = xpu.get_device_properties(i)
-        rep = {"memory.size_bytes": getattr(p, "total_memory", 0)}
-        for attr, path in (("gpu_eu_count", None), ("max_work_group_size", "gpu.max_threads_per_block")):
+        rep = {}
+        for attr, path in (("total_memory", "memory.size_bytes"), ("gpu_subslice_count", "compute_units"),
+                           ("max_work_group_size", "gpu.max_threads_per_block")):  # fmt: skip
             v = getattr(p, attr, None)
-            if path and isinstance(v, int) and v > 0:
+            if isinstance(v, int) and v > 0:
                 rep[path] = v
-        out.append(DeviceInfo(kind="gpu", name=p.name, api="torch.xpu", arch=None, vendor="intel", index=i,
-                              reported={k: v for k, v in rep.items() if v}))  # fmt: skip
+        out.append(DeviceInfo(kind="gpu", name=p.name, api="torch.xpu", arch=None, vendor="intel", index=i, reported=rep))
     return out
 
 
@@ -494,6 +494,8 @@ def resolve(info: DeviceInfo, manifests: Mapping[str, Manifest]) -> Manifest:
         if derived and _get(d, path) is not None:
             continue
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not value > 0:  # a driver reporting 0 means "unknown", not a limit of zero
+                continue
             v = int(value) if path in _INT_PATHS else float(value)
             _set(d, path, _figure(v, "derived" if derived else "reported", note))
         else:
