@@ -23,9 +23,13 @@ from typing import Any
 
 from uhop.errors import InputError, UhopError
 
+#: alignment (bytes) compiled llvm-cpu code may assume for its inputs (the runtime copies others)
+ALIGN = 16
 #: target name -> (HAL backend, flags). llvm-cpu is compiled for the host CPU.
 TARGETS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "llvm-cpu": ("llvm-cpu", ("--iree-llvmcpu-target-cpu=host",)),
+    # Bindings are assumed 16-byte aligned, not 64: numpy's large arrays start 16 bytes into a
+    # page, and code compiled for 64-byte alignment uses aligned vector loads that fault on them.
+    "llvm-cpu": ("llvm-cpu", ("--iree-llvmcpu-target-cpu=host", f"--iree-stream-resource-min-offset-alignment={ALIGN}")),
     # IREE 3.13's NVPTX path does not accept sm_90 (H100); sm_89 is the newest verified here.
     "cuda": ("cuda", ("--iree-cuda-target=sm_89",)),
     "vulkan-spirv": ("vulkan-spirv", ("--iree-vulkan-target=rdna3",)),
@@ -95,7 +99,9 @@ def target_flags(target: str) -> list[str]:
     if target not in TARGETS:
         raise InputError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
     backend, extra = TARGETS[target]
-    return ["--iree-hal-target-device=" + _device(backend), *_backend_flag(backend), *extra]
+    # IREE demotes f64 to f32 by default; UHOP's float64 problems must stay float64.
+    return ["--iree-hal-target-device=" + _device(backend), *_backend_flag(backend), *extra,
+            "--iree-input-demote-f64-to-f32=false"]  # fmt: skip
 
 
 def _device(backend: str) -> str:

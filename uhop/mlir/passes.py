@@ -33,6 +33,7 @@ from uhop.errors import InputError
 from uhop.mlir.emit import Emitted
 
 STRATEGIES = ("auto", "default", "tiled", "data-tiled")
+_TRANSCENDENTAL = ("gelu", "silu")
 
 
 @dataclass(frozen=True)
@@ -225,6 +226,11 @@ def run_passes(emitted: Emitted, cfg: PassConfig | None = None, target: str = "l
                 f"on: linalg-fuse-elementwise-ops merged {before - after} elementwise producer(s) into consumers "
                 f"({before} -> {after} linalg ops); IREE fuses epilogues and reductions into dispatches"
             )
+            if cfg.strategy == "tiled" and dict(emitted.params).get("activation") in _TRANSCENDENTAL:
+                # Fused into the register tile, gelu/silu polynomials need more registers than
+                # the accumulators leave: the epilogue gets its own dispatch instead.
+                _insert_barriers(module, only=("linalg.matmul",))
+                decisions["fusion"] += "; transcendental epilogue kept out of the tiled matmul dispatch"
         else:
             passmanager.PassManager.parse("builtin.module(canonicalize,cse)").run(module.operation)
             n = _insert_barriers(module)
@@ -262,7 +268,7 @@ def _walk(op: Any):
                 yield from _walk(child.operation)
 
 
-def _insert_barriers(module: Any) -> int:
+def _insert_barriers(module: Any, only: tuple[str, ...] = ()) -> int:
     """An optimization barrier on each linalg result consumed by another linalg op (IREE never
     fuses across one), so every linalg op forms its own dispatch."""
     from iree.compiler import ir
@@ -271,6 +277,8 @@ def _insert_barriers(module: Any) -> int:
     count = 0
     for op in list(_walk(module.operation)):
         if not op.name.startswith("linalg.") or op.name in ("linalg.fill", "linalg.yield", "linalg.index"):
+            continue
+        if only and op.name not in only:
             continue
         for res in op.results:
             users = [u.owner for u in res.uses]

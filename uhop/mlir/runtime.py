@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from uhop.mlir.compile import ALIGN
+
 _ELEMENT = {"float32": "FLOAT_32", "float64": "FLOAT_64", "float16": "FLOAT_16"}
 
 
@@ -48,6 +50,8 @@ class IreeModule:
 
     def _import(self, x: np.ndarray) -> Any:
         rt = self._rt
+        if x.ctypes.data % ALIGN:  # the compiled code assumes ALIGN-byte aligned bindings
+            x = _aligned_copy(x)
         element = getattr(rt.HalElementType, _ELEMENT[x.dtype.name])
         try:
             buf = self._allocator.import_host_allocation(x, self._memory, self._usage)
@@ -74,6 +78,14 @@ class IreeModule:
         if any(np.may_share_memory(out, x) for x in arrays):
             out = out.copy()
         return out
+
+
+def _aligned_copy(x: np.ndarray) -> np.ndarray:
+    raw = np.empty(x.nbytes + 64, dtype=np.uint8)
+    start = -raw.ctypes.data % 64
+    out = raw[start : start + x.nbytes].view(x.dtype).reshape(x.shape)
+    out[...] = x
+    return out
 
 
 def _numpy_dtype(element_type: int) -> np.dtype:
