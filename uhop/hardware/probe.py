@@ -77,7 +77,7 @@ def _time(fn: Callable[[], Any], sync: Callable[[], None] | None, min_time_s: fl
         fn()
         if sync:
             sync()
-    t = benchmark(fn, [()], sync=sync, warmup=2, repeat=5, min_time_s=min_time_s)
+    t = benchmark(fn, [()], sync=sync, warmup=1, repeat=5, min_time_s=min_time_s)
     return t.median_s
 
 
