@@ -1,0 +1,90 @@
+"""Quick check of the numba backend's targets against numpy eager, in one run on this machine.
+
+    python benchmarks/numba_quick.py [--json out.json]
+
+Each numba candidate is compiled, validated against the float64 reference and timed with
+``uhop.measure.bench.benchmark`` next to the numpy eager formula, on the same rotating inputs;
+ratios are eager time / best numba candidate time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import numpy as np
+
+from uhop import backends as bk
+from uhop.measure.bench import benchmark
+from uhop.measure.validate import ValidationSet, check_kernel
+from uhop.problem import Problem
+
+
+def eager_chain(x):
+    return (1 / (1 + np.exp(-(x * 1.5 + 0.5)))) * x - 0.25
+
+
+def eager_softmax(x):
+    m = np.max(x, axis=-1, keepdims=True)
+    e = np.exp(x - m)
+    return e / np.sum(e, axis=-1, keepdims=True)
+
+
+def eager_layernorm(x):
+    mu = np.mean(x, axis=-1, keepdims=True)
+    var = np.mean((x - mu) ** 2, axis=-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + 1e-5)
+
+
+def eager_rmsnorm(x):
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + 1e-6)
+
+
+CASES = [
+    ("elementwise", {"N": 16 * 1024 * 1024}, {"expr": "sigmoid(x0*1.5+0.5)*x0-0.25"}, eager_chain, 8.0),
+    ("softmax", {"R": 8192, "N": 1024}, {}, eager_softmax, 3.0),
+    ("layernorm", {"R": 8192, "N": 1024}, {}, eager_layernorm, 3.0),
+    ("rmsnorm", {"R": 8192, "N": 1024}, {}, eager_rmsnorm, None),
+]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json", help="write results here")
+    ap.add_argument("--min-time", type=float, default=0.3, help="seconds of timed calls per kernel")
+    args = ap.parse_args()
+    nb = bk.get("numba")
+    if not nb.available:
+        raise SystemExit(nb.availability[1])
+    print(nb.availability[1])
+    results = []
+    for op, dims, params, eager, target in CASES:
+        problem = Problem.make(op, dims, "float32", params, arity=1)
+        rng = np.random.default_rng(0)
+        arg_sets = [problem.spec.make_inputs(problem.dim, problem.param, rng, "float32", 1) for _ in range(3)]
+        vset = ValidationSet(problem, trials=1)
+        t_eager = benchmark(eager, arg_sets, min_time_s=args.min_time).median_s
+        rows = []
+        for cand in nb.candidates(problem):
+            kernel = nb.compile(cand, problem)
+            verdict = check_kernel(kernel, vset, "numpy", "cpu")
+            t = benchmark(kernel, arg_sets, min_time_s=args.min_time).median_s if verdict.ok else math.inf
+            rows.append({"candidate": cand.id, "status": verdict.status, "median_s": t})
+        t_eager2 = benchmark(eager, arg_sets, min_time_s=args.min_time).median_s  # drift check
+        best = min(rows, key=lambda r: r["median_s"])
+        ratio = min(t_eager, t_eager2) / best["median_s"]
+        flag = "" if target is None else f" (target {target:.0f}x: {'met' if ratio >= target else 'MISSED'})"
+        print(f"{problem.describe()}: numpy eager {t_eager * 1e3:.1f}/{t_eager2 * 1e3:.1f} ms, "
+              f"numba {best['median_s'] * 1e3:.2f} ms [{best['candidate']}] -> {ratio:.1f}x{flag}")
+        for r in rows:
+            print(f"    {r['candidate']:<60} {r['status']:<12} {r['median_s'] * 1e3:8.2f} ms")
+        results.append({"problem": problem.to_json(), "eager_s": [t_eager, t_eager2], "candidates": rows,
+                        "speedup": ratio, "target": target})
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"backend": nb.availability[1], "results": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

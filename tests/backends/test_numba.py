@@ -1,0 +1,250 @@
+"""numba backend: every op and candidate config against the float64 reference on fresh random
+inputs, odd shapes, NaN/Inf, strided inputs, and a traced user function dispatching to it."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba", reason="numba not installed (pip install 'uhop[cpu]')")
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import uhop  # noqa: E402
+from uhop import backends as bk  # noqa: E402
+from uhop import dispatch  # noqa: E402
+from uhop.backends.base import Candidate  # noqa: E402
+from uhop.config import override  # noqa: E402
+from uhop.measure.validate import ValidationSet, check_kernel, compare  # noqa: E402
+from uhop.ops import expr as ex  # noqa: E402
+from uhop.ops.base import as_f64  # noqa: E402
+from uhop.problem import Problem  # noqa: E402
+
+NB = bk.get("numba")
+HYP = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+PRIMES_AND_ONE = st.sampled_from([1, 2, 3, 5, 7, 13, 31, 97, 127, 257, 1021])
+
+
+def _check(problem: Problem, cand: Candidate, trials: int = 2) -> None:
+    kernel = NB.compile(cand, problem)
+    v = check_kernel(kernel, ValidationSet(problem, trials=trials), "numpy", "cpu")
+    assert v.ok, f"{cand.id} on {problem.describe()}: {v.status}: {v.reason}"
+
+
+def _reference(problem: Problem, xs: list) -> np.ndarray:
+    return problem.spec.reference(*[as_f64(x) for x in xs], **problem.param)
+
+
+def test_available_and_registered():
+    assert NB.available, NB.availability
+    assert NB.name == "numba" and NB.array == "numpy" and NB.devices == ("cpu",)
+    assert set(NB.dtypes) == {"float32", "float64"}
+
+
+def test_probe_reports_missing_numba(monkeypatch):
+    from uhop.backends import numba as nbmod
+
+    monkeypatch.setattr(nbmod.importlib.util, "find_spec", lambda name: None)
+    assert nbmod.NumbaBackend()._probe() == (False, "numba not installed: pip install 'uhop[cpu]'")
+
+
+def test_declines_other_ops_and_dtypes():
+    assert not NB.supports(Problem.make("conv2d", dict(N=1, C=1, H=4, W=4, K=1, R=3, S=3), "float32"))
+    assert not NB.supports(Problem.make("softmax", {"R": 2, "N": 3}, "float16"))
+
+
+# ---- every candidate config of every op ---------------------------------------------------------
+CHAIN = "sigmoid(x0*1.5+0.5)*x0-0.25"
+
+
+@pytest.mark.parametrize("dtype,n", [("float32", 1), ("float32", 300007), ("float64", 70001)])
+def test_elementwise_every_candidate(dtype, n):
+    problem = Problem.make("elementwise", {"N": n}, dtype, {"expr": CHAIN})
+    cands = NB.candidates(problem)
+    assert 2 <= len(cands) <= 5
+    for cand in cands:
+        _check(problem, cand)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("fn", sorted(ex.FUNCS))
+def test_elementwise_every_function(dtype, fn):
+    arity = ex.FUNCS[fn][0]
+    problem = Problem.make("elementwise", {"N": 4099}, dtype, {"expr": f"{fn}({', '.join(f'x{i}' for i in range(arity))})"})
+    assert NB.supports(problem)
+    _check(problem, Candidate.of("numba", "fused", parallel=True, wide=False, chunk=1000), trials=3)
+
+
+@pytest.mark.parametrize("expr", ["x0**2 + x1**3 - x0", "gelu(x0)*x1 + tanh(x2)", "exp(-square(x0))/(1+abs(x1))"])
+def test_elementwise_multi_input_chains(expr):
+    problem = Problem.make("elementwise", {"N": 10007}, "float32", {"expr": expr})
+    _check(problem, NB.candidates(problem)[0], trials=3)
+
+
+ROW_CASES = [
+    ("softmax", 1, {}),
+    ("layernorm", 1, {}),
+    ("layernorm", 2, {}),
+    ("layernorm", 3, {"eps": 1e-3}),
+    ("rmsnorm", 1, {}),
+    ("rmsnorm", 2, {"eps": 1e-5}),
+]
+
+
+@pytest.mark.parametrize("op,arity,params", ROW_CASES)
+def test_row_ops_every_candidate(op, arity, params):
+    problem = Problem.make(op, {"R": 4096, "N": 33}, "float32", params, arity=arity)
+    cands = NB.candidates(problem)
+    assert 2 <= len(cands) <= 5
+    for cand in cands:
+        _check(problem, cand)
+    few_rows = Problem.make(op, {"R": 3, "N": 1000}, "float32", params, arity=arity)
+    _check(few_rows, NB.candidates(few_rows)[0])
+
+
+@pytest.mark.parametrize("op,arity,params", ROW_CASES)
+def test_row_ops_float64(op, arity, params):
+    problem = Problem.make(op, {"R": 257, "N": 129}, "float64", params, arity=arity)
+    _check(problem, NB.candidates(problem)[0])
+
+
+@pytest.mark.parametrize("activation,arity", [("none", 2), ("none", 3), ("relu", 2), ("gelu", 3), ("silu", 3)])
+def test_matmul_epilogues(activation, arity):
+    problem = Problem.make("matmul", {"B": 1, "M": 130, "N": 67, "K": 33}, "float32", {"activation": activation}, arity=arity)
+    cands = NB.candidates(problem)
+    for cand in cands if activation == "gelu" else cands[:1]:
+        _check(problem, cand)
+
+
+def test_matmul_batched_float64():
+    problem = Problem.make("matmul", {"B": 3, "M": 17, "N": 5, "K": 7}, "float64", {"activation": "gelu"}, arity=3)
+    for cand in NB.candidates(problem):
+        _check(problem, cand)
+
+
+# ---- shapes -------------------------------------------------------------------------------------
+@HYP
+@given(a=PRIMES_AND_ONE, b=PRIMES_AND_ONE, chunk=st.sampled_from([1, 7, 4096]))
+def test_elementwise_shapes(a, b, chunk):
+    rng = np.random.default_rng()
+    x, y = (rng.uniform(-2, 2, (a, b)).astype(np.float32) for _ in range(2))
+    problem = Problem.make("elementwise", {"N": a * b}, "float32", {"expr": "silu(x0)*x1 + x0/3"})
+    kernel = NB.compile(Candidate.of("numba", "fused", parallel=True, wide=True, chunk=chunk), problem)
+    out = kernel(x, y)
+    assert out.shape == (a, b) and out.dtype == np.float32
+    assert compare(out, _reference(problem, [x, y]), problem).ok
+
+
+@HYP
+@given(r=PRIMES_AND_ONE, n=PRIMES_AND_ONE, rows=st.sampled_from([1, 3, 64]), op=st.sampled_from(["softmax", "layernorm", "rmsnorm"]))
+def test_row_op_shapes(r, n, rows, op):
+    rng = np.random.default_rng()
+    x = rng.normal(0, 3, (2, r, n)).astype(np.float32)
+    problem = Problem.make(op, {"R": 2 * r, "N": n}, "float32", arity=1)
+    kernel = NB.compile(Candidate.of("numba", "rows", parallel=True, wide=True, rows=rows), problem)
+    out = kernel(x)
+    assert out.shape == x.shape
+    v = compare(out, _reference(problem, [x]), problem)
+    assert v.ok, v.reason
+
+
+# ---- NaN / Inf ------------------------------------------------------------------------------------
+SPECIALS = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 0.5, -0.5, 3.0, -3.0, 20.0, -20.0, -100.0, 1e-30])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("fn", sorted(ex.FUNCS))
+def test_elementwise_nan_inf_like_reference(dtype, fn):
+    arity = ex.FUNCS[fn][0]
+    if arity == 1:
+        xs = [np.tile(SPECIALS, 7).astype(dtype)]
+    else:  # every pair of specials
+        a, b = np.meshgrid(SPECIALS, SPECIALS)
+        xs = [a.ravel().astype(dtype), b.ravel().astype(dtype)]
+    problem = Problem.make("elementwise", {"N": xs[0].size}, dtype, {"expr": f"{fn}({', '.join(f'x{i}' for i in range(arity))})"})
+    for cand in (Candidate.of("numba", "fused", parallel=False, wide=True, chunk=64),
+                 Candidate.of("numba", "fused", parallel=True, wide=False, chunk=5)):  # fmt: skip
+        out = NB.compile(cand, problem)(*xs)
+        # rounded to the dtype: pow(1e-30, -3) overflows float32 in any implementation
+        ref = _reference(problem, xs).astype(dtype).astype(np.float64)
+        v = compare(out, ref, problem)
+        assert v.ok, f"{fn} {cand.id}: {v.reason}"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_softmax_nan_inf_rows_like_reference(dtype):
+    rng = np.random.default_rng()
+    x = rng.uniform(-5, 5, (6, 37)).astype(dtype)
+    x[0, 3] = np.nan
+    x[1, 5] = np.inf
+    x[2, :] = -np.inf
+    x[3, ::2] = -np.inf
+    x[4, 0] = 80.0  # large but finite: the row max keeps exp in range
+    problem = Problem.make("softmax", {"R": 6, "N": 37}, dtype)
+    for cand in NB.candidates(problem):
+        out = NB.compile(cand, problem)(x)
+        v = compare(out, _reference(problem, [x]), problem)
+        assert v.ok, f"{cand.id}: {v.reason}"
+        assert np.isnan(out[0]).all() and np.isnan(out[2]).all() and not np.isnan(out[3]).any()
+
+
+# ---- layouts --------------------------------------------------------------------------------------
+def test_strided_and_transposed_inputs():
+    rng = np.random.default_rng()
+    base = rng.uniform(-1, 1, (64, 130)).astype(np.float32)
+    xt, xs = base.T, base[:, ::2]  # transposed; strided last dim
+    for op, x in [("softmax", xt), ("layernorm", xs), ("rmsnorm", xt)]:
+        problem = Problem.make(op, {"R": x.shape[0], "N": x.shape[1]}, "float32", layout="strided")
+        out = NB.compile(NB.candidates(problem)[0], problem)(x)
+        assert out.flags.c_contiguous and not np.shares_memory(out, base)
+        assert compare(out, _reference(problem, [x]), problem).ok, op
+    problem = Problem.make("elementwise", {"N": xt.size}, "float32", {"expr": "x0*x1 + exp(x0)"}, layout="strided")
+    y = rng.uniform(-1, 1, (128, 130)).astype(np.float32)[::2].T  # (130, 64), both axes strided
+    out = NB.compile(NB.candidates(problem)[0], problem)(xt, y)
+    assert out.shape == xt.shape
+    assert compare(out, _reference(problem, [xt, y]), problem).ok
+    problem = Problem.make("matmul", {"B": 1, "M": 130, "N": 64, "K": 64}, "float32", {"activation": "relu"}, arity=3)
+    bias = rng.uniform(-1, 1, 128).astype(np.float32)[::2]
+    out = NB.compile(NB.candidates(problem)[0], problem)(xt, base[:, :64], bias)
+    assert compare(out, _reference(problem, [xt, base[:, :64], bias]), problem).ok
+
+
+def test_compiled_functions_are_shared_between_configs():
+    from uhop.backends import numba as nbmod
+
+    problem = Problem.make("elementwise", {"N": 999}, "float32", {"expr": "x0*2.5 - 1"})
+    NB.compile(Candidate.of("numba", "fused", parallel=True, wide=True, chunk=64), problem)
+    before = len(nbmod._compiled)
+    NB.compile(Candidate.of("numba", "fused", parallel=True, wide=True, chunk=128), problem)
+    assert len(nbmod._compiled) == before  # block size is a runtime argument: no recompile
+
+
+# ---- dispatch -----------------------------------------------------------------------------------
+def test_traced_numpy_function_dispatches_to_numba(tmp_path):
+    with override(home=tmp_path, backends=("numba",), tune_budget_s=30.0):
+        dispatch.clear_process_cache()
+
+        @uhop.optimize("elementwise")
+        def chain(x):
+            return (1 / (1 + np.exp(-(x * 1.5 + 0.5)))) * x - 0.25
+
+        x = np.random.default_rng().uniform(-3, 3, (257, 31)).astype(np.float32)
+        out = chain(x)
+        ref = (1 / (1 + np.exp(-(x.astype(np.float64) * 1.5 + 0.5)))) * x - 0.25
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+        assert out.dtype == np.float32 and out.shape == x.shape
+        backends = {b.name for _, b, _ in dispatch._resolved.values()}
+        assert backends == {"numba"}
+        again = chain(x[::-1].copy())  # cache hit: same kernel, fresh output
+        assert not np.shares_memory(again, out)
+        dispatch.clear_process_cache()
+
+
+def test_module_imports_without_numba_kernels():
+    # the backend module must not import numba at import time (the probe reports a missing install)
+    spec = importlib.util.find_spec("uhop.backends.numba")
+    src = spec.loader.get_source("uhop.backends.numba")
+    assert "\nimport numba" not in src and "\nfrom numba" not in src

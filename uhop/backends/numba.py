@@ -1,0 +1,320 @@
+"""numba backend: generated, fused, multi-threaded CPU kernels.
+
+* elementwise: Python source generated from the expression IR (one loop, every intermediate in a
+  register), compiled with ``@njit(parallel=...)``, parallel over chunks of elements;
+* softmax / layernorm / rmsnorm: parallel over blocks of rows, each row read from memory once
+  and revisited in L1 (see :mod:`uhop.backends.numba_kernels`);
+* matmul: BLAS GEMM (``np.matmul``) then one parallel in-place pass for ``act(y + bias)``.
+
+Configs: ``parallel`` and ``wide`` (ask LLVM for 512-bit vectors) change the compiled code;
+``chunk`` (elements) and ``rows`` (rows per parallel task) are runtime arguments, so one compile
+serves every block size. Compiled functions are cached in-process, keyed by generated source and
+flags (numba compiles take ~0.5-2 s each). float32 uses a vectorizable exp/erf/tanh (no SVML on
+pip installs); float64 uses ``math``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from uhop.backends.base import Backend, Candidate, Kernel
+from uhop.ops import expr as ex
+from uhop.problem import Problem
+
+_INSTALL_HINT = "numba not installed: pip install 'uhop[cpu]'"
+
+
+def _nk():
+    """The numba kernel module, imported on first use (it imports numba)."""
+    from uhop.backends import numba_kernels
+
+    return numba_kernels
+
+
+@functools.cache
+def _has_avx512() -> bool:
+    try:
+        import llvmlite.binding as llb
+
+        return "+avx512f" in llb.get_host_cpu_features().flatten().split(",")
+    except Exception:  # a feature probe must never break the backend
+        return False
+
+
+def _threads() -> int:
+    try:
+        import numba
+
+        return int(numba.get_num_threads())
+    except Exception:
+        return os.cpu_count() or 1
+
+
+# ---- elementwise code generation ----------------------------------------------------------------
+#: fn -> format string over argument names; names such as exp_, ONE resolve per dtype in the
+#: namespace the source is executed in (see ``_namespace``). Formulas mirror ``expr.FUNCS`` so that
+#: NaN and Inf come out where the float64 reference puts them (silu(-inf) is NaN there too).
+_FORMULAS: dict[str, str] = {
+    "add": "({0} + {1})",
+    "sub": "({0} - {1})",
+    "mul": "({0} * {1})",
+    "div": "({0} / {1})",
+    "pow": "T(math.pow({0}, {1}))",
+    "maximum": "fmaximum({0}, {1})",
+    "minimum": "fminimum({0}, {1})",
+    "neg": "(-{0})",
+    "abs": "abs({0})",
+    "exp": "exp_({0})",
+    "log": "math.log({0})",
+    "sqrt": "math.sqrt({0})",
+    "rsqrt": "(ONE / math.sqrt({0}))",
+    "tanh": "tanh_({0})",
+    "sin": "math.sin({0})",
+    "cos": "math.cos({0})",
+    "sigmoid": "(ONE / (ONE + exp_(-{0})))",
+    "relu": "fmaximum({0}, ZERO)",
+    "silu": "({0} * (ONE / (ONE + exp_(-{0}))))",
+    "gelu": "(HALF * {0} * (ONE + erf_({0} * RSQRT2)))",
+    "erf": "erf_({0})",
+    "square": "({0} * {0})",
+    "reciprocal": "(ONE / {0})",
+}
+
+
+def expr_supported(e: ex.Expr) -> bool:
+    return all(n.fn in _FORMULAS for n in ex.nodes(e) if isinstance(n, ex.Call))
+
+
+def elementwise_source(e: ex.Expr, arity: int) -> str:
+    """Python source of ``kernel(x0, .., out, n, chunk)`` for the chain ``e`` (flat 1-D inputs)."""
+    names: dict[ex.Expr, str] = {}
+    consts: list[str] = []
+    body: list[str] = []
+    for node in ex.nodes(e):
+        if isinstance(node, ex.Var):
+            names[node] = f"a{node.index}"
+        elif isinstance(node, ex.Const):
+            names[node] = f"k{len(consts)}"
+            consts.append(f"k{len(consts)} = T(float.fromhex({float(node.value).hex()!r}))")
+        else:
+            assert isinstance(node, ex.Call)
+            args = [names[a] for a in node.args]
+            if node.fn == "pow" and isinstance(node.args[1], ex.Const) and node.args[1].value in (1.0, 2.0, 3.0):
+                code = "(" + " * ".join([args[0]] * int(node.args[1].value)) + ")"  # exact, vectorizes
+            else:
+                code = _FORMULAS[node.fn].format(*args)
+            names[node] = f"t{len(body)}"
+            body.append(f"t{len(body)} = {code}")
+    xs = [f"x{i}" for i in range(arity)]
+    lines = [
+        *consts,
+        f"def kernel({', '.join(xs)}, out, n, chunk):",
+        "    for c in prange((n + chunk - 1) // chunk):",
+        "        hint()",
+        "        s = c * chunk",
+        "        m = min(n - s, chunk)",
+        # slices indexed from 0: LLVM then knows indices are non-negative (no wraparound
+        # selects, no gathers) and vectorizes plain loads and stores
+        *(f"        v{i} = x{i}[s:s + m]" for i in range(arity)),
+        "        o = out[s:s + m]",
+        "        for i in range(m):",
+        *(f"            a{i} = v{i}[i]" for i in range(arity)),
+        *(f"            {line}" for line in body),
+        f"            o[i] = {names[e]}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+_compiled: dict[tuple[str, str, bool, bool], Callable[..., Any]] = {}
+_compile_lock = threading.Lock()
+
+
+def _namespace(dtype: str, wide: bool) -> dict[str, Any]:
+    nk = _nk()
+    from numba import prange
+
+    T = np.dtype(dtype).type
+    return {
+        **nk.MATH[dtype], "math": math, "np": np, "prange": prange, "hint": nk._hint(wide),
+        "fmaximum": nk.fmaximum, "fminimum": nk.fminimum, "T": T, "ONE": T(1.0), "ZERO": T(0.0),
+        "HALF": T(0.5), "RSQRT2": T(1.0 / math.sqrt(2.0)),
+    }  # fmt: skip
+
+
+def compile_elementwise(source: str, dtype: str, parallel: bool, wide: bool) -> Callable[..., Any]:
+    """The numba dispatcher for generated ``source``, cached in-process by (source, flags)."""
+    key = (source, dtype, parallel, wide)
+    fn = _compiled.get(key)
+    if fn is None:
+        from numba import njit
+
+        with _compile_lock:
+            fn = _compiled.get(key)
+            if fn is None:
+                ns = _namespace(dtype, wide)
+                exec(compile(source, f"<uhop-numba-elementwise {len(_compiled)}>", "exec"), ns)
+                fn = njit(parallel=parallel, fastmath=_nk().FASTMATH, error_model="numpy")(ns["kernel"])
+                _compiled[key] = fn
+    return fn
+
+
+def elementwise_kernel(expr_text: str, dtype: str, arity: int, parallel: bool, wide: bool, chunk: int) -> Kernel:
+    e = ex.parse(expr_text)
+    fn = compile_elementwise(elementwise_source(e, arity), dtype, parallel, wide)
+    np_dtype = np.dtype(dtype)
+
+    def kernel(*xs: np.ndarray) -> np.ndarray:
+        shape = xs[0].shape
+        flat = [np.ascontiguousarray(x, dtype=np_dtype).reshape(-1) for x in xs]
+        out = np.empty(shape, dtype=np_dtype)
+        fn(*flat, out.reshape(-1), out.size, chunk)
+        return out
+
+    return kernel
+
+
+# ---- row ops and matmul -----------------------------------------------------------------------
+def _rows(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=dtype).reshape(-1, x.shape[-1])
+
+
+def softmax_kernel(dtype: str, parallel: bool, wide: bool, rows: int) -> Kernel:
+    fn = _nk().softmax_fn(dtype, parallel, wide)
+    np_dtype = np.dtype(dtype)
+
+    def kernel(x: np.ndarray) -> np.ndarray:
+        out = np.empty(x.shape, dtype=np_dtype)
+        fn(_rows(x, np_dtype), out.reshape(-1, x.shape[-1]), rows)
+        return out
+
+    return kernel
+
+
+def norm_kernel(kind: str, dtype: str, arity: int, eps: float, parallel: bool, wide: bool, rows: int) -> Kernel:
+    has_w, has_b = arity >= 2, arity >= 3 and kind == "layernorm"
+    fn = _nk().norm_fn(kind, dtype, has_w, has_b, parallel, wide)
+    np_dtype = np.dtype(dtype)
+    unused = np.zeros(1, dtype=np_dtype)
+
+    def kernel(x: np.ndarray, weight: np.ndarray | None = None, bias: np.ndarray | None = None) -> np.ndarray:
+        out = np.empty(x.shape, dtype=np_dtype)
+        w = np.ascontiguousarray(weight, dtype=np_dtype) if has_w else unused
+        b = np.ascontiguousarray(bias, dtype=np_dtype) if has_b else unused
+        fn(_rows(x, np_dtype), w, b, out.reshape(-1, x.shape[-1]), float(eps), rows)
+        return out
+
+    return kernel
+
+
+def matmul_kernel(dtype: str, activation: str, arity: int, parallel: bool, wide: bool, rows: int) -> Kernel:
+    has_bias = arity >= 3
+    epi = None if (activation == "none" and not has_bias) else _nk().epilogue_fn(dtype, activation, has_bias, parallel, wide)
+    np_dtype = np.dtype(dtype)
+    unused = np.zeros(1, dtype=np_dtype)
+
+    def kernel(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+        y = np.matmul(a, b)  # vendor BLAS; y is a fresh C-contiguous array we may overwrite
+        if epi is not None:
+            bv = np.ascontiguousarray(bias, dtype=np_dtype) if has_bias else unused
+            epi(y.reshape(-1, y.shape[-1]), bv, rows)
+        return y
+
+    return kernel
+
+
+# ---- the backend ------------------------------------------------------------------------------
+def _row_block(R: int, threads: int, tasks_per_thread: int) -> int:
+    """Rows per parallel task so that each thread gets about ``tasks_per_thread`` tasks."""
+    return max(1, math.ceil(R / (threads * tasks_per_thread)))
+
+
+class NumbaBackend(Backend):
+    name = "numba"
+    array = "numpy"
+    devices = ("cpu",)
+    ops = ("elementwise", "softmax", "layernorm", "rmsnorm", "matmul")
+    dtypes = ("float32", "float64")
+
+    def _probe(self) -> tuple[bool, str]:
+        if importlib.util.find_spec("numba") is None:
+            return False, _INSTALL_HINT
+        import numba
+
+        simd = "AVX-512" if _has_avx512() else "no AVX-512"
+        svml = "SVML" if getattr(numba.config, "USING_SVML", False) else "no SVML"
+        return True, f"numba {numba.__version__}, {_threads()} threads, {simd}, {svml}"
+
+    def supports(self, problem: Problem) -> bool:
+        if not super().supports(problem):
+            return False
+        if problem.op == "elementwise":
+            return expr_supported(ex.parse(problem.param["expr"]))
+        return True
+
+    def candidates(self, problem: Problem) -> list[Candidate]:
+        c = Candidate.of
+        threads = _threads()
+        wide = _has_avx512()
+        # Best guess first: parallel with 512-bit vectors where the CPU has them; then 256-bit,
+        # then serial (tiny problems, where waking threads costs more than the work).
+        flags = [(True, wide), (True, False)] if wide else [(True, False)]
+        flags.append((False, wide))
+        if problem.op == "elementwise":
+            n = problem.dim["N"]
+            if n < 1 << 15:
+                flags = [flags[-1], *flags[:-1]]
+            chunks = (65536, 16384)
+            out = [c("numba", "fused", parallel=p, wide=w, chunk=chunks[0]) for p, w in flags]
+            if n > 4 * chunks[0]:
+                out.insert(1, c("numba", "fused", parallel=flags[0][0], wide=flags[0][1], chunk=chunks[1]))
+            return out
+        if problem.op in ("softmax", "layernorm", "rmsnorm"):
+            R, N = problem.dim["R"], problem.dim["N"]
+            if R * N < 1 << 14 or R == 1:
+                flags = [flags[-1], *flags[:-1]]
+            template = "rows"
+        elif problem.op == "matmul":
+            R, N = problem.dim["B"] * problem.dim["M"], problem.dim["N"]
+            template = "blas+epilogue"
+        else:
+            return []
+        out = [c("numba", template, parallel=p, wide=w, rows=_row_block(R, threads, 8)) for p, w in flags]
+        if R >= threads * 64:  # finer tasks balance better when another process shares the cores
+            p, w = flags[0]
+            out.insert(1, c("numba", template, parallel=p, wide=w, rows=_row_block(R, threads, 32)))
+        return out
+
+    def compile(self, candidate: Candidate, problem: Problem) -> Kernel:
+        if not self.available:
+            raise RuntimeError(self.availability[1])
+        cfg, p, dt = candidate.cfg, problem.param, problem.dtype
+        par, wide = bool(cfg.get("parallel", True)), bool(cfg.get("wide", False))
+        if problem.op == "elementwise":
+            kernel = elementwise_kernel(p["expr"], dt, problem.arity, par, wide, int(cfg.get("chunk", 65536)))
+        elif problem.op == "softmax":
+            kernel = softmax_kernel(dt, par, wide, int(cfg.get("rows", 16)))
+        elif problem.op in ("layernorm", "rmsnorm"):
+            kernel = norm_kernel(problem.op, dt, problem.arity, p["eps"], par, wide, int(cfg.get("rows", 16)))
+        elif problem.op == "matmul":
+            kernel = matmul_kernel(dt, p["activation"], problem.arity, par, wide, int(cfg.get("rows", 16)))
+        else:
+            raise ValueError(f"numba backend has no kernel for op {problem.op!r}")
+        _warm_up(kernel, problem)
+        return kernel
+
+
+def _warm_up(kernel: Kernel, problem: Problem) -> None:
+    """Run once on tiny inputs so numba compiles now (compile errors surface in ``compile``, and
+    the first timed call is not a compile)."""
+    spec = problem.spec
+    dims = {d: min(v, 3) for d, v in problem.dim.items()}
+    xs = spec.make_inputs(dims, problem.param, np.random.default_rng(0), problem.dtype, problem.arity)
+    kernel(*xs)

@@ -1,0 +1,322 @@
+"""numba building blocks for :mod:`uhop.backends.numba`: vectorizable math and the row-op,
+matmul-epilogue and attention kernels. Imports numba at module level; the backend imports this
+module only once numba is known to be installed.
+
+Why hand-written math: without Intel SVML (``numba.config.USING_SVML`` is False on most pip
+installs) ``math.exp`` in a loop compiles to one libm call per element and the loop stays scalar.
+:func:`exp32` (Cody-Waite range reduction, a degree-6 Taylor polynomial on |r| <= ln2/2, and the
+power of two built from integer bits) vectorizes; its relative error is below 3e-7 on the normal
+range, it returns inf above ~88.72, flushes below ~-103.97 to 0 (subnormals in between) and passes
+NaN through, as ``np.exp`` does in float32. float64 kernels use ``math.exp``.
+
+Every factory takes ``wide``: when True the kernel's parallel body asks LLVM for 512-bit vectors
+(the function attribute ``prefer-vector-width``); LLVM's tuning for many AVX-512 parts prefers
+256-bit, which halves the throughput of compute-bound chains. It is a tuning knob, not a
+correctness one, so the tuner measures both.
+
+Every factory is cached: one numba dispatcher per (kind, dtype, flags); block sizes are runtime
+arguments so one compile serves every block-size config.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange
+from numba.core import types
+from numba.extending import intrinsic
+
+#: fastmath flags. Elementwise code: FMA contraction and no signed-zero care only. Row reductions
+#: add reassociation (vectorized sums). Never nnan/ninf (NaN and Inf inputs must give what the
+#: float64 reference gives) and never arcp: with it LLVM turns 1/sqrt(x) into an rsqrt estimate
+#: whose Newton step makes NaN of 0 and inf.
+FASTMATH = {"contract", "nsz"}
+FASTMATH_REDUCE = {"contract", "nsz", "reassoc"}
+
+
+# ---- LLVM-level helpers ---------------------------------------------------------------------
+@intrinsic
+def prefer_512(typingctx):
+    """Mark the enclosing LLVM function as preferring 512-bit vectors (a no-op without AVX-512)."""
+
+    def codegen(context, builder, signature, args):
+        # llvmlite's attribute set only admits a fixed list of names; string attributes are valid
+        # LLVM IR and X86's subtarget lookup reads this one per function.
+        set.add(builder.function.attributes, '"prefer-vector-width"="512"')
+        return context.get_dummy_value()
+
+    return types.none(), codegen
+
+
+@njit(inline="always")
+def no_hint():
+    return None
+
+
+@intrinsic
+def _bits(typingctx, x):
+    """float32 -> int32 / float64 -> int64 with the same bits."""
+    if x == types.float32:
+        ity, lty = types.int32, ir.IntType(32)
+    elif x == types.float64:
+        ity, lty = types.int64, ir.IntType(64)
+    else:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], lty)
+
+    return ity(x), codegen
+
+
+@intrinsic
+def _from_bits(typingctx, i):
+    """int32 -> float32 / int64 -> float64 with the same bits."""
+    if i == types.int32:
+        fty, lty = types.float32, ir.FloatType()
+    elif i == types.int64:
+        fty, lty = types.float64, ir.DoubleType()
+    else:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], lty)
+
+    return fty(i), codegen
+
+
+# ---- float32 math that vectorizes -----------------------------------------------------------
+_F = np.float32
+_LOG2E, _LN2_HI, _LN2_LO = _F(1.4426950408889634), _F(0.693359375), _F(-2.12194440e-4)
+_EXP_HI, _EXP_LO = _F(89.0), _F(-89.0)
+_EXP_MAX, _EXP_MIN = _F(88.72283935546875), _F(-87.33654475)  # overflow to inf / below FLT_MIN
+_INF = _F(np.inf)
+_C = [_F(1.0 / math.factorial(k)) for k in range(7)]
+_C2, _C3, _C4, _C5, _C6 = _C[2], _C[3], _C[4], _C[5], _C[6]
+_ONE, _HALF, _ZERO, _TWO = _F(1.0), _F(0.5), _F(0.0), _F(2.0)
+_I23 = np.int32(23)
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def exp32(x):
+    xc = min(max(x, _EXP_LO), _EXP_HI)
+    # floor, not the add-and-subtract-2**23 rounding trick, and 2**n added to p's exponent bits
+    # with integer ops: callers inline this under fastmath 'reassoc', which would fold the trick
+    # away and could reorder a product of scale factors into an overflow.
+    nf = np.floor(xc * _LOG2E + _HALF)
+    r = xc - nf * _LN2_HI
+    r = r - nf * _LN2_LO
+    p = _ONE + r * (_ONE + r * (_C2 + r * (_C3 + r * (_C4 + r * (_C5 + r * _C6)))))
+    # (numba widens int32 arithmetic to int64: cast back so the bits stay float32's)
+    y = _from_bits(np.int32(_bits(p) + (np.int32(nf) << _I23)))
+    y = _INF if x > _EXP_MAX else y
+    y = _ZERO if x < _EXP_MIN else y  # subnormal results flush to 0 (error < 1.2e-38)
+    return y if x == x else x
+
+
+# Abramowitz & Stegun 7.1.26: |error| <= 1.5e-7, below float32 rounding of values near 1.
+_P = _F(0.3275911)
+_A1, _A2, _A3, _A4, _A5 = _F(0.254829592), _F(-0.284496736), _F(1.421413741), _F(-1.453152027), _F(1.061405429)
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def erf32(x):
+    a = abs(x)
+    t = _ONE / (_ONE + _P * a)
+    y = _ONE - t * (_A1 + t * (_A2 + t * (_A3 + t * (_A4 + t * _A5)))) * exp32(-a * a)
+    return y if x >= _ZERO else (-y if x < _ZERO else x)  # x NaN: NaN
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def tanh32(x):
+    # 1 - 2/(e^{2|x|}+1): absolute error ~2 ulp(1) near 0, well inside float32 tolerances.
+    y = _ONE - _TWO / (exp32(_TWO * abs(x)) + _ONE)
+    return y if x >= _ZERO else (-y if x < _ZERO else x)
+
+
+@njit(inline="always")
+def exp64(x):
+    return math.exp(x)
+
+
+@njit(inline="always")
+def erf64(x):
+    return math.erf(x)
+
+
+@njit(inline="always")
+def tanh64(x):
+    return math.tanh(x)
+
+
+@njit(inline="always")
+def fmaximum(a, b):
+    """np.maximum: NaN if either is NaN."""
+    return a if (a >= b or a != a) else b
+
+
+@njit(inline="always")
+def fminimum(a, b):
+    return a if (a <= b or a != a) else b
+
+
+#: per dtype: the names generated elementwise code uses (see ``numba.py``)
+MATH = {
+    "float32": {"exp_": exp32, "erf_": erf32, "tanh_": tanh32, "T": np.float32},
+    "float64": {"exp_": exp64, "erf_": erf64, "tanh_": tanh64, "T": np.float64},
+}
+
+
+def _make_row_max(ity):
+    shift, mask = ity(8 * np.dtype(ity).itemsize - 1), ity(np.iinfo(ity).max)
+
+    @njit(inline="always")
+    def row_max(row):
+        """Max of a row, vectorized as an integer max over order-preserving keys (a float max
+        reduction does not vectorize without fastmath nnan). NaNs may be ignored: callers let
+        NaN reach the result through the sum of exponentials instead."""
+        # Non-negative floats order like their bits; flipping the magnitude bits of negatives
+        # makes signed-integer order match float order (the map is its own inverse).
+        # numba widens int32 bit operations to int64: cast back so the bits stay 32-bit.
+        b = _bits(row[0])
+        m = ity(b ^ ((b >> shift) & mask))
+        for j in range(1, row.size):
+            b = _bits(row[j])
+            k = ity(b ^ ((b >> shift) & mask))
+            m = k if k > m else m
+        return _from_bits(ity(m ^ ((m >> shift) & mask)))
+
+    return row_max
+
+
+ROW_MAX = {"float32": _make_row_max(np.int32), "float64": _make_row_max(np.int64)}
+
+
+# ---- kernel factories -------------------------------------------------------------------------
+def _hint(wide: bool):
+    return prefer_512 if wide else no_hint
+
+
+@functools.cache
+def activation_fn(activation: str, dtype: str):
+    """act(v) for one value, in ``dtype`` arithmetic (matmul's epilogue: exact-erf gelu)."""
+    T = np.dtype(dtype).type
+    exp_, erf_ = MATH[dtype]["exp_"], MATH[dtype]["erf_"]
+    ZERO, HALF, ONE, RSQRT2 = T(0.0), T(0.5), T(1.0), T(1.0 / math.sqrt(2.0))
+    if activation == "none":
+        return njit(inline="always")(lambda v: v)
+    if activation == "relu":
+        return njit(inline="always")(lambda v: fmaximum(v, ZERO))
+    if activation == "gelu":
+        return njit(inline="always")(lambda v: HALF * v * (ONE + erf_(v * RSQRT2)))
+    if activation == "silu":
+        return njit(inline="always")(lambda v: v / (ONE + exp_(-v)))
+    raise ValueError(f"activation must be one of none, relu, gelu, silu; got {activation!r}")
+
+
+@functools.cache
+def softmax_fn(dtype: str, parallel: bool, wide: bool):
+    """softmax(x (R, N), out (R, N), rows): blocks of ``rows`` rows per parallel task; per row a
+    max pass, an exp pass that stores and sums (float64 accumulator) and a scaling pass, all on
+    a row that stays in L1/L2."""
+    T = np.dtype(dtype).type
+    exp_, row_max, hint = MATH[dtype]["exp_"], ROW_MAX[dtype], _hint(wide)
+
+    @njit(parallel=parallel, fastmath=FASTMATH_REDUCE, error_model="numpy")
+    def softmax(x, out, rows):
+        R, N = x.shape
+        for blk in prange((R + rows - 1) // rows):
+            hint()
+            for r in range(blk * rows, min(R, blk * rows + rows)):
+                xr, o = x[r], out[r]
+                m = row_max(xr)  # NaN rows: NaN flows through exp into the sum below
+                s = 0.0
+                for j in range(N):
+                    e = exp_(xr[j] - m)
+                    o[j] = e
+                    s += e
+                inv = T(1.0 / s)
+                for j in range(N):
+                    o[j] *= inv
+
+    return softmax
+
+
+@functools.cache
+def norm_fn(kind: str, dtype: str, has_w: bool, has_b: bool, parallel: bool, wide: bool):
+    """layernorm / rmsnorm(x (R, N), w (N,), b (N,), out (R, N), eps, rows). Sums use float64
+    accumulators; layernorm's variance is a second pass over the centred row (no E[x^2]-E[x]^2
+    cancellation). ``w``/``b`` are ignored (pass any array) when absent."""
+    T = np.dtype(dtype).type
+    hint = _hint(wide)
+
+    if kind == "layernorm":
+
+        @njit(parallel=parallel, fastmath=FASTMATH_REDUCE, error_model="numpy")
+        def layernorm(x, w, b, out, eps, rows):
+            R, N = x.shape
+            for blk in prange((R + rows - 1) // rows):
+                hint()
+                for r in range(blk * rows, min(R, blk * rows + rows)):
+                    xr, o = x[r], out[r]
+                    s = 0.0
+                    for j in range(N):
+                        s += xr[j]
+                    mean = T(s / N)
+                    v = 0.0
+                    for j in range(N):
+                        d = xr[j] - mean
+                        v += d * d
+                    rstd = T(1.0 / math.sqrt(v / N + eps))
+                    for j in range(N):
+                        y = (xr[j] - mean) * rstd
+                        if has_w:
+                            y = y * w[j]
+                        if has_b:
+                            y = y + b[j]
+                        o[j] = y
+
+        return layernorm
+
+    @njit(parallel=parallel, fastmath=FASTMATH_REDUCE, error_model="numpy")
+    def rmsnorm(x, w, b, out, eps, rows):
+        R, N = x.shape
+        for blk in prange((R + rows - 1) // rows):
+            hint()
+            for r in range(blk * rows, min(R, blk * rows + rows)):
+                xr, o = x[r], out[r]
+                s = 0.0
+                for j in range(N):
+                    s += xr[j] * xr[j]
+                rstd = T(1.0 / math.sqrt(s / N + eps))
+                for j in range(N):
+                    y = xr[j] * rstd
+                    if has_w:
+                        y = y * w[j]
+                    o[j] = y
+
+    return rmsnorm
+
+
+@functools.cache
+def epilogue_fn(dtype: str, activation: str, has_bias: bool, parallel: bool, wide: bool):
+    """In place on a GEMM result y (R, N): y = act(y + bias), one pass, ``rows`` rows per task."""
+    act, hint = activation_fn(activation, dtype), _hint(wide)
+
+    @njit(parallel=parallel, fastmath=FASTMATH, error_model="numpy")
+    def epilogue(y, bias, rows):
+        R, N = y.shape
+        for blk in prange((R + rows - 1) // rows):
+            hint()
+            for r in range(blk * rows, min(R, blk * rows + rows)):
+                yr = y[r]
+                for j in range(N):
+                    v = yr[j]
+                    if has_bias:
+                        v = v + bias[j]
+                    yr[j] = act(v)
+
+    return epilogue
