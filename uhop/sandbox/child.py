@@ -147,6 +147,7 @@ class Worker:
             except BaseException as exc:  # noqa: BLE001 - every candidate fault becomes a reply
                 cat, reason = _classify(exc)
                 reply, out = {"error": cat, "reason": reason}, []
+            reply["id"] = header.get("id")  # echo the request id: the parent detects out-of-order frames
             self.send(reply, out)
             if cmd == "exit":
                 os._exit(0)

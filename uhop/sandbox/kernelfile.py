@@ -51,6 +51,9 @@ DENIED_ATTRIBUTES: frozenset[str] = frozenset(
         "fromfile", "tofile", "memmap", "DataSource", "load_library", "cpp_extension", "system", "popen",
         "environ", "getenv", "hub", "f_globals", "f_locals", "f_builtins", "f_back", "f_code", "gi_frame",
         "gi_code", "cr_frame", "ag_frame", "tb_frame", "co_code", "func_globals", "setrecursionlimit",
+        # modules reachable as attributes of allowed ones (typing.sys, numpy's internals, ...)
+        "sys", "os", "modules", "builtins", "importlib", "subprocess", "ctypes", "mmap", "gc", "inspect",
+        "socket", "shutil", "pathlib", "signal", "threading", "multiprocessing",
     }
 )  # fmt: skip
 #: Attributes refused on numpy and torch (``np.load`` unpickles; ``tl.load`` is fine).

@@ -216,6 +216,7 @@ class Worker:
             cwd=home if self._tmp else "/", start_new_session=True, close_fds=True,
         )  # fmt: skip
         self._ready = False
+        self._seq = 0
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def kill(self) -> None:
@@ -311,6 +312,8 @@ class Worker:
             hello = self._read_frame(deadline, 1 << 16)
             self._ready = True
             del hello
+        self._seq += 1
+        header = dict(header, id=self._seq)
         data = child.pack(header, [child.npy(np.ascontiguousarray(a)) for a in arrays])
         try:
             self.proc.stdin.write(data)  # type: ignore[union-attr]
@@ -328,6 +331,9 @@ class Worker:
             if type(a) is not np.ndarray or a.dtype.hasobject:
                 self.kill()
                 raise SandboxFault("bad-output", f"reply holds a {type(a).__name__}, expected a plain array")
+        if reply.get("id") != self._seq:  # a forged early reply, or a stray frame: never resynchronise
+            self.kill()
+            raise SandboxFault("crash", f"protocol violation: reply to request {reply.get('id')!r}, expected {self._seq}")
         if "error" in reply:
             raise SandboxFault(str(reply["error"])[:40], str(reply.get("reason", ""))[:300])
         return reply, out
