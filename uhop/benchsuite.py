@@ -144,7 +144,7 @@ def _peak(dtype: str) -> tuple[float | None, float | None]:
     try:
         from uhop.hardware import get_capabilities
 
-        caps = get_capabilities()
+        caps = get_capabilities(device="cpu")
         return caps.peak_flops({"float32": "fp32", "float64": "fp64"}.get(dtype, dtype)), caps.peak_bandwidth()
     except Exception:
         return None, None

@@ -163,6 +163,12 @@ def hardware_fingerprint(device: str = "cpu") -> dict[str, Any]:
         fp["cpu"] = cpu_model()
     else:
         fp.update(_gpu_fingerprint(device))
+    try:  # the architecture class, so entries never cross device families
+        from uhop.hardware import get_capabilities
+
+        fp["manifest"] = get_capabilities(device=device).name
+    except Exception:
+        fp["manifest"] = None
     return fp
 
 

@@ -55,8 +55,12 @@ def info() -> None:
     try:
         from uhop.hardware import get_capabilities
 
-        caps = get_capabilities()
-        console.print(f"Device manifest: {getattr(caps, 'name', caps)}")
+        for dev in ("cpu", "cuda"):
+            try:
+                caps = get_capabilities(device=dev)
+            except Exception:
+                continue
+            console.print(f"Manifest ({dev}): {caps.name}  (`uhop hw show --device {dev}`)")
     except Exception as exc:  # hardware manifests are optional here
         console.print(f"Device manifest: unavailable ({exc.__class__.__name__}: {exc})")
     console.print(f"Store: {s.resolved_store_url}   policy: {s.policy}   shape buckets: {s.shape_buckets}")
