@@ -172,7 +172,9 @@ def resolve(emitted: Emitted, cfg: PassConfig, target: str = "llvm-cpu") -> Pass
         strategy = "data-tiled" if emitted.op == "matmul" and cfg.tile else "default"
     if not cfg.tile:
         strategy = "default"
-    elif strategy == "data-tiled" and not cfg.vectorize:  # mmt4d ukernels are vector code by design
+    if emitted.op == "matmul" and not cfg.vectorize:
+        # Scalar matmuls go through UHOP's 1x1x1 register tile: mmt4d ukernels are vector code by
+        # design, and IREE's own matmul heuristics produce oversized vectors for 1-lane targets.
         strategy = "tiled"
     if emitted.op != "matmul" and strategy in ("tiled", "data-tiled"):
         raise InputError(f"strategy {strategy!r} applies to matmul only, not {emitted.op}")
@@ -191,6 +193,8 @@ def resolve(emitted: Emitted, cfg: PassConfig, target: str = "llvm-cpu") -> Pass
         if not cfg.vectorize:
             vt = (1, 1, 1)
         tiles = cfg.tiles or _distribution_tiles(d["B"] * d["M"], d["N"], d["K"], item, hw.l2_bytes, vt)
+        if not cfg.tile:
+            tiles = cfg.tiles or (64, 64)
         out = replace(out, vector_tiles=tuple(vt), tiles=tuple(tiles))
     return out
 
@@ -302,7 +306,7 @@ def _tiling(module: Any, emitted: Emitted, cfg: PassConfig, flags: list[str]) ->
         return f"data-tiled: packed register-tile layouts, mmt4d ukernels, distribution tiles of {size}"
     if cfg.strategy == "tiled":
         (dm, dn), (vm, vn, vk) = cfg.tiles, cfg.vector_tiles
-        pipeline = "DoubleTilingExpert" if cfg.vectorize else "Default"
+        pipeline = "DoubleTilingExpert"
         attr = ir.Attribute.parse(
             "#iree_codegen.compilation_info<lowering_config = #iree_cpu.lowering_config<"
             f"distribution = [{dm}, {dn}, 0], vector_common_parallel = [{vm}, {vn}, 0], "
