@@ -147,11 +147,10 @@ class Evaluation:
     def check(self, trial: Trial, slot: int = 0, *, when: str = "") -> None:
         """Run ``trial`` twice in the worker and judge both outputs here."""
         p = self.problem
-        self.put(slot, trial)
         out_nbytes = trial.reference.size * np.dtype(p.dtype if p.dtype != "bfloat16" else "float32").itemsize
-        reply, arrays = self.w.request(
+        reply, arrays = self.w.request(  # the inputs travel with the call: one round trip
             {"cmd": "call", "slot": slot, "repeat": 2, "return_inputs": True, "out_nbytes": out_nbytes},
-            max_reply=self._reply_cap(trial),
+            trial.inputs, max_reply=self._reply_cap(trial),
         )
         n_out = 2
         if len(arrays) != n_out + len(trial.inputs):

@@ -135,6 +135,12 @@ class Worker:
     def serve(self) -> None:
         import numpy as np  # noqa: F401 - the pre-warm: this import is most of a worker's start-up
 
+        for mod in ("ctypes", "resource", "importlib.util", "pyseccomp"):  # used by load; warm them too
+            try:
+                __import__(mod)
+            except ImportError:
+                pass
+
         self.send({"ready": True, "pid": os.getpid()})
         while True:
             try:
