@@ -108,3 +108,8 @@ def test_timer_patching_does_not_fool_timing(tmp_path):
     res = check_file(f, policy=StaticPolicy(enabled=False), limits=Limits(wall_s=10))
     assert res.ok, res.line()
     assert res.median_s >= 0.018
+
+
+def test_cpu_limit_is_a_timeout():
+    res = check_file(Path(__file__).parent / "hostile" / "busy_loop.py", limits=Limits(wall_s=30, cpu_s=1), time_it=False)
+    assert res.category == "timeout" and "CPU time limit" in res.reason

@@ -87,7 +87,9 @@ class SandboxedKernel:
 
     def __init__(self, kf: KernelFile, limits: Limits | None = None) -> None:
         self.kf = kf
-        self.limits = limits or Limits()
+        # A dispatch worker lives as long as the kernel is in use: RLIMIT_CPU is cumulative over
+        # a process's life, so here each call is bounded by wall_s instead.
+        self.limits = limits or Limits(cpu_s=7 * 24 * 3600)
         self._lock = threading.Lock()
         self._worker: Worker | None = None
         self._finalizer: Any = None
