@@ -1,4 +1,13 @@
-"""``uhop tune OP --shape ... --dtype ...``: tune one problem and show every candidate."""
+"""``uhop tune OP --shape ...``: tune one problem and show every candidate.
+
+Without ``--strategy`` the backends' default candidate lists are timed (the grid). With
+``--strategy`` the union of the backends' search spaces is searched, every candidate a job in the
+persistent queue, run by ``--executor`` (local worker processes or a Ray cluster); multi-objective
+runs write their Pareto front to JSON; ``--resume`` continues an interrupted run.
+
+``--objectives`` and ``--weights`` take several values (``--objectives latency energy --weights
+0.7 0.3``), as well as comma lists or repeated flags.
+"""
 
 from __future__ import annotations
 
@@ -11,17 +20,56 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+STRATEGIES = ("exhaustive", "random", "evolution", "nsga2", "surrogate")
+EXECUTORS = ("local", "ray", "inline")
+
+
+def _split(items: list[str]) -> list[str]:
+    return [x.strip() for item in items for x in item.split(",") if x.strip()]
+
+
+def _sort_extras(extras: list[str], objectives: list[str], weights: list[str]) -> tuple[list[str], list[str]]:
+    """Values that followed ``--objectives`` / ``--weights`` land among the positional arguments
+    (click options take one value each): objective names go back to --objectives, numbers to
+    --weights. Anything else is an error naming the argument."""
+    from uhop.tune.strategies import OBJECTIVES
+
+    for x in extras:
+        if x in OBJECTIVES and objectives:
+            objectives.append(x)
+            continue
+        try:
+            float(x)
+        except ValueError:
+            raise ValueError(f"unexpected argument {x!r} (OP is one word; --objectives takes {', '.join(OBJECTIVES)})") from None
+        if not weights:
+            raise ValueError(f"unexpected argument {x!r} (numbers follow --weights)")
+        weights.append(x)
+    return objectives, weights
+
 
 def tune_command(
-    op: str = typer.Argument(..., help="Op name (see `uhop ops`)."),
-    shape: str = typer.Option(..., "--shape", "-s", help="Dims in the op's order, e.g. 256x256x256 for matmul MxNxK."),
+    op: list[str] = typer.Argument(None, help="Op name (see `uhop ops`); omit with --resume."),
+    shape: str | None = typer.Option(None, "--shape", "-s", help="Dims in the op's order, e.g. 256x256x256 for matmul MxNxK."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, float64, float16, bfloat16."),
     param: list[str] = typer.Option([], "--param", "-p", help="Op parameter NAME=VALUE (repeatable)."),
     arity: int | None = typer.Option(None, help="Number of inputs (e.g. 3 for matmul with bias)."),
     device: str = typer.Option("cpu", help="cpu or cuda:N."),
-    budget: float | None = typer.Option(None, help="Time budget in seconds (default UHOP_TUNE_BUDGET_S)."),
+    budget: int | None = typer.Option(None, "--budget", "-n", help="Evaluation budget: at most N candidates measured."),
+    time_budget: float | None = typer.Option(None, "--time-budget", "-t", help="Time budget in seconds (default UHOP_TUNE_BUDGET_S unless --budget)."),
     policy: str = typer.Option("tune", help="tune (measure) or fast (choose without timing)."),
     backend: list[str] = typer.Option([], "--backend", "-b", help="Restrict to these backends (repeatable)."),
+    strategy: str | None = typer.Option(None, "--strategy", help=f"Search the backends' spaces: {', '.join(STRATEGIES)}."),
+    objectives: list[str] = typer.Option([], "--objectives", help="latency, energy, memory (several values; default latency)."),
+    weights: list[str] = typer.Option([], "--weights", help="One weight per objective for the final choice, e.g. 0.7 0.3."),
+    executor: str | None = typer.Option(None, "--executor", help=f"Who measures: {', '.join(EXECUTORS)} (default local)."),
+    address: str | None = typer.Option(None, "--address", help="Ray cluster HOST:PORT (with --executor ray)."),
+    workers: int | None = typer.Option(None, "--workers", help="Parallel workers (default: 1 on CPU, one per GPU)."),
+    seed: int = typer.Option(0, "--seed", help="Strategy seed (a run is reproducible for a seed)."),
+    patience: int | None = typer.Option(None, "--patience", help="Stop after N evaluations without improvement."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the latest interrupted run (or --run ID)."),
+    run: str | None = typer.Option(None, "--run", help="Run id for --resume."),
+    pareto: Path | None = typer.Option(None, "--pareto", help="Where to write the Pareto front (multi-objective runs)."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the measurements as JSON here."),
 ) -> None:
     """Tune one problem: table of candidates with time, GFLOP/s or GB/s, validity and the choice."""
@@ -32,19 +80,61 @@ def tune_command(
     from uhop.tune.tuner import tune
 
     console = Console()
+    words = list(op or [])
     try:
-        spec = get_op(op)
-        if dtype not in spec.dtypes:
-            raise InputError(f"--dtype must be one of {', '.join(spec.dtypes)} for {op}, got {dtype!r}")
-        dims = spec.parse_shape(shape)
-        problem = Problem.make(op, dims, dtype, parse_params(param), arity, device=device,
-                               array="torch" if device != "cpu" else "numpy")  # fmt: skip
-    except (InputError, UnknownOpError) as exc:
+        objs, wts = _sort_extras(words[1:], _split(objectives), _split(weights))
+        weight_values = [float(w) for w in wts] or None
+    except ValueError as exc:
         raise fail(str(exc)) from None
+    objs = objs or ["latency"]
+    if strategy is not None and strategy not in STRATEGIES:
+        raise fail(f"--strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    if executor is not None and executor not in EXECUTORS:
+        raise fail(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if budget is not None and budget < 1:
+        raise fail(f"--budget must be >= 1 evaluations, got {budget}")
     if policy not in ("tune", "fast"):
         raise fail(f"--policy must be tune or fast, got {policy!r}")
+    if weight_values is not None and len(weight_values) != len(objs):
+        raise fail(f"--weights: {len(weight_values)} given for {len(objs)} objectives ({', '.join(objs)})")
+    if len(objs) > 1 and strategy is None:
+        strategy = "nsga2"
+    search = strategy is not None or executor is not None or resume
 
-    console.print(f"Tuning [bold]{problem.describe()}[/bold]")
+    problem = None
+    run_id = None
+    if resume:
+        from uhop.tune.jobs import open_queue
+
+        runs = open_queue().runs("running")
+        if run is not None:
+            runs = [r for r in runs if r["id"] == run]
+            if not runs:
+                raise fail(f"--run: no interrupted tuning run {run!r} (see the job queue)")
+        if not runs:
+            raise fail("--resume: no interrupted tuning run to resume")
+        run_id = runs[-1]["id"]
+        problem = Problem.from_json(runs[-1]["spec"]["problem"])
+        objs = runs[-1]["spec"]["objectives"]
+    else:
+        if not words:
+            raise fail("missing OP (or use --resume)")
+        if shape is None:
+            raise fail("missing --shape (dims in the op's order, e.g. 256x256x256)")
+        try:
+            spec = get_op(words[0])
+            if dtype not in spec.dtypes:
+                raise InputError(f"--dtype must be one of {', '.join(spec.dtypes)} for {words[0]}, got {dtype!r}")
+            dims = spec.parse_shape(shape)
+            problem = Problem.make(words[0], dims, dtype, parse_params(param), arity, device=device,
+                                   array="torch" if device != "cpu" else "numpy")  # fmt: skip
+        except (InputError, UnknownOpError) as exc:
+            raise fail(str(exc)) from None
+
+    head = f"Tuning [bold]{problem.describe()}[/bold]"
+    if search:
+        head += f"  strategy={strategy or 'exhaustive'} objectives={','.join(objs)} executor={executor or 'local'}"
+    console.print(head + (f"  (resuming run {run_id})" if run_id else ""))
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         TextColumn("{task.fields[best]}"), console=console, transient=True,
@@ -55,32 +145,59 @@ def tune_command(
         def on_result(i: int, total: int, m) -> None:
             if m.ok and m.median_s < best[0]:
                 best[0] = m.median_s
-            prog.update(task, completed=i, total=total, best=f"best {_fmt_time(best[0])}" if math.isfinite(best[0]) else "")
+            prog.update(task, completed=i, total=total or None,
+                        best=f"best {_fmt_time(best[0])}" if math.isfinite(best[0]) else "")  # fmt: skip
 
         try:
-            res = tune(problem=problem, policy=policy, budget_s=budget, backends=tuple(backend), progress=on_result)
+            if search:
+                res = tune(problem=problem, budget_s=time_budget, backends=tuple(backend), progress=on_result,
+                           strategy=strategy, max_evals=budget, objectives=tuple(objs), weights=weight_values,
+                           executor=executor, workers=workers, address=address, seed=seed, patience=patience,
+                           resume=run_id)  # fmt: skip
+            else:
+                res = tune(problem=problem, policy=policy, budget_s=time_budget, backends=tuple(backend),
+                           progress=on_result, max_evals=budget)  # fmt: skip
         except NoCandidateError as exc:
             raise fail(str(exc), 1) from None
+        except (ValueError, ImportError) as exc:
+            raise fail(str(exc)) from None
 
     flops, nbytes = problem.flops(), problem.bytes()
+    multi = len(res.objectives) > 1
     t = Table(title=f"{problem.describe()}  ({flops / 1e9:.3g} GFLOP, {nbytes / 1e6:.3g} MB)")
-    for col in ("candidate", "time", "GFLOP/s", "GB/s", "valid", "chosen"):
-        t.add_column(col, justify="right" if col in ("time", "GFLOP/s", "GB/s") else "left")
+    cols = ["candidate", "time", "GFLOP/s", "GB/s"] + (["energy J", "memory B", "pareto"] if multi else []) + ["valid", "chosen"]
+    for col in cols:
+        t.add_column(col, justify="right" if col in ("time", "GFLOP/s", "GB/s", "energy J", "memory B") else "left")
     ranked = sorted(res.measurements, key=lambda m: (not m.ok, m.median_s))
+    front = {id(m) for m in res.pareto}
     for m in ranked:
         gf, gb = res.rate(m)
         valid = "[green]ok[/green]" if m.ok else f"[red]{m.status}[/red] {m.reason[:60]}"
         if m.status == "skipped":
             valid = f"[dim]skipped ({m.reason})[/dim]"
         chosen = "[bold green]<- chosen[/bold green]" if res.best is not None and m.candidate == res.best.candidate else ""
-        t.add_row(m.candidate.id, _fmt_time(m.median_s if m.ok else None), f"{gf:.1f}" if gf else "-",
-                  f"{gb:.2f}" if gb else "-", valid, chosen)  # fmt: skip
+        row = [m.candidate.id, _fmt_time(m.median_s if m.ok else None), f"{gf:.1f}" if gf else "-", f"{gb:.2f}" if gb else "-"]
+        if multi:
+            row += [f"{m.energy_j:.3g}" if m.ok and math.isfinite(m.energy_j) else "-",
+                    f"{m.mem_bytes:.3g}" if m.ok and math.isfinite(m.mem_bytes) else "-", "*" if id(m) in front else ""]  # fmt: skip
+        t.add_row(*row, valid, chosen)
     console.print(t)
-    console.print(f"key {res.key} stored in the kernel store")
+    tail = f" (run {res.run_id}: {res.stopped})" if res.run_id else ""
+    console.print(f"key {res.key} stored in the kernel store{tail}")
+    if multi:
+        path = pareto or Path(f"uhop-pareto-{problem.op}-{'x'.join(str(v) for _, v in problem.dims)}.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({
+            "problem": problem.to_json(), "key": res.key, "run_id": res.run_id, "objectives": list(res.objectives),
+            "weights": weight_values, "chosen": res.best.candidate.to_json() if res.best else None,
+            "front": [m.to_json() for m in res.pareto],
+        }, indent=1, default=str))  # fmt: skip
+        console.print(f"Pareto front ({len(res.pareto)} configs) written to {path}")
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps({
-            "problem": problem.to_json(), "key": res.key, "policy": res.policy,
+            "problem": problem.to_json(), "key": res.key, "policy": res.policy, "run_id": res.run_id,
             "chosen": res.best.candidate.to_json() if res.best else None,
             "measurements": [m.to_json() for m in res.measurements],
+            "pareto": [m.to_json() for m in res.pareto],
         }, indent=1, default=str))  # fmt: skip

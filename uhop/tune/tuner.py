@@ -33,6 +33,9 @@ class Measurement:
     reason: str = ""
     timing: Timing = field(default_factory=Timing.failed)
     max_err: float = math.nan
+    #: joules per call and peak extra bytes per call (multi-objective runs; nan when not measured)
+    energy_j: float = math.nan
+    mem_bytes: float = math.nan
 
     @property
     def ok(self) -> bool:
@@ -51,7 +54,24 @@ class Measurement:
             "spread": self.timing.spread,
             "n": self.timing.n,
             "max_err": self.max_err,
+            "energy_j": self.energy_j,
+            "mem_bytes": self.mem_bytes,
         }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Measurement:
+        med = d.get("median_s")
+        med = math.inf if med is None else float(med)
+        n = int(d.get("n") or 0)
+        spread = d.get("spread")
+        timing = Timing(med, med, med, math.inf if spread is None else float(spread), n, 1) if n else Timing.failed()
+        nan = math.nan
+        return cls(
+            Candidate.from_json(d["candidate"]), d["status"], d.get("reason", ""), timing,
+            nan if d.get("max_err") is None else float(d["max_err"]),
+            nan if d.get("energy_j") is None else float(d["energy_j"]),
+            nan if d.get("mem_bytes") is None else float(d["mem_bytes"]),
+        )  # fmt: skip
 
 
 @dataclass
@@ -64,6 +84,12 @@ class TuneResult:
     entry: Entry | None
     kernel: Kernel | None = None
     backend: Backend | None = None
+    #: search runs (``strategy=``): the run id in the job queue, why the search stopped, and for
+    #: multi-objective runs the Pareto front (measurements not dominated in every objective)
+    run_id: str = ""
+    stopped: str = ""
+    pareto: list[Measurement] = field(default_factory=list)
+    objectives: tuple[str, ...] = ("latency",)
 
     def rate(self, m: Measurement) -> tuple[float | None, float | None]:
         """(GFLOP/s, GB/s) of a measurement."""
@@ -161,6 +187,18 @@ def tune(
     store: Any = None,
     progress: ProgressFn | None = None,
     force: bool = False,
+    strategy: str | None = None,
+    max_evals: int | None = None,
+    objectives: Sequence[str] = ("latency",),
+    weights: Sequence[float] | None = None,
+    executor: str | None = None,
+    workers: int | None = None,
+    address: str | None = None,
+    seed: int = 0,
+    patience: int | None = None,
+    priority: int = 0,
+    resume: str | None = None,
+    queue_url: str | None = None,
 ) -> TuneResult:
     """Find, validate, measure and store the best kernel for a problem.
 
@@ -168,8 +206,21 @@ def tune(
     (time every viable candidate within ``budget_s`` seconds) or ``fast`` (first candidate, in
     heuristic order, that validates). Returns every measurement; raises
     :class:`~uhop.errors.NoCandidateError` only if no candidate at all is valid.
+
+    Search runs: with ``strategy`` (``exhaustive``, ``random``, ``evolution``, ``nsga2``,
+    ``surrogate``), ``executor`` (``inline``, ``local``, ``ray``) or ``resume`` (a run id), the
+    union of the backends' search spaces is searched instead: at most ``max_evals`` measurements
+    and/or ``budget_s`` seconds, stopping early after ``patience`` measurements without
+    improvement; ``objectives`` (``latency``, ``energy``, ``memory``) with ``weights`` choose the
+    kernel (every measured config's objectives are kept; ``TuneResult.pareto`` holds the front).
+    Every candidate is a job in the persistent queue (``queue_url``, default the store's
+    database), so ``resume=RUN_ID`` continues an interrupted run without re-measuring anything.
     """
     s = settings()
+    if problem is None and resume is not None:
+        from uhop.tune.search import problem_of_run
+
+        problem = problem_of_run(resume, queue_url)
     if problem is None:
         if op is None or dims is None:
             raise TypeError("tune() needs problem= or op= and dims=")
@@ -177,8 +228,17 @@ def tune(
     policy = policy or s.policy
     if policy not in ("tune", "fast"):
         raise ValueError(f"policy must be 'tune' or 'fast', got {policy!r}")
-    budget = s.tune_budget_s if budget_s is None else budget_s
     store = store or open_store()
+    if strategy is not None or executor is not None or resume is not None:
+        from uhop.tune.search import search
+
+        return search(
+            problem, store=store, budget_s=budget_s, backends=tuple(backends) or s.backends, progress=progress,
+            strategy=strategy or "exhaustive", max_evals=max_evals, objectives=tuple(objectives), weights=weights,
+            executor=executor or "local", workers=workers, address=address, seed=seed, patience=patience,
+            priority=priority, resume=resume, queue_url=queue_url,
+        )  # fmt: skip
+    budget = s.tune_budget_s if budget_s is None else budget_s
     key = problem.key(s.shape_buckets)
 
     usable = bk.for_problem(problem, tuple(backends) or s.backends)
@@ -201,7 +261,8 @@ def tune(
     best_kernel: Kernel | None = None
     deadline = time.monotonic() + budget
     for i, cand in enumerate(order):
-        if best is not None and (policy == "fast" or time.monotonic() > deadline):
+        spent = time.monotonic() > deadline or (max_evals is not None and i >= max_evals)
+        if best is not None and (policy == "fast" or spent):
             measurements.extend(Measurement(c, "skipped", f"policy={policy}" if policy == "fast" else "budget spent") for c in order[i:])
             break
         cutoff = 3 * best.median_s if best is not None and math.isfinite(best.median_s) else math.inf

@@ -1,0 +1,176 @@
+"""The persistent job queue (SQLite; PostgreSQL with UHOP_TEST_PG_URL) and the local executors."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+
+import pytest
+
+from uhop.problem import Problem
+from uhop.tune.jobs import PostgresJobQueue, SQLiteJobQueue, TuningJob, open_queue
+
+PG_URL = os.environ.get("UHOP_TEST_PG_URL")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def queue(request, tmp_path):
+    if request.param == "sqlite":
+        q = SQLiteJobQueue(tmp_path / "jobs.db")
+    else:
+        if not PG_URL:
+            pytest.skip("set UHOP_TEST_PG_URL=postgresql://... to test the PostgreSQL job queue")
+        q = PostgresJobQueue(PG_URL)
+    yield q
+    q.close()
+
+
+def softmax_job(run_id: str, rows: int, block: int, priority: int = 0, **kw) -> TuningJob:
+    prob = Problem.make("softmax", {"R": rows, "N": 16}, "float32").to_json()
+    return TuningJob("softmax", prob, "numpy", {"template": "blocked", "config": {"block": block}},
+                     priority=priority, run_id=run_id, **kw)  # fmt: skip
+
+
+def test_priority_order_and_ties_are_deterministic(queue):
+    run = queue.create_run({"what": "order"})
+    jobs = [softmax_job(run, r, 16, priority=p) for r, p in [(1, 0), (2, 5), (3, 0), (4, 5), (5, 1)]]
+    ids = queue.submit(jobs)
+    order = []
+    while (j := queue.claim("w", run_id=run)) is not None:
+        order.append(j.id)
+        assert queue.complete(j.id, j.attempts, {"ok": True}, 1e-3)
+    assert order == [ids[1], ids[3], ids[4], ids[0], ids[2]]
+    assert queue.counts(run)["done"] == 5
+    done = queue.get(ids[0])
+    assert done.status == "done" and done.started <= done.ended and done.latency_s == 1e-3 and done.result == {"ok": True}
+
+
+def test_same_config_is_never_queued_twice(queue):
+    run = queue.create_run({})
+    a = queue.submit([softmax_job(run, 3, 16), softmax_job(run, 3, 64)])
+    b = queue.submit([softmax_job(run, 3, 16)])
+    assert b == a[:1] and queue.counts(run)["pending"] == 2
+
+
+def test_fencing_retries_and_give_up(queue):
+    run = queue.create_run({})
+    (jid,) = queue.submit([softmax_job(run, 7, 16, max_retries=1)])
+    first = queue.claim("w1", run_id=run)
+    assert first.attempts == 1 and first.status == "running" and first.worker == "w1"
+    assert queue.fail(jid, first.attempts, "worker died") == "pending"
+    second = queue.claim("w2", run_id=run)
+    assert second.attempts == 2 and second.retries == 1
+    # the first worker comes back from the dead: its result is refused
+    assert not queue.complete(jid, first.attempts, {"stale": True})
+    assert queue.fail(jid, first.attempts, "late") == ""
+    assert queue.fail(jid, second.attempts, "died again") == "failed"
+    job = queue.get(jid)
+    assert job.status == "failed" and job.retries == 1 and "died again" in job.error
+
+
+def test_expired_lease_is_reclaimed_then_given_up(queue):
+    run = queue.create_run({})
+    (jid,) = queue.submit([softmax_job(run, 9, 16, max_retries=1)])
+    queue.claim("w1", run_id=run, lease_s=0.01)
+    time.sleep(0.05)
+    again = queue.claim("w2", run_id=run, lease_s=0.01)
+    assert again.id == jid and again.retries == 1 and again.attempts == 2
+    time.sleep(0.05)
+    assert queue.claim("w3", run_id=run) is None
+    assert queue.get(jid).status == "failed"
+
+
+def test_release_worker_and_requeue_running(queue):
+    run = queue.create_run({"spec": 1})
+    queue.submit([softmax_job(run, r, 16) for r in (1, 2, 3)])
+    a, b = queue.claim("dead", run_id=run), queue.claim("alive", run_id=run)
+    assert queue.release_worker("dead") == 1
+    assert queue.get(a.id).status == "pending" and queue.get(b.id).status == "running"
+    assert queue.requeue_running(run) == 1 and queue.counts(run)["pending"] == 3
+    assert queue.run(run)["spec"] == {"spec": 1} and queue.run(run)["status"] == "running"
+    queue.finish_run(run, "done", {"n": 3})
+    assert queue.run(run)["summary"] == {"n": 3} and run not in [r["id"] for r in queue.runs("running")]
+
+
+def test_bad_job_arguments():
+    with pytest.raises(ValueError, match="priority"):
+        TuningJob("softmax", {}, "numpy", {}, priority=1.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="queue URL"):
+        open_queue("mysql://x")
+
+
+def _claimer(path: str, run: str, out: mp.Queue) -> None:
+    q = SQLiteJobQueue(path)
+    got = []
+    while (j := q.claim(f"p{os.getpid()}", run_id=run)) is not None:
+        q.complete(j.id, j.attempts, {"by": os.getpid()})
+        got.append(j.id)
+    out.put(got)
+
+
+def test_concurrent_claimers_take_each_job_once(tmp_path):
+    path = str(tmp_path / "jobs.db")
+    q = SQLiteJobQueue(path)
+    run = q.create_run({})
+    ids = q.submit([softmax_job(run, r, b) for r in range(1, 31) for b in (16, 64)])
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_claimer, args=(path, run, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    got = [i for _ in procs for i in out.get(timeout=60)]
+    for p in procs:
+        p.join(timeout=30)
+    assert sorted(got) == sorted(ids)
+    assert q.counts(run)["done"] == len(ids)
+
+
+# ---- executors ------------------------------------------------------------------------------------
+
+
+def test_local_pool_runs_120_jobs_exactly_once(tmp_path):
+    from uhop.tune.executors import make_executor
+    from uhop.tune.search import worker_settings
+
+    q = open_queue(f"sqlite:///{tmp_path / 'q.db'}")
+    run = q.create_run({})
+    ids = q.submit([softmax_job(run, r, b) for r in range(1, 41) for b in (16, 64, 0)])
+    assert len(set(ids)) == 120
+    t0 = time.time()
+    with make_executor("local", q, run, settings=worker_settings(), workers=2) as ex:
+        seen = [j.id for j in ex.run(ids)]
+    assert sorted(seen) == sorted(ids), "every job reported exactly once"
+    jobs = q.jobs(run_id=run)
+    assert all(j.status == "done" and j.attempts == 1 for j in jobs)
+    assert all(j.result["measurement"]["status"] == "ok" for j in jobs)
+    assert len({j.result["worker"] for j in jobs}) == 2, "both workers took jobs"
+    assert time.time() - t0 < 120
+
+
+def test_killed_local_worker_job_is_retried(tmp_path):
+    from uhop import config
+    from uhop.tune.executors import make_executor
+    from uhop.tune.search import worker_settings
+
+    q = open_queue(f"sqlite:///{tmp_path / 'q.db'}")
+    run = q.create_run({})
+    ids = q.submit([softmax_job(run, 64, b) for b in (1, 2, 4, 8, 16, 32)])
+    with config.override(bench_min_s=0.3):  # long enough jobs to kill one mid-flight
+        ex = make_executor("local", q, run, settings=worker_settings(), workers=2)
+    killed = None
+    seen = []
+    with ex:
+        for job in ex.run(ids):
+            seen.append(job.id)
+            if killed is None:
+                running = q.jobs(run_id=run, status="running")
+                if running:
+                    killed = running[0]
+                    os.kill(int(killed.worker.rsplit(":", 1)[1]), signal.SIGKILL)
+    assert killed is not None
+    assert sorted(seen) == sorted(ids)
+    again = q.get(killed.id)
+    assert again.status == "done" and again.retries == 1 and again.attempts == 2
+    assert all(j.status == "done" for j in q.jobs(run_id=run))

@@ -1,0 +1,194 @@
+"""Local executors: ``inline`` (this process) and ``local`` (a pool of spawned worker processes).
+
+The pool's workers claim jobs of the run from the queue themselves (it is the only channel: no
+pipes to deadlock on) and commit each result there. The parent watches them: a worker that dies
+(segfault, OOM kill, ``kill -9``) has its job put back in the queue and is replaced; a job that
+runs past ``job_timeout_s`` has its worker killed and is failed. Workers are spawned (never forked:
+CUDA and BLAS thread pools do not survive a fork), die with the parent (``PR_SET_PDEATHSIG``), and
+for GPU problems there is one worker per visible GPU, each pinned with ``CUDA_VISIBLE_DEVICES``.
+
+On CPU the default is one worker: candidates timed side by side on the same cores slow each
+other down. ``workers=N`` trades timing accuracy for throughput.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from uhop.tune.executors import Executor
+from uhop.tune.jobs import TERMINAL, JobQueue, TuningJob, worker_name
+
+
+def _pin_device(spec: dict[str, Any]) -> dict[str, Any]:
+    """A worker pinned to one GPU sees it as ``cuda:0``."""
+    prob = dict(spec["problem"])
+    if str(prob.get("device", "cpu")).startswith("cuda"):
+        prob["device"] = "cuda:0"
+    return {**spec, "problem": prob}
+
+
+class InlineExecutor(Executor):
+    """Runs each job in this process, one at a time (tests, debugging, single-shot CLI use)."""
+
+    name = "inline"
+
+    def __init__(self, queue: JobQueue, run_id: str, **kw: Any) -> None:
+        kw.pop("workers", None)
+        kw.pop("address", None)
+        super().__init__(queue, run_id, **kw)
+        self._me = worker_name()
+
+    def run(self, job_ids: Sequence[int]) -> Iterator[TuningJob]:
+        from uhop.tune.search import run_job
+
+        for jid in job_ids:
+            job = self.queue.claim(self._me, run_id=self.run_id, job_id=jid)
+            if job is not None:
+                result = run_job(job.to_spec())
+                self.queue.complete(job.id, job.attempts, result, result["measurement"].get("median_s"))  # type: ignore[arg-type]
+            done = self.queue.get(jid)
+            if done is not None and done.status in TERMINAL:
+                yield done
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids this process may use: ``CUDA_VISIBLE_DEVICES`` if set, else ``nvidia-smi -L``."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+            return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
+        except (OSError, subprocess.SubprocessError):
+            return []
+    return []
+
+
+def _set_pdeathsig() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:  # not Linux: the parent-pid check in the loop still ends the worker
+        pass
+
+
+def _worker_main(url: str, run_id: str, settings: dict[str, Any], gpu: str | None, stop: Any, parent: int,
+                 lease_s: float) -> None:  # fmt: skip
+    _set_pdeathsig()
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    from uhop import config
+    from uhop.tune.jobs import open_queue
+    from uhop.tune.search import run_job
+
+    with config.override(**settings):
+        queue = open_queue(url)
+        me = worker_name()
+        while not stop.is_set() and os.getppid() == parent:
+            job = queue.claim(me, run_id=run_id, lease_s=lease_s)
+            if job is None:
+                time.sleep(0.02)
+                continue
+            beat = threading.Event()
+
+            def heartbeat(job: TuningJob = job, beat: threading.Event = beat) -> None:
+                while not beat.wait(lease_s / 3):
+                    queue.heartbeat(job.id, job.attempts, lease_s)  # type: ignore[arg-type]
+
+            t = threading.Thread(target=heartbeat, daemon=True)
+            t.start()
+            spec = job.to_spec()
+            result = run_job(_pin_device(spec) if gpu is not None else spec)
+            beat.set()
+            queue.complete(job.id, job.attempts, result, result["measurement"].get("median_s"))  # type: ignore[arg-type]
+
+
+class LocalExecutor(Executor):
+    """A pool of spawned worker processes on this machine (one per GPU for GPU problems)."""
+
+    name = "local"
+
+    def __init__(self, queue: JobQueue, run_id: str, *, workers: int | None = None, job_timeout_s: float = 600.0,
+                 lease_s: float = 120.0, poll_s: float = 0.02, address: str | None = None, **kw: Any) -> None:  # fmt: skip
+        super().__init__(queue, run_id, **kw)
+        if workers is not None and workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        gpus = visible_gpus() if self.device.startswith("cuda") else []
+        n = workers or max(1, len(gpus))
+        self._gpu = [gpus[i % len(gpus)] if gpus else None for i in range(n)]
+        self._ctx = mp.get_context("spawn")
+        self._stop = self._ctx.Event()
+        self._procs: list[Any] = [None] * n
+        self.job_timeout_s, self.lease_s, self.poll_s = job_timeout_s, lease_s, poll_s
+        self._host = socket.gethostname()
+        self.restarts = 0
+
+    @property
+    def slots(self) -> int:
+        return len(self._procs)
+
+    def _name(self, p: Any) -> str:
+        return f"{self._host}:{p.pid}"
+
+    def _start(self, i: int) -> None:
+        p = self._ctx.Process(
+            target=_worker_main, name=f"uhop-tune-worker-{i}", daemon=True,
+            args=(self.queue.url, self.run_id, self.settings, self._gpu[i], self._stop, os.getpid(), self.lease_s),
+        )  # fmt: skip
+        p.start()
+        self._procs[i] = p
+
+    def worker_pids(self) -> list[int]:
+        return [p.pid for p in self._procs if p is not None and p.is_alive()]
+
+    def _watch(self) -> None:
+        for i, p in enumerate(self._procs):
+            if p is None:
+                self._start(i)
+            elif not p.is_alive():
+                p.join()
+                self.queue.release_worker(self._name(p), f"worker exited with code {p.exitcode}")
+                self.restarts += 1
+                self._start(i)
+        now = time.time()
+        for job in self.queue.jobs(run_id=self.run_id, status="running"):
+            if job.started is not None and now - job.started > self.job_timeout_s:
+                for i, p in enumerate(self._procs):
+                    if p is not None and self._name(p) == job.worker:
+                        p.kill()
+                        p.join()
+                        self.queue.fail(job.id, job.attempts, f"timed out after {self.job_timeout_s:g} s", retry=False)  # type: ignore[arg-type]
+                        self.restarts += 1
+                        self._start(i)
+
+    def run(self, job_ids: Sequence[int]) -> Iterator[TuningJob]:
+        remaining = set(job_ids)
+        while remaining:
+            self._watch()
+            for job in self.queue.jobs(ids=sorted(remaining), status=TERMINAL):
+                remaining.discard(job.id)  # type: ignore[arg-type]
+                yield job
+            if remaining:
+                time.sleep(self.poll_s)
+
+    def close(self) -> None:
+        self._stop.set()
+        for p in self._procs:
+            if p is not None:
+                p.join(timeout=5)
+                if p.is_alive():
+                    p.kill()
+                    p.join()
+        self._procs = [None] * len(self._procs)
+        self._stop = self._ctx.Event()
