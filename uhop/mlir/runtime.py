@@ -49,9 +49,8 @@ class IreeModule:
         self._lock = threading.Lock()  # one VM context: calls are serialized
 
     def _import(self, x: np.ndarray) -> Any:
+        """A buffer view of ``x`` (which must be ALIGN-byte aligned and outlive the call)."""
         rt = self._rt
-        if x.ctypes.data % ALIGN:  # the compiled code assumes ALIGN-byte aligned bindings
-            x = _aligned_copy(x)
         element = getattr(rt.HalElementType, _ELEMENT[x.dtype.name])
         try:
             buf = self._allocator.import_host_allocation(x, self._memory, self._usage)
@@ -66,6 +65,9 @@ class IreeModule:
     def __call__(self, *xs: np.ndarray) -> np.ndarray:
         rt = self._rt
         arrays = [np.ascontiguousarray(x) for x in xs]
+        # The compiled code assumes ALIGN-byte aligned bindings. The (possibly copied) arrays stay
+        # referenced here until the call returns: the imported HAL buffers borrow their memory.
+        arrays = [x if x.ctypes.data % ALIGN == 0 else _aligned_copy(x) for x in arrays]
         args = rt.VmVariantList(len(arrays))
         for x in arrays:
             args.push_ref(self._import(x))
