@@ -33,8 +33,12 @@ CASES = [
 ]
 
 
+# Covered by their own suites: iree (seconds per compile: tests/mlir), user (sandboxed files: tests/sandbox).
+OWN_SUITES = ("iree", "user")
+
+
 def _cpu_backends():
-    return [b for b in bk.all_backends() if b.available and "cpu" in b.devices and b.name not in ("user",)]
+    return [b for b in bk.all_backends() if b.available and "cpu" in b.devices and b.name not in OWN_SUITES]
 
 
 def _check_all(op, dims, params, arity, dtype="float32"):
