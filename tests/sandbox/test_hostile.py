@@ -15,14 +15,33 @@ from uhop.sandbox.worker import Limits, bwrap_path
 
 # Short limits: the timeout cases cost ~2 s each.
 LIMITS = Limits(wall_s=2.0, cpu_s=4)
-SENTINELS = [Path.home() / "uhop_pwned.txt", Path("/root/uhop_pwned.txt"), Path("/tmp/uhop_exec_pwned")]
+SENTINELS = [Path.home() / "uhop_pwned.txt", Path("/root/uhop_pwned.txt"), Path("/tmp/uhop_exec_pwned"),
+             Path("/tmp/uhop_unpickled")]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def store_guard(uhop_home):
+    """A store with one entry before each case: afterwards it holds exactly that entry, and
+    nothing new appeared under UHOP_HOME (no registered kernel, no stray file)."""
+    from uhop.store import open_store
+
+    store = open_store()
+    store.record(
+        "softmax:5x7:float32:guard", {"op": "softmax"}, {"backend": "numpy", "template": "eager", "config": {}},
+        [], median_s=1e-6, gflops=None, gbps=None, policy="tune", fingerprint={}, content_hash="guard",
+    )  # fmt: skip
+    before = [e.to_json() for e in store.entries()]
+    files = sorted(p for p in uhop_home.rglob("*") if p.is_file())
+    yield
+    assert [e.to_json() for e in store.entries()] == before
+    assert sorted(p for p in uhop_home.rglob("*") if p.is_file()) == files
 
 
 def test_suite_is_big_enough():
     assert len(HOSTILE) >= 25
     for p in HOSTILE:
         e = expectations(p)
-        assert e["expect"] in CATEGORIES, p.name
+        assert set(e["expect"].split("|")) <= set(CATEGORIES), p.name
         assert set(e.get("expect-unchecked", "ok").split("|")) <= {*CATEGORIES, "ok"}, p.name
 
 
@@ -37,8 +56,8 @@ def test_hostile_rejected(path):
     e = expectations(path)
     res = check_file(path, limits=LIMITS, time_it=e.get("timed") == "yes")
     assert not res.ok
-    assert res.category == e["expect"], res.line()
-    assert res.line().startswith(f"rejected: {e['expect']}: ")
+    assert res.category in e["expect"].split("|"), res.line()
+    assert res.line().startswith(f"rejected: {res.category}: ")
     _no_escape()
 
 
