@@ -164,6 +164,14 @@ def test_attention_flash(interpreter, causal, b, s, l, d, dtype):  # noqa: E741
     _check(interpreter, "attention", {"B": b, "S": s, "L": l, "D": d, "E": d}, dtype, {"causal": causal}, limit=2)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize(("s", "l", "d", "cfg"), [(128, 128, 64, (128, 64, False)), (256, 128, 128, (128, 128, True))])
+def test_attention_flash_tma(interpreter, causal, s, l, d, cfg):  # noqa: E741
+    bm, bn, ws = cfg
+    _check(interpreter, "attention", {"B": 2, "S": s, "L": l, "D": d, "E": d}, "float16", {"causal": causal},
+           template="flash_tma", cfg={"BM": bm, "BN": bn, "warps": 4, "stages": 2, "ws": ws})  # fmt: skip
+
+
 def test_attention_bf16_4d(interpreter):
     from uhop.backends.triton import _family
 
@@ -183,6 +191,7 @@ def test_attention_bf16_4d(interpreter):
         ({"N": 2, "C": 3, "H": 9, "W": 8, "K": 5, "R": 3, "S": 3}, 1, 1),
         ({"N": 1, "C": 16, "H": 7, "W": 7, "K": 33, "R": 3, "S": 3}, 2, 0),
         ({"N": 3, "C": 5, "H": 6, "W": 11, "K": 4, "R": 1, "S": 1}, 1, 0),
+        ({"N": 2, "C": 32, "H": 5, "W": 6, "K": 8, "R": 3, "S": 3}, 1, 1),  # C % BK == 0: chunked path
     ],
 )
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

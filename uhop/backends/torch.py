@@ -190,8 +190,12 @@ class TorchBackend(Backend):
                            "efficient": SDPBackend.EFFICIENT_ATTENTION}[cfg["impl"]]  # fmt: skip
 
                 def pinned(q, k, v):
+                    three = q.dim() == 3  # the fused kernels want (batch, heads, seq, dim)
+                    if three:
+                        q, k, v = q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0)
                     with sdpa_kernel(backend):
-                        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+                        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+                    return out.squeeze(0) if three else out
 
                 return pinned
             if candidate.template == "sdpa":

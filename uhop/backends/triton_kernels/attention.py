@@ -42,7 +42,7 @@ def _attn_block(acc, l_i, m_i, q, k_base, v_base, s_kl, s_vl, offs_m, offs_d, of
         p = tl.math.exp2(s - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PREC)
         m_i = m_new
     return acc, l_i, m_i
 
@@ -92,6 +92,57 @@ def _attn_fwd(
     tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=(offs_m[:, None] < S) & (offs_e[None, :] < E))
 
 
+@triton.jit
+def _attn_tma_inner(acc, l_i, m_i, q, k_desc, v_desc, kv_row, offs_m, lo, hi, qk_scale,
+                    MASKED: tl.constexpr, BN: tl.constexpr, WS: tl.constexpr):  # fmt: skip
+    for start in tl.range(lo, hi, BN, warp_specialize=WS):
+        k = k_desc.load([kv_row + start, 0])
+        v = v_desc.load([kv_row + start, 0])
+        s = tl.dot(q, k.T)
+        if MASKED:
+            offs_n = start + tl.arange(0, BN)
+            s = s * qk_scale + tl.where(offs_n[None, :] <= offs_m[:, None], 0.0, -1.0e6)
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            s = s - m_new[:, None]
+        else:
+            m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)
+            s = s * qk_scale - m_new[:, None]
+        p = tl.math.exp2(s)
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _attn_fwd_tma(q_desc, k_desc, v_desc, o_desc, S, L, qk_scale,
+                  CAUSAL: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, WS: tl.constexpr):
+    """Even shapes (S % BM == 0, L % BN == 0, D a power of two): q, k, v, o are 2-D (B*seq, D)
+    TMA descriptors; no block crosses a batch boundary, so no masks outside the diagonal."""
+    start_m = tl.program_id(0) * BM
+    bid = tl.program_id(1)
+    q_row = bid * S + start_m
+    kv_row = bid * L
+    offs_m = start_m + tl.arange(0, BM)
+    q = q_desc.load([q_row, 0])
+    m_i = tl.full((BM,), -float("inf"), tl.float32)
+    l_i = tl.zeros((BM,), tl.float32)
+    acc = tl.zeros((BM, BD), tl.float32)
+    if CAUSAL:
+        hi = tl.minimum(start_m + BM, L)
+        full = tl.minimum(start_m // BN * BN, hi)
+        acc, l_i, m_i = _attn_tma_inner(acc, l_i, m_i, q, k_desc, v_desc, kv_row, offs_m, 0, full, qk_scale,
+                                        False, BN, WS)  # fmt: skip
+        acc, l_i, m_i = _attn_tma_inner(acc, l_i, m_i, q, k_desc, v_desc, kv_row, offs_m, full, hi, qk_scale,
+                                        True, BN, WS)  # fmt: skip
+    else:
+        acc, l_i, m_i = _attn_tma_inner(acc, l_i, m_i, q, k_desc, v_desc, kv_row, offs_m, 0, L, qk_scale,
+                                        False, BN, WS)  # fmt: skip
+    out = acc / l_i[:, None]
+    o_desc.store([q_row, 0], out.to(q.dtype))
+
+
 def configs(problem: Any, lim: Limits) -> list[tuple[str, dict[str, Any]]]:
     d = problem.dim
     bd = max(16, next_pow2(max(d["D"], d["E"])))
@@ -105,16 +156,28 @@ def configs(problem: Any, lim: Limits) -> list[tuple[str, dict[str, Any]]]:
         smem = (bm * bd + 2 * stages * bn * bd) * itemsize
         if lim.fits(smem, 32 * warps):
             out.append(("flash", {"BM": bm, "BN": bn, "warps": warps, "stages": stages}))
+    D = d["D"]
+    tma_ok = (lim.hopper and problem.dtype != "float32" and D == d["E"] and D in (64, 128)
+              and problem.layout == "contiguous")  # fmt: skip
+    if tma_ok:
+        tma = []
+        for bm, bn, warps, stages, ws in ((128, 128, 8, 3, False), (128, 64, 8, 3, False), (128, 128, 8, 2, False),
+                                          (128, 128, 4, 3, True), (128, 64, 4, 3, True)):  # fmt: skip
+            if d["S"] % bm == 0 and d["L"] % bn == 0:
+                tma.append(("flash_tma", {"BM": bm, "BN": bn, "warps": warps, "stages": stages, "ws": ws}))
+        out = tma + out[:3]
     return out or [("flash", {"BM": 16, "BN": 16, "warps": 4, "stages": 1})]
 
 
 def build(template: str, cfg: dict[str, Any], problem: Any) -> Any:
     import torch
 
-    if template != "flash":
+    if template not in ("flash", "flash_tma"):
         raise ValueError(f"unknown attention template {template!r}")
     causal = bool(problem.param["causal"])
     BM, BN = cfg["BM"], cfg["BN"]
+    if template == "flash_tma":
+        return _build_tma(cfg, causal)
 
     def run(q, k, v):
         S, D = q.shape[-2], q.shape[-1]
@@ -134,5 +197,33 @@ def build(template: str, cfg: dict[str, Any], problem: Any) -> Any:
             num_warps=cfg["warps"], num_stages=cfg["stages"],
         )  # fmt: skip
         return o.reshape(*q.shape[:-1], E)
+
+    return run
+
+
+def _build_tma(cfg: dict[str, Any], causal: bool) -> Any:
+    import torch
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    BM, BN = cfg["BM"], cfg["BN"]
+
+    def run(q, k, v):
+        S, D = q.shape[-2], q.shape[-1]
+        L = k.shape[-2]
+        if S % BM or L % BN or v.shape[-1] != D:
+            raise ValueError(f"flash_tma needs S % {BM} == 0, L % {BN} == 0 and E == D")
+        q2, k2, v2 = (t.reshape(-1, D).contiguous() for t in (q, k, v))
+        nb = q2.shape[0] // S
+        o = torch.empty_like(q2)
+        qd = TensorDescriptor(q2, list(q2.shape), [D, 1], [BM, D])
+        od = TensorDescriptor(o, list(o.shape), [D, 1], [BM, D])
+        kd = TensorDescriptor(k2, list(k2.shape), [D, 1], [BN, D])
+        vd = TensorDescriptor(v2, list(v2.shape), [D, 1], [BN, D])
+        _attn_fwd_tma[(S // BM, nb)](
+            qd, kd, vd, od, S, L, 1.0 / math.sqrt(D) * 1.4426950408889634,
+            CAUSAL=causal, BM=BM, BN=BN, BD=D, WS=cfg.get("ws", False),
+            num_warps=cfg["warps"], num_stages=cfg["stages"],
+        )  # fmt: skip
+        return o.reshape(*q.shape[:-1], D)
 
     return run

@@ -1,6 +1,7 @@
 """conv2d as an implicit GEMM: rows are output pixels (n, p, q), columns are filters k, and the
 reduction runs over (r, s, c) with c fastest, so a channels-last input is read in contiguous
-runs of channels. The im2col matrix is never materialized: each A tile is gathered straight
+runs of channels (when C is a multiple of the K-block, each block is one (r, s) and one run).
+The weights are reordered once per call into a (R*S*C, K) matrix (small next to x). The im2col matrix is never materialized: each A tile is gathered straight
 from x with its padding masked to zero. Any memory format works (strides are arguments); the
 output takes the input's format (channels-last in, channels-last out).
 
@@ -21,8 +22,8 @@ from uhop.backends.triton_kernels import Limits, matmul_smem
 def _conv_kernel(
     x_ptr, w_ptr, bias_ptr, y_ptr,
     NB, C, H, W, K, R, S, P, Q, stride, pad,
-    s_xn, s_xc, s_xh, s_xw, s_wk, s_wc, s_wr, s_ws, s_yn, s_yk, s_yp, s_yq,
-    HAS_BIAS: tl.constexpr, PREC: tl.constexpr,
+    s_xn, s_xc, s_xh, s_xw, s_yn, s_yk, s_yp, s_yq,
+    HAS_BIAS: tl.constexpr, PREC: tl.constexpr, CHUNK_C: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GM: tl.constexpr,
 ):  # fmt: skip
     M = NB * P * Q
@@ -44,19 +45,26 @@ def _conv_kernel(
     x_row = x_ptr + n.to(tl.int64) * s_xn
     CRS = C * R * S
     acc = tl.zeros((BM, BN), dtype=tl.float32)
+    rbn = tl.where(rn < K, rn, 0)
     for t0 in range(0, CRS, BK):
         t = t0 + tl.arange(0, BK)
-        c = t % C
-        rs = t // C
-        r = rs // S
-        s = rs % S
-        hh = h0[:, None] + r[None, :]
-        ww = w0[:, None] + s[None, :]
-        a_mask = (rm[:, None] < M) & (t[None, :] < CRS) & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
-        a = tl.load(x_row[:, None] + c[None, :] * s_xc + hh * s_xh + ww * s_xw, mask=a_mask, other=0.0)
-        b_mask = (t[:, None] < CRS) & (rn[None, :] < K)
-        b = tl.load(w_ptr + rn[None, :] * s_wk + c[:, None] * s_wc + r[:, None] * s_wr + s[:, None] * s_ws,
-                    mask=b_mask, other=0.0)  # fmt: skip
+        if CHUNK_C:  # C % BK == 0: the chunk shares one (r, s), and its channels are contiguous
+            rs = t0 // C
+            c = (t0 % C) + tl.arange(0, BK)
+            hh = h0 + rs // S
+            ww = w0 + rs % S
+            ok = (rm < M) & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+            a_ptrs = x_row[:, None] + c[None, :] * s_xc + (hh * s_xh + ww * s_xw)[:, None]
+            a = tl.load(a_ptrs, mask=ok[:, None], other=0.0)
+            b = tl.load(w_ptr + t[:, None].to(tl.int64) * K + rbn[None, :])
+        else:
+            c = t % C
+            rs = t // C
+            hh = h0[:, None] + (rs // S)[None, :]
+            ww = w0[:, None] + (rs % S)[None, :]
+            a_mask = (rm[:, None] < M) & (t[None, :] < CRS) & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+            a = tl.load(x_row[:, None] + c[None, :] * s_xc + hh * s_xh + ww * s_xw, mask=a_mask, other=0.0)
+            b = tl.load(w_ptr + t[:, None].to(tl.int64) * K + rbn[None, :], mask=t[:, None] < CRS, other=0.0)
         acc = tl.dot(a, b, acc, input_precision=PREC)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rn, mask=rn < K, other=0.0).to(tl.float32)[None, :]
@@ -92,11 +100,13 @@ def build(template: str, cfg: dict[str, Any], problem: Any) -> Any:
         P, Q = (H + 2 * pd - R) // st + 1, (W + 2 * pd - S) // st + 1
         fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and C > 1 else torch.contiguous_format
         y = torch.empty((NB, K, P, Q), device=x.device, dtype=x.dtype, memory_format=fmt)
+        # weights as a (R*S*C, K) matrix, reduction order (r, s, c) like the A tiles (a small copy)
+        wt = w.permute(2, 3, 1, 0).reshape(R * S * C, K).contiguous()
         grid = (triton.cdiv(NB * P * Q, BM) * triton.cdiv(K, BN),)
         _conv_kernel[grid](
-            x, w, bias if bias is not None else y, y, NB, C, H, W, K, R, S, P, Q, st, pd,
-            *x.stride(), *w.stride(), *y.stride(),
-            HAS_BIAS=bias is not None, PREC=prec, BM=BM, BN=BN, BK=cfg["BK"], GM=cfg["GM"],
+            x, wt, bias if bias is not None else y, y, NB, C, H, W, K, R, S, P, Q, st, pd,
+            *x.stride(), *y.stride(),
+            HAS_BIAS=bias is not None, PREC=prec, CHUNK_C=C % cfg["BK"] == 0, BM=BM, BN=BN, BK=cfg["BK"], GM=cfg["GM"],
             num_warps=cfg["warps"], num_stages=cfg["stages"],
         )  # fmt: skip
         return y

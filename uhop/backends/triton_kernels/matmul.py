@@ -122,6 +122,31 @@ def _mm_tma_kernel(
             tl.store(c_ptrs, out, mask=(rm[:, None] < M) & (rn[None, :] < N))
 
 
+@triton.jit
+def _pad_rows_kernel(src, dst, R, C, CP, s_src, s_dst, BR: tl.constexpr, BC: tl.constexpr):
+    """Copy an (R, C) matrix into an (R, CP) buffer with 16-byte aligned rows, zeros in [C, CP):
+    misaligned (unvectorized) loads, aligned vector stores."""
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    cols = tl.program_id(1) * BC + tl.arange(0, BC)
+    r64 = rows.to(tl.int64)[:, None]
+    x = tl.load(src + r64 * s_src + cols[None, :], mask=(rows[:, None] < R) & (cols[None, :] < C), other=0.0)
+    tl.store(dst + r64 * s_dst + cols[None, :], x, mask=(rows[:, None] < R) & (cols[None, :] < CP))
+
+
+def pad_rows(x, multiple: int = 64):
+    """``x`` (2-D) copied into a buffer whose row stride is a multiple of ``multiple`` elements;
+    returns the (R, C) view of it (what a TMA descriptor needs: aligned rows)."""
+    import torch
+
+    r, c = x.shape
+    cp = (c + multiple - 1) // multiple * multiple
+    buf = torch.empty((r, cp), device=x.device, dtype=x.dtype)
+    BR, BC = 8, 256
+    _pad_rows_kernel[(triton.cdiv(r, BR), triton.cdiv(cp, BC))](x, buf, r, c, cp, x.stride(0), cp, BR=BR, BC=BC,
+                                                               num_warps=4)  # fmt: skip
+    return buf[:, :c]
+
+
 # ---- configs ------------------------------------------------------------------------------
 def _cfg(bm, bn, bk, warps, stages, gm=8, **kw) -> dict[str, Any]:
     return {"BM": bm, "BN": bn, "BK": bk, "GM": gm, "warps": warps, "stages": stages, **kw}
@@ -143,7 +168,7 @@ def configs(problem: Any, lim: Limits, tf32: bool = False) -> list[tuple[str, di
         if rows <= 64:  # weight-read bound: narrow tiles, deep K
             tiles = [(16, 64, 128, 4, 4), (32, 64, 128, 4, 4), (64, 128, 64, 4, 4), (32, 128, 128, 4, 4)]
         elif K <= 128:  # output-write bound
-            tiles = [(128, 256, 64, 4, 8), (128, 128, 64, 4, 8), (256, 128, 64, 4, 8)]
+            tiles = [(128, 256, 64, 8, 2), (128, 128, 64, 8, 2), (256, 128, 64, 8, 2), (128, 128, 64, 4, 2)]
         else:
             tiles = [(128, 256, 64, 8, 3), (128, 128, 64, 8, 4), (256, 128, 64, 8, 3), (128, 256, 64, 8, 4),
                      (128, 128, 128, 8, 3), (64, 256, 64, 4, 4)]  # fmt: skip
@@ -158,7 +183,9 @@ def configs(problem: Any, lim: Limits, tf32: bool = False) -> list[tuple[str, di
             for ws in (False, True) if (lim.hopper and bm * bn >= 128 * 128) else (False,):
                 if lim.fits(matmul_smem(bm, bn, bk, s, itemsize, epi), 32 * w):
                     out.append(("tma", _cfg(bm, bn, bk, w, s, ws=ws, pad=not aligned, prec=prec)))
-        if lim.fits(matmul_smem(bm, bn, bk, s, itemsize), 32 * w):
+        # Misaligned rows defeat vectorized loads (10x slower): keep one pointer config as fallback.
+        ptr_useful = not (tma_ok and not small and not aligned) or not any(t == "ptr" for t, _ in out)
+        if ptr_useful and lim.fits(matmul_smem(bm, bn, bk, s, itemsize), 32 * w):
             out.append(("ptr", _cfg(bm, bn, bk, w, s, prec=prec)))
     if small:
         out.append(("ptr", _cfg(32, 32, 32, 4, 2, prec=prec)))
@@ -206,16 +233,12 @@ def build(template: str, cfg: dict[str, Any], problem: Any) -> Any:
     from uhop.backends.triton_kernels import limits
 
     num_sms = limits(problem.device).sm_count
-    pad, ws = cfg.get("pad", False), cfg.get("ws", False)
+    ws = cfg.get("ws", False)
 
     def padded(x):
-        """A copy of 2-D ``x`` whose rows start on 16-byte boundaries (a view of a wider buffer)."""
-        r, cols = x.shape
-        step = 16 // x.element_size()
-        buf = torch.empty((r, (cols + step - 1) // step * step), device=x.device, dtype=x.dtype)
-        view = buf[:, :cols]
-        view.copy_(x)
-        return view
+        if x.stride(1) != 1:
+            x = x.contiguous()
+        return pad_rows(x) if (x.stride(0) * x.element_size()) % 16 else x
 
     def run_tma(a, b, bias=None):
         if b.dim() > 2:
@@ -223,14 +246,11 @@ def build(template: str, cfg: dict[str, Any], problem: Any) -> Any:
         a2 = a.reshape(-1, a.shape[-1])
         M, K = a2.shape
         N = b.shape[1]
-        if pad:
-            a2, b2 = padded(a2), padded(b)
-        else:
-            a2, b2 = a2.contiguous(), b.contiguous()
-            if a2.data_ptr() % 16 or b2.data_ptr() % 16:  # an offset view: TMA cannot start there
-                return run_ptr(a, b, bias)
+        a2, b2 = padded(a2), padded(b)  # a no-op for rows already 16-byte aligned
+        if a2.data_ptr() % 16 or b2.data_ptr() % 16:  # an offset view: TMA cannot start there
+            return run_ptr(a, b, bias)
         c = torch.empty((M, N), device=a.device, dtype=a.dtype)
-        tma_store = not pad and _aligned(N, c.element_size())
+        tma_store = _aligned(N, c.element_size())
         a_d = TensorDescriptor(a2, [M, K], [a2.stride(0), 1], [BM, BK])
         b_d = TensorDescriptor(b2, [K, N], [b2.stride(0), 1], [BK, BN])
         c_d = TensorDescriptor(c, [M, N], [N, 1], [BM, BN]) if tma_store else a_d
