@@ -174,3 +174,69 @@ def test_killed_local_worker_job_is_retried(tmp_path):
     again = q.get(killed.id)
     assert again.status == "done" and again.retries == 1 and again.attempts == 2
     assert all(j.status == "done" for j in q.jobs(run_id=run))
+
+
+# ---- search runs end to end -------------------------------------------------------------------------
+
+_CRASHING_RUN = """
+import sys
+from uhop import config
+from uhop.tune.tuner import tune
+with config.override(bench_min_s=0.15, bench_repeat=3):
+    tune("softmax", {"R": 96, "N": 64}, strategy="random", max_evals=6, executor="inline", backends=("numpy", "numba"),
+         seed=4)
+"""
+
+
+def test_crashed_run_resumes_where_it_stopped(uhop_home):
+    import subprocess
+    import sys
+
+    from uhop.tune.tuner import tune
+
+    env = {**os.environ, "UHOP_HOME": str(uhop_home)}
+    proc = subprocess.Popen([sys.executable, "-c", _CRASHING_RUN], env=env)
+    q = open_queue()
+    deadline = time.time() + 120
+    run = None
+    while time.time() < deadline and proc.poll() is None:
+        runs = q.runs("running")
+        if runs and q.counts(runs[0]["id"])["done"] >= 3:
+            run = runs[0]["id"]
+            proc.kill()  # kill -9 in the middle of the run
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert run is not None, "the run finished before it could be interrupted"
+    before = {j.key: j for j in q.jobs(run_id=run, status="done")}
+    res = tune(resume=run, executor="inline")
+    after = q.jobs(run_id=run)
+    assert res.run_id == run and q.run(run)["status"] == "done"
+    assert len(after) == 6 and len({j.key for j in after}) == 6, "budget kept, nothing measured twice"
+    for j in after:
+        if j.key in before:  # finished before the crash: not run again
+            assert j.attempts == 1 and j.ended == before[j.key].ended
+    assert all(j.status == "done" for j in after)
+    assert len(res.measurements) == 6 and res.best is not None
+
+
+def test_cli_multi_objective_writes_pareto_front(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from uhop.cli import build_app
+
+    out = tmp_path / "front.json"
+    res = CliRunner().invoke(build_app(), [
+        "tune", "softmax", "--shape", "32x64", "--strategy", "nsga2", "--budget", "4", "--objectives", "latency",
+        "memory", "--weights", "0.7", "0.3", "-b", "numpy", "--executor", "inline", "--pareto", str(out)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out.read_text())
+    assert doc["objectives"] == ["latency", "memory"] and doc["weights"] == [0.7, 0.3]
+    assert doc["front"] and all(m["status"] == "ok" for m in doc["front"])
+    assert "Pareto front" in res.output
+    bad = CliRunner().invoke(build_app(), ["tune", "softmax", "--shape", "8x8", "--objectives", "latency", "speed"])
+    assert bad.exit_code != 0 and "unexpected argument 'speed'" in bad.output
+    bad = CliRunner().invoke(build_app(), ["tune", "softmax", "--shape", "8x8", "--strategy", "anneal"])
+    assert bad.exit_code != 0 and "--strategy must be one of" in bad.output
