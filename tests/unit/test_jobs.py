@@ -101,8 +101,8 @@ def test_bad_job_arguments():
         open_queue("mysql://x")
 
 
-def _claimer(path: str, run: str, out: mp.Queue) -> None:
-    q = SQLiteJobQueue(path)
+def _claimer(url: str, run: str, out: mp.Queue) -> None:
+    q = open_queue(url)
     got = []
     while (j := q.claim(f"p{os.getpid()}", run_id=run)) is not None:
         q.complete(j.id, j.attempts, {"by": os.getpid()})
@@ -110,14 +110,17 @@ def _claimer(path: str, run: str, out: mp.Queue) -> None:
     out.put(got)
 
 
-def test_concurrent_claimers_take_each_job_once(tmp_path):
-    path = str(tmp_path / "jobs.db")
-    q = SQLiteJobQueue(path)
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_concurrent_claimers_take_each_job_once(tmp_path, kind):
+    if kind == "postgresql" and not PG_URL:
+        pytest.skip("set UHOP_TEST_PG_URL=postgresql://... to test the PostgreSQL job queue")
+    url = PG_URL if kind == "postgresql" else f"sqlite:///{tmp_path / 'jobs.db'}"
+    q = open_queue(url)
     run = q.create_run({})
     ids = q.submit([softmax_job(run, r, b) for r in range(1, 31) for b in (16, 64)])
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_claimer, args=(path, run, out)) for _ in range(4)]
+    procs = [ctx.Process(target=_claimer, args=(url, run, out)) for _ in range(4)]
     for p in procs:
         p.start()
     got = [i for _ in procs for i in out.get(timeout=60)]
