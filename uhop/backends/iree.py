@@ -13,7 +13,7 @@ Templates (the ``strategy`` of :class:`~uhop.mlir.passes.PassConfig`):
   distribution tile size in bytes (``tile_bytes``) tunable.
 
 Every template takes ``vector_bytes`` (vector width) and ``fuse``; row ops and chains take a
-``distribution`` tile size. Compiled artifacts are cached on disk (see :mod:`uhop.mlir.compile`).
+``distribution`` tile size, row ops ``fuse_reductions`` (one dispatch per row op). Compiled artifacts are cached on disk (see :mod:`uhop.mlir.compile`).
 """
 
 from __future__ import annotations
@@ -65,17 +65,20 @@ class IreeBackend(Backend):
             d = problem.dim
             rows = d["B"] * d["M"]
             out = [c("iree", "data-tiled", tile_bytes=0, vector_bytes=vbytes, fuse=True)]
-            for vm, vn in ((8, 2 * lanes), (4, 4 * lanes), (16, lanes)):
+            # Register tiles of 16-24 accumulators: half to three quarters of AVX-512's 32 registers
+            # (16x16 already spills once the operand broadcasts are counted).
+            for vm, vn in ((8, 2 * lanes), (4, 4 * lanes), (8, 3 * lanes)):
                 for dm, dn in ((128, 128), (64, 256)):
-                    if vm * vn // lanes <= regs // 2:
+                    if vm * vn // lanes <= regs * 3 // 4:
                         out.append(c("iree", "tiled", dist_m=min(dm, _ceil(rows, vm)), dist_n=min(dn, _ceil(d["N"], vn)),
                                      vec_m=vm, vec_n=vn, vec_k=1, vector_bytes=vbytes, fuse=True))  # fmt: skip
             out.append(c("iree", "data-tiled", tile_bytes=1 << 20, vector_bytes=vbytes, fuse=True))
             out.append(c("iree", "default", distribution=0, vector_bytes=vbytes, fuse=True))
             return list(dict.fromkeys(out))
         if problem.op in _ROW_OPS:
-            return [c("iree", "default", distribution=dist, vector_bytes=vb, fuse=True)
-                    for dist, vb in ((0, vbytes), (16, vbytes), (128, vbytes), (0, min(vbytes, 32)))]  # fmt: skip
+            return [c("iree", "default", distribution=dist, vector_bytes=vb, fuse=True, fuse_reductions=fr)
+                    for dist, vb, fr in ((0, vbytes, True), (0, vbytes, False), (16, vbytes, True), (128, vbytes, True),
+                                         (0, min(vbytes, 32), True))]  # fmt: skip
         if problem.op == "elementwise":
             return [c("iree", "default", distribution=dist, vector_bytes=vbytes, fuse=True) for dist in (0, 16384, 131072)]
         return [c("iree", "default", distribution=0, vector_bytes=vbytes, fuse=True)]
@@ -129,6 +132,7 @@ def pass_config(candidate: Candidate) -> Any:
     kw: dict[str, Any] = {
         "strategy": candidate.template,
         "fuse": bool(cfg.get("fuse", True)),
+        "fuse_reductions": bool(cfg.get("fuse_reductions", False)),
         "vector_bytes": int(cfg.get("vector_bytes", 0)),
         "distribution": int(cfg.get("distribution", 0)),
         "tile_bytes": int(cfg.get("tile_bytes", 0)),

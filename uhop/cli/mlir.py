@@ -89,6 +89,7 @@ def compile_command(
     tile: bool = typer.Option(True, "--tile/--no-tile", help="UHOP tile sizes (off: IREE's heuristics)."),
     vectorize: bool = typer.Option(True, "--vectorize/--no-vectorize", help="Vector code (off: scalar)."),
     fuse: bool = typer.Option(True, "--fuse/--no-fuse", help="Elementwise fusion (off: one dispatch per op)."),
+    fuse_reductions: bool = typer.Option(False, help="Also fuse chained reductions into one dispatch."),
     strategy: str = typer.Option("auto", help="matmul: auto, tiled, data-tiled, default."),
     tiles: str | None = typer.Option(None, help="tiled matmul: distribution tile MxN per thread, e.g. 128x128."),
     vector_tiles: str | None = typer.Option(None, help="tiled matmul: register tile MxNxK, e.g. 8x32x1."),
@@ -108,7 +109,7 @@ def compile_command(
     _, dims, params, arity = _problem(op, shape, dtype, param, arity)
     try:
         cfg = PassConfig(
-            tile=tile, vectorize=vectorize, fuse=fuse, strategy=strategy, tiles=_ints(tiles, "--tiles", 2),
+            tile=tile, vectorize=vectorize, fuse=fuse, fuse_reductions=fuse_reductions, strategy=strategy, tiles=_ints(tiles, "--tiles", 2),
             vector_tiles=_ints(vector_tiles, "--vector-tiles", 3), vector_bytes=vector_bytes,
             tile_bytes=tile_bytes, distribution=distribution, max_spills=None if max_spills < 0 else max_spills,
         )  # fmt: skip

@@ -6,7 +6,10 @@ Each decision is a real transformation or a real IREE setting, and each can be s
   producers into their consumers before IREE sees the module; IREE's dispatch formation then fuses
   what is left (matmul epilogues, reductions with their elementwise consumers). Switched off, an
   ``util.optimization_barrier`` is placed on every linalg result that feeds another linalg op, so
-  every op becomes its own dispatch and intermediates round-trip through memory.
+  every op becomes its own dispatch and intermediates round-trip through memory. ``fuse_reductions``
+  also fuses chained reductions (softmax's max and sum, layernorm's mean and variance) with their
+  consumers into one dispatch (IREE's aggressive dispatch fusion), so a row is read from memory
+  once instead of once per reduction.
 * **tiling** (``tile``): matmul ``tiled`` strategy attaches an IREE lowering configuration
   (``#iree_codegen.compilation_info``: distribution tiles for threads, vector tiles for registers,
   reduction tile) to the ``linalg.matmul``; the ``data-tiled`` strategy packs operands into
@@ -120,6 +123,8 @@ class PassConfig:
     tile: bool = True
     vectorize: bool = True
     fuse: bool = True
+    #: also fuse chained reductions and their consumers into one dispatch
+    fuse_reductions: bool = False
     #: matmul: "tiled" (UHOP lowering config), "data-tiled" (packed layouts + mmt4d ukernels),
     #: "default" (IREE heuristics); "auto" = data-tiled for matmul, default elsewhere
     strategy: str = "auto"
@@ -230,6 +235,9 @@ def run_passes(emitted: Emitted, cfg: PassConfig | None = None, target: str = "l
                 f"on: linalg-fuse-elementwise-ops merged {before - after} elementwise producer(s) into consumers "
                 f"({before} -> {after} linalg ops); IREE fuses epilogues and reductions into dispatches"
             )
+            if cfg.fuse_reductions:
+                flags.append("--iree-dispatch-creation-enable-aggressive-fusion")
+                decisions["fusion"] += "; chained reductions fused into one dispatch"
             if cfg.strategy == "tiled" and dict(emitted.params).get("activation") in _TRANSCENDENTAL:
                 # Fused into the register tile, gelu/silu polynomials need more registers than
                 # the accumulators leave: the epilogue gets its own dispatch instead.
