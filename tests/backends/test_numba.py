@@ -125,6 +125,25 @@ def test_matmul_batched_float64():
         _check(problem, cand)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize(
+    "dims", [dict(B=1, S=1, L=1, D=1, E=1), dict(B=3, S=37, L=53, D=16, E=9), dict(B=2, S=300, L=131, D=8, E=5)]
+)
+def test_attention_every_candidate(causal, dims):
+    problem = Problem.make("attention", dims, "float32", {"causal": causal})
+    for cand in NB.candidates(problem):
+        _check(problem, cand)
+
+
+def test_attention_float64_batched_heads():
+    rng = np.random.default_rng()
+    q, k, v = (rng.uniform(-1, 1, (2, 3, n, d)) for n, d in ((129, 16), (70, 16), (70, 8)))
+    problem = Problem.make("attention", dict(B=6, S=129, L=70, D=16, E=8), "float64", {"causal": True})
+    out = NB.compile(NB.candidates(problem)[0], problem)(q, k, v)
+    assert out.shape == (2, 3, 129, 8)
+    assert compare(out, _reference(problem, [q, k, v]), problem).ok
+
+
 # ---- shapes -------------------------------------------------------------------------------------
 @HYP
 @given(a=PRIMES_AND_ONE, b=PRIMES_AND_ONE, chunk=st.sampled_from([1, 7, 4096]))

@@ -230,6 +230,33 @@ def matmul_kernel(dtype: str, activation: str, arity: int, parallel: bool, wide:
     return kernel
 
 
+def attention_kernel(dtype: str, causal: bool, parallel: bool, wide: bool, block: int) -> Kernel:
+    """Per batch and block of ``block`` queries: scores = q_blk k^T (BLAS), softmax in place
+    (numba, the block stays in L2), out_blk = p v (BLAS, written straight into the output).
+    Causal blocks only touch the keys their queries can see, halving the work."""
+    sm = _nk().attention_softmax_fn(dtype, causal, parallel, wide)
+    np_dtype = np.dtype(dtype)
+
+    def kernel(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+        lead, (S, D), L, E = q.shape[:-2], q.shape[-2:], k.shape[-2], v.shape[-1]
+        q3 = np.ascontiguousarray(q, dtype=np_dtype).reshape(-1, S, D)
+        k3 = np.ascontiguousarray(k, dtype=np_dtype).reshape(-1, L, D)
+        v3 = np.ascontiguousarray(v, dtype=np_dtype).reshape(-1, L, E)
+        out = np.empty((q3.shape[0], S, E), dtype=np_dtype)
+        scale = 1.0 / math.sqrt(D)
+        rows = max(1, block // (2 * _threads()))
+        for b in range(q3.shape[0]):
+            for s0 in range(0, S, block):
+                s1 = min(S, s0 + block)
+                n = min(L, s1) if causal else L
+                scores = q3[b, s0:s1] @ k3[b, :n].T
+                sm(scores, scale, s0, rows)
+                np.matmul(scores, v3[b, :n], out=out[b, s0:s1])
+        return out.reshape(*lead, S, E)
+
+    return kernel
+
+
 # ---- the backend ------------------------------------------------------------------------------
 def _row_block(R: int, threads: int, tasks_per_thread: int) -> int:
     """Rows per parallel task so that each thread gets about ``tasks_per_thread`` tasks."""
@@ -240,7 +267,7 @@ class NumbaBackend(Backend):
     name = "numba"
     array = "numpy"
     devices = ("cpu",)
-    ops = ("elementwise", "softmax", "layernorm", "rmsnorm", "matmul")
+    ops = ("elementwise", "softmax", "layernorm", "rmsnorm", "matmul", "attention")
     dtypes = ("float32", "float64")
 
     def _probe(self) -> tuple[bool, str]:
@@ -282,8 +309,18 @@ class NumbaBackend(Backend):
                 flags = [flags[-1], *flags[:-1]]
             template = "rows"
         elif problem.op == "matmul":
+            # Serial epilogue first: right after a multi-threaded GEMM the BLAS threads still
+            # spin, and a numba thread pool competing with them for the cores measured slower.
             R, N = problem.dim["B"] * problem.dim["M"], problem.dim["N"]
+            flags = [flags[-1], *flags[:-1]]
             template = "blas+epilogue"
+        elif problem.op == "attention":
+            # Serial softmax between multi-threaded BLAS calls: alternating numba's and the BLAS
+            # library's thread pools (both spin-wait) on the same cores was 3-10x slower.
+            S = problem.dim["S"]
+            blocks = [b for b in (128, 512) if b < 2 * S] or [S]
+            out = [c("numba", "blocked", parallel=False, wide=wide, block=b) for b in blocks]
+            return out + ([c("numba", "blocked", parallel=False, wide=False, block=blocks[0])] if wide else [])
         else:
             return []
         out = [c("numba", template, parallel=p, wide=w, rows=_row_block(R, threads, 8)) for p, w in flags]
@@ -305,6 +342,8 @@ class NumbaBackend(Backend):
             kernel = norm_kernel(problem.op, dt, problem.arity, p["eps"], par, wide, int(cfg.get("rows", 16)))
         elif problem.op == "matmul":
             kernel = matmul_kernel(dt, p["activation"], problem.arity, par, wide, int(cfg.get("rows", 16)))
+        elif problem.op == "attention":
+            kernel = attention_kernel(dt, bool(p["causal"]), par, wide, int(cfg.get("block", 128)))
         else:
             raise ValueError(f"numba backend has no kernel for op {problem.op!r}")
         _warm_up(kernel, problem)

@@ -320,3 +320,37 @@ def epilogue_fn(dtype: str, activation: str, has_bias: bool, parallel: bool, wid
                     yr[j] = act(v)
 
     return epilogue
+
+
+@functools.cache
+def attention_softmax_fn(dtype: str, causal: bool, parallel: bool, wide: bool):
+    """In place on a block of attention scores s (bs, Lc) for queries q0 .. q0+bs-1:
+    s = softmax(s * scale) per row, keys after the query masked to 0 when ``causal`` (top-left
+    aligned, as torch's ``is_causal``)."""
+    T = np.dtype(dtype).type
+    exp_, row_max, hint = MATH[dtype]["exp_"], ROW_MAX[dtype], _hint(wide)
+    ZERO = T(0.0)
+
+    @njit(parallel=parallel, fastmath=FASTMATH_REDUCE, error_model="numpy")
+    def attention_softmax(s, scale, q0, rows):
+        R, L = s.shape
+        sc = T(scale)
+        for blk in prange((R + rows - 1) // rows):
+            hint()
+            for r in range(blk * rows, min(R, blk * rows + rows)):
+                sr = s[r]
+                n = min(L, q0 + r + 1) if causal else L
+                live = sr[:n]
+                m = row_max(live)
+                t = 0.0
+                for j in range(n):
+                    e = exp_((live[j] - m) * sc)
+                    live[j] = e
+                    t += e
+                inv = T(1.0 / t)
+                for j in range(n):
+                    live[j] *= inv
+                for j in range(n, L):
+                    sr[j] = ZERO
+
+    return attention_softmax
