@@ -52,14 +52,20 @@ def _cmdline(pid: int) -> str:
 
 
 @pytest.fixture
-def ray_head():
+def ray_head(monkeypatch):
+    from ray._private import ray_constants
+
+    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)  # the driver stays on loopback too
     tmp = tempfile.mkdtemp(prefix="uhray")  # short: Ray's socket paths must stay under 107 bytes
     port = _free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    # Keep every Ray address on loopback: without this Ray swaps 127.0.0.1 for the interface address.
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # fmt: skip
     ray_bin = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
     head = subprocess.Popen(
         [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-         "--num-gpus=0", f"--temp-dir={tmp}", "--include-dashboard=false", "--disable-usage-stats"],
+         "--num-gpus=0", f"--temp-dir={tmp}", "--include-dashboard=false", "--disable-usage-stats",
+         f"--ray-client-server-port={_free_port()}", f"--dashboard-port={_free_port()}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
     )  # fmt: skip
     try:
@@ -71,7 +77,7 @@ def ray_head():
             if head.poll() is not None:
                 pytest.fail(f"ray head exited: {head.stderr.read().decode()[-2000:]}")
             time.sleep(0.2)
-        os.environ["RAY_AUTH_MODE"] = "disabled"
+        monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
         yield f"127.0.0.1:{port}", head.pid
     finally:
         if ray.is_initialized():
