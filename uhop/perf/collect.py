@@ -41,8 +41,10 @@ class CollectResult:
     results: dict[str, list[tuple[Candidate, str, float]]] = field(default_factory=dict)
 
 
-def problem_suite(op: str, n: int, seed: int, dtype: str = "float32", exclude: Sequence[Problem] = ()) -> list[Problem]:
-    """``n`` distinct problems of ``op`` drawn with ``seed`` (dims from :data:`DIM_VALUES`, size-capped)."""
+def problem_suite(op: str, n: int, seed: int, dtype: str = "float32", exclude: Sequence[Problem] = (),
+                  flop_cap: float | None = None) -> list[Problem]:  # fmt: skip
+    """``n`` distinct problems of ``op`` drawn with ``seed`` (dims from :data:`DIM_VALUES`, at
+    most ``flop_cap`` FLOPs, default :data:`FLOP_CAP`), none with the dims of ``exclude``."""
     from uhop.ops import get as get_op
 
     spec = get_op(op)
@@ -60,7 +62,7 @@ def problem_suite(op: str, n: int, seed: int, dtype: str = "float32", exclude: S
             p = Problem.make(op, dims, dtype)
         except Exception as exc:
             raise InputError(f"op {op!r} cannot be collected with default params: {exc}") from None
-        if p.flops() > FLOP_CAP.get(op, math.inf) or p.bytes() > BYTE_CAP or p.dims in seen:
+        if p.flops() > (flop_cap or FLOP_CAP.get(op, math.inf)) or p.bytes() > BYTE_CAP or p.dims in seen:
             continue
         seen.add(p.dims)
         out.append(p)
@@ -89,8 +91,39 @@ def candidates_for(problem: Problem, rng: random.Random, family_n: int = 16,
     return out
 
 
+#: clocks a collection can read: wall time, or the measuring thread's CPU time (immune to being
+#: preempted on a shared machine; only meaningful when every thread pool is at 1 thread)
+TIMERS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "thread-cpu": time.thread_time}
+
+
+def evaluate_timed(candidate: Candidate, backend: Backend, problem: Problem, vset: Any, timer: str = "wall") -> Any:
+    """The tuner's :func:`~uhop.tune.tuner.evaluate` (no cutoff), reading ``timer`` as the clock."""
+    from uhop.config import settings
+    from uhop.measure.bench import benchmark
+    from uhop.tune.tuner import Measurement, evaluate
+
+    if timer == "wall":
+        return evaluate(candidate, backend, problem, vset)[0]
+    if timer not in TIMERS:
+        raise InputError(f"timer must be one of {', '.join(TIMERS)}, got {timer!r}")
+    m, kernel = evaluate(candidate, backend, problem, vset, time_it=False)
+    if not m.ok:
+        return m
+    s = settings()
+    args = [vset.native_inputs(t, backend.array, problem.device) for t in vset.trials]
+    try:
+        timing = benchmark(kernel, args, repeat=s.bench_repeat, min_time_s=s.bench_min_s, timer=TIMERS[timer])
+    except Exception as exc:
+        return Measurement(candidate, "crash", f"while timing: {type(exc).__name__}: {exc}"[:300])
+    again = evaluate(candidate, backend, problem, vset, time_it=False)[0]  # still right once warm
+    if not again.ok:
+        return Measurement(candidate, again.status, "after timing: " + again.reason, timing)
+    return Measurement(candidate, "ok", "", timing, m.max_err)
+
+
 def measure_problem(
     problem: Problem, cands: Sequence[tuple[Candidate, Backend]], *, store: Any = None, source: str = "collect",
+    timer: str = "wall",
 ) -> list[Any]:  # fmt: skip
     """Evaluate every candidate (no cutoff), record telemetry and the store entry; returns the
     tuner ``Measurement`` values in evaluation order."""
@@ -99,17 +132,14 @@ def measure_problem(
     from uhop.perf.telemetry import record_measurements
     from uhop.problem import hardware_fingerprint
     from uhop.store import open_store
-    from uhop.tune.tuner import content_hash, evaluate
+    from uhop.tune.tuner import content_hash
 
     store = store or open_store()
     vset = ValidationSet(problem, trials=settings().validation_trials)
-    ms = []
-    for cand, backend in cands:
-        m, _ = evaluate(cand, backend, problem, vset)
-        ms.append(m)
+    ms = [evaluate_timed(cand, backend, problem, vset, timer) for cand, backend in cands]
     fp = hardware_fingerprint(problem.device)
     key = problem.key(settings().shape_buckets)
-    record_measurements(problem, ms, fp, store=store, key=key, source=source, strict=True)
+    record_measurements(problem, ms, fp, store=store, key=key, source=source, timer=timer, strict=True)
     registered = [m for m, (_, b) in zip(ms, cands, strict=True) if b.name != "tiled"]
     best = min((m for m in registered if m.ok), key=lambda m: m.median_s, default=None)
     if best is not None:
@@ -134,6 +164,7 @@ def collect(
     problems: Sequence[Problem] | None = None,
     backends: Sequence[str] = (),
     progress: Callable[[int, int, Problem], None] | None = None,
+    timer: str = "wall",
 ) -> CollectResult:
     """Measure problems of the seeded suite until at least ``samples`` labelled (status ok)
     measurements are recorded (or ``problems`` is exhausted)."""
@@ -149,7 +180,7 @@ def collect(
         cands = candidates_for(p, rng, family_n, backends)
         if not cands:
             continue
-        ms = measure_problem(p, cands, store=store)
+        ms = measure_problem(p, cands, store=store, timer=timer)
         res.problems.append(p)
         res.results[p.key()] = [(m.candidate, m.status, m.median_s) for m in ms]
         res.rows += len(ms)

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 import random
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -106,3 +108,26 @@ class TiledMatmulFamily(Backend):
             return c
 
         return kernel
+
+
+def config_features(config: Mapping[str, Any], dims: Mapping[str, int], itemsize: int,
+                    hw: Mapping[str, float]) -> dict[str, float]:  # fmt: skip
+    """How a config meets a problem: effective tile sizes (a tile is cut at the matrix edge), the
+    number of output tiles (parallel tasks) per core, the work wasted on ragged edge tiles, and
+    the tiles' footprint against L1 and L2. Sizes as log2."""
+    M, N, K = dims["M"], dims["N"], dims["K"]
+    bm, bn, bk = (min(int(config[k]), d) for k, d in (("bm", M), ("bn", N), ("bk", K)))
+    tiles = math.ceil(M / bm) * math.ceil(N / bn)
+    foot = itemsize * (bm * bk + bk * bn + bm * bn)
+    out = {
+        "x_bm": math.log2(bm), "x_bn": math.log2(bn), "x_bk": math.log2(bk),
+        "x_tiles_per_core": math.log2(tiles / max(1.0, hw.get("hw_cores", 1.0))),
+        "x_edge_waste": (math.ceil(M / bm) * bm * math.ceil(N / bn) * bn) / (M * N) - 1.0,
+        "x_k_steps": math.log2(math.ceil(K / bk)),
+    }  # fmt: skip
+    for level in ("l1", "l2"):
+        size = hw.get(f"hw_{level}_bytes")
+        if size:
+            # hw sizes arrive as log2 (problem_features' convention) or raw bytes
+            out[f"x_tile_over_{level}"] = math.log2(foot) - (size if size < 64 else math.log2(size))
+    return out

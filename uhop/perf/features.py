@@ -189,7 +189,15 @@ def roofline_s(problem: Problem | Mapping[str, Any], hw: Mapping[str, float]) ->
     return 2.0 ** float(problem_features(problem, hw)["log_roofline_s"])
 
 
-def candidate_features(candidate: Candidate | Mapping[str, Any]) -> Row:
+#: backend name -> "module:function(config, dims, itemsize, hw) -> dict": features of how a
+#: config meets a problem (tiles per core, footprint over L1...), for kernel families that know
+CONFIG_FEATURES = {"tiled": "uhop.perf.family:config_features"}
+
+
+def candidate_features(candidate: Candidate | Mapping[str, Any], problem: Problem | Mapping[str, Any] | None = None,
+                       hw: Mapping[str, float] | None = None) -> Row:  # fmt: skip
+    """Backend, template and config of a candidate; with ``problem`` and ``hw``, also the
+    family's config-meets-problem features (:data:`CONFIG_FEATURES`)."""
     if isinstance(candidate, Candidate):
         candidate = candidate.to_json()
     row: Row = {"backend": str(candidate["backend"]), "template": f"{candidate['backend']}/{candidate['template']}"}
@@ -200,11 +208,24 @@ def candidate_features(candidate: Candidate | Mapping[str, Any]) -> Row:
             row[f"cfg_{k}"] = _log2(v + 1) if v >= 0 else float(v)
         else:
             row[f"cfg_{k}"] = str(v)
+    target = CONFIG_FEATURES.get(row["backend"])  # type: ignore[arg-type]
+    if target and problem is not None and hw is not None:
+        import importlib
+
+        if not isinstance(problem, Problem):
+            problem = Problem.from_json(problem)
+        mod, fn = target.split(":")
+        try:
+            extra = getattr(importlib.import_module(mod), fn)(candidate.get("config", {}), problem.dim,
+                                                              ITEMSIZE.get(problem.dtype, 4), hw)  # fmt: skip
+        except Exception:  # a config the family cannot describe gets no extra features
+            extra = {}
+        row.update({k: float(v) for k, v in extra.items()})
     return row
 
 
 def row_for(problem: Problem | Mapping[str, Any], candidate: Candidate | Mapping[str, Any], hw: Mapping[str, float]) -> Row:
-    return {**problem_features(problem, hw), **candidate_features(candidate)}
+    return {**problem_features(problem, hw), **candidate_features(candidate, problem, hw)}
 
 
 class FeatureSpace:

@@ -59,7 +59,8 @@ CREATE TABLE IF NOT EXISTS telemetry (
     hw_hash TEXT NOT NULL, fingerprint JSONB NOT NULL, hw_features JSONB NOT NULL,
     status TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '', max_err DOUBLE PRECISION,
     median_s DOUBLE PRECISION, min_s DOUBLE PRECISION, max_s DOUBLE PRECISION, spread DOUBLE PRECISION,
-    n INTEGER, calls INTEGER, energy_j DOUBLE PRECISION, versions JSONB NOT NULL
+    n INTEGER, calls INTEGER, energy_j DOUBLE PRECISION, versions JSONB NOT NULL,
+    timer TEXT NOT NULL DEFAULT 'wall'
 );
 CREATE INDEX IF NOT EXISTS telemetry_op ON telemetry(op, key)
 """

@@ -7,7 +7,8 @@ hash (:func:`uhop.space.candidate_hash`), the hardware fingerprint (and its hash
 features (:func:`uhop.perf.features.hardware_features`), time statistics in seconds (median, min,
 max, spread = (p90-p10)/median, samples, calls per sample), energy in joules per call where the
 platform exposes a counter (Linux RAPL), the validation outcome (status, reason, max error),
-library versions, the source (``tune`` or ``collect``) and a timestamp (Unix seconds).
+library versions, the clock the times come from, the source (``tune`` or ``collect``) and a
+timestamp (Unix seconds).
 
 The tuner calls :func:`record_measurements` after each tuning run; failures to write telemetry
 are logged and swallowed (telemetry never breaks tuning).
@@ -15,6 +16,7 @@ are logged and swallowed (telemetry never breaks tuning).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -36,7 +38,7 @@ COLUMNS = (
     "created", "run_id", "source", "key", "op", "dims", "dtype", "params", "problem", "flops", "bytes",
     "backend", "template", "config", "config_hash", "hw_hash", "fingerprint", "hw_features",
     "status", "reason", "max_err", "median_s", "min_s", "max_s", "spread", "n", "calls", "energy_j",
-    "versions",
+    "versions", "timer",
 )  # fmt: skip
 JSON_COLUMNS = ("dims", "params", "problem", "config", "fingerprint", "hw_features", "versions")
 
@@ -50,7 +52,7 @@ CREATE TABLE IF NOT EXISTS telemetry (
     hw_hash TEXT NOT NULL, fingerprint TEXT NOT NULL, hw_features TEXT NOT NULL,
     status TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '', max_err REAL,
     median_s REAL, min_s REAL, max_s REAL, spread REAL, n INTEGER, calls INTEGER, energy_j REAL,
-    versions TEXT NOT NULL
+    versions TEXT NOT NULL, timer TEXT NOT NULL DEFAULT 'wall'
 );
 CREATE INDEX IF NOT EXISTS telemetry_op ON telemetry(op, key);
 """
@@ -104,10 +106,13 @@ def make_rows(
     source: str = "tune",
     run_id: str | None = None,
     energy_j: Mapping[str, float] | None = None,
+    timer: str = "wall",
 ) -> list[dict[str, Any]]:
     """Telemetry rows for ``measurements`` (tuner ``Measurement`` objects or their ``to_json``
     dicts) of ``problem`` (a :class:`~uhop.problem.Problem` or its JSON). ``energy_j`` maps a
-    candidate id to joules per call. Skipped candidates (never run) are not recorded."""
+    candidate id to joules per call; ``timer`` names the clock the times were read from
+    (``wall``: ``perf_counter``; ``thread-cpu``: the measuring thread's CPU time, immune to
+    preemption on a shared machine). Skipped candidates (never run) are not recorded."""
     from uhop.backends.base import Candidate
     from uhop.config import settings
     from uhop.perf.features import hardware_features
@@ -125,6 +130,7 @@ def make_rows(
         "dims": _dumps(dict(problem.dims)), "dtype": problem.dtype, "params": _dumps(dict(problem.params)),
         "problem": _dumps(problem.to_json()), "flops": _num(problem.flops()), "bytes": _num(problem.bytes()),
         "hw_hash": hw_hash(fp), "fingerprint": _dumps(fp), "hw_features": _dumps(hw), "versions": _dumps(versions()),
+        "timer": timer,
     }  # fmt: skip
     rows = []
     for m in measurements:
@@ -136,7 +142,7 @@ def make_rows(
         else:
             d = m.to_json()
             cand = m.candidate
-            t = m.timing.__dict__ if getattr(m, "timing", None) is not None else d
+            t = dataclasses.asdict(m.timing) if getattr(m, "timing", None) is not None else d
         if d["status"] == "skipped":
             continue
         ok = d["status"] == "ok" and _num(t.get("median_s")) is not None
@@ -161,6 +167,7 @@ def record_measurements(
     key: str | None = None,
     source: str = "tune",
     energy_j: Mapping[str, float] | None = None,
+    timer: str = "wall",
     strict: bool = False,
 ) -> int:
     """Record one tuning run's measurements as telemetry rows in ``store`` (default: the
@@ -169,7 +176,7 @@ def record_measurements(
     try:
         from uhop.store import open_store
 
-        rows = make_rows(problem, measurements, fingerprint, key=key, source=source, energy_j=energy_j)
+        rows = make_rows(problem, measurements, fingerprint, key=key, source=source, energy_j=energy_j, timer=timer)
         if rows:
             telemetry_db(store or open_store()).insert(rows)
         return len(rows)
