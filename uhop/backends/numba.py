@@ -9,8 +9,8 @@
 Configs: ``parallel`` and ``wide`` (ask LLVM for 512-bit vectors) change the compiled code;
 ``chunk`` (elements) and ``rows`` (rows per parallel task) are runtime arguments, so one compile
 serves every block size. Compiled functions are cached in-process, keyed by generated source and
-flags (numba compiles take ~0.5-2 s each). float32 uses a vectorizable exp/erf/tanh (no SVML on
-pip installs); float64 uses ``math``.
+flags (numba compiles take ~0.5-2 s each). exp (and, in float32, erf and tanh) are hand-written
+so that loops vectorize: pip installs of numba have no SVML.
 """
 
 from __future__ import annotations
