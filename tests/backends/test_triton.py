@@ -97,6 +97,14 @@ def test_matmul_tma_persistent(interpreter, dtype, m, n, k, pad, ws):
     _check(interpreter, "matmul", {"B": 1, "M": m, "N": n, "K": k}, dtype, {"activation": "gelu"}, 3, "tma", cfg)
 
 
+@pytest.mark.parametrize(("m", "n", "k"), [(67, 33, 43), (40, 72, 24), (9, 65, 8)])
+def test_matmul_tma_split_ragged_columns(interpreter, m, n, k):
+    """The bulk on full column tiles, the ragged rest (n % BN) in a narrow second launch."""
+    cfg = {"BM": 32, "BN": 32, "BK": 16, "GM": 2, "warps": 4, "stages": 2, "pad": True, "prec": "ieee", "split": 16}
+    _check(interpreter, "matmul", {"B": 1, "M": m, "N": n, "K": k}, "bfloat16", {"activation": "relu"}, 3, "tma", cfg)
+    _check(interpreter, "matmul", {"B": 1, "M": m, "N": n, "K": k}, "float32", {"activation": "none"}, 2, "tma", cfg)
+
+
 def test_matmul_batched_and_candidates(interpreter):
     # batched a with a shared 2-D b (flattened into one GEMM), and a batched b
     _check(interpreter, "matmul", {"B": 3, "M": 9, "N": 17, "K": 11}, "float32", {"activation": "relu"}, 2)

@@ -161,8 +161,10 @@ def configs(problem: Any, lim: Limits) -> list[tuple[str, dict[str, Any]]]:
               and problem.layout == "contiguous")  # fmt: skip
     if tma_ok:
         tma = []
-        for bm, bn, warps, stages, ws in ((128, 128, 8, 3, False), (128, 64, 8, 3, False), (128, 128, 8, 2, False),
-                                          (128, 128, 4, 3, True), (128, 64, 4, 3, True)):  # fmt: skip
+        # Warp specialization (ws=True) is a knob of the kernel, but Triton 3.6's Hopper pass fails on
+        # this loop (PassManager error, sometimes an LLVM assertion), so it is not offered.
+        for bm, bn, warps, stages, ws in ((128, 128, 8, 3, False), (128, 64, 8, 3, False), (128, 64, 8, 4, False),
+                                          (128, 128, 8, 2, False), (64, 64, 4, 4, False)):  # fmt: skip
             if d["S"] % bm == 0 and d["L"] % bn == 0:
                 tma.append(("flash_tma", {"BM": bm, "BN": bn, "warps": warps, "stages": stages, "ws": ws}))
         out = tma + out[:3]

@@ -50,7 +50,7 @@ def _conv_kernel(
         t = t0 + tl.arange(0, BK)
         if CHUNK_C:  # C % BK == 0: the chunk shares one (r, s), and its channels are contiguous
             rs = t0 // C
-            c = (t0 % C) + tl.arange(0, BK)
+            c = tl.multiple_of(t0 % C, BK) + tl.arange(0, BK)  # aligned runs: vector loads
             hh = h0 + rs // S
             ww = w0 + rs % S
             ok = (rm < M) & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)

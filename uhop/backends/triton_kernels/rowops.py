@@ -143,7 +143,10 @@ def configs(problem: Any, lim: Limits) -> list[tuple[str, dict[str, Any]]]:
             out.append(("row", {"warps": warps, "ROWS": rows, "grid": 4, "stages": 2}))
     if not out:
         out.append(("row", {"warps": 4, "ROWS": rows, "grid": "full", "stages": 1}))
-    return out[:6]
+    out = out[:6]
+    if R >= 2 * rows and 2 * rows * block_n <= 16 * 32 * 32:  # two row blocks per program, 16 warps
+        out.append(("row", {"warps": 16, "ROWS": 2 * rows, "grid": "full", "stages": 1}))
+    return out
 
 
 def build(template: str, cfg: dict[str, Any], problem: Any) -> Any:
