@@ -3,8 +3,9 @@
     python benchmarks/numba_quick.py [--json out.json]
 
 Each numba candidate is compiled, validated against the float64 reference and timed with
-``uhop.measure.bench.benchmark`` next to the numpy eager formula, on the same rotating inputs;
-ratios are eager time / best numba candidate time.
+``uhop.measure.bench.benchmark`` next to the numpy eager formula, on the same rotating inputs, in
+interleaved rounds (each kernel keeps its best median); ratios are eager time / best numba
+candidate time.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ CASES = [
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", help="write results here")
-    ap.add_argument("--min-time", type=float, default=0.3, help="seconds of timed calls per kernel")
+    ap.add_argument("--min-time", type=float, default=0.3, help="seconds of timed calls per kernel and round")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each kernel keeps its best")
     args = ap.parse_args()
     nb = bk.get("numba")
     if not nb.available:
@@ -64,22 +66,30 @@ def main() -> None:
         rng = np.random.default_rng(0)
         arg_sets = [problem.spec.make_inputs(problem.dim, problem.param, rng, "float32", 1) for _ in range(3)]
         vset = ValidationSet(problem, trials=1)
-        t_eager = benchmark(eager, arg_sets, min_time_s=args.min_time).median_s
-        rows = []
+        kernels = {"numpy-eager": eager}
+        status = {"numpy-eager": "ok"}
         for cand in nb.candidates(problem):
             kernel = nb.compile(cand, problem)
-            verdict = check_kernel(kernel, vset, "numpy", "cpu")
-            t = benchmark(kernel, arg_sets, min_time_s=args.min_time).median_s if verdict.ok else math.inf
-            rows.append({"candidate": cand.id, "status": verdict.status, "median_s": t})
-        t_eager2 = benchmark(eager, arg_sets, min_time_s=args.min_time).median_s  # drift check
+            status[cand.id] = check_kernel(kernel, vset, "numpy", "cpu").status
+            kernels[cand.id] = kernel
+        # Interleaved rounds, best median per kernel: on a shared machine a burst of other work
+        # then hits every kernel alike instead of whichever happened to run during it.
+        best_s = {name: math.inf for name in kernels}
+        for _ in range(args.rounds):
+            for name, kernel in kernels.items():
+                if status[name] == "ok":
+                    t = benchmark(kernel, arg_sets, min_time_s=args.min_time).median_s
+                    best_s[name] = min(best_s[name], t)
+        t_eager = best_s.pop("numpy-eager")
+        rows = [{"candidate": n, "status": status[n], "median_s": t} for n, t in best_s.items()]
         best = min(rows, key=lambda r: r["median_s"])
-        ratio = min(t_eager, t_eager2) / best["median_s"]
+        ratio = t_eager / best["median_s"]
         flag = "" if target is None else f" (target {target:.0f}x: {'met' if ratio >= target else 'MISSED'})"
-        print(f"{problem.describe()}: numpy eager {t_eager * 1e3:.1f}/{t_eager2 * 1e3:.1f} ms, "
+        print(f"{problem.describe()}: numpy eager {t_eager * 1e3:.1f} ms, "
               f"numba {best['median_s'] * 1e3:.2f} ms [{best['candidate']}] -> {ratio:.1f}x{flag}")
         for r in rows:
             print(f"    {r['candidate']:<60} {r['status']:<12} {r['median_s'] * 1e3:8.2f} ms")
-        results.append({"problem": problem.to_json(), "eager_s": [t_eager, t_eager2], "candidates": rows,
+        results.append({"problem": problem.to_json(), "eager_s": t_eager, "candidates": rows,
                         "speedup": ratio, "target": target})
     if args.json:
         with open(args.json, "w") as f:

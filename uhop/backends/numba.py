@@ -258,6 +258,11 @@ def attention_kernel(dtype: str, causal: bool, parallel: bool, wide: bool, block
 
 
 # ---- the backend ------------------------------------------------------------------------------
+#: elements below which the serial kernel is the first guess: waking the thread pool costs ~10 us
+#: on idle cores and whole scheduler time slices on busy ones, more than the work itself.
+_SERIAL_BELOW = 1 << 18
+
+
 def _row_block(R: int, threads: int, tasks_per_thread: int) -> int:
     """Rows per parallel task so that each thread gets about ``tasks_per_thread`` tasks."""
     return max(1, math.ceil(R / (threads * tasks_per_thread)))
@@ -296,7 +301,7 @@ class NumbaBackend(Backend):
         flags.append((False, wide))
         if problem.op == "elementwise":
             n = problem.dim["N"]
-            if n < 1 << 15:
+            if n < _SERIAL_BELOW:
                 flags = [flags[-1], *flags[:-1]]
             chunks = (65536, 16384)
             out = [c("numba", "fused", parallel=p, wide=w, chunk=chunks[0]) for p, w in flags]
@@ -305,7 +310,7 @@ class NumbaBackend(Backend):
             return out
         if problem.op in ("softmax", "layernorm", "rmsnorm"):
             R, N = problem.dim["R"], problem.dim["N"]
-            if R * N < 1 << 14 or R == 1:
+            if R * N < _SERIAL_BELOW or R == 1:
                 flags = [flags[-1], *flags[:-1]]
             template = "rows"
         elif problem.op == "matmul":
