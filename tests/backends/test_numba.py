@@ -16,6 +16,7 @@ from hypothesis import strategies as st  # noqa: E402
 import uhop  # noqa: E402
 from uhop import backends as bk  # noqa: E402
 from uhop import dispatch  # noqa: E402
+from uhop.backends import numba as nbmod  # noqa: E402
 from uhop.backends.base import Candidate  # noqa: E402
 from uhop.config import override  # noqa: E402
 from uhop.measure.validate import ValidationSet, check_kernel, compare  # noqa: E402
@@ -45,8 +46,6 @@ def test_available_and_registered():
 
 
 def test_probe_reports_missing_numba(monkeypatch):
-    from uhop.backends import numba as nbmod
-
     monkeypatch.setattr(nbmod.importlib.util, "find_spec", lambda name: None)
     assert nbmod.NumbaBackend()._probe() == (False, "numba not installed: pip install 'uhop[cpu]'")
 
@@ -74,6 +73,9 @@ def test_elementwise_every_candidate(dtype, n):
 def test_elementwise_every_function(dtype, fn):
     arity = ex.FUNCS[fn][0]
     problem = Problem.make("elementwise", {"N": 4099}, dtype, {"expr": f"{fn}({', '.join(f'x{i}' for i in range(arity))})"})
+    if fn not in nbmod._FORMULAS:  # a function added to the IR later: declined, never miscompiled
+        assert not NB.supports(problem)
+        pytest.skip(f"numba backend has no formula for {fn}")
     assert NB.supports(problem)
     _check(problem, Candidate.of("numba", "fused", parallel=True, wide=False, chunk=1000), trials=3)
 
@@ -177,6 +179,8 @@ SPECIALS = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 0.5, -0.5, 3.0, -3.0, 2
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("fn", sorted(ex.FUNCS))
 def test_elementwise_nan_inf_like_reference(dtype, fn):
+    if fn not in nbmod._FORMULAS:
+        pytest.skip(f"numba backend has no formula for {fn}")
     arity = ex.FUNCS[fn][0]
     if arity == 1:
         xs = [np.tile(SPECIALS, 7).astype(dtype)]
@@ -232,8 +236,6 @@ def test_strided_and_transposed_inputs():
 
 
 def test_compiled_functions_are_shared_between_configs():
-    from uhop.backends import numba as nbmod
-
     problem = Problem.make("elementwise", {"N": 999}, "float32", {"expr": "x0*2.5 - 1"})
     NB.compile(Candidate.of("numba", "fused", parallel=True, wide=True, chunk=64), problem)
     before = len(nbmod._compiled)

@@ -309,14 +309,14 @@ class NumbaBackend(Backend):
                 out.insert(1, c("numba", "fused", parallel=flags[0][0], wide=flags[0][1], chunk=chunks[1]))
             return out
         if problem.op in ("softmax", "layernorm", "rmsnorm"):
-            R, N = problem.dim["R"], problem.dim["N"]
-            if R * N < _SERIAL_BELOW or R == 1:
+            R = problem.dim["R"]
+            if R * problem.dim["N"] < _SERIAL_BELOW or R == 1:
                 flags = [flags[-1], *flags[:-1]]
             template = "rows"
         elif problem.op == "matmul":
             # Serial epilogue first: right after a multi-threaded GEMM the BLAS threads still
             # spin, and a numba thread pool competing with them for the cores measured slower.
-            R, N = problem.dim["B"] * problem.dim["M"], problem.dim["N"]
+            R = problem.dim["B"] * problem.dim["M"]
             flags = [flags[-1], *flags[:-1]]
             template = "blas+epilogue"
         elif problem.op == "attention":
