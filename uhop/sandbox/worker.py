@@ -30,6 +30,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -263,8 +264,10 @@ class Worker:
         sig = -rc if rc is not None and rc < 0 else (rc - 128 if rc is not None and rc > 128 else 0)
         if sig == signal.SIGSYS:
             return SandboxFault("forbidden", "killed by the seccomp filter (a forbidden system call)")
-        if sig in (signal.SIGXCPU,) or (sig == signal.SIGKILL and rc is not None):
+        if sig == signal.SIGXCPU:
             return SandboxFault("timeout", f"CPU time limit ({self.limits.cpu_s} s) exceeded")
+        if sig == signal.SIGKILL:  # not ours (we mark those dead first): the OOM killer, usually
+            return SandboxFault("memory", "killed by SIGKILL (out of memory, or past the CPU hard limit)")
         if sig:
             return SandboxFault("crash", f"worker died from signal {signal.Signals(sig).name}")
         return SandboxFault("crash", f"worker exited (code {rc}) in the middle of a request")
@@ -360,13 +363,15 @@ class WorkerPool:
         self.limits = limits or Limits()
         self.gpu = gpu
         self._spare: Worker | None = None
+        self._lock = threading.Lock()
 
     def take(self) -> Worker:
-        w = self._spare if self._spare is not None and self._spare.proc.poll() is None else None
-        if w is None:
-            w = Worker(self.isolation, self.limits, self.gpu)
-        self._spare = Worker(self.isolation, self.limits, self.gpu)
-        return w
+        with self._lock:
+            w = self._spare if self._spare is not None and self._spare.proc.poll() is None else None
+            if w is None:
+                w = Worker(self.isolation, self.limits, self.gpu)
+            self._spare = Worker(self.isolation, self.limits, self.gpu)
+            return w
 
     def close(self) -> None:
         if self._spare is not None:
