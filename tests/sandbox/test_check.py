@@ -138,3 +138,30 @@ def test_sandbox_overhead_per_candidate():
     print(f"sandbox overhead per candidate: {res.overhead_s * 1e3:.1f} ms (start+load {res.details['start_load_s'] * 1e3:.1f} ms, "
           f"round trip {res.details['timing']['rtt_s'] * 1e6:.0f} us)")
     assert res.overhead_s < 0.5
+
+
+def test_builtin_syscall_table_matches_libseccomp():
+    """The x86-64 BPF filter is built from our own table: check it against libseccomp's."""
+    sc = pytest.importorskip("pyseccomp")
+    from uhop.sandbox import syscall_filter
+
+    for name, nr in syscall_filter.X86_64.items():
+        got = sc.resolve_syscall(sc.Arch.X86_64, name)
+        assert (got.decode() if isinstance(got, bytes) else got) == nr, name
+    assert set(syscall_filter.DENY) | set(syscall_filter.WRITES) <= set(syscall_filter.X86_64)
+
+
+def test_filter_covers_every_thread(tmp_path):
+    """TSYNC: the BLAS threads started before the filter are filtered too (mode 2 everywhere)."""
+    from uhop.sandbox.kernelfile import StaticPolicy
+
+    f = tmp_path / "modes.py"
+    f.write_text(
+        "import glob\nOP = 'softmax'\ndef run(x):\n    modes = []\n"
+        "    for p in glob.glob('/proc/self/task/*/status'):\n"
+        "        modes += [ln.split()[1] for ln in open(p) if ln.startswith('Seccomp:')]\n"
+        "    raise RuntimeError('modes ' + ','.join(modes))\n"
+    )
+    res = check_file(f, policy=StaticPolicy(enabled=False), time_it=False)
+    modes = res.reason.split("modes ")[1].split(",")
+    assert modes and set(modes) == {"2"}, res.reason

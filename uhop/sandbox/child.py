@@ -135,7 +135,7 @@ class Worker:
     def serve(self) -> None:
         import numpy as np  # noqa: F401 - the pre-warm: this import is most of a worker's start-up
 
-        for mod in ("ctypes", "resource", "importlib.util", "pyseccomp"):  # used by load; warm them too
+        for mod in ("ctypes", "resource", "importlib.util", "platform"):  # used by load; warm them too
             try:
                 __import__(mod)
             except ImportError:
@@ -190,7 +190,10 @@ class Worker:
                 self.sync = torch.cuda.synchronize
         layers = apply_limits(header["limits"], gpu=self.device == "cuda")
         if header.get("seccomp", True):
-            layers += install_seccomp(deny_writes=bool(header.get("deny_writes", False)))
+            installed = install_seccomp(deny_writes=bool(header.get("deny_writes", False)))
+            if not installed:
+                raise Fault("crash", "the seccomp filter could not be installed (pyseccomp missing?)")
+            layers += installed
         if os.environ.get("UHOP_SANDBOX_NETNS") == "1":
             layers.append("netns")
         self.threads = threading.active_count()
@@ -339,60 +342,16 @@ def apply_limits(limits: dict, gpu: bool) -> list[str]:
     return layers
 
 
-# x86-64/aarch64 clone flags and ioctl numbers used by the filter.
-CLONE_THREAD = 0x00010000
-TIOCSTI = 0x5412
-_DENY = (
-    "execve", "execveat", "fork", "vfork", "ptrace", "process_vm_readv", "process_vm_writev", "socket",
-    "socketpair", "connect", "bind", "listen", "accept", "accept4", "mount", "umount2", "pivot_root", "chroot",
-    "unshare", "setns", "keyctl", "add_key", "request_key", "bpf", "perf_event_open", "kexec_load",
-    "kexec_file_load", "init_module", "finit_module", "delete_module", "reboot", "swapon", "swapoff", "setsid",
-    "setpgid", "setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setgroups", "personality",
-    "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register", "open_by_handle_at",
-    "name_to_handle_at", "quotactl", "acct", "settimeofday", "clock_settime", "adjtimex", "syslog", "iopl",
-    "ioperm", "fanotify_init", "move_mount", "open_tree", "fsopen", "fsmount", "pidfd_open", "pidfd_getfd",
-)  # fmt: skip
-_WRITES = ("unlink", "unlinkat", "rename", "renameat", "renameat2", "mkdir", "mkdirat", "rmdir", "link",
-           "linkat", "symlink", "symlinkat", "truncate", "chmod", "fchmodat", "chown", "fchownat", "creat")
-
-
 def install_seccomp(deny_writes: bool) -> list[str]:
-    """Default-allow filter that kills the process (SIGSYS) on anything that reaches other
-    programs, the network, other processes or the kernel's configuration. Thread creation stays
-    allowed (BLAS/torch pools); process creation does not. ``deny_writes`` (no bubblewrap: the
-    host file system is visible) also refuses opening any file for writing."""
-    try:
-        import pyseccomp as sc
-    except ImportError:
-        return []
-    f = sc.SyscallFilter(defaction=sc.ALLOW)
-    for name in _DENY:
-        try:
-            f.add_rule(sc.KILL_PROCESS, name)
-        except Exception:  # not on this architecture
-            pass
-    f.add_rule(sc.KILL_PROCESS, "clone", sc.Arg(0, sc.MASKED_EQ, CLONE_THREAD, 0))
-    f.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")  # glibc then falls back to clone, filtered above
-    f.add_rule(sc.KILL_PROCESS, "ioctl", sc.Arg(1, sc.EQ, TIOCSTI))
-    pid = os.getpid()
-    f.add_rule(sc.ERRNO(errno.EPERM), "kill", sc.Arg(0, sc.NE, pid))
-    f.add_rule(sc.ERRNO(errno.EPERM), "tgkill", sc.Arg(0, sc.NE, pid))
-    f.add_rule(sc.ERRNO(errno.EPERM), "tkill")
-    if deny_writes:
-        for name in _WRITES:
-            try:
-                f.add_rule(sc.ERRNO(errno.EACCES), name)
-            except Exception:
-                pass
-        for flag in (os.O_WRONLY, os.O_RDWR, os.O_CREAT, os.O_TRUNC, os.O_APPEND):
-            f.add_rule(sc.ERRNO(errno.EACCES), "openat", sc.Arg(2, sc.MASKED_EQ, flag, flag))
-            try:
-                f.add_rule(sc.ERRNO(errno.EACCES), "open", sc.Arg(1, sc.MASKED_EQ, flag, flag))
-            except Exception:
-                pass
-        f.add_rule(sc.ERRNO(errno.EACCES), "openat2")
-    f.load()
-    return ["seccomp"] + (["no-writes"] if deny_writes else [])
+    """The filter lives in syscall_filter.py next to this file (loaded by path: this worker never
+    puts its own directory on sys.path, where a candidate's imports would see it)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "syscall_filter.py")
+    spec = importlib.util.spec_from_file_location("_uhop_syscall_filter", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.install(deny_writes)
 
 
 def _unshare_net() -> bool:

@@ -91,27 +91,29 @@ def bwrap_path() -> str | None:
 
 @functools.lru_cache(maxsize=1)
 def have_seccomp() -> bool:
-    try:
-        import pyseccomp  # noqa: F401
-    except (ImportError, OSError):
-        return False
-    return True
+    """Built in on x86-64; elsewhere through pyseccomp (the ``sandbox`` extra)."""
+    from uhop.sandbox import syscall_filter
+
+    return syscall_filter.available()
 
 
 def resolve_isolation(isolation: str = "auto") -> str:
-    """``auto`` -> ``bwrap`` if usable else ``seccomp``. Raises :class:`SandboxUnavailable` when
-    the requested layer is missing (untrusted code never runs without OS isolation)."""
+    """``auto`` -> ``bwrap`` if usable else ``seccomp`` (rlimits + seccomp + netns). Raises
+    :class:`SandboxUnavailable` when the requested layer or the seccomp filter is missing
+    (untrusted code never runs without OS isolation)."""
     if isolation not in ("auto", "bwrap", "seccomp"):
         raise ValueError(f"isolation must be 'auto', 'bwrap' or 'seccomp', got {isolation!r}")
+    # seccomp is required in every mode: namespaces alone do not stop a fork bomb (RLIMIT_NPROC
+    # does not bind root, and the pid namespace does not cap the count).
+    if not have_seccomp():
+        raise SandboxUnavailable(
+            "no OS isolation available: install bubblewrap (scripts/install_system_deps.sh) and, off x86-64, "
+            "pyseccomp (pip install 'uhop[sandbox]')"
+        )
     if isolation in ("auto", "bwrap") and bwrap_path():
         return "bwrap"
     if isolation == "bwrap":
         raise SandboxUnavailable("bubblewrap is not installed or cannot create namespaces here")
-    if not have_seccomp():
-        raise SandboxUnavailable(
-            "no OS isolation available: install bubblewrap (scripts/install_system_deps.sh) or pyseccomp "
-            "(pip install 'uhop[sandbox]')"
-        )
     return "seccomp"
 
 
