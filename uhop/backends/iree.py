@@ -65,14 +65,14 @@ class IreeBackend(Backend):
             d = problem.dim
             rows = d["B"] * d["M"]
             out = [c("iree", "data-tiled", tile_bytes=0, vector_bytes=vbytes, fuse=True)]
-            # Register tiles of 16-24 accumulators: half to three quarters of AVX-512's 32 registers
-            # (16x16 already spills once the operand broadcasts are counted).
-            for vm, vn in ((8, 2 * lanes), (4, 4 * lanes), (8, 3 * lanes)):
+            # Register tiles of 12-16 accumulators, at most half of AVX-512's 32 registers: 16x16
+            # and 8x48 already spill once operand broadcasts and loads are counted.
+            for vm, vn in ((8, 2 * lanes), (4, 4 * lanes), (6, 2 * lanes)):
                 for dm, dn in ((128, 128), (64, 256)):
-                    if vm * vn // lanes <= regs * 3 // 4:
+                    if vm * vn // lanes <= regs // 2:
                         out.append(c("iree", "tiled", dist_m=min(dm, _ceil(rows, vm)), dist_n=min(dn, _ceil(d["N"], vn)),
                                      vec_m=vm, vec_n=vn, vec_k=1, vector_bytes=vbytes, fuse=True))  # fmt: skip
-            out.append(c("iree", "data-tiled", tile_bytes=1 << 20, vector_bytes=vbytes, fuse=True))
+            out += [c("iree", "data-tiled", tile_bytes=tb, vector_bytes=vbytes, fuse=True) for tb in (1 << 16, 1 << 20)]
             out.append(c("iree", "default", distribution=0, vector_bytes=vbytes, fuse=True))
             return list(dict.fromkeys(out))
         if problem.op in _ROW_OPS:
