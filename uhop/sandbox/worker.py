@@ -21,6 +21,7 @@ A worker serves one candidate and is then discarded; the next is already warm (`
 from __future__ import annotations
 
 import atexit
+import fcntl
 import functools
 import os
 import selectors
@@ -220,6 +221,11 @@ class Worker:
         )  # fmt: skip
         self._ready = False
         self._seq = 0
+        for f in (self.proc.stdin, self.proc.stdout):  # 1 MiB pipes: fewer context switches per array
+            try:
+                fcntl.fcntl(f.fileno(), 1031, 1 << 20)  # F_SETPIPE_SZ
+            except OSError:
+                pass
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def kill(self) -> None:
