@@ -107,3 +107,22 @@ def test_cross_compiles_offline(target, marks):
     for mark in marks:
         assert mark in built.vmfb, f"{target} artifact lacks {mark!r}"
     assert built.log.target == target and built.log.dispatches
+
+
+def test_host_target_from_manifest_or_cpu_flags(monkeypatch):
+    import uhop.hardware
+
+    host_target.cache_clear()
+    try:
+        hw = host_target()
+        assert hw.simd_bytes in (16, 32, 64) and hw.l2_bytes > 0 and hw.vector_registers in (16, 32)
+
+        def missing(*a, **k):
+            raise RuntimeError("no manifest")
+
+        monkeypatch.setattr(uhop.hardware, "get_capabilities", missing, raising=False)
+        host_target.cache_clear()
+        fallback = host_target()
+        assert fallback.source == "cpuinfo" and fallback.simd_bytes == hw.simd_bytes
+    finally:
+        host_target.cache_clear()

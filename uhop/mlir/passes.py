@@ -52,18 +52,20 @@ class HostTarget:
 
 @functools.lru_cache(maxsize=1)
 def host_target() -> HostTarget:
-    """From the hardware manifest (``uhop.hardware.get_capabilities``) when available, else from
-    the CPU's flags and sysfs cache sizes (AVX-512: 64-byte vectors, 32 registers)."""
+    """From the hardware manifest (``uhop.hardware.get_capabilities(device="cpu")``: vector width,
+    L1/L2 sizes) when available, else from the CPU's flags and sysfs cache sizes (AVX-512:
+    64-byte vectors, 32 registers)."""
     try:
         from uhop.hardware import get_capabilities  # type: ignore[attr-defined]
 
-        caps = get_capabilities()
-        simd = _first(caps, ("simd_bytes", "simd_width_bytes", "vector_bytes"))
-        l1 = _first(caps, ("l1_bytes", "l1d_bytes", "l1_cache_bytes"))
-        l2 = _first(caps, ("l2_bytes", "l2_cache_bytes"))
-        if simd and l2:
-            regs = 32 if simd >= 64 else 16
-            return HostTarget(int(simd), int(l1 or 32 << 10), int(l2), regs, "manifest")
+        caps = get_capabilities(device="cpu")
+        cpu, caches = getattr(caps, "cpu", None), getattr(caps, "caches", None)
+        bits = _value(getattr(cpu, "vector_width_bits", None))
+        l1, l2 = _value(getattr(caches, "l1_bytes", None)), _value(getattr(caches, "l2_bytes", None))
+        if bits and l2:
+            simd = int(bits) // 8
+            regs = 32 if getattr(cpu, "simd", "") == "avx512" or simd >= 64 else 16
+            return HostTarget(simd, int(l1 or 32 << 10), int(l2), regs, f"manifest {getattr(caps, 'name', '')}".strip())
     except Exception:  # manifest package absent or partial: fall back below
         pass
     flags = _cpu_flags()
@@ -71,13 +73,10 @@ def host_target() -> HostTarget:
     return HostTarget(simd, _cache_size(1) or 32 << 10, _cache_size(2) or 1 << 20, 32 if simd == 64 else 16, "cpuinfo")
 
 
-def _first(obj: Any, names: tuple[str, ...]) -> Any:
-    for n in names:
-        v = obj.get(n) if isinstance(obj, dict) else getattr(obj, n, None)
-        v = getattr(v, "value", v)
-        if isinstance(v, (int, float)) and v > 0:
-            return v
-    return None
+def _value(figure: Any) -> float | None:
+    """A manifest figure's value (figures are ``{"value": ..., "source": ...}`` models)."""
+    v = getattr(figure, "value", figure)
+    return float(v) if isinstance(v, (int, float)) and v > 0 else None
 
 
 def _cpu_flags() -> set[str]:
