@@ -50,7 +50,7 @@ def _store(path: Path):
     return SQLiteStore(path)
 
 
-def _collect_set(name: str, problems, seed: int, passes: int, family_n: int, timer: str) -> None:
+def _collect_set(name: str, problems, seed: int, passes: int, family_n: int, timer: str, hw=None) -> None:
     import random
 
     from uhop import config
@@ -67,7 +67,8 @@ def _collect_set(name: str, problems, seed: int, passes: int, family_n: int, tim
             for i, (p, cands) in enumerate(plan):
                 order = list(cands)
                 random.Random(seed * 1000 + k * 100 + i).shuffle(order)
-                ms = measure_problem(p, order, store=store, source=f"collect:{name}:pass{k}", timer=timer)
+                ms = measure_problem(p, order, store=store, source=f"collect:{name}:pass{k}", timer=timer,
+                                    hw=hw)  # fmt: skip
                 ok = sum(m.ok for m in ms)
                 print(f"[{name} pass {k}] {i + 1}/{len(plan)} {p.describe()}: {ok}/{len(ms)} ok "
                       f"({time.monotonic() - t0:.0f}s)", flush=True)  # fmt: skip
@@ -78,14 +79,33 @@ def _collect_set(name: str, problems, seed: int, passes: int, family_n: int, tim
 
 
 #: name -> (suite, passes, timer, single core): the 1-core sets read the thread's CPU time with
-#: every thread pool at 1 and the process pinned to core 1, so a busy shared machine preempting
+#: every thread pool at 1 and the process pinned to one core, so a busy shared machine preempting
 #: the kernel does not count; ``heldout_wall2`` is the default protocol (wall clock, both cores).
 SETS = {
     "train": ("train", 1, "thread-cpu", True),
     "heldout": ("heldout", 2, "thread-cpu", True),
+    "heldout_avx2": ("heldout", 1, "thread-cpu", True),
     "heldout_wall2": ("heldout", 2, "wall", False),
 }
 ONE_THREAD = {v: "1" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}
+#: a second device: this CPU restricted to AVX2 code (OpenBLAS Haswell kernels, numba and torch
+#: compiled for AVX2; IREE left out since it compiles for the host ISA), with the manifest
+#: features of the AVX2 manifest (256-bit vectors: half the peak FLOP/s).
+AVX2_ENV = {
+    "OPENBLAS_CORETYPE": "Haswell", "NUMBA_CPU_NAME": "haswell", "ATEN_CPU_CAPABILITY": "avx2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "UHOP_BACKENDS": "numpy,torch,numba",
+}  # fmt: skip
+
+
+def _avx2_hw() -> dict:
+    from uhop.hardware import get_capabilities
+    from uhop.perf.features import hardware_features
+
+    hw = hardware_features("cpu")
+    bits = float(get_capabilities("x86-64-avx2").cpu.vector_width_bits.value)
+    scale = bits / hw["hw_vector_bits"]
+    return {**hw, "hw_vector_bits": bits, "hw_peak_fp32": hw["hw_peak_fp32"] * scale,
+            "hw_peak_fp64": hw["hw_peak_fp64"] * scale}  # fmt: skip
 
 
 def collect(args) -> None:
@@ -97,11 +117,13 @@ def collect(args) -> None:
         if args.only not in (None, name):
             continue
         if single and not args.child:
-            cmd = ["taskset", "-c", "1", sys.executable, __file__, "collect", "--only", name, "--child",
+            env = {**os.environ, **ONE_THREAD, **(AVX2_ENV if name == "heldout_avx2" else {})}
+            cmd = ["taskset", "-c", str(args.core), sys.executable, __file__, "collect", "--only", name, "--child",
                    "--train", str(args.train), "--heldout", str(args.heldout), "--family", str(args.family)]  # fmt: skip
-            subprocess.run(cmd, env={**os.environ, **ONE_THREAD}, check=True)
+            subprocess.run(cmd, env=env, check=True)
         else:
-            _collect_set(name, suites[suite], {"train": 1, "heldout": 2}[suite], passes, args.family, timer)
+            hw = _avx2_hw() if name == "heldout_avx2" else None
+            _collect_set(name, suites[suite], {"train": 1, "heldout": 2}[suite], passes, args.family, timer, hw)
 
 
 def main() -> None:
@@ -112,6 +134,7 @@ def main() -> None:
     ap.add_argument("--family", type=int, default=16, help="tiled-family configs sampled per problem")
     ap.add_argument("--only", choices=list(SETS))
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--core", type=int, default=1, help="core the one-thread sets are pinned to")
     ap.add_argument("--seed", type=int, default=0, help="model seed")
     args = ap.parse_args()
     if args.phase == "collect":
@@ -154,9 +177,15 @@ def _problem_metrics(model, ss, keep_fracs=(1 / 3, 1 / 4)) -> dict:
         "covered80": float(np.mean((q[:, 0] <= t) & (t <= q[:, 2]))),
         "abs_log2_err_median": float(np.median(np.abs(np.log2(q[:, 1] / t)))),
     }  # fmt: skip
+    rng = np.random.default_rng(0)
     for f in keep_fracs:
-        k = max(1, math.ceil(f * len(ss)))
-        out[f"prune_{round(1 / f)}x_loss"] = float(t[order[:k]].min() / best - 1)
+        k = max(1, int(f * len(ss)))  # floor: at least a 1/f cut in evaluations
+        name = f"prune_{round(1 / f)}x"
+        out[f"{name}_loss"] = float(t[order[:k]].min() / best - 1)
+        out[f"{name}_evals"] = k
+        # the same budget spent on random candidates (what pruning has to beat)
+        out[f"{name}_random_loss"] = float(np.mean([t[rng.choice(len(t), k, replace=False)].min() / best - 1
+                                                    for _ in range(200)]))  # fmt: skip
     tiled = [i for i, s in enumerate(ss) if s.candidate["backend"] == "tiled"]
     if len(tiled) >= 3:
         out["spearman_tiled_only"] = _spearman([score[i] for i in tiled], [-t[i] for i in tiled])
@@ -187,9 +216,16 @@ def _summary(per: list[dict]) -> dict:
         "top1_within_10pct": share("top1_ratio", lambda r: r <= 1.10),
         "top1_ratio_geomean": float(math.exp(statistics.fmean(math.log(p["top1_ratio"]) for p in per))),
         "heuristic_top1_within_10pct": share("heuristic_top1_ratio", lambda r: r <= 1.10),
+        "candidates_mean": float(statistics.fmean(p["n"] for p in per)),
+        "prune_3x_evals_mean": mean("prune_3x_evals"),
+        "prune_3x_eval_cut": float(sum(p["n"] for p in per) / sum(p["prune_3x_evals"] for p in per)),
         "prune_3x_loss_mean": mean("prune_3x_loss"),
+        "prune_3x_loss_median": float(statistics.median(p["prune_3x_loss"] for p in per)),
+        "prune_3x_random_loss_mean": mean("prune_3x_random_loss"),
         "prune_3x_within_3pct": share("prune_3x_loss", lambda v: v <= 0.03),
+        "prune_4x_eval_cut": float(sum(p["n"] for p in per) / sum(p["prune_4x_evals"] for p in per)),
         "prune_4x_loss_mean": mean("prune_4x_loss"),
+        "prune_4x_random_loss_mean": mean("prune_4x_random_loss"),
         "prune_4x_within_3pct": share("prune_4x_loss", lambda v: v <= 0.03),
         "interval80_coverage": mean("covered80"),
         "abs_log2_err_median_mean": mean("abs_log2_err_median"),
@@ -203,11 +239,11 @@ def _noise_ceiling(rows) -> dict:
     by: dict[tuple[str, str], dict[str, float]] = {}
     for r in rows:
         if r["status"] == "ok" and r["median_s"]:
-            by.setdefault((r["key"], r["source"]), {})[r["config_hash"]] = r["median_s"]
+            by.setdefault((r["key"], r["source"].rsplit(":", 1)[-1]), {})[r["config_hash"]] = r["median_s"]
     keys = sorted({k for k, _ in by})
     rhos, top1 = [], []
     for k in keys:
-        a, b = by.get((k, "collect:heldout:pass0"), {}), by.get((k, "collect:heldout:pass1"), {})
+        a, b = by.get((k, "pass0"), {}), by.get((k, "pass1"), {})
         common = sorted(set(a) & set(b))
         if len(common) >= 3:
             rhos.append(_spearman([a[c] for c in common], [b[c] for c in common]))
@@ -218,16 +254,26 @@ def _noise_ceiling(rows) -> dict:
             "pass0_best_within_10pct_in_pass1": float(statistics.fmean(top1)) if top1 else None}  # fmt: skip
 
 
+def _dims_key(s) -> str:
+    return json.dumps([s.problem["dims"], s.problem["dtype"], s.problem["params"]], sort_keys=True)
+
+
+def _eval_set(model, samples) -> dict:
+    per = [_problem_metrics(model, ss) for _, ss in sorted(_groups(samples).items())]
+    return {"summary": _summary(per), "per_problem": per}
+
+
 def evaluate(args) -> None:
     import hashlib
 
     from uhop.perf.model import CostModel, load_rows, samples_from_rows
 
-    files = {n: DATA / f"costmodel_{n}.parquet" for n in ("train", "heldout", "heldout_1core")}
+    files = {n: DATA / f"costmodel_{n}.parquet" for n in SETS}
     rows = {n: load_rows(data=[f], op=OP) for n, f in files.items() if f.exists()}
     train = samples_from_rows(rows["train"], OP)
-    held_keys = {r["key"] for r in rows["heldout"]}
-    assert not held_keys & {r["key"] for r in rows["train"]}, "held-out problems leaked into training"
+    train_dims = {_dims_key(s) for s in train}
+    held = samples_from_rows(rows["heldout"], OP)
+    assert not {_dims_key(s) for s in held} & train_dims, "held-out problems leaked into training"
     t0 = time.monotonic()
     model = CostModel.train(train, OP, seed=args.seed)
     train_s = time.monotonic() - t0
@@ -235,29 +281,50 @@ def evaluate(args) -> None:
     h1 = hashlib.sha256(model.to_bytes()).hexdigest()
     h2 = hashlib.sha256(CostModel.train(train, OP, seed=args.seed).to_bytes()).hexdigest()
     h3 = hashlib.sha256(CostModel.train(train, OP, seed=args.seed + 1).to_bytes()).hexdigest()
-    out_model = RESULTS / f"costmodel_{OP}_model.json"
-    model.save(out_model)
+    model.save(RESULTS / f"costmodel_{OP}_model.json")
     report = {
         "what": "learned cost model (XGBoost rank:pairwise + quantile 0.1/0.5/0.9) for matmul on this CPU",
         "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
-                    "cores": os.cpu_count(), "note": "shared 2-core VM with other jobs running: noisy timings"},
+                    "cores": os.cpu_count(), "note": "shared 2-core VM, load average 5-11 from other jobs"},
         "command": "python benchmarks/costmodel.py collect && python benchmarks/costmodel.py evaluate",
+        "protocol": {name: {"passes": v[1], "timer": v[2], "one_core_one_thread": v[3]} for name, v in SETS.items()},
+        "bench": BENCH, "flop_cap": FLOP_CAP,
         "train": {"problems": len(_groups(train)), "samples": len(train), "seconds": round(train_s, 2),
                   "meta": model.meta},
         "determinism": {"sha256_seed": h1, "sha256_seed_again": h2, "identical": h1 == h2,
                         "sha256_other_seed": h3, "other_seed_differs": h3 != h1},
     }  # fmt: skip
-    for name in ("heldout", "heldout_1core"):
+    report["heldout"] = _eval_set(model, held)
+    report["heldout"]["noise_ceiling"] = _noise_ceiling(rows["heldout"])
+    # Transfer to another device, with the model trained on this one only.
+    # heldout_avx2: the same CPU restricted to AVX2 code (OpenBLAS Haswell kernels, numba and
+    # torch compiled for AVX2), manifest features of the AVX2 manifest (256-bit vectors, half the
+    # peak) -- a second ISA, not a second chip. heldout_wall2: the default protocol (wall clock,
+    # both cores, 2-thread pools) on this machine while other jobs compete: 2 cores in the
+    # manifest features and preemption in every number (see its noise ceiling).
+    for name in ("heldout_avx2", "heldout_wall2"):
         if name not in rows:
             continue
-        samples = samples_from_rows(rows[name], OP)
-        per = [_problem_metrics(model, ss) for _, ss in sorted(_groups(samples).items())]
-        report[name] = {"summary": _summary(per), "per_problem": per}
-    report["heldout"]["noise_ceiling"] = _noise_ceiling(rows["heldout"])
+        dev = [s for s in samples_from_rows(rows[name], OP) if _dims_key(s) not in train_dims]
+        report[f"transfer_{name}"] = _eval_set(model, dev)
+        report[f"transfer_{name}"]["noise_ceiling"] = _noise_ceiling(rows[name])
+        # few-shot: add half of the device's problems to training, test on the other half; the
+        # manifest features are what tell the devices apart in one model
+        groups = sorted(_groups(dev))
+        half_a, half_b = set(groups[0::2]), set(groups[1::2])
+        extra = samples_from_rows([r for r in rows[name] if r["source"].endswith("pass0")], OP)
+        extra = [s for s in extra if s.group in half_a]
+        b_only = [s for s in dev if s.group in half_b]
+        both = CostModel.train(train + extra, OP, seed=args.seed)
+        report[f"transfer_{name}_fewshot"] = {
+            "added_problems": len(half_a), "tested_problems": len(half_b),
+            "model_trained_on_this_device_only": _eval_set(model, b_only)["summary"],
+            "model_with_half_the_device_problems": _eval_set(both, b_only)["summary"],
+        }  # fmt: skip
     # cost of asking the model (the fast policy and surrogate pruning pay this per problem)
     from uhop.backends.base import Candidate
 
-    ss = next(iter(_groups(samples_from_rows(rows["heldout"], OP)).values()))
+    ss = next(iter(_groups(held).values()))
     cands = [Candidate.from_json(s.candidate) for s in ss]
     t0 = time.perf_counter()
     for _ in range(20):
@@ -268,8 +335,19 @@ def evaluate(args) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"costmodel_{OP}.json"
     path.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
-    print(json.dumps({k: report[k]["summary"] for k in ("heldout", "heldout_1core") if k in report}, indent=1))
-    print(json.dumps({"determinism": report["determinism"], "noise": report["heldout"]["noise_ceiling"]}, indent=1))
+    sets = ("heldout", "transfer_heldout_avx2", "transfer_heldout_wall2")
+    keys = ("problems", "candidates_mean", "spearman_mean", "top1_within_10pct", "heuristic_top1_within_10pct",
+            "prune_3x_eval_cut", "prune_3x_loss_mean", "prune_3x_within_3pct", "prune_3x_random_loss_mean",
+            "interval80_coverage", "spearman_tiled_only_mean")  # fmt: skip
+    brief = {k: {x: report[k]["summary"][x] for x in keys} for k in sets if k in report}
+    brief["noise"] = {k: report[k]["noise_ceiling"] for k in sets if k in report}
+    for k in ("transfer_heldout_avx2_fewshot", "transfer_heldout_wall2_fewshot"):
+        if k in report:
+            brief[k] = {m: {x: v[x] for x in ("spearman_mean", "top1_within_10pct", "prune_3x_loss_mean",
+                                              "interval80_coverage")}
+                        for m, v in report[k].items() if isinstance(v, dict)}  # fmt: skip
+    brief["determinism"] = report["determinism"]
+    print(json.dumps(brief, indent=1))
     print(f"-> {path}")
 
 

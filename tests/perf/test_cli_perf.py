@@ -23,7 +23,7 @@ def test_collect_train_predict_export(uhop_home, tmp_path):
 
     r = CliRunner()
     app = _app()
-    with config.override(bench_min_s=0.002, bench_repeat=3, validation_trials=1):
+    with config.override(bench_min_s=0.002, bench_repeat=3, validation_trials=1, backends=("numpy", "torch")):
         res = r.invoke(app, ["perf", "collect", "--op", "matmul", "--samples", "24", "--seed", "4", "--family", "5",
                              "--timer", "thread-cpu"])  # fmt: skip
     assert res.exit_code == 0, res.output

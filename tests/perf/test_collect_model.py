@@ -213,3 +213,25 @@ def test_rank_and_prune_fall_back_without_a_model_and_use_it_with_one(collected,
 
     os.utime(model_path("matmul"), (time.time() + 5, time.time() + 5))
     assert [c for c, _ in rank(p, cands)] == cands
+
+
+def test_surrogate_model_plugs_into_the_surrogate_strategy(collected, uhop_home):
+    from uhop.perf.family import TiledMatmulFamily
+    from uhop.perf.model import CostModel, load_rows, model_path, samples_from_rows, surrogate_model
+    from uhop.space import SearchSpace
+    from uhop.tune.strategies import make
+
+    p = Problem.make("matmul", {"B": 1, "M": 40, "N": 90, "K": 20}, "float32")
+    space = SearchSpace.from_candidates(TiledMatmulFamily().candidates(p))
+    assert surrogate_model(p, space) is None  # no model yet: the strategy keeps its built-in one
+    store, _ = collected
+    CostModel.train(samples_from_rows(load_rows(store, op="matmul"), "matmul"), "matmul",
+                    rounds={"ranker": 20, "quantile": 20}).save(model_path("matmul"))  # fmt: skip
+    sm = surrogate_model(p, space)
+    X = [space.encode(c) for c in space.configs()]
+    scores = sm.predict(X)
+    assert len(scores) == len(X) == 54 and all(math.isfinite(v) for v in scores)
+    strat = make("surrogate", space, cost_model=sm, n_init=0, explore=0.0, seed=1)
+    first = strat.ask(3)
+    best3 = sorted(range(len(X)), key=lambda i: scores[i])[:3]
+    assert [space.config_hash(c) for c in first] == [space.config_hash(space.decode(X[i])) for i in best3]

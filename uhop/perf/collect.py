@@ -123,7 +123,7 @@ def evaluate_timed(candidate: Candidate, backend: Backend, problem: Problem, vse
 
 def measure_problem(
     problem: Problem, cands: Sequence[tuple[Candidate, Backend]], *, store: Any = None, source: str = "collect",
-    timer: str = "wall",
+    timer: str = "wall", hw: Any = None,
 ) -> list[Any]:  # fmt: skip
     """Evaluate every candidate (no cutoff), record telemetry and the store entry; returns the
     tuner ``Measurement`` values in evaluation order."""
@@ -139,7 +139,7 @@ def measure_problem(
     ms = [evaluate_timed(cand, backend, problem, vset, timer) for cand, backend in cands]
     fp = hardware_fingerprint(problem.device)
     key = problem.key(settings().shape_buckets)
-    record_measurements(problem, ms, fp, store=store, key=key, source=source, timer=timer, strict=True)
+    record_measurements(problem, ms, fp, store=store, key=key, source=source, timer=timer, hw=hw, strict=True)
     registered = [m for m, (_, b) in zip(ms, cands, strict=True) if b.name != "tiled"]
     best = min((m for m in registered if m.ok), key=lambda m: m.median_s, default=None)
     if best is not None:

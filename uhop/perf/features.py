@@ -77,13 +77,8 @@ def _manifest(device: str) -> Any:
     except ImportError:
         return None
     try:
-        return get_capabilities(device)
-    except TypeError:
-        try:
-            return get_capabilities()
-        except Exception:
-            return None
-    except Exception:
+        return get_capabilities(device=device)
+    except Exception:  # detection failing must not stop tuning: fall back to py-cpuinfo
         return None
 
 

@@ -6,7 +6,8 @@ Two boosters, trained on the same feature rows (:mod:`uhop.perf.features`):
   problem's candidates (higher = faster); labels are ``-log2(t / t_best)`` within the group;
 - a **quantile regressor** (``reg:quantileerror`` at 0.1 / 0.5 / 0.9) of ``log2(t / roofline)``,
   where ``roofline = max(flops / peak, bytes / bandwidth)`` from the manifest features, giving a
-  latency estimate with an 80% interval. Predicting the distance above the device's roofline,
+  latency estimate with an 80% interval (widened by conformalized quantile regression on
+  out-of-fold predictions, so it covers about 80% of new measurements from the same device). Predicting the distance above the device's roofline,
   rather than raw seconds, is what lets a model trained on one device say something on another.
 
 Training is deterministic: samples are aggregated (median over repeated measurements of one
@@ -53,6 +54,7 @@ QUANTILE_PARAMS: dict[str, Any] = {
     "min_child_weight": 2.0, "subsample": 0.8, "colsample_bytree": 0.8, "tree_method": "hist", "nthread": 1,
 }  # fmt: skip
 ROUNDS = {"ranker": 300, "quantile": 400}
+CQR_FOLDS = 4
 
 
 @dataclass(frozen=True)
@@ -153,10 +155,25 @@ class CostModel:
         ranker = xgb.train({**RANK_PARAMS, "seed": seed}, d_rank, rounds["ranker"])
         d_q = xgb.DMatrix(X, label=y, feature_names=names, nthread=1)
         quantile = xgb.train({**QUANTILE_PARAMS, "seed": seed}, d_q, rounds["quantile"])
+        # Conformalized quantile regression: in-sample quantiles are too narrow, so widen the
+        # interval by the level-corrected 80th percentile of out-of-fold conformity scores
+        # max(lo - y, y - hi), folds by problem (4, fixed by sorted group order).
+        fold = qid % CQR_FOLDS
+        scores = np.zeros(len(y))
+        for f in range(CQR_FOLDS):
+            tr, te = fold != f, fold == f
+            if not te.any() or not tr.any():
+                continue
+            b = xgb.train({**QUANTILE_PARAMS, "seed": seed}, xgb.DMatrix(X[tr], label=y[tr], feature_names=names,
+                          nthread=1), rounds["quantile"])  # fmt: skip
+            q = np.sort(b.predict(xgb.DMatrix(X[te], feature_names=names, nthread=1)).reshape(int(te.sum()), -1), axis=1)
+            scores[te] = np.maximum(q[:, 0] - y[te], y[te] - q[:, -1])
+        level = min(1.0, math.ceil((len(y) + 1) * (QUANTILES[-1] - QUANTILES[0])) / len(y))
+        widen = float(np.quantile(scores, level, method="higher"))
         meta = {
             "op": op, "seed": seed, "samples": len(samples), "problems": len(groups),
             "measurements": sum(s.n for s in samples), "data_sha256": data_hash(samples),
-            "rounds": rounds, "rank_params": RANK_PARAMS, "quantile_params": QUANTILE_PARAMS,
+            "rounds": rounds, "interval_widen_log2": round(widen, 6), "rank_params": RANK_PARAMS, "quantile_params": QUANTILE_PARAMS,
             "xgboost": xgb.__version__, "devices": len({_jkey(s.hw) for s in samples}),
         }  # fmt: skip
         return cls(op, fs, ranker, quantile, meta)
@@ -219,6 +236,9 @@ class CostModel:
             return np.zeros((0, 3))
         d, roof = self._matrix(problem, candidates, hw)
         q = np.sort(np.asarray(self.quantile.predict(d), dtype=np.float64).reshape(len(candidates), -1), axis=1)
+        w = float(self.meta.get("interval_widen_log2", 0.0))
+        q[:, 0] -= w
+        q[:, -1] += w
         return np.exp2(q + roof)
 
     def scores(self, problem: Any, candidates: Sequence[Candidate | Mapping[str, Any]],
@@ -278,15 +298,53 @@ def rank(problem: Any, candidates: Sequence[Candidate]) -> list[tuple[Candidate,
 
 
 def prune(problem: Any, candidates: Sequence[Candidate], keep: float = 1 / 3, min_keep: int = 1) -> list[Candidate]:
-    """The best-ranked ``ceil(keep * n)`` (at least ``min_keep``) candidates, best first; all of
-    them, in the given order, without a model. Never returns an empty list for a non-empty input."""
+    """The best-ranked ``floor(keep * n)`` (at least ``min_keep``, at least 1) candidates, best
+    first, so ``keep=1/3`` cuts evaluations at least 3x; all of them, in the given order, without
+    a model. Never returns an empty list for a non-empty input."""
     if not 0 < keep <= 1:
         raise ValueError(f"keep must be in (0, 1], got {keep}")
     ranked = rank(problem, candidates)
     if ranked and math.isnan(ranked[0][1]):
         return [c for c, _ in ranked]
-    k = max(min_keep, math.ceil(keep * len(ranked)))
+    k = max(min_keep, 1, int(keep * len(ranked)))
     return [c for c, _ in ranked[:k]]
+
+
+class SurrogateModel:
+    """The trained model behind the surrogate strategy's ``cost_model`` protocol
+    (``update(X, y)``, ``predict(X) -> scores``, lower is better, ``X`` = ``space.encode(cfg)``):
+    each vector is decoded to its candidate and scored with the predicted log2 median latency.
+    The model is a prior learned from telemetry, so ``update`` keeps nothing; a vector that does
+    not decode to a valid config scores ``inf``."""
+
+    def __init__(self, problem: Any, space: Any, model: CostModel) -> None:
+        self.problem, self.space, self.model = problem, space, model
+
+    def update(self, X: Sequence[Sequence[float]], y: Sequence[float]) -> None:
+        return None
+
+    def predict(self, X: Sequence[Sequence[float]]) -> list[float]:
+        cands: list[Candidate | None] = []
+        for x in X:
+            try:
+                cfg = self.space.decode(x)
+                cands.append(self.space.candidate(cfg) if self.space.is_valid(cfg) else None)
+            except Exception:
+                cands.append(None)
+        ok = [c for c in cands if c is not None]
+        try:
+            med = iter(np.log2(self.model.predict(self.problem, ok)[:, 1]).tolist()) if ok else iter(())
+        except Exception as exc:
+            log.warning("cost model prediction failed: %s", exc)
+            return [0.0] * len(X)
+        return [next(med) if c is not None else math.inf for c in cands]
+
+
+def surrogate_model(problem: Any, space: Any) -> SurrogateModel | None:
+    """A ``cost_model=`` for :class:`uhop.tune.strategies.surrogate.Surrogate` on ``problem``, or
+    None when no model is trained for the op (the strategy then uses its built-in model)."""
+    model = load_model(problem.op)
+    return SurrogateModel(problem, space, model) if model is not None else None
 
 
 def load_rows(store: Any = None, data: Sequence[str | Path] = (), op: str | None = None) -> list[dict[str, Any]]:

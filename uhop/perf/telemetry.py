@@ -107,12 +107,14 @@ def make_rows(
     run_id: str | None = None,
     energy_j: Mapping[str, float] | None = None,
     timer: str = "wall",
+    hw: Mapping[str, float] | None = None,
 ) -> list[dict[str, Any]]:
     """Telemetry rows for ``measurements`` (tuner ``Measurement`` objects or their ``to_json``
     dicts) of ``problem`` (a :class:`~uhop.problem.Problem` or its JSON). ``energy_j`` maps a
     candidate id to joules per call; ``timer`` names the clock the times were read from
     (``wall``: ``perf_counter``; ``thread-cpu``: the measuring thread's CPU time, immune to
-    preemption on a shared machine). Skipped candidates (never run) are not recorded."""
+    preemption on a shared machine); ``hw`` replaces the detected manifest features (a device
+    emulated by restricting this one, e.g. to AVX2). Skipped candidates (never run) are not recorded."""
     from uhop.backends.base import Candidate
     from uhop.config import settings
     from uhop.perf.features import hardware_features
@@ -123,7 +125,7 @@ def make_rows(
         problem = Problem.from_json(problem)
     fp = dict(fingerprint) if fingerprint is not None else hardware_fingerprint(problem.device)
     key = key or problem.key(settings().shape_buckets)
-    hw = hardware_features(problem.device)
+    hw = dict(hw) if hw is not None else hardware_features(problem.device)
     now, run_id = time.time(), run_id or uuid.uuid4().hex[:12]
     common = {
         "created": now, "run_id": run_id, "source": source, "key": key, "op": problem.op,
@@ -168,6 +170,7 @@ def record_measurements(
     source: str = "tune",
     energy_j: Mapping[str, float] | None = None,
     timer: str = "wall",
+    hw: Mapping[str, float] | None = None,
     strict: bool = False,
 ) -> int:
     """Record one tuning run's measurements as telemetry rows in ``store`` (default: the
@@ -176,7 +179,7 @@ def record_measurements(
     try:
         from uhop.store import open_store
 
-        rows = make_rows(problem, measurements, fingerprint, key=key, source=source, energy_j=energy_j, timer=timer)
+        rows = make_rows(problem, measurements, fingerprint, key=key, source=source, energy_j=energy_j, timer=timer, hw=hw)
         if rows:
             telemetry_db(store or open_store()).insert(rows)
         return len(rows)
