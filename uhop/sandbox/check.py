@@ -130,7 +130,6 @@ class Evaluation:
     def __init__(self, worker: Worker, problem: Problem) -> None:
         self.w = worker
         self.problem = problem
-        self.out_nbytes = 0
         self.prev: tuple[np.ndarray, np.ndarray] | None = None  # (output, reference) of the last set
         self.max_err = 0.0
 
@@ -211,13 +210,13 @@ class Evaluation:
             reply, arrays = self.w.request({"cmd": "bench", "slots": slots, "calls": calls},
                                            max_reply=self._reply_cap(trials[0]))  # fmt: skip
             wall = _perf() - t0
-            slot = reply.get("slot")
-            if not arrays or not isinstance(slot, int) or not 0 <= slot < len(trials):
-                raise SandboxFault("bad-output", "timing batch returned no output")
+            slot = (calls - 1) % len(trials)  # which set the last call used: known here, not asked
+            if len(arrays) != 1 or reply.get("slot") != slot:
+                raise SandboxFault("bad-output", "timing batch returned no output, or another set's")
             self.prev = None  # rotating sets: compare only against this set's reference
             self.judge(arrays[0], trials[slot], when=" (output produced while timing)")
-            child = float(reply.get("child_s", 0.0))
-            if not (child <= wall * 1.05 + 1e-3):  # the worker claims more time than passed
+            child = reply.get("child_s")
+            if not isinstance(child, (int, float)) or not (child <= wall * 1.05 + 1e-3):  # claims more time than passed
                 raise SandboxFault("crash", f"worker reported {child:.3g} s for a {wall:.3g} s batch")
             # A ping right behind the batch: work deferred past a (forged) early reply still
             # delays this, so it is counted.
@@ -307,6 +306,9 @@ def check(
         w.request({"cmd": "ping"})
     except SandboxFault as exc:
         return CheckResult(False, exc.category, exc.reason, layers=tuple(w.layers), **base)  # type: ignore[arg-type]
+    except Exception as exc:  # a reply the validator could not judge: still the candidate's fault
+        reason = f"unjudgeable reply ({type(exc).__name__}: {exc})".splitlines()[0][:300]
+        return CheckResult(False, "crash", reason, layers=tuple(w.layers), **base)  # type: ignore[arg-type]
     finally:
         w.kill()
     total = _perf() - t_start

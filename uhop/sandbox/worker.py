@@ -339,9 +339,9 @@ class Worker:
             self.kill()
             raise SandboxFault("bad-output", f"malformed reply from the worker: {exc}") from None
         for a in out:  # np.load(allow_pickle=False) only builds plain arrays; check anyway
-            if type(a) is not np.ndarray or a.dtype.hasobject:
+            if type(a) is not np.ndarray or a.dtype.kind not in "fc":  # floats only: no objects, no records
                 self.kill()
-                raise SandboxFault("bad-output", f"reply holds a {type(a).__name__}, expected a plain array")
+                raise SandboxFault("bad-output", f"reply holds a {type(a).__name__} of dtype {a.dtype}, expected a float array")
         if reply.get("id") != self._seq:  # a forged early reply, or a stray frame: never resynchronise
             self.kill()
             raise SandboxFault("crash", f"protocol violation: reply to request {reply.get('id')!r}, expected {self._seq}")
@@ -357,7 +357,7 @@ class Worker:
             "limits": asdict(self.limits), "log_bytes": self.limits.log_bytes, "array": array,
             "device": device, "seccomp": True, "deny_writes": self.isolation != "bwrap",
         })  # fmt: skip
-        if "netns" in reply.get("layers", []) and "netns" not in self.layers:
+        if isinstance(reply.get("layers"), list) and "netns" in reply["layers"] and "netns" not in self.layers:
             self.layers.append("netns")
         return self.layers
 
