@@ -88,3 +88,17 @@ def test_tampered_registry_file_is_ignored(uhop_home):
     dest = user.add_kernel(f)
     dest.write_text(f.read_text() + "\n# edited after registration\n")
     assert user.list_kernels("softmax") == []
+
+
+def test_real_entry_point_exit_codes():
+    """Through ``uhop``'s own entry point, in a fresh process (as a user runs it)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-c", "import sys; from uhop.cli import main; sys.argv[0] = 'uhop'; main()", "kernel", "check"]
+    ok = subprocess.run([*cmd, str(HERE / "honest" / "softmax_numpy.py")], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.startswith("valid: softmax")
+    bad = subprocess.run([*cmd, str(HERE / "hostile" / "segfault_numpy.py")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and bad.stdout.strip() == bad.stdout.strip().splitlines()[0]
+    assert bad.stdout.startswith("rejected: crash: ")

@@ -277,7 +277,11 @@ class Worker:
         if sig == signal.SIGKILL:  # not ours (we mark those dead first): the OOM killer, usually
             return SandboxFault("memory", "killed by SIGKILL (out of memory, or past the CPU hard limit)")
         if sig:
-            return SandboxFault("crash", f"worker died from signal {signal.Signals(sig).name}")
+            try:
+                name = signal.Signals(sig).name
+            except ValueError:  # an exit code above 128 that is no signal (bwrap reports 128+N)
+                return SandboxFault("crash", f"worker exited (code {rc}) in the middle of a request")
+            return SandboxFault("crash", f"worker died from signal {name}")
         return SandboxFault("crash", f"worker exited (code {rc}) in the middle of a request")
 
     def _read_frame(self, deadline: float, max_bytes: int) -> bytes:
