@@ -350,7 +350,7 @@ class Worker:
             self.kill()
             raise SandboxFault("crash", f"protocol violation: reply to request {reply.get('id')!r}, expected {self._seq}")
         if "error" in reply:
-            raise SandboxFault(str(reply["error"])[:40], str(reply.get("reason", ""))[:300])
+            raise SandboxFault(_printable(reply["error"], 40), _printable(reply.get("reason", ""), 300))
         return reply, out
 
     # ---- commands ------------------------------------------------------------------------------
@@ -364,6 +364,11 @@ class Worker:
         if isinstance(reply.get("layers"), list) and "netns" in reply["layers"] and "netns" not in self.layers:
             self.layers.append("netns")
         return self.layers
+
+
+def _printable(text: object, limit: int) -> str:
+    """Candidate-controlled text, made safe to print and store (no terminal escapes)."""
+    return "".join(c if c.isprintable() else "?" for c in str(text)[:limit])
 
 
 class WorkerPool:
