@@ -46,6 +46,8 @@ CHILD = Path(child.__file__).resolve()
 #: Environment variables passed into the sandbox (everything else is dropped: no secrets).
 PASS_ENV = ("LANG", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TRITON_INTERPRET",
             "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "NUMBA_NUM_THREADS")  # fmt: skip
+#: categories a worker may report for a fault (anything else it says becomes ``crash``)
+WORKER_CATEGORIES = frozenset({"memory", "disk", "forbidden", "crash", "bad-output", "bad-file"})
 _ETC = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/localtime", "/etc/nsswitch.conf", "/etc/hosts")
 
 
@@ -350,7 +352,8 @@ class Worker:
             self.kill()
             raise SandboxFault("crash", f"protocol violation: reply to request {reply.get('id')!r}, expected {self._seq}")
         if "error" in reply:
-            raise SandboxFault(_printable(reply["error"], 40), _printable(reply.get("reason", ""), 300))
+            cat = reply["error"] if reply["error"] in WORKER_CATEGORIES else "crash"
+            raise SandboxFault(cat, _printable(reply.get("reason", ""), 300))
         return reply, out
 
     # ---- commands ------------------------------------------------------------------------------
