@@ -51,10 +51,12 @@ def _no_escape() -> None:
     assert not list(Path.cwd().glob("fill_*.bin"))
 
 
+@pytest.mark.parametrize("isolation", ["auto", "seccomp"])
 @pytest.mark.parametrize("path", HOSTILE, ids=lambda p: p.stem)
-def test_hostile_rejected(path):
+def test_hostile_rejected(path, isolation):
+    """Default static policy; ``auto`` is bubblewrap where usable, ``seccomp`` the fallback."""
     e = expectations(path)
-    res = check_file(path, limits=LIMITS, time_it=e.get("timed") == "yes")
+    res = check_file(path, limits=LIMITS, time_it=e.get("timed") == "yes", isolation=isolation)
     assert not res.ok
     assert res.category in e["expect"].split("|"), res.line()
     assert res.line().startswith(f"rejected: {res.category}: ")
