@@ -371,7 +371,7 @@ class Worker:
 
 def _printable(text: object, limit: int) -> str:
     """Candidate-controlled text, made safe to print and store (no terminal escapes)."""
-    return "".join(c if c.isprintable() else "?" for c in str(text)[:limit])
+    return "".join(c if c.isprintable() else " " if c.isspace() else "?" for c in str(text)[:limit])
 
 
 class WorkerPool:
