@@ -22,6 +22,10 @@ class Evolution(OptunaStrategy):
         if sampler == "ga":
             return optuna.samplers.NSGAIISampler(population_size=population_size, seed=self.seed)
         if sampler == "cmaes":
+            try:
+                import cmaes  # noqa: F401 - Optuna's CMA-ES sampler imports it lazily, too late for a clear error
+            except ImportError:
+                raise ImportError("evolution with sampler='cmaes' needs the cmaes package (pip install cmaes)") from None
             return optuna.samplers.CmaEsSampler(
                 seed=self.seed, with_margin=True, popsize=population_size, warn_independent_sampling=False,
                 n_startup_trials=population_size,
