@@ -1,0 +1,34 @@
+"""GPU kernel files in the sandbox: device nodes bound in, no RLIMIT_AS (it breaks CUDA), host
+memory held by RSS polling, timing synchronized with the whole device. Skipped without a GPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from uhop.sandbox.check import check_file
+from uhop.sandbox.worker import Limits
+
+torch = pytest.importorskip("torch")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+HONEST = Path(__file__).parent / "honest"
+
+
+@pytest.mark.parametrize("name", ["softmax_torch_cuda", "softmax_triton_cuda"])
+def test_honest_cuda_kernels_pass(name, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    res = check_file(HONEST / f"{name}.py", limits=Limits(wall_s=120))
+    assert res.ok, res.line()
+    assert res.median_s > 0
+
+
+def test_cuda_host_memory_is_polled(tmp_path):
+    f = tmp_path / "hog.py"
+    f.write_text(
+        "import time\nimport torch\nOP = 'softmax'\nARRAY = 'torch'\nDEVICE = 'cuda'\nHOLD = []\n"
+        "def run(x):\n    HOLD.append(torch.ones(4 << 30, dtype=torch.uint8))\n    time.sleep(2)\n"
+        "    return torch.softmax(x, -1)\n"
+    )
+    res = check_file(f, limits=Limits(wall_s=60, memory_bytes=1 << 30), time_it=False)
+    assert res.category == "memory", res.line()
