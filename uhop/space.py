@@ -279,8 +279,14 @@ class SearchSpace:
 
     # ---- validity -------------------------------------------------------------------------
     def active(self, cfg: Mapping[str, Any], name: str) -> bool:
+        """Whether ``name`` matters for ``cfg`` (its condition holds, and its condition's, ...)."""
         cond = self.conditions.get(name)
-        return cond is None or cfg.get(cond[0]) == cond[1]
+        while cond is not None:
+            other, value = cond
+            if cfg.get(other) != value:
+                return False
+            cond = self.conditions.get(other)
+        return True
 
     def canonical(self, cfg: Mapping[str, Any]) -> Config:
         """``cfg`` in parameter order, inactive parameters pinned to their default."""
@@ -447,7 +453,8 @@ class SearchSpace:
             for p in s.params:
                 q = _renamed(p, f"{label}.{p.name}")
                 params.append(q)
-                conditions[q.name] = ("variant", label)
+                inner = s.conditions.get(p.name)  # a nested union keeps its own conditions
+                conditions[q.name] = (f"{label}.{inner[0]}", inner[1]) if inner else ("variant", label)
             for c in s.constraints:
                 constraints.append(
                     Constraint(lambda cfg, _c=c, _l=label, _s=s: cfg["variant"] != _l or _c(_sub(cfg, _l, _s)),

@@ -128,3 +128,17 @@ def test_bad_space_arguments():
         SearchSpace([Int("a", 0, 1), Int("a", 0, 2)])
     with pytest.raises(ValueError, match="no valid config"):
         SearchSpace([Int("a", 0, 3)], [Constraint(lambda c: False, "never")]).sample(random.Random(0))
+
+
+def test_nested_union_counts_each_kernel_once():
+    inner = SearchSpace.union([tiled_space(), SearchSpace([Pow2("tile", 1, 8)], backend="triton", template="flat")],
+                              ["tiled", "flat"])  # fmt: skip
+    other = SearchSpace.from_candidates([Candidate.of("numpy", "blas")])
+    outer = SearchSpace.union([inner, other], ["triton", "numpy"])
+    assert len(outer) == len(inner) + 1 == len(tiled_space()) + 4 + 1
+    cands = outer.candidates()
+    assert len(set(cands)) == len(cands)
+    rng = random.Random(2)
+    for _ in range(50):
+        cfg = outer.mutate(outer.sample(rng), rng)
+        assert outer.is_valid(cfg) and outer.canonical(cfg) == cfg
