@@ -27,7 +27,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+if "--threads" in sys.argv:  # before numpy loads OpenBLAS: its thread count is read at load time
+    _n = sys.argv[sys.argv.index("--threads") + 1]
+    if _n != "0":
+        for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[_var] = _n
+
+import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -117,16 +123,20 @@ def run_problem(op: str, dims: dict, params: dict, arity: int, rounds: int, min_
     timing_set = ValidationSet(problem, trials=2)
     arg_sets = [t.inputs for t in timing_set.trials]
     best: dict[str, float] = {k: math.inf for k in entries}
+    rounds_ms: dict[str, list[float]] = {k: [] for k in entries}
     for _ in range(rounds):
         for label, kernel in entries.items():
             t = benchmark(kernel, arg_sets, repeat=5, min_time_s=min_time_s)
             best[label] = min(best[label], t.median_s)
+            rounds_ms[label].append(round(t.median_s * 1e3, 4))
     tuned = {k: v for k, v in best.items() if k.startswith("iree ") and k != "iree untuned"}
     best_label = min(tuned, key=tuned.get) if tuned else None
     out = {
         "problem": problem.describe(),
         "op": op, "dims": dims, "params": params, "arity": arity,
         "ms": {k: round(v * 1e3, 4) for k, v in best.items()},
+        "round_medians_ms": rounds_ms,
+        "load_average": os.getloadavg(),
         "status": status,
         "build_s": {k: round(v, 2) for k, v in build_s.items()},
         "best_iree": best_label,
@@ -146,12 +156,17 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="two small problems (CI smoke run)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (best round kept)")
     ap.add_argument("--min-time", type=float, default=0.25, help="seconds per benchmark call")
+    ap.add_argument("--threads", type=int, default=0, help="threads for numpy and IREE (0: each library's default)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "iree_cpu.json")
     args = ap.parse_args()
     from uhop.mlir.compile import compiler_version
     from uhop.mlir.passes import host_target
     from uhop.problem import cpu_model
 
+    if args.threads:
+        import iree.runtime as rt
+
+        rt.flags.parse_flags(f"--task_topology_group_count={args.threads}")
     load_start = os.getloadavg()
     results = []
     for op, dims, params, arity in QUICK if args.quick else FULL:
@@ -168,7 +183,8 @@ def main() -> None:
                                  if k in r), flush=True)  # fmt: skip
     hw = host_target()
     doc = {
-        "command": "python benchmarks/iree_suite.py" + (" --quick" if args.quick else "") + f" --rounds {args.rounds}",
+        "command": "python benchmarks/iree_suite.py" + (" --quick" if args.quick else "")
+        + f" --rounds {args.rounds} --threads {args.threads}",
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
                     "numpy": np.__version__, "iree": compiler_version(), "simd_bytes": hw.simd_bytes,
                     "l2_bytes": hw.l2_bytes, "hw_source": hw.source},

@@ -65,9 +65,9 @@ class IreeBackend(Backend):
             d = problem.dim
             rows = d["B"] * d["M"]
             out = [c("iree", "data-tiled", tile_bytes=0, vector_bytes=vbytes, fuse=True)]
-            # Register tiles of 12-16 accumulators, at most half of AVX-512's 32 registers: 16x16
-            # and 8x48 already spill once operand broadcasts and loads are counted.
-            for vm, vn in ((8, 2 * lanes), (4, 4 * lanes), (6, 2 * lanes)):
+            # Register tiles of 16 accumulators, half of AVX-512's 32 registers: 16x16 and 8x48
+            # already spill once operand broadcasts and loads are counted.
+            for vm, vn in ((8, 2 * lanes), (4, 4 * lanes)):
                 for dm, dn in ((128, 128), (64, 256)):
                     if vm * vn // lanes <= regs // 2:
                         out.append(c("iree", "tiled", dist_m=min(dm, _ceil(rows, vm)), dist_n=min(dn, _ceil(d["N"], vn)),
