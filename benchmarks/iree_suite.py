@@ -156,6 +156,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="two small problems (CI smoke run)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (best round kept)")
     ap.add_argument("--min-time", type=float, default=0.25, help="seconds per benchmark call")
+    ap.add_argument("--only", default="", help="comma-separated ops to run (default: all)")
     ap.add_argument("--threads", type=int, default=0, help="threads for numpy and IREE (0: each library's default)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "iree_cpu.json")
     args = ap.parse_args()
@@ -169,7 +170,10 @@ def main() -> None:
         rt.flags.parse_flags(f"--task_topology_group_count={args.threads}")
     load_start = os.getloadavg()
     results = []
+    only = {o for o in args.only.split(",") if o}
     for op, dims, params, arity in QUICK if args.quick else FULL:
+        if only and op not in only:
+            continue
         r = run_problem(op, dims, params, arity, args.rounds, args.min_time)
         results.append(r)
         shown = sorted(r["ms"].items(), key=lambda kv: kv[1])
