@@ -105,7 +105,8 @@ def test_hostile_contained_without_bwrap(name):
     )  # fmt: skip
     assert not res.ok
     assert res.category in FALLBACK[name], res.line()
-    assert "bwrap" not in res.layers and {"seccomp", "rlimits", "no-writes"} <= set(res.layers)
+    assert "bwrap" not in res.layers and {"seccomp", "rlimits"} <= set(res.layers)
+    assert "no-writes" in res.layers or {"landlock", "tmpfs"} <= set(res.layers)
     _no_escape()
 
 
@@ -134,3 +135,26 @@ def test_timer_patching_does_not_fool_timing(tmp_path):
 def test_cpu_limit_is_a_timeout():
     res = check_file(Path(__file__).parent / "hostile" / "busy_loop.py", limits=Limits(wall_s=30, cpu_s=1), time_it=False)
     assert res.category == "timeout" and "CPU time limit" in res.reason
+
+
+@pytest.mark.parametrize("isolation", ["auto", "seccomp"])
+def test_host_files_and_parent_environment_unreadable(tmp_path, isolation):
+    """A secret file of the host and this process's environment (as /proc shows it) stay out of
+    reach: not mounted (bubblewrap) or refused by Landlock (fallback; without Landlock the
+    fallback cannot promise it and the case is skipped)."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text(SECRET)
+    ours = Path(f"/proc/{os.getpid()}/environ").read_bytes().split(b"\0")
+    marker = next(v for v in ours if b"=" in v and not v.startswith((b"PATH=", b"HOME=", b"LANG=", b"TMPDIR=")))
+    f = tmp_path / "reader.py"
+    f.write_text(
+        "import os\nOP = 'softmax'\ndef run(x):\n    got = []\n"
+        f"    for p in [{str(secret)!r}, '/proc/%d/environ' % os.getppid(), '/proc/{os.getpid()}/environ']:\n"
+        "        try:\n            got.append(open(p, 'rb').read())\n        except OSError:\n            pass\n"
+        f"    leaked = any(b'hunter2' in g or {marker!r} in g for g in got)\n"
+        "    raise RuntimeError('leaked' if leaked else 'nothing')\n"
+    )
+    res = check_file(f, policy=StaticPolicy(enabled=False), time_it=False, isolation=isolation, limits=LIMITS)
+    if isolation == "seccomp" and "landlock" not in res.layers:
+        pytest.skip(f"no Landlock here (layers: {res.layers})")
+    assert res.reason.endswith("nothing"), res.line()

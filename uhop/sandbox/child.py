@@ -189,13 +189,20 @@ class Worker:
                 torch.cuda.init()
                 self.sync = torch.cuda.synchronize
         layers = apply_limits(header["limits"], gpu=self.device == "cuda")
+        deny_writes = bool(header.get("deny_writes", False))
+        ns = [x for x in os.environ.get("UHOP_SANDBOX_LAYERS", "").split(",") if x]
+        # Writes beneath the private dir only: with Landlock, and only where that dir is a
+        # size-capped tmpfs (a quota); otherwise seccomp refuses every write-open.
+        readable = [str(p) for p in header.get("readable", [])] + [f"/proc/{os.getpid()}"]
+        if deny_writes and "tmpfs" in ns and _filters().landlock([str(p) for p in header.get("writable", [])], readable):
+            layers.append("landlock")
+            deny_writes = False
         if header.get("seccomp", True):
-            installed = install_seccomp(deny_writes=bool(header.get("deny_writes", False)))
+            installed = _filters().install(deny_writes=deny_writes)
             if not installed:
                 raise Fault("crash", "the seccomp filter could not be installed (pyseccomp missing?)")
             layers += installed
-        if os.environ.get("UHOP_SANDBOX_NETNS") == "1":
-            layers.append("netns")
+        layers += ns
         self.threads = threading.active_count()
         spec = importlib.util.spec_from_file_location("uhop_candidate", path)
         mod = importlib.util.module_from_spec(spec)
@@ -342,26 +349,44 @@ def apply_limits(limits: dict, gpu: bool) -> list[str]:
     return layers
 
 
-def install_seccomp(deny_writes: bool) -> list[str]:
-    """The filter lives in syscall_filter.py next to this file (loaded by path: this worker never
-    puts its own directory on sys.path, where a candidate's imports would see it)."""
+def _filters():
+    """syscall_filter.py next to this file (seccomp, Landlock), loaded by path: this worker never
+    puts its own directory on sys.path, where a candidate's imports would see it."""
     import importlib.util
 
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "syscall_filter.py")
-    spec = importlib.util.spec_from_file_location("_uhop_syscall_filter", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.install(deny_writes)
+    if "_uhop_syscall_filter" not in sys.modules:
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "syscall_filter.py")
+        spec = importlib.util.spec_from_file_location("_uhop_syscall_filter", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        sys.modules["_uhop_syscall_filter"] = mod
+    return sys.modules["_uhop_syscall_filter"]
 
 
-def _unshare_net() -> bool:
-    """Without bubblewrap: a private network namespace if the kernel lets us (user namespace
-    first, so it also works unprivileged)."""
+def _private_namespaces(home: str, disk_bytes: int) -> list[str]:
+    """Without bubblewrap: a new user + mount + network namespace where the kernel allows it
+    (unprivileged too), with a size-capped tmpfs over the private directory, so the only
+    writable place has a quota and the network is gone. Returns the layers obtained."""
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
-    CLONE_NEWUSER, CLONE_NEWNET = 0x10000000, 0x40000000
-    return libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) == 0 or libc.unshare(CLONE_NEWNET) == 0
+    NEWUSER, NEWNS, NEWNET = 0x10000000, 0x00020000, 0x40000000
+    uid, gid = os.getuid(), os.getgid()  # before unsharing: unmapped ids read as 65534 after
+    if libc.unshare(NEWUSER | NEWNS | NEWNET) != 0:
+        return ["netns"] if libc.unshare(NEWNET) == 0 else []
+    layers = ["netns"]
+    MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE = 2, 4, 1 << 14, 1 << 18
+    try:
+        for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
+        libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None)
+        opts = f"size={int(disk_bytes)},mode=0700".encode()
+        if libc.mount(b"tmpfs", home.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, opts) == 0:
+            layers.append("tmpfs")
+    except OSError:
+        pass
+    return layers
 
 
 def main() -> None:
@@ -374,8 +399,11 @@ def main() -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
     except Exception:
         pass
-    if os.environ.get("UHOP_SANDBOX_UNSHARE_NET") == "1":
-        os.environ["UHOP_SANDBOX_NETNS"] = "1" if _unshare_net() else "0"
+    home = os.environ.get("UHOP_SANDBOX_PRIVATE", "")
+    if home:  # no bubblewrap: namespaces of our own (the parent made ``home`` for us)
+        os.environ["UHOP_SANDBOX_LAYERS"] = ",".join(
+            _private_namespaces(home, int(os.environ.get("UHOP_SANDBOX_DISK_BYTES", 256 << 20)))
+        )
     Worker(rfd, wfd).serve()
 
 

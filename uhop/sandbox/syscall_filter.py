@@ -108,6 +108,56 @@ def x86_64_program(deny_writes: bool, pid: int) -> list[tuple[int, int, int, int
     return p
 
 
+# ---- Landlock: path-based write restriction without namespaces (the fallback's private dir) ----
+_LL_WRITE = (1 << 1) | (1 << 4) | (1 << 5) | sum(1 << b for b in range(6, 13))  # write, remove, make_*
+_LL_REFER, _LL_TRUNCATE = 1 << 13, 1 << 14  # ABI 2, ABI 3
+_LL_NET = (1 << 0) | (1 << 1)  # bind/connect TCP, ABI 4
+_LL_SCOPE = (1 << 0) | (1 << 1)  # abstract unix sockets, signals outside the domain, ABI 6
+
+
+_LL_READ = (1 << 0) | (1 << 2) | (1 << 3)  # execute, read file, read dir
+_LL_FILE = (1 << 0) | (1 << 1) | (1 << 2) | _LL_TRUNCATE  # the rights a rule on a file (not a dir) may hold
+
+
+def landlock(writable: list[str], readable: list[str]) -> bool:
+    """Allow reads only beneath ``readable`` and writes only beneath ``writable`` (plus no
+    TCP and no signals out, where the ABI has them): the bubblewrap file-system view without
+    namespaces. Returns False where Landlock is unavailable (old kernel, LSM off, not x86-64).
+    Applies to the calling thread and the threads it starts (not to BLAS threads started
+    earlier, which run only library code)."""
+    if platform.machine() != "x86_64":
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    abi = libc.syscall(444, None, 0, 1)  # landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION)
+    if abi < 1:
+        return False
+    fs = _LL_READ | _LL_WRITE | (_LL_REFER if abi >= 2 else 0) | (_LL_TRUNCATE if abi >= 3 else 0)
+    attr = struct.pack("=QQQ", fs, _LL_NET if abi >= 4 else 0, _LL_SCOPE if abi >= 6 else 0)
+    size = 8 if abi < 4 else 16 if abi < 6 else 24
+    ruleset = libc.syscall(444, ctypes.c_char_p(attr[:size]), ctypes.c_size_t(size), 0)
+    if ruleset < 0:
+        return False
+    try:
+        rules = [(p, fs) for p in writable] + [(p, _LL_READ) for p in readable]
+        for path, access in rules:
+            try:
+                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except OSError:
+                continue  # an optional path that is not there
+            try:
+                allowed = access if os.path.isdir(path) else access & fs & _LL_FILE
+                rule = ctypes.create_string_buffer(struct.pack("=Qi", allowed, fd))
+                if libc.syscall(445, ruleset, 1, rule, 0) != 0:  # LANDLOCK_RULE_PATH_BENEATH
+                    return False
+            finally:
+                os.close(fd)
+        if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS, required by restrict_self
+            return False
+        return libc.syscall(446, ruleset, 0) == 0  # landlock_restrict_self
+    finally:
+        os.close(ruleset)
+
+
 class _Fprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 

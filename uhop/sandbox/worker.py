@@ -149,13 +149,27 @@ def _bwrap_cmd(limits: Limits, gpu: bool) -> list[str]:
     cmd += ["--proc", "/proc", "--dev", "/dev", "--size", str(limits.disk_bytes), "--tmpfs", "/tmp"]
     cmd += ["--size", str(limits.disk_bytes // 4), "--tmpfs", "/dev/shm"]
     if gpu:
-        for dev in sorted(Path("/dev").glob("nvidia*")) + [Path("/dev/dri")]:
-            cmd += ["--dev-bind-try", str(dev), str(dev)]
+        for dev in _gpu_devices():
+            cmd += ["--dev-bind-try", dev, dev]
         cmd += ["--ro-bind-try", "/sys", "/sys", "--ro-bind-try", "/proc/driver/nvidia", "/proc/driver/nvidia"]
     # bwrap's root is a writable tmpfs holding the mount points: make it read-only so the
     # private /tmp is the only writable place.
     cmd += ["--remount-ro", "/", "--chdir", "/tmp"]
     return cmd
+
+
+def _readable(gpu: bool) -> list[str]:
+    """Without bubblewrap, what Landlock lets the worker read: the same view bwrap binds, plus
+    its own /proc/<pid> (added by the worker; never other processes' environments)."""
+    paths = _ro_paths() + list(_ETC) + ["/sys/devices/system/cpu", "/proc/cpuinfo", "/proc/meminfo", "/dev/urandom",
+                                       "/dev/zero", "/proc/sys/vm/overcommit_memory"]  # fmt: skip
+    if gpu:
+        paths += ["/sys", "/proc/driver/nvidia", "/proc/devices"]
+    return paths
+
+
+def _gpu_devices() -> list[str]:
+    return [str(p) for p in sorted(Path("/dev").glob("nvidia*")) + [Path("/dev/dri")] if p.exists()]
 
 
 def _env(home: str) -> dict[str, str]:
@@ -216,7 +230,8 @@ class Worker:
         self.workdir = f"{home}/work"
         env = _env(home)
         if self.isolation != "bwrap":
-            env["UHOP_SANDBOX_UNSHARE_NET"] = "1"
+            env["UHOP_SANDBOX_PRIVATE"] = home
+            env["UHOP_SANDBOX_DISK_BYTES"] = str(self.limits.disk_bytes)
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
             cwd=home if self._tmp else "/", start_new_session=True, close_fds=True,
@@ -363,9 +378,13 @@ class Worker:
             "cmd": "load", "source": source, "filename": filename, "workdir": self.workdir,
             "limits": asdict(self.limits), "log_bytes": self.limits.log_bytes, "array": array,
             "device": device, "seccomp": True, "deny_writes": self.isolation != "bwrap",
+            "writable": [self._tmp, "/dev/null"] + (_gpu_devices() if self.gpu else []) if self._tmp else [],
+            "readable": _readable(self.gpu),
         })  # fmt: skip
-        if isinstance(reply.get("layers"), list) and "netns" in reply["layers"] and "netns" not in self.layers:
-            self.layers.append("netns")
+        got = reply.get("layers") if isinstance(reply.get("layers"), list) else []
+        if "landlock" in got and "no-writes" in self.layers:  # writes confined by path instead
+            self.layers[self.layers.index("no-writes")] = "landlock"
+        self.layers += [x for x in ("netns", "tmpfs") if x in got and x not in self.layers]
         return self.layers
 
 
