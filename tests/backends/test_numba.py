@@ -243,6 +243,44 @@ def test_compiled_functions_are_shared_between_configs():
     assert len(nbmod._compiled) == before  # block size is a runtime argument: no recompile
 
 
+# ---- recycled outputs ---------------------------------------------------------------------------
+BIG = (1 << 20) + 3  # float32 elements: just over OutputPool.MIN_BYTES
+
+
+def test_recycled_outputs_validate_and_are_never_reused_while_referenced():
+    problem = Problem.make("elementwise", {"N": BIG}, "float32", {"expr": CHAIN})
+    cands = NB.candidates(problem)
+    assert any(c.cfg.get("recycle") for c in cands) and any(not c.cfg.get("recycle") for c in cands)
+    cand = next(c for c in cands if c.cfg.get("recycle"))
+    _check(problem, cand, trials=3)  # includes the stale-output check on held previous outputs
+    kernel = NB.compile(cand, problem)
+    x = np.random.default_rng().uniform(-1, 1, BIG).astype(np.float32)
+    a, b = kernel(x), kernel(x)  # both pooled, both held
+    a_copy, b_address = a.copy(), b.ctypes.data
+    c = kernel(-x)  # pool full and busy: a fresh array
+    assert not np.shares_memory(a, c) and not np.shares_memory(b, c)
+    del b
+    d = kernel(2 * x)
+    assert d.ctypes.data == b_address  # nobody held it any more: recycled
+    np.testing.assert_array_equal(a, a_copy)
+    del d
+    view = kernel(x)[::2]  # only a view of that buffer survives
+    view_copy = view.copy()
+    e = kernel(-x)
+    assert not np.shares_memory(e, view)
+    np.testing.assert_array_equal(view, view_copy)
+    np.testing.assert_array_equal(a, a_copy)
+    del view, e
+    out = kernel(x)
+    assert not np.shares_memory(kernel(out), out)  # an input is never chosen as the output
+
+
+def test_recycling_softmax_keeps_results_distinct():
+    problem = Problem.make("softmax", {"R": 1025, "N": 1024}, "float32")
+    cand = next(c for c in NB.candidates(problem) if c.cfg.get("recycle"))
+    _check(problem, cand, trials=3)
+
+
 # ---- dispatch -----------------------------------------------------------------------------------
 def test_traced_numpy_function_dispatches_to_numba(tmp_path):
     with override(home=tmp_path, backends=("numba",), tune_budget_s=30.0):

@@ -19,6 +19,7 @@ import functools
 import importlib.util
 import math
 import os
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -56,6 +57,63 @@ def _threads() -> int:
         return int(numba.get_num_threads())
     except Exception:
         return os.cpu_count() or 1
+
+
+# ---- output buffers -------------------------------------------------------------------------------
+class OutputPool:
+    """Output allocation for one kernel, optionally recycling buffers nobody references any more.
+
+    A fresh multi-MiB output costs the kernel's page faults: the OS zeroes every page on first
+    touch, which took as long as the fused computation itself on the 16M-element chain. With
+    ``recycle`` a kernel keeps up to ``slots`` outputs and hands one out again only when its
+    reference count shows that no caller, view (``.base``), memoryview, DLPack capsule or torch
+    tensor holds it, so a returned array is never overwritten while reachable: the caching-
+    allocator idea of GPU frameworks, applied to the outputs this kernel made. Inputs passed to a
+    call are referenced by the call itself and so never chosen. Off when the refcount cannot be
+    trusted (free-threaded CPython), for outputs under ``MIN_BYTES`` (allocation is cheap there) and
+    once all pools together hold ``LIMIT_BYTES``.
+    """
+
+    MIN_BYTES = 4 << 20
+    LIMIT_BYTES = 1 << 30
+    _held = 0
+    _held_lock = threading.Lock()
+
+    def __init__(self, recycle: bool, slots: int = 2) -> None:
+        gil = getattr(sys, "_is_gil_enabled", lambda: True)()
+        self.recycle = recycle and gil
+        self.slots = slots
+        self._bufs: list[np.ndarray] = []
+        self._lock = threading.Lock()
+
+    def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        if not self.recycle or math.prod(shape) * dtype.itemsize < self.MIN_BYTES:
+            return np.empty(shape, dtype=dtype)
+        with self._lock:
+            bufs = self._bufs
+            for i in range(len(bufs)):
+                # 2 = the list's reference + getrefcount's argument: nobody else holds it
+                if sys.getrefcount(bufs[i]) == _FREE_REFS and bufs[i].shape == shape and bufs[i].dtype == dtype:
+                    return bufs[i]
+            out = np.empty(shape, dtype=dtype)
+            if len(bufs) < self.slots:
+                with OutputPool._held_lock:
+                    if OutputPool._held + out.nbytes <= self.LIMIT_BYTES:
+                        OutputPool._held += out.nbytes
+                        bufs.append(out)
+            return out
+
+    def __del__(self) -> None:
+        with OutputPool._held_lock:
+            OutputPool._held -= sum(b.nbytes for b in self._bufs)
+
+
+def _free_refs() -> int:
+    probe = [np.empty(1)]
+    return sys.getrefcount(probe[0])
+
+
+_FREE_REFS = _free_refs()
 
 
 # ---- elementwise code generation ----------------------------------------------------------------
@@ -166,7 +224,9 @@ def compile_elementwise(source: str, dtype: str, parallel: bool, wide: bool) -> 
     return fn
 
 
-def elementwise_kernel(expr_text: str, dtype: str, arity: int, parallel: bool, wide: bool, chunk: int) -> Kernel:
+def elementwise_kernel(
+    expr_text: str, dtype: str, arity: int, parallel: bool, wide: bool, chunk: int, pool: OutputPool
+) -> Kernel:
     e = ex.parse(expr_text)
     fn = compile_elementwise(elementwise_source(e, arity), dtype, parallel, wide)
     np_dtype = np.dtype(dtype)
@@ -174,7 +234,7 @@ def elementwise_kernel(expr_text: str, dtype: str, arity: int, parallel: bool, w
     def kernel(*xs: np.ndarray) -> np.ndarray:
         shape = xs[0].shape
         flat = [np.ascontiguousarray(x, dtype=np_dtype).reshape(-1) for x in xs]
-        out = np.empty(shape, dtype=np_dtype)
+        out = pool.empty(shape, np_dtype)
         fn(*flat, out.reshape(-1), out.size, chunk)
         return out
 
@@ -186,26 +246,28 @@ def _rows(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=dtype).reshape(-1, x.shape[-1])
 
 
-def softmax_kernel(dtype: str, parallel: bool, wide: bool, rows: int) -> Kernel:
+def softmax_kernel(dtype: str, parallel: bool, wide: bool, rows: int, pool: OutputPool) -> Kernel:
     fn = _nk().softmax_fn(dtype, parallel, wide)
     np_dtype = np.dtype(dtype)
 
     def kernel(x: np.ndarray) -> np.ndarray:
-        out = np.empty(x.shape, dtype=np_dtype)
+        out = pool.empty(x.shape, np_dtype)
         fn(_rows(x, np_dtype), out.reshape(-1, x.shape[-1]), rows)
         return out
 
     return kernel
 
 
-def norm_kernel(kind: str, dtype: str, arity: int, eps: float, parallel: bool, wide: bool, rows: int) -> Kernel:
+def norm_kernel(
+    kind: str, dtype: str, arity: int, eps: float, parallel: bool, wide: bool, rows: int, pool: OutputPool
+) -> Kernel:
     has_w, has_b = arity >= 2, arity >= 3 and kind == "layernorm"
     fn = _nk().norm_fn(kind, dtype, has_w, has_b, parallel, wide)
     np_dtype = np.dtype(dtype)
     unused = np.zeros(1, dtype=np_dtype)
 
     def kernel(x: np.ndarray, weight: np.ndarray | None = None, bias: np.ndarray | None = None) -> np.ndarray:
-        out = np.empty(x.shape, dtype=np_dtype)
+        out = pool.empty(x.shape, np_dtype)
         w = np.ascontiguousarray(weight, dtype=np_dtype) if has_w else unused
         b = np.ascontiguousarray(bias, dtype=np_dtype) if has_b else unused
         fn(_rows(x, np_dtype), w, b, out.reshape(-1, x.shape[-1]), float(eps), rows)
@@ -263,6 +325,15 @@ def attention_kernel(dtype: str, causal: bool, parallel: bool, wide: bool, block
 _SERIAL_BELOW = 1 << 18
 
 
+def _with_recycling(cands: list[Candidate], out_bytes: int) -> list[Candidate]:
+    """Large outputs: every config also recycles its output buffers (see :class:`OutputPool`),
+    and the first config is kept without recycling so the tuning log shows what it buys."""
+    if out_bytes < OutputPool.MIN_BYTES:
+        return cands
+    rec = [Candidate.of(c.backend, c.template, **c.cfg, recycle=True) for c in cands]
+    return [rec[0], cands[0], *rec[1:]][:5]
+
+
 def _row_block(R: int, threads: int, tasks_per_thread: int) -> int:
     """Rows per parallel task so that each thread gets about ``tasks_per_thread`` tasks."""
     return max(1, math.ceil(R / (threads * tasks_per_thread)))
@@ -307,7 +378,7 @@ class NumbaBackend(Backend):
             out = [c("numba", "fused", parallel=p, wide=w, chunk=chunks[0]) for p, w in flags]
             if n > 4 * chunks[0]:
                 out.insert(1, c("numba", "fused", parallel=flags[0][0], wide=flags[0][1], chunk=chunks[1]))
-            return out
+            return _with_recycling(out, n * np.dtype(problem.dtype).itemsize)
         if problem.op in ("softmax", "layernorm", "rmsnorm"):
             R = problem.dim["R"]
             if R * problem.dim["N"] < _SERIAL_BELOW or R == 1:
@@ -332,19 +403,21 @@ class NumbaBackend(Backend):
         if R >= threads * 64:  # finer tasks balance better when another process shares the cores
             p, w = flags[0]
             out.insert(1, c("numba", template, parallel=p, wide=w, rows=_row_block(R, threads, 32)))
-        return out
+        nbytes = R * problem.dim["N"] * np.dtype(problem.dtype).itemsize
+        return _with_recycling(out, nbytes) if template == "rows" else out
 
     def compile(self, candidate: Candidate, problem: Problem) -> Kernel:
         if not self.available:
             raise RuntimeError(self.availability[1])
         cfg, p, dt = candidate.cfg, problem.param, problem.dtype
         par, wide = bool(cfg.get("parallel", True)), bool(cfg.get("wide", False))
+        pool = OutputPool(bool(cfg.get("recycle", False)))
         if problem.op == "elementwise":
-            kernel = elementwise_kernel(p["expr"], dt, problem.arity, par, wide, int(cfg.get("chunk", 65536)))
+            kernel = elementwise_kernel(p["expr"], dt, problem.arity, par, wide, int(cfg.get("chunk", 65536)), pool)
         elif problem.op == "softmax":
-            kernel = softmax_kernel(dt, par, wide, int(cfg.get("rows", 16)))
+            kernel = softmax_kernel(dt, par, wide, int(cfg.get("rows", 16)), pool)
         elif problem.op in ("layernorm", "rmsnorm"):
-            kernel = norm_kernel(problem.op, dt, problem.arity, p["eps"], par, wide, int(cfg.get("rows", 16)))
+            kernel = norm_kernel(problem.op, dt, problem.arity, p["eps"], par, wide, int(cfg.get("rows", 16)), pool)
         elif problem.op == "matmul":
             kernel = matmul_kernel(dt, p["activation"], problem.arity, par, wide, int(cfg.get("rows", 16)))
         elif problem.op == "attention":
