@@ -22,7 +22,7 @@ pytest.importorskip("numba", reason="numba not installed (pip install 'uhop[cpu]
 @pytest.fixture(scope="module")
 def collected(tmp_path_factory):
     """A SQLite store holding a tiny real collection: 6 matmul problems, registered candidates
-    plus 6 tiled configs each, thread-CPU timed (short benchmarks: labels are noisy, which is fine)."""
+    plus 6 tiled configs each, process-CPU timed (short benchmarks: labels are noisy, which is fine)."""
     from uhop import config
     from uhop.perf.collect import collect
     from uhop.store import SQLiteStore
@@ -30,7 +30,7 @@ def collected(tmp_path_factory):
     home = tmp_path_factory.mktemp("perf_home")
     store = SQLiteStore(home / "uhop.db")
     with config.override(home=home, bench_min_s=0.002, bench_repeat=3, validation_trials=1):
-        res = collect("matmul", samples=40, seed=3, family_n=6, store=store, timer="thread-cpu",
+        res = collect("matmul", samples=40, seed=3, family_n=6, store=store, timer="process-cpu",
                       backends=("numpy", "torch"))  # fmt: skip
     return store, res
 
@@ -134,7 +134,7 @@ def test_collect_records_labelled_samples_and_store_entries(collected):
     rows = telemetry.telemetry_db(store).rows("matmul")
     assert len(rows) == res.rows
     assert {r["backend"] for r in rows} >= {"numpy", "torch", "tiled"}
-    assert all(r["timer"] == "thread-cpu" and r["source"] == "collect" for r in rows)
+    assert all(r["timer"] == "process-cpu" and r["source"] == "collect" for r in rows)
     entries = store.entries("matmul")
     assert len(entries) == len(res.problems)
     assert all(e.candidate["backend"] != "tiled" for e in entries)  # the family never becomes a stored choice
@@ -150,6 +150,12 @@ def test_problem_suite_is_seeded_and_excludes():
     assert not {p.dims for p in c} & {p.dims for p in a}
     with pytest.raises(InputError, match="n must be"):
         problem_suite("matmul", 0, 1)
+    from uhop.perf.collect import collect
+
+    with pytest.raises(InputError, match="timer must be one of"):
+        collect("matmul", 5, timer="sundial")
+    with pytest.raises(InputError, match="samples must be"):
+        collect("matmul", 0)
 
 
 # ---- the model -----------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ def collect(
     seed: int = typer.Option(0, "--seed", help="Seed of the problem suite and candidate sampling."),
     dtype: str = typer.Option("float32", "--dtype"),
     family: int = typer.Option(16, "--family", help="Tiled-family configs sampled per problem (matmul; 0: none)."),
-    timer: str = typer.Option("wall", "--timer", help="wall, or thread-cpu (CPU time; for shared machines, 1 thread)."),
+    timer: str = typer.Option("wall", "--timer", help="wall, process-cpu or thread-cpu (CPU time: shared machines, 1 core, 1 thread)."),
 ) -> None:
     """Run a seeded suite of problems, measure every candidate, record telemetry in the store."""
     from uhop.cli.core import fail

@@ -91,34 +91,56 @@ def candidates_for(problem: Problem, rng: random.Random, family_n: int = 16,
     return out
 
 
-#: clocks a collection can read: wall time, or the measuring thread's CPU time (immune to being
-#: preempted on a shared machine; only meaningful when every thread pool is at 1 thread)
-TIMERS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "thread-cpu": time.thread_time}
+#: clocks a collection can read: wall time, or CPU time (immune to being preempted on a shared
+#: machine) of the measuring thread or of the whole process. CPU time is latency only when the
+#: process is pinned to one core with every thread pool at 1 thread; ``process-cpu`` also counts
+#: runtimes that keep their own worker threads (IREE's task executor), ``thread-cpu`` does not.
+TIMERS: dict[str, Callable[[], float]] = {
+    "wall": time.perf_counter, "thread-cpu": time.thread_time, "process-cpu": time.process_time,
+}  # fmt: skip
 
 
 def evaluate_timed(candidate: Candidate, backend: Backend, problem: Problem, vset: Any, timer: str = "wall") -> Any:
-    """The tuner's :func:`~uhop.tune.tuner.evaluate` (no cutoff), reading ``timer`` as the clock."""
+    """The tuner's :func:`~uhop.tune.tuner.evaluate` (no cutoff), reading ``timer`` as the clock;
+    returns ``(Measurement, kernel or None)``."""
     from uhop.config import settings
     from uhop.measure.bench import benchmark
     from uhop.tune.tuner import Measurement, evaluate
 
     if timer == "wall":
-        return evaluate(candidate, backend, problem, vset)[0]
+        return evaluate(candidate, backend, problem, vset)
     if timer not in TIMERS:
         raise InputError(f"timer must be one of {', '.join(TIMERS)}, got {timer!r}")
     m, kernel = evaluate(candidate, backend, problem, vset, time_it=False)
     if not m.ok:
-        return m
+        return m, None
     s = settings()
     args = [vset.native_inputs(t, backend.array, problem.device) for t in vset.trials]
     try:
         timing = benchmark(kernel, args, repeat=s.bench_repeat, min_time_s=s.bench_min_s, timer=TIMERS[timer])
     except Exception as exc:
-        return Measurement(candidate, "crash", f"while timing: {type(exc).__name__}: {exc}"[:300])
+        return Measurement(candidate, "crash", f"while timing: {type(exc).__name__}: {exc}"[:300]), None
     again = evaluate(candidate, backend, problem, vset, time_it=False)[0]  # still right once warm
     if not again.ok:
-        return Measurement(candidate, again.status, "after timing: " + again.reason, timing)
-    return Measurement(candidate, "ok", "", timing, m.max_err)
+        return Measurement(candidate, again.status, "after timing: " + again.reason, timing), None
+    return Measurement(candidate, "ok", "", timing, m.max_err), kernel
+
+
+def energy_per_call(kernel: Any, args: Sequence[Any], min_time_s: float = 0.2) -> float | None:
+    """Joules per call from the package energy counter over >= ``min_time_s`` of back-to-back
+    calls, or None without a counter (or if it wrapped). Includes idle cores' draw: a package
+    figure, comparable between candidates of one machine, not an isolated kernel's energy."""
+    from uhop.perf.telemetry import read_energy_j
+
+    e0 = read_energy_j()
+    if e0 is None:
+        return None
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < min_time_s:
+        kernel(*args)
+        n += 1
+    e1 = read_energy_j()
+    return (e1 - e0) / n if e1 is not None and e1 >= e0 and n else None
 
 
 def measure_problem(
@@ -129,17 +151,26 @@ def measure_problem(
     tuner ``Measurement`` values in evaluation order."""
     from uhop.config import settings
     from uhop.measure.validate import ValidationSet
-    from uhop.perf.telemetry import record_measurements
+    from uhop.perf.telemetry import read_energy_j, record_measurements
     from uhop.problem import hardware_fingerprint
     from uhop.store import open_store
     from uhop.tune.tuner import content_hash
 
     store = store or open_store()
     vset = ValidationSet(problem, trials=settings().validation_trials)
-    ms = [evaluate_timed(cand, backend, problem, vset, timer) for cand, backend in cands]
+    ms, energy = [], {}
+    has_counter = read_energy_j() is not None
+    for cand, backend in cands:
+        m, kernel = evaluate_timed(cand, backend, problem, vset, timer)
+        ms.append(m)
+        if has_counter and kernel is not None:
+            e = energy_per_call(kernel, vset.native_inputs(vset.trials[0], backend.array, problem.device))
+            if e is not None:
+                energy[cand.id] = e
     fp = hardware_fingerprint(problem.device)
     key = problem.key(settings().shape_buckets)
-    record_measurements(problem, ms, fp, store=store, key=key, source=source, timer=timer, hw=hw, strict=True)
+    record_measurements(problem, ms, fp, store=store, key=key, source=source, timer=timer, hw=hw,
+                        energy_j=energy, strict=True)  # fmt: skip
     registered = [m for m, (_, b) in zip(ms, cands, strict=True) if b.name != "tiled"]
     best = min((m for m in registered if m.ok), key=lambda m: m.median_s, default=None)
     if best is not None:
@@ -170,6 +201,8 @@ def collect(
     measurements are recorded (or ``problems`` is exhausted)."""
     if samples < 1:
         raise InputError(f"samples must be >= 1, got {samples}")
+    if timer not in TIMERS:
+        raise InputError(f"timer must be one of {', '.join(TIMERS)}, got {timer!r}")
     rng = random.Random(seed)
     suite = list(problems) if problems is not None else problem_suite(op, max(4, samples), seed, dtype)
     res = CollectResult()

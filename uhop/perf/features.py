@@ -105,7 +105,8 @@ def _hardware_features(device: str, cores: int) -> tuple[tuple[str, float], ...]
         except Exception:
             hw["hw_bandwidth"] = None
     if device == "cpu":
-        info = _cpuinfo()
+        needed = ("hw_vector_bits", "hw_fma_units", "hw_clock_hz", "hw_l1_bytes", "hw_l2_bytes", "hw_l3_bytes")
+        info = _cpuinfo() if any(hw[k] is None for k in needed) else {}  # py-cpuinfo takes ~1 s
         flags = set(info.get("flags", ()))
         # The process's affinity, not the socket's core count: the manifest's peaks assume every
         # core, but a process pinned to fewer cores (taskset, cgroups) gets only its share.

@@ -50,10 +50,11 @@ RANK_PARAMS: dict[str, Any] = {
     "colsample_bytree": 0.8, "lambda": 1.0, "tree_method": "hist", "nthread": 1, "eval_metric": "ndcg@3",
 }  # fmt: skip
 QUANTILE_PARAMS: dict[str, Any] = {
-    "objective": "reg:quantileerror", "quantile_alpha": list(QUANTILES), "eta": 0.08, "max_depth": 6,
+    "objective": "reg:quantileerror", "quantile_alpha": list(QUANTILES), "eta": 0.12, "max_depth": 5,
     "min_child_weight": 2.0, "subsample": 0.8, "colsample_bytree": 0.8, "tree_method": "hist", "nthread": 1,
 }  # fmt: skip
-ROUNDS = {"ranker": 300, "quantile": 400}
+#: 200 + 200 rounds: as accurate on held-out matmul problems as 300 + 400, at a 2.7 MB artifact
+ROUNDS = {"ranker": 200, "quantile": 200}
 CQR_FOLDS = 4
 
 

@@ -17,6 +17,7 @@ are logged and swallowed (telemetry never breaks tuning).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -74,6 +75,7 @@ def hw_hash(fingerprint: Mapping[str, Any]) -> str:
     return hashlib.sha256(_dumps(dict(fingerprint)).encode()).hexdigest()[:16]
 
 
+@functools.cache
 def versions() -> dict[str, str | None]:
     from uhop.problem import _version
 
@@ -112,7 +114,7 @@ def make_rows(
     """Telemetry rows for ``measurements`` (tuner ``Measurement`` objects or their ``to_json``
     dicts) of ``problem`` (a :class:`~uhop.problem.Problem` or its JSON). ``energy_j`` maps a
     candidate id to joules per call; ``timer`` names the clock the times were read from
-    (``wall``: ``perf_counter``; ``thread-cpu``: the measuring thread's CPU time, immune to
+    (``wall``: ``perf_counter``; ``thread-cpu`` / ``process-cpu``: CPU time, immune to
     preemption on a shared machine); ``hw`` replaces the detected manifest features (a device
     emulated by restricting this one, e.g. to AVX2). Skipped candidates (never run) are not recorded."""
     from uhop.backends.base import Candidate
