@@ -317,6 +317,34 @@ def misaligned_breakdown() -> dict[str, Any]:
     return out
 
 
+def launch_overhead() -> dict[str, Any]:
+    """Host microseconds per call (back-to-back, one sync at the end) of 1024^3 bf16 GEMMs:
+    cuBLAS vs the Triton templates. Where this exceeds the GPU time, the launch path dominates."""
+    import torch
+
+    from uhop.backends.triton_kernels import matmul as mm
+
+    a = torch.rand(1024, 1024, device="cuda", dtype=torch.bfloat16)
+    p = problem_of(Case("x", "matmul", {"B": 1, "M": 1024, "N": 1024, "K": 1024}, "bfloat16"))
+    cfg = {"BM": 128, "BN": 128, "BK": 64, "GM": 8, "warps": 8, "stages": 4, "ws": False, "prec": "ieee"}
+    fns = {"torch.matmul": torch.matmul, "triton_ptr": mm.build("ptr", cfg, p), "triton_tma": mm.build("tma", cfg, p)}
+    out: dict[str, Any] = {}
+    for name, fn in fns.items():
+        for _ in range(20):
+            fn(a, a)
+        torch.cuda.synchronize()
+        best = math.inf
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for _ in range(300):
+                fn(a, a)
+            torch.cuda.synchronize()
+            best = min(best, (time.perf_counter() - t0) / 300 * 1e6)
+        out[f"{name}_us_per_call"] = best
+        out[f"{name}_gpu_ms"] = bench(fn, [a, a])
+    return out
+
+
 def dispatch_overhead() -> dict[str, Any]:
     """Host microseconds per call of ``uhop.ops.matmul`` on a cache hit vs the bare kernel it
     dispatches to and vs ``torch.matmul`` (64x64 fp32 on the GPU; launch-bound)."""
@@ -435,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
         print("tuning:", result["tuning"], flush=True)
         result["misaligned"] = misaligned_breakdown()
         print("misaligned:", result["misaligned"], flush=True)
+        result["launch"] = launch_overhead()
+        print("launch:", result["launch"], flush=True)
         result["dispatch"] = dispatch_overhead()
         print("dispatch:", result["dispatch"], flush=True)
         save()

@@ -33,10 +33,11 @@ def _row_kernel(
     nprog = tl.num_programs(0)
     cols = tl.arange(0, BLOCK_N)
     cmask = cols < N
+    # weight/bias are re-read by every program: keep them in L2 while x streams through
     if HAS_W:
-        w = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + cols, mask=cmask, other=0.0, eviction_policy="evict_last").to(tl.float32)
     if HAS_B:
-        bb = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+        bb = tl.load(b_ptr + cols, mask=cmask, other=0.0, eviction_policy="evict_last").to(tl.float32)
     for rb in tl.range(pid, tl.cdiv(R, ROWS), nprog, num_stages=STAGES):
         rows = rb * ROWS + tl.arange(0, ROWS)
         rmask = rows < R
