@@ -148,7 +148,8 @@ class Evaluation:
         p = self.problem
         out_nbytes = trial.reference.size * np.dtype(p.dtype if p.dtype != "bfloat16" else "float32").itemsize
         reply, arrays = self.w.request(  # the inputs travel with the call: one round trip
-            {"cmd": "call", "slot": slot, "repeat": 2, "return_inputs": True, "out_nbytes": out_nbytes},
+            {"cmd": "call", "slot": slot, "repeat": 2, "return_inputs": True, "out_nbytes": out_nbytes,
+             "max_out_bytes": 2 * trial.reference.size * 8},
             trial.inputs, max_reply=self._reply_cap(trial),
         )
         n_out = 2
@@ -207,7 +208,8 @@ class Evaluation:
 
         def batch(calls: int) -> float:
             t0 = _perf()
-            reply, arrays = self.w.request({"cmd": "bench", "slots": slots, "calls": calls},
+            reply, arrays = self.w.request({"cmd": "bench", "slots": slots, "calls": calls,
+                                            "max_out_bytes": 2 * trials[0].reference.size * 8},
                                            max_reply=self._reply_cap(trials[0]))  # fmt: skip
             wall = _perf() - t0
             slot = (calls - 1) % len(trials)  # which set the last call used: known here, not asked

@@ -241,9 +241,13 @@ class Worker:
         p.fill(0xFF)
         del p
 
-    def _snapshot(self, out, xs) -> bytes:
+    def _snapshot(self, out, xs, max_bytes: int = 1 << 62) -> bytes:
         """Copy the output at once (work finished later on another thread does not count)."""
         import numpy as np
+
+        nbytes = getattr(out, "nbytes", 0)
+        if isinstance(nbytes, int) and nbytes > max_bytes:  # refuse before copying a reply bomb
+            raise Fault("bad-output", f"output of {nbytes} bytes, expected at most {max_bytes}")
 
         if self.array == "torch":
             import torch
@@ -283,7 +287,7 @@ class Worker:
             self._poison(int(header.get("out_nbytes", 0)))
             out = self.run(*xs)
             self.sync()
-            outs.append(self._snapshot(out, xs))
+            outs.append(self._snapshot(out, xs, int(header.get("max_out_bytes", 1 << 62))))
             del out
             self._check_side_effects()
             if r == 0 and header.get("return_inputs"):
@@ -304,7 +308,7 @@ class Worker:
         sync()
         t = _perf() - t0
         last = (calls - 1) % len(sets)
-        blob = self._snapshot(out, sets[last])
+        blob = self._snapshot(out, sets[last], int(header.get("max_out_bytes", 1 << 62)))
         self._check_side_effects()
         return {"ok": True, "slot": slots[last], "child_s": t}, [blob]
 

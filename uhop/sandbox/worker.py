@@ -228,12 +228,15 @@ class Worker:
             cmd, home = python, self._tmp
             self.layers.append("no-writes")
         self.workdir = f"{home}/work"
+        # start-up errors (bwrap, interpreter) land here; the worker moves fd 2 to its own log
+        # before any candidate code runs
+        self._err = tempfile.TemporaryFile()
         env = _env(home)
         if self.isolation != "bwrap":
             env["UHOP_SANDBOX_PRIVATE"] = home
             env["UHOP_SANDBOX_DISK_BYTES"] = str(self.limits.disk_bytes)
         self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, env=env,
             cwd=home if self._tmp else "/", start_new_session=True, close_fds=True,
         )  # fmt: skip
         self._ready = False
@@ -341,9 +344,13 @@ class Worker:
             raise SandboxFault("crash", "worker already discarded")
         deadline = time.monotonic() + (wall_s or self.limits.wall_s)
         if not self._ready:
-            hello = self._read_frame(deadline, 1 << 16)
+            try:
+                self._read_frame(deadline, 1 << 16)
+            except SandboxFault as exc:  # no candidate involved yet: the sandbox itself is broken
+                self._err.seek(0)
+                err = self._err.read()[-400:].decode(errors="replace").strip().replace("\n", " | ")
+                raise SandboxUnavailable(f"the sandbox worker did not start ({exc.reason}): {err}") from None
             self._ready = True
-            del hello
         self._seq += 1
         header = dict(header, id=self._seq)
         data = child.pack(header, [child.npy(np.ascontiguousarray(a)) for a in arrays])
