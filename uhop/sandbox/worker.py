@@ -46,6 +46,8 @@ CHILD = Path(child.__file__).resolve()
 #: Environment variables passed into the sandbox (everything else is dropped: no secrets).
 PASS_ENV = ("LANG", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TRITON_INTERPRET",
             "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "NUMBA_NUM_THREADS")  # fmt: skip
+#: seconds a worker may take to start (interpreter + numpy) before the sandbox counts as broken
+STARTUP_S = 60.0
 #: categories a worker may report for a fault (anything else it says becomes ``crash``)
 WORKER_CATEGORIES = frozenset({"memory", "disk", "forbidden", "crash", "bad-output", "bad-file"})
 _ETC = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/localtime", "/etc/nsswitch.conf", "/etc/hosts")
@@ -342,15 +344,15 @@ class Worker:
         """Send a command; return the reply header and its arrays (plain ndarrays only)."""
         if self.dead:
             raise SandboxFault("crash", "worker already discarded")
-        deadline = time.monotonic() + (wall_s or self.limits.wall_s)
         if not self._ready:
-            try:
-                self._read_frame(deadline, 1 << 16)
+            try:  # start-up is the sandbox's time, not the candidate's: its own generous deadline
+                self._read_frame(time.monotonic() + STARTUP_S, 1 << 16)
             except SandboxFault as exc:  # no candidate involved yet: the sandbox itself is broken
                 self._err.seek(0)
                 err = self._err.read()[-400:].decode(errors="replace").strip().replace("\n", " | ")
                 raise SandboxUnavailable(f"the sandbox worker did not start ({exc.reason}): {err}") from None
             self._ready = True
+        deadline = time.monotonic() + (wall_s or self.limits.wall_s)
         self._seq += 1
         header = dict(header, id=self._seq)
         data = child.pack(header, [child.npy(np.ascontiguousarray(a)) for a in arrays])
