@@ -237,6 +237,21 @@ def test_strided_and_transposed_inputs():
     assert compare(out, _reference(problem, [xt, base[:, :64], bias]), problem).ok
 
 
+def test_kernels_reject_mismatched_inputs_by_name():
+    from uhop.errors import InputError
+
+    problem = Problem.make("elementwise", {"N": 10}, "float32", {"expr": "x0*x1"})
+    kernel = NB.compile(NB.candidates(problem)[0], problem)
+    with pytest.raises(InputError, match="one size"):
+        kernel(np.ones(10, np.float32), np.ones(9, np.float32))
+    problem = Problem.make("layernorm", {"R": 4, "N": 8}, "float32", arity=2)
+    with pytest.raises(InputError, match="weight"):
+        NB.compile(NB.candidates(problem)[0], problem)(np.ones((4, 8), np.float32), np.ones(7, np.float32))
+    problem = Problem.make("matmul", {"B": 1, "M": 4, "N": 8, "K": 3}, "float32", {"activation": "relu"}, arity=3)
+    with pytest.raises(InputError, match="bias"):
+        NB.compile(NB.candidates(problem)[0], problem)(np.ones((4, 3), np.float32), np.ones((3, 8), np.float32), np.ones(9, np.float32))
+
+
 def test_compiled_functions_are_shared_between_configs():
     problem = Problem.make("elementwise", {"N": 999}, "float32", {"expr": "x0*2.5 - 1"})
     NB.compile(Candidate.of("numba", "fused", parallel=True, wide=True, chunk=64), problem)

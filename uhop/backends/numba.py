@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from uhop.backends.base import Backend, Candidate, Kernel
+from uhop.errors import InputError
 from uhop.ops import expr as ex
 from uhop.problem import Problem
 
@@ -234,6 +235,10 @@ def elementwise_kernel(
     def kernel(*xs: np.ndarray) -> np.ndarray:
         shape = xs[0].shape
         flat = [np.ascontiguousarray(x, dtype=np_dtype).reshape(-1) for x in xs]
+        if len(flat) != arity or any(f.size != flat[0].size for f in flat):  # the loop does not bounds-check
+            raise InputError(
+                f"elementwise: expected {arity} inputs of one size, got shapes {[tuple(x.shape) for x in xs]}"
+            )
         out = pool.empty(shape, np_dtype)
         fn(*flat, out.reshape(-1), out.size, chunk)
         return out
@@ -270,6 +275,9 @@ def norm_kernel(
         out = pool.empty(x.shape, np_dtype)
         w = np.ascontiguousarray(weight, dtype=np_dtype) if has_w else unused
         b = np.ascontiguousarray(bias, dtype=np_dtype) if has_b else unused
+        for name, v, used in (("weight", w, has_w), ("bias", b, has_b)):
+            if used and v.shape != (x.shape[-1],):
+                raise InputError(f"{kind}: {name} must have shape ({x.shape[-1]},), got {v.shape}")
         fn(_rows(x, np_dtype), w, b, out.reshape(-1, x.shape[-1]), float(eps), rows)
         return out
 
@@ -286,6 +294,8 @@ def matmul_kernel(dtype: str, activation: str, arity: int, parallel: bool, wide:
         y = np.matmul(a, b)  # vendor BLAS; y is a fresh C-contiguous array we may overwrite
         if epi is not None:
             bv = np.ascontiguousarray(bias, dtype=np_dtype) if has_bias else unused
+            if has_bias and bv.shape != (y.shape[-1],):
+                raise InputError(f"matmul: bias must have shape ({y.shape[-1]},), got {bv.shape}")
             epi(y.reshape(-1, y.shape[-1]), bv, rows)
         return y
 
