@@ -105,8 +105,12 @@ class OutputPool:
             return out
 
     def __del__(self) -> None:
-        with OutputPool._held_lock:
-            OutputPool._held -= sum(b.nbytes for b in self._bufs)
+        try:
+            cls = type(self)
+            with cls._held_lock:
+                cls._held -= sum(b.nbytes for b in self._bufs)
+        except Exception:  # interpreter shutdown: nothing left to account for
+            pass
 
 
 def _free_refs() -> int:
