@@ -15,12 +15,18 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 HONEST = Path(__file__).parent / "honest"
 
 
-@pytest.mark.parametrize("name", ["softmax_torch_cuda", "softmax_triton_cuda"])
-def test_honest_cuda_kernels_pass(name, monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    res = check_file(HONEST / f"{name}.py", limits=Limits(wall_s=120))
+def test_honest_cuda_kernel_passes():
+    res = check_file(HONEST / "softmax_torch_cuda.py", limits=Limits(wall_s=120))
     assert res.ok, res.line()
     assert res.median_s > 0
+
+
+def test_triton_gpu_kernel_needs_ptxas_which_the_sandbox_cannot_exec(monkeypatch):
+    """Known limitation (docs/kernel_format.md): Triton compiles PTX with the ptxas program and
+    exec is forbidden in the sandbox. When that changes, this test should assert ``res.ok``."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    res = check_file(HONEST / "softmax_triton_cuda.py", limits=Limits(wall_s=120))
+    assert res.category == "forbidden", res.line()
 
 
 def test_cuda_host_memory_is_polled(tmp_path):

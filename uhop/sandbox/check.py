@@ -95,7 +95,8 @@ def problems_for(kf: KernelFile, dtype: str | None = None, params: Mapping[str, 
     if dtype not in kf.dtypes:
         raise KernelFileError("bad-file", f"the file declares DTYPES={list(kf.dtypes)}; {dtype} was asked for")
     p = {**kf.params, **(params or {})}
-    return [Problem.make(kf.op, spec.parse_shape(s), dtype, p) for s in (shapes or SHAPES[kf.op])]
+    device = "cuda:0" if kf.device == "cuda" else "cpu"  # inputs still travel as numpy
+    return [Problem.make(kf.op, spec.parse_shape(s), dtype, p, device=device) for s in (shapes or SHAPES[kf.op])]
 
 
 def _fresh_trial(problem: Problem) -> Trial:
