@@ -77,7 +77,7 @@ class IreeBackend(Backend):
             return list(dict.fromkeys(out))
         if problem.op in _ROW_OPS:
             return [c("iree", "default", distribution=dist, vector_bytes=vb, fuse=True, fuse_reductions=fr)
-                    for dist, vb, fr in ((0, vbytes, True), (0, vbytes, False), (16, vbytes, True), (128, vbytes, True),
+                    for dist, vb, fr in ((16, vbytes, True), (0, vbytes, False), (0, vbytes, True), (128, vbytes, True),
                                          (0, min(vbytes, 32), True))]  # fmt: skip
         if problem.op == "elementwise":
             return [c("iree", "default", distribution=dist, vector_bytes=vbytes, fuse=True) for dist in (0, 16384, 131072)]
