@@ -15,7 +15,7 @@ from sandbox_cases import HONEST
 
 from uhop.problem import Problem
 from uhop.sandbox.check import SHAPES, check, check_file, problems_for
-from uhop.sandbox.kernelfile import load
+from uhop.sandbox.kernelfile import StaticPolicy, load
 from uhop.sandbox.worker import Limits, Worker, WorkerPool, resolve_isolation
 
 HONEST_NUMPY = [p for p in HONEST if "torch" not in p.read_text()]
@@ -165,3 +165,18 @@ def test_filter_covers_every_thread(tmp_path):
     res = check_file(f, policy=StaticPolicy(enabled=False), time_it=False)
     modes = res.reason.split("modes ")[1].split(",")
     assert modes and set(modes) == {"2"}, res.reason
+
+
+def test_spare_worker_follows_environment_changes(monkeypatch, tmp_path):
+    """A spare started under other settings (TRITON_INTERPRET here) is not handed out."""
+    f = tmp_path / "env.py"
+    f.write_text("import os\nOP = 'softmax'\ndef run(x):\n    raise RuntimeError('mode=' + os.environ.get('TRITON_INTERPRET', 'unset'))\n")
+    wp = WorkerPool()
+    try:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        kf = load(f, StaticPolicy(enabled=False))
+        assert check(kf, problems_for(kf), workers=wp).reason.endswith("mode=1")
+        monkeypatch.delenv("TRITON_INTERPRET")
+        assert check(kf, problems_for(kf), workers=wp).reason.endswith("mode=unset")
+    finally:
+        wp.close()

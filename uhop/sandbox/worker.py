@@ -174,8 +174,12 @@ def _gpu_devices() -> list[str]:
     return [str(p) for p in sorted(Path("/dev").glob("nvidia*")) + [Path("/dev/dri")] if p.exists()]
 
 
+def _passed_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in PASS_ENV if k in os.environ}
+
+
 def _env(home: str) -> dict[str, str]:
-    env = {k: os.environ[k] for k in PASS_ENV if k in os.environ}
+    env = _passed_env()
     env.update(PATH="/usr/bin:/bin", HOME=home, TMPDIR=home, TRITON_CACHE_DIR=f"{home}/triton",
                NUMBA_CACHE_DIR=f"{home}/numba", PYTHONNOUSERSITE="1")  # fmt: skip
     env.setdefault("LANG", "C.UTF-8")
@@ -230,6 +234,7 @@ class Worker:
             cmd, home = python, self._tmp
             self.layers.append("no-writes")
         self.workdir = f"{home}/work"
+        self.passed_env = _passed_env()
         # start-up errors (bwrap, interpreter) land here; the worker moves fd 2 to its own log
         # before any candidate code runs
         self._err = tempfile.TemporaryFile()
@@ -416,6 +421,9 @@ class WorkerPool:
     def take(self) -> Worker:
         with self._lock:
             w = self._spare if self._spare is not None and self._spare.proc.poll() is None else None
+            if w is not None and w.passed_env != _passed_env():  # started under another environment
+                w.kill()
+                w = None
             if w is None:
                 w = Worker(self.isolation, self.limits, self.gpu)
             self._spare = Worker(self.isolation, self.limits, self.gpu)
