@@ -138,3 +138,12 @@ def test_killed_worker_job_is_retried_and_every_job_completes_once(ray_head, tmp
     assert {j.attempts for j in final} <= {1, 2}
     workers = {j.result["worker"] for j in final}
     assert len(workers) >= 2, "jobs ran on more than one worker"
+
+    # The same cluster through the tuner: a search run whose jobs are Ray tasks.
+    from uhop.tune.tuner import tune
+
+    with config.override(bench_min_s=0.01, bench_repeat=3):
+        res = tune("softmax", {"R": 64, "N": 128}, strategy="random", max_evals=4, executor="ray", address=address,
+                   workers=2, backends=("numpy",), queue_url=f"sqlite:///{tmp_path / 'q.db'}")  # fmt: skip
+    assert res.best is not None and res.best.ok and len(res.measurements) == 4
+    assert q.run(res.run_id)["status"] == "done"
