@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -74,7 +75,8 @@ def test_config_hash_stable_across_processes():
         "from tests.unit.test_space import tiled_space; s = tiled_space(); "
         "print(s.config_hash(next(iter(s.configs()))))"
     )
-    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    root = Path(__file__).resolve().parents[2]
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root).stdout.strip()
     assert here == other and len(here) == 16
     # order of keys does not matter; a different value does
     assert space.config_hash(dict(reversed(list(cfg.items())))) == here
