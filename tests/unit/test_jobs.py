@@ -243,3 +243,20 @@ def test_cli_multi_objective_writes_pareto_front(tmp_path):
     assert bad.exit_code != 0 and "unexpected argument 'speed'" in bad.output
     bad = CliRunner().invoke(build_app(), ["tune", "softmax", "--shape", "8x8", "--strategy", "anneal"])
     assert bad.exit_code != 0 and "--strategy must be one of" in bad.output
+
+
+def test_energy_and_memory_objectives_on_cpu():
+    import numpy as np
+
+    from uhop.tune.objectives import energy_per_call, peak_memory
+
+    x = np.random.default_rng(0).standard_normal((256, 1024))
+
+    def call():
+        return np.exp(x) + 1.0  # two fresh 2 MiB arrays
+
+    mem, how = peak_memory(call, lambda: None, "cpu")
+    assert mem >= x.nbytes and how
+    e, how = energy_per_call(call, lambda: None, "cpu", 1e-3)
+    assert e > 0 and (how.startswith("rapl") or how.startswith("estimate"))
+    assert energy_per_call(call, lambda: None, "cpu", float("inf"))[0] == float("inf")

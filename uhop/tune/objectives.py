@@ -147,11 +147,21 @@ def peak_memory(fn: Callable[[], Any], sync: Callable[[], None], device: str) ->
     traced = tracemalloc.get_traced_memory()[1] - base
     if started:
         tracemalloc.stop()
+    floor = _nbytes(out)
     del out
     grown = None
     after = _hwm_kib()
     if hwm is not None and after is not None:
         grown = max(0, after - hwm) * 1024
-    if grown is not None and grown > traced:
-        return float(grown), "rss high-water mark"
-    return float(max(traced, 0)), "tracemalloc"
+    best, how = max((float(max(traced, 0)), "tracemalloc"), (float(grown or 0), "rss high-water mark"))
+    if floor > best:  # allocators that neither trace nor grow RSS (torch reusing freed pages): the output at least
+        return float(floor), "output size (allocator not traced)"
+    return best, how
+
+
+def _nbytes(x: Any) -> int:
+    if hasattr(x, "nbytes"):
+        return int(x.nbytes)
+    if hasattr(x, "element_size") and hasattr(x, "numel"):
+        return int(x.element_size() * x.numel())
+    return 0
