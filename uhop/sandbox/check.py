@@ -112,8 +112,9 @@ def _wrong_mask(out: np.ndarray, ref: np.ndarray, problem: Problem) -> np.ndarra
 
 
 def _is_partial(out: np.ndarray, ref: np.ndarray, problem: Problem, prev: np.ndarray | None) -> bool:
-    """Some elements right, every wrong one untouched memory: poison (all-0xFF bytes), zero,
-    or what the previous call left there."""
+    """Part of the output right, the rest never written. Unwritten memory is poison (all-0xFF
+    bytes), zero, the previous output, or allocator garbage; garbage has no value pattern, so the
+    shape of the wrong region decides: whole rows, whole columns, or a few contiguous runs."""
     wrong = _wrong_mask(out, ref, problem)
     n_wrong = int(wrong.sum())
     if n_wrong == 0 or n_wrong > 0.99 * wrong.size:  # a few right by chance is not a partial write
@@ -122,7 +123,15 @@ def _is_partial(out: np.ndarray, ref: np.ndarray, problem: Problem, prev: np.nda
     untouched = np.all(raw == 0xFF, axis=-1) | (out == 0)
     if prev is not None and prev.shape == out.shape:
         untouched |= out == prev
-    return bool(np.all(untouched[wrong]))
+    if np.all(untouched[wrong]):
+        return True
+    w2 = wrong.reshape(-1, wrong.shape[-1]) if wrong.ndim else wrong.reshape(1, 1)
+    rows, cols = w2.all(axis=1), w2.all(axis=0)
+    if np.array_equal(w2, np.broadcast_to(rows[:, None], w2.shape)) or np.array_equal(w2, np.broadcast_to(cols, w2.shape)):
+        return True  # whole rows (a skipped block of rows) or whole columns (a missed tail tile)
+    flat = wrong.reshape(-1).astype(np.int8)
+    runs = int(np.count_nonzero(np.diff(flat) == 1)) + int(flat[0])
+    return runs <= 4
 
 
 class Evaluation:

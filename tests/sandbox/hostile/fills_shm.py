@@ -1,5 +1,5 @@
 # expect: forbidden
-# expect-unchecked: disk
+# expect-unchecked: disk|forbidden
 """Fills /dev/shm (memory-backed) instead of the disk."""
 OP = "softmax"
 
