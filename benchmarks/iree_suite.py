@@ -188,7 +188,7 @@ def main() -> None:
     hw = host_target()
     doc = {
         "command": "python benchmarks/iree_suite.py" + (" --quick" if args.quick else "")
-        + f" --rounds {args.rounds} --threads {args.threads}",
+        + f" --rounds {args.rounds} --threads {args.threads}" + (f" --only {args.only}" if args.only else ""),
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
                     "numpy": np.__version__, "iree": compiler_version(), "simd_bytes": hw.simd_bytes,
                     "l2_bytes": hw.l2_bytes, "hw_source": hw.source},
