@@ -92,14 +92,15 @@ class IreeBackend(Backend):
         if problem.op != "matmul":
             return SearchSpace.from_candidates(self.candidates(problem))
         vbytes, lanes, regs = _lanes(problem)
+        # Powers of two only (a 6-row or 48-column register tile compiles to much slower code) and at
+        # most half the vector registers as accumulators (more spills; the guard would reject it).
         tiled = SearchSpace(
-            [Pow2("dist_m", 16, 512), Pow2("dist_n", 16, 512), Categorical("vec_m", (4, 6, 8, 12, 16)),
-             Categorical("vec_n", tuple(lanes * k for k in (1, 2, 3, 4))), Categorical("vec_k", (1, 2, 4)),
+            [Pow2("dist_m", 16, 512), Pow2("dist_n", 16, 512), Pow2("vec_m", 2, 16),
+             Categorical("vec_n", tuple(lanes * k for k in (1, 2, 4))), Pow2("vec_k", 1, 4),
              Categorical("vector_bytes", (vbytes,)), Categorical("fuse", (True,))],
-            [Constraint(lambda cfg: cfg["vec_m"] * cfg["vec_n"] // lanes <= regs - 4,
-                        f"accumulators vec_m*vec_n/{lanes} <= {regs - 4} vector registers"),
-             Constraint(lambda cfg: cfg["dist_m"] % cfg["vec_m"] == 0 or cfg["vec_m"] % 2,
-                        "dist_m is a multiple of vec_m"),
+            [Constraint(lambda cfg: cfg["vec_m"] * cfg["vec_n"] // lanes <= regs // 2,
+                        f"accumulators vec_m*vec_n/{lanes} <= {regs // 2} (half the vector registers)"),
+             Constraint(lambda cfg: cfg["dist_m"] % cfg["vec_m"] == 0, "dist_m is a multiple of vec_m"),
              Constraint(lambda cfg: cfg["dist_n"] % cfg["vec_n"] == 0, "dist_n is a multiple of vec_n")],
             backend="iree", template="tiled",
         )  # fmt: skip
