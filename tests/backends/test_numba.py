@@ -146,6 +146,25 @@ def test_attention_float64_batched_heads():
     assert compare(out, _reference(problem, [q, k, v]), problem).ok
 
 
+@pytest.mark.parametrize(
+    "op,dims,params,arity",
+    [("elementwise", {"N": (1 << 20) + 1}, {"expr": CHAIN}, 1), ("layernorm", {"R": 67, "N": 45}, {}, 3),
+     ("matmul", {"B": 2, "M": 9, "N": 6, "K": 4}, {"activation": "silu"}, 3),
+     ("attention", {"B": 2, "S": 40, "L": 23, "D": 8, "E": 4}, {"causal": True}, 3)],
+)  # fmt: skip
+def test_typed_space_configs_validate(op, dims, params, arity):
+    import random
+
+    from uhop.space import space_of
+
+    problem = Problem.make(op, dims, "float32", params, arity=arity)
+    space = space_of(NB, problem)
+    assert "parallel" in space.names
+    rng = random.Random(0)
+    for _ in range(4):
+        _check(problem, space.candidate(space.sample(rng)), trials=1)
+
+
 # ---- shapes -------------------------------------------------------------------------------------
 @HYP
 @given(a=PRIMES_AND_ONE, b=PRIMES_AND_ONE, chunk=st.sampled_from([1, 7, 4096]))

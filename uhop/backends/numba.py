@@ -420,6 +420,32 @@ class NumbaBackend(Backend):
         nbytes = R * problem.dim["N"] * np.dtype(problem.dtype).itemsize
         return _with_recycling(out, nbytes) if template == "rows" else out
 
+    def space(self, problem: Problem) -> Any:
+        """Typed search space (strategies beyond the candidate list): ``parallel`` and ``wide``
+        (compiled variants), ``chunk`` / ``rows`` / ``block`` (runtime, powers of two) and, for
+        outputs of at least ``OutputPool.MIN_BYTES``, ``recycle``."""
+        from uhop.space import Categorical, Pow2, SearchSpace
+
+        flags = [Categorical("parallel", (True, False)), Categorical("wide", (True, False) if _has_avx512() else (False,))]
+        itemsize = np.dtype(problem.dtype).itemsize
+        d = problem.dim
+        if problem.op == "elementwise":
+            params, template, out_bytes = [*flags, Pow2("chunk", 1 << 12, 1 << 18)], "fused", d["N"] * itemsize
+        elif problem.op in ("softmax", "layernorm", "rmsnorm"):
+            high = min(1 << 12, 1 << max(0, (d["R"] - 1).bit_length()))
+            params, template, out_bytes = [*flags, Pow2("rows", 1, high)], "rows", d["R"] * d["N"] * itemsize
+        elif problem.op == "matmul":
+            high = min(1 << 12, 1 << max(0, (d["B"] * d["M"] - 1).bit_length()))
+            params, template, out_bytes = [*flags, Pow2("rows", 1, high)], "blas+epilogue", 0
+        elif problem.op == "attention":  # serial softmax only (see candidates)
+            params = [Categorical("parallel", (False,)), flags[1], Pow2("block", 16, 1024)]
+            template, out_bytes = "blocked", 0
+        else:
+            return None
+        if out_bytes >= OutputPool.MIN_BYTES:
+            params.append(Categorical("recycle", (True, False)))
+        return SearchSpace(params, backend="numba", template=template)
+
     def compile(self, candidate: Candidate, problem: Problem) -> Kernel:
         if not self.available:
             raise RuntimeError(self.availability[1])
