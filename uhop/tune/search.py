@@ -179,7 +179,8 @@ def search(
         if job.status == "done" and job.result:
             m = Measurement.from_json(job.result["measurement"])
         else:  # lost every attempt (worker crashes, timeouts): a failed candidate, not a lost one
-            m = Measurement(space.candidate(cfg), "crash", job.error or job.status)
+            cand = Candidate.of(job.backend, job.params.get("template", ""), **job.params.get("config", {}))
+            m = Measurement(cand, "crash", job.error or job.status)
         return cfg, values_of(m, objectives), m
 
     total = max_evals or (space.size() or 0)
@@ -193,7 +194,8 @@ def search(
                 pass
             for job in queue.jobs(run_id=run_id, status=("done", "failed")):
                 cfg, vals, m = trial_of(job)
-                prior[space.config_hash(cfg)] = (cfg, vals, m)
+                if space.is_valid(cfg):  # a backend that vanished since: its results no longer apply
+                    prior[space.config_hash(cfg)] = (cfg, vals, m)
 
         def evaluate_batch(cfgs: list[dict[str, Any]]):
             jobs = []
