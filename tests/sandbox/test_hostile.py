@@ -13,8 +13,8 @@ from uhop.sandbox.check import CATEGORIES, check_file
 from uhop.sandbox.kernelfile import StaticPolicy
 from uhop.sandbox.worker import Limits, bwrap_path
 
-# Short limits: the timeout cases cost ~2 s each.
-LIMITS = Limits(wall_s=2.0, cpu_s=4)
+# Short limits (the timeout cases cost ~3 s each) and a small private disk (fills quickly).
+LIMITS = Limits(wall_s=3.0, cpu_s=6, disk_bytes=64 << 20)
 SENTINELS = [Path.home() / "uhop_pwned.txt", Path("/root/uhop_pwned.txt"), Path("/tmp/uhop_exec_pwned"),
              Path("/tmp/uhop_unpickled")]  # fmt: skip
 
