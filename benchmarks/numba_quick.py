@@ -17,6 +17,7 @@ import math
 import numpy as np
 
 from uhop import backends as bk
+from uhop.backends import numpy as numpy_backend
 from uhop.measure.bench import benchmark
 from uhop.measure.validate import ValidationSet, check_kernel
 from uhop.problem import Problem
@@ -42,11 +43,22 @@ def eager_rmsnorm(x):
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + 1e-6)
 
 
+def eager_matmul_gelu(a, b, bias):
+    return numpy_backend.matmul_kernel("gelu", "float32")(a, b, bias)  # BLAS + numpy's multi-pass epilogue
+
+
+def eager_attention(q, k, v):
+    return numpy_backend.attention_kernel(True)(q, k, v)
+
+
+# (op, dims, params, arity, numpy eager baseline, target speedup or None)
 CASES = [
-    ("elementwise", {"N": 16 * 1024 * 1024}, {"expr": "sigmoid(x0*1.5+0.5)*x0-0.25"}, eager_chain, 8.0),
-    ("softmax", {"R": 8192, "N": 1024}, {}, eager_softmax, 3.0),
-    ("layernorm", {"R": 8192, "N": 1024}, {}, eager_layernorm, 3.0),
-    ("rmsnorm", {"R": 8192, "N": 1024}, {}, eager_rmsnorm, None),
+    ("elementwise", {"N": 16 * 1024 * 1024}, {"expr": "sigmoid(x0*1.5+0.5)*x0-0.25"}, 1, eager_chain, 8.0),
+    ("softmax", {"R": 8192, "N": 1024}, {}, 1, eager_softmax, 3.0),
+    ("layernorm", {"R": 8192, "N": 1024}, {}, 1, eager_layernorm, 3.0),
+    ("rmsnorm", {"R": 8192, "N": 1024}, {}, 1, eager_rmsnorm, None),
+    ("matmul", {"B": 1, "M": 2048, "N": 1024, "K": 256}, {"activation": "gelu"}, 3, eager_matmul_gelu, None),
+    ("attention", {"B": 8, "S": 1024, "L": 1024, "D": 64, "E": 64}, {"causal": True}, 3, eager_attention, None),
 ]
 
 
@@ -55,16 +67,19 @@ def main() -> None:
     ap.add_argument("--json", help="write results here")
     ap.add_argument("--min-time", type=float, default=0.3, help="seconds of timed calls per kernel and round")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each kernel keeps its best")
+    ap.add_argument("--only", nargs="*", help="ops to run (default: all)")
     args = ap.parse_args()
     nb = bk.get("numba")
     if not nb.available:
         raise SystemExit(nb.availability[1])
     print(nb.availability[1])
     results = []
-    for op, dims, params, eager, target in CASES:
-        problem = Problem.make(op, dims, "float32", params, arity=1)
+    for op, dims, params, arity, eager, target in CASES:
+        if args.only and op not in args.only:
+            continue
+        problem = Problem.make(op, dims, "float32", params, arity=arity)
         rng = np.random.default_rng(0)
-        arg_sets = [problem.spec.make_inputs(problem.dim, problem.param, rng, "float32", 1) for _ in range(3)]
+        arg_sets = [problem.spec.make_inputs(problem.dim, problem.param, rng, "float32", arity) for _ in range(3)]
         vset = ValidationSet(problem, trials=1)
         kernels = {"numpy-eager": eager}
         status = {"numpy-eager": "ok"}
