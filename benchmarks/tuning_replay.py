@@ -4,8 +4,8 @@ The space: a cache-blocked numba matmul (float32, 384x384x384) with five tunable
 row/column/depth tile sizes (powers of two), block-loop order and parallel chunking (row blocks
 per prange task) -- under a cache constraint (A and B tiles fit in 1 MiB, half this CPU's L2).
 Every valid config was measured on a machine (``record``: shuffled order, best of ``--passes``)
-and stored as JSON under ``benchmarks/data/``: ``blocked_matmul_space.json`` (the 2-core dev
-machine) and ``blocked_matmul_space_16core.json`` (a quiet 16-core Xeon). ``replay`` runs each
+and stored as JSON under ``benchmarks/data/`` (``blocked_matmul_space.json``: the 2-core dev
+machine, one pass in grid order, recorded while other jobs ran on it). ``replay`` runs each
 strategy against the stored times, so the comparison is deterministic and needs no timing.
 ``live`` re-measures the default grid (what a hand-written backend lists) against the config a
 strategy finds.
