@@ -45,7 +45,7 @@ def _conv_kernel(
     x_row = x_ptr + n.to(tl.int64) * s_xn
     CRS = C * R * S
     acc = tl.zeros((BM, BN), dtype=tl.float32)
-    rbn = tl.where(rn < K, rn, 0)
+    rbn = tl.max_contiguous(tl.multiple_of(tl.where(rn < K, rn, 0), BN), BN)  # clamped: unmasked B loads
     for t0 in range(0, CRS, BK):
         t = t0 + tl.arange(0, BK)
         if CHUNK_C:  # C % BK == 0: the chunk shares one (r, s), and its channels are contiguous
