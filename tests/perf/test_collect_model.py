@@ -79,8 +79,9 @@ def test_tuner_run_recorded_as_telemetry_in_the_store_file(uhop_home):
     from uhop.tune.tuner import tune
 
     res = tune("softmax", {"R": 5, "N": 37}, "float32", backends=("numpy",))
-    n = telemetry.record_measurements(res.problem, res.measurements, store=open_store(), key=res.key, strict=True)
-    assert n == len([m for m in res.measurements if m.status != "skipped"]) > 0
+    # the tuner records its own run (tuner._record_telemetry): one row per measured candidate
+    n = len([m for m in res.measurements if m.status != "skipped"])
+    assert n > 0
     db = telemetry.telemetry_db(open_store())
     assert db.path == open_store().path  # same database file as the kernel store
     rows = db.rows("softmax")

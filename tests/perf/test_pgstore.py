@@ -143,7 +143,7 @@ def test_open_store_tune_and_telemetry_through_postgres(pg_url, monkeypatch):
         store = open_store()
         assert type(store).__name__ == "PostgresStore" and store.url == pg_url
         assert store.get(res.key).candidate == res.best.candidate.to_json()
-        n = telemetry.record_measurements(res.problem, res.measurements, store=store, key=res.key, strict=True)
+        n = len([m for m in res.measurements if m.status != "skipped"])  # recorded by the tuner itself
     rows = telemetry.telemetry_db(store).rows("softmax")
     assert len(rows) == n == len([m for m in res.measurements if m.status != "skipped"]) > 0
     ok = [r for r in rows if r["status"] == "ok"]

@@ -1,4 +1,4 @@
-"""The persistent job queue (SQLite; PostgreSQL with UHOP_TEST_PG_URL) and the local executors."""
+"""The persistent job queue (SQLite; PostgreSQL: a local test server, or UHOP_TEST_PG_URL) and the local executors."""
 
 from __future__ import annotations
 
@@ -20,9 +20,8 @@ def queue(request, tmp_path):
     if request.param == "sqlite":
         q = SQLiteJobQueue(tmp_path / "jobs.db")
     else:
-        if not PG_URL:
-            pytest.skip("set UHOP_TEST_PG_URL=postgresql://... to test the PostgreSQL job queue")
-        q = PostgresJobQueue(PG_URL)
+        url = PG_URL or request.getfixturevalue("pg_url")  # a real local server (tests/conftest.py)
+        q = PostgresJobQueue(url)
     yield q
     q.close()
 
@@ -111,10 +110,11 @@ def _claimer(url: str, run: str, out: mp.Queue) -> None:
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_concurrent_claimers_take_each_job_once(tmp_path, kind):
-    if kind == "postgresql" and not PG_URL:
-        pytest.skip("set UHOP_TEST_PG_URL=postgresql://... to test the PostgreSQL job queue")
-    url = PG_URL if kind == "postgresql" else f"sqlite:///{tmp_path / 'jobs.db'}"
+def test_concurrent_claimers_take_each_job_once(tmp_path, kind, request):
+    if kind == "postgresql":
+        url = PG_URL or request.getfixturevalue("pg_url")
+    else:
+        url = f"sqlite:///{tmp_path / 'jobs.db'}"
     q = open_queue(url)
     run = q.create_run({})
     ids = q.submit([softmax_job(run, r, b) for r in range(1, 31) for b in (16, 64)])

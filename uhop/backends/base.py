@@ -59,6 +59,9 @@ class Backend(ABC):
     #: generated code from UHOP's own templates runs in-process; untrusted code never does
     trusted: ClassVar[bool] = True
     ops: ClassVar[tuple[str, ...]] = ()
+    #: modules (besides the backend's own) whose source determines the kernels: hashed into every
+    #: stored entry's content hash, so editing a kernel module invalidates what was tuned with it
+    source_modules: ClassVar[tuple[str, ...]] = ()
     dtypes: ClassVar[tuple[str, ...]] = ("float32", "float64")
 
     @functools.cached_property
@@ -86,6 +89,11 @@ class Backend(ABC):
     @abstractmethod
     def candidates(self, problem: Problem) -> Sequence[Candidate]:
         """Configs worth trying for ``problem``, best guess first (the ``fast`` policy's pick)."""
+
+    def space(self, problem: Problem) -> Any:
+        """A typed :class:`uhop.space.SearchSpace` for ``problem``, or None: the search strategies
+        then explore :meth:`candidates` as a flat list."""
+        return None
 
     @abstractmethod
     def compile(self, candidate: Candidate, problem: Problem) -> Kernel:

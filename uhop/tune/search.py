@@ -22,7 +22,7 @@ from uhop.backends.base import Candidate
 from uhop.config import settings
 from uhop.errors import NoCandidateError
 from uhop.problem import Problem, hardware_fingerprint
-from uhop.tune.tuner import Measurement, ProgressFn, TuneResult, content_hash, evaluate
+from uhop.tune.tuner import Measurement, ProgressFn, TuneResult, _record_telemetry, content_hash, evaluate
 
 _VSETS: OrderedDict[Problem, Any] = OrderedDict()
 
@@ -168,7 +168,15 @@ def search(
         reasons = "; ".join(f"{b.name}: {b.availability[1]}" for b in bk.all_backends())
         raise NoCandidateError(f"no available backend supports {problem.describe()} ({reasons})")
     space = space_for_problem(problem, usable)
-    strat = S.make(strategy, space, objectives=objectives, weights=weights, seed=seed)
+    extra: dict[str, Any] = {}
+    if strategy == "surrogate":  # a trained cost model guides the search when there is one
+        try:
+            from uhop.perf.model import surrogate_model
+
+            extra["cost_model"] = surrogate_model(problem, space)
+        except ImportError:
+            pass
+    strat = S.make(strategy, space, objectives=objectives, weights=weights, seed=seed, **extra)
     budget = S.SearchBudget(max_evals=max_evals, max_seconds=budget_s, patience=patience)
     latency_only = tuple(objectives) == ("latency",)
     best_latency = [math.inf]
@@ -229,6 +237,7 @@ def search(
         best = None
     pareto = [t.extra for t in res.pareto]
     fp = hardware_fingerprint(problem.device)
+    _record_telemetry(problem, measurements, store, key)
     summary = {"evaluations": res.evaluations, "stopped": res.stopped,
                "best": best.candidate.to_json() if best else None}  # fmt: skip
     if best is None:

@@ -8,6 +8,7 @@ and never reaches the store as a choice.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import inspect
 import itertools
 import math
@@ -111,11 +112,16 @@ def content_hash(candidate: Candidate, key: str, backend: Backend) -> str:
     h = hashlib.sha256()
     h.update(repr((candidate.backend, candidate.template, candidate.config)).encode())
     h.update(key.encode())
-    try:
-        h.update(inspect.getsource(type(backend)).encode())
-        h.update(inspect.getsource(inspect.getmodule(type(backend))).encode())  # type: ignore[arg-type]
-    except (OSError, TypeError):
-        h.update(type(backend).__qualname__.encode())
+    modules = [inspect.getmodule(type(backend))]
+    modules += [importlib.import_module(m) for m in getattr(backend, "source_modules", ())]
+    for mod in modules:  # the backend's code and the kernel modules it generates from
+        try:
+            h.update(inspect.getsource(mod).encode())  # type: ignore[arg-type]
+        except (OSError, TypeError):
+            h.update(type(backend).__qualname__.encode())
+    file_hash = getattr(backend, "kernel_sha256", None)
+    if file_hash is not None:  # user kernel files: the exact bytes of the file
+        h.update(str(file_hash(candidate)).encode())
     return h.hexdigest()
 
 
@@ -130,7 +136,13 @@ def _interleave(per_backend: Sequence[Sequence[Candidate]]) -> list[Candidate]:
 def _fast_order(problem: Problem, usable: list[Backend], per_backend: list[list[Candidate]]) -> list[Candidate]:
     vendor_first = problem.op in _VENDOR_FIRST
     order = sorted(range(len(usable)), key=lambda i: (usable[i].vendor != vendor_first, i))
-    return [c for i in order for c in per_backend[i]]
+    heuristic = [c for i in order for c in per_backend[i]]
+    try:  # a trained cost model reorders by predicted latency; without one the heuristic stands
+        from uhop.perf.model import rank
+
+        return [c for c, _ in rank(problem, heuristic)]
+    except ImportError:
+        return heuristic
 
 
 def evaluate(
@@ -166,6 +178,15 @@ def evaluate(
     if not again.ok:
         return Measurement(candidate, again.status, "after timing: " + again.reason, timing), None
     return Measurement(candidate, "ok", "", timing, verdict.max_err), kernel
+
+
+def _record_telemetry(problem: Problem, measurements: Sequence[Measurement], store: Any, key: str) -> None:
+    """Every measurement is data for the cost model (never raises; a no-op without uhop.perf)."""
+    try:
+        from uhop.perf.telemetry import record_measurements
+    except ImportError:
+        return
+    record_measurements(problem, measurements, hardware_fingerprint(problem.device), store=store, key=key)
 
 
 def _single(vset: ValidationSet) -> ValidationSet:
@@ -273,6 +294,7 @@ def tune(
         if progress:
             progress(i + 1, len(order), m)
 
+    _record_telemetry(problem, measurements, store, key)
     entry = None
     chosen_backend = by_name[best.candidate.backend] if best is not None else None
     if best is not None:
