@@ -9,7 +9,7 @@ Settings are read from the environment when :func:`settings` is first called and
 | ``UHOP_STORE`` | ``sqlite:///$UHOP_HOME/uhop.db`` | store URL (``sqlite:///path`` or ``postgresql://...``) |
 | ``UHOP_DISABLE`` | ``0`` | ``1``: ``@uhop.optimize`` calls the user's function directly |
 | ``UHOP_POLICY`` | ``tune`` | ``tune`` (measure candidates) or ``fast`` (choose without timing) |
-| ``UHOP_TUNE_BUDGET_S`` | ``20`` | wall-clock budget for tuning one problem, seconds |
+| ``UHOP_TUNE_BUDGET_S`` | ``10`` | wall-clock budget for tuning one problem, seconds |
 | ``UHOP_BENCH_MIN_S`` | ``0.05`` | minimum measured time per candidate, seconds |
 | ``UHOP_BENCH_REPEAT`` | ``7`` | maximum timed repeats per candidate |
 | ``UHOP_SHAPE_BUCKETS`` | ``exact`` | ``exact`` or ``pow2``: how dims map to a shape class |
@@ -50,7 +50,7 @@ class Settings:
     store_url: str = ""
     disable: bool = False
     policy: str = "tune"
-    tune_budget_s: float = 20.0
+    tune_budget_s: float = 10.0
     bench_min_s: float = 0.05
     bench_repeat: int = 7
     shape_buckets: str = "exact"
@@ -82,7 +82,7 @@ class Settings:
             store_url=env("UHOP_STORE", ""),
             disable=_env_bool("UHOP_DISABLE", False),
             policy=env("UHOP_POLICY", "tune").strip().lower(),
-            tune_budget_s=float(env("UHOP_TUNE_BUDGET_S", "20")),
+            tune_budget_s=float(env("UHOP_TUNE_BUDGET_S", "10")),
             bench_min_s=float(env("UHOP_BENCH_MIN_S", "0.05")),
             bench_repeat=int(env("UHOP_BENCH_REPEAT", "7")),
             shape_buckets=env("UHOP_SHAPE_BUCKETS", "exact").strip().lower(),

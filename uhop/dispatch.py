@@ -44,9 +44,36 @@ def _arg_sig(a: Any) -> Any:
         return (a.shape, a.dtype.num, a.flags.c_contiguous)
     if a is None:
         return None
-    if hasattr(a, "is_contiguous"):  # torch.Tensor
-        return (a.shape, a.dtype, a.is_contiguous(), a.device)
+    if hasattr(a, "is_contiguous"):  # torch.Tensor; get_device() is an int, cheaper than .device
+        return (a.shape, a.dtype, a.is_contiguous(), a.get_device())
+    if hasattr(a, "__dlpack__") and hasattr(a, "shape"):  # CuPy, JAX, ... (zero-copy via DLPack)
+        return (type(a), tuple(a.shape), str(a.dtype), getattr(a, "strides", None), a.__dlpack_device__())
     return (type(a), a)
+
+
+def _foreign(a: Any) -> bool:
+    """An array of another library (CuPy, JAX...) that UHOP takes through DLPack as torch."""
+    return a is not None and type(a) is not _ND and not hasattr(a, "is_contiguous") and hasattr(a, "__dlpack__")
+
+
+def _via_dlpack(args: Sequence[Any], torch_kernel: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a torch-in, torch-out kernel for a foreign DLPack library: inputs and the output
+    cross by DLPack (zero-copy, same device), the result in the caller's library."""
+    import sys
+
+    import torch
+
+    first = next(a for a in args if _foreign(a))
+    lib = sys.modules[type(first).__module__.split(".")[0]]
+    back = getattr(lib, "from_dlpack", None) or getattr(getattr(lib, "dlpack", None), "from_dlpack", None)
+    if back is None:
+        raise InputError(f"{type(first).__name__} supports DLPack but {lib.__name__} has no from_dlpack to return a result")
+    to = torch.from_dlpack
+
+    def kernel(*xs: Any) -> Any:
+        return back(torch_kernel(*[None if x is None else to(x) for x in xs]))
+
+    return kernel
 
 
 def _array_kind(args: Sequence[Any]) -> tuple[str, str]:
@@ -69,7 +96,9 @@ def _array_kind(args: Sequence[Any]) -> tuple[str, str]:
 
 
 def _is_contiguous(a: Any) -> bool:
-    return bool(a.flags.c_contiguous) if isinstance(a, np.ndarray) else bool(a.is_contiguous())
+    if hasattr(a, "is_contiguous"):
+        return bool(a.is_contiguous())
+    return bool(a.flags.c_contiguous)
 
 
 def make_problem(spec: Op, args: Sequence[Any], params: Mapping[str, Any]) -> Problem:
@@ -189,6 +218,15 @@ def call_op(op_name: str, args: Sequence[Any], params: Mapping[str, Any]) -> Any
     spec = get_op(op_name)
     if settings().disable:
         return _reference_call(spec, args, params)
+    if any(_foreign(a) for a in args):
+
+        k = _via_dlpack(args, lambda *t: call_op(op_name, t, params))
+        out = k(*args)
+        if sig is not None:
+            _direct_cache[sig] = k
+        return out
+    if not all(a is None or is_array(a) for a in args):
+        spec.check_arrays(args)  # raises, naming the argument
     try:
         problem = make_problem(spec, args, params)
     except UnsupportedInput:
@@ -267,24 +305,32 @@ class Optimized:
 
     # ---- first call with a new signature ----------------------------------------------------
     def _miss(self, args: tuple[Any, ...]) -> Any:
-        sig = tuple(map(_arg_sig, args))
         if settings().disable or not all(a is None or is_array(a) for a in args):
-            return self.fn(*args)
+            return self.fn(*args)  # not cached: lifting UHOP_DISABLE takes effect at once
+        kernel = self._kernel_for(args)
+        self._kernels[tuple(map(_arg_sig, args))] = kernel
+        return kernel(*args)
+
+    def _kernel_for(self, args: Sequence[Any]) -> Callable[..., Any]:
+        """What to call for arguments like ``args``: UHOP's kernel, or the function itself when it
+        is not this op or the inputs are ones UHOP's kernels don't take (broadcasting chains)."""
+        if any(_foreign(a) for a in args):
+            import torch
+
+            inner = self._kernel_for([None if a is None else torch.from_dlpack(a) for a in args])
+            return self.fn if inner is self.fn else _via_dlpack(args, inner)
         try:
             params = self._semantics_for(args)
             if params is None:  # the function is not this op: keep calling it
-                self._kernels[sig] = self.fn
-                return self.fn(*args)
+                return self.fn
             problem = make_problem(self.spec, args, params)
         except UnsupportedInput:
-            return self.fn(*args)
+            return self.fn
         try:
-            kernel = _resolve_adapted(problem, self.policy)
+            return _resolve_adapted(problem, self.policy)
         except NoCandidateError as exc:
             _warn(f"{self.fn.__qualname__}: {exc}; calling the function as written")
-            kernel = self.fn
-        self._kernels[sig] = kernel
-        return kernel(*args)
+            return self.fn
 
     def _semantics_for(self, args: Sequence[Any]) -> dict[str, Any] | None:
         """The op params the function implements for inputs of this arity, ranks and library

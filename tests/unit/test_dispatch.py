@@ -252,3 +252,20 @@ def test_stale_or_wrong_store_entries_are_never_served():
         npb.softmax_kernel = real
     e = np.exp(x.astype(np.float64) - x.max(-1, keepdims=True))
     close(out, e / e.sum(-1, keepdims=True), 1e-5)
+
+
+def test_device_comparison_agrees_with_host_comparison():
+    """compare_torch (used for GPU outputs) must reach the same verdicts as the numpy compare."""
+    torch = pytest.importorskip("torch")
+    from uhop.measure.validate import compare, compare_torch
+    from uhop.problem import Problem
+
+    p = Problem.make("softmax", {"R": 8, "N": 16}, "float32")
+    ref = rng.uniform(0, 1, (8, 16))
+    good = torch.from_numpy(ref.astype(np.float32))
+    cases = {"ok": good, "wrong": good * 1.01, "nan": good.clone().index_fill_(1, torch.tensor([3]), float("nan")),
+             "shape": good[:, :8], "dtype": good.double()}  # fmt: skip
+    for name, out in cases.items():
+        a, b = compare(out, ref, p), compare_torch(out, torch.from_numpy(ref), p)
+        assert (a.ok, a.status) == (b.ok, b.status), name
+    assert compare_torch(good, torch.from_numpy(ref), p).ok

@@ -38,6 +38,11 @@ def _family(op: str) -> Any:
 class TritonBackend(Backend):
     name = "triton"
     array = "torch"
+    source_modules = (
+        "uhop.backends.triton_kernels", "uhop.backends.triton_kernels.matmul", "uhop.backends.triton_kernels.rowops",
+        "uhop.backends.triton_kernels.elementwise", "uhop.backends.triton_kernels.attention",
+        "uhop.backends.triton_kernels.conv2d",
+    )  # fmt: skip
     devices = ("cuda",)
     ops = tuple(FAMILIES)
     dtypes = ("float32", "float16", "bfloat16")

@@ -41,6 +41,7 @@ def benchmark(
     min_time_s: float = 0.05,
     cutoff_s: float = math.inf,
     timer: Callable[[], float] = _perf_counter,
+    cuda_events: bool = False,
 ) -> Timing:
     """Time ``fn(*args)`` cycling through ``arg_sets`` (rotating input buffers, so a kernel is not
     flattered by inputs that stay in cache from the previous call).
@@ -49,6 +50,10 @@ def benchmark(
     ends, so asynchronous launches are counted. Samples are sized so that ``repeat`` of them take
     about ``min_time_s``. If the first measured call is already slower than ``cutoff_s`` (e.g. 3x
     the best candidate so far) timing stops there and that single time is returned.
+
+    ``cuda_events``: time each sample with a pair of CUDA events (device time of the whole
+    sample, recorded on the current stream after synchronizing the whole device) instead of the
+    host clock; ``sync`` is still called around samples.
     """
     if not arg_sets:
         raise ValueError("arg_sets must hold at least one set of inputs")
@@ -67,12 +72,24 @@ def benchmark(
     calls = max(1, min(10_000, int(per_sample / max(first, 1e-7))))
     samples = []
     j = 0
+    if cuda_events:
+        import torch
+
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     for _ in range(max(repeat, 1)):
         sync()
+        if cuda_events:
+            torch.cuda.synchronize()
+            start.record()
         t0 = timer()
         for _ in range(calls):
             fn(*arg_sets[j % k])
             j += 1
+        if cuda_events:
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end) / 1e3 / calls)
+            continue
         sync()
         samples.append((timer() - t0) / calls)
     samples.sort()

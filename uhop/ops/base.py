@@ -216,4 +216,8 @@ def as_f64(x: Any) -> np.ndarray | None:
         return x.astype(np.float64)
     if hasattr(x, "detach"):  # torch
         return x.detach().to("cpu").double().numpy()
+    if hasattr(x, "__dlpack__"):  # CuPy, JAX, ...: through torch, which reads any device
+        import torch
+
+        return torch.from_dlpack(x).to("cpu").double().numpy()
     return np.asarray(x, dtype=np.float64)

@@ -169,7 +169,8 @@ def evaluate(
     arg_sets = [vset.native_inputs(t, backend.array, problem.device) for t in vset.trials]
     try:
         timing = benchmark(
-            kernel, arg_sets, sync=sync, repeat=s.bench_repeat, min_time_s=s.bench_min_s, cutoff_s=cutoff_s
+            kernel, arg_sets, sync=sync, repeat=s.bench_repeat, min_time_s=s.bench_min_s, cutoff_s=cutoff_s,
+            cuda_events=problem.device.startswith("cuda") and backend.array == "torch",
         )
     except Exception as exc:  # a kernel that validated but fails when timed is still contained
         return Measurement(candidate, "crash", f"while timing: {type(exc).__name__}: {exc}"[:300]), None
@@ -178,6 +179,13 @@ def evaluate(
     if not again.ok:
         return Measurement(candidate, again.status, "after timing: " + again.reason, timing), None
     return Measurement(candidate, "ok", "", timing, verdict.max_err), kernel
+
+
+def _trials_for(problem: Problem, wanted: int) -> int:
+    """Fresh draws to validate on: as configured, but two for problems whose inputs pass 32M
+    elements (each draw costs a float64 reference on the host, seconds at that size)."""
+    elements = sum(math.prod(s) for s in problem.spec.shapes_from_dims(problem.dim, problem.param, problem.arity))
+    return min(wanted, 2) if elements > (1 << 25) else wanted
 
 
 def _record_telemetry(problem: Problem, measurements: Sequence[Measurement], store: Any, key: str) -> None:
@@ -276,7 +284,7 @@ def tune(
     by_name = {b.name: b for b in usable}
     order = _fast_order(problem, usable, per_backend) if policy == "fast" else _interleave(per_backend)
 
-    vset = ValidationSet(problem, trials=s.validation_trials)
+    vset = ValidationSet(problem, trials=_trials_for(problem, s.validation_trials))
     measurements: list[Measurement] = []
     best: Measurement | None = None
     best_kernel: Kernel | None = None
