@@ -137,6 +137,9 @@ def _ro_paths() -> list[str]:
 
 def _bwrap_cmd(limits: Limits, gpu: bool) -> list[str]:
     cmd = [bwrap_path() or "bwrap", "--unshare-all", "--die-with-parent", "--cap-drop", "ALL"]
+    # The private /tmp first: read-only binds of paths under /tmp (a checkout or venv there, as in
+    # CI) are then mounted on top of it instead of being hidden by it.
+    cmd += ["--size", str(limits.disk_bytes), "--tmpfs", "/tmp"]
     for p in _ro_paths():
         if os.path.islink(p):
             cmd += ["--symlink", os.readlink(p), p]
@@ -148,7 +151,7 @@ def _bwrap_cmd(limits: Limits, gpu: bool) -> list[str]:
     for p in _ETC:
         cmd += ["--ro-bind-try", p, p]
     cmd += ["--ro-bind-try", "/sys/devices/system/cpu", "/sys/devices/system/cpu"]
-    cmd += ["--proc", "/proc", "--dev", "/dev", "--size", str(limits.disk_bytes), "--tmpfs", "/tmp"]
+    cmd += ["--proc", "/proc", "--dev", "/dev"]
     cmd += ["--size", str(limits.disk_bytes // 4), "--tmpfs", "/dev/shm"]
     if gpu:
         for dev in _gpu_devices():
