@@ -16,6 +16,7 @@ Settings are read from the environment when :func:`settings` is first called and
 | ``UHOP_BACKENDS`` | (all) | comma-separated allowlist of backend names |
 | ``UHOP_VALIDATION_TRIALS`` | ``3`` | fresh random draws each candidate must pass |
 | ``UHOP_LOG`` | ``WARNING`` | log level of the ``uhop`` logger |
+| ``UHOP_ISOLATE`` | ``0`` | ``1``: tuning on first use measures candidates in worker processes (the ``local`` executor), so a kernel that crashes the process (segfault, illegal address, compiler abort) is a recorded failure, not the caller's death |
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class Settings:
     backends: tuple[str, ...] = ()
     validation_trials: int = 3
     log_level: str = "WARNING"
+    isolate: bool = False
 
     def __post_init__(self) -> None:
         if self.policy not in ("tune", "fast"):
@@ -89,6 +91,7 @@ class Settings:
             backends=backends,
             validation_trials=int(env("UHOP_VALIDATION_TRIALS", "3")),
             log_level=env("UHOP_LOG", "WARNING").upper(),
+            isolate=_env_bool("UHOP_ISOLATE", False),
         )
 
 

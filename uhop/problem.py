@@ -158,6 +158,8 @@ def hardware_fingerprint(device: str = "cpu") -> dict[str, Any]:
         "numpy": np.__version__,
         "numba": _version("numba"),
         "torch": _version("torch"),
+        "triton": _version("triton"),
+        "iree": _version("iree-base-compiler"),
     }
     if device == "cpu":
         fp["cpu"] = cpu_model()
@@ -194,7 +196,18 @@ def _gpu_fingerprint(device: str) -> dict[str, Any]:
             "gpu": props.name,
             "cc": f"{props.major}.{props.minor}",
             "cuda": torch.version.cuda,
-            "triton": _version("triton"),
+            "driver": _driver_version(),
         }
     except Exception as exc:  # no torch/cuda: key still differs from cpu's
         return {"gpu": f"unknown ({exc.__class__.__name__})"}
+
+
+def _driver_version() -> str | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        v = pynvml.nvmlSystemGetDriverVersion()
+        return v.decode() if isinstance(v, bytes) else str(v)
+    except Exception:  # no NVML (nvidia-ml-py is the gpu extra): the CUDA version still keys it
+        return None

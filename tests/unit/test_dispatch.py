@@ -269,3 +269,13 @@ def test_device_comparison_agrees_with_host_comparison():
         a, b = compare(out, ref, p), compare_torch(out, torch.from_numpy(ref), p)
         assert (a.ok, a.status) == (b.ok, b.status), name
     assert compare_torch(good, torch.from_numpy(ref), p).ok
+
+
+def test_isolated_tuning_measures_in_worker_processes():
+    """UHOP_ISOLATE=1: first-use tuning runs candidates in spawned workers (crash containment)."""
+    x = f32(24, 48)
+    with config.override(isolate=True, tune_budget_s=60):
+        out = uhop.ops.rmsnorm(x)
+    close(out, x / np.sqrt((x.astype(np.float64) ** 2).mean(-1, keepdims=True) + 1e-6), 1e-5)
+    (e,) = open_store().entries("rmsnorm")
+    assert e.median_s is not None and len(open_store().measurements(e.key)) >= 2
