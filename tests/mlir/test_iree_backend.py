@@ -55,8 +55,17 @@ def test_first_candidate_matches_float64_reference(iree, op, dims, dtype, params
 def test_tiled_matmul_odd_shapes(iree, m, n, k):
     """Non-multiples of the register tile (primes, 1) take IREE's peeled/masked paths."""
     problem = Problem.make("matmul", {"B": 1, "M": m, "N": n, "K": k}, "float32", {}, 3)
-    tiled = [c for c in iree.candidates(problem) if c.template == "tiled"][0]
-    validate(iree, problem, tiled)
+    from uhop.mlir.compile import SpillError
+
+    validated = 0
+    for cand in [c for c in iree.candidates(problem) if c.template == "tiled"]:
+        try:
+            validate(iree, problem, cand)
+        except SpillError:  # the register-pressure guard rejecting a tile is a classified result
+            continue
+        validated += 1
+        break
+    assert validated == 1, "no tiled candidate compiled without spilling"
 
 
 def test_kernel_takes_callers_shapes_and_unaligned_inputs(iree):
