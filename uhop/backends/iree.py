@@ -66,8 +66,10 @@ class IreeBackend(Backend):
             rows = d["B"] * d["M"]
             out = [c("iree", "data-tiled", tile_bytes=0, vector_bytes=vbytes, fuse=True)]
             # Register tiles of 16 accumulators, half of AVX-512's 32 registers: 16x16 and 8x48
-            # already spill once operand broadcasts and loads are counted.
-            for vm, vn in ((8, 2 * lanes), (4, 4 * lanes)):
+            # already spill once operand broadcasts and loads are counted. 4 x lanes (4 accumulators)
+            # is the conservative tile that compiles without spills where the others do (bias +
+            # ragged N: 31x48x5 spilled both 16-accumulator tiles).
+            for vm, vn in ((8, 2 * lanes), (4, 4 * lanes), (4, lanes)):
                 for dm, dn in ((128, 128), (64, 256)):
                     if vm * vn // lanes <= regs // 2:
                         out.append(c("iree", "tiled", dist_m=min(dm, _ceil(rows, vm)), dist_n=min(dn, _ceil(d["N"], vn)),
