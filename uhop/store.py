@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
 import threading
 import time
@@ -79,37 +80,25 @@ def _num(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
-class SQLiteStore:
+class SQLiteDB:
+    """One SQLite file: a connection per thread and per process (never shared across ``fork``),
+    WAL, a busy timeout, and ``BEGIN IMMEDIATE`` transactions, so writers queue on the lock instead
+    of failing half-way through a lock upgrade. The kernel store, the job queue and the telemetry
+    table all live in one such file."""
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        self._conn().executescript(_SCHEMA)  # idempotent DDL; executescript commits on its own
-        with self._tx() as db:
-            row = db.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone()
-            if row is None:
-                db.execute("INSERT INTO meta(name, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) > SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"store {self.path} has schema version {row[0]}, newer than this UHOP's {SCHEMA_VERSION}; "
-                    "upgrade uhop or point UHOP_HOME elsewhere"
-                )
-
-    @property
-    def url(self) -> str:
-        return f"sqlite:///{self.path}"
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
-        if conn is None:
-            # isolation_level=None: we issue BEGIN IMMEDIATE ourselves so writers queue up on the
-            # lock (busy_timeout) instead of failing on lock upgrade half-way through.
+        if conn is None or getattr(self._local, "pid", None) != os.getpid():
             conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")  # WAL+NORMAL survives process crashes (kill -9)
             conn.execute("PRAGMA busy_timeout=60000")
-            conn.execute("PRAGMA foreign_keys=ON")
-            self._local.conn = conn
+            self._local.conn, self._local.pid = conn, os.getpid()
         return conn
 
     @contextmanager
@@ -129,6 +118,60 @@ class SQLiteStore:
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+class ExportImport:
+    """``export``/``import_`` for any store with ``entries``, ``measurements`` and ``record``: one
+    JSON document format, so every store imports every other's export."""
+
+    def export(self, path: str | Path) -> int:
+        """Write every entry with its measurements as JSON (atomically: temp file + rename)."""
+        entries = self.entries()
+        doc = {
+            "uhop_store_export": SCHEMA_VERSION,
+            "entries": [{**e.to_json(), "measurements": self.measurements(e.key)} for e in entries],
+        }
+        path = Path(path)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
+        tmp.replace(path)
+        return len(entries)
+
+    def import_(self, path: str | Path) -> int:
+        try:
+            doc = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"FILE {path} is not a UHOP store export: {exc}") from None
+        if not isinstance(doc, dict) or "uhop_store_export" not in doc:
+            raise ValueError(f"FILE {path} is not a UHOP store export (no 'uhop_store_export' field)")
+        n = 0
+        for e in doc["entries"]:
+            self.record(
+                e["key"], e["problem"], e["candidate"], e.get("measurements", []),
+                median_s=e.get("median_s"), gflops=e.get("gflops"), gbps=e.get("gbps"), policy=e.get("policy", "tune"),
+                fingerprint=e.get("fingerprint", {}), content_hash=e.get("content_hash", ""),
+            )  # fmt: skip
+            n += 1
+        return n
+
+
+class SQLiteStore(SQLiteDB, ExportImport):
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(path)
+        self._conn().executescript(_SCHEMA)  # idempotent DDL; executescript commits on its own
+        with self._tx() as db:
+            row = db.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone()
+            if row is None:
+                db.execute("INSERT INTO meta(name, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"store {self.path} has schema version {row[0]}, newer than this UHOP's {SCHEMA_VERSION}; "
+                    "upgrade uhop or point UHOP_HOME elsewhere"
+                )
+
+    @property
+    def url(self) -> str:
+        return f"sqlite:///{self.path}"
 
     # ---- reads ---------------------------------------------------------------------------
     def get(self, key: str) -> Entry | None:
@@ -224,36 +267,6 @@ class SQLiteStore:
             else:
                 n = db.execute("DELETE FROM kernels").rowcount
                 db.execute("DELETE FROM measurements")
-        return n
-
-    def export(self, path: str | Path) -> int:
-        """Write every entry with its measurements as JSON (atomically: temp file + rename)."""
-        entries = self.entries()
-        doc = {
-            "uhop_store_export": SCHEMA_VERSION,
-            "entries": [{**e.to_json(), "measurements": self.measurements(e.key)} for e in entries],
-        }
-        path = Path(path)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
-        tmp.replace(path)
-        return len(entries)
-
-    def import_(self, path: str | Path) -> int:
-        try:
-            doc = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"FILE {path} is not a UHOP store export: {exc}") from None
-        if not isinstance(doc, dict) or "uhop_store_export" not in doc:
-            raise ValueError(f"FILE {path} is not a UHOP store export (no 'uhop_store_export' field)")
-        n = 0
-        for e in doc["entries"]:
-            self.record(
-                e["key"], e["problem"], e["candidate"], e.get("measurements", []),
-                median_s=e.get("median_s"), gflops=e.get("gflops"), gbps=e.get("gbps"), policy=e.get("policy", "tune"),
-                fingerprint=e.get("fingerprint", {}), content_hash=e.get("content_hash", ""),
-            )  # fmt: skip
-            n += 1
         return n
 
     def integrity_ok(self) -> bool:

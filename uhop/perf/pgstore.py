@@ -21,10 +21,9 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
-from uhop.store import SCHEMA_VERSION, Entry
+from uhop.store import SCHEMA_VERSION, Entry, ExportImport
 
 try:
     import psycopg
@@ -87,7 +86,7 @@ def _masked(url: str) -> str:
     return head + sep + tail
 
 
-class PostgresStore:
+class PostgresStore(ExportImport):
     def __init__(self, url: str) -> None:
         self._url = url
         self._local = threading.local()
@@ -236,37 +235,6 @@ class PostgresStore:
                 cur.execute("DELETE FROM kernels")
                 n = cur.rowcount
                 cur.execute("DELETE FROM measurements")
-        return n
-
-    def export(self, path: str | Path) -> int:
-        """Write every entry with its measurements as JSON (atomically: temp file + rename); the
-        same document :meth:`SQLiteStore.export` writes, so either store imports the other's."""
-        entries = self.entries()
-        doc = {
-            "uhop_store_export": SCHEMA_VERSION,
-            "entries": [{**e.to_json(), "measurements": self.measurements(e.key)} for e in entries],
-        }
-        path = Path(path)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
-        tmp.replace(path)
-        return len(entries)
-
-    def import_(self, path: str | Path) -> int:
-        try:
-            doc = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"FILE {path} is not a UHOP store export: {exc}") from None
-        if not isinstance(doc, dict) or "uhop_store_export" not in doc:
-            raise ValueError(f"FILE {path} is not a UHOP store export (no 'uhop_store_export' field)")
-        n = 0
-        for e in doc["entries"]:
-            self.record(
-                e["key"], e["problem"], e["candidate"], e.get("measurements", []),
-                median_s=e.get("median_s"), gflops=e.get("gflops"), gbps=e.get("gbps"), policy=e.get("policy", "tune"),
-                fingerprint=e.get("fingerprint", {}), content_hash=e.get("content_hash", ""),
-            )  # fmt: skip
-            n += 1
         return n
 
     def integrity_ok(self) -> bool:

@@ -23,14 +23,13 @@ import json
 import logging
 import math
 import platform
-import sqlite3
-import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from uhop.store import SQLiteDB
 
 log = logging.getLogger("uhop.perf")
 
@@ -193,35 +192,13 @@ def record_measurements(
 
 
 # ---- storage ------------------------------------------------------------------------------------
-class SQLiteTelemetry:
-    """The telemetry table inside the kernel store's SQLite file (own connection per thread,
-    WAL, ``BEGIN IMMEDIATE`` per write, as the store itself does)."""
+class SQLiteTelemetry(SQLiteDB):
+    """The telemetry table inside the kernel store's SQLite file (the store's connection and
+    transaction discipline: :class:`uhop.store.SQLiteDB`)."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._local = threading.local()
+        super().__init__(path)
         self._conn().executescript(SQLITE_DDL)
-
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA busy_timeout=60000")
-            self._local.conn = conn
-        return conn
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        db = self._conn()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        else:
-            db.execute("COMMIT")
 
     def insert(self, rows: Sequence[Mapping[str, Any]]) -> int:
         q = f"INSERT INTO telemetry({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sqlite3
 import threading
 import time
 import uuid
@@ -35,6 +34,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from uhop.store import SQLiteDB
 
 STATUSES = ("pending", "running", "done", "failed", "cancelled")
 TERMINAL = ("done", "failed", "cancelled")
@@ -351,43 +352,13 @@ def _run_row(row: Sequence[Any]) -> dict[str, Any]:
             "summary": json.loads(summary or "{}")}  # fmt: skip
 
 
-class SQLiteJobQueue(JobQueue):
+class SQLiteJobQueue(SQLiteDB, JobQueue):
     """Jobs in a SQLite file (by default the kernel store's), WAL, ``BEGIN IMMEDIATE`` writes."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        SQLiteDB.__init__(self, path)
         self.url = f"sqlite:///{self.path}"
-        self._local = threading.local()
         self._conn().executescript(_schema("INTEGER PRIMARY KEY AUTOINCREMENT"))
-
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None or getattr(self._local, "pid", None) != os.getpid():  # never share across fork
-            conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=60000")
-            self._local.conn, self._local.pid = conn, os.getpid()
-        return conn
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        db = self._conn()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        else:
-            db.execute("COMMIT")
-
-    def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
 
 
 class PostgresJobQueue(JobQueue):
