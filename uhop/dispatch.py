@@ -187,6 +187,14 @@ def _adapt(kernel: Kernel, backend: Backend, problem: Problem) -> Kernel:
 
         return from_numpy_kernel
 
+    if dev == "cpu":  # the common case, kept to two C calls per argument
+        from torch import from_numpy
+
+        def from_torch_cpu_kernel(*args: Any) -> Any:
+            return kernel(*[None if a is None else from_numpy(a) for a in args]).numpy()
+
+        return from_torch_cpu_kernel
+
     def from_torch_kernel(*args: Any) -> Any:
         return kernel(*[to(a, dev) for a in args]).cpu().numpy()
 
