@@ -120,6 +120,40 @@ class SQLiteDB:
             self._local.conn = None
 
 
+class PostgresDB:
+    """A PostgreSQL database: a connection per thread and per process (never shared across
+    ``fork``), one transaction per ``with self._tx() as cursor``. Subclasses set ``self._pg_url``."""
+
+    _pg_url: str
+
+    def _conn(self) -> Any:
+        import psycopg
+
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed or getattr(self._local, "pid", None) != os.getpid():
+            conn = psycopg.connect(self._pg_url, autocommit=False, connect_timeout=10)
+            self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        conn = self._conn()
+        try:
+            with conn.cursor() as cur:
+                yield cur
+        except BaseException:
+            conn.rollback()
+            raise
+        else:
+            conn.commit()
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
 class ExportImport:
     """``export``/``import_`` for any store with ``entries``, ``measurements`` and ``record``: one
     JSON document format, so every store imports every other's export."""

@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from uhop.store import SCHEMA_VERSION, Entry, ExportImport
+from uhop.store import SCHEMA_VERSION, Entry, ExportImport, PostgresDB
 
 try:
     import psycopg
@@ -86,9 +84,9 @@ def _masked(url: str) -> str:
     return head + sep + tail
 
 
-class PostgresStore(ExportImport):
+class PostgresStore(PostgresDB, ExportImport):
     def __init__(self, url: str) -> None:
-        self._url = url
+        self._url = self._pg_url = url
         self._local = threading.local()
         try:
             conn = self._conn()
@@ -115,35 +113,10 @@ class PostgresStore(ExportImport):
     def url(self) -> str:
         return self._url
 
-    def _conn(self) -> psycopg.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None or conn.closed or getattr(self._local, "pid", None) != os.getpid():
-            conn = psycopg.connect(self._url, autocommit=False, connect_timeout=10)
-            self._local.conn, self._local.pid = conn, os.getpid()
-        return conn
-
-    @contextmanager
-    def _tx(self) -> Iterator[psycopg.Cursor]:
-        conn = self._conn()
-        try:
-            with conn.cursor() as cur:
-                yield cur
-        except BaseException:
-            conn.rollback()
-            raise
-        else:
-            conn.commit()
-
     def _read(self, q: str, args: Sequence[Any] = ()) -> tuple[list[str], list[tuple]]:
         with self._tx() as cur:
             cur.execute(q, args)
             return [c.name for c in cur.description], cur.fetchall()
-
-    def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
 
     # ---- reads ---------------------------------------------------------------------------
     def get(self, key: str) -> Entry | None:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from uhop.store import SQLiteDB
+from uhop.store import PostgresDB, SQLiteDB
 
 STATUSES = ("pending", "running", "done", "failed", "cancelled")
 TERMINAL = ("done", "failed", "cancelled")
@@ -361,7 +361,7 @@ class SQLiteJobQueue(SQLiteDB, JobQueue):
         self._conn().executescript(_schema("INTEGER PRIMARY KEY AUTOINCREMENT"))
 
 
-class PostgresJobQueue(JobQueue):
+class PostgresJobQueue(PostgresDB, JobQueue):
     """The same queue in PostgreSQL (psycopg 3); claims use ``FOR UPDATE SKIP LOCKED`` so many
     workers on many machines take distinct jobs without waiting on each other."""
 
@@ -373,7 +373,7 @@ class PostgresJobQueue(JobQueue):
             import psycopg
         except ImportError as exc:
             raise RuntimeError(f"a postgresql:// job queue needs psycopg 3 (pip install 'uhop[perf]'): {exc}") from None
-        self.url = url
+        self.url = self._pg_url = url
         self._psycopg = psycopg
         self._local = threading.local()
         with self._tx() as db:
@@ -381,31 +381,6 @@ class PostgresJobQueue(JobQueue):
             for stmt in _schema("BIGSERIAL PRIMARY KEY").split(";"):
                 if stmt.strip():
                     db.execute(stmt)
-
-    def _conn(self) -> Any:
-        conn = getattr(self._local, "conn", None)
-        if conn is None or conn.closed or getattr(self._local, "pid", None) != os.getpid():
-            conn = self._psycopg.connect(self.url, autocommit=False)
-            self._local.conn, self._local.pid = conn, os.getpid()
-        return conn
-
-    @contextmanager
-    def _tx(self) -> Iterator[Any]:
-        conn = self._conn()
-        try:
-            with conn.cursor() as cur:
-                yield cur
-        except BaseException:
-            conn.rollback()
-            raise
-        else:
-            conn.commit()
-
-    def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
 
 
 _queues: dict[str, JobQueue] = {}
