@@ -112,3 +112,48 @@ def test_kill_9_during_tuning_leaves_the_store_intact_and_usable(tmp_path):
     assert json.loads(json.dumps(entries[0].to_json()))["op"] == "softmax"
     _rec(s, "after-crash", "a", 1e-3)  # still writable
     assert s.get("after-crash") is not None
+
+
+HASH = textwrap.dedent(
+    """
+    from uhop import backends as bk
+    from uhop.backends.base import Candidate
+    from uhop.problem import Problem
+    from uhop.tune.tuner import content_hash
+    p = Problem.make("softmax", {"R": 64, "N": 256}, "float32")
+    c = Candidate.of("numpy", "blocked", block=64)
+    print(p.key(), content_hash(c, p.key(), bk.get("numpy")))
+    """
+)
+
+
+def test_keys_and_content_hashes_are_deterministic_across_processes(monkeypatch):
+    """Same problem, candidate, code and versions: the same key and hash in every process; a
+    different candidate, a different version or different backend code: a different hash."""
+    from uhop import backends as bk
+    from uhop.backends.base import Candidate
+    from uhop.problem import Problem, hardware_fingerprint
+    from uhop.tune.tuner import content_hash
+
+    runs = {subprocess.run([sys.executable, "-c", HASH], capture_output=True, text=True, check=True).stdout for _ in range(2)}
+    assert len(runs) == 1
+    key, h = runs.pop().split()
+    p = Problem.make("softmax", {"R": 64, "N": 256}, "float32")
+    assert p.key() == key and content_hash(Candidate.of("numpy", "blocked", block=64), key, bk.get("numpy")) == h
+    assert content_hash(Candidate.of("numpy", "blocked", block=16), key, bk.get("numpy")) != h
+    # a version change reaches the key through the hardware fingerprint
+    real = hardware_fingerprint("cpu")
+    hardware_fingerprint.cache_clear()
+    import uhop.problem as prob
+
+    monkeypatch.setattr(prob, "_version", lambda mod: "0.0.0-other")
+    try:
+        assert p.key() != key
+    finally:
+        hardware_fingerprint.cache_clear()
+        monkeypatch.undo()
+    assert hardware_fingerprint("cpu") == real
+    # backend code change: the kernel modules' source is hashed
+    backend = bk.get("numpy")
+    monkeypatch.setattr(type(backend), "source_modules", ("uhop.backends.torch",), raising=False)
+    assert content_hash(Candidate.of("numpy", "blocked", block=64), key, backend) != h
