@@ -119,16 +119,18 @@ def run_demo(tokens: int = 2048, d_model: int = 512, budget_s: float = 15.0, con
         ("residual", (x, h)),
     ]
     t = Table(title="What UHOP chose")
-    for col in ("function", "problem", "chosen kernel", "numpy", "UHOP", "speedup"):
-        t.add_column(col)
+    t.add_column("function: inputs", overflow="fold", ratio=2)
+    t.add_column("chosen kernel", overflow="fold", ratio=3)
+    for col in ("numpy ms", "UHOP ms", "speedup"):
+        t.add_column(col, no_wrap=True, justify="right", min_width=7)
     for name, args in cases:
         fn = optimized[name]
         fn(*args)
         chosen = _chosen(fn, args)
         tn = benchmark(PLAIN[name], [args], min_time_s=0.2, repeat=5).median_s
         tu = benchmark(fn, [args], min_time_s=0.2, repeat=5).median_s
-        shape = " x ".join("x".join(map(str, a.shape)) for a in args)
-        t.add_row(name, f"{OPS[name]} {shape}", chosen, f"{tn * 1e3:.2f} ms", f"{tu * 1e3:.2f} ms", f"{tn / tu:.2f}x")
+        shape = ", ".join("x".join(map(str, a.shape)) for a in args)
+        t.add_row(f"{name}: {shape}", chosen, f"{tn * 1e3:.2f}", f"{tu * 1e3:.2f}", f"{tn / tu:.2f}x")
     console.print(t)
     tn = benchmark(lambda: block(PLAIN, x, p, heads), [()], min_time_s=0.5, repeat=5).median_s
     tu = benchmark(lambda: block(optimized, x, p, heads), [()], min_time_s=0.5, repeat=5).median_s

@@ -81,3 +81,10 @@ def test_real_console_script(tmp_path):
                           "--budget", "3"], capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert "chosen" in res.stdout
+
+
+def test_demo_runs_the_block_and_checks_it_against_float64():
+    out = run("demo", "--tokens", "64", "--d-model", "64", "--budget", "1")
+    assert "What UHOP chose" in out and "whole block" in out and "ok" in out
+    res = runner.invoke(app, ["demo", "--d-model", "7"])
+    assert res.exit_code != 0 and "--d-model" in res.output
