@@ -238,13 +238,27 @@ def dispatch_overhead(n: int = 20000) -> dict[str, Any]:
     }
 
 
+def _roofline(r: dict[str, Any]) -> str:
+    """The binding roof: the larger share of peak FLOP/s or peak bandwidth (manifest figures,
+    measured ones where `uhop hw probe` stored them; derived CPU peaks assume the base clock, so
+    turbo can read above 100%)."""
+    if r.get("pct_peak_bw") is None and r["gflops"] < 4 * r["gbps"]:  # memory-bound, no BW figure
+        return "BW? (uhop hw probe)"
+    shares = [(r.get("pct_peak_flops"), "FLOP/s"), (r.get("pct_peak_bw"), "BW")]
+    shares = [(v, k) for v, k in shares if v is not None]
+    if not shares:
+        return "-"
+    v, k = max(shares)
+    return f"{v:.0f}% {k}"
+
+
 def print_table(rows: list[dict[str, Any]], console: Any) -> None:
     from rich.table import Table
 
     from uhop.cli.core import _fmt_time
 
     t = Table(title="uhop bench (ratios > 1: UHOP faster)")
-    for col in ("case", "UHOP pick", "UHOP", "naive", "library", "vs naive", "vs library", "GFLOP/s", "GB/s"):
+    for col in ("case", "UHOP pick", "UHOP", "naive", "library", "vs naive", "vs library", "GFLOP/s", "GB/s", "roofline"):
         t.add_column(col)
     for r in rows:
         if r["name"] == "dispatch_overhead":
@@ -253,7 +267,7 @@ def print_table(rows: list[dict[str, Any]], console: Any) -> None:
             r["name"], r["chosen"] or "-", _fmt_time(r["uhop_s"]), _fmt_time(r["naive_s"]),
             f"{_fmt_time(r['library_s'])} ({r['library']})" if r["library_s"] else "-",
             f"{r['speedup_vs_naive']:.2f}x", f"{r['speedup_vs_library']:.2f}x" if r["speedup_vs_library"] else "-",
-            f"{r['gflops']:.1f}", f"{r['gbps']:.2f}",
+            f"{r['gflops']:.1f}", f"{r['gbps']:.2f}", _roofline(r),
         )  # fmt: skip
     console.print(t)
     ov = next((r for r in rows if r["name"] == "dispatch_overhead"), None)
