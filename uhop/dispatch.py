@@ -389,8 +389,6 @@ class Optimized:
         )
         return None
 
-    def cache_info(self) -> dict[str, Any]:
-        return {"signatures": len(self._kernels), "semantics": dict(self._semantics)}
 
 
 def optimize(op: str, *, policy: str | None = None, **params: Any) -> Callable[[Callable[..., Any]], Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import typer
@@ -160,13 +159,3 @@ def _fmt_time(s: float | None) -> str:
     if s < 1:
         return f"{s * 1e3:.3f} ms"
     return f"{s:.3f} s"
-
-
-def main() -> None:  # pragma: no cover - the entry point is uhop.cli.main
-    from uhop.cli import main as real_main
-
-    real_main()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

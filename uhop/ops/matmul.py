@@ -42,14 +42,10 @@ class Matmul(Op):
     optional = 1
     params = (Param("activation", "none", ACTIVATIONS, str),)
     dims = ("B", "M", "N", "K")
-    description = "act(a @ b + bias); a (...,M,K), b (...,K,N) or (K,N), bias (N,)"
+    description = "act(a @ b + bias); a (...,M,K), b (...,K,N) or (K,N), bias (N,); --shape MxNxK or BxMxNxK"
 
     def defaulted_dims(self) -> dict[str, int]:
         return {"B": 1}
-
-    def parse_shape(self, text: str) -> dict[str, int]:
-        # The field's convention for a GEMM shape is MxNxK; a 4th leading value is the batch.
-        return super().parse_shape(text)
 
     def check(self, args: Sequence[Any], params: Mapping[str, Any]) -> dict[str, int]:
         self.check_arrays(args)
