@@ -16,7 +16,8 @@ Settings are read from the environment when :func:`settings` is first called and
 | ``UHOP_BACKENDS`` | (all) | comma-separated allowlist of backend names |
 | ``UHOP_VALIDATION_TRIALS`` | ``3`` | fresh random draws each candidate must pass |
 | ``UHOP_LOG`` | ``WARNING`` | log level of the ``uhop`` logger |
-| ``UHOP_ISOLATE`` | ``0`` | ``1``: tuning on first use measures candidates in worker processes (the ``local`` executor), so a kernel that crashes the process (segfault, illegal address, compiler abort) is a recorded failure, not the caller's death |
+| ``UHOP_ISOLATE`` | ``auto`` | where tuning runs candidates: ``auto`` (GPU problems in a long-lived worker process, CPU problems in-process), ``1`` (always a worker), ``0`` (never). In a worker, a kernel that kills its process (segfault, illegal address, compiler abort, a hang) is a recorded failure, not the caller's death, and a CUDA context it poisoned is discarded |
+| ``UHOP_ISOLATE_TIMEOUT_S`` | ``120`` | a candidate evaluated in the worker for longer than this is killed and recorded as ``timeout`` |
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ def _env_bool(name: str, default: bool) -> bool:
     return raw.strip().lower() in ("1", "true", "yes", "on")
 
 
+def _isolate_mode(raw: str) -> str:
+    v = raw.strip().lower() or "auto"
+    return {"1": "always", "true": "always", "yes": "always", "on": "always", "always": "always",
+            "0": "never", "false": "never", "no": "never", "off": "never", "never": "never"}.get(v, v)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path = field(default_factory=_default_home)
@@ -58,7 +65,8 @@ class Settings:
     backends: tuple[str, ...] = ()
     validation_trials: int = 3
     log_level: str = "WARNING"
-    isolate: bool = False
+    isolate: str = "auto"
+    isolate_timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
         if self.policy not in ("tune", "fast"):
@@ -67,8 +75,18 @@ class Settings:
             raise ValueError(f"UHOP_SHAPE_BUCKETS must be 'exact' or 'pow2', got {self.shape_buckets!r}")
         if self.tune_budget_s <= 0:
             raise ValueError(f"UHOP_TUNE_BUDGET_S must be > 0, got {self.tune_budget_s}")
+        if isinstance(self.isolate, bool):  # override(isolate=True) in tests and scripts
+            object.__setattr__(self, "isolate", "always" if self.isolate else "never")
+        if self.isolate not in ("auto", "always", "never"):
+            raise ValueError(f"UHOP_ISOLATE must be auto, 1 or 0, got {self.isolate!r}")
+        if self.isolate_timeout_s <= 0:
+            raise ValueError(f"UHOP_ISOLATE_TIMEOUT_S must be > 0, got {self.isolate_timeout_s}")
         if self.validation_trials < 1:
             raise ValueError(f"UHOP_VALIDATION_TRIALS must be >= 1, got {self.validation_trials}")
+
+    def isolates(self, device: str) -> bool:
+        """Whether tuning a problem on ``device`` runs its candidates in a worker process."""
+        return self.isolate == "always" or (self.isolate == "auto" and device != "cpu")
 
     @property
     def resolved_store_url(self) -> str:
@@ -91,7 +109,8 @@ class Settings:
             backends=backends,
             validation_trials=int(env("UHOP_VALIDATION_TRIALS", "3")),
             log_level=env("UHOP_LOG", "WARNING").upper(),
-            isolate=_env_bool("UHOP_ISOLATE", False),
+            isolate=_isolate_mode(env("UHOP_ISOLATE", "auto")),
+            isolate_timeout_s=float(env("UHOP_ISOLATE_TIMEOUT_S", "120")),
         )
 
 

@@ -166,8 +166,7 @@ def resolve(problem: Problem, policy: str | None = None) -> tuple[Kernel, Backen
                 if verdict is not None:
                     _warn(f"stored kernel {cand.id} failed validation ({verdict.status}: {verdict.reason}); re-tuning")
             store.invalidate(key)  # never serve it again; the re-tuned choice replaces it
-        isolate = s.isolate and (policy or s.policy) == "tune"
-        res = tune(problem=problem, policy=policy, store=store, executor="local" if isolate else None)
+        res = tune(problem=problem, policy=policy, store=store)
         assert res.kernel is not None and res.backend is not None and res.best is not None
         _resolved[key] = (res.kernel, res.backend, res.best.candidate)
         return _resolved[key]

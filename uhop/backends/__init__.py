@@ -23,6 +23,20 @@ REGISTRY: dict[str, str] = {
 _instances: dict[str, Backend] = {}
 
 
+def register(name: str, target: str) -> None:
+    """Add a backend defined outside UHOP: ``register("mylib", "mypkg.backend:MyBackend")``.
+
+    The target is imported lazily like the built-in ones, and worker processes (isolated tuning)
+    receive the registry, so the module must be importable there (on ``sys.path``)."""
+    if not name or not isinstance(name, str):
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
+    mod, sep, cls = target.partition(":")
+    if not (mod and sep and cls):
+        raise ValueError(f"target must look like 'package.module:Class', got {target!r}")
+    REGISTRY[name] = target
+    _instances.pop(name, None)
+
+
 class _Missing(Backend):
     """Stands in for a backend whose module failed to import."""
 
@@ -72,4 +86,4 @@ def for_problem(problem: Problem, allow: tuple[str, ...] = ()) -> list[Backend]:
     return out
 
 
-__all__ = ["Backend", "Candidate", "Kernel", "REGISTRY", "all_backends", "convert", "for_problem", "get"]
+__all__ = ["Backend", "Candidate", "Kernel", "REGISTRY", "all_backends", "convert", "for_problem", "get", "register"]

@@ -318,13 +318,14 @@ class JobQueue:
                        (now, error[:500], job_id))  # fmt: skip
             return "failed"
 
-    def release_worker(self, worker: str, error: str = "worker died") -> int:
-        """Every job ``worker`` held goes back to pending (or fails when out of retries)."""
+    def release_worker(self, worker: str, error: str = "worker died", *, retry: bool = True) -> int:
+        """Every job ``worker`` held goes back to pending (or fails when out of retries, or at
+        once with ``retry=False``: the job itself killed the worker)."""
         with self._tx() as db:
             rows = self._exec(db, "SELECT id, attempts FROM tune_jobs WHERE status='running' AND worker=?",
                               (worker,)).fetchall()  # fmt: skip
         for job_id, attempt in rows:
-            self.fail(job_id, attempt, f"{error} ({worker})")
+            self.fail(job_id, attempt, f"{error} ({worker})", retry=retry)
         return len(rows)
 
     def requeue_running(self, run_id: str) -> int:

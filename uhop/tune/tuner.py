@@ -30,7 +30,7 @@ from uhop.store import Entry, open_store
 @dataclass(frozen=True)
 class Measurement:
     candidate: Candidate
-    status: str  # ok | compile-error | crash | wrong-result | bad-output | input-mutated | stale-output | skipped
+    status: str  # ok | compile-error | crash | timeout | wrong-result | bad-output | input-mutated | stale-output | skipped
     reason: str = ""
     timing: Timing = field(default_factory=Timing.failed)
     max_err: float = math.nan
@@ -228,6 +228,7 @@ def tune(
     priority: int = 0,
     resume: str | None = None,
     queue_url: str | None = None,
+    isolate: bool | None = None,
 ) -> TuneResult:
     """Find, validate, measure and store the best kernel for a problem.
 
@@ -244,6 +245,10 @@ def tune(
     kernel (every measured config's objectives are kept; ``TuneResult.pareto`` holds the front).
     Every candidate is a job in the persistent queue (``queue_url``, default the store's
     database), so ``resume=RUN_ID`` continues an interrupted run without re-measuring anything.
+
+    ``isolate`` (default from ``UHOP_ISOLATE``: GPU problems) measures each candidate in a worker
+    process (:mod:`uhop.tune.isolated`): a candidate that kills its process, hangs or poisons the
+    CUDA context is a recorded ``crash``/``timeout``; only the chosen kernel is built here.
     """
     s = settings()
     if problem is None and resume is not None:
@@ -269,6 +274,12 @@ def tune(
         )  # fmt: skip
     budget = s.tune_budget_s if budget_s is None else budget_s
     key = problem.key(s.shape_buckets)
+    iso = None
+    if s.isolates(problem.device) if isolate is None else isolate:
+        from uhop.tune.isolated import evaluator
+
+        iso = evaluator(problem.device)
+        iso.start()  # its imports overlap the candidate enumeration below
 
     usable = bk.for_problem(problem, tuple(backends) or s.backends)
     if not usable:
@@ -284,7 +295,8 @@ def tune(
     by_name = {b.name: b for b in usable}
     order = _fast_order(problem, usable, per_backend) if policy == "fast" else _interleave(per_backend)
 
-    vset = ValidationSet(problem, trials=_trials_for(problem, s.validation_trials))
+    trials = _trials_for(problem, s.validation_trials)
+    vset = ValidationSet(problem, trials=trials) if iso is None else None
     measurements: list[Measurement] = []
     best: Measurement | None = None
     best_kernel: Kernel | None = None
@@ -295,13 +307,20 @@ def tune(
             measurements.extend(Measurement(c, "skipped", f"policy={policy}" if policy == "fast" else "budget spent") for c in order[i:])
             break
         cutoff = 3 * best.median_s if best is not None and math.isfinite(best.median_s) else math.inf
-        m, kernel = evaluate(cand, by_name[cand.backend], problem, vset, time_it=policy == "tune", cutoff_s=cutoff)
+        if iso is not None:
+            m, kernel = iso.evaluate(cand, problem, trials=trials, time_it=policy == "tune", cutoff_s=cutoff), None
+        else:
+            m, kernel = evaluate(cand, by_name[cand.backend], problem, vset, time_it=policy == "tune", cutoff_s=cutoff)  # type: ignore[arg-type]
         measurements.append(m)
         if m.ok and (best is None or m.median_s < best.median_s):
             best, best_kernel = m, kernel
         if progress:
             progress(i + 1, len(order), m)
 
+    if iso is not None:
+        iso.release()
+        if best is not None:  # validated in the worker; the same build serves this process
+            best_kernel = by_name[best.candidate.backend].compile(best.candidate, problem)
     _record_telemetry(problem, measurements, store, key)
     entry = None
     chosen_backend = by_name[best.candidate.backend] if best is not None else None

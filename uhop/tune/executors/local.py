@@ -2,7 +2,9 @@
 
 The pool's workers claim jobs of the run from the queue themselves (it is the only channel: no
 pipes to deadlock on) and commit each result there. The parent watches them: a worker that dies
-(segfault, OOM kill, ``kill -9``) has its job put back in the queue and is replaced; a job that
+has its job put back in the queue and is replaced (``kill -9``, OOM kill: someone else's doing),
+except when the candidate killed it (SIGSEGV, SIGABRT, SIGBUS, SIGILL, SIGFPE, or a CUDA context
+it poisoned: the worker exits with ``POISONED``), which fails the job at once; a job that
 runs past ``job_timeout_s`` has its worker killed and is failed. Workers are spawned (never forked:
 CUDA and BLAS thread pools do not survive a fork), die with the parent (``PR_SET_PDEATHSIG``), and
 for GPU problems there is one worker per visible GPU, each pinned with ``CUDA_VISIBLE_DEVICES``.
@@ -24,8 +26,15 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from uhop import backends
 from uhop.tune.executors import Executor
+from uhop.tune.isolated import device_healthy, signal_name
 from uhop.tune.jobs import TERMINAL, JobQueue, TuningJob, worker_name
+
+#: exit code of a worker whose CUDA context a candidate left unusable (sticky CUDA error)
+POISONED = 3
+#: deaths that the candidate being run caused: retrying it would only kill another worker
+_CANDIDATE_DEATHS = {-signal.SIGSEGV, -signal.SIGABRT, -signal.SIGBUS, -signal.SIGILL, -signal.SIGFPE, POISONED}
 
 
 def _pin_device(spec: dict[str, Any]) -> dict[str, Any]:
@@ -84,11 +93,13 @@ def _set_pdeathsig() -> None:
 
 
 def _worker_main(url: str, run_id: str, settings: dict[str, Any], gpu: str | None, stop: Any, parent: int,
-                 lease_s: float) -> None:  # fmt: skip
+                 lease_s: float, registry: dict[str, str]) -> None:  # fmt: skip
     _set_pdeathsig()
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-    from uhop import config
+    from uhop import backends, config
+
+    backends.REGISTRY.update(registry)  # backends registered in the parent exist here too
     from uhop.tune.jobs import open_queue
     from uhop.tune.search import run_job
 
@@ -112,6 +123,8 @@ def _worker_main(url: str, run_id: str, settings: dict[str, Any], gpu: str | Non
             result = run_job(_pin_device(spec) if gpu is not None else spec)
             beat.set()
             queue.complete(job.id, job.attempts, result, result["measurement"].get("median_s"))  # type: ignore[arg-type]
+            if gpu is not None and not device_healthy("cuda:0"):
+                os._exit(POISONED)  # every later job here would fail: the executor starts a fresh worker
 
 
 class LocalExecutor(Executor):
@@ -144,7 +157,8 @@ class LocalExecutor(Executor):
     def _start(self, i: int) -> None:
         p = self._ctx.Process(
             target=_worker_main, name=f"uhop-tune-worker-{i}", daemon=True,
-            args=(self.queue.url, self.run_id, self.settings, self._gpu[i], self._stop, os.getpid(), self.lease_s),
+            args=(self.queue.url, self.run_id, self.settings, self._gpu[i], self._stop, os.getpid(), self.lease_s,
+                  dict(backends.REGISTRY)),
         )  # fmt: skip
         p.start()
         self._procs[i] = p
@@ -158,7 +172,9 @@ class LocalExecutor(Executor):
                 self._start(i)
             elif not p.is_alive():
                 p.join()
-                self.queue.release_worker(self._name(p), f"worker exited with code {p.exitcode}")
+                own = p.exitcode in _CANDIDATE_DEATHS
+                why = f"the candidate killed its worker ({signal_name(p.exitcode)})" if own else f"worker exited with code {p.exitcode}"
+                self.queue.release_worker(self._name(p), why, retry=not own)
                 self.restarts += 1
                 self._start(i)
         now = time.time()

@@ -1,0 +1,77 @@
+"""Isolated tuning (``UHOP_ISOLATE``): candidates that kill their process are recorded failures;
+the caller survives, the store gets the best honest kernel, and the worker is replaced."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import uhop
+from uhop import backends as bk
+from uhop import config
+from uhop.store import open_store
+from uhop.tune.tuner import tune
+
+
+@pytest.fixture
+def faulty(monkeypatch):
+    monkeypatch.setitem(bk.REGISTRY, "faulty", "faulty_backend:FaultyBackend")
+    yield
+    bk._instances.pop("faulty", None)
+
+
+def test_register_validates_its_arguments():
+    with pytest.raises(ValueError, match="target must look like"):
+        bk.register("x", "no_colon_here")
+    with pytest.raises(ValueError, match="name must be"):
+        bk.register("", "a:B")
+
+
+def test_isolate_setting_modes(monkeypatch):
+    for raw, mode in (("1", "always"), ("0", "never"), ("auto", "auto"), ("", "auto"), ("off", "never")):
+        monkeypatch.setenv("UHOP_ISOLATE", raw)
+        assert config.reload().isolate == mode
+    monkeypatch.setenv("UHOP_ISOLATE", "sometimes")
+    with pytest.raises(ValueError, match="UHOP_ISOLATE must be auto, 1 or 0"):
+        config.reload()
+    monkeypatch.delenv("UHOP_ISOLATE")
+    s = config.reload()
+    assert s.isolates("cuda:0") and not s.isolates("cpu")  # the default: GPU problems only
+
+
+def test_candidates_that_kill_the_worker_are_recorded_and_the_caller_lives(faulty):
+    rng = np.random.default_rng()
+    x = rng.standard_normal((64, 96)).astype(np.float32)
+    with config.override(isolate=True, isolate_timeout_s=4, tune_budget_s=120, backends=("numpy", "faulty")):
+        res = tune(op="softmax", dims={"R": 64, "N": 96})
+        out = uhop.ops.softmax(x)
+    by = {m.candidate.template: m for m in res.measurements if m.candidate.backend == "faulty"}
+    assert by["segfault"].status == "crash" and "SIGSEGV" in by["segfault"].reason
+    assert by["abort"].status == "crash" and "SIGABRT" in by["abort"].reason
+    assert by["exit"].status == "crash" and "exit code 0" in by["exit"].reason
+    assert by["hang"].status == "timeout" and "UHOP_ISOLATE_TIMEOUT_S" in by["hang"].reason
+    assert by["honest"].ok  # a fresh worker measures the next candidate normally
+    assert res.best is not None and res.best.ok and res.kernel is not None
+    (entry,) = open_store().entries("softmax")
+    assert entry.candidate["template"] != "segfault"
+    x64 = x.astype(np.float64)
+    ref = np.exp(x64 - x64.max(-1, keepdims=True))
+    np.testing.assert_allclose(out, ref / ref.sum(-1, keepdims=True), rtol=1e-5, atol=1e-7)
+
+
+def test_local_executor_fails_a_job_that_kills_its_worker_without_retrying(monkeypatch):
+    monkeypatch.setitem(bk.REGISTRY, "faulty", "faulty_backend:CrashingBackend")
+    bk._instances.pop("faulty", None)
+    try:
+        with config.override(backends=("numpy", "faulty")):
+            res = tune(op="softmax", dims={"R": 32, "N": 40}, strategy="exhaustive", executor="local", budget_s=120)
+    finally:
+        bk._instances.pop("faulty", None)
+    from uhop.tune.jobs import open_queue
+
+    jobs = {j.params["template"]: j for j in open_queue().jobs(run_id=res.run_id)}
+    for fault, sig in (("segfault", "SIGSEGV"), ("abort", "SIGABRT")):
+        assert jobs[fault].status == "failed" and jobs[fault].retries == 0, jobs[fault]
+        assert f"the candidate killed its worker ({sig})" in jobs[fault].error
+    assert jobs["honest"].status == "done"
+    assert res.best is not None and res.best.ok

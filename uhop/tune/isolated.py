@@ -1,0 +1,269 @@
+"""Crash containment for tuning: candidates compiled, validated and timed in a long-lived worker.
+
+A generated kernel can do what no ``try`` catches: segfault, abort inside the compiler, hang, or
+hit an illegal address that poisons the CUDA context for the rest of the process. With
+``UHOP_ISOLATE`` (default ``auto``: GPU problems) the tuner sends each candidate to one worker
+process per device and gets back a :class:`~uhop.tune.tuner.Measurement`; when the worker dies
+the candidate is recorded as ``crash`` with the signal, when it runs past
+``UHOP_ISOLATE_TIMEOUT_S`` it is killed and recorded as ``timeout``, and after a CUDA error the
+worker checks its context and exits if it is poisoned. The next candidate gets a fresh worker.
+
+The worker is a plain ``python -m uhop.tune.isolated`` subprocess (not multiprocessing's spawn,
+which re-imports the caller's ``__main__`` script), in its own session, dying with its parent
+(``PR_SET_PDEATHSIG``), talking over two pipes with :mod:`multiprocessing.connection` framing.
+It is started when tuning starts, so its imports (torch, CUDA context, Triton) overlap the
+parent's candidate enumeration, and it stays warm between problems until ``idle_s`` passes.
+Only trusted code runs in it; untrusted kernel files are additionally sandboxed by the ``user``
+backend inside it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from uhop.backends.base import Candidate
+from uhop.problem import Problem
+
+#: a worker with nothing to do for this long exits (it holds a CUDA context and cached memory)
+IDLE_S = 300.0
+#: how long a new worker may take to import torch/Triton and create its CUDA context
+START_TIMEOUT_S = 180.0
+
+
+def device_healthy(device: str) -> bool:
+    """False when the device's context is unusable (a sticky CUDA error such as an illegal address)."""
+    if not device.startswith("cuda"):
+        return True
+    try:
+        import torch
+
+        torch.cuda.synchronize(device)
+        return float(torch.ones(1, device=device).add_(1).item()) == 2.0
+    except Exception:
+        return False
+
+
+def signal_name(code: int | None) -> str:
+    if code is None:
+        return "no exit code"
+    if code < 0:
+        try:
+            return signal.Signals(-code).name
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+class IsolatedEvaluator:
+    """One worker process for one device; :meth:`evaluate` never raises for candidate faults."""
+
+    def __init__(self, device: str = "cpu", *, idle_s: float = IDLE_S) -> None:
+        self.device, self.idle_s = device, idle_s
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._send: Connection | None = None
+        self._recv: Connection | None = None
+        self._ready = False
+        self._lock = threading.Lock()
+        #: workers started so far (the first one included): a count of crashes and timeouts + 1
+        self.starts = 0
+
+    # ---- the worker's life ----------------------------------------------------------------
+    def start(self) -> None:
+        """Start the worker if none is alive (returns at once; it finishes starting on its own)."""
+        if self._proc is not None and self._proc.poll() is None:
+            return
+        self._discard()
+        from uhop import backends as bk
+
+        to_child_r, to_child_w = os.pipe()
+        to_parent_r, to_parent_w = os.pipe()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(os.path.abspath(p) if p else os.getcwd() for p in sys.path))
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "uhop.tune.isolated", str(to_child_r), str(to_parent_w)],
+                pass_fds=(to_child_r, to_parent_w), env=env, start_new_session=True, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        finally:
+            os.close(to_child_r)
+            os.close(to_parent_w)
+        self._send, self._recv = Connection(to_child_w, readable=False), Connection(to_parent_r, writable=False)
+        self._ready = False
+        self.starts += 1
+        # the registry is data: backends registered in this process exist in the worker too
+        self._send.send({"cmd": "init", "registry": dict(bk.REGISTRY), "device": self.device})
+
+    def _discard(self) -> None:
+        proc, self._proc = self._proc, None
+        for c in (self._send, self._recv):
+            if c is not None:
+                c.close()
+        self._send = self._recv = None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        if proc is not None:
+            proc.wait()
+
+    def close(self) -> None:
+        with self._lock:
+            self._discard()
+
+    def release(self) -> None:
+        """Tell the worker to drop its validation inputs and cached device memory (no wait)."""
+        if self._send is not None and self._proc is not None and self._proc.poll() is None:
+            try:
+                self._send.send({"cmd": "release"})
+            except OSError:
+                pass
+
+    def _wait(self, deadline: float) -> tuple[str, Any]:
+        """("reply", obj) | ("died", reason) | ("timeout", None)."""
+        assert self._recv is not None and self._proc is not None
+        while True:
+            try:
+                if self._recv.poll(0.05):
+                    return "reply", self._recv.recv()
+            except (EOFError, OSError):
+                pass
+            else:
+                if self._proc.poll() is None:
+                    if time.monotonic() > deadline:
+                        return "timeout", None
+                    continue
+            code = self._proc.wait()
+            return "died", signal_name(code)
+
+    # ---- one candidate -------------------------------------------------------------------
+    def evaluate(
+        self, candidate: Candidate, problem: Problem, *, trials: int, time_it: bool = True,
+        cutoff_s: float = math.inf, timeout_s: float | None = None, settings: dict[str, Any] | None = None,
+    ) -> Any:  # fmt: skip
+        """Compile, validate and time ``candidate`` in the worker; a :class:`Measurement`."""
+        from uhop.config import settings as current
+        from uhop.tune.search import worker_settings
+        from uhop.tune.tuner import Measurement
+
+        timeout_s = current().isolate_timeout_s if timeout_s is None else timeout_s
+        req = {"cmd": "eval", "candidate": candidate.to_json(), "problem": problem.to_json(), "trials": trials,
+               "time_it": time_it, "cutoff_s": cutoff_s, "settings": settings or worker_settings()}  # fmt: skip
+        with self._lock:
+            self.start()
+            assert self._send is not None
+            if not self._ready:  # the worker's start-up is not the candidate's time
+                what, reply = self._wait(time.monotonic() + START_TIMEOUT_S)
+                if what != "reply":
+                    self._discard()
+                    why = "did not start in time" if what == "timeout" else f"died while starting ({reply})"
+                    return Measurement(candidate, "crash", f"the isolation worker {why}")
+                self._ready = True
+            try:
+                self._send.send(req)
+            except OSError as exc:
+                self._discard()
+                return Measurement(candidate, "crash", f"the isolation worker is gone ({exc})")
+            what, reply = self._wait(time.monotonic() + timeout_s)
+            if what == "timeout":
+                self._discard()
+                return Measurement(candidate, "timeout", f"ran past {timeout_s:g} s (UHOP_ISOLATE_TIMEOUT_S); worker killed")
+            if what == "died":
+                self._discard()
+                return Measurement(candidate, "crash", f"killed its process ({reply}); a fresh worker takes the next candidate")
+            m = Measurement.from_json(reply["measurement"])
+            if not reply.get("healthy", True):
+                self._discard()  # the worker exits by itself too; do not wait for it to be noticed
+                m = Measurement(m.candidate, "crash" if m.ok else m.status,
+                                f"{m.reason}; it left the device context unusable (worker replaced)".lstrip("; "))  # fmt: skip
+            return m
+
+
+_evaluators: dict[str, IsolatedEvaluator] = {}
+_evaluators_lock = threading.Lock()
+
+
+def evaluator(device: str) -> IsolatedEvaluator:
+    """The process-wide worker for ``device`` (started on first use, reused across problems)."""
+    with _evaluators_lock:
+        ev = _evaluators.get(device)
+        if ev is None:
+            ev = _evaluators[device] = IsolatedEvaluator(device)
+        return ev
+
+
+@atexit.register
+def _close_all() -> None:
+    for ev in list(_evaluators.values()):
+        ev.close()
+
+
+# ---- the worker process ------------------------------------------------------------------------
+def _serve(recv: Connection, send: Connection) -> None:
+    try:  # die with the parent
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+    init = recv.recv()
+    from uhop import backends as bk
+    from uhop import config
+    from uhop.measure.validate import ValidationSet
+    from uhop.tune.tuner import evaluate
+
+    bk.REGISTRY.update(init["registry"])
+    device = init["device"]
+    if device.startswith("cuda"):  # pay the CUDA context and Triton import before the first candidate
+        try:
+            import torch
+
+            torch.ones(1, device=device).add_(1).item()
+            import triton  # noqa: F401
+        except Exception:
+            pass
+    send.send({"ready": True, "pid": os.getpid()})
+    vsets: dict[Any, ValidationSet] = {}
+    while recv.poll(IDLE_S):
+        try:
+            req = recv.recv()
+        except EOFError:
+            return
+        if req["cmd"] == "release":
+            vsets.clear()
+            if device.startswith("cuda"):
+                try:
+                    import torch
+
+                    torch.cuda.empty_cache()
+                except Exception:
+                    pass
+            continue
+        with config.override(**req["settings"], isolate="never"):
+            problem = Problem.from_json(req["problem"])
+            cand = Candidate.from_json(req["candidate"])
+            vkey = (repr(sorted(req["problem"].items())), req["trials"])
+            if vkey not in vsets:
+                vsets.clear()  # one problem at a time: inputs of the last one only
+                vsets[vkey] = ValidationSet(problem, trials=req["trials"])
+            try:
+                m, _ = evaluate(cand, bk.get(cand.backend), problem, vsets[vkey], time_it=req["time_it"],
+                                cutoff_s=req["cutoff_s"])  # fmt: skip
+                reply = m.to_json()
+            except Exception as exc:  # a fault of ours, still a value
+                from uhop.tune.tuner import Measurement
+
+                reply = Measurement(cand, "crash", f"{type(exc).__name__}: {exc}"[:300]).to_json()
+        healthy = device_healthy(problem.device)
+        send.send({"measurement": reply, "healthy": healthy})
+        if not healthy:
+            os._exit(3)
+
+
+if __name__ == "__main__":
+    _serve(Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False))
