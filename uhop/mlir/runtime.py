@@ -1,10 +1,17 @@
-"""Load and run compiled modules (``.vmfb``) with ``iree.runtime`` on the local CPU.
+"""Load and run compiled modules (``.vmfb``) with ``iree.runtime``, on the local CPU or a GPU.
 
-The call path is kept thin: numpy inputs are imported into IREE without a copy
-(``import_host_allocation``), the function is invoked through the VM directly, and the result is
-mapped back as a numpy array that owns (keeps alive) IREE's output buffer. The output is a new
-buffer on every call and never aliases an input (an identity module would return its input, so
-that case is copied).
+On a local driver (``local-task``, ``local-sync``) the call path is kept thin: numpy inputs are
+imported into IREE without a copy (``import_host_allocation``), the function is invoked through
+the VM directly, and the result is mapped back as a numpy array that owns (keeps alive) IREE's
+output buffer. The output is a new buffer on every call and never aliases an input (an identity
+module would return its input, so that case is copied).
+
+On a device driver (``cuda``, ``hip``, ``vulkan``) ``module(*arrays)`` copies the inputs to device
+memory and the result back. For timing, keep the data on the device: :meth:`IreeModule.to_device`
+once, :meth:`IreeModule.invoke` repeatedly (device buffers in, a device buffer out),
+:meth:`IreeModule.to_host` only to check the result. UHOP's modules use IREE's synchronous ABI
+(``sync func @main``: the function awaits its result fence before returning), so ``invoke`` returns
+after the device finished; :meth:`IreeModule.sync` is an explicit queue barrier on top.
 """
 
 from __future__ import annotations
@@ -20,11 +27,25 @@ from uhop.mlir.compile import ALIGN
 _ELEMENT = {"float32": "FLOAT_32", "float64": "FLOAT_64", "float16": "FLOAT_16"}
 
 
+#: drivers whose buffers live in host memory (the zero-copy path of ``__call__``)
+LOCAL_DRIVERS = ("local-task", "local-sync")
+
+
 @functools.lru_cache(maxsize=4)
 def _device(driver: str) -> Any:
     import iree.runtime as rt
 
     return rt.Config(driver)
+
+
+def device_error(driver: str) -> str | None:
+    """None if ``driver`` can create a device here, else why not (IREE's message, one line)."""
+    try:
+        _device(driver)
+    except Exception as exc:  # noqa: BLE001 - reported, not raised: callers skip or record it
+        cause = exc.__cause__ or exc  # iree.runtime wraps the driver's error ("Could not create device")
+        return " ".join(f"{type(cause).__name__}: {cause}".split())[:400]
+    return None
 
 
 class IreeModule:
@@ -34,6 +55,7 @@ class IreeModule:
         import iree.runtime as rt
 
         self._rt = rt
+        self.driver = driver
         config = _device(driver)
         self._device = config.device
         self._allocator = config.device.allocator
@@ -44,6 +66,8 @@ class IreeModule:
         if fn is None:
             raise ValueError(f"module has no function {entry!r}")
         self._fn = fn
+        #: the ABI declaration of the entry, e.g. "sync func @main(%input0: tensor<...>) -> ..."
+        self.declaration = str(fn.reflection.get("iree.abi.declaration", ""))
         self._memory = rt.MemoryType.DEVICE_LOCAL | rt.MemoryType.HOST_VISIBLE
         self._usage = rt.BufferUsage.DEFAULT
         self._lock = threading.Lock()  # one VM context: calls are serialized
@@ -62,7 +86,57 @@ class IreeModule:
             return buf if isinstance(buf, rt.HalBufferView) else rt.HalBufferView(buf, x.shape, element)
         return rt.HalBufferView(buf, x.shape, element)
 
+    @property
+    def synchronous(self) -> bool:
+        """True if the entry awaits its results before returning (IREE's default sync ABI)."""
+        return self.declaration.startswith("sync ")
+
+    # ---- device-resident path -------------------------------------------------------------------
+    def to_device(self, x: np.ndarray) -> Any:
+        """A device-local copy of ``x`` as a ``HalBufferView`` (for :meth:`invoke`)."""
+        rt = self._rt
+        x = np.ascontiguousarray(x)
+        if x.dtype.name not in _ELEMENT:
+            raise TypeError(f"x must be one of {', '.join(_ELEMENT)}, got {x.dtype}")
+        element = getattr(rt.HalElementType, _ELEMENT[x.dtype.name])
+        buf = self._allocator.allocate_buffer_copy(
+            memory_type=rt.MemoryType.DEVICE_LOCAL, allowed_usage=self._usage, device=self._device, buffer=x,
+            element_type=element,
+        )  # fmt: skip
+        return buf if isinstance(buf, rt.HalBufferView) else rt.HalBufferView(buf, x.shape, element)
+
+    def invoke(self, *views: Any) -> Any:
+        """Call the entry on device buffer views; returns the result's ``HalBufferView`` (on the
+        device). With the sync ABI the device has finished when this returns."""
+        rt = self._rt
+        args = rt.VmVariantList(len(views))
+        for v in views:
+            args.push_ref(v)
+        rets = rt.VmVariantList(1)
+        with self._lock:
+            self._context.invoke(self._fn, args, rets)
+        return rets.get_as_object(0, rt.HalBufferView)
+
+    def to_host(self, view: Any) -> np.ndarray:
+        """A numpy array of a result view: mapped if host-visible, else copied by a queue DMA."""
+        rt = self._rt
+        dtype = _numpy_dtype(view.element_type)
+        return np.asarray(rt.DeviceArray(self._device, view, override_dtype=dtype).to_host())
+
+    def sync(self) -> None:
+        """Wait until the device has finished all work submitted before this call: an empty
+        command buffer submitted to the queue signals a fresh semaphore, which is waited on."""
+        rt = self._rt
+        sem = self._device.create_semaphore(0)
+        cb = rt.HalCommandBuffer(self._device, begin=True)
+        cb.end()
+        self._device.queue_execute(cb, wait_semaphores=[], signal_semaphores=rt.HalFence.create_at(sem, 1))
+        rt.HalFence.create_at(sem, 1).wait()
+
     def __call__(self, *xs: np.ndarray) -> np.ndarray:
+        if self.driver not in LOCAL_DRIVERS:  # device memory: copy in, run, copy out
+            views = [self.to_device(x) for x in xs]
+            return self.to_host(self.invoke(*views))
         rt = self._rt
         arrays = [np.ascontiguousarray(x) for x in xs]
         # The compiled code assumes ALIGN-byte aligned bindings. The (possibly copied) arrays stay
