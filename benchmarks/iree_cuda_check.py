@@ -34,10 +34,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import platform
 import re
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -153,6 +155,47 @@ def compile_all(out_dir: Path, target: str, cases: tuple[Case, ...]) -> dict[str
 
 
 # ---- run (needs iree-base-runtime, numpy, torch) ------------------------------------------------
+_REEXEC = "_IREE_CUDA_CHECK_LINKED"
+
+
+def ensure_dev_library(dev: str = "libcuda.so", runtime: str = "libcuda.so.1") -> str:
+    """Make ``dev`` loadable by name; returns how it is found.
+
+    IREE's CUDA driver dlopens ``libcuda.so`` (the unversioned development name); a driver
+    install may ship only ``libcuda.so.1``. Then this links ``dev`` to the loaded ``runtime``
+    library in a temp directory and re-executes the script with that directory on
+    LD_LIBRARY_PATH (the dynamic loader reads it only at process start)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(dev)
+        linked = os.environ.get(_REEXEC)
+        return f"{dev} linked to {linked} (LD_LIBRARY_PATH)" if linked else f"{dev} found by the loader"
+    except OSError:
+        pass
+    if os.environ.get(_REEXEC):
+        return f"{dev} not loadable even after linking it to {os.environ[_REEXEC]}"
+    try:
+        ctypes.CDLL(runtime)
+    except OSError as exc:
+        return f"neither {dev} nor {runtime} loadable ({exc})"
+    with open("/proc/self/maps") as f:
+        path = next((ln.split()[-1] for ln in f if f"/{dev}" in ln), None)
+    if path is None:
+        return f"{runtime} loaded but not found in /proc/self/maps"
+    d = Path(tempfile.gettempdir()) / "uhop-iree-libs"
+    d.mkdir(exist_ok=True)
+    link = d / dev
+    link.unlink(missing_ok=True)
+    link.symlink_to(path)
+    ld = ":".join(x for x in (str(d), os.environ.get("LD_LIBRARY_PATH", "")) if x)
+    sys.stdout.flush()
+    os.execve(
+        sys.executable, [sys.executable, *sys.argv], {**os.environ, "LD_LIBRARY_PATH": ld, _REEXEC: path}
+    )
+    return "unreachable"  # pragma: no cover - execve does not return
+
+
 def environment(driver: str) -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -458,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--repeat must be a positive integer, got {args.repeat}")
     if not (args.run / MANIFEST).exists():
         ap.error(f"--run: {args.run / MANIFEST} not found; compile first with --compile {args.run}")
+    libcuda = ensure_dev_library() if args.driver == "cuda" else None
     print(HEADER, flush=True)
     try:
         result = run_all(args.run, args.driver, args.repeat, args.rounds, args.min_time, only)
@@ -467,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         print(result["traceback"])
         return 2
+    result["env"]["libcuda"] = libcuda
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print()
