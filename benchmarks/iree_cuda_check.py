@@ -255,7 +255,7 @@ def run_all(
     min_time_s: float,
     only: set[str] | frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
-    from uhop.mlir.runtime import IreeModule, device_error
+    from uhop.mlir.runtime import device_error
 
     manifest = json.loads((in_dir / MANIFEST).read_text())
     env = environment(driver)
@@ -268,7 +268,7 @@ def run_all(
     torch_device = _torch_device(driver)
     result["torch_device"] = torch_device
     for art in [a for a in manifest["artifacts"] if not only or a["name"] in only]:
-        row = run_one(in_dir, art, driver, device_ok, torch_device, repeat, rounds, min_time_s, IreeModule)
+        row = run_one(in_dir, art, driver, device_ok, torch_device, repeat, rounds, min_time_s)
         result["rows"].append(row)
         print(_line(row), flush=True)
     rows = result["rows"]
@@ -295,9 +295,19 @@ def _torch_device(driver: str) -> str:
 
 
 def run_one(
-    in_dir, art, driver, device_err, torch_device, repeat, rounds, min_time_s, IreeModule
+    in_dir: Path,
+    art: dict[str, Any],
+    driver: str,
+    device_err: str | None,
+    torch_device: str,
+    repeat: int,
+    rounds: int,
+    min_time_s: float,
 ) -> dict[str, Any]:
+    """One artifact: load, validate the first result, time IREE and torch in interleaved rounds.
+    Every failure is recorded in the row's ``errors`` (prefixed by its stage)."""
     from uhop.measure.validate import compare
+    from uhop.mlir.runtime import IreeModule
     from uhop.problem import Problem
 
     row: dict[str, Any] = {"name": art["name"], "op": art["op"], "dims": art["dims"], "params": art["params"],
@@ -381,19 +391,8 @@ def _torch_side(problem, sets, ref, device, row):
         from uhop.backends.base import Candidate
         from uhop.measure.validate import compare
 
-        prob = (
-            problem
-            if device == "cpu"
-            else type(problem).make(
-                problem.op,
-                problem.dim,
-                problem.dtype,
-                problem.param,
-                problem.arity,
-                device=device,
-                array="torch",
-            )
-        )
+        p = problem
+        prob = type(p).make(p.op, p.dim, p.dtype, p.param, p.arity, device=device, array="torch")
         kernel = get("torch").compile(Candidate.of("torch", "eager"), prob)
         args = [[torch.from_numpy(x).to(device) for x in s] for s in sets]
         sync = torch.cuda.synchronize if device == "cuda" else None
