@@ -203,6 +203,9 @@ def environment(driver: str) -> dict[str, Any]:
         "python": platform.python_version(),
         "numpy": np.__version__,
         "driver_name": driver,
+        # e.g. "--cuda_use_streams=true --cuda_async_allocations=false" if CUDA graphs or
+        # stream-ordered allocations fail on the machine (iree.runtime parses it at import)
+        "iree_runtime_flags": os.environ.get("IREE_PY_RUNTIME_FLAGS"),
     }
     try:
         env["iree_runtime"] = version("iree-base-runtime")
