@@ -11,7 +11,7 @@ memory and the result back. For timing, keep the data on the device: :meth:`Iree
 once, :meth:`IreeModule.invoke` repeatedly (device buffers in, a device buffer out),
 :meth:`IreeModule.to_host` only to check the result. UHOP's modules use IREE's synchronous ABI
 (``sync func @main``: the function awaits its result fence before returning), so ``invoke`` returns
-after the device finished; :meth:`IreeModule.sync` is an explicit queue barrier on top.
+after the device finished; :meth:`IreeModule.sync` is a queue barrier on top.
 """
 
 from __future__ import annotations
@@ -124,8 +124,12 @@ class IreeModule:
         return np.asarray(rt.DeviceArray(self._device, view, override_dtype=dtype).to_host())
 
     def sync(self) -> None:
-        """Wait until the device has finished all work submitted before this call: an empty
-        command buffer submitted to the queue signals a fresh semaphore, which is waited on."""
+        """A queue barrier: an empty command buffer signals a fresh semaphore, which is waited on.
+
+        IREE orders queue work by semaphores, not by submission, so this waits for earlier work
+        only where the queue is in order (CUDA's single stream is). Sync-ABI modules need no
+        barrier (each call has finished when it returns); benchmarks call it around samples
+        for modules compiled with an async ABI."""
         rt = self._rt
         sem = self._device.create_semaphore(0)
         cb = rt.HalCommandBuffer(self._device, begin=True)
