@@ -261,10 +261,12 @@ def check_file(
     limits: Limits | None = None,
     policy: StaticPolicy | None = None,
     isolation: str = "auto",
+    tools: bool | None = None,
 ) -> CheckResult:
     """Validate (and time) an untrusted kernel file in the sandbox at :data:`SHAPES` (or
     ``shapes``, ``op.parse_shape`` strings). Never raises for a candidate fault: every rejection
-    is a ``CheckResult`` with a category and a reason."""
+    is a ``CheckResult`` with a category and a reason. ``tools`` (default: the file's
+    ``needs_tools``) starts the tool broker that runs Triton's ptxas and C compiler."""
     try:
         kf = load(path, policy)
     except KernelFileError as exc:
@@ -278,7 +280,7 @@ def check_file(
         return CheckResult(False, exc.category, exc.reason, **base)
     except Exception as exc:
         return CheckResult(False, "bad-file", f"{type(exc).__name__}: {exc}", **base)
-    return check(kf, probs, trials=trials, time_it=time_it, limits=limits, isolation=isolation)
+    return check(kf, probs, trials=trials, time_it=time_it, limits=limits, isolation=isolation, tools=tools)
 
 
 def check(
@@ -290,9 +292,12 @@ def check(
     limits: Limits | None = None,
     isolation: str = "auto",
     workers: WorkerPool | None = None,
+    tools: bool | None = None,
 ) -> CheckResult:
     """Validate ``kf`` on each problem (two at least, so a hard-coded shape fails) in a fresh
-    worker, then time it on the last one. Never raises for a candidate fault."""
+    worker, then time it on the last one. Never raises for a candidate fault. A candidate that
+    asked the tool broker for anything outside its allowlist is ``forbidden``, whatever it did
+    with the refusal (the broker reports it to this process directly)."""
     if trials < 1:
         raise ValueError(f"trials must be >= 1, got {trials}")
     if not problems:
@@ -301,10 +306,11 @@ def check(
     # the references: computed here, before any candidate code runs anywhere
     vsets = [ValidationSet(p, trials=max(trials, 2)) for p in problems]
     t_start = _perf()
-    w = (workers or pool(isolation, limits, gpu=kf.device == "cuda")).take()
+    tools = kf.needs_tools if tools is None else tools
+    w = (workers or pool(isolation, limits, gpu=kf.device == "cuda", tools=tools)).take()
     timing: dict[str, float] = {}
     try:
-        w.load(kf.source, f"kernel_{kf.sha256[:12]}.py", array=kf.array, device=kf.device)
+        w.load(kf.source, f"kernel_{kf.sha256[:12]}.py", array=kf.array, device=kf.device, tools=tools)
         t_loaded = _perf()
         ev = Evaluation(w, problems[0])
         for p, vs in zip(problems, vsets, strict=True):
@@ -316,7 +322,13 @@ def check(
             ev.prev = None
             timing = ev.time(vsets[-1].trials, repeat=repeat, min_time_s=min_s)
         w.request({"cmd": "ping"})
+        refused = w.tool_refusals()
+        if refused:
+            raise SandboxFault("forbidden", f"asked the tool broker for more than it allows: {refused[0]}")
     except SandboxFault as exc:
+        refused = w.tool_refusals()
+        if refused and exc.category != "forbidden":
+            exc = SandboxFault("forbidden", f"asked the tool broker for more than it allows: {refused[0]}")
         return CheckResult(False, exc.category, exc.reason, layers=tuple(w.layers), **base)  # type: ignore[arg-type]
     except Exception as exc:  # a reply the validator could not judge: still the candidate's fault
         reason = f"unjudgeable reply ({type(exc).__name__}: {exc})".splitlines()[0][:300]

@@ -115,8 +115,9 @@ def _classify(exc: BaseException) -> tuple[str, str]:
 
 
 class Worker:
-    def __init__(self, rfd: int, wfd: int) -> None:
+    def __init__(self, rfd: int, wfd: int, tools=None) -> None:
         self.rfd, self.wfd = rfd, wfd
+        self.tools = tools  # toolshim.Client of this worker's broker (tool workers only)
         self.run = None
         self.slots: dict[int, list] = {}
         self.array = "numpy"
@@ -188,7 +189,8 @@ class Worker:
             if self.device == "cuda":
                 torch.cuda.init()
                 self.sync = torch.cuda.synchronize
-        layers = apply_limits(header["limits"], gpu=self.device == "cuda")
+        tool_layers = self._tools(bool(header.get("tools")))
+        layers = apply_limits(header["limits"], gpu=self.device == "cuda") + tool_layers
         deny_writes = bool(header.get("deny_writes", False))
         ns = [x for x in os.environ.get("UHOP_SANDBOX_LAYERS", "").split(",") if x]
         # Writes beneath the private dir only: with Landlock, and only where that dir is a
@@ -219,6 +221,26 @@ class Worker:
         self.run = run
         self._check_side_effects()
         return {"ok": True, "layers": layers}, []
+
+    def _tools(self, wanted: bool) -> list[str]:
+        """Trusted phase: hand Triton the broker (``subprocess`` replaced by the shim), or stop
+        an unwanted broker before any candidate code exists."""
+        if not wanted:
+            if self.tools is not None:
+                self.tools.close()  # EOF: the broker exits
+                self.tools = None
+            return []
+        if self.tools is None:
+            raise Fault("crash", "tools were requested from a worker started without them")
+        if not self.tools.shielded:
+            raise Fault("crash", "tools need Landlock (to keep the candidate out of the tools' memory); unavailable here")
+        ts = _toolshim()
+        try:
+            self.tools.wait_ready()
+        except ts.BrokerError as exc:
+            raise Fault("crash", f"tool broker: {exc}") from None
+        ts.install_triton(ts.SubprocessShim(self.tools))
+        return ["tools"]
 
     def cmd_put(self, header, blobs):
         self.slots[int(header["slot"])] = [from_npy(b) for b in blobs]
@@ -353,18 +375,29 @@ def apply_limits(limits: dict, gpu: bool) -> list[str]:
     return layers
 
 
-def _filters():
-    """syscall_filter.py next to this file (seccomp, Landlock), loaded by path: this worker never
-    puts its own directory on sys.path, where a candidate's imports would see it."""
+def _sibling(name: str):
+    """A stdlib module next to this file, loaded by path: this worker never puts its own
+    directory on sys.path, where a candidate's imports would see it."""
     import importlib.util
 
-    if "_uhop_syscall_filter" not in sys.modules:
-        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "syscall_filter.py")
-        spec = importlib.util.spec_from_file_location("_uhop_syscall_filter", path)
+    key = f"_uhop_{name}"
+    if key not in sys.modules:
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+        spec = importlib.util.spec_from_file_location(key, path)
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
-        sys.modules["_uhop_syscall_filter"] = mod
-    return sys.modules["_uhop_syscall_filter"]
+        sys.modules[key] = mod
+    return sys.modules[key]
+
+
+def _filters():
+    """syscall_filter.py: seccomp and Landlock."""
+    return _sibling("syscall_filter")
+
+
+def _toolshim():
+    """toolshim.py: the tool broker's client and Triton's ``subprocess`` stand-in."""
+    return _sibling("toolshim")
 
 
 def _private_namespaces(home: str, disk_bytes: int) -> list[str]:
@@ -408,7 +441,13 @@ def main() -> None:
         os.environ["UHOP_SANDBOX_LAYERS"] = ",".join(
             _private_namespaces(home, int(os.environ.get("UHOP_SANDBOX_DISK_BYTES", 256 << 20)))
         )
-    Worker(rfd, wfd).serve()
+    tools = None
+    cfg = os.environ.pop("UHOP_SANDBOX_TOOLS", "")
+    if cfg:  # a tool worker: the broker starts now, inside our namespaces, before any thread exists
+        ts = _toolshim()
+        tools = ts.start(json.loads(cfg))
+        tools.shielded = ts.shield()  # every later thread of this process is kept out of the broker
+    Worker(rfd, wfd, tools).serve()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Candidate kernel files: the format (see ``docs/kernel_format.md``) and the static pre-check.
 
 A kernel file is a Python module with module-level literals ``OP`` (required), ``PARAMS``,
-``DTYPES``, ``ARRAY`` and ``DEVICE`` (optional) and a function ``run(*inputs)``. The parent
+``DTYPES``, ``ARRAY``, ``DEVICE`` and ``TOOLS`` (optional) and a function ``run(*inputs)``. The parent
 process reads the literals from the syntax tree and never imports the file: only the sandbox
 worker does (:mod:`uhop.sandbox.worker`).
 
@@ -101,10 +101,17 @@ class KernelFile:
     dtypes: tuple[str, ...] = ("float32", "float64")
     array: str = "numpy"
     device: str = "cpu"
+    tools: bool = False
 
     @property
     def name(self) -> str:
         return self.path.name
+
+    @property
+    def needs_tools(self) -> bool:
+        """Does its worker need the tool broker (Triton's ptxas and C compiler)? CUDA files
+        always (Triton compiles for the GPU with them); CPU files that declare ``TOOLS = True``."""
+        return self.tools or self.device == "cuda"
 
     def matches(self, op: str, dtype: str, params: dict[str, Any], device: str = "cpu") -> bool:
         """Does this file implement ``op`` for ``dtype``, ``params`` and the device kind?"""
@@ -165,11 +172,14 @@ def parse(data: bytes, path: Path, policy: StaticPolicy | None = None) -> Kernel
     device = consts.get("DEVICE", "cpu")
     if device not in DEVICES:
         raise KernelFileError("bad-file", f"DEVICE must be one of {list(DEVICES)}, got {device!r}")
+    tools = consts.get("TOOLS", False)
+    if not isinstance(tools, bool):
+        raise KernelFileError("bad-file", f"TOOLS must be True or False, got {tools!r}")
     if policy.enabled:
         problem = _first_violation(tree, policy)
         if problem:
             raise KernelFileError("forbidden", problem)
-    return KernelFile(path, source, sha256_bytes(data), op, params, tuple(dtypes), array, device)
+    return KernelFile(path, source, sha256_bytes(data), op, params, tuple(dtypes), array, device, tools)
 
 
 def _module_literals(tree: ast.Module) -> dict[str, Any]:
@@ -177,7 +187,7 @@ def _module_literals(tree: ast.Module) -> dict[str, Any]:
     for node in tree.body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             name = node.targets[0].id
-            if name in ("OP", "PARAMS", "DTYPES", "ARRAY", "DEVICE"):
+            if name in ("OP", "PARAMS", "DTYPES", "ARRAY", "DEVICE", "TOOLS"):
                 try:
                     out[name] = ast.literal_eval(node.value)
                 except ValueError:

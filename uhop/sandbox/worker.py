@@ -12,7 +12,11 @@ Isolation layers, strongest first (``Sandbox.layers`` reports which ran):
   also refuses every write-open and a private network namespace is tried with ``unshare``;
 * ``rlimits``: CPU seconds, file size, open files, no core dumps, address space (CPU
   candidates only: ``RLIMIT_AS`` breaks CUDA, so GPU workers are held to ``memory_bytes`` by
-  polling their resident memory from here instead).
+  polling their resident memory from here instead);
+* ``tools`` (tool workers: CUDA kernel files, or ``tools=True``): a trusted broker
+  (``broker.py``) started inside the same sandbox before the worker's first thread runs ptxas
+  and the C compiler for Triton, only allowlisted programs with Triton's own argument forms;
+  the worker sits in a Landlock domain that keeps it out of the broker's and the tools' memory.
 
 Without bubblewrap *and* seccomp there is no OS isolation and :class:`Sandbox` refuses to start.
 A worker serves one candidate and is then discarded; the next is already warm (``WorkerPool``).
@@ -23,6 +27,8 @@ from __future__ import annotations
 import atexit
 import fcntl
 import functools
+import importlib.util
+import json
 import os
 import selectors
 import shutil
@@ -40,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from uhop.sandbox import child
+from uhop.sandbox import broker, child
 
 CHILD = Path(child.__file__).resolve()
 #: Environment variables passed into the sandbox (everything else is dropped: no secrets).
@@ -122,9 +128,59 @@ def resolve_isolation(isolation: str = "auto") -> str:
     return "seccomp"
 
 
-def _ro_paths() -> list[str]:
+@functools.lru_cache(maxsize=1)
+def tool_programs() -> dict[str, list[str]]:
+    """What a tool worker's broker may run (real paths), found here by the trusted parent: the
+    C compiler Triton would use (``$CC``, else gcc, else clang) and Triton's ptxas
+    (``TRITON_PTXAS_PATH``/``TRITON_PTXAS_BLACKWELL_PATH``, and the copies Triton bundles)."""
+    cc: list[str] = []
+    for name in (os.environ.get("CC"), "gcc", "clang"):
+        exe = shutil.which(name) if name else None
+        if exe:
+            cc = [os.path.realpath(exe)]
+            break
+    ptxas = [os.path.realpath(os.environ[v]) for v in ("TRITON_PTXAS_PATH", "TRITON_PTXAS_BLACKWELL_PATH")
+             if os.path.isfile(os.environ.get(v, ""))]  # fmt: skip
+    spec = importlib.util.find_spec("triton")  # located, not imported
+    if spec is not None and spec.origin:
+        bindir = Path(spec.origin).parent / "backends" / "nvidia" / "bin"
+        ptxas += [os.path.realpath(bindir / n) for n in ("ptxas", "ptxas-blackwell") if (bindir / n).is_file()]
+    return {"cc": cc, "ptxas": ptxas}
+
+
+@functools.lru_cache(maxsize=1)
+def libcuda_dir() -> str | None:
+    """The directory of libcuda.so.1, for Triton's launcher build (``TRITON_LIBCUDA_PATH``):
+    found here, so Triton in the sandbox never runs ``ldconfig``."""
+    if os.environ.get("TRITON_LIBCUDA_PATH"):
+        return os.environ["TRITON_LIBCUDA_PATH"]
+    for ldconfig in ("/sbin/ldconfig", "/usr/sbin/ldconfig"):
+        try:
+            out = subprocess.run([ldconfig, "-p"], capture_output=True, timeout=10).stdout.decode(errors="ignore")
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        found = [ln for ln in out.splitlines() if "libcuda.so.1 " in ln and "=>" in ln]
+        found.sort(key=lambda ln: "x86-64" not in ln)  # the 64-bit one first where both are listed
+        if found:
+            return os.path.dirname(found[0].split()[-1])
+    for d in ("/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/local/nvidia/lib64", "/usr/lib/wsl/lib"):
+        if os.path.exists(f"{d}/libcuda.so.1"):
+            return d
+    return None
+
+
+def _tool_dirs(gpu: bool) -> list[str]:
+    """Directories a tool worker reads on top of the usual view: the tools' own directories
+    (a compiler outside /usr) and libcuda's."""
+    progs = tool_programs()
+    dirs = [os.path.dirname(p) for p in progs["cc"] + progs["ptxas"]]
+    cuda = libcuda_dir() if gpu else None
+    return dirs + ([cuda] if cuda else [])
+
+
+def _ro_paths(extra: Sequence[str] = ()) -> list[str]:
     """Directories the worker needs to read: system libraries, the interpreter, sys.path."""
-    paths = ["/usr", "/lib", "/lib64", "/bin", "/sbin", sys.prefix, sys.base_prefix, str(CHILD.parent)]
+    paths = ["/usr", "/lib", "/lib64", "/bin", "/sbin", sys.prefix, sys.base_prefix, str(CHILD.parent), *extra]
     # Installed packages only: never the working directory or a source checkout on sys.path
     # (that is where a user's project and its secrets live).
     paths += [p for p in sys.path if p and os.path.isdir(p) and os.path.basename(p) in ("site-packages", "dist-packages")]
@@ -135,12 +191,12 @@ def _ro_paths() -> list[str]:
     return out
 
 
-def _bwrap_cmd(limits: Limits, gpu: bool) -> list[str]:
+def _bwrap_cmd(limits: Limits, gpu: bool, tools: bool = False) -> list[str]:
     cmd = [bwrap_path() or "bwrap", "--unshare-all", "--die-with-parent", "--cap-drop", "ALL"]
     # The private /tmp first: read-only binds of paths under /tmp (a checkout or venv there, as in
     # CI) are then mounted on top of it instead of being hidden by it.
     cmd += ["--size", str(limits.disk_bytes), "--tmpfs", "/tmp"]
-    for p in _ro_paths():
+    for p in _ro_paths(_tool_dirs(gpu) if tools else ()):
         if os.path.islink(p):
             cmd += ["--symlink", os.readlink(p), p]
         else:
@@ -163,10 +219,10 @@ def _bwrap_cmd(limits: Limits, gpu: bool) -> list[str]:
     return cmd
 
 
-def _readable(gpu: bool) -> list[str]:
+def _readable(gpu: bool, tools: bool = False) -> list[str]:
     """Without bubblewrap, what Landlock lets the worker read: the same view bwrap binds, plus
     its own /proc/<pid> (added by the worker; never other processes' environments)."""
-    paths = _ro_paths() + list(_ETC) + ["/sys/devices/system/cpu", "/proc/cpuinfo", "/proc/meminfo", "/dev/urandom",
+    paths = _ro_paths(_tool_dirs(gpu) if tools else ()) + list(_ETC) + ["/sys/devices/system/cpu", "/proc/cpuinfo", "/proc/meminfo", "/dev/urandom",
                                        "/dev/zero", "/proc/sys/vm/overcommit_memory"]  # fmt: skip
     if gpu:
         paths += ["/sys", "/proc/driver/nvidia", "/proc/devices"]
@@ -218,10 +274,12 @@ class Worker:
     construction; :meth:`load` waits for it. Every request has a deadline; on timeout, death,
     memory overrun or a malformed reply the process group is killed and ``SandboxFault`` raised."""
 
-    def __init__(self, isolation: str = "auto", limits: Limits | None = None, gpu: bool = False) -> None:
+    def __init__(self, isolation: str = "auto", limits: Limits | None = None, gpu: bool = False,
+                 tools: bool = False) -> None:  # fmt: skip
         self.isolation = resolve_isolation(isolation)
         self.limits = limits or Limits()
         self.gpu = gpu
+        self.tools = tools
         # the layers this worker is started with (the load reply adds "netns" where it worked)
         self.layers: list[str] = ["rlimits"] + (["seccomp"] if have_seccomp() else [])
         self.dead = False
@@ -230,7 +288,7 @@ class Worker:
         self._buf = bytearray()
         python = [sys.executable, "-I", "-B", str(CHILD)]
         if self.isolation == "bwrap":
-            cmd, home = _bwrap_cmd(self.limits, gpu) + python, "/tmp"
+            cmd, home = _bwrap_cmd(self.limits, gpu, tools) + python, "/tmp"
             self.layers.insert(0, "bwrap")
         else:
             self._tmp = tempfile.mkdtemp(prefix="uhop-sandbox-")
@@ -245,6 +303,8 @@ class Worker:
         if self.isolation != "bwrap":
             env["UHOP_SANDBOX_PRIVATE"] = home
             env["UHOP_SANDBOX_DISK_BYTES"] = str(self.limits.disk_bytes)
+        if tools:
+            env.update(self._tool_env(home))
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, env=env,
             cwd=home if self._tmp else "/", start_new_session=True, close_fds=True,
@@ -257,10 +317,45 @@ class Worker:
             except OSError:
                 pass
 
+    def _tool_env(self, home: str) -> dict[str, str]:
+        """The broker's configuration (read and dropped by the worker at start) and what Triton
+        inside needs to pick the same programs without looking around."""
+        progs = tool_programs()
+        cfg = {**progs, "private": home, "readable": _readable(self.gpu, True), "writable": [home, "/dev/null"],
+               "timeout_s": max(self.limits.wall_s, 1.0), "cpu_s": self.limits.cpu_s,
+               "file_bytes": self.limits.file_bytes, "as_bytes": 16 << 30, "out_bytes": 1 << 20}  # fmt: skip
+        env = {"UHOP_SANDBOX_TOOLS": json.dumps(cfg)}
+        if progs["cc"]:
+            env["CC"] = progs["cc"][0]
+        for var in ("TRITON_PTXAS_PATH", "TRITON_PTXAS_BLACKWELL_PATH"):
+            if os.environ.get(var):
+                env[var] = os.environ[var]
+        if self.gpu and libcuda_dir():
+            env["TRITON_LIBCUDA_PATH"] = libcuda_dir()  # type: ignore[assignment]
+        return env
+
+    def tool_refusals(self) -> list[str]:
+        """What the broker refused this worker's candidate, from the broker's own report channel
+        (the start-up log, which the candidate holds no descriptor of)."""
+        if not self.tools:
+            return []
+        try:
+            data = os.pread(self._err.fileno(), 1 << 20, 0)
+        except (OSError, ValueError):
+            return []
+        lines = data.decode(errors="replace").splitlines()
+        return [_printable(ln[len(broker.REPORT) :], 300) for ln in lines if ln.startswith(broker.REPORT)]
+
     # ---- lifecycle -----------------------------------------------------------------------------
     def kill(self) -> None:
         if not self.dead:
             self.dead = True
+            if self.tools:  # the broker's tools run in process groups of their own
+                for pid in reversed(_tree_pids(self.proc.pid)):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
@@ -389,19 +484,21 @@ class Worker:
         return reply, out
 
     # ---- commands ------------------------------------------------------------------------------
-    def load(self, source: str, filename: str, *, array: str = "numpy", device: str = "cpu") -> list[str]:
-        """Send the candidate, apply limits and seccomp, import it. Returns the layers in force."""
+    def load(self, source: str, filename: str, *, array: str = "numpy", device: str = "cpu",
+             tools: bool | None = None) -> list[str]:  # fmt: skip
+        """Send the candidate, apply limits and seccomp, import it. Returns the layers in force.
+        ``tools`` (default: whether this worker was started with them) hands Triton the broker."""
         reply, _ = self.request({
             "cmd": "load", "source": source, "filename": filename, "workdir": self.workdir,
             "limits": asdict(self.limits), "log_bytes": self.limits.log_bytes, "array": array,
             "device": device, "seccomp": True, "deny_writes": self.isolation != "bwrap",
             "writable": [self._tmp, "/dev/null"] + (_gpu_devices() if self.gpu else []) if self._tmp else [],
-            "readable": _readable(self.gpu),
+            "readable": _readable(self.gpu, self.tools), "tools": self.tools if tools is None else tools,
         })  # fmt: skip
         got = reply.get("layers") if isinstance(reply.get("layers"), list) else []
         if "landlock" in got and "no-writes" in self.layers:  # writes confined by path instead
             self.layers[self.layers.index("no-writes")] = "landlock"
-        self.layers += [x for x in ("netns", "tmpfs") if x in got and x not in self.layers]
+        self.layers += [x for x in ("netns", "tmpfs", "tools") if x in got and x not in self.layers]
         return self.layers
 
 
@@ -414,10 +511,12 @@ class WorkerPool:
     """Hands out fresh workers, keeping one spare starting in the background, so a candidate
     does not wait for an interpreter and numpy to start (about 0.3 s under bubblewrap)."""
 
-    def __init__(self, isolation: str = "auto", limits: Limits | None = None, gpu: bool = False) -> None:
+    def __init__(self, isolation: str = "auto", limits: Limits | None = None, gpu: bool = False,
+                 tools: bool | None = None) -> None:  # fmt: skip
         self.isolation = resolve_isolation(isolation)
         self.limits = limits or Limits()
         self.gpu = gpu
+        self.tools = gpu if tools is None else tools  # CUDA kernel files get Triton's tools
         self._spare: Worker | None = None
         self._lock = threading.Lock()
 
@@ -428,8 +527,8 @@ class WorkerPool:
                 w.kill()
                 w = None
             if w is None:
-                w = Worker(self.isolation, self.limits, self.gpu)
-            self._spare = Worker(self.isolation, self.limits, self.gpu)
+                w = Worker(self.isolation, self.limits, self.gpu, self.tools)
+            self._spare = Worker(self.isolation, self.limits, self.gpu, self.tools)
             return w
 
     def close(self) -> None:
@@ -438,12 +537,13 @@ class WorkerPool:
             self._spare = None
 
 
-_pools: dict[tuple[str, Limits, bool], WorkerPool] = {}
+_pools: dict[tuple[str, Limits, bool, bool], WorkerPool] = {}
 
 
-def pool(isolation: str = "auto", limits: Limits | None = None, gpu: bool = False) -> WorkerPool:
-    """A process-wide pool per (isolation, limits, gpu)."""
-    key = (resolve_isolation(isolation), limits or Limits(), gpu)
+def pool(isolation: str = "auto", limits: Limits | None = None, gpu: bool = False,
+         tools: bool | None = None) -> WorkerPool:  # fmt: skip
+    """A process-wide pool per (isolation, limits, gpu, tools); ``tools`` defaults to ``gpu``."""
+    key = (resolve_isolation(isolation), limits or Limits(), gpu, gpu if tools is None else tools)
     if key not in _pools:
         _pools[key] = WorkerPool(*key)
     return _pools[key]
