@@ -75,6 +75,9 @@ class IsolatedEvaluator:
         self._lock = threading.Lock()
         #: workers started so far (the first one included): a count of crashes and timeouts + 1
         self.starts = 0
+        #: seconds of the last :meth:`evaluate` that were set-up, not the candidate: waiting for a
+        #: worker to start and building the problem's reference inputs (budget estimates skip it)
+        self.last_setup_s = 0.0
 
     # ---- the worker's life ----------------------------------------------------------------
     def start(self) -> None:
@@ -155,6 +158,8 @@ class IsolatedEvaluator:
         req = {"cmd": "eval", "candidate": candidate.to_json(), "problem": problem.to_json(), "trials": trials,
                "time_it": time_it, "cutoff_s": cutoff_s, "settings": settings or worker_settings()}  # fmt: skip
         with self._lock:
+            self.last_setup_s = 0.0
+            t0 = time.monotonic()
             self.start()
             assert self._send is not None
             if not self._ready:  # the worker's start-up is not the candidate's time
@@ -164,6 +169,7 @@ class IsolatedEvaluator:
                     why = "did not start in time" if what == "timeout" else f"died while starting ({reply})"
                     return Measurement(candidate, "crash", f"the isolation worker {why}")
                 self._ready = True
+                self.last_setup_s = time.monotonic() - t0
             try:
                 self._send.send(req)
             except OSError as exc:
@@ -177,6 +183,7 @@ class IsolatedEvaluator:
                 self._discard()
                 return Measurement(candidate, "crash", f"killed its process ({reply}); a fresh worker takes the next candidate")
             m = Measurement.from_json(reply["measurement"])
+            self.last_setup_s += float(reply.get("setup_s", 0.0))
             if not reply.get("healthy", True):
                 self._discard()  # the worker exits by itself too; do not wait for it to be noticed
                 m = Measurement(m.candidate, "crash" if m.ok else m.status,
@@ -248,9 +255,11 @@ def _serve(recv: Connection, send: Connection) -> None:
             problem = Problem.from_json(req["problem"])
             cand = Candidate.from_json(req["candidate"])
             vkey = (repr(sorted(req["problem"].items())), req["trials"])
+            t0 = time.monotonic()
             if vkey not in vsets:
                 vsets.clear()  # one problem at a time: inputs of the last one only
                 vsets[vkey] = ValidationSet(problem, trials=req["trials"])
+            setup_s = time.monotonic() - t0
             try:
                 m, _ = evaluate(cand, bk.get(cand.backend), problem, vsets[vkey], time_it=req["time_it"],
                                 cutoff_s=req["cutoff_s"])  # fmt: skip
@@ -260,7 +269,7 @@ def _serve(recv: Connection, send: Connection) -> None:
 
                 reply = Measurement(cand, "crash", f"{type(exc).__name__}: {exc}"[:300]).to_json()
         healthy = device_healthy(problem.device)
-        send.send({"measurement": reply, "healthy": healthy})
+        send.send({"measurement": reply, "healthy": healthy, "setup_s": setup_s})
         if not healthy:
             os._exit(3)
 

@@ -188,6 +188,13 @@ def _trials_for(problem: Problem, wanted: int) -> int:
     return min(wanted, 2) if elements > (1 << 25) else wanted
 
 
+def _expected_s(took: Mapping[str, list[float]], backend: str) -> float:
+    """How long the next evaluation on ``backend`` will likely take: the median of its last
+    three (of any backend's, before its first), 0 before any evaluation."""
+    recent = took.get(backend, [])[-3:] or [t for ts in took.values() for t in ts[-3:]]
+    return sorted(recent)[len(recent) // 2] if recent else 0.0
+
+
 def _record_telemetry(problem: Problem, measurements: Sequence[Measurement], store: Any, key: str) -> None:
     """Every measurement is data for the cost model (never raises; a no-op without uhop.perf)."""
     try:
@@ -237,6 +244,10 @@ def tune(
     heuristic order, that validates). Returns every measurement; raises
     :class:`~uhop.errors.NoCandidateError` only if no candidate at all is valid.
 
+    ``budget_s`` (default ``UHOP_TUNE_BUDGET_S``) bounds the whole call, reference inputs and
+    compiles included: a candidate is started only while the time it is expected to take (the
+    median of its backend's last evaluations) still fits.
+
     Search runs: with ``strategy`` (``exhaustive``, ``random``, ``evolution``, ``nsga2``,
     ``surrogate``), ``executor`` (``inline``, ``local``, ``ray``) or ``resume`` (a run id), the
     union of the backends' search spaces is searched instead: at most ``max_evals`` measurements
@@ -251,6 +262,7 @@ def tune(
     CUDA context is a recorded ``crash``/``timeout``; only the chosen kernel is built here.
     """
     s = settings()
+    t_start = time.monotonic()
     if problem is None and resume is not None:
         from uhop.tune.search import problem_of_run
 
@@ -300,17 +312,20 @@ def tune(
     measurements: list[Measurement] = []
     best: Measurement | None = None
     best_kernel: Kernel | None = None
-    deadline = time.monotonic() + budget
+    deadline = t_start + budget
+    took: dict[str, list[float]] = {}  # seconds per evaluation, by backend
     for i, cand in enumerate(order):
-        spent = time.monotonic() > deadline or (max_evals is not None and i >= max_evals)
+        spent = time.monotonic() + _expected_s(took, cand.backend) > deadline or (max_evals is not None and i >= max_evals)
         if best is not None and (policy == "fast" or spent):
             measurements.extend(Measurement(c, "skipped", f"policy={policy}" if policy == "fast" else "budget spent") for c in order[i:])
             break
         cutoff = 3 * best.median_s if best is not None and math.isfinite(best.median_s) else math.inf
+        t0 = time.monotonic()
         if iso is not None:
             m, kernel = iso.evaluate(cand, problem, trials=trials, time_it=policy == "tune", cutoff_s=cutoff), None
         else:
             m, kernel = evaluate(cand, by_name[cand.backend], problem, vset, time_it=policy == "tune", cutoff_s=cutoff)  # type: ignore[arg-type]
+        took.setdefault(cand.backend, []).append(time.monotonic() - t0 - (iso.last_setup_s if iso is not None else 0.0))
         measurements.append(m)
         if m.ok and (best is None or m.median_s < best.median_s):
             best, best_kernel = m, kernel
