@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from uhop.sandbox.check import check_file
+from uhop.sandbox.kernelfile import StaticPolicy
 from uhop.sandbox.worker import Limits
 
 torch = pytest.importorskip("torch")
@@ -21,11 +22,23 @@ def test_honest_cuda_kernel_passes():
     assert res.median_s > 0
 
 
-def test_triton_gpu_kernel_needs_ptxas_which_the_sandbox_cannot_exec(monkeypatch):
-    """Known limitation (docs/kernel_format.md): Triton compiles PTX with the ptxas program and
-    exec is forbidden in the sandbox. When that changes, this test should assert ``res.ok``."""
+@pytest.mark.parametrize("isolation", ["auto", "seccomp"])
+def test_triton_gpu_kernel_compiles_through_the_tool_broker(monkeypatch, isolation):
+    """Triton compiles PTX with ptxas and builds its launcher with the C compiler; the sandboxed
+    worker may not exec, so the tool broker runs both (docs/kernel_format.md)."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    res = check_file(HONEST / "softmax_triton_cuda.py", limits=Limits(wall_s=120))
+    res = check_file(HONEST / "softmax_triton_cuda.py", limits=Limits(wall_s=120), isolation=isolation)
+    assert res.ok, res.line()
+    assert "tools" in res.layers and "seccomp" in res.layers
+    assert res.median_s > 0
+
+
+def test_triton_gpu_kernel_asking_for_a_shell_is_forbidden(monkeypatch, tmp_path):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    f = tmp_path / "shell.py"
+    f.write_text((HONEST / "softmax_triton_cuda.py").read_text().replace(
+        "def run(x):\n", "def run(x):\n    triton.runtime.build.subprocess.run(['/bin/sh', '-c', 'true'])\n"))
+    res = check_file(f, limits=Limits(wall_s=120), policy=StaticPolicy(enabled=False), time_it=False)
     assert res.category == "forbidden", res.line()
 
 

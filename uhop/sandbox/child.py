@@ -115,8 +115,9 @@ def _classify(exc: BaseException) -> tuple[str, str]:
 
 
 class Worker:
-    def __init__(self, rfd: int, wfd: int, tools=None) -> None:
+    def __init__(self, rfd: int, wfd: int, tools=None, shielded: bool = False) -> None:
         self.rfd, self.wfd = rfd, wfd
+        self.shielded = shielded
         self.tools = tools  # toolshim.Client of this worker's broker (tool workers only)
         self.run = None
         self.slots: dict[int, list] = {}
@@ -191,6 +192,7 @@ class Worker:
                 self.sync = torch.cuda.synchronize
         tool_layers = self._tools(bool(header.get("tools")))
         layers = apply_limits(header["limits"], gpu=self.device == "cuda") + tool_layers
+        layers += ["shield"] if self.shielded else []
         deny_writes = bool(header.get("deny_writes", False))
         ns = [x for x in os.environ.get("UHOP_SANDBOX_LAYERS", "").split(",") if x]
         # Writes beneath the private dir only: with Landlock, and only where that dir is a
@@ -441,13 +443,17 @@ def main() -> None:
         os.environ["UHOP_SANDBOX_LAYERS"] = ",".join(
             _private_namespaces(home, int(os.environ.get("UHOP_SANDBOX_DISK_BYTES", 256 << 20)))
         )
-    tools = None
+    ts = _toolshim()
     cfg = os.environ.pop("UHOP_SANDBOX_TOOLS", "")
-    if cfg:  # a tool worker: the broker starts now, inside our namespaces, before any thread exists
-        ts = _toolshim()
-        tools = ts.start(json.loads(cfg))
-        tools.shielded = ts.shield()  # every later thread of this process is kept out of the broker
-    Worker(rfd, wfd, tools).serve()
+    # A tool worker's broker starts now, inside our namespaces, before any thread exists.
+    tools = ts.start(json.loads(cfg)) if cfg else None
+    # Then, still single-threaded, a Landlock domain that every later thread inherits: no thread of
+    # the candidate can open /proc/<pid>/mem of a process outside it (bwrap's init, the broker,
+    # a compiler it runs), which would be code execution beyond seccomp.
+    shielded = ts.shield()
+    if tools is not None:
+        tools.shielded = shielded
+    Worker(rfd, wfd, tools, shielded).serve()
 
 
 if __name__ == "__main__":

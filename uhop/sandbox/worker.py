@@ -498,7 +498,7 @@ class Worker:
         got = reply.get("layers") if isinstance(reply.get("layers"), list) else []
         if "landlock" in got and "no-writes" in self.layers:  # writes confined by path instead
             self.layers[self.layers.index("no-writes")] = "landlock"
-        self.layers += [x for x in ("netns", "tmpfs", "tools") if x in got and x not in self.layers]
+        self.layers += [x for x in ("shield", "netns", "tmpfs", "tools") if x in got and x not in self.layers]
         return self.layers
 
 
