@@ -350,3 +350,9 @@ def test_tools_literal_in_kernel_files():
     assert not kf.tools and kf.needs_tools
     with pytest.raises(KernelFileError, match="TOOLS"):
         parse(b"OP = 'softmax'\nTOOLS = 1\ndef run(x):\n    return x\n", Path("k.py"))
+
+
+def test_a_failed_compile_names_the_compiler_error(shim, private):
+    (private / "bad.c").write_text("int f(void) { return undeclared_thing; }\n")
+    with pytest.raises(shim.CalledProcessError, match="undeclared_thing"):
+        shim.check_call([PROGS["cc"][0], "bad.c", *CC_FLAGS, "-o", "bad.so"], stdout=shim.DEVNULL)

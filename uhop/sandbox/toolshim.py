@@ -129,8 +129,9 @@ def shield() -> bool:
     every later thread inherits it. Its point is Landlock's ptrace rule; it handles only
     device-node creation (granted nowhere) and reparenting (granted everywhere: every Landlock
     domain refuses cross-directory renames unless a rule allows them, and Triton's cache renames),
-    plus the signal and abstract-socket scopes where the ABI has them, so nothing else changes
-    for the worker. Returns False where Landlock (ABI 2 or later) is unavailable."""
+    so nothing else changes for the worker (no signal or socket scopes: the CUDA driver starts
+    under this domain, and seccomp covers both for the candidate). Returns False where Landlock
+    (ABI 2 or later) is unavailable."""
     if platform.machine() != "x86_64":
         return False
     libc = ctypes.CDLL(None, use_errno=True)
@@ -138,9 +139,8 @@ def shield() -> bool:
     if abi < 2:
         return False
     make_char, make_block, refer = 1 << 6, 1 << 11, 1 << 13
-    attr = struct.pack("=QQQ", make_char | make_block | refer, 0, 3 if abi >= 6 else 0)
-    size = 8 if abi < 4 else 16 if abi < 6 else 24
-    ruleset = libc.syscall(444, ctypes.c_char_p(attr[:size]), ctypes.c_size_t(size), 0)
+    attr = struct.pack("=Q", make_char | make_block | refer)
+    ruleset = libc.syscall(444, ctypes.c_char_p(attr), ctypes.c_size_t(len(attr)), 0)
     if ruleset < 0:
         return False
     try:
@@ -178,6 +178,21 @@ def _deliver(data: bytes, dest: object, default_fd: int) -> bytes | None:
             with open(name, "ab") as f:
                 f.write(data)
     return None
+
+
+class ToolFailed(subprocess.CalledProcessError):
+    """``CalledProcessError`` whose message names the tool's first error line (else its last
+    output line): a sandboxed compile error is otherwise only an exit status in the rejection."""
+
+    def __init__(self, returncode, cmd, output=None, stderr=None, tail: bytes = b"") -> None:
+        super().__init__(returncode, cmd, output, stderr)
+        lines = [ln.strip() for ln in tail.decode(errors="replace").splitlines() if ln.strip()]
+        errors = [ln for ln in lines if "error" in ln.lower()]
+        self.tail = (errors or lines or [""])[0 if errors else -1][:200]
+
+    def __str__(self) -> str:
+        name = os.path.basename(str(self.cmd[0])) if isinstance(self.cmd, list) and self.cmd else "tool"
+        return f"{name} failed with exit status {self.returncode}" + (f": {self.tail}" if self.tail else "")
 
 
 class SubprocessShim:
@@ -220,7 +235,7 @@ class SubprocessShim:
             got_out = got_out.decode(enc, errors or "strict") if got_out is not None else None
             got_err = got_err.decode(enc, errors or "strict") if got_err is not None else None
         if check and rc != 0:
-            raise subprocess.CalledProcessError(rc, argv, got_out, got_err)
+            raise ToolFailed(rc, argv, got_out, got_err, tail=err or out)
         return subprocess.CompletedProcess(argv, rc, got_out, got_err)
 
     def check_call(self, args, **kw) -> int:
