@@ -280,9 +280,9 @@ TOOLS = True
 with open('bomb_uhop.c', 'w') as f:
     f.write({bomb!r})
 threading.Thread(target=lambda: build.subprocess.run([{cc!r}, 'bomb_uhop.c', '-O3', '-shared', '-fPIC',
-                 '-o', 'bomb.so'], timeout=4), daemon=True).start()
+                 '-o', 'bomb.so'], timeout=3), daemon=True).start()
 me, opened, seen = os.getpid(), [], set()
-end = time.monotonic() + 3
+end = time.monotonic() + 2
 while time.monotonic() < end:
     for d in glob.glob('/proc/[0-9]*'):
         pid = int(d[6:])

@@ -13,10 +13,13 @@ Isolation layers, strongest first (``Sandbox.layers`` reports which ran):
 * ``rlimits``: CPU seconds, file size, open files, no core dumps, address space (CPU
   candidates only: ``RLIMIT_AS`` breaks CUDA, so GPU workers are held to ``memory_bytes`` by
   polling their resident memory from here instead);
-* ``tools`` (tool workers: CUDA kernel files, or ``tools=True``): a trusted broker
-  (``broker.py``) started inside the same sandbox before the worker's first thread runs ptxas
-  and the C compiler for Triton, only allowlisted programs with Triton's own argument forms;
-  the worker sits in a Landlock domain that keeps it out of the broker's and the tools' memory.
+* ``shield`` (every worker, where Landlock exists): a Landlock domain entered before the
+  worker's first thread, so no thread of the candidate can open ``/proc/<pid>/mem`` (or ptrace)
+  of a process outside it: bubblewrap's init, the tool broker, a compiler it runs;
+* ``tools`` (tool workers: CUDA kernel files, ``TOOLS = True``, or ``tools=True``): a trusted
+  broker (``broker.py``) started inside the same sandbox before the worker's first thread runs
+  ptxas and the C compiler for Triton: only allowlisted programs with Triton's own argument
+  forms, confined by its own Landlock domain; refusals are reported here (``tool_refusals``).
 
 Without bubblewrap *and* seccomp there is no OS isolation and :class:`Sandbox` refuses to start.
 A worker serves one candidate and is then discarded; the next is already warm (``WorkerPool``).
@@ -222,8 +225,9 @@ def _bwrap_cmd(limits: Limits, gpu: bool, tools: bool = False) -> list[str]:
 def _readable(gpu: bool, tools: bool = False) -> list[str]:
     """Without bubblewrap, what Landlock lets the worker read: the same view bwrap binds, plus
     its own /proc/<pid> (added by the worker; never other processes' environments)."""
-    paths = _ro_paths(_tool_dirs(gpu) if tools else ()) + list(_ETC) + ["/sys/devices/system/cpu", "/proc/cpuinfo", "/proc/meminfo", "/dev/urandom",
-                                       "/dev/zero", "/proc/sys/vm/overcommit_memory"]  # fmt: skip
+    paths = _ro_paths(_tool_dirs(gpu) if tools else ()) + list(_ETC)
+    paths += ["/sys/devices/system/cpu", "/proc/cpuinfo", "/proc/meminfo", "/dev/urandom", "/dev/zero",
+              "/proc/sys/vm/overcommit_memory"]  # fmt: skip
     if gpu:
         paths += ["/sys", "/proc/driver/nvidia", "/proc/devices"]
     return paths
