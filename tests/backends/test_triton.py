@@ -105,6 +105,15 @@ def test_matmul_tma_split_ragged_columns(interpreter, m, n, k):
     _check(interpreter, "matmul", {"B": 1, "M": m, "N": n, "K": k}, "float32", {"activation": "none"}, 2, "tma", cfg)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize(("m", "n", "k", "act", "arity"), [(67, 41, 43, "gelu", 3), (5, 17, 9, "none", 2), (1, 3, 1, "relu", 3)])
+def test_matmul_padmm_misaligned(interpreter, dtype, m, n, k, act, arity):
+    """Pad (Triton) + aligned GEMM + strided view of the padded output, for misaligned rows."""
+    _check(interpreter, "matmul", {"B": 1, "M": m, "N": n, "K": k}, dtype, {"activation": act}, arity, "padmm", {"to": 16})
+    mis = Problem.make("matmul", {"B": 1, "M": 4095, "N": 4097, "K": 4093}, "bfloat16", device="cpu", array="torch")
+    assert interpreter.candidates(mis)[0].template == "padmm"  # the expected winner is tried first
+
+
 def test_matmul_batched_and_candidates(interpreter):
     # batched a with a shared 2-D b (flattened into one GEMM), and a batched b
     _check(interpreter, "matmul", {"B": 3, "M": 9, "N": 17, "K": 11}, "float32", {"activation": "relu"}, 2)

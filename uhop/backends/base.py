@@ -63,6 +63,9 @@ class Backend(ABC):
     #: stored entry's content hash, so editing a kernel module invalidates what was tuned with it
     source_modules: ClassVar[tuple[str, ...]] = ()
     dtypes: ClassVar[tuple[str, ...]] = ("float32", "float64")
+    #: seconds one candidate usually takes to compile, validate and time before any was measured
+    #: (the tuner's budget planning: a JIT compiler's first candidate is not free)
+    eval_s: ClassVar[float] = 0.3
 
     @functools.cached_property
     def availability(self) -> tuple[bool, str]:

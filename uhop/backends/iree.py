@@ -42,6 +42,7 @@ def _lanes(problem: Problem) -> tuple[int, int, int]:
 
 class IreeBackend(Backend):
     name = "iree"
+    eval_s = 2.0  # a JIT compile per candidate
     array = "numpy"
     devices = ("cpu",)
     ops = ("matmul", "softmax", "layernorm", "rmsnorm", "elementwise", "conv2d")

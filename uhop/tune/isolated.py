@@ -85,7 +85,6 @@ class IsolatedEvaluator:
         if self._proc is not None and self._proc.poll() is None:
             return
         self._discard()
-        from uhop import backends as bk
 
         to_child_r, to_child_w = os.pipe()
         to_parent_r, to_parent_w = os.pipe()
@@ -101,8 +100,7 @@ class IsolatedEvaluator:
         self._send, self._recv = Connection(to_child_w, readable=False), Connection(to_parent_r, writable=False)
         self._ready = False
         self.starts += 1
-        # the registry is data: backends registered in this process exist in the worker too
-        self._send.send({"cmd": "init", "registry": dict(bk.REGISTRY), "device": self.device})
+        self._send.send({"cmd": "init", "device": self.device})
 
     def _discard(self) -> None:
         proc, self._proc = self._proc, None
@@ -155,7 +153,10 @@ class IsolatedEvaluator:
         from uhop.tune.tuner import Measurement
 
         timeout_s = current().isolate_timeout_s if timeout_s is None else timeout_s
+        from uhop import backends as bk
+
         req = {"cmd": "eval", "candidate": candidate.to_json(), "problem": problem.to_json(), "trials": trials,
+               "registry": dict(bk.REGISTRY),
                "time_it": time_it, "cutoff_s": cutoff_s, "settings": settings or worker_settings()}  # fmt: skip
         with self._lock:
             self.last_setup_s = 0.0
@@ -224,7 +225,6 @@ def _serve(recv: Connection, send: Connection) -> None:
     from uhop.measure.validate import ValidationSet
     from uhop.tune.tuner import evaluate
 
-    bk.REGISTRY.update(init["registry"])
     device = init["device"]
     if device.startswith("cuda"):  # pay the CUDA context and Triton import before the first candidate
         try:
@@ -251,6 +251,10 @@ def _serve(recv: Connection, send: Connection) -> None:
                 except Exception:
                     pass
             continue
+        for name, target in req["registry"].items():  # backends registered in the parent exist here too
+            if bk.REGISTRY.get(name) != target:
+                bk.REGISTRY[name] = target
+                bk._instances.pop(name, None)
         with config.override(**req["settings"], isolate="never"):
             problem = Problem.from_json(req["problem"])
             cand = Candidate.from_json(req["candidate"])

@@ -188,11 +188,11 @@ def _trials_for(problem: Problem, wanted: int) -> int:
     return min(wanted, 2) if elements > (1 << 25) else wanted
 
 
-def _expected_s(took: Mapping[str, list[float]], backend: str) -> float:
+def _expected_s(took: Mapping[str, list[float]], backend: Backend) -> float:
     """How long the next evaluation on ``backend`` will likely take: the median of its last
-    three (of any backend's, before its first), 0 before any evaluation."""
-    recent = took.get(backend, [])[-3:] or [t for ts in took.values() for t in ts[-3:]]
-    return sorted(recent)[len(recent) // 2] if recent else 0.0
+    three, or before its first the backend's own estimate (``Backend.eval_s``)."""
+    recent = took.get(backend.name, [])[-3:]
+    return sorted(recent)[len(recent) // 2] if recent else backend.eval_s
 
 
 def _record_telemetry(problem: Problem, measurements: Sequence[Measurement], store: Any, key: str) -> None:
@@ -315,7 +315,7 @@ def tune(
     deadline = t_start + budget
     took: dict[str, list[float]] = {}  # seconds per evaluation, by backend
     for i, cand in enumerate(order):
-        spent = time.monotonic() + _expected_s(took, cand.backend) > deadline or (max_evals is not None and i >= max_evals)
+        spent = time.monotonic() + _expected_s(took, by_name[cand.backend]) > deadline or (max_evals is not None and i >= max_evals)
         if best is not None and (policy == "fast" or spent):
             measurements.extend(Measurement(c, "skipped", f"policy={policy}" if policy == "fast" else "budget spent") for c in order[i:])
             break

@@ -12,6 +12,11 @@ Two kernels:
   row-padded buffer, and the output is written with masked stores (no output copy). With
   ``split``, a ragged last column of tiles (N = 4097) is left to cuBLAS as a thin GEMM instead of
   costing a whole extra wave of tiles.
+* ``padmm`` (misaligned operands only): the same pad kernel copies A and B into zero-padded
+  buffers whose K and N are multiples of 16 (one pass each, 2.4 TB/s on an H100 where
+  ``torch.nn.functional.pad`` takes two), cuBLAS multiplies the aligned buffers, and the result is
+  returned as a strided view of the padded output (no copy back). Measured on an H100 for
+  4095x4097x4093 bf16: 0.235 ms (585 TFLOP/s) against 0.867 ms for cuBLAS on the misaligned operands.
 
 Config keys: BM, BN, BK (tile), GM (group size of the tile order), warps, stages, and for ``tma``
 ws (warp specialization), pad, split; ``prec`` is the fp32 dot precision ("ieee" or "tf32").
@@ -151,6 +156,15 @@ def _pad_rows_kernel(src, dst, R, C, CP, s_src, s_dst, BR: tl.constexpr, BC: tl.
     tl.store(dst + r64 * s_dst + cols[None, :], x, mask=(rows[:, None] < R) & (cols[None, :] < CP))
 
 
+def pad_into(x, buf) -> None:
+    """Copy 2-D ``x`` into the left of ``buf`` (same rows, more columns, 16-byte aligned rows),
+    zeros in the columns past ``x``'s."""
+    r, c = x.shape
+    _pad_rows_kernel[(triton.cdiv(r, 8), triton.cdiv(buf.shape[1], 256))](
+        x, buf, r, c, buf.shape[1], x.stride(0), buf.stride(0), BR=8, BC=256, num_warps=4,
+    )  # fmt: skip
+
+
 def pad_rows(x, multiple: int = 64):
     """``x`` (2-D) copied into a buffer whose row stride is a multiple of ``multiple`` elements;
     returns the (R, C) view of it (what a TMA descriptor needs: aligned rows)."""
@@ -159,9 +173,7 @@ def pad_rows(x, multiple: int = 64):
     r, c = x.shape
     cp = (c + multiple - 1) // multiple * multiple
     buf = torch.empty((r, cp), device=x.device, dtype=x.dtype)
-    BR, BC = 8, 256
-    _pad_rows_kernel[(triton.cdiv(r, BR), triton.cdiv(cp, BC))](x, buf, r, c, cp, x.stride(0), cp, BR=BR, BC=BC,
-                                                               num_warps=4)  # fmt: skip
+    pad_into(x, buf)
     return buf[:, :c]
 
 
@@ -195,6 +207,8 @@ def configs(problem: Any, lim: Limits, tf32: bool = False) -> list[tuple[str, di
     small = rows * N < 1024 * 1024
     tma_ok = lim.hopper and (problem.layout == "contiguous") and rows > 64
     aligned = _aligned(K, itemsize) and _aligned(N, itemsize)
+    if not aligned:
+        out.append(("padmm", {"to": 16}))  # expected winner on big misaligned problems: tried first
     for bm, bn, bk, w, s in tiles:
         epi = itemsize if aligned else 0  # the TMA store stages the output tile in shared memory
         if tma_ok and not small:
@@ -217,9 +231,11 @@ def configs(problem: Any, lim: Limits, tf32: bool = False) -> list[tuple[str, di
 def build(template: str, cfg: dict[str, Any], problem: Any) -> Any:
     import torch
 
-    if template not in ("ptr", "tma"):
+    if template not in ("ptr", "tma", "padmm"):
         raise ValueError(f"unknown matmul template {template!r}")
     act = ACT_CODES[problem.param["activation"]]
+    if template == "padmm":
+        return _padmm(int(cfg["to"]), act)
     prec = cfg.get("prec", "ieee")
     BM, BN, BK, GM = cfg["BM"], cfg["BN"], cfg["BK"], cfg["GM"]
     warps, stages = cfg["warps"], cfg["stages"]
@@ -299,3 +315,38 @@ def build(template: str, cfg: dict[str, Any], problem: Any) -> Any:
         return c.reshape(*a.shape[:-1], N)
 
     return run_tma
+
+
+def _padmm(to: int, act: int) -> Any:
+    """Pad misaligned operands into aligned buffers (Triton), multiply them with cuBLAS, return a
+    view of the padded output. Zero columns of A meet zero rows of B, so the padding adds nothing."""
+    import torch
+
+    def run(a, b, bias=None):
+        if b.dim() > 2:
+            raise ValueError("padmm takes a 2-D b (batched b: use the ptr template)")
+        a2 = a.reshape(-1, a.shape[-1])
+        if a2.stride(-1) != 1:
+            a2 = a2.contiguous()
+        if b.stride(-1) != 1:
+            b = b.contiguous()
+        M, K = a2.shape
+        N = b.shape[1]
+        kp, np_ = -(-K // to) * to, -(-N // to) * to
+        a_p = torch.empty((M, kp), device=a.device, dtype=a.dtype)
+        b_p = torch.empty((kp, np_), device=a.device, dtype=a.dtype)
+        pad_into(a2, a_p)
+        pad_into(b, b_p[:K])
+        if kp > K:
+            b_p[K:].zero_()
+        if bias is not None:
+            bias_p = torch.zeros(np_, device=a.device, dtype=bias.dtype)
+            bias_p[:N] = bias
+            y = torch.addmm(bias_p, a_p, b_p)
+        else:
+            y = torch.mm(a_p, b_p)
+        if act:
+            y = TORCH_ACT[act](y)
+        return y[:, :N].reshape(*a.shape[:-1], N)
+
+    return run
