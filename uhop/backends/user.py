@@ -96,7 +96,7 @@ class SandboxedKernel:
 
     def _get(self) -> Worker:
         if self._worker is None or self._worker.dead:
-            w = pool(limits=self.limits, gpu=self.kf.device == "cuda").take()
+            w = pool(limits=self.limits, gpu=self.kf.device == "cuda", tools=self.kf.needs_tools).take()
             self._worker = w
             self._finalizer = weakref.finalize(self, w.kill)
             w.load(self.kf.source, f"kernel_{self.kf.sha256[:12]}.py", array=self.kf.array, device=self.kf.device)
