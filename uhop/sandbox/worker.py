@@ -172,11 +172,30 @@ def libcuda_dir() -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=4)
+def compiler_dirs(cc: str) -> tuple[str, ...]:
+    """Where the C compiler finds its helpers (cc1, collect2, ld), start files (crtbeginS.o) and
+    libraries: its ``-print-search-dirs``, asked here by the trusted parent. A compiler installed
+    outside /usr (``/opt/gcc`` on some CUDA images) keeps them beside itself."""
+    try:
+        out = subprocess.run([cc, "-print-search-dirs"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ()
+    dirs = []
+    for line in out.splitlines():
+        key, _, value = line.partition(": ")
+        if key in ("install", "programs", "libraries"):
+            dirs += [d for d in value.lstrip("=").split(":") if d and os.path.isdir(d)]
+    return tuple(dict.fromkeys(os.path.realpath(d) for d in dirs))
+
+
 def _tool_dirs(gpu: bool) -> list[str]:
-    """Directories a tool worker reads on top of the usual view: the tools' own directories
-    (a compiler outside /usr) and libcuda's."""
+    """Directories a tool worker reads on top of the usual view: the tools' own directories and
+    the compiler's search directories (a compiler outside /usr), and libcuda's."""
     progs = tool_programs()
     dirs = [os.path.dirname(p) for p in progs["cc"] + progs["ptxas"]]
+    for cc in progs["cc"]:
+        dirs += compiler_dirs(cc)
     cuda = libcuda_dir() if gpu else None
     return dirs + ([cuda] if cuda else [])
 
