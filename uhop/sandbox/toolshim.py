@@ -260,4 +260,11 @@ def install_triton(shim: SubprocessShim) -> list[str]:
         if getattr(mod, "subprocess", None) is subprocess:
             mod.subprocess = shim
             patched.append(name)
+    try:  # the launcher build's cache key asks ``platform.architecture()``, which runs ``file``
+        # on the interpreter (a vfork the filter kills): answer it now, while exec is allowed
+        from triton.runtime.build import platform_key
+
+        platform_key()
+    except Exception:
+        pass
     return patched

@@ -1,9 +1,8 @@
-"""Honest softmax whose row loop is C, built at import with Triton's own C build step
-(``triton.runtime.build._build``, which runs the C compiler through the tool broker) and
-called through ctypes. Needs the static check off (private names, ctypes, open)."""
+"""Honest softmax whose row loop is C, built at import the way Triton builds its launchers
+(``triton.runtime.build.compile_module_from_src``: a cache key from ``platform.architecture()``,
+then the C compiler through the tool broker) and called through ctypes. Needs the static check
+off (private names, ctypes, open)."""
 import ctypes
-import os
-import tempfile
 
 import numpy as np
 from triton.runtime import build
@@ -13,6 +12,7 @@ DTYPES = ("float64",)
 TOOLS = True
 
 C = r"""
+#include <Python.h>
 #include <math.h>
 void softmax(const double *x, double *y, long rows, long cols) {
     for (long r = 0; r < rows; ++r) {
@@ -23,12 +23,10 @@ void softmax(const double *x, double *y, long rows, long cols) {
         for (long c = 0; c < cols; ++c) yr[c] /= s;
     }
 }
+static struct PyModuleDef mod = {PyModuleDef_HEAD_INIT, "softmax_helper", NULL, -1, NULL};
+PyMODINIT_FUNC PyInit_softmax_helper(void) { return PyModule_Create(&mod); }
 """
-_dir = tempfile.mkdtemp()
-_src = os.path.join(_dir, "softmax_helper.c")
-with open(_src, "w") as f:
-    f.write(C)
-LIB = ctypes.CDLL(build._build("softmax_helper", _src, _dir, [], [], ["m"], []))
+LIB = ctypes.CDLL(build.compile_module_from_src(C, "softmax_helper", libraries=["m"]).__file__)
 LIB.softmax.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long, ctypes.c_long]
 
 
