@@ -32,7 +32,6 @@ import re
 import selectors
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -217,36 +216,16 @@ def _prctl(option: int, arg: int) -> int:
     return ctypes.CDLL(None, use_errno=True).prctl(option, arg, 0, 0, 0)
 
 
-def read_frame(fd: int, limit: int = MAX_REQUEST) -> bytes | None:
-    """One frame, or None on EOF; raises ValueError for a frame over ``limit``."""
-    head = _read_exact(fd, 8)
-    if head is None:
-        return None
-    (n,) = struct.unpack("<Q", head)
-    if n > limit:
-        raise ValueError(f"frame of {n} bytes exceeds {limit}")
-    body = _read_exact(fd, n)
-    if body is None:
-        return None
-    return body
+def _sibling(name: str):
+    """A stdlib module next to this file, loaded by path: this program runs with ``-I`` and its
+    directory is never on sys.path."""
+    import importlib.util
 
-
-def _read_exact(fd: int, n: int) -> bytes | None:
-    chunks, got = [], 0
-    while got < n:
-        c = os.read(fd, min(n - got, 1 << 20))
-        if not c:
-            return None
-        chunks.append(c)
-        got += len(c)
-    return b"".join(chunks)
-
-
-def write_frame(fd: int, obj: dict) -> None:
-    data = json.dumps(obj).encode()
-    view = memoryview(struct.pack("<Q", len(data)) + data)
-    while view:
-        view = view[os.write(fd, view) :]
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"_uhop_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod
 
 
 def _confine(readable: list[str], writable: list[str]) -> bool:
@@ -254,43 +233,7 @@ def _confine(readable: list[str], writable: list[str]) -> bool:
     ``readable``, reads and writes (never execution: a tool runs nothing the candidate wrote)
     beneath ``writable``, no TCP, no signals or abstract sockets out of the domain (where the
     ABI has them). Returns False where Landlock is unavailable."""
-    import ctypes
-    import platform
-
-    if platform.machine() != "x86_64":
-        return False
-    libc = ctypes.CDLL(None, use_errno=True)
-    abi = libc.syscall(444, None, 0, 1)  # landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION)
-    if abi < 1:
-        return False
-    execute, read = 1 << 0, (1 << 2) | (1 << 3)
-    write = (1 << 1) | sum(1 << b for b in range(4, 13)) | (1 << 13 if abi >= 2 else 0) | (1 << 14 if abi >= 3 else 0)
-    file_rights = execute | (1 << 1) | (1 << 2) | (1 << 14 if abi >= 3 else 0)  # the rights a rule on a file may hold
-    handled = execute | read | write
-    attr = struct.pack("=QQQ", handled, 3 if abi >= 4 else 0, 3 if abi >= 6 else 0)
-    size = 8 if abi < 4 else 16 if abi < 6 else 24
-    ruleset = libc.syscall(444, ctypes.c_char_p(attr[:size]), ctypes.c_size_t(size), 0)
-    if ruleset < 0:
-        return False
-    try:
-        for paths, access in ((readable, read | execute), (writable, read | write)):
-            for path in paths:
-                try:
-                    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-                except OSError:
-                    continue  # an optional path that is not there
-                try:
-                    allowed = access if os.path.isdir(path) else access & file_rights
-                    rule = ctypes.create_string_buffer(struct.pack("=Qi", allowed, fd))
-                    if libc.syscall(445, ruleset, 1, rule, 0) != 0:  # LANDLOCK_RULE_PATH_BENEATH
-                        return False
-                finally:
-                    os.close(fd)
-        if _prctl(38, 1) != 0:  # PR_SET_NO_NEW_PRIVS, required by restrict_self
-            return False
-        return libc.syscall(446, ruleset, 0) == 0  # landlock_restrict_self
-    finally:
-        os.close(ruleset)
+    return _sibling("syscall_filter").landlock(writable, readable, exec_writable=False)
 
 
 def main() -> None:
@@ -301,33 +244,37 @@ def main() -> None:
         os._exit(1)
     _prctl(4, 0)  # PR_SET_DUMPABLE 0: no /proc/<pid>/mem, fd or environ access from others
     rfd, wfd = int(cfg["rfd"]), int(cfg["wfd"])
+    framing = _sibling("framing")
+
+    def reply(obj: dict) -> None:
+        framing.write_frame(wfd, json.dumps(obj).encode())
+
     broker = Broker(cfg)
     confined = _confine(list(cfg.get("readable", [])), list(cfg.get("writable", []))) if cfg.get("confine", True) else False
     if cfg.get("confine", True) and not confined:
-        write_frame(wfd, {"ready": False, "reason": "Landlock is unavailable: the tool broker cannot be confined"})
+        reply({"ready": False, "reason": "Landlock is unavailable: the tool broker cannot be confined"})
         os._exit(3)
-    write_frame(wfd, {"ready": True, "pid": os.getpid(), "confined": confined})
+    reply({"ready": True, "pid": os.getpid(), "confined": confined})
     while True:
         try:
-            frame = read_frame(rfd)
-            if frame is None:
-                os._exit(0)
-            req = json.loads(frame)
+            req = json.loads(framing.read_frame(rfd, MAX_REQUEST))
+        except EOFError:
+            os._exit(0)
         except (ValueError, OSError) as exc:  # a garbled stream cannot be resynchronised
             _report(f"malformed request ({exc})"[:300])
             try:
-                write_frame(wfd, {"refused": "malformed request"})
+                reply({"refused": "malformed request"})
             finally:
                 os._exit(2)
         try:
-            reply = broker.handle(req)
+            out = broker.handle(req)
         except Refused as exc:
             _report(str(exc))
-            reply = {"refused": str(exc)}
+            out = {"refused": str(exc)}
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
-            reply = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+            out = {"error": f"{type(exc).__name__}: {exc}"[:300]}
         try:
-            write_frame(wfd, reply)
+            reply(out)
         except OSError:
             os._exit(0)
 

@@ -75,23 +75,6 @@ def from_npy(b: bytes):
 
 
 # ---- the worker --------------------------------------------------------------------------------
-def _read_exact(fd: int, n: int) -> bytes:
-    chunks, got = [], 0
-    while got < n:
-        c = os.read(fd, min(n - got, 1 << 20))
-        if not c:
-            raise EOFError
-        chunks.append(c)
-        got += len(c)
-    return b"".join(chunks)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 class Fault(Exception):
     def __init__(self, category: str, reason: str) -> None:
         super().__init__(reason)
@@ -117,6 +100,7 @@ def _classify(exc: BaseException) -> tuple[str, str]:
 class Worker:
     def __init__(self, rfd: int, wfd: int, tools=None, shielded: bool = False) -> None:
         self.rfd, self.wfd = rfd, wfd
+        self.frames = _framing()
         self.shielded = shielded
         self.tools = tools  # toolshim.Client of this worker's broker (tool workers only)
         self.run = None
@@ -128,11 +112,10 @@ class Worker:
         self.threads = threading.active_count()
 
     def send(self, header: dict, blobs: list[bytes] = ()) -> None:  # type: ignore[assignment]
-        _write_all(self.wfd, pack(header, list(blobs)))
+        self.frames.write_all(self.wfd, pack(header, list(blobs)))
 
     def recv(self) -> tuple[dict, list[bytes]]:
-        (n,) = struct.unpack("<Q", _read_exact(self.rfd, 8))
-        return unpack(_read_exact(self.rfd, n))
+        return unpack(self.frames.read_frame(self.rfd))
 
     def serve(self) -> None:
         import numpy as np  # noqa: F401 - the pre-warm: this import is most of a worker's start-up
@@ -397,8 +380,15 @@ def _filters():
     return _sibling("syscall_filter")
 
 
+def _framing():
+    """framing.py: reading and writing length-prefixed frames on the pipes."""
+    return _sibling("framing")
+
+
 def _toolshim():
-    """toolshim.py: the tool broker's client and Triton's ``subprocess`` stand-in."""
+    """toolshim.py: the tool broker's client and Triton's ``subprocess`` stand-in (it uses
+    framing.py, loaded first)."""
+    _framing()
     return _sibling("toolshim")
 
 
@@ -443,14 +433,13 @@ def main() -> None:
         os.environ["UHOP_SANDBOX_LAYERS"] = ",".join(
             _private_namespaces(home, int(os.environ.get("UHOP_SANDBOX_DISK_BYTES", 256 << 20)))
         )
-    ts = _toolshim()
     cfg = os.environ.pop("UHOP_SANDBOX_TOOLS", "")
     # A tool worker's broker starts now, inside our namespaces, before any thread exists.
-    tools = ts.start(json.loads(cfg)) if cfg else None
+    tools = _toolshim().start(json.loads(cfg)) if cfg else None
     # Then, still single-threaded, a Landlock domain that every later thread inherits: no thread of
     # the candidate can open /proc/<pid>/mem of a process outside it (bwrap's init, the broker,
     # a compiler it runs), which would be code execution beyond seccomp.
-    shielded = ts.shield()
+    shielded = _filters().shield()
     if tools is not None:
         tools.shielded = shielded
     Worker(rfd, wfd, tools, shielded).serve()

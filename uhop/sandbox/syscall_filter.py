@@ -109,43 +109,49 @@ def x86_64_program(deny_writes: bool, pid: int) -> list[tuple[int, int, int, int
 
 
 # ---- Landlock: path-based write restriction without namespaces (the fallback's private dir) ----
+_LL_EXECUTE = 1 << 0
+_LL_READ = _LL_EXECUTE | (1 << 2) | (1 << 3)  # execute, read file, read dir
 _LL_WRITE = (1 << 1) | (1 << 4) | (1 << 5) | sum(1 << b for b in range(6, 13))  # write, remove, make_*
+_LL_MAKE_CHAR, _LL_MAKE_BLOCK = 1 << 6, 1 << 11
 _LL_REFER, _LL_TRUNCATE = 1 << 13, 1 << 14  # ABI 2, ABI 3
+_LL_ABI1 = (1 << 13) - 1  # the file-system rights of ABI 1
+_LL_FILE = _LL_EXECUTE | (1 << 1) | (1 << 2) | _LL_TRUNCATE  # the rights a rule on a file (not a dir) may hold
 _LL_NET = (1 << 0) | (1 << 1)  # bind/connect TCP, ABI 4
 _LL_SCOPE = (1 << 0) | (1 << 1)  # abstract unix sockets, signals outside the domain, ABI 6
 
 
-_LL_READ = (1 << 0) | (1 << 2) | (1 << 3)  # execute, read file, read dir
-_LL_FILE = (1 << 0) | (1 << 1) | (1 << 2) | _LL_TRUNCATE  # the rights a rule on a file (not a dir) may hold
+def restrict(rules: list[tuple[str, int]], handled: int, *, net: bool = False, scope: bool = False,
+             min_abi: int = 1) -> bool:  # fmt: skip
+    """Put the calling thread (and the threads it starts later) in a new Landlock domain.
 
-
-def landlock(writable: list[str], readable: list[str]) -> bool:
-    """Allow reads only beneath ``readable`` and writes only beneath ``writable`` (plus no
-    TCP and no signals out, where the ABI has them): the bubblewrap file-system view without
-    namespaces. Returns False where Landlock is unavailable (old kernel, LSM off, not x86-64).
-    Applies to the calling thread and the threads it starts (not to BLAS threads started
-    earlier, which run only library code)."""
+    ``handled``: the file-system rights the domain refuses except beneath a rule (those the
+    running ABI lacks are dropped); ``rules``: ``(path, rights)`` granted beneath each path (a
+    path that cannot be opened is skipped: optional paths; a file, not a directory, keeps only
+    the rights a file rule may hold). ``net``: no TCP bind or connect (ABI 4); ``scope``: no
+    abstract unix sockets or signals out of the domain (ABI 6); each only where the ABI has it.
+    Sets ``PR_SET_NO_NEW_PRIVS``. Returns False where Landlock (ABI ``min_abi`` or later) is
+    unavailable (old kernel, LSM off, not x86-64) or a step fails."""
     if platform.machine() != "x86_64":
         return False
     libc = ctypes.CDLL(None, use_errno=True)
     abi = libc.syscall(444, None, 0, 1)  # landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION)
-    if abi < 1:
+    if abi < max(min_abi, 1):
         return False
-    fs = _LL_READ | _LL_WRITE | (_LL_REFER if abi >= 2 else 0) | (_LL_TRUNCATE if abi >= 3 else 0)
-    attr = struct.pack("=QQQ", fs, _LL_NET if abi >= 4 else 0, _LL_SCOPE if abi >= 6 else 0)
-    size = 8 if abi < 4 else 16 if abi < 6 else 24
-    ruleset = libc.syscall(444, ctypes.c_char_p(attr[:size]), ctypes.c_size_t(size), 0)
+    fs = handled & (_LL_ABI1 | (_LL_REFER if abi >= 2 else 0) | (_LL_TRUNCATE if abi >= 3 else 0))
+    net_rights, scoped = _LL_NET if net and abi >= 4 else 0, _LL_SCOPE if scope and abi >= 6 else 0
+    size = 24 if scoped else 16 if net_rights else 8  # the struct as far as this ABI reads it
+    attr = struct.pack("=QQQ", fs, net_rights, scoped)[:size]
+    ruleset = libc.syscall(444, ctypes.c_char_p(attr), ctypes.c_size_t(size), 0)
     if ruleset < 0:
         return False
     try:
-        rules = [(p, fs) for p in writable] + [(p, _LL_READ) for p in readable]
         for path, access in rules:
             try:
                 fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
             except OSError:
                 continue  # an optional path that is not there
             try:
-                allowed = access if os.path.isdir(path) else access & fs & _LL_FILE
+                allowed = access & fs & (-1 if os.path.isdir(path) else _LL_FILE)
                 rule = ctypes.create_string_buffer(struct.pack("=Qi", allowed, fd))
                 if libc.syscall(445, ruleset, 1, rule, 0) != 0:  # LANDLOCK_RULE_PATH_BENEATH
                     return False
@@ -156,6 +162,31 @@ def landlock(writable: list[str], readable: list[str]) -> bool:
         return libc.syscall(446, ruleset, 0) == 0  # landlock_restrict_self
     finally:
         os.close(ruleset)
+
+
+def landlock(writable: list[str], readable: list[str], *, exec_writable: bool = True) -> bool:
+    """Allow reads (and execution) only beneath ``readable`` and writes only beneath ``writable``
+    (plus no TCP and no signals out, where the ABI has them): the bubblewrap file-system view
+    without namespaces. ``exec_writable=False`` also refuses executing anything beneath
+    ``writable`` (the tool broker: a tool runs nothing the candidate wrote). Returns False where
+    Landlock is unavailable (old kernel, LSM off, not x86-64). Applies to the calling thread and
+    the threads it starts (not to BLAS threads started earlier, which run only library code)."""
+    handled = _LL_READ | _LL_WRITE | _LL_REFER | _LL_TRUNCATE
+    write = handled if exec_writable else handled & ~_LL_EXECUTE
+    return restrict([(p, write) for p in writable] + [(p, _LL_READ) for p in readable], handled, net=True, scope=True)
+
+
+def shield() -> bool:
+    """A Landlock domain around the calling process, which must still be single-threaded so
+    every later thread inherits it. Its point is Landlock's ptrace rule: a process in the domain
+    cannot ptrace, or open ``/proc/<pid>/mem``, ``fd`` or ``environ`` of, a process outside it
+    (bubblewrap's init, the tool broker, a compiler it runs). It handles only device-node
+    creation (granted nowhere) and reparenting (granted everywhere: every Landlock domain refuses
+    cross-directory renames unless a rule allows them, and Triton's cache renames), so nothing
+    else changes for the worker (no signal or socket scopes: the CUDA driver starts under this
+    domain, and seccomp covers both for the candidate). Returns False where Landlock (ABI 2 or
+    later) is unavailable."""
+    return restrict([("/", _LL_REFER)], _LL_MAKE_CHAR | _LL_MAKE_BLOCK | _LL_REFER, min_abi=2)
 
 
 class _Fprog(ctypes.Structure):

@@ -2,10 +2,11 @@
 path (it never imports uhop).
 
 * :func:`start` runs the broker, before the worker imports numpy or starts a thread;
-* :func:`shield` then puts the worker, still single-threaded, in a Landlock domain of its own:
-  every thread the candidate will ever have (BLAS and CUDA pools included) is in it, and a
-  process in a Landlock domain cannot ptrace, or open ``/proc/<pid>/mem``, ``fd`` or
-  ``environ`` of, a process outside it (the broker and the tools it runs);
+* the worker then enters, still single-threaded, a Landlock domain of its own
+  (``syscall_filter.shield``): every thread the candidate will ever have (BLAS and CUDA pools
+  included) is in it, and a process in a Landlock domain cannot ptrace, or open
+  ``/proc/<pid>/mem``, ``fd`` or ``environ`` of, a process outside it (the broker and the tools
+  it runs);
 * :class:`SubprocessShim` stands in for the ``subprocess`` module inside Triton (``run``,
   ``check_call``, ``check_output``) and forwards each call to the broker; :func:`install_triton`
   puts it in place in the trusted phase, before the candidate is imported.
@@ -18,17 +19,19 @@ write.
 from __future__ import annotations
 
 import base64
-import ctypes
 import errno
 import importlib
 import json
 import os
-import platform
-import struct
 import subprocess
 import sys
 import threading
 import time
+
+if __package__:  # imported as uhop.sandbox.toolshim (the parent, the tests)
+    from . import framing
+else:  # loaded by path in the worker (child._toolshim), which loads framing.py first
+    framing = sys.modules["_uhop_framing"]
 
 BROKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "broker.py")
 #: Triton modules that run programs on the CUDA path (3.6): ptxas, its --version, the C compiler
@@ -47,7 +50,7 @@ class Client:
     def __init__(self, wfd: int, rfd: int, pid: int) -> None:
         self.wfd, self.rfd, self.pid = wfd, rfd, pid
         self.ready: dict | None = None
-        self.shielded = False  # set by the worker once :func:`shield` succeeded
+        self.shielded = False  # set by the worker once ``syscall_filter.shield`` succeeded
         self.proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
 
@@ -66,17 +69,19 @@ class Client:
         return self.ready
 
     def _read(self) -> dict:
-        head = _read_exact(self.rfd, 8)
-        (n,) = struct.unpack("<Q", head)
-        if n > 16 << 20:
-            raise BrokerError("oversized reply from the tool broker")
-        return json.loads(_read_exact(self.rfd, n))
+        try:
+            frame = framing.read_frame(self.rfd, 16 << 20)
+        except EOFError:
+            raise EOFError("EOF from the tool broker") from None
+        except ValueError:
+            raise BrokerError("oversized reply from the tool broker") from None
+        return json.loads(frame)
 
     def call(self, argv: list[str], cwd: str, timeout_s: float | None = None) -> dict:
         data = json.dumps({"argv": argv, "cwd": cwd, "timeout_s": timeout_s}).encode()
         with self._lock:
             try:
-                _write_all(self.wfd, struct.pack("<Q", len(data)) + data)
+                framing.write_frame(self.wfd, data)
                 return self._read()
             except (OSError, EOFError, ValueError) as exc:
                 raise BrokerError(f"the tool broker is gone ({type(exc).__name__}: {exc})") from None
@@ -87,23 +92,6 @@ class Client:
                 os.close(fd)
             except OSError:
                 pass
-
-
-def _read_exact(fd: int, n: int) -> bytes:
-    chunks, got = [], 0
-    while got < n:
-        c = os.read(fd, min(n - got, 1 << 20))
-        if not c:
-            raise EOFError("EOF from the tool broker")
-        chunks.append(c)
-        got += len(c)
-    return b"".join(chunks)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def start(cfg: dict) -> Client:
@@ -124,40 +112,6 @@ def start(cfg: dict) -> Client:
     return client
 
 
-def shield() -> bool:
-    """A Landlock domain around the calling process, which must still be single-threaded so
-    every later thread inherits it. Its point is Landlock's ptrace rule; it handles only
-    device-node creation (granted nowhere) and reparenting (granted everywhere: every Landlock
-    domain refuses cross-directory renames unless a rule allows them, and Triton's cache renames),
-    so nothing else changes for the worker (no signal or socket scopes: the CUDA driver starts
-    under this domain, and seccomp covers both for the candidate). Returns False where Landlock
-    (ABI 2 or later) is unavailable."""
-    if platform.machine() != "x86_64":
-        return False
-    libc = ctypes.CDLL(None, use_errno=True)
-    abi = libc.syscall(444, None, 0, 1)  # landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION)
-    if abi < 2:
-        return False
-    make_char, make_block, refer = 1 << 6, 1 << 11, 1 << 13
-    attr = struct.pack("=Q", make_char | make_block | refer)
-    ruleset = libc.syscall(444, ctypes.c_char_p(attr), ctypes.c_size_t(len(attr)), 0)
-    if ruleset < 0:
-        return False
-    try:
-        root = os.open("/", os.O_PATH | os.O_CLOEXEC)
-        try:
-            rule = ctypes.create_string_buffer(struct.pack("=Qi", refer, root))
-            if libc.syscall(445, ruleset, 1, rule, 0) != 0:  # LANDLOCK_RULE_PATH_BENEATH
-                return False
-        finally:
-            os.close(root)
-        if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS, required by restrict_self
-            return False
-        return libc.syscall(446, ruleset, 0) == 0  # landlock_restrict_self
-    finally:
-        os.close(ruleset)
-
-
 def _deliver(data: bytes, dest: object, default_fd: int) -> bytes | None:
     """Route a tool's output as ``subprocess`` would for ``dest``; returns it for PIPE."""
     if dest == subprocess.PIPE:
@@ -170,7 +124,7 @@ def _deliver(data: bytes, dest: object, default_fd: int) -> bytes | None:
         fd = dest if isinstance(dest, int) else dest.fileno()  # type: ignore[attr-defined]
         if not isinstance(dest, int):
             dest.flush()  # type: ignore[attr-defined]
-        _write_all(fd, data)
+        framing.write_all(fd, data)
     except (OSError, AttributeError, ValueError):
         # Triton passes a log file opened for reading (``stderr=flog``): append by name instead
         name = getattr(dest, "name", None)
