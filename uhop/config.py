@@ -16,7 +16,7 @@ Settings are read from the environment when :func:`settings` is first called and
 | ``UHOP_BACKENDS`` | (all) | comma-separated allowlist of backend names |
 | ``UHOP_VALIDATION_TRIALS`` | ``3`` | fresh random draws each candidate must pass |
 | ``UHOP_LOG`` | ``WARNING`` | log level of the ``uhop`` logger |
-| ``UHOP_ISOLATE`` | ``auto`` | where tuning runs candidates: ``auto`` (GPU problems in a long-lived worker process, CPU problems in-process), ``1`` (always a worker), ``0`` (never). In a worker, a kernel that kills its process (segfault, illegal address, compiler abort, a hang) is a recorded failure, not the caller's death, and a CUDA context it poisoned is discarded |
+| ``UHOP_ISOLATE`` | ``auto`` | where tuning runs candidates: ``auto`` (GPU problems, and on CPU the backends that JIT-compile native code, in a long-lived worker process; numpy/torch CPU kernels in-process), ``1`` (always a worker), ``0`` (never). In a worker, a kernel that kills its process (segfault, illegal address, compiler abort, a hang) is a recorded failure, not the caller's death, and a CUDA context it poisoned is discarded |
 | ``UHOP_ISOLATE_TIMEOUT_S`` | ``120`` | a candidate evaluated in the worker for longer than this is killed and recorded as ``timeout`` |
 """
 
@@ -84,9 +84,13 @@ class Settings:
         if self.validation_trials < 1:
             raise ValueError(f"UHOP_VALIDATION_TRIALS must be >= 1, got {self.validation_trials}")
 
-    def isolates(self, device: str) -> bool:
-        """Whether tuning a problem on ``device`` runs its candidates in a worker process."""
-        return self.isolate == "always" or (self.isolate == "auto" and device != "cpu")
+    def isolates(self, device: str, backend: object = None) -> bool:
+        """Whether tuning on ``device`` measures ``backend``'s candidates in a worker process:
+        ``auto`` isolates every GPU candidate and, on CPU, backends that run generated native code
+        (``Backend.crash_prone``: numba, IREE, Triton); numpy and torch's CPU kernels run here."""
+        if self.isolate != "auto":
+            return self.isolate == "always"
+        return device != "cpu" or bool(getattr(backend, "crash_prone", False))
 
     @property
     def resolved_store_url(self) -> str:

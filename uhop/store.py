@@ -80,6 +80,23 @@ def _num(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
+def _wal(conn: sqlite3.Connection, timeout_s: float = 60.0) -> None:
+    """Switch to WAL. Changing the journal mode can fail at once with "database is locked" while
+    another process creates the same database (SQLite does not run the busy handler for it), so
+    retry with backoff; a database already in WAL mode needs no change."""
+    deadline, wait = time.monotonic() + timeout_s, 0.005
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(wait)
+            wait = min(wait * 2, 0.25)
+
+
 class SQLiteDB:
     """One SQLite file: a connection per thread and per process (never shared across ``fork``),
     WAL, a busy timeout, and ``BEGIN IMMEDIATE`` transactions, so writers queue on the lock instead
@@ -95,7 +112,7 @@ class SQLiteDB:
         conn = getattr(self._local, "conn", None)
         if conn is None or getattr(self._local, "pid", None) != os.getpid():
             conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
+            _wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")  # WAL+NORMAL survives process crashes (kill -9)
             conn.execute("PRAGMA busy_timeout=60000")
             self._local.conn, self._local.pid = conn, os.getpid()

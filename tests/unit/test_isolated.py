@@ -36,7 +36,9 @@ def test_isolate_setting_modes(monkeypatch):
         config.reload()
     monkeypatch.delenv("UHOP_ISOLATE")
     s = config.reload()
-    assert s.isolates("cuda:0") and not s.isolates("cpu")  # the default: GPU problems only
+    # the default: every GPU candidate; on CPU, backends that JIT-compile native code
+    assert s.isolates("cuda:0", bk.get("torch")) and s.isolates("cpu", bk.get("numba"))
+    assert not s.isolates("cpu", bk.get("numpy")) and not s.isolates("cpu", bk.get("torch"))
 
 
 def test_candidates_that_kill_the_worker_are_recorded_and_the_caller_lives(faulty):

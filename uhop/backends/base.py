@@ -66,6 +66,9 @@ class Backend(ABC):
     #: seconds one candidate usually takes to compile, validate and time before any was measured
     #: (the tuner's budget planning: a JIT compiler's first candidate is not free)
     eval_s: ClassVar[float] = 0.3
+    #: runs generated native code (JIT-compiled kernels) that can kill its process: first-use
+    #: tuning measures it in the isolation worker (``UHOP_ISOLATE=auto``), GPU or not
+    crash_prone: ClassVar[bool] = False
 
     @functools.cached_property
     def availability(self) -> tuple[bool, str]:

@@ -37,6 +37,7 @@ def _family(op: str) -> Any:
 
 class TritonBackend(Backend):
     name = "triton"
+    crash_prone = True
     eval_s = 2.0  # a JIT compile per candidate
     array = "torch"
     source_modules = (

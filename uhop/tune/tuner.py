@@ -257,9 +257,10 @@ def tune(
     Every candidate is a job in the persistent queue (``queue_url``, default the store's
     database), so ``resume=RUN_ID`` continues an interrupted run without re-measuring anything.
 
-    ``isolate`` (default from ``UHOP_ISOLATE``: GPU problems) measures each candidate in a worker
-    process (:mod:`uhop.tune.isolated`): a candidate that kills its process, hangs or poisons the
-    CUDA context is a recorded ``crash``/``timeout``; only the chosen kernel is built here.
+    ``isolate`` (default from ``UHOP_ISOLATE``: GPU problems, and on CPU the backends that run
+    generated native code, ``Backend.crash_prone``) measures candidates in a worker process
+    (:mod:`uhop.tune.isolated`): a candidate that kills its process, hangs or poisons the CUDA
+    context is a recorded ``crash``/``timeout``; only the chosen kernel is built here.
     """
     s = settings()
     t_start = time.monotonic()
@@ -286,17 +287,17 @@ def tune(
         )  # fmt: skip
     budget = s.tune_budget_s if budget_s is None else budget_s
     key = problem.key(s.shape_buckets)
-    iso = None
-    if s.isolates(problem.device) if isolate is None else isolate:
-        from uhop.tune.isolated import evaluator
-
-        iso = evaluator(problem.device)
-        iso.start()  # its imports overlap the candidate enumeration below
-
     usable = bk.for_problem(problem, tuple(backends) or s.backends)
     if not usable:
         reasons = "; ".join(f"{b.name}: {b.availability[1]}" for b in bk.all_backends())
         raise NoCandidateError(f"no available backend supports {problem.describe()} ({reasons})")
+    isolated = {b.name for b in usable if (s.isolates(problem.device, b) if isolate is None else isolate)}
+    iso = None
+    if isolated:
+        from uhop.tune.isolated import evaluator
+
+        iso = evaluator(problem.device)
+        iso.start()  # its imports overlap the candidate enumeration below
     per_backend: list[list[Candidate]] = []
     for b in usable:
         try:
@@ -308,7 +309,7 @@ def tune(
     order = _fast_order(problem, usable, per_backend) if policy == "fast" else _interleave(per_backend)
 
     trials = _trials_for(problem, s.validation_trials)
-    vset = ValidationSet(problem, trials=trials) if iso is None else None
+    vset: ValidationSet | None = None  # built on first in-process use (the worker builds its own)
     measurements: list[Measurement] = []
     best: Measurement | None = None
     best_kernel: Kernel | None = None
@@ -321,11 +322,16 @@ def tune(
             break
         cutoff = 3 * best.median_s if best is not None and math.isfinite(best.median_s) else math.inf
         t0 = time.monotonic()
-        if iso is not None:
+        setup = 0.0
+        if iso is not None and cand.backend in isolated:
             m, kernel = iso.evaluate(cand, problem, trials=trials, time_it=policy == "tune", cutoff_s=cutoff), None
+            setup = iso.last_setup_s
         else:
-            m, kernel = evaluate(cand, by_name[cand.backend], problem, vset, time_it=policy == "tune", cutoff_s=cutoff)  # type: ignore[arg-type]
-        took.setdefault(cand.backend, []).append(time.monotonic() - t0 - (iso.last_setup_s if iso is not None else 0.0))
+            if vset is None:
+                vset = ValidationSet(problem, trials=trials)
+                setup = time.monotonic() - t0
+            m, kernel = evaluate(cand, by_name[cand.backend], problem, vset, time_it=policy == "tune", cutoff_s=cutoff)
+        took.setdefault(cand.backend, []).append(time.monotonic() - t0 - setup)
         measurements.append(m)
         if m.ok and (best is None or m.median_s < best.median_s):
             best, best_kernel = m, kernel
@@ -334,7 +340,7 @@ def tune(
 
     if iso is not None:
         iso.release()
-        if best is not None:  # validated in the worker; the same build serves this process
+        if best is not None and best_kernel is None:  # validated in the worker; the same build serves here
             best_kernel = by_name[best.candidate.backend].compile(best.candidate, problem)
     _record_telemetry(problem, measurements, store, key)
     entry = None
