@@ -50,3 +50,9 @@ class CrashingBackend(FaultyBackend):
 
     def candidates(self, problem):
         return [Candidate.of("faulty", f) for f in ("segfault", "abort", "honest")]
+
+
+class GeneratedCodeBackend(CrashingBackend):
+    """Declares itself crash-prone (JIT-compiled native code), as numba, IREE and Triton do."""
+
+    crash_prone = True

@@ -77,3 +77,18 @@ def test_local_executor_fails_a_job_that_kills_its_worker_without_retrying(monke
         assert f"the candidate killed its worker ({sig})" in jobs[fault].error
     assert jobs["honest"].status == "done"
     assert res.best is not None and res.best.ok
+
+
+def test_auto_isolates_crash_prone_cpu_backends(monkeypatch):
+    """The default (``auto``) on CPU: a backend that runs generated native code is measured in the
+    worker, so its segfault is a recorded failure; numpy's candidates run in-process."""
+    monkeypatch.setitem(bk.REGISTRY, "faulty", "faulty_backend:GeneratedCodeBackend")
+    bk._instances.pop("faulty", None)
+    try:
+        with config.override(isolate="auto", tune_budget_s=120, backends=("numpy", "faulty")):
+            res = tune(op="softmax", dims={"R": 16, "N": 24})
+    finally:
+        bk._instances.pop("faulty", None)
+    by = {m.candidate.id: m for m in res.measurements}
+    assert by["faulty/segfault"].status == "crash" and "SIGSEGV" in by["faulty/segfault"].reason
+    assert by["faulty/honest"].ok and res.best is not None and res.best.ok
