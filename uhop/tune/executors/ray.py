@@ -26,15 +26,19 @@ from typing import Any
 
 import ray
 
+from uhop import backends
 from uhop.tune.executors import Executor
 from uhop.tune.jobs import TERMINAL, JobQueue, TuningJob, worker_name
 
 
-def uhop_tune_job(spec: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
-    from uhop import config
+def uhop_tune_job(spec: dict[str, Any], settings: dict[str, Any], registry: dict[str, str] | None = None) -> dict[str, Any]:
+    from uhop import backends, config
     from uhop.tune.executors.local import _pin_device
     from uhop.tune.search import run_job
 
+    for name, target in (registry or {}).items():  # backends registered on the driver exist here too
+        if backends.REGISTRY.get(name) != target:
+            backends.register(name, target)
     with config.override(**settings):
         return run_job(_pin_device(spec))
 
@@ -86,7 +90,7 @@ class RayExecutor(Executor):
                 job = self._claim(wanted)
                 if job is None:
                     break
-                inflight[self._remote.remote(job.to_spec(), self.settings)] = job
+                inflight[self._remote.remote(job.to_spec(), self.settings, dict(backends.REGISTRY))] = job
             if inflight:
                 ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0.5)
                 for ref in ready:
