@@ -1,8 +1,10 @@
 """Search strategies on a recorded search space, replayed deterministically on CPU.
 
-The space: a cache-blocked numba matmul (float32, 384x384x384) with five tunable parameters --
-row/column/depth tile sizes (powers of two), block-loop order and parallel chunking (row blocks
-per prange task) -- under a cache constraint (A and B tiles fit in 1 MiB, half this CPU's L2).
+The space: a cache-blocked numba matmul (float32, 384x384x384; the kernel is the cost model's
+tiled family, ``uhop.perf.family``, under :func:`~uhop.perf.family.blocked_config`) with five
+tunable parameters -- row/column/depth tile sizes (powers of two), block-loop order and parallel
+chunking (row blocks per prange task) -- under a cache constraint (A and B tiles fit in 1 MiB,
+half this CPU's L2).
 Every valid config was measured on a machine (``record``: shuffled order, best of ``--passes``)
 and stored as JSON under ``benchmarks/data/`` (``blocked_matmul_space.json``: the 2-core dev
 machine, one pass in grid order, recorded while other jobs ran on it). ``replay`` runs each
@@ -53,73 +55,31 @@ def make_space():
     )  # fmt: skip
 
 
-def _kernels():
-    import numba
-    from numba import njit, prange
-
-    @njit(parallel=True, cache=False)
-    def mm_jk(A, B, C, BM, BN, BK, chunk):  # block loops: k0 outer, j0 inner
-        Mm, Kk = A.shape
-        Nn = B.shape[1]
-        nb = (Mm + BM - 1) // BM
-        for t in prange((nb + chunk - 1) // chunk):
-            for bi in range(t * chunk, min((t + 1) * chunk, nb)):
-                i0, i1 = bi * BM, min(bi * BM + BM, Mm)
-                for k0 in range(0, Kk, BK):
-                    k1 = min(k0 + BK, Kk)
-                    for j0 in range(0, Nn, BN):
-                        j1 = min(j0 + BN, Nn)
-                        for i in range(i0, i1):
-                            for k in range(k0, k1):
-                                a = A[i, k]
-                                for j in range(j0, j1):
-                                    C[i, j] += a * B[k, j]
-
-    @njit(parallel=True, cache=False)
-    def mm_kj(A, B, C, BM, BN, BK, chunk):  # block loops: j0 outer, k0 inner
-        Mm, Kk = A.shape
-        Nn = B.shape[1]
-        nb = (Mm + BM - 1) // BM
-        for t in prange((nb + chunk - 1) // chunk):
-            for bi in range(t * chunk, min((t + 1) * chunk, nb)):
-                i0, i1 = bi * BM, min(bi * BM + BM, Mm)
-                for j0 in range(0, Nn, BN):
-                    j1 = min(j0 + BN, Nn)
-                    for k0 in range(0, Kk, BK):
-                        k1 = min(k0 + BK, Kk)
-                        for i in range(i0, i1):
-                            for k in range(k0, k1):
-                                a = A[i, k]
-                                for j in range(j0, j1):
-                                    C[i, j] += a * B[k, j]
-
-    return {"jk": mm_jk, "kj": mm_kj}, numba
-
-
 def make_runner():
-    """(run(cfg, A, B) -> C, arg_sets): the real kernel, compiled once per loop order."""
-    kernels, _ = _kernels()
+    """(kernel_of(cfg) -> (A, B) -> C, arg_sets): the real kernel, ``uhop.perf.family``'s tiled
+    matmul under the space's config (:func:`~uhop.perf.family.blocked_config`)."""
+    from uhop.perf.family import blocked_config, tiled_kernel
+
     rng = np.random.default_rng(0)
     sets = [[rng.standard_normal((M, K)).astype(np.float32), rng.standard_normal((K, N)).astype(np.float32)]
             for _ in range(2)]  # fmt: skip
 
-    def run(cfg, A, B):
-        C = np.zeros((A.shape[0], B.shape[1]), dtype=np.float32)
-        kernels[cfg["order"]](A, B, C, cfg["BM"], cfg["BN"], cfg["BK"], cfg["chunk"])
-        return C
+    def kernel_of(cfg):
+        return tiled_kernel(blocked_config(cfg), np.float32)
 
-    return run, sets
+    return kernel_of, sets
 
 
-def measure(cfg, run, sets, min_time_s=0.03, repeat=3):
+def measure(cfg, kernel_of, sets, min_time_s=0.03, repeat=3):
     from uhop.measure.bench import benchmark
 
+    run = kernel_of(cfg)
     A, B = sets[0]
     ref = A.astype(np.float64) @ B.astype(np.float64)
-    err = float(np.max(np.abs(run(cfg, A, B) - ref)))
+    err = float(np.max(np.abs(run(A, B) - ref)))
     if not err <= 1e-3 * math.sqrt(K) * float(np.max(np.abs(ref))):
         return {"status": "wrong-result", "median_s": None, "max_err": err}
-    t = benchmark(lambda a, b: run(cfg, a, b), sets, min_time_s=min_time_s, repeat=repeat)
+    t = benchmark(run, sets, min_time_s=min_time_s, repeat=repeat)
     return {"status": "ok", "median_s": t.median_s, "spread": t.spread, "max_err": err}
 
 
@@ -129,7 +89,7 @@ def record(args) -> None:
     import random as _random
 
     space = make_space()
-    run, sets = make_runner()
+    kernel_of, sets = make_runner()
     configs = list(space.configs())
     print(f"recording {len(configs)} configs of {space.upper_size()}, {args.passes} pass(es) ...", flush=True)
     best: dict[int, dict] = {}
@@ -139,7 +99,7 @@ def record(args) -> None:
         order = list(range(len(configs)))
         rng.shuffle(order)
         for n, i in enumerate(order):
-            m = measure(configs[i], run, sets)
+            m = measure(configs[i], kernel_of, sets)
             old = best.get(i)
             if old is None or (m["median_s"] is not None and (old["median_s"] is None or m["median_s"] < old["median_s"])):
                 best[i] = m
@@ -246,7 +206,7 @@ def live(args) -> None:
     from uhop.tune.strategies import SearchBudget, make, run_search
 
     space = make_space()
-    run, sets = make_runner()
+    kernel_of, sets = make_runner()
     n = space.size() or 0
     budget = int(0.10 * n)
     name = args.strategy
@@ -258,7 +218,7 @@ def live(args) -> None:
 
     def evaluate(cfgs):
         for cfg in cfgs:
-            m = measure(cfg, run, sets, min_time_s=0.02)
+            m = measure(cfg, kernel_of, sets, min_time_s=0.02)
             yield cfg, (m["median_s"] or math.inf,), m
 
     t0 = time.time()
@@ -268,7 +228,7 @@ def live(args) -> None:
     # Fresh timings, default grid and tuned config interleaved over several rounds; per config the
     # best round counts (other load on the machine only ever adds time).
     configs = [*DEFAULT_GRID, tuned_cfg]
-    rounds = [[measure(c, run, sets, 0.2, 5)["median_s"] for c in configs] for _ in range(args.rounds)]
+    rounds = [[measure(c, kernel_of, sets, 0.2, 5)["median_s"] for c in configs] for _ in range(args.rounds)]
     best_of = [min(r[i] for r in rounds) for i in range(len(configs))]
     grid = list(zip(best_of[:-1], DEFAULT_GRID, strict=True))
     grid_t, grid_cfg = min(grid, key=lambda x: x[0])

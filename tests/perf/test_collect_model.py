@@ -72,6 +72,47 @@ def test_tiled_family_rejects_bad_config_and_unsupported_problems():
     assert len(fam.sample(p, 5, random.Random(0))) == 5
 
 
+@settings(max_examples=8, deadline=None)
+@given(
+    m=st.sampled_from([1, 7, 33]), n=st.sampled_from([1, 13, 97]), k=st.sampled_from([1, 5, 67]),
+    dtype=st.sampled_from(["float32", "float64"]), order=st.sampled_from(["kj", "jk"]),
+    tasks=st.sampled_from(["tile", "rows"]), chunk=st.sampled_from([1, 2, 3]), parallel=st.booleans(),
+    fastmath=st.booleans(), tiles=st.tuples(*[st.sampled_from([1, 4, 8, 32])] * 3),
+)  # fmt: skip
+def test_tiled_family_loop_orders_and_row_tasks_match_float64_reference(
+    m, n, k, dtype, order, tasks, chunk, parallel, fastmath, tiles
+):
+    """The configs the cost-model grid never lists (the search-space side: row tasks, ``chunk``,
+    both block-loop orders, no fast-math) are as correct as its own."""
+    from uhop.perf.family import tiled_kernel
+
+    bm, bn, bk = tiles
+    cfg = dict(bm=bm, bn=bn, bk=bk, order=order, tasks=tasks, chunk=chunk, parallel=parallel,
+               fastmath=fastmath)  # fmt: skip
+    rng = np.random.default_rng()
+    a, b = rng.uniform(-1, 1, (m, k)).astype(dtype), rng.uniform(-1, 1, (k, n)).astype(dtype)
+    out = tiled_kernel(cfg, dtype)(a, b)
+    p = Problem.make("matmul", {"B": 1, "M": m, "N": n, "K": k}, dtype)
+    rtol, atol = p.spec.tolerance(dtype, p.dim, p.param)
+    np.testing.assert_allclose(out, a.astype(np.float64) @ b.astype(np.float64), rtol=rtol, atol=atol)
+    assert out.dtype == np.dtype(dtype)
+
+
+def test_blocked_search_space_configs_map_onto_the_family():
+    from uhop.perf.family import DEFAULTS, blocked_config, tiled_config
+
+    cfg = blocked_config({"BM": 32, "BN": 64, "BK": 16, "order": "jk", "chunk": 2})
+    assert cfg == {"bm": 32, "bn": 64, "bk": 16, "order": "jk", "chunk": 2, "tasks": "rows", "parallel": True,
+                   "fastmath": False}  # fmt: skip
+    assert tiled_config({"bm": 4, "bn": 16, "bk": 16, "parallel": True}) == {"bm": 4, "bn": 16, "bk": 16, **DEFAULTS,
+                                                                             "parallel": True}  # fmt: skip
+    for bad, msg in (({"order": "ij"}, "order must be one of"), ({"tasks": "cols"}, "tasks must be one of"),
+                     ({"chunk": 0}, "chunk must be a positive int"), ({"parallel": 1}, "parallel must be a bool"),
+                     ({"BM": 8}, r"keys \['BM'\] are not tiled-family parameters")):  # fmt: skip
+        with pytest.raises(ValueError, match=msg):
+            tiled_config({"bm": 4, "bn": 4, "bk": 4, **bad})
+
+
 # ---- telemetry ----------------------------------------------------------------------------------
 def test_tuner_run_recorded_as_telemetry_in_the_store_file(uhop_home):
     from uhop.perf import telemetry

@@ -1,14 +1,32 @@
-"""A parametrised kernel family for cost-model data: cache-tiled numba matmul.
+"""A parametrised kernel family: cache-tiled numba matmul, one kernel for two users.
 
 The registered CPU backends offer a handful of matmul candidates per problem (the BLAS call, the
 torch call); a ranking model needs many candidates whose speed depends on their config in a way
-the hardware explains. This family is that: ``C = A @ B`` computed tile by tile, with tile sizes
-``bm x bn`` over the output, ``bk`` over the reduction, rows of B streamed through the inner
-``j`` loop (unit stride, vectorised), and the tiles spread over cores (``parallel=True``) or run
-on one. Tile sizes are runtime arguments, so one numba compile per (dtype, parallel) serves every
-config. It is not registered as a backend (it never beats BLAS on big problems); ``uhop perf
-collect`` measures it through the tuner's own ``evaluate`` (float64-validated, timed by the one
-benchmark function), and it is a real kernel: tests check it against the float64 reference.
+the hardware explains, and a search-strategy benchmark needs a space with real structure. This
+family serves both: ``C = A @ B`` computed block by block, with tile sizes ``bm x bn`` over the
+output, ``bk`` over the reduction, rows of B streamed through the inner ``j`` loop (unit stride,
+vectorised). A config (all runtime arguments but ``parallel`` and ``fastmath``, so one numba
+compile per (dtype, parallel, fastmath) serves every config) holds:
+
+- ``bm``, ``bn``, ``bk``: tile sizes (positive ints);
+- ``parallel``: tasks spread over cores (``prange``) or run on one (default ``False``);
+- ``tasks``: what one task is -- ``"tile"`` (default), ``chunk`` row blocks times one ``bn``
+  column block; ``"rows"``, ``chunk`` row blocks times all of N;
+- ``chunk``: row blocks per task (default 1);
+- ``order``: the block loops inside a task -- ``"kj"`` (default), column blocks outer and
+  reduction blocks inner; ``"jk"``, reduction blocks outer and column blocks inner (the same
+  thing when a task holds one column block);
+- ``fastmath``: numba fast-math (contract, reassoc, nsz; default ``True``).
+
+Its two users and their encodings: ``uhop perf collect`` samples :meth:`TiledMatmulFamily.candidates`
+(``bm``/``bn``/``bk``/``parallel``, all else default; the ``tiled`` backend of the telemetry and
+cost-model data), measured through the tuner's own ``evaluate`` (float64-validated, timed by the
+one benchmark function). ``benchmarks/tuning_replay.py`` searches the blocked-matmul space whose
+configs are ``BM``/``BN``/``BK``/``order``/``chunk`` (the names its recorded data is keyed by);
+:func:`blocked_config` maps one onto this family (row tasks, parallel, no fast-math: the kernel
+the data was recorded with). The family is not registered as a backend (it never beats BLAS on
+big problems); it is a real kernel: tests check every kind of config against the float64
+reference.
 """
 
 from __future__ import annotations
@@ -25,38 +43,101 @@ import numpy as np
 from uhop.backends.base import Backend, Candidate, Kernel
 from uhop.problem import Problem
 
+#: the cost-model family's grid (``TiledMatmulFamily.candidates``)
 TILE_M = (4, 16, 64)
 TILE_N = (16, 64, 256)
 TILE_K = (16, 64, 256)
 PARALLEL = (False, True)
+ORDERS = ("kj", "jk")
+TASKS = ("tile", "rows")
+#: a config's keys and their defaults (the cost-model candidates leave all but the tiles and
+#: ``parallel`` out, so their config hashes -- and the telemetry keyed by them -- stay as recorded)
+DEFAULTS: dict[str, Any] = {"parallel": False, "tasks": "tile", "chunk": 1, "order": "kj", "fastmath": True}
+
+
+def tiled_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` checked and completed with :data:`DEFAULTS`; ``ValueError`` names a bad key."""
+    unknown = set(config) - {"bm", "bn", "bk", *DEFAULTS}
+    if unknown:
+        known = ", ".join(["bm", "bn", "bk", *DEFAULTS])
+        raise ValueError(f"config keys {sorted(unknown)} are not tiled-family parameters ({known})")
+    cfg = {**DEFAULTS, **config}
+    for k in ("bm", "bn", "bk", "chunk"):
+        if not isinstance(cfg.get(k), int) or isinstance(cfg[k], bool) or cfg[k] < 1:
+            raise ValueError(f"config {k} must be a positive int, got {cfg.get(k)!r}")
+    if cfg["order"] not in ORDERS:
+        raise ValueError(f"config order must be one of {ORDERS}, got {cfg['order']!r}")
+    if cfg["tasks"] not in TASKS:
+        raise ValueError(f"config tasks must be one of {TASKS}, got {cfg['tasks']!r}")
+    for k in ("parallel", "fastmath"):
+        if not isinstance(cfg[k], bool):
+            raise ValueError(f"config {k} must be a bool, got {cfg[k]!r}")
+    return cfg
+
+
+def blocked_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A blocked-matmul search-space config (``BM``, ``BN``, ``BK``, ``order``, ``chunk``: the
+    encoding ``benchmarks/tuning_replay.py`` and its recorded data use) as a family config:
+    ``chunk`` row blocks over all columns per task, in parallel, without fast-math."""
+    return tiled_config({"bm": config["BM"], "bn": config["BN"], "bk": config["BK"], "order": config["order"],
+                         "chunk": config["chunk"], "tasks": "rows", "parallel": True, "fastmath": False})  # fmt: skip
 
 
 @functools.cache
-def _tiled(parallel: bool):
+def _tiled(parallel: bool, fastmath: bool):
     from numba import njit, prange
 
     rng = prange if parallel else range
+    flags = {"contract", "reassoc", "nsz"} if fastmath else False
 
-    @njit(parallel=parallel, fastmath={"contract", "reassoc", "nsz"}, cache=False)
-    def mm(a, b, c, bm, bn, bk):
+    @njit(parallel=parallel, fastmath=flags, cache=False)
+    def mm(a, b, c, bm, bn, bk, chunk, tile_tasks, k_outer):
         M, K = a.shape
         N = b.shape[1]
         nbm = (M + bm - 1) // bm
         nbn = (N + bn - 1) // bn
-        for t in rng(nbm * nbn):
-            i0 = (t // nbn) * bm
-            j0 = (t % nbn) * bn
-            i1 = min(i0 + bm, M)
-            j1 = min(j0 + bn, N)
-            for k0 in range(0, K, bk):
-                k1 = min(k0 + bk, K)
-                for i in range(i0, i1):
-                    for k in range(k0, k1):
-                        aik = a[i, k]
-                        for j in range(j0, j1):
-                            c[i, j] += aik * b[k, j]
+        nbk = (K + bk - 1) // bk
+        ncol = nbn if tile_tasks else 1  # column panels: one per column block, or one over all N
+        njb = 1 if tile_tasks else nbn  # column blocks per task
+        n_outer, n_inner = (nbk, njb) if k_outer else (njb, nbk)
+        for t in rng(((nbm + chunk - 1) // chunk) * ncol):
+            r = t // ncol
+            jb0 = t % ncol
+            for bi in range(r * chunk, min(r * chunk + chunk, nbm)):
+                i0 = bi * bm
+                i1 = min(i0 + bm, M)
+                for o in range(n_outer):
+                    for q in range(n_inner):
+                        kb, jb = (o, q) if k_outer else (q, o)
+                        j0 = (jb0 + jb) * bn
+                        j1 = min(j0 + bn, N)
+                        k0 = kb * bk
+                        k1 = min(k0 + bk, K)
+                        for i in range(i0, i1):
+                            for k in range(k0, k1):
+                                aik = a[i, k]
+                                for j in range(j0, j1):
+                                    c[i, j] += aik * b[k, j]
 
     return mm
+
+
+def tiled_kernel(config: Mapping[str, Any], dtype: Any) -> Kernel:
+    """``(a, b) -> a @ b`` (2-D) by the family's kernel under ``config`` (checked here, once, by
+    :func:`tiled_config`), computed in ``dtype``; the call does no more than convert, allocate C
+    and run the compiled kernel."""
+    cfg = tiled_config(config)
+    dt = np.dtype(dtype)
+    mm = _tiled(cfg["parallel"], cfg["fastmath"])
+    args = (cfg["bm"], cfg["bn"], cfg["bk"], cfg["chunk"], cfg["tasks"] == "tile", cfg["order"] == "jk")
+
+    def kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        a2, b2 = np.ascontiguousarray(a, dtype=dt), np.ascontiguousarray(b, dtype=dt)
+        c = np.zeros((a2.shape[0], b2.shape[1]), dtype=dt)
+        mm(a2, b2, c, *args)
+        return c
+
+    return kernel
 
 
 class TiledMatmulFamily(Backend):
@@ -93,21 +174,7 @@ class TiledMatmulFamily(Backend):
         return cands if n >= len(cands) else rng.sample(cands, n)
 
     def compile(self, candidate: Candidate, problem: Problem) -> Kernel:
-        cfg: dict[str, Any] = candidate.cfg
-        for k in ("bm", "bn", "bk"):
-            if not isinstance(cfg.get(k), int) or cfg[k] < 1:
-                raise ValueError(f"config {k} must be a positive int, got {cfg.get(k)!r}")
-        mm = _tiled(bool(cfg.get("parallel", False)))
-        dtype = np.dtype(problem.dtype)
-        bm, bn, bk = cfg["bm"], cfg["bn"], cfg["bk"]
-
-        def kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-            a2, b2 = np.ascontiguousarray(a, dtype=dtype), np.ascontiguousarray(b, dtype=dtype)
-            c = np.zeros((a2.shape[0], b2.shape[1]), dtype=dtype)
-            mm(a2, b2, c, bm, bn, bk)
-            return c
-
-        return kernel
+        return tiled_kernel(candidate.cfg, problem.dtype)
 
 
 def config_features(config: Mapping[str, Any], dims: Mapping[str, int], itemsize: int,
