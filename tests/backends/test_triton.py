@@ -114,6 +114,14 @@ def test_matmul_padmm_misaligned(interpreter, dtype, m, n, k, act, arity):
     assert interpreter.candidates(mis)[0].template == "padmm"  # the expected winner is tried first
 
 
+def test_matmul_tf32_precision_offers_tf32_configs(interpreter):
+    """precision=tf32 (float32): the candidates use tf32 dots and validate under its tolerance."""
+    p = Problem.make("matmul", {"B": 1, "M": 300, "N": 260, "K": 96}, "float32", {"precision": "tf32"},
+                     device="cpu", array="torch")  # fmt: skip
+    assert all(c.cfg.get("prec", "tf32") == "tf32" for c in interpreter.candidates(p))
+    _check(interpreter, "matmul", {"B": 1, "M": 67, "N": 41, "K": 43}, "float32", {"precision": "tf32"}, 2)
+
+
 def test_matmul_batched_and_candidates(interpreter):
     # batched a with a shared 2-D b (flattened into one GEMM), and a batched b
     _check(interpreter, "matmul", {"B": 3, "M": 9, "N": 17, "K": 11}, "float32", {"activation": "relu"}, 2)

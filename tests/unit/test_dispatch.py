@@ -50,7 +50,7 @@ def test_infers_activation_by_probing():
     x, w, b = f32(8, 16), f32(16, 4), f32(4)
     y = x.astype(np.float64) @ w + b
     close(mlp(x, w, b), y / (1 + np.exp(-y)))
-    assert list(mlp._semantics.values()) == [{"activation": "silu"}]
+    assert list(mlp._semantics.values()) == [{"activation": "silu", "precision": "ieee"}]
 
 
 def test_attention_causal_inferred_and_torch_in_torch_out():

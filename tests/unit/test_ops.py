@@ -141,3 +141,34 @@ def test_make_inputs_are_fresh_and_nonzero():
     assert a1[0].dtype == np.float32 and a1[0].shape == (16, 4) and a1[1].shape == (4, 8)
     assert not np.array_equal(a1[0], a2[0])
     assert np.count_nonzero(a1[0]) == a1[0].size
+
+
+def test_matmul_tf32_precision_widens_the_float32_tolerance_only():
+    """precision=tf32 admits tf32 products (10-bit mantissa inputs): float32 error bound, sized
+    so real tf32 rounding passes and a genuinely wrong result still fails."""
+    from uhop.ops import get
+    from uhop.problem import Problem
+
+    mm = get("matmul")
+    dims = {"B": 1, "M": 64, "N": 48, "K": 1024}
+    ieee = mm.tolerance("float32", dims, {"activation": "none", "precision": "ieee"})
+    tf32 = mm.tolerance("float32", dims, {"activation": "none", "precision": "tf32"})
+    assert tf32[0] >= ieee[0] and tf32[1] > ieee[1]
+    assert mm.tolerance("bfloat16", dims, {"activation": "none", "precision": "tf32"}) == mm.tolerance(
+        "bfloat16", dims, {"activation": "none", "precision": "ieee"})
+    rng = np.random.default_rng()
+    a, b = rng.standard_normal((64, 1024)), rng.standard_normal((1024, 48))
+
+    def tf32_round(x):  # keep 10 explicit mantissa bits (round to nearest), as the tensor cores do
+        bits = x.astype(np.float32).view(np.uint32).astype(np.uint64)
+        return ((bits + 0x1000) & 0xFFFFE000).astype(np.uint32).view(np.float32)
+
+    ref = a @ b
+    got = (tf32_round(a).astype(np.float64) @ tf32_round(b).astype(np.float64)).astype(np.float32)
+    err = np.abs(got - ref)
+    assert (err <= tf32[1] + tf32[0] * np.abs(ref)).all()
+    assert not (err <= ieee[1] + ieee[0] * np.abs(ref)).all()  # tf32 rounding is not ieee accuracy
+    wrong = got + 0.1 * np.abs(ref) + 0.1
+    assert not (np.abs(wrong - ref) <= tf32[1] + tf32[0] * np.abs(ref)).all()
+    with pytest.raises(InputError, match="precision must be one of"):
+        Problem.make("matmul", {"M": 4, "N": 4, "K": 4}, "float32", {"precision": "fp8"})

@@ -57,6 +57,24 @@ def _scalar_first(f):
     return g
 
 
+def _with_tf32(kernel: Kernel, allow: bool) -> Kernel:
+    """Run a cuBLAS float32 kernel at the problem's precision, whatever the caller's global
+    ``allow_tf32`` says (an ``ieee`` problem must not get tf32 products, nor the reverse)."""
+    import torch
+
+    flags = torch.backends.cuda.matmul
+
+    def run(*args: Any) -> Any:
+        prev = flags.allow_tf32
+        flags.allow_tf32 = allow
+        try:
+            return kernel(*args)
+        finally:
+            flags.allow_tf32 = prev
+
+    return run
+
+
 def _padded_matmul(activation: str, to: int) -> Kernel:
     """cuBLAS on operands zero-padded so K and N are multiples of ``to`` (aligned rows)."""
     import torch
@@ -135,6 +153,12 @@ class TorchBackend(Backend):
         return out
 
     def compile(self, candidate: Candidate, problem: Problem) -> Kernel:
+        kernel = self._compile(candidate, problem)
+        if problem.op == "matmul" and problem.dtype == "float32" and problem.device.startswith("cuda"):
+            return _with_tf32(kernel, problem.param.get("precision") == "tf32")
+        return kernel
+
+    def _compile(self, candidate: Candidate, problem: Problem) -> Kernel:
         import torch
         import torch.nn.functional as F
 

@@ -82,11 +82,7 @@ class TritonBackend(Backend):
         lim = limits(problem.device)
         fam = _family(problem.op)
         if problem.op == "matmul":
-            tf32 = False
-            if problem.dtype == "float32" and problem.device.startswith("cuda"):
-                import torch
-
-                tf32 = bool(torch.backends.cuda.matmul.allow_tf32)  # the caller's opt-in, as for torch
+            tf32 = problem.dtype == "float32" and problem.param.get("precision") == "tf32"
             pairs = fam.configs(problem, lim, tf32=tf32)
         else:
             pairs = fam.configs(problem, lim)

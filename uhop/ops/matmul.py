@@ -36,13 +36,25 @@ def apply_activation(y: np.ndarray, activation: str) -> np.ndarray:
     raise InputError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
 
 
+PRECISIONS = ("ieee", "tf32")
+#: (rtol, atol) at unit scale for tf32 products: each input rounded to 11 significant bits
+#: (relative error up to 2**-11), so a K-term dot product of unit-scale values errs by about
+#: 4e-4 * sqrt(K) (one sigma) in absolute terms: atol scales with sqrt(K); rtol is at least
+#: float32's (which already grows with sqrt(K))
+TF32_TOLERANCE = (3e-3, 3e-3)
+
+
 class Matmul(Op):
     name = "matmul"
     inputs = ("a", "b", "bias")
     optional = 1
-    params = (Param("activation", "none", ACTIVATIONS, str),)
+    #: ``precision`` (float32 only): ``ieee`` products, or ``tf32`` (inputs rounded to a 10-bit
+    #: mantissa, fp32 accumulation: what ``torch.backends.cuda.matmul.allow_tf32`` gives), which
+    #: admits tensor-core kernels under a tolerance sized for that rounding
+    params = (Param("activation", "none", ACTIVATIONS, str), Param("precision", "ieee", PRECISIONS, str))
     dims = ("B", "M", "N", "K")
-    description = "act(a @ b + bias); a (...,M,K), b (...,K,N) or (K,N), bias (N,); --shape MxNxK or BxMxNxK"
+    description = ("act(a @ b + bias); a (...,M,K), b (...,K,N) or (K,N), bias (N,); --shape MxNxK or BxMxNxK; "
+                   "precision=tf32 admits TF32 tensor-core kernels for float32")  # fmt: skip
 
     def defaulted_dims(self) -> dict[str, int]:
         return {"B": 1}
@@ -96,3 +108,9 @@ class Matmul(Op):
 
     def error_scale(self, dims, params) -> float:
         return math.sqrt(dims["K"])
+
+    def tolerance(self, dtype, dims, params) -> tuple[float, float]:
+        rtol, atol = super().tolerance(dtype, dims, params)
+        if dtype == "float32" and params.get("precision") == "tf32":
+            return max(rtol, TF32_TOLERANCE[0]), max(atol, TF32_TOLERANCE[1] * self.error_scale(dims, params))
+        return rtol, atol
