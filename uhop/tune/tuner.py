@@ -189,10 +189,11 @@ def _trials_for(problem: Problem, wanted: int) -> int:
 
 
 def _expected_s(took: Mapping[str, list[float]], backend: Backend) -> float:
-    """How long the next evaluation on ``backend`` will likely take: the median of its last
-    three, or before its first the backend's own estimate (``Backend.eval_s``)."""
+    """How long the next evaluation on ``backend`` may take: the slowest of its last three (a
+    JIT compile varies with the config; starting one that overruns costs the whole budget's
+    promise), or before its first the backend's own estimate (``Backend.eval_s``)."""
     recent = took.get(backend.name, [])[-3:]
-    return sorted(recent)[len(recent) // 2] if recent else backend.eval_s
+    return max(recent) if recent else backend.eval_s
 
 
 def _record_telemetry(problem: Problem, measurements: Sequence[Measurement], store: Any, key: str) -> None:
@@ -245,8 +246,8 @@ def tune(
     :class:`~uhop.errors.NoCandidateError` only if no candidate at all is valid.
 
     ``budget_s`` (default ``UHOP_TUNE_BUDGET_S``) bounds the whole call, reference inputs and
-    compiles included: a candidate is started only while the time it is expected to take (the
-    median of its backend's last evaluations) still fits.
+    compiles included: a candidate is started only while the time it may take (the slowest of
+    its backend's last three evaluations) still fits.
 
     Search runs: with ``strategy`` (``exhaustive``, ``random``, ``evolution``, ``nsga2``,
     ``surrogate``), ``executor`` (``inline``, ``local``, ``ray``) or ``resume`` (a run id), the
