@@ -38,10 +38,40 @@ def first_use(mode: str, m: int, n: int, k: int) -> dict:
     a = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(k, n, device="cuda", dtype=torch.bfloat16)
     torch.cuda.synchronize()
+    import uhop.tune.tuner as tuner
+
+    inner, spans = tuner.tune, {}
+
+    def timed_tune(*args, **kw):  # how much of the first call is tune() itself
+        t = time.perf_counter()
+        try:
+            return inner(*args, **kw)
+        finally:
+            spans["tune_s"] = time.perf_counter() - t
+
+    import uhop.tune.isolated as isolated
+
+    evals: list = []
+    in_proc, in_worker = tuner.evaluate, isolated.IsolatedEvaluator.evaluate
+
+    def timed(fn):
+        def run(*args, **kw):
+            t = time.perf_counter()
+            r = fn(*args, **kw)
+            m = r[0] if isinstance(r, tuple) else r
+            evals.append([m.candidate.id, m.status, round(time.perf_counter() - t, 3)])
+            return r
+
+        return run
+
+    tuner.evaluate, isolated.IsolatedEvaluator.evaluate = timed(in_proc), timed(in_worker)
+    spans["evals"] = evals
+    tuner.tune = timed_tune
     t0 = time.perf_counter()
     out = uhop.ops.matmul(a, b)
     torch.cuda.synchronize()
     first = time.perf_counter() - t0
+    tuner.tune, tuner.evaluate, isolated.IsolatedEvaluator.evaluate = inner, in_proc, in_worker
     err = float((out.float() - (a.float() @ b.float())).abs().max())
     kernel, _, cand = next(iter(_resolved.values()))
     ms = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -53,7 +83,14 @@ def first_use(mode: str, m: int, n: int, k: int) -> dict:
     ms[1].record()
     torch.cuda.synchronize()
     t = ms[0].elapsed_time(ms[1]) / 50 / 1e3
-    return {"mode": mode, "shape": [m, n, k], "first_call_s": first, "pick": cand.id, "ms": t * 1e3,
+    from uhop.store import open_store
+
+    (entry,) = open_store().entries("matmul")
+    statuses: dict[str, int] = {}
+    for x in open_store().measurements(entry.key):
+        statuses[x["status"]] = statuses.get(x["status"], 0) + 1
+    return {"mode": mode, "shape": [m, n, k], "first_call_s": first, **spans, "statuses": statuses,
+            "pick": cand.id, "ms": t * 1e3,
             "tflops": 2 * m * n * k / t / 1e12, "max_abs_err_vs_fp32": err}  # fmt: skip
 
 
@@ -126,12 +163,12 @@ def main() -> None:
         res["triton"] = triton.__version__
     except ImportError:
         pass
-    for m, n, k in SHAPES:
+    for m, n, k in SHAPES if not os.environ.get("ONLY_SHAPE") else [SHAPES[int(os.environ["ONLY_SHAPE"])]]:
         for mode in ("never", "auto"):  # side by side, same fresh state for each
             row = run_child("gemm", mode, str(m), str(n), str(k))
             res["gemm"].append(row)
             print(json.dumps(row), flush=True)
-    for mode in ("auto", "never"):
+    for mode in () if os.environ.get("SKIP_FAULTS") else ("auto", "never"):
         row = run_child("faults", mode)
         res["faults"].append(row)
         print(json.dumps(row), flush=True)

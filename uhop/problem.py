@@ -18,7 +18,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from uhop import __version__
+from uhop.errors import InputError
 from uhop.ops import get as get_op
 
 
@@ -57,9 +60,21 @@ class Problem:
             from uhop.ops.expr import n_vars
 
             n = n_vars(spec.expression(p))  # type: ignore[attr-defined]
+        full = {**spec.defaulted_dims(), **dims}
+        missing = [d for d in spec.dims if d not in full]
+        unknown = sorted(set(dims) - set(spec.dims))
+        if missing or unknown:
+            raise InputError(
+                f"{op}: dims must give {', '.join(spec.dims)}"
+                + (f"; missing {', '.join(missing)}" if missing else "")
+                + (f"; unknown {', '.join(unknown)}" if unknown else "")
+            )
+        bad = [d for d in spec.dims if not isinstance(full[d], (int, np.integer)) or isinstance(full[d], bool) or full[d] < 1]
+        if bad:
+            raise InputError(f"{op}: dims must be positive integers, got " + ", ".join(f"{d}={full[d]!r}" for d in bad))
         return cls(
             op=op,
-            dims=tuple((d, int(dims[d])) for d in spec.dims),
+            dims=tuple((d, int(full[d])) for d in spec.dims),
             dtype=dtype,
             params=tuple(sorted(p.items())),
             arity=n,
