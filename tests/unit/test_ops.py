@@ -172,3 +172,21 @@ def test_matmul_tf32_precision_widens_the_float32_tolerance_only():
     assert not (np.abs(wrong - ref) <= tf32[1] + tf32[0] * np.abs(ref)).all()
     with pytest.raises(InputError, match="precision must be one of"):
         Problem.make("matmul", {"M": 4, "N": 4, "K": 4}, "float32", {"precision": "fp8"})
+
+
+@pytest.mark.parametrize("act", ["none", "relu", "gelu", "silu"])
+def test_matmul_torch_reference_matches_numpy_reference(act):
+    """GPU problems compute the float64 reference with the op's torch form (on the device);
+    it must be the numpy reference, to float64 rounding."""
+    pytest.importorskip("torch")
+    from uhop.measure.validate import reference_on
+    from uhop.problem import Problem
+
+    rng = np.random.default_rng()
+    p = Problem.make("matmul", {"B": 3, "M": 37, "N": 29, "K": 61}, "float32", {"activation": act}, arity=3)
+    xs = p.spec.make_inputs(p.dim, p.param, rng, p.dtype, p.arity)
+    ref = p.spec.reference(*[x.astype(np.float64) for x in xs], **p.param)
+    got = reference_on(p, xs, "cpu")  # the same code path a CUDA problem takes, on the CPU here
+    assert got is not None and got.dtype == np.float64 and got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+    assert get("softmax").reference_torch is None  # ops without one keep the numpy reference

@@ -125,6 +125,11 @@ class Op:
         return {}
 
     # ---- semantics ------------------------------------------------------------------------
+    #: an optional float64 torch implementation of :meth:`reference` (same semantics), used to
+    #: compute the reference on a GPU for GPU problems where the host would take seconds
+    #: (a 4096³ GEMM); ``None``: the numpy reference serves every device
+    reference_torch: Any = None
+
     def reference(self, *args: np.ndarray, **params: Any) -> np.ndarray:
         """float64 reference on float64 numpy inputs."""
         raise NotImplementedError
