@@ -16,6 +16,7 @@ Reproduce on a CUDA machine (from the repo root):
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -38,7 +39,7 @@ def first_use(mode: str, m: int, n: int, k: int) -> dict:
     a = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(k, n, device="cuda", dtype=torch.bfloat16)
     torch.cuda.synchronize()
-    import uhop.tune.tuner as tuner
+    tuner = importlib.import_module("uhop.tune.tuner")
 
     inner, spans = tuner.tune, {}
 
@@ -49,7 +50,7 @@ def first_use(mode: str, m: int, n: int, k: int) -> dict:
         finally:
             spans["tune_s"] = time.perf_counter() - t
 
-    import uhop.tune.isolated as isolated
+    isolated = importlib.import_module("uhop.tune.isolated")
 
     evals: list = []
     in_proc, in_worker = tuner.evaluate, isolated.IsolatedEvaluator.evaluate
