@@ -80,6 +80,20 @@ def _num(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
+def _dumps(x: Any) -> str:
+    return json.dumps(x, sort_keys=True, default=str)
+
+
+def measurement_rows(key: str, op: str, measurements: Iterable[dict[str, Any]], now: float) -> list[tuple]:
+    """Rows of the ``measurements`` table (both stores): key, op, candidate JSON, status, reason,
+    median_s, spread, n, max_err, created."""
+    return [
+        (key, op, _dumps(m["candidate"]), m["status"], m.get("reason", ""), _num(m.get("median_s")),
+         _num(m.get("spread")), m.get("n"), _num(m.get("max_err")), now)
+        for m in measurements
+    ]  # fmt: skip
+
+
 def _wal(conn: sqlite3.Connection, timeout_s: float = 60.0) -> None:
     """Switch to WAL. Changing the journal mode can fail at once with "database is locked" while
     another process creates the same database (SQLite does not run the busy handler for it), so
@@ -276,12 +290,8 @@ class SQLiteStore(SQLiteDB, ExportImport):
             db.executemany(
                 "INSERT INTO measurements(key, op, candidate, status, reason, median_s, spread, n, max_err, created) "
                 "VALUES (?,?,?,?,?,?,?,?,?,?)",
-                [
-                    (key, op, json.dumps(m["candidate"], sort_keys=True), m["status"], m.get("reason", ""),
-                     _num(m.get("median_s")), _num(m.get("spread")), m.get("n"), _num(m.get("max_err")), now)
-                    for m in measurements
-                ],
-            )  # fmt: skip
+                measurement_rows(key, op, measurements, now),
+            )
             if chosen is not None:
                 db.execute(
                     """
@@ -292,12 +302,12 @@ class SQLiteStore(SQLiteDB, ExportImport):
                         problem=excluded.problem, candidate=excluded.candidate, median_s=excluded.median_s,
                         gflops=excluded.gflops, gbps=excluded.gbps, policy=excluded.policy,
                         fingerprint=excluded.fingerprint, content_hash=excluded.content_hash, updated=excluded.updated
-                    WHERE excluded.median_s IS NOT NULL
-                      AND (kernels.median_s IS NULL OR excluded.median_s < kernels.median_s)
+                    WHERE excluded.content_hash != kernels.content_hash
+                       OR (excluded.median_s IS NOT NULL
+                           AND (kernels.median_s IS NULL OR excluded.median_s < kernels.median_s))
                     """,
-                    (key, op, json.dumps(problem, sort_keys=True), json.dumps(chosen, sort_keys=True),
-                     _num(median_s), _num(gflops), _num(gbps), policy, json.dumps(fingerprint, sort_keys=True),
-                     content_hash, now, now),
+                    (key, op, _dumps(problem), _dumps(chosen), _num(median_s), _num(gflops), _num(gbps), policy,
+                     _dumps(fingerprint), content_hash, now, now),
                 )  # fmt: skip
             row = db.execute("SELECT * FROM kernels WHERE key=?", (key,)).fetchone()
         return self._entry(row) if row else None

@@ -14,11 +14,11 @@ pytestmark = pytest.mark.integration
 PROBLEM = {"op": "softmax", "dims": {"R": 4, "N": 8}, "dtype": "float32", "params": {}, "arity": 1}
 
 
-def _rec(store, key, backend, t, policy="tune", problem=PROBLEM):
+def _rec(store, key, backend, t, policy="tune", problem=PROBLEM, content_hash="h"):
     return store.record(
         key, problem, {"backend": backend, "template": "t", "config": {}},
         [{"candidate": {"backend": backend, "template": "t", "config": {}}, "status": "ok", "median_s": t}],
-        median_s=t, gflops=None, gbps=None, policy=policy, fingerprint={"x": 1}, content_hash="h",
+        median_s=t, gflops=None, gbps=None, policy=policy, fingerprint={"x": 1}, content_hash=content_hash,
     )  # fmt: skip
 
 
@@ -31,7 +31,10 @@ def test_conflict_rule_matches_sqlite(pg_url, tmp_path):
         assert _rec(s, "k", "b", 3e-3).candidate["backend"] == "a"  # slower: kept the old one
         assert _rec(s, "k", "c", 1e-3).candidate["backend"] == "c"
         assert _rec(s, "k", "d", None, policy="fast").candidate["backend"] == "c"  # unmeasured never wins
-        assert len(s.measurements("k")) == 4
+        # built from other code (content hash changed): the old time no longer applies, even if faster
+        assert _rec(s, "k", "e", 5e-3, content_hash="h2").candidate["backend"] == "e"
+        assert _rec(s, "k", "f", 6e-3, content_hash="h2").candidate["backend"] == "e"
+        assert len(s.measurements("k")) == 6
         assert s.measurements("k")[0]["candidate"] == {"backend": "a", "template": "t", "config": {}}
         assert s.get("missing") is None
         assert s.integrity_ok()

@@ -14,14 +14,12 @@ runs under an advisory lock so processes that open a fresh database together do 
 
 from __future__ import annotations
 
-import json
-import math
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from uhop.store import SCHEMA_VERSION, Entry, ExportImport, PostgresDB
+from uhop.store import SCHEMA_VERSION, Entry, ExportImport, PostgresDB, _dumps, _num, measurement_rows
 
 try:
     import psycopg
@@ -63,14 +61,6 @@ CREATE INDEX IF NOT EXISTS telemetry_op ON telemetry(op, key)
 """
 
 _KERNEL_COLS = "key, op, problem, candidate, median_s, gflops, gbps, policy, fingerprint, content_hash, created, updated"
-
-
-def _num(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(x)
-
-
-def _dumps(x: Any) -> str:
-    return json.dumps(x, sort_keys=True, default=str)
 
 
 def _masked(url: str) -> str:
@@ -162,11 +152,7 @@ class PostgresStore(PostgresDB, ExportImport):
         in force afterwards, which is another writer's if theirs was better."""
         now = time.time()
         op = problem["op"]
-        rows = [
-            (key, op, _dumps(m["candidate"]), m["status"], m.get("reason", ""), _num(m.get("median_s")),
-             _num(m.get("spread")), m.get("n"), _num(m.get("max_err")), now)
-            for m in measurements
-        ]  # fmt: skip
+        rows = measurement_rows(key, op, measurements, now)
         with self._tx() as cur:
             if rows:
                 cur.executemany(
