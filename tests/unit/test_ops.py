@@ -190,3 +190,15 @@ def test_matmul_torch_reference_matches_numpy_reference(act):
     assert got is not None and got.dtype == np.float64 and got.shape == ref.shape
     np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
     assert get("softmax").reference_torch is None  # ops without one keep the numpy reference
+
+
+@pytest.mark.parametrize(("dims", "match"), [
+    ({"M": 4, "N": 4}, "missing K"), ({"M": 4, "N": 4, "K": 4, "Q": 2}, "unknown Q"),
+    ({"M": 4, "N": 0, "K": 4}, "positive integers, got N=0"), ({"M": 4.5, "N": 4, "K": 4}, "got M=4.5"),
+])  # fmt: skip
+def test_problem_dims_errors_name_the_dim(dims, match):
+    from uhop.problem import Problem
+
+    with pytest.raises(InputError, match=match):
+        Problem.make("matmul", dims, "float32")
+    assert Problem.make("matmul", {"M": 4, "N": 5, "K": 6}, "float32").dim["B"] == 1  # defaulted batch
