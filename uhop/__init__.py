@@ -15,7 +15,8 @@ Public API::
 __version__ = "0.1.0"
 
 from uhop import ops  # noqa: E402
+from uhop.buffer import Buffer  # noqa: E402
 from uhop.dispatch import optimize  # noqa: E402
 from uhop.tune.tuner import tune  # noqa: E402
 
-__all__ = ["__version__", "ops", "optimize", "tune"]
+__all__ = ["Buffer", "__version__", "ops", "optimize", "tune"]

@@ -213,7 +213,7 @@ def matmul_kernel(dev: ClDevice, dtype: str, activation: str, arity: int, ts: in
     has_bias = arity >= 3
     source = f"#define ACT(v) {K.ACTIVATIONS[activation]}\n" + K.MATMUL  # a function-like macro: in the text
     prog = dev.build(source, _options(dtype, TS=ts, WPT=wpt, HAS_BIAS=has_bias))
-    krn = prog.matmul
+    krn = cl.Kernel(prog, "matmul")
     dummy = cl.Buffer(dev.context, cl.mem_flags.READ_ONLY, size=8)
 
     def plan(shapes: list[tuple[int, ...]]) -> tuple[tuple[int, ...], Callable[..., Any]]:
@@ -244,7 +244,7 @@ def rows_kernel(dev: ClDevice, op: str, dtype: str, arity: int, eps: float, wg: 
 
     has_w, has_b = arity >= 2, arity >= 3 and op == "layernorm"
     prog = dev.build(K.ROWS, _options(dtype, WG=wg, HAS_WEIGHT=has_w, HAS_BIAS=has_b))
-    krn = getattr(prog, op)
+    krn = cl.Kernel(prog, op)
     dummy = cl.Buffer(dev.context, cl.mem_flags.READ_ONLY, size=8)
     scalar = np.dtype(dtype).type
 
@@ -269,8 +269,10 @@ def rows_kernel(dev: ClDevice, op: str, dtype: str, arity: int, eps: float, wg: 
 
 
 def elementwise_kernel(dev: ClDevice, expr_text: str, dtype: str, arity: int, wg: int, items: int) -> ClKernel:
+    import pyopencl as cl
+
     prog = dev.build(K.elementwise_source(ex.parse(expr_text), arity, dtype), _options(dtype))
-    krn = prog.elementwise
+    krn = cl.Kernel(prog, "elementwise")
 
     def plan(shapes: list[tuple[int, ...]]) -> tuple[tuple[int, ...], Callable[..., Any]]:
         if len(shapes) != arity or any(s != shapes[0] for s in shapes):
