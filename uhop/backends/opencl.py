@@ -29,6 +29,7 @@ import math
 import os
 import re
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -85,7 +86,9 @@ class ClDevice:
             with self._lock:
                 prog = self._programs.get(key)
                 if prog is None:
-                    prog = cl.Program(self.context, source).build(options=list(options))
+                    with warnings.catch_warnings():  # PoCL's notes on vector casts: not errors
+                        warnings.simplefilter("ignore", cl.CompilerWarning)
+                        prog = cl.Program(self.context, source).build(options=list(options))
                     self._programs[key] = prog
         return prog
 
@@ -239,11 +242,16 @@ def matmul_kernel(dev: ClDevice, dtype: str, activation: str, arity: int, ts: in
     return ClKernel(dev, dtype, plan)
 
 
-def rows_kernel(dev: ClDevice, op: str, dtype: str, arity: int, eps: float, wg: int) -> ClKernel:
+def rows_kernel(dev: ClDevice, op: str, dtype: str, arity: int, eps: float, wg: int, vw: int = 0) -> ClKernel:
+    """``wg`` work-items per row (``ROWS``), or with ``vw`` one work-item per row in ``vw``-wide
+    vectors (``ROWS_VEC``, CPU devices; ``wg`` is then the rows per work-group)."""
     import pyopencl as cl
 
     has_w, has_b = arity >= 2, arity >= 3 and op == "layernorm"
-    prog = dev.build(K.ROWS, _options(dtype, WG=wg, HAS_WEIGHT=has_w, HAS_BIAS=has_b))
+    if vw:
+        prog = dev.build(K.ROWS_VEC, _options(dtype, VW=vw, HAS_WEIGHT=has_w, HAS_BIAS=has_b))
+    else:
+        prog = dev.build(K.ROWS, _options(dtype, WG=wg, HAS_WEIGHT=has_w, HAS_BIAS=has_b))
     krn = cl.Kernel(prog, op)
     dummy = cl.Buffer(dev.context, cl.mem_flags.READ_ONLY, size=8)
     scalar = np.dtype(dtype).type
@@ -256,12 +264,14 @@ def rows_kernel(dev: ClDevice, op: str, dtype: str, arity: int, eps: float, wg: 
             if s != () and s != (N,):
                 raise InputError(f"{op}: {name} must have shape ({N},), got {s}")
 
+        gsize, lsize = ((R,), None) if vw else ((R * wg,), (wg,))
+
         def launch(queue: Any, bufs: list[Any], out: Any) -> Any:
             if op == "softmax":
-                return krn(queue, (R * wg,), (wg,), np.int32(N), bufs[0], out)
+                return krn(queue, gsize, lsize, np.int32(N), bufs[0], out)
             w = bufs[1] if has_w else dummy
             b = bufs[2] if has_b else dummy
-            return krn(queue, (R * wg,), (wg,), np.int32(N), scalar(eps), bufs[0], w, b, out)
+            return krn(queue, gsize, lsize, np.int32(N), scalar(eps), bufs[0], w, b, out)
 
         return x, launch
 
@@ -271,7 +281,7 @@ def rows_kernel(dev: ClDevice, op: str, dtype: str, arity: int, eps: float, wg: 
 def elementwise_kernel(dev: ClDevice, expr_text: str, dtype: str, arity: int, wg: int, items: int) -> ClKernel:
     import pyopencl as cl
 
-    prog = dev.build(K.elementwise_source(ex.parse(expr_text), arity, dtype), _options(dtype))
+    prog = dev.build(K.elementwise_source(ex.parse(expr_text), arity, dtype), _options(dtype, ITEMS=items))
     krn = cl.Kernel(prog, "elementwise")
 
     def plan(shapes: list[tuple[int, ...]]) -> tuple[tuple[int, ...], Callable[..., Any]]:
@@ -344,14 +354,19 @@ class OpenCLBackend(Backend):
         if problem.op in ("softmax", "layernorm", "rmsnorm"):
             N = problem.dim["N"]
             first = min(256, 1 << max(0, (N - 1).bit_length()))  # no idle work-items on short rows
-            wgs = list(dict.fromkeys((first, 64, 1024) if not dev.is_cpu else (first, 16, 64)))
-            return [c("opencl", "rows", wg=w) for w in wgs
-                    if fits(caps, shared_mem_bytes=w * item, threads_per_block=w)[0]]  # fmt: skip
+            wgs = list(dict.fromkeys((first, 64, 1024) if not dev.is_cpu else (64,)))
+            out = [c("opencl", "rows", wg=w) for w in wgs
+                   if fits(caps, shared_mem_bytes=w * item, threads_per_block=w)[0]]  # fmt: skip
+            if dev.is_cpu:  # a row per work-item in explicit vectors: 3-4x the work-group form here
+                out[:0] = [c("opencl", "rows_vec", vw=v) for v in (8, 16) if v <= max(4, N)]
+            return out
         if problem.op == "elementwise":
             n = problem.dim["N"]
-            configs = ((256, 16), (256, 1), (64, 64))
+            # one element per work-item (straight-line code PoCL vectorises across work-items) was
+            # 3-6x a grid-stride loop on PoCL; the loop stays as the GPU's third guess
+            configs = ((256, 1), (64, 1), (256, 8))
             return [c("opencl", "fused", wg=w, items=i) for w, i in configs
-                    if fits(caps, threads_per_block=w)[0] and (i == 1 or n >= 16 * w * i)]  # fmt: skip
+                    if fits(caps, threads_per_block=w)[0] and (i == 1 or (n >= 64 * w * i and not dev.is_cpu))]  # fmt: skip
         return []
 
     def compile(self, candidate: Candidate, problem: Problem) -> Kernel:
@@ -362,7 +377,8 @@ class OpenCLBackend(Backend):
         if problem.op == "matmul":
             return matmul_kernel(dev, dt, p["activation"], problem.arity, int(cfg["ts"]), int(cfg["wpt"]))
         if problem.op in ("softmax", "layernorm", "rmsnorm"):
-            return rows_kernel(dev, problem.op, dt, problem.arity, float(p.get("eps", 0.0)), int(cfg["wg"]))
+            vw = int(cfg.get("vw", 0)) if candidate.template == "rows_vec" else 0
+            return rows_kernel(dev, problem.op, dt, problem.arity, float(p.get("eps", 0.0)), int(cfg.get("wg", 1)), vw)
         if problem.op == "elementwise":
             return elementwise_kernel(dev, p["expr"], dt, problem.arity, int(cfg["wg"]), int(cfg["items"]))
         raise ValueError(f"opencl backend has no kernel for op {problem.op!r}")

@@ -167,6 +167,119 @@ void rmsnorm(const int N, const T eps, __global const T* restrict X, __global co
 }
 """
 
+# Row kernels for CPU devices: one work-item per row, explicit VW-wide vectors (vloadn / vstoren)
+# so the reductions and exp vectorise (a compiler may not reorder a scalar float sum), the
+# row stays in L1/L2 between its passes. The tail of a row not a multiple of VW is scalar.
+ROWS_VEC = (
+    PREAMBLE
+    + """
+#define VT CAT(T, VW)
+#define CAT(a, b) CAT2(a, b)
+#define CAT2(a, b) a##b
+#define VLOAD CAT(vload, VW)
+#define VSTORE CAT(vstore, VW)
+
+inline T hsum(VT v) {
+    T s = (T)0;
+    const T* p = (const T*)&v;
+    for (int i = 0; i < VW; i++) s += p[i];
+    return s;
+}
+inline T hmax(VT v) {
+    T s = -INFINITY;
+    const T* p = (const T*)&v;
+    for (int i = 0; i < VW; i++) s = fmax(s, p[i]);
+    return s;
+}
+
+__kernel void softmax(const int N, __global const T* restrict X, __global T* restrict Y)
+{
+    const long r = get_global_id(0);
+    __global const T* x = X + r * N;
+    __global T* y = Y + r * N;
+    const int nv = N / VW;
+    VT mv = (VT)(-INFINITY);
+    for (int i = 0; i < nv; i++) mv = fmax(mv, VLOAD(i, x));
+    T m = hmax(mv);
+    for (int i = nv * VW; i < N; i++) m = fmax(m, x[i]);
+    VT sv = (VT)0;
+    for (int i = 0; i < nv; i++) { const VT e = exp(VLOAD(i, x) - m); VSTORE(e, i, y); sv += e; }
+    T s = hsum(sv);
+    for (int i = nv * VW; i < N; i++) { const T e = exp(x[i] - m); y[i] = e; s += e; }
+    const T inv = (T)1 / s;
+    for (int i = 0; i < nv; i++) VSTORE(VLOAD(i, y) * inv, i, y);
+    for (int i = nv * VW; i < N; i++) y[i] *= inv;
+}
+
+__kernel void layernorm(const int N, const T eps, __global const T* restrict X, __global const T* restrict W,
+                        __global const T* restrict B, __global T* restrict Y)
+{
+    const long r = get_global_id(0);
+    __global const T* x = X + r * N;
+    __global T* y = Y + r * N;
+    const int nv = N / VW;
+    VT sv = (VT)0;
+    for (int i = 0; i < nv; i++) sv += VLOAD(i, x);
+    T s = hsum(sv);
+    for (int i = nv * VW; i < N; i++) s += x[i];
+    const T mean = s / (T)N;
+    VT qv = (VT)0;
+    for (int i = 0; i < nv; i++) { const VT d = VLOAD(i, x) - mean; qv += d * d; }
+    T q = hsum(qv);
+    for (int i = nv * VW; i < N; i++) { const T d = x[i] - mean; q += d * d; }
+    const T inv = rsqrt(q / (T)N + eps);
+    for (int i = 0; i < nv; i++) {
+        VT v = (VLOAD(i, x) - mean) * inv;
+#ifdef HAS_WEIGHT
+        v *= VLOAD(i, W);
+#endif
+#ifdef HAS_BIAS
+        v += VLOAD(i, B);
+#endif
+        VSTORE(v, i, y);
+    }
+    for (int i = nv * VW; i < N; i++) {
+        T v = (x[i] - mean) * inv;
+#ifdef HAS_WEIGHT
+        v *= W[i];
+#endif
+#ifdef HAS_BIAS
+        v += B[i];
+#endif
+        y[i] = v;
+    }
+}
+
+__kernel void rmsnorm(const int N, const T eps, __global const T* restrict X, __global const T* restrict W,
+                      __global const T* restrict B, __global T* restrict Y)
+{
+    const long r = get_global_id(0);
+    __global const T* x = X + r * N;
+    __global T* y = Y + r * N;
+    const int nv = N / VW;
+    VT qv = (VT)0;
+    for (int i = 0; i < nv; i++) { const VT v = VLOAD(i, x); qv += v * v; }
+    T q = hsum(qv);
+    for (int i = nv * VW; i < N; i++) q += x[i] * x[i];
+    const T inv = rsqrt(q / (T)N + eps);
+    for (int i = 0; i < nv; i++) {
+        VT v = VLOAD(i, x) * inv;
+#ifdef HAS_WEIGHT
+        v *= VLOAD(i, W);
+#endif
+        VSTORE(v, i, y);
+    }
+    for (int i = nv * VW; i < N; i++) {
+        T v = x[i] * inv;
+#ifdef HAS_WEIGHT
+        v *= W[i];
+#endif
+        y[i] = v;
+    }
+}
+"""
+)
+
 #: fn -> OpenCL C format string over argument names. NaN-propagating maximum/minimum (fmax
 #: drops NaN; numpy's maximum, the reference, keeps it).
 _FORMULAS: dict[str, str] = {
@@ -236,8 +349,13 @@ def elementwise_source(e: ex.Expr, arity: int, dtype: str) -> str:
     return PREAMBLE + f"""
 __kernel void elementwise(const long n, {params}, __global T* restrict out)
 {{
+#if ITEMS == 1
+    const long i = get_global_id(0);  /* straight-line: PoCL vectorises across work-items */
+    if (i < n) {{
+#else
     const long stride = get_global_size(0);
     for (long i = get_global_id(0); i < n; i += stride) {{
+#endif
 {loads}
 {chr(10).join(body)}
         out[i] = {names[e]};
