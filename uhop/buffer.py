@@ -20,7 +20,7 @@ Locations are the strings ``"host"``, ``"cuda:N"``, ``"opencl"`` and ``"iree"``.
 there plus computing there is least. Move time is bytes over the host<->device link rate (the
 median rate of this process's own transfers of at least 1 MiB, else ``LINK_BPS``); compute time
 is the roofline bound ``max(flops / peak FLOP/s, bytes / peak bandwidth)`` from the device's
-hardware manifest (measured figures from ``uhop hw probe`` where present). Candidates are the host,
+hardware manifest, plus ``LATENCY_S`` per copy and per device launch, (measured figures from ``uhop hw probe`` where present). Candidates are the host,
 every CUDA device holding an input, CUDA device 0 when torch sees one, and OpenCL only when every
 input is already there (the OpenCL backend is a way to avoid a transfer, not a reason for one).
 
@@ -49,6 +49,9 @@ from uhop.errors import InputError
 #: host<->device bytes/s assumed before any transfer was measured: PCIe 4.0 x16 as copies of
 #: pageable memory achieve it (about 25 GB/s), a conservative figure for PCIe 5 and NVLink-C2C
 LINK_BPS = 25e9
+#: fixed seconds per host<->device copy and per device launch (driver + synchronisation floors,
+#: about 10 us each on PCIe GPUs): what keeps small ops where their data is
+LATENCY_S = 10e-6
 
 
 # ---- transfer accounting ----------------------------------------------------------------------
@@ -339,9 +342,10 @@ def place(inputs: Sequence[Buffer], *, flops: float, nbytes: float, dtype: str =
     link = TRANSFERS.link_bps()
     est: dict[str, float] = {}
     for w in cands:
-        move = sum(b.nbytes for b in inputs if not b.has(w)) / link
+        missing = [b.nbytes for b in inputs if not b.has(w)]
+        move = sum(missing) / link + LATENCY_S * len(missing)
         f, bw = _peak("cpu" if w in ("host", "opencl", "iree") else w, dtype)
-        est[w] = move + max(flops / f, nbytes / bw)
+        est[w] = move + max(flops / f, nbytes / bw) + (LATENCY_S if w != "host" else 0.0)
     resident = [w for w in cands if inputs and all(b.has(w) for b in inputs)]
     if resident and est[resident[0]] <= min(est.values()) * 1.0001:
         where = resident[0]
