@@ -20,7 +20,8 @@ Locations are the strings ``"host"``, ``"cuda:N"``, ``"opencl"`` and ``"iree"``.
 there plus computing there is least. Move time is bytes over the host<->device link rate (the
 median rate of this process's own transfers of at least 1 MiB, else ``LINK_BPS``); compute time
 is the roofline bound ``max(flops / peak FLOP/s, bytes / peak bandwidth)`` from the device's
-hardware manifest, plus ``LATENCY_S`` per copy and per device launch, (measured figures from ``uhop hw probe`` where present). Candidates are the host,
+hardware manifest (measured figures from ``uhop hw probe`` where present); each copy and each
+device launch adds ``LATENCY_S``. Candidates are the host,
 every CUDA device holding an input, CUDA device 0 when torch sees one, and OpenCL only when every
 input is already there (the OpenCL backend is a way to avoid a transfer, not a reason for one).
 
