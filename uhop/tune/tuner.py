@@ -387,7 +387,9 @@ def _budgeted(
     measurements: list[Measurement] = []
     kernels: dict[Candidate, Kernel] = {}
     best: Measurement | None = None
-    deadline = t_start + budget
+    # The budget covers the evaluation, not this process's one-time import of the backends'
+    # libraries (``probe`` in --explain): a later problem in the same process does not pay it.
+    deadline = t_start + probe_s + budget
     took: dict[str, list[float]] = {}  # seconds per evaluation, by backend
     scale = 1.0  # measured / prior time per call of the candidates timed so far (this machine, now)
     for i, cand in enumerate(order):
