@@ -331,8 +331,6 @@ class OpenCLBackend(Backend):
     def supports(self, problem: Problem) -> bool:
         if not super().supports(problem):
             return False
-        if problem.dtype == "float64" and not cl_device().fp64:
-            return False
         if problem.op == "elementwise":
             return K.expr_supported(ex.parse(problem.param["expr"]))
         return True
@@ -341,6 +339,8 @@ class OpenCLBackend(Backend):
         from uhop.hardware.constraints import fits
 
         dev = cl_device()
+        if problem.dtype == "float64" and not dev.fp64:  # here, not in supports(): that must stay cheap
+            return []
         caps = device_manifest(dev)
         c = Candidate.of
         item = np.dtype(problem.dtype).itemsize
