@@ -240,7 +240,9 @@ def main() -> None:
     sys.dont_write_bytecode = True
     cfg = json.loads(sys.argv[1])
     _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the worker
-    if os.getppid() != int(cfg["parent"]):  # the worker died before the line above
+    # the worker died before the line above (in the fallback's pid namespace, where the broker is
+    # its init, the parent reads as 0; EOF on the request pipe then ends the broker)
+    if os.getppid() not in (int(cfg["parent"]), 0):
         os._exit(1)
     _prctl(4, 0)  # PR_SET_DUMPABLE 0: no /proc/<pid>/mem, fd or environ access from others
     rfd, wfd = int(cfg["rfd"]), int(cfg["wfd"])
@@ -279,8 +281,18 @@ def main() -> None:
             os._exit(0)
 
 
+#: refusals reported on the trusted channel (the parent's start-up log, a file in its TMPDIR):
+#: one rejects the candidate; more are counted, never written, so a flood cannot fill the disk
+MAX_REPORTS = 16
+_reported = [0]
+
+
 def _report(reason: str) -> None:
-    """The trusted channel: one line on the broker's stderr (the parent's start-up log)."""
+    """The trusted channel: one line on the broker's stderr (the parent's start-up log), for the
+    first :data:`MAX_REPORTS` refusals only."""
+    _reported[0] += 1
+    if _reported[0] > MAX_REPORTS:
+        return
     line = REPORT + "".join(c if c.isprintable() else "?" for c in reason)[:300] + "\n"
     try:
         os.write(2, line.encode())

@@ -213,12 +213,46 @@ def _ro_paths(extra: Sequence[str] = ()) -> list[str]:
     return out
 
 
+#: the unprivileged uid and gid every candidate and tool runs as when UHOP runs as root
+#: (``UHOP_SANDBOX_UID``/``UHOP_SANDBOX_GID``; 65533 is in the range Debian reserves, owned by
+#: nobody, so no file or process on the host belongs to it)
+DEFAULT_SANDBOX_ID = 65533
+
+
+def sandbox_ids() -> tuple[int, int] | None:
+    """(uid, gid) the worker drops to, when this process is root; None when it is not (the
+    worker then keeps our own unprivileged uid, in a user namespace)."""
+    if os.geteuid() != 0:
+        return None
+    uid = int(os.environ.get("UHOP_SANDBOX_UID", DEFAULT_SANDBOX_ID))
+    gid = int(os.environ.get("UHOP_SANDBOX_GID", uid))
+    if uid <= 0 or gid <= 0:
+        raise ValueError(f"UHOP_SANDBOX_UID/UHOP_SANDBOX_GID must be positive ids, got {uid}/{gid}")
+    return uid, gid
+
+
 def _bwrap_cmd(limits: Limits, gpu: bool, tools: bool = False) -> list[str]:
-    cmd = [bwrap_path() or "bwrap", "--unshare-all", "--die-with-parent", "--cap-drop", "ALL"]
+    if sandbox_ids():
+        # As root, bubblewrap's user namespace would map the candidate to host uid 0 (uid_map
+        # "0 0 1"). Privileged mode instead: no user namespace, every capability dropped but the
+        # two the worker needs to become the unprivileged sandbox uid before anything else.
+        unshare = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
+        caps = ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    else:
+        unshare, caps = ["--unshare-all"], ["--cap-drop", "ALL"]
+    cmd = [bwrap_path() or "bwrap", *unshare, "--die-with-parent", *caps]
     # The private /tmp first: read-only binds of paths under /tmp (a checkout or venv there, as in
     # CI) are then mounted on top of it instead of being hidden by it.
-    cmd += ["--size", str(limits.disk_bytes), "--tmpfs", "/tmp"]
-    for p in _ro_paths(_tool_dirs(gpu) if tools else ()):
+    cmd += ["--perms", "01777", "--size", str(limits.disk_bytes), "--tmpfs", "/tmp"]
+    ro = _ro_paths(_tool_dirs(gpu) if tools else ())
+    if sandbox_ids():  # bubblewrap makes missing mount points 0700 as root: searchable for the uid
+        ancestors = {os.path.dirname(p) for p in ro} | {os.path.dirname(e) for e in _ETC}
+        while any(os.path.dirname(a) not in ancestors and a != "/" for a in ancestors):
+            ancestors |= {os.path.dirname(a) for a in ancestors}
+        for a in sorted(ancestors - {"/", "/tmp"} - set(ro), key=len):
+            if not any(a == q or a.startswith(q + "/") for q in ro):
+                cmd += ["--perms", "0755", "--dir", a]
+    for p in ro:
         if os.path.islink(p):
             cmd += ["--symlink", os.readlink(p), p]
         else:
@@ -230,7 +264,7 @@ def _bwrap_cmd(limits: Limits, gpu: bool, tools: bool = False) -> list[str]:
         cmd += ["--ro-bind-try", p, p]
     cmd += ["--ro-bind-try", "/sys/devices/system/cpu", "/sys/devices/system/cpu"]
     cmd += ["--proc", "/proc", "--dev", "/dev"]
-    cmd += ["--size", str(limits.disk_bytes // 4), "--tmpfs", "/dev/shm"]
+    cmd += ["--perms", "01777", "--size", str(limits.disk_bytes // 4), "--tmpfs", "/dev/shm"]
     if gpu:
         for dev in _gpu_devices():
             cmd += ["--dev-bind-try", dev, dev]
@@ -322,10 +356,20 @@ class Worker:
         # start-up errors (bwrap, interpreter) land here; the worker moves fd 2 to its own log
         # before any candidate code runs
         self._err = tempfile.TemporaryFile()
+        self._refusals: list[str] = []
+        self._err_tail = b""
         env = _env(home)
+        ids = sandbox_ids()
+        if ids:
+            env["UHOP_SANDBOX_IDS"] = f"{ids[0]}:{ids[1]}"
         if self.isolation != "bwrap":
             env["UHOP_SANDBOX_PRIVATE"] = home
             env["UHOP_SANDBOX_DISK_BYTES"] = str(self.limits.disk_bytes)
+            readable = _readable(gpu, tools)
+            env["UHOP_SANDBOX_READABLE"] = json.dumps(readable)
+            env["UHOP_SANDBOX_LANDLOCK"] = json.dumps({"writable": self._writable(), "readable": readable})
+            if ids:
+                os.chown(home, *ids)
         if tools:
             env.update(self._tool_env(home))
         self.proc = subprocess.Popen(
@@ -340,13 +384,18 @@ class Worker:
             except OSError:
                 pass
 
+    def _writable(self) -> list[str]:
+        return [self._tmp, "/dev/null"] + (_gpu_devices() if self.gpu else []) if self._tmp else []
+
     def _tool_env(self, home: str) -> dict[str, str]:
         """The broker's configuration (read and dropped by the worker at start) and what Triton
         inside needs to pick the same programs without looking around."""
         progs = tool_programs()
         cfg = {**progs, "private": home, "readable": _readable(self.gpu, True), "writable": [home, "/dev/null"],
                "timeout_s": max(self.limits.wall_s, 1.0), "cpu_s": self.limits.cpu_s,
-               "file_bytes": self.limits.file_bytes, "as_bytes": 16 << 30, "out_bytes": 1 << 20}  # fmt: skip
+               "file_bytes": self.limits.file_bytes, "out_bytes": 1 << 20,
+               # compilers get the candidate's own memory cap (a macro bomb in a 1 KB source)
+               "as_bytes": self.limits.memory_bytes}  # fmt: skip
         env = {"UHOP_SANDBOX_TOOLS": json.dumps(cfg)}
         if progs["cc"]:
             env["CC"] = progs["cc"][0]
@@ -362,6 +411,8 @@ class Worker:
         (the start-up log, which the candidate holds no descriptor of)."""
         if not self.tools:
             return []
+        if self._err.closed:
+            return self._refusals
         try:
             data = os.pread(self._err.fileno(), 1 << 20, 0)
         except (OSError, ValueError):
@@ -395,6 +446,12 @@ class Worker:
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
+        if not self._err.closed:  # the start-up log goes with the worker (a bounded copy of its refusals stays)
+            self._refusals = self.tool_refusals()
+            self._err.seek(0, os.SEEK_END)
+            self._err.seek(max(self._err.tell() - 400, 0))
+            self._err_tail = self._err.read(400)
+            self._err.close()
 
     close = kill
 
@@ -463,6 +520,28 @@ class Worker:
         finally:
             sel.close()
 
+    def _write_all(self, data: bytes, deadline: float) -> None:
+        """Write a request within the request's deadline: a worker that stops reading (a shrunk
+        pipe, a forged early reply, then sleep) is killed, never waited on."""
+        fd = self.proc.stdin.fileno()  # type: ignore[union-attr]
+        os.set_blocking(fd, False)
+        view = memoryview(data)
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_WRITE)
+            while view:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.kill()
+                    raise SandboxFault("timeout", f"the worker stopped reading its requests ({self.limits.wall_s:g} s)")
+                if not sel.select(min(left, 0.05)):
+                    continue
+                try:
+                    view = view[os.write(fd, view) :]
+                except BlockingIOError:
+                    continue
+                except OSError:  # EPIPE: the worker is gone
+                    raise self._death() from None
+
     def request(
         self, header: dict[str, Any], arrays: Sequence[np.ndarray] = (), *, max_reply: int = 1 << 26,
         wall_s: float | None = None,
@@ -474,19 +553,15 @@ class Worker:
             try:  # start-up is the sandbox's time, not the candidate's: its own generous deadline
                 self._read_frame(time.monotonic() + STARTUP_S, 1 << 16)
             except SandboxFault as exc:  # no candidate involved yet: the sandbox itself is broken
-                self._err.seek(0)
-                err = self._err.read()[-400:].decode(errors="replace").strip().replace("\n", " | ")
+                self.kill()
+                err = self._err_tail.decode(errors="replace").strip().replace("\n", " | ")
                 raise SandboxUnavailable(f"the sandbox worker did not start ({exc.reason}): {err}") from None
             self._ready = True
         deadline = time.monotonic() + (wall_s or self.limits.wall_s)
         self._seq += 1
         header = dict(header, id=self._seq)
         data = child.pack(header, [child.npy(np.ascontiguousarray(a)) for a in arrays])
-        try:
-            self.proc.stdin.write(data)  # type: ignore[union-attr]
-            self.proc.stdin.flush()  # type: ignore[union-attr]
-        except (BrokenPipeError, OSError):
-            raise self._death() from None
+        self._write_all(data, deadline)
         frame = self._read_frame(deadline, max_reply)
         try:
             reply, blobs = child.unpack(frame)
@@ -515,13 +590,13 @@ class Worker:
             "cmd": "load", "source": source, "filename": filename, "workdir": self.workdir,
             "limits": asdict(self.limits), "log_bytes": self.limits.log_bytes, "array": array,
             "device": device, "seccomp": True, "deny_writes": self.isolation != "bwrap",
-            "writable": [self._tmp, "/dev/null"] + (_gpu_devices() if self.gpu else []) if self._tmp else [],
+            "writable": self._writable(),
             "readable": _readable(self.gpu, self.tools), "tools": self.tools if tools is None else tools,
         })  # fmt: skip
         got = reply.get("layers") if isinstance(reply.get("layers"), list) else []
         if "landlock" in got and "no-writes" in self.layers:  # writes confined by path instead
             self.layers[self.layers.index("no-writes")] = "landlock"
-        self.layers += [x for x in ("shield", "netns", "tmpfs", "tools") if x in got and x not in self.layers]
+        self.layers += [x for x in ("nonroot", "shield", "netns", "pidns", "tmpfs", "tools") if x in got and x not in self.layers]
         return self.layers
 
 
