@@ -161,15 +161,26 @@ def resolve(problem: Problem, policy: str | None = None) -> tuple[Kernel, Backen
                     verdict = None
                     _warn(f"stored kernel {cand.id} failed to build ({exc}); re-tuning")
                 if verdict is not None and verdict.ok:
-                    _resolved[key] = (kernel, backend, cand)
+                    _resolved[key] = (_spot_checked(kernel, backend, problem, key, store), backend, cand)
                     return _resolved[key]
                 if verdict is not None:
                     _warn(f"stored kernel {cand.id} failed validation ({verdict.status}: {verdict.reason}); re-tuning")
             store.invalidate(key)  # never serve it again; the re-tuned choice replaces it
         res = tune(problem=problem, policy=policy, store=store)
         assert res.kernel is not None and res.backend is not None and res.best is not None
-        _resolved[key] = (res.kernel, res.backend, res.best.candidate)
+        _resolved[key] = (_spot_checked(res.kernel, res.backend, problem, key, store), res.backend, res.best.candidate)
         return _resolved[key]
+
+
+# ---- dispatch-time spot checks (uhop.sandbox.spotcheck) ----------------------------------------
+def _spot_checked(kernel: Kernel, backend: Backend, problem: Problem, key: str, store: Any) -> Kernel:
+    """Untrusted kernels (kernel files) re-checked on a sample of calls; a failure quarantines
+    the entry and drops it from this process, so the next call resolves to the next best."""
+    from uhop.sandbox.spotcheck import spot_checked
+
+    return spot_checked(kernel, problem, key, trusted=backend.trusted, store=store,
+                        on_quarantine=lambda: _resolved.pop(key, None))  # fmt: skip
+# ---- end of spot checks ------------------------------------------------------------------------
 
 
 def _adapt(kernel: Kernel, backend: Backend, problem: Problem) -> Kernel:

@@ -240,9 +240,7 @@ def main() -> None:
     sys.dont_write_bytecode = True
     cfg = json.loads(sys.argv[1])
     _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the worker
-    # the worker died before the line above (in the fallback's pid namespace, where the broker is
-    # its init, the parent reads as 0; EOF on the request pipe then ends the broker)
-    if os.getppid() not in (int(cfg["parent"]), 0):
+    if os.getppid() != int(cfg["parent"]):  # the worker died before the line above
         os._exit(1)
     _prctl(4, 0)  # PR_SET_DUMPABLE 0: no /proc/<pid>/mem, fd or environ access from others
     rfd, wfd = int(cfg["rfd"]), int(cfg["wfd"])

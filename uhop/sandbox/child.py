@@ -577,20 +577,20 @@ def _expose(paths: list[str]) -> None:
 
 
 def _private_namespaces(home: str, disk_bytes: int, ids: tuple[int, int] | None, readable: list[str]) -> list[str]:
-    """Without bubblewrap: new mount, network and pid namespaces (and, when not root, a user
+    """Without bubblewrap: new mount and network namespaces (and, when not root, a user
     namespace mapping our own unprivileged uid), a size-capped tmpfs over the private directory,
     so the only writable place has a quota and the network is gone. As root (``ids`` given),
     ``/proc/sys``, ``/sys`` and ``/proc/sysrq-trigger`` are made read-only here, and the paths
-    the worker reads are exposed to the unprivileged uid it drops to next. The pid namespace's
-    first process is the tool broker: when it dies, the kernel kills every compiler it ran.
-    Returns the layers obtained."""
+    the worker reads are exposed to the unprivileged uid it drops to next. Returns the layers
+    obtained."""
     libc = _libc()
-    NEWUSER, NEWNS, NEWNET, NEWPID = 0x10000000, 0x00020000, 0x40000000, 0x20000000
+    # (No pid namespace: after unshare(CLONE_NEWPID) this process could start no thread.)
+    NEWUSER, NEWNS, NEWNET = 0x10000000, 0x00020000, 0x40000000
     uid, gid = os.getuid(), os.getgid()  # before unsharing: unmapped ids read as 65534 after
-    flags = NEWNS | NEWNET | NEWPID | (0 if ids else NEWUSER)
+    flags = NEWNS | NEWNET | (0 if ids else NEWUSER)
     if libc.unshare(flags) != 0:
         return ["netns"] if libc.unshare(NEWNET) == 0 else []
-    layers = ["netns", "pidns"]
+    layers = ["netns"]
     try:
         if not ids:
             for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):

@@ -315,6 +315,15 @@ def _tree_pids(root: int) -> list[int]:
     return out
 
 
+def _pgid(pid: int) -> int:
+    """``pid``'s process group (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[2])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def _rss(pids: Sequence[int]) -> int:
     total = 0
     for pid in pids:
@@ -425,7 +434,15 @@ class Worker:
         if not self.dead:
             self.dead = True
             if self.tools:  # the broker's tools run in process groups of their own
-                for pid in reversed(_tree_pids(self.proc.pid)):
+                # Their groups first (read while the tree is intact): a compiler's helpers (cc1)
+                # are in its group, and outlive it as orphans if only the tree is killed.
+                tree = _tree_pids(self.proc.pid)
+                for pgid in {_pgid(p) for p in tree} - {0, os.getpgid(0), self.proc.pid}:
+                    try:
+                        os.killpg(pgid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+                for pid in reversed(tree):
                     try:
                         os.kill(pid, signal.SIGKILL)
                     except (ProcessLookupError, PermissionError):
@@ -609,7 +626,7 @@ class Worker:
         got = reply.get("layers") if isinstance(reply.get("layers"), list) else []
         if "landlock" in got and "no-writes" in self.layers:  # writes confined by path instead
             self.layers[self.layers.index("no-writes")] = "landlock"
-        self.layers += [x for x in ("nonroot", "shield", "netns", "pidns", "tmpfs", "tools") if x in got and x not in self.layers]
+        self.layers += [x for x in ("nonroot", "shield", "netns", "tmpfs", "tools") if x in got and x not in self.layers]
         return self.layers
 
 
