@@ -111,6 +111,13 @@ def test_no_process_of_a_check_outlives_a_killed_parent(tmp_path, mode):
         check_file({str(tmp_path / "k.py")!r}, isolation={mode!r}, policy=StaticPolicy(enabled=False),
                    limits=Limits(wall_s=60, cpu_s=120), time_it=False)
     """)
+    from uhop.sandbox import worker as wmod
+
+    wmod._close_pools()  # this process's spare workers (one may still be dropping to the sandbox uid)
+    wmod._pools.clear()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _sandbox_uid_processes():
+        time.sleep(0.1)
     before = set(_sandbox_uid_processes())
     p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=dict(os.environ))
     assert p.stdout.readline().strip() == b"go"
@@ -210,7 +217,7 @@ def test_result_cache_never_hits_while_timing(mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_computing_only_the_last_call_of_a_batch_is_caught(mode):
     res = _check("last_call_only", mode, time_it=True, limits=Limits(wall_s=20))
-    assert res.category == "wrong-result" and "while timing" in res.reason, res.line()
+    assert res.category in ("wrong-result", "partial-write") and "while timing" in res.reason, res.line()
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -236,7 +243,9 @@ def test_leftover_timers_handlers_and_threads_are_rejected(mode, name):
 def test_roofline_floor_rejects_a_time_below_it(monkeypatch):
     """The floor is wired in: with a margin that puts it above any real time, an honest kernel
     is a ``timing-fault``."""
-    from uhop.sandbox import check as chk
+    import importlib
+
+    chk = importlib.import_module("uhop.sandbox.check")
 
     monkeypatch.setattr(chk, "FLOOR_MARGIN", 1e9)
     res = check_file(HERE / "honest" / "matmul_blocked.py", limits=Limits(wall_s=20))

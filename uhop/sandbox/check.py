@@ -273,7 +273,9 @@ class Evaluation:
             return max(wall - a - b * calls, 0.0) / calls
 
         first = min(batch(1), batch(2))  # the first call of a fresh worker is slow: not the estimate
-        per = max(min_time_s / repeat, 1e-6)
+        # batches long enough that the subtracted fixed cost is at most 5% of one (noise in its
+        # calibration then moves a time by a few percent, never to zero)
+        per = max(min_time_s / repeat, 20 * a, 1e-6)
         calls = max(1, min(max_calls, int(per / max(first, 1e-7))))
         samples = []
         for r in range(repeat):

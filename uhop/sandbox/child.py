@@ -620,6 +620,7 @@ def drop_privileges(ids: tuple[int, int] | None) -> list[str]:
     it). Raises if any privilege is left: untrusted code never runs with one."""
     import ctypes
 
+    ppid = os.getppid()
     if ids:
         os.setgroups([])
         os.setresgid(ids[1], ids[1], ids[1])
@@ -635,6 +636,8 @@ def drop_privileges(ids: tuple[int, int] | None) -> list[str]:
                                                      for k in ("CapEff", "CapPrm", "CapAmb")):  # fmt: skip
         raise RuntimeError("the sandbox worker still holds root or a capability; refusing to run")
     _libc().prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: a credential change cleared it
+    if os.getppid() != ppid:  # the parent died while it was cleared
+        os._exit(1)
     return ["nonroot"]
 
 

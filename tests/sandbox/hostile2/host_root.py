@@ -21,6 +21,6 @@ def run(x):
         os.close(fd)  # opened only: never written
         opened.append(p)
     status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
-    caps = ",".join(f"{k}={status[k].strip()}" for k in ("CapEff", "CapPrm", "CapBnd", "CapAmb", "NoNewPrivs"))
+    caps = " ".join(f"{k}={status[k].strip()}" for k in ("CapEff", "CapPrm", "CapBnd", "CapAmb", "NoNewPrivs"))
     uids = status["Uid"].split()
     raise RuntimeError(f"uid={uids[0]} euid={uids[1]} {caps} opened=[{','.join(opened)}]")
