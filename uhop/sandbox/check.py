@@ -204,7 +204,7 @@ class Evaluation:
                 raise SandboxFault("nondeterministic", f"two calls on the same inputs differ ({v.reason}){when}")
         raise SandboxFault("wrong-result", v.reason + when)
 
-    def calibrate(self, shape: tuple[int, ...], dtype: str, reps: int = 5) -> tuple[float, float]:
+    def calibrate(self, shape: tuple[int, ...], dtype: str, reps: int = 3) -> tuple[float, float]:
         """Before any candidate code runs in the worker (so its own clock is still trusted): the
         cost of ending a timing batch of ``n`` calls, ``a + b * n`` seconds. ``b`` (copying and
         hashing one output) is timed by the worker itself, ``a`` (the request, the side-effect
@@ -230,7 +230,7 @@ class Evaluation:
         return sets
 
     def time(self, *, repeat: int = 5, min_time_s: float = 0.05, sample: int = 3,
-             set_budget_bytes: int = 32 << 20) -> dict[str, float]:  # fmt: skip
+             set_budget_bytes: int = 8 << 20) -> dict[str, float]:  # fmt: skip
         """Per-call time on the parent's clock. Each batch runs the candidate once on each of
         ``calls`` brand-new input sets (no repeats: a result cache cannot hit), gets every output
         back, and ``sample`` of them, picked here after the reply, are checked against the
@@ -275,7 +275,7 @@ class Evaluation:
         first = min(batch(1), batch(2))  # the first call of a fresh worker is slow: not the estimate
         # batches long enough that the subtracted fixed cost is at most 5% of one (noise in its
         # calibration then moves a time by a few percent, never to zero)
-        per = max(min_time_s / repeat, 20 * a, 1e-6)
+        per = max(min_time_s / repeat, min(20 * a, 0.1), 1e-6)
         calls = max(1, min(max_calls, int(per / max(first, 1e-7))))
         samples = []
         for r in range(repeat):

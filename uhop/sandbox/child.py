@@ -273,8 +273,9 @@ class Worker:
         arity = len(blobs) // max(n, 1)
         meta = header.get("meta")
         xs = [from_raw(b, m) for b, m in zip(blobs, meta)] if meta else [from_npy(b) for b in blobs]
+        xs = _readonly_many(xs)
         for i in range(n):
-            self.slots[slot + i] = [_readonly(x) for x in xs[i * arity : (i + 1) * arity]]
+            self.slots[slot + i] = xs[i * arity : (i + 1) * arity]
         return {"ok": True}, []
 
     def cmd_emit(self, header, blobs):
@@ -363,7 +364,7 @@ class Worker:
         inputs as they were after the first call."""
         slot, repeat = int(header["slot"]), int(header.get("repeat", 1))
         if blobs:  # inputs sent with the call (one round trip per call for the user backend)
-            self.slots[slot] = [_readonly(from_npy(b)) for b in blobs]
+            self.slots[slot] = _readonly_many([from_npy(b) for b in blobs])
         outs, after = [], []
         for r in range(repeat):
             xs = self._args(slot)
@@ -404,23 +405,30 @@ class Worker:
         return {"ok": True, "meta": [raw_meta(a) for a in arrays]}, [a.tobytes() for a in arrays]
 
 
-def _readonly(x):
-    """A copy of ``x`` in memory mapped read-only: numpy refuses writes (``ValueError``: the
-    worker reports ``input-mutated``), and a write through a raw pointer faults."""
+def _readonly_many(xs: list) -> list:
+    """Copies of ``xs`` in one mapping made read-only: numpy refuses writes (``ValueError``:
+    the worker reports ``input-mutated``), and a write through a raw pointer faults."""
     import ctypes
     import mmap
 
     import numpy as np
 
-    n = max(x.nbytes, 1)
-    m = mmap.mmap(-1, n)
-    a = np.frombuffer(m, dtype=x.dtype, count=x.size).reshape(x.shape)
-    a[...] = x
+    offs, n = [], 0
+    for x in xs:
+        offs.append(n)
+        n += (x.nbytes + 63) // 64 * 64
+    m = mmap.mmap(-1, max(n, 1))
+    out = []
+    for x, off in zip(xs, offs):
+        a = np.frombuffer(m, dtype=x.dtype, count=x.size, offset=off).reshape(x.shape)
+        a[...] = x
+        out.append(a)
     addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
-    if _libc().mprotect(ctypes.c_void_p(addr), ctypes.c_size_t(n), 1) != 0:  # PROT_READ
+    if _libc().mprotect(ctypes.c_void_p(addr), ctypes.c_size_t(max(n, 1)), 1) != 0:  # PROT_READ
         raise Fault("crash", "mprotect failed")
-    a.flags.writeable = False
-    return a
+    for a in out:
+        a.flags.writeable = False
+    return out
 
 
 _WATCHED = ("SIGALRM", "SIGVTALRM", "SIGPROF", "SIGUSR1", "SIGUSR2", "SIGIO", "SIGCHLD", "SIGSEGV", "SIGBUS")
