@@ -19,7 +19,16 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from uhop.store import SCHEMA_VERSION, Entry, ExportImport, PostgresDB, _dumps, _num, _quarantine_row, measurement_rows
+from uhop.store import (
+    SCHEMA_VERSION,
+    Entry,
+    ExportImport,
+    PostgresDB,
+    _dumps,
+    _num,
+    _quarantine_row,
+    measurement_rows,
+)
 
 try:
     import psycopg

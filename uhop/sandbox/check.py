@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 
 from uhop.measure.validate import DISTRIBUTIONS, Trial, ValidationSet, _round_bf16, compare, draw_inputs
-from uhop.ops.base import as_f64
 from uhop.ops import get as get_op
+from uhop.ops.base import as_f64
 from uhop.problem import Problem
 from uhop.sandbox.child import digest as child_digest
 from uhop.sandbox.kernelfile import KernelFile, KernelFileError, StaticPolicy, load
@@ -260,7 +260,7 @@ class Evaluation:
             _, outs = self.w.request({"cmd": "reveal", "idx": idx}, max_reply=len(idx) * (out_bytes * 2 + 256) + (1 << 20))
             if len(outs) != len(idx):
                 raise SandboxFault("bad-output", "the timing batch's outputs were not revealed")
-            for i, out in zip(idx, outs):
+            for i, out in zip(idx, outs, strict=True):
                 if child_digest(np.ascontiguousarray(out)) != digests[i]:
                     raise SandboxFault("wrong-result", f"call {i + 1} of {calls} while timing: the output revealed "
                                        "is not the one committed to when the batch ended")  # fmt: skip

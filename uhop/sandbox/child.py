@@ -74,7 +74,7 @@ def from_npy(b: bytes):
     return np.load(io.BytesIO(b), allow_pickle=False)
 
 
-def from_raw(blob: bytes, meta) -> "object":
+def from_raw(blob: bytes, meta) -> object:
     """A float array from raw bytes and ``[shape, dtype]`` (the fast path for many small arrays:
     ``np.load`` costs ~0.1 ms per array). Refuses anything but a little-endian float dtype and a
     shape whose size matches the bytes."""
@@ -272,7 +272,7 @@ class Worker:
         slot, n = int(header["slot"]), int(header.get("n_sets", 1))
         arity = len(blobs) // max(n, 1)
         meta = header.get("meta")
-        xs = [from_raw(b, m) for b, m in zip(blobs, meta)] if meta else [from_npy(b) for b in blobs]
+        xs = [from_raw(b, m) for b, m in zip(blobs, meta, strict=True)] if meta else [from_npy(b) for b in blobs]
         xs = _readonly_many(xs)
         for i in range(n):
             self.slots[slot + i] = xs[i * arity : (i + 1) * arity]
@@ -394,7 +394,7 @@ class Worker:
         sync()
         t = _perf() - t0
         cap = int(header.get("max_out_bytes", 1 << 62))
-        self.revealable = [self._host_copy(o, xs, cap) for o, xs in zip(outs, sets)]
+        self.revealable = [self._host_copy(o, xs, cap) for o, xs in zip(outs, sets, strict=True)]
         self._check_side_effects()
         return {"ok": True, "child_s": t, "digests": [digest(a) for a in self.revealable]}, []
 
@@ -419,7 +419,7 @@ def _readonly_many(xs: list) -> list:
         n += (x.nbytes + 63) // 64 * 64
     m = mmap.mmap(-1, max(n, 1))
     out = []
-    for x, off in zip(xs, offs):
+    for x, off in zip(xs, offs, strict=True):
         a = np.frombuffer(m, dtype=x.dtype, count=x.size, offset=off).reshape(x.shape)
         a[...] = x
         out.append(a)

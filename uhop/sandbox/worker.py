@@ -593,7 +593,7 @@ class Worker:
             if meta is not None:
                 if not isinstance(meta, list) or len(meta) != len(blobs):
                     raise ValueError("raw arrays without matching shapes")
-                out = [child.from_raw(b, m) for b, m in zip(blobs, meta)]
+                out = [child.from_raw(b, m) for b, m in zip(blobs, meta, strict=True)]
             else:
                 out = [child.from_npy(b) for b in blobs]
         except Exception as exc:

@@ -1,8 +1,9 @@
 """Round 2, class 5: floods the tool broker with refused requests (each once added a line to a
 parent-side log in the host TMPDIR, without bound)."""
+from triton.runtime import build
+
 OP = "softmax"
 TOOLS = True
-from triton.runtime import build
 
 
 def run(x):
