@@ -106,7 +106,9 @@ def drop_privileges(ids: tuple[int, int] | None) -> list[str]:
     import ctypes
 
     ppid = os.getppid()
-    if ids:
+    if ids:  # the bounding set too (needs CAP_SETPCAP, which we still hold here), then the ids
+        for cap in range(64):
+            _libc().prctl(24, cap, 0, 0, 0)  # PR_CAPBSET_DROP
         os.setgroups([])
         os.setresgid(ids[1], ids[1], ids[1])
         os.setresuid(ids[0], ids[0], ids[0])  # from root to all non-zero ids: capabilities cleared
@@ -118,7 +120,7 @@ def drop_privileges(ids: tuple[int, int] | None) -> list[str]:
     with open("/proc/self/status") as f:
         status = dict(line.split(":", 1) for line in f if ":" in line)
     if os.getuid() == 0 or os.geteuid() == 0 or any(int(status.get(k, "0").strip(), 16)
-                                                     for k in ("CapEff", "CapPrm", "CapAmb")):  # fmt: skip
+                                                     for k in ("CapEff", "CapPrm", "CapAmb", "CapInh")):  # fmt: skip
         raise RuntimeError("the sandbox worker still holds root or a capability; refusing to run")
     _libc().prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: a credential change cleared it
     if os.getppid() != ppid:  # the parent died while it was cleared

@@ -235,9 +235,10 @@ def _bwrap_cmd(limits: Limits, gpu: bool, tools: bool = False) -> list[str]:
     if sandbox_ids():
         # As root, bubblewrap's user namespace would map the candidate to host uid 0 (uid_map
         # "0 0 1"). Privileged mode instead: no user namespace, every capability dropped but the
-        # two the worker needs to become the unprivileged sandbox uid before anything else.
+        # three the worker needs to empty its bounding set and become the unprivileged sandbox
+        # uid before anything else.
         unshare = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
-        caps = ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+        caps = ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
     else:
         unshare, caps = ["--unshare-all"], ["--cap-drop", "ALL"]
     cmd = [bwrap_path() or "bwrap", *unshare, "--die-with-parent", *caps]
