@@ -14,6 +14,7 @@ import itertools
 import logging
 import threading
 import warnings
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -161,7 +162,7 @@ def resolve_interim(problem: Problem, policy: str | None = None) -> tuple[Resolv
             got = _from_store(problem, key, entry)
             if got is not None and policy == "background":  # serve now, re-validate off the path
                 _interim[key] = got
-                _background().submit(key, lambda: _verify(problem, key, got))
+                _background().submit(key, lambda: _verify(problem, key, got), persist=False)
                 return got, True
             if got is not None and _valid(problem, got):
                 _resolved[key] = got
@@ -369,6 +370,28 @@ def _adapt(kernel: Kernel, backend: Backend, problem: Problem) -> Kernel:
     return from_torch_kernel
 
 
+def _release_at_exit() -> None:
+    """Drop every kernel this process holds before the interpreter tears down extension modules:
+    IREE's runtime objects alive at that point make nanobind print pages of leak reports."""
+    import sys
+
+    if "uhop.backends.iree" in sys.modules:  # a job still holding an IREE kernel: let it end
+        wait(timeout=5.0)
+    _resolved.clear()
+    _interim.clear()
+    _sites.clear()
+    _direct_cache.clear()
+    for o in list(_instances):
+        o._kernels.clear()
+    import gc
+
+    for mod, name in (("uhop.backends.iree", "_load_cached"), ("uhop.mlir.runtime", "_device")):
+        m = sys.modules.get(mod)
+        if m is not None:
+            getattr(m, name).cache_clear()
+    gc.collect()
+
+
 def clear_process_cache() -> None:
     """Forget kernels resolved in this process (tests; after ``uhop cache clear``); background
     work still running finishes first."""
@@ -448,6 +471,9 @@ def _small_like(args: Sequence[Any], rng: np.random.Generator) -> list[Any]:
     return out
 
 
+_instances: weakref.WeakSet[Optimized] = weakref.WeakSet()
+
+
 class Optimized:
     """A user function bound to an op; calls dispatch to UHOP's kernel for each new signature."""
 
@@ -461,6 +487,7 @@ class Optimized:
         self._sig = inspect.signature(fn)
         self._lock = threading.Lock()
         functools.update_wrapper(self, fn)
+        _instances.add(self)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if kwargs:
@@ -581,3 +608,8 @@ def optimize(op: str, *, policy: str | None = None, **params: Any) -> Callable[[
         return Optimized(fn, op, params, policy)
 
     return wrap
+
+
+import atexit  # noqa: E402
+
+atexit.register(_release_at_exit)
