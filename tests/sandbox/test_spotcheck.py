@@ -83,3 +83,19 @@ def test_rate_one_checks_every_call_of_an_honest_kernel():
     for _ in range(5):
         k(np.random.default_rng().normal(size=(4, 5)))
     assert k.checks == 5 and k.failures == 0 and not k.quarantined
+
+
+def test_dispatch_hook_wraps_only_untrusted_backends(uhop_home, monkeypatch):
+    from types import SimpleNamespace
+
+    from uhop.dispatch import _spot_checked
+
+    monkeypatch.setenv("UHOP_SPOTCHECK_RATE", "0.5")
+    problem = Problem.make("softmax", {"R": 2, "N": 3}, "float32", {})
+
+    def k(x):
+        return x
+
+    assert _spot_checked(k, SimpleNamespace(trusted=True), problem, "key") is k
+    wrapped = _spot_checked(k, SimpleNamespace(trusted=False), problem, "key")
+    assert isinstance(wrapped, SpotChecked) and wrapped.rate == 0.5 and wrapped.store is not None
