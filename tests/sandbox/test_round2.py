@@ -262,7 +262,7 @@ def test_validation_inputs_cover_several_distributions():
     from uhop.measure.validate import DISTRIBUTIONS, ValidationSet
     from uhop.problem import Problem
 
-    p = Problem.make("matmul", {"M": 8, "K": 9, "N": 10}, "float32", {})
+    p = Problem.make("matmul", {"M": 64, "K": 64, "N": 10}, "float32", {})
     vs = ValidationSet(p, trials=len(DISTRIBUTIONS), distributions=DISTRIBUTIONS)
     peaks = [max(float(np.abs(x).max()) for x in t.inputs) for t in vs.trials]
     assert peaks[0] <= 1.0 and max(peaks[1:]) > 1.5
