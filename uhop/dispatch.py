@@ -474,6 +474,22 @@ def _small_like(args: Sequence[Any], rng: np.random.Generator) -> list[Any]:
 _instances: weakref.WeakSet[Optimized] = weakref.WeakSet()
 
 
+def _probe_choices(name: str, choices: Sequence[Any], args: Sequence[Any]) -> Sequence[Any]:
+    """Values of a discrete param that probing may infer. Precision is never loosened by
+    inference: ``tf32`` only where the caller's framework enables it (torch's ``allow_tf32`` on a
+    CUDA device that has tf32), since its looser tolerance would also admit kernels that differ in
+    other ways (an erf-GELU passing for a tanh-GELU)."""
+    if name != "precision":
+        return choices
+    t = next((a for a in args if hasattr(a, "is_contiguous")), None)
+    tf32 = False
+    if t is not None and t.device.type == "cuda":
+        import torch
+
+        tf32 = bool(torch.backends.cuda.matmul.allow_tf32) and torch.cuda.get_device_capability(t.device)[0] >= 8
+    return [c for c in choices if c != "tf32" or tf32]
+
+
 class Optimized:
     """A user function bound to an op; calls dispatch to UHOP's kernel for each new signature."""
 
@@ -558,8 +574,9 @@ class Optimized:
                 _warn(f"{name} is not an elementwise chain UHOP can fuse ({exc}); calling it as written")
                 return None
         probe_names = [p for p in self.spec.params if p.choices is not None and p.name not in given]
+        choices = [_probe_choices(p.name, p.choices, args) for p in probe_names]
         options = [dict(zip([p.name for p in probe_names], combo, strict=True))
-                   for combo in itertools.product(*(p.choices for p in probe_names))] or [{}]  # fmt: skip
+                   for combo in itertools.product(*choices)] or [{}]  # fmt: skip
         rng = np.random.default_rng()
         small = _small_like(args, rng)
         last = None
