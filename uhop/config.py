@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,12 +128,31 @@ class Settings:
 _current: Settings | None = None
 
 
+_thread = threading.local()
+
+
 def settings() -> Settings:
-    """The settings in force (environment at first use, or the innermost :func:`override`)."""
+    """The settings in force: this thread's (:func:`use`), else the environment at first use or
+    the innermost :func:`override`."""
     global _current
+    mine = getattr(_thread, "settings", None)
+    if mine is not None:
+        return mine
     if _current is None:
         _current = Settings.from_env()
     return _current
+
+
+@contextlib.contextmanager
+def use(s: Settings) -> Iterator[Settings]:
+    """Run the block in this thread under ``s`` (background work keeps the settings in force
+    when it was queued, whatever the caller's thread overrides later)."""
+    previous = getattr(_thread, "settings", None)
+    _thread.settings = s
+    try:
+        yield s
+    finally:
+        _thread.settings = previous
 
 
 def reload() -> Settings:

@@ -162,7 +162,7 @@ def resolve_interim(problem: Problem, policy: str | None = None) -> tuple[Resolv
             got = _from_store(problem, key, entry)
             if got is not None and policy == "background":  # serve now, re-validate off the path
                 _interim[key] = got
-                _background().submit(key, lambda: _verify(problem, key, got), persist=False)
+                _background().submit(key, _in(s, lambda: _verify(problem, key, got)), persist=False)
                 return got, True
             if got is not None and _valid(problem, got):
                 _resolved[key] = got
@@ -172,7 +172,7 @@ def resolve_interim(problem: Problem, policy: str | None = None) -> tuple[Resolv
             base = _baseline_kernel(problem)
             if base is not None:
                 _interim[key] = base
-                _background().submit(key, lambda: _tune_in_background(problem, key, base))
+                _background().submit(key, _in(s, lambda: _tune_in_background(problem, key, base)))
                 return base, True
         from uhop.tune.tuner import tune
 
@@ -244,6 +244,18 @@ def _small_problem(problem: Problem) -> Problem | None:
         return small
     except Exception:
         return None
+
+
+def _in(s: Any, job: Callable[[], None]) -> Callable[[], None]:
+    """``job`` run under the settings in force now (budget, backends, store...), not those of
+    whatever the queuing thread does later."""
+    from uhop import config
+
+    def run() -> None:
+        with config.use(s):
+            job()
+
+    return run
 
 
 def _background() -> Any:
