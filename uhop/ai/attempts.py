@@ -153,9 +153,11 @@ class AttemptStore:
                 continue
             seen.add(r["code"])
             p, fp = json.loads(r["problem"]), json.loads(r["fingerprint"])
-            dims = "x".join(str(v) for v in p.get("dims", {}).values())
+            from uhop.ops import get as get_op
+
+            dims = "x".join(str(p.get("dims", {}).get(d, "?")) for d in get_op(op).dims)
             related.append({"problem_text": f"{op}[{dims}] {p.get('dtype', '')}", "hw_name": fp.get("manifest") or fp.get("cpu") or "?",
-                            "speedup": _num(r["speedup_previous"]) or 0.0, "code": r["code"]})  # fmt: skip
+                            "speedup": _num(r["speedup_previous"]), "code": r["code"]})  # fmt: skip
         notes = self._rows(
             "SELECT category, COUNT(*) AS n, MAX(reason) AS reason FROM ai_attempts "
             "WHERE op=? AND category != 'ok' AND NOT (key=? AND hw_hash=?) GROUP BY category ORDER BY n DESC LIMIT 5",

@@ -148,8 +148,9 @@ def transfer_text(related: Sequence[Mapping[str, Any]], notes: Sequence[Mapping[
         return "Nothing recorded for related problems."
     parts = []
     for r in related:
-        parts.append(f"A kernel that validated for {r['problem_text']} on {r['hw_name']} "
-                     f"({r['speedup']:.2f}x over the best there):\n```python\n{r['code'].strip()}\n```")  # fmt: skip
+        gain = f"{r['speedup']:.2f}x over the best there" if r.get("speedup") else "the first valid kernel there"
+        parts.append(f"A kernel that validated for {r['problem_text']} on {r['hw_name']} ({gain}):\n"
+                     f"```python\n{r['code'].strip()}\n```")  # fmt: skip
     if notes:
         parts.append("Frequent failures there:\n" + "\n".join(
             f"- {n['category']} ({n['n']}x){': ' + n['reason'][:200] if n.get('reason') else ''}" for n in notes))  # fmt: skip
