@@ -60,7 +60,9 @@ class FakeOpenAI:
             def log_message(self, *args: Any) -> None:  # quiet
                 pass
 
-            def _send(self, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
+            def _send(
+                self, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None
+            ) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
@@ -83,7 +85,9 @@ class FakeOpenAI:
                 if act.kind == "stall":
                     fake._closing.wait(act.delay_s)
                 if act.kind == "status":
-                    body = json.dumps({"error": {"message": f"scripted {act.status}", "type": "fake"}}).encode()
+                    body = json.dumps(
+                        {"error": {"message": f"scripted {act.status}", "type": "fake"}}
+                    ).encode()
                     self._send(act.status, body, "application/json", act.headers)
                 elif act.kind == "raw":
                     self._send(act.status, act.body, act.content_type, act.headers)
@@ -93,7 +97,9 @@ class FakeOpenAI:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     @property
     def base_url(self) -> str:

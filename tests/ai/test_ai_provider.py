@@ -102,8 +102,12 @@ def test_stalled_response_times_out(fake):
 @pytest.mark.parametrize(
     "act",
     [
-        Act(kind="raw", body=b'{"id": "x", "object": "chat.completion", "choices": [{"index": 0, "mess'),  # truncated JSON
-        Act(kind="raw", body=b"<html><body>502 Bad Gateway</body></html>", content_type="text/html"),  # wrong type
+        Act(
+            kind="raw", body=b'{"id": "x", "object": "chat.completion", "choices": [{"index": 0, "mess'
+        ),  # truncated JSON
+        Act(
+            kind="raw", body=b"<html><body>502 Bad Gateway</body></html>", content_type="text/html"
+        ),  # wrong type
         Act(kind="raw", body=b"just text", content_type="text/plain"),
         Act(kind="raw", body=b'{"object": "chat.completion", "choices": []}'),  # no choices
         Act(text=""),  # empty content
@@ -163,7 +167,9 @@ def test_config_from_env_and_errors(monkeypatch):
 
 
 def test_extract_code():
-    code, why = extract_code("Sure.\n```python\nimport numpy as np\nOP = 'softmax'\ndef run(x):\n    return x\n```\nDone.")
+    code, why = extract_code(
+        "Sure.\n```python\nimport numpy as np\nOP = 'softmax'\ndef run(x):\n    return x\n```\nDone."
+    )
     assert code.startswith("import numpy") and why == ""
     code, _ = extract_code("```\nprint('helper')\n```\n```py\ndef run(x):\n    return x\n```")
     assert code.startswith("def run")  # the block that defines run

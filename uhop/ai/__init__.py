@@ -29,5 +29,14 @@ def quarantine(key: str, reason: str = "quarantined by hand", store: Any = None)
     return _quarantine(store, attempt_store(store), key, reason)
 
 
-__all__ = ["Attempt", "Budget", "FactoryOptions", "GenerateResult", "ProviderConfig", "ProviderError", "generate",
-           "quarantine", "report"]
+__all__ = [
+    "Attempt",
+    "Budget",
+    "FactoryOptions",
+    "GenerateResult",
+    "ProviderConfig",
+    "ProviderError",
+    "generate",
+    "quarantine",
+    "report",
+]

@@ -33,7 +33,17 @@ ATTEMPT_COLUMNS = (
     "speedup_previous", "promoted", "transfer", "sha256", "code",
 )  # fmt: skip
 JSON_COLUMNS = ("problem", "fingerprint")
-PROMOTION_COLUMNS = ("created", "key", "op", "sha256", "file", "median_s", "previous", "quarantined", "reason")
+PROMOTION_COLUMNS = (
+    "created",
+    "key",
+    "op",
+    "sha256",
+    "file",
+    "median_s",
+    "previous",
+    "quarantined",
+    "reason",
+)
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS ai_attempts (
@@ -129,7 +139,9 @@ class AttemptStore:
         if since is not None:
             where.append("created>=?")
             args.append(since)
-        sql = f"SELECT id, {', '.join(cols)} FROM ai_attempts" + (f" WHERE {' AND '.join(where)}" if where else "")
+        sql = f"SELECT id, {', '.join(cols)} FROM ai_attempts" + (
+            f" WHERE {' AND '.join(where)}" if where else ""
+        )
         rows = self._rows(sql + " ORDER BY id", args)
         for r in rows:
             for c in JSON_COLUMNS:
@@ -137,14 +149,16 @@ class AttemptStore:
             r["promoted"], r["transfer"] = bool(r["promoted"]), bool(r["transfer"])
         return rows
 
-    def related(self, op: str, key: str, hw_hash: str, *, limit: int = 2) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    def related(
+        self, op: str, key: str, hw_hash: str, *, limit: int = 2
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Knowledge for a problem from *other* problems of the same op (other shapes on any
         device, or this shape class on another device): the fastest validated kernels (by speedup
         over the best there, this device first) and the commonest failure categories."""
         good = self._rows(
             "SELECT problem, fingerprint, hw_hash, speedup_previous, code FROM ai_attempts "
             "WHERE op=? AND category='ok' AND code != '' AND NOT (key=? AND hw_hash=?) "
-            "ORDER BY CASE WHEN hw_hash=? THEN 0 ELSE 1 END, speedup_previous DESC LIMIT 20",
+            "ORDER BY CASE WHEN hw_hash=? THEN 0 ELSE 1 END, COALESCE(speedup_previous, 0) DESC LIMIT 20",
             (op, key, hw_hash, hw_hash),
         )  # fmt: skip
         related, seen = [], set()
@@ -166,9 +180,19 @@ class AttemptStore:
         return related, notes
 
     # ---- promotions -------------------------------------------------------------------------
-    def add_promotion(self, key: str, op: str, sha256: str, file: str, median_s: float, previous: Mapping[str, Any] | None) -> int:
+    def add_promotion(
+        self, key: str, op: str, sha256: str, file: str, median_s: float, previous: Mapping[str, Any] | None
+    ) -> int:
         sql = "INSERT INTO ai_promotions(created, key, op, sha256, file, median_s, previous, quarantined, reason) VALUES (?,?,?,?,?,?,?,NULL,'')"
-        vals = (time.time(), key, op, sha256, file, _num(median_s), None if previous is None else json.dumps(dict(previous), default=str))
+        vals = (
+            time.time(),
+            key,
+            op,
+            sha256,
+            file,
+            _num(median_s),
+            None if previous is None else json.dumps(dict(previous), default=str),
+        )
         with self.db._tx() as cur:
             if self.pg:
                 return int(cur.execute(self._q(sql) + " RETURNING id", vals).fetchone()[0])
@@ -182,7 +206,12 @@ class AttemptStore:
             args.append(key)
         if active_only:
             where.append("quarantined IS NULL")
-        sql = "SELECT id, " + ", ".join(PROMOTION_COLUMNS) + " FROM ai_promotions" + (f" WHERE {' AND '.join(where)}" if where else "")
+        sql = (
+            "SELECT id, "
+            + ", ".join(PROMOTION_COLUMNS)
+            + " FROM ai_promotions"
+            + (f" WHERE {' AND '.join(where)}" if where else "")
+        )
         rows = self._rows(sql + " ORDER BY id", args)
         for r in rows:
             r["previous"] = json.loads(r["previous"]) if r.get("previous") else None
@@ -190,7 +219,10 @@ class AttemptStore:
 
     def mark_quarantined(self, promotion_id: int, reason: str) -> None:
         with self.db._tx() as cur:
-            cur.execute(self._q("UPDATE ai_promotions SET quarantined=?, reason=? WHERE id=?"), (time.time(), reason[:500], promotion_id))
+            cur.execute(
+                self._q("UPDATE ai_promotions SET quarantined=?, reason=? WHERE id=?"),
+                (time.time(), reason[:500], promotion_id),
+            )
 
 
 class _PgDB(PostgresDB):

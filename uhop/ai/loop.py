@@ -194,7 +194,9 @@ def generate(
             }  # fmt: skip
             path, v, code = "", None, ""
             try:
-                reply = client.complete(messages, max_tokens=budget.completion_cap(cfg.max_tokens), seed=1000 * rnd + var)
+                reply = client.complete(
+                    messages, max_tokens=budget.completion_cap(cfg.max_tokens), seed=1000 * rnd + var
+                )
                 budget.charge(reply.tokens_in, reply.tokens_out)
                 row.update(tokens_in=reply.tokens_in, tokens_out=reply.tokens_out, gen_s=reply.wall_s)
                 code, why_not = extract_code(reply.text)
@@ -228,7 +230,9 @@ def generate(
                         promotions.append({"id": pid, "attempt": aid, "sha256": v.sha256, "median_s": v.median_s,
                                            "previous_s": best.median_s if best else None, "why": why_promote})  # fmt: skip
                         previous_entry = entry
-                        best = Best(f"user/{v.sha256[:16]} (generated, round {rnd})", v.median_s, v.spread, code)
+                        best = Best(
+                            f"user/{v.sha256[:16]} (generated, round {rnd})", v.median_s, v.spread, code
+                        )
             a = Attempt(aid, rnd, var, row["category"], row.get("reason", ""), _finite(row.get("median_s")),
                         _finite(row.get("max_err")), row.get("speedup_baseline"), row.get("speedup_previous"), promoted,
                         int(row.get("tokens_in") or 0), int(row.get("tokens_out") or 0), float(row.get("gen_s") or 0.0),

@@ -90,7 +90,9 @@ def current_best(store: Any, key: str) -> tuple[Any, Best | None]:
             spread = float(m["spread"])
             break
     cand = entry.candidate
-    label = f"{cand.get('backend')}/{cand.get('template')}" + (f"{cand.get('config')}" if cand.get("config") else "")
+    label = f"{cand.get('backend')}/{cand.get('template')}" + (
+        f"{cand.get('config')}" if cand.get("config") else ""
+    )
     code = None
     if cand.get("backend") == "user":
         from uhop.backends.user import kernels_dir
@@ -109,10 +111,15 @@ def should_promote(v: Verdict, best: Best | None, min_gain: float) -> tuple[bool
     margin = max(best.spread, min_gain)
     if v.median_s < best.median_s * (1 - margin):
         return True, f"{best.median_s / v.median_s:.2f}x faster than {best.label} (margin {margin:.1%})"
-    return False, f"not faster than {best.label} by more than {margin:.1%} ({best.median_s / v.median_s:.2f}x)"
+    return (
+        False,
+        f"not faster than {best.label} by more than {margin:.1%} ({best.median_s / v.median_s:.2f}x)",
+    )
 
 
-def promote(store: Any, attempts: AttemptStore, problem: Problem, key: str, path: Path, v: Verdict, previous: Any) -> Any:
+def promote(
+    store: Any, attempts: AttemptStore, problem: Problem, key: str, path: Path, v: Verdict, previous: Any
+) -> Any:
     """Register ``path`` for the ``user`` backend and record it as ``key``'s entry. Returns the
     entry in force afterwards (another writer's, if theirs is faster) and the promotion id, or
     ``None`` for the id when the store kept another entry."""
@@ -133,12 +140,16 @@ def promote(store: Any, attempts: AttemptStore, problem: Problem, key: str, path
     )  # fmt: skip
     if entry is None or entry.candidate != cand.to_json():
         return entry, None
-    pid = attempts.add_promotion(key, problem.op, v.sha256, dest.name, med, None if previous is None else previous.to_json())
+    pid = attempts.add_promotion(
+        key, problem.op, v.sha256, dest.name, med, None if previous is None else previous.to_json()
+    )
     _forget_resolved()
     return entry, pid
 
 
-def quarantine(store: Any, attempts: AttemptStore, key: str, reason: str = "quarantined by hand") -> dict[str, Any]:
+def quarantine(
+    store: Any, attempts: AttemptStore, key: str, reason: str = "quarantined by hand"
+) -> dict[str, Any]:
     """Take the newest active promotion for ``key`` out of service and restore the entry it
     replaced. The kernel file moves to ``$UHOP_HOME/ai/quarantine/`` (so the ``user`` backend no
     longer offers it). Raises ``LookupError`` when ``key`` has no active promotion."""
@@ -158,7 +169,7 @@ def quarantine(store: Any, attempts: AttemptStore, key: str, reason: str = "quar
     restored = None
     if entry is not None and entry.candidate.get("config", {}).get("file") == p["file"]:
         # drop, then re-insert: the previous (slower) entry would lose a "faster wins" conflict rule
-        store.invalidate(key)
+        _drop_entry(store, key)
         prev = p["previous"]
         if prev is not None:
             restored = store.record(
@@ -170,6 +181,17 @@ def quarantine(store: Any, attempts: AttemptStore, key: str, reason: str = "quar
     _forget_resolved()
     return {"key": key, "quarantined": p["sha256"], "file": str(qdir / p["file"]), "reason": reason,
             "restored": None if restored is None else restored.candidate}  # fmt: skip
+
+
+def _drop_entry(store: Any, key: str) -> None:
+    """Drop ``key``'s entry and keep its measurements. The SQLite store has ``invalidate``; the
+    PostgreSQL store does not yet (a store capability for the lead: a quarantine method), so the
+    same statement runs here on its connection."""
+    if hasattr(store, "invalidate"):
+        store.invalidate(key)
+        return
+    with store._tx() as cur:
+        cur.execute("DELETE FROM kernels WHERE key=%s", (key,))
 
 
 def _forget_resolved() -> None:

@@ -134,11 +134,15 @@ def history_text(history: Sequence[Mapping[str, Any]], limit: int = 12) -> str:
         t = _fmt_s(a["median_s"]) if a.get("median_s") else "-"
         err = f", max err {a['max_err']:.2g}" if a.get("max_err") else ""
         why = f": {a['reason'][:240]}" if a.get("reason") else ""
-        lines.append(f"- round {a.get('round', '?')} variant {a.get('variant', '?')}: {a['category']}{why}{err}, time {t}")
+        lines.append(
+            f"- round {a.get('round', '?')} variant {a.get('variant', '?')}: {a['category']}{why}{err}, time {t}"
+        )
     best = min((a for a in history if a.get("category") == "ok" and a.get("code")), key=lambda a: a["median_s"],
                default=None)  # fmt: skip
     if best is not None:
-        lines.append(f"\nThe fastest valid attempt so far ({_fmt_s(best['median_s'])}):\n```python\n{best['code'].strip()}\n```")
+        lines.append(
+            f"\nThe fastest valid attempt so far ({_fmt_s(best['median_s'])}):\n```python\n{best['code'].strip()}\n```"
+        )
     return "\n".join(lines)
 
 
@@ -148,7 +152,9 @@ def transfer_text(related: Sequence[Mapping[str, Any]], notes: Sequence[Mapping[
         return "Nothing recorded for related problems."
     parts = []
     for r in related:
-        gain = f"{r['speedup']:.2f}x over the best there" if r.get("speedup") else "the first valid kernel there"
+        gain = (
+            f"{r['speedup']:.2f}x over the best there" if r.get("speedup") else "the first valid kernel there"
+        )
         parts.append(f"A kernel that validated for {r['problem_text']} on {r['hw_name']} ({gain}):\n"
                      f"```python\n{r['code'].strip()}\n```")  # fmt: skip
     if notes:

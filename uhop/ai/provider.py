@@ -62,7 +62,9 @@ class ProviderConfig:
         base_url = base_url or os.environ.get("UHOP_AI_BASE_URL")
         model = model or os.environ.get("UHOP_AI_MODEL")
         if not base_url:
-            raise ValueError("base_url is required: pass --base-url URL (e.g. http://127.0.0.1:8000/v1) or set UHOP_AI_BASE_URL")
+            raise ValueError(
+                "base_url is required: pass --base-url URL (e.g. http://127.0.0.1:8000/v1) or set UHOP_AI_BASE_URL"
+            )
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
         if not model:
@@ -182,7 +184,12 @@ class Provider:
                     **({"seed": seed} if seed is not None else {}),
                 )  # fmt: skip
                 break
-            except (oa.RateLimitError, oa.InternalServerError, oa.APITimeoutError, oa.APIConnectionError) as exc:
+            except (
+                oa.RateLimitError,
+                oa.InternalServerError,
+                oa.APITimeoutError,
+                oa.APIConnectionError,
+            ) as exc:
                 status = getattr(exc, "status_code", None)
                 if isinstance(exc, oa.RateLimitError):
                     cat = "rate-limited"

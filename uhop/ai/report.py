@@ -54,7 +54,9 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "variants": n,
         "validated": len(ok),
         "validated_pct": None if not n else 100.0 * len(ok) / n,
-        "rejected_by_category": dict(Counter(r["category"] for r in rows if r["category"] != "ok").most_common()),
+        "rejected_by_category": dict(
+            Counter(r["category"] for r in rows if r["category"] != "ok").most_common()
+        ),
         "promoted": len(promoted),
         "speedup_over_previous": _dist([r["speedup_previous"] for r in ok if r.get("speedup_previous")]),
         "speedup_over_baseline": _dist([r["speedup_baseline"] for r in ok if r.get("speedup_baseline")]),
@@ -63,10 +65,16 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "seconds_per_promoted": seconds / len(promoted) if promoted else None,
         "tokens_per_promoted": tokens / len(promoted) if promoted else None,
         "transfer": {
-            "with": {"variants": len(with_t), "promoted": sum(r["promoted"] for r in with_t),
-                     "promotion_rate": _rate(sum(r["promoted"] for r in with_t), len(with_t))},
-            "without": {"variants": len(without_t), "promoted": sum(r["promoted"] for r in without_t),
-                        "promotion_rate": _rate(sum(r["promoted"] for r in without_t), len(without_t))},
+            "with": {
+                "variants": len(with_t),
+                "promoted": sum(r["promoted"] for r in with_t),
+                "promotion_rate": _rate(sum(r["promoted"] for r in with_t), len(with_t)),
+            },
+            "without": {
+                "variants": len(without_t),
+                "promoted": sum(r["promoted"] for r in without_t),
+                "promotion_rate": _rate(sum(r["promoted"] for r in without_t), len(without_t)),
+            },
         },  # fmt: skip
     }
 
@@ -118,7 +126,9 @@ def _pct(x: float | None) -> str:
 def render(doc: dict[str, Any]) -> str:
     """The report as text lines."""
     vp = "-" if doc["validated_pct"] is None else f"{doc['validated_pct']:.0f}%"
-    lines = [f"variants generated: {doc['variants']}   validated: {doc['validated']} ({vp})   promoted: {doc['promoted']}"]
+    lines = [
+        f"variants generated: {doc['variants']}   validated: {doc['validated']} ({vp})   promoted: {doc['promoted']}"
+    ]
     if doc["rejected_by_category"]:
         lines.append("rejected: " + ", ".join(f"{k} {v}" for k, v in doc["rejected_by_category"].items()))
     for name in ("speedup_over_previous", "speedup_over_baseline"):
@@ -127,7 +137,9 @@ def render(doc: dict[str, Any]) -> str:
             lines.append(f"{name.replace('_', ' ')} (valid kernels, n={d['n']}): min {d['min']:.2f}x  median "
                          f"{d['median']:.2f}x  max {d['max']:.2f}x")  # fmt: skip
     if doc["promoted"]:
-        lines.append(f"per promoted kernel: {doc['seconds_per_promoted']:.1f} s, {doc['tokens_per_promoted']:.0f} tokens")
+        lines.append(
+            f"per promoted kernel: {doc['seconds_per_promoted']:.1f} s, {doc['tokens_per_promoted']:.0f} tokens"
+        )
     t = doc["transfer"]
     lines.append(f"promotion rate with related-problem knowledge: {_pct(t['with']['promotion_rate'])} "
                  f"({t['with']['promoted']}/{t['with']['variants']}), without: {_pct(t['without']['promotion_rate'])} "

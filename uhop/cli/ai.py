@@ -12,7 +12,9 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="Generate kernels with a language model (sandboxed), report, quarantine.", no_args_is_help=True)
+app = typer.Typer(
+    help="Generate kernels with a language model (sandboxed), report, quarantine.", no_args_is_help=True
+)
 
 
 def _usage(msg: str) -> typer.Exit:
@@ -27,29 +29,47 @@ def _us(s: float | None) -> str:
 @app.command("generate")
 def generate_cmd(
     op: str = typer.Argument(..., help="The op (see `uhop ops`)."),
-    shape: str = typer.Option(..., "--shape", help="Problem shape in the op's --shape syntax, e.g. 256x256x256."),
+    shape: str = typer.Option(
+        ..., "--shape", help="Problem shape in the op's --shape syntax, e.g. 256x256x256."
+    ),
     dtype: str = typer.Option("float32", "--dtype"),
     device: str = typer.Option("cpu", "--device", help="cpu (CUDA kernel files need the GPU sandbox)."),
     param: list[str] | None = typer.Option(None, "-p", "--param", help="Op param NAME=VALUE; repeatable."),
     rounds: int = typer.Option(2, "--rounds", help="Refinement rounds (generate -> check -> feedback)."),
     variants: int = typer.Option(2, "--variants", help="Requests per round."),
-    base_url: str | None = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint (default UHOP_AI_BASE_URL)."),
+    base_url: str | None = typer.Option(
+        None, "--base-url", help="OpenAI-compatible endpoint (default UHOP_AI_BASE_URL)."
+    ),
     model: str | None = typer.Option(None, "--model", help="Model name (default UHOP_AI_MODEL)."),
-    timeout: float = typer.Option(120.0, "--timeout", help="Seconds per request before it counts as a timeout."),
+    timeout: float = typer.Option(
+        120.0, "--timeout", help="Seconds per request before it counts as a timeout."
+    ),
     retries: int = typer.Option(4, "--retries", help="Retries on 429/5xx/timeouts (Retry-After honoured)."),
     max_tokens: int = typer.Option(4096, "--max-tokens", help="Completion tokens per request."),
     temperature: float = typer.Option(0.7, "--temperature"),
-    token_budget: int | None = typer.Option(None, "--token-budget", help="Tokens (in+out) the whole run may use."),
-    cost_budget: float | None = typer.Option(None, "--cost-budget", help="USD the whole run may spend (needs prices)."),
+    token_budget: int | None = typer.Option(
+        None, "--token-budget", help="Tokens (in+out) the whole run may use."
+    ),
+    cost_budget: float | None = typer.Option(
+        None, "--cost-budget", help="USD the whole run may spend (needs prices)."
+    ),
     price_in: float = typer.Option(0.0, "--price-in", help="USD per million prompt tokens."),
     price_out: float = typer.Option(0.0, "--price-out", help="USD per million completion tokens."),
     template: str = typer.Option("kernel_v1", "--template", help="Prompt template under uhop/ai/templates/."),
-    no_transfer: bool = typer.Option(False, "--no-transfer", help="Leave related problems' kernels out of the prompt."),
-    baseline: str = typer.Option("tune", "--baseline", help="tune: tune first if the store has no entry; store: as is."),
+    no_transfer: bool = typer.Option(
+        False, "--no-transfer", help="Leave related problems' kernels out of the prompt."
+    ),
+    baseline: str = typer.Option(
+        "tune", "--baseline", help="tune: tune first if the store has no entry; store: as is."
+    ),
     min_gain: float = typer.Option(0.03, "--min-gain", help="Smallest relative gain that may promote."),
     no_promote: bool = typer.Option(False, "--no-promote", help="Record attempts only."),
-    check_timeout: float = typer.Option(30.0, "--check-timeout", help="Sandbox wall-clock limit per request, seconds."),
-    json_out: Path | None = typer.Option(None, "--json", help="Write the run (every attempt) as JSON to this file."),
+    check_timeout: float = typer.Option(
+        30.0, "--check-timeout", help="Sandbox wall-clock limit per request, seconds."
+    ),
+    json_out: Path | None = typer.Option(
+        None, "--json", help="Write the run (every attempt) as JSON to this file."
+    ),
 ) -> None:
     """Ask a model for faster OP kernels at SHAPE; check each in the sandbox; promote the faster ones."""
     from uhop.ai import Budget, FactoryOptions, ProviderConfig, generate
@@ -128,4 +148,6 @@ def quarantine_cmd(
         raise typer.Exit(1) from None
     restored = out["restored"]
     typer.echo(f"quarantined {out['quarantined'][:16]} -> {out['file']}")
-    typer.echo(f"restored: {restored}" if restored else "restored: nothing (no entry before it; the next call tunes)")
+    typer.echo(
+        f"restored: {restored}" if restored else "restored: nothing (no entry before it; the next call tunes)"
+    )
