@@ -132,7 +132,7 @@ def history_text(history: Sequence[Mapping[str, Any]], limit: int = 12) -> str:
     lines = []
     for a in list(history)[-limit:]:
         t = _fmt_s(a["median_s"]) if a.get("median_s") else "-"
-        err = f", max err {a['max_err']:.2g}" if a.get("max_err") else ""
+        err = f", max err {a['max_err']:.2g}" if isinstance(a.get("max_err"), float) and math.isfinite(a["max_err"]) else ""
         why = f": {a['reason'][:240]}" if a.get("reason") else ""
         lines.append(
             f"- round {a.get('round', '?')} variant {a.get('variant', '?')}: {a['category']}{why}{err}, time {t}"
