@@ -191,3 +191,38 @@ def test_parse_since():
     assert parse_since("7d") == 7 * 86400 and parse_since("90") == 90 and parse_since(None) is None
     with pytest.raises(ValueError, match="since"):
         parse_since("7 days")
+
+
+def test_prompt_holds_uhops_knowledge():
+    from uhop.ai.prompt import PROMPT_CODE_CHARS, Best, build_messages
+    from uhop.ops import get as get_op
+    from uhop.problem import Problem
+
+    p = Problem.make("matmul", get_op("matmul").parse_shape("96x80x64"), "float32", {"activation": "relu"})
+    big = "def run(a, b):\n    return a @ b\n" + "# pad\n" * PROMPT_CODE_CHARS
+    history = [
+        {
+            "round": 0,
+            "variant": 0,
+            "category": "wrong-result",
+            "reason": "max abs error 3",
+            "max_err": float("nan"),
+        },
+        {
+            "round": 0,
+            "variant": 1,
+            "category": "ok",
+            "reason": "",
+            "max_err": 1e-6,
+            "median_s": 2e-4,
+            "code": big,
+        },
+    ]
+    msgs = build_messages(template(), p, Best("numpy/eager", 4e-4, 0.08), history)
+    system, user = msgs[0]["content"], msgs[1]["content"]
+    assert msgs[0]["role"] == "system" and "def run(*inputs)" in system
+    assert "matmul[" in user and '"activation": "relu"' in user and "def reference" in user
+    assert "rtol=" in user and "FLOP" in user and "compute units" in user
+    assert "numpy/eager: 400.0 us per call (spread 8.0%)" in user and "of the roofline bound" in user
+    assert "round 0 variant 0: wrong-result: max abs error 3, time -" in user  # no "max err nan"
+    assert "more characters cut" in user and len(user) < 3 * PROMPT_CODE_CHARS

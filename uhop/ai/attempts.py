@@ -93,6 +93,10 @@ class AttemptStore:
         return sql.replace("?", "%s") if self.pg else sql
 
     def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        if not self.pg:  # a plain read: no write lock (WAL readers never wait for writers)
+            c = self.db._conn().execute(sql, tuple(args))
+            cols = [d[0] for d in c.description]
+            return [dict(zip(cols, r, strict=True)) for r in c.fetchall()]
         with self.db._tx() as cur:
             c = cur.execute(self._q(sql), tuple(args))
             cols = [d[0] for d in c.description]

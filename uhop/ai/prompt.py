@@ -31,6 +31,8 @@ from uhop.problem import Problem
 DEFAULT_TEMPLATE = "kernel_v1"
 #: generated code longer than this is not a kernel file anyone meant (bytes of UTF-8)
 MAX_CODE_BYTES = 64 * 1024
+#: a kernel's source shown in a prompt is cut to this many characters (prompts hold up to four)
+PROMPT_CODE_CHARS = 12_000
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,13 @@ class Best:
     median_s: float
     spread: float = 0.0
     code: str | None = None  # source, when the best is itself a kernel file
+
+
+def _code(src: str) -> str:
+    src = src.strip()
+    if len(src) > PROMPT_CODE_CHARS:
+        src = src[:PROMPT_CODE_CHARS] + f"\n# ... ({len(src) - PROMPT_CODE_CHARS} more characters cut)"
+    return f"```python\n{src}\n```"
 
 
 def _fmt_s(s: float) -> str:
@@ -121,7 +130,7 @@ def best_text(best: Best | None, problem: Problem) -> str:
             f"{floor / best.median_s:.1%} of the roofline bound ({_fmt_s(floor)}). "
             f"To be promoted a kernel must be faster by more than the spread.")  # fmt: skip
     if best.code:
-        text += f"\nIts source:\n```python\n{best.code.strip()}\n```"
+        text += f"\nIts source:\n{_code(best.code)}"
     return text
 
 
@@ -132,7 +141,11 @@ def history_text(history: Sequence[Mapping[str, Any]], limit: int = 12) -> str:
     lines = []
     for a in list(history)[-limit:]:
         t = _fmt_s(a["median_s"]) if a.get("median_s") else "-"
-        err = f", max err {a['max_err']:.2g}" if isinstance(a.get("max_err"), float) and math.isfinite(a["max_err"]) else ""
+        err = (
+            f", max err {a['max_err']:.2g}"
+            if isinstance(a.get("max_err"), float) and math.isfinite(a["max_err"])
+            else ""
+        )
         why = f": {a['reason'][:240]}" if a.get("reason") else ""
         lines.append(
             f"- round {a.get('round', '?')} variant {a.get('variant', '?')}: {a['category']}{why}{err}, time {t}"
@@ -141,7 +154,7 @@ def history_text(history: Sequence[Mapping[str, Any]], limit: int = 12) -> str:
                default=None)  # fmt: skip
     if best is not None:
         lines.append(
-            f"\nThe fastest valid attempt so far ({_fmt_s(best['median_s'])}):\n```python\n{best['code'].strip()}\n```"
+            f"\nThe fastest valid attempt so far ({_fmt_s(best['median_s'])}):\n{_code(best['code'])}"
         )
     return "\n".join(lines)
 
@@ -156,7 +169,7 @@ def transfer_text(related: Sequence[Mapping[str, Any]], notes: Sequence[Mapping[
             f"{r['speedup']:.2f}x over the best there" if r.get("speedup") else "the first valid kernel there"
         )
         parts.append(f"A kernel that validated for {r['problem_text']} on {r['hw_name']} ({gain}):\n"
-                     f"```python\n{r['code'].strip()}\n```")  # fmt: skip
+                     f"{_code(r['code'])}")  # fmt: skip
     if notes:
         parts.append("Frequent failures there:\n" + "\n".join(
             f"- {n['category']} ({n['n']}x){': ' + n['reason'][:200] if n.get('reason') else ''}" for n in notes))  # fmt: skip
