@@ -10,12 +10,13 @@ Public API::
 
     uhop.ops.softmax(x)                     # direct use of an op
     uhop.tune("matmul", dims=..., dtype=...)  # tune a problem ahead of time
+    uhop.wait()                             # block until background tuning is done
 """
 
 __version__ = "0.1.0"
 
 from uhop import ops  # noqa: E402
-from uhop.dispatch import optimize  # noqa: E402
+from uhop.dispatch import optimize, wait  # noqa: E402
 from uhop.tune.tuner import tune  # noqa: E402
 
-__all__ = ["__version__", "ops", "optimize", "tune"]
+__all__ = ["__version__", "ops", "optimize", "tune", "wait"]
