@@ -5,11 +5,12 @@
   never imported into this process.
 * :func:`current_best` reads what a generated kernel must beat: the store entry for the key and
   its measured spread.
-* :func:`should_promote` is the rule: valid, and a median per-call time below the current
-  best's by more than the best's measured spread ((p90-p10)/median of its stored measurement),
-  and by at least ``min_gain``. The candidate's own (median-min)/median is recorded, not used:
-  from the validator's 3-7 timing batches on a loaded machine it swings from 5% to 90% and
-  would block every promotion.
+* :func:`should_promote` is the rule, the store's own (:func:`uhop.store.replaces`): valid, and a
+  median per-call time below the current best's by more than the measured spread of either
+  (the best's stored (p90-p10)/median, the candidate's (median-min)/median from the validator's
+  timing batches), at least ``min_gain``; the spread counts up to ``uhop.store.MAX_SPREAD``.
+  The store applies the same rule again inside its write transaction, so a concurrent faster
+  writer still wins.
 * :func:`promote` registers the file for the ``user`` backend (content-hashed, like
   ``uhop kernel add``) and records it as the key's entry; it is then served like any other entry.
 * :func:`quarantine` takes a promoted kernel out (registry file moved aside, entry dropped) and
@@ -80,15 +81,17 @@ def sandbox_check(path: Path, problem: Problem, *, wall_s: float = 30.0) -> Verd
 
 def current_best(store: Any, key: str) -> tuple[Any, Best | None]:
     """The store entry for ``key`` and what a generated kernel must beat (``None`` when the
-    entry is missing or unmeasured). The spread is that of the entry's own latest measurement."""
+    entry is missing or unmeasured). The spread is the entry's stored one, else that of its
+    latest measurement."""
     entry = store.get(key)
     if entry is None or entry.median_s is None:
         return entry, None
-    spread = 0.0
-    for m in reversed(store.measurements(key)):
+    spread = getattr(entry, "spread", None)
+    for m in [] if spread is not None else reversed(store.measurements(key)):
         if m.get("status") == "ok" and m.get("candidate") == entry.candidate and m.get("spread") is not None:
             spread = float(m["spread"])
             break
+    spread = spread or 0.0
     cand = entry.candidate
     label = f"{cand.get('backend')}/{cand.get('template')}" + (
         f"{cand.get('config')}" if cand.get("config") else ""
@@ -103,18 +106,19 @@ def current_best(store: Any, key: str) -> tuple[Any, Best | None]:
 
 
 def should_promote(v: Verdict, best: Best | None, min_gain: float) -> tuple[bool, str]:
-    """Promote a valid kernel that beats ``best`` by more than the measured spread (and ``min_gain``)."""
+    """Promote a valid kernel that beats ``best`` by more than the measured spread of either
+    (and ``min_gain``): the store's conflict rule, so the store accepts what is decided here."""
+    from uhop.store import MAX_SPREAD, MIN_GAIN
+
     if not v.ok:
         return False, f"rejected: {v.category}"
     if best is None:
         return True, "no measured kernel for this problem"
-    margin = max(best.spread, min_gain)
+    margin = max(min_gain, min(MAX_SPREAD, max(MIN_GAIN, best.spread, v.spread)))
+    ratio = best.median_s / v.median_s
     if v.median_s < best.median_s * (1 - margin):
-        return True, f"{best.median_s / v.median_s:.2f}x faster than {best.label} (margin {margin:.1%})"
-    return (
-        False,
-        f"not faster than {best.label} by more than {margin:.1%} ({best.median_s / v.median_s:.2f}x)",
-    )
+        return True, f"{ratio:.2f}x faster than {best.label} (margin {margin:.1%})"
+    return False, f"not faster than {best.label} by more than {margin:.1%} ({ratio:.2f}x)"
 
 
 def promote(
@@ -137,6 +141,7 @@ def promote(
         key, problem.to_json(), cand.to_json(), [m], median_s=med, gflops=problem.flops() / med / 1e9,
         gbps=problem.bytes() / med / 1e9, policy="tune", fingerprint=hardware_fingerprint(problem.device),
         content_hash=content_hash(cand, key, UserKernelBackend()),
+        spread=v.spread,
     )  # fmt: skip
     if entry is None or entry.candidate != cand.to_json():
         return entry, None
@@ -176,6 +181,7 @@ def quarantine(
                 key, prev["problem"], prev["candidate"], [], median_s=prev.get("median_s"), gflops=prev.get("gflops"),
                 gbps=prev.get("gbps"), policy=prev.get("policy", "tune"), fingerprint=prev.get("fingerprint", {}),
                 content_hash=prev.get("content_hash", ""),
+                spread=prev.get("spread"),
             )  # fmt: skip
     attempts.mark_quarantined(p["id"], reason)
     _forget_resolved()
