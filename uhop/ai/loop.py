@@ -100,8 +100,8 @@ def _finite(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
 
-def _baseline(store: Any, problem: Problem, key: str, options: FactoryOptions) -> tuple[Any, Best | None]:
-    entry, best = current_best(store, key)
+def _baseline(store: Any, problem: Problem, key: str, options: FactoryOptions) -> Best | None:
+    _, best = current_best(store, key)
     if best is None and options.baseline == "tune":
         from uhop.errors import NoCandidateError
         from uhop.tune.tuner import tune
@@ -109,9 +109,43 @@ def _baseline(store: Any, problem: Problem, key: str, options: FactoryOptions) -
         try:
             tune(problem=problem, store=store)
         except NoCandidateError:
-            return entry, None
-        entry, best = current_best(store, key)
-    return entry, best
+            return None
+        _, best = current_best(store, key)
+    return best
+
+
+def _request_and_check(
+    client: Provider,
+    messages: list[dict[str, str]],
+    budget: Budget,
+    row: dict[str, Any],
+    path: Path,
+    problem: Problem,
+    check_wall_s: float,
+) -> tuple[Verdict | None, str, str]:
+    """One request, its code block written to ``path`` and checked in the sandbox. Fills
+    ``row`` (tokens, seconds, category, reason, time, max error, code) and returns the verdict
+    (``None`` without code), the code and the file path ("" without code)."""
+    cfg = client.config
+    try:
+        reply = client.complete(messages, max_tokens=budget.completion_cap(cfg.max_tokens),
+                                seed=1000 * row["round"] + row["variant"])  # fmt: skip
+    except ProviderError as exc:
+        budget.charge(exc.tokens_in, exc.tokens_out)
+        row.update(category=exc.category, reason=exc.reason, tokens_in=exc.tokens_in, tokens_out=exc.tokens_out,
+                   gen_s=exc.wall_s, check_s=0.0)  # fmt: skip
+        return None, "", ""
+    budget.charge(reply.tokens_in, reply.tokens_out)
+    row.update(tokens_in=reply.tokens_in, tokens_out=reply.tokens_out, gen_s=reply.wall_s)
+    code, why_not = extract_code(reply.text)
+    if code is None:
+        row.update(category="no-code", reason=why_not, check_s=0.0)
+        return None, "", ""
+    path.write_text(code)
+    v = sandbox_check(path, problem, wall_s=check_wall_s)
+    row.update(category=v.category, reason=v.reason, check_s=v.check_s, sha256=v.sha256, max_err=v.max_err,
+               median_s=v.median_s if v.ok else None, code=code)  # fmt: skip
+    return v, code, str(path)
 
 
 def generate(
@@ -168,7 +202,7 @@ def generate(
     out_dir = settings().home / "ai" / "attempts" / run_id
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    previous_entry, best = _baseline(store, problem, key, options)
+    best = _baseline(store, problem, key, options)
     baseline_s = best.median_s if best is not None else None
     history = [dict(r) for r in attempts_db.attempts(key=key, with_code=True)[-12:]]
     related, notes = attempts_db.related(op, key, hwh) if options.transfer else ([], [])
@@ -192,47 +226,27 @@ def generate(
                 "endpoint": endpoint, "template": tpl.name, "template_sha256": tpl.sha256, "round": rnd, "variant": var,
                 "baseline_s": baseline_s, "previous_best_s": best.median_s if best else None, "transfer": transfer,
             }  # fmt: skip
-            path, v, code = "", None, ""
-            try:
-                reply = client.complete(
-                    messages, max_tokens=budget.completion_cap(cfg.max_tokens), seed=1000 * rnd + var
-                )
-                budget.charge(reply.tokens_in, reply.tokens_out)
-                row.update(tokens_in=reply.tokens_in, tokens_out=reply.tokens_out, gen_s=reply.wall_s)
-                code, why_not = extract_code(reply.text)
-                if code is None:
-                    row.update(category="no-code", reason=why_not, check_s=0.0)
-                    code = ""
-                else:
-                    f = out_dir / f"r{rnd}v{var}.py"
-                    f.write_text(code)
-                    path = str(f)
-                    v = sandbox_check(f, problem, wall_s=options.check_wall_s)
-                    row.update(category=v.category, reason=v.reason, check_s=v.check_s, sha256=v.sha256,
-                               max_err=v.max_err, median_s=v.median_s if v.ok else None, code=code)  # fmt: skip
-            except ProviderError as exc:
-                budget.charge(exc.tokens_in, exc.tokens_out)
-                row.update(category=exc.category, reason=exc.reason, tokens_in=exc.tokens_in, tokens_out=exc.tokens_out,
-                           gen_s=exc.wall_s, check_s=0.0)  # fmt: skip
+            v, code, path = _request_and_check(client, messages, budget, row, out_dir / f"r{rnd}v{var}.py", problem,
+                                               options.check_wall_s)  # fmt: skip
             ok = v is not None and v.ok
             if ok:
                 row["speedup_baseline"] = baseline_s / v.median_s if baseline_s else None
                 row["speedup_previous"] = best.median_s / v.median_s if best else None
+            go, why_promote = (
+                should_promote(v, best, options.min_gain) if ok and options.promote else (False, "")
+            )
+            if ok:
+                row["reason"] = why_promote if options.promote else "promotion off (--no-promote)"
             aid = attempts_db.add_attempt(row)
             promoted = False
-            if ok and options.promote:
-                go, why_promote = should_promote(v, best, options.min_gain)
-                if go:
-                    entry, pid = promote(store, attempts_db, problem, key, Path(path), v, previous_entry)
-                    if pid is not None:
-                        promoted = True
-                        attempts_db.mark_promoted(aid)
-                        promotions.append({"id": pid, "attempt": aid, "sha256": v.sha256, "median_s": v.median_s,
-                                           "previous_s": best.median_s if best else None, "why": why_promote})  # fmt: skip
-                        previous_entry = entry
-                        best = Best(
-                            f"user/{v.sha256[:16]} (generated, round {rnd})", v.median_s, v.spread, code
-                        )
+            if go:
+                _, pid = promote(store, attempts_db, problem, key, Path(path), v)
+                if pid is not None:  # None: a concurrent writer stored a faster kernel meanwhile
+                    promoted = True
+                    attempts_db.mark_promoted(aid)
+                    promotions.append({"id": pid, "attempt": aid, "sha256": v.sha256, "median_s": v.median_s,
+                                       "previous_s": best.median_s if best else None, "why": why_promote})  # fmt: skip
+                    best = Best(f"user/{v.sha256[:16]} (generated, round {rnd})", v.median_s, v.spread, code)
             a = Attempt(aid, rnd, var, row["category"], row.get("reason", ""), _finite(row.get("median_s")),
                         _finite(row.get("max_err")), row.get("speedup_baseline"), row.get("speedup_previous"), promoted,
                         int(row.get("tokens_in") or 0), int(row.get("tokens_out") or 0), float(row.get("gen_s") or 0.0),

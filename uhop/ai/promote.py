@@ -121,9 +121,7 @@ def should_promote(v: Verdict, best: Best | None, min_gain: float) -> tuple[bool
     return False, f"not faster than {best.label} by more than {margin:.1%} ({ratio:.2f}x)"
 
 
-def promote(
-    store: Any, attempts: AttemptStore, problem: Problem, key: str, path: Path, v: Verdict, previous: Any
-) -> Any:
+def promote(store: Any, attempts: AttemptStore, problem: Problem, key: str, path: Path, v: Verdict) -> Any:
     """Register ``path`` for the ``user`` backend and record it as ``key``'s entry. Returns the
     entry in force afterwards (another writer's, if theirs is faster) and the promotion id, or
     ``None`` for the id when the store kept another entry."""
@@ -132,6 +130,7 @@ def promote(
     from uhop.problem import hardware_fingerprint
     from uhop.tune.tuner import content_hash
 
+    previous = store.get(key)  # what this promotion replaces, read just before it does
     dest = add_kernel(path)
     cand = Candidate.of("user", v.sha256[:16], file=dest.name)
     med = v.median_s
