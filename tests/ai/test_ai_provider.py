@@ -226,3 +226,18 @@ def test_prompt_holds_uhops_knowledge():
     assert "numpy/eager: 400.0 us per call (spread 8.0%)" in user and "of the roofline bound" in user
     assert "round 0 variant 0: wrong-result: max abs error 3, time -" in user  # no "max err nan"
     assert "more characters cut" in user and len(user) < 3 * PROMPT_CODE_CHARS
+
+
+def test_gpu_manifest_figures_in_prompt():
+    from uhop.ai.prompt import hardware_text
+
+    name, text = hardware_text("cuda:0", manifest="h100-sxm")
+    assert name == "h100-sxm"
+    for fig in (
+        "shared mem per sm: 233472",
+        "registers per sm: 65536",
+        "warp size: 32",
+        "wgmma",
+        "memory bandwidth",
+    ):
+        assert fig in text, fig

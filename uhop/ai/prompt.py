@@ -79,12 +79,13 @@ def _fmt_s(s: float) -> str:
     return f"{s * 1e6:.1f} us" if s < 1e-3 else f"{s * 1e3:.3f} ms"
 
 
-def hardware_text(device: str) -> tuple[str, str]:
-    """The manifest figures that matter for writing a kernel: (manifest name, bullet lines)."""
+def hardware_text(device: str, manifest: str | None = None) -> tuple[str, str]:
+    """The manifest figures that matter for writing a kernel: (manifest name, bullet lines).
+    ``manifest`` names one (``uhop hw list``) instead of the one detected for ``device``."""
     from uhop.hardware import get_capabilities
 
     try:
-        m = get_capabilities(device=device).model_dump()
+        m = (get_capabilities(manifest) if manifest else get_capabilities(device=device)).model_dump()
     except Exception as exc:  # an unknown device still gets a prompt
         return "unknown", f"- no manifest ({type(exc).__name__}: {exc})"
 
