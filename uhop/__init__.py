@@ -15,6 +15,10 @@ Public API::
 
 __version__ = "0.1.0"
 
+from uhop.threads import apply as _apply_thread_policy  # noqa: E402
+
+_apply_thread_policy()  # before any library UHOP uses starts a thread pool
+
 from uhop import ops  # noqa: E402
 from uhop.buffer import Buffer  # noqa: E402
 from uhop.dispatch import optimize, wait  # noqa: E402

@@ -9,6 +9,7 @@ Settings are read from the environment when :func:`settings` is first called and
 | ``UHOP_STORE`` | ``sqlite:///$UHOP_HOME/uhop.db`` | store URL (``sqlite:///path`` or ``postgresql://...``) |
 | ``UHOP_DISABLE`` | ``0`` | ``1``: ``@uhop.optimize`` calls the user's function directly |
 | ``UHOP_POLICY`` | ``background`` | how ``@uhop.optimize`` / ``uhop.ops`` handle a new problem: ``background`` (serve the library baseline at once, tune in a background thread, swap the winner in), ``tune`` (tune before returning) or ``fast`` (choose without timing) |
+| ``UHOP_THREADS`` | ``passive`` | thread pools' wait policy (``uhop/threads.py``): ``passive`` makes OpenMP pools started after ``import uhop`` sleep when idle, so the next library's threads get the cores; ``default`` leaves the libraries alone |
 | ``UHOP_EXIT_WAIT_S`` | ``20`` | at interpreter exit, how long background tuning still running may take to finish and store its pick (``0``: abandon it) |
 | ``UHOP_TUNE_BUDGET_S`` | ``10`` | wall-clock budget for tuning one problem, seconds |
 | ``UHOP_BENCH_MIN_S`` | ``0.05`` | minimum measured time per candidate, seconds |
@@ -26,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,12 +129,31 @@ class Settings:
 _current: Settings | None = None
 
 
+_thread = threading.local()
+
+
 def settings() -> Settings:
-    """The settings in force (environment at first use, or the innermost :func:`override`)."""
+    """The settings in force: this thread's (:func:`use`), else the environment at first use or
+    the innermost :func:`override`."""
     global _current
+    mine = getattr(_thread, "settings", None)
+    if mine is not None:
+        return mine
     if _current is None:
         _current = Settings.from_env()
     return _current
+
+
+@contextlib.contextmanager
+def use(s: Settings) -> Iterator[Settings]:
+    """Run the block in this thread under ``s`` (background work keeps the settings in force
+    when it was queued, whatever the caller's thread overrides later)."""
+    previous = getattr(_thread, "settings", None)
+    _thread.settings = s
+    try:
+        yield s
+    finally:
+        _thread.settings = previous
 
 
 def reload() -> Settings:

@@ -14,6 +14,7 @@ import itertools
 import logging
 import threading
 import warnings
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -158,11 +159,17 @@ def resolve_interim(problem: Problem, policy: str | None = None) -> tuple[Resolv
             return _interim[key], True
         store = open_store()
         entry = store.get(key)
+        if entry is not None and policy == "background" and _builds_slowly(entry):
+            base = _baseline_kernel(problem)  # the stored JIT kernel is loaded off the caller's path
+            if base is not None:
+                _interim[key] = base
+                _background().submit(key, _in(s, lambda: _load_stored(problem, key, entry, base)), persist=False)
+                return base, True
         if entry is not None:
             got = _from_store(problem, key, entry)
             if got is not None and policy == "background":  # serve now, re-validate off the path
                 _interim[key] = got
-                _background().submit(key, lambda: _verify(problem, key, got))
+                _background().submit(key, _in(s, lambda: _verify(problem, key, got)), persist=False)
                 return got, True
             if got is not None and _valid(problem, got):
                 _resolved[key] = got
@@ -172,13 +179,13 @@ def resolve_interim(problem: Problem, policy: str | None = None) -> tuple[Resolv
             base = _baseline_kernel(problem)
             if base is not None:
                 _interim[key] = base
-                _background().submit(key, lambda: _tune_in_background(problem, key, base))
+                _background().submit(key, _in(s, lambda: _tune_in_background(problem, key, base)))
                 return base, True
         from uhop.tune.tuner import tune
 
         res = tune(problem=problem, policy=policy, store=store)
         assert res.kernel is not None and res.backend is not None and res.served is not None
-        _resolved[key] = (res.kernel, res.backend, res.served)
+        _resolved[key] = (_spot_checked(res.kernel, res.backend, problem, key), res.backend, res.served)
         return _resolved[key], False
 
 
@@ -198,10 +205,31 @@ def _from_store(problem: Problem, key: str, entry: Any) -> Resolved | None:
         _warn(f"stored kernel {cand.id} for {problem.describe()} is stale (content hash changed); re-tuning")
         return None
     try:
-        return backend.compile(cand, problem), backend, cand
+        return _spot_checked(backend.compile(cand, problem), backend, problem, key), backend, cand
     except Exception as exc:  # a stored entry that no longer builds: re-tune
         _warn(f"stored kernel {cand.id} failed to build ({exc}); re-tuning")
         return None
+
+
+def _builds_slowly(entry: Any) -> bool:
+    """Whether building a stored entry's kernel costs a JIT runtime's start-up (numba, Triton,
+    IREE: a second or more in a new process) rather than a library call's."""
+    try:
+        return bool(bk.get(Candidate.from_json(entry.candidate).backend).crash_prone)
+    except Exception:
+        return False
+
+
+def _load_stored(problem: Problem, key: str, entry: Any, base: Resolved) -> None:
+    """Build a stored JIT kernel while the baseline serves, then re-validate and swap it in."""
+    got = _from_store(problem, key, entry)
+    if got is None:
+        from uhop.store import open_store
+
+        open_store().invalidate(key)
+        _tune_in_background(problem, key, base)
+        return
+    _verify(problem, key, got)
 
 
 def _baseline_kernel(problem: Problem) -> Resolved | None:
@@ -246,6 +274,18 @@ def _small_problem(problem: Problem) -> Problem | None:
         return None
 
 
+def _in(s: Any, job: Callable[[], None]) -> Callable[[], None]:
+    """``job`` run under the settings in force now (budget, backends, store...), not those of
+    whatever the queuing thread does later."""
+    from uhop import config
+
+    def run() -> None:
+        with config.use(s):
+            job()
+
+    return run
+
+
 def _background() -> Any:
     from uhop.tune.background import queue
 
@@ -278,7 +318,22 @@ def _tune_in_background(problem: Problem, key: str, base: Resolved) -> None:
         _install(key, base)
         return
     assert res.kernel is not None and res.backend is not None and res.served is not None
-    _install(key, (res.kernel, res.backend, res.served))
+    _install(key, (_spot_checked(res.kernel, res.backend, problem, key), res.backend, res.served))
+
+
+# ---- dispatch-time spot checks (uhop.sandbox.spotcheck) ----------------------------------------
+def _spot_checked(kernel: Kernel, backend: Backend, problem: Problem, key: str) -> Kernel:
+    """Untrusted kernels (kernel files) re-checked on a sample of calls; a failure quarantines
+    the store entry, serves the reference from then on, and drops the key from this process so
+    the next resolve re-tunes."""
+    if backend.trusted:  # UHOP's own templates: nothing to wrap, nothing imported
+        return kernel
+    from uhop.sandbox.spotcheck import spot_checked
+    from uhop.store import open_store
+
+    return spot_checked(kernel, problem, key, trusted=backend.trusted, store=open_store(),
+                        on_quarantine=lambda: _resolved.pop(key, None))  # fmt: skip
+# ---- end of spot checks ------------------------------------------------------------------------
 
 
 def _valid(problem: Problem, got: Resolved) -> bool:
@@ -370,6 +425,28 @@ def _adapt(kernel: Kernel, backend: Backend, problem: Problem) -> Kernel:
     return from_torch_kernel
 
 
+def _release_at_exit() -> None:
+    """Drop every kernel this process holds before the interpreter tears down extension modules:
+    IREE's runtime objects alive at that point make nanobind print pages of leak reports."""
+    import sys
+
+    if "uhop.backends.iree" in sys.modules:  # a job still holding an IREE kernel: let it end
+        wait(timeout=5.0)
+    _resolved.clear()
+    _interim.clear()
+    _sites.clear()
+    _direct_cache.clear()
+    for o in list(_instances):
+        o._kernels.clear()
+    import gc
+
+    for mod, name in (("uhop.backends.iree", "_load_cached"), ("uhop.mlir.runtime", "_device")):
+        m = sys.modules.get(mod)
+        if m is not None:
+            getattr(m, name).cache_clear()
+    gc.collect()
+
+
 def clear_process_cache() -> None:
     """Forget kernels resolved in this process (tests; after ``uhop cache clear``); background
     work still running finishes first."""
@@ -453,6 +530,25 @@ def _small_like(args: Sequence[Any], rng: np.random.Generator) -> list[Any]:
     return out
 
 
+_instances: weakref.WeakSet[Optimized] = weakref.WeakSet()
+
+
+def _probe_choices(name: str, choices: Sequence[Any], args: Sequence[Any]) -> Sequence[Any]:
+    """Values of a discrete param that probing may infer. Precision is never loosened by
+    inference: ``tf32`` only where the caller's framework enables it (torch's ``allow_tf32`` on a
+    CUDA device that has tf32), since its looser tolerance would also admit kernels that differ in
+    other ways (an erf-GELU passing for a tanh-GELU)."""
+    if name != "precision":
+        return choices
+    t = next((a for a in args if hasattr(a, "is_contiguous")), None)
+    tf32 = False
+    if t is not None and t.device.type == "cuda":
+        import torch
+
+        tf32 = bool(torch.backends.cuda.matmul.allow_tf32) and torch.cuda.get_device_capability(t.device)[0] >= 8
+    return [c for c in choices if c != "tf32" or tf32]
+
+
 class Optimized:
     """A user function bound to an op; calls dispatch to UHOP's kernel for each new signature."""
 
@@ -466,6 +562,7 @@ class Optimized:
         self._sig = inspect.signature(fn)
         self._lock = threading.Lock()
         functools.update_wrapper(self, fn)
+        _instances.add(self)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if kwargs:
@@ -540,8 +637,9 @@ class Optimized:
                 _warn(f"{name} is not an elementwise chain UHOP can fuse ({exc}); calling it as written")
                 return None
         probe_names = [p for p in self.spec.params if p.choices is not None and p.name not in given]
+        choices = [_probe_choices(p.name, p.choices, args) for p in probe_names]
         options = [dict(zip([p.name for p in probe_names], combo, strict=True))
-                   for combo in itertools.product(*(p.choices for p in probe_names))] or [{}]  # fmt: skip
+                   for combo in itertools.product(*choices)] or [{}]  # fmt: skip
         rng = np.random.default_rng()
         small = _small_like(args, rng)
         last = None
@@ -590,3 +688,8 @@ def optimize(op: str, *, policy: str | None = None, **params: Any) -> Callable[[
         return Optimized(fn, op, params, policy)
 
     return wrap
+
+
+import atexit  # noqa: E402
+
+atexit.register(_release_at_exit)

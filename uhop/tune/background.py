@@ -39,24 +39,42 @@ class Queue:
         self._jobs: collections.OrderedDict[str, Job] = collections.OrderedDict()
         self._running: str | None = None
         self._thread: threading.Thread | None = None
+        #: keys whose job stores something (tuning): the exit wait is for these only, not for a
+        #: re-validation of an entry already stored
+        self._persist: set[str] = set()
         #: keys whose job finished (for reports: ``uhop.wait()`` returns them)
         self.done: list[str] = []
 
-    def submit(self, key: str, job: Job) -> bool:
-        """Queue ``job`` under ``key`` unless that key is queued or running; True if queued."""
+    def submit(self, key: str, job: Job, *, persist: bool = True) -> bool:
+        """Queue ``job`` under ``key`` unless that key is queued or running; True if queued.
+        ``persist``: the job stores a result that interpreter exit should wait for."""
         with self._cv:
             if key in self._jobs or key == self._running:
                 return False
             self._jobs[key] = job
+            if persist:
+                self._persist.add(key)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="uhop-tuner", daemon=True)
                 self._thread.start()
             self._cv.notify_all()
             return True
 
-    def pending(self) -> int:
+    def pending(self, persist_only: bool = False) -> int:
         with self._cv:
-            return len(self._jobs) + (self._running is not None)
+            keys = [*self._jobs, *([self._running] if self._running is not None else [])]
+            return sum(1 for k in keys if not persist_only or k in self._persist)
+
+    def wait_persisting(self, timeout: float) -> bool:
+        """Block until no job that stores something is queued or running (the exit wait)."""
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while any(k in self._persist for k in [*self._jobs, self._running] if k is not None):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cv.wait(timeout=left)
+            return True
 
     def busy(self, key: str) -> bool:
         with self._cv:
@@ -76,8 +94,10 @@ class Queue:
             except Exception:  # a job must never kill the thread the other problems wait on
                 log.exception("background tuning of %s failed", key)
             finally:
+                del job  # its closure holds kernels: they must not outlive their caches
                 with self._cv:
                     self._running = None
+                    self._persist.discard(key)
                     self.done.append(key)
                     self._cv.notify_all()
 
@@ -109,7 +129,7 @@ def wait(timeout: float | None = None) -> bool:
 def _at_exit() -> None:
     from uhop.config import settings
 
-    n = _queue.pending()
+    n = _queue.pending(persist_only=True)
     if not n:
         return
     limit = settings().exit_wait_s
@@ -117,7 +137,7 @@ def _at_exit() -> None:
         return
     log.warning("uhop: finishing background tuning of %d problem(s) before exit (at most %.0f s; "
                 "UHOP_EXIT_WAIT_S=0 skips it)", n, limit)  # fmt: skip
-    _queue.wait(limit)
+    _queue.wait_persisting(limit)
 
 
 def _register_exit() -> None:
