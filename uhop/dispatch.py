@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from uhop import backends as bk
+from uhop import metrics
 from uhop.backends.base import Backend, Candidate, Kernel
 from uhop.config import settings
 from uhop.errors import InputError, NoCandidateError
@@ -143,6 +144,7 @@ def resolve(problem: Problem, policy: str | None = None) -> tuple[Kernel, Backen
             return _resolved[key]
         store = open_store()
         entry = store.get(key)
+        metrics.store_lookup(problem.op, entry is not None)
         if entry is not None:
             cand = Candidate.from_json(entry.candidate)
             try:
@@ -162,6 +164,7 @@ def resolve(problem: Problem, policy: str | None = None) -> tuple[Kernel, Backen
                     _warn(f"stored kernel {cand.id} failed to build ({exc}); re-tuning")
                 if verdict is not None and verdict.ok:
                     _resolved[key] = (kernel, backend, cand)
+                    metrics.selection(problem.op, cand.backend, entry.policy)
                     return _resolved[key]
                 if verdict is not None:
                     _warn(f"stored kernel {cand.id} failed validation ({verdict.status}: {verdict.reason}); re-tuning")
@@ -169,6 +172,7 @@ def resolve(problem: Problem, policy: str | None = None) -> tuple[Kernel, Backen
         res = tune(problem=problem, policy=policy, store=store)
         assert res.kernel is not None and res.backend is not None and res.best is not None
         _resolved[key] = (res.kernel, res.backend, res.best.candidate)
+        metrics.selection(problem.op, res.best.candidate.backend, res.policy)
         return _resolved[key]
 
 
@@ -202,7 +206,7 @@ def _adapt(kernel: Kernel, backend: Backend, problem: Problem) -> Kernel:
 
 def _resolve_adapted(problem: Problem, policy: str | None) -> Kernel:
     kernel, backend, _ = resolve(problem, policy)
-    return _adapt(kernel, backend, problem)
+    return metrics.timed(problem.op, _adapt(kernel, backend, problem))
 
 
 def clear_process_cache() -> None:

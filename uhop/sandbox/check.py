@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from uhop import metrics
 from uhop.measure.validate import Trial, ValidationSet, compare
 from uhop.ops import get as get_op
 from uhop.problem import Problem
@@ -283,6 +284,7 @@ def check_file(
     return check(kf, probs, trials=trials, time_it=time_it, limits=limits, isolation=isolation, tools=tools)
 
 
+@metrics.observe_sandbox
 def check(
     kf: KernelFile,
     problems: Sequence[Problem],

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from uhop import backends as bk
+from uhop import metrics
 from uhop.backends.base import Backend, Candidate, Kernel
 from uhop.config import settings
 from uhop.errors import NoCandidateError
@@ -145,6 +146,7 @@ def _fast_order(problem: Problem, usable: list[Backend], per_backend: list[list[
         return heuristic
 
 
+@metrics.observe_evaluation
 def evaluate(
     candidate: Candidate,
     backend: Backend,
@@ -211,6 +213,7 @@ def _single(vset: ValidationSet) -> ValidationSet:
     return one
 
 
+@metrics.observe_tuning
 def tune(
     op: str | None = None,
     dims: Mapping[str, int] | None = None,
