@@ -131,7 +131,6 @@ def write_plot(svg_text: str, path: str | Path) -> Path:
     """Write a plot: ``.svg`` as is; ``.png`` rasterized with cairosvg (``pip install 'uhop[observe]'``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    svg_text = svg_text.replace(">", f"><style>{svg.STYLE}</style>", 1)  # standalone: carry the styles
     suffix = path.suffix.lower()
     if suffix == ".svg":
         path.write_text(svg_text, encoding="utf-8")

@@ -71,6 +71,7 @@ def tune_command(
     run: str | None = typer.Option(None, "--run", help="Run id for --resume."),
     pareto: Path | None = typer.Option(None, "--pareto", help="Where to write the Pareto front (multi-objective runs)."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the measurements as JSON here."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write a plot (.svg, or .png): candidates' times with spread, the choice, the roofline."),
 ) -> None:
     """Tune one problem: table of candidates with time, GFLOP/s or GB/s, validity and the choice."""
     from uhop.cli.core import _fmt_time, fail, parse_params
@@ -201,3 +202,7 @@ def tune_command(
             "measurements": [m.to_json() for m in res.measurements],
             "pareto": [m.to_json() for m in res.pareto],
         }, indent=1, default=str))  # fmt: skip
+    if plot is not None:
+        from uhop.report import tune_plot, write_plot
+
+        console.print(f"plot written to {write_plot(tune_plot(res), plot)}")

@@ -51,7 +51,7 @@ def _ticks(lo: float, hi: float, log: bool) -> list[float]:
 def _svg(width: int, height: int, title: str, body: list[str]) -> str:
     return (f'<svg xmlns="http://www.w3.org/2000/svg" class="plot" width="{width}" height="{height}" '
             f'viewBox="0 0 {width} {height}" role="img" aria-label="{_e(title)}">'
-            f'<text x="{width // 2}" y="14" text-anchor="middle" class="ttl">{_e(title)}</text>'
+            f'<rect width="100%" height="100%" fill="#fff"/><text x="{width // 2}" y="14" text-anchor="middle" class="ttl" font-family="sans-serif" font-size="13" font-weight="bold">{_e(title)}</text>'
             + "".join(body) + "</svg>")  # fmt: skip
 
 
@@ -68,11 +68,11 @@ def bar_chart(items: Sequence[tuple[str, float]], title: str, unit: str = "", lo
     for i, (lab, v) in enumerate(items):
         y = 24 + i * ROW
         w = max(x(v) - LEFT, 1.0)
-        body.append(f'<text x="{LEFT - 6}" y="{y + 12}" text-anchor="end" class="lab">{_e(lab[:48])}</text>'
-                    f'<rect class="pt bar" x="{LEFT}" y="{y + 2}" width="{w:.1f}" height="{ROW - 4}" '
+        body.append(f'<text x="{LEFT - 6}" y="{y + 12}" text-anchor="end" class="lab" font-family="sans-serif" font-size="11" fill="#333">{_e(lab[:48])}</text>'
+                    f'<rect class="pt bar" fill="#4e79a7" x="{LEFT}" y="{y + 2}" width="{w:.1f}" height="{ROW - 4}" '
                     f'data-label="{_e(lab)}" data-value="{v!r}"><title>{_e(lab)}: {_e(f"{v:g}")} {_e(unit)}</title></rect>'
-                    f'<text x="{LEFT + w + 4:.1f}" y="{y + 12}" class="val">{_e(f"{v:g}")}</text>')  # fmt: skip
-    body.append(f'<text x="{W - PAD}" y="{h - 6}" text-anchor="end" class="lab">{_e(unit)}</text>')
+                    f'<text x="{LEFT + w + 4:.1f}" y="{y + 12}" class="val" font-family="sans-serif" font-size="10" fill="#555">{_e(f"{v:g}")}</text>')  # fmt: skip
+    body.append(f'<text x="{W - PAD}" y="{h - 6}" text-anchor="end" class="lab" font-family="sans-serif" font-size="11" fill="#333">{_e(unit)}</text>')
     return _svg(W, h, title, body)
 
 
@@ -93,24 +93,25 @@ def range_plot(
     body = []
     for t in _ticks(lo, hi, True):
         if lo <= t <= hi:
-            body.append(f'<line class="grid" x1="{x(t):.1f}" x2="{x(t):.1f}" y1="22" y2="{h - 30}"/>'
-                        f'<text x="{x(t):.1f}" y="{h - 16}" text-anchor="middle" class="lab">{_e(fmt_s(t))}</text>')  # fmt: skip
+            body.append(f'<line class="grid" stroke="#eee" x1="{x(t):.1f}" x2="{x(t):.1f}" y1="22" y2="{h - 30}"/>'
+                        f'<text x="{x(t):.1f}" y="{h - 16}" text-anchor="middle" class="lab" font-family="sans-serif" font-size="11" fill="#333">{_e(fmt_s(t))}</text>')  # fmt: skip
     for i, (lab, med, a, b, chosen) in enumerate(rows):
         y = 24 + i * ROW + ROW / 2
         a = a if a and math.isfinite(a) and a > 0 else med
         b = b if b and math.isfinite(b) and b > 0 else med
         cls = "pt chosen" if chosen else "pt"
-        body.append(f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" class="lab{" chosen-lab" if chosen else ""}">'
-                    f'{_e(lab[:48])}</text><line class="whisker" x1="{x(a):.1f}" x2="{x(b):.1f}" y1="{y:.1f}" y2="{y:.1f}"/>'
-                    f'<circle class="{cls}" cx="{x(med):.1f}" cy="{y:.1f}" r="4.5" data-label="{_e(lab)}" '
+        bold = ' font-weight="bold"' if chosen else ""
+        body.append(f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" class="lab{" chosen-lab" if chosen else ""}" font-family="sans-serif" font-size="11" fill="#333"{bold}>'
+                    f'{_e(lab[:48])}</text><line class="whisker" stroke="#4e79a7" stroke-width="2" x1="{x(a):.1f}" x2="{x(b):.1f}" y1="{y:.1f}" y2="{y:.1f}"/>'
+                    f'<circle class="{cls}" fill="{"#e15759" if chosen else "#4e79a7"}" stroke="{"#000" if chosen else "#fff"}" cx="{x(med):.1f}" cy="{y:.1f}" r="4.5" data-label="{_e(lab)}" '
                     f'data-value="{med!r}"><title>{_e(lab)}: {_e(fmt_s(med))} ({_e(fmt_s(a))} .. {_e(fmt_s(b))})'
                     f'{" chosen" if chosen else ""}</title></circle>')  # fmt: skip
     if roofline_s and roofline_s > 0:
         rx = x(roofline_s)
-        body.append(f'<line class="roof" x1="{rx:.1f}" x2="{rx:.1f}" y1="22" y2="{h - 30}" data-value="{roofline_s!r}">'
+        body.append(f'<line class="roof" stroke="#59a14f" stroke-width="2" stroke-dasharray="5 3" x1="{rx:.1f}" x2="{rx:.1f}" y1="22" y2="{h - 30}" data-value="{roofline_s!r}">'
                     f'<title>roofline {_e(fmt_s(roofline_s))}</title></line>'
-                    f'<text x="{rx + 3:.1f}" y="30" class="lab roof-lab">roofline {_e(fmt_s(roofline_s))}</text>')  # fmt: skip
-    body.append(f'<text x="{W - PAD}" y="{h - 2}" text-anchor="end" class="lab">time per call (log scale)</text>')
+                    f'<text x="{rx + 3:.1f}" y="30" class="lab roof-lab" font-family="sans-serif" font-size="11" fill="#59a14f">roofline {_e(fmt_s(roofline_s))}</text>')  # fmt: skip
+    body.append(f'<text x="{W - PAD}" y="{h - 2}" text-anchor="end" class="lab" font-family="sans-serif" font-size="11" fill="#333">time per call (log scale)</text>')
     return _svg(W, h, title, body)
 
 
@@ -135,22 +136,22 @@ def scatter(
 
     (x0, x1), (y0, y1) = rng(xs, logx), rng(ys, logy)
     fx, fy = _scale(x0, x1, left, W - PAD, logx), _scale(y0, y1, bottom, 26, logy)
-    body = [f'<line class="axis" x1="{left}" x2="{W - PAD}" y1="{bottom}" y2="{bottom}"/>'
-            f'<line class="axis" x1="{left}" x2="{left}" y1="26" y2="{bottom}"/>'
-            f'<text x="{(left + W - PAD) // 2}" y="{h - 24}" text-anchor="middle" class="lab">{_e(xlabel)}</text>'
-            f'<text x="14" y="{(bottom + 26) // 2}" class="lab" transform="rotate(-90 14 {(bottom + 26) // 2})" '
+    body = [f'<line class="axis" stroke="#999" x1="{left}" x2="{W - PAD}" y1="{bottom}" y2="{bottom}"/>'
+            f'<line class="axis" stroke="#999" x1="{left}" x2="{left}" y1="26" y2="{bottom}"/>'
+            f'<text x="{(left + W - PAD) // 2}" y="{h - 24}" text-anchor="middle" class="lab" font-family="sans-serif" font-size="11" fill="#333">{_e(xlabel)}</text>'
+            f'<text x="14" y="{(bottom + 26) // 2}" class="lab" font-family="sans-serif" font-size="11" fill="#333" transform="rotate(-90 14 {(bottom + 26) // 2})" '
             f'text-anchor="middle">{_e(ylabel)}</text>']  # fmt: skip
     for t in _ticks(x0, x1, logx):
         if x0 <= t <= x1:
-            body.append(f'<text x="{fx(t):.1f}" y="{bottom + 14}" text-anchor="middle" class="lab">{_e(f"{t:.3g}")}</text>')
+            body.append(f'<text x="{fx(t):.1f}" y="{bottom + 14}" text-anchor="middle" class="lab" font-family="sans-serif" font-size="11" fill="#333">{_e(f"{t:.3g}")}</text>')
     for t in _ticks(y0, y1, logy):
         if y0 <= t <= y1:
-            body.append(f'<text x="{left - 4}" y="{fy(t) + 4:.1f}" text-anchor="end" class="lab">{_e(f"{t:.3g}")}</text>')
+            body.append(f'<text x="{left - 4}" y="{fy(t) + 4:.1f}" text-anchor="end" class="lab" font-family="sans-serif" font-size="11" fill="#333">{_e(f"{t:.3g}")}</text>')
     if line and len(pts) > 1:
         path = " ".join(f"{fx(p[0]):.1f},{fy(p[1]):.1f}" for p in pts)
-        body.append(f'<polyline class="trend" points="{path}"/>')
+        body.append(f'<polyline class="trend" fill="none" stroke="#aaa" points="{path}"/>')
     for xv, yv, lab, hl in pts:
-        body.append(f'<circle class="pt{" chosen" if hl else ""}" cx="{fx(xv):.1f}" cy="{fy(yv):.1f}" r="4" '
+        body.append(f'<circle class="pt{" chosen" if hl else ""}" fill="{"#e15759" if hl else "#4e79a7"}" stroke="{"#000" if hl else "#fff"}" cx="{fx(xv):.1f}" cy="{fy(yv):.1f}" r="4" '
                     f'data-label="{_e(lab)}" data-x="{xv!r}" data-y="{yv!r}"><title>{_e(lab)}: '
                     f'{_e(xlabel)}={_e(f"{xv:.4g}")}, {_e(ylabel)}={_e(f"{yv:.4g}")}</title></circle>')  # fmt: skip
     return _svg(W, h, title, body)
