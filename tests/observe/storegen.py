@@ -25,7 +25,7 @@ STATUSES = ("ok", "ok", "ok", "wrong-result", "compile-error", "crash", "timeout
 
 
 def problem(op: str, i: int, device: str = "cpu") -> dict:
-    dims = {"M": 64 + i, "N": 64, "K": 32} if op == "matmul" else {"R": 8 + i, "C": 128}
+    dims = {"M": 64 + i, "N": 64, "K": 32} if op == "matmul" else {"R": 8 + i, "N": 128}
     return {"op": op, "dims": dims, "dtype": "float32", "params": {}, "arity": 2, "layout": "contiguous",
             "device": device, "array": "numpy"}
 
