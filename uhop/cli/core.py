@@ -136,7 +136,10 @@ def bench(
     if plot is not None:
         from uhop.report import bench_plot, write_plot
 
-        console.print(f"plot written to {write_plot(bench_plot(rows), plot)}")
+        try:
+            console.print(f"plot written to {write_plot(bench_plot(rows), plot)}")
+        except (ValueError, ImportError) as exc:
+            raise fail(str(exc)) from None
 
 
 @app.command()

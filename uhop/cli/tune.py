@@ -205,4 +205,7 @@ def tune_command(
     if plot is not None:
         from uhop.report import tune_plot, write_plot
 
-        console.print(f"plot written to {write_plot(tune_plot(res), plot)}")
+        try:
+            console.print(f"plot written to {write_plot(tune_plot(res), plot)}")
+        except (ValueError, ImportError) as exc:
+            raise fail(str(exc)) from None
