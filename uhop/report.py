@@ -91,7 +91,8 @@ def roofline_s(problem: Any) -> float | None:
     """Lower bound on one call in seconds, ``max(FLOP / peak FLOP/s, bytes / bandwidth)``, from this
     device's manifest (:func:`uhop.perf.features.roofline_s`), or None where no peak is known."""
     try:
-        from uhop.perf.features import hardware_features, roofline_s as roof
+        from uhop.perf.features import hardware_features
+        from uhop.perf.features import roofline_s as roof
 
         hw = hardware_features(problem.device)
         t = roof(problem, hw)

@@ -187,7 +187,7 @@ def test_postgresql_store_renders_the_same(small_store, pg_url, tmp_path):
     sq = make_server(url, "127.0.0.1", 0).reader
     assert [e["key"] for e in pg.entries()] == [e["key"] for e in sq.entries()]
     assert sorted(pg.status_counts()) == sorted(sq.status_counts())
-    for path, (_, view) in PAGES.items():
+    for _path, (_, view) in PAGES.items():
         from uhop.serve.pages import Ctx
 
         assert_escaped(view(pg, {}, Ctx()))

@@ -231,11 +231,11 @@ def sandbox(r: StoreReader, q: Mapping[str, str], ctx: Ctx) -> str:
     untrusted (``user``) backend's candidates fared."""
     layers = [("bubblewrap (namespaces)", shutil.which("bwrap") is not None)]
     try:
-        import seccomp  # noqa: F401
+        from uhop.sandbox.syscall_filter import available
 
-        layers.append(("seccomp filter (pyseccomp)", True))
-    except ImportError:
-        layers.append(("seccomp filter (pyseccomp)", False))
+        layers.append(("seccomp syscall filter", available()))
+    except Exception:  # the sandbox package failing to import is itself the state to show
+        layers.append(("seccomp syscall filter", False))
     out = [table(["layer", "available"], [[_e(n), "yes" if ok else "no"] for n, ok in layers])]
     try:
         from uhop.backends.user import kernels_dir, list_kernels
