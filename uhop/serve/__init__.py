@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from uhop.serve.data import StoreReader, counts_by
+from uhop.serve.data import StoreReader
 from uhop.serve.pages import PAGES, Ctx, layout
 
 log = logging.getLogger("uhop.serve")
@@ -55,17 +55,15 @@ def store_metrics(r: StoreReader) -> str:
             lab = ",".join(f'{k}="{_label(x)}"' for k, x in labels.items())
             out.append(f"{name}{{{lab}}} {float(v)!r}" if lab else f"{name} {float(v)!r}")
 
-    entries = r.entries()
-    per = counts_by(entries, "op", "backend", "device")
     gauge("uhop_store_entries", "Chosen kernels in the store, by op, backend and device.",
-          [({"op": o, "backend": b, "device": d}, n) for (o, b, d), n in sorted(per.items())])  # fmt: skip
+          [({"op": o, "backend": b, "device": d}, n) for o, d, b, n in r.entry_counts()])  # fmt: skip
     gauge("uhop_store_measurements", "Measurements in the store, by op and status.",
           [({"op": o, "status": s}, n) for (o, s), n in sorted(_sum2(r.status_counts()).items())])  # fmt: skip
     gauge("uhop_store_recent_tuning_runs", "Tuning runs recorded in the last window (distinct problem and time).",
           [({"window": "1h"}, r.recent_runs(3600.0)), ({"window": "24h"}, r.recent_runs(86400.0))])  # fmt: skip
     gauge("uhop_store_tuning_jobs", "Jobs in the persistent tuning queue, by status (pending = queue depth).",
           [({"status": s}, n) for s, n in sorted(r.job_counts().items())])  # fmt: skip
-    last = max((e["updated"] for e in entries), default=None)
+    last = r.last_update()
     if last is not None:
         gauge("uhop_store_last_update_timestamp_seconds", "Unix time of the newest store entry.", [({}, last)])
     return "\n".join(out) + "\n"

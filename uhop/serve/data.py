@@ -14,7 +14,7 @@ import math
 import sqlite3
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -100,25 +100,52 @@ class StoreReader:
         return self._json.format(col=col, field=name)
 
     # ---- kernels -------------------------------------------------------------------------------
-    def entries(self, op: str | None = None, since: float | None = None) -> list[dict[str, Any]]:
-        """Chosen kernels: key, op, problem, candidate, median_s, gflops, gbps, policy, device,
-        fingerprint, updated; ordered by op and key."""
+    def _where(self, op: str | None, since: float | None, device: str | None = None) -> tuple[str, tuple[Any, ...]]:
         where, args = [], []
         if op:
             where.append("op=?")
             args.append(op)
+        if device:
+            where.append(f"{self.field('problem', 'device')}=?")
+            args.append(device)
         if since:
             where.append("updated>=?")
             args.append(since)
-        q = "SELECT key, op, problem, candidate, median_s, gflops, gbps, policy, fingerprint, updated FROM kernels"
-        q += (" WHERE " + " AND ".join(where)) if where else ""
+        return (" WHERE " + " AND ".join(where)) if where else "", tuple(args)
+
+    def entry_counts(self, since: float | None = None) -> list[tuple[str, str, str, int]]:
+        """(op, device, backend, entries), counted in the database (no row is decoded here)."""
+        dev, be = self.field("problem", "device"), self.field("candidate", "backend")
+        w, args = self._where(None, since)
+        q = f"SELECT op, {dev}, {be}, COUNT(*) FROM kernels{w} GROUP BY op, {dev}, {be} ORDER BY op, {dev}, {be}"
+        return [(o, d or "cpu", b or "?", int(n)) for o, d, b, n in self.rows(q, args)]
+
+    def fingerprint_counts(self, since: float | None = None) -> list[tuple[dict[str, Any], int]]:
+        w, args = self._where(None, since)
+        return [(_j(fp) or {}, int(n)) for fp, n in self.rows(f"SELECT fingerprint, COUNT(*) FROM kernels{w} GROUP BY fingerprint", args)]
+
+    def last_update(self) -> float | None:
+        rows = self.rows("SELECT MAX(updated) FROM kernels")
+        return rows[0][0] if rows else None
+
+    def entries(self, op: str | None = None, since: float | None = None, device: str | None = None,
+                limit: int | None = None, offset: int = 0) -> list[dict[str, Any]]:  # fmt: skip
+        """Chosen kernels: key, op, problem, candidate, median_s, gflops, gbps, policy, device,
+        fingerprint, updated; ordered by op and key; ``limit``/``offset`` page through them."""
+        w, args = self._where(op, since, device)
+        q = "SELECT key, op, problem, candidate, median_s, gflops, gbps, policy, fingerprint, updated FROM kernels" + w
+        q += " ORDER BY op, key" + (f" LIMIT {int(limit)} OFFSET {int(offset)}" if limit is not None else "")
         out = []
-        for key, op_, prob, cand, med, gf, gb, policy, fp, upd in self.rows(q + " ORDER BY op, key", tuple(args)):
+        for key, op_, prob, cand, med, gf, gb, policy, fp, upd in self.rows(q, args):
             p = _j(prob)
             out.append({"key": key, "op": op_, "problem": p, "candidate": _j(cand), "median_s": med, "gflops": gf,
                         "gbps": gb, "policy": policy, "device": p.get("device", "cpu"), "fingerprint": _j(fp),
                         "updated": upd})  # fmt: skip
         return out
+
+    def count(self, op: str | None = None, since: float | None = None, device: str | None = None) -> int:
+        w, args = self._where(op, since, device)
+        return int(self.rows("SELECT COUNT(*) FROM kernels" + w, args)[0][0])
 
     def ops(self) -> list[str]:
         return [r[0] for r in self.rows("SELECT DISTINCT op FROM kernels ORDER BY op")]
@@ -229,13 +256,6 @@ class StoreReader:
 
 
 # ---- pure helpers over query results ------------------------------------------------------------
-def counts_by(entries: list[dict[str, Any]], *fields: str) -> Counter[tuple[str, ...]]:
-    def val(e: dict[str, Any], f: str) -> str:
-        return str(e["candidate"].get("backend", "?")) if f == "backend" else str(e.get(f))
-
-    return Counter(tuple(val(e, f) for f in fields) for e in entries)
-
-
 def pareto_front(ms: list[dict[str, Any]], objectives: list[str]) -> list[dict[str, Any]]:
     """Valid measurements not dominated in every objective (``latency`` = median_s,
     ``energy`` = energy_j, ``memory`` = mem_bytes; smaller is better)."""

@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from uhop.serve import svg
-from uhop.serve.data import VALIDATION, StoreReader, by_status, counts_by, describe, pareto_front
+from uhop.serve.data import VALIDATION, StoreReader, by_status, describe, pareto_front
 
 PAGE_ROWS = 200
 #: path -> (nav title, view)
@@ -76,17 +76,18 @@ def _pager(ctx: Ctx, path: str, page: int, more: bool, **q: Any) -> str:
 def kernels(r: StoreReader, q: Mapping[str, str], ctx: Ctx) -> str:
     """Chosen kernels per op and device, with their rate against the roofline."""
     op, device = q.get("op") or None, q.get("device") or None
-    all_entries = r.entries(since=ctx.since)
-    per = counts_by(all_entries, "op", "device")
+    per: dict[tuple[str, str], int] = defaultdict(int)
+    for o, d, _, n in r.entry_counts(ctx.since):
+        per[(o, d)] += n
     out = [svg.bar_chart([(f"{o} @ {d}", n) for (o, d), n in sorted(per.items())], "Chosen kernels per op and device",
                          "entries")]  # fmt: skip
     filt = ["op:"] + [ctx.link("/", o, op=o, device=device) for o in sorted({o for o, _ in per})]
     filt += ["device:"] + [ctx.link("/", d, op=op, device=d) for d in sorted({d for _, d in per})]
     if not ctx.static:
         out.append(f'<p class="filters">{" ".join(filt)} {ctx.link("/", "(all)")}</p>')
-    sel = [e for e in all_entries if (op is None or e["op"] == op) and (device is None or e["device"] == device)]
     page = _page_of(q)
-    shown = sel if ctx.static else sel[page * PAGE_ROWS : (page + 1) * PAGE_ROWS]
+    total = r.count(op, ctx.since, device)
+    shown = r.entries(op, ctx.since, device, limit=None if ctx.static else PAGE_ROWS, offset=page * PAGE_ROWS)
     pts, rows = [], []
     for e in shown:
         pct = r.roofline_pct(e)
@@ -99,11 +100,11 @@ def kernels(r: StoreReader, q: Mapping[str, str], ctx: Ctx) -> str:
                      _e(_when(e["updated"]))])  # fmt: skip
     out.append(svg.scatter(pts, "Rate vs the roofline (this page's entries)", "median time per call (s)",
                            "% of roofline", logy=False))  # fmt: skip
-    title = f"{len(sel)} chosen kernels" + (f" for {op}" if op else "") + (f" on {device}" if device else "")
+    title = f"{total} chosen kernels" + (f" for {op}" if op else "") + (f" on {device}" if device else "")
     out.append(f"<h3>{_e(title)}</h3>")
     out.append(table(["problem", "device", "chosen kernel", "time", "GFLOP/s", "GB/s", "% roofline", "policy",
                       "", "updated (UTC)"], rows, "entries"))  # fmt: skip
-    out.append(_pager(ctx, "/", page, len(sel) > (page + 1) * PAGE_ROWS, op=op, device=device))
+    out.append(_pager(ctx, "/", page, total > (page + 1) * PAGE_ROWS, op=op, device=device))
     return "\n".join(out)
 
 
@@ -192,7 +193,9 @@ def history_for(r: StoreReader, key: str, ctx: Ctx) -> str:
 
 def backends(r: StoreReader, q: Mapping[str, str], ctx: Ctx) -> str:
     """Backend usage: chosen kernels and measurements per backend."""
-    chosen = counts_by(r.entries(since=ctx.since), "backend")
+    chosen: dict[tuple[str], int] = defaultdict(int)
+    for _, _, b, n in r.entry_counts(ctx.since):
+        chosen[(b,)] += n
     counts = r.status_counts(ctx.since)
     measured: dict[str, int] = defaultdict(int)
     rejected: dict[str, int] = defaultdict(int)
@@ -286,10 +289,9 @@ def hardware(r: StoreReader, q: Mapping[str, str], ctx: Ctx) -> str:
         rows.append([_e(m.name), _e(m.display_name), _e(m.kind), _e(m.vendor), _num(m.peak_flops("fp32"), "{:.3g}"),
                      _num(m.peak_bandwidth(), "{:.3g}")])  # fmt: skip
     fps: dict[str, int] = defaultdict(int)
-    for e in r.entries(since=ctx.since):
-        fp = e["fingerprint"] or {}
+    for fp, n in r.fingerprint_counts(ctx.since):
         fps[", ".join(f"{k}={fp[k]}" for k in sorted(fp) if k in ("device", "cpu", "gpu", "name", "arch"))
-            or str(sorted(fp.items()))[:120]] += 1
+            or str(sorted(fp.items()))[:120]] += n
     return (table(["manifest", "name", "kind", "vendor", "peak fp32 FLOP/s", "bandwidth B/s"], rows)
             + "<h3>Hardware fingerprints in the store</h3>"
             + table(["fingerprint", "entries"], [[_e(k), str(n)] for k, n in sorted(fps.items(), key=lambda kv: -kv[1])]))
