@@ -62,9 +62,9 @@ class _Metrics:
         self.dispatch = Histogram("uhop_dispatch_latency_seconds", "Dispatched kernel call (kernel plus array "
                                   "adapter), sampled: one call in UHOP_METRICS_SAMPLE_EVERY.", ["op"],
                                   buckets=DISPATCH_BUCKETS, **kw)  # fmt: skip
-        gauge_kw = dict(kw, multiprocess_mode="livesum")
-        self.queue_depth = Gauge("uhop_tuning_queue_depth", "Pending jobs in the background tuning queue.",
-                                 **gauge_kw)  # fmt: skip
+        # every process reports the same shared queue: the freshest live value, not a sum
+        self.queue_depth = Gauge("uhop_tuning_queue_depth", "Pending jobs in the persistent tuning queue.",
+                                 multiprocess_mode="livemax", **kw)  # fmt: skip
         self.ai_attempts = Counter("uhop_ai_generation_attempts", "AI kernel generation attempts, by outcome.",
                                    ["op", "outcome"], **kw)  # fmt: skip
         self.ai_promotions = Counter("uhop_ai_promotions", "AI-generated kernels promoted to candidates.",
@@ -182,6 +182,13 @@ def sandbox_rejection(category: str) -> None:
 def queue_depth(n: int) -> None:
     if _m is not None:
         _m.queue_depth.set(n)
+
+
+def queue_depth_of(queue: Any) -> None:
+    """Set the queue-depth gauge from a :class:`~uhop.tune.jobs.JobQueue` (one count query, made
+    only while metrics are on)."""
+    if _m is not None:
+        _m.queue_depth.set(queue.counts().get("pending", 0))
 
 
 def ai_attempt(op: str, outcome: str) -> None:

@@ -232,3 +232,23 @@ def test_no_opentelemetry_is_a_no_op(tmp_path):
 def test_reference_inputs_are_fresh():  # the overhead test multiplies real data; keep numpy honest here
     a = np.random.default_rng().standard_normal((8, 8))
     assert np.allclose(a @ np.eye(8), a)
+
+
+def test_queue_depth_reported_by_search_runs(tmp_path):
+    out = run("""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from uhop import metrics
+    reg = CollectorRegistry()
+    metrics.enable(reg)
+    import uhop
+    from uhop.tune.jobs import TuningJob, open_queue
+    q = open_queue()
+    other = q.create_run({"note": "another run, waiting"})
+    q.submit([TuningJob("softmax", {"op": "softmax"}, "numpy", {"template": "eager", "config": {"i": i}}, run_id=other)
+              for i in range(5)])
+    res = uhop.tune("softmax", dims={"R": 16, "N": 32}, strategy="random", executor="inline", max_evals=3)
+    print(generate_latest(reg).decode())
+    """, {"UHOP_HOME": str(tmp_path), "UHOP_BACKENDS": "numpy", "UHOP_TUNE_BUDGET_S": "5"})
+    fams = _families(out)
+    assert _value(fams, "uhop_tuning_queue_depth") == 5  # the search's own jobs are done; the other run's wait
+    assert _value(fams, "uhop_tuning_runs_total", op="softmax", policy="tune", outcome="ok") == 1
