@@ -199,3 +199,22 @@ def test_postgresql_store_renders_the_same(small_store, pg_url, tmp_path):
 
 def test_hostile_strings_cover_the_fixture():
     assert any("<script>" in h for h in HOSTILE) and any("onerror" in h for h in HOSTILE)
+
+
+def test_pareto_page_matches_a_real_multi_objective_run():
+    import uhop
+    from uhop.store import open_store
+
+    res = uhop.tune("softmax", dims={"R": 64, "N": 128}, strategy="nsga2", executor="inline", max_evals=8,
+                    objectives=("latency", "memory"), backends=("numpy",))  # fmt: skip
+    srv, base = start(open_store().url)
+    try:
+        status, _, body = get(base + "/pareto")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert status == 200 and res.run_id in body
+    pts = re.findall(r'<circle class="pt( chosen)?"[^>]*data-label="([^"]+)" data-x="([^"]+)" data-y="([^"]+)"', body)
+    front = {html.unescape(lab): (float(x), float(y)) for c, lab, x, y in pts if c}
+    assert front == {m.candidate.id: (pytest.approx(m.median_s), pytest.approx(m.mem_bytes)) for m in res.pareto}
+    assert len(pts) == sum(1 for m in res.measurements if m.ok)
