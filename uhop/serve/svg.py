@@ -42,10 +42,20 @@ def _scale(lo: float, hi: float, a: float, b: float, log: bool):  # noqa: ANN202
 
 
 def _ticks(lo: float, hi: float, log: bool) -> list[float]:
+    """Axis ticks: decades on a log axis (with 2x and 5x when it spans under two decades), else
+    about five steps of 1, 2 or 5 times a power of ten."""
     if log:
-        return [10.0**k for k in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)]
-    step = (hi - lo) / 4 or 1.0
-    return [lo + i * step for i in range(5)]
+        k0, k1 = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+        mult = (1, 2, 5) if k1 - k0 <= 2 else (1,)
+        return [m * 10.0**k for k in range(k0, k1 + 1) for m in mult]
+    raw = (hi - lo) / 5 or 1.0
+    mag = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
+    return [i * step for i in range(math.ceil(lo / step), math.floor(hi / step) + 1)]
+
+
+def _short(label: str, n: int = 44) -> str:
+    return label if len(label) <= n else label[: n - 1] + "…"
 
 
 def _svg(width: int, height: int, title: str, body: list[str]) -> str:
@@ -68,7 +78,7 @@ def bar_chart(items: Sequence[tuple[str, float]], title: str, unit: str = "", lo
     for i, (lab, v) in enumerate(items):
         y = 24 + i * ROW
         w = max(x(v) - LEFT, 1.0)
-        body.append(f'<text x="{LEFT - 6}" y="{y + 12}" text-anchor="end" class="lab" font-family="sans-serif" font-size="11" fill="#333">{_e(lab[:48])}</text>'
+        body.append(f'<text x="{LEFT - 6}" y="{y + 12}" text-anchor="end" class="lab" font-family="sans-serif" font-size="11" fill="#333">{_e(_short(lab))}</text>'
                     f'<rect class="pt bar" fill="#4e79a7" x="{LEFT}" y="{y + 2}" width="{w:.1f}" height="{ROW - 4}" '
                     f'data-label="{_e(lab)}" data-value="{v!r}"><title>{_e(lab)}: {_e(f"{v:g}")} {_e(unit)}</title></rect>'
                     f'<text x="{LEFT + w + 4:.1f}" y="{y + 12}" class="val" font-family="sans-serif" font-size="10" fill="#555">{_e(f"{v:g}")}</text>')  # fmt: skip
@@ -102,7 +112,7 @@ def range_plot(
         cls = "pt chosen" if chosen else "pt"
         bold = ' font-weight="bold"' if chosen else ""
         body.append(f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" class="lab{" chosen-lab" if chosen else ""}" font-family="sans-serif" font-size="11" fill="#333"{bold}>'
-                    f'{_e(lab[:48])}</text><line class="whisker" stroke="#4e79a7" stroke-width="2" x1="{x(a):.1f}" x2="{x(b):.1f}" y1="{y:.1f}" y2="{y:.1f}"/>'
+                    f'{_e(_short(lab))}</text><line class="whisker" stroke="#4e79a7" stroke-width="2" x1="{x(a):.1f}" x2="{x(b):.1f}" y1="{y:.1f}" y2="{y:.1f}"/>'
                     f'<circle class="{cls}" fill="{"#e15759" if chosen else "#4e79a7"}" stroke="{"#000" if chosen else "#fff"}" cx="{x(med):.1f}" cy="{y:.1f}" r="4.5" data-label="{_e(lab)}" '
                     f'data-value="{med!r}"><title>{_e(lab)}: {_e(fmt_s(med))} ({_e(fmt_s(a))} .. {_e(fmt_s(b))})'
                     f'{" chosen" if chosen else ""}</title></circle>')  # fmt: skip
