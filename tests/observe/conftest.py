@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -21,17 +20,9 @@ def small_store(tmp_path):
     return f"sqlite:///{path}", store
 
 
-def start(url: str, token: str | None = None):
-    from uhop.serve import make_server
-
-    srv = make_server(url, "127.0.0.1", 0, token=token)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    return srv, f"http://127.0.0.1:{srv.server_address[1]}"
-
-
 @pytest.fixture
 def dashboard(small_store):
-    srv, base = start(small_store[0])
+    srv, base = storegen.start(small_store[0])
     yield base, small_store[1]
     srv.shutdown()
     srv.server_close()

@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import random
 import sqlite3
+import threading
 import time
+from html.parser import HTMLParser
 from pathlib import Path
 
 from uhop.store import SQLiteStore
@@ -89,3 +91,32 @@ def bulk_store(path: Path, n: int = 10_000, seed: int = 0) -> SQLiteStore:
                        "created) VALUES (?,?,?,?,?,?,?,?,?,?)", meas)
     db.close()
     return store
+
+
+def start(url: str, token: str | None = None):
+    """A dashboard serving ``url`` on a free loopback port, in a daemon thread: (server, base URL)."""
+    from uhop.serve import make_server
+
+    srv = make_server(url, "127.0.0.1", 0, token=token)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv, f"http://127.0.0.1:{srv.server_address[1]}"
+
+
+class _Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: set[str] = set()
+        self.attrs: set[str] = set()
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.add(tag)
+        self.attrs.update(k for k, _ in attrs)
+
+
+def assert_escaped(body: str) -> None:
+    """No markup from the store survives: parsed as a browser would, the page has no script,
+    img or iframe element and no event-handler attribute."""
+    p = _Tags()
+    p.feed(body)
+    assert not p.tags & {"script", "img", "iframe", "object", "embed"}, p.tags
+    assert not [a for a in p.attrs if a.startswith("on")], p.attrs

@@ -8,7 +8,7 @@ from collections import Counter
 from html.parser import HTMLParser
 
 import pytest
-from test_serve import assert_escaped
+from storegen import assert_escaped
 from typer.testing import CliRunner
 
 from uhop.cli import build_app

@@ -10,12 +10,10 @@ import re
 import urllib.error
 import urllib.request
 from collections import Counter
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from conftest import start
-from storegen import HOSTILE
+from storegen import HOSTILE, assert_escaped, start
 
 from uhop.serve.pages import PAGES
 
@@ -34,26 +32,6 @@ def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str,
             return r.status, dict(r.headers), r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, dict(e.headers), e.read().decode()
-
-
-class _Tags(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.tags: set[str] = set()
-        self.attrs: set[str] = set()
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.add(tag)
-        self.attrs.update(k for k, _ in attrs)
-
-
-def assert_escaped(body: str) -> None:
-    """No markup from the store survives: parsed as a browser would, the page has no script,
-    img or iframe element and no event-handler attribute."""
-    p = _Tags()
-    p.feed(body)
-    assert not p.tags & {"script", "img", "iframe", "object", "embed"}, p.tags
-    assert not [a for a in p.attrs if a.startswith("on")], p.attrs
 
 
 def test_every_page_renders_escaped_with_csp(dashboard):
