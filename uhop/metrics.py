@@ -233,11 +233,12 @@ def timed(op: str, kernel: Callable[..., Any]) -> Callable[..., Any]:
 # ---- decorators for the tuner and the sandbox (one line each at the definition) ------------------
 def observe_tuning(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap ``tune()``: a span ``uhop.tune`` and, when metrics are on, the run, its duration and
-    every candidate's status (from the returned ``TuneResult``; a run that raises counts as failed)."""
-    span = _span_factory()
+    every candidate's status (from the returned ``TuneResult``; a run that raises counts as failed).
+    OpenTelemetry is imported on the first run, not with UHOP."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        span = _span_factory()
         t0 = time.monotonic()
         with span("uhop.tune", {"uhop.op": str(kwargs.get("op") or (args[0] if args else ""))}) as sp:
             try:
@@ -262,14 +263,15 @@ def observe_tuning(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def observe_evaluation(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap the tuner's ``evaluate(candidate, backend, problem, ...)`` in a span
-    ``uhop.evaluate`` (status and median time as attributes); ``fn`` itself without OpenTelemetry."""
-    if _otel_tracer() is None:
-        return fn
-    span = _span_factory()
+    ``uhop.evaluate`` (status and median time as attributes); without OpenTelemetry, one cached
+    check and the call."""
 
     @functools.wraps(fn)
     def wrapper(cand: Any, backend: Any, problem: Any, *args: Any, **kwargs: Any) -> Any:
-        with span("uhop.evaluate", {"uhop.candidate": cand.id, "uhop.op": problem.op}) as sp:
+        tracer = _otel_tracer()
+        if tracer is None:
+            return fn(cand, backend, problem, *args, **kwargs)
+        with tracer.start_as_current_span("uhop.evaluate", attributes={"uhop.candidate": cand.id, "uhop.op": problem.op}) as sp:
             m, kernel = fn(cand, backend, problem, *args, **kwargs)
             sp.set_attribute("uhop.status", m.status)
             sp.set_attribute("uhop.median_s", float(m.median_s))
