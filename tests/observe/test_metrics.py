@@ -260,3 +260,15 @@ def test_queue_depth_reported_by_search_runs(tmp_path):
     fams = _families(out)
     assert _value(fams, "uhop_tuning_queue_depth") == 5  # the search's own jobs are done; the other run's wait
     assert _value(fams, "uhop_tuning_runs_total", op="softmax", policy="tune", outcome="ok") == 1
+
+
+def test_grafana_dashboard_uses_only_documented_metrics():
+    import re
+
+    doc = (ROOT / "docs" / "observability.md").read_text()
+    dash = json.loads((ROOT / "docs" / "grafana" / "uhop-dashboard.json").read_text())
+    for panel in dash["panels"]:
+        for t in panel["targets"]:
+            for name in re.findall(r"\b(uhop_[a-z_]+)", t["expr"]):
+                base = re.sub(r"_(bucket|count|sum)$", "", name)
+                assert f"`{base}" in doc, f"{panel['title']}: {name} is not documented"
