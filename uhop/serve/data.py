@@ -18,6 +18,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+#: seconds an aggregate (counts by status, by backend) is reused before it is counted again
+CACHE_S = 5.0
 #: statuses that mean a candidate ran and produced wrong output (the rest are build/run faults)
 VALIDATION = ("wrong-result", "bad-output", "input-mutated", "stale-output")
 
@@ -65,6 +67,7 @@ class StoreReader:
         else:
             raise ValueError(f"--store must be sqlite:///PATH or postgresql://..., got {url!r}")
         self._peaks: dict[tuple[str, str], tuple[float | None, float | None]] = {}
+        self._cache: dict[tuple[Any, ...], tuple[float, Any]] = {}
         self._conn()  # fail at start, not on the first request
 
     # ---- connections ---------------------------------------------------------------------------
@@ -115,6 +118,9 @@ class StoreReader:
 
     def entry_counts(self, since: float | None = None) -> list[tuple[str, str, str, int]]:
         """(op, device, backend, entries), counted in the database (no row is decoded here)."""
+        return self._cached(("entry_counts", since), lambda: self._entry_counts(since))
+
+    def _entry_counts(self, since: float | None) -> list[tuple[str, str, str, int]]:
         dev, be = self.field("problem", "device"), self.field("candidate", "backend")
         w, args = self._where(None, since)
         q = f"SELECT op, {dev}, {be}, COUNT(*) FROM kernels{w} GROUP BY op, {dev}, {be} ORDER BY op, {dev}, {be}"
@@ -188,8 +194,22 @@ class StoreReader:
         return [{"candidate": _j(c), "id": candidate_id(_j(c)), "status": s, "reason": r, "median_s": m,
                  "spread": sp, "n": n, "max_err": e, "created": t} for c, s, r, m, sp, n, e, t in rows]  # fmt: skip
 
+    def _cached(self, key: tuple[Any, ...], fn: Any) -> Any:
+        """``fn()``, reused for :data:`CACHE_S` seconds: the aggregate scans behind several views
+        (one report renders them three times; a dashboard user clicks through them)."""
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit is not None and now - hit[0] < CACHE_S:
+            return hit[1]
+        val = fn()
+        self._cache[key] = (now, val)
+        return val
+
     def status_counts(self, since: float | None = None) -> list[tuple[str, str, str, int]]:
         """(op, backend, status, count) over every measurement (skipped ones excluded)."""
+        return self._cached(("status_counts", since), lambda: self._status_counts(since))
+
+    def _status_counts(self, since: float | None) -> list[tuple[str, str, str, int]]:
         backend = self.field("candidate", "backend")
         q = f"SELECT op, {backend}, status, COUNT(*) FROM measurements WHERE status != 'skipped'"
         args: tuple[Any, ...] = ()

@@ -20,6 +20,8 @@ from uhop.serve import svg
 from uhop.serve.data import VALIDATION, StoreReader, by_status, describe, pareto_front
 
 PAGE_ROWS = 200
+#: entries listed in a report (a shareable file stays a few MB; the dashboard pages through all)
+REPORT_ROWS = 1000
 #: path -> (nav title, view)
 View = Callable[[StoreReader, Mapping[str, str], "Ctx"], str]
 
@@ -87,7 +89,7 @@ def kernels(r: StoreReader, q: Mapping[str, str], ctx: Ctx) -> str:
         out.append(f'<p class="filters">{" ".join(filt)} {ctx.link("/", "(all)")}</p>')
     page = _page_of(q)
     total = r.count(op, ctx.since, device)
-    shown = r.entries(op, ctx.since, device, limit=None if ctx.static else PAGE_ROWS, offset=page * PAGE_ROWS)
+    shown = r.entries(op, ctx.since, device, limit=REPORT_ROWS if ctx.static else PAGE_ROWS, offset=page * PAGE_ROWS)
     pts, rows = [], []
     for e in shown:
         pct = r.roofline_pct(e)
@@ -101,6 +103,8 @@ def kernels(r: StoreReader, q: Mapping[str, str], ctx: Ctx) -> str:
     out.append(svg.scatter(pts, "Rate vs the roofline (this page's entries)", "median time per call (s)",
                            "% of roofline", logy=False))  # fmt: skip
     title = f"{total} chosen kernels" + (f" for {op}" if op else "") + (f" on {device}" if device else "")
+    if ctx.static and total > len(shown):
+        title += f" (the first {len(shown)} by op and key listed; uhop serve pages through all)"
     out.append(f"<h3>{_e(title)}</h3>")
     out.append(table(["problem", "device", "chosen kernel", "time", "GFLOP/s", "GB/s", "% roofline", "policy",
                       "", "updated (UTC)"], rows, "entries"))  # fmt: skip
