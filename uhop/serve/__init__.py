@@ -60,7 +60,7 @@ def store_metrics(r: StoreReader) -> str:
     gauge("uhop_store_measurements", "Measurements in the store, by op and status.",
           [({"op": o, "status": s}, n) for (o, s), n in sorted(_sum2(r.status_counts()).items())])  # fmt: skip
     gauge("uhop_store_recent_tuning_runs", "Tuning runs recorded in the last window (distinct problem and time).",
-          [({"window": "1h"}, r.recent_runs(3600.0)), ({"window": "24h"}, r.recent_runs(86400.0))])  # fmt: skip
+          [({"window": k}, n) for k, n in zip(("1h", "24h"), r.recent_runs((3600.0, 86400.0)).values(), strict=True)])
     gauge("uhop_store_tuning_jobs", "Jobs in the persistent tuning queue, by status (pending = queue depth).",
           [({"status": s}, n) for s, n in sorted(r.job_counts().items())])  # fmt: skip
     last = r.last_update()
