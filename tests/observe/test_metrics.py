@@ -78,7 +78,7 @@ def _value(fams: dict, sample: str, **labels: str) -> float:
 
 def test_metrics_exported_with_prometheus_names(tmp_path):
     out = run(SCRAPE, {"UHOP_METRICS_PORT": "0", "UHOP_HOME": str(tmp_path), "UHOP_BACKENDS": "numpy",
-                       "UHOP_TUNE_BUDGET_S": "5", "UHOP_METRICS_SAMPLE_EVERY": "64"})  # fmt: skip
+                       "UHOP_TUNE_BUDGET_S": "5", "UHOP_METRICS_SAMPLE_EVERY": "64", "UHOP_POLICY": "tune"})  # fmt: skip
     fams = _families(out)
     assert _value(fams, "uhop_kernel_selections_total", op="matmul", backend="numpy", policy="tune") == 1
     assert _value(fams, "uhop_store_lookups_total", op="matmul", result="miss") == 1
@@ -91,6 +91,17 @@ def test_metrics_exported_with_prometheus_names(tmp_path):
     assert 0 < _value(fams, "uhop_dispatch_latency_seconds_sum", op="matmul") < 10
     for name in fams:
         assert name.startswith(("uhop_", "python_", "process_", "platform_")), name
+
+
+def test_background_policy_counts_the_tuned_selection(tmp_path):
+    code = SCRAPE.replace("print(urllib", "uhop.wait(120)\nfor _ in range(64):\n    mm(a, b)\nprint(urllib")
+    out = run(code, {"UHOP_METRICS_PORT": "0", "UHOP_HOME": str(tmp_path), "UHOP_BACKENDS": "numpy",
+                     "UHOP_TUNE_BUDGET_S": "5", "UHOP_POLICY": "background"})  # fmt: skip
+    fams = _families(out)
+    # the baseline served at once is not a selection; the background tuning run's choice is
+    assert _value(fams, "uhop_kernel_selections_total", op="matmul", backend="numpy", policy="background") == 1
+    assert _value(fams, "uhop_tuning_runs_total", op="matmul", policy="tune", outcome="ok") == 1
+    assert _value(fams, "uhop_dispatch_latency_seconds_count", op="matmul") >= 1
 
 
 def test_multiprocess_mode_sums_worker_processes(tmp_path):
@@ -182,7 +193,7 @@ print(json.dumps({"enabled": metrics.enabled(), "wrapped": k is not kernel, "ker
 
 @pytest.mark.parametrize("on", [False, True], ids=["metrics-off", "metrics-on"])
 def test_hit_path_overhead_stays_under_5us(tmp_path, on):
-    env = {"UHOP_HOME": str(tmp_path), "UHOP_BACKENDS": "numpy", "UHOP_TUNE_BUDGET_S": "3"}
+    env = {"UHOP_HOME": str(tmp_path), "UHOP_BACKENDS": "numpy", "UHOP_TUNE_BUDGET_S": "3", "UHOP_POLICY": "tune"}
     if on:
         env["UHOP_METRICS_PORT"] = "0"
     else:
