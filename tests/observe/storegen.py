@@ -86,7 +86,8 @@ def bulk_store(path: Path, n: int = 10_000, seed: int = 0) -> SQLiteStore:
                   now - i) for m in ms]
     db = sqlite3.connect(path)
     with db:
-        db.executemany("INSERT INTO kernels VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", kernels)
+        db.executemany("INSERT INTO kernels(key, op, problem, candidate, median_s, gflops, gbps, policy, fingerprint, "
+                       "content_hash, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", kernels)
         db.executemany("INSERT INTO measurements(key, op, candidate, status, reason, median_s, spread, n, max_err, "
                        "created) VALUES (?,?,?,?,?,?,?,?,?,?)", meas)
     db.close()
