@@ -50,7 +50,6 @@ CREATE TABLE IF NOT EXISTS kernels (
     fingerprint JSONB NOT NULL, content_hash TEXT NOT NULL DEFAULT '',
     created DOUBLE PRECISION NOT NULL, updated DOUBLE PRECISION NOT NULL, spread DOUBLE PRECISION
 );
-ALTER TABLE kernels ADD COLUMN IF NOT EXISTS spread DOUBLE PRECISION;
 CREATE TABLE IF NOT EXISTS measurements (
     id BIGSERIAL PRIMARY KEY, key TEXT NOT NULL, op TEXT NOT NULL, candidate JSONB NOT NULL,
     status TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '', median_s DOUBLE PRECISION,
@@ -100,6 +99,12 @@ class PostgresStore(PostgresDB, ExportImport):
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     cur.execute(stmt)
+            # schema 1 -> 2; only when the column is missing: an ALTER takes an exclusive lock,
+            # and other processes may be writing rows right now
+            cur.execute("SELECT 1 FROM information_schema.columns WHERE table_name='kernels' AND column_name='spread' "
+                        "AND table_schema=current_schema()")  # fmt: skip
+            if cur.fetchone() is None:
+                cur.execute("ALTER TABLE kernels ADD COLUMN IF NOT EXISTS spread DOUBLE PRECISION")
             cur.execute("SELECT value FROM meta WHERE name='schema_version'")
             row = cur.fetchone()
             if row is None:
@@ -196,6 +201,12 @@ class PostgresStore(PostgresDB, ExportImport):
             cur.execute(f"SELECT {_KERNEL_COLS} FROM kernels WHERE key=%s", (key,))
             row = cur.fetchone()
         return self._entry(row) if row else None
+
+    def invalidate(self, key: str) -> bool:
+        """Drop the choice for ``key`` (stale or failing), keeping its measurements as history."""
+        with self._tx() as cur:
+            cur.execute("DELETE FROM kernels WHERE key=%s", (key,))
+            return cur.rowcount > 0
 
     def delete(self, key: str | None = None, op: str | None = None) -> int:
         with self._tx() as cur:
