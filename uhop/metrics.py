@@ -65,9 +65,9 @@ class _Metrics:
         # every process reports the same shared queue: the freshest live value, not a sum
         self.queue_depth = Gauge("uhop_tuning_queue_depth", "Pending jobs in the persistent tuning queue.",
                                  multiprocess_mode="livemax", **kw)  # fmt: skip
-        self.ai_attempts = Counter("uhop_ai_generation_attempts", "AI kernel generation attempts, by outcome.",
-                                   ["op", "outcome"], **kw)  # fmt: skip
-        self.ai_promotions = Counter("uhop_ai_promotions", "AI-generated kernels promoted to candidates.",
+        self.ai_attempts = Counter("uhop_ai_generation_attempts", "AI kernel generation attempts, by outcome "
+                                   "(ok, or the rejection category).", ["op", "outcome"], **kw)  # fmt: skip
+        self.ai_promotions = Counter("uhop_ai_promotions", "AI-generated kernels promoted into the store (faster).",
                                      ["op"], **kw)  # fmt: skip
 
 

@@ -285,3 +285,34 @@ def test_grafana_dashboard_uses_only_documented_metrics():
             for name in re.findall(r"\b(uhop_[a-z_]+)", t["expr"]):
                 base = re.sub(r"_(bucket|count|sum)$", "", name)
                 assert f"`{base}" in doc, f"{panel['title']}: {name} is not documented"
+
+
+def test_ai_generation_attempts_and_promotions(tmp_path):
+    pytest.importorskip("openai", reason="needs the openai client: pip install 'uhop[ai]'")
+    out = run(f"""
+    import sys
+    sys.path.insert(0, {str(ROOT / "tests" / "ai")!r})
+    from prometheus_client import CollectorRegistry, generate_latest
+    from uhop import metrics
+    reg = CollectorRegistry()
+    metrics.enable(reg)
+    from fake_server import FakeOpenAI, code_reply
+    from test_ai_loop import BASELINE, DIMS, FAST, SHAPE, WRONG
+    from uhop.ai import FactoryOptions, generate
+    from uhop.backends.user import add_kernel
+    from uhop.tune.tuner import tune
+    p = {str(tmp_path / "baseline.py")!r}
+    open(p, "w").write(BASELINE)
+    add_kernel(p)
+    tune("softmax", dims=DIMS, backends=["user"])
+    with FakeOpenAI() as fake:
+        fake.push(code_reply(WRONG), code_reply(FAST))
+        res = generate("softmax", SHAPE, options=FactoryOptions(baseline="store", check_wall_s=20.0), rounds=1,
+                       variants=2, base_url=fake.base_url, model="fake-coder", api_key="sk-test", timeout_s=5.0)
+    assert [a.category for a in res.attempts] == ["wrong-result", "ok"], res.attempts
+    print(generate_latest(reg).decode())
+    """, {"UHOP_HOME": str(tmp_path / "home"), "UHOP_TUNE_BUDGET_S": "10", "UHOP_POLICY": "tune"}, timeout=600)
+    fams = _families(out)
+    assert _value(fams, "uhop_ai_generation_attempts_total", op="softmax", outcome="wrong-result") == 1
+    assert _value(fams, "uhop_ai_generation_attempts_total", op="softmax", outcome="ok") == 1
+    assert _value(fams, "uhop_ai_promotions_total", op="softmax") == 1
