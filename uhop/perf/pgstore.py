@@ -28,6 +28,7 @@ from uhop.store import (
     PostgresDB,
     _dumps,
     _num,
+    _quarantine_row,
     measurement_rows,
     replaces,
 )
@@ -207,6 +208,29 @@ class PostgresStore(PostgresDB, ExportImport):
         with self._tx() as cur:
             cur.execute("DELETE FROM kernels WHERE key=%s", (key,))
             return cur.rowcount > 0
+
+    def quarantine(self, key: str, reason: str) -> bool:
+        """As :meth:`uhop.store.SQLiteStore.quarantine`: a ``quarantined`` measurement row and the
+        entry's removal, in one transaction."""
+        now = time.time()
+        with self._tx() as cur:
+            cur.execute(f"SELECT {_KERNEL_COLS} FROM kernels WHERE key=%s FOR UPDATE", (key,))
+            row = cur.fetchone()
+            if row is None:
+                return False
+            e = self._entry(row)
+            cur.executemany(
+                "INSERT INTO measurements(key, op, candidate, status, reason, median_s, spread, n, max_err, created) "
+                "VALUES (%s,%s,%s::jsonb,%s,%s,%s,%s,%s,%s,%s)",
+                measurement_rows(key, e.op, [_quarantine_row(e, reason)], now),
+            )
+            cur.execute("DELETE FROM kernels WHERE key=%s", (key,))
+        return True
+
+    def quarantined(self, content_hash: str) -> bool:
+        _, rows = self._read("SELECT 1 FROM measurements WHERE status='quarantined' AND reason LIKE %s LIMIT 1",
+                             (f"%content_hash={content_hash};%",))  # fmt: skip
+        return bool(rows)
 
     def delete(self, key: str | None = None, op: str | None = None) -> int:
         with self._tx() as cur:
