@@ -268,8 +268,8 @@ def configs(problem: Any, lim: Limits) -> list[tuple[str, dict[str, Any]]]:
     split = ("split", {"CHUNK": chunk, "warps": _warps(chunk), "phases": phases}) if chunk else None
     # stream: rows in flight (programs) x row bytes should stay well inside L2 (50 MB on H100/H200)
     row_bytes = N * ITEMSIZE[problem.dtype]
-    per_sm = 2 if 2 * sm * row_bytes <= 24 * 2**20 else 1
-    stream = ("stream", {"BLOCK": 4096, "warps": 8, "stages": 3, "grid": per_sm})
+    per_sm = 2 if 2 * sm * row_bytes <= 32 * 2**20 else 1
+    stream = ("stream", {"BLOCK": 8192, "warps": 8, "stages": 3, "grid": per_sm})
     if N <= MAX_ROW:
         b1, b2 = row_tiles(N)
         rows = max(1, min(next_pow2(R), ROW_TILE // b1))
