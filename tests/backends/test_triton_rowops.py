@@ -145,3 +145,22 @@ def test_search_space_is_small_and_pruned_by_width():
     # the interpreter (device "cpu") gets the two-launch split: its programs run one at a time
     cpu = ro.configs(_problem("softmax", 3, 40000, device="cpu"), Limits(232448, 1024, 4, (9, 0)))
     assert all(c.get("phases", 2) == 2 for t, c in cpu if t == "split")
+
+
+@pytest.mark.parametrize("op", ["rmsnorm", "layernorm", "softmax"])
+@pytest.mark.parametrize(("shape", "dtype"), [((5, 37), torch.bfloat16), ((4, 96), torch.float32)])
+def test_row_fused_residual_add(rowops, op, shape, dtype):
+    """op(x + residual) and the sum itself (the pre-norm residual stream), in one pass."""
+    n = shape[-1]
+    cfg = {"warps": 4, "ROWS": 2, "grid": "full", "stages": 1, "tiles": 2}
+    x, r = torch.randn(*shape).to(dtype), torch.randn(*shape).to(dtype)
+    w = torch.randn(n).to(dtype) if op != "softmax" else None
+    y, h = rowops.launcher("row", cfg, OPS[op], 1e-5, "cpu")(x, w, None, residual=r)
+    s = x.double() + r.double()
+    torch.testing.assert_close(h.double(), s, rtol=TOL[dtype], atol=TOL[dtype])
+    ref = reference(op, s, w, None, 1e-5)
+    assert float((y.double() - ref).norm() / ref.norm()) < TOL[dtype]
+    with pytest.raises(ValueError, match="residual"):
+        rowops.launcher("stream", {"BLOCK": 64, "warps": 4, "stages": 1, "grid": 1}, 0, 0.0, "cpu")(
+            x, residual=r
+        )

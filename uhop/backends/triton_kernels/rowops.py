@@ -148,10 +148,19 @@ def _row_out(x, mask, col, wmask, y_ptrs, w_ptr, b_ptr, m, s, mean, inv,
 
 
 @triton.jit
+def _add_residual(x, r_ptr, h_ptr, offs, mask, HAS_R: tl.constexpr):
+    """x + residual (fp32), the sum also written to h in x's dtype (the pre-norm residual stream)."""
+    if HAS_R:
+        x = x + tl.load(r_ptr + offs, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        tl.store(h_ptr + offs, x.to(h_ptr.dtype.element_ty), mask=mask)
+    return x
+
+
+@triton.jit
 def _row_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr, R, NV, SV, eps,
+    x_ptr, w_ptr, b_ptr, y_ptr, r_ptr, h_ptr, R, NV, SV, eps,
     OP: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, VEC: tl.constexpr, ALIGNED: tl.constexpr,
-    ROWS: tl.constexpr, BLOCK: tl.constexpr, BLOCK2: tl.constexpr, STAGES: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK: tl.constexpr, BLOCK2: tl.constexpr, STAGES: tl.constexpr, HAS_R: tl.constexpr = False,
 ):  # fmt: skip
     # ALIGNED: N = NV * VEC and the row stride SV * VEC; else N = NV, row stride SV (== N: x and y
     # rows must have the same alignment, which build() ensures). The body is one tile of BLOCK
@@ -176,7 +185,7 @@ def _row_kernel(
         a, nb, hd, b, end = _bounds(start, N, VEC, ALIGNED)
         bm = rmask[:, None] & (idx[None, :] < nb[:, None])
         x = tl.load(x_ptr + a[:, None] + idx[None, :], mask=bm, other=0.0, eviction_policy="evict_first")
-        x = x.to(tl.float32)
+        x = _add_residual(x.to(tl.float32), r_ptr, h_ptr, a[:, None] + idx[None, :], bm, HAS_R)
         x2 = x
         bm2 = bm
         if TWO:
@@ -184,7 +193,7 @@ def _row_kernel(
             x2 = tl.load(
                 x_ptr + a[:, None] + idx2[None, :], mask=bm2, other=0.0, eviction_policy="evict_first"
             )
-            x2 = x2.to(tl.float32)
+            x2 = _add_residual(x2.to(tl.float32), r_ptr, h_ptr, a[:, None] + idx2[None, :], bm2, HAS_R)
         xh = x
         hm = bm
         xt = x
@@ -194,6 +203,8 @@ def _row_kernel(
             tm = rmask[:, None] & (hidx[None, :] < (end - b)[:, None])
             xh = tl.load(x_ptr + start[:, None] + hidx[None, :], mask=hm, other=0.0).to(tl.float32)
             xt = tl.load(x_ptr + b[:, None] + hidx[None, :], mask=tm, other=0.0).to(tl.float32)
+            xh = _add_residual(xh, r_ptr, h_ptr, start[:, None] + hidx[None, :], hm, HAS_R)
+            xt = _add_residual(xt, r_ptr, h_ptr, b[:, None] + hidx[None, :], tm, HAS_R)
         m, s, mean, inv = _row_stats(x, bm, x2, bm2, xh, hm, xt, tm, N, eps, OP, TWO, not ALIGNED)
         if ALIGNED:  # one weight row for every row: [1, BLOCK] loads, vectorized
             _row_out(x, bm, idx[None, :], idx[None, :] < N, y_ptr + a[:, None] + idx[None, :], w_ptr, b_ptr,
@@ -317,7 +328,8 @@ def launcher(template: str, cfg: dict[str, Any], op: int, eps: float, device: st
     warps = cfg["warps"]
     sm = limits(device).sm_count
 
-    def run(x, w=None, b=None):
+    def run(x, w=None, b=None, residual=None):
+        """y = op(x) (op(x + residual), returning (y, x + residual), when ``residual`` is given)."""
         N = x.shape[-1]
         x2 = x.reshape(-1, N)
         if not x2.is_contiguous():  # x and y rows must share their alignment
@@ -329,6 +341,9 @@ def launcher(template: str, cfg: dict[str, Any], op: int, eps: float, device: st
         wt = w if w is not None else y
         bt = b if b is not None else y
         flags = {"OP": op, "HAS_W": w is not None, "HAS_B": b is not None}
+        if residual is not None and (template != "row" or tuple(residual.shape) != tuple(x.shape)):
+            raise ValueError(f"residual: the row template fuses one of x's shape {tuple(x.shape)}; got "
+                             f"{tuple(residual.shape)} with template {template!r}")  # fmt: skip
         if template == "loop":
             lk._row_loop_kernel[(R,)](
                 x2, wt, bt, y, N, N, N, eps, BLOCK=cfg["BLOCK"], num_warps=warps, **flags
@@ -343,8 +358,14 @@ def launcher(template: str, cfg: dict[str, Any], op: int, eps: float, device: st
             b1, b2 = row_tiles(N, cfg.get("tiles", 1) == 2)
             blocks = triton.cdiv(R, rows)
             grid = blocks if cfg["grid"] == "full" else min(blocks, int(cfg["grid"]) * sm)
-            _row_kernel[(grid,)](x2, wt, bt, y, R, nv, nv, eps, ROWS=rows, BLOCK=b1, BLOCK2=b2,
-                                 STAGES=cfg["stages"], num_warps=warps, **flags)  # fmt: skip
+            r = h = y
+            if residual is not None:
+                r = residual.reshape(R, N).contiguous()
+                h = torch.empty_like(y)
+            _row_kernel[(grid,)](x2, wt, bt, y, r, h, R, nv, nv, eps, ROWS=rows, BLOCK=b1, BLOCK2=b2,
+                                 STAGES=cfg["stages"], HAS_R=residual is not None, num_warps=warps, **flags)  # fmt: skip
+            if residual is not None:
+                return y.reshape(x.shape), h.reshape(x.shape)
             return y.reshape(x.shape)
         if template == "stream":
             grid = min(R, int(cfg["grid"]) * sm)
