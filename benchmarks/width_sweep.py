@@ -186,7 +186,7 @@ def run_case(op, R, N, dtype, arity, expr, opts, copy) -> dict[str, Any]:
         torch.cuda.synchronize()
         row["first_call_s"] = round(time.perf_counter() - t0, 2)
         if hasattr(uhop, "wait"):
-            uhop.wait()
+            row["tuning_done"] = bool(uhop.wait(timeout=opts.wait_s))
             row["waited_s"] = round(time.perf_counter() - t0, 2)
         fns["uhop"] = uf
     for name, f in fns.items():
@@ -246,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         "--oracle", action="store_true", help="also time every Triton candidate (labelled oracle)"
     )
     ap.add_argument("--deadline-s", type=float, default=480.0, help="time the product path only before this")
+    ap.add_argument("--wait-s", type=float, default=60.0, help="longest uhop.wait() for background tuning")
     ap.add_argument("--stop-s", type=float, default=1e9, help="start no case after this many seconds")
     opts = ap.parse_args(argv)
     opts.deadline = time.monotonic() + opts.deadline_s
