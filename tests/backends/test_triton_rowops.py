@@ -138,6 +138,7 @@ def test_search_space_is_small_and_pruned_by_width():
         if N > ro.MAX_ROW:
             assert first == ("stream" if R >= h200.sm_count else "split")
         for t, cfg in cands:
+            assert cfg["warps"] & (cfg["warps"] - 1) == 0, cfg  # num_warps: a power of two (5120 once gave 10)
             if t == "split" and cfg["phases"] == 1:
                 assert -(-N // cfg["CHUNK"]) <= h200.sm_count
     assert ro.row_tiles(5120) == (4096, 1024) and ro.row_tiles(11008) == (8192, 4096)

@@ -234,7 +234,9 @@ PER_THREAD = 16
 
 
 def _warps(elems: int, lo: int = 4, hi: int = 16) -> int:
-    return max(lo, min(hi, elems // (32 * PER_THREAD)))
+    """A power of two (Triton's num_warps must be one) near elems / PER_THREAD threads."""
+    w = max(1, elems // (32 * PER_THREAD))
+    return max(lo, min(hi, 1 << (w.bit_length() - 1)))
 
 
 def split_chunk(R: int, N: int, sm: int, resident: bool) -> int | None:
