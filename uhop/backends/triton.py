@@ -42,7 +42,8 @@ class TritonBackend(Backend):
     array = "torch"
     source_modules = (
         "uhop.backends.triton_kernels", "uhop.backends.triton_kernels.matmul", "uhop.backends.triton_kernels.rowops",
-        "uhop.backends.triton_kernels.elementwise", "uhop.backends.triton_kernels.attention",
+        "uhop.backends.triton_kernels.rows_long", "uhop.backends.triton_kernels.elementwise",
+        "uhop.backends.triton_kernels.attention",
         "uhop.backends.triton_kernels.conv2d",
     )  # fmt: skip
     devices = ("cuda",)
