@@ -377,7 +377,7 @@ class NumbaBackend(Backend):
             return False
         if problem.op == "elementwise":
             return expr_supported(ex.parse(problem.param["expr"]))
-        return True
+        return not problem.param.get("trans_b", False)  # its matmul kernels read b as (K, N)
 
     def candidates(self, problem: Problem) -> list[Candidate]:
         c = Candidate.of

@@ -47,6 +47,19 @@ def _gelu(x, out):
     return np.multiply(x, out, out=out)
 
 
+def _gelu_tanh(x, out):
+    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), GELU's tanh form (matmul epilogue only)."""
+    np.multiply(x, x, out=out)
+    out *= 0.044715
+    out += 1.0
+    out *= x
+    out *= math.sqrt(2.0 / math.pi)
+    np.tanh(out, out=out)
+    out += 1.0
+    out *= 0.5
+    return np.multiply(x, out, out=out)
+
+
 def _rsqrt(x, out):
     np.sqrt(x, out=out)
     return np.reciprocal(out, out=out)
@@ -177,11 +190,11 @@ def norm_kernel(kind: str, eps: float, block: int) -> Kernel:
     return kernel
 
 
-def matmul_kernel(activation: str, dtype: str) -> Kernel:
-    act = None if activation == "none" else INPLACE[activation]
+def matmul_kernel(activation: str, dtype: str, trans_b: bool = False) -> Kernel:
+    act = None if activation == "none" else _gelu_tanh if activation == "gelu_tanh" else INPLACE[activation]
 
     def kernel(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
-        y = np.matmul(a, b)
+        y = np.matmul(a, np.swapaxes(b, -1, -2) if trans_b else b)  # a transposed view: BLAS reads it as is
         if bias is not None:
             y += bias
         if act is not None:
@@ -259,7 +272,7 @@ class NumpyBackend(Backend):
     def compile(self, candidate: Candidate, problem: Problem) -> Kernel:
         p, cfg = problem.param, candidate.cfg
         if problem.op == "matmul":
-            return matmul_kernel(p["activation"], problem.dtype)
+            return matmul_kernel(p["activation"], problem.dtype, p.get("trans_b", False))
         if problem.op == "attention":
             return attention_kernel(p["causal"])
         if problem.op == "conv2d":

@@ -75,12 +75,27 @@ def _with_tf32(kernel: Kernel, allow: bool) -> Kernel:
     return run
 
 
+def _gelu_tanh(y):
+    import torch.nn.functional as F
+
+    return F.gelu(y, approximate="tanh")
+
+
+def _reading_b_transposed(kernel: Kernel) -> Kernel:
+    """matmul with trans_b: b is (N, K); its .mT view goes to BLAS as a transposed operand."""
+
+    def kernel_nk(a, b, bias=None):
+        return kernel(a, b.mT, bias)
+
+    return kernel_nk
+
+
 def _padded_matmul(activation: str, to: int) -> Kernel:
     """cuBLAS on operands zero-padded so K and N are multiples of ``to`` (aligned rows)."""
     import torch
     import torch.nn.functional as F
 
-    act = {"none": None, "relu": torch.relu, "gelu": F.gelu, "silu": F.silu}[activation]
+    act = {"none": None, "relu": torch.relu, "gelu": F.gelu, "silu": F.silu, "gelu_tanh": _gelu_tanh}[activation]
 
     def mm(a, b, bias=None):
         K, N = b.shape[-2], b.shape[-1]
@@ -154,6 +169,8 @@ class TorchBackend(Backend):
 
     def compile(self, candidate: Candidate, problem: Problem) -> Kernel:
         kernel = self._compile(candidate, problem)
+        if problem.op == "matmul" and problem.param.get("trans_b"):
+            kernel = _reading_b_transposed(kernel)
         if problem.op == "matmul" and problem.dtype == "float32" and problem.device.startswith("cuda"):
             return _with_tf32(kernel, problem.param.get("precision") == "tf32")
         return kernel
@@ -178,7 +195,7 @@ class TorchBackend(Backend):
         if op == "matmul" and candidate.template == "pad":
             return _padded_matmul(p["activation"], int(cfg["to"]))
         if op == "matmul":
-            act = {"none": None, "relu": torch.relu, "gelu": F.gelu, "silu": F.silu}[p["activation"]]
+            act = {"none": None, "relu": torch.relu, "gelu": F.gelu, "silu": F.silu, "gelu_tanh": _gelu_tanh}[p["activation"]]
 
             def mm(a, b, bias=None):
                 if bias is not None and a.dim() == 2:

@@ -94,6 +94,7 @@ class Partitioner:
                 for rule in rules:
                     if rule(node):
                         break
+            self.g.eliminate_dead_code()
         self.g.eliminate_dead_code()
         self.g.lint()
         self.gm.recompile()
