@@ -207,9 +207,13 @@ def matmul_kernel(activation: str, dtype: str, trans_b: bool = False) -> Kernel:
 
 
 def attention_kernel(causal: bool) -> Kernel:
-    def kernel(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+    def kernel(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         s = np.matmul(q, np.swapaxes(k, -1, -2))
         s *= q.dtype.type(1.0 / math.sqrt(q.shape[-1]))
+        if mask is not None:
+            from uhop.ops.attention import apply_mask
+
+            s = apply_mask(s, mask, False).astype(q.dtype, copy=False)
         if causal:
             S, L = s.shape[-2], s.shape[-1]
             s[..., np.triu(np.ones((S, L), dtype=bool), k=1)] = -np.inf

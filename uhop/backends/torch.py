@@ -75,6 +75,20 @@ def _with_tf32(kernel: Kernel, allow: bool) -> Kernel:
     return run
 
 
+def _sdpa(q, k, v, mask, causal):
+    """SDPA with UHOP's attention semantics: a mask and ``causal`` may come together (torch's SDPA
+    refuses both, so the causal part joins the mask)."""
+    import torch
+    import torch.nn.functional as F
+
+    if mask is not None and causal:
+        S, L = q.shape[-2], k.shape[-2]
+        keep = torch.ones(S, L, dtype=torch.bool, device=q.device).tril()
+        mask = (mask & keep) if mask.dtype == torch.bool else mask.masked_fill(~keep, float("-inf"))
+        causal = False
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+
+
 def _gelu_tanh(y):
     import torch.nn.functional as F
 
@@ -230,24 +244,22 @@ class TorchBackend(Backend):
                 backend = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
                            "efficient": SDPBackend.EFFICIENT_ATTENTION}[cfg["impl"]]  # fmt: skip
 
-                def pinned(q, k, v):
+                def pinned(q, k, v, mask=None):
                     three = q.dim() == 3  # the fused kernels want (batch, heads, seq, dim)
                     if three:
                         q, k, v = q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0)
                     with sdpa_kernel(backend):
-                        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+                        out = _sdpa(q, k, v, mask, causal)
                     return out.squeeze(0) if three else out
 
                 return pinned
             if candidate.template == "sdpa":
-                return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+                return lambda q, k, v, mask=None: _sdpa(q, k, v, mask, causal)
 
-            def naive(q, k, v):
-                s = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
-                if causal:
-                    S, L = s.shape[-2], s.shape[-1]
-                    mask = torch.ones(S, L, dtype=torch.bool, device=s.device).triu(1)
-                    s = s.masked_fill(mask, float("-inf"))
+            def naive(q, k, v, mask=None):
+                from uhop.ops.attention import apply_mask
+
+                s = apply_mask(torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1])), mask, causal)
                 return torch.matmul(torch.softmax(s, dim=-1), v)
 
             return naive

@@ -119,13 +119,13 @@ def _check(kind: str, args: Sequence[Any], kernel: Kernel, problem: Any) -> tupl
 # ---- plans: the UHOP problem a region poses, and how to call its kernel -------------------------
 def _resolve(op: str, args: Sequence[Any], params: dict[str, Any]) -> tuple[Any, Kernel, str]:
     from uhop.dispatch import _adapt, make_problem, resolve
-    from uhop.errors import InputError, NoCandidateError
+    from uhop.errors import InputError, NoCandidateError, UnknownOpError
     from uhop.ops import get as get_op
 
     try:
         problem = make_problem(get_op(op), args, params)
         kernel, backend, cand = resolve(problem)
-    except (InputError, NoCandidateError) as exc:
+    except (InputError, NoCandidateError, UnknownOpError) as exc:
         raise Fallback(f"{op}: {exc}") from None
     return problem, _adapt(kernel, backend, problem), cand.id
 
