@@ -390,13 +390,18 @@ class Optimized:
 
 
 
-def optimize(op: str, *, policy: str | None = None, **params: Any) -> Callable[[Callable[..., Any]], Any]:
-    """Decorate a plain function whose semantics are ``op``.
+def optimize(op: str | None = None, *, policy: str | None = None, **params: Any) -> Callable[[Callable[..., Any]], Any]:
+    """Decorate a plain function whose semantics are ``op``; without ``op``, the whole function
+    is compiled as a graph (:func:`uhop.jit`: numpy or torch code, regions served by UHOP).
 
     ``params`` fix op parameters (``activation="gelu"``, ``causal=True``, ``eps=1e-6``);
     discrete ones left out are inferred by probing the function. ``policy`` overrides
     ``UHOP_POLICY`` for this function. With ``UHOP_DISABLE=1`` the function is returned as is.
     """
+    if op is None:
+        from uhop.compile.jit import jit
+
+        return jit(**params)
     spec = get_op(op)  # unknown op: fail at decoration time, not at first call
     spec.normalize_params({k: v for k, v in params.items()})
     if policy is not None and policy not in ("tune", "fast"):
