@@ -35,10 +35,26 @@ RELU = {F.relu, torch.relu, "relu"}
 SILU = {F.silu}
 
 
+def _target(node: fx.Node) -> Any:
+    """The call's target; numpy code traced by Dynamo (``uhop.jit``) calls wrappers of
+    ``torch._numpy`` on tensors: ``a @ b`` is a wrapper of ``operator.matmul``, ``np.matmul`` one of
+    a function named ``matmul`` (matched by name, as a method is)."""
+    t = node.target
+    kind = type(t).__name__
+    if kind == "numpy_operator_wrapper":
+        return t.op
+    if kind == "numpy_to_tensor_wrapper":
+        return t.f.__name__
+    return t
+
+
 def _is(node: fx.Node, targets: set) -> bool:
-    if node.op == "call_function":
-        return node.target in targets
-    return node.op == "call_method" and node.target in targets
+    if node.op not in ("call_function", "call_method"):
+        return False
+    try:
+        return _target(node) in targets
+    except TypeError:  # an unhashable target
+        return False
 
 
 def _arg(node: fx.Node, i: int, name: str, default: Any = None) -> Any:
@@ -53,11 +69,15 @@ def _val(n: Any) -> Any:
 
 
 def _nbytes(n: Any) -> int:
+    """Bytes of a node's value at the example shape; 0 if unknown. Never calls int() on a
+    symbolic size: that would specialize it (a guard per length: a recompile per token)."""
     v = _val(n)
-    try:
-        return int(v.numel()) * v.element_size()
-    except Exception:  # symbolic sizes: unknown
+    if not isinstance(v, torch.Tensor):
         return 0
+    dims = [s.node.hint if isinstance(s, torch.SymInt) else s for s in v.shape]
+    if any(not isinstance(d, int) for d in dims):
+        return 0
+    return math.prod(dims) * v.element_size()
 
 
 def _activation_of(node: fx.Node) -> str | None:
@@ -209,7 +229,7 @@ class Partitioner:
             c = cur.args[1]
             if not isinstance(c, (int, float)):
                 return False
-            scale = float(c) if cur.target in (operator.mul, torch.mul, "mul") else 1.0 / float(c)
+            scale = float(c) if _target(cur) in (operator.mul, torch.mul, "mul") else 1.0 / float(c)
             fused.append(cur)
             cur = cur.args[0]
         if not (_is(cur, MATMUL) and _only_user(cur) is not None and len(cur.args) == 2):

@@ -138,7 +138,9 @@ def _register(kind: str) -> None:
     ref, op, nt = REFERENCE[kind], OPS[kind], N_TENSORS[kind]
 
     def fake(*args):
-        return ref(*args)  # on fake tensors the aten reference computes only shapes and dtypes
+        # on fake tensors the aten reference computes only shapes and dtypes; outputs are
+        # contiguous by contract (Inductor asserts the strides the fake kernel promises)
+        return ref(*args).contiguous()
 
     op.register_fake(fake)
 
