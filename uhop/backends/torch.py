@@ -89,6 +89,18 @@ def _sdpa(q, k, v, mask, causal):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
 
 
+def _gelu_tanh_(y):
+    import torch
+
+    return torch._C._nn.gelu_(y, approximate="tanh")
+
+
+def _silu_(y):
+    import torch.nn.functional as F
+
+    return F.silu(y, inplace=True)
+
+
 def _gelu_tanh(y):
     import torch.nn.functional as F
 
@@ -209,7 +221,11 @@ class TorchBackend(Backend):
         if op == "matmul" and candidate.template == "pad":
             return _padded_matmul(p["activation"], int(cfg["to"]))
         if op == "matmul":
-            act = {"none": None, "relu": torch.relu, "gelu": F.gelu, "silu": F.silu, "gelu_tanh": _gelu_tanh}[p["activation"]]
+            # in place on the fresh product (no second output tensor) unless autograd records it
+            act_ = {"none": None, "relu": torch.relu_, "gelu": torch._C._nn.gelu_, "silu": _silu_,
+                    "gelu_tanh": _gelu_tanh_}[p["activation"]]
+            act_out = {"none": None, "relu": torch.relu, "gelu": F.gelu, "silu": F.silu,
+                       "gelu_tanh": _gelu_tanh}[p["activation"]]
 
             def mm(a, b, bias=None):
                 if bias is not None and a.dim() == 2:
@@ -218,7 +234,9 @@ class TorchBackend(Backend):
                     y = torch.matmul(a, b)
                     if bias is not None:
                         y = y + bias
-                return act(y) if act is not None else y
+                if act_ is None:
+                    return y
+                return act_out(y) if y.requires_grad else act_(y)
 
             return mm
         if op == "softmax":

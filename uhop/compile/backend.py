@@ -53,6 +53,32 @@ class CompileOptions:
         return cls(rest, o.get("mode", mode), buckets)
 
 
+def _cache_salt() -> Any:
+    """A no-op Inductor pass whose uuid hashes uhop/compile's sources: Inductor's on-disk cache
+    keys a graph by its ops, not by the fake kernels of custom ops, so without it code compiled
+    against an older ``torch.ops.uhop`` (other output strides) would be reused."""
+    global _SALT
+    if _SALT is None:
+        from pathlib import Path
+
+        from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
+
+        files = tuple(sorted(str(p) for p in Path(__file__).parent.glob("*.py")))
+
+        class UhopCacheSalt(CustomGraphPass):
+            def __call__(self, graph: fx.Graph) -> None:
+                return None
+
+            def uuid(self) -> Any:
+                return get_hash_for_files(files)
+
+        _SALT = UhopCacheSalt()
+    return _SALT
+
+
+_SALT = None
+
+
 def _compile_id() -> tuple[str, bool]:
     """(frame name, whether this graph recompiles a frame Dynamo compiled before)."""
     try:
@@ -90,7 +116,8 @@ def uhop_backend(gm: fx.GraphModule, example_inputs: list[Any], mode: str | None
         from torch._inductor import list_mode_options
         from torch._inductor.compile_fx import compile_fx
 
-        patches = list_mode_options(opts.mode) if opts.mode else {}
+        patches = dict(list_mode_options(opts.mode)) if opts.mode else {}
+        patches["post_grad_custom_post_pass"] = _cache_salt()
         compiled = compile_fx(gm, example_inputs, config_patches=patches)
     name, recompile = _compile_id()
     REPORT.add_graph(GraphCompiled(len(REPORT.graphs), name, nodes, regions, opts.rest, opts.mode or "default",

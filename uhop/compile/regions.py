@@ -72,6 +72,17 @@ N_TENSORS = {"linear": 3, "matmul": 2, "layer_norm": 3, "rms_norm": 2, "softmax"
              "embedding": 2, "conv2d": 3, "conv_bn": 7}
 
 
+def conform(kind: str, out: Tensor) -> Tensor:
+    """The output layout a region promises (its fake kernel and its runtime agree on it, as
+    Inductor asserts): 4-D attention as aten's fused SDPA kernels lay it out, (B, H, S, D) over
+    (B, S, H, D) memory, so the usual ``transpose(1, 2).reshape(B, S, H*D)`` after it is free;
+    everything else contiguous. A kernel that already matches is returned as is (no copy)."""
+    if kind == "attention" and out.dim() == 4:
+        bshd = out.transpose(1, 2)
+        return out if bshd.is_contiguous() else bshd.contiguous().transpose(1, 2)
+    return out if out.is_contiguous() else out.contiguous()
+
+
 def _run(kind: str, *args):
     from uhop.compile.runtime import run_region
 
@@ -138,9 +149,9 @@ def _register(kind: str) -> None:
     ref, op, nt = REFERENCE[kind], OPS[kind], N_TENSORS[kind]
 
     def fake(*args):
-        # on fake tensors the aten reference computes only shapes and dtypes; outputs are
-        # contiguous by contract (Inductor asserts the strides the fake kernel promises)
-        return ref(*args).contiguous()
+        # on fake tensors the aten reference computes only shapes, dtypes and (via conform) the
+        # layout the runtime promises: Inductor asserts the strides a fake kernel returns
+        return conform(kind, ref(*args))
 
     op.register_fake(fake)
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from uhop.compile.regions import N_TENSORS, REFERENCE
+from uhop.compile.regions import N_TENSORS, REFERENCE, conform
 from uhop.compile.report import REPORT, RegionRun
 
 Kernel = Callable[..., Tensor]
@@ -46,8 +46,7 @@ def run_region(kind: str, args: Sequence[Any]) -> Tensor:
         with _lock:
             k = _kernels.get(sig) or _first_use(kind, args)
             _kernels[sig] = k
-    out = k(*args)
-    return out if out.is_contiguous() else out.contiguous()  # the fake kernels promise contiguous
+    return conform(kind, k(*args))  # the layout the fake kernel promised
 
 
 def clear() -> None:
