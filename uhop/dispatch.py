@@ -224,7 +224,7 @@ def call_op(op_name: str, args: Sequence[Any], params: Mapping[str, Any]) -> Any
     if k is not None:
         return k(*args)
     spec = get_op(op_name)
-    if settings().disable:
+    if settings().disable or _is_probing():
         return _reference_call(spec, args, params)
     if any(_foreign(a) for a in args):
 
@@ -262,6 +262,15 @@ def _reference_call(spec: Op, args: Sequence[Any], params: Mapping[str, Any]) ->
 
 
 # ---- @uhop.optimize ---------------------------------------------------------------------------
+#: set while a decorated function is probed at small shapes: nested decorated functions and
+#: uhop.ops calls inside it run as written (no tuning, no store entries at the probe's shapes)
+_probing = threading.local()
+
+
+def _is_probing() -> bool:
+    return getattr(_probing, "depth", 0) > 0
+
+
 def _small_like(args: Sequence[Any], rng: np.random.Generator) -> list[Any]:
     """Random inputs shaped like ``args`` with every dim capped at 8 (equal dims stay equal, so
     shape relations such as a shared K survive)."""
@@ -295,6 +304,12 @@ class Optimized:
         self._lock = threading.Lock()
         functools.update_wrapper(self, fn)
 
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        """A decorated method binds like a function: ``ln.forward(x)`` calls ``fn(ln, x)``."""
+        if obj is None:
+            return self
+        return functools.partial(self.__call__, obj)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if kwargs:
             args = self._bind(args, kwargs)
@@ -313,11 +328,45 @@ class Optimized:
 
     # ---- first call with a new signature ----------------------------------------------------
     def _miss(self, args: tuple[Any, ...]) -> Any:
-        if settings().disable or not all(a is None or is_array(a) for a in args):
+        if settings().disable or _is_probing():
             return self.fn(*args)  # not cached: lifting UHOP_DISABLE takes effect at once
-        kernel = self._kernel_for(args)
+        if all(a is None or is_array(a) for a in args):
+            kernel = self._kernel_for(args)
+        else:
+            kernel = self._kernel_with_call_params(args)
         self._kernels[tuple(map(_arg_sig, args))] = kernel
         return kernel(*args)
+
+    def _kernel_with_call_params(self, args: tuple[Any, ...]) -> Callable[..., Any]:
+        """Non-array arguments named as op params (``layer_norm(x, w, b, eps=1e-5)``, or
+        ``**params``) become op params for this signature; the kernel gets the arrays. Any other
+        non-array argument (a module, a list): the function runs as written."""
+        names = list(self._sig.parameters)
+        known = {p.name for p in self.spec.params}
+        arrays = [i for i, a in enumerate(args) if a is None or is_array(a)]
+        call_params = {}
+        for i, a in enumerate(args):
+            if i in arrays:
+                continue
+            if i >= len(names) or names[i] not in known or not isinstance(a, (bool, int, float, str)):
+                return self.fn
+            call_params[names[i]] = a
+        if not arrays:
+            return self.fn
+        fixed = {i: a for i, a in enumerate(args) if i not in arrays}
+
+        def fn_of_arrays(*xs: Any) -> Any:
+            full, it = [], iter(xs)
+            for i in range(len(args)):
+                full.append(fixed[i] if i in fixed else next(it))
+            return self.fn(*full)
+
+        inner = Optimized(fn_of_arrays, self.spec.name, {**self.params, **call_params}, self.policy)
+        inner.__qualname__ = getattr(self.fn, "__qualname__", "function")
+        kernel = inner._kernel_for(tuple(args[i] for i in arrays))
+        if kernel is fn_of_arrays:
+            return self.fn
+        return lambda *a: kernel(*[a[i] for i in arrays])
 
     def _kernel_for(self, args: Sequence[Any]) -> Callable[..., Any]:
         """What to call for arguments like ``args``: UHOP's kernel, or the function itself when it
@@ -376,7 +425,11 @@ class Optimized:
             except InputError as exc:
                 # Inputs the op cannot take: raise as the reference would (clear, names the argument).
                 raise InputError(f"{name}: {exc}") from None
-            v = agrees(self.fn, self.spec.reference, small, problem)
+            _probing.depth = getattr(_probing, "depth", 0) + 1
+            try:
+                v = agrees(self.fn, self.spec.reference, small, problem)
+            finally:
+                _probing.depth -= 1
             if v.ok:
                 log.debug("%s implements %s with %s", name, self.spec.name, params)
                 return params

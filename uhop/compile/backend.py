@@ -8,7 +8,10 @@ options={...})`` or the environment:
 * ``rest``: ``"inductor"`` or ``"eager"`` (``UHOP_COMPILE_REST``) — who runs what UHOP does not;
 * ``mode``: an Inductor mode for the rest (``"max-autotune-no-cudagraphs"``...);
 * ``buckets``: ``"pow2"`` (default) or ``"exact"`` (``UHOP_COMPILE_BUCKETS``) — region problems
-  share one tuning per power-of-two shape class, so a generate loop does not tune per token.
+  share one tuning per power-of-two shape class, so a generate loop does not tune per token;
+* ``backends``: the backends region problems are tuned over (``UHOP_COMPILE_BACKENDS``, comma
+  separated; ``all`` for every backend). Default ``torch,triton``: kernels that take torch tensors
+  and share torch's thread pool (see ``runtime.BACKENDS``).
 
 Dynamic shapes are Dynamo's: a dim that changes between calls is made symbolic on the first
 recompile (``torch._dynamo.config.automatic_dynamic_shapes``), or up front with
@@ -37,20 +40,29 @@ class CompileOptions:
     rest: str = "inductor"
     mode: str | None = None
     buckets: str = "pow2"
+    backends: tuple[str, ...] = ("torch", "triton")
 
     @classmethod
     def make(cls, options: dict[str, Any] | None = None, mode: str | None = None) -> CompileOptions:
         o = dict(options or {})
-        unknown = set(o) - {"rest", "mode", "buckets"}
+        unknown = set(o) - {"rest", "mode", "buckets", "backends"}
         if unknown:
-            raise ValueError(f"backend='uhop' options: unknown {sorted(unknown)}; known: rest, mode, buckets")
+            raise ValueError(f"backend='uhop' options: unknown {sorted(unknown)}; known: rest, mode, buckets, backends")
+        names = o.get("backends", os.environ.get("UHOP_COMPILE_BACKENDS", "torch,triton"))
+        if isinstance(names, str):
+            names = () if names.strip() == "all" else tuple(n.strip() for n in names.split(",") if n.strip())
+        from uhop.backends import REGISTRY
+
+        bad = [n for n in names if n not in REGISTRY]
+        if bad:
+            raise ValueError(f"backend='uhop' option backends: unknown {bad}; known: {', '.join(REGISTRY)}, or 'all'")
         rest = o.get("rest", os.environ.get("UHOP_COMPILE_REST", "inductor"))
         buckets = o.get("buckets", os.environ.get("UHOP_COMPILE_BUCKETS", "pow2"))
         if rest not in ("inductor", "eager"):
             raise ValueError(f"backend='uhop' option rest must be 'inductor' or 'eager', got {rest!r}")
         if buckets not in ("pow2", "exact"):
             raise ValueError(f"backend='uhop' option buckets must be 'pow2' or 'exact', got {buckets!r}")
-        return cls(rest, o.get("mode", mode), buckets)
+        return cls(rest, o.get("mode", mode), buckets, tuple(names))
 
 
 def _cache_salt() -> Any:
@@ -105,6 +117,7 @@ def uhop_backend(gm: fx.GraphModule, example_inputs: list[Any], mode: str | None
     opts = CompileOptions.make(options, mode)
     t0 = time.perf_counter()
     runtime.BUCKETS["value"] = opts.buckets
+    runtime.BACKENDS["value"] = opts.backends
     # inference-only fusions (batchnorm folded into conv) only when autograd cannot need them
     training = torch.is_grad_enabled() and any(
         isinstance(t, torch.Tensor) and t.requires_grad for t in example_inputs)

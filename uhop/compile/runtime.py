@@ -26,6 +26,11 @@ _checked: dict[str, Kernel] = {}  # problem key (shape class) -> kernel, checked
 _lock = threading.RLock()
 #: shape classes for region problems ("pow2": a generate loop shares one tuning per power of two)
 BUCKETS = {"value": "pow2"}
+#: backends region problems are tuned over (empty: all). Default: those taking torch tensors:
+#: numpy/numba kernels run on their own thread pools (OpenBLAS, numba's), which measured well
+#: alone but contended with torch's OpenMP pool between the torch ops of a model (a GPT-2 block
+#: at B1 T64 on 2 cores ran 1.6x slower than with torch-only regions)
+BACKENDS = {"value": ("torch", "triton")}
 
 
 class Fallback(Exception):
@@ -64,7 +69,7 @@ def _first_use(kind: str, args: Sequence[Any]) -> Kernel:
     if settings().disable:
         return ref
     try:
-        with override(shape_buckets=BUCKETS["value"]):
+        with override(shape_buckets=BUCKETS["value"], backends=BACKENDS["value"]):
             problem, kernel, kernel_id = _plan(kind, args)
             key = problem.key(BUCKETS["value"])
     except Fallback as exc:
