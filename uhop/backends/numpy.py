@@ -248,7 +248,7 @@ class NumpyBackend(Backend):
     name = "numpy"
     array = "numpy"
     vendor = True
-    ops = ("matmul", "softmax", "layernorm", "rmsnorm", "elementwise", "attention", "conv2d")
+    ops = ("matmul", "softmax", "layernorm", "rmsnorm", "elementwise", "attention", "conv2d", "embedding")
     dtypes = ("float32", "float64", "float16")
 
     def _probe(self) -> tuple[bool, str]:
@@ -268,6 +268,8 @@ class NumpyBackend(Backend):
             return [c("numpy", "eager")]
         if op == "conv2d":
             return [c("numpy", "im2col")]
+        if op == "embedding":
+            return [c("numpy", "take")]
         # Row ops and chains: block=0 is the eager baseline; blocks keep temporaries in L2.
         if op == "elementwise":
             return [c("numpy", "blocked", block=b) for b in (16384, 65536, 262144)] + [c("numpy", "eager", block=0)]
@@ -281,6 +283,8 @@ class NumpyBackend(Backend):
             return attention_kernel(p["causal"])
         if problem.op == "conv2d":
             return conv2d_kernel(p["stride"], p["padding"])
+        if problem.op == "embedding":
+            return lambda w, idx: np.take(w, idx, axis=0)
         if problem.op == "elementwise":
             return elementwise_kernel(p["expr"], problem.dtype, cfg["block"])
         if problem.op == "softmax":

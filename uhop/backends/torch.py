@@ -145,7 +145,7 @@ class TorchBackend(Backend):
     array = "torch"
     devices = ("cpu", "cuda")
     vendor = True
-    ops = ("matmul", "softmax", "layernorm", "rmsnorm", "elementwise", "attention", "conv2d")
+    ops = ("matmul", "softmax", "layernorm", "rmsnorm", "elementwise", "attention", "conv2d", "embedding")
     dtypes = ("float32", "float64", "float16", "bfloat16")
 
     def _probe(self) -> tuple[bool, str]:
@@ -241,6 +241,8 @@ class TorchBackend(Backend):
             return mm
         if op == "softmax":
             return lambda x: torch.softmax(x, dim=-1)
+        if op == "embedding":
+            return lambda w, idx: F.embedding(idx, w)
         if op == "layernorm":
             eps = p["eps"]
             return lambda x, w=None, b=None: F.layer_norm(x, (x.shape[-1],), w, b, eps)
