@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
+from zoo import GPT2, MLP, GPT2Block, ResNetSmall  # noqa: E402
+
 import uhop.compile  # noqa: E402,F401 - registers backend="uhop" for a source checkout
 from uhop.compile import REPORT  # noqa: E402
-from zoo import MLP, GPT2, GPT2Block, ResNetSmall  # noqa: E402
 
 EAGER = {"rest": "eager"}  # the rest without Inductor's C++ compile: fast tests
 

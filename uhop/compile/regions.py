@@ -7,6 +7,7 @@ fallback when UHOP cannot serve a region, and the backward (``torch.func.vjp`` o
 vendor/aten gradients where UHOP has no backward kernel).
 """
 
+# ruff: noqa: UP045 - torch.library infers op schemas from Optional[...], not from X | None
 from __future__ import annotations
 
 from collections.abc import Callable
