@@ -10,6 +10,7 @@ Public API::
 
     uhop.ops.softmax(x)                     # direct use of an op
     uhop.tune("matmul", dims=..., dtype=...)  # tune a problem ahead of time
+    uhop.wait()                             # block until background tuning is done
 
     @uhop.jit                               # a whole numpy (or torch) function as a graph
     def forward(x, w): ...
@@ -18,8 +19,12 @@ Public API::
 
 __version__ = "0.1.0"
 
+from uhop.threads import apply as _apply_thread_policy  # noqa: E402
+
+_apply_thread_policy()  # before any library UHOP uses starts a thread pool
+
 from uhop import ops  # noqa: E402
-from uhop.dispatch import optimize  # noqa: E402
+from uhop.dispatch import optimize, wait  # noqa: E402
 from uhop.tune.tuner import tune  # noqa: E402
 
 
@@ -31,4 +36,4 @@ def jit(fn=None, **kwargs):  # noqa: ANN001, ANN201 - the signature is uhop.comp
     return _jit(fn, **kwargs)
 
 
-__all__ = ["__version__", "jit", "ops", "optimize", "tune"]
+__all__ = ["__version__", "jit", "ops", "optimize", "tune", "wait"]

@@ -21,3 +21,7 @@ class UnknownOpError(UhopError, KeyError):
 
 class NoCandidateError(UhopError, RuntimeError):
     """No backend produced a valid candidate for a problem."""
+
+
+class UhopWarning(UserWarning):
+    """UHOP fell back to the user's function, re-tuned a stale entry, or a backend failed as a whole."""

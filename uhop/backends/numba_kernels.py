@@ -35,6 +35,10 @@ from numba.extending import intrinsic
 #: add reassociation (vectorized sums). Never nnan/ninf (NaN and Inf inputs must give what the
 #: float64 reference gives) and never arcp: with it LLVM turns 1/sqrt(x) into an rsqrt estimate
 #: whose Newton step makes NaN of 0 and inf.
+#: compiled kernels are cached on disk (numba's cache: next to this file, or its per-user cache
+#: directory when that is read-only), so a new process loads them in milliseconds instead of
+#: compiling for a second or two; closure values (flags, dtypes) are part of numba's cache key
+CACHE = True
 FASTMATH = {"contract", "nsz"}
 FASTMATH_REDUCE = {"contract", "nsz", "reassoc"}
 
@@ -257,7 +261,7 @@ def softmax_fn(dtype: str, parallel: bool, wide: bool):
     T = np.dtype(dtype).type
     exp_, row_max, hint = MATH[dtype]["exp_"], ROW_MAX[dtype], _hint(wide)
 
-    @njit(parallel=parallel, fastmath=FASTMATH_REDUCE, error_model="numpy")
+    @njit(parallel=parallel, fastmath=FASTMATH_REDUCE, error_model="numpy", cache=CACHE)
     def softmax(x, out, rows):
         R, N = x.shape
         for blk in prange((R + rows - 1) // rows):
@@ -287,7 +291,7 @@ def norm_fn(kind: str, dtype: str, has_w: bool, has_b: bool, parallel: bool, wid
 
     if kind == "layernorm":
 
-        @njit(parallel=parallel, fastmath=FASTMATH_REDUCE, error_model="numpy")
+        @njit(parallel=parallel, fastmath=FASTMATH_REDUCE, error_model="numpy", cache=CACHE)
         def layernorm(x, w, b, out, eps, rows):
             R, N = x.shape
             for blk in prange((R + rows - 1) // rows):
@@ -313,7 +317,7 @@ def norm_fn(kind: str, dtype: str, has_w: bool, has_b: bool, parallel: bool, wid
 
         return layernorm
 
-    @njit(parallel=parallel, fastmath=FASTMATH_REDUCE, error_model="numpy")
+    @njit(parallel=parallel, fastmath=FASTMATH_REDUCE, error_model="numpy", cache=CACHE)
     def rmsnorm(x, w, b, out, eps, rows):
         R, N = x.shape
         for blk in prange((R + rows - 1) // rows):
@@ -338,7 +342,7 @@ def epilogue_fn(dtype: str, activation: str, has_bias: bool, parallel: bool, wid
     """In place on a GEMM result y (R, N): y = act(y + bias), one pass, ``rows`` rows per task."""
     act, hint = activation_fn(activation, dtype), _hint(wide)
 
-    @njit(parallel=parallel, fastmath=FASTMATH, error_model="numpy")
+    @njit(parallel=parallel, fastmath=FASTMATH, error_model="numpy", cache=CACHE)
     def epilogue(y, bias, rows):
         R, N = y.shape
         for blk in prange((R + rows - 1) // rows):
@@ -363,7 +367,7 @@ def attention_softmax_fn(dtype: str, causal: bool, parallel: bool, wide: bool):
     exp_, row_max, hint = MATH[dtype]["exp_"], ROW_MAX[dtype], _hint(wide)
     ZERO = T(0.0)
 
-    @njit(parallel=parallel, fastmath=FASTMATH_REDUCE, error_model="numpy")
+    @njit(parallel=parallel, fastmath=FASTMATH_REDUCE, error_model="numpy", cache=CACHE)
     def attention_softmax(s, scale, q0, rows):
         R, L = s.shape
         sc = T(scale)

@@ -123,16 +123,22 @@ def _check(kind: str, args: Sequence[Any], kernel: Kernel, problem: Any) -> tupl
 
 # ---- plans: the UHOP problem a region poses, and how to call its kernel -------------------------
 def _resolve(op: str, args: Sequence[Any], params: dict[str, Any]) -> tuple[Any, Kernel, str]:
-    from uhop.dispatch import _adapt, make_problem, resolve
+    """The op's problem and a kernel for it through ``dispatch.serve`` (the ``uhop.ops`` path:
+    with the background policy the library baseline serves at once and the tuned winner is
+    swapped into ``cell`` when its tuning ends)."""
+    from uhop.dispatch import _reference_call, make_problem, resolve_interim, serve
     from uhop.errors import InputError, NoCandidateError, UnknownOpError
     from uhop.ops import get as get_op
 
     try:
-        problem = make_problem(get_op(op), args, params)
-        kernel, backend, cand = resolve(problem)
+        spec = get_op(op)
+        problem = make_problem(spec, args, params)
+        (_, _, cand), interim = resolve_interim(problem)
+        cell: dict[int, Kernel] = {}
+        serve(problem, None, cell, 0, lambda *a: _reference_call(spec, a, params))
     except (InputError, NoCandidateError, UnknownOpError) as exc:
         raise Fallback(f"{op}: {exc}") from None
-    return problem, _adapt(kernel, backend, problem), cand.id
+    return problem, lambda *a: cell[0](*a), cand.id + (" (interim; tuning in the background)" if interim else "")
 
 
 def _plan(kind: str, args: Sequence[Any]) -> tuple[Any, Kernel, str]:
