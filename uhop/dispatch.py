@@ -158,6 +158,12 @@ def resolve_interim(problem: Problem, policy: str | None = None) -> tuple[Resolv
             return _interim[key], True
         store = open_store()
         entry = store.get(key)
+        if entry is not None and policy == "background" and _builds_slowly(entry):
+            base = _baseline_kernel(problem)  # the stored JIT kernel is loaded off the caller's path
+            if base is not None:
+                _interim[key] = base
+                _background().submit(key, _in(s, lambda: _load_stored(problem, key, entry, base)), persist=False)
+                return base, True
         if entry is not None:
             got = _from_store(problem, key, entry)
             if got is not None and policy == "background":  # serve now, re-validate off the path
@@ -202,6 +208,27 @@ def _from_store(problem: Problem, key: str, entry: Any) -> Resolved | None:
     except Exception as exc:  # a stored entry that no longer builds: re-tune
         _warn(f"stored kernel {cand.id} failed to build ({exc}); re-tuning")
         return None
+
+
+def _builds_slowly(entry: Any) -> bool:
+    """Whether building a stored entry's kernel costs a JIT runtime's start-up (numba, Triton,
+    IREE: a second or more in a new process) rather than a library call's."""
+    try:
+        return bool(bk.get(Candidate.from_json(entry.candidate).backend).crash_prone)
+    except Exception:
+        return False
+
+
+def _load_stored(problem: Problem, key: str, entry: Any, base: Resolved) -> None:
+    """Build a stored JIT kernel while the baseline serves, then re-validate and swap it in."""
+    got = _from_store(problem, key, entry)
+    if got is None:
+        from uhop.store import open_store
+
+        open_store().invalidate(key)
+        _tune_in_background(problem, key, base)
+        return
+    _verify(problem, key, got)
 
 
 def _baseline_kernel(problem: Problem) -> Resolved | None:
