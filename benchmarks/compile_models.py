@@ -96,7 +96,9 @@ def bench_torch(name: str, model, x, device: str, variants, rounds: int, min_s: 
 
 # ---- numpy GPT-2 forward ------------------------------------------------------------------------
 def np_gpt2_forward(x, params, heads):
-    """A GPT-2 forward in plain numpy (pre-LN blocks, tanh GELU, causal attention)."""
+    """A GPT-2 forward in plain numpy (pre-LN blocks, tanh GELU, causal attention), float32.
+    Written so Dynamo traces it whole: no ``ndarray.dtype`` reads and no generator expressions
+    (Dynamo skips a frame that has either; the fusion report lists the reason)."""
 
     def ln(x, g, b):
         mu = x.mean(-1, keepdims=True)
@@ -108,10 +110,10 @@ def np_gpt2_forward(x, params, heads):
 
     T, C = x.shape
     hd = C // heads
-    mask = np.triu(np.full((T, T), -1e10, dtype=x.dtype), 1)
+    mask = np.triu(np.full((T, T), -1e10, dtype=np.float32), 1)
     for p in params:
         h = ln(x, p["g1"], p["b1"]) @ p["w_qkv"] + p["b_qkv"]
-        q, k, v = (h[:, i * C:(i + 1) * C].reshape(T, heads, hd).transpose(1, 0, 2) for i in range(3))
+        q, k, v = [h[:, i * C:(i + 1) * C].reshape(T, heads, hd).transpose(1, 0, 2) for i in range(3)]
         s = q @ k.transpose(0, 2, 1) / np.sqrt(hd) + mask
         s = np.exp(s - s.max(-1, keepdims=True))
         a = (s / s.sum(-1, keepdims=True)) @ v

@@ -150,8 +150,8 @@ class Partitioner:
             return False
         a, b = node.args
         va, vb = _val(a), _val(b)
-        if va is None or vb is None or va.dim() < 2 or vb.dim() < 2:
-            return False
+        if va is None or vb is None or va.dim() < 2 or vb.dim() < 2 or va.dtype != vb.dtype:
+            return False  # mixed dtypes: numpy code promotes (torch._numpy does it in the wrapper)
         last, act, extra = self._with_activation(node)
         self._replace(last, [node, *extra], "matmul", (a, b, act), 2 * _nbytes(node) if extra else 0)
         return True
@@ -240,6 +240,8 @@ class Partitioner:
         k, v = kt.args[0], pv.args[1]
         vq, vk, vv = _val(q), _val(k), _val(v)
         if vq is None or vk is None or vv is None or not (vq.dim() == vk.dim() == vv.dim() >= 3):
+            return False
+        if not (vq.dtype == vk.dtype == vv.dtype):
             return False
         fused += [cur, kt]
         saved = 2 * sum(_nbytes(n) for n in fused if n is not kt and n is not pv)

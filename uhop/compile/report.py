@@ -113,7 +113,9 @@ def report_path() -> Path:
 def _graph_breaks() -> dict[str, int]:
     from torch._dynamo.utils import counters
 
-    return {k.split("\n")[0][:160]: int(v) for k, v in counters.get("graph_break", {}).items()}
+    # "unimplemented": constructs that made Dynamo skip a frame (it then runs as written)
+    found = {**counters.get("graph_break", {}), **counters.get("unimplemented", {})}
+    return {k.split("\n")[0][:160]: int(v) for k, v in found.items()}
 
 
 def format_graph(g: GraphCompiled | dict) -> str:
