@@ -68,6 +68,8 @@ class TritonBackend(Backend):
 
         if problem.op not in self.ops or problem.dtype not in self.dtypes or problem.array != "torch":
             return False
+        if problem.param.get("trans_b", False):  # its matmul kernels read b as (K, N)
+            return False
         kind = problem.device.split(":")[0]
         return kind == "cuda" or (kind == "cpu" and interpreting())
 
