@@ -8,6 +8,9 @@ PKGS=(
   pocl-opencl-icd   # OpenCL backend: PoCL's CPU device, registered in /etc/OpenCL/vendors/pocl.icd
   ocl-icd-libopencl1  # the ICD loader Debian's OpenCL drivers register with
   clinfo            # `clinfo -l`: which OpenCL platforms the loader sees (debugging)
+  g++               # torch.compile's Inductor compiles C++ kernels on CPU (backend="uhop" rest)
+  chromium          # dashboard browser test: Playwright drives it (its own browser download is not used)
+  libcairo2         # PNG plots (cairosvg)
 )
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

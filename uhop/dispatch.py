@@ -22,6 +22,7 @@ import numpy as np
 
 from uhop import backends as bk
 from uhop import buffer as _buffer  # uhop.Buffer (issue 19)
+from uhop import metrics
 from uhop.backends.base import Backend, Candidate, Kernel
 from uhop.config import settings
 from uhop.errors import InputError, NoCandidateError, UhopWarning
@@ -159,6 +160,7 @@ def resolve_interim(problem: Problem, policy: str | None = None) -> tuple[Resolv
             return _interim[key], True
         store = open_store()
         entry = store.get(key)
+        metrics.store_lookup(problem.op, entry is not None)
         if entry is not None and policy == "background" and _builds_slowly(entry):
             base = _baseline_kernel(problem)  # the stored JIT kernel is loaded off the caller's path
             if base is not None:
@@ -173,6 +175,7 @@ def resolve_interim(problem: Problem, policy: str | None = None) -> tuple[Resolv
                 return got, True
             if got is not None and _valid(problem, got):
                 _resolved[key] = got
+                metrics.selection(problem.op, got[2].backend, entry.policy)
                 return got, False
             store.invalidate(key)  # never serve it again; the re-tuned choice replaces it
         if policy == "background":
@@ -186,6 +189,7 @@ def resolve_interim(problem: Problem, policy: str | None = None) -> tuple[Resolv
         res = tune(problem=problem, policy=policy, store=store)
         assert res.kernel is not None and res.backend is not None and res.served is not None
         _resolved[key] = (_spot_checked(res.kernel, res.backend, problem, key), res.backend, res.served)
+        metrics.selection(problem.op, res.served.backend, res.policy)
         return _resolved[key], False
 
 
@@ -300,7 +304,7 @@ def _install(key: str, final: Resolved | None) -> None:
         if final is not None:
             _resolved[key] = final
         for cache, sig, problem, fallback in _sites.pop(key, []):
-            cache[sig] = _adapt(*final[:2], problem) if final is not None else fallback
+            cache[sig] = metrics.timed(problem.op, _adapt(*final[:2], problem)) if final is not None else fallback
 
 
 def _tune_in_background(problem: Problem, key: str, base: Resolved) -> None:
@@ -318,6 +322,7 @@ def _tune_in_background(problem: Problem, key: str, base: Resolved) -> None:
         _install(key, base)
         return
     assert res.kernel is not None and res.backend is not None and res.served is not None
+    metrics.selection(problem.op, res.served.backend, "background")
     _install(key, (_spot_checked(res.kernel, res.backend, problem, key), res.backend, res.served))
 
 
@@ -363,6 +368,7 @@ def _verify(problem: Problem, key: str, got: Resolved) -> None:
         v = None
         reason = f"{type(exc).__name__}: {exc}"
     if v is not None and v.ok:
+        metrics.selection(problem.op, cand.backend, "background")
         _install(key, got)
         return
     reason = f"{v.status}: {v.reason}" if v is not None else reason
@@ -381,7 +387,7 @@ def serve(problem: Problem, policy: str | None, cache: dict[Any, Any], sig: Any,
     background work ends, by ``fallback`` if no valid kernel exists."""
     with _lock:
         (kernel, backend, _), interim = resolve_interim(problem, policy)
-        k = _adapt(kernel, backend, problem)
+        k = metrics.timed(problem.op, _adapt(kernel, backend, problem))
         if sig is not None:
             cache[sig] = k
             if interim:
@@ -475,7 +481,7 @@ def call_op(op_name: str, args: Sequence[Any], params: Mapping[str, Any]) -> Any
         return _buffer.apply(args, lambda xs: call_op(op_name, xs, params), op=op_name, params=params)
     # ----
     spec = get_op(op_name)
-    if settings().disable:
+    if settings().disable or _is_probing():
         return _reference_call(spec, args, params)
     if any(_foreign(a) for a in args):
 
@@ -511,6 +517,15 @@ def _reference_call(spec: Op, args: Sequence[Any], params: Mapping[str, Any]) ->
 
 
 # ---- @uhop.optimize ---------------------------------------------------------------------------
+#: set while a decorated function is probed at small shapes: nested decorated functions and
+#: uhop.ops calls inside it run as written (no tuning, no store entries at the probe's shapes)
+_probing = threading.local()
+
+
+def _is_probing() -> bool:
+    return getattr(_probing, "depth", 0) > 0
+
+
 def _small_like(args: Sequence[Any], rng: np.random.Generator) -> list[Any]:
     """Random inputs shaped like ``args`` with every dim capped at 8 (equal dims stay equal, so
     shape relations such as a shared K survive)."""
@@ -564,6 +579,12 @@ class Optimized:
         functools.update_wrapper(self, fn)
         _instances.add(self)
 
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        """A decorated method binds like a function: ``ln.forward(x)`` calls ``fn(ln, x)``."""
+        if obj is None:
+            return self
+        return functools.partial(self.__call__, obj)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if kwargs:
             args = self._bind(args, kwargs)
@@ -586,11 +607,45 @@ class Optimized:
         if any(type(a) is _buffer.Buffer for a in args):
             return _buffer.apply(args, lambda xs: self(*xs))
         # ----
-        if settings().disable or not all(a is None or is_array(a) for a in args):
+        if settings().disable or _is_probing():
             return self.fn(*args)  # not cached: lifting UHOP_DISABLE takes effect at once
-        kernel = self._kernel_for(args)
+        if all(a is None or is_array(a) for a in args):
+            kernel = self._kernel_for(args)
+        else:
+            kernel = self._kernel_with_call_params(args)
         self._kernels.setdefault(tuple(map(_arg_sig, args)), kernel)  # serve() may have cached it already
         return kernel(*args)
+
+    def _kernel_with_call_params(self, args: tuple[Any, ...]) -> Callable[..., Any]:
+        """Non-array arguments named as op params (``layer_norm(x, w, b, eps=1e-5)``, or
+        ``**params``) become op params for this signature; the kernel gets the arrays. Any other
+        non-array argument (a module, a list): the function runs as written."""
+        names = list(self._sig.parameters)
+        known = {p.name for p in self.spec.params}
+        arrays = [i for i, a in enumerate(args) if a is None or is_array(a)]
+        call_params = {}
+        for i, a in enumerate(args):
+            if i in arrays:
+                continue
+            if i >= len(names) or names[i] not in known or not isinstance(a, (bool, int, float, str)):
+                return self.fn
+            call_params[names[i]] = a
+        if not arrays:
+            return self.fn
+        fixed = {i: a for i, a in enumerate(args) if i not in arrays}
+
+        def fn_of_arrays(*xs: Any) -> Any:
+            full, it = [], iter(xs)
+            for i in range(len(args)):
+                full.append(fixed[i] if i in fixed else next(it))
+            return self.fn(*full)
+
+        inner = Optimized(fn_of_arrays, self.spec.name, {**self.params, **call_params}, self.policy)
+        inner.__qualname__ = getattr(self.fn, "__qualname__", "function")
+        if inner._kernel_for(tuple(args[i] for i in arrays)) is fn_of_arrays:
+            return self.fn
+        # through inner's own cache: a background-tuned winner swapped in there is seen here
+        return lambda *a: inner(*[a[i] for i in arrays])
 
     def _kernel_for(self, args: Sequence[Any]) -> Callable[..., Any]:
         """What to call for arguments like ``args``: UHOP's kernel, or the function itself when it
@@ -652,7 +707,11 @@ class Optimized:
             except InputError as exc:
                 # Inputs the op cannot take: raise as the reference would (clear, names the argument).
                 raise InputError(f"{name}: {exc}") from None
-            v = agrees(self.fn, self.spec.reference, small, problem)
+            _probing.depth = getattr(_probing, "depth", 0) + 1
+            try:
+                v = agrees(self.fn, self.spec.reference, small, problem)
+            finally:
+                _probing.depth -= 1
             if v.ok:
                 log.debug("%s implements %s with %s", name, self.spec.name, params)
                 return params
@@ -666,13 +725,18 @@ class Optimized:
 
 
 
-def optimize(op: str, *, policy: str | None = None, **params: Any) -> Callable[[Callable[..., Any]], Any]:
-    """Decorate a plain function whose semantics are ``op``.
+def optimize(op: str | None = None, *, policy: str | None = None, **params: Any) -> Callable[[Callable[..., Any]], Any]:
+    """Decorate a plain function whose semantics are ``op``; without ``op``, the whole function
+    is compiled as a graph (:func:`uhop.jit`: numpy or torch code, regions served by UHOP).
 
     ``params`` fix op parameters (``activation="gelu"``, ``causal=True``, ``eps=1e-6``);
     discrete ones left out are inferred by probing the function. ``policy`` overrides
     ``UHOP_POLICY`` for this function. With ``UHOP_DISABLE=1`` the function is returned as is.
     """
+    if op is None:
+        from uhop.compile.jit import jit
+
+        return jit(**params)
     spec = get_op(op)  # unknown op: fail at decoration time, not at first call
     spec.normalize_params({k: v for k, v in params.items()})
     from uhop.config import POLICIES

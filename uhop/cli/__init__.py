@@ -12,10 +12,13 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     # name: (module, help)
     "ai": ("uhop.cli.ai", "Generate kernels with a language model (sandboxed), report, quarantine."),
     "cache": ("uhop.cli.cache", "Inspect and manage the kernel store."),
+    "fusion": ("uhop.cli.fusion", "Graph capture and fusion report (torch.compile(backend='uhop'))."),
     "hw": ("uhop.cli.hw", "Hardware capability manifests and device detection."),
     "kernel": ("uhop.cli.kernel", "Check and register candidate kernel files (sandboxed)."),
     "mlir": ("uhop.cli.mlir", "Compile ops through MLIR/IREE."),
     "perf": ("uhop.cli.perf", "Performance data store and learned cost model."),
+    "serve": ("uhop.cli.serve", "Read-only dashboard over the kernel store, with /metrics for Prometheus."),
+    "report": ("uhop.cli.report", "Write the dashboard's views as one self-contained HTML file."),
 }
 
 

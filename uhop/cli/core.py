@@ -119,6 +119,7 @@ def bench(
     suite: str = typer.Option("cpu", help="Suite: 'cpu' (default), or 'quick' (small shapes, for CI)."),
     json_out: Path | None = typer.Option(None, "--json", help="Write results as JSON here."),
     budget: float = typer.Option(30.0, help="Tuning budget per problem, seconds."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write a plot (.svg, or .png): UHOP vs the baselines per case."),
 ) -> None:
     """UHOP vs the naive eager baseline vs the library baseline, side by side in one run."""
     from uhop.benchsuite import print_table, run_suite
@@ -132,6 +133,13 @@ def bench(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps({"machine": meta, "results": rows}, indent=1))
         console.print(f"wrote {json_out}")
+    if plot is not None:
+        from uhop.report import bench_plot, write_plot
+
+        try:
+            console.print(f"plot written to {write_plot(bench_plot(rows), plot)}")
+        except (ValueError, ImportError) as exc:
+            raise fail(str(exc)) from None
 
 
 @app.command()
