@@ -143,8 +143,11 @@ def run_case(case: tuple, device: str, rounds: int) -> dict[str, Any]:
         kernels, labels = [call], ["uhop"]
         for label, r in (("oracle_best", best), ("library", lib)):
             if r is not None and r["status"] == "ok":
+                from uhop.dispatch import _adapt
+
                 c = Candidate.from_json(r["json"])
-                kernels.append(bk.get(c.backend).compile(c, p))
+                b = bk.get(c.backend)
+                kernels.append(_adapt(b.compile(c, p), b, p))  # the caller's arrays, as dispatch does
                 labels.append(label)
         samples = interleaved(kernels, [[xs]] * len(kernels), sync=sync, rounds=rounds, min_time_s=0.05,
                               cuda_events=device != "cpu")  # fmt: skip
