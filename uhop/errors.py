@@ -21,3 +21,8 @@ class UnknownOpError(UhopError, KeyError):
 
 class NoCandidateError(UhopError, RuntimeError):
     """No backend produced a valid candidate for a problem."""
+
+
+class ProblemTooLargeError(UhopError, ValueError):
+    """A problem whose arrays cannot fit in the memory available to run it (refused before
+    anything is allocated; the message names the size needed and the size available)."""

@@ -21,7 +21,11 @@ console = Console()
 
 
 def fail(msg: str, code: int = 2) -> typer.Exit:
-    Console(stderr=True).print(f"[red]error:[/red] {msg}")
+    """Print ``error: msg`` as one line on stderr (``msg`` is text, not markup: an install hint's
+    ``'uhop[perf]'`` must survive) and return the ``typer.Exit`` to raise."""
+    from rich.markup import escape
+
+    Console(stderr=True, soft_wrap=True, highlight=False).print(f"[red]error:[/red] {escape(' '.join(str(msg).split()))}")
     return typer.Exit(code)
 
 

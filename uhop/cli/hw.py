@@ -26,8 +26,9 @@ def _console(stderr: bool = False) -> Console:
 
 
 def _fail(msg: str, code: int) -> typer.Exit:
-    _console(stderr=True).print(f"[red]error:[/red] {escape(msg)}")
-    return typer.Exit(code)
+    from uhop.cli.core import fail
+
+    return fail(msg, code)
 
 
 def _bytes(n: float | None) -> str:
