@@ -155,6 +155,12 @@ def demo(
         raise typer.Exit(1)
 
 
+def fold_id(text: str) -> str:
+    """A candidate id or key for a table cell: a space after each ',' so a narrow terminal wraps
+    it between config entries instead of cutting it (``--json`` keeps the exact id)."""
+    return text.replace(",", ", ")
+
+
 def _fmt_time(s: float | None) -> str:
     if s is None or not math.isfinite(s):
         return "-"
