@@ -55,7 +55,7 @@ def one_line(exc: BaseException) -> str:
     if isinstance(exc, MemoryError):
         return f"out of memory ({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}); use smaller dims"
     text = " ".join(str(exc).split()) or exc.__class__.__name__
-    if isinstance(exc, (UhopError, ValueError, ImportError, OSError)):
+    if isinstance(exc, (UhopError, ValueError, ImportError, OSError)) or "pip install" in text:
         return text
     return f"{exc.__class__.__name__}: {text}"
 
@@ -73,6 +73,14 @@ def _show_logs() -> None:
         log.addHandler(h)
     if log.level == logging.NOTSET or log.level > logging.INFO:
         log.setLevel(logging.INFO)
+
+
+def _abort() -> type[BaseException]:
+    try:
+        from typer.exceptions import Abort
+    except ImportError:  # pragma: no cover - older typer: click's own
+        from click.exceptions import Abort
+    return Abort
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -98,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         hint = f" (see `{exc.ctx.command_path} --help`)" if getattr(exc, "ctx", None) is not None else ""
         sys.stderr.write(f"error: {' '.join(exc.format_message().split())}{hint}\n")
         rc = 2
-    except click.exceptions.Abort:
+    except _abort():
         sys.stderr.write("aborted\n")
         rc = 1
     except KeyboardInterrupt:
@@ -107,6 +115,10 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         if debug:
             raise
-        sys.stderr.write(f"error: {one_line(exc)} (UHOP_DEBUG=1 shows the traceback)\n")
+        from uhop.errors import UhopError
+
+        msg = one_line(exc)
+        known = isinstance(exc, (UhopError, ImportError)) or "pip install" in msg
+        sys.stderr.write(f"error: {msg}" + ("" if known else " (UHOP_DEBUG=1 shows the traceback)") + "\n")
         rc = 2
     sys.exit(rc if isinstance(rc, int) else 0)
