@@ -92,13 +92,17 @@ def run_demo(tokens: int = 2048, d_model: int = 512, budget_s: float = 15.0, con
     x = rng.standard_normal((tokens, d_model)).astype(np.float32)
     p = make_params(d_model, rng)
 
+    from uhop.store import open_store
+
     optimized = {name: uhop.optimize(OPS[name])(fn) for name, fn in PLAIN.items()}
     console.print(f"[bold]UHOP demo[/bold]: transformer block, {tokens} tokens, d_model {d_model}, {heads} heads, float32")
-    console.print("First pass: UHOP checks each function against its op, then finds/loads the best kernel ...")
+    console.print(f"First pass: UHOP checks each function against its op, then loads its kernel from the store or "
+                  f"tunes one (up to {budget_s:g} s per new problem):")  # fmt: skip
+    stored = {e.key for e in open_store().entries()}
     t0 = time.perf_counter()
     with override(tune_budget_s=budget_s):
-        out = block(optimized, x, p, heads)
-    console.print(f"first pass (tuning or loading from the store) took {time.perf_counter() - t0:.1f} s")
+        out = block(_announced(optimized, stored, console), x, p, heads)
+    console.print(f"first pass took {time.perf_counter() - t0:.1f} s")
 
     # Correctness of the whole block against a float64 run of the plain functions.
     p64 = {k: v.astype(np.float64) for k, v in p.items()}
@@ -130,7 +134,7 @@ def run_demo(tokens: int = 2048, d_model: int = 512, budget_s: float = 15.0, con
         tn = benchmark(PLAIN[name], [args], min_time_s=0.2, repeat=5).median_s
         tu = benchmark(fn, [args], min_time_s=0.2, repeat=5).median_s
         shape = ", ".join("x".join(map(str, a.shape)) for a in args)
-        t.add_row(f"{name}: {shape}", chosen, f"{tn * 1e3:.2f}", f"{tu * 1e3:.2f}", f"{tn / tu:.2f}x")
+        t.add_row(f"{name}: {shape}", chosen.replace(",", ", "), f"{tn * 1e3:.2f}", f"{tu * 1e3:.2f}", f"{tn / tu:.2f}x")
     console.print(t)
     tn = benchmark(lambda: block(PLAIN, x, p, heads), [()], min_time_s=0.5, repeat=5).median_s
     tu = benchmark(lambda: block(optimized, x, p, heads), [()], min_time_s=0.5, repeat=5).median_s
@@ -140,10 +144,54 @@ def run_demo(tokens: int = 2048, d_model: int = 512, budget_s: float = 15.0, con
         f"max error vs float64 reference {rel:.2e} (relative to max |y|) "
         + ("[green]ok[/green]" if ok else "[red]TOO LARGE[/red]")
     )
-    from uhop.store import open_store
-
     console.print(f"kernels stored in {open_store().url} (see `uhop cache ls`)")
     return ok
+
+
+def _announced(optimized: dict[str, Any], stored: set[str], console: Any) -> dict[str, Any]:
+    """``optimized`` with each first call per problem announced: a spinner on a terminal (a line
+    before and after when piped), then ``tuned in N s`` or ``from the store``. ``stored`` holds
+    the store's keys before the pass, which is how a loaded entry is told from a tuned one."""
+    done: set[Any] = set()
+
+    def wrap(name: str, fn: Any) -> Any:
+        def call(*args: Any) -> Any:
+            label = f"{name}: {', '.join('x'.join(map(str, a.shape)) for a in args)}"
+            sig = (name, tuple(a.shape for a in args))
+            if sig in done:
+                return fn(*args)
+            done.add(sig)
+            t = time.perf_counter()
+            if console.is_terminal:
+                with console.status(f"  {label}: checking, then loading or tuning ..."):
+                    out = fn(*args)
+            else:
+                console.print(f"  {label}: checking, then loading or tuning ...", highlight=False)
+                out = fn(*args)
+            dt = time.perf_counter() - t
+            key = _key(fn, args)
+            if key is None:
+                what = "does not match its op: called as written"
+            elif key in stored:
+                what = f"from the store ({dt:.1f} s with the check)"
+            else:
+                what = f"tuned in {dt:.1f} s -> {_chosen(fn, args)}"
+            console.print(f"  {label}: {what}", highlight=False)
+            return out
+
+        return call
+
+    return {name: wrap(name, fn) for name, fn in optimized.items()}
+
+
+def _key(fn: Any, args: tuple) -> str | None:
+    from uhop.config import settings
+    from uhop.dispatch import make_problem
+
+    params = next((v for v in fn._semantics.values() if v is not None), None)
+    if params is None:
+        return None
+    return make_problem(fn.spec, args, params).key(settings().shape_buckets)
 
 
 def _chosen(fn: Any, args: tuple) -> str:
