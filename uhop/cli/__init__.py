@@ -64,6 +64,7 @@ def _show_logs() -> None:
     """INFO records of the ``uhop`` logger on stderr, one line each (the library itself stays
     silent: no handler is installed on import; the CLI and the demo opt in here)."""
     import logging
+    import os
 
     log = logging.getLogger("uhop")
     if not any(getattr(h, "_uhop_cli", False) for h in log.handlers):
@@ -71,8 +72,8 @@ def _show_logs() -> None:
         h.setFormatter(logging.Formatter("%(name)s: %(message)s"))
         h._uhop_cli = True  # type: ignore[attr-defined]
         log.addHandler(h)
-    if log.level == logging.NOTSET or log.level > logging.INFO:
-        log.setLevel(logging.INFO)
+    level = os.environ.get("UHOP_LOG", "").strip().upper()
+    log.setLevel(level if level in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL") else logging.INFO)
 
 
 def _abort() -> type[BaseException]:
@@ -95,7 +96,9 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:  # pragma: no cover - older typer on the real click
         import click
 
-    debug = os.environ.get("UHOP_DEBUG", "") not in ("", "0")
+    from uhop.config import _env_bool
+
+    debug = _env_bool("UHOP_DEBUG", False)  # read here, not via settings(): a bad UHOP_* must still be one line
     _show_logs()
     try:
         rc = build_app()(args=argv, prog_name="uhop", standalone_mode=False)

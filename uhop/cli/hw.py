@@ -125,8 +125,16 @@ def render(caps: Manifest, console: Console) -> None:
     t = Table(show_header=True, header_style="bold")
     for col in ("figure", "value", "source", "note"):
         t.add_column(col, overflow="fold")
+    measured_paths: set[str] = set()
+    if caps.measured:  # the measured figures below supersede derived/datasheet peaks for these paths
+        if caps.measured.bandwidth_bytes_per_s is not None:
+            measured_paths.add("memory.bandwidth_bytes_per_s")
+        measured_paths |= {f"flops.{k}" for k, v in caps.measured.flops.items() if v is not None}
     for path, fig in _figures(caps):
-        t.add_row(path, _fmt(path, fig), fig.source, escape(fig.note or ""))
+        note = escape(fig.note or "")
+        if path in measured_paths and fig.source != "measured":
+            note = (note + "; " if note else "") + "[bold]superseded by the measured figure below[/bold]"
+        t.add_row(path, _fmt(path, fig), fig.source, note)
     if caps.gpu:
         t.add_row("gpu.async_copy", str(caps.gpu.async_copy), "", "")
         t.add_row("gpu.tma", str(caps.gpu.tma), "", "")
@@ -149,6 +157,8 @@ def render(caps: Manifest, console: Console) -> None:
             pct = f" = {100 * got.value / ref.value:.0f}% of {ref.source} {_rate(ref.value, unit)}" if ref else ""
             console.print(f"  {label}: {_rate(got.value, unit)}{pct}")
     for note in caps.notes:
+        if caps.measured and "until `uhop hw probe`" in note:
+            continue  # it has measured them: the note no longer holds
         console.print(f"[dim]note: {escape(note)}[/dim]")
 
 
