@@ -261,9 +261,7 @@ def _roofline(r: dict[str, Any]) -> str:
 def print_table(rows: list[dict[str, Any]], console: Any) -> None:
     from rich.table import Table
 
-    from uhop.cli.core import _fmt_time
-
-    from uhop.cli.core import fold_id
+    from uhop.cli.core import _fmt_time, fold_id
 
     cases = [r for r in rows if r["name"] != "dispatch_overhead"]
     times = Table(title="uhop bench (ratios > 1: UHOP faster)")

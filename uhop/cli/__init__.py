@@ -88,7 +88,6 @@ def main(argv: list[str] | None = None) -> None:
     """The ``uhop`` command. Every failure is one line on stderr (``error: ...``) and exit code 2
     (1 for "ran, but the answer is no", as a command documents); ``UHOP_DEBUG=1`` re-raises
     unexpected exceptions with their traceback."""
-    import os
     import sys
 
     try:  # typer >= 0.2x vendors click; its exceptions are these, not the click package's

@@ -49,9 +49,8 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print everything as
     its version or the exact install line, and what each enables."""
     import platform
 
-    from uhop import __version__
+    from uhop import __version__, components
     from uhop import backends as bk
-    from uhop import components
     from uhop.config import settings
     from uhop.problem import cpu_model
 
