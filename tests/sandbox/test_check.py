@@ -32,6 +32,7 @@ def test_honest_numpy_kernels_pass_and_are_timed(path):
 
 
 def test_honest_torch_kernel_passes():
+    pytest.importorskip("torch", reason="torch not installed (pip install 'uhop[torch]')")
     res = check_file(Path(__file__).parent / "honest" / "rmsnorm_torch.py", time_it=False)
     assert res.ok, res.line()
 
