@@ -36,7 +36,10 @@ def uhop_home(tmp_path, monkeypatch):
     clear_process_cache()
     # Short budgets keep the suite fast; tests that measure speed set their own. IREE compiles take
     # about a second per candidate: its own suite (tests/mlir) tunes it, the rest leave it out.
-    with config.override(tune_budget_s=5.0, bench_min_s=0.005, bench_repeat=3, backends=("numpy", "torch", "numba")):
+    # Blocking tuning (policy=tune) by default, so a test sees the tuned entry after its call;
+    # tests of the default background mode (tests/unit/test_background.py) ask for it.
+    with config.override(tune_budget_s=5.0, bench_min_s=0.005, bench_repeat=3, backends=("numpy", "torch", "numba"),
+                         policy="tune"):
         yield home
     clear_process_cache()
     config.reload()

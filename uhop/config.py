@@ -8,7 +8,9 @@ Settings are read from the environment when :func:`settings` is first called and
 | ``UHOP_HOME`` | user cache dir / ``uhop`` | where the kernel store and artifacts live |
 | ``UHOP_STORE`` | ``sqlite:///$UHOP_HOME/uhop.db`` | store URL (``sqlite:///path`` or ``postgresql://...``) |
 | ``UHOP_DISABLE`` | ``0`` | ``1``: ``@uhop.optimize`` calls the user's function directly |
-| ``UHOP_POLICY`` | ``tune`` | ``tune`` (measure candidates) or ``fast`` (choose without timing) |
+| ``UHOP_POLICY`` | ``background`` | how ``@uhop.optimize`` / ``uhop.ops`` handle a new problem: ``background`` (serve the library baseline at once, tune in a background thread, swap the winner in), ``tune`` (tune before returning) or ``fast`` (choose without timing) |
+| ``UHOP_THREADS`` | ``passive`` | thread pools' wait policy (``uhop/threads.py``): ``passive`` makes OpenMP pools started after ``import uhop`` sleep when idle, so the next library's threads get the cores; ``default`` leaves the libraries alone |
+| ``UHOP_EXIT_WAIT_S`` | ``20`` | at interpreter exit, how long background tuning still running may take to finish and store its pick (``0``: abandon it) |
 | ``UHOP_TUNE_BUDGET_S`` | ``10`` | wall-clock budget for tuning one problem, seconds |
 | ``UHOP_BENCH_MIN_S`` | ``0.05`` | minimum measured time per candidate, seconds |
 | ``UHOP_BENCH_REPEAT`` | ``7`` | maximum timed repeats per candidate |
@@ -26,9 +28,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+#: dispatch policies (``UHOP_POLICY``, ``@uhop.optimize(policy=...)``)
+POLICIES = ("background", "tune", "fast")
 
 
 def _default_home() -> Path:
@@ -58,7 +64,8 @@ class Settings:
     home: Path = field(default_factory=_default_home)
     store_url: str = ""
     disable: bool = False
-    policy: str = "tune"
+    policy: str = "background"
+    exit_wait_s: float = 20.0
     tune_budget_s: float = 10.0
     bench_min_s: float = 0.05
     bench_repeat: int = 7
@@ -71,8 +78,8 @@ class Settings:
     debug: bool = False
 
     def __post_init__(self) -> None:
-        if self.policy not in ("tune", "fast"):
-            raise ValueError(f"UHOP_POLICY must be 'tune' or 'fast', got {self.policy!r}")
+        if self.policy not in POLICIES:
+            raise ValueError(f"UHOP_POLICY must be one of {', '.join(POLICIES)}, got {self.policy!r}")
         if self.shape_buckets not in ("exact", "pow2"):
             raise ValueError(f"UHOP_SHAPE_BUCKETS must be 'exact' or 'pow2', got {self.shape_buckets!r}")
         if self.tune_budget_s <= 0:
@@ -107,7 +114,8 @@ class Settings:
             home=Path(home).expanduser() if home else _default_home(),
             store_url=env("UHOP_STORE", ""),
             disable=_env_bool("UHOP_DISABLE", False),
-            policy=env("UHOP_POLICY", "tune").strip().lower(),
+            policy=env("UHOP_POLICY", "background").strip().lower(),
+            exit_wait_s=float(env("UHOP_EXIT_WAIT_S", "20")),
             tune_budget_s=float(env("UHOP_TUNE_BUDGET_S", "10")),
             bench_min_s=float(env("UHOP_BENCH_MIN_S", "0.05")),
             bench_repeat=int(env("UHOP_BENCH_REPEAT", "7")),
@@ -124,12 +132,31 @@ class Settings:
 _current: Settings | None = None
 
 
+_thread = threading.local()
+
+
 def settings() -> Settings:
-    """The settings in force (environment at first use, or the innermost :func:`override`)."""
+    """The settings in force: this thread's (:func:`use`), else the environment at first use or
+    the innermost :func:`override`."""
     global _current
+    mine = getattr(_thread, "settings", None)
+    if mine is not None:
+        return mine
     if _current is None:
         _current = Settings.from_env()
     return _current
+
+
+@contextlib.contextmanager
+def use(s: Settings) -> Iterator[Settings]:
+    """Run the block in this thread under ``s`` (background work keeps the settings in force
+    when it was queued, whatever the caller's thread overrides later)."""
+    previous = getattr(_thread, "settings", None)
+    _thread.settings = s
+    try:
+        yield s
+    finally:
+        _thread.settings = previous
 
 
 def reload() -> Settings:

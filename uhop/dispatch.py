@@ -7,12 +7,14 @@ happens once per new signature, in :meth:`Optimized._miss`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import itertools
 import logging
 import threading
 import warnings
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -21,7 +23,7 @@ import numpy as np
 from uhop import backends as bk
 from uhop.backends.base import Backend, Candidate, Kernel
 from uhop.config import settings
-from uhop.errors import InputError, NoCandidateError
+from uhop.errors import InputError, NoCandidateError, UhopWarning
 from uhop.measure.validate import ValidationSet, agrees, check_kernel
 from uhop.ops import get as get_op
 from uhop.ops.base import Op, dtype_name, is_array
@@ -30,10 +32,6 @@ from uhop.ops.expr import TraceError, trace
 from uhop.problem import Problem
 
 log = logging.getLogger("uhop")
-
-
-class UhopWarning(UserWarning):
-    """UHOP fell back to the user's function or re-tuned a stale entry."""
 
 
 _ND = np.ndarray
@@ -119,8 +117,14 @@ def make_problem(spec: Op, args: Sequence[Any], params: Mapping[str, Any]) -> Pr
 
 
 # ---- resolving a problem to a kernel --------------------------------------------------------
-_resolved: dict[str, tuple[Kernel, Backend, Candidate]] = {}
+Resolved = tuple[Kernel, Backend, Candidate]
+_resolved: dict[str, Resolved] = {}
 _lock = threading.RLock()
+#: kernels served before they are final (a baseline while the problem tunes in the background, a
+#: stored entry until its re-validation ends): key -> where they were cached, so that the final
+#: kernel replaces them there. Each site: (cache dict, signature, problem, fallback).
+_sites: dict[str, list[tuple[dict[Any, Any], Any, Problem, Callable[..., Any]]]] = {}
+_interim: dict[str, Resolved] = {}
 
 
 def _warn(msg: str) -> None:
@@ -128,48 +132,253 @@ def _warn(msg: str) -> None:
 
 
 def resolve(problem: Problem, policy: str | None = None) -> tuple[Kernel, Backend, Candidate]:
-    """The kernel for ``problem``: from this process, else from the store (re-validated once, and
-    discarded if its content hash no longer matches), else tuned now."""
+    """The kernel for ``problem`` (see :func:`resolve_interim`), blocking until it is final."""
+    policy = policy or settings().policy
+    return resolve_interim(problem, "tune" if policy == "background" else policy)[0]
+
+
+def resolve_interim(problem: Problem, policy: str | None = None) -> tuple[Resolved, bool]:
+    """The kernel for ``problem`` and whether it is interim (to be replaced when background work
+    on the key ends): from this process; else from the store (served at once when its content
+    hash matches, re-validated in the background, re-tuned if that fails); else, with the
+    ``background`` policy, the library baseline while the problem tunes in the background; else
+    tuned now."""
     from uhop.store import open_store
-    from uhop.tune.tuner import content_hash, tune
 
     s = settings()
+    policy = policy or s.policy
     key = problem.key(s.shape_buckets)
     hit = _resolved.get(key)
     if hit is not None:
-        return hit
+        return hit, False
     with _lock:
         if key in _resolved:
-            return _resolved[key]
+            return _resolved[key], False
+        if key in _interim:
+            return _interim[key], True
         store = open_store()
         entry = store.get(key)
+        if entry is not None and policy == "background" and _builds_slowly(entry):
+            base = _baseline_kernel(problem)  # the stored JIT kernel is loaded off the caller's path
+            if base is not None:
+                _interim[key] = base
+                _background().submit(key, _in(s, lambda: _load_stored(problem, key, entry, base)), persist=False)
+                return base, True
         if entry is not None:
-            cand = Candidate.from_json(entry.candidate)
-            try:
-                backend = bk.get(cand.backend)
-            except KeyError:
-                backend = None
-            if backend is None or not (backend.available and backend.supports(problem)):
-                _warn(f"stored kernel {cand.id} for {problem.describe()} needs an unavailable backend; re-tuning")
-            elif entry.content_hash and entry.content_hash != content_hash(cand, key, backend):
-                _warn(f"stored kernel {cand.id} for {problem.describe()} is stale (content hash changed); re-tuning")
-            else:
-                try:
-                    kernel = backend.compile(cand, problem)
-                    verdict = check_kernel(kernel, ValidationSet(problem, trials=1), backend.array, problem.device)
-                except Exception as exc:  # a stored entry that no longer builds: re-tune
-                    verdict = None
-                    _warn(f"stored kernel {cand.id} failed to build ({exc}); re-tuning")
-                if verdict is not None and verdict.ok:
-                    _resolved[key] = (kernel, backend, cand)
-                    return _resolved[key]
-                if verdict is not None:
-                    _warn(f"stored kernel {cand.id} failed validation ({verdict.status}: {verdict.reason}); re-tuning")
+            got = _from_store(problem, key, entry)
+            if got is not None and policy == "background":  # serve now, re-validate off the path
+                _interim[key] = got
+                _background().submit(key, _in(s, lambda: _verify(problem, key, got)), persist=False)
+                return got, True
+            if got is not None and _valid(problem, got):
+                _resolved[key] = got
+                return got, False
             store.invalidate(key)  # never serve it again; the re-tuned choice replaces it
+        if policy == "background":
+            base = _baseline_kernel(problem)
+            if base is not None:
+                _interim[key] = base
+                _background().submit(key, _in(s, lambda: _tune_in_background(problem, key, base)))
+                return base, True
+        from uhop.tune.tuner import tune
+
         res = tune(problem=problem, policy=policy, store=store)
-        assert res.kernel is not None and res.backend is not None and res.best is not None
-        _resolved[key] = (res.kernel, res.backend, res.best.candidate)
-        return _resolved[key]
+        assert res.kernel is not None and res.backend is not None and res.served is not None
+        _resolved[key] = (res.kernel, res.backend, res.served)
+        return _resolved[key], False
+
+
+def _from_store(problem: Problem, key: str, entry: Any) -> Resolved | None:
+    """Build a stored entry's kernel, or None (with a warning) when it cannot be served."""
+    from uhop.tune.tuner import content_hash
+
+    cand = Candidate.from_json(entry.candidate)
+    try:
+        backend = bk.get(cand.backend)
+    except KeyError:
+        backend = None
+    if backend is None or not (backend.available and backend.supports(problem)):
+        _warn(f"stored kernel {cand.id} for {problem.describe()} needs an unavailable backend; re-tuning")
+        return None
+    if entry.content_hash and entry.content_hash != content_hash(cand, key, backend):
+        _warn(f"stored kernel {cand.id} for {problem.describe()} is stale (content hash changed); re-tuning")
+        return None
+    try:
+        return backend.compile(cand, problem), backend, cand
+    except Exception as exc:  # a stored entry that no longer builds: re-tune
+        _warn(f"stored kernel {cand.id} failed to build ({exc}); re-tuning")
+        return None
+
+
+def _builds_slowly(entry: Any) -> bool:
+    """Whether building a stored entry's kernel costs a JIT runtime's start-up (numba, Triton,
+    IREE: a second or more in a new process) rather than a library call's."""
+    try:
+        return bool(bk.get(Candidate.from_json(entry.candidate).backend).crash_prone)
+    except Exception:
+        return False
+
+
+def _load_stored(problem: Problem, key: str, entry: Any, base: Resolved) -> None:
+    """Build a stored JIT kernel while the baseline serves, then re-validate and swap it in."""
+    got = _from_store(problem, key, entry)
+    if got is None:
+        from uhop.store import open_store
+
+        open_store().invalidate(key)
+        _tune_in_background(problem, key, base)
+        return
+    _verify(problem, key, got)
+
+
+def _baseline_kernel(problem: Problem) -> Resolved | None:
+    """The library baseline for ``problem`` (the tuner's :func:`~uhop.tune.tuner.baseline`),
+    compiled and checked on a small instance of the problem (a wiring fault shows there in
+    milliseconds; the full-size check is the background run's first step), or None."""
+    from uhop.tune.tuner import baseline
+
+    # The backend of the caller's own library first: importing another one (torch for a numpy
+    # caller) would cost the first call more than the tuning saves it.
+    want = "torch" if problem.device != "cpu" or problem.array == "torch" else "numpy"
+    allow = settings().backends
+    vendors = [b for b in (bk.get(want),) if (not allow or b.name in allow) and b.available and b.supports(problem)]
+    vendors = vendors or [b for b in bk.for_problem(problem, allow) if b.vendor]
+    try:
+        per = [list(b.candidates(problem))[:1] for b in vendors]
+        cand = baseline(problem, vendors, per)
+        if cand is None:
+            return None
+        backend = bk.get(cand.backend)
+        small = _small_problem(problem)
+        if small is not None:
+            v = check_kernel(backend.compile(cand, small), ValidationSet(small, trials=1), backend.array, small.device)
+            if not v.ok:
+                log.warning("baseline %s failed on a small %s (%s: %s); tuning before serving",
+                            cand.id, small.describe(), v.status, v.reason)  # fmt: skip
+                return None
+        return backend.compile(cand, problem), backend, cand
+    except Exception as exc:  # no baseline: the caller tunes before returning, as policy=tune
+        log.debug("no baseline for %s: %s", problem.describe(), exc)
+        return None
+
+
+def _small_problem(problem: Problem) -> Problem | None:
+    """``problem`` with every dim capped at 16 (None when the op rejects such dims)."""
+    dims = {d: min(v, 16) for d, v in problem.dims}
+    try:
+        small = dataclasses.replace(problem, dims=tuple(dims.items()))
+        small.spec.shapes_from_dims(small.dim, small.param, small.arity)
+        return small
+    except Exception:
+        return None
+
+
+def _in(s: Any, job: Callable[[], None]) -> Callable[[], None]:
+    """``job`` run under the settings in force now (budget, backends, store...), not those of
+    whatever the queuing thread does later."""
+    from uhop import config
+
+    def run() -> None:
+        with config.use(s):
+            job()
+
+    return run
+
+
+def _background() -> Any:
+    from uhop.tune.background import queue
+
+    return queue()
+
+
+def _install(key: str, final: Resolved | None) -> None:
+    """Make ``final`` the key's kernel everywhere its interim one was cached (None: no valid
+    kernel exists, each site falls back to its own function)."""
+    with _lock:
+        _interim.pop(key, None)
+        if final is not None:
+            _resolved[key] = final
+        for cache, sig, problem, fallback in _sites.pop(key, []):
+            cache[sig] = _adapt(*final[:2], problem) if final is not None else fallback
+
+
+def _tune_in_background(problem: Problem, key: str, base: Resolved) -> None:
+    from uhop.tune.tuner import tune
+
+    try:
+        res = tune(problem=problem, policy="tune")
+    except NoCandidateError as exc:
+        _warn(f"no valid kernel for {problem.describe()} ({exc}); calling the reference")
+        _install(key, None)
+        return
+    except Exception as exc:  # the baseline stays in service; the next process tunes again
+        log.warning("background tuning of %s failed (%s: %s); keeping %s", problem.describe(),
+                    type(exc).__name__, exc, base[2].id)  # fmt: skip
+        _install(key, base)
+        return
+    assert res.kernel is not None and res.backend is not None and res.served is not None
+    _install(key, (res.kernel, res.backend, res.served))
+
+
+def _valid(problem: Problem, got: Resolved) -> bool:
+    """Full-size validation of a stored kernel (one fresh draw); warns when it fails."""
+    kernel, backend, cand = got
+    try:
+        sync = (lambda: backend.synchronize(problem.device)) if problem.device != "cpu" else None
+        v = check_kernel(kernel, ValidationSet(problem, trials=1), backend.array, problem.device, sync)
+    except Exception as exc:
+        _warn(f"stored kernel {cand.id} for {problem.describe()} failed validation ({type(exc).__name__}: {exc}); re-tuning")
+        return False
+    if not v.ok:
+        _warn(f"stored kernel {cand.id} for {problem.describe()} failed validation ({v.status}: {v.reason}); re-tuning")
+    return v.ok
+
+
+def _verify(problem: Problem, key: str, got: Resolved) -> None:
+    """Full-size re-validation of a stored kernel served from the store (off the caller's path):
+    on failure the entry is dropped, the problem re-tuned and the sites moved to the result."""
+    from uhop.store import open_store
+
+    kernel, backend, cand = got
+    try:
+        sync = (lambda: backend.synchronize(problem.device)) if problem.device != "cpu" else None
+        v = check_kernel(kernel, ValidationSet(problem, trials=1), backend.array, problem.device, sync)
+    except Exception as exc:
+        v = None
+        reason = f"{type(exc).__name__}: {exc}"
+    if v is not None and v.ok:
+        _install(key, got)
+        return
+    reason = f"{v.status}: {v.reason}" if v is not None else reason
+    _warn(f"stored kernel {cand.id} for {problem.describe()} failed re-validation ({reason}); re-tuning")
+    open_store().invalidate(key)
+    base = _baseline_kernel(problem)
+    with _lock:  # the caches serve the baseline (or the caller's own function) while it re-tunes
+        for cache, sig, p, fallback in _sites.get(key, []):
+            cache[sig] = _adapt(*base[:2], p) if base is not None else fallback
+    _tune_in_background(problem, key, base if base is not None else got)
+
+
+def serve(problem: Problem, policy: str | None, cache: dict[Any, Any], sig: Any, fallback: Callable[..., Any]) -> Kernel:
+    """Resolve ``problem``, adapt the kernel to the caller's arrays, and cache it at
+    ``cache[sig]`` (``sig`` None: not cached); an interim kernel is replaced there when its
+    background work ends, by ``fallback`` if no valid kernel exists."""
+    with _lock:
+        (kernel, backend, _), interim = resolve_interim(problem, policy)
+        k = _adapt(kernel, backend, problem)
+        if sig is not None:
+            cache[sig] = k
+            if interim:
+                _sites.setdefault(problem.key(settings().shape_buckets), []).append((cache, sig, problem, fallback))
+        return k
+
+
+def wait(timeout: float | None = None) -> bool:
+    """Block until background tuning (and re-validation of stored kernels) has finished and the
+    results are in service; False if ``timeout`` seconds passed first."""
+    from uhop.tune.background import wait as _wait
+
+    return _wait(timeout)
 
 
 def _adapt(kernel: Kernel, backend: Backend, problem: Problem) -> Kernel:
@@ -200,15 +409,37 @@ def _adapt(kernel: Kernel, backend: Backend, problem: Problem) -> Kernel:
     return from_torch_kernel
 
 
-def _resolve_adapted(problem: Problem, policy: str | None) -> Kernel:
-    kernel, backend, _ = resolve(problem, policy)
-    return _adapt(kernel, backend, problem)
+def _release_at_exit() -> None:
+    """Drop every kernel this process holds before the interpreter tears down extension modules:
+    IREE's runtime objects alive at that point make nanobind print pages of leak reports."""
+    import sys
+
+    if "uhop.backends.iree" in sys.modules:  # a job still holding an IREE kernel: let it end
+        wait(timeout=5.0)
+    _resolved.clear()
+    _interim.clear()
+    _sites.clear()
+    _direct_cache.clear()
+    for o in list(_instances):
+        o._kernels.clear()
+    import gc
+
+    for mod, name in (("uhop.backends.iree", "_load_cached"), ("uhop.mlir.runtime", "_device")):
+        m = sys.modules.get(mod)
+        if m is not None:
+            getattr(m, name).cache_clear()
+    gc.collect()
 
 
 def clear_process_cache() -> None:
-    """Forget kernels resolved in this process (tests; after ``uhop cache clear``)."""
-    _resolved.clear()
-    _direct_cache.clear()
+    """Forget kernels resolved in this process (tests; after ``uhop cache clear``); background
+    work still running finishes first."""
+    wait()
+    with _lock:
+        _resolved.clear()
+        _interim.clear()
+        _sites.clear()
+        _direct_cache.clear()
 
 
 # ---- uhop.ops.<op>(...) -------------------------------------------------------------------
@@ -239,9 +470,7 @@ def call_op(op_name: str, args: Sequence[Any], params: Mapping[str, Any]) -> Any
         problem = make_problem(spec, args, params)
     except UnsupportedInput:
         return _reference_call(spec, args, params)
-    k = _resolve_adapted(problem, None)
-    if sig is not None:
-        _direct_cache[sig] = k
+    k = serve(problem, None, _direct_cache, sig, lambda *a: _reference_call(spec, a, params))
     return k(*args)
 
 
@@ -281,6 +510,25 @@ def _small_like(args: Sequence[Any], rng: np.random.Generator) -> list[Any]:
     return out
 
 
+_instances: weakref.WeakSet[Optimized] = weakref.WeakSet()
+
+
+def _probe_choices(name: str, choices: Sequence[Any], args: Sequence[Any]) -> Sequence[Any]:
+    """Values of a discrete param that probing may infer. Precision is never loosened by
+    inference: ``tf32`` only where the caller's framework enables it (torch's ``allow_tf32`` on a
+    CUDA device that has tf32), since its looser tolerance would also admit kernels that differ in
+    other ways (an erf-GELU passing for a tanh-GELU)."""
+    if name != "precision":
+        return choices
+    t = next((a for a in args if hasattr(a, "is_contiguous")), None)
+    tf32 = False
+    if t is not None and t.device.type == "cuda":
+        import torch
+
+        tf32 = bool(torch.backends.cuda.matmul.allow_tf32) and torch.cuda.get_device_capability(t.device)[0] >= 8
+    return [c for c in choices if c != "tf32" or tf32]
+
+
 class Optimized:
     """A user function bound to an op; calls dispatch to UHOP's kernel for each new signature."""
 
@@ -294,6 +542,7 @@ class Optimized:
         self._sig = inspect.signature(fn)
         self._lock = threading.Lock()
         functools.update_wrapper(self, fn)
+        _instances.add(self)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if kwargs:
@@ -316,7 +565,7 @@ class Optimized:
         if settings().disable or not all(a is None or is_array(a) for a in args):
             return self.fn(*args)  # not cached: lifting UHOP_DISABLE takes effect at once
         kernel = self._kernel_for(args)
-        self._kernels[tuple(map(_arg_sig, args))] = kernel
+        self._kernels.setdefault(tuple(map(_arg_sig, args)), kernel)  # serve() may have cached it already
         return kernel(*args)
 
     def _kernel_for(self, args: Sequence[Any]) -> Callable[..., Any]:
@@ -326,7 +575,8 @@ class Optimized:
             import torch
 
             inner = self._kernel_for([None if a is None else torch.from_dlpack(a) for a in args])
-            return self.fn if inner is self.fn else _via_dlpack(args, inner)
+            # through self(), so the torch signature's cache entry (swapped when tuning ends) serves it
+            return self.fn if inner is self.fn else _via_dlpack(args, lambda *t: self(*t))
         try:
             params = self._semantics_for(args)
             if params is None:  # the function is not this op: keep calling it
@@ -335,7 +585,8 @@ class Optimized:
         except UnsupportedInput:
             return self.fn
         try:
-            return _resolve_adapted(problem, self.policy)
+            sig = None if any(_foreign(a) for a in args) else tuple(map(_arg_sig, args))
+            return serve(problem, self.policy, self._kernels, sig, self.fn)
         except NoCandidateError as exc:
             _warn(f"{self.fn.__qualname__}: {exc}; calling the function as written")
             return self.fn
@@ -362,8 +613,9 @@ class Optimized:
                 _warn(f"{name} is not an elementwise chain UHOP can fuse ({exc}); calling it as written")
                 return None
         probe_names = [p for p in self.spec.params if p.choices is not None and p.name not in given]
+        choices = [_probe_choices(p.name, p.choices, args) for p in probe_names]
         options = [dict(zip([p.name for p in probe_names], combo, strict=True))
-                   for combo in itertools.product(*(p.choices for p in probe_names))] or [{}]  # fmt: skip
+                   for combo in itertools.product(*choices)] or [{}]  # fmt: skip
         rng = np.random.default_rng()
         small = _small_like(args, rng)
         last = None
@@ -399,8 +651,10 @@ def optimize(op: str, *, policy: str | None = None, **params: Any) -> Callable[[
     """
     spec = get_op(op)  # unknown op: fail at decoration time, not at first call
     spec.normalize_params({k: v for k, v in params.items()})
-    if policy is not None and policy not in ("tune", "fast"):
-        raise ValueError(f"policy must be 'tune' or 'fast', got {policy!r}")
+    from uhop.config import POLICIES
+
+    if policy is not None and policy not in POLICIES:
+        raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
 
     def wrap(fn: Callable[..., Any]) -> Any:
         if not callable(fn):
@@ -410,3 +664,8 @@ def optimize(op: str, *, policy: str | None = None, **params: Any) -> Callable[[
         return Optimized(fn, op, params, policy)
 
     return wrap
+
+
+import atexit  # noqa: E402
+
+atexit.register(_release_at_exit)

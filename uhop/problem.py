@@ -37,7 +37,9 @@ class Problem:
     layout: str = "contiguous"
     #: "cpu" or "cuda:N"
     device: str = "cpu"
-    #: array library of the inputs: "numpy" or "torch"
+    #: array library of the inputs: "numpy" or "torch". Not part of the key: every kernel is
+    #: adapted to the caller's library at dispatch, so numpy and torch callers (and ``uhop tune``)
+    #: share one entry per problem
     array: str = "numpy"
     _extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
@@ -140,7 +142,6 @@ class Problem:
             "arity": self.arity,
             "layout": self.layout,
             "device": self.device,
-            "array": self.array,
             "hw": hardware_fingerprint(self.device),
         }
         h = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -180,13 +181,41 @@ def hardware_fingerprint(device: str = "cpu") -> dict[str, Any]:
         fp["cpu"] = cpu_model()
     else:
         fp.update(_gpu_fingerprint(device))
-    try:  # the architecture class, so entries never cross device families
+    fp["manifest"] = _manifest_name(device, fp)
+    return fp
+
+
+def _manifest_name(device: str, fp: Mapping[str, Any]) -> str | None:
+    """The architecture class (manifest name) of ``device``, so entries never cross device
+    families. Detecting it loads every manifest (pydantic: most of a second), so the answer is
+    kept under ``UHOP_HOME`` keyed by the facts it was derived from and re-detected when they
+    change: a warm start must not pay for it."""
+    import os
+
+    from uhop.config import settings
+
+    facts = json.dumps({k: fp.get(k) for k in ("uhop", "machine", "cpu", "gpu", "cc")}, sort_keys=True)
+    path = settings().home / "fingerprints.json"
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if facts in known:
+        return known[facts]
+    try:
         from uhop.hardware import get_capabilities
 
-        fp["manifest"] = get_capabilities(device=device).name
+        name = get_capabilities(device=device).name
     except Exception:
-        fp["manifest"] = None
-    return fp
+        return None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**known, facts: name}, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:  # a read-only home: detect again next time
+        pass
+    return name
 
 
 @functools.lru_cache(maxsize=1)

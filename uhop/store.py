@@ -4,8 +4,12 @@ SQLite by default (WAL, versioned schema, every write one ``BEGIN IMMEDIATE`` tr
 several processes can tune at once and a ``kill -9`` at any point leaves a consistent database).
 A PostgreSQL store implements the same methods (``postgresql://`` URLs; see the perf store).
 
-Conflict rule when two processes tune one key: a measured entry replaces an unmeasured (``fast``)
-one, and among measured entries the faster wins. Both writers' measurements are kept.
+Conflict rule (:func:`replaces`, one rule for SQLite and PostgreSQL, decided inside the write
+transaction): a measured entry replaces an unmeasured (``fast``) one; among measured entries a new
+one replaces the old only when it is faster by more than the measured spread of either, so a
+noisy re-run or a run restricted to some backends never replaces a faster valid entry; ``force``
+(``uhop tune --force``) always replaces. Stale or failing entries are removed (:meth:`invalidate`)
+before they are re-tuned, so they are always replaced. Every writer's measurements are kept.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: kernels.spread (the chosen kernel's measured spread)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -38,7 +42,8 @@ CREATE TABLE IF NOT EXISTS kernels (
     fingerprint TEXT NOT NULL,
     content_hash TEXT NOT NULL DEFAULT '',
     created REAL NOT NULL,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    spread REAL
 );
 CREATE TABLE IF NOT EXISTS measurements (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -71,6 +76,8 @@ class Entry:
     content_hash: str
     created: float
     updated: float
+    #: (p90 - p10) / median of the chosen kernel's timing; None for entries chosen without timing
+    spread: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -82,6 +89,27 @@ def _num(x: float | None) -> float | None:
 
 def _dumps(x: Any) -> str:
     return json.dumps(x, sort_keys=True, default=str)
+
+
+#: a new measured entry must be at least this much faster than the stored one to replace it, even
+#: when both spreads are smaller (timings taken at different moments differ by a few percent)
+MIN_GAIN = 0.02
+#: cap on the spread used by the rule (a pathological sample must not make an entry unbeatable)
+MAX_SPREAD = 0.5
+
+
+def replaces(old: Entry | None, median_s: float | None, spread: float | None, force: bool = False) -> bool:
+    """Whether a new choice timed at ``median_s`` (None: chosen without timing) with relative
+    ``spread`` replaces the stored entry ``old``: the conflict rule of every store."""
+    if old is None or force:
+        return True
+    new_med, old_med = _num(median_s), _num(old.median_s)
+    if new_med is None:
+        return False  # unmeasured never replaces anything stored
+    if old_med is None:
+        return True  # measured beats unmeasured
+    margin = min(MAX_SPREAD, max(MIN_GAIN, _num(spread) or 0.0, _num(old.spread) or 0.0))
+    return new_med < old_med * (1.0 - margin)
 
 
 def measurement_rows(key: str, op: str, measurements: Iterable[dict[str, Any]], now: float) -> list[tuple]:
@@ -214,7 +242,7 @@ class ExportImport:
             self.record(
                 e["key"], e["problem"], e["candidate"], e.get("measurements", []),
                 median_s=e.get("median_s"), gflops=e.get("gflops"), gbps=e.get("gbps"), policy=e.get("policy", "tune"),
-                fingerprint=e.get("fingerprint", {}), content_hash=e.get("content_hash", ""),
+                fingerprint=e.get("fingerprint", {}), content_hash=e.get("content_hash", ""), spread=e.get("spread"),
             )  # fmt: skip
             n += 1
         return n
@@ -225,6 +253,10 @@ class SQLiteStore(SQLiteDB, ExportImport):
         super().__init__(path)
         self._conn().executescript(_SCHEMA)  # idempotent DDL; executescript commits on its own
         with self._tx() as db:
+            cols = {r[1] for r in db.execute("PRAGMA table_info(kernels)")}
+            if "spread" not in cols:  # schema 1 -> 2
+                db.execute("ALTER TABLE kernels ADD COLUMN spread REAL")
+                db.execute("UPDATE meta SET value=? WHERE name='schema_version'", (str(SCHEMA_VERSION),))
             row = db.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone()
             if row is None:
                 db.execute("INSERT INTO meta(name, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -264,8 +296,10 @@ class SQLiteStore(SQLiteDB, ExportImport):
         return out
 
     def _entry(self, row: tuple) -> Entry:
-        (key, op, problem, cand, med, gf, gb, policy, fp, ch, created, updated) = row
-        return Entry(key, op, json.loads(problem), json.loads(cand), med, gf, gb, policy, json.loads(fp), ch, created, updated)
+        (key, op, problem, cand, med, gf, gb, policy, fp, ch, created, updated, spread) = row
+        return Entry(
+            key, op, json.loads(problem), json.loads(cand), med, gf, gb, policy, json.loads(fp), ch, created, updated, spread
+        )
 
     # ---- writes ---------------------------------------------------------------------------
     def record(
@@ -281,9 +315,13 @@ class SQLiteStore(SQLiteDB, ExportImport):
         policy: str,
         fingerprint: dict[str, Any],
         content_hash: str = "",
+        spread: float | None = None,
+        force: bool = False,
     ) -> Entry | None:
-        """Store measurements and (if ``chosen``) the choice, in one transaction. Returns the entry
-        in force afterwards, which is another writer's if theirs was better."""
+        """Store measurements and (if ``chosen``) the choice, in one transaction; the choice takes
+        the key only under the conflict rule (:func:`replaces`). Returns the entry in force
+        afterwards, which is the stored one (another writer's, or an earlier faster run's) when
+        the new choice did not beat it."""
         now = time.time()
         op = problem["op"]
         with self._tx() as db:
@@ -293,22 +331,14 @@ class SQLiteStore(SQLiteDB, ExportImport):
                 measurement_rows(key, op, measurements, now),
             )
             if chosen is not None:
-                db.execute(
-                    """
-                    INSERT INTO kernels(key, op, problem, candidate, median_s, gflops, gbps, policy, fingerprint,
-                                        content_hash, created, updated)
-                    VALUES (?,?,?,?,?,?,?,?,?,?,?,?)
-                    ON CONFLICT(key) DO UPDATE SET
-                        problem=excluded.problem, candidate=excluded.candidate, median_s=excluded.median_s,
-                        gflops=excluded.gflops, gbps=excluded.gbps, policy=excluded.policy,
-                        fingerprint=excluded.fingerprint, content_hash=excluded.content_hash, updated=excluded.updated
-                    WHERE excluded.content_hash != kernels.content_hash
-                       OR (excluded.median_s IS NOT NULL
-                           AND (kernels.median_s IS NULL OR excluded.median_s < kernels.median_s))
-                    """,
-                    (key, op, _dumps(problem), _dumps(chosen), _num(median_s), _num(gflops), _num(gbps), policy,
-                     _dumps(fingerprint), content_hash, now, now),
-                )  # fmt: skip
+                row = db.execute("SELECT * FROM kernels WHERE key=?", (key,)).fetchone()
+                if replaces(self._entry(row) if row else None, median_s, spread, force):
+                    db.execute(
+                        "INSERT OR REPLACE INTO kernels(key, op, problem, candidate, median_s, gflops, gbps, policy, "
+                        "fingerprint, content_hash, created, updated, spread) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (key, op, _dumps(problem), _dumps(chosen), _num(median_s), _num(gflops), _num(gbps), policy,
+                         _dumps(fingerprint), content_hash, row[10] if row else now, now, _num(spread)),
+                    )  # fmt: skip
             row = db.execute("SELECT * FROM kernels WHERE key=?", (key,)).fetchone()
         return self._entry(row) if row else None
 

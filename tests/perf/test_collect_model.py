@@ -283,3 +283,25 @@ def test_surrogate_model_plugs_into_the_surrogate_strategy(collected, uhop_home)
     first = strat.ask(3)
     best3 = sorted(range(len(X)), key=lambda i: scores[i])[:3]
     assert [space.config_hash(c) for c in first] == [space.config_hash(space.decode(X[i])) for i in best3]
+
+
+def test_surrogate_model_learns_from_the_measurements_of_its_search(collected, uhop_home):
+    """update() moves predictions toward what this search measured: configs near a measured one
+    that ran far slower than predicted are expected slower too."""
+    from uhop.perf.family import TiledMatmulFamily
+    from uhop.perf.model import CostModel, load_rows, model_path, samples_from_rows, surrogate_model
+    from uhop.space import SearchSpace
+
+    p = Problem.make("matmul", {"B": 1, "M": 40, "N": 90, "K": 20}, "float32")
+    space = SearchSpace.from_candidates(TiledMatmulFamily().candidates(p))
+    store, _ = collected
+    CostModel.train(samples_from_rows(load_rows(store, op="matmul"), "matmul"), "matmul",
+                    rounds={"ranker": 20, "quantile": 20}).save(model_path("matmul"))  # fmt: skip
+    sm = surrogate_model(p, space)
+    X = [space.encode(c) for c in space.configs()]
+    before = sm.predict(X)
+    # tell it that the first config ran 16x slower than predicted
+    sm.update([X[0]], [2.0 ** before[0] * 16])
+    after = sm.predict(X)
+    assert after[0] == pytest.approx(before[0] + 4, abs=1e-6)
+    assert all(a >= b - 1e-9 for a, b in zip(after, before, strict=True))

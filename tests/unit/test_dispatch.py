@@ -246,7 +246,8 @@ def test_stale_or_wrong_store_entries_are_never_served():
     try:
         npb.softmax_kernel = lambda block: (lambda x: np.zeros_like(x))  # a wrong kernel behind the stored entry
         clear_process_cache()
-        with pytest.warns(UhopWarning, match="failed validation"):
+        # in-process tuning: the patched (wrong) numpy kernel must also lose the re-tuning
+        with pytest.warns(UhopWarning, match="failed validation"), config.override(isolate="never"):
             out = uhop.ops.softmax(x)
     finally:
         npb.softmax_kernel = real
@@ -279,3 +280,19 @@ def test_isolated_tuning_measures_in_worker_processes():
     close(out, x / np.sqrt((x.astype(np.float64) ** 2).mean(-1, keepdims=True) + 1e-6), 1e-5)
     (e,) = open_store().entries("rmsnorm")
     assert e.median_s is not None and len(open_store().measurements(e.key)) >= 2
+
+
+def test_precision_is_never_loosened_by_inference_on_cpu():
+    """A tanh-GELU epilogue is not erf-GELU: probing must not admit it under tf32's tolerance."""
+
+    @uhop.optimize("matmul")
+    def mlp_tanh_gelu(a, b):
+        y = a @ b
+        return 0.5 * y * (1 + np.tanh(np.float32(0.7978845608) * (y + np.float32(0.044715) * y**3)))
+
+    a, b = f32(64, 96) * 4, f32(96, 48) * 4
+    with pytest.warns(UhopWarning, match="does not compute matmul"):
+        out = mlp_tanh_gelu(a, b)
+    y = a.astype(np.float64) @ b
+    close(out, 0.5 * y * (1 + np.tanh(0.7978845608 * (y + 0.044715 * y**3))), 1e-4)
+    assert not open_store().entries("matmul")

@@ -81,7 +81,11 @@ def for_problem(problem: Problem, allow: tuple[str, ...] = ()) -> list[Backend]:
         if allow and name not in allow:
             continue
         b = get(name)
-        if b.available and b.supports(problem):
+        try:  # supports() first: it is cheap, while availability imports the backend's library
+            ok = b.supports(problem) and b.available
+        except Exception:  # a broken optional install must not break the others
+            ok = False
+        if ok:
             out.append(b)
     return out
 

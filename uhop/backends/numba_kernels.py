@@ -35,6 +35,11 @@ from numba.extending import intrinsic
 #: add reassociation (vectorized sums). Never nnan/ninf (NaN and Inf inputs must give what the
 #: float64 reference gives) and never arcp: with it LLVM turns 1/sqrt(x) into an rsqrt estimate
 #: whose Newton step makes NaN of 0 and inf.
+#: numba's on-disk cache is off for these factories: their kernels close over other jitted
+#: functions, which numba pickles into the cache key with process-specific identities, so every
+#: process missed the cache and appended a new entry (measured: 17 files for one kernel, and the
+#: compile paid again). The generated elementwise kernels (module-level, see ``numba.py``) are cached.
+CACHE = False
 FASTMATH = {"contract", "nsz"}
 FASTMATH_REDUCE = {"contract", "nsz", "reassoc"}
 
@@ -254,7 +259,7 @@ def softmax_fn(dtype: str, parallel: bool, wide: bool):
     T = np.dtype(dtype).type
     exp_, row_max, hint = MATH[dtype]["exp_"], ROW_MAX[dtype], _hint(wide)
 
-    @njit(parallel=parallel, fastmath=FASTMATH_REDUCE, error_model="numpy")
+    @njit(parallel=parallel, fastmath=FASTMATH_REDUCE, error_model="numpy", cache=CACHE)
     def softmax(x, out, rows):
         R, N = x.shape
         for blk in prange((R + rows - 1) // rows):
@@ -284,7 +289,7 @@ def norm_fn(kind: str, dtype: str, has_w: bool, has_b: bool, parallel: bool, wid
 
     if kind == "layernorm":
 
-        @njit(parallel=parallel, fastmath=FASTMATH_REDUCE, error_model="numpy")
+        @njit(parallel=parallel, fastmath=FASTMATH_REDUCE, error_model="numpy", cache=CACHE)
         def layernorm(x, w, b, out, eps, rows):
             R, N = x.shape
             for blk in prange((R + rows - 1) // rows):
@@ -310,7 +315,7 @@ def norm_fn(kind: str, dtype: str, has_w: bool, has_b: bool, parallel: bool, wid
 
         return layernorm
 
-    @njit(parallel=parallel, fastmath=FASTMATH_REDUCE, error_model="numpy")
+    @njit(parallel=parallel, fastmath=FASTMATH_REDUCE, error_model="numpy", cache=CACHE)
     def rmsnorm(x, w, b, out, eps, rows):
         R, N = x.shape
         for blk in prange((R + rows - 1) // rows):
@@ -335,7 +340,7 @@ def epilogue_fn(dtype: str, activation: str, has_bias: bool, parallel: bool, wid
     """In place on a GEMM result y (R, N): y = act(y + bias), one pass, ``rows`` rows per task."""
     act, hint = activation_fn(activation, dtype), _hint(wide)
 
-    @njit(parallel=parallel, fastmath=FASTMATH, error_model="numpy")
+    @njit(parallel=parallel, fastmath=FASTMATH, error_model="numpy", cache=CACHE)
     def epilogue(y, bias, rows):
         R, N = y.shape
         for blk in prange((R + rows - 1) // rows):
@@ -360,7 +365,7 @@ def attention_softmax_fn(dtype: str, causal: bool, parallel: bool, wide: bool):
     exp_, row_max, hint = MATH[dtype]["exp_"], ROW_MAX[dtype], _hint(wide)
     ZERO = T(0.0)
 
-    @njit(parallel=parallel, fastmath=FASTMATH_REDUCE, error_model="numpy")
+    @njit(parallel=parallel, fastmath=FASTMATH_REDUCE, error_model="numpy", cache=CACHE)
     def attention_softmax(s, scale, q0, rows):
         R, L = s.shape
         sc = T(scale)

@@ -4,6 +4,7 @@ temporaries in L2 instead of streaming whole intermediate arrays through memory.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -14,17 +15,30 @@ from uhop.backends.base import Backend, Candidate, Kernel
 from uhop.ops import expr as ex
 from uhop.problem import Problem
 
-try:  # scipy's erf is a real ufunc (with out=); without it gelu falls back to math.erf
-    from scipy.special import erf as _erf_ufunc
-except ImportError:  # pragma: no cover - depends on the environment
-    _erf_ufunc = None
+
+@functools.cache
+def erf_ufunc() -> Any:
+    """scipy's erf (a real ufunc, with ``out=``), imported on first use (scipy.special takes about a
+    second to import: a warm start that needs no erf must not pay it); None without scipy, and
+    then this backend does not offer erf/gelu at all (a per-element Python erf is 100x slower)."""
+    try:
+        from scipy.special import erf
+
+        return erf
+    except ImportError:  # pragma: no cover - depends on the environment
+        return None
+
+
+def _needs_erf(problem: Problem) -> bool:
+    if problem.op == "matmul":
+        return problem.param.get("activation") == "gelu"
+    if problem.op == "elementwise":
+        return any(isinstance(n, ex.Call) and n.fn in ("erf", "gelu") for n in ex.nodes(ex.parse(problem.param["expr"])))
+    return False
 
 
 def _erf(x: np.ndarray, out: np.ndarray) -> np.ndarray:
-    if _erf_ufunc is not None:
-        return _erf_ufunc(x, out=out)
-    out[...] = np.vectorize(math.erf, otypes=[np.float64])(x)
-    return out
+    return erf_ufunc()(x, out=out)
 
 
 def _sigmoid(x, out):
@@ -242,6 +256,9 @@ class NumpyBackend(Backend):
         except Exception:
             pass
         return True, f"numpy {np.__version__} ({blas})"
+
+    def supports(self, problem: Problem) -> bool:
+        return super().supports(problem) and not (_needs_erf(problem) and erf_ufunc() is None)
 
     def candidates(self, problem: Problem) -> list[Candidate]:
         op, c = problem.op, Candidate.of

@@ -71,6 +71,8 @@ def tune_command(
     run: str | None = typer.Option(None, "--run", help="Run id for --resume."),
     pareto: Path | None = typer.Option(None, "--pareto", help="Where to write the Pareto front (multi-objective runs)."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the measurements as JSON here."),
+    force: bool = typer.Option(False, "--force", help="Store this run's pick even if the stored entry is faster."),
+    explain: bool = typer.Option(False, "--explain", help="Show where the tuning time went (per phase and candidate)."),
 ) -> None:
     """Tune one problem: table of candidates with time, GFLOP/s or GB/s, validity and the choice."""
     from uhop.cli.core import _fmt_time, fail, fold_id, parse_params
@@ -154,7 +156,7 @@ def tune_command(
                            resume=run_id)  # fmt: skip
             else:
                 res = tune(problem=problem, policy=policy, budget_s=time_budget, backends=tuple(backend),
-                           progress=on_result, max_evals=budget)  # fmt: skip
+                           progress=on_result, max_evals=budget, force=force)  # fmt: skip
         except NoCandidateError as exc:
             raise fail(str(exc), 1) from None
         except (ValueError, ImportError) as exc:
@@ -184,7 +186,14 @@ def tune_command(
         t.add_row(*row, valid)
     console.print(t)
     tail = f" (run {res.run_id}: {res.stopped})" if res.run_id else ""
+    if res.ties:
+        console.print(f"statistically tied with the choice: {', '.join(c.id for c in res.ties)} (the preferred one kept)")
+    if res.served is not None and res.best is not None and res.served != res.best.candidate:
+        console.print(f"the store keeps {res.served.id}: faster than this run's pick beyond the measured spread "
+                      "(--force stores this run's pick)")  # fmt: skip
     console.print(f"key {res.key} stored in the kernel store{tail}")
+    if explain:
+        _print_explain(console, res)
     if multi:
         path = pareto or Path(f"uhop-pareto-{problem.op}-{'x'.join(str(v) for _, v in problem.dims)}.json")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -199,6 +208,32 @@ def tune_command(
         json_out.write_text(json.dumps({
             "problem": problem.to_json(), "key": res.key, "policy": res.policy, "run_id": res.run_id,
             "chosen": res.best.candidate.to_json() if res.best else None,
+            "served": res.served.to_json() if res.served else None, "ties": [c.to_json() for c in res.ties],
+            "overhead_s": res.overhead,
             "measurements": [m.to_json() for m in res.measurements],
             "pareto": [m.to_json() for m in res.pareto],
         }, indent=1, default=str))  # fmt: skip
+
+
+def _print_explain(console: Console, res) -> None:
+    """Where the tuning time went: the run's own phases, then each evaluated candidate's."""
+    ov = res.overhead
+    if not ov:
+        console.print("(no time breakdown for search runs)")
+        return
+    t = Table(title=f"where the time went ({ov.get('total', 0.0):.2f} s in all)")
+    t.add_column("phase")
+    t.add_column("seconds", justify="right")
+    for name, label in (("probe", "backend imports"), ("enumerate", "candidates"), ("worker_start", "worker start"),
+                        ("reference", "reference inputs (float64)"), ("retime", "interleaved re-timing"), ("store", "store")):  # fmt: skip
+        t.add_row(label, f"{ov.get(name, 0.0):.3f}")
+    console.print(t)
+    c = Table(title="per candidate (seconds)")
+    for col in ("candidate", "status", "compile", "validate", "time"):
+        c.add_column(col, justify="right" if col in ("compile", "validate", "time") else "left")
+    for m in res.measurements:
+        if m.status == "skipped":
+            continue
+        ph = dict(m.phases)
+        c.add_row(m.candidate.id, m.status, *(f"{ph[k]:.3f}" if k in ph else "-" for k in ("compile", "validate", "time")))
+    console.print(c)

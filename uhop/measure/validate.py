@@ -27,6 +27,9 @@ class Verdict:
 class Trial:
     inputs: list[np.ndarray]  # numpy, in the problem's dtype (float32 stands in for bfloat16)
     reference: np.ndarray  # float64, computed from the inputs as rounded to the problem's dtype
+    #: ``atol + rtol * |reference|`` when the reference is all finite (computed once per trial,
+    #: so each candidate's comparison is a subtraction and a compare), else None
+    bound: np.ndarray | None = None
 
 
 class ValidationSet:
@@ -45,7 +48,7 @@ class ValidationSet:
             ref = reference_on(problem, xs, problem.device) if problem.device.startswith("cuda") else None
             if ref is None:
                 ref = spec.reference(*[as_f64(x) for x in xs], **problem.param)
-            self.trials.append(Trial(xs, ref))
+            self.trials.append(Trial(xs, ref, _bound(ref, problem)))
 
     def device_reference(self, index: int, device: str) -> Any:
         """Trial ``index``'s reference as a float64 torch tensor on ``device`` (cached)."""
@@ -87,6 +90,16 @@ def reference_on(problem: Problem, xs: list[np.ndarray], device: str) -> np.ndar
         return None
 
 
+def _bound(ref: np.ndarray, problem: Problem) -> np.ndarray | None:
+    if not np.isfinite(ref).all():
+        return None
+    rtol, atol = problem.spec.tolerance(problem.dtype, problem.dim, problem.param)
+    bound = np.abs(ref)
+    bound *= rtol
+    bound += atol
+    return bound
+
+
 def _round_bf16(x: np.ndarray) -> np.ndarray:
     """Round float32 values to the nearest bfloat16 (kept in float32), ties to even."""
     u = x.astype(np.float32).view(np.uint32)
@@ -94,8 +107,9 @@ def _round_bf16(x: np.ndarray) -> np.ndarray:
     return r.view(np.float32)
 
 
-def compare(out: Any, ref: np.ndarray, problem: Problem) -> Verdict:
-    """Compare a kernel output with the float64 reference under the op's tolerance."""
+def compare(out: Any, ref: np.ndarray, problem: Problem, bound: np.ndarray | None = None) -> Verdict:
+    """Compare a kernel output with the float64 reference under the op's tolerance. ``bound``
+    (:attr:`Trial.bound`, for an all-finite reference) makes a passing output cost three passes."""
     expected_shape = tuple(ref.shape)
     if not hasattr(out, "shape") or not hasattr(out, "dtype"):
         return Verdict(False, "bad-output", f"returned {type(out).__name__}, expected an array")
@@ -104,6 +118,11 @@ def compare(out: Any, ref: np.ndarray, problem: Problem) -> Verdict:
     if dtype_name(out) != problem.dtype:
         return Verdict(False, "bad-output", f"dtype {dtype_name(out)}, expected {problem.dtype}")
     got = as_f64(out)
+    if bound is not None and got.shape == bound.shape:
+        err = np.subtract(got, ref)
+        np.abs(err, out=err)
+        if bool(np.all(err <= bound)):  # NaN in got compares False: handled by the full path
+            return Verdict(True, "ok", "", float(err.max()) if err.size else 0.0)
     rtol, atol = problem.spec.tolerance(problem.dtype, problem.dim, problem.param)
     ref_nan, got_nan = np.isnan(ref), np.isnan(got)
     if np.any(ref_nan != got_nan):
@@ -185,6 +204,19 @@ def _poison(problem: Problem, shape: tuple[int, ...], array: str, device: str) -
     del buf
 
 
+def _snapshot(x: Any) -> Any:
+    """A copy of an input in its own dtype (a float64 copy cost twice the memory traffic)."""
+    return x.copy() if isinstance(x, np.ndarray) else x.clone() if hasattr(x, "clone") else as_f64(x)
+
+
+def _unchanged(x: Any, before: Any) -> bool:
+    if isinstance(x, np.ndarray) and isinstance(before, np.ndarray):
+        return bool(np.array_equal(x, before, equal_nan=True))
+    if hasattr(x, "clone") and hasattr(before, "clone"):  # torch on the host: NaN-aware, any dtype
+        return bool(((x == before) | (x.isnan() & before.isnan())).all())
+    return bool(np.array_equal(as_f64(x), as_f64(before), equal_nan=True))
+
+
 def check_kernel(
     kernel: Callable[..., Any],
     vset: ValidationSet,
@@ -199,7 +231,7 @@ def check_kernel(
     on_device = array == "torch" and device != "cpu"
     for t, trial in enumerate(vset.trials):
         xs = vset.native_inputs(trial, array, device)
-        before = [x.clone() for x in xs] if on_device else [as_f64(x) for x in xs]
+        before = [x.clone() if on_device else _snapshot(x) for x in xs]
         try:
             _poison(problem, trial.reference.shape, array, device)
             out = kernel(*xs)
@@ -212,13 +244,13 @@ def check_kernel(
         if prev_out is not None and _shares_memory(out, prev_out):
             return Verdict(False, "stale-output", "returned the same buffer as the previous call")
         for i, (x, b) in enumerate(zip(xs, before, strict=True)):
-            same = bool(x.equal(b)) if on_device else np.array_equal(as_f64(x), b, equal_nan=True)
+            same = bool(x.equal(b)) if on_device else _unchanged(x, b)
             if not same:
                 return Verdict(False, "input-mutated", f"input {problem.spec.arg_names(len(xs))[i]} was modified")
         if on_device:
             v = compare_torch(out, vset.device_reference(t, device), problem)
         else:
-            v = compare(out, trial.reference, problem)
+            v = compare(out, trial.reference, problem, trial.bound)
         if not v.ok:
             prev_ok = (
                 compare_torch(out, vset.device_reference(t - 1, device), problem).ok

@@ -315,16 +315,19 @@ class SurrogateModel:
     """The trained model behind the surrogate strategy's ``cost_model`` protocol
     (``update(X, y)``, ``predict(X) -> scores``, lower is better, ``X`` = ``space.encode(cfg)``):
     each vector is decoded to its candidate and scored with the predicted log2 median latency.
-    The model is a prior learned from telemetry, so ``update`` keeps nothing; a vector that does
-    not decode to a valid config scores ``inf``."""
+
+    The trained model is a prior learned from telemetry (other problems, other days); ``update``
+    learns this search's own measurements on top of it: the residual ``log2(measured) -
+    log2(predicted)`` of every measured config, spread to unmeasured configs by an
+    inverse-distance-weighted mean over the nearest measured ones (so a config next to several
+    that ran 2x slower than predicted is expected 2x slower too). A vector that does not decode
+    to a valid config scores ``inf``."""
 
     def __init__(self, problem: Any, space: Any, model: CostModel) -> None:
         self.problem, self.space, self.model = problem, space, model
+        self._residual: Any = None
 
-    def update(self, X: Sequence[Sequence[float]], y: Sequence[float]) -> None:
-        return None
-
-    def predict(self, X: Sequence[Sequence[float]]) -> list[float]:
+    def _prior(self, X: Sequence[Sequence[float]]) -> list[float]:
         cands: list[Candidate | None] = []
         for x in X:
             try:
@@ -339,6 +342,26 @@ class SurrogateModel:
             log.warning("cost model prediction failed: %s", exc)
             return [0.0] * len(X)
         return [next(med) if c is not None else math.inf for c in cands]
+
+    def update(self, X: Sequence[Sequence[float]], y: Sequence[float]) -> None:
+        from uhop.tune.strategies.surrogate import NearestNeighbours
+
+        prior = self._prior(X)
+        pts = [(list(x), math.log2(v) - p) for x, v, p in zip(X, y, prior, strict=True)
+               if math.isfinite(v) and v > 0 and math.isfinite(p)]  # fmt: skip
+        if not pts:
+            return
+        nn = NearestNeighbours(self.space.bounds())
+        nn.X = [nn._scale(x) for x, _ in pts]
+        nn.y = [r for _, r in pts]  # residuals in log2 units, averaged as they are
+        self._residual = nn
+
+    def predict(self, X: Sequence[Sequence[float]]) -> list[float]:
+        prior = self._prior(X)
+        if self._residual is None:
+            return prior
+        corr = self._residual.predict(X)
+        return [p + c if math.isfinite(p) else p for p, c in zip(prior, corr, strict=True)]
 
 
 def surrogate_model(problem: Any, space: Any) -> SurrogateModel | None:

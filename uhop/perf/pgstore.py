@@ -1,14 +1,16 @@
 """The PostgreSQL kernel store: a central store many machines share (``UHOP_STORE=postgresql://...``).
 
 Same public methods and semantics as :class:`uhop.store.SQLiteStore`: ``get``, ``entries``,
-``measurements``, ``record`` (one transaction; a measured entry replaces an unmeasured one, the
-faster measured entry wins, every writer's measurements are kept), ``delete``, ``export``,
+``measurements``, ``record`` (one transaction under the conflict rule :func:`uhop.store.replaces`:
+measured beats unmeasured, faster beyond the measured spread beats slower, ``force`` overrides;
+every writer's measurements are kept), ``delete``, ``export``,
 ``import_``, ``integrity_ok``, ``url``, ``close``; plus the ``telemetry`` table
 (:mod:`uhop.perf.telemetry`). Problem, candidate, fingerprint and the other JSON fields are
 ``jsonb`` so a central store can be queried by field (``fingerprint->>'cpu'``).
 
-One connection per thread and process (a forked child opens its own). The conflict rule is one
-``INSERT ... ON CONFLICT DO UPDATE ... WHERE`` statement, atomic under concurrent writers; DDL
+One connection per thread and process (a forked child opens its own). The conflict rule is decided
+on the row locked with ``SELECT ... FOR UPDATE`` (after ``INSERT ... ON CONFLICT DO NOTHING``
+created it if absent), so concurrent writers queue on the row; DDL
 runs under an advisory lock so processes that open a fresh database together do not race.
 """
 
@@ -19,7 +21,16 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from uhop.store import SCHEMA_VERSION, Entry, ExportImport, PostgresDB, _dumps, _num, measurement_rows
+from uhop.store import (
+    SCHEMA_VERSION,
+    Entry,
+    ExportImport,
+    PostgresDB,
+    _dumps,
+    _num,
+    measurement_rows,
+    replaces,
+)
 
 try:
     import psycopg
@@ -37,8 +48,9 @@ CREATE TABLE IF NOT EXISTS kernels (
     key TEXT PRIMARY KEY, op TEXT NOT NULL, problem JSONB NOT NULL, candidate JSONB NOT NULL,
     median_s DOUBLE PRECISION, gflops DOUBLE PRECISION, gbps DOUBLE PRECISION, policy TEXT NOT NULL,
     fingerprint JSONB NOT NULL, content_hash TEXT NOT NULL DEFAULT '',
-    created DOUBLE PRECISION NOT NULL, updated DOUBLE PRECISION NOT NULL
+    created DOUBLE PRECISION NOT NULL, updated DOUBLE PRECISION NOT NULL, spread DOUBLE PRECISION
 );
+ALTER TABLE kernels ADD COLUMN IF NOT EXISTS spread DOUBLE PRECISION;
 CREATE TABLE IF NOT EXISTS measurements (
     id BIGSERIAL PRIMARY KEY, key TEXT NOT NULL, op TEXT NOT NULL, candidate JSONB NOT NULL,
     status TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '', median_s DOUBLE PRECISION,
@@ -60,7 +72,7 @@ CREATE TABLE IF NOT EXISTS telemetry (
 CREATE INDEX IF NOT EXISTS telemetry_op ON telemetry(op, key)
 """
 
-_KERNEL_COLS = "key, op, problem, candidate, median_s, gflops, gbps, policy, fingerprint, content_hash, created, updated"
+_KERNEL_COLS = "key, op, problem, candidate, median_s, gflops, gbps, policy, fingerprint, content_hash, created, updated, spread"
 
 
 def _masked(url: str) -> str:
@@ -92,6 +104,8 @@ class PostgresStore(PostgresDB, ExportImport):
             row = cur.fetchone()
             if row is None:
                 cur.execute("INSERT INTO meta(name, value) VALUES ('schema_version', %s)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) < SCHEMA_VERSION:  # the ALTER above migrated it
+                cur.execute("UPDATE meta SET value=%s WHERE name='schema_version'", (str(SCHEMA_VERSION),))
             elif int(row[0]) > SCHEMA_VERSION:
                 raise RuntimeError(
                     f"store {_masked(url)} has schema version {row[0]}, newer than this UHOP's {SCHEMA_VERSION}; "
@@ -147,6 +161,8 @@ class PostgresStore(PostgresDB, ExportImport):
         policy: str,
         fingerprint: dict[str, Any],
         content_hash: str = "",
+        spread: float | None = None,
+        force: bool = False,
     ) -> Entry | None:
         """Store measurements and (if ``chosen``) the choice, in one transaction. Returns the entry
         in force afterwards, which is another writer's if theirs was better."""
@@ -161,21 +177,22 @@ class PostgresStore(PostgresDB, ExportImport):
                     rows,
                 )
             if chosen is not None:
+                values = (key, op, _dumps(problem), _dumps(chosen), _num(median_s), _num(gflops), _num(gbps), policy,
+                          _dumps(fingerprint), content_hash, now, now, _num(spread))  # fmt: skip
                 cur.execute(
-                    f"""
-                    INSERT INTO kernels({_KERNEL_COLS})
-                    VALUES (%s,%s,%s::jsonb,%s::jsonb,%s,%s,%s,%s,%s::jsonb,%s,%s,%s)
-                    ON CONFLICT(key) DO UPDATE SET
-                        problem=excluded.problem, candidate=excluded.candidate, median_s=excluded.median_s,
-                        gflops=excluded.gflops, gbps=excluded.gbps, policy=excluded.policy,
-                        fingerprint=excluded.fingerprint, content_hash=excluded.content_hash, updated=excluded.updated
-                    WHERE excluded.content_hash != kernels.content_hash
-                       OR (excluded.median_s IS NOT NULL
-                           AND (kernels.median_s IS NULL OR excluded.median_s < kernels.median_s))
-                    """,
-                    (key, op, _dumps(problem), _dumps(chosen), _num(median_s), _num(gflops), _num(gbps), policy,
-                     _dumps(fingerprint), content_hash, now, now),
-                )  # fmt: skip
+                    f"INSERT INTO kernels({_KERNEL_COLS}) VALUES (%s,%s,%s::jsonb,%s::jsonb,%s,%s,%s,%s,%s::jsonb,%s,%s,%s,%s) "
+                    "ON CONFLICT(key) DO NOTHING",
+                    values,
+                )
+                if cur.rowcount == 0:  # a row exists: lock it, then apply the rule
+                    cur.execute(f"SELECT {_KERNEL_COLS} FROM kernels WHERE key=%s FOR UPDATE", (key,))
+                    old = cur.fetchone()
+                    if replaces(self._entry(old), median_s, spread, force):
+                        cur.execute(
+                            "UPDATE kernels SET problem=%s::jsonb, candidate=%s::jsonb, median_s=%s, gflops=%s, gbps=%s, "
+                            "policy=%s, fingerprint=%s::jsonb, content_hash=%s, updated=%s, spread=%s WHERE key=%s",
+                            (*values[2:10], now, _num(spread), key),
+                        )
             cur.execute(f"SELECT {_KERNEL_COLS} FROM kernels WHERE key=%s", (key,))
             row = cur.fetchone()
         return self._entry(row) if row else None

@@ -78,6 +78,8 @@ class IsolatedEvaluator:
         #: seconds of the last :meth:`evaluate` that were set-up, not the candidate: waiting for a
         #: worker to start and building the problem's reference inputs (budget estimates skip it)
         self.last_setup_s = 0.0
+        #: the part of ``last_setup_s`` spent waiting for a new worker to start
+        self.last_start_s = 0.0
 
     # ---- the worker's life ----------------------------------------------------------------
     def start(self) -> None:
@@ -89,9 +91,13 @@ class IsolatedEvaluator:
         to_child_r, to_child_w = os.pipe()
         to_parent_r, to_parent_w = os.pipe()
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(os.path.abspath(p) if p else os.getcwd() for p in sys.path))
+        # The worker must import this very UHOP, whatever the working directory holds (a folder
+        # named ``uhop`` there would shadow it under ``python -m``): its root goes first.
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        boot = f"import sys; sys.path.insert(0, {root!r}); from uhop.tune.isolated import main; main()"
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "uhop.tune.isolated", str(to_child_r), str(to_parent_w)],
+                [sys.executable, "-c", boot, str(to_child_r), str(to_parent_w)],
                 pass_fds=(to_child_r, to_parent_w), env=env, start_new_session=True, stdin=subprocess.DEVNULL,
             )  # fmt: skip
         finally:
@@ -159,18 +165,12 @@ class IsolatedEvaluator:
                "registry": dict(bk.REGISTRY),
                "time_it": time_it, "cutoff_s": cutoff_s, "settings": settings or worker_settings()}  # fmt: skip
         with self._lock:
-            self.last_setup_s = 0.0
-            t0 = time.monotonic()
-            self.start()
+            self.last_setup_s = self.last_start_s = 0.0
+            why = self._ensure_ready()
+            if why:
+                return Measurement(candidate, "crash", f"the isolation worker {why}")
+            self.last_setup_s = self.last_start_s
             assert self._send is not None
-            if not self._ready:  # the worker's start-up is not the candidate's time
-                what, reply = self._wait(time.monotonic() + START_TIMEOUT_S)
-                if what != "reply":
-                    self._discard()
-                    why = "did not start in time" if what == "timeout" else f"died while starting ({reply})"
-                    return Measurement(candidate, "crash", f"the isolation worker {why}")
-                self._ready = True
-                self.last_setup_s = time.monotonic() - t0
             try:
                 self._send.send(req)
             except OSError as exc:
@@ -190,6 +190,65 @@ class IsolatedEvaluator:
                 m = Measurement(m.candidate, "crash" if m.ok else m.status,
                                 f"{m.reason}; it left the device context unusable (worker replaced)".lstrip("; "))  # fmt: skip
             return m
+
+
+    def _ensure_ready(self) -> str:
+        """Start the worker if needed and wait for it (not the candidate's time); '' or why not."""
+        t0 = time.monotonic()
+        self.start()
+        if not self._ready:
+            what, reply = self._wait(time.monotonic() + START_TIMEOUT_S)
+            if what != "reply":
+                self._discard()
+                return "did not start in time" if what == "timeout" else f"died while starting ({reply})"
+            if "error" in reply:  # it started but could not set up (e.g. an import failed)
+                self._discard()
+                return f"failed to start: {reply['error']}"
+            self._ready = True
+        self.last_start_s = time.monotonic() - t0
+        return ""
+
+    def prepare(self, problem: Problem, *, trials: int, candidate: Candidate | None = None) -> None:
+        """Ask the worker (without waiting) to draw ``problem``'s validation inputs and build
+        ``candidate`` now, so that both overlap the caller's own work: the candidate's later
+        :meth:`evaluate` finds them ready. Only the next candidate the worker evaluates is built
+        ahead, so that a build that kills the worker is charged to the right candidate."""
+        from uhop import backends as bk
+        from uhop.tune.search import worker_settings
+
+        req = {"cmd": "prepare", "problem": problem.to_json(), "trials": trials, "registry": dict(bk.REGISTRY),
+               "candidate": candidate.to_json() if candidate is not None else None, "settings": worker_settings()}  # fmt: skip
+        with self._lock:
+            self.start()
+            try:
+                assert self._send is not None
+                self._send.send(req)
+            except (OSError, AssertionError):
+                self._discard()
+
+    def retime(self, candidates: list[Candidate], problem: Problem, *, trials: int, rounds: int) -> list[list[float]] | None:
+        """Interleaved re-timing of ``candidates`` in the worker (:func:`uhop.tune.retime.interleaved`):
+        seconds per call ``[candidate][round]``, or None if the worker failed or died."""
+        from uhop import backends as bk
+        from uhop.config import settings as current
+        from uhop.tune.search import worker_settings
+
+        req = {"cmd": "retime", "candidates": [c.to_json() for c in candidates], "problem": problem.to_json(),
+               "trials": trials, "rounds": rounds, "registry": dict(bk.REGISTRY), "settings": worker_settings()}  # fmt: skip
+        with self._lock:
+            if self._ensure_ready():
+                return None
+            assert self._send is not None
+            try:
+                self._send.send(req)
+            except OSError:
+                self._discard()
+                return None
+            what, reply = self._wait(time.monotonic() + current().isolate_timeout_s)
+            if what != "reply":
+                self._discard()
+                return None
+            return reply.get("samples")
 
 
 _evaluators: dict[str, IsolatedEvaluator] = {}
@@ -220,10 +279,14 @@ def _serve(recv: Connection, send: Connection) -> None:
     except Exception:
         pass
     init = recv.recv()
-    from uhop import backends as bk
-    from uhop import config
-    from uhop.measure.validate import ValidationSet
-    from uhop.tune.tuner import evaluate
+    try:
+        from uhop import backends as bk
+        from uhop import config
+        from uhop.measure.validate import ValidationSet
+        from uhop.tune.tuner import evaluate
+    except Exception as exc:  # say why instead of dying: every candidate would be a "crash"
+        send.send({"error": f"{type(exc).__name__}: {exc}"})
+        return
 
     device = init["device"]
     if device.startswith("cuda"):  # pay the CUDA context and Triton import before the first candidate
@@ -236,6 +299,8 @@ def _serve(recv: Connection, send: Connection) -> None:
             pass
     send.send({"ready": True, "pid": os.getpid()})
     vsets: dict[Any, ValidationSet] = {}
+    built: dict[Candidate, tuple[Any, float]] = {}  # built ahead by "prepare": kernel, compile seconds
+    ahead_s = 0.0  # reference inputs drawn by "prepare": reported with the next eval's set-up
     while recv.poll(IDLE_S):
         try:
             req = recv.recv()
@@ -243,6 +308,7 @@ def _serve(recv: Connection, send: Connection) -> None:
             return
         if req["cmd"] == "release":
             vsets.clear()
+            built.clear()
             if device.startswith("cuda"):
                 try:
                     import torch
@@ -257,26 +323,77 @@ def _serve(recv: Connection, send: Connection) -> None:
                 bk._instances.pop(name, None)
         with config.override(**req["settings"], isolate="never"):
             problem = Problem.from_json(req["problem"])
-            cand = Candidate.from_json(req["candidate"])
             vkey = (repr(sorted(req["problem"].items())), req["trials"])
             t0 = time.monotonic()
             if vkey not in vsets:
                 vsets.clear()  # one problem at a time: inputs of the last one only
                 vsets[vkey] = ValidationSet(problem, trials=req["trials"])
             setup_s = time.monotonic() - t0
+            if req["cmd"] == "retime":
+                send.send({"samples": _retime_here(req, problem, vsets[vkey])})
+                continue
+            if req["cmd"] == "prepare":  # no reply: the next eval's reply accounts for it
+                ahead_s = setup_s
+                built.clear()
+                if req["candidate"] is not None:
+                    cand = Candidate.from_json(req["candidate"])
+                    try:
+                        t1 = time.monotonic()
+                        built[cand] = (bk.get(cand.backend).compile(cand, problem), time.monotonic() - t1)
+                    except Exception:  # the eval request compiles it again and records the error
+                        pass
+                continue
+            cand = Candidate.from_json(req["candidate"])
+            kernel, compile_s = built.pop(cand, (None, 0.0))
             try:
                 m, _ = evaluate(cand, bk.get(cand.backend), problem, vsets[vkey], time_it=req["time_it"],
-                                cutoff_s=req["cutoff_s"])  # fmt: skip
+                                cutoff_s=req["cutoff_s"], built=kernel)  # fmt: skip
+                if kernel is not None:
+                    m = m.with_(phases=(("compile", compile_s), *((k, v) for k, v in m.phases if k != "compile")))
                 reply = m.to_json()
             except Exception as exc:  # a fault of ours, still a value
                 from uhop.tune.tuner import Measurement
 
                 reply = Measurement(cand, "crash", f"{type(exc).__name__}: {exc}"[:300]).to_json()
         healthy = device_healthy(problem.device)
-        send.send({"measurement": reply, "healthy": healthy, "setup_s": setup_s})
+        send.send({"measurement": reply, "healthy": healthy, "setup_s": setup_s + ahead_s})
+        ahead_s = 0.0
         if not healthy:
             os._exit(3)
 
 
-if __name__ == "__main__":
+def _retime_here(req: dict[str, Any], problem: Problem, vset: Any) -> list[list[float]] | None:
+    from uhop import backends as bk
+    from uhop.config import settings
+    from uhop.tune.retime import interleaved
+
+    try:
+        ks, args = [], []
+        for cj in req["candidates"]:
+            c = Candidate.from_json(cj)
+            b = bk.get(c.backend)
+            ks.append(b.compile(c, problem))
+            args.append([vset.native_inputs(t, b.array, problem.device) for t in vset.trials])
+        cuda = problem.device.startswith("cuda")
+        sync = (lambda: bk.get("torch").synchronize(problem.device)) if cuda else None
+        return interleaved(ks, args, sync=sync, rounds=req["rounds"], min_time_s=settings().bench_min_s / 4, cuda_events=cuda)
+    except Exception:  # a candidate that timed fine once and fails now: keep the first pass
+        return None
+
+
+def main() -> None:
+    """Entry point of the worker process (started by :meth:`IsolatedEvaluator.start`)."""
     _serve(Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False))
+
+
+def _forget_after_fork() -> None:
+    """A forked child must neither use nor (at its exit) kill its parent's workers."""
+    global _evaluators_lock
+    _evaluators.clear()
+    _evaluators_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+if __name__ == "__main__":
+    main()

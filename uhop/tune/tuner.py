@@ -7,10 +7,11 @@ and never reaches the store as a choice.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import inspect
-import itertools
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -37,6 +38,8 @@ class Measurement:
     #: joules per call and peak extra bytes per call (multi-objective runs; nan when not measured)
     energy_j: float = math.nan
     mem_bytes: float = math.nan
+    #: where the evaluation's time went, seconds: ``compile``, ``validate``, ``time``
+    phases: tuple[tuple[str, float], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -57,6 +60,7 @@ class Measurement:
             "max_err": self.max_err,
             "energy_j": self.energy_j,
             "mem_bytes": self.mem_bytes,
+            "phases": dict(self.phases),
         }
 
     @classmethod
@@ -72,7 +76,11 @@ class Measurement:
             nan if d.get("max_err") is None else float(d["max_err"]),
             nan if d.get("energy_j") is None else float(d["energy_j"]),
             nan if d.get("mem_bytes") is None else float(d["mem_bytes"]),
+            tuple((str(k), float(v)) for k, v in (d.get("phases") or {}).items()),
         )  # fmt: skip
+
+    def with_(self, **changes: Any) -> Measurement:
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass
@@ -91,6 +99,14 @@ class TuneResult:
     stopped: str = ""
     pareto: list[Measurement] = field(default_factory=list)
     objectives: tuple[str, ...] = ("latency",)
+    #: the candidate now in force for the key (the store keeps a faster earlier entry over a
+    #: slower new pick); ``kernel``/``backend`` build it
+    served: Candidate | None = None
+    #: candidates statistically tied with the winner in the interleaved re-timing
+    ties: list[Candidate] = field(default_factory=list)
+    #: seconds outside the candidates' own evaluation: ``probe`` (backend imports), ``enumerate``, ``worker_start``,
+    #: ``reference``, ``retime``, ``store``, ``total`` (``uhop tune --explain``)
+    overhead: dict[str, float] = field(default_factory=dict)
 
     def rate(self, m: Measurement) -> tuple[float | None, float | None]:
         """(GFLOP/s, GB/s) of a measurement."""
@@ -101,9 +117,7 @@ class TuneResult:
 
 ProgressFn = Callable[[int, int, Measurement], None]
 
-#: ``fast`` policy: which kind of backend to trust first without timing. Dense linear algebra goes
-#: to the vendor library; memory-bound chains and row ops go to generated fused kernels.
-_VENDOR_FIRST = {"matmul", "conv2d", "attention"}
+log = logging.getLogger("uhop")
 
 
 def content_hash(candidate: Candidate, key: str, backend: Backend) -> str:
@@ -125,24 +139,25 @@ def content_hash(candidate: Candidate, key: str, backend: Backend) -> str:
     return h.hexdigest()
 
 
-def _interleave(per_backend: Sequence[Sequence[Candidate]]) -> list[Candidate]:
-    """Round-robin across backends so a short budget still covers each backend's best guess."""
-    out = []
-    for group in itertools.zip_longest(*per_backend):
-        out.extend(c for c in group if c is not None)
-    return out
+def baseline(problem: Problem, usable: Sequence[Backend], per_backend: Sequence[Sequence[Candidate]]) -> Candidate | None:
+    """The library path a user would otherwise call (torch on CUDA and for torch callers; numpy
+    for numpy callers on CPU): measured first in every tuning run, served while a problem tunes
+    in the background, and preferred when the re-timing finds no candidate clearly faster."""
+    vendors = [(b, cs[0]) for b, cs in zip(usable, per_backend, strict=True) if b.vendor and cs]
+    if not vendors:
+        return None
+    want = "torch" if problem.device != "cpu" or problem.array == "torch" else "numpy"
+    return next((c for b, c in vendors if b.array == want), vendors[0][1])
 
 
-def _fast_order(problem: Problem, usable: list[Backend], per_backend: list[list[Candidate]]) -> list[Candidate]:
-    vendor_first = problem.op in _VENDOR_FIRST
-    order = sorted(range(len(usable)), key=lambda i: (usable[i].vendor != vendor_first, i))
-    heuristic = [c for i in order for c in per_backend[i]]
-    try:  # a trained cost model reorders by predicted latency; without one the heuristic stands
-        from uhop.perf.model import rank
+def budget_order(problem: Problem, usable: Sequence[Backend], per_backend: Sequence[Sequence[Candidate]]) -> list[Candidate]:
+    """Evaluation order of a budgeted run: the baseline, then every other candidate by expected
+    time (the trained cost model, else the roofline prior of :mod:`uhop.tune.prior`)."""
+    from uhop.tune.prior import order
 
-        return [c for c, _ in rank(problem, heuristic)]
-    except ImportError:
-        return heuristic
+    base = baseline(problem, usable, per_backend)
+    ranked = [c for c, _ in order(problem, [c for cs in per_backend for c in cs])]
+    return ([base] if base is not None else []) + [c for c in ranked if c != base]
 
 
 def evaluate(
@@ -153,18 +168,40 @@ def evaluate(
     *,
     time_it: bool = True,
     cutoff_s: float = math.inf,
+    built: Kernel | None = None,
 ) -> tuple[Measurement, Kernel | None]:
-    """Compile, validate and (optionally) time one candidate. Never raises for candidate faults."""
+    """Compile, validate and (optionally) time one candidate. Never raises for candidate faults.
+
+    ``cutoff_s`` (3x the fastest so far, in a tuning run): timing stops after the first call
+    when that call is slower, and the candidate is recorded ``too-slow``, never a choice."""
+    t0 = time.monotonic()
     try:
-        kernel = backend.compile(candidate, problem)
+        kernel = built if built is not None else backend.compile(candidate, problem)
     except Exception as exc:
-        return Measurement(candidate, "compile-error", f"{type(exc).__name__}: {exc}".splitlines()[0][:300]), None
+        return Measurement(candidate, "compile-error", f"{type(exc).__name__}: {exc}".splitlines()[0][:300],
+                           phases=(("compile", time.monotonic() - t0),)), None  # fmt: skip
+    t1 = time.monotonic()
     sync = (lambda: backend.synchronize(problem.device)) if problem.device != "cpu" else None
+    if math.isfinite(cutoff_s):  # one call first: a candidate 10x too slow must not be validated in full
+        try:
+            xs = vset.native_inputs(vset.trials[0], backend.array, problem.device)
+            ts = time.perf_counter()
+            kernel(*xs)
+            sync and sync()
+            first = time.perf_counter() - ts
+        except Exception:
+            first = 0.0  # validation reports the fault with its reason
+        if first > 2 * cutoff_s:  # 2x: the first call may include a lazy warm-up
+            return Measurement(candidate, "too-slow", f"first call {first:.3g} s > 2x the cutoff {cutoff_s:.3g} s "
+                               "(3x the fastest so far); not validated or timed", phases=(("compile", t1 - t0),)), None  # fmt: skip
     verdict = check_kernel(kernel, vset, backend.array, problem.device, sync)
+    t2 = time.monotonic()
+    phases: tuple[tuple[str, float], ...] = (("compile", t1 - t0), ("validate", t2 - t1))
     if not verdict.ok:
-        return Measurement(candidate, verdict.status, verdict.reason, max_err=verdict.max_err), None
+        return Measurement(candidate, verdict.status, verdict.reason, max_err=verdict.max_err, phases=phases), None
     if not time_it:
-        return Measurement(candidate, "ok", "chosen without timing (policy=fast)", max_err=verdict.max_err), kernel
+        return Measurement(candidate, "ok", "chosen without timing (policy=fast)", max_err=verdict.max_err,
+                           phases=phases), kernel  # fmt: skip
     s = settings()
     arg_sets = [vset.native_inputs(t, backend.array, problem.device) for t in vset.trials]
     try:
@@ -173,27 +210,39 @@ def evaluate(
             cuda_events=problem.device.startswith("cuda") and backend.array == "torch",
         )
     except Exception as exc:  # a kernel that validated but fails when timed is still contained
-        return Measurement(candidate, "crash", f"while timing: {type(exc).__name__}: {exc}"[:300]), None
+        return Measurement(candidate, "crash", f"while timing: {type(exc).__name__}: {exc}"[:300], phases=phases), None
+    phases += (("time", time.monotonic() - t2),)
+    if timing.n == 1 and timing.median_s > cutoff_s:
+        return Measurement(candidate, "too-slow", f"first timed call {timing.median_s:.3g} s > cutoff {cutoff_s:.3g} s "
+                           "(3x the fastest so far); not timed further", timing, verdict.max_err, phases=phases), None  # fmt: skip
     # Re-check an output produced after timing: a kernel must not turn wrong once warmed up.
     again = check_kernel(kernel, _single(vset), backend.array, problem.device, sync)
     if not again.ok:
-        return Measurement(candidate, again.status, "after timing: " + again.reason, timing), None
-    return Measurement(candidate, "ok", "", timing, verdict.max_err), kernel
+        return Measurement(candidate, again.status, "after timing: " + again.reason, timing, phases=phases), None
+    return Measurement(candidate, "ok", "", timing, verdict.max_err, phases=phases), kernel
 
 
 def _trials_for(problem: Problem, wanted: int) -> int:
-    """Fresh draws to validate on: as configured, but two for problems whose inputs pass 32M
-    elements (each draw costs a float64 reference on the host, seconds at that size)."""
+    """Fresh draws to validate on: as configured, but at most two for problems whose inputs pass
+    4M elements (each draw costs a float64 reference, seconds on a host at 16M elements; the
+    output produced after timing is checked against a draw too)."""
     elements = sum(math.prod(s) for s in problem.spec.shapes_from_dims(problem.dim, problem.param, problem.arity))
-    return min(wanted, 2) if elements > (1 << 25) else wanted
+    return min(wanted, 2) if elements > (1 << 22) else wanted
 
 
-def _expected_s(took: Mapping[str, list[float]], backend: Backend) -> float:
-    """How long the next evaluation on ``backend`` may take: the slowest of its last three (a
-    JIT compile varies with the config; starting one that overruns costs the whole budget's
-    promise), or before its first the backend's own estimate (``Backend.eval_s``)."""
+def _expected_s(took: Mapping[str, list[float]], backend: Backend, cand: Candidate, problem: Problem,
+                trials: int, scale: float) -> float:  # fmt: skip
+    """How long evaluating ``cand`` may take: the slowest of its backend's last three evaluations
+    (a JIT compile varies with the config; starting one that overruns costs the whole budget's
+    promise), or before its first the backend's own estimate (``Backend.eval_s``); at least the
+    calls it will make (validation, timing) at its expected time per call, the roofline prior
+    scaled by what the measured candidates showed of this machine (``scale``)."""
+    from uhop.tune.prior import prior_s
+
     recent = took.get(backend.name, [])[-3:]
-    return max(recent) if recent else backend.eval_s
+    base = max(recent) if recent else backend.eval_s
+    per_call = prior_s(cand, problem) * scale
+    return max(base, per_call * (2 * trials + 4) + settings().bench_min_s)
 
 
 def _record_telemetry(problem: Problem, measurements: Sequence[Measurement], store: Any, key: str) -> None:
@@ -274,8 +323,10 @@ def tune(
             raise TypeError("tune() needs problem= or op= and dims=")
         problem = Problem.make(op, dims, dtype, params)
     policy = policy or s.policy
-    if policy not in ("tune", "fast"):
-        raise ValueError(f"policy must be 'tune' or 'fast', got {policy!r}")
+    if policy not in ("tune", "fast", "background"):
+        raise ValueError(f"policy must be 'background', 'tune' or 'fast', got {policy!r}")
+    if policy == "background":  # a tune() call is the tuning itself: it blocks
+        policy = "tune"
     store = store or open_store()
     if strategy is not None or executor is not None or resume is not None:
         from uhop.tune.search import search
@@ -287,18 +338,36 @@ def tune(
             priority=priority, resume=resume, queue_url=queue_url,
         )  # fmt: skip
     budget = s.tune_budget_s if budget_s is None else budget_s
+    return _budgeted(problem, policy, budget, tuple(backends) or s.backends, store, progress, force, max_evals,
+                     isolate, t_start)  # fmt: skip
+
+
+def _budgeted(
+    problem: Problem, policy: str, budget: float, allow: tuple[str, ...], store: Any, progress: ProgressFn | None,
+    force: bool, max_evals: int | None, isolate: bool | None, t_start: float,
+) -> TuneResult:  # fmt: skip
+    """The default tuning run: baseline first, then candidates by expected time while the budget
+    lasts, an interleaved re-timing of the best few, and the store's conflict rule."""
+    s = settings()
     key = problem.key(s.shape_buckets)
-    usable = bk.for_problem(problem, tuple(backends) or s.backends)
+    t = time.monotonic()
+    usable = bk.for_problem(problem, allow)
+    probe_s = time.monotonic() - t
     if not usable:
         reasons = "; ".join(f"{b.name}: {b.availability[1]}" for b in bk.all_backends())
         raise NoCandidateError(f"no available backend supports {problem.describe()} ({reasons})")
     isolated = {b.name for b in usable if (s.isolates(problem.device, b) if isolate is None else isolate)}
+    if isolated:  # then every candidate runs there: one set of reference inputs, no two timers at once
+        isolated = {b.name for b in usable}
     iso = None
     if isolated:
         from uhop.tune.isolated import evaluator
 
         iso = evaluator(problem.device)
         iso.start()  # its imports overlap the candidate enumeration below
+    trials = _trials_for(problem, s.validation_trials)
+    overhead = {"probe": probe_s, "enumerate": 0.0, "worker_start": 0.0, "reference": 0.0, "retime": 0.0, "store": 0.0}
+    t = time.monotonic()
     per_backend: list[list[Candidate]] = []
     for b in usable:
         try:
@@ -307,59 +376,198 @@ def tune(
             per_backend.append([])
             progress and progress(0, 0, Measurement(Candidate(b.name, "<candidates>"), "crash", str(exc)))
     by_name = {b.name: b for b in usable}
-    order = _fast_order(problem, usable, per_backend) if policy == "fast" else _interleave(per_backend)
-
-    trials = _trials_for(problem, s.validation_trials)
+    order = budget_order(problem, usable, per_backend)
+    base = baseline(problem, usable, per_backend)
+    overhead["enumerate"] = time.monotonic() - t
+    log.info("tuning %s: %d candidates, budget %.3g s", problem.describe(), len(order), budget)
+    if iso is not None:  # the worker draws its inputs and builds its first candidate meanwhile
+        first = next((c for c in order if c.backend in isolated), None)
+        iso.prepare(problem, trials=trials, candidate=first if policy == "tune" else None)
     vset: ValidationSet | None = None  # built on first in-process use (the worker builds its own)
     measurements: list[Measurement] = []
+    kernels: dict[Candidate, Kernel] = {}
     best: Measurement | None = None
-    best_kernel: Kernel | None = None
-    deadline = t_start + budget
+    # The budget covers the evaluation, not this process's one-time import of the backends'
+    # libraries (``probe`` in --explain): a later problem in the same process does not pay it.
+    deadline = t_start + probe_s + budget
     took: dict[str, list[float]] = {}  # seconds per evaluation, by backend
+    scale = 1.0  # measured / prior time per call of the candidates timed so far (this machine, now)
     for i, cand in enumerate(order):
-        spent = time.monotonic() + _expected_s(took, by_name[cand.backend]) > deadline or (max_evals is not None and i >= max_evals)
-        if best is not None and (policy == "fast" or spent):
-            measurements.extend(Measurement(c, "skipped", f"policy={policy}" if policy == "fast" else "budget spent") for c in order[i:])
+        if best is not None and policy == "fast":
+            measurements.extend(Measurement(c, "skipped", "policy=fast") for c in order[i:])
             break
+        if best is not None and (
+            time.monotonic() + _expected_s(took, by_name[cand.backend], cand, problem, trials, scale) > deadline
+            or (max_evals is not None and sum(m.status != "skipped" for m in measurements) >= max_evals)
+        ):
+            measurements.append(Measurement(cand, "skipped", "budget spent"))  # a cheaper one may still fit
+            continue
         cutoff = 3 * best.median_s if best is not None and math.isfinite(best.median_s) else math.inf
         t0 = time.monotonic()
         setup = 0.0
         if iso is not None and cand.backend in isolated:
             m, kernel = iso.evaluate(cand, problem, trials=trials, time_it=policy == "tune", cutoff_s=cutoff), None
             setup = iso.last_setup_s
+            overhead["worker_start"] += iso.last_start_s
+            overhead["reference"] += iso.last_setup_s - iso.last_start_s
         else:
             if vset is None:
                 vset = ValidationSet(problem, trials=trials)
                 setup = time.monotonic() - t0
+                overhead["reference"] += setup
             m, kernel = evaluate(cand, by_name[cand.backend], problem, vset, time_it=policy == "tune", cutoff_s=cutoff)
         took.setdefault(cand.backend, []).append(time.monotonic() - t0 - setup)
         measurements.append(m)
+        if m.ok and kernel is not None:
+            kernels[cand] = kernel
+        if m.ok and math.isfinite(m.median_s):
+            from uhop.tune.prior import prior_s
+
+            scale = max(scale, m.median_s / prior_s(cand, problem))
         if m.ok and (best is None or m.median_s < best.median_s):
-            best, best_kernel = m, kernel
+            best = m
+        log.debug("  %s: %s %s", cand.id, m.status, f"{m.median_s * 1e3:.4g} ms" if m.ok else m.reason)
         if progress:
             progress(i + 1, len(order), m)
 
+    ties: list[Candidate] = []
+    if best is not None and policy == "tune":
+        best, ties = _retime(problem, measurements, best, base, order, by_name, kernels, vset, iso, isolated,
+                             trials, deadline, overhead)  # fmt: skip
     if iso is not None:
         iso.release()
-        if best is not None and best_kernel is None:  # validated in the worker; the same build serves here
-            best_kernel = by_name[best.candidate.backend].compile(best.candidate, problem)
+    _warn_backend_failures(problem, measurements)
+    t = time.monotonic()
     _record_telemetry(problem, measurements, store, key)
-    entry = None
-    chosen_backend = by_name[best.candidate.backend] if best is not None else None
-    if best is not None:
-        flops, nbytes = problem.flops(), problem.bytes()
-        med = best.median_s if math.isfinite(best.median_s) else None
-        entry = store.record(
-            key, problem.to_json(), best.candidate.to_json(), [m.to_json() for m in measurements],
-            median_s=med, gflops=flops / med / 1e9 if med else None, gbps=nbytes / med / 1e9 if med else None,
-            policy=policy, fingerprint=hardware_fingerprint(problem.device),
-            content_hash=content_hash(best.candidate, key, chosen_backend),  # type: ignore[arg-type]
-        )  # fmt: skip
-    else:
+    if best is None:
         store.record(
             key, problem.to_json(), None, [m.to_json() for m in measurements], median_s=None, gflops=None,
             gbps=None, policy=policy, fingerprint=hardware_fingerprint(problem.device),
         )  # fmt: skip
         reasons = "; ".join(f"{m.candidate.id}: {m.status} ({m.reason})" for m in measurements[:8])
         raise NoCandidateError(f"no valid candidate for {problem.describe()}: {reasons}")
-    return TuneResult(problem, key, policy, measurements, best, entry, best_kernel, chosen_backend)
+    old = store.get(key)
+    if old is not None and not force and _stale(old, key):
+        store.invalidate(key)  # a stale entry is always replaced
+    chosen_backend = by_name[best.candidate.backend]
+    flops, nbytes = problem.flops(), problem.bytes()
+    med = best.median_s if math.isfinite(best.median_s) else None
+    spread = best.timing.spread if med is not None and math.isfinite(best.timing.spread) else None
+    entry = store.record(
+        key, problem.to_json(), best.candidate.to_json(), [m.to_json() for m in measurements],
+        median_s=med, gflops=flops / med / 1e9 if med else None, gbps=nbytes / med / 1e9 if med else None,
+        policy=policy, fingerprint=hardware_fingerprint(problem.device),
+        content_hash=content_hash(best.candidate, key, chosen_backend), spread=spread, force=force,
+    )  # fmt: skip
+    overhead["store"] = time.monotonic() - t
+    served, kernel, backend = best.candidate, kernels.get(best.candidate), chosen_backend
+    stored = Candidate.from_json(entry.candidate) if entry is not None else best.candidate
+    if stored != best.candidate:  # the store kept a faster entry: that is what callers get
+        try:
+            sb = bk.get(stored.backend)
+            if sb.available and sb.supports(problem):
+                served, kernel, backend = stored, sb.compile(stored, problem), sb
+                log.info("store keeps %s for %s (faster than this run's %s)", stored.id, problem.describe(), best.candidate.id)
+        except Exception as exc:  # the stored one no longer builds: ours replaces it
+            log.warning("stored kernel %s failed to build (%s); storing %s", stored.id, exc, best.candidate.id)
+            store.invalidate(key)
+            store.record(key, problem.to_json(), best.candidate.to_json(), [], median_s=med,
+                         gflops=flops / med / 1e9 if med else None, gbps=nbytes / med / 1e9 if med else None,
+                         policy=policy, fingerprint=hardware_fingerprint(problem.device),
+                         content_hash=content_hash(best.candidate, key, chosen_backend), spread=spread)  # fmt: skip
+    if kernel is None:  # validated in the worker; the same build serves here
+        kernel = backend.compile(served, problem)
+    overhead["total"] = time.monotonic() - t_start
+    log.info("tuned %s in %.2f s: %s%s", problem.describe(), overhead["total"], served.id,
+             f" ({best.median_s * 1e3:.4g} ms)" if med else "")  # fmt: skip
+    return TuneResult(problem, key, policy, measurements, best, entry, kernel, backend, served=served, ties=ties,
+                      overhead=overhead)  # fmt: skip
+
+
+def _stale(entry: Entry, key: str) -> bool:
+    """Whether a stored entry can no longer be served as stored: its backend is gone or its code
+    changed since it was tuned (content hash)."""
+    try:
+        cand = Candidate.from_json(entry.candidate)
+        b = bk.get(cand.backend)
+    except Exception:
+        return True
+    if not b.available:
+        return True
+    return bool(entry.content_hash) and entry.content_hash != content_hash(cand, key, b)
+
+
+def _warn_backend_failures(problem: Problem, measurements: Sequence[Measurement]) -> None:
+    """One clear warning when every evaluated candidate of a backend failed the same way (a broken
+    install, a worker that cannot import UHOP): tuning then chose among the rest."""
+    import warnings
+
+    from uhop.errors import UhopWarning
+
+    by: dict[str, list[Measurement]] = {}
+    for m in measurements:
+        if m.status != "skipped":
+            by.setdefault(m.candidate.backend, []).append(m)
+    for name, ms in by.items():
+        if len(ms) >= 2 and all(m.status in ("crash", "compile-error", "timeout") for m in ms):
+            reasons = {(m.status, m.reason.split(";")[0][:120]) for m in ms}
+            if len(reasons) == 1:
+                status, reason = reasons.pop()
+                warnings.warn(f"every {name} candidate for {problem.describe()} failed: {status} ({reason}); "
+                              f"tuning chose among the other backends", UhopWarning, stacklevel=4)  # fmt: skip
+
+
+def _retime(
+    problem: Problem, measurements: list[Measurement], best: Measurement, base: Candidate | None,
+    order: Sequence[Candidate], by_name: Mapping[str, Backend], kernels: Mapping[Candidate, Kernel],
+    vset: ValidationSet | None, iso: Any, isolated: set[str], trials: int, deadline: float, overhead: dict[str, float],
+) -> tuple[Measurement, list[Candidate]]:  # fmt: skip
+    """Re-time the candidates that could still win (within 1.25x of the best; the baseline too),
+    interleaved, and pick robustly (:mod:`uhop.tune.retime`). Skipped when one candidate is left
+    or the remaining budget cannot pay for three rounds."""
+    from uhop.tune import retime as rt
+
+    ok = sorted((m for m in measurements if m.ok and math.isfinite(m.median_s)), key=lambda m: m.median_s)
+    top = [m for m in ok if m.median_s <= 1.25 * best.median_s][:3]
+    if base is not None and base not in [m.candidate for m in top]:
+        bm = next((m for m in ok if m.candidate == base and m.median_s <= 1.25 * best.median_s), None)
+        if bm is not None:
+            top.append(bm)
+    if len(top) < 2:
+        return best, []
+    per_round = sum(3 * max(settings().bench_min_s / 4, m.median_s) + 2 * m.median_s for m in top)
+    rounds = min(rt.ROUNDS, int((deadline - time.monotonic()) / max(per_round, 1e-9)))
+    if rounds < 3:
+        return best, []
+    t = time.monotonic()
+    cands = [m.candidate for m in top]
+    rank = {c: i for i, c in enumerate(order)}
+    preference = sorted(range(len(cands)), key=lambda i: (cands[i] != base, rank.get(cands[i], len(order))))
+    if iso is not None and any(c.backend in isolated for c in cands):
+        samples = iso.retime(cands, problem, trials=trials, rounds=rounds)
+    else:
+        assert vset is not None
+        ks, args = [], []
+        for c in cands:
+            b = by_name[c.backend]
+            ks.append(kernels.get(c) or b.compile(c, problem))
+            args.append([vset.native_inputs(tr, b.array, problem.device) for tr in vset.trials])
+        samples = rt.interleaved(ks, args, rounds=rounds, min_time_s=settings().bench_min_s / 4)
+    overhead["retime"] = time.monotonic() - t
+    if samples is None:  # the worker died re-timing: keep the first-pass pick
+        return best, []
+    d = rt.decide(samples, preference)
+    w = top[d.winner]
+    import statistics
+
+    rs = sorted(samples[d.winner])
+    spread = (rs[-1] - rs[0]) / d.medians[d.winner] if d.medians[d.winner] > 0 else 0.0
+    timing = Timing(d.medians[d.winner], rs[0], rs[-1], spread, len(rs), w.timing.calls)
+    ties = [cands[i] for i in d.ties]
+    note = f"re-timed interleaved over {rounds} rounds against {', '.join(c.id for c in cands if c != w.candidate)}"
+    if ties:
+        note += f"; statistically tied with {', '.join(c.id for c in ties)} (kept the preferred)"
+    log.debug("retime %s: %s", problem.describe(), [f"{c.id}={statistics.median(x) * 1e3:.4g}ms" for c, x in zip(cands, samples, strict=True)])
+    chosen = w.with_(timing=timing, reason=note)
+    measurements[measurements.index(w)] = chosen
+    return chosen, ties

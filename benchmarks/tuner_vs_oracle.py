@@ -1,0 +1,253 @@
+"""The product's pick next to the oracle's, for every case of the CPU or GPU suite, in one run.
+
+    python benchmarks/tuner_vs_oracle.py --device cpu   --out benchmarks/results/tuner_vs_oracle_cpu.json
+    PYTHONPATH=. python3 benchmarks/tuner_vs_oracle.py --device cuda --out tuner_vs_oracle_h200.json [--only softmax,...]
+
+For each case, in a fresh empty store (its own ``UHOP_HOME``) and with default settings:
+
+1. **product**: the public API (``uhop.ops.<op>``) is called as a user would, once; the wall time of
+   that first call, then ``uhop.wait()`` until background tuning has stored and swapped in its
+   pick (``tune_s``: from the first call to the pick in service);
+2. **oracle**: every candidate of every available backend is compiled, validated and timed in an
+   isolation worker with no budget (this part describes the candidates, not UHOP);
+3. the product call (dispatch included), the oracle's fastest valid candidate and the library
+   baseline are re-timed interleaved (:func:`uhop.tune.retime.interleaved`), and reported as ratios:
+   ``pick_vs_oracle`` = oracle time / product time (1.0 = the product got the best kernel there is;
+   >= 0.95 is the target), ``pick_vs_library`` = library time / product time.
+
+Results with machine and versions go to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+#: the cases named in the tuner issue, beyond the suites (GPU): widths real models use
+GPU_EXTRA = [
+    ("ew_gelu_mul_64m", "elementwise", {"N": 64 * 1024 * 1024}, "bfloat16", {"expr": "gelu(x0)*x1+0.5*x0"}, 2),
+    ("softmax_gpt2_vocab", "softmax", {"R": 8192, "N": 50257}, "bfloat16", {}, 1),
+]
+
+
+def cpu_cases() -> list[tuple[str, str, dict[str, int], str, dict[str, Any], int, str]]:
+    from uhop.benchsuite import SUITES
+    from uhop.ops import get as get_op
+
+    return [(c.name, c.op, get_op(c.op).parse_shape(c.shape), "float32", dict(c.params), c.arity, "contiguous")
+            for c in SUITES["cpu"]]  # fmt: skip
+
+
+def gpu_cases() -> list[tuple[str, str, dict[str, int], str, dict[str, Any], int | None, str]]:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from gpu_suite import CASES
+
+    out = [(c.name, c.op, c.dims, c.dtype, dict(c.params), c.arity, c.layout) for c in CASES if not c.tf32]
+    return out + [(*c, "contiguous") for c in GPU_EXTRA]
+
+
+def make_inputs(op: str, dims: dict[str, int], dtype: str, params: dict[str, Any], arity: int | None, layout: str,
+                device: str, seed: int) -> tuple[Any, list[Any]]:  # fmt: skip
+    """The problem and user-shaped inputs (numpy on CPU, torch on CUDA)."""
+    import numpy as np
+
+    from uhop.problem import Problem
+
+    array = "torch" if device != "cpu" else "numpy"
+    p = Problem.make(op, dims, dtype, params, arity, layout, device, array)
+    xs = p.spec.make_inputs(p.dim, p.param, np.random.default_rng(seed), "float32" if dtype == "bfloat16" else dtype, p.arity)
+    if device == "cpu":
+        return p, xs
+    import torch
+
+    ts = [torch.from_numpy(np.ascontiguousarray(x)).to(device=device, dtype=getattr(torch, dtype)) for x in xs]
+    if op == "conv2d" and layout == "strided":
+        ts[0] = ts[0].contiguous(memory_format=torch.channels_last)
+    return p, ts
+
+
+def product_call(op: str, params: dict[str, Any]):
+    import uhop
+
+    fn = getattr(uhop.ops, op)
+    if op == "elementwise":
+        expr = params["expr"]
+        return lambda *xs: uhop.ops.elementwise(expr, *xs)
+    return lambda *xs: fn(*xs, **params)
+
+
+def oracle(problem: Any) -> list[dict[str, Any]]:
+    """Every candidate of every available backend, fully evaluated in a worker (no budget)."""
+    from uhop import backends as bk
+    from uhop.tune.isolated import IsolatedEvaluator
+
+    ev = IsolatedEvaluator(problem.device)
+    out = []
+    try:
+        for b in bk.for_problem(problem):
+            for c in b.candidates(problem):
+                m = ev.evaluate(c, problem, trials=1, time_it=True)
+                out.append({"candidate": c.id, "json": c.to_json(), "status": m.status, "median_s": m.median_s,
+                            "reason": m.reason[:200], "vendor": b.vendor})  # fmt: skip
+    finally:
+        ev.close()
+    return out
+
+
+def run_case(case: tuple, device: str, rounds: int) -> dict[str, Any]:
+    import uhop
+    from uhop import backends as bk
+    from uhop import config
+    from uhop.backends.base import Candidate
+    from uhop.store import open_store
+    from uhop.tune.retime import interleaved
+
+    name, op, dims, dtype, params, arity, layout = case
+    with tempfile.TemporaryDirectory() as home:
+        os.environ["UHOP_HOME"] = home
+        config.reload()
+        p, xs = make_inputs(op, dims, dtype, params, arity, layout, device, seed=0)
+        call = product_call(op, p.param if op != "elementwise" else params)
+        sync = None
+        if device != "cpu":
+            import torch
+
+            sync = torch.cuda.synchronize
+        t0 = time.perf_counter()
+        call(*xs)
+        sync and sync()
+        first_s = time.perf_counter() - t0
+        uhop.wait()
+        tune_s = time.perf_counter() - t0
+        warm = warm_start(case, device, home)
+        entries = open_store().entries(op)
+        pick = entries[0].candidate if entries else None
+        stored = open_store().measurements(entries[0].key) if entries else []
+        evaluated = sum(1 for m in stored if m["status"] != "skipped")
+        orc = oracle(p)
+        valid = [r for r in orc if r["status"] == "ok" and math.isfinite(r["median_s"])]
+        best = min(valid, key=lambda r: r["median_s"]) if valid else None
+        lib = next((r for r in orc if r["vendor"]), None)
+        lib = min((r for r in valid if r["vendor"]), key=lambda r: r["median_s"], default=lib)
+        kernels, labels = [call], ["uhop"]
+        for label, r in (("oracle_best", best), ("library", lib)):
+            if r is not None and r["status"] == "ok":
+                c = Candidate.from_json(r["json"])
+                kernels.append(bk.get(c.backend).compile(c, p))
+                labels.append(label)
+        samples = interleaved(kernels, [[xs]] * len(kernels), sync=sync, rounds=rounds, min_time_s=0.05,
+                              cuda_events=device != "cpu")  # fmt: skip
+        med = {lab: statistics.median(s) for lab, s in zip(labels, samples, strict=True)}
+        config.reload()
+        return {
+            "name": name, "problem": p.describe(), "first_call_s": first_s, "tune_s": tune_s, "warm_start": warm,
+            "candidates": len(orc), "evaluated_by_product": evaluated,
+            "pick": Candidate.from_json(pick).id if pick else None,
+            "oracle_best": best["candidate"] if best else None, "library": lib["candidate"] if lib else None,
+            "time_s": med, "rounds": {lab: s for lab, s in zip(labels, samples, strict=True)},
+            "pick_vs_oracle": med.get("oracle_best", math.nan) / med["uhop"],
+            "pick_vs_library": med.get("library", math.nan) / med["uhop"],
+            "rate_gbps": p.bytes() / med["uhop"] / 1e9, "rate_gflops": p.flops() / med["uhop"] / 1e9,
+            "oracle": [{k: v for k, v in r.items() if k != "json"} for r in orc],
+        }  # fmt: skip
+
+
+WARM = """
+import json, sys, time
+t0 = time.perf_counter()
+import uhop
+t1 = time.perf_counter()
+sys.path.insert(0, sys.argv[1])
+from tuner_vs_oracle import make_inputs, product_call
+case = json.loads(sys.argv[2])
+name, op, dims, dtype, params, arity, layout = case
+p, xs = make_inputs(op, dims, dtype, params, arity, layout, sys.argv[3], seed=1)
+call = product_call(op, p.param if op != "elementwise" else params)
+sync = (lambda: None)
+if sys.argv[3] != "cpu":
+    import torch
+    sync = torch.cuda.synchronize
+    sync()
+t2 = time.perf_counter(); call(*xs); sync(); t3 = time.perf_counter()
+print(json.dumps({"import_uhop_s": t1 - t0, "first_call_s": t3 - t2}))
+"""
+
+
+def warm_start(case: tuple, device: str, home: str) -> dict[str, Any]:
+    """A new process's first call on the key just stored (after ``import uhop`` and its inputs)."""
+    import subprocess
+
+    env = {**os.environ, "UHOP_HOME": home, "PYTHONPATH": os.pathsep.join(sys.path)}
+    r = subprocess.run([sys.executable, "-c", WARM, str(Path(__file__).resolve().parent), json.dumps(case), device],
+                       env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    try:
+        return json.loads(r.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return {"error": r.stderr[-500:]}
+
+
+def environment(device: str) -> dict[str, Any]:
+    from uhop.problem import hardware_fingerprint
+
+    env = {"python": platform.python_version(), "device": device, "fingerprint": hardware_fingerprint(device),
+           "command": "python benchmarks/tuner_vs_oracle.py " + " ".join(sys.argv[1:]),
+           "date": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "nproc": os.cpu_count()}  # fmt: skip
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--only", default="", help="comma-separated case names")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--out", default="")
+    args = ap.parse_args(argv)
+    cases = cpu_cases() if args.device == "cpu" else gpu_cases()
+    if args.only:
+        want = set(args.only.split(","))
+        cases = [c for c in cases if c[0] in want]
+    out = Path(args.out or f"benchmarks/results/tuner_vs_oracle_{args.device.split(':')[0]}.json")
+    result: dict[str, Any] = {"env": environment(args.device), "cases": []}
+    for case in cases:
+        try:
+            r = run_case(case, args.device, args.rounds)
+        except Exception as exc:  # one broken case must not lose the others
+            r = {"name": case[0], "error": f"{type(exc).__name__}: {exc}"[:500]}
+        result["cases"].append(r)
+        print(line(r), flush=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1, default=str))
+    ok = [r for r in result["cases"] if "error" not in r]
+    within = [r for r in ok if r["pick_vs_oracle"] >= 0.95]
+    result["summary"] = {
+        "cases": len(result["cases"]), "within_5pct_of_oracle": len(within),
+        "share_within_5pct": len(within) / len(ok) if ok else 0.0,
+        "slower_than_library_beyond_5pct": [r["name"] for r in ok if r["pick_vs_library"] < 0.95],
+        "tuning_over_10s": [r["name"] for r in ok if r["tune_s"] > 10.0],
+        "warm_start_max_s": max((r["warm_start"].get("first_call_s", math.inf) for r in ok), default=None),
+    }  # fmt: skip
+    out.write_text(json.dumps(result, indent=1, default=str))
+    print(json.dumps(result["summary"]))
+    return 0
+
+
+def line(r: dict[str, Any]) -> str:
+    if "error" in r:
+        return f"{r['name']}: ERROR {r['error']}"
+    return (f"{r['name']:<22} pick {r['pick']}  oracle {r['oracle_best']}  pick/oracle {r['pick_vs_oracle']:.3f}  "
+            f"vs library {r['pick_vs_library']:.2f}x  first call {r['first_call_s']:.2f}s  tuned in {r['tune_s']:.1f}s")  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())

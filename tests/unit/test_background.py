@@ -1,0 +1,166 @@
+"""The default dispatch policy: first use serves the library baseline at once and tunes in the
+background; the winner is swapped in, persisted, and shared by numpy, torch and CLI callers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+
+import uhop
+from uhop import config
+from uhop.dispatch import _direct_cache, clear_process_cache
+from uhop.store import open_store
+
+rng = np.random.default_rng()
+
+
+def softmax64(x):
+    e = np.exp(x.astype(np.float64) - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_first_call_serves_the_baseline_then_the_tuned_kernel_is_swapped_in():
+    x = rng.standard_normal((64, 300)).astype(np.float32)
+    with config.override(policy="background", tune_budget_s=20):
+        out = uhop.ops.softmax(x)  # served by the baseline while tuning runs
+        np.testing.assert_allclose(out, softmax64(x), rtol=1e-5, atol=1e-6)
+        (k_first,) = _direct_cache.values()
+        assert uhop.wait(timeout=120)
+        (e,) = open_store().entries("softmax")
+        assert e.median_s is not None and e.policy == "tune"
+        (k_final,) = _direct_cache.values()
+        out2 = uhop.ops.softmax(x)
+        np.testing.assert_allclose(out2, softmax64(x), rtol=1e-5, atol=1e-6)
+        # the cache entry was replaced by the tuned kernel unless the baseline itself won
+        if e.candidate["backend"] != "numpy" or e.candidate["template"] != "blocked":
+            assert k_final is not k_first
+
+
+def test_concurrent_first_calls_from_threads_tune_once_and_agree():
+    x = rng.standard_normal((32, 128)).astype(np.float32)
+    outs, errors = [], []
+
+    def call():
+        try:
+            outs.append(uhop.ops.softmax(x))
+        except Exception as exc:  # pragma: no cover - the assertion below reports it
+            errors.append(exc)
+
+    with config.override(policy="background", tune_budget_s=20):
+        threads = [threading.Thread(target=call) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert uhop.wait(timeout=120)
+    assert not errors
+    for o in outs:
+        np.testing.assert_allclose(o, softmax64(x), rtol=1e-5, atol=1e-6)
+    (e,) = open_store().entries("softmax")
+    ran = {json.dumps(m["candidate"], sort_keys=True) for m in open_store().measurements(e.key) if m["status"] == "ok"}
+    assert len(open_store().measurements(e.key)) == len(ran) + sum(
+        1 for m in open_store().measurements(e.key) if m["status"] != "ok"
+    )  # one tuning run: each candidate measured once
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_serves_what_it_inherited():
+    x = rng.standard_normal((16, 64)).astype(np.float32)
+    with config.override(policy="background", tune_budget_s=20):
+        uhop.ops.softmax(x)
+        pid = os.fork()
+        if pid == 0:  # child: its own (empty) background queue; the call must work and wait return
+            code = 0
+            try:
+                out = uhop.ops.softmax(x)
+                np.testing.assert_allclose(out, softmax64(x), rtol=1e-5, atol=1e-6)
+                assert uhop.wait(timeout=60)
+            except BaseException:
+                code = 1
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.WEXITSTATUS(status) == 0
+        assert uhop.wait(timeout=120)
+
+
+CALLER = textwrap.dedent(
+    """
+    import json, sys, time
+    t0 = time.perf_counter()
+    import numpy as np, uhop
+    from uhop.store import open_store
+    t1 = time.perf_counter()
+    x = np.random.default_rng().standard_normal((128, 512)).astype(np.float32)
+    if sys.argv[1] == "torch":
+        import torch
+        x = torch.from_numpy(x)
+        t1 = time.perf_counter()
+    t = time.perf_counter()
+    uhop.ops.softmax(x)
+    first = time.perf_counter() - t
+    uhop.wait()
+    key = open_store().entries("softmax")[0].key
+    print(json.dumps({"import_s": t1 - t0, "first_s": first, "rows": len(open_store().measurements(key))}))
+    """
+)
+
+
+def _run(home, lib, **env):
+    e = {**os.environ, "UHOP_HOME": str(home), "UHOP_BACKENDS": "numpy,torch,numba", **env}
+    e.pop("UHOP_POLICY", None)
+    p = subprocess.run([sys.executable, "-c", CALLER, lib], env=e, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def test_cli_tuned_entry_serves_numpy_and_torch_callers_in_new_processes(uhop_home):
+    pytest.importorskip("torch")
+    env = {**os.environ, "UHOP_HOME": str(uhop_home), "UHOP_BACKENDS": "numpy,torch,numba", "UHOP_TUNE_BUDGET_S": "20"}
+    p = subprocess.run([sys.executable, "-m", "uhop", "tune", "softmax", "--shape", "128x512"], env=env,
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-2000:]
+    (e,) = open_store().entries("softmax")
+    rows = len(open_store().measurements(e.key))
+    for lib in ("numpy", "torch"):
+        r = _run(uhop_home, lib)
+        assert r["rows"] == rows, f"a {lib} caller tuned again"
+        # warm start: the issue's target is 0.25 s; this shared 2-core CI machine gets a margin
+        assert r["first_s"] < 1.5, r
+    assert len(open_store().entries("softmax")) == 1
+
+
+def test_exit_waits_for_background_tuning_so_a_short_script_stores_its_pick(uhop_home):
+    script = "import numpy as np, uhop; uhop.ops.softmax(np.random.rand(32, 96).astype(np.float32))"
+    env = {**os.environ, "UHOP_HOME": str(uhop_home), "UHOP_BACKENDS": "numpy,torch", "UHOP_TUNE_BUDGET_S": "5"}
+    p = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    clear_process_cache()
+    (e,) = open_store().entries("softmax")
+    assert e.median_s is not None
+
+
+def test_isolation_worker_imports_this_uhop_whatever_the_working_directory(tmp_path):
+    shadow = tmp_path / "uhop"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("raise ImportError('the wrong uhop')\n")
+    from uhop.tune.isolated import IsolatedEvaluator
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        ev = IsolatedEvaluator("cpu")
+        from uhop.backends.base import Candidate
+        from uhop.problem import Problem
+
+        m = ev.evaluate(Candidate.of("numpy", "eager", block=0), Problem.make("softmax", {"R": 8, "N": 16}, "float32"), trials=1)
+        ev.close()
+    finally:
+        os.chdir(cwd)
+    assert m.ok, m.reason

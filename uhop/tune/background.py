@@ -1,0 +1,162 @@
+"""Tuning off the caller's path: first use serves the library kernel while the tuner runs.
+
+A new problem's first call must not stall for the tuning budget. With ``UHOP_POLICY=background``
+(the default for ``@uhop.optimize`` and ``uhop.ops``) dispatch serves the problem's baseline (the
+library call a user would otherwise make: torch on CUDA and for torch callers, numpy for numpy
+callers), checked first on a small instance of the problem, and queues the problem here. One
+daemon thread per process tunes queued problems one at a time (timings of two tuning runs must
+not overlap), with the same budget, worker processes and store as a blocking run; when a run
+ends, its callback swaps the validated winner into every dispatch cache that served the baseline
+and the store keeps it for every later process.
+
+:func:`wait` blocks until the queue is empty (scripts, tests, benchmarks). At interpreter exit the
+queue is given up to ``UHOP_EXIT_WAIT_S`` seconds to finish, so that a short script still stores
+what its first call started tuning; after that the work is abandoned (nothing half-written: the
+store is written once per problem, in one transaction). In a forked child the queue starts empty:
+the parent's thread does not exist there, and the child serves what it inherited.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("uhop")
+
+Job = Callable[[], None]
+
+
+class Queue:
+    """A FIFO of jobs keyed by problem key (a key queued twice runs once), run by one daemon thread."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._jobs: collections.OrderedDict[str, Job] = collections.OrderedDict()
+        self._running: str | None = None
+        self._thread: threading.Thread | None = None
+        #: keys whose job stores something (tuning): the exit wait is for these only, not for a
+        #: re-validation of an entry already stored
+        self._persist: set[str] = set()
+        #: keys whose job finished (for reports: ``uhop.wait()`` returns them)
+        self.done: list[str] = []
+
+    def submit(self, key: str, job: Job, *, persist: bool = True) -> bool:
+        """Queue ``job`` under ``key`` unless that key is queued or running; True if queued.
+        ``persist``: the job stores a result that interpreter exit should wait for."""
+        with self._cv:
+            if key in self._jobs or key == self._running:
+                return False
+            self._jobs[key] = job
+            if persist:
+                self._persist.add(key)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="uhop-tuner", daemon=True)
+                self._thread.start()
+            self._cv.notify_all()
+            return True
+
+    def pending(self, persist_only: bool = False) -> int:
+        with self._cv:
+            keys = [*self._jobs, *([self._running] if self._running is not None else [])]
+            return sum(1 for k in keys if not persist_only or k in self._persist)
+
+    def wait_persisting(self, timeout: float) -> bool:
+        """Block until no job that stores something is queued or running (the exit wait)."""
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while any(k in self._persist for k in [*self._jobs, self._running] if k is not None):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cv.wait(timeout=left)
+            return True
+
+    def busy(self, key: str) -> bool:
+        with self._cv:
+            return key in self._jobs or key == self._running
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._jobs:
+                    if not self._cv.wait(timeout=30.0) and not self._jobs:
+                        self._thread = None  # idle: the next submit starts a new thread
+                        return
+                key, job = self._jobs.popitem(last=False)
+                self._running = key
+            try:
+                job()
+            except Exception:  # a job must never kill the thread the other problems wait on
+                log.exception("background tuning of %s failed", key)
+            finally:
+                del job  # its closure holds kernels: they must not outlive their caches
+                with self._cv:
+                    self._running = None
+                    self._persist.discard(key)
+                    self.done.append(key)
+                    self._cv.notify_all()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until no job is queued or running; False if ``timeout`` seconds passed first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cv:
+            while self._jobs or self._running is not None:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cv.wait(timeout=left)
+            return True
+
+
+_queue = Queue()
+
+
+def queue() -> Queue:
+    return _queue
+
+
+def wait(timeout: float | None = None) -> bool:
+    """Block until every problem queued for background tuning has been tuned and swapped in
+    (``True``), or ``timeout`` seconds passed (``False``)."""
+    return _queue.wait(timeout)
+
+
+def _at_exit() -> None:
+    from uhop.config import settings
+
+    n = _queue.pending(persist_only=True)
+    if not n:
+        return
+    limit = settings().exit_wait_s
+    if limit <= 0:
+        return
+    log.warning("uhop: finishing background tuning of %d problem(s) before exit (at most %.0f s; "
+                "UHOP_EXIT_WAIT_S=0 skips it)", n, limit)  # fmt: skip
+    _queue.wait_persisting(limit)
+
+
+def _register_exit() -> None:
+    # Before atexit handlers run (the isolation workers are closed by one): the hook
+    # concurrent.futures uses, run when the main thread ends. Fall back to atexit.
+    try:
+        threading._register_atexit(_at_exit)  # type: ignore[attr-defined]
+    except (AttributeError, RuntimeError):
+        import atexit
+
+        atexit.register(_at_exit)
+
+
+def _reset_after_fork() -> None:
+    global _queue
+    _queue = Queue()
+
+
+_register_exit()
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+__all__: list[Any] = ["Queue", "queue", "wait"]
