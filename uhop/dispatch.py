@@ -184,7 +184,7 @@ def resolve_interim(problem: Problem, policy: str | None = None) -> tuple[Resolv
 
         res = tune(problem=problem, policy=policy, store=store)
         assert res.kernel is not None and res.backend is not None and res.served is not None
-        _resolved[key] = (res.kernel, res.backend, res.served)
+        _resolved[key] = (_spot_checked(res.kernel, res.backend, problem, key), res.backend, res.served)
         return _resolved[key], False
 
 
@@ -204,7 +204,7 @@ def _from_store(problem: Problem, key: str, entry: Any) -> Resolved | None:
         _warn(f"stored kernel {cand.id} for {problem.describe()} is stale (content hash changed); re-tuning")
         return None
     try:
-        return backend.compile(cand, problem), backend, cand
+        return _spot_checked(backend.compile(cand, problem), backend, problem, key), backend, cand
     except Exception as exc:  # a stored entry that no longer builds: re-tune
         _warn(f"stored kernel {cand.id} failed to build ({exc}); re-tuning")
         return None
@@ -317,7 +317,22 @@ def _tune_in_background(problem: Problem, key: str, base: Resolved) -> None:
         _install(key, base)
         return
     assert res.kernel is not None and res.backend is not None and res.served is not None
-    _install(key, (res.kernel, res.backend, res.served))
+    _install(key, (_spot_checked(res.kernel, res.backend, problem, key), res.backend, res.served))
+
+
+# ---- dispatch-time spot checks (uhop.sandbox.spotcheck) ----------------------------------------
+def _spot_checked(kernel: Kernel, backend: Backend, problem: Problem, key: str) -> Kernel:
+    """Untrusted kernels (kernel files) re-checked on a sample of calls; a failure quarantines
+    the store entry, serves the reference from then on, and drops the key from this process so
+    the next resolve re-tunes."""
+    if backend.trusted:  # UHOP's own templates: nothing to wrap, nothing imported
+        return kernel
+    from uhop.sandbox.spotcheck import spot_checked
+    from uhop.store import open_store
+
+    return spot_checked(kernel, problem, key, trusted=backend.trusted, store=open_store(),
+                        on_quarantine=lambda: _resolved.pop(key, None))  # fmt: skip
+# ---- end of spot checks ------------------------------------------------------------------------
 
 
 def _valid(problem: Problem, got: Resolved) -> bool:

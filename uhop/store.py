@@ -122,6 +122,12 @@ def measurement_rows(key: str, op: str, measurements: Iterable[dict[str, Any]], 
     ]  # fmt: skip
 
 
+def _quarantine_row(e: Entry, reason: str) -> dict[str, Any]:
+    """The measurement row that records a quarantine (both stores): the reason names the content
+    hash first, so :meth:`quarantined` finds it without a schema change."""
+    return {"candidate": e.candidate, "status": "quarantined", "reason": f"content_hash={e.content_hash}; {reason}"[:500]}
+
+
 def _wal(conn: sqlite3.Connection, timeout_s: float = 60.0) -> None:
     """Switch to WAL. Changing the journal mode can fail at once with "database is locked" while
     another process creates the same database (SQLite does not run the busy handler for it), so
@@ -346,6 +352,31 @@ class SQLiteStore(SQLiteDB, ExportImport):
         """Drop the choice for ``key`` (stale or failing), keeping its measurements as history."""
         with self._tx() as db:
             return db.execute("DELETE FROM kernels WHERE key=?", (key,)).rowcount > 0
+
+    def quarantine(self, key: str, reason: str) -> bool:
+        """Withdraw the choice for ``key`` because its kernel failed a dispatch-time spot check:
+        in one transaction, a ``quarantined`` measurement row (the kernel's candidate, its
+        content hash and ``reason``) and the entry's removal. Returns whether an entry was there.
+        :meth:`quarantined` answers from those rows, so a re-tune can skip the kernel."""
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM kernels WHERE key=?", (key,)).fetchone()
+            if row is None:
+                return False
+            e = self._entry(row)
+            db.executemany(
+                "INSERT INTO measurements(key, op, candidate, status, reason, median_s, spread, n, max_err, created) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?)",
+                measurement_rows(key, e.op, [_quarantine_row(e, reason)], now),
+            )
+            db.execute("DELETE FROM kernels WHERE key=?", (key,))
+        return True
+
+    def quarantined(self, content_hash: str) -> bool:
+        """Whether a kernel with this content hash was ever quarantined (any key)."""
+        like = f"%content_hash={content_hash};%"
+        q = "SELECT 1 FROM measurements WHERE status='quarantined' AND reason LIKE ? LIMIT 1"
+        return self._conn().execute(q, (like,)).fetchone() is not None
 
     def delete(self, key: str | None = None, op: str | None = None) -> int:
         with self._tx() as db:

@@ -39,13 +39,14 @@ def test_vector_width_from_target_and_no_vectorize_is_scalar():
 
 
 def test_tiled_matmul_carries_lowering_config_into_the_dispatch():
-    cfg = PassConfig(strategy="tiled", tiles=(32, 64), vector_tiles=(4, 32, 1))
+    lanes = host_target().simd_bytes // 4  # 4 x 2 vectors: 8 accumulators, half of AVX2's 16 registers
+    cfg = PassConfig(strategy="tiled", tiles=(32, 64), vector_tiles=(4, 2 * lanes, 1))
     built = build("matmul", {"M": 64, "N": 64, "K": 32}, "float32", {}, 2, config=cfg)
     assert "compilation_info" in built.lowered.text
     log = built.log
-    assert "distribution 32x64" in log.decisions["tiling"] and "register tile 4x32x1" in log.decisions["tiling"]
+    assert "distribution 32x64" in log.decisions["tiling"] and f"register tile 4x{2 * lanes}x1" in log.decisions["tiling"]
     configs = " ".join(c for d in log.dispatches for c in d["lowering_configs"])
-    assert "distribution = [32, 64, 0]" in configs and "vector_common_parallel = [4, 32, 0]" in configs
+    assert "distribution = [32, 64, 0]" in configs and f"vector_common_parallel = [4, {2 * lanes}, 0]" in configs
     assert "tiled" in log.summary() and "register pressure" in log.summary()
 
 

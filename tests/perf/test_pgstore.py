@@ -126,10 +126,12 @@ def test_concurrent_writers_keep_everything_and_fastest_wins(pg_url):
 
     PostgresStore(pg_url).close()  # schema first; writers then race on rows only
     procs = [
-        subprocess.Popen([sys.executable, "-c", WRITER, pg_url, name, str(base)])
+        subprocess.Popen([sys.executable, "-c", WRITER, pg_url, name, str(base)], stderr=subprocess.PIPE, text=True)
         for name, base in (("w1", 3e-3), ("w2", 1e-3), ("w3", 2e-3))
     ]
-    assert all(p.wait(timeout=120) == 0 for p in procs)
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-2000:]
     s = PostgresStore(pg_url)
     assert len(s.measurements("shared")) == 60
     e = s.get("shared")
@@ -159,3 +161,15 @@ def test_open_store_tune_and_telemetry_through_postgres(pg_url, monkeypatch):
     ok = [r for r in rows if r["status"] == "ok"]
     assert ok and all(r["median_s"] > 0 and r["min_s"] <= r["median_s"] <= r["max_s"] for r in ok)
     assert rows[0]["dims"] == {"R": 8, "N": 33} and rows[0]["hw_features"]["hw_cores"] >= 1
+
+
+def test_invalidate_drops_the_choice_and_keeps_history(pg_url, tmp_path):
+    from uhop.perf.pgstore import PostgresStore
+    from uhop.store import SQLiteStore
+
+    for s in (PostgresStore(pg_url), SQLiteStore(tmp_path / "db")):
+        _rec(s, "k", "a", 1e-3)
+        assert s.invalidate("k") and s.get("k") is None and not s.invalidate("k")
+        assert len(s.measurements("k")) == 1
+        assert _rec(s, "k", "b", 5e-3).candidate["backend"] == "b"  # a stale entry is always replaced
+        s.close()

@@ -71,7 +71,10 @@ class IreeBackend(Backend):
             # already spill once operand broadcasts and loads are counted. 4 x lanes (4 accumulators)
             # is the conservative tile that compiles without spills where the others do (bias +
             # ragged N: 31x48x5 spilled both 16-accumulator tiles).
-            for vm, vn in ((8, 2 * lanes), (4, 4 * lanes), (4, lanes)):
+            # AVX2 has 16 vector registers: there even 4 x lanes spilled (bias + ragged N, 7x13x3),
+            # so a 2 x lanes tile comes last
+            tiles = ((8, 2 * lanes), (4, 4 * lanes), (4, lanes)) + (((2, lanes),) if regs <= 16 else ())
+            for vm, vn in tiles:
                 for dm, dn in ((128, 128), (64, 256)):
                     if vm * vn // lanes <= regs // 2:
                         out.append(c("iree", "tiled", dist_m=min(dm, _ceil(rows, vm)), dist_n=min(dn, _ceil(d["N"], vn)),

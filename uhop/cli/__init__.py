@@ -10,6 +10,7 @@ import typer
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     # name: (module, help)
+    "ai": ("uhop.cli.ai", "Generate kernels with a language model (sandboxed), report, quarantine."),
     "cache": ("uhop.cli.cache", "Inspect and manage the kernel store."),
     "hw": ("uhop.cli.hw", "Hardware capability manifests and device detection."),
     "kernel": ("uhop.cli.kernel", "Check and register candidate kernel files (sandboxed)."),

@@ -36,13 +36,20 @@ class ValidationSet:
     """Fresh random trials for one problem, drawn from a secret seed, reference computed once
     (in this process, never by the candidate) and reused for every candidate of a tuning run."""
 
-    def __init__(self, problem: Problem, trials: int = 3, seed: int | None = None) -> None:
+    def __init__(self, problem: Problem, trials: int = 3, seed: int | None = None,
+                 distributions: Sequence[str] | None = None) -> None:  # fmt: skip
+        """``distributions`` (names from :data:`DISTRIBUTIONS`): trial ``i`` draws from
+        ``distributions[i % len]``, each with its own secret scale and offset; default: the op's
+        own uniform [-1, 1) inputs for every trial."""
         self.problem = problem
         spec = problem.spec
         rng = np.random.default_rng(secrets.randbits(63) if seed is None else seed)
         self.trials: list[Trial] = []
-        for _ in range(trials):
-            xs = spec.make_inputs(problem.dim, problem.param, rng, problem.dtype, problem.arity)
+        for i in range(trials):
+            if distributions:
+                xs = draw_inputs(problem, rng, distributions[i % len(distributions)])
+            else:
+                xs = spec.make_inputs(problem.dim, problem.param, rng, problem.dtype, problem.arity)
             if problem.dtype == "bfloat16":
                 xs = [_round_bf16(x) for x in xs]
             ref = reference_on(problem, xs, problem.device) if problem.device.startswith("cuda") else None
@@ -69,6 +76,40 @@ class ValidationSet:
                 y = y.to(torch.bfloat16)
             out.append(y)
         return out
+
+
+#: input distributions a validator can ask for (:func:`draw_inputs`); "uniform" is the op's own
+DISTRIBUTIONS = ("uniform", "scaled", "offset", "normal")
+#: the largest magnitude per op (default 16): where float32 rounding of large inputs is amplified
+#: beyond the op's tolerance (attention's scores, chained elementwise math), less
+MAX_SCALE = {"attention": 4.0, "elementwise": 2.0}
+
+
+def draw_inputs(problem: Problem, rng: np.random.Generator, distribution: str = "uniform") -> list[np.ndarray]:
+    """Inputs for ``problem`` from ``distribution``, with parameters drawn from ``rng`` (a secret
+    seed makes them secret): ``uniform`` [-1, 1) (the op's own generator); ``scaled``: that times
+    s in [2, smax]; ``offset``: a [-1, 1) spread times a in [0.5, 2] plus a negative offset c in
+    [-smax/2, -0.5]; ``normal``: N(0, sigma), sigma in [1, smax/2]. ``smax`` is
+    :data:`MAX_SCALE` for the op (16 by default). A kernel right only on the validator's old
+    [-1, 1) range fails the others."""
+    spec = problem.spec
+    xs = spec.make_inputs(problem.dim, problem.param, rng, problem.dtype, problem.arity)
+    if distribution == "uniform":
+        return xs
+    smax = MAX_SCALE.get(problem.op, 16.0)
+    out = []
+    for x in xs:
+        x64 = x.astype(np.float64)
+        if distribution == "scaled":
+            y = x64 * rng.uniform(2.0, smax)
+        elif distribution == "offset":
+            y = x64 * rng.uniform(0.5, 2.0) + rng.uniform(-smax / 2, -0.5)
+        elif distribution == "normal":
+            y = rng.normal(0.0, rng.uniform(1.0, max(smax / 2, 1.0)), size=x.shape)
+        else:
+            raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
+        out.append(y.astype(x.dtype))
+    return out
 
 
 def reference_on(problem: Problem, xs: list[np.ndarray], device: str) -> np.ndarray | None:

@@ -28,6 +28,7 @@ from uhop.store import (
     PostgresDB,
     _dumps,
     _num,
+    _quarantine_row,
     measurement_rows,
     replaces,
 )
@@ -50,7 +51,6 @@ CREATE TABLE IF NOT EXISTS kernels (
     fingerprint JSONB NOT NULL, content_hash TEXT NOT NULL DEFAULT '',
     created DOUBLE PRECISION NOT NULL, updated DOUBLE PRECISION NOT NULL, spread DOUBLE PRECISION
 );
-ALTER TABLE kernels ADD COLUMN IF NOT EXISTS spread DOUBLE PRECISION;
 CREATE TABLE IF NOT EXISTS measurements (
     id BIGSERIAL PRIMARY KEY, key TEXT NOT NULL, op TEXT NOT NULL, candidate JSONB NOT NULL,
     status TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '', median_s DOUBLE PRECISION,
@@ -100,6 +100,12 @@ class PostgresStore(PostgresDB, ExportImport):
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     cur.execute(stmt)
+            # schema 1 -> 2; only when the column is missing: an ALTER takes an exclusive lock,
+            # and other processes may be writing rows right now
+            cur.execute("SELECT 1 FROM information_schema.columns WHERE table_name='kernels' AND column_name='spread' "
+                        "AND table_schema=current_schema()")  # fmt: skip
+            if cur.fetchone() is None:
+                cur.execute("ALTER TABLE kernels ADD COLUMN IF NOT EXISTS spread DOUBLE PRECISION")
             cur.execute("SELECT value FROM meta WHERE name='schema_version'")
             row = cur.fetchone()
             if row is None:
@@ -196,6 +202,35 @@ class PostgresStore(PostgresDB, ExportImport):
             cur.execute(f"SELECT {_KERNEL_COLS} FROM kernels WHERE key=%s", (key,))
             row = cur.fetchone()
         return self._entry(row) if row else None
+
+    def invalidate(self, key: str) -> bool:
+        """Drop the choice for ``key`` (stale or failing), keeping its measurements as history."""
+        with self._tx() as cur:
+            cur.execute("DELETE FROM kernels WHERE key=%s", (key,))
+            return cur.rowcount > 0
+
+    def quarantine(self, key: str, reason: str) -> bool:
+        """As :meth:`uhop.store.SQLiteStore.quarantine`: a ``quarantined`` measurement row and the
+        entry's removal, in one transaction."""
+        now = time.time()
+        with self._tx() as cur:
+            cur.execute(f"SELECT {_KERNEL_COLS} FROM kernels WHERE key=%s FOR UPDATE", (key,))
+            row = cur.fetchone()
+            if row is None:
+                return False
+            e = self._entry(row)
+            cur.executemany(
+                "INSERT INTO measurements(key, op, candidate, status, reason, median_s, spread, n, max_err, created) "
+                "VALUES (%s,%s,%s::jsonb,%s,%s,%s,%s,%s,%s,%s)",
+                measurement_rows(key, e.op, [_quarantine_row(e, reason)], now),
+            )
+            cur.execute("DELETE FROM kernels WHERE key=%s", (key,))
+        return True
+
+    def quarantined(self, content_hash: str) -> bool:
+        _, rows = self._read("SELECT 1 FROM measurements WHERE status='quarantined' AND reason LIKE %s LIMIT 1",
+                             (f"%content_hash={content_hash};%",))  # fmt: skip
+        return bool(rows)
 
     def delete(self, key: str | None = None, op: str | None = None) -> int:
         with self._tx() as cur:

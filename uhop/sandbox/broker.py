@@ -279,8 +279,18 @@ def main() -> None:
             os._exit(0)
 
 
+#: refusals reported on the trusted channel (the parent's start-up log, a file in its TMPDIR):
+#: one rejects the candidate; more are counted, never written, so a flood cannot fill the disk
+MAX_REPORTS = 16
+_reported = [0]
+
+
 def _report(reason: str) -> None:
-    """The trusted channel: one line on the broker's stderr (the parent's start-up log)."""
+    """The trusted channel: one line on the broker's stderr (the parent's start-up log), for the
+    first :data:`MAX_REPORTS` refusals only."""
+    _reported[0] += 1
+    if _reported[0] > MAX_REPORTS:
+        return
     line = REPORT + "".join(c if c.isprintable() else "?" for c in reason)[:300] + "\n"
     try:
         os.write(2, line.encode())

@@ -18,7 +18,9 @@ only to reject. Per candidate:
 
 from __future__ import annotations
 
+import functools
 import math
+import secrets
 import statistics
 import time
 from collections.abc import Mapping, Sequence
@@ -28,9 +30,19 @@ from typing import Any
 
 import numpy as np
 
-from uhop.measure.validate import Trial, ValidationSet, compare
+from uhop.measure.validate import (
+    DISTRIBUTIONS,
+    Trial,
+    ValidationSet,
+    _round_bf16,
+    compare,
+    draw_inputs,
+    reference_on,
+)
 from uhop.ops import get as get_op
+from uhop.ops.base import as_f64
 from uhop.problem import Problem
+from uhop.sandbox.child import digest as child_digest
 from uhop.sandbox.kernelfile import KernelFile, KernelFileError, StaticPolicy, load
 from uhop.sandbox.worker import Limits, SandboxFault, Worker, WorkerPool, pool
 
@@ -50,7 +62,7 @@ SHAPES: dict[str, tuple[str, ...]] = {
 
 CATEGORIES = (
     "timeout", "memory", "crash", "forbidden", "wrong-result", "partial-write", "stale-output",
-    "input-mutated", "nondeterministic", "bad-output", "disk", "bad-file",
+    "input-mutated", "nondeterministic", "bad-output", "disk", "bad-file", "timing-fault",
 )  # fmt: skip
 
 
@@ -200,53 +212,137 @@ class Evaluation:
                 raise SandboxFault("nondeterministic", f"two calls on the same inputs differ ({v.reason}){when}")
         raise SandboxFault("wrong-result", v.reason + when)
 
-    def round_trip(self) -> float:
-        ts = []
-        for _ in range(5):
+    def calibrate(self, shape: tuple[int, ...], dtype: str, reps: int = 3) -> tuple[float, float]:
+        """Before any candidate code runs in the worker (so its own clock is still trusted): the
+        cost of ending a timing batch of ``n`` calls, ``a + b * n`` seconds. ``b`` (copying and
+        hashing one output) is timed by the worker itself, ``a`` (the request, the side-effect
+        check, the reply) is the parent's round trip less that; minimum of ``reps`` each, so
+        only what a trusted worker needs at least is later subtracted from a candidate's time."""
+        dt = "float32" if dtype == "bfloat16" else dtype
+        a = b = math.inf
+        for _ in range(reps):
             t0 = _perf()
-            self.w.request({"cmd": "ping"})
-            ts.append(_perf() - t0)
-        return min(ts)
+            reply, _ = self.w.request({"cmd": "emit", "n": 1, "shape": list(shape), "dtype": dt})
+            a = min(a, _perf() - t0 - float(reply.get("child_s", 0.0)))
+            reply, _ = self.w.request({"cmd": "emit", "n": 16, "shape": list(shape), "dtype": dt})
+            b = min(b, float(reply.get("child_s", 0.0)) / 16)
+        self.transport = (max(a, 0.0), max(b, 0.0))
+        return self.transport
 
-    def time(self, trials: Sequence[Trial], *, repeat: int = 5, min_time_s: float = 0.05) -> dict[str, float]:
-        """Per-call time on the parent's clock. Slots 0..k-1 hold ``trials``; batches rotate over
-        them; each batch's last output is re-validated; fresh checked calls are interleaved."""
-        for i, t in enumerate(trials):
-            self.put(i, t)
-        slots = list(range(len(trials)))
-        rtt = self.round_trip()
+    def _fresh_inputs(self, n: int) -> list[list[np.ndarray]]:
+        rng = np.random.default_rng(secrets.randbits(63))
+        sets = []
+        for _ in range(n):
+            xs = draw_inputs(self.problem, rng, DISTRIBUTIONS[int(rng.integers(len(DISTRIBUTIONS)))])
+            sets.append([_round_bf16(x) for x in xs] if self.problem.dtype == "bfloat16" else xs)
+        return sets
+
+    def time(self, *, repeat: int = 5, min_time_s: float = 0.05, sample: int = 3,
+             set_budget_bytes: int = 8 << 20) -> dict[str, float]:  # fmt: skip
+        """Per-call time on the parent's clock. Each batch runs the candidate once on each of
+        ``calls`` brand-new input sets (no repeats: a result cache cannot hit), gets every output
+        back, and ``sample`` of them, picked here after the reply, are checked against the
+        float64 reference (computing only some calls, or the last, fails): the worker commits to
+        every output by its digest in the timed reply and reveals the sample afterwards. The cost
+        of the commitment, calibrated before load (:meth:`calibrate`), is subtracted; a median below the
+        roofline floor of the problem on this hardware is a ``timing-fault``."""
+        p = self.problem
+        a, b = getattr(self, "transport", (0.0, 0.0))
+        out_bytes = int(np.prod(self._out_shape())) * 8
+        shapes = p.spec.shapes_from_dims(p.dim, p.param, p.arity or len(p.spec.inputs))
+        set_bytes = sum(int(np.prod(sh)) for sh in shapes) * 8 + out_bytes
+        max_calls = max(1, min(10_000, set_budget_bytes // max(set_bytes, 1)))
+        rng = np.random.default_rng(secrets.randbits(63))
+        if p.flops() > 1e9:  # a float64 reference costs seconds here: one per batch is the sample
+            sample = 1
 
         def batch(calls: int) -> float:
+            sets = self._fresh_inputs(calls)
+            self.w.request({"cmd": "put", "slot": 0, "n_sets": calls}, [x for xs in sets for x in xs], raw=True)
             t0 = _perf()
-            reply, arrays = self.w.request({"cmd": "bench", "slots": slots, "calls": calls,
-                                            "max_out_bytes": 2 * trials[0].reference.size * 8},
-                                           max_reply=self._reply_cap(trials[0]))  # fmt: skip
+            reply, _ = self.w.request({"cmd": "bench", "slots": list(range(calls)), "max_out_bytes": out_bytes * 2},
+                                      max_reply=calls * 64 + (1 << 20))  # fmt: skip
             wall = _perf() - t0
-            slot = (calls - 1) % len(trials)  # which set the last call used: known here, not asked
-            if len(arrays) != 1 or reply.get("slot") != slot:
-                raise SandboxFault("bad-output", "timing batch returned no output, or another set's")
-            self.prev = None  # rotating sets: compare only against this set's reference
-            self.judge(arrays[0], trials[slot], when=" (output produced while timing)")
+            digests = reply.get("digests")
+            if not isinstance(digests, list) or len(digests) != calls:
+                raise SandboxFault("bad-output", f"timing batch committed to no output for some of its {calls} calls")
+            # which outputs are checked is decided now, after the worker committed to all of them
+            idx = sorted(int(i) for i in rng.choice(calls, size=min(sample, calls), replace=False))
+            _, outs = self.w.request({"cmd": "reveal", "idx": idx}, max_reply=len(idx) * (out_bytes * 2 + 256) + (1 << 20))
+            if len(outs) != len(idx):
+                raise SandboxFault("bad-output", "the timing batch's outputs were not revealed")
+            for i, out in zip(idx, outs, strict=True):
+                if child_digest(np.ascontiguousarray(out)) != digests[i]:
+                    raise SandboxFault("wrong-result", f"call {i + 1} of {calls} while timing: the output revealed "
+                                       "is not the one committed to when the batch ended")  # fmt: skip
+                ref = reference_on(p, sets[i], p.device) if p.device.startswith("cuda") else None
+                ref = ref if ref is not None else p.spec.reference(*[as_f64(x) for x in sets[i]], **p.param)
+                self.prev = None
+                self.judge(out, Trial(sets[i], ref), when=f" (call {i + 1} of {calls} while timing)")
             child = reply.get("child_s")
             if not isinstance(child, (int, float)) or not (child <= wall * 1.05 + 1e-3):  # claims more time than passed
-                raise SandboxFault("crash", f"worker reported {child:.3g} s for a {wall:.3g} s batch")
-            # A ping right behind the batch: work deferred past a (forged) early reply still
-            # delays this, so it is counted.
-            t1 = _perf()
-            self.w.request({"cmd": "ping"})
-            wall += _perf() - t1
-            return max(wall - 2 * rtt, 0.0) / calls
+                raise SandboxFault("crash", f"worker reported {child!r} s for a {wall:.3g} s batch")
+            return max(wall - a - b * calls, 0.0) / calls
 
-        first = batch(1)
-        per = max(min_time_s / repeat, 1e-6)
-        calls = max(1, min(10_000, int(per / max(first, 1e-7))))
+        first = min(batch(1), batch(2))  # the first call of a fresh worker is slow: not the estimate
+        # batches long enough that the subtracted fixed cost is at most 5% of one (noise in its
+        # calibration then moves a time by a few percent, never to zero)
+        per = max(min_time_s / repeat, min(20 * a, 0.1), 1e-6)
+        calls = max(1, min(max_calls, int(per / max(first, 1e-7))))
         samples = []
         for r in range(repeat):
             samples.append(batch(calls))
+            if samples[-1] * calls < per / 2:  # batches too short for the parent's clock: lengthen
+                calls = min(max_calls, calls * 2)
             if r % 2 == 1:  # interleave a checked call on brand-new inputs
                 self.prev = None
-                self.check(_fresh_trial(self.problem), slot=len(trials), when=" (between timing batches)")
-        return {"median_s": statistics.median(samples), "min_s": min(samples), "calls": calls, "rtt_s": rtt}
+                self.check(_fresh_trial(p), slot=calls, when=" (between timing batches)")
+        median = statistics.median(samples)
+        floor = roofline_floor_s(p)
+        if median < floor:
+            raise SandboxFault("timing-fault", f"{median * 1e6:.3g} us per call is below the roofline floor "
+                               f"{floor * 1e6:.3g} us of this problem on this hardware")  # fmt: skip
+        return {"median_s": median, "min_s": min(samples), "calls": calls, "rtt_s": a, "per_output_s": b,
+                "floor_s": floor}  # fmt: skip
+
+    def _out_shape(self) -> tuple[int, ...]:
+        p = self.problem
+        shapes = p.spec.shapes_from_dims(p.dim, p.param, p.arity or len(p.spec.inputs))
+        return tuple(p.spec.output_shape(shapes, p.param))
+
+
+#: a measured time may undercut the manifest's roofline by this factor before it is a fault
+#: (datasheet peaks are estimates, and small problems run from cache)
+FLOOR_MARGIN = 0.5
+
+
+@functools.lru_cache(maxsize=8)
+def _manifest(device: str) -> Any:
+    from uhop.hardware import get_capabilities
+
+    try:
+        return get_capabilities(device="cpu" if device == "cpu" else device)
+    except Exception:
+        return None
+
+
+def roofline_floor_s(problem: Problem) -> float:
+    """The least time one call of ``problem`` can take on this machine's manifest (``uhop/hardware``):
+    FLOPs / peak compute, and bytes / peak bandwidth when the problem's bytes exceed the last-level
+    cache (below that, caches outrun the memory bandwidth), times :data:`FLOOR_MARGIN`. 0 when
+    the manifest has no figure."""
+    caps = _manifest(problem.device.split(":")[0] if problem.device == "cpu" else problem.device)
+    if caps is None:
+        return 0.0
+    floor = 0.0
+    flops = caps.peak_flops(problem.dtype)
+    if flops:
+        floor = problem.flops() / flops
+    bw = caps.peak_bandwidth()
+    llc = max((f.value for f in (caps.caches.l3_bytes, caps.caches.l2_bytes) if f is not None), default=0)
+    if bw and problem.bytes() > llc:
+        floor = max(floor, problem.bytes() / bw)
+    return floor * FLOOR_MARGIN
 
 
 def check_file(
@@ -304,15 +400,18 @@ def check(
         raise ValueError("problems must hold at least one Problem")
     base = dict(path=str(kf.path), op=kf.op, sha256=kf.sha256, shapes=tuple(p.describe() for p in problems))
     # the references: computed here, before any candidate code runs anywhere
-    vsets = [ValidationSet(p, trials=max(trials, 2)) for p in problems]
+    # several distributions and scales with secret parameters: right only on [-1, 1) fails
+    vsets = [ValidationSet(p, trials=max(trials, len(DISTRIBUTIONS)), distributions=DISTRIBUTIONS) for p in problems]
     t_start = _perf()
     tools = kf.needs_tools if tools is None else tools
     w = (workers or pool(isolation, limits, gpu=kf.device == "cuda", tools=tools)).take()
     timing: dict[str, float] = {}
     try:
+        ev = Evaluation(w, problems[-1])
+        if time_it:  # the transport of outputs, measured while the worker is still trusted
+            ev.calibrate(ev._out_shape(), problems[-1].dtype)
         w.load(kf.source, f"kernel_{kf.sha256[:12]}.py", array=kf.array, device=kf.device, tools=tools)
         t_loaded = _perf()
-        ev = Evaluation(w, problems[0])
         for p, vs in zip(problems, vsets, strict=True):
             ev.set_problem(p)
             for t in vs.trials:
@@ -320,7 +419,8 @@ def check(
         if time_it:
             repeat, min_s = settings_bench()
             ev.prev = None
-            timing = ev.time(vsets[-1].trials, repeat=repeat, min_time_s=min_s)
+            ev.set_problem(problems[-1])
+            timing = ev.time(repeat=repeat, min_time_s=min_s)
         w.request({"cmd": "ping"})
         refused = w.tool_refusals()
         if refused:

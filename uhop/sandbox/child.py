@@ -74,6 +74,38 @@ def from_npy(b: bytes):
     return np.load(io.BytesIO(b), allow_pickle=False)
 
 
+def from_raw(blob: bytes, meta) -> object:
+    """A float array from raw bytes and ``[shape, dtype]`` (the fast path for many small arrays:
+    ``np.load`` costs ~0.1 ms per array). Refuses anything but a little-endian float dtype and a
+    shape whose size matches the bytes."""
+    import numpy as np
+
+    shape, dt = meta
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise ValueError("bad raw shape")
+    if dt not in ("<f2", "<f4", "<f8", "<c8", "<c16"):
+        raise ValueError(f"raw dtype {dt!r} is not a float")
+    dtype = np.dtype(dt)
+    n = 1
+    for d in shape:
+        n *= d
+    if n * dtype.itemsize != len(blob):
+        raise ValueError("raw array size does not match its shape")
+    return np.frombuffer(blob, dtype=dtype).reshape(shape)
+
+
+def digest(a) -> str:
+    """The commitment to one output of a timing batch: BLAKE2b-128 of its raw bytes (a
+    cryptographic hash: no output can be made to match a digest sent before it was computed)."""
+    import hashlib
+
+    return hashlib.blake2b(memoryview(a).cast("B"), digest_size=16).hexdigest()
+
+
+def raw_meta(a) -> list:
+    return [list(a.shape), a.dtype.str]
+
+
 # ---- the worker --------------------------------------------------------------------------------
 class Fault(Exception):
     def __init__(self, category: str, reason: str) -> None:
@@ -92,6 +124,8 @@ def _classify(exc: BaseException) -> tuple[str, str]:
         return "disk", text
     if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENETUNREACH):
         return "forbidden", text
+    if isinstance(exc, ValueError) and "read-only" in str(exc):
+        return "input-mutated", f"wrote into an input ({text})"
     if isinstance(exc, (SystemExit, KeyboardInterrupt)):
         return "crash", f"called exit ({text})"
     return "crash", text
@@ -109,7 +143,8 @@ class Worker:
         self.device = "cpu"
         self.sync = lambda: None
         self.log_limit = 1 << 20
-        self.threads = threading.active_count()
+        self.threads = 1
+        self.revealable: list = []
 
     def send(self, header: dict, blobs: list[bytes] = ()) -> None:  # type: ignore[assignment]
         self.frames.write_all(self.wfd, pack(header, list(blobs)))
@@ -120,7 +155,7 @@ class Worker:
     def serve(self) -> None:
         import numpy as np  # noqa: F401 - the pre-warm: this import is most of a worker's start-up
 
-        for mod in ("ctypes", "resource", "importlib.util", "platform"):  # used by load; warm them too
+        for mod in ("ctypes", "resource", "importlib.util", "platform", "hashlib", "mmap"):  # used by load; warm them too
             try:
                 __import__(mod)
             except ImportError:
@@ -180,17 +215,20 @@ class Worker:
         ns = [x for x in os.environ.get("UHOP_SANDBOX_LAYERS", "").split(",") if x]
         # Writes beneath the private dir only: with Landlock, and only where that dir is a
         # size-capped tmpfs (a quota); otherwise seccomp refuses every write-open.
-        readable = [str(p) for p in header.get("readable", [])] + [f"/proc/{os.getpid()}"]
-        if deny_writes and "tmpfs" in ns and _filters().landlock([str(p) for p in header.get("writable", [])], readable):
-            layers.append("landlock")
+        # (Landlock was entered in main(), single-threaded, where the private dir is a tmpfs.)
+        if deny_writes and "landlock" in ns:
             deny_writes = False
+        if _confine().thread_count() > 1 and not self.shielded:  # a thread outside every Landlock domain
+            raise Fault("crash", f"{_confine().thread_count()} threads before confinement (BLAS pool started?)")
         if header.get("seccomp", True):
             installed = _filters().install(deny_writes=deny_writes)
             if not installed:
                 raise Fault("crash", "the seccomp filter could not be installed (pyseccomp missing?)")
             layers += installed
         layers += ns
-        self.threads = threading.active_count()
+        # CPU workers count the kernel's threads (a pthread started through ctypes too); CUDA
+        # workers Python's (the driver starts threads of its own on first use)
+        self.threads = _confine().thread_count() if self.device != "cuda" else threading.active_count()
         spec = importlib.util.spec_from_file_location("uhop_candidate", path)
         mod = importlib.util.module_from_spec(spec)
         sys.modules["uhop_candidate"] = mod
@@ -204,6 +242,7 @@ class Worker:
         if not callable(run):
             raise Fault("bad-file", "the file defines no callable run(*inputs)")
         self.run = run
+        self.baseline = _process_state()  # handlers as the import left them; timers must be none
         self._check_side_effects()
         return {"ok": True, "layers": layers}, []
 
@@ -228,15 +267,41 @@ class Worker:
         return ["tools"]
 
     def cmd_put(self, header, blobs):
-        self.slots[int(header["slot"])] = [from_npy(b) for b in blobs]
+        """Store input sets, read-only: ``n_sets`` sets of equal arity into slots ``slot``..;
+        a write into an input raises (numpy) or faults (anything else)."""
+        slot, n = int(header["slot"]), int(header.get("n_sets", 1))
+        arity = len(blobs) // max(n, 1)
+        meta = header.get("meta")
+        xs = [from_raw(b, m) for b, m in zip(blobs, meta, strict=True)] if meta else [from_npy(b) for b in blobs]
+        xs = _readonly_many(xs)
+        for i in range(n):
+            self.slots[slot + i] = xs[i * arity : (i + 1) * arity]
         return {"ok": True}, []
 
+    def cmd_emit(self, header, blobs):
+        """Trusted phase only (the parent calibrates its transport before any candidate code runs
+        here): ``n`` zero arrays of ``shape`` and ``dtype``, sent as a timing batch's outputs are."""
+        import numpy as np
+
+        if self.run is not None:
+            raise Fault("crash", "emit after load")
+        outs = [np.zeros(header["shape"], header["dtype"]) for _ in range(int(header["n"]))]
+        t0 = _perf()
+        digests = [digest(np.array(o, copy=True, order="C")) for o in outs]
+        t = _perf() - t0
+        _process_state()  # as a batch's side-effect check costs
+        return {"ok": True, "digests": digests, "child_s": t}, []
+
     def _args(self, slot: int) -> list:
-        xs = [x.copy() for x in self.slots[slot]]
+        xs = self.slots[slot]
         if self.array == "torch":
+            import warnings
+
             import torch
 
-            xs = [torch.from_numpy(x).to(self.device) for x in xs]
+            with warnings.catch_warnings():  # "non-writable array": on purpose
+                warnings.simplefilter("ignore")
+                xs = [torch.from_numpy(x).to(self.device) for x in xs]
         return xs
 
     def _poison(self, nbytes: int) -> None:
@@ -250,6 +315,10 @@ class Worker:
 
     def _snapshot(self, out, xs, max_bytes: int = 1 << 62) -> bytes:
         """Copy the output at once (work finished later on another thread does not count)."""
+        return npy(self._host_copy(out, xs, max_bytes))
+
+    def _host_copy(self, out, xs, max_bytes: int = 1 << 62):
+        """The output as a C-contiguous host copy, after the type, aliasing and dtype checks."""
         import numpy as np
 
         nbytes = getattr(out, "nbytes", 0)
@@ -272,22 +341,30 @@ class Worker:
             raise Fault("bad-output", "output aliases an input (return a new array)")
         if out.dtype.kind not in "fc":
             raise Fault("bad-output", f"output dtype {out.dtype}, expected a floating-point array")
-        return npy(np.array(out, copy=True, order="C"))
+        return np.array(out, copy=True, order="C")
 
     def _check_side_effects(self) -> None:
-        if threading.active_count() > self.threads:
-            n = threading.active_count() - self.threads
+        """Nothing of the candidate may outlive a call: threads, interval or POSIX timers, signal
+        handlers installed since load (C-level ones included), more output than the log cap."""
+        now = _process_state()
+        n = (now["threads"] if self.device != "cuda" else threading.active_count()) - self.threads
+        if n > 0:
             raise Fault("forbidden", f"left {n} thread(s) running after returning")
         size = os.fstat(1).st_size
         if size > self.log_limit:
             raise Fault("forbidden", f"printed {size} bytes (limit {self.log_limit})")
+        if now["timers"]:
+            raise Fault("forbidden", f"left a timer armed after returning ({now['timers'][0]})")
+        changed = [sig for sig, h in now["handlers"].items() if self.baseline["handlers"].get(sig) != h]
+        if changed:
+            raise Fault("forbidden", f"changed signal handlers ({changed[0]}) after load")
 
     def cmd_call(self, header, blobs):
         """Call run() ``repeat`` times on the same input set; reply with every output and the
         inputs as they were after the first call."""
         slot, repeat = int(header["slot"]), int(header.get("repeat", 1))
         if blobs:  # inputs sent with the call (one round trip per call for the user backend)
-            self.slots[slot] = [from_npy(b) for b in blobs]
+            self.slots[slot] = _readonly_many([from_npy(b) for b in blobs])
         outs, after = [], []
         for r in range(repeat):
             xs = self._args(slot)
@@ -302,22 +379,84 @@ class Worker:
         return {"ok": True, "n_out": len(outs)}, outs + after
 
     def cmd_bench(self, header, blobs):
-        """``calls`` back-to-back calls rotating over ``slots``; replies with the last output.
-        The parent times this request on its own clock; ``child_s`` is only a cross-check."""
-        slots, calls = [int(s) for s in header["slots"]], int(header["calls"])
+        """One call per slot of ``slots`` (each a distinct input set), back to back; replies with
+        every output, so none can be skipped. The parent times this request on its own clock
+        (the transport of the outputs calibrated before load) and checks a sample it picks after
+        the reply; ``child_s`` is only a cross-check."""
+        slots = [int(s) for s in header["slots"]]
         sets = [self._args(s) for s in slots]
         run, sync = self.run, self.sync
+        outs = []
         sync()
         t0 = _perf()
-        out = None
-        for i in range(calls):
-            out = run(*sets[i % len(sets)])
+        for xs in sets:
+            outs.append(run(*xs))
         sync()
         t = _perf() - t0
-        last = (calls - 1) % len(sets)
-        blob = self._snapshot(out, sets[last], int(header.get("max_out_bytes", 1 << 62)))
+        cap = int(header.get("max_out_bytes", 1 << 62))
+        self.revealable = [self._host_copy(o, xs, cap) for o, xs in zip(outs, sets, strict=True)]
         self._check_side_effects()
-        return {"ok": True, "slot": slots[last], "child_s": t}, [blob]
+        return {"ok": True, "child_s": t, "digests": [digest(a) for a in self.revealable]}, []
+
+    def cmd_reveal(self, header, blobs):
+        """The outputs of the last timing batch at ``idx`` (the parent picks them after it holds
+        every output's digest, and checks them against those digests)."""
+        arrays = [self.revealable[int(i)] for i in header["idx"]]
+        return {"ok": True, "meta": [raw_meta(a) for a in arrays]}, [a.tobytes() for a in arrays]
+
+
+def _readonly_many(xs: list) -> list:
+    """Copies of ``xs`` in one mapping made read-only: numpy refuses writes (``ValueError``:
+    the worker reports ``input-mutated``), and a write through a raw pointer faults."""
+    import ctypes
+    import mmap
+
+    import numpy as np
+
+    offs, n = [], 0
+    for x in xs:
+        offs.append(n)
+        n += (x.nbytes + 63) // 64 * 64
+    m = mmap.mmap(-1, max(n, 1))
+    out = []
+    for x, off in zip(xs, offs, strict=True):
+        a = np.frombuffer(m, dtype=x.dtype, count=x.size, offset=off).reshape(x.shape)
+        a[...] = x
+        out.append(a)
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
+    if _libc().mprotect(ctypes.c_void_p(addr), ctypes.c_size_t(max(n, 1)), 1) != 0:  # PROT_READ
+        raise Fault("crash", "mprotect failed")
+    for a in out:
+        a.flags.writeable = False
+    return out
+
+
+_WATCHED = ("SIGALRM", "SIGVTALRM", "SIGPROF", "SIGUSR1", "SIGUSR2", "SIGIO", "SIGCHLD", "SIGSEGV", "SIGBUS")
+
+
+def _process_state() -> dict:
+    """What a call must not leave behind, cheaply (it runs in every timing batch): timers armed
+    (interval timers, POSIX timers), the set of signals with a handler as the kernel sees it
+    (``SigCgt``: C-level handlers installed through ctypes included), Python's handlers of the
+    timer and user signals, and the thread count."""
+    timers = [n for n in ("ITIMER_REAL", "ITIMER_VIRTUAL", "ITIMER_PROF") if any(signal.getitimer(getattr(signal, n)))]
+    try:
+        with open("/proc/self/timers") as f:
+            if f.read().strip():
+                timers.append("timer_create")
+    except OSError:
+        pass
+    handlers: dict = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("SigCgt:", "Threads:")):
+                key, _, value = line.partition(":")
+                handlers[key] = value.strip()
+    threads = int(handlers.pop("Threads", "1"))
+    for name in _WATCHED:
+        if hasattr(signal, name):
+            handlers[name] = repr(signal.getsignal(getattr(signal, name)))
+    return {"timers": timers, "handlers": handlers, "threads": threads}
 
 
 def _host(x):
@@ -380,6 +519,11 @@ def _filters():
     return _sibling("syscall_filter")
 
 
+def _confine():
+    """confine.py: privilege drop, the fallback's namespaces, the thread count."""
+    return _sibling("confine")
+
+
 def _framing():
     """framing.py: reading and writing length-prefixed frames on the pipes."""
     return _sibling("framing")
@@ -392,30 +536,10 @@ def _toolshim():
     return _sibling("toolshim")
 
 
-def _private_namespaces(home: str, disk_bytes: int) -> list[str]:
-    """Without bubblewrap: a new user + mount + network namespace where the kernel allows it
-    (unprivileged too), with a size-capped tmpfs over the private directory, so the only
-    writable place has a quota and the network is gone. Returns the layers obtained."""
+def _libc():
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    NEWUSER, NEWNS, NEWNET = 0x10000000, 0x00020000, 0x40000000
-    uid, gid = os.getuid(), os.getgid()  # before unsharing: unmapped ids read as 65534 after
-    if libc.unshare(NEWUSER | NEWNS | NEWNET) != 0:
-        return ["netns"] if libc.unshare(NEWNET) == 0 else []
-    layers = ["netns"]
-    MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE = 2, 4, 1 << 14, 1 << 18
-    try:
-        for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
-            with open(f"/proc/self/{name}", "w") as f:
-                f.write(text)
-        libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None)
-        opts = f"size={int(disk_bytes)},mode=0700".encode()
-        if libc.mount(b"tmpfs", home.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, opts) == 0:
-            layers.append("tmpfs")
-    except OSError:
-        pass
-    return layers
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def main() -> None:
@@ -423,23 +547,37 @@ def main() -> None:
     # The protocol uses private copies of stdin/stdout; fds 0-2 are handed to the candidate's log.
     rfd, wfd = os.dup(0), os.dup(1)
     try:  # a spare worker must not outlive the parent even before its limits are applied
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        _libc().prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
     except Exception:
         pass
+    # Started as root: the parent names the unprivileged uid to become (bwrap's privileged mode
+    # granted only CAP_SETUID/CAP_SETGID for this).
+    ids = tuple(int(x) for x in os.environ.pop("UHOP_SANDBOX_IDS").split(":")) if os.environ.get("UHOP_SANDBOX_IDS") else None
+    ids = ids if os.getuid() == 0 else None
     home = os.environ.get("UHOP_SANDBOX_PRIVATE", "")
+    layers: list[str] = []
     if home:  # no bubblewrap: namespaces of our own (the parent made ``home`` for us)
-        os.environ["UHOP_SANDBOX_LAYERS"] = ",".join(
-            _private_namespaces(home, int(os.environ.get("UHOP_SANDBOX_DISK_BYTES", 256 << 20)))
-        )
+        readable = json.loads(os.environ.pop("UHOP_SANDBOX_READABLE", "[]"))
+        layers = _confine().private_namespaces(home, int(os.environ.get("UHOP_SANDBOX_DISK_BYTES", 256 << 20)), ids, readable)
+    layers += _confine().drop_privileges(ids)
+    os.environ["UHOP_SANDBOX_LAYERS"] = ",".join(layers)
+    # BLAS and OpenMP pools start single-threaded or not at all: confinement (Landlock below,
+    # seccomp at load) must be applied while this process has one thread.
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[var] = "1"
     cfg = os.environ.pop("UHOP_SANDBOX_TOOLS", "")
     # A tool worker's broker starts now, inside our namespaces, before any thread exists.
     tools = _toolshim().start(json.loads(cfg)) if cfg else None
     # Then, still single-threaded, a Landlock domain that every later thread inherits: no thread of
     # the candidate can open /proc/<pid>/mem of a process outside it (bwrap's init, the broker,
     # a compiler it runs), which would be code execution beyond seccomp.
+    if _confine().thread_count() != 1:
+        raise SystemExit("uhop sandbox: more than one thread before confinement")
     shielded = _filters().shield()
+    fs = json.loads(os.environ.pop("UHOP_SANDBOX_LANDLOCK", "null"))
+    if fs and "tmpfs" in layers and _filters().landlock(fs["writable"], fs["readable"] + [f"/proc/{os.getpid()}"]):
+        layers.append("landlock")  # writes beneath the private tmpfs only, for every later thread
+        os.environ["UHOP_SANDBOX_LAYERS"] = ",".join(layers)
     if tools is not None:
         tools.shielded = shielded
     Worker(rfd, wfd, tools, shielded).serve()

@@ -51,8 +51,10 @@ X86_64 = {
     "process_vm_writev": 311, "finit_module": 313, "renameat2": 316, "kexec_file_load": 320, "bpf": 321,
     "execveat": 322, "userfaultfd": 323, "io_uring_setup": 425, "io_uring_enter": 426,
     "io_uring_register": 427, "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsmount": 432,
-    "pidfd_open": 434, "clone3": 435, "openat2": 437, "pidfd_getfd": 438,
+    "pidfd_open": 434, "clone3": 435, "openat2": 437, "pidfd_getfd": 438, "rt_sigqueueinfo": 129,
+    "prctl": 157, "rt_tgsigqueueinfo": 297, "prlimit64": 302, "pidfd_send_signal": 424,
 }  # fmt: skip
+PR_SET_PDEATHSIG = 1
 AUDIT_ARCH_X86_64 = 0xC000003E
 X32_SYSCALL_BIT = 0x40000000
 
@@ -90,10 +92,18 @@ def x86_64_program(deny_writes: bool, pid: int) -> list[tuple[int, int, int, int
     # clone: threads only
     p += [(_JEQ, 0, 5, nr["clone"]), (_LD, 0, 0, 16), (_AND, 0, 0, CLONE_THREAD), (_JEQ, 0, 1, 0),
           (_RET, 0, 0, _KILL), (_RET, 0, 0, _ALLOW)]  # fmt: skip
-    # kill / tgkill: only this process
-    for name in ("kill", "tgkill"):
+    # signals and resource limits: only this process (prlimit64's pid 0 is the caller). A thread
+    # aiming a signal at a sibling thread is within the process; anything else (the parent, a
+    # spare worker, the broker) is refused.
+    for name in ("kill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo"):
         p += [(_JEQ, 0, 4, nr[name]), (_LD, 0, 0, 16), (_JEQ, 0, 1, pid), (_RET, 0, 0, _ALLOW),
               (_RET, 0, 0, _ERRNO | errno.EPERM)]  # fmt: skip
+    p += [(_JEQ, 0, 5, nr["prlimit64"]), (_LD, 0, 0, 16), (_JEQ, 2, 0, 0), (_JEQ, 1, 0, pid),
+          (_RET, 0, 0, _ERRNO | errno.EPERM), (_RET, 0, 0, _ALLOW)]  # fmt: skip
+    ret_if("pidfd_send_signal", _ERRNO | errno.EPERM)
+    # prctl(PR_SET_PDEATHSIG): the worker's parent-death signal stays as the trusted phase set it
+    p += [(_JEQ, 0, 4, nr["prctl"]), (_LD, 0, 0, 16), (_JEQ, 0, 1, PR_SET_PDEATHSIG),
+          (_RET, 0, 0, _ERRNO | errno.EPERM), (_RET, 0, 0, _ALLOW)]  # fmt: skip
     # ioctl(fd, TIOCSTI): typing into a terminal
     p += [(_JEQ, 0, 4, nr["ioctl"]), (_LD, 0, 0, 24), (_JEQ, 0, 1, TIOCSTI), (_RET, 0, 0, _KILL),
           (_RET, 0, 0, _ALLOW)]  # fmt: skip
@@ -228,6 +238,11 @@ def _install_pyseccomp(deny_writes: bool) -> list[str]:
     f.add_rule(sc.ERRNO(errno.EPERM), "kill", sc.Arg(0, sc.NE, pid))
     f.add_rule(sc.ERRNO(errno.EPERM), "tgkill", sc.Arg(0, sc.NE, pid))
     f.add_rule(sc.ERRNO(errno.EPERM), "tkill")
+    for name in ("rt_sigqueueinfo", "rt_tgsigqueueinfo"):
+        f.add_rule(sc.ERRNO(errno.EPERM), name, sc.Arg(0, sc.NE, pid))
+    f.add_rule(sc.ERRNO(errno.EPERM), "prlimit64", sc.Arg(0, sc.NE, pid), sc.Arg(0, sc.NE, 0))
+    f.add_rule(sc.ERRNO(errno.EPERM), "pidfd_send_signal")
+    f.add_rule(sc.ERRNO(errno.EPERM), "prctl", sc.Arg(0, sc.EQ, PR_SET_PDEATHSIG))
     if deny_writes:
         for name in WRITES:
             try:

@@ -58,7 +58,7 @@ PASS_ENV = ("LANG", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
 #: seconds a worker may take to start (interpreter + numpy) before the sandbox counts as broken
 STARTUP_S = 60.0
 #: categories a worker may report for a fault (anything else it says becomes ``crash``)
-WORKER_CATEGORIES = frozenset({"memory", "disk", "forbidden", "crash", "bad-output", "bad-file"})
+WORKER_CATEGORIES = frozenset({"memory", "disk", "forbidden", "crash", "bad-output", "bad-file", "input-mutated"})
 _ETC = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/localtime", "/etc/nsswitch.conf", "/etc/hosts")
 
 
@@ -213,12 +213,47 @@ def _ro_paths(extra: Sequence[str] = ()) -> list[str]:
     return out
 
 
+#: the unprivileged uid and gid every candidate and tool runs as when UHOP runs as root
+#: (``UHOP_SANDBOX_UID``/``UHOP_SANDBOX_GID``; 65533 is in the range Debian reserves, owned by
+#: nobody, so no file or process on the host belongs to it)
+DEFAULT_SANDBOX_ID = 65533
+
+
+def sandbox_ids() -> tuple[int, int] | None:
+    """(uid, gid) the worker drops to, when this process is root; None when it is not (the
+    worker then keeps our own unprivileged uid, in a user namespace)."""
+    if os.geteuid() != 0:
+        return None
+    uid = int(os.environ.get("UHOP_SANDBOX_UID", DEFAULT_SANDBOX_ID))
+    gid = int(os.environ.get("UHOP_SANDBOX_GID", uid))
+    if uid <= 0 or gid <= 0:
+        raise ValueError(f"UHOP_SANDBOX_UID/UHOP_SANDBOX_GID must be positive ids, got {uid}/{gid}")
+    return uid, gid
+
+
 def _bwrap_cmd(limits: Limits, gpu: bool, tools: bool = False) -> list[str]:
-    cmd = [bwrap_path() or "bwrap", "--unshare-all", "--die-with-parent", "--cap-drop", "ALL"]
+    if sandbox_ids():
+        # As root, bubblewrap's user namespace would map the candidate to host uid 0 (uid_map
+        # "0 0 1"). Privileged mode instead: no user namespace, every capability dropped but the
+        # three the worker needs to empty its bounding set and become the unprivileged sandbox
+        # uid before anything else.
+        unshare = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
+        caps = ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
+    else:
+        unshare, caps = ["--unshare-all"], ["--cap-drop", "ALL"]
+    cmd = [bwrap_path() or "bwrap", *unshare, "--die-with-parent", *caps]
     # The private /tmp first: read-only binds of paths under /tmp (a checkout or venv there, as in
     # CI) are then mounted on top of it instead of being hidden by it.
-    cmd += ["--size", str(limits.disk_bytes), "--tmpfs", "/tmp"]
-    for p in _ro_paths(_tool_dirs(gpu) if tools else ()):
+    cmd += ["--perms", "01777", "--size", str(limits.disk_bytes), "--tmpfs", "/tmp"]
+    ro = _ro_paths(_tool_dirs(gpu) if tools else ())
+    if sandbox_ids():  # bubblewrap makes missing mount points 0700 as root: searchable for the uid
+        ancestors = {os.path.dirname(p) for p in ro} | {os.path.dirname(e) for e in _ETC}
+        while any(os.path.dirname(a) not in ancestors and a != "/" for a in ancestors):
+            ancestors |= {os.path.dirname(a) for a in ancestors}
+        for a in sorted(ancestors - {"/", "/tmp"} - set(ro), key=len):
+            if not any(a == q or a.startswith(q + "/") for q in ro):
+                cmd += ["--perms", "0755", "--dir", a]
+    for p in ro:
         if os.path.islink(p):
             cmd += ["--symlink", os.readlink(p), p]
         else:
@@ -230,7 +265,7 @@ def _bwrap_cmd(limits: Limits, gpu: bool, tools: bool = False) -> list[str]:
         cmd += ["--ro-bind-try", p, p]
     cmd += ["--ro-bind-try", "/sys/devices/system/cpu", "/sys/devices/system/cpu"]
     cmd += ["--proc", "/proc", "--dev", "/dev"]
-    cmd += ["--size", str(limits.disk_bytes // 4), "--tmpfs", "/dev/shm"]
+    cmd += ["--perms", "01777", "--size", str(limits.disk_bytes // 4), "--tmpfs", "/dev/shm"]
     if gpu:
         for dev in _gpu_devices():
             cmd += ["--dev-bind-try", dev, dev]
@@ -281,6 +316,15 @@ def _tree_pids(root: int) -> list[int]:
     return out
 
 
+def _pgid(pid: int) -> int:
+    """``pid``'s process group (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[2])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def _rss(pids: Sequence[int]) -> int:
     total = 0
     for pid in pids:
@@ -322,10 +366,20 @@ class Worker:
         # start-up errors (bwrap, interpreter) land here; the worker moves fd 2 to its own log
         # before any candidate code runs
         self._err = tempfile.TemporaryFile()
+        self._refusals: list[str] = []
+        self._err_tail = b""
         env = _env(home)
+        ids = sandbox_ids()
+        if ids:
+            env["UHOP_SANDBOX_IDS"] = f"{ids[0]}:{ids[1]}"
         if self.isolation != "bwrap":
             env["UHOP_SANDBOX_PRIVATE"] = home
             env["UHOP_SANDBOX_DISK_BYTES"] = str(self.limits.disk_bytes)
+            readable = _readable(gpu, tools)
+            env["UHOP_SANDBOX_READABLE"] = json.dumps(readable)
+            env["UHOP_SANDBOX_LANDLOCK"] = json.dumps({"writable": self._writable(), "readable": readable})
+            if ids:
+                os.chown(home, *ids)
         if tools:
             env.update(self._tool_env(home))
         self.proc = subprocess.Popen(
@@ -340,13 +394,18 @@ class Worker:
             except OSError:
                 pass
 
+    def _writable(self) -> list[str]:
+        return [self._tmp, "/dev/null"] + (_gpu_devices() if self.gpu else []) if self._tmp else []
+
     def _tool_env(self, home: str) -> dict[str, str]:
         """The broker's configuration (read and dropped by the worker at start) and what Triton
         inside needs to pick the same programs without looking around."""
         progs = tool_programs()
         cfg = {**progs, "private": home, "readable": _readable(self.gpu, True), "writable": [home, "/dev/null"],
                "timeout_s": max(self.limits.wall_s, 1.0), "cpu_s": self.limits.cpu_s,
-               "file_bytes": self.limits.file_bytes, "as_bytes": 16 << 30, "out_bytes": 1 << 20}  # fmt: skip
+               "file_bytes": self.limits.file_bytes, "out_bytes": 1 << 20,
+               # compilers get the candidate's own memory cap (a macro bomb in a 1 KB source)
+               "as_bytes": self.limits.memory_bytes}  # fmt: skip
         env = {"UHOP_SANDBOX_TOOLS": json.dumps(cfg)}
         if progs["cc"]:
             env["CC"] = progs["cc"][0]
@@ -362,6 +421,8 @@ class Worker:
         (the start-up log, which the candidate holds no descriptor of)."""
         if not self.tools:
             return []
+        if self._err.closed:
+            return self._refusals
         try:
             data = os.pread(self._err.fileno(), 1 << 20, 0)
         except (OSError, ValueError):
@@ -374,7 +435,15 @@ class Worker:
         if not self.dead:
             self.dead = True
             if self.tools:  # the broker's tools run in process groups of their own
-                for pid in reversed(_tree_pids(self.proc.pid)):
+                # Their groups first (read while the tree is intact): a compiler's helpers (cc1)
+                # are in its group, and outlive it as orphans if only the tree is killed.
+                tree = _tree_pids(self.proc.pid)
+                for pgid in {_pgid(p) for p in tree} - {0, os.getpgid(0), self.proc.pid}:
+                    try:
+                        os.killpg(pgid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+                for pid in reversed(tree):
                     try:
                         os.kill(pid, signal.SIGKILL)
                     except (ProcessLookupError, PermissionError):
@@ -395,6 +464,12 @@ class Worker:
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
+        if not self._err.closed:  # the start-up log goes with the worker (a bounded copy of its refusals stays)
+            self._refusals = self.tool_refusals()
+            self._err.seek(0, os.SEEK_END)
+            self._err.seek(max(self._err.tell() - 400, 0))
+            self._err_tail = self._err.read(400)
+            self._err.close()
 
     close = kill
 
@@ -463,34 +538,65 @@ class Worker:
         finally:
             sel.close()
 
+    def _write_all(self, data: bytes, deadline: float) -> None:
+        """Write a request within the request's deadline: a worker that stops reading (a shrunk
+        pipe, a forged early reply, then sleep) is killed, never waited on."""
+        fd = self.proc.stdin.fileno()  # type: ignore[union-attr]
+        os.set_blocking(fd, False)
+        view = memoryview(data)
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_WRITE)
+            while view:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.kill()
+                    raise SandboxFault("timeout", f"the worker stopped reading its requests ({self.limits.wall_s:g} s)")
+                if not sel.select(min(left, 0.05)):
+                    continue
+                try:
+                    view = view[os.write(fd, view) :]
+                except BlockingIOError:
+                    continue
+                except OSError:  # EPIPE: the worker is gone
+                    raise self._death() from None
+
     def request(
         self, header: dict[str, Any], arrays: Sequence[np.ndarray] = (), *, max_reply: int = 1 << 26,
-        wall_s: float | None = None,
+        wall_s: float | None = None, raw: bool = False,
     ) -> tuple[dict[str, Any], list[np.ndarray]]:  # fmt: skip
-        """Send a command; return the reply header and its arrays (plain ndarrays only)."""
+        """Send a command; return the reply header and its arrays (plain ndarrays only).
+        ``raw``: send the arrays as raw bytes with their shapes and dtypes in the header (many
+        small arrays: ``np.load`` costs ~0.1 ms each); a reply may come back either way."""
         if self.dead:
             raise SandboxFault("crash", "worker already discarded")
         if not self._ready:
             try:  # start-up is the sandbox's time, not the candidate's: its own generous deadline
                 self._read_frame(time.monotonic() + STARTUP_S, 1 << 16)
             except SandboxFault as exc:  # no candidate involved yet: the sandbox itself is broken
-                self._err.seek(0)
-                err = self._err.read()[-400:].decode(errors="replace").strip().replace("\n", " | ")
+                self.kill()
+                err = self._err_tail.decode(errors="replace").strip().replace("\n", " | ")
                 raise SandboxUnavailable(f"the sandbox worker did not start ({exc.reason}): {err}") from None
             self._ready = True
         deadline = time.monotonic() + (wall_s or self.limits.wall_s)
         self._seq += 1
         header = dict(header, id=self._seq)
-        data = child.pack(header, [child.npy(np.ascontiguousarray(a)) for a in arrays])
-        try:
-            self.proc.stdin.write(data)  # type: ignore[union-attr]
-            self.proc.stdin.flush()  # type: ignore[union-attr]
-        except (BrokenPipeError, OSError):
-            raise self._death() from None
+        if raw:
+            arrays = [np.ascontiguousarray(a) for a in arrays]
+            header["meta"] = [child.raw_meta(a) for a in arrays]
+            data = child.pack(header, [a.tobytes() for a in arrays])
+        else:
+            data = child.pack(header, [child.npy(np.ascontiguousarray(a)) for a in arrays])
+        self._write_all(data, deadline)
         frame = self._read_frame(deadline, max_reply)
         try:
             reply, blobs = child.unpack(frame)
-            out = [child.from_npy(b) for b in blobs]
+            meta = reply.get("meta")
+            if meta is not None:
+                if not isinstance(meta, list) or len(meta) != len(blobs):
+                    raise ValueError("raw arrays without matching shapes")
+                out = [child.from_raw(b, m) for b, m in zip(blobs, meta, strict=True)]
+            else:
+                out = [child.from_npy(b) for b in blobs]
         except Exception as exc:
             self.kill()
             raise SandboxFault("bad-output", f"malformed reply from the worker: {exc}") from None
@@ -515,13 +621,13 @@ class Worker:
             "cmd": "load", "source": source, "filename": filename, "workdir": self.workdir,
             "limits": asdict(self.limits), "log_bytes": self.limits.log_bytes, "array": array,
             "device": device, "seccomp": True, "deny_writes": self.isolation != "bwrap",
-            "writable": [self._tmp, "/dev/null"] + (_gpu_devices() if self.gpu else []) if self._tmp else [],
+            "writable": self._writable(),
             "readable": _readable(self.gpu, self.tools), "tools": self.tools if tools is None else tools,
         })  # fmt: skip
         got = reply.get("layers") if isinstance(reply.get("layers"), list) else []
         if "landlock" in got and "no-writes" in self.layers:  # writes confined by path instead
             self.layers[self.layers.index("no-writes")] = "landlock"
-        self.layers += [x for x in ("shield", "netns", "tmpfs", "tools") if x in got and x not in self.layers]
+        self.layers += [x for x in ("nonroot", "shield", "netns", "tmpfs", "tools") if x in got and x not in self.layers]
         return self.layers
 
 

@@ -191,7 +191,9 @@ def evaluate(
             first = time.perf_counter() - ts
         except Exception:
             first = 0.0  # validation reports the fault with its reason
-        if first > 2 * cutoff_s:  # 2x: the first call may include a lazy warm-up
+        # 2x, and at least 50 ms: a first call may include lazy one-time work, and the point is
+        # to save the seconds a hopeless candidate costs at full size, not microseconds
+        if first > max(2 * cutoff_s, 0.05):
             return Measurement(candidate, "too-slow", f"first call {first:.3g} s > 2x the cutoff {cutoff_s:.3g} s "
                                "(3x the fastest so far); not validated or timed", phases=(("compile", t1 - t0),)), None  # fmt: skip
     verdict = check_kernel(kernel, vset, backend.array, problem.device, sync)

@@ -1,0 +1,269 @@
+"""Round 2 of hostile kernel files (issue 14), each class in both sandbox modes: ``auto``
+(bubblewrap where usable) and ``seccomp`` (the fallback the GPU machine runs: no bubblewrap).
+The static check is off throughout: it is not the boundary (the report bypassed it with
+``operator.attrgetter``). Files are in ``hostile2/``; each test says what must hold."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from uhop.sandbox.check import check_file
+from uhop.sandbox.kernelfile import StaticPolicy
+from uhop.sandbox.kernelfile import load as load_kernel
+from uhop.sandbox.worker import DEFAULT_SANDBOX_ID, Limits, Worker, sandbox_ids, tool_programs
+
+HERE = Path(__file__).parent
+H2 = HERE / "hostile2"
+MODES = ["auto", "seccomp"]
+LIMITS = Limits(wall_s=3.0, cpu_s=6, disk_bytes=64 << 20)
+OFF = StaticPolicy(enabled=False)
+SENTINELS = [Path("/root/uhop_pwned.txt"), Path("/tmp/uhop_r2_pwned.txt"), Path("/tmp/uhop_pwned.txt"),
+             Path.home() / "uhop_pwned.txt"]  # fmt: skip
+
+
+def _check(name: str, mode: str, **kw):
+    kw.setdefault("limits", LIMITS)
+    kw.setdefault("time_it", False)
+    return check_file(H2 / f"{name}.py", isolation=mode, policy=OFF, **kw)
+
+
+def _fields(reason: str) -> dict[str, str]:
+    return dict(w.split("=", 1) for w in reason.split(": ", 1)[-1].split() if "=" in w)
+
+
+def _sandbox_uid_processes() -> list[int]:
+    uid = (sandbox_ids() or (os.getuid(), 0))[0]
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and int(d.name) != os.getpid():
+            try:
+                if d.stat().st_uid == uid and uid != os.getuid():
+                    out.append(int(d.name))
+            except OSError:
+                pass
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _no_escape():
+    yield
+    for s in SENTINELS:
+        assert not s.exists(), f"a candidate wrote {s}"
+
+
+# ---- 1. no host privilege -------------------------------------------------------------------
+@pytest.mark.parametrize("mode", MODES)
+def test_candidate_has_no_uid_0_no_capability_and_no_writable_tunable(mode):
+    res = _check("host_root", mode)
+    f = _fields(res.reason)
+    assert f.get("opened") == "[]", res.line()
+    assert f["uid"] != "0" and f["euid"] != "0", res.line()
+    assert int(f["CapEff"], 16) == 0 and int(f["CapPrm"], 16) == 0 and int(f["CapAmb"], 16) == 0, res.line()
+    assert f["NoNewPrivs"] == "1", res.line()
+    if os.geteuid() == 0:  # dropped from root: the bounding set is empty too
+        assert int(f["CapBnd"], 16) == 0, res.line()
+        assert f["uid"] == str(int(os.environ.get("UHOP_SANDBOX_UID", DEFAULT_SANDBOX_ID)))
+        assert "nonroot" in res.layers
+
+
+# ---- 2. no hang, no survivor ----------------------------------------------------------------
+@pytest.mark.parametrize("mode", MODES)
+def test_forged_load_reply_and_a_shrunk_pipe_end_in_a_timeout(mode):
+    t0 = time.monotonic()
+    res = _check("forged_load_reply", mode)
+    assert res.category in ("timeout", "crash"), res.line()
+    assert time.monotonic() - t0 < LIMITS.wall_s * 3 + 10  # the write had a deadline
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_signals_limits_and_parent_death_signal_stay_within_the_candidate(mode):
+    res = _check("signals_out", mode)
+    f = _fields(res.reason)
+    assert f, res.line()
+    assert f["pdeathsig"] == "-1", res.line()  # PR_SET_PDEATHSIG refused: it cannot outlive us
+    assert f["prlimit"] == "-1" and f["prlimit_parent_errno"] == "1", res.line()  # EPERM
+    assert f["prlimit_self"] == "0", res.line()
+    assert f["sigqueue"] == "-1" and f["tgsigqueue"] == "-1" and f["pidfd_send_signal"] == "-1", res.line()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_no_process_of_a_check_outlives_a_killed_parent(tmp_path, mode):
+    """The parent (a separate process here) is SIGKILLed in the middle of a check whose candidate
+    tried to clear its parent-death signal: every process of the sandbox uid is gone soon after."""
+    if os.geteuid() != 0:
+        pytest.skip("the sandbox uid differs from ours only when run as root")
+    src = "import ctypes, time\nOP = 'softmax'\nctypes.CDLL(None).prctl(1, 0, 0, 0, 0)\n" \
+          "def run(x):\n    time.sleep(60)\n    return x\n"  # fmt: skip
+    (tmp_path / "k.py").write_text(src)
+    script = textwrap.dedent(f"""
+        from uhop.sandbox.check import check_file
+        from uhop.sandbox.kernelfile import StaticPolicy
+        from uhop.sandbox.worker import Limits
+        print("go", flush=True)
+        check_file({str(tmp_path / "k.py")!r}, isolation={mode!r}, policy=StaticPolicy(enabled=False),
+                   limits=Limits(wall_s=60, cpu_s=120), time_it=False)
+    """)
+    from uhop.sandbox import worker as wmod
+
+    wmod._close_pools()  # this process's spare workers (one may still be dropping to the sandbox uid)
+    wmod._pools.clear()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _sandbox_uid_processes():
+        time.sleep(0.1)
+    before = set(_sandbox_uid_processes())
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=dict(os.environ))
+    assert p.stdout.readline().strip() == b"go"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not set(_sandbox_uid_processes()) - before:
+        time.sleep(0.1)
+    assert set(_sandbox_uid_processes()) - before, "no sandboxed worker started"
+    time.sleep(1.0)  # in the candidate's sleep now
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and set(_sandbox_uid_processes()) - before:
+        time.sleep(0.1)
+    assert not set(_sandbox_uid_processes()) - before
+
+
+# ---- 3. confinement before any thread -------------------------------------------------------
+@pytest.mark.parametrize("mode", MODES)
+def test_signal_handler_on_other_threads_writes_nothing_outside(mode):
+    res = _check("tgkill_handler", mode)
+    f = _fields(res.reason)
+    assert f.get("threads_at_import") == "1", res.line()  # BLAS single-threaded: no thread predates confinement
+    # whatever it wrote stayed in its private /tmp (the fixture checks the host paths)
+    assert "/root/" not in f.get("wrote", ""), res.line()
+
+
+# ---- 5. bounded tools -----------------------------------------------------------------------
+needs_tools = pytest.mark.skipif(not tool_programs()["cc"], reason="needs a C compiler (the tool broker's cc)")
+
+
+@needs_tools
+@pytest.mark.parametrize("mode", MODES)
+def test_broker_refusal_flood_is_bounded_and_removed_with_the_worker(mode):
+    pytest.importorskip("triton")
+    kf = load_kernel(H2 / "log_flood.py", OFF)
+    w = Worker(mode, Limits(wall_s=120, cpu_s=120), tools=True)
+    try:
+        w.load(kf.source, "k.py", tools=True)
+        x = np.random.default_rng().uniform(-1, 1, (5, 7)).astype(np.float32)
+        w.request({"cmd": "call", "slot": 0, "repeat": 1}, [x], wall_s=120)
+        size = os.fstat(w._err.fileno()).st_size
+        assert size < 16 * 400 + 8192, f"the parent-side log grew to {size} bytes"
+    finally:
+        w.kill()
+    assert w._err.closed
+    assert 1 <= len(w.tool_refusals()) <= 16
+
+
+@needs_tools
+@pytest.mark.parametrize("mode", MODES)
+def test_compiler_runs_under_the_candidates_memory_cap_and_dies_with_the_worker(tmp_path, mode):
+    """A 1 KB macro bomb: gcc is stopped by the candidate's own address-space cap (256 MiB here)
+    and leaves no process behind once the check is over."""
+    pytest.importorskip("triton")
+    bomb = "#define A(x) x x x x x x x x x x\\n#define B(x) A(A(x))\\nint f(void) { int s = 0; B(B(B(B(s++;)))) return s; }\\n"
+    src = (
+        "import subprocess, time\nfrom triton.runtime import build\nOP = 'softmax'\nTOOLS = True\n"
+        f"open('bomb.c', 'w').write('{bomb}')\nt0 = time.monotonic()\n"
+        f"r = build.subprocess.run([{tool_programs()['cc'][0]!r}, 'bomb.c', '-O3', '-shared', '-fPIC', '-o', 'bomb.so'],"
+        " capture_output=True, timeout=60)\n"
+        "def run(x):\n    raise RuntimeError(f'rc={r.returncode} s={time.monotonic() - t0:.1f}')\n"
+    )
+    (tmp_path / "bomb.py").write_text(src)
+    res = check_file(tmp_path / "bomb.py", isolation=mode, policy=OFF, time_it=False,
+                     limits=Limits(wall_s=60, cpu_s=60, memory_bytes=256 << 20), tools=True)  # fmt: skip
+    f = _fields(res.reason)
+    assert f.get("rc") not in (None, "0"), res.line()
+    assert float(f["s"]) < 50, res.line()
+    time.sleep(0.5)
+    assert not [p for p in _sandbox_uid_processes() if "cc1" in _comm(p)]
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text()
+    except OSError:
+        return ""
+
+
+# ---- 6. validator misses --------------------------------------------------------------------
+@pytest.mark.parametrize("mode", MODES)
+def test_patched_ping_does_not_shrink_the_timing(mode):
+    """The kernel takes >= 3 ms a call and slows the worker's ping and emit handlers by 50 ms:
+    the transport is calibrated before load, so nothing it patches is subtracted."""
+    res = _check("timing_fraud_ping", mode, time_it=True, limits=Limits(wall_s=20))
+    assert res.ok, res.line()
+    assert res.median_s >= 0.002, res.line()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_result_cache_never_hits_while_timing(mode):
+    """Every timed call gets brand-new inputs: a cache (a miss costs 2 ms) never hits."""
+    res = _check("sampled_cache", mode, time_it=True, limits=Limits(wall_s=20))
+    assert not res.ok or res.median_s >= 0.0015, res.line()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_computing_only_the_last_call_of_a_batch_is_caught(mode):
+    res = _check("last_call_only", mode, time_it=True, limits=Limits(wall_s=20))
+    assert res.category in ("wrong-result", "partial-write") and "while timing" in res.reason, res.line()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_right_only_on_unit_range_is_wrong(mode):
+    res = _check("unit_range_only", mode)
+    assert res.category == "wrong-result", res.line()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_write_then_restore_faults_as_input_mutated(mode):
+    assert _check("write_restore", mode).category == "input-mutated"
+    res = _check("write_restore_ctypes", mode)  # past numpy's flag: the page is read-only
+    assert res.category == "crash" and "SIGSEGV" in res.reason, res.line()
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", ["leftover_itimer", "leftover_c_handler", "leftover_pthread"])
+def test_leftover_timers_handlers_and_threads_are_rejected(mode, name):
+    res = _check(name, mode)
+    assert res.category == "forbidden", res.line()
+
+
+def test_roofline_floor_rejects_a_time_below_it(monkeypatch):
+    """The floor is wired in: with a margin that puts it above any real time, an honest kernel
+    is a ``timing-fault``."""
+    import importlib
+
+    chk = importlib.import_module("uhop.sandbox.check")
+
+    monkeypatch.setattr(chk, "FLOOR_MARGIN", 1e9)
+    res = check_file(HERE / "honest" / "matmul_blocked.py", limits=Limits(wall_s=20))
+    assert res.category == "timing-fault", res.line()
+    monkeypatch.setattr(chk, "FLOOR_MARGIN", 0.5)
+    from uhop.problem import Problem
+
+    p = Problem.make("matmul", {"M": 1024, "K": 1024, "N": 1024}, "float32", {})
+    assert chk.roofline_floor_s(p) > 0  # this machine's manifest has a compute peak
+
+
+def test_validation_inputs_cover_several_distributions():
+    from uhop.measure.validate import DISTRIBUTIONS, ValidationSet
+    from uhop.problem import Problem
+
+    p = Problem.make("matmul", {"M": 64, "K": 64, "N": 10}, "float32", {})
+    vs = ValidationSet(p, trials=len(DISTRIBUTIONS), distributions=DISTRIBUTIONS)
+    peaks = [max(float(np.abs(x).max()) for x in t.inputs) for t in vs.trials]
+    assert peaks[0] <= 1.0 and max(peaks[1:]) > 1.5
+    assert float(vs.trials[2].inputs[0].mean()) < -0.2  # the negative offset (c <= -0.5)
