@@ -5,6 +5,8 @@ set -euo pipefail
 PKGS=(
   bubblewrap        # sandbox: namespaces for untrusted kernels
   postgresql        # perf store tests start a real server (binaries in /usr/lib/postgresql/<v>/bin)
+  chromium          # dashboard browser test: Playwright drives it (its own browser download is not used)
+  libcairo2         # PNG plots (cairosvg)
 )
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from uhop import backends as bk
+from uhop import metrics
 from uhop.backends.base import Backend, Candidate, Kernel
 from uhop.config import settings
 from uhop.errors import InputError, NoCandidateError, UhopWarning
@@ -158,6 +159,7 @@ def resolve_interim(problem: Problem, policy: str | None = None) -> tuple[Resolv
             return _interim[key], True
         store = open_store()
         entry = store.get(key)
+        metrics.store_lookup(problem.op, entry is not None)
         if entry is not None and policy == "background" and _builds_slowly(entry):
             base = _baseline_kernel(problem)  # the stored JIT kernel is loaded off the caller's path
             if base is not None:
@@ -172,6 +174,7 @@ def resolve_interim(problem: Problem, policy: str | None = None) -> tuple[Resolv
                 return got, True
             if got is not None and _valid(problem, got):
                 _resolved[key] = got
+                metrics.selection(problem.op, got[2].backend, entry.policy)
                 return got, False
             store.invalidate(key)  # never serve it again; the re-tuned choice replaces it
         if policy == "background":
@@ -185,6 +188,7 @@ def resolve_interim(problem: Problem, policy: str | None = None) -> tuple[Resolv
         res = tune(problem=problem, policy=policy, store=store)
         assert res.kernel is not None and res.backend is not None and res.served is not None
         _resolved[key] = (_spot_checked(res.kernel, res.backend, problem, key), res.backend, res.served)
+        metrics.selection(problem.op, res.served.backend, res.policy)
         return _resolved[key], False
 
 
@@ -299,7 +303,7 @@ def _install(key: str, final: Resolved | None) -> None:
         if final is not None:
             _resolved[key] = final
         for cache, sig, problem, fallback in _sites.pop(key, []):
-            cache[sig] = _adapt(*final[:2], problem) if final is not None else fallback
+            cache[sig] = metrics.timed(problem.op, _adapt(*final[:2], problem)) if final is not None else fallback
 
 
 def _tune_in_background(problem: Problem, key: str, base: Resolved) -> None:
@@ -317,6 +321,7 @@ def _tune_in_background(problem: Problem, key: str, base: Resolved) -> None:
         _install(key, base)
         return
     assert res.kernel is not None and res.backend is not None and res.served is not None
+    metrics.selection(problem.op, res.served.backend, "background")
     _install(key, (_spot_checked(res.kernel, res.backend, problem, key), res.backend, res.served))
 
 
@@ -362,6 +367,7 @@ def _verify(problem: Problem, key: str, got: Resolved) -> None:
         v = None
         reason = f"{type(exc).__name__}: {exc}"
     if v is not None and v.ok:
+        metrics.selection(problem.op, cand.backend, "background")
         _install(key, got)
         return
     reason = f"{v.status}: {v.reason}" if v is not None else reason
@@ -380,7 +386,7 @@ def serve(problem: Problem, policy: str | None, cache: dict[Any, Any], sig: Any,
     background work ends, by ``fallback`` if no valid kernel exists."""
     with _lock:
         (kernel, backend, _), interim = resolve_interim(problem, policy)
-        k = _adapt(kernel, backend, problem)
+        k = metrics.timed(problem.op, _adapt(kernel, backend, problem))
         if sig is not None:
             cache[sig] = k
             if interim:

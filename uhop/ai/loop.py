@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from uhop import metrics
 from uhop.ai.attempts import attempt_store
 from uhop.ai.promote import Verdict, current_best, promote, sandbox_check, should_promote
 from uhop.ai.prompt import DEFAULT_TEMPLATE, Best, build_messages, extract_code, template
@@ -238,11 +239,13 @@ def generate(
             if ok:
                 row["reason"] = why_promote if options.promote else "promotion off (--no-promote)"
             aid = attempts_db.add_attempt(row)
+            metrics.ai_attempt(op, row["category"])
             promoted = False
             if go:
                 _, pid = promote(store, attempts_db, problem, key, Path(path), v)
                 if pid is not None:  # None: a concurrent writer stored a faster kernel meanwhile
                     promoted = True
+                    metrics.ai_promotion(op)
                     attempts_db.mark_promoted(aid)
                     promotions.append({"id": pid, "attempt": aid, "sha256": v.sha256, "median_s": v.median_s,
                                        "previous_s": best.median_s if best else None, "why": why_promote})  # fmt: skip

@@ -16,6 +16,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "kernel": ("uhop.cli.kernel", "Check and register candidate kernel files (sandboxed)."),
     "mlir": ("uhop.cli.mlir", "Compile ops through MLIR/IREE."),
     "perf": ("uhop.cli.perf", "Performance data store and learned cost model."),
+    "serve": ("uhop.cli.serve", "Read-only dashboard over the kernel store, with /metrics for Prometheus."),
+    "report": ("uhop.cli.report", "Write the dashboard's views as one self-contained HTML file."),
 }
 
 

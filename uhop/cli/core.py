@@ -158,6 +158,7 @@ def bench(
     suite: str = typer.Option("cpu", help="Suite: 'cpu' (default), or 'quick' (small shapes, for CI)."),
     json_out: str | None = typer.Option(None, "--json", help="Write results as JSON to this file ('-': stdout, no table)."),
     budget: float = typer.Option(30.0, help="Tuning budget per problem, seconds."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write a plot (.svg, or .png): UHOP vs the baselines per case."),
 ) -> None:
     """UHOP vs the naive eager baseline vs the library baseline, side by side in one run."""
     from uhop.benchsuite import SUITES, print_table, run_suite
@@ -169,6 +170,13 @@ def bench(
     to_stdout = json_out == "-"
     out = Console(stderr=True) if to_stdout else console  # progress goes to stderr when JSON takes stdout
     rows, meta = run_suite(suite, budget_s=budget, console=out)
+    if plot is not None:
+        from uhop.report import bench_plot, write_plot
+
+        try:
+            out.print(f"plot written to {write_plot(bench_plot(rows), plot)}")
+        except (ValueError, ImportError) as exc:
+            raise fail(str(exc)) from None
     if to_stdout:
         typer.echo(json.dumps({"machine": meta, "results": rows}, indent=1))
         return

@@ -71,6 +71,7 @@ def tune_command(
     run: str | None = typer.Option(None, "--run", help="Run id for --resume."),
     pareto: Path | None = typer.Option(None, "--pareto", help="Where to write the Pareto front (multi-objective runs)."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the measurements as JSON here."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write a plot (.svg, or .png): candidates' times with spread, the choice, the roofline."),
     force: bool = typer.Option(False, "--force", help="Store this run's pick even if the stored entry is faster."),
     explain: bool = typer.Option(False, "--explain", help="Show where the tuning time went (per phase and candidate)."),
 ) -> None:
@@ -213,6 +214,13 @@ def tune_command(
             "measurements": [m.to_json() for m in res.measurements],
             "pareto": [m.to_json() for m in res.pareto],
         }, indent=1, default=str))  # fmt: skip
+    if plot is not None:
+        from uhop.report import tune_plot, write_plot
+
+        try:
+            console.print(f"plot written to {write_plot(tune_plot(res), plot)}")
+        except (ValueError, ImportError) as exc:
+            raise fail(str(exc)) from None
 
 
 def _print_explain(console: Console, res) -> None:

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from uhop import metrics
 from uhop.measure.validate import (
     DISTRIBUTIONS,
     Trial,
@@ -379,6 +380,7 @@ def check_file(
     return check(kf, probs, trials=trials, time_it=time_it, limits=limits, isolation=isolation, tools=tools)
 
 
+@metrics.observe_sandbox
 def check(
     kf: KernelFile,
     problems: Sequence[Problem],

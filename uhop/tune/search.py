@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from uhop import backends as bk
+from uhop import metrics
 from uhop.backends.base import Candidate
 from uhop.config import settings
 from uhop.errors import NoCandidateError
@@ -222,8 +223,10 @@ def search(
                 jobs.append(TuningJob(problem.op, problem.to_json(), cand.backend, params, priority=priority,
                                       run_id=run_id, key=space.config_hash(cfg)))  # fmt: skip
             ids = queue.submit(jobs)
+            metrics.queue_depth_of(queue)
             for job in ex.run(ids):
                 cfg, vals, m = trial_of(job)
+                metrics.queue_depth_of(queue)
                 if m.ok:
                     best_latency[0] = min(best_latency[0], m.median_s)
                 yield cfg, vals, m

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from uhop import backends as bk
+from uhop import metrics
 from uhop.backends.base import Backend, Candidate, Kernel
 from uhop.config import settings
 from uhop.errors import NoCandidateError
@@ -160,6 +161,7 @@ def budget_order(problem: Problem, usable: Sequence[Backend], per_backend: Seque
     return ([base] if base is not None else []) + [c for c in ranked if c != base]
 
 
+@metrics.observe_evaluation
 def evaluate(
     candidate: Candidate,
     backend: Backend,
@@ -262,6 +264,7 @@ def _single(vset: ValidationSet) -> ValidationSet:
     return one
 
 
+@metrics.observe_tuning
 def tune(
     op: str | None = None,
     dims: Mapping[str, int] | None = None,
