@@ -73,6 +73,8 @@ def test_check_fits_names_both_sizes():
 def test_missing_optional_package_names_the_extra(capsys, monkeypatch, blocked, args, extra):
     for mod in blocked:
         monkeypatch.setitem(sys.modules, mod, None)  # import raises ModuleNotFoundError, as when absent
+    for mod in [m for m in sys.modules if m.startswith("uhop.tune.strategies.")]:
+        monkeypatch.delitem(sys.modules, mod)  # a strategy imported by an earlier test holds optuna already
     code, _, err = cli(capsys, *args)
     line = one_line(err)
     assert code == 2 and f"pip install 'uhop[{extra}]'" in line, line  # the [extra] survives rich markup
