@@ -5,6 +5,7 @@ set -euo pipefail
 PKGS=(
   bubblewrap        # sandbox: namespaces for untrusted kernels
   postgresql        # perf store tests start a real server (binaries in /usr/lib/postgresql/<v>/bin)
+  g++               # torch.compile's Inductor compiles C++ kernels on CPU (backend="uhop" rest)
   chromium          # dashboard browser test: Playwright drives it (its own browser download is not used)
   libcairo2         # PNG plots (cairosvg)
 )

@@ -476,7 +476,7 @@ def call_op(op_name: str, args: Sequence[Any], params: Mapping[str, Any]) -> Any
     if k is not None:
         return k(*args)
     spec = get_op(op_name)
-    if settings().disable:
+    if settings().disable or _is_probing():
         return _reference_call(spec, args, params)
     if any(_foreign(a) for a in args):
 
@@ -512,6 +512,15 @@ def _reference_call(spec: Op, args: Sequence[Any], params: Mapping[str, Any]) ->
 
 
 # ---- @uhop.optimize ---------------------------------------------------------------------------
+#: set while a decorated function is probed at small shapes: nested decorated functions and
+#: uhop.ops calls inside it run as written (no tuning, no store entries at the probe's shapes)
+_probing = threading.local()
+
+
+def _is_probing() -> bool:
+    return getattr(_probing, "depth", 0) > 0
+
+
 def _small_like(args: Sequence[Any], rng: np.random.Generator) -> list[Any]:
     """Random inputs shaped like ``args`` with every dim capped at 8 (equal dims stay equal, so
     shape relations such as a shared K survive)."""
@@ -565,6 +574,12 @@ class Optimized:
         functools.update_wrapper(self, fn)
         _instances.add(self)
 
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        """A decorated method binds like a function: ``ln.forward(x)`` calls ``fn(ln, x)``."""
+        if obj is None:
+            return self
+        return functools.partial(self.__call__, obj)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if kwargs:
             args = self._bind(args, kwargs)
@@ -583,11 +598,45 @@ class Optimized:
 
     # ---- first call with a new signature ----------------------------------------------------
     def _miss(self, args: tuple[Any, ...]) -> Any:
-        if settings().disable or not all(a is None or is_array(a) for a in args):
+        if settings().disable or _is_probing():
             return self.fn(*args)  # not cached: lifting UHOP_DISABLE takes effect at once
-        kernel = self._kernel_for(args)
+        if all(a is None or is_array(a) for a in args):
+            kernel = self._kernel_for(args)
+        else:
+            kernel = self._kernel_with_call_params(args)
         self._kernels.setdefault(tuple(map(_arg_sig, args)), kernel)  # serve() may have cached it already
         return kernel(*args)
+
+    def _kernel_with_call_params(self, args: tuple[Any, ...]) -> Callable[..., Any]:
+        """Non-array arguments named as op params (``layer_norm(x, w, b, eps=1e-5)``, or
+        ``**params``) become op params for this signature; the kernel gets the arrays. Any other
+        non-array argument (a module, a list): the function runs as written."""
+        names = list(self._sig.parameters)
+        known = {p.name for p in self.spec.params}
+        arrays = [i for i, a in enumerate(args) if a is None or is_array(a)]
+        call_params = {}
+        for i, a in enumerate(args):
+            if i in arrays:
+                continue
+            if i >= len(names) or names[i] not in known or not isinstance(a, (bool, int, float, str)):
+                return self.fn
+            call_params[names[i]] = a
+        if not arrays:
+            return self.fn
+        fixed = {i: a for i, a in enumerate(args) if i not in arrays}
+
+        def fn_of_arrays(*xs: Any) -> Any:
+            full, it = [], iter(xs)
+            for i in range(len(args)):
+                full.append(fixed[i] if i in fixed else next(it))
+            return self.fn(*full)
+
+        inner = Optimized(fn_of_arrays, self.spec.name, {**self.params, **call_params}, self.policy)
+        inner.__qualname__ = getattr(self.fn, "__qualname__", "function")
+        if inner._kernel_for(tuple(args[i] for i in arrays)) is fn_of_arrays:
+            return self.fn
+        # through inner's own cache: a background-tuned winner swapped in there is seen here
+        return lambda *a: inner(*[a[i] for i in arrays])
 
     def _kernel_for(self, args: Sequence[Any]) -> Callable[..., Any]:
         """What to call for arguments like ``args``: UHOP's kernel, or the function itself when it
@@ -649,7 +698,11 @@ class Optimized:
             except InputError as exc:
                 # Inputs the op cannot take: raise as the reference would (clear, names the argument).
                 raise InputError(f"{name}: {exc}") from None
-            v = agrees(self.fn, self.spec.reference, small, problem)
+            _probing.depth = getattr(_probing, "depth", 0) + 1
+            try:
+                v = agrees(self.fn, self.spec.reference, small, problem)
+            finally:
+                _probing.depth -= 1
             if v.ok:
                 log.debug("%s implements %s with %s", name, self.spec.name, params)
                 return params
@@ -663,13 +716,18 @@ class Optimized:
 
 
 
-def optimize(op: str, *, policy: str | None = None, **params: Any) -> Callable[[Callable[..., Any]], Any]:
-    """Decorate a plain function whose semantics are ``op``.
+def optimize(op: str | None = None, *, policy: str | None = None, **params: Any) -> Callable[[Callable[..., Any]], Any]:
+    """Decorate a plain function whose semantics are ``op``; without ``op``, the whole function
+    is compiled as a graph (:func:`uhop.jit`: numpy or torch code, regions served by UHOP).
 
     ``params`` fix op parameters (``activation="gelu"``, ``causal=True``, ``eps=1e-6``);
     discrete ones left out are inferred by probing the function. ``policy`` overrides
     ``UHOP_POLICY`` for this function. With ``UHOP_DISABLE=1`` the function is returned as is.
     """
+    if op is None:
+        from uhop.compile.jit import jit
+
+        return jit(**params)
     spec = get_op(op)  # unknown op: fail at decoration time, not at first call
     spec.normalize_params({k: v for k, v in params.items()})
     from uhop.config import POLICIES

@@ -411,7 +411,9 @@ class NumbaBackend(Backend):
             return False
         if problem.op == "elementwise":
             return expr_supported(ex.parse(problem.param["expr"]))
-        return True
+        if problem.op == "attention" and problem.arity > 3:
+            return False  # its attention kernels take no mask
+        return not problem.param.get("trans_b", False)  # its matmul kernels read b as (K, N)
 
     def candidates(self, problem: Problem) -> list[Candidate]:
         c = Candidate.of

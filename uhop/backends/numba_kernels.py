@@ -248,7 +248,10 @@ def activation_fn(activation: str, dtype: str):
         return njit(inline="always")(lambda v: HALF * v * (ONE + erf_(v * RSQRT2)))
     if activation == "silu":
         return njit(inline="always")(lambda v: v / (ONE + exp_(-v)))
-    raise ValueError(f"activation must be one of none, relu, gelu, silu; got {activation!r}")
+    if activation == "gelu_tanh":
+        C0, C1, tanh_ = T(math.sqrt(2.0 / math.pi)), T(0.044715), MATH[dtype]["tanh_"]
+        return njit(inline="always")(lambda v: HALF * v * (ONE + tanh_(C0 * (v + C1 * v * v * v))))
+    raise ValueError(f"activation must be one of none, relu, gelu, gelu_tanh, silu; got {activation!r}")
 
 
 @functools.cache

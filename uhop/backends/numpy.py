@@ -61,6 +61,19 @@ def _gelu(x, out):
     return np.multiply(x, out, out=out)
 
 
+def _gelu_tanh(x, out):
+    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), GELU's tanh form (matmul epilogue only)."""
+    np.multiply(x, x, out=out)
+    out *= 0.044715
+    out += 1.0
+    out *= x
+    out *= math.sqrt(2.0 / math.pi)
+    np.tanh(out, out=out)
+    out += 1.0
+    out *= 0.5
+    return np.multiply(x, out, out=out)
+
+
 def _rsqrt(x, out):
     np.sqrt(x, out=out)
     return np.reciprocal(out, out=out)
@@ -191,11 +204,11 @@ def norm_kernel(kind: str, eps: float, block: int) -> Kernel:
     return kernel
 
 
-def matmul_kernel(activation: str, dtype: str) -> Kernel:
-    act = None if activation == "none" else INPLACE[activation]
+def matmul_kernel(activation: str, dtype: str, trans_b: bool = False) -> Kernel:
+    act = None if activation == "none" else _gelu_tanh if activation == "gelu_tanh" else INPLACE[activation]
 
     def kernel(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
-        y = np.matmul(a, b)
+        y = np.matmul(a, np.swapaxes(b, -1, -2) if trans_b else b)  # a transposed view: BLAS reads it as is
         if bias is not None:
             y += bias
         if act is not None:
@@ -208,9 +221,13 @@ def matmul_kernel(activation: str, dtype: str) -> Kernel:
 
 
 def attention_kernel(causal: bool) -> Kernel:
-    def kernel(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+    def kernel(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         s = np.matmul(q, np.swapaxes(k, -1, -2))
         s *= q.dtype.type(1.0 / math.sqrt(q.shape[-1]))
+        if mask is not None:
+            from uhop.ops.attention import apply_mask
+
+            s = apply_mask(s, mask, False).astype(q.dtype, copy=False)
         if causal:
             S, L = s.shape[-2], s.shape[-1]
             s[..., np.triu(np.ones((S, L), dtype=bool), k=1)] = -np.inf
@@ -245,7 +262,7 @@ class NumpyBackend(Backend):
     name = "numpy"
     array = "numpy"
     vendor = True
-    ops = ("matmul", "softmax", "layernorm", "rmsnorm", "elementwise", "attention", "conv2d")
+    ops = ("matmul", "softmax", "layernorm", "rmsnorm", "elementwise", "attention", "conv2d", "embedding")
     dtypes = ("float32", "float64", "float16")
 
     def _probe(self) -> tuple[bool, str]:
@@ -268,6 +285,8 @@ class NumpyBackend(Backend):
             return [c("numpy", "eager")]
         if op == "conv2d":
             return [c("numpy", "im2col")]
+        if op == "embedding":
+            return [c("numpy", "take")]
         # Row ops and chains: block=0 is the eager baseline; blocks keep temporaries in L2.
         if op == "elementwise":
             return [c("numpy", "blocked", block=b) for b in (16384, 65536, 262144)] + [c("numpy", "eager", block=0)]
@@ -276,11 +295,13 @@ class NumpyBackend(Backend):
     def compile(self, candidate: Candidate, problem: Problem) -> Kernel:
         p, cfg = problem.param, candidate.cfg
         if problem.op == "matmul":
-            return matmul_kernel(p["activation"], problem.dtype)
+            return matmul_kernel(p["activation"], problem.dtype, p.get("trans_b", False))
         if problem.op == "attention":
             return attention_kernel(p["causal"])
         if problem.op == "conv2d":
             return conv2d_kernel(p["stride"], p["padding"])
+        if problem.op == "embedding":
+            return lambda w, idx: np.take(w, idx, axis=0)
         if problem.op == "elementwise":
             return elementwise_kernel(p["expr"], problem.dtype, cfg["block"])
         if problem.op == "softmax":

@@ -75,12 +75,53 @@ def _with_tf32(kernel: Kernel, allow: bool) -> Kernel:
     return run
 
 
+def _sdpa(q, k, v, mask, causal):
+    """SDPA with UHOP's attention semantics: a mask and ``causal`` may come together (torch's SDPA
+    refuses both, so the causal part joins the mask)."""
+    import torch
+    import torch.nn.functional as F
+
+    if mask is not None and causal:
+        S, L = q.shape[-2], k.shape[-2]
+        keep = torch.ones(S, L, dtype=torch.bool, device=q.device).tril()
+        mask = (mask & keep) if mask.dtype == torch.bool else mask.masked_fill(~keep, float("-inf"))
+        causal = False
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+
+
+def _gelu_tanh_(y):
+    import torch
+
+    return torch._C._nn.gelu_(y, approximate="tanh")
+
+
+def _silu_(y):
+    import torch.nn.functional as F
+
+    return F.silu(y, inplace=True)
+
+
+def _gelu_tanh(y):
+    import torch.nn.functional as F
+
+    return F.gelu(y, approximate="tanh")
+
+
+def _reading_b_transposed(kernel: Kernel) -> Kernel:
+    """matmul with trans_b: b is (N, K); its .mT view goes to BLAS as a transposed operand."""
+
+    def kernel_nk(a, b, bias=None):
+        return kernel(a, b.mT, bias)
+
+    return kernel_nk
+
+
 def _padded_matmul(activation: str, to: int) -> Kernel:
     """cuBLAS on operands zero-padded so K and N are multiples of ``to`` (aligned rows)."""
     import torch
     import torch.nn.functional as F
 
-    act = {"none": None, "relu": torch.relu, "gelu": F.gelu, "silu": F.silu}[activation]
+    act = {"none": None, "relu": torch.relu, "gelu": F.gelu, "silu": F.silu, "gelu_tanh": _gelu_tanh}[activation]
 
     def mm(a, b, bias=None):
         K, N = b.shape[-2], b.shape[-1]
@@ -104,7 +145,7 @@ class TorchBackend(Backend):
     array = "torch"
     devices = ("cpu", "cuda")
     vendor = True
-    ops = ("matmul", "softmax", "layernorm", "rmsnorm", "elementwise", "attention", "conv2d")
+    ops = ("matmul", "softmax", "layernorm", "rmsnorm", "elementwise", "attention", "conv2d", "embedding")
     dtypes = ("float32", "float64", "float16", "bfloat16")
 
     def _probe(self) -> tuple[bool, str]:
@@ -154,6 +195,8 @@ class TorchBackend(Backend):
 
     def compile(self, candidate: Candidate, problem: Problem) -> Kernel:
         kernel = self._compile(candidate, problem)
+        if problem.op == "matmul" and problem.param.get("trans_b"):
+            kernel = _reading_b_transposed(kernel)
         if problem.op == "matmul" and problem.dtype == "float32" and problem.device.startswith("cuda"):
             return _with_tf32(kernel, problem.param.get("precision") == "tf32")
         return kernel
@@ -178,7 +221,11 @@ class TorchBackend(Backend):
         if op == "matmul" and candidate.template == "pad":
             return _padded_matmul(p["activation"], int(cfg["to"]))
         if op == "matmul":
-            act = {"none": None, "relu": torch.relu, "gelu": F.gelu, "silu": F.silu}[p["activation"]]
+            # in place on the fresh product (no second output tensor) unless autograd records it
+            act_ = {"none": None, "relu": torch.relu_, "gelu": torch._C._nn.gelu_, "silu": _silu_,
+                    "gelu_tanh": _gelu_tanh_}[p["activation"]]
+            act_out = {"none": None, "relu": torch.relu, "gelu": F.gelu, "silu": F.silu,
+                       "gelu_tanh": _gelu_tanh}[p["activation"]]
 
             def mm(a, b, bias=None):
                 if bias is not None and a.dim() == 2:
@@ -187,11 +234,15 @@ class TorchBackend(Backend):
                     y = torch.matmul(a, b)
                     if bias is not None:
                         y = y + bias
-                return act(y) if act is not None else y
+                if act_ is None:
+                    return y
+                return act_out(y) if y.requires_grad else act_(y)
 
             return mm
         if op == "softmax":
             return lambda x: torch.softmax(x, dim=-1)
+        if op == "embedding":
+            return lambda w, idx: F.embedding(idx, w)
         if op == "layernorm":
             eps = p["eps"]
             return lambda x, w=None, b=None: F.layer_norm(x, (x.shape[-1],), w, b, eps)
@@ -213,24 +264,22 @@ class TorchBackend(Backend):
                 backend = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
                            "efficient": SDPBackend.EFFICIENT_ATTENTION}[cfg["impl"]]  # fmt: skip
 
-                def pinned(q, k, v):
+                def pinned(q, k, v, mask=None):
                     three = q.dim() == 3  # the fused kernels want (batch, heads, seq, dim)
                     if three:
                         q, k, v = q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0)
                     with sdpa_kernel(backend):
-                        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+                        out = _sdpa(q, k, v, mask, causal)
                     return out.squeeze(0) if three else out
 
                 return pinned
             if candidate.template == "sdpa":
-                return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+                return lambda q, k, v, mask=None: _sdpa(q, k, v, mask, causal)
 
-            def naive(q, k, v):
-                s = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
-                if causal:
-                    S, L = s.shape[-2], s.shape[-1]
-                    mask = torch.ones(S, L, dtype=torch.bool, device=s.device).triu(1)
-                    s = s.masked_fill(mask, float("-inf"))
+            def naive(q, k, v, mask=None):
+                from uhop.ops.attention import apply_mask
+
+                s = apply_mask(torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1])), mask, causal)
                 return torch.matmul(torch.softmax(s, dim=-1), v)
 
             return naive

@@ -42,7 +42,8 @@ class TritonBackend(Backend):
     array = "torch"
     source_modules = (
         "uhop.backends.triton_kernels", "uhop.backends.triton_kernels.matmul", "uhop.backends.triton_kernels.rowops",
-        "uhop.backends.triton_kernels.elementwise", "uhop.backends.triton_kernels.attention",
+        "uhop.backends.triton_kernels.rows_long", "uhop.backends.triton_kernels.elementwise",
+        "uhop.backends.triton_kernels.attention",
         "uhop.backends.triton_kernels.conv2d",
     )  # fmt: skip
     devices = ("cuda",)
@@ -66,6 +67,8 @@ class TritonBackend(Backend):
         from uhop.backends.triton_kernels import interpreting
 
         if problem.op not in self.ops or problem.dtype not in self.dtypes or problem.array != "torch":
+            return False
+        if problem.param.get("trans_b", False):  # its matmul kernels read b as (K, N)
             return False
         kind = problem.device.split(":")[0]
         return kind == "cuda" or (kind == "cpu" and interpreting())

@@ -12,6 +12,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     # name: (module, help)
     "ai": ("uhop.cli.ai", "Generate kernels with a language model (sandboxed), report, quarantine."),
     "cache": ("uhop.cli.cache", "Inspect and manage the kernel store."),
+    "fusion": ("uhop.cli.fusion", "Graph capture and fusion report (torch.compile(backend='uhop'))."),
     "hw": ("uhop.cli.hw", "Hardware capability manifests and device detection."),
     "kernel": ("uhop.cli.kernel", "Check and register candidate kernel files (sandboxed)."),
     "mlir": ("uhop.cli.mlir", "Compile ops through MLIR/IREE."),

@@ -12,11 +12,13 @@ from uhop.errors import UnknownOpError
 from uhop.ops.attention import Attention, Conv2d
 from uhop.ops.base import Op, Param
 from uhop.ops.elementwise import Elementwise
+from uhop.ops.embedding import Embedding
 from uhop.ops.matmul import Matmul
 from uhop.ops.norms import LayerNorm, RMSNorm, Softmax
 
 REGISTRY: dict[str, Op] = {
-    op.name: op for op in (Matmul(), Softmax(), LayerNorm(), RMSNorm(), Elementwise(), Attention(), Conv2d())
+    op.name: op for op in (Matmul(), Softmax(), LayerNorm(), RMSNorm(), Elementwise(), Attention(), Conv2d(),
+                           Embedding())
 }
 
 
@@ -48,6 +50,7 @@ layernorm = _direct("layernorm")
 rmsnorm = _direct("rmsnorm")
 attention = _direct("attention")
 conv2d = _direct("conv2d")
+embedding = _direct("embedding")
 
 
 def elementwise(expr: Any, *args: Any) -> Any:

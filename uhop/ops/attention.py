@@ -12,12 +12,38 @@ from uhop.errors import InputError
 from uhop.ops.base import ITEMSIZE, Op, Param
 
 
+def apply_mask(s: Any, mask: Any, causal: bool) -> Any:
+    """Scores (..., S, L) with ``mask`` applied as torch's SDPA does: a boolean mask keeps True
+    (False -> -inf), a float mask is added; either broadcasts. ``causal`` hides keys after the
+    query (top-left aligned). numpy or torch arrays."""
+    if causal:
+        S, L = s.shape[-2], s.shape[-1]
+        hide = np.triu(np.ones((S, L), dtype=bool), k=1)
+        if not isinstance(s, np.ndarray):
+            import torch
+
+            hide = torch.from_numpy(hide).to(s.device)
+            s = s.masked_fill(hide, float("-inf"))
+        else:
+            s = np.where(hide, -np.inf, s)
+    if mask is None:
+        return s
+    if mask.dtype == bool or str(mask.dtype) == "torch.bool":
+        if isinstance(s, np.ndarray):
+            return np.where(mask, s, -np.inf)
+        return s.masked_fill(~mask, float("-inf"))
+    return s + mask
+
+
 class Attention(Op):
     name = "attention"
-    inputs = ("q", "k", "v")
+    #: ``mask`` (optional): boolean (True = attend) or additive float, broadcastable to (..., S, L)
+    inputs = ("q", "k", "v", "mask")
+    optional = 1
     params = (Param("causal", False, (False, True), bool),)
     dims = ("B", "S", "L", "D", "E")
-    description = "softmax(q k^T / sqrt(D)) v over (..., S, D) x (..., L, D) x (..., L, E); causal optional"
+    description = ("softmax(q k^T / sqrt(D) [+ mask]) v over (..., S, D) x (..., L, D) x (..., L, E); mask boolean "
+                   "(True = attend) or additive, broadcastable to (..., S, L); causal optional")
 
     def defaulted_dims(self) -> dict[str, int]:
         return {"B": 1}
@@ -34,7 +60,8 @@ class Attention(Op):
 
     def check(self, args: Sequence[Any], params: Mapping[str, Any]) -> dict[str, int]:
         self.check_arrays(args)
-        q, k, v = args
+        q, k, v = args[:3]
+        mask = args[3] if len(args) > 3 else None
         for name, t in (("q", q), ("k", k), ("v", v)):
             if t.ndim < 2:
                 raise InputError(f"attention: {name} must have at least 2 dims (..., seq, dim), got {tuple(t.shape)}")
@@ -47,6 +74,14 @@ class Attention(Op):
         if k.shape[-2] != v.shape[-2]:
             raise InputError(f"attention: k and v must have the same seq length, got {k.shape[-2]} and {v.shape[-2]}")
         S, L = q.shape[-2], k.shape[-2]
+        if mask is not None:
+            target = (*q.shape[:-2], S, L)
+            try:
+                ok = np.broadcast_shapes(tuple(mask.shape), target) == target
+            except ValueError:
+                ok = False
+            if not ok:
+                raise InputError(f"attention: mask of shape {tuple(mask.shape)} does not broadcast to scores {target}")
         return {"B": math.prod(q.shape[:-2]), "S": S, "L": L, "D": q.shape[-1], "E": v.shape[-1]}
 
     def output_shape(self, shapes, params):
@@ -54,15 +89,20 @@ class Attention(Op):
 
     def shapes_from_dims(self, dims, params, arity):
         B, S, L, D, E = (dims[d] for d in self.dims)
-        return [(B, S, D), (B, L, D), (B, L, E)][:arity]
+        return [(B, S, D), (B, L, D), (B, L, E), (S, L)][:arity]
 
-    def reference(self, q, k, v, causal=False, **_: Any) -> np.ndarray:
+    def check_dtypes(self, args: Sequence[Any]) -> str:
+        """q, k, v share a dtype; a mask is boolean or of that dtype."""
+        dtype = super().check_dtypes(args[:3])
+        if len(args) > 3 and args[3] is not None:
+            md = str(args[3].dtype).removeprefix("torch.")
+            if md not in ("bool", dtype):
+                raise InputError(f"attention: mask has dtype {md}; expected bool or {dtype} (the dtype of q)")
+        return dtype
+
+    def reference(self, q, k, v, mask=None, causal=False, **_: Any) -> np.ndarray:
         s = np.matmul(q, np.swapaxes(k, -1, -2)) / math.sqrt(q.shape[-1])
-        if causal:
-            S, L = s.shape[-2], s.shape[-1]
-            # Top-left aligned, as torch's scaled_dot_product_attention(is_causal=True).
-            mask = np.triu(np.ones((S, L), dtype=bool), k=1)
-            s = np.where(mask, -np.inf, s)
+        s = apply_mask(s, mask, causal)  # top-left aligned causal, as torch's SDPA
         s = s - s.max(axis=-1, keepdims=True)
         p = np.exp(s)
         p /= p.sum(axis=-1, keepdims=True)

@@ -11,7 +11,7 @@ import numpy as np
 from uhop.errors import InputError
 from uhop.ops.base import Op, Param
 
-ACTIVATIONS = ("none", "relu", "gelu", "silu")
+ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu")
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
@@ -24,13 +24,16 @@ def _erf(x: np.ndarray) -> np.ndarray:
 
 
 def apply_activation(y: np.ndarray, activation: str) -> np.ndarray:
-    """float64 activation; ``gelu`` is the exact erf form (torch's default)."""
+    """float64 activation; ``gelu`` is the exact erf form (torch's default), ``gelu_tanh`` its tanh
+    approximation (``F.gelu(approximate="tanh")``, GPT-2's)."""
     if activation == "none":
         return y
     if activation == "relu":
         return np.maximum(y, 0.0)
     if activation == "gelu":
         return 0.5 * y * (1.0 + _erf(y / math.sqrt(2.0)))
+    if activation == "gelu_tanh":
+        return 0.5 * y * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (y + 0.044715 * y**3)))
     if activation == "silu":
         return y / (1.0 + np.exp(-y))
     raise InputError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
@@ -51,7 +54,10 @@ class Matmul(Op):
     #: ``precision`` (float32 only): ``ieee`` products, or ``tf32`` (inputs rounded to a 10-bit
     #: mantissa, fp32 accumulation: what ``torch.backends.cuda.matmul.allow_tf32`` gives), which
     #: admits tensor-core kernels under a tolerance sized for that rounding
-    params = (Param("activation", "none", ACTIVATIONS, str), Param("precision", "ieee", PRECISIONS, str))
+    #: ``trans_b``: b given as (..., N, K), F.linear's weight layout (read transposed, never copied);
+    #: stated, not probed (no choices), so ``@optimize("matmul")`` keeps its probe count
+    params = (Param("activation", "none", ACTIVATIONS, str), Param("precision", "ieee", PRECISIONS, str),
+              Param("trans_b", False, None, bool))
     dims = ("B", "M", "N", "K")
     description = ("act(a @ b + bias); a (...,M,K), b (...,K,N) or (K,N), bias (N,); --shape MxNxK or BxMxNxK; "
                    "precision=tf32 admits TF32 tensor-core kernels for float32")  # fmt: skip
@@ -69,10 +75,13 @@ class Matmul(Op):
             raise InputError(f"matmul: b must have at least 2 dims (K, N), got shape {tuple(b.shape)}")
         M, K = a.shape[-2], a.shape[-1]
         K2, N = b.shape[-2], b.shape[-1]
+        if params.get("trans_b"):
+            K2, N = N, K2
         if K != K2:
+            which = "last dim (trans_b=True: b is (N, K))" if params.get("trans_b") else "second-to-last dim"
             raise InputError(
                 f"matmul: a is {tuple(a.shape)} and b is {tuple(b.shape)}: a's last dim (K={K}) "
-                f"must equal b's second-to-last dim ({K2})"
+                f"must equal b's {which} ({K2})"
             )
         batch_a, batch_b = tuple(a.shape[:-2]), tuple(b.shape[:-2])
         if batch_b and batch_b != batch_a:
@@ -84,30 +93,32 @@ class Matmul(Op):
         return {"B": math.prod(batch_a) if batch_a else 1, "M": M, "N": N, "K": K}
 
     def output_shape(self, shapes: Sequence[tuple[int, ...]], params: Mapping[str, Any]) -> tuple[int, ...]:
-        return (*shapes[0][:-1], shapes[1][-1])
+        return (*shapes[0][:-1], shapes[1][-2] if params.get("trans_b") else shapes[1][-1])
 
     def shapes_from_dims(self, dims: Mapping[str, int], params: Mapping[str, Any], arity: int) -> list[tuple[int, ...]]:
         B, M, N, K = dims["B"], dims["M"], dims["N"], dims["K"]
         lead = (B,) if B > 1 else ()
-        return [(*lead, M, K), (K, N), (N,)][:arity]
+        return [(*lead, M, K), (N, K) if params.get("trans_b") else (K, N), (N,)][:arity]
 
-    def reference(self, a, b, bias=None, activation="none", **_: Any) -> np.ndarray:
-        y = np.matmul(a, b)
+    def reference(self, a, b, bias=None, activation="none", trans_b=False, **_: Any) -> np.ndarray:
+        y = np.matmul(a, np.swapaxes(b, -1, -2) if trans_b else b)
         if bias is not None:
             y = y + bias
         return apply_activation(y, activation)
 
-    def reference_torch(self, a, b, bias=None, activation="none", **_: Any) -> Any:
+    def reference_torch(self, a, b, bias=None, activation="none", trans_b=False, **_: Any) -> Any:
         """:meth:`reference` on float64 torch tensors (a GPU computes a 4096³ one in milliseconds)."""
         import torch
 
-        y = torch.matmul(a, b)
+        y = torch.matmul(a, b.mT if trans_b else b)
         if bias is not None:
             y = y + bias
         if activation == "relu":
             return torch.relu(y)
         if activation == "gelu":
             return torch.nn.functional.gelu(y)  # the exact (erf) form, as the numpy reference
+        if activation == "gelu_tanh":
+            return torch.nn.functional.gelu(y, approximate="tanh")
         if activation == "silu":
             return torch.nn.functional.silu(y)
         return y

@@ -31,14 +31,14 @@ import triton.language as tl
 
 from uhop.backends.triton_kernels import Limits, matmul_smem
 
-ACT_CODES = {"none": 0, "relu": 1, "gelu": 2, "silu": 3}
+ACT_CODES = {"none": 0, "relu": 1, "gelu": 2, "silu": 3, "gelu_tanh": 4}
 
 
 def _torch_act(code: int):
     import torch
     import torch.nn.functional as F
 
-    return {1: torch.relu, 2: F.gelu, 3: F.silu}[code]
+    return {1: torch.relu, 2: F.gelu, 3: F.silu, 4: lambda y: F.gelu(y, approximate="tanh")}[code]
 
 
 class _LazyActs(dict):
@@ -61,6 +61,9 @@ def _epilogue(acc, bias_ptr, rn, N, HAS_BIAS: tl.constexpr, ACT: tl.constexpr):
         acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
     elif ACT == 3:
         acc = acc * tl.sigmoid(acc)
+    elif ACT == 4:  # tanh-form gelu; tanh(u) = 2 sigmoid(2u) - 1
+        u = 0.7978845608028654 * (acc + 0.044715 * acc * acc * acc)
+        acc = 0.5 * acc * (2.0 * tl.sigmoid(2.0 * u))
     return acc
 
 

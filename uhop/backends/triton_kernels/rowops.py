@@ -1,12 +1,33 @@
-"""Row-wise templates over the last dim: softmax, layernorm, rmsnorm (fp32 statistics).
+"""Row-wise templates over the last dim: softmax, log-softmax, layernorm, rmsnorm (fp32 statistics).
 
-``row``: a whole row (``ROWS`` rows for short rows) is one register tile, read once and written
-once: the minimum traffic. Programs either cover every row block once (``grid="full"``) or
-persist, one few per SM, prefetching the next row block while reducing this one.
-``loop``: rows too long for registers are walked in chunks (stats pass, then write pass).
+Every template reads x once and writes y once (the minimum traffic), at any width:
 
-Config keys: warps, ROWS, grid ("full" or programs per SM), stages (persistent prefetch depth);
-loop: BLOCK.
+``row``: whole rows in registers. ``ROWS`` rows x ``BLOCK`` lanes per program, every row block
+once (``grid="full"``) or a persistent grid of ``grid`` programs per SM.
+``split``: a row is cut into ``cdiv(N, CHUNK)`` chunks, one program each, the chunk kept in
+registers. Each program publishes its partial statistics (max and sum of exp; count, mean and M2
+by Chan's rule; sum of squares) to a workspace, waits for its row's siblings on an atomic counter,
+combines the partials and writes its chunk. That serves rows longer than registers hold and
+fills the GPU when there are fewer rows than SMs. Siblings have adjacent program ids; the wait
+is deadlock-free when all of a row's chunks can be resident at once (GPUs dispatch blocks in
+index order), so ``configs`` keeps ``cdiv(N, CHUNK) <= SM count``. ``phases=2`` runs the same
+code as a statistics launch and a write launch (x read twice, no waiting): Triton's CPU
+interpreter runs programs one after another and would wait forever in the one-launch form, so CI
+checks the math and indexing through it (the GPU tests run both).
+``stream`` (long rows, many of them): a persistent grid walks each row twice with pipelined
+loads, the second pass reading what the first left in L2. ``split``, ``stream`` and the two-pass
+``loop`` fallback live in :mod:`rows_long`.
+
+Widths that are not a multiple of the 16-byte vector (``VEC`` elements): a row starting at
+element ``start`` is loaded as an unmasked-per-vector body ``[ceil_vec(start), floor_vec(end))``
+at 16-byte aligned addresses plus a head and a tail of fewer than ``VEC`` elements each, so the
+bulk of every row moves in 16-byte accesses. Lengths and strides are passed in units of ``VEC``
+and multiplied back in the kernel, which tells Triton they are multiples of ``VEC`` (it only
+infers divisibility by 16 from argument values).
+
+Config keys: row: warps, ROWS, grid, stages, tiles (1: next_pow2(N) lanes; 2: two power-of-two
+tiles, see ``row_tiles``); split: CHUNK, warps, phases; stream: BLOCK, warps, stages, grid
+(programs per SM); loop: BLOCK, warps.
 """
 
 from __future__ import annotations
@@ -18,173 +39,351 @@ import triton.language as tl
 
 from uhop.backends.triton_kernels import Limits, next_pow2
 
-OPS = {"softmax": 0, "layernorm": 1, "rmsnorm": 2}
-#: longest row kept in registers by one program (fp32 values: <= 64 per thread at 16 warps)
-MAX_ROW = 32768
+#: op -> kernel op code. 3 (log-softmax) is served by the kernels but has no op definition yet.
+OPS = {"softmax": 0, "layernorm": 1, "rmsnorm": 2, "log_softmax": 3}
+#: widest row kept whole in one program's registers (fp32 statistics: <= 32 values per thread
+#: at 16 warps); wider rows go to ``split``
+MAX_ROW = 16384
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _bounds(start, N, VEC: tl.constexpr, ALIGNED: tl.constexpr):
+    """Aligned body [a, a + nb) and head/tail lengths of the rows starting at ``start``."""
+    end = start + N
+    if ALIGNED:
+        a = start
+        nb = end - start
+        hd = nb * 0
+        b = end
+    else:
+        a = (start + (VEC - 1)) // VEC * VEC
+        b = tl.maximum(end // VEC * VEC, a)
+        nb = b - a
+        hd = tl.minimum(a, end) - start
+    return a, nb, hd, b, end
+
+
+@triton.jit
+def _finish(x, m, s, mean, inv, w, bb, OP: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr):
+    """y from x and the row statistics (softmax: max m, sum s; norms: mean, 1/std)."""
+    if OP == 0:
+        y = tl.exp2((x - m) * 1.4426950408889634) / s
+    elif OP == 3:
+        y = x - m - tl.log(s)
+    elif OP == 1:
+        y = (x - mean) * inv
+    else:
+        y = x * inv
+    if HAS_W:
+        y = y * w
+    if HAS_B:
+        y = y + bb
+    return y
+
+
+@triton.jit
+def _row_stats(
+    x, bm, x2, bm2, xh, hm, xt, tm, N, eps, OP: tl.constexpr, TWO: tl.constexpr, EDGES: tl.constexpr
+):
+    """Per-row (m, s, mean, inv) over the body tiles (x, x2) and the head/tail tiles."""
+    m = tl.zeros((x.shape[0],), tl.float32)
+    s = m + 1.0
+    mean = m
+    inv = s
+    if OP == 0 or OP == 3:
+        m = tl.max(tl.where(bm, x, -float("inf")), axis=1)
+        if TWO:
+            m = tl.maximum(m, tl.max(tl.where(bm2, x2, -float("inf")), axis=1))
+        if EDGES:
+            m = tl.maximum(m, tl.max(tl.where(hm, xh, -float("inf")), axis=1))
+            m = tl.maximum(m, tl.max(tl.where(tm, xt, -float("inf")), axis=1))
+        m = tl.where(m == -float("inf"), 0.0, m)  # rows past R: keep the arithmetic finite
+        s = tl.sum(tl.where(bm, tl.exp2((x - m[:, None]) * 1.4426950408889634), 0.0), axis=1)
+        if TWO:
+            s += tl.sum(tl.where(bm2, tl.exp2((x2 - m[:, None]) * 1.4426950408889634), 0.0), axis=1)
+        if EDGES:
+            s += tl.sum(tl.where(hm, tl.exp2((xh - m[:, None]) * 1.4426950408889634), 0.0), axis=1)
+            s += tl.sum(tl.where(tm, tl.exp2((xt - m[:, None]) * 1.4426950408889634), 0.0), axis=1)
+        s = tl.where(s == 0.0, 1.0, s)
+    elif OP == 1:
+        tot = tl.sum(x, axis=1)
+        if TWO:
+            tot += tl.sum(x2, axis=1)
+        if EDGES:
+            tot += tl.sum(xh, axis=1) + tl.sum(xt, axis=1)
+        mean = tot / N
+        xc = tl.where(bm, x - mean[:, None], 0.0)
+        var = tl.sum(xc * xc, axis=1)
+        if TWO:
+            xc2 = tl.where(bm2, x2 - mean[:, None], 0.0)
+            var += tl.sum(xc2 * xc2, axis=1)
+        if EDGES:
+            hc = tl.where(hm, xh - mean[:, None], 0.0)
+            tc = tl.where(tm, xt - mean[:, None], 0.0)
+            var += tl.sum(hc * hc, axis=1) + tl.sum(tc * tc, axis=1)
+        inv = tl.rsqrt(var / N + eps)
+    else:
+        ss = tl.sum(x * x, axis=1)
+        if TWO:
+            ss += tl.sum(x2 * x2, axis=1)
+        if EDGES:
+            ss += tl.sum(xh * xh, axis=1) + tl.sum(xt * xt, axis=1)
+        inv = tl.rsqrt(ss / N + eps)
+    return m[:, None], s[:, None], mean[:, None], inv[:, None]
+
+
+@triton.jit
+def _row_out(x, mask, col, wmask, y_ptrs, w_ptr, b_ptr, m, s, mean, inv,
+             OP: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr):  # fmt: skip
+    """Write one tile of y; weight/bias are read here (L1/L2 hits), not held across the row."""
+    w = 0.0
+    bb = 0.0
+    if HAS_W:
+        w = tl.load(w_ptr + col, mask=wmask, other=0.0, eviction_policy="evict_last").to(tl.float32)
+    if HAS_B:
+        bb = tl.load(b_ptr + col, mask=wmask, other=0.0, eviction_policy="evict_last").to(tl.float32)
+    y = _finish(x, m, s, mean, inv, w, bb, OP, HAS_W, HAS_B)
+    tl.store(y_ptrs, y.to(y_ptrs.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _add_residual(x, r_ptr, h_ptr, offs, mask, HAS_R: tl.constexpr):
+    """x + residual (fp32), the sum also written to h in x's dtype (the pre-norm residual stream)."""
+    if HAS_R:
+        x = x + tl.load(r_ptr + offs, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        tl.store(h_ptr + offs, x.to(h_ptr.dtype.element_ty), mask=mask)
+    return x
 
 
 @triton.jit
 def _row_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr, R, N, s_x, s_y, eps,
-    OP: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, EVEN_N: tl.constexpr,
-    ROWS: tl.constexpr, BLOCK_N: tl.constexpr, STAGES: tl.constexpr,
+    x_ptr, w_ptr, b_ptr, y_ptr, r_ptr, h_ptr, R, NV, SV, eps,
+    OP: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, VEC: tl.constexpr, ALIGNED: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK: tl.constexpr, BLOCK2: tl.constexpr, STAGES: tl.constexpr, HAS_R: tl.constexpr = False,
 ):  # fmt: skip
+    # ALIGNED: N = NV * VEC and the row stride SV * VEC; else N = NV, row stride SV (== N: x and y
+    # rows must have the same alignment, which build() ensures). The body is one tile of BLOCK
+    # lanes, or BLOCK + BLOCK2 (5120 = 4096 + 1024): powers of two that waste fewer registers.
+    if ALIGNED:
+        N = NV * VEC
+    else:
+        N = NV
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
-    cols = tl.arange(0, BLOCK_N)
-    cmask = cols < N
-    # weight/bias are re-read by every program: keep them in L2 while x streams through
-    if HAS_W:
-        w = tl.load(w_ptr + cols, mask=cmask, other=0.0, eviction_policy="evict_last").to(tl.float32)
-    if HAS_B:
-        bb = tl.load(b_ptr + cols, mask=cmask, other=0.0, eviction_policy="evict_last").to(tl.float32)
+    idx = tl.arange(0, BLOCK)
+    TWO: tl.constexpr = BLOCK2 > 0
+    idx2 = BLOCK + tl.arange(0, BLOCK2 if BLOCK2 > 0 else 1)
+    hidx = tl.arange(0, VEC)
     for rb in tl.range(pid, tl.cdiv(R, ROWS), nprog, num_stages=STAGES):
         rows = rb * ROWS + tl.arange(0, ROWS)
         rmask = rows < R
-        rows64 = rows.to(tl.int64)
-        x_ptrs = x_ptr + rows64[:, None] * s_x + cols[None, :]
-        if EVEN_N:
-            mask = rmask[:, None]
+        if ALIGNED:
+            start = rows.to(tl.int64) * SV * VEC
         else:
-            mask = rmask[:, None] & cmask[None, :]
-        x = tl.load(x_ptrs, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
-        if OP == 0:
-            if not EVEN_N:
-                x = tl.where(cmask[None, :], x, -float("inf"))
-            m = tl.max(x, axis=1)
-            e = tl.exp2((x - m[:, None]) * 1.4426950408889634)
-            y = e * (1.0 / tl.sum(e, axis=1))[:, None]
-        elif OP == 1:
-            mean = tl.sum(x, axis=1) / N
-            xc = x - mean[:, None]
-            if not EVEN_N:
-                xc = tl.where(cmask[None, :], xc, 0.0)
-            var = tl.sum(xc * xc, axis=1) / N
-            y = xc * tl.rsqrt(var + eps)[:, None]
-        else:
-            ms = tl.sum(x * x, axis=1) / N
-            y = x * tl.rsqrt(ms + eps)[:, None]
-        if HAS_W:
-            y = y * w[None, :]
-        if HAS_B:
-            y = y + bb[None, :]
-        tl.store(y_ptr + rows64[:, None] * s_y + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
+            start = rows.to(tl.int64) * SV
+        a, nb, hd, b, end = _bounds(start, N, VEC, ALIGNED)
+        bm = rmask[:, None] & (idx[None, :] < nb[:, None])
+        x = tl.load(x_ptr + a[:, None] + idx[None, :], mask=bm, other=0.0, eviction_policy="evict_first")
+        x = _add_residual(x.to(tl.float32), r_ptr, h_ptr, a[:, None] + idx[None, :], bm, HAS_R)
+        x2 = x
+        bm2 = bm
+        if TWO:
+            bm2 = rmask[:, None] & (idx2[None, :] < nb[:, None])
+            x2 = tl.load(
+                x_ptr + a[:, None] + idx2[None, :], mask=bm2, other=0.0, eviction_policy="evict_first"
+            )
+            x2 = _add_residual(x2.to(tl.float32), r_ptr, h_ptr, a[:, None] + idx2[None, :], bm2, HAS_R)
+        xh = x
+        hm = bm
+        xt = x
+        tm = bm
+        if not ALIGNED:
+            hm = rmask[:, None] & (hidx[None, :] < hd[:, None])
+            tm = rmask[:, None] & (hidx[None, :] < (end - b)[:, None])
+            xh = tl.load(x_ptr + start[:, None] + hidx[None, :], mask=hm, other=0.0).to(tl.float32)
+            xt = tl.load(x_ptr + b[:, None] + hidx[None, :], mask=tm, other=0.0).to(tl.float32)
+            xh = _add_residual(xh, r_ptr, h_ptr, start[:, None] + hidx[None, :], hm, HAS_R)
+            xt = _add_residual(xt, r_ptr, h_ptr, b[:, None] + hidx[None, :], tm, HAS_R)
+        m, s, mean, inv = _row_stats(x, bm, x2, bm2, xh, hm, xt, tm, N, eps, OP, TWO, not ALIGNED)
+        if ALIGNED:  # one weight row for every row: [1, BLOCK] loads, vectorized
+            _row_out(x, bm, idx[None, :], idx[None, :] < N, y_ptr + a[:, None] + idx[None, :], w_ptr, b_ptr,
+                     m, s, mean, inv, OP, HAS_W, HAS_B)  # fmt: skip
+            if TWO:
+                _row_out(x2, bm2, idx2[None, :], idx2[None, :] < N, y_ptr + a[:, None] + idx2[None, :], w_ptr,
+                         b_ptr, m, s, mean, inv, OP, HAS_W, HAS_B)  # fmt: skip
+        else:  # the body's first column differs per row (a - start < VEC): gathered weights
+            sh = (a - start)[:, None]
+            _row_out(x, bm, sh + idx[None, :], bm, y_ptr + a[:, None] + idx[None, :], w_ptr, b_ptr,
+                     m, s, mean, inv, OP, HAS_W, HAS_B)  # fmt: skip
+            if TWO:
+                _row_out(x2, bm2, sh + idx2[None, :], bm2, y_ptr + a[:, None] + idx2[None, :], w_ptr, b_ptr,
+                         m, s, mean, inv, OP, HAS_W, HAS_B)  # fmt: skip
+            _row_out(xh, hm, hidx[None, :], hm, y_ptr + start[:, None] + hidx[None, :], w_ptr, b_ptr,
+                     m, s, mean, inv, OP, HAS_W, HAS_B)  # fmt: skip
+            tcol = (b - start)[:, None] + hidx[None, :]
+            _row_out(xt, tm, tcol, tm, y_ptr + b[:, None] + hidx[None, :], w_ptr, b_ptr,
+                     m, s, mean, inv, OP, HAS_W, HAS_B)  # fmt: skip
 
 
-@triton.jit
-def _row_loop_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr, N, s_x, s_y, eps,
-    OP: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK: tl.constexpr,
-):  # fmt: skip
-    row = tl.program_id(0).to(tl.int64)
-    x_row = x_ptr + row * s_x
-    y_row = y_ptr + row * s_y
-    offs = tl.arange(0, BLOCK)
-    # pass 1: statistics (online max/sum for softmax; sum and shifted sum of squares for norms)
-    m = tl.full((BLOCK,), -float("inf"), tl.float32)
-    acc = tl.zeros((BLOCK,), tl.float32)
-    acc2 = tl.zeros((BLOCK,), tl.float32)
-    shift = tl.load(x_row).to(tl.float32)  # shifting by x[0] keeps the one-pass variance accurate
-    for start in range(0, N, BLOCK):
-        cm = start + offs < N
-        x = tl.load(x_row + start + offs, mask=cm, other=0.0).to(tl.float32)
-        if OP == 0:
-            x = tl.where(cm, x, -float("inf"))
-            m_new = tl.maximum(m, x)
-            scale = tl.where(m_new == -float("inf"), 0.0, tl.exp(m - m_new))
-            acc = acc * scale + tl.where(cm, tl.exp(x - m_new), 0.0)
-            m = m_new
-        elif OP == 1:
-            xs = tl.where(cm, x - shift, 0.0)
-            acc += xs
-            acc2 += xs * xs
-        else:
-            acc += x * x
-    if OP == 0:
-        mx = tl.max(m, axis=0)
-        total = tl.sum(acc * tl.exp(m - mx), axis=0)
-        inv = 1.0 / total
-    elif OP == 1:
-        s1 = tl.sum(acc, axis=0) / N
-        var = tl.maximum(tl.sum(acc2, axis=0) / N - s1 * s1, 0.0)
-        mean = s1 + shift
-        inv = tl.rsqrt(var + eps)
-    else:
-        inv = tl.rsqrt(tl.sum(acc, axis=0) / N + eps)
-    # pass 2: write
-    for start in range(0, N, BLOCK):
-        cm = start + offs < N
-        x = tl.load(x_row + start + offs, mask=cm, other=0.0).to(tl.float32)
-        if OP == 0:
-            y = tl.exp(x - mx) * inv
-        elif OP == 1:
-            y = (x - mean) * inv
-        else:
-            y = x * inv
-        if HAS_W:
-            y = y * tl.load(w_ptr + start + offs, mask=cm, other=0.0).to(tl.float32)
-        if HAS_B:
-            y = y + tl.load(b_ptr + start + offs, mask=cm, other=0.0).to(tl.float32)
-        tl.store(y_row + start + offs, y.to(y_ptr.dtype.element_ty), mask=cm)
+# ---- search space ----------------------------------------------------------------------------
+#: elements one ``row`` program covers when rows are short (several rows per program)
+ROW_TILE = 4096
+#: fp32 values per thread the templates aim for: two to four 16-byte loads in flight
+PER_THREAD = 16
+
+
+def _warps(elems: int, lo: int = 4, hi: int = 16) -> int:
+    """A power of two (Triton's num_warps must be one) near elems / PER_THREAD threads."""
+    w = max(1, elems // (32 * PER_THREAD))
+    return max(lo, min(hi, 1 << (w.bit_length() - 1)))
+
+
+def split_chunk(R: int, N: int, sm: int, resident: bool) -> int | None:
+    """The ``split`` chunk for rows of N: most lanes used, at least 2 programs per SM where the
+    rows allow it, and (``resident``, the one-launch form) no more chunks per row than SMs."""
+    best, best_score = None, -1.0
+    for chunk in (4096, 8192, 2048, 1024):  # 4096 first: it beat 8192 on the H200 at equal lane use
+        S = -(-N // chunk)
+        if resident and S > sm:
+            continue
+        lanes = N / (S * chunk)
+        fill = min(1.0, R * S / (2 * sm))
+        score = lanes * fill
+        if score > best_score + 0.02:
+            best, best_score = chunk, score
+    return best
+
+
+def row_tiles(N: int, two: bool = True) -> tuple[int, int]:
+    """(BLOCK, BLOCK2) lanes covering a row of N: next_pow2(N), or two powers of two when that
+    holds fewer lanes (5120 -> 4096 + 1024; 11008 -> 8192 + 4096)."""
+    full = next_pow2(N)
+    lo = full // 2
+    if not two or N <= 64 or N == full:
+        return full, 0
+    rest = next_pow2(N - lo)
+    return (lo, rest) if lo + rest < full else (full, 0)
 
 
 def configs(problem: Any, lim: Limits) -> list[tuple[str, dict[str, Any]]]:
+    """At most 4 candidates, the expected best first: whole rows in registers while they fit
+    (MAX_ROW) and there are rows enough to fill the SMs; longer rows stream through L2 (many rows)
+    or split into cooperative chunks (fewer rows than SMs)."""
+    from uhop.ops.base import ITEMSIZE
+
     R, N = problem.dim["R"], problem.dim["N"]
-    if N > MAX_ROW:
-        return [("loop", {"BLOCK": 4096, "warps": 8}), ("loop", {"BLOCK": 2048, "warps": 4})]
-    block_n = next_pow2(N)
-    rows = max(1, min(next_pow2(R), 2048 // block_n))
-    out = []
-    for warps in (8, 16, 4, 2):
-        per_thread = rows * block_n / (32 * warps)
-        if not (1 <= per_thread <= 64) or not lim.fits(0, 32 * warps):
-            continue
-        out.append(("row", {"warps": warps, "ROWS": rows, "grid": "full", "stages": 1}))
-        if R // rows > 4 * lim.sm_count:  # enough row blocks to make a persistent grid pay
-            out.append(("row", {"warps": warps, "ROWS": rows, "grid": 4, "stages": 2}))
-    if not out:
-        out.append(("row", {"warps": 4, "ROWS": rows, "grid": "full", "stages": 1}))
-    out = out[:6]
-    if R >= 2 * rows and 2 * rows * block_n <= 16 * 32 * 32:  # two row blocks per program, 16 warps
-        out.append(("row", {"warps": 16, "ROWS": 2 * rows, "grid": "full", "stages": 1}))
-    return out
+    sm = lim.sm_count
+    interp = not problem.device.startswith("cuda")
+    phases = 2 if interp else 1  # the interpreter runs programs in sequence: no waiting there
+    out: list[tuple[str, dict[str, Any]]] = []
+    chunk = split_chunk(R, N, sm, resident=phases == 1)
+    split = ("split", {"CHUNK": chunk, "warps": _warps(chunk), "phases": phases}) if chunk else None
+    # stream: rows in flight (programs) x row bytes should stay well inside L2 (50 MB on H100/H200)
+    row_bytes = N * ITEMSIZE[problem.dtype]
+    per_sm = 2 if 2 * sm * row_bytes <= 32 * 2**20 else 1
+    stream = ("stream", {"BLOCK": 8192, "warps": 8, "stages": 3, "grid": per_sm})
+    if N <= MAX_ROW:
+        b1, b2 = row_tiles(N)
+        rows = max(1, min(next_pow2(R), ROW_TILE // b1))
+        warps = _warps(rows * (b1 + b2))
+        if not lim.fits(0, 32 * warps):
+            warps = 4
+        row = ("row", {"warps": warps, "ROWS": rows, "grid": "full", "stages": 1, "tiles": 2 if b2 else 1})
+        few_rows = R * N < 2 * sm * ROW_TILE or -(-R // rows) < sm
+        if split and few_rows and N >= 2048:
+            out.append(split)
+        out.append(row)
+        if -(-R // rows) > 8 * sm:  # enough row blocks for a persistent grid to pay
+            out.append(("row", {**row[1], "grid": 4, "stages": 2}))
+        if b2:
+            out.append(("row", {**row[1], "tiles": 1, "warps": _warps(rows * next_pow2(N))}))
+        elif b1 >= 1024 and rows * b1 * 2 <= 2 * ROW_TILE and R >= 2 * rows:  # more per program
+            out.append(("row", {**row[1], "warps": _warps(2 * rows * b1, 8), "ROWS": 2 * rows}))
+        if split and split not in out and N >= 2048:
+            out.append(split)
+    elif R >= sm or not split:
+        out += [stream, *([split] if split else []), ("stream", {**stream[1], "grid": 3 - per_sm})]
+    else:
+        out += [split, stream]
+        alt = chunk // 2
+        if alt >= 1024 and (phases == 2 or -(-N // alt) <= sm):
+            out.append(("split", {"CHUNK": alt, "warps": _warps(alt), "phases": phases}))
+    return out[:4]
 
 
 def build(template: str, cfg: dict[str, Any], problem: Any) -> Any:
+    """A kernel ``run(x, weight=None, bias=None) -> y`` for ``problem`` (torch tensors)."""
+    return launcher(template, cfg, OPS[problem.op], float(problem.param.get("eps", 0.0)), problem.device)
+
+
+def launcher(template: str, cfg: dict[str, Any], op: int, eps: float, device: str) -> Any:
+    """The kernel for op code ``op`` (see OPS; the tests reach log-softmax, which has no op
+    definition yet, through here)."""
     import torch
 
     from uhop.backends.triton_kernels import limits
+    from uhop.backends.triton_kernels import rows_long as lk
 
-    if template not in ("row", "loop"):
+    if template not in ("row", "split", "stream", "loop"):
         raise ValueError(f"unknown row-op template {template!r}")
-    op = OPS[problem.op]
-    eps = float(problem.param.get("eps", 0.0))
     warps = cfg["warps"]
-    sm = limits(problem.device).sm_count
+    sm = limits(device).sm_count
 
-    def run(x, w=None, b=None):
+    def run(x, w=None, b=None, residual=None):
+        """y = op(x) (op(x + residual), returning (y, x + residual), when ``residual`` is given)."""
         N = x.shape[-1]
         x2 = x.reshape(-1, N)
-        if x2.stride(-1) != 1:
+        if not x2.is_contiguous():  # x and y rows must share their alignment
             x2 = x2.contiguous()
         R = x2.shape[0]
         y = torch.empty((R, N), device=x.device, dtype=x.dtype)
+        w = None if w is None else w.contiguous()
+        b = None if b is None else b.contiguous()
         wt = w if w is not None else y
         bt = b if b is not None else y
+        flags = {"OP": op, "HAS_W": w is not None, "HAS_B": b is not None}
+        if residual is not None and (template != "row" or tuple(residual.shape) != tuple(x.shape)):
+            raise ValueError(f"residual: the row template fuses one of x's shape {tuple(x.shape)}; got "
+                             f"{tuple(residual.shape)} with template {template!r}")  # fmt: skip
         if template == "loop":
-            _row_loop_kernel[(R,)](
-                x2, wt, bt, y, N, x2.stride(0), y.stride(0), eps,
-                OP=op, HAS_W=w is not None, HAS_B=b is not None, BLOCK=cfg["BLOCK"], num_warps=warps,
-            )  # fmt: skip
+            lk._row_loop_kernel[(R,)](
+                x2, wt, bt, y, N, N, N, eps, BLOCK=cfg["BLOCK"], num_warps=warps, **flags
+            )
             return y.reshape(x.shape)
-        rows, block_n = cfg["ROWS"], next_pow2(N)
-        blocks = triton.cdiv(R, rows)
-        grid = blocks if cfg["grid"] == "full" else min(blocks, int(cfg["grid"]) * sm)
-        _row_kernel[(grid,)](
-            x2, wt, bt, y, R, N, x2.stride(0), y.stride(0), eps,
-            OP=op, HAS_W=w is not None, HAS_B=b is not None, EVEN_N=N == block_n,
-            ROWS=rows, BLOCK_N=block_n, STAGES=cfg["stages"], num_warps=warps,
-        )  # fmt: skip
+        vec = 16 // x2.element_size()
+        aligned = N % vec == 0
+        nv = N // vec if aligned else N
+        flags.update(VEC=vec, ALIGNED=aligned)
+        if template == "row":
+            rows = cfg["ROWS"]
+            b1, b2 = row_tiles(N, cfg.get("tiles", 1) == 2)
+            blocks = triton.cdiv(R, rows)
+            grid = blocks if cfg["grid"] == "full" else min(blocks, int(cfg["grid"]) * sm)
+            r = h = y
+            if residual is not None:
+                r = residual.reshape(R, N).contiguous()
+                h = torch.empty_like(y)
+            _row_kernel[(grid,)](x2, wt, bt, y, r, h, R, nv, nv, eps, ROWS=rows, BLOCK=b1, BLOCK2=b2,
+                                 STAGES=cfg["stages"], HAS_R=residual is not None, num_warps=warps, **flags)  # fmt: skip
+            if residual is not None:
+                return y.reshape(x.shape), h.reshape(x.shape)
+            return y.reshape(x.shape)
+        if template == "stream":
+            grid = min(R, int(cfg["grid"]) * sm)
+            lk._stream_kernel[(grid,)](x2, wt, bt, y, R, nv, eps, BLOCK=cfg["BLOCK"], STAGES=cfg["stages"],
+                                       num_warps=warps, **flags)  # fmt: skip
+            return y.reshape(x.shape)
+        chunk = cfg["CHUNK"]
+        S = triton.cdiv(N, chunk)
+        ws = torch.empty(R * S * 3, device=x.device, dtype=torch.float32)
+        common = dict(CHUNK=chunk, SP=next_pow2(S), num_warps=warps, **flags)
+        if cfg.get("phases", 1) == 1:
+            sync = torch.zeros(R, device=x.device, dtype=torch.int32)
+            lk._split_kernel[(R * S,)](x2, wt, bt, y, ws, sync, nv, nv, S, eps, PHASE=0, **common)
+        else:
+            for phase in (1, 2):
+                lk._split_kernel[(R * S,)](x2, wt, bt, y, ws, ws, nv, nv, S, eps, PHASE=phase, **common)
         return y.reshape(x.shape)
 
     return run

@@ -1,0 +1,207 @@
+"""Whole models: eager vs torch.compile (default, max-autotune-no-cudagraphs) vs backend="uhop",
+side by side in one run, with compile wall time. Writes JSON.
+
+    python benchmarks/compile_models.py --models gpt2-block --batch 1 8 --seq 64 256 1024
+    python benchmarks/compile_models.py --device cuda --dtype bfloat16 --out benchmarks/data/compile_h200.json
+
+Models: ``gpt2-block`` (d768, 12 heads), ``gpt2`` (12 layers, d768, vocab 50257), ``resnet``
+(ResNet-style, width 64, 4 blocks, 56x56 inputs), ``numpy-gpt2`` (a numpy GPT-2 forward: numpy
+vs ``uhop.jit``). Times are medians of interleaved rounds (each round times every variant once, so
+machine load hits all alike), in milliseconds per forward, under ``torch.inference_mode``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "compile"))
+from zoo import GPT2, GPT2Block, ResNetSmall  # noqa: E402
+
+import uhop  # noqa: E402
+import uhop.compile  # noqa: E402,F401 - registers backend="uhop" for a source checkout
+
+VARIANTS = ("eager", "compile", "max-autotune", "uhop")
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _timed(fn, device: str) -> float:
+    _sync(device)
+    t = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t
+
+
+def build(variant: str, model):
+    if variant == "eager":
+        return model
+    if variant == "compile":
+        return torch.compile(model)
+    if variant == "max-autotune":
+        return torch.compile(model, mode="max-autotune-no-cudagraphs")
+    if variant == "uhop":
+        return torch.compile(model, backend="uhop")
+    raise ValueError(variant)
+
+
+def bench_torch(name: str, model, x, device: str, variants, rounds: int, min_s: float) -> dict:
+    fns, compile_s = {}, {}
+    with torch.inference_mode():
+        want = model(x).float()
+        for v in variants:
+            fn = build(v, model)
+            compile_s[v] = _timed(lambda fn=fn: fn(x), device)  # first call: compile (+ tune for uhop)
+            err = float((fn(x).float() - want).abs().max())
+            fns[v] = fn
+            if v == "uhop":  # background tuning must not share the cores with the timing
+                t = time.perf_counter()
+                uhop.wait()
+                compile_s["uhop_background_tuning"] = round(time.perf_counter() - t, 3)
+            compile_s[v] = round(compile_s[v], 3)
+            print(f"  {v:<13} first call {compile_s[v]:.2f} s, max |diff| vs eager {err:.3g}", flush=True)
+        times = {v: [] for v in variants}
+        reps = {}
+        for v in variants:  # calls per sample so each sample lasts >= min_s
+            one = min(_timed(lambda v=v: fns[v](x), device) for _ in range(3))
+            reps[v] = max(1, int(min_s / max(one, 1e-6)))
+        for _ in range(rounds):
+            for v in variants:
+                n = reps[v]
+                times[v].append(_timed(lambda v=v, n=n: [fns[v](x) for _ in range(n)], device) / n)
+    med = {v: statistics.median(t) * 1e3 for v, t in times.items()}
+    row = {"model": name, "shape": list(x.shape), "ms": {v: round(m, 4) for v, m in med.items()},
+           "first_call_s": compile_s,
+           "spread_ms": {v: round((max(t) - min(t)) * 1e3, 4) for v, t in times.items()}}
+    if "eager" in med and "uhop" in med:
+        row["uhop_speedup_vs_eager"] = round(med["eager"] / med["uhop"], 3)
+    best = min(m for v, m in med.items() if v != "uhop") if len(med) > 1 else None
+    if best and "uhop" in med:
+        row["uhop_vs_best_other"] = round(med["uhop"] / best, 3)
+    print(f"  {name} {list(x.shape)}: " + ", ".join(f"{v} {m:.3f} ms" for v, m in med.items()), flush=True)
+    return row
+
+
+# ---- numpy GPT-2 forward ------------------------------------------------------------------------
+def np_gpt2_forward(x, params, heads):
+    """A GPT-2 forward in plain numpy (pre-LN blocks, tanh GELU, causal attention), float32.
+    Written so Dynamo traces it whole: no ``ndarray.dtype`` reads and no generator expressions
+    (Dynamo skips a frame that has either; the fusion report lists the reason)."""
+
+    def ln(x, g, b):
+        mu = x.mean(-1, keepdims=True)
+        var = ((x - mu) ** 2).mean(-1, keepdims=True)
+        return (x - mu) / np.sqrt(var + 1e-5) * g + b
+
+    def gelu(x):
+        return 0.5 * x * (1.0 + np.tanh(0.7978845608028654 * (x + 0.044715 * x**3)))
+
+    T, C = x.shape
+    hd = C // heads
+    mask = np.triu(np.full((T, T), -1e10, dtype=np.float32), 1)
+    for p in params:
+        h = ln(x, p["g1"], p["b1"]) @ p["w_qkv"] + p["b_qkv"]
+        q, k, v = [h[:, i * C:(i + 1) * C].reshape(T, heads, hd).transpose(1, 0, 2) for i in range(3)]
+        s = q @ k.transpose(0, 2, 1) / np.sqrt(hd) + mask
+        s = np.exp(s - s.max(-1, keepdims=True))
+        a = (s / s.sum(-1, keepdims=True)) @ v
+        x = x + a.transpose(1, 0, 2).reshape(T, C) @ p["w_o"] + p["b_o"]
+        x = x + gelu(ln(x, p["g2"], p["b2"]) @ p["w_fc"] + p["b_fc"]) @ p["w_pr"] + p["b_pr"]
+    return x
+
+
+def bench_numpy_gpt2(T: int, layers: int, rounds: int, min_s: float) -> dict:
+    rng = np.random.default_rng(0)
+    C, H = 768, 12
+
+    def w(*s):
+        return (rng.standard_normal(s) * 0.02).astype(np.float32)
+
+    params = [dict(g1=np.ones(C, np.float32), b1=w(C), w_qkv=w(C, 3 * C), b_qkv=w(3 * C), w_o=w(C, C), b_o=w(C),
+                   g2=np.ones(C, np.float32), b2=w(C), w_fc=w(C, 4 * C), b_fc=w(4 * C), w_pr=w(4 * C, C), b_pr=w(C))
+              for _ in range(layers)]  # fmt: skip
+    x = rng.standard_normal((T, C)).astype(np.float32)
+    fns = {"numpy": lambda: np_gpt2_forward(x, params, H)}
+    jitted = uhop.jit(np_gpt2_forward)
+    t0 = time.perf_counter()
+    got = jitted(x, params, H)
+    first = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    uhop.wait()  # background tuning must not share the cores with the timing
+    background = time.perf_counter() - t1
+    fns["uhop.jit"] = lambda: jitted(x, params, H)
+    err = float(np.abs(got - np_gpt2_forward(x, params, H)).max())
+    print(f"  uhop.jit first call {first:.2f} s, max |diff| vs numpy {err:.3g}", flush=True)
+    reps = {k: max(1, int(min_s / min(_timed(f, "cpu") for _ in range(3)))) for k, f in fns.items()}
+    times = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            times[k].append(_timed(lambda f=f, n=reps[k]: [f() for _ in range(n)], "cpu") / reps[k])
+    med = {k: statistics.median(t) * 1e3 for k, t in times.items()}
+    print(f"  numpy-gpt2 T{T} L{layers}: " + ", ".join(f"{k} {m:.3f} ms" for k, m in med.items()), flush=True)
+    return {"model": "numpy-gpt2", "shape": [T, C], "layers": layers, "ms": {k: round(m, 4) for k, m in med.items()},
+            "first_call_s": {"uhop.jit": round(first, 3), "uhop_background_tuning": round(background, 3)},
+            "max_abs_diff": err,
+            "uhop_speedup_vs_numpy": round(med["numpy"] / med["uhop.jit"], 3)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", nargs="+", default=["gpt2-block", "resnet", "numpy-gpt2"],
+                    choices=["gpt2-block", "gpt2", "resnet", "numpy-gpt2"])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--seq", type=int, nargs="+", default=[64, 256, 1024])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--min-s", type=float, default=0.05, help="seconds per timed sample (calls repeated to fill it)")
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args()
+    dtype = getattr(torch, a.dtype)
+    torch.manual_seed(0)
+    rows = []
+    for name in a.models:
+        if name == "numpy-gpt2":
+            for T in a.seq:
+                rows.append(bench_numpy_gpt2(T, 2, a.rounds, a.min_s))
+            continue
+        if name == "resnet":
+            model = ResNetSmall(64, 4, 1000).eval().to(a.device, dtype)
+            shapes = [(b, 3, 56, 56) for b in a.batch]
+        elif name == "gpt2":
+            model = GPT2().eval().to(a.device, dtype)
+            shapes = [(b, t) for b in a.batch for t in a.seq]
+        else:
+            model = GPT2Block().eval().to(a.device, dtype)
+            shapes = [(b, t, 768) for b in a.batch for t in a.seq]
+        for s in shapes:
+            torch._dynamo.reset()
+            x = torch.randint(0, 50257, s, device=a.device) if name == "gpt2" else torch.randn(s, device=a.device, dtype=dtype)
+            print(f"{name} {s} {a.dtype} on {a.device}", flush=True)
+            rows.append(bench_torch(name, model, x, a.device, a.variants, a.rounds, a.min_s))
+    meta = {"machine": platform.processor() or platform.machine(), "device": a.device, "dtype": a.dtype,
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M")}
+    if a.device.startswith("cuda"):
+        meta["gpu"] = torch.cuda.get_device_name()
+    out = {"meta": meta, "rows": rows}
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(out, indent=1))
+        print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()

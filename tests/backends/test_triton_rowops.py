@@ -1,0 +1,167 @@
+"""The row templates (``row`` one- and two-tile, ``split``, ``stream``, ``loop``) against float64
+references under Triton's CPU interpreter: odd widths (head/body/tail alignment), every op code
+including log-softmax, fp32/bf16/fp16, with and without weight/bias. Fresh random inputs per run.
+
+Like ``test_triton.py``, the checks run in a ``TRITON_INTERPRET=1`` child pytest; the parent
+test starts it. Shapes are small: the interpreter runs every program in Python.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+IN_CHILD = os.environ.get("TRITON_INTERPRET") == "1"
+
+pytest.importorskip("triton")
+torch = pytest.importorskip("torch")
+
+from uhop.backends.triton_kernels import Limits  # noqa: E402
+from uhop.problem import Problem  # noqa: E402
+
+OPS = {"softmax": 0, "layernorm": 1, "rmsnorm": 2, "log_softmax": 3}
+TOL = {torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 2e-2}
+
+
+def test_row_templates_under_interpreter():
+    if IN_CHILD:
+        pytest.skip("this is the interpreter child run")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p", "no:cacheprovider"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def rowops():
+    if not IN_CHILD:
+        pytest.skip("runs in the TRITON_INTERPRET=1 child process (test_row_templates_under_interpreter)")
+    from uhop.backends.triton_kernels import fix_interpreter
+    from uhop.backends.triton_kernels import rowops as ro
+
+    fix_interpreter()
+    return ro
+
+
+def reference(op: str, x, w, b, eps: float):
+    x = x.double()
+    if op == "softmax":
+        y = torch.softmax(x, -1)
+    elif op == "log_softmax":
+        y = torch.log_softmax(x, -1)
+    elif op == "layernorm":
+        mu = x.mean(-1, keepdim=True)
+        y = (x - mu) / torch.sqrt(((x - mu) ** 2).mean(-1, keepdim=True) + eps)
+    else:
+        y = x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps)
+    if w is not None:
+        y = y * w.double()
+    if b is not None:
+        y = y + b.double()
+    return y
+
+
+def check(ro, template, cfg, op, shape, dtype, affine=True, offset=0.0):
+    eps = 1e-5
+    n = shape[-1]
+    x = (torch.randn(*shape) * 3 + offset).to(dtype)
+    w = torch.randn(n).to(dtype) if affine and op in ("layernorm", "rmsnorm") else None
+    b = torch.randn(n).to(dtype) if affine and op == "layernorm" else None
+    y = ro.launcher(template, cfg, OPS[op], eps, "cpu")(x, w, b)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    ref = reference(op, x, w, b, eps)
+    err = float((y.double() - ref).norm() / ref.norm())
+    assert err < TOL[dtype], f"{template}{cfg} {op} {shape} {dtype}: relative error {err:.2e}"
+
+
+TEMPLATES = [
+    ("row", {"warps": 4, "ROWS": 4, "grid": "full", "stages": 1, "tiles": 2}),
+    ("row", {"warps": 4, "ROWS": 2, "grid": 2, "stages": 2, "tiles": 1}),  # persistent grid
+    ("split", {"CHUNK": 64, "warps": 4, "phases": 2}),
+    ("stream", {"BLOCK": 64, "warps": 4, "stages": 2, "grid": 1}),
+    ("loop", {"BLOCK": 64, "warps": 4}),
+]
+
+
+@pytest.mark.parametrize(("template", "cfg"), TEMPLATES, ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize("op", list(OPS))
+@pytest.mark.parametrize(
+    ("shape", "dtype"), [((5, 37), torch.bfloat16), ((3, 2, 200), torch.float32), ((6, 96), torch.float16)]
+)
+def test_templates_odd_widths(rowops, template, cfg, op, shape, dtype):
+    """37 and 200 bf16/fp32 rows start off the 16-byte grid (head, body, tail); 96 fp16 is aligned
+    (one body, 96 = 64 + 32 in two tiles); 200 > 3 x 64 takes several split chunks."""
+    check(rowops, template, cfg, op, shape, dtype)
+
+
+def test_tiny_rows_and_no_affine(rowops):
+    for template, cfg in TEMPLATES:
+        check(rowops, template, cfg, "layernorm", (3, 2), torch.bfloat16, affine=False)
+        check(rowops, template, cfg, "rmsnorm", (2, 5), torch.float32, affine=False)
+        check(rowops, template, cfg, "softmax", (4, 1), torch.float32)
+
+
+def test_layernorm_large_mean_stays_accurate(rowops):
+    """A mean of 1000 against unit spread: the split (Chan) and stream (shifted) statistics keep
+    fp32 accuracy where a plain sum of squares would cancel."""
+    for template, cfg in TEMPLATES:
+        check(rowops, template, cfg, "layernorm", (3, 150), torch.float32, offset=1000.0)
+
+
+def _problem(op, R, N, dtype="bfloat16", device="cuda:0"):
+    return Problem.make(op, {"R": R, "N": N}, dtype, device=device, array="torch")
+
+
+def test_search_space_is_small_and_pruned_by_width():
+    """<= 4 candidates per problem; whole rows in registers up to MAX_ROW, long rows stream (many
+    rows) or split (fewer rows than SMs); split never has more chunks per row than SMs."""
+    from uhop.backends.triton_kernels import rowops as ro
+
+    h200 = Limits(232448, 1024, 132, (9, 0))
+    for R, N in [
+        (2**21, 64),
+        (134217, 1000),
+        (32768, 5120),
+        (8192, 50257),
+        (883, 151936),
+        (16, 262144),
+        (1, 7),
+    ]:
+        cands = ro.configs(_problem("softmax", R, N), h200)
+        assert 1 <= len(cands) <= 4, (R, N, cands)
+        first = cands[0][0]
+        if N <= ro.MAX_ROW and R >= h200.sm_count * 4:
+            assert first == "row"
+        if N > ro.MAX_ROW:
+            assert first == ("stream" if R >= h200.sm_count else "split")
+        for t, cfg in cands:
+            assert cfg["warps"] & (cfg["warps"] - 1) == 0, cfg  # num_warps: a power of two (5120 once gave 10)
+            if t == "split" and cfg["phases"] == 1:
+                assert -(-N // cfg["CHUNK"]) <= h200.sm_count
+    assert ro.row_tiles(5120) == (4096, 1024) and ro.row_tiles(11008) == (8192, 4096)
+    assert ro.row_tiles(1000) == (1024, 0) and ro.row_tiles(4096) == (4096, 0)
+    # the interpreter (device "cpu") gets the two-launch split: its programs run one at a time
+    cpu = ro.configs(_problem("softmax", 3, 40000, device="cpu"), Limits(232448, 1024, 4, (9, 0)))
+    assert all(c.get("phases", 2) == 2 for t, c in cpu if t == "split")
+
+
+@pytest.mark.parametrize("op", ["rmsnorm", "layernorm", "softmax"])
+@pytest.mark.parametrize(("shape", "dtype"), [((5, 37), torch.bfloat16), ((4, 96), torch.float32)])
+def test_row_fused_residual_add(rowops, op, shape, dtype):
+    """op(x + residual) and the sum itself (the pre-norm residual stream), in one pass."""
+    n = shape[-1]
+    cfg = {"warps": 4, "ROWS": 2, "grid": "full", "stages": 1, "tiles": 2}
+    x, r = torch.randn(*shape).to(dtype), torch.randn(*shape).to(dtype)
+    w = torch.randn(n).to(dtype) if op != "softmax" else None
+    y, h = rowops.launcher("row", cfg, OPS[op], 1e-5, "cpu")(x, w, None, residual=r)
+    s = x.double() + r.double()
+    torch.testing.assert_close(h.double(), s, rtol=TOL[dtype], atol=TOL[dtype])
+    ref = reference(op, s, w, None, 1e-5)
+    assert float((y.double() - ref).norm() / ref.norm()) < TOL[dtype]
+    with pytest.raises(ValueError, match="residual"):
+        rowops.launcher("stream", {"BLOCK": 64, "warps": 4, "stages": 1, "grid": 1}, 0, 0.0, "cpu")(
+            x, residual=r
+        )

@@ -1,0 +1,200 @@
+"""torch.compile(backend="uhop") on CPU: numerics vs eager (float64) for a module zoo, a training
+step's gradients, graph breaks, dynamic shapes without per-length recompiles, the report."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from zoo import GPT2, MLP, GPT2Block, ResNetSmall  # noqa: E402
+
+import uhop.compile  # noqa: E402,F401 - registers backend="uhop" for a source checkout
+from uhop.compile import REPORT  # noqa: E402
+
+EAGER = {"rest": "eager"}  # the rest without Inductor's C++ compile: fast tests
+
+
+def _check(model: torch.nn.Module, x: torch.Tensor, options=EAGER, atol: float = 2e-4) -> torch.Tensor:
+    want = copy.deepcopy(model).double()(x.double() if x.is_floating_point() else x)
+    got = torch.compile(model, backend="uhop", options=options)(x)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, rtol=2e-4, atol=atol)
+    return got
+
+
+def _kinds() -> list[str]:
+    return [r.kind for g in REPORT.graphs for r in g.regions]
+
+
+@pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "explicit-attention"])
+def test_gpt2_block_matches_float64_eager(sdpa):
+    m = GPT2Block(64, 4, sdpa=sdpa).eval()
+    with torch.no_grad():
+        _check(m, torch.randn(2, 12, 64))
+    kinds = _kinds()
+    assert kinds.count("attention") == 1 and kinds.count("layer_norm") == 2 and kinds.count("linear") == 4
+    assert "matmul" not in kinds and "softmax" not in kinds  # the explicit pattern is one region
+    mlp_in = next(r for g in REPORT.graphs for r in g.regions if r.kind == "linear" and "gelu" in r.ops)
+    assert mlp_in.bytes_saved > 0
+    assert all(r.status == "uhop" for r in REPORT.runs), [r for r in REPORT.runs if r.status != "uhop"]
+
+
+@pytest.mark.parametrize("act", ["relu", "gelu", "silu", "tanh_gelu"])
+def test_mlp_activation_fused_into_linear(act):
+    m = MLP(32, act)
+    with torch.no_grad():
+        _check(m, torch.randn(5, 7, 32))
+    first = next(r for g in REPORT.graphs for r in g.regions if r.kind == "linear")
+    assert len(first.ops) == 2, first  # linear + activation
+    assert _kinds().count("softmax") == 1
+
+
+def test_conv_net_folds_batchnorm_in_eval_under_no_grad():
+    m = ResNetSmall(8, 2).eval()
+    with torch.no_grad():
+        for mod in m.modules():  # non-trivial running statistics
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.5, 0.5)
+                mod.running_var.uniform_(0.5, 2.0)
+        _check(m, torch.randn(2, 3, 12, 12))
+    kinds = _kinds()
+    assert kinds.count("conv_bn") == 5 and kinds.count("linear") == 1
+
+
+def test_small_gpt2_with_embeddings_and_inductor_rest():
+    m = GPT2(vocab=97, ctx=32, d=32, heads=2, layers=2).eval()
+    idx = torch.randint(0, 97, (2, 10))
+    with torch.no_grad():
+        _check(m, idx, options={"rest": "inductor"}, atol=5e-4)
+    assert _kinds().count("embedding") == 2
+    assert REPORT.graphs[0].rest == "inductor"
+
+
+def test_training_step_gradients_match_eager():
+    torch.manual_seed(0)
+    ref = GPT2Block(32, 2, sdpa=False).train()
+    m = copy.deepcopy(ref)
+    x = torch.randn(2, 6, 32)
+    compiled = torch.compile(m, backend="uhop", options=EAGER)
+    loss = compiled(x).square().mean()
+    assert loss.requires_grad
+    loss.backward()
+    ref(x).square().mean().backward()
+    for (name, p), (_, q) in zip(m.named_parameters(), ref.named_parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert "conv_bn" not in _kinds()
+
+
+def test_training_conv_net_keeps_batchnorm_unfolded():
+    m = ResNetSmall(4, 1).train()
+    x = torch.randn(2, 3, 8, 8)
+    out = torch.compile(m, backend="uhop", options=EAGER)(x)
+    out.sum().backward()
+    assert "conv_bn" not in _kinds() and _kinds().count("conv2d") == 3
+    assert all(p.grad is not None for p in m.parameters())
+
+
+def test_graph_break_is_counted_and_both_sides_run():
+    def f(x, w):
+        y = F.linear(x, w).softmax(-1)
+        print("graph break here")
+        return F.layer_norm(y, (y.shape[-1],))
+
+    x, w = torch.randn(4, 8), torch.randn(16, 8)
+    got = torch.compile(f, backend="uhop", options=EAGER)(x, w)
+    y = F.linear(x.double(), w.double()).softmax(-1)
+    torch.testing.assert_close(got.double(), F.layer_norm(y, (16,)), rtol=1e-4, atol=1e-5)
+    assert len(REPORT.graphs) == 2
+    assert sum(REPORT.graph_breaks.values()) >= 1
+
+
+def test_generate_loop_does_not_recompile_per_token():
+    m = GPT2Block(32, 2).eval()
+    compiled = torch.compile(m, backend="uhop", options=EAGER)
+    with torch.no_grad():
+        for t in range(3, 21):
+            x = torch.randn(1, t, 32)
+            torch.testing.assert_close(compiled(x), m(x), rtol=1e-4, atol=1e-5)
+    # one graph for the first length, one dynamic graph for every later length
+    assert len(REPORT.graphs) <= 2 and REPORT.recompiles <= 1
+    assert REPORT.graphs[-1].dynamic
+    # region problems are tuned/checked per power-of-two shape class, not per length
+    assert sum(r.kind == "attention" for r in REPORT.runs) <= 4
+
+
+def test_region_uhop_cannot_serve_falls_back_and_says_why():
+    def f(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, scale=0.3)
+
+    q, k, v = (torch.randn(1, 2, 5, 8) for _ in range(3))
+    got = torch.compile(f, backend="uhop", options=EAGER)(q, k, v)
+    torch.testing.assert_close(got, f(q, k, v))
+    (run,) = REPORT.runs
+    assert run.status == "fallback" and "scale" in run.reason
+
+
+def test_additive_mask_attention_region():
+    def f(q, k, v, bias):
+        s = (q @ k.transpose(-2, -1)) / 4.0
+        return torch.softmax(s + bias, dim=-1) @ v
+
+    q, k, v = (torch.randn(2, 3, 6, 16) for _ in range(3))
+    bias = torch.randn(1, 1, 6, 6)
+    got = torch.compile(f, backend="uhop", options=EAGER)(q, k, v, bias)
+    torch.testing.assert_close(got.double(), f(q.double(), k.double(), v.double(), bias.double()), rtol=1e-4, atol=1e-5)
+    assert _kinds() == ["attention"] and REPORT.runs[0].status == "uhop"
+
+
+def test_fusion_report_cli_and_env(tmp_path, monkeypatch, capfd):
+    from uhop.config import settings
+
+    monkeypatch.setenv("UHOP_FUSION_REPORT", "1")
+    with torch.no_grad():
+        torch.compile(MLP(16), backend="uhop", options=EAGER)(torch.randn(3, 16))
+    assert "[uhop] graph 0" in capfd.readouterr().err
+    home = settings().home
+    env = {"UHOP_HOME": str(home), "PYTHONPATH": str(Path(__file__).parents[2]), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-m", "uhop", "fusion", "report"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "1 graph(s) compiled" in out.stdout and "linear + relu" in out.stdout
+
+
+def test_entry_point_declared():
+    text = (Path(__file__).parents[2] / "pyproject.toml").read_text()
+    assert '[project.entry-points."torch_dynamo_backends"]' in text
+    assert 'uhop = "uhop.compile.backend:uhop_backend"' in text
+
+
+def test_jit_numpy_function_matches_numpy():
+    import uhop
+
+    def block(x, w1, b1, w2):
+        h = x @ w1 + b1
+        h = 0.5 * h * (1.0 + np.tanh(0.7978845608 * (h + 0.044715 * h**3)))
+        y = h @ w2
+        e = np.exp(y - y.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    rng = np.random.default_rng()
+    args = [rng.standard_normal(s).astype(np.float32) for s in ((6, 16), (16, 32), (32,), (32, 8))]
+    got = uhop.jit(block)(*args)
+    assert isinstance(got, np.ndarray)
+    want = block(*[a.astype(np.float64) for a in args])
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
+    assert _kinds().count("matmul") == 2
+    fn = uhop.optimize()(block)  # the decorator without an op name compiles the function too
+    np.testing.assert_allclose(fn(*args), want, rtol=2e-4, atol=2e-5)
+
+
+def test_bad_option_names_the_option():
+    with pytest.raises(Exception, match="rest must be 'inductor' or 'eager'"):
+        torch.compile(MLP(8), backend="uhop", options={"rest": "tvm"})(torch.randn(2, 8))

@@ -1,0 +1,290 @@
+"""Row templates for rows too long for one program's registers (see :mod:`rowops` for the
+config keys and the alignment scheme these share).
+
+``split``: cooperative chunks, one program each, statistics exchanged through a workspace and
+an atomic counter per row (one pass over memory). ``stream``: a persistent grid, one row per
+program at a time, two passes over the row with pipelined loads: the first keeps the row in L2
+(``evict_last``) so the second mostly reads L2, not HBM. ``loop``: the plain two-pass fallback.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from uhop.backends.triton_kernels.rowops import _bounds, _finish
+
+
+@triton.jit
+def _split_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, sync_ptr, NV, SV, S, eps,
+    OP: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, VEC: tl.constexpr, ALIGNED: tl.constexpr,
+    CHUNK: tl.constexpr, SP: tl.constexpr, PHASE: tl.constexpr,
+):  # fmt: skip
+    # PHASE 0: one launch (publish, wait for siblings, write); 1: publish only; 2: write only
+    if ALIGNED:
+        N = NV * VEC
+    else:
+        N = NV
+    t = tl.program_id(0)
+    row = t // S
+    part = t % S
+    if ALIGNED:
+        start = row.to(tl.int64) * SV * VEC
+    else:
+        start = row.to(tl.int64) * SV
+    a, nb, hd, b, end = _bounds(start, N, VEC, ALIGNED)
+    idx = tl.arange(0, CHUNK)
+    hidx = tl.arange(0, VEC)
+    lo = part * CHUNK
+    cmask = lo + idx < nb
+    x = tl.load(x_ptr + a + lo + idx, mask=cmask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+    # the head and tail (< VEC elements each) belong to chunk 0
+    hmask = (hidx < hd) & (part == 0)
+    tmask = (hidx < end - b) & (part == 0)
+    if not ALIGNED:
+        xh = tl.load(x_ptr + start + hidx, mask=hmask, other=0.0).to(tl.float32)
+        xt = tl.load(x_ptr + b + hidx, mask=tmask, other=0.0).to(tl.float32)
+    # partial statistics (p0, p1, p2) of this chunk
+    if OP == 0 or OP == 3:
+        p0 = tl.max(tl.where(cmask, x, -float("inf")), axis=0)
+        if not ALIGNED:
+            p0 = tl.maximum(p0, tl.max(tl.where(hmask, xh, -float("inf")), axis=0))
+            p0 = tl.maximum(p0, tl.max(tl.where(tmask, xt, -float("inf")), axis=0))
+        p1 = tl.sum(tl.where(cmask, tl.exp2((x - p0) * 1.4426950408889634), 0.0), axis=0)
+        if not ALIGNED:
+            p1 += tl.sum(tl.where(hmask, tl.exp2((xh - p0) * 1.4426950408889634), 0.0), axis=0)
+            p1 += tl.sum(tl.where(tmask, tl.exp2((xt - p0) * 1.4426950408889634), 0.0), axis=0)
+        p2 = p1 * 0.0
+    elif OP == 1:  # count, mean, M2 (Chan et al.): exact combination, no cancellation
+        p0 = tl.sum(cmask.to(tl.float32), axis=0)
+        tot = tl.sum(x, axis=0)
+        if not ALIGNED:
+            p0 += tl.sum(hmask.to(tl.float32), axis=0) + tl.sum(tmask.to(tl.float32), axis=0)
+            tot += tl.sum(xh, axis=0) + tl.sum(xt, axis=0)
+        p1 = tot / tl.maximum(p0, 1.0)
+        xc = tl.where(cmask, x - p1, 0.0)
+        p2 = tl.sum(xc * xc, axis=0)
+        if not ALIGNED:
+            hc = tl.where(hmask, xh - p1, 0.0)
+            tc = tl.where(tmask, xt - p1, 0.0)
+            p2 += tl.sum(hc * hc, axis=0) + tl.sum(tc * tc, axis=0)
+    else:
+        p0 = tl.sum(x * x, axis=0)
+        if not ALIGNED:
+            p0 += tl.sum(xh * xh, axis=0) + tl.sum(xt * xt, axis=0)
+        p1 = p0 * 0.0
+        p2 = p1
+    slot = ws_ptr + t.to(tl.int64) * 3
+    if PHASE != 2:
+        tl.store(slot, p0)
+        tl.store(slot + 1, p1)
+        tl.store(slot + 2, p2)
+    if PHASE == 0:
+        tl.debug_barrier()  # every thread's stores precede the release below
+        tl.atomic_add(sync_ptr + row, 1, sem="release")
+        done = tl.atomic_add(sync_ptr + row, 0, sem="acquire")
+        while done < S:
+            done = tl.atomic_add(sync_ptr + row, 0, sem="acquire")
+        tl.debug_barrier()
+    if PHASE != 1:
+        j = tl.arange(0, SP)
+        jm = j < S
+        sib = ws_ptr + (row.to(tl.int64) * S + j) * 3
+        q0 = tl.load(sib, mask=jm, other=0.0, volatile=True)
+        q1 = tl.load(sib + 1, mask=jm, other=0.0, volatile=True)
+        q2 = tl.load(sib + 2, mask=jm, other=0.0, volatile=True)
+        m = 0.0
+        s = 1.0
+        mean = 0.0
+        inv = 1.0
+        if OP == 0 or OP == 3:
+            q0 = tl.where(jm, q0, -float("inf"))
+            m = tl.max(q0, axis=0)
+            s = tl.sum(tl.where(q1 > 0.0, q1 * tl.exp2((q0 - m) * 1.4426950408889634), 0.0), axis=0)
+        elif OP == 1:
+            mean = tl.sum(q0 * q1, axis=0) / N
+            d = q1 - mean
+            inv = tl.rsqrt(tl.sum(q2 + q0 * d * d, axis=0) / N + eps)
+        else:
+            inv = tl.rsqrt(tl.sum(q0, axis=0) / N + eps)
+        col = a - start + lo + idx
+        w = 0.0
+        bb = 0.0
+        if HAS_W:
+            w = tl.load(w_ptr + col, mask=cmask, other=0.0).to(tl.float32)
+        if HAS_B:
+            bb = tl.load(b_ptr + col, mask=cmask, other=0.0).to(tl.float32)
+        y = _finish(x, m, s, mean, inv, w, bb, OP, HAS_W, HAS_B)
+        tl.store(y_ptr + a + lo + idx, y.to(y_ptr.dtype.element_ty), mask=cmask)
+        if not ALIGNED:
+            tcol = b - start + hidx
+            wh = 0.0
+            bh = 0.0
+            wt = 0.0
+            bt = 0.0
+            if HAS_W:
+                wh = tl.load(w_ptr + hidx, mask=hmask, other=0.0).to(tl.float32)
+                wt = tl.load(w_ptr + tcol, mask=tmask, other=0.0).to(tl.float32)
+            if HAS_B:
+                bh = tl.load(b_ptr + hidx, mask=hmask, other=0.0).to(tl.float32)
+                bt = tl.load(b_ptr + tcol, mask=tmask, other=0.0).to(tl.float32)
+            yh = _finish(xh, m, s, mean, inv, wh, bh, OP, HAS_W, HAS_B)
+            yt = _finish(xt, m, s, mean, inv, wt, bt, OP, HAS_W, HAS_B)
+            tl.store(y_ptr + start + hidx, yh.to(y_ptr.dtype.element_ty), mask=hmask)
+            tl.store(y_ptr + b + hidx, yt.to(y_ptr.dtype.element_ty), mask=tmask)
+
+
+@triton.jit
+def _row_loop_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr, N, s_x, s_y, eps,
+    OP: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * s_x
+    y_row = y_ptr + row * s_y
+    offs = tl.arange(0, BLOCK)
+    # pass 1: statistics (online max/sum for softmax; sum and shifted sum of squares for norms)
+    m = tl.full((BLOCK,), -float("inf"), tl.float32)
+    acc = tl.zeros((BLOCK,), tl.float32)
+    acc2 = tl.zeros((BLOCK,), tl.float32)
+    shift = tl.load(x_row).to(tl.float32)  # shifting by x[0] keeps the one-pass variance accurate
+    for start in range(0, N, BLOCK):
+        cm = start + offs < N
+        x = tl.load(x_row + start + offs, mask=cm, other=0.0).to(tl.float32)
+        if OP == 0 or OP == 3:
+            x = tl.where(cm, x, -float("inf"))
+            m_new = tl.maximum(m, x)
+            scale = tl.where(m_new == -float("inf"), 0.0, tl.exp(m - m_new))
+            acc = acc * scale + tl.where(cm, tl.exp(x - m_new), 0.0)
+            m = m_new
+        elif OP == 1:
+            xs = tl.where(cm, x - shift, 0.0)
+            acc += xs
+            acc2 += xs * xs
+        else:
+            acc += x * x
+    mx = 0.0
+    total = 1.0
+    mean = 0.0
+    inv = 1.0
+    if OP == 0 or OP == 3:
+        mx = tl.max(m, axis=0)
+        total = tl.sum(acc * tl.exp(m - mx), axis=0)
+    elif OP == 1:
+        s1 = tl.sum(acc, axis=0) / N
+        var = tl.maximum(tl.sum(acc2, axis=0) / N - s1 * s1, 0.0)
+        mean = s1 + shift
+        inv = tl.rsqrt(var + eps)
+    else:
+        inv = tl.rsqrt(tl.sum(acc, axis=0) / N + eps)
+    # pass 2: write
+    for start in range(0, N, BLOCK):
+        cm = start + offs < N
+        x = tl.load(x_row + start + offs, mask=cm, other=0.0).to(tl.float32)
+        w = 0.0
+        bb = 0.0
+        if HAS_W:
+            w = tl.load(w_ptr + start + offs, mask=cm, other=0.0).to(tl.float32)
+        if HAS_B:
+            bb = tl.load(b_ptr + start + offs, mask=cm, other=0.0).to(tl.float32)
+        y = _finish(x, mx, total, mean, inv, w, bb, OP, HAS_W, HAS_B)
+        tl.store(y_row + start + offs, y.to(y_ptr.dtype.element_ty), mask=cm)
+
+
+@triton.jit
+def _stream_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr, R, NV, eps,
+    OP: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, VEC: tl.constexpr, ALIGNED: tl.constexpr,
+    BLOCK: tl.constexpr, STAGES: tl.constexpr,
+):  # fmt: skip
+    if ALIGNED:
+        N = NV * VEC
+    else:
+        N = NV
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    idx = tl.arange(0, BLOCK)
+    hidx = tl.arange(0, VEC)
+    nv64 = pid.to(tl.int64) * 0 + NV  # 64-bit row offsets (the loop variable is 32-bit)
+    for row in tl.range(pid, R, nprog):
+        if ALIGNED:
+            start = row * nv64 * VEC
+        else:
+            start = row * nv64
+        a, nb, hd, b, end = _bounds(start, N, VEC, ALIGNED)
+        hm = hidx < hd
+        tm = hidx < end - b
+        xh = tl.load(x_ptr + start + hidx, mask=hm, other=0.0).to(tl.float32)
+        xt = tl.load(x_ptr + b + hidx, mask=tm, other=0.0).to(tl.float32)
+        # pass 1: per-lane online statistics; shift by the row's first element keeps the one-pass
+        # variance accurate
+        shift = tl.load(x_ptr + start).to(tl.float32)
+        mv = tl.full((BLOCK,), -float("inf"), tl.float32)
+        acc = tl.zeros((BLOCK,), tl.float32)
+        acc2 = tl.zeros((BLOCK,), tl.float32)
+        for c in tl.range(0, nb, BLOCK, num_stages=STAGES):
+            cm = c + idx < nb
+            x = tl.load(x_ptr + a + c + idx, mask=cm, other=0.0, eviction_policy="evict_last").to(tl.float32)
+            if OP == 0 or OP == 3:
+                x = tl.where(cm, x, -float("inf"))
+                m_new = tl.maximum(mv, x)
+                scale = tl.where(m_new == -float("inf"), 0.0, tl.exp2((mv - m_new) * 1.4426950408889634))
+                acc = acc * scale + tl.where(cm, tl.exp2((x - m_new) * 1.4426950408889634), 0.0)
+                mv = m_new
+            elif OP == 1:
+                xs = tl.where(cm, x - shift, 0.0)
+                acc += xs
+                acc2 += xs * xs
+            else:
+                acc += x * x
+        m = 0.0
+        s = 1.0
+        mean = 0.0
+        inv = 1.0
+        if OP == 0 or OP == 3:
+            m = tl.maximum(tl.max(mv, axis=0), tl.max(tl.where(hm, xh, -float("inf")), axis=0))
+            m = tl.maximum(m, tl.max(tl.where(tm, xt, -float("inf")), axis=0))
+            s = tl.sum(
+                tl.where(mv == -float("inf"), 0.0, acc * tl.exp2((mv - m) * 1.4426950408889634)), axis=0
+            )
+            s += tl.sum(tl.where(hm, tl.exp2((xh - m) * 1.4426950408889634), 0.0), axis=0)
+            s += tl.sum(tl.where(tm, tl.exp2((xt - m) * 1.4426950408889634), 0.0), axis=0)
+        elif OP == 1:
+            hs = tl.where(hm, xh - shift, 0.0)
+            ts = tl.where(tm, xt - shift, 0.0)
+            s1 = (tl.sum(acc, axis=0) + tl.sum(hs, axis=0) + tl.sum(ts, axis=0)) / N
+            s2 = (tl.sum(acc2, axis=0) + tl.sum(hs * hs, axis=0) + tl.sum(ts * ts, axis=0)) / N
+            mean = s1 + shift
+            inv = tl.rsqrt(tl.maximum(s2 - s1 * s1, 0.0) + eps)
+        else:
+            ss = tl.sum(acc, axis=0) + tl.sum(xh * xh, axis=0) + tl.sum(xt * xt, axis=0)
+            inv = tl.rsqrt(ss / N + eps)
+        # pass 2: write (x mostly from L2)
+        for c in tl.range(0, nb, BLOCK, num_stages=STAGES):
+            cm = c + idx < nb
+            x = tl.load(x_ptr + a + c + idx, mask=cm, other=0.0, eviction_policy="evict_first").to(tl.float32)
+            w = 0.0
+            bb = 0.0
+            col = a - start + c + idx
+            if HAS_W:
+                w = tl.load(w_ptr + col, mask=cm, other=0.0, eviction_policy="evict_last").to(tl.float32)
+            if HAS_B:
+                bb = tl.load(b_ptr + col, mask=cm, other=0.0, eviction_policy="evict_last").to(tl.float32)
+            y = _finish(x, m, s, mean, inv, w, bb, OP, HAS_W, HAS_B)
+            tl.store(y_ptr + a + c + idx, y.to(y_ptr.dtype.element_ty), mask=cm)
+        tcol = b - start + hidx
+        wh = 0.0
+        bh = 0.0
+        wt = 0.0
+        bt = 0.0
+        if HAS_W:
+            wh = tl.load(w_ptr + hidx, mask=hm, other=0.0).to(tl.float32)
+            wt = tl.load(w_ptr + tcol, mask=tm, other=0.0).to(tl.float32)
+        if HAS_B:
+            bh = tl.load(b_ptr + hidx, mask=hm, other=0.0).to(tl.float32)
+            bt = tl.load(b_ptr + tcol, mask=tm, other=0.0).to(tl.float32)
+        yh = _finish(xh, m, s, mean, inv, wh, bh, OP, HAS_W, HAS_B)
+        yt = _finish(xt, m, s, mean, inv, wt, bt, OP, HAS_W, HAS_B)
+        tl.store(y_ptr + start + hidx, yh.to(y_ptr.dtype.element_ty), mask=hm)
+        tl.store(y_ptr + b + hidx, yt.to(y_ptr.dtype.element_ty), mask=tm)

@@ -1,0 +1,147 @@
+"""``torch.compile(model, backend="uhop")``: the Dynamo backend.
+
+Dynamo hands over each captured FX graph; :mod:`uhop.compile.partition` replaces the regions UHOP
+serves with ``torch.ops.uhop.*`` calls (custom ops with fake kernels and backward), and the rest
+goes to Inductor (default) or runs eagerly. Options come from ``torch.compile(...,
+options={...})`` or the environment:
+
+* ``rest``: ``"inductor"`` or ``"eager"`` (``UHOP_COMPILE_REST``) — who runs what UHOP does not;
+* ``mode``: an Inductor mode for the rest (``"max-autotune-no-cudagraphs"``...);
+* ``buckets``: ``"pow2"`` (default) or ``"exact"`` (``UHOP_COMPILE_BUCKETS``) — region problems
+  share one tuning per power-of-two shape class, so a generate loop does not tune per token;
+* ``backends``: the backends region problems are tuned over (``UHOP_COMPILE_BACKENDS``, comma
+  separated; ``all`` for every backend). Default ``torch,triton``: kernels that take torch tensors
+  and share torch's thread pool (see ``runtime.BACKENDS``).
+
+Dynamic shapes are Dynamo's: a dim that changes between calls is made symbolic on the first
+recompile (``torch._dynamo.config.automatic_dynamic_shapes``), or up front with
+``torch.compile(dynamic=True)`` / ``torch._dynamo.mark_dynamic``; the fusion report counts the
+graphs, recompiles and graph breaks.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import fx
+
+import uhop.compile.regions  # noqa: F401 - registers torch.ops.uhop.*
+from uhop.compile import runtime
+from uhop.compile.partition import partition
+from uhop.compile.report import REPORT, GraphCompiled
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    rest: str = "inductor"
+    mode: str | None = None
+    buckets: str = "pow2"
+    backends: tuple[str, ...] = ("torch", "triton")
+
+    @classmethod
+    def make(cls, options: dict[str, Any] | None = None, mode: str | None = None) -> CompileOptions:
+        o = dict(options or {})
+        unknown = set(o) - {"rest", "mode", "buckets", "backends"}
+        if unknown:
+            raise ValueError(f"backend='uhop' options: unknown {sorted(unknown)}; known: rest, mode, buckets, backends")
+        names = o.get("backends", os.environ.get("UHOP_COMPILE_BACKENDS", "torch,triton"))
+        if isinstance(names, str):
+            names = () if names.strip() == "all" else tuple(n.strip() for n in names.split(",") if n.strip())
+        from uhop.backends import REGISTRY
+
+        bad = [n for n in names if n not in REGISTRY]
+        if bad:
+            raise ValueError(f"backend='uhop' option backends: unknown {bad}; known: {', '.join(REGISTRY)}, or 'all'")
+        rest = o.get("rest", os.environ.get("UHOP_COMPILE_REST", "inductor"))
+        buckets = o.get("buckets", os.environ.get("UHOP_COMPILE_BUCKETS", "pow2"))
+        if rest not in ("inductor", "eager"):
+            raise ValueError(f"backend='uhop' option rest must be 'inductor' or 'eager', got {rest!r}")
+        if buckets not in ("pow2", "exact"):
+            raise ValueError(f"backend='uhop' option buckets must be 'pow2' or 'exact', got {buckets!r}")
+        return cls(rest, o.get("mode", mode), buckets, tuple(names))
+
+
+def _cache_salt() -> Any:
+    """A no-op Inductor pass whose uuid hashes uhop/compile's sources: Inductor's on-disk cache
+    keys a graph by its ops, not by the fake kernels of custom ops, so without it code compiled
+    against an older ``torch.ops.uhop`` (other output strides) would be reused."""
+    global _SALT
+    if _SALT is None:
+        from pathlib import Path
+
+        from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
+
+        files = tuple(sorted(str(p) for p in Path(__file__).parent.glob("*.py")))
+
+        class UhopCacheSalt(CustomGraphPass):
+            def __call__(self, graph: fx.Graph) -> None:
+                return None
+
+            def uuid(self) -> Any:
+                return get_hash_for_files(files)
+
+        _SALT = UhopCacheSalt()
+    return _SALT
+
+
+_SALT = None
+
+
+def _compile_id() -> tuple[str, bool]:
+    """(frame name, whether this graph recompiles a frame Dynamo compiled before)."""
+    try:
+        from torch._guards import CompileContext
+
+        cid = CompileContext.current_compile_id()
+        return str(cid), bool(cid is not None and cid.frame_compile_id)
+    except Exception:  # private API moved: report without recompile detection
+        return "?", False
+
+
+def _is_dynamic(example_inputs: list[Any]) -> bool:
+    for t in example_inputs:
+        if isinstance(t, torch.SymInt):
+            return True
+        if isinstance(t, torch.Tensor) and any(isinstance(s, torch.SymInt) for s in t.shape):
+            return True
+    return False
+
+
+def uhop_backend(gm: fx.GraphModule, example_inputs: list[Any], mode: str | None = None,
+                 options: dict[str, Any] | None = None) -> Any:
+    """A Dynamo backend (``torch.compile(model, backend="uhop")``); see the module docstring."""
+    opts = CompileOptions.make(options, mode)
+    t0 = time.perf_counter()
+    runtime.BUCKETS["value"] = opts.buckets
+    runtime.BACKENDS["value"] = opts.backends
+    # inference-only fusions (batchnorm folded into conv) only when autograd cannot need them
+    training = torch.is_grad_enabled() and any(
+        isinstance(t, torch.Tensor) and t.requires_grad for t in example_inputs)
+    nodes = sum(1 for n in gm.graph.nodes if n.op in ("call_function", "call_method", "call_module"))
+    regions = partition(gm, inference=not training)
+    if opts.rest == "eager":
+        compiled = gm.forward
+    else:
+        from torch._inductor import list_mode_options
+        from torch._inductor.compile_fx import compile_fx
+
+        patches = dict(list_mode_options(opts.mode)) if opts.mode else {}
+        patches["post_grad_custom_post_pass"] = _cache_salt()
+        compiled = compile_fx(gm, example_inputs, config_patches=patches)
+    name, recompile = _compile_id()
+    REPORT.add_graph(GraphCompiled(len(REPORT.graphs), name, nodes, regions, opts.rest, opts.mode or "default",
+                                   _is_dynamic(example_inputs), recompile, time.perf_counter() - t0))
+    return compiled
+
+
+def register() -> None:
+    """Register ``backend="uhop"`` in this process (the package's entry point does it for an
+    installed UHOP; this covers a source checkout on ``PYTHONPATH``)."""
+    from torch._dynamo.backends.registry import _COMPILER_FNS, register_backend
+
+    if "uhop" not in _COMPILER_FNS:
+        register_backend(name="uhop")(uhop_backend)

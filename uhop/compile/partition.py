@@ -1,0 +1,310 @@
+"""The FX partitioner: find the regions UHOP serves in a Dynamo graph and replace each with one
+``torch.ops.uhop.<kind>`` call; everything else stays for Inductor (or eager).
+
+Regions: linear / matmul (+ activation, incl. tanh-GELU), layer_norm, rms_norm, softmax,
+attention (SDPA, or the explicit QKᵀ → scale → mask → softmax → V pattern), embedding,
+conv2d (+ eval batchnorm folded in, inference only) (+ activation). An op whose intermediate has
+other users is not fused into the region after it (its value is needed anyway).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx
+
+from uhop.compile.report import RegionFound
+
+U = torch.ops.uhop
+LINEAR = {torch._C._nn.linear, F.linear}
+MATMUL = {operator.matmul, torch.matmul, torch.bmm, "matmul", "bmm", "__matmul__"}
+LAYER_NORM = {F.layer_norm, torch.layer_norm}
+RMS_NORM = {F.rms_norm, getattr(torch, "rms_norm", F.rms_norm)}
+SOFTMAX = {F.softmax, torch.softmax, "softmax"}
+SDPA = {F.scaled_dot_product_attention}
+EMBEDDING = {F.embedding}
+CONV2D = {torch.conv2d, F.conv2d}
+BATCH_NORM = {F.batch_norm}
+TRANSPOSE = {torch.transpose, "transpose"}
+GELU = {F.gelu, torch._C._nn.gelu, "gelu"}
+RELU = {F.relu, torch.relu, "relu"}
+SILU = {F.silu}
+
+
+def _target(node: fx.Node) -> Any:
+    """The call's target; numpy code traced by Dynamo (``uhop.jit``) calls wrappers of
+    ``torch._numpy`` on tensors: ``a @ b`` is a wrapper of ``operator.matmul``, ``np.matmul`` one of
+    a function named ``matmul`` (matched by name, as a method is)."""
+    t = node.target
+    kind = type(t).__name__
+    if kind == "numpy_operator_wrapper":
+        return t.op
+    if kind == "numpy_to_tensor_wrapper":
+        return t.f.__name__
+    return t
+
+
+def _is(node: fx.Node, targets: set) -> bool:
+    if node.op not in ("call_function", "call_method"):
+        return False
+    try:
+        return _target(node) in targets
+    except TypeError:  # an unhashable target
+        return False
+
+
+def _arg(node: fx.Node, i: int, name: str, default: Any = None) -> Any:
+    """Argument ``i`` (or keyword ``name``) of a call node; for call_method, ``i`` counts self."""
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(name, default)
+
+
+def _val(n: Any) -> Any:
+    return n.meta.get("example_value") if isinstance(n, fx.Node) else None
+
+
+def _nbytes(n: Any) -> int:
+    """Bytes of a node's value at the example shape; 0 if unknown. Never calls int() on a
+    symbolic size: that would specialize it (a guard per length: a recompile per token)."""
+    v = _val(n)
+    if not isinstance(v, torch.Tensor):
+        return 0
+    dims = [s.node.hint if isinstance(s, torch.SymInt) else s for s in v.shape]
+    if any(not isinstance(d, int) for d in dims):
+        return 0
+    return math.prod(dims) * v.element_size()
+
+
+def _activation_of(node: fx.Node) -> str | None:
+    """The activation a node applies to its only tensor input, in UHOP's spelling, or None."""
+    if _is(node, GELU):
+        approx = _arg(node, 1, "approximate", "none")
+        return "gelu_tanh" if approx == "tanh" else "gelu" if approx == "none" else None
+    if _is(node, RELU) and not node.kwargs.get("inplace", False) and len(node.args) == 1:
+        return "relu"
+    if _is(node, SILU) and not node.kwargs.get("inplace", False) and len(node.args) == 1:
+        return "silu"
+    return None
+
+
+def _only_user(node: fx.Node) -> fx.Node | None:
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
+class Partitioner:
+    """Rewrites one graph in place. ``inference``: fusions valid only without autograd allowed."""
+
+    def __init__(self, gm: fx.GraphModule, inference: bool) -> None:
+        self.gm, self.g, self.inference = gm, gm.graph, inference
+        self.regions: list[RegionFound] = []
+
+    def run(self) -> list[RegionFound]:
+        # attention first: its QKᵀ and PV matmuls and its softmax must not become regions alone
+        for rules in ((self._attention_explicit,), (self._sdpa, self._linear, self._matmul, self._norm,
+                                                    self._softmax, self._embedding, self._conv)):
+            for node in list(self.g.nodes):
+                if node.op not in ("call_function", "call_method") or not node.users:
+                    continue
+                for rule in rules:
+                    if rule(node):
+                        break
+            self.g.eliminate_dead_code()
+        self.g.eliminate_dead_code()
+        self.g.lint()
+        self.gm.recompile()
+        return self.regions
+
+    # ---- helpers -----------------------------------------------------------------------------
+    def _replace(self, last: fx.Node, fused: list[fx.Node], kind: str, args: tuple, saved: int = 0) -> None:
+        with self.g.inserting_before(last):
+            new = self.g.call_function(getattr(U, kind).default, args)
+        new.meta.update(last.meta)
+        last.replace_all_uses_with(new)
+        self.regions.append(RegionFound(kind, [_name(n) for n in fused], saved))
+
+    def _with_activation(self, node: fx.Node) -> tuple[fx.Node, str, list[fx.Node]]:
+        user = _only_user(node)
+        act = _activation_of(user) if user is not None else None
+        if act is None:
+            return node, "none", []
+        return user, act, [user]
+
+    # ---- rules ---------------------------------------------------------------------------------
+    def _linear(self, node: fx.Node) -> bool:
+        if not _is(node, LINEAR):
+            return False
+        x, w, b = node.args[0], node.args[1], _arg(node, 2, "bias")
+        last, act, extra = self._with_activation(node)
+        saved = 2 * _nbytes(node) if extra else 0
+        self._replace(last, [node, *extra], "linear", (x, w, b, act), saved)
+        return True
+
+    def _matmul(self, node: fx.Node) -> bool:
+        if not _is(node, MATMUL) or len(node.args) != 2:
+            return False
+        a, b = node.args
+        va, vb = _val(a), _val(b)
+        if va is None or vb is None or va.dim() < 2 or vb.dim() < 2 or va.dtype != vb.dtype:
+            return False  # mixed dtypes: numpy code promotes (torch._numpy does it in the wrapper)
+        last, act, extra = self._with_activation(node)
+        self._replace(last, [node, *extra], "matmul", (a, b, act), 2 * _nbytes(node) if extra else 0)
+        return True
+
+    def _norm(self, node: fx.Node) -> bool:
+        if _is(node, LAYER_NORM):
+            shape = _arg(node, 1, "normalized_shape")
+            if not isinstance(shape, (tuple, list)) or len(shape) != 1:
+                return False
+            args = (node.args[0], _arg(node, 2, "weight"), _arg(node, 3, "bias"), float(_arg(node, 4, "eps", 1e-5)))
+            self._replace(node, [node], "layer_norm", args)
+            return True
+        if _is(node, RMS_NORM):
+            shape = _arg(node, 1, "normalized_shape")
+            eps = _arg(node, 3, "eps")
+            if not isinstance(shape, (tuple, list)) or len(shape) != 1 or eps is None:
+                return False  # eps=None means the dtype's epsilon: left to aten
+            self._replace(node, [node], "rms_norm", (node.args[0], _arg(node, 2, "weight"), float(eps)))
+            return True
+        return False
+
+    def _softmax_dim_ok(self, node: fx.Node) -> bool:
+        dim = _arg(node, 1, "dim")
+        v = _val(node.args[0])
+        if _arg(node, 3, "dtype") is not None or node.kwargs.get("dtype") is not None or v is None:
+            return False
+        return dim is not None and dim in (-1, v.dim() - 1)
+
+    def _softmax(self, node: fx.Node) -> bool:
+        if not _is(node, SOFTMAX) or not self._softmax_dim_ok(node):
+            return False
+        self._replace(node, [node], "softmax", (node.args[0],))
+        return True
+
+    def _sdpa(self, node: fx.Node) -> bool:
+        if not _is(node, SDPA):
+            return False
+        q, k, v = node.args[:3]
+        mask = _arg(node, 3, "attn_mask")
+        if _arg(node, 4, "dropout_p", 0.0) not in (0, 0.0) or node.kwargs.get("enable_gqa", False):
+            return False
+        scale = node.kwargs.get("scale")
+        self._replace(node, [node], "attention", (q, k, v, mask, bool(_arg(node, 5, "is_causal", False)), scale))
+        return True
+
+    def _attention_explicit(self, node: fx.Node) -> bool:
+        """softmax(QKᵀ·c [masked]) @ V, matched from the softmax outwards."""
+        if not _is(node, SOFTMAX) or not self._softmax_dim_ok(node):
+            return False
+        pv = _only_user(node)
+        if pv is None or not _is(pv, MATMUL) or pv.args[0] is not node:
+            return False
+        fused, cur, mask, scale = [node, pv], node.args[0], None, 1.0
+        if _is(cur, {"masked_fill", torch.masked_fill}) and _only_user(cur) is node:
+            m, fill = cur.args[1], cur.args[2]
+            if not (isinstance(fill, float) and fill == -math.inf):
+                return False
+            # masked_fill(m, -inf): keep where not m. SDPA's boolean mask is True = keep.
+            if _is(m, {operator.invert, torch.logical_not, "logical_not", "bitwise_not"}):
+                mask = m.args[0]
+            else:
+                with self.g.inserting_before(node):
+                    mask = self.g.call_function(operator.invert, (m,))
+                    mask.meta["example_value"] = _val(m)
+            fused.append(cur)
+            cur = cur.args[0]
+        elif _is(cur, {operator.add, torch.add, "add"}) and _only_user(cur) is node and len(cur.args) == 2:
+            va, vb = _val(cur.args[0]), _val(cur.args[1])
+            if va is None or vb is None or vb.dtype == torch.bool:
+                return False
+            mask = cur.args[1]  # additive mask, broadcastable
+            fused.append(cur)
+            cur = cur.args[0]
+        if _is(cur, {operator.mul, operator.truediv, torch.mul, torch.div, "mul", "div"}) and _only_user(cur) is not None:
+            c = cur.args[1]
+            if not isinstance(c, (int, float)):
+                return False
+            scale = float(c) if _target(cur) in (operator.mul, torch.mul, "mul") else 1.0 / float(c)
+            fused.append(cur)
+            cur = cur.args[0]
+        if not (_is(cur, MATMUL) and _only_user(cur) is not None and len(cur.args) == 2):
+            return False
+        q, kt = cur.args
+        if not (_is(kt, TRANSPOSE) and _swaps_last_two(kt)):
+            return False
+        k, v = kt.args[0], pv.args[1]
+        vq, vk, vv = _val(q), _val(k), _val(v)
+        if vq is None or vk is None or vv is None or not (vq.dim() == vk.dim() == vv.dim() >= 3):
+            return False
+        if not (vq.dtype == vk.dtype == vv.dtype):
+            return False
+        fused += [cur, kt]
+        saved = 2 * sum(_nbytes(n) for n in fused if n is not kt and n is not pv)
+        self._replace(pv, fused[::-1], "attention", (q, k, v, mask, False, scale), saved)
+        return True
+
+    def _embedding(self, node: fx.Node) -> bool:
+        if not _is(node, EMBEDDING):
+            return False
+        idx, w = node.args[0], node.args[1]
+        rest = [_arg(node, i, n) for i, n in ((2, "padding_idx"), (3, "max_norm"))]
+        if rest[1] is not None or (rest[0] is not None and not self.inference):
+            return False  # max_norm renormalizes the table in place; padding_idx changes the gradient
+        self._replace(node, [node], "embedding", (w, idx))
+        return True
+
+    def _conv(self, node: fx.Node) -> bool:
+        if not _is(node, CONV2D):
+            return False
+        x, w, b = node.args[0], node.args[1], _arg(node, 2, "bias")
+        stride, pad = _uniform(_arg(node, 3, "stride", 1)), _uniform(_arg(node, 4, "padding", 0))
+        dil, groups = _uniform(_arg(node, 5, "dilation", 1)), _arg(node, 6, "groups", 1)
+        if stride is None or pad is None or dil != 1 or groups != 1:
+            return False
+        fused, last = [node], node
+        bn = _only_user(node)
+        if self.inference and bn is not None and _is(bn, BATCH_NORM) and bn.args[0] is node \
+                and not _arg(bn, 5, "training", False):
+            mean, var = _arg(bn, 1, "running_mean"), _arg(bn, 2, "running_var")
+            gamma, beta, eps = _arg(bn, 3, "weight"), _arg(bn, 4, "bias"), float(_arg(bn, 7, "eps", 1e-5))
+            last2, act, extra = self._with_activation(bn)
+            fused += [bn, *extra]
+            saved = 2 * _nbytes(node) * (1 + len(extra))
+            self._replace(last2, fused, "conv_bn", (x, w, b, mean, var, gamma, beta, eps, stride, pad, act), saved)
+            return True
+        last, act, extra = self._with_activation(node)
+        self._replace(last, [node, *extra], "conv2d", (x, w, b, stride, pad, act), 2 * _nbytes(node) if extra else 0)
+        return True
+
+
+def _swaps_last_two(n: fx.Node) -> bool:
+    v = _val(n.args[0])
+    if v is None or len(n.args) < 3 or not all(isinstance(d, int) for d in n.args[1:3]):
+        return False
+    return sorted(d % v.dim() for d in n.args[1:3]) == [v.dim() - 2, v.dim() - 1]
+
+
+def _uniform(v: Any) -> int | None:
+    if isinstance(v, int):
+        return v
+    if isinstance(v, (tuple, list)) and len(set(v)) == 1 and isinstance(v[0], int):
+        return v[0]
+    return None
+
+
+def _name(n: fx.Node) -> str:
+    t = n.target
+    if isinstance(t, str):
+        return t
+    return getattr(t, "__name__", str(t))
+
+
+def partition(gm: fx.GraphModule, inference: bool) -> list[RegionFound]:
+    """Rewrite ``gm`` in place; returns the regions found."""
+    return Partitioner(gm, inference).run()
+

@@ -1,0 +1,226 @@
+"""Running a region: UHOP's tuned kernel for the op it computes, checked on first use.
+
+The hot path is one signature tuple, one dict lookup and the call. On a new signature the
+region's UHOP problem is built, resolved through the tuner and store (``dispatch.resolve``),
+and the result checked against the region's aten reference in float64 with the tolerance of the
+dtype; a region UHOP cannot serve, or whose result disagrees, runs its aten reference instead and
+the report says why.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from uhop.compile.regions import N_TENSORS, REFERENCE, conform
+from uhop.compile.report import REPORT, RegionRun
+
+Kernel = Callable[..., Tensor]
+_kernels: dict[Any, Kernel] = {}
+_checked: dict[str, Kernel] = {}  # problem key (shape class) -> kernel, checked once per class
+_lock = threading.RLock()
+#: shape classes for region problems ("pow2": a generate loop shares one tuning per power of two)
+BUCKETS = {"value": "pow2"}
+#: backends region problems are tuned over (empty: all). Default: those taking torch tensors:
+#: numpy/numba kernels run on their own thread pools (OpenBLAS, numba's), which measured well
+#: alone but contended with torch's OpenMP pool between the torch ops of a model (a GPT-2 block
+#: at B1 T64 on 2 cores ran 1.6x slower than with torch-only regions)
+BACKENDS = {"value": ("torch", "triton")}
+
+
+class Fallback(Exception):
+    """UHOP does not serve this region; the message is the reason the report gives."""
+
+
+def _sig(t: Any) -> Any:
+    if isinstance(t, Tensor):
+        return (t.shape, t.dtype, t.stride(), t.device)
+    return t
+
+
+def run_region(kind: str, args: Sequence[Any]) -> Tensor:
+    nt = N_TENSORS[kind]
+    sig = (kind, *map(_sig, args[:nt]), *args[nt:])
+    k = _kernels.get(sig)
+    if k is None:
+        with _lock:
+            k = _kernels.get(sig) or _first_use(kind, args)
+            _kernels[sig] = k
+    return conform(kind, k(*args))  # the layout the fake kernel promised
+
+
+def clear() -> None:
+    """Forget region kernels (tests; after ``uhop cache clear``)."""
+    _kernels.clear()
+    _checked.clear()
+    _folded.clear()
+
+
+# ---- first use ---------------------------------------------------------------------------------
+def _first_use(kind: str, args: Sequence[Any]) -> Kernel:
+    from uhop.config import override, settings
+
+    ref = REFERENCE[kind]
+    if settings().disable:
+        return ref
+    try:
+        with override(shape_buckets=BUCKETS["value"], backends=BACKENDS["value"]):
+            problem, kernel, kernel_id = _plan(kind, args)
+            key = problem.key(BUCKETS["value"])
+    except Fallback as exc:
+        REPORT.add_run(RegionRun(kind, _describe(args, N_TENSORS[kind]), "aten", "fallback", str(exc)))
+        return ref
+    if key in _checked:
+        return kernel
+    reason, err = _check(kind, args, kernel, problem)
+    if reason:
+        REPORT.add_run(RegionRun(kind, problem.describe(), kernel_id, "fallback", reason, err))
+        _checked[key] = ref
+        return ref
+    REPORT.add_run(RegionRun(kind, problem.describe(), kernel_id, "uhop", "", err))
+    _checked[key] = kernel
+    return kernel
+
+
+def _describe(args: Sequence[Any], nt: int) -> str:
+    return " ".join("x".join(map(str, t.shape)) for t in args[:nt] if isinstance(t, Tensor))
+
+
+def _check(kind: str, args: Sequence[Any], kernel: Kernel, problem: Any) -> tuple[str, float]:
+    """('', max error) if ``kernel`` agrees with the float64 reference within the op's tolerance
+    for the dtype, else (why not, max error)."""
+    from uhop.ops import get as get_op
+
+    def f64(t: Any) -> Any:
+        return t.detach().double() if isinstance(t, Tensor) and t.is_floating_point() else t
+
+    with torch.no_grad():
+        try:
+            out = kernel(*args)
+        except Exception as exc:  # a kernel that raises is a fallback with the reason, not a crash
+            return f"kernel raised {type(exc).__name__}: {exc}", math.inf
+        want = REFERENCE[kind](*map(f64, args))
+    if out.shape != want.shape:
+        return f"kernel returned shape {tuple(out.shape)}, expected {tuple(want.shape)}", math.inf
+    spec = get_op(problem.op)
+    rtol, atol = spec.tolerance(problem.dtype, problem.dim, problem.param)
+    got = out.detach().double()
+    finite = torch.isfinite(want)
+    if not torch.equal(finite, torch.isfinite(got)):
+        return "non-finite values where the float64 reference has finite ones (or the reverse)", math.inf
+    diff = (got - want).abs()[finite]
+    err = float(diff.max()) if diff.numel() else 0.0
+    bad = diff > atol + rtol * want.abs()[finite]
+    if bool(bad.any()):
+        return f"differs from the float64 reference by {err:.3g} (rtol {rtol:.2g}, atol {atol:.2g})", err
+    return "", err
+
+
+# ---- plans: the UHOP problem a region poses, and how to call its kernel -------------------------
+def _resolve(op: str, args: Sequence[Any], params: dict[str, Any]) -> tuple[Any, Kernel, str]:
+    """The op's problem and a kernel for it through ``dispatch.serve`` (the ``uhop.ops`` path:
+    with the background policy the library baseline serves at once and the tuned winner is
+    swapped into ``cell`` when its tuning ends)."""
+    from uhop.dispatch import _reference_call, make_problem, resolve_interim, serve
+    from uhop.errors import InputError, NoCandidateError, UnknownOpError
+    from uhop.ops import get as get_op
+
+    try:
+        spec = get_op(op)
+        problem = make_problem(spec, args, params)
+        (_, _, cand), interim = resolve_interim(problem)
+        cell: dict[int, Kernel] = {}
+        serve(problem, None, cell, 0, lambda *a: _reference_call(spec, a, params))
+    except (InputError, NoCandidateError, UnknownOpError) as exc:
+        raise Fallback(f"{op}: {exc}") from None
+    return problem, lambda *a: cell[0](*a), cand.id + (" (interim; tuning in the background)" if interim else "")
+
+
+def _plan(kind: str, args: Sequence[Any]) -> tuple[Any, Kernel, str]:
+    if kind == "linear":
+        x, w, b, act = args
+        problem, k, kid = _resolve("matmul", (x.reshape(-1, x.shape[-1]), w, b), {"activation": act, "trans_b": True})
+
+        def linear(x, w, b, act):
+            return k(x.reshape(-1, x.shape[-1]), w, b).reshape(*x.shape[:-1], w.shape[0])
+
+        return problem, linear, kid
+    if kind == "matmul":
+        a, b, act = args
+        if a.dim() != b.dim() and b.dim() != 2:
+            raise Fallback(f"matmul: broadcast batch dims {tuple(a.shape)} @ {tuple(b.shape)}")
+        if a.dim() > 2 and b.dim() > 2 and a.shape[:-2] != b.shape[:-2]:
+            raise Fallback(f"matmul: broadcast batch dims {tuple(a.shape)} @ {tuple(b.shape)}")
+        problem, k, kid = _resolve("matmul", (a, b), {"activation": act})
+        return problem, lambda a, b, act: k(a, b), kid
+    if kind == "layer_norm":
+        x, w, b, eps = args
+        problem, k, kid = _resolve("layernorm", (x, w, b), {"eps": eps})
+        return problem, lambda x, w, b, eps: k(x, w, b), kid
+    if kind == "rms_norm":
+        x, w, eps = args
+        problem, k, kid = _resolve("rmsnorm", (x, w), {"eps": eps})
+        return problem, lambda x, w, eps: k(x, w), kid
+    if kind == "softmax":
+        problem, k, kid = _resolve("softmax", args, {})
+        return problem, k, kid
+    if kind == "attention":
+        q, kk, v, mask, causal, scale = args
+        if scale is not None and not math.isclose(scale, 1 / math.sqrt(q.shape[-1]), rel_tol=1e-6):
+            raise Fallback(f"attention: scale {scale:g} is not 1/sqrt(head dim)")
+        tensors = (q, kk, v) if mask is None else (q, kk, v, mask)
+        problem, k, kid = _resolve("attention", tensors, {"causal": bool(causal)})
+        if mask is None:
+            return problem, lambda q, kk, v, mask, causal, scale: k(q, kk, v), kid
+        return problem, lambda q, kk, v, mask, causal, scale: k(q, kk, v, mask), kid
+    if kind == "embedding":
+        w, idx = args
+        problem, k, kid = _resolve("embedding", (w, idx), {})
+        return problem, k, kid
+    if kind == "conv2d":
+        x, w, b, stride, padding, act = args
+        problem, k, kid = _resolve("conv2d", (x, w, b), {"stride": stride, "padding": padding})
+        return problem, lambda x, w, b, s, p, a: _act_(k(x, w, b), a), kid
+    if kind == "conv_bn":
+        x, w, b, mean, var, gamma, beta, eps, stride, padding, act = args
+        wf, bf = _fold(w, b, mean, var, gamma, beta, eps)
+        problem, k, kid = _resolve("conv2d", (x, wf, bf), {"stride": stride, "padding": padding})
+
+        def conv_bn(x, w, b, mean, var, gamma, beta, eps, s, p, a):
+            return _act_(k(x, *_fold(w, b, mean, var, gamma, beta, eps)), a)
+
+        return problem, conv_bn, kid + "+folded-bn"
+    raise Fallback(f"no UHOP op for region kind {kind!r}")
+
+
+def _act_(y: Tensor, activation: str) -> Tensor:
+    """The activation applied in place on a fresh conv output (no extra tensor)."""
+    from uhop.compile.regions import activate
+
+    if activation == "relu":
+        return y.relu_()
+    return activate(y, activation)
+
+
+_folded: dict[Any, tuple[Tensor, Tensor]] = {}
+
+
+def _fold(w, b, mean, var, gamma, beta, eps) -> tuple[Tensor, Tensor]:
+    """Folded conv weight and bias, cached until any input tensor changes (its version counter)."""
+    from uhop.compile.regions import _fold_bn
+
+    ts = (w, b, mean, var, gamma, beta)
+    key = (tuple((t.data_ptr(), t._version) if t is not None else None for t in ts), eps)
+    hit = _folded.get(key)
+    if hit is None:
+        if len(_folded) > 4096:
+            _folded.clear()
+        with torch.no_grad():
+            wf, bf = _fold_bn(w, b, mean, var, gamma, beta, eps)
+        hit = _folded[key] = (wf.contiguous(), bf.contiguous())
+    return hit
