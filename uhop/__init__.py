@@ -24,6 +24,7 @@ from uhop.threads import apply as _apply_thread_policy  # noqa: E402
 _apply_thread_policy()  # before any library UHOP uses starts a thread pool
 
 from uhop import ops  # noqa: E402
+from uhop.buffer import Buffer  # noqa: E402
 from uhop.dispatch import optimize, wait  # noqa: E402
 from uhop.tune.tuner import tune  # noqa: E402
 
@@ -36,4 +37,4 @@ def jit(fn=None, **kwargs):  # noqa: ANN001, ANN201 - the signature is uhop.comp
     return _jit(fn, **kwargs)
 
 
-__all__ = ["__version__", "jit", "ops", "optimize", "tune", "wait"]
+__all__ = ["Buffer", "__version__", "jit", "ops", "optimize", "tune", "wait"]

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from uhop import backends as bk
+from uhop import buffer as _buffer  # uhop.Buffer (issue 19)
 from uhop import metrics
 from uhop.backends.base import Backend, Candidate, Kernel
 from uhop.config import settings
@@ -475,6 +476,10 @@ def call_op(op_name: str, args: Sequence[Any], params: Mapping[str, Any]) -> Any
         sig, k = None, None
     if k is not None:
         return k(*args)
+    # ---- uhop.Buffer (issue 19): run at the placed location, return a Buffer ----
+    if any(type(a) is _buffer.Buffer for a in args):
+        return _buffer.apply(args, lambda xs: call_op(op_name, xs, params), op=op_name, params=params)
+    # ----
     spec = get_op(op_name)
     if settings().disable or _is_probing():
         return _reference_call(spec, args, params)
@@ -598,6 +603,10 @@ class Optimized:
 
     # ---- first call with a new signature ----------------------------------------------------
     def _miss(self, args: tuple[Any, ...]) -> Any:
+        # ---- uhop.Buffer (issue 19): run where the inputs are, return a Buffer ----
+        if any(type(a) is _buffer.Buffer for a in args):
+            return _buffer.apply(args, lambda xs: self(*xs))
+        # ----
         if settings().disable or _is_probing():
             return self.fn(*args)  # not cached: lifting UHOP_DISABLE takes effect at once
         if all(a is None or is_array(a) for a in args):

@@ -33,8 +33,9 @@ CASES = [
 ]
 
 
-# Covered by their own suites: iree (seconds per compile: tests/mlir), user (sandboxed files: tests/sandbox).
-OWN_SUITES = ("iree", "user")
+# Covered by their own suites: iree (seconds per compile: tests/mlir), user (sandboxed files: tests/sandbox),
+# opencl (a driver build per candidate: tests/backends/test_opencl.py checks every one).
+OWN_SUITES = ("iree", "user", "opencl")
 
 
 def _cpu_backends():

@@ -17,6 +17,7 @@ REGISTRY: dict[str, str] = {
     "numba": "uhop.backends.numba:NumbaBackend",
     "triton": "uhop.backends.triton:TritonBackend",
     "iree": "uhop.backends.iree:IreeBackend",
+    "opencl": "uhop.backends.opencl:OpenCLBackend",
     "user": "uhop.backends.user:UserKernelBackend",
 }
 
