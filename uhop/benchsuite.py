@@ -166,8 +166,14 @@ def run_suite(suite: str, budget_s: float = 30.0, console: Any = None) -> tuple[
         dims = spec.parse_shape(case.shape)
         problem = Problem.make(case.op, dims, "float32", case.params, case.arity)
         if console:
-            console.print(f"[bold]{case.name}[/bold] {problem.describe()}: tuning ...")
-        res = tune(problem=problem, budget_s=budget_s)
+            from uhop.cli.progress import Reporter
+
+            console.print(f"[bold]{case.name}[/bold] {problem.describe()}: tuning (budget {budget_s:g} s) ...")
+            with Reporter(console, f"  {case.name}: candidates") as rep:
+                res = tune(problem=problem, budget_s=budget_s, progress=lambda i, n, m, _r=rep: _r.update(i, n))
+            console.print(f"  chose {res.best.candidate.id if res.best else 'nothing'}; timing UHOP, naive and library ...")
+        else:
+            res = tune(problem=problem, budget_s=budget_s)
         xs = spec.make_inputs(problem.dim, problem.param, rng, "float32", case.arity)
         sets = [xs] + [[x.copy() for x in xs] for _ in range(2)]
         direct = getattr(uhop.ops, case.op)
@@ -255,21 +261,26 @@ def _roofline(r: dict[str, Any]) -> str:
 def print_table(rows: list[dict[str, Any]], console: Any) -> None:
     from rich.table import Table
 
-    from uhop.cli.core import _fmt_time
+    from uhop.cli.core import _fmt_time, fold_id
 
-    t = Table(title="uhop bench (ratios > 1: UHOP faster)")
-    for col in ("case", "UHOP pick", "UHOP", "naive", "library", "vs naive", "vs library", "GFLOP/s", "GB/s", "roofline"):
-        t.add_column(col)
-    for r in rows:
-        if r["name"] == "dispatch_overhead":
-            continue
-        t.add_row(
-            r["name"], r["chosen"] or "-", _fmt_time(r["uhop_s"]), _fmt_time(r["naive_s"]),
+    cases = [r for r in rows if r["name"] != "dispatch_overhead"]
+    times = Table(title="uhop bench (ratios > 1: UHOP faster)")
+    for col in ("case", "UHOP", "naive", "library", "vs naive", "vs library"):
+        times.add_column(col, no_wrap=col != "case" and col != "library", overflow="fold",
+                         justify="left" if col in ("case", "library") else "right")  # fmt: skip
+    picks = Table(title="what UHOP picked")
+    for col in ("case", "UHOP pick", "GFLOP/s", "GB/s", "roofline"):
+        picks.add_column(col, overflow="fold", no_wrap=col in ("GFLOP/s", "GB/s"), justify="right" if col in ("GFLOP/s", "GB/s") else "left")
+    for r in cases:
+        times.add_row(
+            r["name"], _fmt_time(r["uhop_s"]), _fmt_time(r["naive_s"]),
             f"{_fmt_time(r['library_s'])} ({r['library']})" if r["library_s"] else "-",
             f"{r['speedup_vs_naive']:.2f}x", f"{r['speedup_vs_library']:.2f}x" if r["speedup_vs_library"] else "-",
-            f"{r['gflops']:.1f}", f"{r['gbps']:.2f}", _roofline(r),
         )  # fmt: skip
-    console.print(t)
+        picks.add_row(r["name"], fold_id(r["chosen"] or "-"), f"{r['gflops']:.1f}", f"{r['gbps']:.2f}", _roofline(r))
+    # Ten columns do not fit 80: times and picks are two tables (same rows, same order).
+    console.print(times)
+    console.print(picks)
     ov = next((r for r in rows if r["name"] == "dispatch_overhead"), None)
     if ov:
         console.print(f"cache-hit dispatch overhead: {ov['overhead_us']:.2f} µs per call "

@@ -17,7 +17,8 @@ Settings are read from the environment when :func:`settings` is first called and
 | ``UHOP_SHAPE_BUCKETS`` | ``exact`` | ``exact`` or ``pow2``: how dims map to a shape class |
 | ``UHOP_BACKENDS`` | (all) | comma-separated allowlist of backend names |
 | ``UHOP_VALIDATION_TRIALS`` | ``3`` | fresh random draws each candidate must pass |
-| ``UHOP_LOG`` | ``WARNING`` | log level of the ``uhop`` logger |
+| ``UHOP_LOG`` | ``WARNING`` | log level of the ``uhop`` logger (the ``uhop`` command and the demo default to ``INFO``) |
+| ``UHOP_DEBUG`` | ``0`` | ``1``: a failing ``uhop`` command raises with its traceback instead of one line on stderr |
 | ``UHOP_ISOLATE`` | ``auto`` | where tuning runs candidates: ``auto`` (GPU problems, and on CPU the backends that JIT-compile native code, in a long-lived worker process; numpy/torch CPU kernels in-process), ``1`` (always a worker), ``0`` (never). In a worker, a kernel that kills its process (segfault, illegal address, compiler abort, a hang) is a recorded failure, not the caller's death, and a CUDA context it poisoned is discarded |
 | ``UHOP_ISOLATE_TIMEOUT_S`` | ``120`` | a candidate evaluated in the worker for longer than this is killed and recorded as ``timeout`` |
 """
@@ -74,6 +75,7 @@ class Settings:
     log_level: str = "WARNING"
     isolate: str = "auto"
     isolate_timeout_s: float = 120.0
+    debug: bool = False
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -123,6 +125,7 @@ class Settings:
             log_level=env("UHOP_LOG", "WARNING").upper(),
             isolate=_isolate_mode(env("UHOP_ISOLATE", "auto")),
             isolate_timeout_s=float(env("UHOP_ISOLATE_TIMEOUT_S", "120")),
+            debug=_env_bool("UHOP_DEBUG", False),
         )
 
 

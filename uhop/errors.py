@@ -23,5 +23,10 @@ class NoCandidateError(UhopError, RuntimeError):
     """No backend produced a valid candidate for a problem."""
 
 
+class ProblemTooLargeError(UhopError, ValueError):
+    """A problem whose arrays cannot fit in the memory available to run it (refused before
+    anything is allocated; the message names the size needed and the size available)."""
+
+
 class UhopWarning(UserWarning):
     """UHOP fell back to the user's function, re-tuned a stale entry, or a backend failed as a whole."""

@@ -62,10 +62,20 @@ def ray_head(monkeypatch):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # fmt: skip
     ray_bin = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
+    # The executor connects with ray.init(address=HOST:PORT) (the GCS, not ray://), so the Ray Client
+    # server is not needed: ask for its port only where ray[client] (grpcio) is installed; without
+    # it `ray start --ray-client-server-port` refuses to start (the head then starts no client server).
+    try:
+        from ray._private.utils import get_ray_client_dependency_error
+
+        has_client = get_ray_client_dependency_error() is None
+    except ImportError:  # a Ray that moved the helper: assume the plain install
+        has_client = False
+    client_port = [f"--ray-client-server-port={_free_port()}"] if has_client else []
     head = subprocess.Popen(
         [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
          "--num-gpus=0", f"--temp-dir={tmp}", "--include-dashboard=false", "--disable-usage-stats",
-         f"--ray-client-server-port={_free_port()}", f"--dashboard-port={_free_port()}"],
+         *client_port, f"--dashboard-port={_free_port()}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
     )  # fmt: skip
     try:

@@ -55,6 +55,8 @@ def _no_escape() -> None:
 @pytest.mark.parametrize("path", HOSTILE, ids=lambda p: p.stem)
 def test_hostile_rejected(path, isolation):
     """Default static policy; ``auto`` is bubblewrap where usable, ``seccomp`` the fallback."""
+    if path.stem.startswith("tool_"):  # they ask Triton's shimmed subprocess for a tool
+        pytest.importorskip("triton", reason="Triton not installed (pip install 'uhop[gpu]')")
     e = expectations(path)
     res = check_file(path, limits=LIMITS, time_it=e.get("timed") == "yes", isolation=isolation)
     assert not res.ok
@@ -69,6 +71,8 @@ UNCHECKED = [p for p in HOSTILE if "expect-unchecked" in expectations(p)]
 @pytest.mark.parametrize("path", UNCHECKED, ids=lambda p: p.stem)
 def test_hostile_contained_by_os_layer(path):
     """With the static check off, the OS layer and the validator still catch the candidate."""
+    if path.stem.startswith("tool_"):
+        pytest.importorskip("triton", reason="Triton not installed (pip install 'uhop[gpu]')")
     e = expectations(path)
     res = check_file(path, limits=LIMITS, policy=StaticPolicy(enabled=False), time_it=False)
     assert not res.ok

@@ -75,6 +75,10 @@ class Backend(ABC):
         """(available, reason). Reason is one line: why not, or what was found."""
         try:
             return self._probe()
+        except ModuleNotFoundError as exc:  # an optional package is absent: say what to install
+            from uhop.components import install_hint
+
+            return False, f"{exc.name or exc} not installed: {install_hint(exc.name)}"
         except Exception as exc:  # a broken optional install must not break UHOP
             return False, f"{type(exc).__name__}: {exc}"
 

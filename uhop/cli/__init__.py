@@ -45,5 +45,86 @@ def _fail(reason: str) -> int:
     return 2
 
 
-def main() -> None:
-    build_app()()
+def one_line(exc: BaseException) -> str:
+    """What a user needs from an unexpected exception, on one line: for a missing optional
+    package the exact ``pip install 'uhop[extra]'``; for a UHOP error its message; else the
+    exception's type and first line."""
+    from uhop.components import install_hint
+    from uhop.errors import UhopError
+
+    if isinstance(exc, ModuleNotFoundError):
+        return f"{exc.name or exc} is not installed: {install_hint(exc.name)}"
+    if isinstance(exc, ImportError) and exc.name:
+        return f"{exc.name} failed to import ({str(exc).splitlines()[0] if str(exc) else 'ImportError'}): {install_hint(exc.name)}"
+    if isinstance(exc, MemoryError):
+        return f"out of memory ({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}); use smaller dims"
+    text = " ".join(str(exc).split()) or exc.__class__.__name__
+    if isinstance(exc, (UhopError, ValueError, ImportError, OSError)) or "pip install" in text:
+        return text
+    return f"{exc.__class__.__name__}: {text}"
+
+
+def _show_logs() -> None:
+    """INFO records of the ``uhop`` logger on stderr, one line each (the library itself stays
+    silent: no handler is installed on import; the CLI and the demo opt in here)."""
+    import logging
+    import os
+
+    log = logging.getLogger("uhop")
+    if not any(getattr(h, "_uhop_cli", False) for h in log.handlers):
+        h = logging.StreamHandler()
+        h.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        h._uhop_cli = True  # type: ignore[attr-defined]
+        log.addHandler(h)
+    level = os.environ.get("UHOP_LOG", "").strip().upper()
+    log.setLevel(level if level in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL") else logging.INFO)
+
+
+def _abort() -> type[BaseException]:
+    try:
+        from typer.exceptions import Abort
+    except ImportError:  # pragma: no cover - older typer: click's own
+        from click.exceptions import Abort
+    return Abort
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``uhop`` command. Every failure is one line on stderr (``error: ...``) and exit code 2
+    (1 for "ran, but the answer is no", as a command documents); ``UHOP_DEBUG=1`` re-raises
+    unexpected exceptions with their traceback."""
+    import sys
+
+    try:  # typer >= 0.2x vendors click; its exceptions are these, not the click package's
+        from typer import _click as click
+    except ImportError:  # pragma: no cover - older typer on the real click
+        import click
+
+    from uhop.config import _env_bool
+
+    debug = _env_bool("UHOP_DEBUG", False)  # read here, not via settings(): a bad UHOP_* must still be one line
+    _show_logs()
+    try:
+        rc = build_app()(args=argv, prog_name="uhop", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+        rc = 0
+    except click.ClickException as exc:  # usage errors: bad option, missing argument, bad value
+        hint = f" (see `{exc.ctx.command_path} --help`)" if getattr(exc, "ctx", None) is not None else ""
+        sys.stderr.write(f"error: {' '.join(exc.format_message().split())}{hint}\n")
+        rc = 2
+    except _abort():
+        sys.stderr.write("aborted\n")
+        rc = 1
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        rc = 130
+    except Exception as exc:
+        if debug:
+            raise
+        from uhop.errors import UhopError
+
+        msg = one_line(exc)
+        known = isinstance(exc, (UhopError, ImportError)) or "pip install" in msg
+        sys.stderr.write(f"error: {msg}" + ("" if known else " (UHOP_DEBUG=1 shows the traceback)") + "\n")
+        rc = 2
+    sys.exit(rc if isinstance(rc, int) else 0)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(help="Inspect and manage the kernel store.", no_args_is_help=True)
@@ -19,36 +20,72 @@ def _store():
     return open_store()
 
 
-@app.command("ls")
-def ls(op: str | None = typer.Option(None, help="Only this op.")) -> None:
-    """List stored kernels."""
-    from uhop.cli.core import _fmt_time
+def _iso(t: float | None) -> str | None:
+    """Epoch seconds -> ISO 8601 UTC (``2026-12-05T04:12:24Z``)."""
+    import datetime as dt
 
-    entries = _store().entries(op)
-    t = Table(title=f"{len(entries)} kernel(s) in {_store().url}")
-    for col in ("key", "candidate", "time", "GFLOP/s", "GB/s", "policy"):
-        t.add_column(col)
+    if t is None:
+        return None
+    return dt.datetime.fromtimestamp(float(t), dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _candidate_id(c: dict) -> str:
+    cfg = ",".join(f"{k}={v}" for k, v in sorted(c.get("config", {}).items()))
+    return f"{c['backend']}/{c['template']}" + (f"{{{cfg}}}" if cfg else "")
+
+
+def _resolve(store, key: str):
+    """The one entry whose key starts with ``key`` (a trailing '…' or '...' from a cut table
+    cell is ignored); exits 2 naming the matches when none or several do."""
+    from uhop.cli.core import fail
+
+    prefix = key.strip().rstrip("…").removesuffix("...")
+    if not prefix:
+        raise fail(f"KEY must be a key or a unique prefix of one (see `uhop cache ls`), got {key!r}")
+    matches = [e for e in store.entries() if e.key.startswith(prefix)]
+    if not matches:
+        raise fail(f"no entry with key {key!r} (see `uhop cache ls`)")
+    if len(matches) > 1:
+        more = f" and {len(matches) - 5} more" if len(matches) > 5 else ""
+        raise fail(f"key prefix {key!r} matches {len(matches)} entries: {', '.join(e.key for e in matches[:5])}{more}; give more of it")
+    return matches[0]
+
+
+@app.command("ls")
+def ls(
+    op: str | None = typer.Option(None, help="Only this op."),
+    as_json: bool = typer.Option(False, "--json", help="Print the entries as JSON on stdout."),
+) -> None:
+    """List stored kernels (keys are printed whole; any unique prefix works in `uhop cache show`)."""
+    from uhop.cli.core import _fmt_time, fold_id
+
+    store = _store()
+    entries = store.entries(op)
+    if as_json:
+        typer.echo(json.dumps([{**e.to_json(), "candidate_id": _candidate_id(e.candidate), "created": _iso(e.created),
+                                "updated": _iso(e.updated)} for e in entries], indent=1, default=str))  # fmt: skip
+        return
+    t = Table(title=f"{len(entries)} kernel(s) in {store.url}")
+    # Keys and candidates fold (wrap inside the cell), never get cut: both must stay copyable.
+    t.add_column("key / candidate", overflow="fold")
+    t.add_column("time", justify="right", no_wrap=True)
+    t.add_column("GFLOP/s", justify="right", no_wrap=True)
+    t.add_column("GB/s", justify="right", no_wrap=True)
+    t.add_column("policy", no_wrap=True)
     for e in entries:
-        c = e.candidate
-        cfg = ",".join(f"{k}={v}" for k, v in sorted(c.get("config", {}).items()))
-        t.add_row(e.key, f"{c['backend']}/{c['template']}" + (f"{{{cfg}}}" if cfg else ""), _fmt_time(e.median_s),
+        t.add_row(f"[bold]{escape(e.key)}[/bold]\n  {escape(fold_id(_candidate_id(e.candidate)))}", _fmt_time(e.median_s),
                   f"{e.gflops:.1f}" if e.gflops else "-", f"{e.gbps:.2f}" if e.gbps else "-", e.policy)  # fmt: skip
     console.print(t)
 
 
 @app.command()
 def show(key: str = typer.Argument(..., help="A key from `uhop cache ls` (a unique prefix is enough).")) -> None:
-    """One entry with all its measurements, as JSON."""
-    from uhop.cli.core import fail
-
+    """One entry with all its measurements, as JSON (times in ISO 8601 UTC)."""
     store = _store()
-    matches = [e for e in store.entries() if e.key.startswith(key)]
-    if not matches:
-        raise fail(f"no entry with key {key!r} (see `uhop cache ls`)", 1)
-    if len(matches) > 1:
-        raise fail(f"key prefix {key!r} is ambiguous: {', '.join(e.key for e in matches[:5])}", 1)
-    e = matches[0]
-    console.print_json(json.dumps({**e.to_json(), "measurements": store.measurements(e.key)}, default=str))
+    e = _resolve(store, key)
+    ms = [{**m, "created": _iso(m.get("created"))} for m in store.measurements(e.key)]
+    doc = {**e.to_json(), "created": _iso(e.created), "updated": _iso(e.updated), "measurements": ms}
+    console.print_json(json.dumps(doc, default=str))
 
 
 @app.command()
@@ -79,7 +116,7 @@ def import_(file: Path = typer.Argument(..., help="A file written by `uhop cache
     from uhop.cli.core import fail
 
     if not file.exists():
-        raise fail(f"FILE {file} does not exist", 1)
+        raise fail(f"FILE {file} does not exist (give a file written by `uhop cache export`)")
     try:
         n = _store().import_(file)
     except ValueError as exc:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(
@@ -21,7 +22,11 @@ console = Console()
 
 
 def fail(msg: str, code: int = 2) -> typer.Exit:
-    Console(stderr=True).print(f"[red]error:[/red] {msg}")
+    """Print ``error: msg`` as one line on stderr (``msg`` is text, not markup: an install hint's
+    ``'uhop[perf]'`` must survive) and return the ``typer.Exit`` to raise."""
+    from rich.markup import escape
+
+    Console(stderr=True, soft_wrap=True, highlight=False).print(f"[red]error:[/red] {escape(' '.join(str(msg).split()))}")
     return typer.Exit(code)
 
 
@@ -39,58 +44,92 @@ def _root(
 
 
 @app.command()
-def info() -> None:
-    """Hardware, versions, backends and why any backend is unavailable."""
+def info(as_json: bool = typer.Option(False, "--json", help="Print everything as JSON on stdout.")) -> None:
+    """Hardware, versions, backends (and why one is unavailable), every optional component with
+    its version or the exact install line, and what each enables."""
     import platform
 
-    from uhop import __version__
+    from uhop import __version__, components
     from uhop import backends as bk
     from uhop.config import settings
     from uhop.problem import cpu_model
 
     s = settings()
-    console.print(f"[bold]UHOP {__version__}[/bold]  Python {platform.python_version()}  {platform.machine()}")
-    console.print(f"CPU: {cpu_model()}")
+    manifests = {}
     try:
         from uhop.hardware import get_capabilities
 
         for dev in ("cpu", "cuda"):
             try:
-                caps = get_capabilities(device=dev)
-            except Exception:
+                manifests[dev] = get_capabilities(device=dev).name
+            except Exception:  # no such device here
                 continue
-            console.print(f"Manifest ({dev}): {caps.name}  (`uhop hw show --device {dev}`)")
     except Exception as exc:  # hardware manifests are optional here
-        console.print(f"Device manifest: unavailable ({exc.__class__.__name__}: {exc})")
-    console.print(f"Store: {s.resolved_store_url}   policy: {s.policy}   shape buckets: {s.shape_buckets}")
-    t = Table(title="Backends")
-    t.add_column("backend")
-    t.add_column("available")
-    t.add_column("ops")
-    t.add_column("details")
+        manifests["error"] = f"{exc.__class__.__name__}: {exc}"
+    backends = []
     for b in bk.all_backends():
         ok, why = b.availability
-        t.add_row(b.name, "[green]yes[/green]" if ok else "[red]no[/red]", ", ".join(b.ops), why)
+        backends.append({"backend": b.name, "available": bool(ok), "ops": list(b.ops), "details": why})
+    comps = components.status()
+    if as_json:
+        typer.echo(json.dumps({
+            "uhop": __version__, "python": platform.python_version(), "machine": platform.machine(), "cpu": cpu_model(),
+            "manifests": manifests, "store": s.resolved_store_url, "policy": s.policy, "shape_buckets": s.shape_buckets,
+            "backends": backends, "components": comps,
+        }, indent=1, default=str))  # fmt: skip
+        return
+    console.print(f"[bold]UHOP {__version__}[/bold]  Python {platform.python_version()}  {platform.machine()}", highlight=False)
+    console.print(f"CPU: {escape(cpu_model())}", highlight=False)
+    for dev, name in manifests.items():
+        console.print(f"Manifest ({dev}): {escape(name)}  (`uhop hw show --device {dev}`)", highlight=False)
+    console.print(f"Store: {escape(s.resolved_store_url)}   policy: {s.policy}   shape buckets: {s.shape_buckets}",
+                  highlight=False, soft_wrap=True)  # fmt: skip
+    t = Table(title="Backends")
+    t.add_column("backend", no_wrap=True)
+    t.add_column("here", no_wrap=True)
+    t.add_column("ops", overflow="fold")
+    t.add_column("details", overflow="fold")
+    for b in backends:
+        t.add_row(b["backend"], "[green]yes[/green]" if b["available"] else "[red]no[/red]", ", ".join(b["ops"]),
+                  escape(b["details"] or ""))  # fmt: skip
+    console.print(t)
+    t = Table(title="Optional components")
+    t.add_column("component", no_wrap=True)
+    t.add_column("version / install", overflow="fold")
+    t.add_column("enables", overflow="fold")
+    for c in comps:
+        have = f"[green]{escape(c['version'])}[/green]" if c["version"] else f"[red]missing[/red]: {escape(c['install'])}"
+        t.add_row(c["component"], have, escape(c["enables"]))
     console.print(t)
 
 
 @app.command("ops")
-def list_ops() -> None:
-    """The op registry: dims, params, dtypes."""
+def list_ops(as_json: bool = typer.Option(False, "--json", help="Print the registry as JSON on stdout.")) -> None:
+    """The op registry: inputs, dims (the --shape forms), params, dtypes."""
     from uhop.ops import REGISTRY
 
+    rows = []
+    for name, spec in REGISTRY.items():
+        inputs = ["x0", "x1", "..."] if spec.variadic else [
+            f"{n}?" if i >= len(spec.inputs) - spec.optional else n for i, n in enumerate(spec.inputs)
+        ]  # fmt: skip
+        required = [d for d in spec.dims if d not in spec.defaulted_dims()]
+        shapes = ["x".join(required)] + (["x".join(spec.dims)] if len(required) != len(spec.dims) else [])
+        params = [{"name": p.name, "default": p.default, "choices": list(p.choices) if p.choices else None} for p in spec.params]
+        rows.append({"op": name, "inputs": inputs, "shape": shapes, "params": params, "dtypes": list(spec.dtypes)})
+    if as_json:
+        typer.echo(json.dumps(rows, indent=1, default=str))
+        return
     t = Table(title="Ops")
     t.add_column("op", no_wrap=True, style="bold")
-    for col in ("inputs", "dims (--shape)", "params", "dtypes"):
-        t.add_column(col)
-    for name, spec in REGISTRY.items():
-        inputs = "x0, x1, ..." if spec.variadic else ", ".join(
-            f"{n}?" if i >= len(spec.inputs) - spec.optional else n for i, n in enumerate(spec.inputs)
-        )
-        params = ", ".join(f"{p.name}={p.default!r}" + (f" {list(p.choices)}" if p.choices else "") for p in spec.params)
-        dims = "x".join(spec.dims)
-        short = {"float32": "f32", "float64": "f64", "float16": "f16", "bfloat16": "bf16"}
-        t.add_row(name, inputs, dims, params, " ".join(short.get(d, d) for d in spec.dtypes))
+    for col in ("inputs", "--shape", "params", "dtypes"):
+        t.add_column(col, overflow="fold")
+    short = {"float32": "f32", "float64": "f64", "float16": "f16", "bfloat16": "bf16"}
+    for r in rows:
+        params = "\n".join(f"{p['name']}={p['default']}" + (f" ({' | '.join(map(str, p['choices']))})" if p["choices"] else "")
+                           for p in r["params"])  # fmt: skip
+        t.add_row(r["op"], ", ".join(r["inputs"]), " or ".join(r["shape"]), escape(params),
+                  " ".join(short.get(d, d) for d in r["dtypes"]))  # fmt: skip
     console.print(t)
 
 
@@ -117,29 +156,36 @@ app.command("tune")(tune_command)
 @app.command()
 def bench(
     suite: str = typer.Option("cpu", help="Suite: 'cpu' (default), or 'quick' (small shapes, for CI)."),
-    json_out: Path | None = typer.Option(None, "--json", help="Write results as JSON here."),
+    json_out: str | None = typer.Option(None, "--json", help="Write results as JSON to this file ('-': stdout, no table)."),
     budget: float = typer.Option(30.0, help="Tuning budget per problem, seconds."),
     plot: Path | None = typer.Option(None, "--plot", help="Write a plot (.svg, or .png): UHOP vs the baselines per case."),
 ) -> None:
     """UHOP vs the naive eager baseline vs the library baseline, side by side in one run."""
-    from uhop.benchsuite import print_table, run_suite
+    from uhop.benchsuite import SUITES, print_table, run_suite
 
-    try:
-        rows, meta = run_suite(suite, budget_s=budget, console=console)
-    except ValueError as exc:
-        raise fail(str(exc)) from None
-    print_table(rows, console)
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps({"machine": meta, "results": rows}, indent=1))
-        console.print(f"wrote {json_out}")
+    if suite not in SUITES:
+        raise fail(f"--suite must be one of {', '.join(SUITES)}, got {suite!r}")
+    if budget <= 0:
+        raise fail(f"--budget must be > 0 seconds, got {budget}")
+    to_stdout = json_out == "-"
+    out = Console(stderr=True) if to_stdout else console  # progress goes to stderr when JSON takes stdout
+    rows, meta = run_suite(suite, budget_s=budget, console=out)
     if plot is not None:
         from uhop.report import bench_plot, write_plot
 
         try:
-            console.print(f"plot written to {write_plot(bench_plot(rows), plot)}")
+            out.print(f"plot written to {write_plot(bench_plot(rows), plot)}")
         except (ValueError, ImportError) as exc:
             raise fail(str(exc)) from None
+    if to_stdout:
+        typer.echo(json.dumps({"machine": meta, "results": rows}, indent=1))
+        return
+    print_table(rows, console)
+    if json_out is not None:
+        path = Path(json_out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"machine": meta, "results": rows}, indent=1))
+        console.print(f"wrote {path}")
 
 
 @app.command()
@@ -157,6 +203,12 @@ def demo(
     ok = run_demo(tokens=tokens, d_model=d_model, budget_s=budget, console=console)
     if not ok:
         raise typer.Exit(1)
+
+
+def fold_id(text: str) -> str:
+    """A candidate id or key for a table cell: a space after each ',' so a narrow terminal wraps
+    it between config entries instead of cutting it (``--json`` keeps the exact id)."""
+    return text.replace(",", ", ")
 
 
 def _fmt_time(s: float | None) -> str:

@@ -26,8 +26,9 @@ def _console(stderr: bool = False) -> Console:
 
 
 def _fail(msg: str, code: int) -> typer.Exit:
-    _console(stderr=True).print(f"[red]error:[/red] {escape(msg)}")
-    return typer.Exit(code)
+    from uhop.cli.core import fail
+
+    return fail(msg, code)
 
 
 def _bytes(n: float | None) -> str:
@@ -67,23 +68,36 @@ def _val(fig: Any) -> Any:
 
 
 @app.command("list")
-def list_() -> None:
+def list_(as_json: bool = typer.Option(False, "--json", help="Print the list as JSON on stdout.")) -> None:
     """Table of the shipped manifests: compute units, shared memory, tensor engines, bandwidth."""
-    t = Table(title="UHOP hardware manifests", show_lines=False)
-    for col, kw in (("name", {"no_wrap": True, "style": "bold"}), ("family", {}), ("arch", {"no_wrap": True}),
-                    ("SMs/CUs", {"justify": "right"}), ("smem/SM", {"justify": "right"}),
-                    ("smem/block", {"justify": "right"}), ("tensor engines", {}), ("bandwidth", {"justify": "right"}),
-                    ("bf16 peak", {"justify": "right"})):  # fmt: skip
-        t.add_column(col, **kw)
+    rows = []
     for m in manifests().values():
         g = m.gpu
         smem_block = (g.max_shared_mem_per_block_optin or g.max_shared_mem_per_block) if g else None
-        engines = ", ".join(sorted({e.kind for e in m.tensor_engines})) or "-"
-        cu = _val(m.compute_units)
+        rows.append({
+            "name": m.name, "vendor": m.vendor, "family": m.family, "arch": m.arch, "compute_units": _val(m.compute_units),
+            "shared_mem_per_sm": _val(g.shared_mem_per_sm) if g else None, "shared_mem_per_block": _val(smem_block),
+            "tensor_engines": sorted({e.kind for e in m.tensor_engines}),
+            "bandwidth_bytes_per_s": m.peak_bandwidth(), "bf16_flops": m.peak_flops("bf16"),
+        })  # fmt: skip
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(rows, indent=1))
+        return
+    # 80 columns: name and family fold inside their cells (never cut); figures stay on one line.
+    t = Table(title="UHOP hardware manifests", show_lines=False)
+    for col, kw in (("name", {"style": "bold"}), ("vendor family / arch", {}), ("SMs/CUs", {"justify": "right"}),
+                    ("smem SM/block", {"justify": "right"}), ("tensor engines", {}), ("bandwidth", {"justify": "right"}),
+                    ("bf16 peak", {"justify": "right"})):  # fmt: skip
+        t.add_column(col, overflow="fold", **kw)
+    for r in rows:
+        cu = r["compute_units"]
+        smem = f"{_bytes(r['shared_mem_per_sm'])} / {_bytes(r['shared_mem_per_block'])}" if r["shared_mem_per_sm"] else "-"
         t.add_row(
-            m.name, escape(f"{m.vendor} {m.family}"), m.arch, f"{cu:,}" if cu else "-",
-            _bytes(_val(g.shared_mem_per_sm)) if g else "-", _bytes(_val(smem_block)), engines,
-            _rate(m.peak_bandwidth(), "B/s"), _rate(m.peak_flops("bf16"), "FLOP/s"),
+            escape(r["name"]), escape(f"{r['vendor']} {r['family']}") + f"\n[dim]{escape(r['arch'])}[/dim]",
+            f"{cu:,}" if cu else "-", smem, ", ".join(r["tensor_engines"]) or "-",
+            _rate(r["bandwidth_bytes_per_s"], "B/s"), _rate(r["bf16_flops"], "FLOP/s"),
         )  # fmt: skip
     _console().print(t)
 
@@ -111,8 +125,16 @@ def render(caps: Manifest, console: Console) -> None:
     t = Table(show_header=True, header_style="bold")
     for col in ("figure", "value", "source", "note"):
         t.add_column(col, overflow="fold")
+    measured_paths: set[str] = set()
+    if caps.measured:  # the measured figures below supersede derived/datasheet peaks for these paths
+        if caps.measured.bandwidth_bytes_per_s is not None:
+            measured_paths.add("memory.bandwidth_bytes_per_s")
+        measured_paths |= {f"flops.{k}" for k, v in caps.measured.flops.items() if v is not None}
     for path, fig in _figures(caps):
-        t.add_row(path, _fmt(path, fig), fig.source, escape(fig.note or ""))
+        note = escape(fig.note or "")
+        if path in measured_paths and fig.source != "measured":
+            note = (note + "; " if note else "") + "[bold]superseded by the measured figure below[/bold]"
+        t.add_row(path, _fmt(path, fig), fig.source, note)
     if caps.gpu:
         t.add_row("gpu.async_copy", str(caps.gpu.async_copy), "", "")
         t.add_row("gpu.tma", str(caps.gpu.tma), "", "")
@@ -135,6 +157,8 @@ def render(caps: Manifest, console: Console) -> None:
             pct = f" = {100 * got.value / ref.value:.0f}% of {ref.source} {_rate(ref.value, unit)}" if ref else ""
             console.print(f"  {label}: {_rate(got.value, unit)}{pct}")
     for note in caps.notes:
+        if caps.measured and "until `uhop hw probe`" in note:
+            continue  # it has measured them: the note no longer holds
         console.print(f"[dim]note: {escape(note)}[/dim]")
 
 

@@ -70,7 +70,8 @@ def check_cmd(
         typer.echo(json.dumps(res.to_json(), indent=2, default=str))
     elif res.ok:
         t = f"{res.median_s * 1e6:.2f} us" if math.isfinite(res.median_s) else "not timed"
-        typer.echo(f"valid: {res.op} {t} per call  sha256 {res.sha256[:16]}  sandbox {'+'.join(res.layers)}")
+        at = f" on {res.shapes[-1]}" if res.shapes and math.isfinite(res.median_s) else ""  # check() times the last shape
+        typer.echo(f"valid: {res.op} {t} per call{at}  sha256 {res.sha256[:16]}  sandbox {'+'.join(res.layers)}")
     else:
         typer.echo(res.line())
     raise typer.Exit(0 if res.ok else 1)

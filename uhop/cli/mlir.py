@@ -12,14 +12,14 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 app = typer.Typer(help="Compile ops through MLIR/IREE.", no_args_is_help=True, pretty_exceptions_enable=False)
 
 
 def _fail(msg: str) -> typer.Exit:
-    Console(stderr=True).print(f"[red]error:[/red] {msg}")
-    return typer.Exit(2)
+    from uhop.cli.core import fail
+
+    return fail(msg, 2)
 
 
 def _ints(text: str | None, name: str, n: int) -> tuple[int, ...]:

@@ -49,10 +49,13 @@ def collect(
         raise fail(f"--samples must be >= 1, got {samples}")
     if timer not in TIMERS:
         raise fail(f"--timer must be one of {', '.join(TIMERS)}, got {timer!r}")
+    from uhop.cli.progress import Reporter
+
     console = Console()
     try:
-        res = run(op, samples, seed, dtype=dtype, family_n=family, timer=timer,
-                  progress=lambda n, total, p: console.print(f"  {min(n, total)}/{total} samples  {p.describe()}"))  # fmt: skip
+        with Reporter(console, "samples") as rep:  # a live bar on a terminal, a line every few s when piped
+            res = run(op, samples, seed, dtype=dtype, family_n=family, timer=timer,
+                      progress=lambda n, total, p: rep.update(min(n, total), total, p.describe()))  # fmt: skip
     except (InputError, UnknownOpError) as exc:
         raise fail(str(exc)) from None
     console.print(

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.markup import escape
 from rich.table import Table
 
 STRATEGIES = ("exhaustive", "random", "evolution", "nsga2", "surrogate")
@@ -50,7 +50,7 @@ def _sort_extras(extras: list[str], objectives: list[str], weights: list[str]) -
 
 def tune_command(
     op: list[str] = typer.Argument(None, help="Op name (see `uhop ops`); omit with --resume."),
-    shape: str | None = typer.Option(None, "--shape", "-s", help="Dims in the op's order, e.g. 256x256x256 for matmul MxNxK."),
+    shape: str | None = typer.Option(None, "--shape", "-s", help="Dims in the op's order (`uhop ops`), e.g. 256x256x256 for matmul MxNxK (or BxMxNxK)."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, float64, float16, bfloat16."),
     param: list[str] = typer.Option([], "--param", "-p", help="Op parameter NAME=VALUE (repeatable)."),
     arity: int | None = typer.Option(None, help="Number of inputs (e.g. 3 for matmul with bias)."),
@@ -76,8 +76,10 @@ def tune_command(
     explain: bool = typer.Option(False, "--explain", help="Show where the tuning time went (per phase and candidate)."),
 ) -> None:
     """Tune one problem: table of candidates with time, GFLOP/s or GB/s, validity and the choice."""
-    from uhop.cli.core import _fmt_time, fail, parse_params
-    from uhop.errors import InputError, NoCandidateError, UnknownOpError
+    from uhop.cli.core import _fmt_time, fail, fold_id, parse_params
+    from uhop.cli.progress import Reporter
+    from uhop.errors import InputError, NoCandidateError, ProblemTooLargeError, UnknownOpError
+    from uhop.limits import check_fits
     from uhop.ops import get as get_op
     from uhop.problem import Problem
     from uhop.tune.tuner import tune
@@ -131,25 +133,21 @@ def tune_command(
             dims = spec.parse_shape(shape)
             problem = Problem.make(words[0], dims, dtype, parse_params(param), arity, device=device,
                                    array="torch" if device != "cpu" else "numpy")  # fmt: skip
-        except (InputError, UnknownOpError) as exc:
+            check_fits(problem)  # before anything is allocated
+        except (InputError, UnknownOpError, ProblemTooLargeError) as exc:
             raise fail(str(exc)) from None
 
     head = f"Tuning [bold]{problem.describe()}[/bold]"
     if search:
         head += f"  strategy={strategy or 'exhaustive'} objectives={','.join(objs)} executor={executor or 'local'}"
     console.print(head + (f"  (resuming run {run_id})" if run_id else ""))
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("{task.fields[best]}"), console=console, transient=True,
-    ) as prog:  # fmt: skip
-        task = prog.add_task("candidates", total=None, best="")
+    with Reporter(console, "candidates") as prog:  # a live bar on a terminal, a line every few s when piped
         best = [math.inf]
 
         def on_result(i: int, total: int, m) -> None:
             if m.ok and m.median_s < best[0]:
                 best[0] = m.median_s
-            prog.update(task, completed=i, total=total or None,
-                        best=f"best {_fmt_time(best[0])}" if math.isfinite(best[0]) else "")  # fmt: skip
+            prog.update(i, total, f"best {_fmt_time(best[0])}" if math.isfinite(best[0]) else "")
 
         try:
             if search:
@@ -168,22 +166,25 @@ def tune_command(
     flops, nbytes = problem.flops(), problem.bytes()
     multi = len(res.objectives) > 1
     t = Table(title=f"{problem.describe()}  ({flops / 1e9:.3g} GFLOP, {nbytes / 1e6:.3g} MB)")
-    cols = ["candidate", "time", "GFLOP/s", "GB/s"] + (["energy J", "memory B", "pareto"] if multi else []) + ["valid", "chosen"]
-    for col in cols:
-        t.add_column(col, justify="right" if col in ("time", "GFLOP/s", "GB/s", "energy J", "memory B") else "left")
+    cols = ["candidate", "time", "GFLOP/s", "GB/s"] + (["energy J", "memory B", "pareto"] if multi else []) + ["result"]
+    for col in cols:  # 80 columns: numbers never wrap, the candidate and reasons fold, nothing is cut
+        num = col in ("time", "GFLOP/s", "GB/s", "energy J", "memory B")
+        t.add_column(col, justify="right" if num else "left", no_wrap=num, overflow="fold",
+                     max_width=18 if col == "result" else None)  # rich shrinks the widest column first
     ranked = sorted(res.measurements, key=lambda m: (not m.ok, m.median_s))
     front = {id(m) for m in res.pareto}
     for m in ranked:
         gf, gb = res.rate(m)
-        valid = "[green]ok[/green]" if m.ok else f"[red]{m.status}[/red] {m.reason[:60]}"
+        valid = "[green]ok[/green]" if m.ok else f"[red]{m.status}[/red] {escape(m.reason[:160])}"
         if m.status == "skipped":
-            valid = f"[dim]skipped ({m.reason})[/dim]"
-        chosen = "[bold green]<- chosen[/bold green]" if res.best is not None and m.candidate == res.best.candidate else ""
-        row = [m.candidate.id, _fmt_time(m.median_s if m.ok else None), f"{gf:.1f}" if gf else "-", f"{gb:.2f}" if gb else "-"]
+            valid = f"[dim]skipped ({escape(m.reason)})[/dim]"
+        if res.best is not None and m.candidate == res.best.candidate:
+            valid = "[bold green]ok, chosen[/bold green]"
+        row = [escape(fold_id(m.candidate.id)), _fmt_time(m.median_s if m.ok else None), f"{gf:.1f}" if gf else "-", f"{gb:.2f}" if gb else "-"]
         if multi:
             row += [f"{m.energy_j:.3g}" if m.ok and math.isfinite(m.energy_j) else "-",
                     f"{m.mem_bytes:.3g}" if m.ok and math.isfinite(m.mem_bytes) else "-", "*" if id(m) in front else ""]  # fmt: skip
-        t.add_row(*row, valid, chosen)
+        t.add_row(*row, valid)
     console.print(t)
     tail = f" (run {res.run_id}: {res.stopped})" if res.run_id else ""
     if res.ties:

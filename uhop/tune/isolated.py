@@ -383,7 +383,10 @@ def _retime_here(req: dict[str, Any], problem: Problem, vset: Any) -> list[list[
 
 def main() -> None:
     """Entry point of the worker process (started by :meth:`IsolatedEvaluator.start`)."""
-    _serve(Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False))
+    try:
+        _serve(Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False))
+    except (BrokenPipeError, EOFError):  # the parent went away (exited, or dropped this worker): no one to tell
+        sys.exit(0)
 
 
 def _forget_after_fork() -> None:

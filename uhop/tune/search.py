@@ -12,6 +12,7 @@ data out, never raising for a candidate's fault.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,8 @@ from uhop.config import settings
 from uhop.errors import NoCandidateError
 from uhop.problem import Problem, hardware_fingerprint
 from uhop.tune.tuner import Measurement, ProgressFn, TuneResult, _record_telemetry, content_hash, evaluate
+
+log = logging.getLogger("uhop.tune")
 
 _VSETS: OrderedDict[Problem, Any] = OrderedDict()
 
@@ -178,6 +181,10 @@ def search(
         except ImportError:
             pass
     strat = S.make(strategy, space, objectives=objectives, weights=weights, seed=seed, **extra)
+    if strategy == "exhaustive" and max_evals and (space.size() or 0) > max_evals:
+        log.warning("exhaustive search: the space has %d configs and --budget %d measures only the first %d in "
+                    "a fixed order; --strategy random, evolution or surrogate sample the whole space",
+                    space.size(), max_evals, max_evals)  # fmt: skip
     budget = S.SearchBudget(max_evals=max_evals, max_seconds=budget_s, patience=patience)
     latency_only = tuple(objectives) == ("latency",)
     best_latency = [math.inf]
