@@ -129,8 +129,18 @@ _sites: dict[str, list[tuple[dict[Any, Any], Any, Problem, Callable[..., Any]]]]
 _interim: dict[str, Resolved] = {}
 
 
+_UHOP_DIR = __import__("os").path.dirname(__file__) + __import__("os").sep
+
+
 def _warn(msg: str) -> None:
-    warnings.warn(msg, UhopWarning, stacklevel=4)
+    """Warn at the caller's line: the first frame outside UHOP's own files (a background thread
+    has none: then the warning points at UHOP)."""
+    import sys
+
+    level, f = 2, sys._getframe(1)
+    while f is not None and f.f_code.co_filename.startswith(_UHOP_DIR):
+        f, level = f.f_back, level + 1
+    warnings.warn(msg, UhopWarning, stacklevel=level if f is not None else 2)
 
 
 def resolve(problem: Problem, policy: str | None = None) -> tuple[Kernel, Backend, Candidate]:

@@ -297,3 +297,20 @@ def test_precision_is_never_loosened_by_inference_on_cpu():
     close(out, 0.5 * y * (1 + np.tanh(0.7978845608 * (y + 0.044715 * y**3))), 1e-4)
     (params,) = mlp_tanh_gelu._semantics.values()
     assert params["activation"] == "gelu_tanh" and params.get("precision", "ieee") == "ieee"
+
+
+def test_mismatch_warning_points_at_the_callers_line():
+    @uhop.optimize("softmax")
+    def not_softmax(x):
+        return x * 2
+
+    with pytest.warns(UhopWarning) as rec:
+        not_softmax(f32(8, 8))  # this line
+    assert rec[0].filename == __file__
+
+
+def test_tune_refuses_dims_too_large_for_memory_before_allocating():
+    from uhop.errors import ProblemTooLargeError
+
+    with pytest.raises(ProblemTooLargeError, match="needs at least"):
+        uhop.tune("matmul", dims={"B": 1, "M": 100000, "N": 100000, "K": 100000}, dtype="float32")

@@ -346,6 +346,9 @@ def tune(
             executor=executor or "local", workers=workers, address=address, seed=seed, patience=patience,
             priority=priority, resume=resume, queue_url=queue_url,
         )  # fmt: skip
+    from uhop.limits import check_fits
+
+    check_fits(problem)  # dims too large for memory are refused before anything is allocated
     budget = s.tune_budget_s if budget_s is None else budget_s
     return _budgeted(problem, policy, budget, tuple(backends) or s.backends, store, progress, force, max_evals,
                      isolate, t_start)  # fmt: skip
