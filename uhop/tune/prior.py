@@ -1,7 +1,7 @@
 """Expected time of a candidate before it is measured: the order a budgeted tuning run follows.
 
 A trained cost model (:mod:`uhop.perf.model`) ranks candidates when one exists for the op. Until
-then a roofline prior does: ``max(flops / (peak * eff), bytes * passes / (bandwidth * eff))``
+then a roofline prior does: ``flops / (peak * eff) + bytes * passes / bandwidth``
 with the device's peaks from its hardware manifest (measured by ``uhop hw probe`` where it ran)
 and, per template, how many passes over memory it makes (a fused kernel one, an eager chain one
 per node) and what fraction of the peak it reaches (vendor GEMMs most of it, a serial loop on a
@@ -90,14 +90,29 @@ def efficiency(c: Candidate, problem: Problem) -> tuple[float, float]:
     return 1.0, float(eager)
 
 
+def score_bytes(c: Candidate, problem: Problem) -> float:
+    """Attention's BxSxL score matrix, when ``c`` materializes it in memory (eager templates, and
+    SDPA on a CPU, which measured no faster than numpy there): written, read for the softmax,
+    written again and read for the product, about four passes. Blocked and flash kernels keep
+    each block of scores on chip."""
+    if problem.op != "attention":
+        return 0.0
+    fused = c.template in ("blocked", "flash") or (c.template == "sdpa" and problem.device != "cpu")
+    if fused:
+        return 0.0
+    d = problem.dim
+    item = 2 if problem.dtype in ("bfloat16", "float16") else 8 if problem.dtype == "float64" else 4
+    return 4.0 * d["B"] * d["S"] * d["L"] * item
+
+
 def prior_s(c: Candidate, problem: Problem) -> float:
     """Expected seconds per call of ``c`` on ``problem`` (see the module docstring)."""
     flops_peak, bw = peaks(problem.device, problem.dtype)
     comp, passes = efficiency(c, problem)
     out_bytes = problem.bytes()
-    t_mem = out_bytes * passes / bw
+    t_mem = (out_bytes * passes + score_bytes(c, problem)) / bw
     t_comp = problem.flops() / (flops_peak * comp) if problem.flops() else 0.0
-    return max(t_mem, t_comp, 1e-9)
+    return max(t_mem + t_comp, 1e-9)  # summed: an unfused step waits for memory, then computes
 
 
 def order(problem: Problem, candidates: Sequence[Candidate]) -> list[tuple[Candidate, float]]:
