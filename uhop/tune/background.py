@@ -54,6 +54,7 @@ class Queue:
             self._jobs[key] = job
             if persist:
                 self._persist.add(key)
+            _depth(len(self._jobs) + (self._running is not None))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="uhop-tuner", daemon=True)
                 self._thread.start()
@@ -97,6 +98,7 @@ class Queue:
                 del job  # its closure holds kernels: they must not outlive their caches
                 with self._cv:
                     self._running = None
+                    _depth(len(self._jobs))
                     self._persist.discard(key)
                     self.done.append(key)
                     self._cv.notify_all()
@@ -111,6 +113,13 @@ class Queue:
                     return False
                 self._cv.wait(timeout=left)
             return True
+
+
+def _depth(n: int) -> None:
+    """``uhop_tuning_queue_depth`` (a no-op unless metrics are enabled)."""
+    from uhop import metrics
+
+    metrics.queue_depth(n)
 
 
 _queue = Queue()
