@@ -143,12 +143,6 @@ def _warn(msg: str) -> None:
     warnings.warn(msg, UhopWarning, stacklevel=level if f is not None else 2)
 
 
-def resolve(problem: Problem, policy: str | None = None) -> tuple[Kernel, Backend, Candidate]:
-    """The kernel for ``problem`` (see :func:`resolve_interim`), blocking until it is final."""
-    policy = policy or settings().policy
-    return resolve_interim(problem, "tune" if policy == "background" else policy)[0]
-
-
 def resolve_interim(problem: Problem, policy: str | None = None) -> tuple[Resolved, bool]:
     """The kernel for ``problem`` and whether it is interim (to be replaced when background work
     on the key ends): from this process; else from the store (served at once when its content
@@ -370,19 +364,10 @@ def _verify(problem: Problem, key: str, got: Resolved) -> None:
     on failure the entry is dropped, the problem re-tuned and the sites moved to the result."""
     from uhop.store import open_store
 
-    kernel, backend, cand = got
-    try:
-        sync = (lambda: backend.synchronize(problem.device)) if problem.device != "cpu" else None
-        v = check_kernel(kernel, ValidationSet(problem, trials=1), backend.array, problem.device, sync)
-    except Exception as exc:
-        v = None
-        reason = f"{type(exc).__name__}: {exc}"
-    if v is not None and v.ok:
-        metrics.selection(problem.op, cand.backend, "background")
+    if _valid(problem, got):
+        metrics.selection(problem.op, got[2].backend, "background")
         _install(key, got)
         return
-    reason = f"{v.status}: {v.reason}" if v is not None else reason
-    _warn(f"stored kernel {cand.id} for {problem.describe()} failed re-validation ({reason}); re-tuning")
     open_store().invalidate(key)
     base = _baseline_kernel(problem)
     with _lock:  # the caches serve the baseline (or the caller's own function) while it re-tunes
