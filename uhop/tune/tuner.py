@@ -468,12 +468,13 @@ def _budgeted(
     flops, nbytes = problem.flops(), problem.bytes()
     med = best.median_s if math.isfinite(best.median_s) else None
     spread = best.timing.spread if med is not None and math.isfinite(best.timing.spread) else None
-    entry = store.record(
-        key, problem.to_json(), best.candidate.to_json(), [m.to_json() for m in measurements],
+    choice = dict(
         median_s=med, gflops=flops / med / 1e9 if med else None, gbps=nbytes / med / 1e9 if med else None,
         policy=policy, fingerprint=hardware_fingerprint(problem.device),
-        content_hash=content_hash(best.candidate, key, chosen_backend), spread=spread, force=force,
+        content_hash=content_hash(best.candidate, key, chosen_backend), spread=spread,
     )  # fmt: skip
+    entry = store.record(key, problem.to_json(), best.candidate.to_json(), [m.to_json() for m in measurements],
+                         force=force, **choice)  # fmt: skip
     overhead["store"] = time.monotonic() - t
     served, kernel, backend = best.candidate, kernels.get(best.candidate), chosen_backend
     stored = Candidate.from_json(entry.candidate) if entry is not None else best.candidate
@@ -485,11 +486,7 @@ def _budgeted(
                 log.info("store keeps %s for %s (faster than this run's %s)", stored.id, problem.describe(), best.candidate.id)
         except Exception as exc:  # the stored one no longer builds: ours replaces it
             log.warning("stored kernel %s failed to build (%s); storing %s", stored.id, exc, best.candidate.id)
-            store.invalidate(key)
-            store.record(key, problem.to_json(), best.candidate.to_json(), [], median_s=med,
-                         gflops=flops / med / 1e9 if med else None, gbps=nbytes / med / 1e9 if med else None,
-                         policy=policy, fingerprint=hardware_fingerprint(problem.device),
-                         content_hash=content_hash(best.candidate, key, chosen_backend), spread=spread)  # fmt: skip
+            store.record(key, problem.to_json(), best.candidate.to_json(), [], force=True, **choice)
     if kernel is None:  # validated in the worker; the same build serves here
         kernel = backend.compile(served, problem)
     overhead["total"] = time.monotonic() - t_start
