@@ -143,6 +143,13 @@ def _warn(msg: str) -> None:
     warnings.warn(msg, UhopWarning, stacklevel=level if f is not None else 2)
 
 
+def resolve(problem: Problem, policy: str | None = None) -> tuple[Kernel, Backend, Candidate]:
+    """The final kernel for ``problem`` (see :func:`resolve_interim`), tuning before it returns
+    under the ``background`` policy too (scripts and tests that need what dispatch will serve)."""
+    policy = policy or settings().policy
+    return resolve_interim(problem, "tune" if policy == "background" else policy)[0]
+
+
 def resolve_interim(problem: Problem, policy: str | None = None) -> tuple[Resolved, bool]:
     """The kernel for ``problem`` and whether it is interim (to be replaced when background work
     on the key ends): from this process; else from the store (served at once when its content
