@@ -140,9 +140,13 @@ def _is_partial(out: np.ndarray, ref: np.ndarray, problem: Problem, prev: np.nda
     if np.all(untouched[wrong]):
         return True
     w2 = wrong.reshape(-1, wrong.shape[-1]) if wrong.ndim else wrong.reshape(1, 1)
-    rows, cols = w2.all(axis=1), w2.all(axis=0)
-    if np.array_equal(w2, np.broadcast_to(rows[:, None], w2.shape)) or np.array_equal(w2, np.broadcast_to(cols, w2.shape)):
-        return True  # whole rows (a skipped block of rows) or whole columns (a missed tail tile)
+    # whole rows (a skipped block of rows) or whole columns (a missed tail tile); garbage that
+    # lands within tolerance of the reference by chance (near-zero reference values) leaves a
+    # few right elements inside the region, so a row or column counts when 90% of it is wrong
+    for region in (np.broadcast_to((w2.mean(axis=1) > 0.9)[:, None], w2.shape),
+                   np.broadcast_to(w2.mean(axis=0) > 0.9, w2.shape)):  # fmt: skip
+        if region.any() and not (w2 & ~region).any():
+            return True
     flat = wrong.reshape(-1).astype(np.int8)
     runs = int(np.count_nonzero(np.diff(flat) == 1)) + int(flat[0])
     return runs <= 4
