@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import sys
@@ -98,7 +99,10 @@ def bench_torch(name: str, model, x, device: str, variants, rounds: int, min_s: 
 def np_gpt2_forward(x, params, heads):
     """A GPT-2 forward in plain numpy (pre-LN blocks, tanh GELU, causal attention), float32.
     Written so Dynamo traces it whole: no ``ndarray.dtype`` reads and no generator expressions
-    (Dynamo skips a frame that has either; the fusion report lists the reason)."""
+    (Dynamo skips a frame that has either; the fusion report lists the reason). The attention
+    scale is a Python float: ``np.sqrt(hd)`` is a float64 scalar, which under NEP 50 made the
+    scores, and through the residual stream every later matmul, float64 (in numpy and traced
+    alike)."""
 
     def ln(x, g, b):
         mu = x.mean(-1, keepdims=True)
@@ -114,7 +118,7 @@ def np_gpt2_forward(x, params, heads):
     for p in params:
         h = ln(x, p["g1"], p["b1"]) @ p["w_qkv"] + p["b_qkv"]
         q, k, v = [h[:, i * C:(i + 1) * C].reshape(T, heads, hd).transpose(1, 0, 2) for i in range(3)]
-        s = q @ k.transpose(0, 2, 1) / np.sqrt(hd) + mask
+        s = q @ k.transpose(0, 2, 1) * (1.0 / math.sqrt(hd)) + mask
         s = np.exp(s - s.max(-1, keepdims=True))
         a = (s / s.sum(-1, keepdims=True)) @ v
         x = x + a.transpose(1, 0, 2).reshape(T, C) @ p["w_o"] + p["b_o"]
