@@ -329,6 +329,7 @@ def _row_block(R: int, threads: int, tasks_per_thread: int) -> int:
 class NumbaBackend(Backend):
     name = "numba"
     crash_prone = True
+    precompiles = True
     eval_s = 1.5  # a JIT compile per candidate
     source_modules = ("uhop.backends.numba_kernels",)
     array = "numpy"
