@@ -41,7 +41,7 @@ def test_config_features_on_a_known_problem():
     assert f["x_tile_over_l1"] == pytest.approx(math.log2(4 * (16 * 16 + 16 * 64 + 16 * 64) / 49152))
 
 
-def test_config_features_cut_tiles_at_the_edge_and_use_one_cores_cache():
+def test_config_features_cut_tiles_at_the_edge_and_take_caches_per_core():
     from uhop.perf.family import config_features
 
     dims = {"M": 3, "N": 5, "K": 7}
@@ -50,10 +50,10 @@ def test_config_features_cut_tiles_at_the_edge_and_use_one_cores_cache():
     assert big == exact and big["x_edge_waste"] == 0 and big["x_tasks"] == 0
     # float64: 8 lanes; N = 5 is all scalar remainder
     assert big["x_v1_scalar_frac"] == 1.0
-    # the manifest's caches are over the process's cores: two cores with twice the L1 give the
-    # same per-core footprint (only tasks per core change)
-    two = config_features({"bm": 16, "bn": 64, "bk": 16}, {"M": 100, "N": 70, "K": 33}, 4,
-                          {**HW, "hw_cores": 2.0, "hw_l1_bytes": 2 * 49152.0, "hw_l2_bytes": 2 * 2097152.0})  # fmt: skip
+    # the manifest's L1/L2 are per core: more cores change tasks per core, not the footprints
+    two = config_features(
+        {"bm": 16, "bn": 64, "bk": 16}, {"M": 100, "N": 70, "K": 33}, 4, {**HW, "hw_cores": 2.0}
+    )
     one = config_features({"bm": 16, "bn": 64, "bk": 16}, {"M": 100, "N": 70, "K": 33}, 4, HW)
     assert {k: v for k, v in two.items() if k != "x_tiles_per_core"} == {
         k: v for k, v in one.items() if k != "x_tiles_per_core"

@@ -201,8 +201,9 @@ def config_features(config: Mapping[str, Any], dims: Mapping[str, int], itemsize
       code, for steps of one SIMD register (``hw_vector_bits`` / item bits) and of four (the
       unrolled loop LLVM emits), summed over the column blocks of ``bn`` and the ragged last one;
     - ``x_tile_intensity``: FLOPs per byte moved by tiles (A, B, C read and written once per block);
-    - footprints against one core's L1 and L2 (the manifest's sizes are over the process's
-      cores): all three tiles, and the B tile that every row of a block streams through.
+    - footprints against one core's L1 and L2 (the manifest's ``caches.l1_bytes``/``l2_bytes`` are
+      per core on a CPU, see :class:`uhop.hardware.schema.Caches`): all three tiles, and the B tile
+      that every row of a block streams through.
     """
     M, N, K = dims["M"], dims["N"], dims["K"]
     bm, bn, bk = (min(int(config[k]), d) for k, d in (("bm", M), ("bn", N), ("bk", K)))
@@ -233,8 +234,7 @@ def config_features(config: Mapping[str, Any], dims: Mapping[str, int], itemsize
     for level in ("l1", "l2"):
         size = _hw_size(hw, f"hw_{level}_bytes")
         if size:
-            per_core = size / cores
-            out[f"x_tile_over_{level}"] = math.log2(foot / per_core)
-            out[f"x_btile_over_{level}"] = math.log2(itemsize * bk * bn / per_core)
-            out[f"x_crow_over_{level}"] = math.log2(itemsize * bn * (bk + 1) / per_core)
+            out[f"x_tile_over_{level}"] = math.log2(foot / size)
+            out[f"x_btile_over_{level}"] = math.log2(itemsize * bk * bn / size)
+            out[f"x_crow_over_{level}"] = math.log2(itemsize * bn * (bk + 1) / size)
     return out
