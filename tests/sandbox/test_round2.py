@@ -191,6 +191,71 @@ def test_compiler_runs_under_the_candidates_memory_cap_and_dies_with_the_worker(
     assert not [p for p in _sandbox_uid_processes() if "cc1" in _comm(p)]
 
 
+FIFO_COMPILE = """
+import os
+from triton.runtime import build
+OP = 'softmax'
+TOOLS = True
+os.mkfifo({src!r})  # cc1 blocks opening it: a compile that never ends and costs no CPU time
+build.subprocess.run([{cc!r}, {src!r}, '-O3', '-shared', '-fPIC', '-o', 'never.so'], timeout=120)
+def run(x):
+    return x
+"""
+
+
+@needs_tools
+@pytest.mark.parametrize("mode", MODES)
+def test_no_compiler_outlives_a_killed_check_parent(tmp_path, mode):
+    """The check's parent is SIGKILLed while gcc's cc1 runs for the candidate: cc1 (in gcc's
+    process group, with no parent-death signal of its own) is gone within seconds. In the
+    fallback the broker watches its worker while a tool runs: the worker's parent-death signal
+    to the broker is stopped by the worker's own Landlock signal scope (the kernel checks it
+    against the dying worker's domain), so the broker kills the tool's group itself."""
+    pytest.importorskip("triton")
+    src = f"uhop_fifo_{os.getpid()}_{mode}.c"
+    (tmp_path / "k.py").write_text(FIFO_COMPILE.format(src=src, cc=tool_programs()["cc"][0]))
+    script = textwrap.dedent(f"""
+        from uhop.sandbox.check import check_file
+        from uhop.sandbox.kernelfile import StaticPolicy
+        from uhop.sandbox.worker import Limits
+        print("go", flush=True)
+        check_file({str(tmp_path / "k.py")!r}, isolation={mode!r}, policy=StaticPolicy(enabled=False),
+                   limits=Limits(wall_s=120, cpu_s=120), time_it=False, tools=True)
+    """)
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=dict(os.environ))
+    try:
+        assert p.stdout.readline().strip() == b"go"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not _compilers(src):
+            time.sleep(0.1)
+        assert _compilers(src), "cc1 never started"
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _compilers(src):
+            time.sleep(0.1)
+        assert not _compilers(src), "a compiler outlived the check's parent"
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        for pid in _compilers(src):  # a failed run leaves no compiler behind (the broker then exits)
+            os.kill(pid, signal.SIGKILL)
+
+
+def _compilers(src: str) -> list[int]:
+    """Live processes (zombies aside) whose command line names ``src``: gcc and its cc1."""
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and src.encode() in (d / "cmdline").read_bytes() and \
+                    (d / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":  # fmt: skip
+                out.append(int(d.name))
+        except OSError:
+            pass
+    return out
+
+
 def _comm(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/comm").read_text()
