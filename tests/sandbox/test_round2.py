@@ -364,3 +364,69 @@ def test_validation_inputs_cover_several_distributions():
     peaks = [max(float(np.abs(x).max()) for x in t.inputs) for t in vs.trials]
     assert peaks[0] <= 1.0 and max(peaks[1:]) > 1.5
     assert float(vs.trials[2].inputs[0].mean()) < -0.2  # the negative offset (c <= -0.5)
+
+
+# ---- special values (NaN, +-inf) where the op defines them -----------------------------------
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", ["finite_only_matmul", "finite_only_softmax"])
+def test_right_only_for_finite_inputs_is_wrong(mode, name):
+    """Zeroing NaN (matmul) or clipping to +-1e4 (softmax) is right for every finite input: the
+    special-value trial's NaN rows show it, as a wrong result (not a partial write)."""
+    res = _check(name, mode)
+    assert res.category == "wrong-result" and "NaN" in res.reason, res.line()
+
+
+SPECIAL_CASES = [("softmax", "37x61", {}), ("layernorm", "37x61", {}), ("rmsnorm", "101x127", {}),
+                 ("matmul", "31x37x29", {}), ("attention", "1x2x17x16", {}), ("elementwise", "1031", {}),
+                 ("embedding", "97x13x31", {})]  # fmt: skip
+
+
+@pytest.mark.parametrize("op,shape,params", SPECIAL_CASES, ids=[c[0] for c in SPECIAL_CASES])
+def test_special_value_trial_has_nan_or_inf_at_secret_places_and_a_defined_reference(op, shape, params):
+    from uhop.ops import get
+    from uhop.problem import Problem
+    from uhop.sandbox.inputs import special_inputs, trial
+
+    p = Problem.make(op, get(op).parse_shape(shape), "float32", params)
+    rng = np.random.default_rng()
+    a, b = special_inputs(p, rng), special_inputs(p, rng)
+    where = [np.flatnonzero(~np.isfinite(x.astype(np.float64))) for x in (a[0], b[0])]
+    assert where[0].size and where[1].size
+    assert not (where[0].size == where[1].size and np.array_equal(*where))  # positions are drawn, not fixed
+    t = trial(p, a)
+    assert not np.isfinite(t.reference).all() and np.isfinite(t.reference).any()
+    assert t.bound is None  # the comparison takes its NaN/inf-aware path
+    if op == "softmax":  # masked entries, never a whole row of them
+        assert (a[0] == -np.inf).any() and not (a[0] == -np.inf).all(axis=-1).any()
+    if op == "embedding":  # indices stay valid indices
+        assert a[1].dtype == np.int64 and 0 <= a[1].min() and a[1].max() < p.dim["V"]
+
+
+def test_no_special_values_where_implementations_may_rightly_differ():
+    from uhop.ops import get
+    from uhop.problem import Problem
+    from uhop.sandbox.inputs import special_inputs
+
+    rng = np.random.default_rng()
+    conv = Problem.make("conv2d", get("conv2d").parse_shape("1x3x13x11x5x3x3"), "float32", {})
+    assert special_inputs(conv, rng) is None  # FFT/Winograd spread one NaN beyond the windows
+    relu = Problem.make("matmul", get("matmul").parse_shape("31x37x29"), "float32", {"activation": "relu"})
+    assert all(np.isfinite(x).all() for x in special_inputs(relu, rng))  # a GPU max drops a NaN
+    clamp = Problem.make("elementwise", {"N": 1031}, "float32", {"expr": "relu(x0)"})
+    assert all(np.isfinite(x).all() for x in special_inputs(clamp, rng))
+
+
+def test_distributions_keep_embedding_indices_valid():
+    """Scaling or offsetting integer inputs put the indices out of range (the reference raised
+    before any candidate ran); only float inputs are redrawn."""
+    from uhop.measure.validate import DISTRIBUTIONS
+    from uhop.ops import get
+    from uhop.problem import Problem
+    from uhop.sandbox.inputs import validation_set
+
+    p = Problem.make("embedding", get("embedding").parse_shape("97x13x31"), "float32", {})
+    vs = validation_set(p, 3, np.random.default_rng())
+    assert len(vs.trials) == len(DISTRIBUTIONS) + 1
+    for t in vs.trials:
+        assert t.inputs[1].dtype == np.int64 and t.inputs[1].max() < 97
+    assert max(float(np.abs(t.inputs[0][np.isfinite(t.inputs[0])]).max()) for t in vs.trials) > 1.5

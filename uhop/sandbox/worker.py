@@ -601,9 +601,10 @@ class Worker:
             self.kill()
             raise SandboxFault("bad-output", f"malformed reply from the worker: {exc}") from None
         for a in out:  # np.load(allow_pickle=False) only builds plain arrays; check anyway
-            if type(a) is not np.ndarray or a.dtype.kind not in "fc":  # floats only: no objects, no records
+            # numbers only (floats; integers are embedding indices sent back): no objects, no records
+            if type(a) is not np.ndarray or a.dtype.kind not in "fciu":
                 self.kill()
-                raise SandboxFault("bad-output", f"reply holds a {type(a).__name__} of dtype {a.dtype}, expected a float array")
+                raise SandboxFault("bad-output", f"reply holds a {type(a).__name__} of dtype {a.dtype}, expected a numeric array")
         if reply.get("id") != self._seq:  # a forged early reply, or a stray frame: never resynchronise
             self.kill()
             raise SandboxFault("crash", f"protocol violation: reply to request {reply.get('id')!r}, expected {self._seq}")
