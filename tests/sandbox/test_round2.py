@@ -80,6 +80,7 @@ def test_signals_limits_and_parent_death_signal_stay_within_the_candidate(mode):
     assert f["prlimit"] == "-1" and f["prlimit_parent_errno"] == "1", res.line()  # EPERM
     assert f["prlimit_self"] == "0", res.line()
     assert f["sigqueue"] == "-1" and f["tgsigqueue"] == "-1" and f["pidfd_send_signal"] == "-1", res.line()
+    assert f["kill"] == "-1" and f["tgkill"] == "-1", res.line()  # no process but its own, even probed
 
 
 @pytest.mark.parametrize("mode", MODES)
