@@ -20,6 +20,7 @@ Settings are read from the environment when :func:`settings` is first called and
 | ``UHOP_LOG`` | ``WARNING`` | log level of the ``uhop`` logger (the ``uhop`` command and the demo default to ``INFO``) |
 | ``UHOP_DEBUG`` | ``0`` | ``1``: a failing ``uhop`` command raises with its traceback instead of one line on stderr |
 | ``UHOP_ISOLATE`` | ``auto`` | where tuning runs candidates: ``auto`` (GPU problems, and on CPU the backends that JIT-compile native code, in a long-lived worker process; numpy/torch CPU kernels in-process), ``1`` (always a worker), ``0`` (never). In a worker, a kernel that kills its process (segfault, illegal address, compiler abort, a hang) is a recorded failure, not the caller's death, and a CUDA context it poisoned is discarded |
+| ``UHOP_PRECOMPILE_WORKERS`` | ``auto`` | processes that build JIT candidates (numba, IREE) ahead of their evaluation during tuning, so the evaluation loads them from the on-disk cache: ``auto`` is ``min(8, cores - 2)`` (none on 2 cores, where a compiler would share the timed core), ``0`` turns it off |
 | ``UHOP_ISOLATE_TIMEOUT_S`` | ``120`` | a candidate evaluated in the worker for longer than this is killed and recorded as ``timeout`` |
 """
 
@@ -59,6 +60,19 @@ def _isolate_mode(raw: str) -> str:
             "0": "never", "false": "never", "no": "never", "off": "never", "never": "never"}.get(v, v)  # fmt: skip
 
 
+def _workers(raw: str) -> int:
+    raw = raw.strip().lower()
+    if raw in ("", "auto"):
+        return -1
+    try:
+        n = int(raw)
+    except ValueError:
+        n = -2
+    if n < 0:
+        raise ValueError(f"UHOP_PRECOMPILE_WORKERS must be 'auto' or a number >= 0, got {raw!r}")
+    return n
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path = field(default_factory=_default_home)
@@ -75,6 +89,7 @@ class Settings:
     log_level: str = "WARNING"
     isolate: str = "auto"
     isolate_timeout_s: float = 120.0
+    precompile_workers: int = -1  # -1: auto (see precompile_processes)
     debug: bool = False
 
     def __post_init__(self) -> None:
@@ -102,6 +117,13 @@ class Settings:
         return device != "cpu" or bool(getattr(backend, "crash_prone", False))
 
     @property
+    def precompile_processes(self) -> int:
+        """How many processes build JIT candidates ahead during tuning (``UHOP_PRECOMPILE_WORKERS``)."""
+        if self.precompile_workers >= 0:
+            return self.precompile_workers
+        return max(0, min(8, (os.cpu_count() or 1) - 2))
+
+    @property
     def resolved_store_url(self) -> str:
         return self.store_url or f"sqlite:///{self.home / 'uhop.db'}"
 
@@ -125,6 +147,7 @@ class Settings:
             log_level=env("UHOP_LOG", "WARNING").upper(),
             isolate=_isolate_mode(env("UHOP_ISOLATE", "auto")),
             isolate_timeout_s=float(env("UHOP_ISOLATE_TIMEOUT_S", "120")),
+            precompile_workers=_workers(env("UHOP_PRECOMPILE_WORKERS", "auto")),
             debug=_env_bool("UHOP_DEBUG", False),
         )
 

@@ -69,6 +69,9 @@ class Backend(ABC):
     #: runs generated native code (JIT-compiled kernels) that can kill its process: first-use
     #: tuning measures it in the isolation worker (``UHOP_ISOLATE=auto``), GPU or not
     crash_prone: ClassVar[bool] = False
+    #: ``compile`` in another process fills an on-disk cache this process then loads from (numba,
+    #: IREE): tuning builds these candidates ahead in parallel (:mod:`uhop.tune.precompile`)
+    precompiles: ClassVar[bool] = False
 
     @functools.cached_property
     def availability(self) -> tuple[bool, str]:
@@ -85,6 +88,25 @@ class Backend(ABC):
     @property
     def available(self) -> bool:
         return self.availability[0]
+
+    #: modules :attr:`installed` looks for without importing them (empty: only the full probe knows)
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def installed(self) -> bool:
+        """A cheap availability answer for code that will not run this backend's kernels in this
+        process (a tuning run that evaluates every candidate in the isolation worker): its
+        libraries are present, found without importing them (torch takes 1-2 s and 300 MB to
+        import, which a numpy caller's process should not pay for a kernel it may never serve).
+        The full probe (:attr:`available`) where it ran already or the backend names no modules."""
+        if "availability" in self.__dict__ or not self.requires:
+            return self.available
+        import importlib.util
+
+        try:
+            return all(importlib.util.find_spec(m) is not None for m in self.requires)
+        except (ImportError, ValueError):
+            return False
 
     def _probe(self) -> tuple[bool, str]:
         return True, "built in"

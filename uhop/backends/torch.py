@@ -142,6 +142,7 @@ def _padded_matmul(activation: str, to: int) -> Kernel:
 
 class TorchBackend(Backend):
     name = "torch"
+    requires = ("torch",)
     array = "torch"
     devices = ("cpu", "cuda")
     vendor = True

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
+import importlib.util
 import inspect
 import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from uhop import backends as bk
@@ -130,12 +131,13 @@ def content_hash(candidate: Candidate, key: str, backend: Backend) -> str:
     h = hashlib.sha256()
     h.update(repr((candidate.backend, candidate.template, candidate.config)).encode())
     h.update(key.encode())
-    modules = [inspect.getmodule(type(backend))]
-    modules += [importlib.import_module(m) for m in getattr(backend, "source_modules", ())]
-    for mod in modules:  # the backend's code and the kernel modules it generates from
-        try:
-            h.update(inspect.getsource(mod).encode())  # type: ignore[arg-type]
-        except (OSError, TypeError):
+    own = inspect.getmodule(type(backend))
+    names = [own.__name__ if own is not None else "", *getattr(backend, "source_modules", ())]
+    for name in names:  # the backend's code and the kernel modules it generates from, read as
+        try:  # files: importing numba_kernels would import numba into a process that serves none
+            spec = importlib.util.find_spec(name)
+            h.update(Path(spec.origin).read_bytes())  # type: ignore[union-attr,arg-type]
+        except (ImportError, ValueError, AttributeError, TypeError, OSError):
             h.update(type(backend).__qualname__.encode())
     file_hash = getattr(backend, "kernel_sha256", None)
     if file_hash is not None:  # user kernel files: the exact bytes of the file
@@ -366,7 +368,9 @@ def _budgeted(
     s = settings()
     key = problem.key(s.shape_buckets)
     t = time.monotonic()
-    usable = bk.for_problem(problem, allow)
+    # Where every candidate will run in the isolation worker, this process only needs to know the
+    # libraries are installed: it imports one when its kernel wins (or runs here)
+    usable = bk.for_problem(problem, allow, lazy=isolate is not False and s.isolate != "never")
     probe_s = time.monotonic() - t
     if not usable:
         reasons = "; ".join(f"{b.name}: {b.availability[1]}" for b in bk.all_backends())
@@ -395,9 +399,16 @@ def _budgeted(
     base = baseline(problem, usable, per_backend)
     overhead["enumerate"] = time.monotonic() - t
     log.info("tuning %s: %d candidates, budget %.3g s", problem.describe(), len(order), budget)
+    pre = None
     if iso is not None:  # the worker draws its inputs and builds its first candidate meanwhile
         first = next((c for c in order if c.backend in isolated), None)
         iso.prepare(problem, trials=trials, candidate=first if policy == "tune" else None)
+        ahead = [c for c in order if by_name[c.backend].precompiles and c != first]
+        if ahead and s.precompile_processes > 0 and policy == "tune":
+            from uhop.tune.precompile import Precompiler
+
+            pre = Precompiler(min(s.precompile_processes, len(ahead)))
+            pre.submit(problem, ahead)
     vset: ValidationSet | None = None  # built on first in-process use (the worker builds its own)
     measurements: list[Measurement] = []
     kernels: dict[Candidate, Kernel] = {}
@@ -421,7 +432,13 @@ def _budgeted(
         t0 = time.monotonic()
         setup = 0.0
         if iso is not None and cand.backend in isolated:
+            built_s = waited = None
+            if pre is not None and by_name[cand.backend].precompiles:
+                built_s = pre.wait(cand, deadline - time.monotonic())
+                waited = time.monotonic() - t0
             m, kernel = iso.evaluate(cand, problem, trials=trials, time_it=policy == "tune", cutoff_s=cutoff), None
+            if waited is not None:  # built by the pool ("ahead"), then the worker's "compile" loaded it
+                m = m.with_(phases=(*m.phases, ("wait", waited), *((("ahead", built_s),) if built_s is not None else ())))
             setup = iso.last_setup_s
             overhead["worker_start"] += iso.last_start_s
             overhead["reference"] += iso.last_setup_s - iso.last_start_s
@@ -445,6 +462,8 @@ def _budgeted(
         if progress:
             progress(i + 1, len(order), m)
 
+    if pre is not None:  # before the re-timing: no compiler beside the finalists' timings
+        pre.close()
     ties: list[Candidate] = []
     if best is not None and policy == "tune":
         best, ties = _retime(problem, measurements, best, base, order, by_name, kernels, vset, iso, isolated,
