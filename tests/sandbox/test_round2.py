@@ -431,3 +431,18 @@ def test_distributions_keep_embedding_indices_valid():
     for t in vs.trials:
         assert t.inputs[1].dtype == np.int64 and t.inputs[1].max() < 97
     assert max(float(np.abs(t.inputs[0][np.isfinite(t.inputs[0])]).max()) for t in vs.trials) > 1.5
+
+
+def test_an_output_never_written_is_wrong_not_partial_and_inf_matches_inf():
+    """All zeros against a peaked softmax (most of the reference ~0, so "right" there by chance)
+    is no partial write; an inf where the reference has the same inf is not a wrong element."""
+    from uhop.problem import Problem
+    from uhop.sandbox.check import _is_partial, _wrong_mask
+
+    p = Problem.make("softmax", {"R": 37, "N": 61}, "float32", {})
+    x = np.random.default_rng().normal(0, 8, (37, 61))
+    ref = p.spec.reference(x)
+    assert _wrong_mask(np.zeros((37, 61), np.float32), ref, p).mean() < 0.9  # most zeros "right"
+    assert not _is_partial(np.zeros((37, 61), np.float32), ref, p, None)
+    ref[0, 0], out = np.inf, ref.astype(np.float32)
+    assert not _wrong_mask(out, ref, p).any()
