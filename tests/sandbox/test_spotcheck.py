@@ -212,3 +212,33 @@ def test_dispatch_falls_back_to_the_baseline_without_measurements(uhop_home, mon
     assert k.quarantined and k.fallback_kernel is not None and k.fallback_calls == 2
     assert dispatch._resolved["k:baseline"][1].vendor  # a library baseline (numpy here)
     dispatch._resolved.pop("k:baseline")
+
+
+def test_a_quarantined_kernel_file_is_never_tuned_again_for_its_problem(uhop_home):
+    """After a spot check quarantined a kernel file's entry, a new tuning run of that problem
+    (another process, ``uhop tune``) skips the file and picks among the rest."""
+    from uhop import backends as bk
+    from uhop import dispatch
+    from uhop.backends.user import add_kernel
+    from uhop.config import override, settings
+    from uhop.ops import get as get_op
+    from uhop.store import open_store
+    from uhop.tune.tuner import content_hash, tune
+
+    add_kernel(H2 / "wrong_after_n.py")
+    x0 = np.random.default_rng().normal(size=(13, 17)).astype(np.float32)
+    problem = dispatch.make_problem(get_op("softmax"), [x0], {})
+    key = problem.key(settings().shape_buckets)
+    user = bk.get("user")
+    (ucand,) = user.candidates(problem)
+    store = open_store()
+    store.record(key, problem.to_json(), ucand.to_json(), [{"candidate": ucand.to_json(), "status": "ok", "median_s": 1e-5}],
+                 median_s=1e-5, gflops=None, gbps=None, policy="tune", fingerprint={},
+                 content_hash=content_hash(ucand, key, user))  # fmt: skip
+    assert store.quarantine(key, "dispatch spot check, call output wrong (test)")
+    with override(backends=("numpy", "user"), tune_budget_s=30):
+        res = tune(problem=problem, policy="tune")
+    (m,) = [m for m in res.measurements if m.candidate == ucand]
+    assert m.status == "skipped" and "quarantined" in m.reason
+    assert res.served.backend == "numpy"
+    assert store.get(key).candidate["backend"] == "numpy"
