@@ -397,6 +397,8 @@ def _budgeted(
     by_name = {b.name: b for b in usable}
     order = budget_order(problem, usable, per_backend)
     base = baseline(problem, usable, per_backend)
+    measurements: list[Measurement] = _quarantined(order, by_name, key, store)
+    order = [c for c in order if all(m.candidate != c for m in measurements)]
     overhead["enumerate"] = time.monotonic() - t
     log.info("tuning %s: %d candidates, budget %.3g s", problem.describe(), len(order), budget)
     pre = None
@@ -410,7 +412,6 @@ def _budgeted(
             pre = Precompiler(min(s.precompile_processes, len(ahead)))
             pre.submit(problem, ahead)
     vset: ValidationSet | None = None  # built on first in-process use (the worker builds its own)
-    measurements: list[Measurement] = []
     kernels: dict[Candidate, Kernel] = {}
     best: Measurement | None = None
     # The budget covers the evaluation, not this process's one-time import of the backends'
@@ -513,6 +514,22 @@ def _budgeted(
              f" ({best.median_s * 1e3:.4g} ms)" if med else "")  # fmt: skip
     return TuneResult(problem, key, policy, measurements, best, entry, kernel, backend, served=served, ties=ties,
                       overhead=overhead)  # fmt: skip
+
+
+def _quarantined(order: Sequence[Candidate], by_name: Mapping[str, Backend], key: str, store: Any) -> list[Measurement]:
+    """Untrusted candidates (kernel files, generated kernels) whose exact code failed a
+    dispatch-time spot check on this problem: never tuned again (``Store.quarantined``)."""
+    out = []
+    for c in order:
+        b = by_name[c.backend]
+        if b.trusted or not hasattr(store, "quarantined"):
+            continue
+        try:
+            if store.quarantined(content_hash(c, key, b)):
+                out.append(Measurement(c, "skipped", "quarantined: failed a dispatch-time spot check"))
+        except Exception as exc:  # a kernel file that went away: the evaluation says so
+            log.debug("quarantine check of %s: %s", c.id, exc)
+    return out
 
 
 def _stale(entry: Entry, key: str) -> bool:
