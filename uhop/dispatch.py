@@ -511,8 +511,17 @@ def call_op(op_name: str, args: Sequence[Any], params: Mapping[str, Any]) -> Any
         problem = make_problem(spec, args, params)
     except UnsupportedInput:
         return _reference_call(spec, args, params)
-    k = serve(problem, None, _direct_cache, sig, lambda *a: _reference_call(spec, a, params))
-    return k(*args)
+    with _first_call():  # from before the background job is queued to the end of this call
+        k = serve(problem, None, _direct_cache, sig, lambda *a: _reference_call(spec, a, params))
+        return k(*args)
+
+
+def _first_call() -> Any:
+    """Around a new signature's first call: background work waits for it (see
+    :func:`uhop.tune.background.first_call`)."""
+    from uhop.tune.background import first_call
+
+    return first_call()
 
 
 def _reference_call(spec: Op, args: Sequence[Any], params: Mapping[str, Any]) -> Any:
@@ -624,12 +633,13 @@ class Optimized:
         # ----
         if settings().disable or _is_probing():
             return self.fn(*args)  # not cached: lifting UHOP_DISABLE takes effect at once
-        if all(a is None or is_array(a) for a in args):
-            kernel = self._kernel_for(args)
-        else:
-            kernel = self._kernel_with_call_params(args)
-        self._kernels.setdefault(tuple(map(_arg_sig, args)), kernel)  # serve() may have cached it already
-        return kernel(*args)
+        with _first_call():  # from before the background job is queued to the end of this call
+            if all(a is None or is_array(a) for a in args):
+                kernel = self._kernel_for(args)
+            else:
+                kernel = self._kernel_with_call_params(args)
+            self._kernels.setdefault(tuple(map(_arg_sig, args)), kernel)  # serve() may have cached it already
+            return kernel(*args)
 
     def _kernel_with_call_params(self, args: tuple[Any, ...]) -> Callable[..., Any]:
         """Non-array arguments named as op params (``layer_norm(x, w, b, eps=1e-5)``, or

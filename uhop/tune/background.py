@@ -19,11 +19,12 @@ the parent's thread does not exist there, and the child serves what it inherited
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 log = logging.getLogger("uhop")
@@ -42,6 +43,7 @@ class Queue:
         #: keys whose job stores something (tuning): the exit wait is for these only, not for a
         #: re-validation of an entry already stored
         self._persist: set[str] = set()
+        self._holds = 0  # first calls running (see first_call)
         #: keys whose job finished (for reports: ``uhop.wait()`` returns them)
         self.done: list[str] = []
 
@@ -77,6 +79,19 @@ class Queue:
                 self._cv.wait(timeout=left)
             return True
 
+    @contextlib.contextmanager
+    def first_call(self) -> Iterator[None]:
+        """While the block runs (a new problem's first call), no job starts (at most
+        :data:`HOLD_MAX_S` seconds: a long first call does not postpone tuning for ever)."""
+        with self._cv:
+            self._holds += 1
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._holds -= 1
+                self._cv.notify_all()
+
     def busy(self, key: str) -> bool:
         with self._cv:
             return key in self._jobs or key == self._running
@@ -88,6 +103,12 @@ class Queue:
                     if not self._cv.wait(timeout=30.0) and not self._jobs:
                         self._thread = None  # idle: the next submit starts a new thread
                         return
+                # a caller's first call on a new problem is running: what a job starts with
+                # (importing a JIT runtime or torch, drawing a float64 reference) holds the GIL
+                # for up to seconds, and that call would wait for it
+                hold_end = time.monotonic() + HOLD_MAX_S
+                while self._holds and time.monotonic() < hold_end:
+                    self._cv.wait(timeout=hold_end - time.monotonic())
                 key, job = self._jobs.popitem(last=False)
                 self._running = key
             try:
@@ -123,6 +144,14 @@ def _depth(n: int) -> None:
 
 
 _queue = Queue()
+
+#: longest a job waits for first calls in flight before it starts anyway, seconds
+HOLD_MAX_S = 2.0
+
+
+def first_call() -> contextlib.AbstractContextManager[None]:
+    """Around a new problem's first call (dispatch): background jobs wait until it returns."""
+    return _queue.first_call()
 
 
 def queue() -> Queue:
