@@ -43,13 +43,6 @@ def _bool(raw: str) -> bool:
     return raw.strip().lower() in ("1", "true", "yes", "on")
 
 
-def _env_bool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    return _bool(raw)
-
-
 def _isolate_mode(raw: str) -> str:
     v = raw.strip().lower() or "auto"
     return {"1": "always", "true": "always", "yes": "always", "on": "always", "always": "always",
