@@ -104,3 +104,19 @@ def test_a_bad_value_names_its_variable(monkeypatch, var, raw, message):
 def test_secrets_stay_out_of_the_repr():
     s = dataclasses.replace(config.Settings(), serve_token="s3cret-token-0123456789", ai_api_key="sk-live-abc")
     assert "s3cret" not in repr(s) and "sk-live" not in repr(s)
+
+
+@pytest.mark.parametrize("var, raw", [("UHOP_THREADS", "spin"), ("UHOP_POLICY", "bad"), ("UHOP_BENCH_REPEAT", "x")])
+def test_the_uhop_command_reports_a_bad_setting_in_one_line(tmp_path, var, raw):
+    """Even one read at ``import uhop`` (UHOP_THREADS): one line on stderr, exit code 2."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, UHOP_HOME=str(tmp_path), PYTHONPATH=str(ROOT), **{var: raw})
+    env.pop("UHOP_DEBUG", None)
+    r = subprocess.run([sys.executable, "-c", "from uhop.cli import main; main(['cache', 'ls'])"], env=env,
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {var} must be"), r.stderr
