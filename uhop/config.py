@@ -69,6 +69,19 @@ def _names(raw: str) -> tuple[str, ...]:
     return tuple(b.strip() for b in raw.split(",") if b.strip())
 
 
+def _workers(raw: str) -> int:
+    raw = raw.strip().lower()
+    if raw in ("", "auto"):
+        return -1
+    try:
+        n = int(raw)
+    except ValueError:
+        n = -2
+    if n < 0:
+        raise ValueError(f"must be 'auto' or a number >= 0, got {raw!r}")
+    return n
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting; ``ENV`` maps each field to its ``UHOP_*`` variable. Times in seconds."""
@@ -89,6 +102,7 @@ class Settings:
     validation_trials: int = 3
     isolate: str = "auto"
     isolate_timeout_s: float = 120.0
+    precompile_workers: int = -1  # -1: auto (see precompile_processes)
     # the uhop command
     log_level: str | None = None  # None: WARNING in the library, INFO in the uhop command and the demo
     debug: bool = False
@@ -128,6 +142,13 @@ class Settings:
         return device != "cpu" or bool(getattr(backend, "crash_prone", False))
 
     @property
+    def precompile_processes(self) -> int:
+        """How many processes build JIT candidates ahead during tuning (``UHOP_PRECOMPILE_WORKERS``)."""
+        if self.precompile_workers >= 0:
+            return self.precompile_workers
+        return max(0, min(8, (os.cpu_count() or 1) - 2))
+
+    @property
     def resolved_store_url(self) -> str:
         return self.store_url or f"sqlite:///{self.home / 'uhop.db'}"
 
@@ -158,6 +179,7 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "validation_trials": ("UHOP_VALIDATION_TRIALS", _number(int, "an integer")),
     "isolate": ("UHOP_ISOLATE", _isolate_mode),
     "isolate_timeout_s": ("UHOP_ISOLATE_TIMEOUT_S", _number(float, "a number of seconds")),
+    "precompile_workers": ("UHOP_PRECOMPILE_WORKERS", _workers),
     "log_level": ("UHOP_LOG", lambda r: r.strip().upper()),
     "debug": ("UHOP_DEBUG", _bool),
     "metrics_port": ("UHOP_METRICS_PORT", _port),

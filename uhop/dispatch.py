@@ -228,11 +228,15 @@ def _from_store(problem: Problem, key: str, entry: Any) -> Resolved | None:
 
 def _builds_slowly(entry: Any) -> bool:
     """Whether building a stored entry's kernel costs a JIT runtime's start-up (numba, Triton,
-    IREE: a second or more in a new process) rather than a library call's."""
+    IREE: a second or more in a new process) or importing a library the caller has not loaded
+    (torch for a numpy caller: 1-2 s), rather than a library call's."""
+    import sys
+
     try:
-        return bool(bk.get(Candidate.from_json(entry.candidate).backend).crash_prone)
+        b = bk.get(Candidate.from_json(entry.candidate).backend)
     except Exception:
         return False
+    return bool(b.crash_prone) or b.array not in sys.modules
 
 
 def _load_stored(problem: Problem, key: str, entry: Any, base: Resolved) -> None:

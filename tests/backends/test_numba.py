@@ -275,9 +275,52 @@ def test_kernels_reject_mismatched_inputs_by_name():
 def test_compiled_functions_are_shared_between_configs():
     problem = Problem.make("elementwise", {"N": 999}, "float32", {"expr": "x0*2.5 - 1"})
     NB.compile(Candidate.of("numba", "fused", parallel=True, wide=True, chunk=64), problem)
-    before = len(nbmod._compiled)
+    before = len(nbmod._nk()._compiled)
     NB.compile(Candidate.of("numba", "fused", parallel=True, wide=True, chunk=128), problem)
-    assert len(nbmod._compiled) == before  # block size is a runtime argument: no recompile
+    assert len(nbmod._nk()._compiled) == before  # block size is a runtime argument: no recompile
+
+
+LOAD = """
+import json, sys
+import numpy as np
+from uhop.backends import get
+from uhop.backends.base import Candidate
+from uhop.problem import Problem
+cases = [
+    (Problem.make("softmax", {"R": 33, "N": 70}, "float32"), Candidate.of("numba", "rows", parallel=True, wide=False, rows=8)),
+    (Problem.make("layernorm", {"R": 9, "N": 40}, "float64", {"eps": 1e-5}, arity=3),
+     Candidate.of("numba", "rows", parallel=False, wide=False, rows=4)),
+    (Problem.make("matmul", {"B": 1, "M": 8, "N": 16, "K": 5}, "float32", {"activation": "gelu_tanh"}, arity=3),
+     Candidate.of("numba", "blas+epilogue", parallel=True, wide=False, rows=4)),
+]
+nb = get("numba")
+for p, c in cases:
+    xs = p.spec.make_inputs(p.dim, p.param, np.random.default_rng(0), p.dtype, p.arity)
+    nb.compile(c, p)(*xs)
+from uhop.backends import numba_kernels
+fns = list(numba_kernels._compiled.values())
+print(json.dumps({"hits": sum(sum(f.stats.cache_hits.values()) for f in fns),
+                  "misses": sum(sum(f.stats.cache_misses.values()) for f in fns), "n": len(fns)}))
+"""
+
+
+def test_row_kernels_compiled_in_one_process_load_from_disk_in_the_next(tmp_path):
+    """Row, epilogue and elementwise kernels are generated modules kept by numba's on-disk cache
+    under UHOP_HOME: a second process (a warm start, an isolation worker) loads, never recompiles."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "UHOP_HOME": str(tmp_path)}
+    runs = []
+    for _ in range(2):
+        p = subprocess.run([sys.executable, "-c", LOAD], env=env, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stderr[-2000:]
+        runs.append(json.loads(p.stdout.strip().splitlines()[-1]))
+    first, second = runs
+    assert first["n"] == 3 and first["misses"] >= 3, first
+    assert second["misses"] == 0 and second["hits"] >= 3, second
 
 
 # ---- recycled outputs ---------------------------------------------------------------------------

@@ -164,3 +164,41 @@ def test_isolation_worker_imports_this_uhop_whatever_the_working_directory(tmp_p
     finally:
         os.chdir(cwd)
     assert m.ok, m.reason
+
+
+LOADER = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import uhop
+    from uhop import dispatch
+    x = np.random.default_rng().standard_normal((64, 256)).astype(np.float32)
+    uhop.ops.softmax(x)
+    first = [v[1].name for v in dispatch._interim.values()] + [v[1].name for v in dispatch._resolved.values()]
+    uhop.wait()
+    y = uhop.ops.softmax(x)
+    e = np.exp(x.astype(np.float64) - x.max(-1, keepdims=True))
+    err = float(np.abs(y - e / e.sum(-1, keepdims=True)).max())
+    final = [v[1].name for v in dispatch._resolved.values()]
+    print(json.dumps({"first": first, "final": final, "err": err}))
+    """
+)
+
+
+def test_stored_kernel_of_a_library_the_caller_has_not_loaded_is_built_off_the_first_call(uhop_home):
+    """Warm start: a numpy caller whose stored pick is a torch kernel is served numpy's baseline
+    at once while torch (1-2 s to import) loads in the background; then the stored pick serves."""
+    pytest.importorskip("torch")
+    env = {**os.environ, "UHOP_HOME": str(uhop_home), "UHOP_TUNE_BUDGET_S": "10"}
+    env.pop("UHOP_POLICY", None)
+    p = subprocess.run([sys.executable, "-m", "uhop", "tune", "softmax", "--shape", "64x256", "--backend", "torch"],
+                       env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-2000:]
+    (e,) = open_store().entries("softmax")
+    assert e.candidate["backend"] == "torch"
+    p = subprocess.run([sys.executable, "-c", LOADER], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    assert r["first"] == ["numpy"], r
+    assert r["final"] == ["torch"], r
+    assert r["err"] < 1e-5, r

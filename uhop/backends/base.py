@@ -69,6 +69,9 @@ class Backend(ABC):
     #: runs generated native code (JIT-compiled kernels) that can kill its process: first-use
     #: tuning measures it in the isolation worker (``UHOP_ISOLATE=auto``), GPU or not
     crash_prone: ClassVar[bool] = False
+    #: ``compile`` in another process fills an on-disk cache this process then loads from (numba,
+    #: IREE): tuning builds these candidates ahead in parallel (:mod:`uhop.tune.precompile`)
+    precompiles: ClassVar[bool] = False
 
     @functools.cached_property
     def availability(self) -> tuple[bool, str]:

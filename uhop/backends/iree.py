@@ -43,6 +43,7 @@ def _lanes(problem: Problem) -> tuple[int, int, int]:
 class IreeBackend(Backend):
     name = "iree"
     crash_prone = True
+    precompiles = True
     eval_s = 2.0  # a JIT compile per candidate
     array = "numpy"
     devices = ("cpu",)

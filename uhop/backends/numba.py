@@ -196,71 +196,10 @@ def elementwise_source(e: ex.Expr, arity: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-_compiled: dict[tuple[str, str, bool, bool], Callable[..., Any]] = {}
-_compile_lock = threading.Lock()
-
-
-def _namespace(dtype: str, wide: bool) -> dict[str, Any]:
-    nk = _nk()
-    from numba import prange
-
-    T = np.dtype(dtype).type
-    return {
-        **nk.MATH[dtype], "math": math, "np": np, "prange": prange, "hint": nk._hint(wide),
-        "fmaximum": nk.fmaximum, "fminimum": nk.fminimum, "T": T, "ONE": T(1.0), "ZERO": T(0.0),
-        "HALF": T(0.5), "RSQRT2": T(1.0 / math.sqrt(2.0)),
-    }  # fmt: skip
-
-
 def compile_elementwise(source: str, dtype: str, parallel: bool, wide: bool) -> Callable[..., Any]:
-    """The numba dispatcher for generated ``source``, cached in-process by (source, flags) and
-    on disk: the source is written to a content-named file under ``UHOP_HOME/numba`` and compiled
-    from there, which is what numba's on-disk cache needs (it cannot cache ``exec``'d strings), so a
-    new process loads the compiled kernel instead of compiling it again."""
-    key = (source, dtype, parallel, wide)
-    fn = _compiled.get(key)
-    if fn is None:
-        from numba import njit
-
-        with _compile_lock:
-            fn = _compiled.get(key)
-            if fn is None:
-                path = _source_file(source, dtype, parallel, wide)
-                # A real module in sys.modules: numba's cache re-imports a cached function's
-                # module by name to rebuild its globals
-                name = f"uhop_numba_gen.{os.path.basename(path)[:-3]}" if path else f"uhop_numba_gen.k{len(_compiled)}"
-                mod = sys.modules.get(name)
-                if mod is None:
-                    import types
-
-                    mod = types.ModuleType(name)
-                    mod.__dict__.update(_namespace(dtype, wide), __file__=path)
-                    exec(compile(source, path or f"<{name}>", "exec"), mod.__dict__)
-                    sys.modules[name] = mod
-                ns = mod.__dict__
-                fn = njit(parallel=parallel, fastmath=_nk().FASTMATH, error_model="numpy", cache=path is not None)(ns["kernel"])
-                _compiled[key] = fn
-    return fn
-
-
-def _source_file(source: str, dtype: str, parallel: bool, wide: bool) -> str | None:
-    """Write ``source`` to ``UHOP_HOME/numba/ew_<hash>.py`` (atomically; the hash covers the
-    flags and the namespace it runs in) and return the path, or None if it cannot be written."""
-    import hashlib
-
-    from uhop.config import settings
-
-    tag = hashlib.sha256(repr((source, dtype, parallel, wide, sorted(_nk().FASTMATH))).encode()).hexdigest()[:20]
-    path = settings().home / "numba" / f"ew_{tag}.py"
-    try:
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(source)
-            os.replace(tmp, path)
-        return str(path)
-    except OSError:
-        return None
+    """The numba dispatcher for generated elementwise ``source`` (cached in-process and on disk,
+    see :func:`uhop.backends.numba_kernels.compile_source`)."""
+    return _nk().compile_source(source, dtype, parallel, wide, frozenset(_nk().FASTMATH))
 
 
 def elementwise_kernel(
@@ -390,6 +329,7 @@ def _row_block(R: int, threads: int, tasks_per_thread: int) -> int:
 class NumbaBackend(Backend):
     name = "numba"
     crash_prone = True
+    precompiles = True
     eval_s = 1.5  # a JIT compile per candidate
     source_modules = ("uhop.backends.numba_kernels",)
     array = "numpy"

@@ -16,14 +16,24 @@ Every factory takes ``wide``: when True the kernel's parallel body asks LLVM for
 256-bit, which halves the throughput of compute-bound chains. It is a tuning knob, not a
 correctness one, so the tuner measures both.
 
-Every factory is cached: one numba dispatcher per (kind, dtype, flags); block sizes are runtime
-arguments so one compile serves every block-size config.
+Kernels are generated modules (elementwise code from the expression IR, row ops from
+:mod:`uhop.backends.numba_templates`), compiled once per (source, dtype, flags) and kept by
+numba's on-disk cache under ``UHOP_HOME/numba``; block sizes are runtime arguments so one
+compile serves every block-size config.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import inspect
 import math
+import os
+import sys
+import threading
+import types as types_
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from llvmlite import ir
@@ -35,11 +45,6 @@ from numba.extending import intrinsic
 #: add reassociation (vectorized sums). Never nnan/ninf (NaN and Inf inputs must give what the
 #: float64 reference gives) and never arcp: with it LLVM turns 1/sqrt(x) into an rsqrt estimate
 #: whose Newton step makes NaN of 0 and inf.
-#: numba's on-disk cache is off for these factories: their kernels close over other jitted
-#: functions, which numba pickles into the cache key with process-specific identities, so every
-#: process missed the cache and appended a new entry (measured: 17 files for one kernel, and the
-#: compile paid again). The generated elementwise kernels (module-level, see ``numba.py``) are cached.
-CACHE = False
 FASTMATH = {"contract", "nsz"}
 FASTMATH_REDUCE = {"contract", "nsz", "reassoc"}
 
@@ -229,165 +234,120 @@ def _make_row_max(ity):
 ROW_MAX = {"float32": _make_row_max(np.int32), "float64": _make_row_max(np.int64)}
 
 
-# ---- kernel factories -------------------------------------------------------------------------
+# ---- generated modules, cached on disk --------------------------------------------------------
+_compiled: dict[tuple[Any, ...], Any] = {}
+_compile_lock = threading.Lock()
+
+
 def _hint(wide: bool):
     return prefer_512 if wide else no_hint
 
 
-@functools.cache
-def activation_fn(activation: str, dtype: str):
-    """act(v) for one value, in ``dtype`` arithmetic (matmul's epilogue: exact-erf gelu)."""
+def namespace(dtype: str, wide: bool) -> dict[str, Any]:
+    """The names generated kernels use, bound for ``dtype`` and ``wide``."""
     T = np.dtype(dtype).type
-    exp_, erf_ = MATH[dtype]["exp_"], MATH[dtype]["erf_"]
-    ZERO, HALF, ONE, RSQRT2 = T(0.0), T(0.5), T(1.0), T(1.0 / math.sqrt(2.0))
-    if activation == "none":
-        return njit(inline="always")(lambda v: v)
-    if activation == "relu":
-        return njit(inline="always")(lambda v: fmaximum(v, ZERO))
-    if activation == "gelu":
-        return njit(inline="always")(lambda v: HALF * v * (ONE + erf_(v * RSQRT2)))
-    if activation == "silu":
-        return njit(inline="always")(lambda v: v / (ONE + exp_(-v)))
-    if activation == "gelu_tanh":
-        C0, C1, tanh_ = T(math.sqrt(2.0 / math.pi)), T(0.044715), MATH[dtype]["tanh_"]
-        return njit(inline="always")(lambda v: HALF * v * (ONE + tanh_(C0 * (v + C1 * v * v * v))))
-    raise ValueError(f"activation must be one of none, relu, gelu, gelu_tanh, silu; got {activation!r}")
+    return {
+        **MATH[dtype], "math": math, "np": np, "prange": prange, "njit": njit, "hint": _hint(wide),
+        "row_max": ROW_MAX[dtype], "fmaximum": fmaximum, "fminimum": fminimum, "T": T, "ONE": T(1.0),
+        "ZERO": T(0.0), "HALF": T(0.5), "RSQRT2": T(1.0 / math.sqrt(2.0)),
+    }  # fmt: skip
 
 
 @functools.cache
+def _stamp() -> str:
+    """What a cached binary depends on beyond its generated source: the helpers it inlines (this
+    module's and the templates' source) and the numba that compiled it."""
+    import numba
+
+    from uhop.backends import numba_templates
+
+    h = hashlib.sha256(Path(__file__).read_bytes() + Path(numba_templates.__file__).read_bytes())
+    return f"{h.hexdigest()[:16]}-{numba.__version__}"
+
+
+def compile_source(source: str, dtype: str, parallel: bool, wide: bool, fastmath: frozenset[str]) -> Any:
+    """The numba dispatcher of ``kernel`` in generated ``source``, cached in-process and on disk:
+    the source is written to a content-named file under ``UHOP_HOME/numba`` and compiled from
+    there as a module (numba's on-disk cache cannot keep ``exec``'d strings or closures), so a new
+    process, or an isolation worker, loads the compiled kernel instead of compiling it again."""
+    key = (source, dtype, parallel, wide, fastmath)
+    fn = _compiled.get(key)
+    if fn is not None:
+        return fn
+    with _compile_lock:
+        fn = _compiled.get(key)
+        if fn is None:
+            path = _source_file(source, dtype, parallel, wide, fastmath)
+            # A real module in sys.modules: numba's cache re-imports a cached function's module
+            # by name to rebuild its globals
+            name = f"uhop_numba_gen.{os.path.basename(path)[:-3]}" if path else f"uhop_numba_gen.k{len(_compiled)}"
+            mod = sys.modules.get(name)
+            if mod is None:
+                mod = types_.ModuleType(name)
+                mod.__dict__.update(namespace(dtype, wide), __file__=path)
+                exec(compile(source, path or f"<{name}>", "exec"), mod.__dict__)
+                sys.modules[name] = mod
+            fn = njit(parallel=parallel, fastmath=set(fastmath), error_model="numpy", cache=path is not None)(
+                mod.__dict__["kernel"]
+            )
+            _compiled[key] = fn
+    return fn
+
+
+def _source_file(source: str, dtype: str, parallel: bool, wide: bool, fastmath: frozenset[str]) -> str | None:
+    """Write ``source`` to ``UHOP_HOME/numba/k_<hash>.py`` (atomically; the hash covers the flags,
+    the namespace it runs in and :func:`_stamp`) and return the path, or None if it cannot be written."""
+    from uhop.config import settings
+
+    tag = hashlib.sha256(repr((source, dtype, parallel, wide, sorted(fastmath), _stamp())).encode()).hexdigest()[:20]
+    path = settings().home / "numba" / f"k_{tag}.py"
+    try:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(source)
+            os.replace(tmp, path)
+        return str(path)
+    except OSError:
+        return None
+
+
+def template_fn(name: str, dtype: str, parallel: bool, wide: bool, fastmath: frozenset[str], **consts: Any) -> Any:
+    """The kernel of template ``name`` (:mod:`uhop.backends.numba_templates`) with ``consts``
+    (flags, and ``act``: an activation name) bound as module constants."""
+    from uhop.backends import numba_templates as nt
+
+    lines = [f"{k} = {v!r}" for k, v in sorted(consts.items()) if k != "act"]
+    if "act" in consts:
+        lines += ["", "", '@njit(inline="always")', "def act(v):", f"    return {nt.ACTIVATIONS[consts['act']]}"]
+    body = inspect.getsource(getattr(nt, name)).replace(f"def {name}(", "def kernel(", 1)
+    return compile_source("\n".join(lines) + "\n\n\n" + body, dtype, parallel, wide, fastmath)
+
+
+_REDUCE = frozenset(FASTMATH_REDUCE)
+
+
 def softmax_fn(dtype: str, parallel: bool, wide: bool):
-    """softmax(x (R, N), out (R, N), rows): blocks of ``rows`` rows per parallel task; per row a
-    max pass, an exp pass that stores and sums (float64 accumulator) and a scaling pass, all on
-    a row that stays in L1/L2."""
-    T = np.dtype(dtype).type
-    exp_, row_max, hint = MATH[dtype]["exp_"], ROW_MAX[dtype], _hint(wide)
-
-    @njit(parallel=parallel, fastmath=FASTMATH_REDUCE, error_model="numpy", cache=CACHE)
-    def softmax(x, out, rows):
-        R, N = x.shape
-        for blk in prange((R + rows - 1) // rows):
-            hint()
-            for r in range(blk * rows, min(R, blk * rows + rows)):
-                xr, o = x[r], out[r]
-                m = row_max(xr)  # NaN rows: NaN flows through exp into the sum below
-                s = 0.0
-                for j in range(N):
-                    e = exp_(xr[j] - m)
-                    o[j] = e
-                    s += e
-                inv = T(1.0 / s)
-                for j in range(N):
-                    o[j] *= inv
-
-    return softmax
+    """softmax(x (R, N), out (R, N), rows): ``rows`` rows per parallel task."""
+    return template_fn("softmax", dtype, parallel, wide, _REDUCE)
 
 
-@functools.cache
 def norm_fn(kind: str, dtype: str, has_w: bool, has_b: bool, parallel: bool, wide: bool):
-    """layernorm / rmsnorm(x (R, N), w (N,), b (N,), out (R, N), eps, rows). Sums use float64
-    accumulators; layernorm's variance is a second pass over the centred row (no E[x^2]-E[x]^2
-    cancellation). ``w``/``b`` are ignored (pass any array) when absent."""
-    T = np.dtype(dtype).type
-    hint = _hint(wide)
-
-    if kind == "layernorm":
-
-        @njit(parallel=parallel, fastmath=FASTMATH_REDUCE, error_model="numpy", cache=CACHE)
-        def layernorm(x, w, b, out, eps, rows):
-            R, N = x.shape
-            for blk in prange((R + rows - 1) // rows):
-                hint()
-                for r in range(blk * rows, min(R, blk * rows + rows)):
-                    xr, o = x[r], out[r]
-                    s = 0.0
-                    for j in range(N):
-                        s += xr[j]
-                    mean = T(s / N)
-                    v = 0.0
-                    for j in range(N):
-                        d = xr[j] - mean
-                        v += d * d
-                    rstd = T(1.0 / math.sqrt(v / N + eps))
-                    for j in range(N):
-                        y = (xr[j] - mean) * rstd
-                        if has_w:
-                            y = y * w[j]
-                        if has_b:
-                            y = y + b[j]
-                        o[j] = y
-
-        return layernorm
-
-    @njit(parallel=parallel, fastmath=FASTMATH_REDUCE, error_model="numpy", cache=CACHE)
-    def rmsnorm(x, w, b, out, eps, rows):
-        R, N = x.shape
-        for blk in prange((R + rows - 1) // rows):
-            hint()
-            for r in range(blk * rows, min(R, blk * rows + rows)):
-                xr, o = x[r], out[r]
-                s = 0.0
-                for j in range(N):
-                    s += xr[j] * xr[j]
-                rstd = T(1.0 / math.sqrt(s / N + eps))
-                for j in range(N):
-                    y = xr[j] * rstd
-                    if has_w:
-                        y = y * w[j]
-                    o[j] = y
-
-    return rmsnorm
+    """layernorm / rmsnorm(x (R, N), w (N,), b (N,), out (R, N), eps, rows)."""
+    if kind not in ("layernorm", "rmsnorm"):
+        raise ValueError(f"kind must be 'layernorm' or 'rmsnorm'; got {kind!r}")
+    return template_fn(kind, dtype, parallel, wide, _REDUCE, has_w=has_w, has_b=has_b)
 
 
-@functools.cache
 def epilogue_fn(dtype: str, activation: str, has_bias: bool, parallel: bool, wide: bool):
     """In place on a GEMM result y (R, N): y = act(y + bias), one pass, ``rows`` rows per task."""
-    act, hint = activation_fn(activation, dtype), _hint(wide)
+    from uhop.backends.numba_templates import ACTIVATIONS
 
-    @njit(parallel=parallel, fastmath=FASTMATH, error_model="numpy", cache=CACHE)
-    def epilogue(y, bias, rows):
-        R, N = y.shape
-        for blk in prange((R + rows - 1) // rows):
-            hint()
-            for r in range(blk * rows, min(R, blk * rows + rows)):
-                yr = y[r]
-                for j in range(N):
-                    v = yr[j]
-                    if has_bias:
-                        v = v + bias[j]
-                    yr[j] = act(v)
-
-    return epilogue
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; got {activation!r}")
+    return template_fn("epilogue", dtype, parallel, wide, frozenset(FASTMATH), act=activation, has_bias=has_bias)
 
 
-@functools.cache
 def attention_softmax_fn(dtype: str, causal: bool, parallel: bool, wide: bool):
-    """In place on a block of attention scores s (bs, Lc) for queries q0 .. q0+bs-1:
-    s = softmax(s * scale) per row, keys after the query masked to 0 when ``causal`` (top-left
-    aligned, as torch's ``is_causal``)."""
-    T = np.dtype(dtype).type
-    exp_, row_max, hint = MATH[dtype]["exp_"], ROW_MAX[dtype], _hint(wide)
-    ZERO = T(0.0)
-
-    @njit(parallel=parallel, fastmath=FASTMATH_REDUCE, error_model="numpy", cache=CACHE)
-    def attention_softmax(s, scale, q0, rows):
-        R, L = s.shape
-        sc = T(scale)
-        for blk in prange((R + rows - 1) // rows):
-            hint()
-            for r in range(blk * rows, min(R, blk * rows + rows)):
-                sr = s[r]
-                n = min(L, q0 + r + 1) if causal else L
-                live = sr[:n]
-                m = row_max(live)
-                t = 0.0
-                for j in range(n):
-                    e = exp_((live[j] - m) * sc)
-                    live[j] = e
-                    t += e
-                inv = T(1.0 / t)
-                for j in range(n):
-                    live[j] *= inv
-                for j in range(n, L):
-                    sr[j] = ZERO
-
-    return attention_softmax
+    """In place, softmax(s * scale) over a block of attention scores (see the template)."""
+    return template_fn("attention_softmax", dtype, parallel, wide, _REDUCE, causal=causal)

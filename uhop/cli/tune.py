@@ -237,11 +237,15 @@ def _print_explain(console: Console, res) -> None:
         t.add_row(label, f"{ov.get(name, 0.0):.3f}")
     console.print(t)
     c = Table(title="per candidate (seconds)")
-    for col in ("candidate", "status", "compile", "validate", "time"):
-        c.add_column(col, justify="right" if col in ("compile", "validate", "time") else "left")
+    # "ahead": compiled in parallel by the precompile pool (not on this path); "wait": for that build
+    cols = ("compile", "validate", "time")
+    if any(dict(m.phases).get("ahead") is not None for m in res.measurements):
+        cols += ("ahead", "wait")
+    for col in ("candidate", "status", *cols):
+        c.add_column(col, justify="right" if col in cols else "left")
     for m in res.measurements:
         if m.status == "skipped":
             continue
         ph = dict(m.phases)
-        c.add_row(m.candidate.id, m.status, *(f"{ph[k]:.3f}" if k in ph else "-" for k in ("compile", "validate", "time")))
+        c.add_row(m.candidate.id, m.status, *(f"{ph[k]:.3f}" if k in ph else "-" for k in cols))
     console.print(c)

@@ -395,9 +395,16 @@ def _budgeted(
     base = baseline(problem, usable, per_backend)
     overhead["enumerate"] = time.monotonic() - t
     log.info("tuning %s: %d candidates, budget %.3g s", problem.describe(), len(order), budget)
+    pre = None
     if iso is not None:  # the worker draws its inputs and builds its first candidate meanwhile
         first = next((c for c in order if c.backend in isolated), None)
         iso.prepare(problem, trials=trials, candidate=first if policy == "tune" else None)
+        ahead = [c for c in order if by_name[c.backend].precompiles and c != first]
+        if ahead and s.precompile_processes > 0 and policy == "tune":
+            from uhop.tune.precompile import Precompiler
+
+            pre = Precompiler(min(s.precompile_processes, len(ahead)))
+            pre.submit(problem, ahead)
     vset: ValidationSet | None = None  # built on first in-process use (the worker builds its own)
     measurements: list[Measurement] = []
     kernels: dict[Candidate, Kernel] = {}
@@ -421,7 +428,13 @@ def _budgeted(
         t0 = time.monotonic()
         setup = 0.0
         if iso is not None and cand.backend in isolated:
+            built_s = waited = None
+            if pre is not None and by_name[cand.backend].precompiles:
+                built_s = pre.wait(cand, deadline - time.monotonic())
+                waited = time.monotonic() - t0
             m, kernel = iso.evaluate(cand, problem, trials=trials, time_it=policy == "tune", cutoff_s=cutoff), None
+            if waited is not None:  # built by the pool ("ahead"), then the worker's "compile" loaded it
+                m = m.with_(phases=(*m.phases, ("wait", waited), *((("ahead", built_s),) if built_s is not None else ())))
             setup = iso.last_setup_s
             overhead["worker_start"] += iso.last_start_s
             overhead["reference"] += iso.last_setup_s - iso.last_start_s
@@ -445,6 +458,8 @@ def _budgeted(
         if progress:
             progress(i + 1, len(order), m)
 
+    if pre is not None:  # before the re-timing: no compiler beside the finalists' timings
+        pre.close()
     ties: list[Candidate] = []
     if best is not None and policy == "tune":
         best, ties = _retime(problem, measurements, best, base, order, by_name, kernels, vset, iso, isolated,
