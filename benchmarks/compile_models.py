@@ -6,16 +6,21 @@ side by side in one run, with compile wall time. Writes JSON.
 
 Models: ``gpt2-block`` (d768, 12 heads), ``gpt2`` (12 layers, d768, vocab 50257), ``resnet``
 (ResNet-style, width 64, 4 blocks, 56x56 inputs), ``numpy-gpt2`` (a numpy GPT-2 forward: numpy
-vs ``uhop.jit``). Times are medians of interleaved rounds (each round times every variant once, so
-machine load hits all alike), in milliseconds per forward, under ``torch.inference_mode``.
+vs ``uhop.jit``). Times are medians of interleaved rounds (each round times every variant once, in
+an order rotated by one each round, so machine load hits all alike), in milliseconds per forward,
+under ``torch.inference_mode``; ``speedup_paired`` is the median over rounds of the per-round ratio
+baseline / UHOP, with its quartiles (the spread a shared machine leaves).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,6 +50,26 @@ def _timed(fn, device: str) -> float:
     return time.perf_counter() - t
 
 
+def _rounds(fns: dict, reps: dict, rounds: int, device: str) -> dict:
+    """Seconds per call, ``{variant: [per round]}``; each round visits every variant once, in an
+    order rotated by one each round."""
+    names = list(fns)
+    times = {v: [] for v in names}
+    for r in range(rounds):
+        for j in range(len(names)):
+            v = names[(j + r) % len(names)]
+            n = reps[v]
+            times[v].append(_timed(lambda v=v, n=n: [fns[v]() for _ in range(n)], device) / n)
+    return times
+
+
+def _paired(times: dict, base: str, other: str) -> dict:
+    """Median and quartiles over rounds of base/other (> 1: ``other`` faster)."""
+    r = sorted(b / o for b, o in zip(times[base], times[other], strict=True))
+    q = statistics.quantiles(r, n=4) if len(r) > 1 else [r[0]] * 3
+    return {"median": round(statistics.median(r), 3), "q1": round(q[0], 3), "q3": round(q[2], 3)}
+
+
 def build(variant: str, model):
     if variant == "eager":
         return model
@@ -72,25 +97,23 @@ def bench_torch(name: str, model, x, device: str, variants, rounds: int, min_s: 
                 compile_s["uhop_background_tuning"] = round(time.perf_counter() - t, 3)
             compile_s[v] = round(compile_s[v], 3)
             print(f"  {v:<13} first call {compile_s[v]:.2f} s, max |diff| vs eager {err:.3g}", flush=True)
-        times = {v: [] for v in variants}
         reps = {}
         for v in variants:  # calls per sample so each sample lasts >= min_s
             one = min(_timed(lambda v=v: fns[v](x), device) for _ in range(3))
             reps[v] = max(1, int(min_s / max(one, 1e-6)))
-        for _ in range(rounds):
-            for v in variants:
-                n = reps[v]
-                times[v].append(_timed(lambda v=v, n=n: [fns[v](x) for _ in range(n)], device) / n)
+        times = _rounds({v: (lambda v=v: fns[v](x)) for v in variants}, reps, rounds, device)
     med = {v: statistics.median(t) * 1e3 for v, t in times.items()}
     row = {"model": name, "shape": list(x.shape), "ms": {v: round(m, 4) for v, m in med.items()},
            "first_call_s": compile_s,
            "spread_ms": {v: round((max(t) - min(t)) * 1e3, 4) for v, t in times.items()}}
     if "eager" in med and "uhop" in med:
         row["uhop_speedup_vs_eager"] = round(med["eager"] / med["uhop"], 3)
+        row["speedup_paired"] = _paired(times, "eager", "uhop")
     best = min(m for v, m in med.items() if v != "uhop") if len(med) > 1 else None
     if best and "uhop" in med:
         row["uhop_vs_best_other"] = round(med["uhop"] / best, 3)
-    print(f"  {name} {list(x.shape)}: " + ", ".join(f"{v} {m:.3f} ms" for v, m in med.items()), flush=True)
+    paired = f", uhop/eager speed {row['speedup_paired']}" if "speedup_paired" in row else ""
+    print(f"  {name} {list(x.shape)}: " + ", ".join(f"{v} {m:.3f} ms" for v, m in med.items()) + paired, flush=True)
     return row
 
 
@@ -98,7 +121,10 @@ def bench_torch(name: str, model, x, device: str, variants, rounds: int, min_s: 
 def np_gpt2_forward(x, params, heads):
     """A GPT-2 forward in plain numpy (pre-LN blocks, tanh GELU, causal attention), float32.
     Written so Dynamo traces it whole: no ``ndarray.dtype`` reads and no generator expressions
-    (Dynamo skips a frame that has either; the fusion report lists the reason)."""
+    (Dynamo skips a frame that has either; the fusion report lists the reason). The attention
+    scale is a Python float: ``np.sqrt(hd)`` is a float64 scalar, which under NEP 50 made the
+    scores, and through the residual stream every later matmul, float64 (in numpy and traced
+    alike)."""
 
     def ln(x, g, b):
         mu = x.mean(-1, keepdims=True)
@@ -114,7 +140,7 @@ def np_gpt2_forward(x, params, heads):
     for p in params:
         h = ln(x, p["g1"], p["b1"]) @ p["w_qkv"] + p["b_qkv"]
         q, k, v = [h[:, i * C:(i + 1) * C].reshape(T, heads, hd).transpose(1, 0, 2) for i in range(3)]
-        s = q @ k.transpose(0, 2, 1) / np.sqrt(hd) + mask
+        s = q @ k.transpose(0, 2, 1) * (1.0 / math.sqrt(hd)) + mask
         s = np.exp(s - s.max(-1, keepdims=True))
         a = (s / s.sum(-1, keepdims=True)) @ v
         x = x + a.transpose(1, 0, 2).reshape(T, C) @ p["w_o"] + p["b_o"]
@@ -145,16 +171,32 @@ def bench_numpy_gpt2(T: int, layers: int, rounds: int, min_s: float) -> dict:
     err = float(np.abs(got - np_gpt2_forward(x, params, H)).max())
     print(f"  uhop.jit first call {first:.2f} s, max |diff| vs numpy {err:.3g}", flush=True)
     reps = {k: max(1, int(min_s / min(_timed(f, "cpu") for _ in range(3)))) for k, f in fns.items()}
-    times = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, f in fns.items():
-            times[k].append(_timed(lambda f=f, n=reps[k]: [f() for _ in range(n)], "cpu") / reps[k])
+    times = _rounds(fns, reps, rounds, "cpu")
     med = {k: statistics.median(t) * 1e3 for k, t in times.items()}
     print(f"  numpy-gpt2 T{T} L{layers}: " + ", ".join(f"{k} {m:.3f} ms" for k, m in med.items()), flush=True)
     return {"model": "numpy-gpt2", "shape": [T, C], "layers": layers, "ms": {k: round(m, 4) for k, m in med.items()},
             "first_call_s": {"uhop.jit": round(first, 3), "uhop_background_tuning": round(background, 3)},
-            "max_abs_diff": err,
-            "uhop_speedup_vs_numpy": round(med["numpy"] / med["uhop.jit"], 3)}
+            "max_abs_diff": err, "spread_ms": {k: round((max(t) - min(t)) * 1e3, 4) for k, t in times.items()},
+            "uhop_speedup_vs_numpy": round(med["numpy"] / med["uhop.jit"], 3),
+            "speedup_paired": _paired(times, "numpy", "uhop.jit")}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except Exception:
+        return "?"
 
 
 def main() -> None:
@@ -172,6 +214,11 @@ def main() -> None:
     a = ap.parse_args()
     dtype = getattr(torch, a.dtype)
     torch.manual_seed(0)
+    load0 = [round(v, 2) for v in os.getloadavg()]
+    from uhop.config import settings
+
+    home = Path(settings().home)
+    store_empty = not any(home.glob("*.db"))
     rows = []
     for name in a.models:
         if name == "numpy-gpt2":
@@ -192,8 +239,11 @@ def main() -> None:
             x = torch.randint(0, 50257, s, device=a.device) if name == "gpt2" else torch.randn(s, device=a.device, dtype=dtype)
             print(f"{name} {s} {a.dtype} on {a.device}", flush=True)
             rows.append(bench_torch(name, model, x, a.device, a.variants, a.rounds, a.min_s))
-    meta = {"machine": platform.processor() or platform.machine(), "device": a.device, "dtype": a.dtype,
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M")}
+    meta = {"machine": _cpu_name(), "cores": os.cpu_count(), "device": a.device, "dtype": a.dtype,
+            "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
+            "uhop_commit": _commit(), "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M"),
+            "command": " ".join(["python", *sys.argv]), "uhop_home_empty_at_start": store_empty,
+            "loadavg_start": load0, "loadavg_end": [round(v, 2) for v in os.getloadavg()], "rounds": a.rounds}
     if a.device.startswith("cuda"):
         meta["gpu"] = torch.cuda.get_device_name()
     out = {"meta": meta, "rows": rows}

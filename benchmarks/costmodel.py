@@ -18,8 +18,16 @@ ceilings in the results).
 - ``heldout_wall2``: the default protocol (wall clock, both cores, 2-thread pools) under the
   machine's load -- what the timings look like without the protocol above.
 
+Reported per set: overall ranking (Spearman over all of a problem's candidates, top-1 within
+10%, pruning loss) and within each template family with >= 5 configs per problem (only the tiled
+numba family here), with the family's pass-to-pass noise ceiling, and the spread over 5 model
+seeds (within a family, a seed moves the mean as much as a feature change does).
+
     python benchmarks/costmodel.py collect     # ~15 min on 2 cores (sets in parallel: --only NAME --core N)
-    python benchmarks/costmodel.py evaluate    # ~1 min; writes benchmarks/results/costmodel_matmul.json
+    python benchmarks/costmodel.py evaluate    # ~2 min; writes benchmarks/results/costmodel_matmul.json
+    # before/after a feature change: run this script on the old package, keep it as "before"
+    PYTHONPATH=OLD_TREE python benchmarks/costmodel.py evaluate --out before.json
+    python benchmarks/costmodel.py evaluate --before before.json --before-note "what it was"
 """
 
 from __future__ import annotations
@@ -140,6 +148,10 @@ def main() -> None:
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--core", type=int, default=1, help="core the one-thread sets are pinned to")
     ap.add_argument("--seed", type=int, default=0, help="model seed")
+    ap.add_argument("--seeds", type=int, default=5, help="evaluate: model seeds for the seed-spread figures")
+    ap.add_argument("--out", type=Path, default=RESULTS / f"costmodel_{OP}.json", help="evaluate: result file")
+    ap.add_argument("--before", type=Path, help="evaluate: an earlier result file whose summaries to keep as 'before'")
+    ap.add_argument("--before-note", default="", help="evaluate: what the 'before' run was (code, command)")
     args = ap.parse_args()
     if args.phase == "collect":
         collect(args)
@@ -162,8 +174,56 @@ def _spearman(a, b) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def _problem_metrics(model, ss, keep_fracs=(1 / 3, 1 / 4)) -> dict:
-    """Metrics of one held-out problem's candidates ``ss`` (samples with measured medians)."""
+#: a template family (backend/template) is ranked on its own where a problem has at least this
+#: many of its configs (only the tiled numba family has that many in this data: 16 per problem)
+FAMILY_MIN = 5
+
+
+def _family(s) -> str:
+    return f"{s.candidate['backend']}/{s.candidate['template']}"
+
+
+def _ckey(s) -> tuple[str, str]:
+    return s.group, json.dumps(s.candidate, sort_keys=True)
+
+
+def _pass_times(rows) -> dict[str, dict[tuple[str, str], float]]:
+    """pass name -> (group, candidate) -> median seconds of that pass alone (held-out sets have two)."""
+    from uhop.perf.model import samples_from_rows
+
+    out = {}
+    for p in sorted({r["source"].rsplit(":", 1)[-1] for r in rows}):
+        out[p] = {_ckey(s): s.median_s for s in samples_from_rows([r for r in rows if r["source"].endswith(":" + p)], OP)}
+    return out
+
+
+def _family_metrics(ss, score, t, passes) -> dict:
+    """Within-family ranking of one problem: each family with >= FAMILY_MIN configs, its model
+    scores against the labels (median over passes) and against each pass alone (the scale of the
+    pass-to-pass noise ceiling)."""
+    fams: dict[str, list[int]] = {}
+    for i, s in enumerate(ss):
+        fams.setdefault(_family(s), []).append(i)
+    out = {}
+    for f, ix in sorted(fams.items()):
+        if len(ix) < FAMILY_MIN:
+            continue
+        d = {"n": len(ix), "spearman": _spearman([score[i] for i in ix], [-t[i] for i in ix]),
+             "top1_ratio": float(t[max(ix, key=lambda i: score[i])] / min(t[i] for i in ix))}  # fmt: skip
+        single = []
+        for pt in (passes or {}).values():
+            ok = [i for i in ix if _ckey(ss[i]) in pt]
+            single.append(_spearman([score[i] for i in ok], [-pt[_ckey(ss[i])] for i in ok]))
+        single = [v for v in single if not math.isnan(v)]
+        if len(single) >= 2:
+            d["spearman_vs_single_pass"] = float(statistics.fmean(single))
+        out[f] = d
+    return out
+
+
+def _problem_metrics(model, ss, keep_fracs=(1 / 3, 1 / 4), passes=None) -> dict:
+    """Metrics of one held-out problem's candidates ``ss`` (samples with measured medians);
+    ``passes`` (from :func:`_pass_times`) adds within-family agreement with each pass alone."""
     from uhop.backends.base import Candidate
 
     cands = [Candidate.from_json(s.candidate) for s in ss]
@@ -190,6 +250,8 @@ def _problem_metrics(model, ss, keep_fracs=(1 / 3, 1 / 4)) -> dict:
         # the same budget spent on random candidates (what pruning has to beat)
         out[f"{name}_random_loss"] = float(np.mean([t[rng.choice(len(t), k, replace=False)].min() / best - 1
                                                     for _ in range(200)]))  # fmt: skip
+    out["family"] = _family_metrics(ss, score, t, passes)
+    # kept as it was (the tiled family, >= 3 configs); "family" generalises it
     tiled = [i for i, s in enumerate(ss) if s.candidate["backend"] == "tiled"]
     if len(tiled) >= 3:
         out["spearman_tiled_only"] = _spearman([score[i] for i in tiled], [-t[i] for i in tiled])
@@ -240,15 +302,59 @@ def _summary(per: list[dict]) -> dict:
         "abs_log2_err_median_mean": mean("abs_log2_err_median"),
         "spearman_tiled_only_mean": mean("spearman_tiled_only"),
         "top1_tiled_only_within_10pct": share("top1_ratio_tiled_only", lambda r: r <= 1.10),
+        "families": _family_summary(per),
     }  # fmt: skip
 
 
+def _family_summary(per: list[dict]) -> dict:
+    """Per template family (>= FAMILY_MIN configs in a problem): mean within-family Spearman
+    against the labels and against single passes, and the share of problems whose top-ranked
+    config is within 10% of the family's best."""
+    out = {}
+    for f in sorted({f for p in per for f in p.get("family", {})}):
+        ds = [p["family"][f] for p in per if f in p.get("family", {})]
+
+        def mean(key, ds=ds):
+            vals = [d[key] for d in ds if key in d and not math.isnan(d[key])]
+            return float(statistics.fmean(vals)) if vals else None
+
+        out[f] = {"problems": len(ds), "configs_mean": mean("n"), "spearman_mean": mean("spearman"),
+                  "spearman_vs_single_pass_mean": mean("spearman_vs_single_pass"),
+                  "top1_within_10pct": float(statistics.fmean(d["top1_ratio"] <= 1.10 for d in ds))}  # fmt: skip
+    return out
+
+
 def _noise_ceiling(rows) -> dict:
-    """Rank agreement of the two held-out passes with each other (what no model can beat)."""
+    """Rank agreement of the two held-out passes with each other, over all candidates and within
+    each template family (>= FAMILY_MIN configs measured in both passes).
+
+    Pass-to-pass Spearman ``r`` is how well a re-measurement ranks: a model's agreement with one
+    pass (``spearman_vs_single_pass``) is on the same scale. A model that knew the noise-free
+    order could do better than ``r``: by the test-retest bound (Pearson, independent noise;
+    approximate for Spearman) up to ``sqrt(r)`` against one pass and ``sqrt(2r / (1 + r))``
+    against the two-pass median the labels are; both given per family, averaged over problems."""
     by: dict[tuple[str, str], dict[str, float]] = {}
+    fam_by: dict[tuple[str, str, str], dict[str, float]] = {}
     for r in rows:
         if r["status"] == "ok" and r["median_s"]:
             by.setdefault((r["key"], r["source"].rsplit(":", 1)[-1]), {})[r["config_hash"]] = r["median_s"]
+            f = f"{r['backend']}/{r['template']}"
+            fam_by.setdefault((f, r["key"], r["source"].rsplit(":", 1)[-1]), {})[r["config_hash"]] = r["median_s"]
+    families: dict[str, list[float]] = {}
+    for f, k in sorted({(f, k) for f, k, _ in fam_by}):
+        a, b = fam_by.get((f, k, "pass0"), {}), fam_by.get((f, k, "pass1"), {})
+        common = sorted(set(a) & set(b))
+        if len(common) >= FAMILY_MIN:
+            rho = _spearman([a[c] for c in common], [b[c] for c in common])
+            if not math.isnan(rho):
+                families.setdefault(f, []).append(rho)
+    fam_out = {
+        f: {"problems": len(rs), "pass_to_pass_spearman_mean": float(statistics.fmean(rs)),
+            "bound_vs_single_pass": float(statistics.fmean(math.sqrt(max(r, 0.0)) for r in rs)),
+            "bound_vs_two_pass_median": float(statistics.fmean(math.sqrt(2 * max(r, 0.0) / (1 + max(r, 0.0)))
+                                                               for r in rs))}
+        for f, rs in families.items()
+    }  # fmt: skip
     keys = sorted({k for k, _ in by})
     rhos, top1 = [], []
     for k in keys:
@@ -260,16 +366,33 @@ def _noise_ceiling(rows) -> dict:
             top1.append(b[min(common, key=lambda c: a[c])] / best_b <= 1.10)
     rhos = [r for r in rhos if not math.isnan(r)]
     return {"pass_to_pass_spearman_mean": float(statistics.fmean(rhos)) if rhos else None,
-            "pass0_best_within_10pct_in_pass1": float(statistics.fmean(top1)) if top1 else None}  # fmt: skip
+            "pass0_best_within_10pct_in_pass1": float(statistics.fmean(top1)) if top1 else None,
+            "families": fam_out}  # fmt: skip
 
 
 def _dims_key(s) -> str:
     return json.dumps([s.problem["dims"], s.problem["dtype"], s.problem["params"]], sort_keys=True)
 
 
-def _eval_set(model, samples) -> dict:
-    per = [_problem_metrics(model, ss) for _, ss in sorted(_groups(samples).items())]
+def _eval_set(model, samples, rows=None) -> dict:
+    passes = _pass_times(rows) if rows else None
+    per = [_problem_metrics(model, ss, passes=passes) for _, ss in sorted(_groups(samples).items())]
     return {"summary": _summary(per), "per_problem": per}
+
+
+def _seed_spread(train, held, rows, seeds, first=None) -> dict:
+    """Held-out summary figures of models trained with each seed: mean and standard deviation."""
+    from uhop.perf.model import CostModel
+
+    runs = []
+    for i, seed in enumerate(seeds):
+        runs.append(first if i == 0 and first else _eval_set(CostModel.train(train, OP, seed=seed), held, rows)["summary"])
+    figs = {k: [r[k] for r in runs] for k in ("spearman_mean", "top1_within_10pct", "prune_3x_loss_mean")}
+    for f in sorted({f for r in runs for f in r["families"]}):
+        for k in ("spearman_mean", "spearman_vs_single_pass_mean", "top1_within_10pct"):
+            figs[f"{f}:{k}"] = [r["families"][f][k] for r in runs if f in r["families"]]
+    return {"seeds": list(seeds), **{k: {"mean": float(statistics.fmean(v)), "std": float(statistics.pstdev(v)),
+                                         "values": v} for k, v in figs.items() if v}}  # fmt: skip
 
 
 def evaluate(args) -> None:
@@ -294,7 +417,8 @@ def evaluate(args) -> None:
         "what": "learned cost model (XGBoost rank:pairwise + quantile 0.1/0.5/0.9) for matmul on this CPU",
         "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
                     "cores": os.cpu_count(), "note": "shared 2-core VM, load average 5-11 from other jobs"},
-        "command": "python benchmarks/costmodel.py collect && python benchmarks/costmodel.py evaluate",
+        "command": "python benchmarks/costmodel.py collect && python benchmarks/costmodel.py evaluate"
+                   + (f" --before {args.before.name}" if args.before else ""),
         "protocol": {name: {"passes": v[1], "timer": v[2], "one_core_one_thread": v[3]} for name, v in SETS.items()},
         "bench": BENCH, "flop_cap": FLOP_CAP,
         "train": {"problems": len(_groups(train)), "samples": len(train), "seconds": round(train_s, 2),
@@ -302,8 +426,15 @@ def evaluate(args) -> None:
         "determinism": {"sha256_seed": h1, "sha256_seed_again": h2, "identical": h1 == h2,
                         "sha256_other_seed": h3, "other_seed_differs": h3 != h1},
     }  # fmt: skip
-    report["heldout"] = _eval_set(model, held)
+    from uhop.perf import features
+
+    report["feature_set"] = getattr(features, "FEATURE_SET", 1)
+    report["heldout"] = _eval_set(model, held, rows["heldout"])
     report["heldout"]["noise_ceiling"] = _noise_ceiling(rows["heldout"])
+    # The figures above are one model (seed 0, what `uhop perf train` makes); within a family the
+    # seed moves the mean Spearman by about as much as a feature change, so give the spread too.
+    report["heldout"]["seed_spread"] = _seed_spread(train, held, rows["heldout"], range(args.seed, args.seed + args.seeds),
+                                                    first=report["heldout"]["summary"])  # fmt: skip
     # Transfer to another device, with the model trained on this one only.
     # heldout_avx2: the same CPU restricted to AVX2 code (OpenBLAS Haswell kernels, numba and
     # torch compiled for AVX2), manifest features of the AVX2 manifest (256-bit vectors, half the
@@ -314,7 +445,7 @@ def evaluate(args) -> None:
         if name not in rows:
             continue
         dev = [s for s in samples_from_rows(rows[name], OP) if _dims_key(s) not in train_dims]
-        report[f"transfer_{name}"] = _eval_set(model, dev)
+        report[f"transfer_{name}"] = _eval_set(model, dev, rows[name])
         report[f"transfer_{name}"]["noise_ceiling"] = _noise_ceiling(rows[name])
         # few-shot: add half of the device's problems to training, test on the other half; the
         # manifest features are what tell the devices apart in one model
@@ -340,14 +471,20 @@ def evaluate(args) -> None:
         model.predict(ss[0].problem, cands, ss[0].hw)
     report["rank_cost_s_per_problem"] = (time.perf_counter() - t0) / 20
     report["rank_cost_candidates"] = len(cands)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"costmodel_{OP}.json"
+    if args.before:
+        # an earlier run's summaries side by side (same data, same metrics; see --before-note)
+        prev = json.loads(args.before.read_text())
+        report["before"] = {"note": args.before_note, "feature_set": prev.get("feature_set", 1),
+                            **{k: {x: v[x] for x in ("summary", "noise_ceiling", "seed_spread") if x in v}
+                               for k, v in prev.items() if isinstance(v, dict) and "summary" in v}}  # fmt: skip
+    path = args.out
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
     sets = ("heldout", "transfer_heldout_avx2", "transfer_heldout_wall2")
     keys = ("problems", "candidates_mean", "spearman_mean", "top1_within_10pct", "top1_registered_within_10pct",
             "heuristic_top1_within_10pct",
             "prune_3x_eval_cut", "prune_3x_loss_mean", "prune_3x_within_3pct", "prune_3x_random_loss_mean",
-            "interval80_coverage", "spearman_tiled_only_mean")  # fmt: skip
+            "interval80_coverage", "spearman_tiled_only_mean", "families")  # fmt: skip
     brief = {k: {x: report[k]["summary"][x] for x in keys} for k in sets if k in report}
     brief["noise"] = {k: report[k]["noise_ceiling"] for k in sets if k in report}
     for k in ("transfer_heldout_avx2_fewshot", "transfer_heldout_wall2_fewshot"):
@@ -355,6 +492,7 @@ def evaluate(args) -> None:
             brief[k] = {m: {x: v[x] for x in ("spearman_mean", "top1_within_10pct", "prune_3x_loss_mean",
                                               "interval80_coverage")}
                         for m, v in report[k].items() if isinstance(v, dict)}  # fmt: skip
+    brief["heldout_seed_spread"] = {k: v for k, v in report["heldout"]["seed_spread"].items() if k != "seeds"}
     brief["determinism"] = report["determinism"]
     print(json.dumps(brief, indent=1))
     print(f"-> {path}")

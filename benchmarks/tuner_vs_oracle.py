@@ -215,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="comma-separated case names")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--out", default="")
+    ap.add_argument("--stop-s", type=float, default=1e9, help="start no case after this many seconds (device calls have a time limit)")
     args = ap.parse_args(argv)
+    t_begin = time.monotonic()
     cases = cpu_cases() if args.device == "cpu" else gpu_cases()
     if args.only:
         want = set(args.only.split(","))
@@ -223,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or f"benchmarks/results/tuner_vs_oracle_{args.device.split(':')[0]}.json")
     result: dict[str, Any] = {"env": environment(args.device), "cases": []}
     for case in cases:
+        if time.monotonic() - t_begin > args.stop_s:
+            result["cases"].append({"name": case[0], "error": f"not started: --stop-s {args.stop_s:g} reached"})
+            continue
         try:
             r = run_case(case, args.device, args.rounds)
         except Exception as exc:  # one broken case must not lose the others

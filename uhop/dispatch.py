@@ -344,15 +344,24 @@ def _tune_in_background(problem: Problem, key: str, base: Resolved) -> None:
 # ---- dispatch-time spot checks (uhop.sandbox.spotcheck) ----------------------------------------
 def _spot_checked(kernel: Kernel, backend: Backend, problem: Problem, key: str) -> Kernel:
     """Untrusted kernels (kernel files) re-checked on a sample of calls; a failure quarantines
-    the store entry, serves the reference from then on, and drops the key from this process so
-    the next resolve re-tunes."""
+    the store entry and moves the key, in this process, to the next best kernel: the fastest
+    other one the store measured valid, else the library baseline (else the reference serves)."""
     if backend.trusted:  # UHOP's own templates: nothing to wrap, nothing imported
         return kernel
-    from uhop.sandbox.spotcheck import spot_checked
+    from uhop.sandbox.spotcheck import next_best, spot_checked
     from uhop.store import open_store
 
-    return spot_checked(kernel, problem, key, trusted=backend.trusted, store=open_store(),
-                        on_quarantine=lambda: _resolved.pop(key, None))  # fmt: skip
+    def fallback() -> Kernel | None:  # called once, by the call that found the fault
+        got = next_best(problem, key, open_store()) or _baseline_kernel(problem)
+        with _lock:
+            if got is None:
+                _resolved.pop(key, None)
+            else:
+                _resolved[key] = got
+        # call sites that cached the wrapper reach it with this backend's arrays
+        return None if got is None else _adapt(*got[:2], dataclasses.replace(problem, array=backend.array))
+
+    return spot_checked(kernel, problem, key, trusted=backend.trusted, store=open_store(), fallback=fallback)
 # ---- end of spot checks ------------------------------------------------------------------------
 
 

@@ -190,9 +190,46 @@ def test_jit_numpy_function_matches_numpy():
     assert isinstance(got, np.ndarray)
     want = block(*[a.astype(np.float64) for a in args])
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
-    assert _kinds().count("matmul") == 2
+    assert sorted(_kinds()) == ["matmul", "matmul", "softmax"]  # the written-out softmax is one region
     fn = uhop.optimize()(block)  # the decorator without an op name compiles the function too
     np.testing.assert_allclose(fn(*args), want, rtol=2e-4, atol=2e-5)
+
+
+def test_jit_numpy_attention_written_out_becomes_one_attention_region():
+    import math
+
+    import uhop
+
+    def attend(q, k, v, mask):
+        s = q @ k.transpose(0, 2, 1) * (1.0 / math.sqrt(q.shape[-1])) + mask
+        s = np.exp(s - s.max(-1, keepdims=True))
+        return (s / s.sum(-1, keepdims=True)) @ v
+
+    rng = np.random.default_rng()
+    q, k, v = (rng.standard_normal((4, 16, 8)).astype(np.float32) for _ in range(3))
+    mask = np.triu(np.full((16, 16), -1e10, dtype=np.float32), 1)
+    got = uhop.jit(attend)(q, k, v, mask)
+    want = attend(*[a.astype(np.float64) for a in (q, k, v, mask)])
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
+    assert _kinds() == ["attention"]
+
+
+def test_softmax_written_out_in_torch_is_matched_but_tensor_max_is_not():
+    def soft(x):
+        e = torch.exp(x - x.amax(-1, keepdim=True))
+        return e / e.sum(-1, keepdim=True)
+
+    def not_soft(x):  # Tensor.max(dim) returns (values, indices): not the pattern's reduction
+        e = torch.exp(x - x.max(-1, keepdim=True).values)
+        return e / e.sum(-1, keepdim=True)
+
+    x = torch.randn(3, 7)
+    torch.testing.assert_close(torch.compile(soft, backend="uhop", options=EAGER)(x), torch.softmax(x, -1))
+    assert _kinds() == ["softmax"]
+    REPORT.clear()
+    torch._dynamo.reset()
+    torch.testing.assert_close(torch.compile(not_soft, backend="uhop", options=EAGER)(x), torch.softmax(x, -1))
+    assert _kinds() == []
 
 
 def test_bad_option_names_the_option():

@@ -19,7 +19,7 @@ import pytest
 from uhop.sandbox.check import check_file
 from uhop.sandbox.kernelfile import StaticPolicy
 from uhop.sandbox.kernelfile import load as load_kernel
-from uhop.sandbox.worker import DEFAULT_SANDBOX_ID, Limits, Worker, sandbox_ids, tool_programs
+from uhop.sandbox.worker import DEFAULT_SANDBOX_ID, Limits, Worker, tool_programs
 
 HERE = Path(__file__).parent
 H2 = HERE / "hostile2"
@@ -38,19 +38,6 @@ def _check(name: str, mode: str, **kw):
 
 def _fields(reason: str) -> dict[str, str]:
     return dict(w.split("=", 1) for w in reason.split(": ", 1)[-1].split() if "=" in w)
-
-
-def _sandbox_uid_processes() -> list[int]:
-    uid = (sandbox_ids() or (os.getuid(), 0))[0]
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit() and int(d.name) != os.getpid():
-            try:
-                if d.stat().st_uid == uid and uid != os.getuid():
-                    out.append(int(d.name))
-            except OSError:
-                pass
-    return out
 
 
 @pytest.fixture(autouse=True)
@@ -93,14 +80,15 @@ def test_signals_limits_and_parent_death_signal_stay_within_the_candidate(mode):
     assert f["prlimit"] == "-1" and f["prlimit_parent_errno"] == "1", res.line()  # EPERM
     assert f["prlimit_self"] == "0", res.line()
     assert f["sigqueue"] == "-1" and f["tgsigqueue"] == "-1" and f["pidfd_send_signal"] == "-1", res.line()
+    assert f["kill"] == "-1" and f["tgkill"] == "-1", res.line()  # no process but its own, even probed
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_no_process_of_a_check_outlives_a_killed_parent(tmp_path, mode):
     """The parent (a separate process here) is SIGKILLed in the middle of a check whose candidate
-    tried to clear its parent-death signal: every process of the sandbox uid is gone soon after."""
-    if os.geteuid() != 0:
-        pytest.skip("the sandbox uid differs from ours only when run as root")
+    tried to clear its parent-death signal: every process it started (workers, bubblewrap, the
+    spare) is gone soon after. Followed by identity (pid and start time) from the parent's own
+    tree, not by uid: other jobs on the machine run sandboxes under the same uid."""
     src = "import ctypes, time\nOP = 'softmax'\nctypes.CDLL(None).prctl(1, 0, 0, 0, 0)\n" \
           "def run(x):\n    time.sleep(60)\n    return x\n"  # fmt: skip
     (tmp_path / "k.py").write_text(src)
@@ -112,27 +100,71 @@ def test_no_process_of_a_check_outlives_a_killed_parent(tmp_path, mode):
         check_file({str(tmp_path / "k.py")!r}, isolation={mode!r}, policy=StaticPolicy(enabled=False),
                    limits=Limits(wall_s=60, cpu_s=120), time_it=False)
     """)
-    from uhop.sandbox import worker as wmod
-
-    wmod._close_pools()  # this process's spare workers (one may still be dropping to the sandbox uid)
-    wmod._pools.clear()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _sandbox_uid_processes():
-        time.sleep(0.1)
-    before = set(_sandbox_uid_processes())
     p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=dict(os.environ))
-    assert p.stdout.readline().strip() == b"go"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not set(_sandbox_uid_processes()) - before:
-        time.sleep(0.1)
-    assert set(_sandbox_uid_processes()) - before, "no sandboxed worker started"
-    time.sleep(1.0)  # in the candidate's sleep now
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and set(_sandbox_uid_processes()) - before:
-        time.sleep(0.1)
-    assert not set(_sandbox_uid_processes()) - before
+    try:
+        assert p.stdout.readline().strip() == b"go"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(_workers(p.pid)) < 2:  # the candidate's and the spare
+            time.sleep(0.1)
+        assert _workers(p.pid), "no sandboxed worker started"
+        time.sleep(1.0)  # in the candidate's sleep now
+        started = {(q, _start_time(q)) for q in _descendants(p.pid)}
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and _alive(started):
+            time.sleep(0.1)
+        assert not _alive(started), [_comm(q) for q, _ in _alive(started)]
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def _descendants(root: int) -> set[int]:
+    """Every process below ``root`` (children of all its threads, recursively)."""
+    out, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                kids = {int(c) for c in (task / "children").read_text().split()}
+            except OSError:
+                continue
+            todo += list(kids - out)
+            out |= kids
+    return out
+
+
+def _workers(root: int) -> list[int]:
+    return [q for q in _descendants(root) if b"child.py" in _cmdline(q)]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _start_time(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def _alive(procs: set[tuple[int, str]]) -> list[tuple[int, str]]:
+    """Those of ``procs`` still running (a zombie, or a new process with a reused pid, is not)."""
+    out = []
+    for pid, start in procs:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and _start_time(pid) == start:
+            out.append((pid, start))
+    return out
 
 
 # ---- 3. confinement before any thread -------------------------------------------------------
@@ -174,10 +206,11 @@ def test_compiler_runs_under_the_candidates_memory_cap_and_dies_with_the_worker(
     and leaves no process behind once the check is over."""
     pytest.importorskip("triton")
     bomb = "#define A(x) x x x x x x x x x x\\n#define B(x) A(A(x))\\nint f(void) { int s = 0; B(B(B(B(s++;)))) return s; }\\n"
+    name = f"uhop_bomb_{os.getpid()}_{mode}.c"  # its own compiler, told apart from other jobs' by name
     src = (
         "import subprocess, time\nfrom triton.runtime import build\nOP = 'softmax'\nTOOLS = True\n"
-        f"open('bomb.c', 'w').write('{bomb}')\nt0 = time.monotonic()\n"
-        f"r = build.subprocess.run([{tool_programs()['cc'][0]!r}, 'bomb.c', '-O3', '-shared', '-fPIC', '-o', 'bomb.so'],"
+        f"open('{name}', 'w').write('{bomb}')\nt0 = time.monotonic()\n"
+        f"r = build.subprocess.run([{tool_programs()['cc'][0]!r}, '{name}', '-O3', '-shared', '-fPIC', '-o', 'bomb.so'],"
         " capture_output=True, timeout=60)\n"
         "def run(x):\n    raise RuntimeError(f'rc={r.returncode} s={time.monotonic() - t0:.1f}')\n"
     )
@@ -188,7 +221,72 @@ def test_compiler_runs_under_the_candidates_memory_cap_and_dies_with_the_worker(
     assert f.get("rc") not in (None, "0"), res.line()
     assert float(f["s"]) < 50, res.line()
     time.sleep(0.5)
-    assert not [p for p in _sandbox_uid_processes() if "cc1" in _comm(p)]
+    assert not _compilers(name)
+
+
+FIFO_COMPILE = """
+import os
+from triton.runtime import build
+OP = 'softmax'
+TOOLS = True
+os.mkfifo({src!r})  # cc1 blocks opening it: a compile that never ends and costs no CPU time
+build.subprocess.run([{cc!r}, {src!r}, '-O3', '-shared', '-fPIC', '-o', 'never.so'], timeout=120)
+def run(x):
+    return x
+"""
+
+
+@needs_tools
+@pytest.mark.parametrize("mode", MODES)
+def test_no_compiler_outlives_a_killed_check_parent(tmp_path, mode):
+    """The check's parent is SIGKILLed while gcc's cc1 runs for the candidate: cc1 (in gcc's
+    process group, with no parent-death signal of its own) is gone within seconds. In the
+    fallback the broker watches its worker while a tool runs: the worker's parent-death signal
+    to the broker is stopped by the worker's own Landlock signal scope (the kernel checks it
+    against the dying worker's domain), so the broker kills the tool's group itself."""
+    pytest.importorskip("triton")
+    src = f"uhop_fifo_{os.getpid()}_{mode}.c"
+    (tmp_path / "k.py").write_text(FIFO_COMPILE.format(src=src, cc=tool_programs()["cc"][0]))
+    script = textwrap.dedent(f"""
+        from uhop.sandbox.check import check_file
+        from uhop.sandbox.kernelfile import StaticPolicy
+        from uhop.sandbox.worker import Limits
+        print("go", flush=True)
+        check_file({str(tmp_path / "k.py")!r}, isolation={mode!r}, policy=StaticPolicy(enabled=False),
+                   limits=Limits(wall_s=120, cpu_s=120), time_it=False, tools=True)
+    """)
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=dict(os.environ))
+    try:
+        assert p.stdout.readline().strip() == b"go"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not _compilers(src):
+            time.sleep(0.1)
+        assert _compilers(src), "cc1 never started"
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _compilers(src):
+            time.sleep(0.1)
+        assert not _compilers(src), "a compiler outlived the check's parent"
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        for pid in _compilers(src):  # a failed run leaves no compiler behind (the broker then exits)
+            os.kill(pid, signal.SIGKILL)
+
+
+def _compilers(src: str) -> list[int]:
+    """Live processes (zombies aside) whose command line names ``src``: gcc and its cc1."""
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and src.encode() in (d / "cmdline").read_bytes() and \
+                    (d / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":  # fmt: skip
+                out.append(int(d.name))
+        except OSError:
+            pass
+    return out
 
 
 def _comm(pid: int) -> str:
@@ -267,3 +365,84 @@ def test_validation_inputs_cover_several_distributions():
     peaks = [max(float(np.abs(x).max()) for x in t.inputs) for t in vs.trials]
     assert peaks[0] <= 1.0 and max(peaks[1:]) > 1.5
     assert float(vs.trials[2].inputs[0].mean()) < -0.2  # the negative offset (c <= -0.5)
+
+
+# ---- special values (NaN, +-inf) where the op defines them -----------------------------------
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", ["finite_only_matmul", "finite_only_softmax"])
+def test_right_only_for_finite_inputs_is_wrong(mode, name):
+    """Zeroing NaN (matmul) or clipping to +-1e4 (softmax) is right for every finite input: the
+    special-value trial's NaN rows show it, as a wrong result (not a partial write)."""
+    res = _check(name, mode)
+    assert res.category == "wrong-result" and "NaN" in res.reason, res.line()
+
+
+SPECIAL_CASES = [("softmax", "37x61", {}), ("layernorm", "37x61", {}), ("rmsnorm", "101x127", {}),
+                 ("matmul", "31x37x29", {}), ("attention", "1x2x17x16", {}), ("elementwise", "1031", {}),
+                 ("embedding", "97x13x31", {})]  # fmt: skip
+
+
+@pytest.mark.parametrize("op,shape,params", SPECIAL_CASES, ids=[c[0] for c in SPECIAL_CASES])
+def test_special_value_trial_has_nan_or_inf_at_secret_places_and_a_defined_reference(op, shape, params):
+    from uhop.ops import get
+    from uhop.problem import Problem
+    from uhop.sandbox.inputs import special_inputs, trial
+
+    p = Problem.make(op, get(op).parse_shape(shape), "float32", params)
+    rng = np.random.default_rng()
+    a, b = special_inputs(p, rng), special_inputs(p, rng)
+    where = [np.flatnonzero(~np.isfinite(x.astype(np.float64))) for x in (a[0], b[0])]
+    assert where[0].size and where[1].size
+    assert not (where[0].size == where[1].size and np.array_equal(*where))  # positions are drawn, not fixed
+    t = trial(p, a)
+    assert not np.isfinite(t.reference).all() and np.isfinite(t.reference).any()
+    assert t.bound is None  # the comparison takes its NaN/inf-aware path
+    if op == "softmax":  # masked entries, never a whole row of them
+        assert (a[0] == -np.inf).any() and not (a[0] == -np.inf).all(axis=-1).any()
+    if op == "embedding":  # indices stay valid indices
+        assert a[1].dtype == np.int64 and 0 <= a[1].min() and a[1].max() < p.dim["V"]
+
+
+def test_no_special_values_where_implementations_may_rightly_differ():
+    from uhop.ops import get
+    from uhop.problem import Problem
+    from uhop.sandbox.inputs import special_inputs
+
+    rng = np.random.default_rng()
+    conv = Problem.make("conv2d", get("conv2d").parse_shape("1x3x13x11x5x3x3"), "float32", {})
+    assert special_inputs(conv, rng) is None  # FFT/Winograd spread one NaN beyond the windows
+    relu = Problem.make("matmul", get("matmul").parse_shape("31x37x29"), "float32", {"activation": "relu"})
+    assert all(np.isfinite(x).all() for x in special_inputs(relu, rng))  # a GPU max drops a NaN
+    clamp = Problem.make("elementwise", {"N": 1031}, "float32", {"expr": "relu(x0)"})
+    assert all(np.isfinite(x).all() for x in special_inputs(clamp, rng))
+
+
+def test_distributions_keep_embedding_indices_valid():
+    """Scaling or offsetting integer inputs put the indices out of range (the reference raised
+    before any candidate ran); only float inputs are redrawn."""
+    from uhop.measure.validate import DISTRIBUTIONS
+    from uhop.ops import get
+    from uhop.problem import Problem
+    from uhop.sandbox.inputs import validation_set
+
+    p = Problem.make("embedding", get("embedding").parse_shape("97x13x31"), "float32", {})
+    vs = validation_set(p, 3, np.random.default_rng())
+    assert len(vs.trials) == len(DISTRIBUTIONS) + 1
+    for t in vs.trials:
+        assert t.inputs[1].dtype == np.int64 and t.inputs[1].max() < 97
+    assert max(float(np.abs(t.inputs[0][np.isfinite(t.inputs[0])]).max()) for t in vs.trials) > 1.5
+
+
+def test_an_output_never_written_is_wrong_not_partial_and_inf_matches_inf():
+    """All zeros against a peaked softmax (most of the reference ~0, so "right" there by chance)
+    is no partial write; an inf where the reference has the same inf is not a wrong element."""
+    from uhop.problem import Problem
+    from uhop.sandbox.check import _is_partial, _wrong_mask
+
+    p = Problem.make("softmax", {"R": 37, "N": 61}, "float32", {})
+    x = np.random.default_rng().normal(0, 8, (37, 61))
+    ref = p.spec.reference(x)
+    assert _wrong_mask(np.zeros((37, 61), np.float32), ref, p).mean() < 0.9  # most zeros "right"
+    assert not _is_partial(np.zeros((37, 61), np.float32), ref, p, None)
+    ref[0, 0], out = np.inf, ref.astype(np.float32)
+    assert not _wrong_mask(out, ref, p).any()

@@ -202,3 +202,29 @@ def test_stored_kernel_of_a_library_the_caller_has_not_loaded_is_built_off_the_f
     assert r["first"] == ["numpy"], r
     assert r["final"] == ["torch"], r
     assert r["err"] < 1e-5, r
+
+
+def test_tuning_a_numpy_problem_does_not_import_libraries_whose_kernels_do_not_win(uhop_home):
+    """Every candidate runs in the isolation worker: this process learns that torch and IREE are
+    installed without importing them (1-2 s and hundreds of MB for a numpy caller)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("numba")
+    script = textwrap.dedent(
+        """
+        import json, sys
+        import numpy as np
+        import uhop
+        from uhop.store import open_store
+        uhop.ops.softmax(np.random.default_rng().standard_normal((256, 1000)).astype(np.float32))
+        uhop.wait()
+        print(json.dumps({"pick": open_store().entries("softmax")[0].candidate["backend"],
+                          "torch": "torch" in sys.modules, "iree": "iree.runtime" in sys.modules}))
+        """
+    )
+    env = {**os.environ, "UHOP_HOME": str(uhop_home), "UHOP_TUNE_BUDGET_S": "20"}
+    env.pop("UHOP_POLICY", None)
+    p = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    assert r["torch"] == (r["pick"] == "torch"), r
+    assert r["iree"] == (r["pick"] == "iree"), r

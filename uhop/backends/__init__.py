@@ -75,15 +75,16 @@ def all_backends() -> list[Backend]:
     return [get(n) for n in REGISTRY]
 
 
-def for_problem(problem: Problem, allow: tuple[str, ...] = ()) -> list[Backend]:
-    """Available backends that support ``problem`` (restricted to ``allow`` if given)."""
+def for_problem(problem: Problem, allow: tuple[str, ...] = (), *, lazy: bool = False) -> list[Backend]:
+    """Available backends that support ``problem`` (restricted to ``allow`` if given); ``lazy``:
+    installed ones (:attr:`Backend.installed`, no import) where the full probe has not run."""
     out = []
     for name in REGISTRY:
         if allow and name not in allow:
             continue
         b = get(name)
         try:  # supports() first: it is cheap, while availability imports the backend's library
-            ok = b.supports(problem) and b.available
+            ok = b.supports(problem) and (b.installed if lazy else b.available)
         except Exception:  # a broken optional install must not break the others
             ok = False
         if ok:

@@ -89,6 +89,25 @@ class Backend(ABC):
     def available(self) -> bool:
         return self.availability[0]
 
+    #: modules :attr:`installed` looks for without importing them (empty: only the full probe knows)
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def installed(self) -> bool:
+        """A cheap availability answer for code that will not run this backend's kernels in this
+        process (a tuning run that evaluates every candidate in the isolation worker): its
+        libraries are present, found without importing them (torch takes 1-2 s and 300 MB to
+        import, which a numpy caller's process should not pay for a kernel it may never serve).
+        The full probe (:attr:`available`) where it ran already or the backend names no modules."""
+        if "availability" in self.__dict__ or not self.requires:
+            return self.available
+        import importlib.util
+
+        try:
+            return all(importlib.util.find_spec(m) is not None for m in self.requires)
+        except (ImportError, ValueError):
+            return False
+
     def _probe(self) -> tuple[bool, str]:
         return True, "built in"
 

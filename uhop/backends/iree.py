@@ -42,6 +42,7 @@ def _lanes(problem: Problem) -> tuple[int, int, int]:
 
 class IreeBackend(Backend):
     name = "iree"
+    requires = ("iree.compiler", "iree.runtime")
     crash_prone = True
     precompiles = True
     eval_s = 2.0  # a JIT compile per candidate

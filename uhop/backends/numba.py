@@ -328,6 +328,7 @@ def _row_block(R: int, threads: int, tasks_per_thread: int) -> int:
 
 class NumbaBackend(Backend):
     name = "numba"
+    requires = ("numba",)
     crash_prone = True
     precompiles = True
     eval_s = 1.5  # a JIT compile per candidate

@@ -29,7 +29,12 @@ SDPA = {F.scaled_dot_product_attention}
 EMBEDDING = {F.embedding}
 CONV2D = {torch.conv2d, F.conv2d}
 BATCH_NORM = {F.batch_norm}
-TRANSPOSE = {torch.transpose, "transpose"}
+TRANSPOSE = {torch.transpose, "transpose", "ndarray.transpose"}
+EXP = {torch.exp, "exp"}
+SUB = {operator.sub, torch.sub, "sub"}
+DIV = {operator.truediv, torch.div, torch.true_divide, "div", "true_divide"}
+ROW_MAX = {torch.amax, "amax", "ndarray.max", "max"}  # "max": np.max (a function, not Tensor.max)
+ROW_SUM = {torch.sum, "sum", "ndarray.sum"}
 GELU = {F.gelu, torch._C._nn.gelu, "gelu"}
 RELU = {F.relu, torch.relu, "relu"}
 SILU = {F.silu}
@@ -38,13 +43,16 @@ SILU = {F.silu}
 def _target(node: fx.Node) -> Any:
     """The call's target; numpy code traced by Dynamo (``uhop.jit``) calls wrappers of
     ``torch._numpy`` on tensors: ``a @ b`` is a wrapper of ``operator.matmul``, ``np.matmul`` one of
-    a function named ``matmul`` (matched by name, as a method is)."""
+    a function named ``matmul`` (matched by name, as a method is), ``s.max(-1)`` one of the
+    ndarray method ``max`` (kept apart from torch's ``Tensor.max``, which returns indices too)."""
     t = node.target
     kind = type(t).__name__
     if kind == "numpy_operator_wrapper":
         return t.op
     if kind == "numpy_to_tensor_wrapper":
         return t.f.__name__
+    if kind == "numpy_method_wrapper":
+        return "ndarray." + t.method
     return t
 
 
@@ -105,8 +113,9 @@ class Partitioner:
         self.regions: list[RegionFound] = []
 
     def run(self) -> list[RegionFound]:
-        # attention first: its QKᵀ and PV matmuls and its softmax must not become regions alone
-        for rules in ((self._attention_explicit,), (self._sdpa, self._linear, self._matmul, self._norm,
+        # softmax written out (exp(x - max) / sum) first, as one softmax node; then attention: its
+        # QKᵀ and PV matmuls and its softmax must not become regions alone
+        for rules in ((self._softmax_written_out,), (self._attention_explicit,), (self._sdpa, self._linear, self._matmul, self._norm,
                                                     self._softmax, self._embedding, self._conv)):
             for node in list(self.g.nodes):
                 if node.op not in ("call_function", "call_method") or not node.users:
@@ -184,6 +193,34 @@ class Partitioner:
         if not _is(node, SOFTMAX) or not self._softmax_dim_ok(node):
             return False
         self._replace(node, [node], "softmax", (node.args[0],))
+        return True
+
+    def _softmax_written_out(self, node: fx.Node) -> bool:
+        """``e / e.sum(-1, keepdims)`` with ``e = exp(x - x.max(-1, keepdims))`` (numpy code,
+        hand-written torch) -> ``torch.softmax(x, -1)``: not a region itself, it lets the softmax
+        and attention rules see it (one pass over x instead of numpy's five temporaries)."""
+        if not _is(node, DIV) or len(node.args) != 2:
+            return False
+        e, total = node.args
+        if not (_is(e, EXP) and _is(total, ROW_SUM) and total.args[0] is e and set(e.users) == {node, total}
+                and _last_dim_keepdim(total) and _only_user(total) is node):
+            return False
+        diff = e.args[0] if e.args else None
+        if not (isinstance(diff, fx.Node) and _is(diff, SUB) and _only_user(diff) is e and len(diff.args) == 2):
+            return False
+        x, m = diff.args
+        if not (isinstance(m, fx.Node) and _is(m, ROW_MAX) and m.args[0] is x and _only_user(m) is diff
+                and _last_dim_keepdim(m)):
+            return False
+        if m.op == "call_method" and m.target == "max":
+            return False  # Tensor.max(dim) returns (values, indices)
+        vx = _val(x)
+        if not isinstance(vx, torch.Tensor) or not vx.is_floating_point():
+            return False
+        with self.g.inserting_before(node):
+            new = self.g.call_function(torch.softmax, (x, -1))
+        new.meta.update(node.meta)
+        node.replace_all_uses_with(new)
         return True
 
     def _sdpa(self, node: fx.Node) -> bool:
@@ -283,10 +320,29 @@ class Partitioner:
 
 
 def _swaps_last_two(n: fx.Node) -> bool:
+    """``transpose(x, d0, d1)`` (torch) or ``x.transpose(*perm)`` (numpy: a whole permutation)
+    that swaps the last two dims only."""
     v = _val(n.args[0])
-    if v is None or len(n.args) < 3 or not all(isinstance(d, int) for d in n.args[1:3]):
+    dims = n.args[1:]
+    if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+        dims = tuple(dims[0])
+    if v is None or not all(isinstance(d, int) for d in dims):
         return False
-    return sorted(d % v.dim() for d in n.args[1:3]) == [v.dim() - 2, v.dim() - 1]
+    nd = v.dim()
+    if _target(n) == "ndarray.transpose" or len(dims) == nd > 2:  # a permutation
+        return len(dims) == nd and [d % nd for d in dims] == [*range(nd - 2), nd - 1, nd - 2]
+    return len(dims) == 2 and sorted(d % nd for d in dims) == [nd - 2, nd - 1]
+
+
+def _last_dim_keepdim(n: fx.Node) -> bool:
+    """A reduction node over the last dim only, keeping it (numpy ``axis``/``keepdims``, torch
+    ``dim``/``keepdim``)."""
+    v = _val(n.args[0])
+    dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", n.kwargs.get("axis"))
+    keep = n.args[2] if len(n.args) > 2 else n.kwargs.get("keepdim", n.kwargs.get("keepdims", False))
+    if isinstance(dim, (tuple, list)) and len(dim) == 1:
+        dim = dim[0]
+    return v is not None and isinstance(dim, int) and dim % v.dim() == v.dim() - 1 and keep is True
 
 
 def _uniform(v: Any) -> int | None:

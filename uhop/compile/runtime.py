@@ -1,10 +1,15 @@
 """Running a region: UHOP's tuned kernel for the op it computes, checked on first use.
 
 The hot path is one signature tuple, one dict lookup and the call. On a new signature the
-region's UHOP problem is built, resolved through the tuner and store (``dispatch.resolve``),
+region's UHOP problem is built, resolved through the tuner and store (``dispatch.serve``),
 and the result checked against the region's aten reference in float64 with the tolerance of the
 dtype; a region UHOP cannot serve, or whose result disagrees, runs its aten reference instead and
 the report says why.
+
+A region whose served kernel is the aten op itself (``torch/eager``, ``torch/sdpa`` on CPU: the
+tuner measured nothing faster) calls that op directly (:data:`ATEN`), without the adapters
+between UHOP's op signature and the region's: on the 2-core CI machine they cost ~20 us a call,
+a few percent of a GPT-2 block at B1 T64, and the region must not be slower than eager.
 """
 
 from __future__ import annotations
@@ -15,14 +20,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from uhop.compile.regions import N_TENSORS, REFERENCE, conform
+from uhop.compile.regions import N_TENSORS, REFERENCE, activate, conform
 from uhop.compile.report import REPORT, RegionRun
 
 Kernel = Callable[..., Tensor]
 _kernels: dict[Any, Kernel] = {}
-_checked: dict[str, Kernel] = {}  # problem key (shape class) -> kernel, checked once per class
+_checked: dict[str, bool] = {}  # problem key (shape class) -> passed the check (once per class)
 _lock = threading.RLock()
 #: shape classes for region problems ("pow2": a generate loop shares one tuning per power of two)
 BUCKETS = {"value": "pow2"}
@@ -37,15 +43,10 @@ class Fallback(Exception):
     """UHOP does not serve this region; the message is the reason the report gives."""
 
 
-def _sig(t: Any) -> Any:
-    if isinstance(t, Tensor):
-        return (t.shape, t.dtype, t.stride(), t.device)
-    return t
-
-
 def run_region(kind: str, args: Sequence[Any]) -> Tensor:
     nt = N_TENSORS[kind]
-    sig = (kind, *map(_sig, args[:nt]), *args[nt:])
+    sig = (kind, *[(t.shape, t.dtype, t.stride(), t.device) if isinstance(t, Tensor) else t for t in args[:nt]],
+           *args[nt:])
     k = _kernels.get(sig)
     if k is None:
         with _lock:
@@ -59,6 +60,72 @@ def clear() -> None:
     _kernels.clear()
     _checked.clear()
     _folded.clear()
+
+
+# ---- the aten op itself, for regions whose tuned kernel is it --------------------------------
+_ACT_ = {"relu": torch.relu_, "gelu": torch._C._nn.gelu_, "silu": lambda y: F.silu(y, inplace=True),
+         "gelu_tanh": lambda y: torch._C._nn.gelu_(y, approximate="tanh")}  # fmt: skip
+
+
+def _aten_linear(x, w, b, act):
+    y = F.linear(x, w, b)
+    return y if act == "none" else _ACT_[act](y)  # in place on the fresh product
+
+
+def _aten_matmul(a, b, act):
+    y = torch.matmul(a, b)
+    return y if act == "none" else _ACT_[act](y)
+
+
+def _aten_attention(q, k, v, mask, is_causal, scale):
+    if mask is not None and is_causal:  # SDPA refuses both; UHOP's op joins them (scale checked in _plan)
+        from uhop.backends.torch import _sdpa
+
+        return _sdpa(q, k, v, mask, True)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale)
+
+
+def _aten_conv2d(x, w, b, stride, padding, act):
+    return _act_(F.conv2d(x, w, b, stride, padding), act)
+
+
+#: kind -> (candidate id that is the aten op, the op called directly)
+ATEN: dict[str, tuple[str, Kernel]] = {
+    "linear": ("torch/eager", _aten_linear),
+    "matmul": ("torch/eager", _aten_matmul),
+    "layer_norm": ("torch/eager", REFERENCE["layer_norm"]),
+    "rms_norm": ("torch/eager", REFERENCE["rms_norm"]),
+    "softmax": ("torch/eager", REFERENCE["softmax"]),
+    "attention": ("torch/sdpa", _aten_attention),
+    "embedding": ("torch/eager", REFERENCE["embedding"]),
+    "conv2d": ("torch/eager", _aten_conv2d),
+}
+
+
+def _served(kind: str, problem: Any, cell: dict[int, Kernel], adapt: Callable[[Kernel], Kernel]) -> Kernel:
+    """The region's kernel: ``adapt(cell[0])`` (UHOP's kernel behind the region's signature), or
+    the aten op itself when that is what the cell serves; re-chosen when background tuning swaps
+    the cell's kernel (one dict lookup and one identity test a call)."""
+    from uhop import dispatch, metrics
+
+    key = problem.key(BUCKETS["value"])
+    aten = ATEN.get(kind) if problem.device == "cpu" else None  # CUDA matmuls carry a tf32 wrapper
+    state: list[Any] = [None, None]
+
+    def choose(k: Kernel) -> Kernel:
+        got = dispatch._resolved.get(key) or dispatch._interim.get(key)
+        if aten is not None and got is not None and got[2].id == aten[0] and not metrics.enabled():
+            return aten[1]
+        return adapt(k)
+
+    def run(*args: Any) -> Tensor:
+        k = cell.get(0)
+        if k is not state[0]:
+            state[0], state[1] = k, choose(k)
+        return state[1](*args)
+
+    run.current = lambda: state[1]  # type: ignore[attr-defined] - what a call runs now (tests)
+    return run
 
 
 # ---- first use ---------------------------------------------------------------------------------
@@ -75,15 +142,14 @@ def _first_use(kind: str, args: Sequence[Any]) -> Kernel:
     except Fallback as exc:
         REPORT.add_run(RegionRun(kind, _describe(args, N_TENSORS[kind]), "aten", "fallback", str(exc)))
         return ref
-    if key in _checked:
-        return kernel
+    if key in _checked:  # this shape class was checked with another signature
+        return kernel if _checked[key] else ref
     reason, err = _check(kind, args, kernel, problem)
+    _checked[key] = not reason
     if reason:
         REPORT.add_run(RegionRun(kind, problem.describe(), kernel_id, "fallback", reason, err))
-        _checked[key] = ref
         return ref
     REPORT.add_run(RegionRun(kind, problem.describe(), kernel_id, "uhop", "", err))
-    _checked[key] = kernel
     return kernel
 
 
@@ -122,10 +188,12 @@ def _check(kind: str, args: Sequence[Any], kernel: Kernel, problem: Any) -> tupl
 
 
 # ---- plans: the UHOP problem a region poses, and how to call its kernel -------------------------
-def _resolve(op: str, args: Sequence[Any], params: dict[str, Any]) -> tuple[Any, Kernel, str]:
-    """The op's problem and a kernel for it through ``dispatch.serve`` (the ``uhop.ops`` path:
-    with the background policy the library baseline serves at once and the tuned winner is
-    swapped into ``cell`` when its tuning ends)."""
+def _resolve(kind: str, op: str, args: Sequence[Any], params: dict[str, Any],
+             adapt: Callable[[Kernel], Kernel]) -> tuple[Any, Kernel, str]:
+    """The op's problem and the region's kernel through ``dispatch.serve`` (the ``uhop.ops``
+    path: with the background policy the library baseline serves at once and the tuned winner is
+    swapped into the cell when its tuning ends). ``adapt`` puts a kernel of UHOP's op behind the
+    region's signature."""
     from uhop.dispatch import _reference_call, make_problem, resolve_interim, serve
     from uhop.errors import InputError, NoCandidateError, UnknownOpError
     from uhop.ops import get as get_op
@@ -138,70 +206,68 @@ def _resolve(op: str, args: Sequence[Any], params: dict[str, Any]) -> tuple[Any,
         serve(problem, None, cell, 0, lambda *a: _reference_call(spec, a, params))
     except (InputError, NoCandidateError, UnknownOpError) as exc:
         raise Fallback(f"{op}: {exc}") from None
-    return problem, lambda *a: cell[0](*a), cand.id + (" (interim; tuning in the background)" if interim else "")
+    kid = cand.id + (" (interim; tuning in the background)" if interim else "")
+    return problem, _served(kind, problem, cell, adapt), kid
 
 
 def _plan(kind: str, args: Sequence[Any]) -> tuple[Any, Kernel, str]:
     if kind == "linear":
         x, w, b, act = args
-        problem, k, kid = _resolve("matmul", (x.reshape(-1, x.shape[-1]), w, b), {"activation": act, "trans_b": True})
 
-        def linear(x, w, b, act):
-            return k(x.reshape(-1, x.shape[-1]), w, b).reshape(*x.shape[:-1], w.shape[0])
+        def linear(k: Kernel) -> Kernel:
+            return lambda x, w, b, act: k(x.reshape(-1, x.shape[-1]), w, b).reshape(*x.shape[:-1], w.shape[0])
 
-        return problem, linear, kid
+        return _resolve(kind, "matmul", (x.reshape(-1, x.shape[-1]), w, b), {"activation": act, "trans_b": True},
+                        linear)  # fmt: skip
     if kind == "matmul":
         a, b, act = args
         if a.dim() != b.dim() and b.dim() != 2:
             raise Fallback(f"matmul: broadcast batch dims {tuple(a.shape)} @ {tuple(b.shape)}")
         if a.dim() > 2 and b.dim() > 2 and a.shape[:-2] != b.shape[:-2]:
             raise Fallback(f"matmul: broadcast batch dims {tuple(a.shape)} @ {tuple(b.shape)}")
-        problem, k, kid = _resolve("matmul", (a, b), {"activation": act})
-        return problem, lambda a, b, act: k(a, b), kid
+        return _resolve(kind, "matmul", (a, b), {"activation": act}, lambda k: lambda a, b, act: k(a, b))
     if kind == "layer_norm":
         x, w, b, eps = args
-        problem, k, kid = _resolve("layernorm", (x, w, b), {"eps": eps})
-        return problem, lambda x, w, b, eps: k(x, w, b), kid
+        return _resolve(kind, "layernorm", (x, w, b), {"eps": eps}, lambda k: lambda x, w, b, eps: k(x, w, b))
     if kind == "rms_norm":
         x, w, eps = args
-        problem, k, kid = _resolve("rmsnorm", (x, w), {"eps": eps})
-        return problem, lambda x, w, eps: k(x, w), kid
+        return _resolve(kind, "rmsnorm", (x, w), {"eps": eps}, lambda k: lambda x, w, eps: k(x, w))
     if kind == "softmax":
-        problem, k, kid = _resolve("softmax", args, {})
-        return problem, k, kid
+        return _resolve(kind, "softmax", args, {}, lambda k: k)
     if kind == "attention":
         q, kk, v, mask, causal, scale = args
         if scale is not None and not math.isclose(scale, 1 / math.sqrt(q.shape[-1]), rel_tol=1e-6):
             raise Fallback(f"attention: scale {scale:g} is not 1/sqrt(head dim)")
         tensors = (q, kk, v) if mask is None else (q, kk, v, mask)
-        problem, k, kid = _resolve("attention", tensors, {"causal": bool(causal)})
         if mask is None:
-            return problem, lambda q, kk, v, mask, causal, scale: k(q, kk, v), kid
-        return problem, lambda q, kk, v, mask, causal, scale: k(q, kk, v, mask), kid
+            return _resolve(kind, "attention", tensors, {"causal": bool(causal)},
+                            lambda k: lambda q, kk, v, mask, causal, scale: k(q, kk, v))
+        return _resolve(kind, "attention", tensors, {"causal": bool(causal)},
+                        lambda k: lambda q, kk, v, mask, causal, scale: k(q, kk, v, mask))
     if kind == "embedding":
         w, idx = args
-        problem, k, kid = _resolve("embedding", (w, idx), {})
-        return problem, k, kid
+        return _resolve(kind, "embedding", (w, idx), {}, lambda k: k)
     if kind == "conv2d":
         x, w, b, stride, padding, act = args
-        problem, k, kid = _resolve("conv2d", (x, w, b), {"stride": stride, "padding": padding})
-        return problem, lambda x, w, b, s, p, a: _act_(k(x, w, b), a), kid
+        return _resolve(kind, "conv2d", (x, w, b), {"stride": stride, "padding": padding},
+                        lambda k: lambda x, w, b, s, p, a: _act_(k(x, w, b), a))
     if kind == "conv_bn":
         x, w, b, mean, var, gamma, beta, eps, stride, padding, act = args
         wf, bf = _fold(w, b, mean, var, gamma, beta, eps)
-        problem, k, kid = _resolve("conv2d", (x, wf, bf), {"stride": stride, "padding": padding})
 
-        def conv_bn(x, w, b, mean, var, gamma, beta, eps, s, p, a):
-            return _act_(k(x, *_fold(w, b, mean, var, gamma, beta, eps)), a)
+        def conv_bn(k: Kernel) -> Kernel:
+            def run(x, w, b, mean, var, gamma, beta, eps, s, p, a):
+                return _act_(k(x, *_fold(w, b, mean, var, gamma, beta, eps)), a)
 
-        return problem, conv_bn, kid + "+folded-bn"
+            return run
+
+        problem, kernel, kid = _resolve(kind, "conv2d", (x, wf, bf), {"stride": stride, "padding": padding}, conv_bn)
+        return problem, kernel, kid + "+folded-bn"
     raise Fallback(f"no UHOP op for region kind {kind!r}")
 
 
 def _act_(y: Tensor, activation: str) -> Tensor:
     """The activation applied in place on a fresh conv output (no extra tensor)."""
-    from uhop.compile.regions import activate
-
     if activation == "relu":
         return y.relu_()
     return activate(y, activation)

@@ -51,7 +51,7 @@ class ValidationSet:
             else:
                 xs = spec.make_inputs(problem.dim, problem.param, rng, problem.dtype, problem.arity)
             if problem.dtype == "bfloat16":
-                xs = [_round_bf16(x) for x in xs]
+                xs = [_round_bf16(x) if np.issubdtype(x.dtype, np.floating) else x for x in xs]
             ref = reference_on(problem, xs, problem.device) if problem.device.startswith("cuda") else None
             if ref is None:
                 ref = spec.reference(*[as_f64(x) for x in xs], **problem.param)
@@ -99,6 +99,9 @@ def draw_inputs(problem: Problem, rng: np.random.Generator, distribution: str = 
     smax = MAX_SCALE.get(problem.op, 16.0)
     out = []
     for x in xs:
+        if not np.issubdtype(x.dtype, np.floating):  # indices (embedding): the op's own draw is the valid range
+            out.append(x)
+            continue
         x64 = x.astype(np.float64)
         if distribution == "scaled":
             y = x64 * rng.uniform(2.0, smax)

@@ -177,24 +177,64 @@ class TiledMatmulFamily(Backend):
         return tiled_kernel(candidate.cfg, problem.dtype)
 
 
+def _hw_size(hw: Mapping[str, float], key: str) -> float | None:
+    """A manifest size in bytes/bits whether it arrives raw or as log2 (problem_features' row
+    convention); None when unknown."""
+    v = hw.get(key)
+    if not v:
+        return None
+    return float(2.0**v) if v < 64 else float(v)
+
+
 def config_features(config: Mapping[str, Any], dims: Mapping[str, int], itemsize: int,
                     hw: Mapping[str, float]) -> dict[str, float]:  # fmt: skip
-    """How a config meets a problem: effective tile sizes (a tile is cut at the matrix edge), the
-    number of output tiles (parallel tasks) per core, the work wasted on ragged edge tiles, and
-    the tiles' footprint against L1 and L2. Sizes as log2."""
+    """How a config meets a problem, as the kernel's loop nest sees it. Sizes and counts as log2;
+    counts "per FMA" are over the problem's M*N*K multiply-adds, so they compare configs of one
+    problem and carry across problems.
+
+    - effective tiles ``x_bm``/``x_bn``/``x_bk`` (a tile is cut at the matrix edge), output tiles
+      (parallel tasks) per core, reduction steps, and the ragged remainders of N and K;
+    - ``x_edge_waste``: the padded output over the real one, minus 1 (0 when the tiles divide M, N);
+    - loop overheads: inner ``j`` loops, ``k`` loops and blocks started per FMA (the inner loop runs
+      once per (row, k, column block), so a short ``bn`` pays its start-up every few FMAs);
+    - vectorisation of the inner loop: vector steps per FMA and the fraction of N left to scalar
+      code, for steps of one SIMD register (``hw_vector_bits`` / item bits) and of four (the
+      unrolled loop LLVM emits), summed over the column blocks of ``bn`` and the ragged last one;
+    - ``x_tile_intensity``: FLOPs per byte moved by tiles (A, B, C read and written once per block);
+    - footprints against one core's L1 and L2 (the manifest's ``caches.l1_bytes``/``l2_bytes`` are
+      per core on a CPU, see :class:`uhop.hardware.schema.Caches`): all three tiles, and the B tile
+      that every row of a block streams through.
+    """
     M, N, K = dims["M"], dims["N"], dims["K"]
     bm, bn, bk = (min(int(config[k]), d) for k, d in (("bm", M), ("bn", N), ("bk", K)))
-    tiles = math.ceil(M / bm) * math.ceil(N / bn)
-    foot = itemsize * (bm * bk + bk * bn + bm * bn)
+    nbm, nbn, nbk = math.ceil(M / bm), math.ceil(N / bn), math.ceil(K / bk)
+    cores = max(1.0, hw.get("hw_cores", 1.0))
+    fmas = M * N * K
     out = {
         "x_bm": math.log2(bm), "x_bn": math.log2(bn), "x_bk": math.log2(bk),
-        "x_tiles_per_core": math.log2(tiles / max(1.0, hw.get("hw_cores", 1.0))),
-        "x_edge_waste": (math.ceil(M / bm) * bm * math.ceil(N / bn) * bn) / (M * N) - 1.0,
-        "x_k_steps": math.log2(math.ceil(K / bk)),
+        "x_tiles_per_core": math.log2(nbm * nbn / cores), "x_tasks": math.log2(nbm * nbn),
+        "x_edge_waste": (nbm * bm * nbn * bn) / (M * N) - 1.0,
+        "x_k_steps": math.log2(nbk),
+        "x_n_rem": (N % bn) / bn, "x_k_rem": (K % bk) / bk,
+        "x_jloops_per_fma": math.log2(M * K * nbn / fmas),
+        "x_kloops_per_fma": math.log2(M * nbn * nbk / fmas),
+        "x_blocks_per_fma": math.log2(nbm * nbn * nbk / fmas),
+        "x_tile_intensity": math.log2(2 * fmas / (itemsize * nbm * nbn * nbk * (bm * bk + bk * bn + 2 * bm * bn))),
     }  # fmt: skip
+    bits = _hw_size(hw, "hw_vector_bits")
+    if bits:
+        lanes = max(1, int(bits) // (8 * itemsize))
+        runs = [bn] * (N // bn) + ([N % bn] if N % bn else [])  # inner-loop lengths over one row
+        out["x_bn_over_lanes"] = math.log2(bn / lanes)
+        for name, w in (("v1", lanes), ("v4", 4 * lanes)):
+            steps = sum(n // w + n % w for n in runs)  # vector steps plus scalar remainder iterations
+            out[f"x_{name}_steps_per_fma"] = math.log2(M * K * steps / fmas)
+            out[f"x_{name}_scalar_frac"] = sum(n % w for n in runs) / N
+    foot = itemsize * (bm * bk + bk * bn + bm * bn)
     for level in ("l1", "l2"):
-        size = hw.get(f"hw_{level}_bytes")
+        size = _hw_size(hw, f"hw_{level}_bytes")
         if size:
-            # hw sizes arrive as log2 (problem_features' convention) or raw bytes
-            out[f"x_tile_over_{level}"] = math.log2(foot) - (size if size < 64 else math.log2(size))
+            out[f"x_tile_over_{level}"] = math.log2(foot / size)
+            out[f"x_btile_over_{level}"] = math.log2(itemsize * bk * bn / size)
+            out[f"x_crow_over_{level}"] = math.log2(itemsize * bn * (bk + 1) / size)
     return out

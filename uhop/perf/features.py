@@ -33,6 +33,12 @@ from uhop.problem import Problem
 
 Row = dict[str, float | str]
 
+#: the feature set's version, saved with every trained model: bump it whenever a feature is added,
+#: removed or changes meaning, so that a model trained on another set is refused (stale), never
+#: fed columns it was not trained on. 2: the tiled family's loop-nest features (loop starts and
+#: vector steps per FMA, tile intensity, B-tile and C-row footprints over L1/L2).
+FEATURE_SET = 2
+
 #: hardware feature names (all numeric; absent when unknown)
 HW_KEYS = (
     "hw_cores", "hw_vector_bits", "hw_fma_units", "hw_clock_hz", "hw_l1_bytes", "hw_l2_bytes",

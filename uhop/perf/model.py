@@ -36,7 +36,14 @@ from typing import Any
 import numpy as np
 
 from uhop.backends.base import Candidate
-from uhop.perf.features import FeatureSpace, Row, candidate_features, hardware_features, problem_features
+from uhop.perf.features import (
+    FEATURE_SET,
+    FeatureSpace,
+    Row,
+    candidate_features,
+    hardware_features,
+    problem_features,
+)
 
 log = logging.getLogger("uhop.perf")
 
@@ -172,7 +179,7 @@ class CostModel:
         level = min(1.0, math.ceil((len(y) + 1) * (QUANTILES[-1] - QUANTILES[0])) / len(y))
         widen = float(np.quantile(scores, level, method="higher"))
         meta = {
-            "op": op, "seed": seed, "samples": len(samples), "problems": len(groups),
+            "op": op, "feature_set": FEATURE_SET, "seed": seed, "samples": len(samples), "problems": len(groups),
             "measurements": sum(s.n for s in samples), "data_sha256": data_hash(samples),
             "rounds": rounds, "interval_widen_log2": round(widen, 6), "rank_params": RANK_PARAMS, "quantile_params": QUANTILE_PARAMS,
             "xgboost": xgb.__version__, "devices": len({_jkey(s.hw) for s in samples}),
@@ -182,7 +189,8 @@ class CostModel:
     # ---- persistence ---------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
         doc = {
-            "format": FORMAT, "version": VERSION, "op": self.op, "features": self.features.to_json(), "meta": self.meta,
+            "format": FORMAT, "version": VERSION, "feature_set": FEATURE_SET, "op": self.op,
+            "features": self.features.to_json(), "meta": self.meta,
             "ranker": base64.b64encode(bytes(self.ranker.save_raw("ubj"))).decode(),
             "quantile": base64.b64encode(bytes(self.quantile.save_raw("ubj"))).decode(),
         }  # fmt: skip
@@ -209,6 +217,13 @@ class CostModel:
             raise ValueError(f"model file {path} is not a UHOP cost model (format != {FORMAT!r})")
         if doc.get("version") != VERSION:
             raise ValueError(f"model file {path} has version {doc.get('version')}, this UHOP reads {VERSION}")
+        # A model of another feature set would be handed columns it never saw (or old columns with
+        # new meanings) and rank silently wrong: refuse it. Files from before the field are set 1.
+        if doc.get("feature_set", 1) != FEATURE_SET:
+            raise ValueError(
+                f"model file {path} is stale: trained on feature set {doc.get('feature_set', 1)}, this UHOP "
+                f"computes feature set {FEATURE_SET}; retrain with `uhop perf train --op {doc.get('op', '<op>')}`"
+            )
         boosters = []
         for name in ("ranker", "quantile"):
             b = xgb.Booster(params={"nthread": 1})

@@ -20,7 +20,9 @@ Contract:
   if it swallowed the refusal;
 * the broker is non-dumpable, confined by Landlock to the sandbox's file-system view (reads
   beneath ``readable``, writes beneath the private directory), and dies with the worker
-  (``PR_SET_PDEATHSIG``, EOF on its request pipe).
+  (``PR_SET_PDEATHSIG``, EOF on its request pipe); while a tool runs it watches the worker (a
+  hang-up on the request pipe, a new parent pid) and kills the tool's process group when the
+  worker is gone, so no compiler helper outlives a killed check.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import base64
 import json
 import os
 import re
-import selectors
+import select
 import shutil
 import signal
 import subprocess
@@ -128,6 +130,19 @@ class Broker:
         self.as_bytes = int(cfg.get("as_bytes", 16 << 30))
         self.file_bytes = int(cfg.get("file_bytes", 64 << 20))
         self.out_bytes = int(cfg.get("out_bytes", 1 << 20))
+        # the worker, watched while a tool runs: its end of the request pipe (hang-up when it is
+        # gone) and its pid (we are reparented when it dies)
+        self.worker_fd: int | None = int(cfg["rfd"]) if "rfd" in cfg else None
+        self.parent: int | None = int(cfg["parent"]) if "parent" in cfg else None
+
+    def orphaned(self, pgid: int) -> None:
+        """The worker died while a tool ran: kill the tool's process group (a compiler's helpers,
+        cc1 and as, are in it and would outlive gcc as orphans) and exit. The parent-death signal
+        cannot be relied on for this: in the fallback the worker's Landlock domain scopes signals,
+        and the kernel checks a parent-death signal against the dying worker's domain, so it never
+        reaches the broker (it lives outside that domain)."""
+        _killpg(pgid)
+        os._exit(0)
 
     def resolve(self, argv0: str, cwd: str) -> str:
         if not isinstance(argv0, str) or not argv0 or "\0" in argv0:
@@ -171,20 +186,29 @@ class Broker:
         ofd, efd = proc.stdout.fileno(), proc.stderr.fileno()  # type: ignore[union-attr]
         bufs = {ofd: bytearray(), efd: bytearray()}
         deadline, timed_out = time.monotonic() + timeout, False
-        with selectors.DefaultSelector() as sel:
-            for fd in bufs:
-                sel.register(fd, selectors.EVENT_READ)
-            while sel.get_map():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    timed_out = True
-                    break
-                for key, _ in sel.select(min(left, 1.0)):
-                    chunk = os.read(key.fd, 1 << 16)
-                    if not chunk:
-                        sel.unregister(key.fd)
-                    elif len(bufs[key.fd]) < self.out_bytes:  # past the cap: drained, not kept
-                        bufs[key.fd] += chunk[: self.out_bytes - len(bufs[key.fd])]
+        poll, reading = select.poll(), set(bufs)
+        for fd in bufs:
+            poll.register(fd, select.POLLIN)
+        if self.worker_fd is not None:  # no events asked: only POLLHUP, once the worker is gone
+            poll.register(self.worker_fd, 0)
+        while reading:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                timed_out = True
+                break
+            for fd, ev in poll.poll(min(left, 1.0) * 1000):
+                if fd == self.worker_fd:
+                    if ev & (select.POLLHUP | select.POLLERR):
+                        self.orphaned(proc.pid)
+                    continue
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    poll.unregister(fd)
+                    reading.discard(fd)
+                elif len(bufs[fd]) < self.out_bytes:  # past the cap: drained, not kept
+                    bufs[fd] += chunk[: self.out_bytes - len(bufs[fd])]
+            if self.parent is not None and os.getppid() != self.parent:
+                self.orphaned(proc.pid)
         if timed_out:
             _killpg(proc.pid)
         try:

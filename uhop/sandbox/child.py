@@ -75,16 +75,16 @@ def from_npy(b: bytes):
 
 
 def from_raw(blob: bytes, meta) -> object:
-    """A float array from raw bytes and ``[shape, dtype]`` (the fast path for many small arrays:
-    ``np.load`` costs ~0.1 ms per array). Refuses anything but a little-endian float dtype and a
-    shape whose size matches the bytes."""
+    """A numeric array from raw bytes and ``[shape, dtype]`` (the fast path for many small arrays:
+    ``np.load`` costs ~0.1 ms per array). Refuses anything but a little-endian float dtype (or
+    int64/int32: embedding indices) and a shape whose size matches the bytes."""
     import numpy as np
 
     shape, dt = meta
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise ValueError("bad raw shape")
-    if dt not in ("<f2", "<f4", "<f8", "<c8", "<c16"):
-        raise ValueError(f"raw dtype {dt!r} is not a float")
+    if dt not in ("<f2", "<f4", "<f8", "<c8", "<c16", "<i8", "<i4"):
+        raise ValueError(f"raw dtype {dt!r} is not a float or an index")
     dtype = np.dtype(dt)
     n = 1
     for d in shape:

@@ -8,9 +8,12 @@ process, which the kernel (in its sandboxed worker) cannot see. A failed check
 
 1. quarantines the kernel's store entry (``store.quarantine(key, reason)``: a ``quarantined``
    measurement row, the entry removed, so a re-tune chooses another kernel),
-2. calls ``on_quarantine`` (dispatch drops the kernel from its in-process cache: the next call
-   resolves to the next best kernel), and
-3. returns the reference result for the failing call, cast to the kernel's output dtype and
+2. asks ``fallback`` for the next best kernel (dispatch: :func:`next_best`, the fastest other
+   kernel the store measured valid for the problem on a trusted backend, else the library
+   baseline) and sends every later call to it, at call sites that cached the wrapper too; the
+   float64 reference serves only where no fallback builds and validates,
+3. calls ``on_quarantine``, and
+4. returns the reference result for the failing call, cast to the kernel's output dtype and
    array library, so the caller never sees the wrong output.
 
 The rate is ``UHOP_SPOTCHECK_RATE`` (fraction of calls, default 0.01; 0 disables, 1 checks
@@ -20,6 +23,7 @@ calls only; unsampled calls pay one random draw.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import threading
@@ -32,6 +36,7 @@ from uhop.measure.validate import compare
 from uhop.ops.base import as_f64
 from uhop.problem import Problem
 
+log = logging.getLogger(__name__)
 #: default fraction of dispatch calls re-checked against the reference
 DEFAULT_RATE = 0.01
 
@@ -55,12 +60,14 @@ class SpotChecked:
 
     ``store``: anything with ``quarantine(key, reason)`` (``uhop.store`` SQLite or PostgreSQL),
     or None to only fall back; ``rate``: fraction of calls checked (default
-    :func:`spotcheck_rate`). After a failure every later call goes to the reference (if
-    ``on_quarantine`` did not already route callers elsewhere). ``checks`` and ``failures``
-    count what happened (for tests and telemetry)."""
+    :func:`spotcheck_rate`); ``fallback``: called once, at the failure, for the kernel that
+    serves every later call (taking and returning what ``kernel`` does), or None; without one
+    (or when it fails) later calls get the float64 reference. ``checks``, ``failures`` and
+    ``fallback_calls`` count what happened (for tests and telemetry)."""
 
     def __init__(self, kernel: Callable[..., Any], problem: Problem, key: str, *, store: Any = None,
-                 rate: float | None = None, on_quarantine: Callable[[], None] | None = None) -> None:  # fmt: skip
+                 rate: float | None = None, on_quarantine: Callable[[], None] | None = None,
+                 fallback: Callable[[], Callable[..., Any] | None] | None = None) -> None:  # fmt: skip
         self.kernel = kernel
         self.problem = problem
         self.key = key
@@ -69,15 +76,22 @@ class SpotChecked:
         if not 0.0 <= self.rate <= 1.0:
             raise ValueError(f"rate must be in [0, 1], got {self.rate}")
         self.on_quarantine = on_quarantine
+        self.fallback = fallback
+        self.fallback_kernel: Callable[..., Any] | None = None
         self.quarantined = ""
         self.checks = 0
         self.failures = 0
+        self.fallback_calls = 0
         self._rng = np.random.default_rng(secrets.randbits(63))
         self._lock = threading.Lock()
 
     def __call__(self, *args: Any) -> Any:
         if self.quarantined:
-            return self._reference(args)
+            fb = self.fallback_kernel
+            if fb is None:
+                return self._reference(args)
+            self.fallback_calls += 1
+            return fb(*args)
         with self._lock:
             sampled = self.rate > 0 and self._rng.random() < self.rate
         if not sampled:
@@ -118,6 +132,12 @@ class SpotChecked:
                 self.store.quarantine(self.key, reason)
             except Exception:  # a store that cannot be written must not turn a fallback into a crash
                 pass
+        if self.fallback is not None:
+            try:
+                self.fallback_kernel = self.fallback()
+            except Exception as exc:  # no next best: the reference serves
+                log.warning("no fallback for quarantined kernel %s (%s: %s); calling the reference",
+                            self.key, type(exc).__name__, exc)  # fmt: skip
         if self.on_quarantine is not None:
             self.on_quarantine()
 
@@ -136,9 +156,55 @@ def _like(ref: np.ndarray, out: Any) -> Any:
 
 
 def spot_checked(kernel: Callable[..., Any], problem: Problem, key: str, *, trusted: bool, store: Any = None,
-                 on_quarantine: Callable[[], None] | None = None) -> Callable[..., Any]:  # fmt: skip
+                 on_quarantine: Callable[[], None] | None = None,
+                 fallback: Callable[[], Callable[..., Any] | None] | None = None) -> Callable[..., Any]:  # fmt: skip
     """The dispatch hook: ``kernel`` itself for trusted backends (UHOP's own templates) or a
     zero rate, else a :class:`SpotChecked` wrapper."""
     if trusted or spotcheck_rate() == 0.0:
         return kernel
-    return SpotChecked(kernel, problem, key, store=store, on_quarantine=on_quarantine)
+    return SpotChecked(kernel, problem, key, store=store, on_quarantine=on_quarantine, fallback=fallback)
+
+
+#: measured candidates :func:`next_best` builds and validates at most (each costs a build and a
+#: float64 reference of the problem's size, once, on the call that found the fault)
+NEXT_BEST_TRIES = 3
+
+
+def next_best(problem: Problem, key: str, store: Any) -> tuple[Callable[..., Any], Any, Any] | None:
+    """The fastest kernel other than the quarantined one that the store measured valid for
+    ``key`` (the tuning run's ``ok`` measurement rows), on a trusted backend (UHOP's own
+    templates and vendor libraries: an untrusted one would need its own spot checks) allowed by
+    ``UHOP_BACKENDS``, that still builds and passes one fresh validation at the problem's own
+    size, as ``(kernel, backend, candidate)``; None when there is none."""
+    from uhop import backends as bk
+    from uhop.backends.base import Candidate
+    from uhop.config import settings
+    from uhop.measure.validate import ValidationSet, check_kernel
+
+    allow = settings().backends
+    rows = [m for m in store.measurements(key) if m.get("status") == "ok" and m.get("median_s") is not None]
+    tried: set[str] = set()
+    for m in sorted(rows, key=lambda m: float(m["median_s"])):
+        if len(tried) >= NEXT_BEST_TRIES:
+            break
+        try:
+            cand = Candidate.from_json(m["candidate"])
+            backend = bk.get(cand.backend)
+        except Exception:  # a row from another UHOP version, a backend not in this install
+            continue
+        if cand.id in tried or not (backend.trusted and backend.available and backend.supports(problem)):
+            continue
+        if allow and backend.name not in allow:
+            continue
+        tried.add(cand.id)
+        try:
+            kernel = backend.compile(cand, problem)
+            sync = (lambda b=backend: b.synchronize(problem.device)) if problem.device != "cpu" else None
+            v = check_kernel(kernel, ValidationSet(problem, trials=1), backend.array, problem.device, sync)
+        except Exception as exc:
+            log.debug("next best %s for %s failed: %s: %s", cand.id, key, type(exc).__name__, exc)
+            continue
+        if v.ok:
+            return kernel, backend, cand
+        log.debug("next best %s for %s failed validation: %s", cand.id, key, v.reason)
+    return None

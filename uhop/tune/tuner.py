@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
+import importlib.util
 import inspect
 import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from uhop import backends as bk
@@ -130,12 +131,13 @@ def content_hash(candidate: Candidate, key: str, backend: Backend) -> str:
     h = hashlib.sha256()
     h.update(repr((candidate.backend, candidate.template, candidate.config)).encode())
     h.update(key.encode())
-    modules = [inspect.getmodule(type(backend))]
-    modules += [importlib.import_module(m) for m in getattr(backend, "source_modules", ())]
-    for mod in modules:  # the backend's code and the kernel modules it generates from
-        try:
-            h.update(inspect.getsource(mod).encode())  # type: ignore[arg-type]
-        except (OSError, TypeError):
+    own = inspect.getmodule(type(backend))
+    names = [own.__name__ if own is not None else "", *getattr(backend, "source_modules", ())]
+    for name in names:  # the backend's code and the kernel modules it generates from, read as
+        try:  # files: importing numba_kernels would import numba into a process that serves none
+            spec = importlib.util.find_spec(name)
+            h.update(Path(spec.origin).read_bytes())  # type: ignore[union-attr,arg-type]
+        except (ImportError, ValueError, AttributeError, TypeError, OSError):
             h.update(type(backend).__qualname__.encode())
     file_hash = getattr(backend, "kernel_sha256", None)
     if file_hash is not None:  # user kernel files: the exact bytes of the file
@@ -366,7 +368,9 @@ def _budgeted(
     s = settings()
     key = problem.key(s.shape_buckets)
     t = time.monotonic()
-    usable = bk.for_problem(problem, allow)
+    # Where every candidate will run in the isolation worker, this process only needs to know the
+    # libraries are installed: it imports one when its kernel wins (or runs here)
+    usable = bk.for_problem(problem, allow, lazy=isolate is not False and s.isolate != "never")
     probe_s = time.monotonic() - t
     if not usable:
         reasons = "; ".join(f"{b.name}: {b.availability[1]}" for b in bk.all_backends())
@@ -393,6 +397,8 @@ def _budgeted(
     by_name = {b.name: b for b in usable}
     order = budget_order(problem, usable, per_backend)
     base = baseline(problem, usable, per_backend)
+    measurements: list[Measurement] = _quarantined(order, by_name, key, store)
+    order = [c for c in order if all(m.candidate != c for m in measurements)]
     overhead["enumerate"] = time.monotonic() - t
     log.info("tuning %s: %d candidates, budget %.3g s", problem.describe(), len(order), budget)
     pre = None
@@ -406,7 +412,6 @@ def _budgeted(
             pre = Precompiler(min(s.precompile_processes, len(ahead)))
             pre.submit(problem, ahead)
     vset: ValidationSet | None = None  # built on first in-process use (the worker builds its own)
-    measurements: list[Measurement] = []
     kernels: dict[Candidate, Kernel] = {}
     best: Measurement | None = None
     # The budget covers the evaluation, not this process's one-time import of the backends'
@@ -509,6 +514,22 @@ def _budgeted(
              f" ({best.median_s * 1e3:.4g} ms)" if med else "")  # fmt: skip
     return TuneResult(problem, key, policy, measurements, best, entry, kernel, backend, served=served, ties=ties,
                       overhead=overhead)  # fmt: skip
+
+
+def _quarantined(order: Sequence[Candidate], by_name: Mapping[str, Backend], key: str, store: Any) -> list[Measurement]:
+    """Untrusted candidates (kernel files, generated kernels) whose exact code failed a
+    dispatch-time spot check on this problem: never tuned again (``Store.quarantined``)."""
+    out = []
+    for c in order:
+        b = by_name[c.backend]
+        if b.trusted or not hasattr(store, "quarantined"):
+            continue
+        try:
+            if store.quarantined(content_hash(c, key, b)):
+                out.append(Measurement(c, "skipped", "quarantined: failed a dispatch-time spot check"))
+        except Exception as exc:  # a kernel file that went away: the evaluation says so
+            log.debug("quarantine check of %s: %s", c.id, exc)
+    return out
 
 
 def _stale(entry: Entry, key: str) -> bool:

@@ -1,6 +1,7 @@
 """Round 2, classes 2-4: tries to clear its parent-death signal, to lower the parent's file-size
 limit and a spare worker's limits with prlimit64, to kill the parent with rt_sigqueueinfo and
-pidfd_send_signal, and reports what the kernel answered (-1 = refused)."""
+pidfd_send_signal, to reach other processes with kill and tgkill (signal 0: a probe that harms
+nothing if it got through), and reports what the kernel answered (-1 = refused)."""
 import ctypes
 import operator
 import typing
@@ -37,4 +38,6 @@ def run(x):
     res["sigqueue"] = max(libc.syscall(129, pid, 9, info) for pid in others())
     res["tgsigqueue"] = libc.syscall(297, os.getppid(), os.getppid(), 9, info)
     res["pidfd_send_signal"] = libc.syscall(424, 0, 9, None, 0)
+    res["kill"] = max(libc.kill(pid, 0) for pid in others())
+    res["tgkill"] = max(libc.syscall(234, pid, pid, 0) for pid in others())
     raise RuntimeError(" ".join(f"{k}={v}" for k, v in res.items()))

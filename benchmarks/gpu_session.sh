@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The GPU measurements still owed by open issues, one stage per device call (each fits the
+# 10-minute limit of one call; results and logs land in $OUT). From the repository root:
+#
+#   run(command="bash benchmarks/gpu_session.sh tuner-a", carry=[".whl"])
+#
+# .whl/ holds wheels for the GPU machine's Python (3.12) that it lacks (pydantic and its deps,
+# platformdirs): `pip download --python-version 3.12 --only-binary :all: -d .whl pydantic platformdirs`.
+# Stages, most important first:
+#   tuner-a / tuner-b / tuner-c  #13: product pick vs oracle, GPU suite + the issue's extra cases
+#   sweep                        #20: width sweep through the product path vs eager / torch.compile
+#   buffers                      #19: 5-op chain, host round trips vs uhop.Buffer (copies, managed)
+#   compile                      #16: torch.compile(backend="uhop") vs eager / compile, bf16
+set -u
+stage=${1:?"stage: tuner-a | tuner-b | tuner-c | sweep | buffers | compile"}
+OUT=${OUT:-/tmp/uhop-gpu-out}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  >"$OUT/pip.log" 2>&1 || { echo "wheel install failed: see pip.log"; exit 1; }
+export PYTHONPATH=$PWD:/tmp/site
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >"$OUT/gpu.csv" 2>&1
+python3 -c "import torch, triton; print(torch.__version__, triton.__version__)" >"$OUT/versions.txt" 2>&1
+tvo() { timeout 570 python3 benchmarks/tuner_vs_oracle.py --device cuda:0 --stop-s 400 --only "$1" --out "$OUT/$2" 2>&1 | tail -40; }
+case "$stage" in
+  tuner-a) tvo softmax,layernorm,rmsnorm,elementwise,ew_gelu_mul_64m,softmax_gpt2_vocab tuner_vs_oracle_h200_a.json ;;
+  tuner-b) tvo gemm_8192,gemm_4096,gemm_1024,gemm_misaligned,gemm_skinny,gemm_short_k tuner_vs_oracle_h200_b.json ;;
+  tuner-c) tvo gemm_llm_mlp,gemm_fp32,gemm_bias_gelu,attention,attention_causal,conv2d tuner_vs_oracle_h200_c.json ;;
+  sweep) timeout 570 python3 benchmarks/width_sweep.py --deadline-s 420 --stop-s 480 --out "$OUT/width_sweep_h200_product.json" 2>&1 | tail -40 ;;
+  buffers) timeout 570 python3 benchmarks/buffer_chain.py --json "$OUT/buffer_chain_h200.json" 2>&1 | tail -40 ;;
+  compile) timeout 570 python3 benchmarks/compile_models.py --device cuda --dtype bfloat16 --out "$OUT/compile_h200_bf16.json" 2>&1 | tail -40 ;;
+  *) echo "unknown stage $stage"; exit 2 ;;
+esac
