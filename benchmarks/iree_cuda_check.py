@@ -183,8 +183,12 @@ def ensure_dev_library(dev: str = "libcuda.so", runtime: str = "libcuda.so.1") -
         path = next((ln.split()[-1] for ln in f if f"/{dev}" in ln), None)
     if path is None:
         return f"{runtime} loaded but not found in /proc/self/maps"
-    d = Path(tempfile.gettempdir()) / "uhop-iree-libs"
-    d.mkdir(exist_ok=True)
+    # One folder per user, private: another user's folder of the same name (a run as root left
+    # /tmp/uhop-iree-libs behind) cannot be written, and a link planted there must not be loaded.
+    d = Path(tempfile.gettempdir()) / f"uhop-iree-libs-{os.getuid()}"
+    d.mkdir(mode=0o700, exist_ok=True)
+    if d.stat().st_uid != os.getuid() or d.is_symlink():
+        return f"{d} belongs to another user; remove it"
     link = d / dev
     link.unlink(missing_ok=True)
     link.symlink_to(path)

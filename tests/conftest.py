@@ -42,6 +42,9 @@ def uhop_home(tmp_path, monkeypatch):
                          policy="tune"):
         yield home
     clear_process_cache()
+    # The test's own environment changes go first: a variable it set to a bad value (to test the
+    # error) must not fail this re-read of the settings.
+    monkeypatch.undo()
     config.reload()
 
 

@@ -259,6 +259,7 @@ def _roofline(r: dict[str, Any]) -> str:
 
 
 def print_table(rows: list[dict[str, Any]], console: Any) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     from uhop.cli.core import _fmt_time, fold_id
@@ -277,7 +278,7 @@ def print_table(rows: list[dict[str, Any]], console: Any) -> None:
             f"{_fmt_time(r['library_s'])} ({r['library']})" if r["library_s"] else "-",
             f"{r['speedup_vs_naive']:.2f}x", f"{r['speedup_vs_library']:.2f}x" if r["speedup_vs_library"] else "-",
         )  # fmt: skip
-        picks.add_row(r["name"], fold_id(r["chosen"] or "-"), f"{r['gflops']:.1f}", f"{r['gbps']:.2f}", _roofline(r))
+        picks.add_row(escape(r["name"]), escape(fold_id(r["chosen"] or "-")), f"{r['gflops']:.1f}", f"{r['gbps']:.2f}", _roofline(r))
     # Ten columns do not fit 80: times and picks are two tables (same rows, same order).
     console.print(times)
     console.print(picks)

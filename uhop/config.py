@@ -1,27 +1,15 @@
 """Every ``UHOP_*`` setting, declared once, typed, with a context override for tests.
 
-Settings are read from the environment when :func:`settings` is first called and cached;
-:func:`override` swaps in changed values for the duration of a ``with`` block (tests, CLI flags).
+:class:`Settings` holds them all (field, type, default); :data:`ENV` names each field's variable
+and how its text parses. Settings are read from the environment when :func:`settings` is first
+called and cached; :func:`override` swaps in changed values for the duration of a ``with`` block
+(tests, CLI flags); :func:`read` parses one setting from the environment now, for the few places
+that run before settings may be complete or valid (``import uhop``, the CLI's error handling,
+worker processes started with a variable). README.md's settings table lists every variable with
+its default and meaning (``tests/unit/test_config.py`` checks both lists against :data:`ENV`).
 
-| variable | default | meaning |
-| --- | --- | --- |
-| ``UHOP_HOME`` | user cache dir / ``uhop`` | where the kernel store and artifacts live |
-| ``UHOP_STORE`` | ``sqlite:///$UHOP_HOME/uhop.db`` | store URL (``sqlite:///path`` or ``postgresql://...``) |
-| ``UHOP_DISABLE`` | ``0`` | ``1``: ``@uhop.optimize`` calls the user's function directly |
-| ``UHOP_POLICY`` | ``background`` | how ``@uhop.optimize`` / ``uhop.ops`` handle a new problem: ``background`` (serve the library baseline at once, tune in a background thread, swap the winner in), ``tune`` (tune before returning) or ``fast`` (choose without timing) |
-| ``UHOP_THREADS`` | ``passive`` | thread pools' wait policy (``uhop/threads.py``): ``passive`` makes OpenMP pools started after ``import uhop`` sleep when idle, so the next library's threads get the cores; ``default`` leaves the libraries alone |
-| ``UHOP_EXIT_WAIT_S`` | ``20`` | at interpreter exit, how long background tuning still running may take to finish and store its pick (``0``: abandon it) |
-| ``UHOP_TUNE_BUDGET_S`` | ``10`` | wall-clock budget for tuning one problem, seconds |
-| ``UHOP_BENCH_MIN_S`` | ``0.05`` | minimum measured time per candidate, seconds |
-| ``UHOP_BENCH_REPEAT`` | ``7`` | maximum timed repeats per candidate |
-| ``UHOP_SHAPE_BUCKETS`` | ``exact`` | ``exact`` or ``pow2``: how dims map to a shape class |
-| ``UHOP_BACKENDS`` | (all) | comma-separated allowlist of backend names |
-| ``UHOP_VALIDATION_TRIALS`` | ``3`` | fresh random draws each candidate must pass |
-| ``UHOP_LOG`` | ``WARNING`` | log level of the ``uhop`` logger (the ``uhop`` command and the demo default to ``INFO``) |
-| ``UHOP_DEBUG`` | ``0`` | ``1``: a failing ``uhop`` command raises with its traceback instead of one line on stderr |
-| ``UHOP_ISOLATE`` | ``auto`` | where tuning runs candidates: ``auto`` (GPU problems, and on CPU the backends that JIT-compile native code, in a long-lived worker process; numpy/torch CPU kernels in-process), ``1`` (always a worker), ``0`` (never). In a worker, a kernel that kills its process (segfault, illegal address, compiler abort, a hang) is a recorded failure, not the caller's death, and a CUDA context it poisoned is discarded |
-| ``UHOP_PRECOMPILE_WORKERS`` | ``auto`` | processes that build JIT candidates (numba, IREE) ahead of their evaluation during tuning, so the evaluation loads them from the on-disk cache: ``auto`` is ``min(8, cores - 2)`` (none on 2 cores, where a compiler would share the timed core), ``0`` turns it off |
-| ``UHOP_ISOLATE_TIMEOUT_S`` | ``120`` | a candidate evaluated in the worker for longer than this is killed and recorded as ``timeout`` |
+:data:`INTERNAL` names the ``UHOP_*`` variables that are not settings: values a parent process
+hands the sandbox's child through its environment.
 """
 
 from __future__ import annotations
@@ -30,12 +18,16 @@ import contextlib
 import dataclasses
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 #: dispatch policies (``UHOP_POLICY``, ``@uhop.optimize(policy=...)``)
 POLICIES = ("background", "tune", "fast")
+#: thread pools' wait policies (``UHOP_THREADS``, ``uhop/threads.py``)
+THREAD_POLICIES = ("passive", "default")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def _default_home() -> Path:
@@ -47,10 +39,7 @@ def _default_home() -> Path:
         return Path.home() / ".cache" / "uhop"
 
 
-def _env_bool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
+def _bool(raw: str) -> bool:
     return raw.strip().lower() in ("1", "true", "yes", "on")
 
 
@@ -58,6 +47,26 @@ def _isolate_mode(raw: str) -> str:
     v = raw.strip().lower() or "auto"
     return {"1": "always", "true": "always", "yes": "always", "on": "always", "always": "always",
             "0": "never", "false": "never", "no": "never", "off": "never", "never": "never"}.get(v, v)  # fmt: skip
+
+
+def _number(kind: type, what: str) -> Callable[[str], Any]:
+    def parse(raw: str) -> Any:
+        try:
+            return kind(raw.strip())
+        except ValueError:
+            raise ValueError(f"must be {what}, got {raw!r}") from None
+
+    return parse
+
+
+def _port(raw: str) -> int:
+    if not raw.strip().isdigit() or int(raw) > 65535:
+        raise ValueError(f"must be a port number, got {raw!r}")
+    return int(raw)
+
+
+def _names(raw: str) -> tuple[str, ...]:
+    return tuple(b.strip() for b in raw.split(",") if b.strip())
 
 
 def _workers(raw: str) -> int:
@@ -69,44 +78,60 @@ def _workers(raw: str) -> int:
     except ValueError:
         n = -2
     if n < 0:
-        raise ValueError(f"UHOP_PRECOMPILE_WORKERS must be 'auto' or a number >= 0, got {raw!r}")
+        raise ValueError(f"must be 'auto' or a number >= 0, got {raw!r}")
     return n
 
 
 @dataclass(frozen=True)
 class Settings:
+    """Every setting; ``ENV`` maps each field to its ``UHOP_*`` variable. Times in seconds."""
+
+    # store and dispatch
     home: Path = field(default_factory=_default_home)
-    store_url: str = ""
+    store_url: str = ""  # "": sqlite:///$UHOP_HOME/uhop.db
     disable: bool = False
     policy: str = "background"
     exit_wait_s: float = 20.0
+    threads: str = "passive"  # applied at import uhop (uhop/threads.py)
+    # tuning
     tune_budget_s: float = 10.0
     bench_min_s: float = 0.05
     bench_repeat: int = 7
     shape_buckets: str = "exact"
-    backends: tuple[str, ...] = ()
+    backends: tuple[str, ...] = ()  # (): all
     validation_trials: int = 3
-    log_level: str = "WARNING"
     isolate: str = "auto"
     isolate_timeout_s: float = 120.0
     precompile_workers: int = -1  # -1: auto (see precompile_processes)
+    # the uhop command
+    log_level: str | None = None  # None: WARNING in the library, INFO in the uhop command and the demo
     debug: bool = False
+    # observability (uhop/metrics.py, uhop/serve/)
+    metrics_port: int | None = None  # None: no exporter; 0: any free port
+    metrics_addr: str = "127.0.0.1"
+    metrics_sample_every: int = 64
+    serve_token: str | None = field(default=None, repr=False)
+    # kernel files and the sandbox (read by uhop/sandbox/)
+    spotcheck_rate: float = 0.01
+    sandbox_uid: int = 65533
+    sandbox_gid: int | None = None  # None: sandbox_uid
+    # backends
+    opencl_platform: str = ""  # "": the first platform with a device
+    # LLM kernel generation (uhop/ai/)
+    ai_base_url: str | None = None
+    ai_model: str | None = None
+    ai_api_key: str = field(default="unused", repr=False)
+    # torch.compile(backend="uhop") (read by uhop/compile/)
+    compile_backends: str = "torch,triton"
+    compile_rest: str = "inductor"
+    compile_buckets: str = "pow2"
+    fusion_report: bool = False
 
     def __post_init__(self) -> None:
-        if self.policy not in POLICIES:
-            raise ValueError(f"UHOP_POLICY must be one of {', '.join(POLICIES)}, got {self.policy!r}")
-        if self.shape_buckets not in ("exact", "pow2"):
-            raise ValueError(f"UHOP_SHAPE_BUCKETS must be 'exact' or 'pow2', got {self.shape_buckets!r}")
-        if self.tune_budget_s <= 0:
-            raise ValueError(f"UHOP_TUNE_BUDGET_S must be > 0, got {self.tune_budget_s}")
         if isinstance(self.isolate, bool):  # override(isolate=True) in tests and scripts
             object.__setattr__(self, "isolate", "always" if self.isolate else "never")
-        if self.isolate not in ("auto", "always", "never"):
-            raise ValueError(f"UHOP_ISOLATE must be auto, 1 or 0, got {self.isolate!r}")
-        if self.isolate_timeout_s <= 0:
-            raise ValueError(f"UHOP_ISOLATE_TIMEOUT_S must be > 0, got {self.isolate_timeout_s}")
-        if self.validation_trials < 1:
-            raise ValueError(f"UHOP_VALIDATION_TRIALS must be >= 1, got {self.validation_trials}")
+        for name in _CHECKS:
+            _check(name, getattr(self, name))
 
     def isolates(self, device: str, backend: object = None) -> bool:
         """Whether tuning on ``device`` measures ``backend``'s candidates in a worker process:
@@ -129,27 +154,100 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
-        env = os.environ.get
-        home = env("UHOP_HOME")
-        backends = tuple(b.strip() for b in env("UHOP_BACKENDS", "").split(",") if b.strip())
-        return cls(
-            home=Path(home).expanduser() if home else _default_home(),
-            store_url=env("UHOP_STORE", ""),
-            disable=_env_bool("UHOP_DISABLE", False),
-            policy=env("UHOP_POLICY", "background").strip().lower(),
-            exit_wait_s=float(env("UHOP_EXIT_WAIT_S", "20")),
-            tune_budget_s=float(env("UHOP_TUNE_BUDGET_S", "10")),
-            bench_min_s=float(env("UHOP_BENCH_MIN_S", "0.05")),
-            bench_repeat=int(env("UHOP_BENCH_REPEAT", "7")),
-            shape_buckets=env("UHOP_SHAPE_BUCKETS", "exact").strip().lower(),
-            backends=backends,
-            validation_trials=int(env("UHOP_VALIDATION_TRIALS", "3")),
-            log_level=env("UHOP_LOG", "WARNING").upper(),
-            isolate=_isolate_mode(env("UHOP_ISOLATE", "auto")),
-            isolate_timeout_s=float(env("UHOP_ISOLATE_TIMEOUT_S", "120")),
-            precompile_workers=_workers(env("UHOP_PRECOMPILE_WORKERS", "auto")),
-            debug=_env_bool("UHOP_DEBUG", False),
-        )
+        """Every field whose variable is set (and not empty) from the environment, the rest defaults."""
+        values = {}
+        for name, (var, _) in ENV.items():
+            raw = os.environ.get(var, "")
+            if raw.strip():
+                values[name] = _parse(name, raw)
+        return cls(**values)
+
+
+#: field -> (environment variable, parser of its text)
+ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "home": ("UHOP_HOME", lambda r: Path(r).expanduser()),
+    "store_url": ("UHOP_STORE", str.strip),
+    "disable": ("UHOP_DISABLE", _bool),
+    "policy": ("UHOP_POLICY", lambda r: r.strip().lower()),
+    "exit_wait_s": ("UHOP_EXIT_WAIT_S", _number(float, "a number of seconds")),
+    "threads": ("UHOP_THREADS", lambda r: r.strip().lower()),
+    "tune_budget_s": ("UHOP_TUNE_BUDGET_S", _number(float, "a number of seconds")),
+    "bench_min_s": ("UHOP_BENCH_MIN_S", _number(float, "a number of seconds")),
+    "bench_repeat": ("UHOP_BENCH_REPEAT", _number(int, "an integer")),
+    "shape_buckets": ("UHOP_SHAPE_BUCKETS", lambda r: r.strip().lower()),
+    "backends": ("UHOP_BACKENDS", _names),
+    "validation_trials": ("UHOP_VALIDATION_TRIALS", _number(int, "an integer")),
+    "isolate": ("UHOP_ISOLATE", _isolate_mode),
+    "isolate_timeout_s": ("UHOP_ISOLATE_TIMEOUT_S", _number(float, "a number of seconds")),
+    "precompile_workers": ("UHOP_PRECOMPILE_WORKERS", _workers),
+    "log_level": ("UHOP_LOG", lambda r: r.strip().upper()),
+    "debug": ("UHOP_DEBUG", _bool),
+    "metrics_port": ("UHOP_METRICS_PORT", _port),
+    "metrics_addr": ("UHOP_METRICS_ADDR", str.strip),
+    "metrics_sample_every": ("UHOP_METRICS_SAMPLE_EVERY", _number(int, "an integer >= 1")),
+    "serve_token": ("UHOP_SERVE_TOKEN", str),
+    "spotcheck_rate": ("UHOP_SPOTCHECK_RATE", _number(float, "a number in [0, 1]")),
+    "sandbox_uid": ("UHOP_SANDBOX_UID", _number(int, "a positive id")),
+    "sandbox_gid": ("UHOP_SANDBOX_GID", _number(int, "a positive id")),
+    "opencl_platform": ("UHOP_OPENCL_PLATFORM", lambda r: r.strip().lower()),
+    "ai_base_url": ("UHOP_AI_BASE_URL", str.strip),
+    "ai_model": ("UHOP_AI_MODEL", str.strip),
+    "ai_api_key": ("UHOP_AI_API_KEY", str),
+    "compile_backends": ("UHOP_COMPILE_BACKENDS", str.strip),
+    "compile_rest": ("UHOP_COMPILE_REST", str.strip),
+    "compile_buckets": ("UHOP_COMPILE_BUCKETS", str.strip),
+    "fusion_report": ("UHOP_FUSION_REPORT", _bool),
+}
+
+#: ``UHOP_*`` variables that are not settings: the sandbox's parent hands its child these values
+INTERNAL = ("UHOP_SANDBOX_IDS", "UHOP_SANDBOX_PRIVATE", "UHOP_SANDBOX_READABLE", "UHOP_SANDBOX_DISK_BYTES",
+            "UHOP_SANDBOX_TOOLS", "UHOP_SANDBOX_LANDLOCK", "UHOP_SANDBOX_LAYERS")  # fmt: skip
+
+#: field -> (is the value acceptable, what it must be)
+_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "policy": (lambda v: v in POLICIES, f"one of {', '.join(POLICIES)}"),
+    "threads": (lambda v: v in THREAD_POLICIES, f"one of {', '.join(THREAD_POLICIES)}"),
+    "shape_buckets": (lambda v: v in ("exact", "pow2"), "'exact' or 'pow2'"),
+    "tune_budget_s": (lambda v: v > 0, "> 0"),
+    "isolate": (lambda v: v in ("auto", "always", "never"), "auto, 1 or 0"),
+    "isolate_timeout_s": (lambda v: v > 0, "> 0"),
+    "validation_trials": (lambda v: v >= 1, ">= 1"),
+    "log_level": (lambda v: v is None or v in LOG_LEVELS, f"one of {', '.join(LOG_LEVELS)}"),
+    "metrics_sample_every": (lambda v: v >= 1, "an integer >= 1"),
+    "spotcheck_rate": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    "sandbox_uid": (lambda v: v > 0, "a positive id"),
+    "sandbox_gid": (lambda v: v is None or v > 0, "a positive id"),
+}
+
+
+def _check(name: str, value: Any) -> None:
+    ok, what = _CHECKS[name]
+    if not ok(value):
+        raise ValueError(f"{ENV[name][0]} must be {what}, got {value!r}")
+
+
+def _parse(name: str, raw: str) -> Any:
+    var, parse = ENV[name]
+    try:
+        return parse(raw)
+    except ValueError as exc:
+        raise ValueError(f"{var} {exc}") from None
+
+
+def read(name: str) -> Any:
+    """Setting ``name`` (a :class:`Settings` field) from the environment now, parsed and checked
+    alone: for code that runs before the other settings may be valid (``import uhop``, the
+    ``uhop`` command's error handling) or that re-reads a variable it set for worker processes.
+    Ignores :func:`override`; everything else uses :func:`settings`."""
+    raw = os.environ.get(ENV[name][0], "")
+    if raw.strip():
+        value = _parse(name, raw)
+    else:
+        f = Settings.__dataclass_fields__[name]
+        value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
+    if name in _CHECKS:
+        _check(name, value)
+    return value
 
 
 _current: Settings | None = None

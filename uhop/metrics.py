@@ -28,6 +28,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from uhop import config
+
 log = logging.getLogger("uhop.metrics")
 
 #: statuses of a candidate that failed validation (the rest of the failures are build/run faults)
@@ -91,10 +93,7 @@ def enable(registry: Any = None) -> None:
         import prometheus_client
     except ImportError as exc:
         raise ImportError(f"metrics need prometheus-client (pip install 'uhop[observe]'): {exc}") from None
-    every = os.environ.get("UHOP_METRICS_SAMPLE_EVERY", "64")
-    if not every.isdigit() or int(every) < 1:
-        raise ValueError(f"UHOP_METRICS_SAMPLE_EVERY must be an integer >= 1, got {every!r}")
-    _sample_every = int(every)
+    _sample_every = config.read("metrics_sample_every")
     _registry = registry or prometheus_client.REGISTRY
     _m = _Metrics(_registry)
 
@@ -118,8 +117,8 @@ def start_http_server(port: int | None = None, addr: str | None = None) -> int:
     import prometheus_client
 
     enable()
-    port = int(os.environ.get("UHOP_METRICS_PORT", "0")) if port is None else port
-    addr = addr or os.environ.get("UHOP_METRICS_ADDR", "127.0.0.1")
+    port = (config.read("metrics_port") or 0) if port is None else port
+    addr = addr or config.read("metrics_addr")
     server, _thread = prometheus_client.start_http_server(port, addr=addr, registry=export_registry())
     bound = int(server.server_address[1])
     os.environ["UHOP_METRICS_PORT"] = str(bound)
@@ -127,13 +126,11 @@ def start_http_server(port: int | None = None, addr: str | None = None) -> int:
 
 
 def _from_env() -> None:
-    port = os.environ.get("UHOP_METRICS_PORT")
     try:
-        if port:
-            if not port.isdigit():
-                raise ValueError(f"UHOP_METRICS_PORT must be a port number, got {port!r}")
+        port = config.read("metrics_port")  # at import, alone: it may have been set for this worker
+        if port is not None:
             try:
-                start_http_server(int(port))
+                start_http_server(port)
             except OSError as exc:  # port taken: a worker of a process that exports already
                 log.debug("metrics exporter not started on port %s (%s); recording only", port, exc)
         elif os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

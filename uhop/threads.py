@@ -23,14 +23,20 @@ from __future__ import annotations
 
 import os
 
-POLICIES = ("passive", "default")
+from uhop import config
+
+POLICIES = config.THREAD_POLICIES
 
 
 def apply() -> str:
-    """Apply ``UHOP_THREADS`` to the environment (idempotent); returns the policy in force."""
-    policy = os.environ.get("UHOP_THREADS", "passive").strip().lower() or "passive"
-    if policy not in POLICIES:
-        raise ValueError(f"UHOP_THREADS must be one of {', '.join(POLICIES)}, got {policy!r}")
+    """Apply ``UHOP_THREADS`` to the environment (idempotent); returns the policy in force.
+    Read alone (:func:`uhop.config.read`): this runs at ``import uhop``, before the other settings
+    are needed. A bad value changes nothing here and does not fail the import: the first use of
+    the settings raises the ValueError naming it (the ``uhop`` command: one line, exit 2)."""
+    try:
+        policy = config.read("threads")
+    except ValueError:
+        return "default"
     if policy == "passive":
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         os.environ.setdefault("KMP_BLOCKTIME", "0")

@@ -12,6 +12,7 @@ pytest.importorskip("openai", reason="needs the openai client: pip install 'uhop
 
 from fake_server import Act, FakeOpenAI, code_reply  # noqa: E402
 
+from uhop import config  # noqa: E402
 from uhop.ai.prompt import MAX_CODE_BYTES, extract_code, template  # noqa: E402
 from uhop.ai.provider import Budget, Provider, ProviderConfig, ProviderError, retry_after_s  # noqa: E402
 from uhop.ai.report import parse_since  # noqa: E402
@@ -154,10 +155,12 @@ def test_config_from_env_and_errors(monkeypatch):
     monkeypatch.setenv("UHOP_AI_BASE_URL", "http://127.0.0.1:11434/v1/")
     monkeypatch.setenv("UHOP_AI_MODEL", "qwen2.5-coder")
     monkeypatch.setenv("UHOP_AI_API_KEY", "sk-env")
+    config.reload()
     cfg = ProviderConfig.resolve()
     assert (cfg.base_url, cfg.model, cfg.api_key) == ("http://127.0.0.1:11434/v1", "qwen2.5-coder", "sk-env")
     assert ProviderConfig.resolve(model="other").model == "other"  # flags win
     monkeypatch.delenv("UHOP_AI_BASE_URL")
+    config.reload()
     with pytest.raises(ValueError, match="base_url"):
         ProviderConfig.resolve()
     with pytest.raises(ValueError, match="base_url must be an http"):

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from uhop import backends as bk  # noqa: E402
+from uhop import config  # noqa: E402
 from uhop.backends import opencl as oc  # noqa: E402
 from uhop.backends import opencl_kernels as ok  # noqa: E402
 from uhop.config import override  # noqa: E402
@@ -162,5 +163,6 @@ def test_bad_shapes_name_the_argument():
 
 def test_platform_filter_with_no_match_says_which_variable(monkeypatch):
     monkeypatch.setenv("UHOP_OPENCL_PLATFORM", "no-such-platform-xyz")
+    config.reload()
     with pytest.raises(RuntimeError, match="UHOP_OPENCL_PLATFORM"):
         oc.ClDevice()

@@ -134,9 +134,11 @@ def test_token_required_beyond_loopback_and_enforced(small_store):
 def test_cli_refuses_public_bind_without_token(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
+    from uhop import config
     from uhop.cli import build_app
 
     monkeypatch.delenv("UHOP_SERVE_TOKEN", raising=False)
+    config.reload()
     storegen_path = tmp_path / "s.db"
     import storegen
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 
 import pytest
@@ -10,6 +11,22 @@ from typer.testing import CliRunner
 
 pytest.importorskip("xgboost", reason="xgboost not installed (pip install 'uhop[perf]')")
 pytest.importorskip("pyarrow", reason="pyarrow not installed (pip install 'uhop[perf]')")
+
+
+def _column(out: str, col: int, starts: int = 0) -> list[str]:
+    """Cell ``col`` of every row of a rich table, folded lines joined (a row starts where column
+    ``starts``, one that never wraps, is non-empty), spaces dropped: what a reader reassembles
+    from an 80-column table."""
+    cells: list[str] = []
+    for ln in out.splitlines():
+        parts = ln.split("│")
+        if len(parts) < col + 2:
+            continue
+        if parts[starts + 1].strip():
+            cells.append("")
+        if cells:
+            cells[-1] += parts[col + 1].replace(" ", "")
+    return cells
 
 
 def _app():
@@ -29,8 +46,12 @@ def test_collect_train_predict_export(uhop_home, tmp_path):
     assert res.exit_code == 0, res.output
     assert re.search(r"\((\d+) labelled", res.output) and int(re.search(r"\((\d+) labelled", res.output)[1]) >= 24
 
-    res = r.invoke(app, ["perf", "stats"])
+    res = r.invoke(app, ["perf", "stats"], env={"COLUMNS": "80"})
     assert res.exit_code == 0 and "tiled" in res.output
+    assert all(len(ln) <= 80 for ln in res.output.splitlines()), res.output
+    res = r.invoke(app, ["perf", "stats", "--json"])
+    counts = json.loads(res.output)["counts"]
+    assert {c["backend"] for c in counts} >= {"numpy", "tiled"} and sum(c["rows"] for c in counts) == json.loads(res.output)["rows"]
 
     outs = []
     for name in ("a.json", "b.json"):
@@ -42,9 +63,14 @@ def test_collect_train_predict_export(uhop_home, tmp_path):
 
     res = r.invoke(app, ["perf", "train", "--op", "matmul"])  # default location, used by predict
     assert res.exit_code == 0, res.output
-    res = r.invoke(app, ["perf", "predict", "--op", "matmul", "--shape", "256x256x256"])
+    res = r.invoke(app, ["perf", "predict", "--op", "matmul", "--shape", "256x256x256"], env={"COLUMNS": "80"})
     assert res.exit_code == 0, res.output
     assert "numpy/blas" in res.output and ".." in res.output
+    assert all(len(ln) <= 80 for ln in res.output.splitlines()), res.output
+    ranked = json.loads(r.invoke(app, ["perf", "predict", "--op", "matmul", "--shape", "256x256x256", "--json"]).output)
+    ids = [c["candidate"] for c in ranked["candidates"]]
+    assert len(ids) > 3 and all(c["p10_s"] <= c["median_s"] <= c["p90_s"] for c in ranked["candidates"])
+    assert _column(res.output, 1) == ids  # every candidate id whole at 80 columns (folded, never cut), same order
     res = r.invoke(app, ["perf", "predict", "--op", "matmul", "--shape", "256x256x256", "--backend", "tiled",
                          "--config", '{"bm": 16, "bn": 64, "bk": 64, "parallel": false}'])  # fmt: skip
     assert res.exit_code == 0, res.output

@@ -35,6 +35,22 @@ def cli(capsys, *args: str) -> tuple[int, str, str]:
     return exc.value.code, out, err
 
 
+def _column(out: str, col: int, starts: int = 0) -> list[str]:
+    """Cell ``col`` of every row of a rich table, folded lines joined (a row starts where column
+    ``starts``, one that never wraps, is non-empty), spaces dropped: what a reader reassembles
+    from an 80-column table."""
+    cells: list[str] = []
+    for ln in out.splitlines():
+        parts = ln.split("│")
+        if len(parts) < col + 2:
+            continue
+        if parts[starts + 1].strip():
+            cells.append("")
+        if cells:
+            cells[-1] += parts[col + 1].replace(" ", "")
+    return cells
+
+
 def one_line(err: str) -> str:
     lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("uhop")]  # drop INFO log lines
     assert len(lines) == 1, err
@@ -134,7 +150,8 @@ def test_exhaustive_refuses_a_space_it_cannot_enumerate():
 
 
 def test_listing_commands_print_json(capsys):
-    for args in (("info", "--json"), ("ops", "--json"), ("hw", "list", "--json"), ("cache", "ls", "--json")):
+    for args in (("info", "--json"), ("ops", "--json"), ("hw", "list", "--json"), ("cache", "ls", "--json"),
+                 ("perf", "stats", "--json"), ("kernel", "list", "--json")):
         code, out, _ = cli(capsys, *args)
         assert code == 0, args
         json.loads(out)
@@ -156,6 +173,7 @@ def test_info_names_the_install_line_of_a_missing_component(capsys, monkeypatch)
     monkeypatch.setattr(uhop.cli.core.console, "width", 80)
     code, out, _ = cli(capsys, "info")
     assert code == 0 and "Optional components" in out
+    assert all(len(ln) <= 80 or ln.startswith("Store: ") for ln in out.splitlines()), out  # the URL is never folded
     assert "pip install 'uhop[tune]'" in out.replace("\n", " ") or "'uhop[tune]'" in out
 
 
@@ -182,6 +200,28 @@ def test_ops_table_fits_80_columns(capsys, monkeypatch):
     assert all(len(ln) <= 80 for ln in out.splitlines())
     for op in ("matmul", "softmax", "layernorm", "rmsnorm", "elementwise", "attention", "conv2d"):
         assert op in out
+
+
+def test_bench_tables_keep_the_pick_whole_at_80_columns():
+    """`uhop bench` at 80 columns: every cell folds, the chosen candidate is never cut."""
+    from rich.console import Console
+
+    from uhop.benchsuite import print_table
+
+    pick = "numba/fused{chunk=65536,parallel=True,recycle=True,wide=True}"
+    row = {"name": "elementwise_chain_long_case_name", "problem": "elementwise[16777216] float32", "chosen": pick,
+           "uhop_s": 6.43e-3, "uhop_spread": 0.01, "naive_s": 0.11562, "library": "torch", "library_s": 0.09289,
+           "speedup_vs_naive": 17.97, "speedup_vs_library": 14.44, "gflops": 12.3, "gbps": 41.7,
+           "pct_peak_flops": 3.1, "pct_peak_bw": 55.0}  # fmt: skip
+    overhead = {"name": "dispatch_overhead", "kernel_s": 0.79e-6, "uhop_s": 1.69e-6, "overhead_us": 0.9}
+    buf = io.StringIO()
+    print_table([row, overhead], Console(file=buf, force_terminal=False, width=80))
+    out = buf.getvalue()
+    assert all(len(ln) <= 80 for ln in out.splitlines()), out
+    assert "…" not in out
+    picks = out[out.index("what UHOP picked"):]
+    assert _column(picks, 0, starts=2) == ["elementwise_chain_long_case_name"] and _column(picks, 1, starts=2) == [pick]
+    assert "17.97x" in out and "14.44x" in out and "6.430 ms" in out
 
 
 def test_progress_prints_lines_when_piped():

@@ -122,9 +122,12 @@ def test_two_processes_tuning_the_same_key_end_with_one_consistent_entry(tmp_pat
     ok = [m for m in ms if m["status"] == "ok"]
     assert e.candidate in [m["candidate"] for m in ok]
     # Each run's winner carries its interleaved re-timing; the entry in force is never beaten by
-    # another run's winner by more than the conflict rule's margin.
+    # another run's winner by more than the conflict rule's margin: a winner replaces it only when
+    # faster than old * (1 - margin), margin <= MAX_SPREAD, so every winner that did not is at
+    # least e * (1 - MAX_SPREAD). (Bounding e by winner * (1 + MAX_SPREAD) instead failed under
+    # load: an entry timed at 43 us with spread 0.59 kept its place against a 22.8 us winner.)
     winners = [m["median_s"] for m in ok if m["reason"].startswith("re-timed")] or [min(m["median_s"] for m in ok)]
-    assert e.median_s <= min(winners) * (1 + MAX_SPREAD)
+    assert min(winners) >= e.median_s * (1 - MAX_SPREAD)
     assert s.integrity_ok()
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import email.utils
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field, replace
@@ -59,8 +58,11 @@ class ProviderConfig:
     def resolve(cls, base_url: str | None = None, model: str | None = None, api_key: str | None = None,
                 **options: Any) -> ProviderConfig:  # fmt: skip
         """Flags first, then ``UHOP_AI_BASE_URL`` / ``UHOP_AI_MODEL`` / ``UHOP_AI_API_KEY``."""
-        base_url = base_url or os.environ.get("UHOP_AI_BASE_URL")
-        model = model or os.environ.get("UHOP_AI_MODEL")
+        from uhop.config import settings
+
+        env = settings()
+        base_url = base_url or env.ai_base_url
+        model = model or env.ai_model
         if not base_url:
             raise ValueError(
                 "base_url is required: pass --base-url URL (e.g. http://127.0.0.1:8000/v1) or set UHOP_AI_BASE_URL"
@@ -69,7 +71,7 @@ class ProviderConfig:
             raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
         if not model:
             raise ValueError("model is required: pass --model NAME or set UHOP_AI_MODEL")
-        key = api_key or os.environ.get("UHOP_AI_API_KEY") or cls.api_key
+        key = api_key or env.ai_api_key or cls.api_key
         cfg = cls(base_url=base_url.rstrip("/"), model=model, api_key=key)
         opts = {k: v for k, v in options.items() if v is not None}
         cfg = replace(cfg, **opts)

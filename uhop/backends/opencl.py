@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
-import os
 import re
 import threading
 import warnings
@@ -50,7 +49,9 @@ class ClDevice:
     def __init__(self) -> None:
         import pyopencl as cl
 
-        want = os.environ.get("UHOP_OPENCL_PLATFORM", "").strip().lower()
+        from uhop.config import settings
+
+        want = settings().opencl_platform
         platforms = [p for p in cl.get_platforms() if p.get_devices()]
         if want:
             platforms = [p for p in platforms if want in f"{p.name} {p.version}".lower()]

@@ -68,7 +68,8 @@ def _show_logs() -> None:
     """INFO records of the ``uhop`` logger on stderr, one line each (the library itself stays
     silent: no handler is installed on import; the CLI and the demo opt in here)."""
     import logging
-    import os
+
+    from uhop.config import read
 
     log = logging.getLogger("uhop")
     if not any(getattr(h, "_uhop_cli", False) for h in log.handlers):
@@ -76,8 +77,7 @@ def _show_logs() -> None:
         h.setFormatter(logging.Formatter("%(name)s: %(message)s"))
         h._uhop_cli = True  # type: ignore[attr-defined]
         log.addHandler(h)
-    level = os.environ.get("UHOP_LOG", "").strip().upper()
-    log.setLevel(level if level in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL") else logging.INFO)
+    log.setLevel(read("log_level") or logging.INFO)
 
 
 def _abort() -> type[BaseException]:
@@ -99,11 +99,11 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:  # pragma: no cover - older typer on the real click
         import click
 
-    from uhop.config import _env_bool
+    from uhop.config import read
 
-    debug = _env_bool("UHOP_DEBUG", False)  # read here, not via settings(): a bad UHOP_* must still be one line
-    _show_logs()
+    debug = read("debug")  # alone, not via settings(): a bad UHOP_* must still be one line
     try:
+        _show_logs()
         rc = build_app()(args=argv, prog_name="uhop", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:
         click.echo(exc.ctx.get_help() if exc.ctx else str(exc))

@@ -82,8 +82,9 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print everything as
     console.print(f"CPU: {escape(cpu_model())}", highlight=False)
     for dev, name in manifests.items():
         console.print(f"Manifest ({dev}): {escape(name)}  (`uhop hw show --device {dev}`)", highlight=False)
-    console.print(f"Store: {escape(s.resolved_store_url)}   policy: {s.policy}   shape buckets: {s.shape_buckets}",
-                  highlight=False, soft_wrap=True)  # fmt: skip
+    # The store URL alone on its line, never folded by us (a terminal wraps it; a copy stays whole).
+    console.print(f"Store: {escape(s.resolved_store_url)}", highlight=False, soft_wrap=True)
+    console.print(f"Policy: {s.policy}   shape buckets: {s.shape_buckets}", highlight=False)
     t = Table(title="Backends")
     t.add_column("backend", no_wrap=True)
     t.add_column("here", no_wrap=True)

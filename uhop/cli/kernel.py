@@ -97,11 +97,17 @@ def add_cmd(
 
 
 @app.command("list")
-def list_cmd(op: str | None = typer.Option(None, "--op", help="Only kernels of this op.")) -> None:
+def list_cmd(
+    op: str | None = typer.Option(None, "--op", help="Only kernels of this op."),
+    as_json: bool = typer.Option(False, "--json", help="Print the registered files as JSON on stdout."),
+) -> None:
     """Registered kernel files."""
     from uhop.backends.user import kernels_dir, list_kernels
 
     kfs = list_kernels(op)
+    if as_json:
+        typer.echo(json.dumps([{"op": kf.op, "sha256": kf.sha256, "dtypes": list(kf.dtypes), "path": str(kf.path)} for kf in kfs], indent=1))
+        return
     if not kfs:
         typer.echo(f"no kernel files registered in {kernels_dir()}")
     for kf in kfs:

@@ -100,10 +100,13 @@ def predict(
     template: str | None = typer.Option(None, "--template", help="Template name (default: the backend's first)."),
     config: str | None = typer.Option(None, "--config", help="Candidate config as JSON, e.g. '{\"bm\": 16}'."),
     model_file: Path | None = typer.Option(None, "--model", help="Model file (default UHOP_HOME/models/costmodel-OP.json)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the ranking as JSON on stdout (seconds, exact candidate ids)."),
 ) -> None:
     """Predicted latency (median and 80% interval) per candidate, best first; runs no kernel."""
+    from rich.markup import escape
+
     from uhop.backends.base import Candidate
-    from uhop.cli.core import _fmt_time, fail
+    from uhop.cli.core import _fmt_time, fail, fold_id
     from uhop.perf.collect import candidates_for
     from uhop.perf.model import CostModel, model_path
 
@@ -144,13 +147,18 @@ def predict(
     q = model.predict(problem, cands)
     s = model.scores(problem, cands)
     order = sorted(range(len(cands)), key=lambda i: -s[i])
+    if as_json:
+        typer.echo(json.dumps({"problem": problem.describe(), "model": str(path), "candidates": [
+            {"rank": r, "candidate": cands[i].id, "p10_s": q[i][0], "median_s": q[i][1], "p90_s": q[i][2]}
+            for r, i in enumerate(order, 1)]}, indent=1))  # fmt: skip
+        return
     t = Table(title=f"predicted latency of {problem.describe()} (model: {path.name}, no kernel run)")
-    for col in ("rank", "candidate", "predicted", "80% interval", "GFLOP/s"):
-        t.add_column(col, justify="left" if col == "candidate" else "right", overflow="fold")
+    for col in ("rank", "candidate", "predicted", "80% interval", "GFLOP/s"):  # 80 columns: the id folds, never cut
+        t.add_column(col, justify="left" if col == "candidate" else "right", overflow="fold", no_wrap=col == "rank")
     for r, i in enumerate(order, 1):
         lo, med, hi = q[i]
         gf = problem.flops() / med / 1e9 if med > 0 and math.isfinite(med) else None
-        t.add_row(str(r), cands[i].id, _fmt_time(med), f"{_fmt_time(lo)} .. {_fmt_time(hi)}", f"{gf:.2f}" if gf else "-")
+        t.add_row(str(r), escape(fold_id(cands[i].id)), _fmt_time(med), f"{_fmt_time(lo)} .. {_fmt_time(hi)}", f"{gf:.2f}" if gf else "-")
     Console().print(t)
     lo, med, hi = q[order[0]]
     typer.echo(f"{'best' if len(cands) > 1 else 'candidate'}: {cands[order[0]].id}  predicted {_fmt_time(med)} "
@@ -175,9 +183,11 @@ def export(
 
 
 @app.command()
-def stats() -> None:
+def stats(as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON on stdout.")) -> None:
     """Telemetry rows per op, backend and status."""
     from collections import Counter
+
+    from rich.markup import escape
 
     from uhop.perf.telemetry import telemetry_db
     from uhop.store import open_store
@@ -185,9 +195,13 @@ def stats() -> None:
     store = open_store()
     rows = telemetry_db(store).rows()
     c = Counter((r["op"], r["backend"], r["status"]) for r in rows)
-    t = Table(title=f"{len(rows)} telemetry rows in {store.url}")
-    for col in ("op", "backend", "status", "rows"):
-        t.add_column(col)
+    if as_json:
+        typer.echo(json.dumps({"store": store.url, "rows": len(rows), "counts": [
+            {"op": op, "backend": b, "status": st, "rows": n} for (op, b, st), n in sorted(c.items())]}, indent=1))  # fmt: skip
+        return
+    t = Table(title=escape(f"{len(rows)} telemetry rows in {store.url}"))
+    for col in ("op", "backend", "status", "rows"):  # 80 columns: names fold, never cut
+        t.add_column(col, overflow="fold", no_wrap=col == "rows", justify="right" if col == "rows" else "left")
     for (op, b, st), n in sorted(c.items()):
-        t.add_row(op, b, st, str(n))
+        t.add_row(escape(op), escape(b), escape(st), str(n))
     Console().print(t)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
-import os
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -169,7 +168,11 @@ class DashboardServer(ThreadingHTTPServer):
 def make_server(store_url: str, host: str = "127.0.0.1", port: int = 8765, token: str | None = None) -> DashboardServer:
     """A dashboard server (not yet serving: call ``serve_forever``). ``token`` defaults to
     ``UHOP_SERVE_TOKEN``; a non-loopback ``host`` without one raises ValueError."""
-    token = token if token is not None else os.environ.get("UHOP_SERVE_TOKEN") or None
+    if token is None:
+        from uhop.config import settings
+
+        token = settings().serve_token
+    token = token or None
     if not is_loopback(host) and not token:
         raise ValueError(f"--host {host} is not a loopback address: set UHOP_SERVE_TOKEN to a secret token "
                          "(clients then send it as 'Authorization: Bearer TOKEN'), or bind to 127.0.0.1")  # fmt: skip
