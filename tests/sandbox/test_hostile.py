@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from sandbox_cases import HOSTILE, SECRET, expectations
+from sandbox_cases import HOSTILE, SECRET, expectations, written
 
 from uhop.sandbox.check import CATEGORIES, check_file
 from uhop.sandbox.kernelfile import StaticPolicy
@@ -47,7 +47,7 @@ def test_suite_is_big_enough():
 
 def _no_escape() -> None:
     for s in SENTINELS:
-        assert not s.exists(), f"a candidate wrote {s}"
+        assert not written(s), f"a candidate wrote {s}"
     assert not list(Path.cwd().glob("fill_*.bin"))
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sandbox_cases import written
 
 from uhop.sandbox.check import check_file
 from uhop.sandbox.kernelfile import StaticPolicy
@@ -44,7 +45,7 @@ def _fields(reason: str) -> dict[str, str]:
 def _no_escape():
     yield
     for s in SENTINELS:
-        assert not s.exists(), f"a candidate wrote {s}"
+        assert not written(s), f"a candidate wrote {s}"
 
 
 # ---- 1. no host privilege -------------------------------------------------------------------

@@ -21,7 +21,6 @@ graphs, recompiles and graph breaks.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +47,9 @@ class CompileOptions:
         unknown = set(o) - {"rest", "mode", "buckets", "backends"}
         if unknown:
             raise ValueError(f"backend='uhop' options: unknown {sorted(unknown)}; known: rest, mode, buckets, backends")
-        names = o.get("backends", os.environ.get("UHOP_COMPILE_BACKENDS", "torch,triton"))
+        from uhop.config import read
+
+        names = o.get("backends", read("compile_backends"))
         if isinstance(names, str):
             names = () if names.strip() == "all" else tuple(n.strip() for n in names.split(",") if n.strip())
         from uhop.backends import REGISTRY
@@ -56,8 +57,8 @@ class CompileOptions:
         bad = [n for n in names if n not in REGISTRY]
         if bad:
             raise ValueError(f"backend='uhop' option backends: unknown {bad}; known: {', '.join(REGISTRY)}, or 'all'")
-        rest = o.get("rest", os.environ.get("UHOP_COMPILE_REST", "inductor"))
-        buckets = o.get("buckets", os.environ.get("UHOP_COMPILE_BUCKETS", "pow2"))
+        rest = o.get("rest", read("compile_rest"))
+        buckets = o.get("buckets", read("compile_buckets"))
         if rest not in ("inductor", "eager"):
             raise ValueError(f"backend='uhop' option rest must be 'inductor' or 'eager', got {rest!r}")
         if buckets not in ("pow2", "exact"):

@@ -66,14 +66,14 @@ class FusionReport:
             self.recompiles += int(g.recompile)
             self.graph_breaks = _graph_breaks()
         self.save()
-        if os.environ.get("UHOP_FUSION_REPORT", "") not in ("", "0"):
+        if _report_on():
             print(format_graph(g), file=sys.stderr)
 
     def add_run(self, r: RegionRun) -> None:
         with self._lock:
             self.runs.append(r)
         self.save()
-        if os.environ.get("UHOP_FUSION_REPORT", "") not in ("", "0"):
+        if _report_on():
             print(format_run(r), file=sys.stderr)
 
     def clear(self) -> None:
@@ -147,3 +147,10 @@ def format_report(data: dict[str, Any]) -> str:
     for reason, n in data["graph_breaks"].items():
         lines.append(f"graph break x{n}: {reason}")
     return "\n".join(lines)
+
+
+def _report_on() -> bool:
+    """``UHOP_FUSION_REPORT`` (read at each event: it is switched on around a compile)."""
+    from uhop.config import read
+
+    return bool(read("fusion_report"))

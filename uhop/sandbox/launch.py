@@ -168,8 +168,11 @@ def sandbox_ids() -> tuple[int, int] | None:
     worker then keeps our own unprivileged uid, in a user namespace)."""
     if os.geteuid() != 0:
         return None
-    uid = int(os.environ.get("UHOP_SANDBOX_UID", DEFAULT_SANDBOX_ID))
-    gid = int(os.environ.get("UHOP_SANDBOX_GID", uid))
+    from uhop.config import read
+
+    uid = int(read("sandbox_uid"))
+    gid = read("sandbox_gid")
+    gid = uid if gid is None else int(gid)
     if uid <= 0 or gid <= 0:
         raise ValueError(f"UHOP_SANDBOX_UID/UHOP_SANDBOX_GID must be positive ids, got {uid}/{gid}")
     return uid, gid

@@ -24,7 +24,6 @@ calls only; unsampled calls pay one random draw.
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import threading
 from collections.abc import Callable
@@ -43,13 +42,9 @@ DEFAULT_RATE = 0.01
 
 def spotcheck_rate() -> float:
     """``UHOP_SPOTCHECK_RATE`` as a fraction in [0, 1] (default :data:`DEFAULT_RATE`)."""
-    raw = os.environ.get("UHOP_SPOTCHECK_RATE", "")
-    if not raw:
-        return DEFAULT_RATE
-    try:
-        rate = float(raw)
-    except ValueError:
-        raise ValueError(f"UHOP_SPOTCHECK_RATE must be a number in [0, 1], got {raw!r}") from None
+    from uhop.config import read
+
+    rate = float(read("spotcheck_rate"))  # read now: tests and long-lived servers change it live
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"UHOP_SPOTCHECK_RATE must be in [0, 1], got {rate}")
     return rate
