@@ -60,7 +60,10 @@ def test_hostile_rejected(path, isolation):
     e = expectations(path)
     res = check_file(path, limits=LIMITS, time_it=e.get("timed") == "yes", isolation=isolation)
     assert not res.ok
-    assert res.category in e["expect"].split("|"), res.line()
+    expect = e["expect"].split("|")
+    if path.stem == "writes_home" and os.geteuid() != 0:
+        expect.append("crash")  # a normal user: the host's file permissions refuse /root before the sandbox does
+    assert res.category in expect, res.line()
     assert res.line().startswith(f"rejected: {res.category}: ")
     _no_escape()
 
