@@ -150,3 +150,25 @@ def pg_url(pg_server):
         s.close()
     with psycopg.connect(pg_server, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def _table_column(out: str, col: int, starts: int = 0) -> list[str]:
+    """Cell ``col`` of every row of a rich table, folded lines joined (a row starts where column
+    ``starts``, one that never wraps, is non-empty), spaces dropped: what a reader reassembles
+    from an 80-column table."""
+    cells: list[str] = []
+    for ln in out.splitlines():
+        parts = ln.split("│")
+        if len(parts) < col + 2:
+            continue
+        if parts[starts + 1].strip():
+            cells.append("")
+        if cells:
+            cells[-1] += parts[col + 1].replace(" ", "")
+    return cells
+
+
+@pytest.fixture
+def table_column():
+    """:func:`_table_column`: read a folded rich table back (CLI tests at 80 columns)."""
+    return _table_column

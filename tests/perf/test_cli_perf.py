@@ -13,29 +13,13 @@ pytest.importorskip("xgboost", reason="xgboost not installed (pip install 'uhop[
 pytest.importorskip("pyarrow", reason="pyarrow not installed (pip install 'uhop[perf]')")
 
 
-def _column(out: str, col: int, starts: int = 0) -> list[str]:
-    """Cell ``col`` of every row of a rich table, folded lines joined (a row starts where column
-    ``starts``, one that never wraps, is non-empty), spaces dropped: what a reader reassembles
-    from an 80-column table."""
-    cells: list[str] = []
-    for ln in out.splitlines():
-        parts = ln.split("│")
-        if len(parts) < col + 2:
-            continue
-        if parts[starts + 1].strip():
-            cells.append("")
-        if cells:
-            cells[-1] += parts[col + 1].replace(" ", "")
-    return cells
-
-
 def _app():
     from uhop.cli import build_app
 
     return build_app()
 
 
-def test_collect_train_predict_export(uhop_home, tmp_path):
+def test_collect_train_predict_export(uhop_home, tmp_path, table_column):
     from uhop import config
 
     r = CliRunner()
@@ -70,7 +54,7 @@ def test_collect_train_predict_export(uhop_home, tmp_path):
     ranked = json.loads(r.invoke(app, ["perf", "predict", "--op", "matmul", "--shape", "256x256x256", "--json"]).output)
     ids = [c["candidate"] for c in ranked["candidates"]]
     assert len(ids) > 3 and all(c["p10_s"] <= c["median_s"] <= c["p90_s"] for c in ranked["candidates"])
-    assert _column(res.output, 1) == ids  # every candidate id whole at 80 columns (folded, never cut), same order
+    assert table_column(res.output, 1) == ids  # every candidate id whole at 80 columns (folded, never cut), same order
     res = r.invoke(app, ["perf", "predict", "--op", "matmul", "--shape", "256x256x256", "--backend", "tiled",
                          "--config", '{"bm": 16, "bn": 64, "bk": 64, "parallel": false}'])  # fmt: skip
     assert res.exit_code == 0, res.output

@@ -35,22 +35,6 @@ def cli(capsys, *args: str) -> tuple[int, str, str]:
     return exc.value.code, out, err
 
 
-def _column(out: str, col: int, starts: int = 0) -> list[str]:
-    """Cell ``col`` of every row of a rich table, folded lines joined (a row starts where column
-    ``starts``, one that never wraps, is non-empty), spaces dropped: what a reader reassembles
-    from an 80-column table."""
-    cells: list[str] = []
-    for ln in out.splitlines():
-        parts = ln.split("│")
-        if len(parts) < col + 2:
-            continue
-        if parts[starts + 1].strip():
-            cells.append("")
-        if cells:
-            cells[-1] += parts[col + 1].replace(" ", "")
-    return cells
-
-
 def one_line(err: str) -> str:
     lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("uhop")]  # drop INFO log lines
     assert len(lines) == 1, err
@@ -202,7 +186,7 @@ def test_ops_table_fits_80_columns(capsys, monkeypatch):
         assert op in out
 
 
-def test_bench_tables_keep_the_pick_whole_at_80_columns():
+def test_bench_tables_keep_the_pick_whole_at_80_columns(table_column):
     """`uhop bench` at 80 columns: every cell folds, the chosen candidate is never cut."""
     from rich.console import Console
 
@@ -220,7 +204,7 @@ def test_bench_tables_keep_the_pick_whole_at_80_columns():
     assert all(len(ln) <= 80 for ln in out.splitlines()), out
     assert "…" not in out
     picks = out[out.index("what UHOP picked"):]
-    assert _column(picks, 0, starts=2) == ["elementwise_chain_long_case_name"] and _column(picks, 1, starts=2) == [pick]
+    assert table_column(picks, 0, starts=2) == ["elementwise_chain_long_case_name"] and table_column(picks, 1, starts=2) == [pick]
     assert "17.97x" in out and "14.44x" in out and "6.430 ms" in out
 
 
