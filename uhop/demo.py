@@ -190,7 +190,9 @@ def _report(seen: dict[str, str], stored: set[str], t0: float, console: Any, eve
             if key in stored:
                 console.print(f"  {seen[key]}: from the store ({chosen}, re-checked)", highlight=False)
             else:
-                console.print(f"  {seen[key]}: tuned in {now - last[0]:.1f} s -> {chosen}", highlight=False)
+                tied = _tied_with(key)
+                tie = f" (statistically tied with {tied}: another run may keep either)" if tied else ""
+                console.print(f"  {seen[key]}: tuned in {now - last[0]:.1f} s -> {chosen}{tie}", highlight=False)
             last[0] = now
 
     status = console.status("  tuning in the background ...") if console.is_terminal else None
@@ -214,6 +216,25 @@ def _report(seen: dict[str, str], stored: set[str], t0: float, console: Any, eve
             hit = _resolved.get(key)
             where = "from the store" if key in stored else "tuned"
             console.print(f"  {label}: {where} ({hit[2].id if hit else 'the function as written'})", highlight=False)
+
+
+def _tied_with(key: str) -> str:
+    """The candidates the tuning run of ``key`` found statistically tied with its pick (from the
+    interleaved re-timing's note on the chosen measurement), or ''."""
+    from uhop.store import open_store
+
+    mark = "statistically tied with "
+    try:
+        notes = [m["reason"] for m in open_store().measurements(key) if mark in (m.get("reason") or "")]
+    except Exception:  # a report line must not fail the demo
+        return ""
+    if not notes:
+        return ""
+    import re
+
+    # candidate ids ("backend/template{k=v,...}"); the stored note may be cut short at its end
+    ids = re.findall(r"[\w.+-]+/[\w.+-]+(?:\{[^}]*\}|(?![{\w.+-]))", notes[-1].split(mark, 1)[1].split(" (kept", 1)[0])
+    return ids[0] + (f" and {len(ids) - 1} more" if len(ids) > 1 else "") if ids else ""
 
 
 def _key(fn: Any, args: tuple) -> str | None:

@@ -88,3 +88,30 @@ def test_demo_runs_the_block_and_checks_it_against_float64():
     assert "What UHOP chose" in out and "whole block" in out and "ok" in out
     res = runner.invoke(app, ["demo", "--d-model", "7"])
     assert res.exit_code != 0 and "--d-model" in res.output
+
+
+def test_demo_reports_ties_from_the_tuning_run(uhop_home):
+    """The demo says when its pick was statistically tied (another run may keep the other)."""
+    from uhop.demo import _tied_with
+    from uhop.store import open_store
+
+    c = {"backend": "numpy", "template": "blas", "config": {}}
+    note = "re-timed interleaved over 7 rounds against numba/x; statistically tied with numba/x (kept the preferred)"
+    open_store().record("matmul:1x2x3x4:float32:tie", {"op": "matmul"}, c,
+                        [{"candidate": c, "status": "ok", "median_s": 1e-3, "reason": note},
+                         {"candidate": {"backend": "numba", "template": "x", "config": {}}, "status": "ok", "median_s": 1e-3}],
+                        median_s=1e-3, gflops=None, gbps=None, policy="tune", fingerprint={})  # fmt: skip
+    assert _tied_with("matmul:1x2x3x4:float32:tie") == "numba/x"
+    assert _tied_with("no-such-key") == ""
+
+
+def test_demo_tie_report_names_one_and_counts_the_rest(uhop_home):
+    from uhop.demo import _tied_with
+    from uhop.store import open_store
+
+    c = {"backend": "numpy", "template": "blas", "config": {}}
+    note = ("re-timed; statistically tied with numba/rows{parallel=True,rows=32}, numba/rows{parallel=False,rows=8}, "
+            "numba/rows{parallel=Tr")  # cut short by the store's reason limit
+    open_store().record("softmax:2x3:float32:tie", {"op": "softmax"}, c, [{"candidate": c, "status": "ok", "median_s": 1e-3,
+                        "reason": note}], median_s=1e-3, gflops=None, gbps=None, policy="tune", fingerprint={})  # fmt: skip
+    assert _tied_with("softmax:2x3:float32:tie") == "numba/rows{parallel=True,rows=32} and 1 more"
