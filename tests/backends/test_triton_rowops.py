@@ -64,7 +64,7 @@ def reference(op: str, x, w, b, eps: float):
     return y
 
 
-def check(ro, template, cfg, op, shape, dtype, affine=True, offset=0.0):
+def check(ro, template, cfg, op, shape, dtype, affine=True, offset=0.0, tol=None):
     eps = 1e-5
     n = shape[-1]
     x = (torch.randn(*shape) * 3 + offset).to(dtype)
@@ -74,7 +74,8 @@ def check(ro, template, cfg, op, shape, dtype, affine=True, offset=0.0):
     assert y.shape == x.shape and y.dtype == x.dtype
     ref = reference(op, x, w, b, eps)
     err = float((y.double() - ref).norm() / ref.norm())
-    assert err < TOL[dtype], f"{template}{cfg} {op} {shape} {dtype}: relative error {err:.2e}"
+    tol = TOL[dtype] if tol is None else tol
+    assert err < tol, f"{template}{cfg} {op} {shape} {dtype}: relative error {err:.2e}"
 
 
 TEMPLATES = [
@@ -105,10 +106,12 @@ def test_tiny_rows_and_no_affine(rowops):
 
 
 def test_layernorm_large_mean_stays_accurate(rowops):
-    """A mean of 1000 against unit spread: the split (Chan) and stream (shifted) statistics keep
-    fp32 accuracy where a plain sum of squares would cancel."""
+    """A mean of 1000 against a spread of 3: the split (Chan) and stream (shifted) statistics keep
+    fp32 accuracy where a plain sum of squares would cancel (E[x^2] - E[x]^2 in fp32 loses
+    percents of the variance here). The bound is fp32's epsilon times the condition |mean| / std ~ 333
+    (2e-5), with a 5x margin: the fp32 mean itself is rounded (a CI run measured 2.24e-5)."""
     for template, cfg in TEMPLATES:
-        check(rowops, template, cfg, "layernorm", (3, 150), torch.float32, offset=1000.0)
+        check(rowops, template, cfg, "layernorm", (3, 150), torch.float32, offset=1000.0, tol=1e-4)
 
 
 def _problem(op, R, N, dtype="bfloat16", device="cuda:0"):
