@@ -123,7 +123,7 @@ _FREE_REFS = _free_refs()
 
 # ---- elementwise code generation ----------------------------------------------------------------
 #: fn -> format string over argument names; names such as exp_, ONE resolve per dtype in the
-#: namespace the source is executed in (see ``_namespace``). Formulas mirror ``expr.FUNCS`` so that
+#: namespace the source is executed in (see ``numba_kernels.namespace``). Formulas mirror ``expr.FUNCS`` so that
 #: NaN and Inf come out where the float64 reference puts them (silu(-inf) is NaN there too).
 _FORMULAS: dict[str, str] = {
     "add": "({0} + {1})",
