@@ -11,6 +11,8 @@
 #   sweep                        #20: width sweep through the product path vs eager / torch.compile
 #   buffers                      #19: 5-op chain, host round trips vs uhop.Buffer (copies, managed)
 #   compile                      #16: torch.compile(backend="uhop") vs eager / compile, bf16
+# Two stages in one call: the tuner stages take STOP_S (start no case after it, default 400) and
+# LIMIT_S (kill after it, default 570), e.g. `bash ... buffers && STOP_S=300 LIMIT_S=470 bash ... tuner-a`.
 set -u
 stage=${1:?"stage: tuner-a | tuner-b | tuner-c | sweep | buffers | compile"}
 OUT=${OUT:-/tmp/uhop-gpu-out}
@@ -20,7 +22,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=$PWD:/tmp/site
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >"$OUT/gpu.csv" 2>&1
 python3 -c "import torch, triton; print(torch.__version__, triton.__version__)" >"$OUT/versions.txt" 2>&1
-tvo() { timeout 570 python3 benchmarks/tuner_vs_oracle.py --device cuda:0 --stop-s 400 --only "$1" --out "$OUT/$2" 2>&1 | tail -40; }
+tvo() { timeout "${LIMIT_S:-570}" python3 benchmarks/tuner_vs_oracle.py --device cuda:0 --stop-s "${STOP_S:-400}" --only "$1" --out "$OUT/$2" 2>&1 | tail -40; }
 case "$stage" in
   tuner-a) tvo softmax,layernorm,rmsnorm,elementwise,ew_gelu_mul_64m,softmax_gpt2_vocab tuner_vs_oracle_h200_a.json ;;
   tuner-b) tvo gemm_8192,gemm_4096,gemm_1024,gemm_misaligned,gemm_skinny,gemm_short_k tuner_vs_oracle_h200_b.json ;;

@@ -1,0 +1,139 @@
+"""Row-template configurations at the widths issue #20 names, each timed directly next to torch
+eager (a candidate benchmark: it describes the kernels, not the product's pick).
+
+    python benchmarks/row_variants.py [--out row_variants_h200.json] [--deadline-s 200]
+
+For each case, every configuration in ``VARIANTS`` goes through ``rowops.launcher`` (the same
+launcher the Triton backend compiles), is checked against a float64 reference, and is timed with
+``triton.testing.do_bench`` (median, L2 cleared); eager is timed before and after the variants and
+the mean of the two is reported. Rates count each input read once and the output written once.
+This is the search-space study behind ``rowops.configs``: which template and configuration
+reaches the copy rate at each width.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from width_sweep import bench, copy_gbps, environment, rel_err, torch_fn  # noqa: E402
+
+
+def variants(N: int) -> list[tuple[str, dict[str, Any]]]:
+    """Configurations worth measuring at width N (the long-row ones the search does not reach)."""
+    from uhop.backends.triton_kernels import next_pow2
+    from uhop.backends.triton_kernels.rowops import row_tiles
+
+    out: list[tuple[str, dict[str, Any]]] = []
+    b1, b2 = row_tiles(N)
+    lanes = b1 + b2
+    for tiles in ((1, 2) if b2 else (1,)):
+        for warps in (4, 8, 16, 32):
+            per_thread = (lanes if tiles == 2 else next_pow2(N)) // (32 * warps)
+            if 4 <= per_thread <= 128:
+                for grid, stages in (("full", 1), (4, 2)):
+                    out.append(("row", {"warps": warps, "ROWS": 1, "grid": grid, "stages": stages, "tiles": tiles}))
+    if N >= 4096:
+        for chunk in (2048, 4096, 8192, 16384):
+            for warps in (4, 8, 16):
+                if 8 <= chunk // (32 * warps) <= 64:
+                    out.append(("split", {"CHUNK": chunk, "warps": warps, "phases": 1}))
+        for block in (4096, 8192, 16384):
+            for warps in (8, 16):
+                if 8 <= block // (32 * warps) <= 64:
+                    for stages, grid in ((1, 1), (1, 2), (3, 1), (3, 2)):
+                        out.append(("stream", {"BLOCK": block, "warps": warps, "stages": stages, "grid": grid}))
+        out.append(("loop", {"BLOCK": 4096, "warps": 8}))
+    return out
+
+
+CASES = [
+    ("softmax", 8192, 50257, "bfloat16"),
+    ("layernorm", 32768, 5120, "bfloat16"),
+    ("softmax", 4096, 32768, "bfloat16"),
+    ("layernorm", 12192, 11008, "bfloat16"),
+    ("softmax", 883, 151936, "bfloat16"),
+    ("softmax", 2048, 50257, "float32"),
+    ("rmsnorm", 12192, 11008, "bfloat16"),
+    ("softmax", 132, 262144, "bfloat16"),
+]
+
+
+def run_case(op: str, R: int, N: int, dtype: str, deadline: float) -> dict[str, Any]:
+    import torch
+
+    from uhop.backends.triton_kernels.rowops import OPS, launcher
+
+    dt = getattr(torch, dtype)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(R, N, device="cuda", dtype=dt, generator=g) * 2
+    args: list[Any] = [x]
+    if op == "layernorm":
+        args += [torch.randn(N, device="cuda", dtype=dt, generator=g), torch.randn(N, device="cuda", dtype=dt, generator=g)]
+    elif op == "rmsnorm":
+        args += [torch.randn(N, device="cuda", dtype=dt, generator=g)]
+    ref_fn = torch_fn(op)
+    ref = ref_fn(*[a.double() for a in args])
+    nbytes = (len(args) and x.numel() * x.element_size() * 2) + sum(a.numel() * a.element_size() for a in args[1:])
+    eps = 1e-5 if op == "layernorm" else 1e-6
+    eager = [bench(ref_fn, args)]
+    rows = []
+    for template, cfg in variants(N):
+        if time.monotonic() > deadline:
+            rows.append({"template": template, "cfg": cfg, "error": "not run: deadline"})
+            continue
+        row: dict[str, Any] = {"template": template, "cfg": cfg}
+        try:
+            k = launcher(template, cfg, OPS[op], eps, "cuda:0")
+            y = k(*args)
+            torch.cuda.synchronize()
+            row["err"] = rel_err(y, ref)
+            row["ms"] = bench(k, args)
+            row["gbps"] = round(nbytes / row["ms"] / 1e6, 1)
+        except Exception as exc:  # a rejected configuration is a result
+            row["error"] = f"{type(exc).__name__}: {str(exc)[:160]}"
+        rows.append(row)
+    eager.append(bench(ref_fn, args))
+    ms = sum(eager) / 2
+    ok = [r for r in rows if "gbps" in r and r["err"] < 2e-2]
+    best = max(ok, key=lambda r: r["gbps"], default=None)
+    return {"op": op, "R": R, "N": N, "dtype": dtype, "bytes": nbytes, "eager_ms": ms,
+            "eager_gbps": round(nbytes / ms / 1e6, 1), "best": best, "variants": rows}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="benchmarks/results/row_variants_h200.json")
+    ap.add_argument("--deadline-s", type=float, default=200.0)
+    ap.add_argument("--only", default="", help="comma-separated widths")
+    a = ap.parse_args(argv)
+    end = time.monotonic() + a.deadline_s
+    cases = [c for c in CASES if not a.only or str(c[2]) in a.only.split(",")]
+    res: dict[str, Any] = {"env": {**environment(), "command": "benchmarks/row_variants.py " + " ".join(argv or sys.argv[1:])},
+                           "copy_gbps": [copy_gbps()], "cases": []}  # fmt: skip
+    for op, R, N, dtype in cases:
+        if time.monotonic() > end:
+            break
+        r = run_case(op, R, N, dtype, end)
+        res["cases"].append(r)
+        b = r["best"]
+        print(f"{op:<10}{R:>7}x{N:<7}{dtype:<9} eager {r['eager_gbps']:7.1f}  best "
+              f"{b and b['gbps']} {b and (b['template'], b['cfg'])}", flush=True)  # fmt: skip
+        top = sorted((v for v in r["variants"] if "gbps" in v), key=lambda v: -v["gbps"])[:5]
+        for v in top:
+            print(f"    {v['gbps']:7.1f} {v['template']} {v['cfg']} err {v['err']:.1e}", flush=True)
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(res, indent=1, default=str))
+    res["copy_gbps"].append(copy_gbps())
+    Path(a.out).write_text(json.dumps(res, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
