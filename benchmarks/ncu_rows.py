@@ -1,0 +1,48 @@
+"""The long-row kernels of issue #20 under Nsight Compute: where the bytes come from (HBM or
+L2), registers, spills and occupancy, for the configurations ``row_variants.py`` times.
+
+Everything is compiled and warmed first; only the profiled calls run between
+``cudaProfilerStart``/``Stop``. Reproduce on a CUDA machine (from the repo root):
+
+    ncu --profile-from-start off --clock-control none --csv --metrics \\
+        gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,lts__t_sector_hit_rate.pct,\\
+launch__registers_per_thread,launch__occupancy_limit_registers,sm__warps_active.avg.pct_of_peak_sustained_active,\\
+l1tex__t_bytes_pipe_lsu_mem_local_op_ld.sum \\
+        python3 benchmarks/ncu_rows.py > benchmarks/results/ncu_rows_h200.csv
+"""
+
+from __future__ import annotations
+
+import torch
+
+from uhop.backends.triton_kernels.rowops import OPS, launcher
+
+CASES = [  # (op, R, N, template, cfg)
+    ("softmax", 8192, 50257, "stream", {"BLOCK": 8192, "warps": 8, "stages": 3, "grid": 1}),
+    ("softmax", 8192, 50257, "stream", {"BLOCK": 8192, "warps": 16, "stages": 1, "grid": 1}),
+    ("softmax", 8192, 50257, "row", {"warps": 32, "ROWS": 1, "grid": "full", "stages": 1, "tiles": 1}),
+    ("softmax", 8192, 50257, "split", {"CHUNK": 4096, "warps": 8, "phases": 1}),
+    ("softmax", 4096, 32768, "row", {"warps": 32, "ROWS": 1, "grid": "full", "stages": 1, "tiles": 1}),
+    ("layernorm", 32768, 5120, "row", {"warps": 8, "ROWS": 1, "grid": "full", "stages": 1, "tiles": 2}),
+]
+
+
+def main() -> None:
+    runs = []
+    for op, R, N, template, cfg in CASES:
+        x = torch.randn(R, N, device="cuda", dtype=torch.bfloat16)
+        args = [x] + ([torch.randn(N, device="cuda", dtype=torch.bfloat16)] * 2 if op == "layernorm" else [])
+        k = launcher(template, cfg, OPS[op], 1e-5, "cuda:0")
+        for _ in range(2):
+            k(*args)
+        runs.append((k, args))
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStart()
+    for k, args in runs:
+        k(*args)
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStop()
+
+
+if __name__ == "__main__":
+    main()
