@@ -11,10 +11,11 @@
 #   sweep                        #20: width sweep through the product path vs eager / torch.compile
 #   buffers                      #19: 5-op chain, host round trips vs uhop.Buffer (copies, managed)
 #   compile                      #16: torch.compile(backend="uhop") vs eager / compile, bf16
+#   rows                         #20: every long-row config timed (row_variants.py) + ncu_rows.py
 # Two stages in one call: the tuner stages take STOP_S (start no case after it, default 400) and
 # LIMIT_S (kill after it, default 570), e.g. `bash ... buffers && STOP_S=300 LIMIT_S=470 bash ... tuner-a`.
 set -u
-stage=${1:?"stage: tuner-a | tuner-b | tuner-c | sweep | buffers | compile"}
+stage=${1:?"stage: tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
 OUT=${OUT:-/tmp/uhop-gpu-out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -29,6 +30,12 @@ case "$stage" in
   tuner-c) tvo gemm_llm_mlp,gemm_fp32,gemm_bias_gelu,attention,attention_causal,conv2d tuner_vs_oracle_h200_c.json ;;
   sweep) timeout 570 python3 benchmarks/width_sweep.py --deadline-s 420 --stop-s 480 --out "$OUT/width_sweep_h200_product.json" 2>&1 | tail -40 ;;
   buffers) timeout 570 python3 benchmarks/buffer_chain.py --json "$OUT/buffer_chain_h200.json" 2>&1 | tail -40 ;;
+  rows)  # candidate study, not product figures: every long-row config timed, then Nsight Compute
+    timeout "${LIMIT_S:-300}" python3 benchmarks/row_variants.py --deadline-s "${STOP_S:-200}" --out "$OUT/row_variants_h200.json" 2>&1 | tail -60
+    m=gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,lts__t_sector_hit_rate.pct,launch__registers_per_thread
+    m=$m,launch__occupancy_limit_registers,sm__warps_active.avg.pct_of_peak_sustained_active,l1tex__t_bytes_pipe_lsu_mem_local_op_ld.sum
+    timeout 120 ncu --profile-from-start off --clock-control none --csv --metrics "$m" python3 benchmarks/ncu_rows.py \
+      >"$OUT/ncu_rows_h200.csv" 2>"$OUT/ncu_rows.log"; tail -3 "$OUT/ncu_rows.log" ;;
   compile) timeout 570 python3 benchmarks/compile_models.py --device cuda --dtype bfloat16 --out "$OUT/compile_h200_bf16.json" 2>&1 | tail -40 ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac
