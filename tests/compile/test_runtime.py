@@ -50,3 +50,52 @@ def test_sdpa_candidate_takes_the_fused_kernel_for_3d_inputs():
     mask = torch.randn(12, 64, 64)  # a 3-D additive mask still broadcasts
     want = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask.double())
     torch.testing.assert_close(_sdpa(q, k, v, mask, False).double(), want, rtol=1e-4, atol=1e-5)
+
+
+def _problem(op: str, args, params):
+    from uhop.dispatch import make_problem
+    from uhop.ops import get as get_op
+
+    return make_problem(get_op(op), args, params)
+
+
+def test_first_use_check_on_a_sample_of_a_large_region_finds_a_wrong_edge_row():
+    # 4 x 300 rows: over ROWS_CHECKED, so the check compares a sample that keeps both edges
+    x, w, b = torch.randn(4, 300, 64), torch.randn(48, 64), torch.randn(48)
+    args = (x, w, b, "gelu")
+    p = _problem("matmul", (x.reshape(-1, 64), w, b), {"activation": "gelu", "trans_b": True})
+    ref = runtime.REFERENCE["linear"]
+    assert runtime._check("linear", args, ref, p)[0] == ""
+
+    def last_row_wrong(*a):
+        y = ref(*a).clone()
+        y[-1, -1, 0] += 1.0
+        return y
+
+    reason, err = runtime._check("linear", args, last_row_wrong, p)
+    assert "differs from the float64 reference" in reason and err >= 0.5
+    sampled = runtime._sample("linear", args, ref(*args))
+    assert sampled is not None and sampled[0][0].shape == (runtime.ROWS_CHECKED, 64)
+
+
+def test_first_use_check_samples_attention_by_batch_with_its_mask():
+    B, H, L, D = 6, 2, 16, 8
+    q, k, v = (torch.randn(B, H, L, D) for _ in range(3))
+    mask = torch.rand(B, 1, L, L) > 0.3
+    mask[..., 0] = True  # no fully masked row
+    args = (q, k, v, mask, False, None)
+    p = _problem("attention", (q, k, v, mask), {"causal": False})
+    ref = runtime.REFERENCE["attention"]
+    assert runtime._check("attention", args, ref, p)[0] == ""
+
+    def ignores_mask(q, k, v, mask, causal, scale):
+        return ref(q, k, v, None, causal, scale)
+
+    assert "differs" in runtime._check("attention", args, ignores_mask, p)[0]
+    (sq, sk, sv, smask, *_), out = runtime._sample("attention", args, ref(*args))
+    assert sq.shape[0] == runtime.BATCH_CHECKED and smask.shape[0] == runtime.BATCH_CHECKED and out.shape[0] == 3
+
+
+def test_small_regions_are_checked_whole():
+    x = torch.randn(8, 33)
+    assert runtime._sample("softmax", (x,), torch.softmax(x, -1)) is None
