@@ -27,7 +27,7 @@ def test_region_served_by_torch_eager_calls_the_aten_op_directly():
 
 
 def test_failed_check_holds_for_every_signature_of_the_shape_class(monkeypatch):
-    monkeypatch.setattr(runtime, "_check", lambda *a: ("made to fail", 1.0))
+    monkeypatch.setattr(runtime, "_check", lambda *a: ("made to fail", 1.0, None))
     with torch.inference_mode():
         torch.ops.uhop.softmax(torch.randn(3, 33))
         torch.ops.uhop.softmax(torch.randn(3, 40))  # same pow2 class (64), another signature
@@ -72,7 +72,7 @@ def test_first_use_check_on_a_sample_of_a_large_region_finds_a_wrong_edge_row():
         y[-1, -1, 0] += 1.0
         return y
 
-    reason, err = runtime._check("linear", args, last_row_wrong, p)
+    reason, err, _ = runtime._check("linear", args, last_row_wrong, p)
     assert "differs from the float64 reference" in reason and err >= 0.5
     sampled = runtime._sample("linear", args, ref(*args))
     assert sampled is not None and sampled[0][0].shape == (runtime.ROWS_CHECKED, 64)
@@ -99,3 +99,34 @@ def test_first_use_check_samples_attention_by_batch_with_its_mask():
 def test_small_regions_are_checked_whole():
     x = torch.randn(8, 33)
     assert runtime._sample("softmax", (x,), torch.softmax(x, -1)) is None
+
+
+def test_first_use_check_refuses_a_wrong_output_shape_before_sampling():
+    x, w, b = torch.randn(4, 300, 64), torch.randn(48, 64), torch.randn(48)
+    args = (x, w, b, "none")
+    p = _problem("matmul", (x.reshape(-1, 64), w, b), {"activation": "none", "trans_b": True})
+
+    def flat(*a):  # right values, rows not unflattened
+        return runtime.REFERENCE["linear"](*a).reshape(-1, 48)
+
+    reason, err, out = runtime._check("linear", args, flat, p)
+    assert reason.startswith("kernel returned shape (1200, 48), expected (4, 300, 48)") and out is None
+
+
+def test_first_call_runs_the_region_kernel_once():
+    calls = []
+    x = torch.randn(512, 96)
+    ref = runtime.REFERENCE["softmax"]
+    runtime.clear()
+
+    def counting(x):
+        calls.append(1)
+        return ref(x)
+
+    import unittest.mock as um
+
+    with um.patch.object(runtime, "_plan", lambda kind, args: (_problem("softmax", args, {}), counting, "test/count")):
+        with torch.inference_mode():
+            got = torch.ops.uhop.softmax(x)
+    torch.testing.assert_close(got, ref(x))
+    assert len(calls) == 1

@@ -50,8 +50,12 @@ def run_region(kind: str, args: Sequence[Any]) -> Tensor:
     k = _kernels.get(sig)
     if k is None:
         with _lock:
-            k = _kernels.get(sig) or _first_use(kind, args)
-            _kernels[sig] = k
+            k = _kernels.get(sig)
+            if k is None:
+                k, out = _first_use(kind, args)
+                _kernels[sig] = k
+                if out is not None:  # the checked call's result: the first call runs the kernel once
+                    return conform(kind, out)
     return conform(kind, k(*args))  # the layout the fake kernel promised
 
 
@@ -129,37 +133,40 @@ def _served(kind: str, problem: Any, cell: dict[int, Kernel], adapt: Callable[[K
 
 
 # ---- first use ---------------------------------------------------------------------------------
-def _first_use(kind: str, args: Sequence[Any]) -> Kernel:
+def _first_use(kind: str, args: Sequence[Any]) -> tuple[Kernel, Tensor | None]:
+    """The region's kernel for this signature, and the output of the checked call when there
+    was one (None: the caller runs the kernel)."""
     from uhop.config import override, settings
 
     ref = REFERENCE[kind]
     if settings().disable:
-        return ref
+        return ref, None
     try:
         with override(shape_buckets=BUCKETS["value"], backends=BACKENDS["value"]):
             problem, kernel, kernel_id = _plan(kind, args)
             key = problem.key(BUCKETS["value"])
     except Fallback as exc:
         REPORT.add_run(RegionRun(kind, _describe(args, N_TENSORS[kind]), "aten", "fallback", str(exc)))
-        return ref
+        return ref, None
     if key in _checked:  # this shape class was checked with another signature
-        return kernel if _checked[key] else ref
-    reason, err = _check(kind, args, kernel, problem)
+        return (kernel if _checked[key] else ref), None
+    reason, err, out = _check(kind, args, kernel, problem)
     _checked[key] = not reason
     if reason:
         REPORT.add_run(RegionRun(kind, problem.describe(), kernel_id, "fallback", reason, err))
-        return ref
+        return ref, None
     REPORT.add_run(RegionRun(kind, problem.describe(), kernel_id, "uhop", "", err))
-    return kernel
+    return kernel, out
 
 
 def _describe(args: Sequence[Any], nt: int) -> str:
     return " ".join("x".join(map(str, t.shape)) for t in args[:nt] if isinstance(t, Tensor))
 
 
-def _check(kind: str, args: Sequence[Any], kernel: Kernel, problem: Any) -> tuple[str, float]:
-    """('', max error) if ``kernel`` agrees with the float64 reference within the op's tolerance
-    for the dtype, else (why not, max error); on a sample of rows of a large region (:func:`_sample`)."""
+def _check(kind: str, args: Sequence[Any], kernel: Kernel, problem: Any) -> tuple[str, float, Tensor | None]:
+    """('', max error, the kernel's output) if ``kernel`` agrees with the float64 reference
+    within the op's tolerance for the dtype, else (why not, max error, None); on a sample of rows
+    of a large region (:func:`_sample`)."""
     from uhop.ops import get as get_op
 
     def f64(t: Any) -> Any:
@@ -169,31 +176,44 @@ def _check(kind: str, args: Sequence[Any], kernel: Kernel, problem: Any) -> tupl
         try:
             out = kernel(*args)
         except Exception as exc:  # a kernel that raises is a fallback with the reason, not a crash
-            return f"kernel raised {type(exc).__name__}: {exc}", math.inf
+            return f"kernel raised {type(exc).__name__}: {exc}", math.inf, None
         if not isinstance(out, Tensor):
-            return f"kernel returned {type(out).__name__}, expected a tensor", math.inf
-        sampled = _sample(kind, args, out)
+            return f"kernel returned {type(out).__name__}, expected a tensor", math.inf, None
+        full = out
+        shape = _out_shape(kind, args)
+        if shape is not None and tuple(out.shape) != shape:
+            return f"kernel returned shape {tuple(out.shape)}, expected {shape}", math.inf, None
+        sampled = _sample(kind, args, out) if shape is not None else None
         if sampled is not None:
             args, out = sampled
         want = REFERENCE[kind](*map(f64, args))
     if out.shape != want.shape:
-        return f"kernel returned shape {tuple(out.shape)}, expected {tuple(want.shape)}", math.inf
+        return f"kernel returned shape {tuple(out.shape)}, expected {tuple(want.shape)}", math.inf, None
     spec = get_op(problem.op)
     rtol, atol = spec.tolerance(problem.dtype, problem.dim, problem.param)
     got = out.detach().double()
     finite = torch.isfinite(want)
     if not torch.equal(finite, torch.isfinite(got)):
-        return "non-finite values where the float64 reference has finite ones (or the reverse)", math.inf
+        return "non-finite values where the float64 reference has finite ones (or the reverse)", math.inf, None
     diff = (got - want).abs()[finite]
     err = float(diff.max()) if diff.numel() else 0.0
     bad = diff > atol + rtol * want.abs()[finite]
     if bool(bad.any()):
-        return f"differs from the float64 reference by {err:.3g} (rtol {rtol:.2g}, atol {atol:.2g})", err
-    return "", err
+        return f"differs from the float64 reference by {err:.3g} (rtol {rtol:.2g}, atol {atol:.2g})", err, None
+    return "", err, full
 
 
 #: rows (batch items for attention, conv and batched matmul) a first-use check compares at most
 ROWS_CHECKED, BATCH_CHECKED = 256, 3
+
+
+def _out_shape(kind: str, args: Sequence[Any]) -> tuple[int, ...] | None:
+    """The output shape the reference gives (computed on meta tensors: no data, no arithmetic)."""
+    try:
+        meta = [t.to("meta") if isinstance(t, Tensor) else t for t in args]
+        return tuple(REFERENCE[kind](*meta).shape)
+    except Exception:  # an op without a meta kernel: the check then compares everything
+        return None
 
 
 def _pick(n: int, most: int, device: Any) -> Tensor | None:
