@@ -424,7 +424,8 @@ def _budgeted(
             measurements.extend(Measurement(c, "skipped", "policy=fast") for c in order[i:])
             break
         if best is not None and (
-            time.monotonic() + _expected_s(took, by_name[cand.backend], cand, problem, trials, scale) > deadline
+            time.monotonic() + _expected_s(took, by_name[cand.backend], cand, problem, trials, scale)
+            + _build_reserve_s(best, measurements, budget, kernels) > deadline
             or (max_evals is not None and sum(m.status != "skipped" for m in measurements) >= max_evals)
         ):
             measurements.append(Measurement(cand, "skipped", "budget spent"))  # a cheaper one may still fit
@@ -468,7 +469,7 @@ def _budgeted(
     ties: list[Candidate] = []
     if best is not None and policy == "tune":
         best, ties = _retime(problem, measurements, best, base, order, by_name, kernels, vset, iso, isolated,
-                             trials, deadline, overhead)  # fmt: skip
+                             trials, deadline - _build_reserve_s(best, measurements, budget, kernels), overhead)  # fmt: skip
     if iso is not None:
         iso.release()
     _warn_backend_failures(problem, measurements)
@@ -509,11 +510,29 @@ def _budgeted(
             store.record(key, problem.to_json(), best.candidate.to_json(), [], force=True, **choice)
     if kernel is None:  # validated in the worker; the same build serves here
         kernel = backend.compile(served, problem)
+    _loaded_here.add(backend.name)
     overhead["total"] = time.monotonic() - t_start
     log.info("tuned %s in %.2f s: %s%s", problem.describe(), overhead["total"], served.id,
              f" ({best.median_s * 1e3:.4g} ms)" if med else "")  # fmt: skip
     return TuneResult(problem, key, policy, measurements, best, entry, kernel, backend, served=served, ties=ties,
                       overhead=overhead)  # fmt: skip
+
+
+def _build_reserve_s(best: Measurement, measurements: Sequence[Measurement], budget: float,
+                     built: Mapping[Candidate, Any]) -> float:
+    """Seconds to keep for building the winner in this process once the search ends (a worker
+    measured it, so this process has not loaded it; with a JIT backend that is its runtime's
+    import and a disk-cache load: numba 0.3-1.4 s, IREE about 1 s on the 2-core VM). Estimated by
+    the worker's slowest build of that backend, at most a fifth of the budget; without it, CPU
+    tuning ran 0.8-1.5 s over a 10 s budget."""
+    if best.candidate in built or best.candidate.backend in _loaded_here:
+        return 0.0
+    builds = [dict(m.phases).get("compile", 0.0) for m in measurements if m.candidate.backend == best.candidate.backend]
+    return min(max(builds, default=0.0), 0.2 * budget)
+
+
+#: backends whose kernels this process has built (their runtime is loaded: a build is a cache hit)
+_loaded_here: set[str] = set()
 
 
 def _quarantined(order: Sequence[Candidate], by_name: Mapping[str, Backend], key: str, store: Any) -> list[Measurement]:
