@@ -45,7 +45,13 @@ class ValidationSet:
         spec = problem.spec
         rng = np.random.default_rng(secrets.randbits(63) if seed is None else seed)
         self.trials: list[Trial] = []
+        on_device = _device_trials_possible(problem)
         for i in range(trials):
+            if on_device:
+                dt = DeviceTrial.draw(problem, rng, distributions[i % len(distributions)] if distributions else "uniform")
+                if dt is not None:
+                    self.trials.append(dt)  # type: ignore[arg-type] - a Trial to every reader
+                    continue
             if distributions:
                 xs = draw_inputs(problem, rng, distributions[i % len(distributions)])
             else:
@@ -59,6 +65,9 @@ class ValidationSet:
 
     def device_reference(self, index: int, device: str) -> Any:
         """Trial ``index``'s reference as a float64 torch tensor on ``device`` (cached)."""
+        trial = self.trials[index]
+        if isinstance(trial, DeviceTrial) and trial.device == device:
+            return trial.dev_reference
         cache = self.__dict__.setdefault("_dev_refs", {})
         if (index, device) not in cache:
             import torch
@@ -67,6 +76,8 @@ class ValidationSet:
         return cache[(index, device)]
 
     def native_inputs(self, trial: Trial, array: str, device: str) -> list[Any]:
+        if isinstance(trial, DeviceTrial) and array == "torch" and device == trial.device:
+            return [x.clone() for x in trial.dev_inputs]  # device to device: no host round trip
         out = []
         for x in trial.inputs:
             y = convert(x.copy(), array, device)
@@ -76,6 +87,98 @@ class ValidationSet:
                 y = y.to(torch.bfloat16)
             out.append(y)
         return out
+
+
+def _device_trials_possible(problem: Problem) -> bool:
+    """Whether ``problem``'s trials can live on its GPU: a CUDA problem whose op has a float64
+    torch reference, with torch able to reach the device."""
+    if not problem.device.startswith("cuda") or problem.spec.reference_torch is None:
+        return False
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+class DeviceTrial:
+    """A trial drawn, rounded and referenced on the problem's GPU (a :class:`Trial` to every
+    reader): the inputs in the problem's dtype and the float64 reference stay there, so building
+    a validation set and handing a torch kernel its inputs are device work (milliseconds), not
+    host RNG, host float64 math and gigabytes over PCIe (seconds at 100M elements, per trial and
+    per candidate: on the H200 a softmax of 32768 x 4096 spent its whole 10 s budget on that).
+    Host copies (``inputs``, ``reference``, ``bound``) are made on first use, for host readers
+    such as the sandbox. Inputs come from the op's own generator on the host when the op defines
+    one (index ranges, domains) or a distribution other than uniform is asked for; the uniform
+    [-1, 1) inputs of the default generator are drawn on the device from a secret seed."""
+
+    def __init__(self, problem: Problem, dev_inputs: list[Any], dev_reference: Any) -> None:
+        self.problem = problem
+        self.device = problem.device
+        self.dev_inputs = dev_inputs
+        self.dev_reference = dev_reference
+        self._host: dict[str, Any] = {}
+
+    @classmethod
+    def draw(cls, problem: Problem, rng: np.random.Generator, distribution: str) -> DeviceTrial | None:
+        """A fresh trial on the device, or None (the host path is then used) when the device or
+        the torch reference fails."""
+        try:
+            import torch
+
+            from uhop.ops.base import Op
+
+            spec, dev = problem.spec, problem.device
+            dt = getattr(torch, problem.dtype)
+            shapes = spec.shapes_from_dims(problem.dim, problem.param, problem.arity or len(spec.inputs))
+            if distribution == "uniform" and type(spec).make_inputs is Op.make_inputs:
+                g = torch.Generator(device=dev)
+                g.manual_seed(int(rng.integers(0, 2**63 - 1)))
+                f32 = [torch.empty(s, device=dev, dtype=torch.float32).uniform_(-1.0, 1.0, generator=g) for s in shapes]
+            else:
+                host = draw_inputs(problem, rng, distribution)
+                f32 = [torch.from_numpy(np.ascontiguousarray(x)).to(dev) for x in host]
+            # the problem's dtype (bfloat16: round to nearest even, as _round_bf16 on the host)
+            xs = [x.to(dt) if x.is_floating_point() else x for x in f32]
+            ref = spec.reference_torch(*[x.double() if x.is_floating_point() else x for x in xs], **problem.param)
+            if not isinstance(ref, torch.Tensor) or ref.dtype != torch.float64:
+                return None
+            return cls(problem, xs, ref)
+        except Exception:
+            return None
+
+    @property
+    def inputs(self) -> list[np.ndarray]:
+        """Host copies in the problem's dtype (float32 holding bfloat16 values)."""
+        if "inputs" not in self._host:
+            import torch
+
+            self._host["inputs"] = [
+                (x.float() if x.dtype == torch.bfloat16 else x).cpu().numpy() for x in self.dev_inputs
+            ]
+        return self._host["inputs"]
+
+    @property
+    def reference(self) -> np.ndarray:
+        if "reference" not in self._host:
+            self._host["reference"] = self.dev_reference.cpu().numpy()
+        return self._host["reference"]
+
+    @property
+    def bound(self) -> np.ndarray | None:
+        if "bound" not in self._host:
+            self._host["bound"] = _bound(self.reference, self.problem)
+        return self._host["bound"]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.dev_reference.shape)
+
+
+def reference_shape(trial: Any) -> tuple[int, ...]:
+    """A trial's output shape, without copying a device trial's reference to the host."""
+    return trial.shape if isinstance(trial, DeviceTrial) else tuple(trial.reference.shape)
 
 
 #: input distributions a validator can ask for (:func:`draw_inputs`); "uniform" is the op's own
@@ -277,7 +380,7 @@ def check_kernel(
         xs = vset.native_inputs(trial, array, device)
         before = [x.clone() if on_device else _snapshot(x) for x in xs]
         try:
-            _poison(problem, trial.reference.shape, array, device)
+            _poison(problem, reference_shape(trial), array, device)
             out = kernel(*xs)
             if sync:
                 sync()

@@ -108,6 +108,15 @@ class Attention(Op):
         p /= p.sum(axis=-1, keepdims=True)
         return np.matmul(p, v)
 
+    def reference_torch(self, q, k, v, mask=None, causal=False, **_: Any) -> Any:
+        """:meth:`reference` on float64 torch tensors (the same math, not a fused SDPA kernel)."""
+        s = (q @ k.mT) / math.sqrt(q.shape[-1])
+        s = apply_mask(s, mask, causal)
+        s = s - s.amax(dim=-1, keepdim=True)
+        p = s.exp()
+        p = p / p.sum(dim=-1, keepdim=True)
+        return p @ v
+
     def flops(self, dims, params) -> float:
         B, S, L, D, E = (dims[d] for d in self.dims)
         f = 2.0 * B * S * L * (D + E)

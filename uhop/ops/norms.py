@@ -49,6 +49,12 @@ class Softmax(_RowOp):
         e = np.exp(x - m)
         return e / np.sum(e, axis=-1, keepdims=True)
 
+    def reference_torch(self, x, **_: Any) -> Any:
+        """:meth:`reference` on float64 torch tensors (computed where they live: a GPU validates a
+        GPU kernel without a host round trip)."""
+        e = (x - x.amax(dim=-1, keepdim=True)).exp()
+        return e / e.sum(dim=-1, keepdim=True)
+
     def flops(self, dims, params) -> float:
         return 5.0 * dims["R"] * dims["N"]
 
@@ -67,6 +73,17 @@ class LayerNorm(_RowOp):
         mu = np.mean(x, axis=-1, keepdims=True)
         var = np.mean((x - mu) ** 2, axis=-1, keepdims=True)
         y = (x - mu) / np.sqrt(var + eps)
+        if weight is not None:
+            y = y * weight
+        if bias is not None:
+            y = y + bias
+        return y
+
+    def reference_torch(self, x, weight=None, bias=None, eps=1e-5, **_: Any) -> Any:
+        """:meth:`reference` on float64 torch tensors."""
+        mu = x.mean(dim=-1, keepdim=True)
+        var = ((x - mu) ** 2).mean(dim=-1, keepdim=True)
+        y = (x - mu) / (var + eps).sqrt()
         if weight is not None:
             y = y * weight
         if bias is not None:
@@ -93,6 +110,11 @@ class RMSNorm(_RowOp):
         if weight is not None:
             y = y * weight
         return y
+
+    def reference_torch(self, x, weight=None, eps=1e-6, **_: Any) -> Any:
+        """:meth:`reference` on float64 torch tensors."""
+        y = x / ((x * x).mean(dim=-1, keepdim=True) + eps).sqrt()
+        return y * weight if weight is not None else y
 
     def flops(self, dims, params) -> float:
         return 4.0 * dims["R"] * dims["N"]

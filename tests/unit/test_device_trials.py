@@ -1,0 +1,74 @@
+"""Validation trials drawn on the problem's device (``DeviceTrial``): the same math as the host
+trials, real kernels checked through them. CI has no GPU, so these run the device code on torch's
+CPU device (the code is device-generic; ``ValidationSet`` takes it for CUDA problems only)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from uhop import backends as bk  # noqa: E402
+from uhop.measure import validate as vm  # noqa: E402
+from uhop.problem import Problem  # noqa: E402
+
+CASES = [
+    ("softmax", {"R": 37, "N": 1000}, {}, None),
+    ("layernorm", {"R": 19, "N": 333}, {"eps": 1e-5}, 3),
+    ("rmsnorm", {"R": 19, "N": 333}, {"eps": 1e-6}, 2),
+    ("elementwise", {"N": 5000}, {"expr": "gelu(x0)*x1+0.5*x0"}, 2),
+    ("matmul", {"B": 1, "M": 33, "N": 17, "K": 65}, {"activation": "gelu"}, 3),
+    ("attention", {"B": 2, "S": 9, "L": 13, "D": 8, "E": 8}, {"causal": True}, 3),
+]
+
+
+def _problem(op, dims, params, arity, dtype="float32"):
+    return Problem.make(op, dims, dtype, params, arity=arity, device="cpu", array="torch")
+
+
+@pytest.mark.parametrize("op,dims,params,arity", CASES, ids=[c[0] + str(i) for i, c in enumerate(CASES)])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_device_trial_matches_the_host_reference(op, dims, params, arity, dtype):
+    p = _problem(op, dims, params, arity, dtype)
+    rng = np.random.default_rng()
+    t = vm.DeviceTrial.draw(p, rng, "uniform")
+    assert t is not None
+    want = p.spec.reference(*[x.astype(np.float64) for x in t.inputs], **p.param)  # numpy float64 on host copies
+    np.testing.assert_allclose(t.reference, want, rtol=1e-12, atol=1e-14)
+    assert t.shape == want.shape
+    for x, hx in zip(t.dev_inputs, t.inputs, strict=True):
+        assert str(x.dtype) == f"torch.{dtype}"
+        if dtype == "bfloat16":  # host copies hold bfloat16 values exactly (round to nearest even)
+            np.testing.assert_array_equal(vm._round_bf16(hx), hx)
+        assert float(np.abs(hx).max()) <= 1.0 and np.any(hx != 0)
+    # fresh draws: two trials differ
+    t2 = vm.DeviceTrial.draw(p, rng, "uniform")
+    assert not torch.equal(t.dev_inputs[0], t2.dev_inputs[0])
+
+
+def test_other_distributions_come_from_the_host_generator():
+    p = _problem("softmax", {"R": 8, "N": 64}, {}, None)
+    t = vm.DeviceTrial.draw(p, np.random.default_rng(1), "scaled")
+    assert t is not None and float(np.abs(t.inputs[0]).max()) > 1.0  # scaled beyond [-1, 1)
+
+
+def test_validation_set_on_device_checks_real_kernels(monkeypatch):
+    monkeypatch.setattr(vm, "_device_trials_possible", lambda problem: True)
+    p = _problem("layernorm", {"R": 64, "N": 300}, {"eps": 1e-5}, 3)
+    vset = vm.ValidationSet(p, trials=2)
+    assert all(isinstance(t, vm.DeviceTrial) for t in vset.trials)
+    torch_backend = bk.get("torch")
+    cand = torch_backend.candidates(p)[0]
+    kernel = torch_backend.compile(cand, p)
+    v = vm.check_kernel(kernel, vset, "torch", "cpu")
+    assert v.ok, v.reason
+    xs = vset.native_inputs(vset.trials[0], "torch", "cpu")
+    assert xs[0].data_ptr() != vset.trials[0].dev_inputs[0].data_ptr()  # a copy per call
+
+    def no_bias(x, w, b):
+        return kernel(x, w, None)
+
+    bad = vm.check_kernel(no_bias, vset, "torch", "cpu")
+    assert not bad.ok and bad.status == "wrong-result"
+    assert torch.equal(vset.device_reference(0, "cpu"), vset.trials[0].dev_reference)
