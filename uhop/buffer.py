@@ -213,7 +213,9 @@ class Buffer:
         view = view[: self.nbytes].view(self.dtype).reshape(self.shape)
         view[...] = host  # written by the CPU: pages migrate to the GPU on its first touch
         self._managed = mem
-        self._copies = {"host": view, device: torch.from_dlpack(dev)}
+        # through the CUDA array interface, zero-copy: CuPy exports managed memory to DLPack as
+        # kDLCUDAManaged, which torch's from_dlpack refuses ("Unsupported device_type: 13", H200)
+        self._copies = {"host": view, device: torch.as_tensor(dev, device=device)}
         self.newest = device
 
     @property
