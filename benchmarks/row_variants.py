@@ -39,6 +39,11 @@ def variants(N: int) -> list[tuple[str, dict[str, Any]]]:
             if 4 <= per_thread <= 128:
                 for grid, stages in (("full", 1), (4, 2)):
                     out.append(("row", {"warps": warps, "ROWS": 1, "grid": grid, "stages": stages, "tiles": tiles}))
+    if N >= 16384:  # whole rows spread over a cluster of CTAs (num_ctas; cross-CTA reductions)
+        for ctas in (2, 4):
+            for warps in (8, 16):
+                if 8 <= next_pow2(N) // (ctas * 32 * warps) <= 64:
+                    out.append(("row", {"warps": warps, "ROWS": 1, "grid": "full", "stages": 1, "tiles": 1, "ctas": ctas}))
     if N >= 4096:
         for chunk in (2048, 4096, 8192, 16384):
             for warps in (4, 8, 16):

@@ -26,7 +26,9 @@ and multiplied back in the kernel, which tells Triton they are multiples of ``VE
 infers divisibility by 16 from argument values).
 
 Config keys: row: warps, ROWS, grid, stages, tiles (1: next_pow2(N) lanes; 2: two power-of-two
-tiles, see ``row_tiles``); split: CHUNK, warps, phases; stream: BLOCK, warps, stages, grid
+tiles, see ``row_tiles``), optional ctas (a program spread over a thread-block cluster of that many
+CTAs, Triton's ``num_ctas``: Hopper; the row's reductions then cross CTAs; measured by
+``benchmarks/row_variants.py`` only, not in the search space yet); split: CHUNK, warps, phases; stream: BLOCK, warps, stages, grid
 (programs per SM); loop: BLOCK, warps.
 """
 
@@ -364,8 +366,9 @@ def launcher(template: str, cfg: dict[str, Any], op: int, eps: float, device: st
             if residual is not None:
                 r = residual.reshape(R, N).contiguous()
                 h = torch.empty_like(y)
+            extra = {"num_ctas": cfg["ctas"]} if cfg.get("ctas", 1) > 1 else {}  # a cluster per program (Hopper)
             _row_kernel[(grid,)](x2, wt, bt, y, r, h, R, nv, nv, eps, ROWS=rows, BLOCK=b1, BLOCK2=b2,
-                                 STAGES=cfg["stages"], HAS_R=residual is not None, num_warps=warps, **flags)  # fmt: skip
+                                 STAGES=cfg["stages"], HAS_R=residual is not None, num_warps=warps, **extra, **flags)  # fmt: skip
             if residual is not None:
                 return y.reshape(x.shape), h.reshape(x.shape)
             return y.reshape(x.shape)
