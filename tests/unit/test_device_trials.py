@@ -72,3 +72,33 @@ def test_validation_set_on_device_checks_real_kernels(monkeypatch):
     bad = vm.check_kernel(no_bias, vset, "torch", "cpu")
     assert not bad.ok and bad.status == "wrong-result"
     assert torch.equal(vset.device_reference(0, "cpu"), vset.trials[0].dev_reference)
+
+
+def test_a_tuning_run_on_device_trials_validates_every_backend(monkeypatch, tmp_path):
+    """The tuner end to end on device trials (here: torch's CPU device): torch kernels take the
+    device fast path, numpy and numba kernels the host copies, and the pick is valid."""
+    from uhop import config
+    from uhop.store import open_store
+    from uhop.tune.tuner import tune
+
+    monkeypatch.setattr(vm, "_device_trials_possible", lambda problem: True)
+    monkeypatch.setenv("UHOP_HOME", str(tmp_path))
+    config.reload()
+    p = _problem("softmax", {"R": 256, "N": 1000}, {}, None)
+    made = []
+    real = vm.DeviceTrial.draw.__func__
+
+    def counting(cls, *a):
+        t = real(cls, *a)
+        made.append(t)
+        return t
+
+    monkeypatch.setattr(vm.DeviceTrial, "draw", classmethod(counting))
+    with config.override(isolate="never"):
+        res = tune(problem=p, policy="tune", store=open_store(), budget_s=20)
+    assert made and all(t is not None for t in made)
+    ok = [m for m in res.measurements if m.ok]
+    assert len({m.candidate.backend for m in ok}) >= 2, [(m.candidate.id, m.status, m.reason) for m in res.measurements]
+    x = torch.randn(256, 1000)
+    torch.testing.assert_close(torch.as_tensor(res.kernel(x)), torch.softmax(x, -1), rtol=1e-5, atol=1e-6)
+    config.reload()
