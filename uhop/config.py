@@ -280,6 +280,13 @@ def use(s: Settings) -> Iterator[Settings]:
         _thread.settings = previous
 
 
+def install(s: Settings) -> Settings:
+    """Make ``s`` this process's settings (a worker process adopting its parent's)."""
+    global _current
+    _current = s
+    return s
+
+
 def reload() -> Settings:
     """Re-read the environment (after ``os.environ`` changed)."""
     global _current

@@ -87,7 +87,7 @@ def _init(snapshot: dict[str, Any]) -> None:
     from uhop import config
 
     snapshot["home"] = Path(snapshot["home"])
-    config._current = config.Settings(**snapshot)  # this process runs under the tuner's settings
+    config.install(config.Settings(**snapshot))  # this process runs under the tuner's settings
     try:
         os.nice(5)  # behind the evaluation worker, whose timings are running
     except OSError:
