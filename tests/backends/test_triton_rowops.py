@@ -81,6 +81,7 @@ def check(ro, template, cfg, op, shape, dtype, affine=True, offset=0.0, tol=None
 TEMPLATES = [
     ("row", {"warps": 4, "ROWS": 4, "grid": "full", "stages": 1, "tiles": 2}),
     ("row", {"warps": 4, "ROWS": 2, "grid": 2, "stages": 2, "tiles": 1}),  # persistent grid
+    ("row", {"warps": 4, "ROWS": 1, "grid": "full", "stages": 1, "tiles": 1, "ctas": 2}),  # a cluster per program
     ("split", {"CHUNK": 64, "warps": 4, "phases": 2}),
     ("stream", {"BLOCK": 64, "warps": 4, "stages": 2, "grid": 1}),
     ("loop", {"BLOCK": 64, "warps": 4}),
