@@ -251,3 +251,16 @@ def test_not_offered_for_plain_cpu_runs(monkeypatch):  # runs in both processes
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     p = Problem.make("softmax", {"R": 2, "N": 8}, "float32", device="cpu", array="torch")
     assert not TritonBackend().supports(p)
+
+
+def test_prebuild_launches_each_candidate_once_on_problem_shaped_inputs(interpreter):
+    # what a precompile process runs for a Triton candidate (on the GPU the launch compiles it
+    # into Triton's on-disk cache); under the interpreter nothing is compiled, so the tuner does
+    # not precompile there
+    assert interpreter.precompiles is False
+    for op, dims, params, arity in [("softmax", {"R": 5, "N": 37}, {}, 1), ("layernorm", {"R": 3, "N": 40}, {}, 3),
+                                    ("elementwise", {"N": 100}, {"expr": "gelu(x0)*x1"}, 2),
+                                    ("matmul", {"B": 1, "M": 17, "N": 9, "K": 33}, {}, 2)]:  # fmt: skip
+        p = Problem.make(op, dims, "float32", params, arity=arity, device="cpu", array="torch")
+        for c in interpreter.candidates(p)[:2]:
+            interpreter.prebuild(c, p)

@@ -73,6 +73,12 @@ class Backend(ABC):
     #: IREE): tuning builds these candidates ahead in parallel (:mod:`uhop.tune.precompile`)
     precompiles: ClassVar[bool] = False
 
+    def prebuild(self, candidate: Candidate, problem: Problem) -> None:
+        """What a precompile process does for ``candidate`` (:mod:`uhop.tune.precompile`): by
+        default ``compile``, which fills the backend's on-disk cache; a backend whose compile
+        happens at the first launch (Triton) launches it once."""
+        self.compile(candidate, problem)
+
     @functools.cached_property
     def availability(self) -> tuple[bool, str]:
         """(available, reason). Reason is one line: why not, or what was found."""

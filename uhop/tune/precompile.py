@@ -3,7 +3,8 @@
 A tuning run evaluates candidates one at a time (one timer at once); for JIT backends most of
 an evaluation can be the compile (numba 0.5-2 s, IREE 1-5 s per config). Backends whose
 ``compile`` fills an on-disk cache that every process reads (``Backend.precompiles``: numba's
-cache under ``UHOP_HOME/numba``, IREE's under ``UHOP_HOME/iree``) are built here by a pool of
+cache under ``UHOP_HOME/numba``, IREE's under ``UHOP_HOME/iree``, Triton's under
+``TRITON_CACHE_DIR`` after one launch: ``Backend.prebuild``) are built here by a pool of
 spawn processes, in the order the tuner will evaluate them, while the evaluation worker works
 through earlier candidates; when it reaches one, it loads the binary instead of compiling it.
 Inductor precompiles its Triton configs the same way. The tuner waits for a candidate's build
@@ -99,5 +100,5 @@ def _build(problem_json: dict[str, Any], candidate_json: dict[str, Any]) -> floa
 
     problem, cand = Problem.from_json(problem_json), Candidate.from_json(candidate_json)
     t0 = time.monotonic()
-    bk.get(cand.backend).compile(cand, problem)
+    bk.get(cand.backend).prebuild(cand, problem)
     return time.monotonic() - t0
