@@ -156,6 +156,9 @@ def run_case(case: tuple, device: str, rounds: int) -> dict[str, Any]:
         return {
             "name": name, "problem": p.describe(), "first_call_s": first_s, "tune_s": tune_s, "warm_start": warm,
             "candidates": len(orc), "evaluated_by_product": evaluated,
+            # what the product's tuning run did with each candidate (why one was skipped or lost)
+            "product_measurements": [{k: m.get(k) for k in ("candidate", "status", "reason", "median_s", "n")}
+                                     for m in stored],
             "pick": Candidate.from_json(pick).id if pick else None,
             "oracle_best": best["candidate"] if best else None, "library": lib["candidate"] if lib else None,
             "time_s": med, "rounds": {lab: s for lab, s in zip(labels, samples, strict=True)},
