@@ -3,6 +3,7 @@ inputs, several draws, with its output checked for shape, dtype, aliasing and un
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ import numpy as np
 from uhop.backends.base import convert
 from uhop.ops.base import as_f64, dtype_name
 from uhop.problem import Problem
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -143,9 +146,12 @@ class DeviceTrial:
             xs = [x.to(dt) if x.is_floating_point() else x for x in f32]
             ref = spec.reference_torch(*[x.double() if x.is_floating_point() else x for x in xs], **problem.param)
             if not isinstance(ref, torch.Tensor) or ref.dtype != torch.float64:
+                log.info("no device trial for %s: its torch reference returned %s", problem.describe(), type(ref))
                 return None
             return cls(problem, xs, ref)
-        except Exception:
+        except Exception as exc:  # out of device memory, say: the host path still validates
+            log.info("no device trial for %s (%s: %s); drawing on the host", problem.describe(),
+                     type(exc).__name__, str(exc)[:200])  # fmt: skip
             return None
 
     @property
