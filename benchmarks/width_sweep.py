@@ -62,33 +62,12 @@ def torch_fn(op: str, expr: str | None = None):
         return lambda x, w, b: torch.nn.functional.layer_norm(x, x.shape[-1:], w, b, 1e-5)
     if op == "rmsnorm":
         return lambda x, w: torch.nn.functional.rms_norm(x, x.shape[-1:], w, 1e-6)
+    from uhop.backends.torch import evaluate_expr
     from uhop.ops import expr as ex
 
     e = ex.parse(expr)
 
-    return lambda *xs: _eval_torch(e, xs)
-
-
-def _eval_torch(e: Any, xs: Any) -> Any:
-    """The expr tree on torch tensors (upcast-free: what eager users write)."""
-    import torch
-
-    from uhop.ops import expr as ex
-
-    if isinstance(e, ex.Var):
-        return xs[e.index]
-    if isinstance(e, ex.Const):
-        return e.value
-    a = [_eval_torch(x, xs) for x in e.args]
-    fn = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div, "gelu": torch.nn.functional.gelu,
-          "sigmoid": torch.sigmoid, "neg": torch.neg}[e.fn]  # fmt: skip
-    if e.fn in ("add", "sub", "mul", "div") and not any(hasattr(v, "shape") for v in a):
-        return fn(torch.tensor(a[0]), a[1])
-    if e.fn in ("sub", "div") and not hasattr(a[0], "shape"):
-        return fn(torch.full_like(a[1], a[0]), a[1])
-    if e.fn in ("add", "mul") and not hasattr(a[0], "shape"):
-        return fn(a[1], a[0])
-    return fn(*a)
+    return lambda *xs: evaluate_expr(e, xs)  # one torch op per node: what eager users write
 
 
 def uhop_fn(op: str, expr: str | None = None):

@@ -45,6 +45,32 @@ def _torch_funcs() -> dict[str, tuple[int, Any]]:
     return _TORCH_FUNCS
 
 
+def evaluate_expr(e: Any, xs: Any) -> Any:
+    """An expression tree on torch tensors (eager: one torch op per node), as a new tensor of
+    x0's shape also when the expression is a constant or x0 itself. The torch backend's chain
+    kernel and the elementwise op's float64 torch reference."""
+    import torch
+
+    funcs = _TORCH_CHAIN_FUNCS or _chain_funcs()
+    out = ex.evaluate(e, xs, funcs)
+    x0 = xs[0]
+    if not torch.is_tensor(out) or out.data_ptr() == x0.data_ptr():
+        out = torch.broadcast_to(torch.as_tensor(out, dtype=x0.dtype, device=x0.device), x0.shape).clone()
+    return out
+
+
+_TORCH_CHAIN_FUNCS: dict[str, tuple[int, Any]] = {}
+
+
+def _chain_funcs() -> dict[str, tuple[int, Any]]:
+    """:func:`_torch_funcs` with the scalar-first binaries rewritten (``1.0 - t``)."""
+    funcs = dict(_torch_funcs())
+    for k in ("sub", "div", "pow"):
+        funcs[k] = (2, _scalar_first(funcs[k][1]))
+    _TORCH_CHAIN_FUNCS.update(funcs)
+    return _TORCH_CHAIN_FUNCS
+
+
 def _scalar_first(f):
     """torch.sub(1.0, t) etc. need a tensor first; rewrite scalar-first binaries."""
     import torch
@@ -307,15 +333,5 @@ class TorchBackend(Backend):
             return conv
         if op == "elementwise":
             e = ex.parse(p["expr"])
-            funcs = dict(_torch_funcs())
-            for k in ("sub", "div", "pow"):
-                funcs[k] = (2, _scalar_first(funcs[k][1]))
-
-            def chain(*xs):
-                out = ex.evaluate(e, xs, funcs)
-                if not torch.is_tensor(out) or out.data_ptr() == xs[0].data_ptr():
-                    out = torch.broadcast_to(torch.as_tensor(out, dtype=xs[0].dtype, device=xs[0].device), xs[0].shape).clone()
-                return out
-
-            return chain
+            return lambda *xs: evaluate_expr(e, xs)
         raise NotImplementedError(op)

@@ -107,21 +107,14 @@ class TritonBackend(Backend):
         return not interpreting()
 
     def prebuild(self, candidate: Candidate, problem: Problem) -> None:
-        """Build and launch ``candidate`` once on inputs of the problem's shapes, dtype and device
-        (uniform [-1, 1) floats, zero indices): the launch specializes and compiles exactly what
-        the evaluation will run (Triton keys on dtypes, constexprs and the 16-divisibility of
-        sizes and pointers, all the same here) and leaves the binary in the cache."""
+        """Build and launch ``candidate`` once on inputs of the problem's shapes, dtype and device:
+        the launch specializes and compiles exactly what the evaluation will run (Triton keys on
+        dtypes, constexprs and the 16-divisibility of sizes and pointers, all the same here) and
+        leaves the binary in the cache."""
         import torch
 
+        from uhop.measure.validate import uniform_on_device
+
         kernel = self.compile(candidate, problem)
-        spec = problem.spec
-        shapes = spec.shapes_from_dims(problem.dim, problem.param, problem.arity or len(spec.inputs))
-        dt = getattr(torch, problem.dtype)
-        xs = []
-        for i, shape in enumerate(shapes):
-            if spec.name == "embedding" and i == 1:  # indices
-                xs.append(torch.zeros(shape, dtype=torch.int64, device=problem.device))
-            else:
-                xs.append(torch.empty(shape, dtype=dt, device=problem.device).uniform_(-1.0, 1.0))
-        kernel(*xs)
+        kernel(*uniform_on_device(problem, getattr(torch, problem.dtype)))
         self.synchronize(problem.device)

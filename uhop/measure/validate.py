@@ -134,11 +134,10 @@ class DeviceTrial:
 
             spec, dev = problem.spec, problem.device
             dt = getattr(torch, problem.dtype)
-            shapes = spec.shapes_from_dims(problem.dim, problem.param, problem.arity or len(spec.inputs))
             if distribution == "uniform" and type(spec).make_inputs is Op.make_inputs:
                 g = torch.Generator(device=dev)
                 g.manual_seed(int(rng.integers(0, 2**63 - 1)))
-                f32 = [torch.empty(s, device=dev, dtype=torch.float32).uniform_(-1.0, 1.0, generator=g) for s in shapes]
+                f32 = uniform_on_device(problem, torch.float32, g)
             else:
                 host = draw_inputs(problem, rng, distribution)
                 f32 = [torch.from_numpy(np.ascontiguousarray(x)).to(dev) for x in host]
@@ -180,6 +179,16 @@ class DeviceTrial:
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.dev_reference.shape)
+
+
+def uniform_on_device(problem: Problem, dtype: Any, generator: Any = None) -> list[Any]:
+    """The problem's inputs as uniform [-1, 1) torch tensors of ``dtype`` on its device (the
+    default generator's distribution, drawn where the kernels run)."""
+    import torch
+
+    spec = problem.spec
+    shapes = spec.shapes_from_dims(problem.dim, problem.param, problem.arity or len(spec.inputs))
+    return [torch.empty(s, device=problem.device, dtype=dtype).uniform_(-1.0, 1.0, generator=generator) for s in shapes]
 
 
 def reference_shape(trial: Any) -> tuple[int, ...]:

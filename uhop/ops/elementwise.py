@@ -74,18 +74,9 @@ class Elementwise(Op):
 
     def reference_torch(self, *args: Any, expr: str = "x0", **_: Any) -> Any:
         """:meth:`reference` on float64 torch tensors, with torch's float64 functions."""
-        from uhop.backends.torch import _scalar_first, _torch_funcs
+        from uhop.backends.torch import evaluate_expr
 
-        funcs = dict(_torch_funcs())
-        for k in ("sub", "div", "pow"):
-            funcs[k] = (2, _scalar_first(funcs[k][1]))
-        out = ex.evaluate(parse_cached(expr), args, funcs)
-        x0 = args[0]
-        if not hasattr(out, "data_ptr") or out.data_ptr() == x0.data_ptr():  # a constant, or x0 itself
-            import torch
-
-            out = torch.broadcast_to(torch.as_tensor(out, dtype=x0.dtype, device=x0.device), x0.shape).clone()
-        return out
+        return evaluate_expr(parse_cached(expr), args)
 
     def flops(self, dims, params) -> float:
         return float(dims["N"] * max(1, ex.op_count(self.expression(params))))
