@@ -85,7 +85,7 @@ def run_case(op: str, R: int, N: int, dtype: str, deadline: float) -> dict[str, 
         args += [torch.randn(N, device="cuda", dtype=dt, generator=g)]
     ref_fn = torch_fn(op)
     ref = ref_fn(*[a.double() for a in args])
-    nbytes = (len(args) and x.numel() * x.element_size() * 2) + sum(a.numel() * a.element_size() for a in args[1:])
+    nbytes = 2 * x.numel() * x.element_size() + sum(a.numel() * a.element_size() for a in args[1:])  # x in, y out
     eps = 1e-5 if op == "layernorm" else 1e-6
     eager = [bench(ref_fn, args)]
     rows = []
