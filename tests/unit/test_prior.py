@@ -28,3 +28,22 @@ def test_attention_that_keeps_scores_on_chip_comes_before_eager_attention():
     order = _order("attention", {"B": 8, "S": 2048, "L": 2048, "D": 64, "E": 64})
     assert order[0] == "numpy/eager"
     assert order[1].startswith("numba/blocked")
+
+
+def test_budget_keeps_time_for_building_the_winner_in_this_process(monkeypatch):
+    """A winner measured in the worker is built again here after the search: the tuner keeps
+    the worker's slowest build of that backend (at most a fifth of the budget), nothing when the
+    kernel was built here or its backend already has been."""
+    from uhop.backends.base import Candidate
+    from uhop.tune import tuner
+
+    monkeypatch.setattr(tuner, "_loaded_here", set())
+    a, b, c = (Candidate.of("numba", "rows", rows=r) for r in (16, 64, 256))
+    ms = [tuner.Measurement(a, "ok", phases=(("compile", 1.2), ("validate", 0.1))),
+          tuner.Measurement(b, "ok", phases=(("compile", 0.05),)),
+          tuner.Measurement(Candidate.of("iree", "default"), "ok", phases=(("compile", 5.0),))]  # fmt: skip
+    assert tuner._build_reserve_s(ms[1], ms, 10.0, {}) == pytest.approx(1.2)  # numba's slowest build
+    assert tuner._build_reserve_s(ms[1], ms, 4.0, {}) == pytest.approx(0.8)  # capped at budget / 5
+    assert tuner._build_reserve_s(ms[1], ms, 10.0, {b: object()}) == 0.0  # built in this process
+    tuner._loaded_here.add("numba")
+    assert tuner._build_reserve_s(tuner.Measurement(c, "ok"), ms, 10.0, {}) == 0.0  # numba loaded here
