@@ -18,9 +18,9 @@ from uhop.problem import Problem
 
 @functools.cache
 def erf_ufunc() -> Any:
-    """scipy's erf (a real ufunc, with ``out=``), imported on first use (scipy.special takes about a
-    second to import: a warm start that needs no erf must not pay it); None without scipy, and
-    then this backend does not offer erf/gelu at all (a per-element Python erf is 100x slower)."""
+    """scipy's erf (a real ufunc, with ``out=``) for float64 arrays, imported on first use
+    (scipy.special takes 0.3-1 s to import: a warm start must not pay it); None without scipy, and
+    then this backend offers no float64 erf/gelu (a per-element Python erf is 100x slower)."""
     try:
         from scipy.special import erf
 
@@ -29,16 +29,69 @@ def erf_ufunc() -> Any:
         return None
 
 
+# erf in float32 arithmetic, error within a few float32 ulps (tests/unit/test_numpy_erf.py): for
+# |x| < 1, x * P1(x^2); for 1 <= |x| <= 4, 1 - exp(-x^2) * P2(1/|x|) (erfc(x) exp(x^2) is smooth
+# in 1/x); erf(4) rounds to 1 in float32. Weighted least-squares fits to math.erf, made by
+# scripts/fit_erf.py: relative error 4e-8 (P1), absolute 1.7e-8 (P2), before float32 rounding.
+_ERF_P1 = (1.1283791210627931, -0.3761231958278045, 0.1128012934232977, -0.02670992656809216,
+           0.004915998402773008, -0.0005625297775409732)  # fmt: skip
+_ERF_P2 = (0.0003356019097689703, 0.5579383544094536, 0.04987008227460302, -0.5024152895213071,
+           0.5694934344492496, -0.3475897318448645, 0.1168981820687373, -0.01694701177437401)  # fmt: skip
+_ERF_CHUNK = 16384  # elements per pass: the ~30 passes below stay in L2
+
+
+def _horner(coef: tuple[float, ...], u: np.ndarray, acc: np.ndarray) -> np.ndarray:
+    acc.fill(coef[-1])
+    for c in coef[-2::-1]:
+        acc *= u
+        acc += np.float32(c)
+    return acc
+
+
+def erf32(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """erf of a float32/float16 array into ``out`` (may be ``x``), computed in float32 without
+    scipy, a chunk at a time."""
+    if not (x.flags.c_contiguous and out.flags.c_contiguous):
+        out[...] = erf32(np.ascontiguousarray(x), np.empty(x.shape, np.float32))
+        return out
+    xf, of = x.reshape(-1), out.reshape(-1)  # views
+    n = min(xf.size, _ERF_CHUNK)
+    a, s, p, q = (np.empty(n, np.float32) for _ in range(4))
+    for i in range(0, xf.size, _ERF_CHUNK):
+        xc, oc = xf[i : i + _ERF_CHUNK], of[i : i + _ERF_CHUNK]
+        m = xc.size
+        a_, s_, p_, q_ = a[:m], s[:m], p[:m], q[:m]
+        np.abs(xc, out=a_)
+        np.multiply(a_, a_, out=s_)
+        _horner(_ERF_P1, s_, p_)
+        p_ *= a_  # |x| < 1: |x| P1(x^2)
+        np.clip(a_, 1.0, 4.0, out=a_)
+        np.multiply(a_, a_, out=s_)
+        np.negative(s_, out=s_)
+        np.exp(s_, out=s_)
+        np.reciprocal(a_, out=a_)
+        _horner(_ERF_P2, a_, q_)
+        q_ *= s_
+        np.subtract(np.float32(1.0), q_, out=q_)  # 1 <= |x|: 1 - exp(-x^2) P2(1/|x|)
+        np.abs(xc, out=a_)
+        np.copyto(q_, p_, where=a_ < 1.0)
+        np.copysign(q_, xc, out=q_)
+        oc[...] = q_
+    return out
+
+
+def _erf(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    if out.dtype == np.float64 or x.dtype == np.float64:
+        return erf_ufunc()(x, out=out)
+    return erf32(x, out)
+
+
 def _needs_erf(problem: Problem) -> bool:
     if problem.op == "matmul":
         return problem.param.get("activation") == "gelu"
     if problem.op == "elementwise":
         return any(isinstance(n, ex.Call) and n.fn in ("erf", "gelu") for n in ex.nodes(ex.parse(problem.param["expr"])))
     return False
-
-
-def _erf(x: np.ndarray, out: np.ndarray) -> np.ndarray:
-    return erf_ufunc()(x, out=out)
 
 
 def _sigmoid(x, out):
@@ -275,7 +328,9 @@ class NumpyBackend(Backend):
         return True, f"numpy {np.__version__} ({blas})"
 
     def supports(self, problem: Problem) -> bool:
-        return super().supports(problem) and not (_needs_erf(problem) and erf_ufunc() is None)
+        # scipy only for float64's erf (float32/16 use erf32; asking scipy here would import it)
+        return super().supports(problem) and not (
+            problem.dtype == "float64" and _needs_erf(problem) and erf_ufunc() is None)
 
     def candidates(self, problem: Problem) -> list[Candidate]:
         op, c = problem.op, Candidate.of

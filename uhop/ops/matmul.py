@@ -15,12 +15,20 @@ ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu")
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
-    try:
-        from scipy.special import erf
+    """float64 erf for references: scipy's ufunc; math.erf per element for small arrays while
+    scipy.special is not imported yet (its import, 0.3-1 s, would be most of a warm start's first
+    call, which checks the served kernel on a small instance) or when scipy is absent."""
+    import sys
 
-        return erf(x)
-    except ImportError:  # float64-accurate, slower; only the reference uses it
-        return np.vectorize(math.erf, otypes=[np.float64])(x)
+    x = np.asarray(x, dtype=np.float64)
+    if x.size > 4096 or "scipy.special" in sys.modules:
+        try:
+            from scipy.special import erf
+
+            return erf(x)
+        except ImportError:
+            pass
+    return np.vectorize(math.erf, otypes=[np.float64])(x)
 
 
 def apply_activation(y: np.ndarray, activation: str) -> np.ndarray:
