@@ -235,3 +235,26 @@ def test_softmax_written_out_in_torch_is_matched_but_tensor_max_is_not():
 def test_bad_option_names_the_option():
     with pytest.raises(Exception, match="rest must be 'inductor' or 'eager'"):
         torch.compile(MLP(8), backend="uhop", options={"rest": "tvm"})(torch.randn(2, 8))
+
+
+def test_regions_served_by_aten_are_left_as_written_on_recompile():
+    """Once UHOP's kernel for a region is the aten op itself (CPU: nothing measured faster than
+    torch's), a later compile leaves those ops in the graph (for Inductor) instead of a region op
+    that would run the same call behind a dispatcher call; a rewrite (the explicit attention
+    pattern) stays a region, and numerics still match float64 eager."""
+    m = GPT2Block(64, 4, sdpa=False).eval()
+    x = torch.randn(2, 12, 64)
+    with torch.no_grad():
+        _check(m, x)
+        uhop.wait()  # the background tuning of every region's problem ends (torch only: aten)
+        assert all(not r.note for r in REPORT.graphs[0].regions)
+        torch._dynamo.reset()
+        _check(m, x)
+    second = REPORT.graphs[1].regions
+    kept = [r for r in second if r.note]
+    assert {r.kind for r in kept} == {"layer_norm", "linear"}, second
+    assert all("served torch/eager" in r.note for r in kept)
+    assert [r.kind for r in second if not r.note] == ["attention"]  # explicit pattern -> SDPA region
+    from uhop.compile.report import format_graph
+
+    assert "left as written" in format_graph(REPORT.graphs[1])

@@ -123,7 +123,7 @@ def uhop_backend(gm: fx.GraphModule, example_inputs: list[Any], mode: str | None
     training = torch.is_grad_enabled() and any(
         isinstance(t, torch.Tensor) and t.requires_grad for t in example_inputs)
     nodes = sum(1 for n in gm.graph.nodes if n.op in ("call_function", "call_method", "call_module"))
-    regions = partition(gm, inference=not training)
+    regions = partition(gm, inference=not training, served_by_aten=runtime.served_by_aten)
     if opts.rest == "eager":
         compiled = gm.forward
     else:

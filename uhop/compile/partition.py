@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -108,8 +109,10 @@ def _only_user(node: fx.Node) -> fx.Node | None:
 class Partitioner:
     """Rewrites one graph in place. ``inference``: fusions valid only without autograd allowed."""
 
-    def __init__(self, gm: fx.GraphModule, inference: bool) -> None:
+    def __init__(self, gm: fx.GraphModule, inference: bool,
+                 served_by_aten: Callable[[str, list[Any]], str | None] | None = None) -> None:
         self.gm, self.g, self.inference = gm, gm.graph, inference
+        self.served_by_aten = served_by_aten
         self.regions: list[RegionFound] = []
 
     def run(self) -> list[RegionFound]:
@@ -130,7 +133,16 @@ class Partitioner:
         return self.regions
 
     # ---- helpers -----------------------------------------------------------------------------
-    def _replace(self, last: fx.Node, fused: list[fx.Node], kind: str, args: tuple, saved: int = 0) -> None:
+    def _replace(self, last: fx.Node, fused: list[fx.Node], kind: str, args: tuple, saved: int = 0,
+                 as_written: bool = True) -> None:
+        """Replace ``fused`` (ending at ``last``) by one region op, unless the nodes as written
+        are the aten call UHOP would serve (``as_written``: not a rewrite such as the explicit
+        attention pattern) and ``served_by_aten`` says it would: then they stay, for Inductor."""
+        if as_written and self.served_by_aten is not None:
+            cid = self.served_by_aten(kind, [_val(a) if isinstance(a, fx.Node) else a for a in args])
+            if cid:
+                self.regions.append(RegionFound(kind, [_name(n) for n in fused], 0, f"left as written: served {cid}"))
+                return
         with self.g.inserting_before(last):
             new = self.g.call_function(getattr(U, kind).default, args)
         new.meta.update(last.meta)
@@ -282,7 +294,7 @@ class Partitioner:
             return False
         fused += [cur, kt]
         saved = 2 * sum(_nbytes(n) for n in fused if n is not kt and n is not pv)
-        self._replace(pv, fused[::-1], "attention", (q, k, v, mask, False, scale), saved)
+        self._replace(pv, fused[::-1], "attention", (q, k, v, mask, False, scale), saved, as_written=False)
         return True
 
     def _embedding(self, node: fx.Node) -> bool:
@@ -360,7 +372,10 @@ def _name(n: fx.Node) -> str:
     return getattr(t, "__name__", str(t))
 
 
-def partition(gm: fx.GraphModule, inference: bool) -> list[RegionFound]:
-    """Rewrite ``gm`` in place; returns the regions found."""
-    return Partitioner(gm, inference).run()
+def partition(gm: fx.GraphModule, inference: bool,
+              served_by_aten: Callable[[str, list[Any]], str | None] | None = None) -> list[RegionFound]:
+    """Rewrite ``gm`` in place; returns the regions found. ``served_by_aten(kind, args)``: the
+    aten candidate id when UHOP's kernel for a region is known to be the aten op as written
+    (:func:`uhop.compile.runtime.served_by_aten`); such regions are reported and left alone."""
+    return Partitioner(gm, inference, served_by_aten).run()
 

@@ -25,6 +25,9 @@ class RegionFound:
     #: bytes of intermediates that no longer round-trip through memory (each fused-away
     #: intermediate written once and read once), from the example inputs' shapes; 0 if unknown
     bytes_saved: int = 0
+    #: "" (replaced by a UHOP region op) or why the ops were left as written (the kernel UHOP
+    #: serves for the region is the aten op itself: "left as written: served torch/eager")
+    note: str = ""
 
 
 @dataclass
@@ -120,13 +123,16 @@ def _graph_breaks() -> dict[str, int]:
 
 def format_graph(g: GraphCompiled | dict) -> str:
     g = g if isinstance(g, dict) else asdict(g)
-    head = (f"[uhop] graph {g['graph']} ({g['name']}): {g['nodes']} nodes, {len(g['regions'])} UHOP regions, "
+    kept = sum(1 for r in g["regions"] if r.get("note"))
+    head = (f"[uhop] graph {g['graph']} ({g['name']}): {g['nodes']} nodes, {len(g['regions']) - kept} UHOP regions"
+            f"{f' (+{kept} left as written)' if kept else ''}, "
             f"rest -> {g['rest']}, {g['mode']}{', dynamic' if g['dynamic'] else ''}"
             f"{', RECOMPILE' if g['recompile'] else ''}, compiled in {g['compile_s']:.2f} s")
     lines = [head]
     for r in g["regions"]:
         saved = f", ~{r['bytes_saved'] / 1e6:.2f} MB saved" if r["bytes_saved"] else ""
-        lines.append(f"    {r['kind']:<11} {' + '.join(r['ops'])}{saved}")
+        note = f" ({r['note']})" if r.get("note") else ""
+        lines.append(f"    {r['kind']:<11} {' + '.join(r['ops'])}{saved}{note}")
     return "\n".join(lines)
 
 

@@ -299,60 +299,111 @@ def _resolve(kind: str, op: str, args: Sequence[Any], params: dict[str, Any],
     return problem, _served(kind, problem, cell, adapt), kid
 
 
-def _plan(kind: str, args: Sequence[Any]) -> tuple[Any, Kernel, str]:
+def _op_args(kind: str, args: Sequence[Any]) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
+    """The UHOP op a region computes, its tensors and its parameters (regions other than
+    ``conv_bn``, whose folded weights need the values)."""
     if kind == "linear":
         x, w, b, act = args
-
-        def linear(k: Kernel) -> Kernel:
-            return lambda x, w, b, act: k(x.reshape(-1, x.shape[-1]), w, b).reshape(*x.shape[:-1], w.shape[0])
-
-        return _resolve(kind, "matmul", (x.reshape(-1, x.shape[-1]), w, b), {"activation": act, "trans_b": True},
-                        linear)  # fmt: skip
+        return "matmul", (x.reshape(-1, x.shape[-1]), w, b), {"activation": act, "trans_b": True}
     if kind == "matmul":
         a, b, act = args
         if a.dim() != b.dim() and b.dim() != 2:
             raise Fallback(f"matmul: broadcast batch dims {tuple(a.shape)} @ {tuple(b.shape)}")
         if a.dim() > 2 and b.dim() > 2 and a.shape[:-2] != b.shape[:-2]:
             raise Fallback(f"matmul: broadcast batch dims {tuple(a.shape)} @ {tuple(b.shape)}")
-        return _resolve(kind, "matmul", (a, b), {"activation": act}, lambda k: lambda a, b, act: k(a, b))
+        return "matmul", (a, b), {"activation": act}
     if kind == "layer_norm":
         x, w, b, eps = args
-        return _resolve(kind, "layernorm", (x, w, b), {"eps": eps}, lambda k: lambda x, w, b, eps: k(x, w, b))
+        return "layernorm", (x, w, b), {"eps": eps}
     if kind == "rms_norm":
         x, w, eps = args
-        return _resolve(kind, "rmsnorm", (x, w), {"eps": eps}, lambda k: lambda x, w, eps: k(x, w))
+        return "rmsnorm", (x, w), {"eps": eps}
     if kind == "softmax":
-        return _resolve(kind, "softmax", args, {}, lambda k: k)
+        return "softmax", tuple(args), {}
     if kind == "attention":
         q, kk, v, mask, causal, scale = args
         if scale is not None and not math.isclose(scale, 1 / math.sqrt(q.shape[-1]), rel_tol=1e-6):
             raise Fallback(f"attention: scale {scale:g} is not 1/sqrt(head dim)")
-        tensors = (q, kk, v) if mask is None else (q, kk, v, mask)
-        if mask is None:
-            return _resolve(kind, "attention", tensors, {"causal": bool(causal)},
-                            lambda k: lambda q, kk, v, mask, causal, scale: k(q, kk, v))
-        return _resolve(kind, "attention", tensors, {"causal": bool(causal)},
-                        lambda k: lambda q, kk, v, mask, causal, scale: k(q, kk, v, mask))
+        return "attention", ((q, kk, v) if mask is None else (q, kk, v, mask)), {"causal": bool(causal)}
     if kind == "embedding":
         w, idx = args
-        return _resolve(kind, "embedding", (w, idx), {}, lambda k: k)
+        return "embedding", (w, idx), {}
     if kind == "conv2d":
         x, w, b, stride, padding, act = args
-        return _resolve(kind, "conv2d", (x, w, b), {"stride": stride, "padding": padding},
-                        lambda k: lambda x, w, b, s, p, a: _act_(k(x, w, b), a))
-    if kind == "conv_bn":
-        x, w, b, mean, var, gamma, beta, eps, stride, padding, act = args
-        wf, bf = _fold(w, b, mean, var, gamma, beta, eps)
-
-        def conv_bn(k: Kernel) -> Kernel:
-            def run(x, w, b, mean, var, gamma, beta, eps, s, p, a):
-                return _act_(k(x, *_fold(w, b, mean, var, gamma, beta, eps)), a)
-
-            return run
-
-        problem, kernel, kid = _resolve(kind, "conv2d", (x, wf, bf), {"stride": stride, "padding": padding}, conv_bn)
-        return problem, kernel, kid + "+folded-bn"
+        return "conv2d", (x, w, b), {"stride": stride, "padding": padding}
     raise Fallback(f"no UHOP op for region kind {kind!r}")
+
+
+#: kind -> UHOP's kernel (of the op's signature) behind the region's signature
+_ADAPT: dict[str, Callable[[Kernel], Kernel]] = {
+    "linear": lambda k: lambda x, w, b, act: k(x.reshape(-1, x.shape[-1]), w, b).reshape(*x.shape[:-1], w.shape[0]),
+    "matmul": lambda k: lambda a, b, act: k(a, b),
+    "layer_norm": lambda k: lambda x, w, b, eps: k(x, w, b),
+    "rms_norm": lambda k: lambda x, w, eps: k(x, w),
+    "softmax": lambda k: k,
+    "attention": lambda k: lambda q, kk, v, mask, causal, scale: k(q, kk, v) if mask is None else k(q, kk, v, mask),
+    "embedding": lambda k: k,
+    "conv2d": lambda k: lambda x, w, b, s, p, a: _act_(k(x, w, b), a),
+}
+
+
+def served_by_aten(kind: str, args: Sequence[Any]) -> str | None:
+    """At compile time: the aten op's candidate id when the kernel this process or the store
+    serves for the region's problem is the aten op itself (:data:`ATEN`), else None. Such a
+    region is left in the graph as written (for Inductor, which may fuse around it): a UHOP
+    region op would run the same aten call plus a dispatcher call (~20-50 us on CPU). ``args``:
+    the region's arguments, tensors as example (fake) values; symbolic shapes, CUDA, or
+    metrics on (regions count their calls) give None."""
+    from uhop import dispatch, metrics
+    from uhop.backends.base import Candidate
+    from uhop.config import override
+    from uhop.errors import UhopError
+    from uhop.ops import get as get_op
+    from uhop.store import open_store
+
+    aten = ATEN.get(kind)
+    if aten is None or metrics.enabled():
+        return None
+    real: list[Any] = []
+    for a in args:
+        if isinstance(a, Tensor):
+            if a.device.type != "cpu" or any(not isinstance(d, int) for d in (*a.shape, *a.stride())):
+                return None
+            shape, stride = tuple(a.shape), tuple(a.stride())  # uninitialized: only shapes are read
+            real.append(torch.empty_strided(shape, stride, dtype=a.dtype) if a.is_floating_point()
+                        else torch.zeros(shape, dtype=a.dtype))  # indices: in range
+        else:
+            real.append(a)
+    try:
+        with override(shape_buckets=BUCKETS["value"], backends=BACKENDS["value"]):
+            op, tensors, params = _op_args(kind, real)
+            key = dispatch.make_problem(get_op(op), tensors, params).key(BUCKETS["value"])
+        got = dispatch._resolved.get(key)
+        if got is not None:
+            cid = got[2].id
+        else:
+            entry = open_store().get(key)
+            cid = Candidate.from_json(entry.candidate).id if entry is not None else None
+    except (Fallback, UhopError, ValueError, TypeError, KeyError):
+        return None
+    return cid if cid == aten[0] else None
+
+
+def _plan(kind: str, args: Sequence[Any]) -> tuple[Any, Kernel, str]:
+    if kind != "conv_bn":
+        op, tensors, params = _op_args(kind, args)
+        return _resolve(kind, op, tensors, params, _ADAPT[kind])
+    x, w, b, mean, var, gamma, beta, eps, stride, padding, act = args
+    wf, bf = _fold(w, b, mean, var, gamma, beta, eps)
+
+    def conv_bn(k: Kernel) -> Kernel:
+        def run(x, w, b, mean, var, gamma, beta, eps, s, p, a):
+            return _act_(k(x, *_fold(w, b, mean, var, gamma, beta, eps)), a)
+
+        return run
+
+    problem, kernel, kid = _resolve(kind, "conv2d", (x, wf, bf), {"stride": stride, "padding": padding}, conv_bn)
+    return problem, kernel, kid + "+folded-bn"
 
 
 def _act_(y: Tensor, activation: str) -> Tensor:
