@@ -62,7 +62,7 @@ def _store(path: Path):
     return SQLiteStore(path)
 
 
-def _collect_set(name: str, problems, seed: int, passes: int, family_n: int, timer: str, hw=None) -> None:
+def _collect_set(name: str, problems, seed: int, passes: int, family_n: int, timer: str, hw=None, tag: str = "") -> None:
     import random
 
     from uhop import config
@@ -85,8 +85,9 @@ def _collect_set(name: str, problems, seed: int, passes: int, family_n: int, tim
                 print(f"[{name} pass {k}] {i + 1}/{len(plan)} {p.describe()}: {ok}/{len(ms)} ok "
                       f"({time.monotonic() - t0:.0f}s)", flush=True)  # fmt: skip
     DATA.mkdir(parents=True, exist_ok=True)
-    n = telemetry.export(store, DATA / f"costmodel_{name}.parquet", "parquet")
-    print(f"{name}: {n} rows -> {DATA / f'costmodel_{name}.parquet'} in {time.monotonic() - t0:.0f}s", flush=True)
+    out = DATA / f"costmodel_{name}{tag}.parquet"
+    n = telemetry.export(store, out, "parquet")
+    print(f"{name}: {n} rows -> {out} in {time.monotonic() - t0:.0f}s", flush=True)
     shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -128,14 +129,17 @@ def collect(args) -> None:
     for name, (suite, passes, timer, single) in SETS.items():
         if args.only not in (None, name):
             continue
+        passes = args.passes or passes
         if single and not args.child:
             env = {**os.environ, **ONE_THREAD, **(AVX2_ENV if name == "heldout_avx2" else {})}
             cmd = ["taskset", "-c", str(args.core), sys.executable, __file__, "collect", "--only", name, "--child",
-                   "--train", str(args.train), "--heldout", str(args.heldout), "--family", str(args.family)]  # fmt: skip
+                   "--train", str(args.train), "--heldout", str(args.heldout), "--family", str(args.family),
+                   "--passes", str(passes), "--tag", args.tag]  # fmt: skip
             subprocess.run(cmd, env=env, check=True)
         else:
             hw = _avx2_hw() if name == "heldout_avx2" else None
-            _collect_set(name, suites[suite], {"train": 1, "heldout": 2}[suite], passes, args.family, timer, hw)
+            _collect_set(name, suites[suite], {"train": 1, "heldout": 2}[suite], passes, args.family, timer, hw,
+                         tag=f"_{args.tag}" if args.tag else "")
 
 
 def main() -> None:
@@ -146,6 +150,11 @@ def main() -> None:
     ap.add_argument("--family", type=int, default=16, help="tiled-family configs sampled per problem")
     ap.add_argument("--only", choices=list(SETS))
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--passes", type=int, default=0,
+                    help="collect: passes per set (default: the set's own, 1 train / 2 held-out); labels are "
+                         "the median over passes")
+    ap.add_argument("--tag", default="", help="collect: suffix of the data files written (costmodel_SET_TAG.parquet); "
+                                              "evaluate: read the train/heldout sets of that tag where they exist")
     ap.add_argument("--core", type=int, default=1, help="core the one-thread sets are pinned to")
     ap.add_argument("--seed", type=int, default=0, help="model seed")
     ap.add_argument("--seeds", type=int, default=5, help="evaluate: model seeds for the seed-spread figures")
@@ -348,8 +357,15 @@ def _noise_ceiling(rows) -> dict:
             rho = _spearman([a[c] for c in common], [b[c] for c in common])
             if not math.isnan(rho):
                 families.setdefault(f, []).append(rho)
+    n_pass = len({r["source"].rsplit(":", 1)[-1] for r in rows}) or 1
+
+    def sb(r: float, n: int) -> float:  # Spearman-Brown: the bound against the mean of n passes
+        r = max(r, 0.0)
+        return math.sqrt(n * r / (1 + (n - 1) * r))
+
     fam_out = {
-        f: {"problems": len(rs), "pass_to_pass_spearman_mean": float(statistics.fmean(rs)),
+        f: {"problems": len(rs), "pass_to_pass_spearman_mean": float(statistics.fmean(rs)), "passes": n_pass,
+            "bound_vs_label": float(statistics.fmean(sb(r, n_pass) for r in rs)),
             "bound_vs_single_pass": float(statistics.fmean(math.sqrt(max(r, 0.0)) for r in rs)),
             "bound_vs_two_pass_median": float(statistics.fmean(math.sqrt(2 * max(r, 0.0) / (1 + max(r, 0.0)))
                                                                for r in rs))}
@@ -401,6 +417,9 @@ def evaluate(args) -> None:
     from uhop.perf.model import CostModel, load_rows, samples_from_rows
 
     files = {n: DATA / f"costmodel_{n}.parquet" for n in SETS}
+    if args.tag:  # labels from more passes (less noise): the tagged train / held-out sets
+        files.update({n: DATA / f"costmodel_{n}_{args.tag}.parquet" for n in ("train", "heldout")
+                      if (DATA / f"costmodel_{n}_{args.tag}.parquet").exists()})
     rows = {n: load_rows(data=[f], op=OP) for n, f in files.items() if f.exists()}
     train = samples_from_rows(rows["train"], OP)
     train_dims = {_dims_key(s) for s in train}
