@@ -436,8 +436,12 @@ def evaluate(args) -> None:
         "what": "learned cost model (XGBoost rank:pairwise + quantile 0.1/0.5/0.9) for matmul on this CPU",
         "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
                     "cores": os.cpu_count(), "note": "shared 2-core VM, load average 5-11 from other jobs"},
-        "command": "python benchmarks/costmodel.py collect && python benchmarks/costmodel.py evaluate"
+        "command": ("python benchmarks/costmodel.py collect && python benchmarks/costmodel.py evaluate" if not args.tag
+                    else f"python benchmarks/costmodel.py collect --only heldout --passes 4 --tag {args.tag} && "
+                         f"python benchmarks/costmodel.py collect --only train --passes 3 --tag {args.tag} && "
+                         f"python benchmarks/costmodel.py evaluate --tag {args.tag}")
                    + (f" --before {args.before.name}" if args.before else ""),
+        "data": {n: f.name for n, f in files.items() if f.exists()},
         "protocol": {name: {"passes": v[1], "timer": v[2], "one_core_one_thread": v[3]} for name, v in SETS.items()},
         "bench": BENCH, "flop_cap": FLOP_CAP,
         "train": {"problems": len(_groups(train)), "samples": len(train), "seconds": round(train_s, 2),
