@@ -352,8 +352,8 @@ def served_by_aten(kind: str, args: Sequence[Any]) -> str | None:
     serves for the region's problem is the aten op itself (:data:`ATEN`), else None. Such a
     region is left in the graph as written (for Inductor, which may fuse around it): a UHOP
     region op would run the same aten call plus a dispatcher call (~20-50 us on CPU). ``args``:
-    the region's arguments, tensors as example (fake) values; symbolic shapes, CUDA, or
-    metrics on (regions count their calls) give None."""
+    the region's arguments, tensors as example (fake) values; symbolic shapes, CUDA float32
+    GEMMs (tf32), or metrics on (regions count their calls) give None."""
     from uhop import dispatch, metrics
     from uhop.backends.base import Candidate
     from uhop.config import override
@@ -367,11 +367,16 @@ def served_by_aten(kind: str, args: Sequence[Any]) -> str | None:
     real: list[Any] = []
     for a in args:
         if isinstance(a, Tensor):
-            if a.device.type != "cpu" or any(not isinstance(d, int) for d in (*a.shape, *a.stride())):
+            if any(not isinstance(d, int) for d in (*a.shape, *a.stride())):
+                return None
+            # CUDA float32 GEMMs: UHOP's torch candidates carry the caller's tf32 setting, the
+            # graph's aten call another path; other CUDA regions are the same call as written
+            if a.device.type != "cpu" and (a.device.type != "cuda" or (
+                    a.dtype == torch.float32 and kind in ("linear", "matmul", "conv2d"))):
                 return None
             shape, stride = tuple(a.shape), tuple(a.stride())  # uninitialized: only shapes are read
-            real.append(torch.empty_strided(shape, stride, dtype=a.dtype) if a.is_floating_point()
-                        else torch.zeros(shape, dtype=a.dtype))  # indices: in range
+            real.append(torch.empty_strided(shape, stride, dtype=a.dtype, device=a.device) if a.is_floating_point()
+                        else torch.zeros(shape, dtype=a.dtype, device=a.device))  # indices: in range
         else:
             real.append(a)
     try:
