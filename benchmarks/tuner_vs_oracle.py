@@ -3,7 +3,8 @@
     python benchmarks/tuner_vs_oracle.py --device cpu   --out benchmarks/results/tuner_vs_oracle_cpu.json
     PYTHONPATH=. python3 benchmarks/tuner_vs_oracle.py --device cuda --out tuner_vs_oracle_h200.json [--only softmax,...]
 
-For each case, in a fresh empty store (its own ``UHOP_HOME``) and with default settings:
+For each case, in a fresh process with a fresh empty store (its own ``UHOP_HOME``) and with
+default settings:
 
 1. **product**: the public API (``uhop.ops.<op>``) is called as a user would, once; the wall time of
    that first call, then ``uhop.wait()`` until background tuning has stored and swapped in its
@@ -219,9 +220,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--out", default="")
     ap.add_argument("--stop-s", type=float, default=1e9, help="start no case after this many seconds (device calls have a time limit)")
+    ap.add_argument("--case-timeout", type=float, default=600, help="seconds one case's process may take")
+    ap.add_argument("--child-out", default="", help=argparse.SUPPRESS)  # run --only's one case here, write JSON
     args = ap.parse_args(argv)
     t_begin = time.monotonic()
     cases = cpu_cases() if args.device == "cpu" else gpu_cases()
+    if args.child_out:
+        (case,) = [c for c in cases if c[0] == args.only]
+        try:
+            r = run_case(case, args.device, args.rounds)
+        except Exception as exc:  # reported as the case's error
+            r = {"name": case[0], "error": f"{type(exc).__name__}: {exc}"[:500]}
+        Path(args.child_out).write_text(json.dumps(r, default=str))
+        return 0
     if args.only:
         want = set(args.only.split(","))
         cases = [c for c in cases if c[0] in want]
@@ -231,19 +242,21 @@ def main(argv: list[str] | None = None) -> int:
         if time.monotonic() - t_begin > args.stop_s:
             result["cases"].append({"name": case[0], "error": f"not started: --stop-s {args.stop_s:g} reached"})
             continue
-        try:
-            r = run_case(case, args.device, args.rounds)
-        except Exception as exc:  # one broken case must not lose the others
-            r = {"name": case[0], "error": f"{type(exc).__name__}: {exc}"[:500]}
+        r = run_in_child(case[0], args)
         result["cases"].append(r)
         print(line(r), flush=True)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1, default=str))
     ok = [r for r in result["cases"] if "error" not in r]
     within = [r for r in ok if r["pick_vs_oracle"] >= 0.95]
+    # the pick is the oracle's fastest candidate itself (its timed ratio to itself is then the
+    # harness's noise: two instances of one kernel, each with its own output buffers)
+    same = [r for r in ok if r["pick"] == r["oracle_best"]]
     result["summary"] = {
         "cases": len(result["cases"]), "within_5pct_of_oracle": len(within),
         "share_within_5pct": len(within) / len(ok) if ok else 0.0,
+        "pick_is_oracle_best": len(same),
+        "pick_is_oracle_best_or_within_5pct": len({r["name"] for r in same + within}),
         "slower_than_library_beyond_5pct": [r["name"] for r in ok if r["pick_vs_library"] < 0.95],
         "tuning_over_10s": [r["name"] for r in ok if r["tune_s"] > 10.0],
         "warm_start_max_s": max((r["warm_start"].get("first_call_s", math.inf) for r in ok), default=None),
@@ -251,6 +264,25 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(result, indent=1, default=str))
     print(json.dumps(result["summary"]))
     return 0
+
+
+def run_in_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One case in a fresh process (what a user's program is: nothing left over from the cases
+    before it, such as their kernels' output pools, thread pools or background threads; in one
+    process, later cases ran up to 8% slower for the same kernel)."""
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        res = Path(tmp) / "case.json"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--device", args.device, "--only", name,
+               "--rounds", str(args.rounds), "--child-out", str(res)]  # fmt: skip
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.case_timeout)
+        except subprocess.TimeoutExpired:
+            return {"name": name, "error": f"timed out after {args.case_timeout:g} s"}
+        if res.exists():
+            return json.loads(res.read_text())
+        return {"name": name, "error": f"case process exited {proc.returncode}: {proc.stderr[-400:]}"}
 
 
 def line(r: dict[str, Any]) -> str:

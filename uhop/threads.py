@@ -12,7 +12,12 @@ several times slower end to end (1.7-2.7x in a GPT-2 forward on 2 cores).
   is imported after UHOP) sleep when idle (``OMP_WAIT_POLICY=PASSIVE``, ``KMP_BLOCKTIME=0`` for
   Intel's runtime), so a pool that finished hands the cores to the next at once. It costs a
   futex wake-up (microseconds) per parallel region, nothing next to the kernels UHOP runs in
-  parallel (serial candidates serve small problems);
+  parallel (serial candidates serve small problems). OpenBLAS's own pthreads (numpy's BLAS when
+  it is loaded after ``import uhop``, and always in UHOP's worker processes) spin for the
+  shortest time it allows before sleeping (``OPENBLAS_THREAD_TIMEOUT=4``, 2^4 spin cycles):
+  on the 2-core machine a torch SDPA right after a numpy GEMM took 28-29 ms with OpenBLAS's
+  default spin and 21-23 ms with this, against 16-20 ms once the BLAS threads slept (the tuner
+  had timed torch's kernel at twice its speed after numpy candidates, and picked wrongly);
 - ``default``: leave the libraries' own settings.
 
 A value the user already set in the environment always wins. Pool sizes stay each library's
@@ -40,4 +45,5 @@ def apply() -> str:
     if policy == "passive":
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         os.environ.setdefault("KMP_BLOCKTIME", "0")
+        os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
     return policy

@@ -121,3 +121,20 @@ def test_the_uhop_command_reports_a_bad_setting_in_one_line(tmp_path, var, raw):
     assert r.returncode == 2, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"error: {var} must be"), r.stderr
+
+
+def test_passive_thread_policy_reaches_libraries_loaded_after_import_uhop():
+    """``import uhop`` sets the pools' idle policy before numpy (OpenBLAS) or numba load; a value
+    the user set wins."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys; import uhop; assert 'numpy' in sys.modules; "
+            "print(os.environ['OMP_WAIT_POLICY'], os.environ['OPENBLAS_THREAD_TIMEOUT'])")  # fmt: skip
+    env = {k: v for k, v in __import__("os").environ.items()
+           if k not in ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT", "UHOP_THREADS")}  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["PASSIVE", "4"], out.stderr[-500:]
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OPENBLAS_THREAD_TIMEOUT": "10"},
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.stdout.split() == ["PASSIVE", "10"], out.stderr[-500:]
