@@ -47,3 +47,22 @@ def test_budget_keeps_time_for_building_the_winner_in_this_process(monkeypatch):
     assert tuner._build_reserve_s(ms[1], ms, 10.0, {b: object()}) == 0.0  # built in this process
     tuner._loaded_here.add("numba")
     assert tuner._build_reserve_s(tuner.Measurement(c, "ok"), ms, 10.0, {}) == 0.0  # numba loaded here
+
+
+def test_budget_keeps_three_retiming_rounds_for_a_close_race():
+    """Two candidates within 1.25x of each other after one pass: the loop keeps time for three
+    interleaved rounds of them (instead of one more candidate); a clear winner keeps none."""
+    from uhop.backends.base import Candidate
+    from uhop.measure.bench import Timing
+    from uhop.tune import tuner
+
+    def m(c, s):
+        return tuner.Measurement(c, "ok", timing=Timing(s, s, s, 0.0, 5, 1))
+
+    a, b, c = (Candidate.of("numba", "fused", chunk=k) for k in (1, 2, 3))
+    close = [m(a, 0.010), m(b, 0.0107), m(c, 0.05)]
+    one_round = tuner._round_s([close[0], close[1]])
+    assert one_round >= 5 * (0.010 + 0.0107) - 1e-12  # three samples and two warm-ups each, at least
+    assert tuner._retime_reserve_s(close, close[0]) == pytest.approx(3 * one_round)
+    clear = [m(a, 0.010), m(c, 0.05)]
+    assert tuner._retime_reserve_s(clear, clear[0]) == 0.0
