@@ -8,6 +8,7 @@
 # platformdirs): `pip download --python-version 3.12 --only-binary :all: -d .whl pydantic platformdirs`.
 # Stages, most important first:
 #   first                        #19 managed memory + #13 --explain of a GPU tuning run + tuner-a
+#   mini                         the --explain run and two product picks (about 4 minutes)
 #   tuner-a / tuner-b / tuner-c  #13: product pick vs oracle, GPU suite + the extra cases
 #   sweep                        #20: width sweep through the product path vs eager / torch.compile
 #   buffers                      #19: 5-op chain, host round trips vs uhop.Buffer (copies, managed)
@@ -16,7 +17,7 @@
 # Two stages in one call: the tuner stages take STOP_S (start no case after it, default 400) and
 # LIMIT_S (kill after it, default 570), e.g. `bash ... buffers && STOP_S=300 LIMIT_S=470 bash ... tuner-a`.
 set -u
-stage=${1:?"stage: first | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
+stage=${1:?"stage: first | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
 OUT=${OUT:-/tmp/uhop-gpu-out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -38,6 +39,10 @@ case "$stage" in
       --device cuda:0 --explain 2>&1 | tail -45 | tee "$OUT/explain_softmax.txt"
     STOP_S=${STOP_S:-250} LIMIT_S=${LIMIT_S:-380} tvo softmax,layernorm,rmsnorm,elementwise,ew_gelu_mul_64m,softmax_gpt2_vocab \
       tuner_vs_oracle_h200_a.json ;;
+  mini)  # when little device time is left: where a GPU tuning run's time goes, and two product picks
+    UHOP_HOME=$(mktemp -d) timeout 60 python3 -m uhop tune softmax --shape 32768x4096 --dtype bfloat16 \
+      --device cuda:0 --explain 2>&1 | tail -45 | tee "$OUT/explain_softmax.txt"
+    STOP_S=${STOP_S:-60} LIMIT_S=${LIMIT_S:-150} tvo softmax,layernorm tuner_vs_oracle_h200_mini.json ;;
   rows)  # candidate study, not product figures: every long-row config timed, then Nsight Compute
     timeout "${LIMIT_S:-300}" python3 benchmarks/row_variants.py --deadline-s "${STOP_S:-200}" --out "$OUT/row_variants_h200.json" 2>&1 | tail -60
     m=gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,lts__t_sector_hit_rate.pct,launch__registers_per_thread
