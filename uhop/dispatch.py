@@ -13,6 +13,7 @@ import inspect
 import itertools
 import logging
 import threading
+import time
 import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -158,6 +159,7 @@ def resolve_interim(problem: Problem, policy: str | None = None) -> tuple[Resolv
     tuned now."""
     from uhop.store import open_store
 
+    t_call = time.monotonic()
     s = settings()
     policy = policy or s.policy
     key = problem.key(s.shape_buckets)
@@ -193,7 +195,7 @@ def resolve_interim(problem: Problem, policy: str | None = None) -> tuple[Resolv
             base = _baseline_kernel(problem)
             if base is not None:
                 _interim[key] = base
-                _background().submit(key, _in(s, lambda: _tune_in_background(problem, key, base)))
+                _background().submit(key, _in(s, lambda: _tune_in_background(problem, key, base, t_call)))
                 return base, True
         from uhop.tune.tuner import tune
 
@@ -322,11 +324,18 @@ def _install(key: str, final: Resolved | None) -> None:
             cache[sig] = metrics.timed(problem.op, _adapt(*final[:2], problem)) if final is not None else fallback
 
 
-def _tune_in_background(problem: Problem, key: str, base: Resolved) -> None:
+def _tune_in_background(problem: Problem, key: str, base: Resolved, first_call: float | None = None) -> None:
+    """Tune ``problem`` and swap the winner in for ``base``. ``first_call``: when the call that
+    queued this began; the budget counts from there (the baseline's build and first run are part
+    of the time to the tuned kernel), at most a quarter of it, so that a job queued behind
+    others' tuning still gets most of its budget."""
     from uhop.tune.tuner import tune
 
+    budget = settings().tune_budget_s
+    if first_call is not None:
+        budget -= min(max(time.monotonic() - first_call, 0.0), 0.25 * budget)
     try:
-        res = tune(problem=problem, policy="tune")
+        res = tune(problem=problem, policy="tune", budget_s=budget)
     except NoCandidateError as exc:
         _warn(f"no valid kernel for {problem.describe()} ({exc}); calling the reference")
         _install(key, None)
