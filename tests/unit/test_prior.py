@@ -50,8 +50,9 @@ def test_budget_keeps_time_for_building_the_winner_in_this_process(monkeypatch):
 
 
 def test_budget_keeps_three_retiming_rounds_for_a_close_race():
-    """Two candidates within 1.25x of each other after one pass: the loop keeps time for three
-    interleaved rounds of them (instead of one more candidate); a clear winner keeps none."""
+    """A new candidate starts only if it leaves time for three interleaved rounds of the race it
+    may join (the finalists within 1.25x of the best, and itself at the best's time), at most 15%
+    of the budget."""
     from uhop.backends.base import Candidate
     from uhop.measure.bench import Timing
     from uhop.tune import tuner
@@ -61,8 +62,10 @@ def test_budget_keeps_three_retiming_rounds_for_a_close_race():
 
     a, b, c = (Candidate.of("numba", "fused", chunk=k) for k in (1, 2, 3))
     close = [m(a, 0.010), m(b, 0.0107), m(c, 0.05)]
-    one_round = tuner._round_s([close[0], close[1]])
-    assert one_round >= 5 * (0.010 + 0.0107) - 1e-12  # three samples and two warm-ups each, at least
-    assert tuner._retime_reserve_s(close, close[0]) == pytest.approx(3 * one_round)
-    clear = [m(a, 0.010), m(c, 0.05)]
-    assert tuner._retime_reserve_s(clear, clear[0]) == 0.0
+    one_round = tuner._round_s([close[0], close[1], close[0]])
+    assert one_round >= 5 * (0.010 + 0.0107 + 0.010) - 1e-12  # three samples and two warm-ups each
+    assert tuner._retime_reserve_s(close, close[0], 10.0) == pytest.approx(3 * one_round)
+    clear = [m(a, 0.010), m(c, 0.05)]  # c is out of the race: the best and a newcomer
+    assert tuner._retime_reserve_s(clear, clear[0], 10.0) == pytest.approx(3 * tuner._round_s([clear[0]] * 2))
+    slow = [m(a, 2.0), m(b, 2.1)]
+    assert tuner._retime_reserve_s(slow, slow[0], 10.0) == pytest.approx(1.5)  # capped

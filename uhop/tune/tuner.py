@@ -425,7 +425,7 @@ def _budgeted(
             break
         if best is not None and (
             time.monotonic() + _expected_s(took, by_name[cand.backend], cand, problem, trials, scale)
-            + _build_reserve_s(best, measurements, budget, kernels) + _retime_reserve_s(measurements, best)
+            + _build_reserve_s(best, measurements, budget, kernels) + _retime_reserve_s(measurements, best, budget)
             > deadline - END_MARGIN * budget
             or (max_evals is not None and sum(m.status != "skipped" for m in measurements) >= max_evals)
         ):
@@ -541,13 +541,13 @@ def _round_s(top: Sequence[Measurement]) -> float:
     return sum(3 * max(settings().bench_min_s / 4, m.median_s) + 2 * m.median_s for m in top)
 
 
-def _retime_reserve_s(measurements: Sequence[Measurement], best: Measurement) -> float:
-    """Seconds to keep for confirming a close race (three re-timing rounds of the finalists) rather
-    than spending them on one more candidate: one pass cannot tell kernels within a few percent
-    apart on a shared machine (an elementwise chain went to IREE over numba's fused kernel on a
-    7% lead in one pass, 0.79x of the fastest when timed again)."""
-    top = _finalists(measurements, best)
-    return 3 * _round_s(top) if len(top) >= 2 else 0.0
+def _retime_reserve_s(measurements: Sequence[Measurement], best: Measurement, budget: float) -> float:
+    """Seconds a new candidate must leave for confirming the race it may join: three re-timing
+    rounds of the finalists and of the new one (counted at the best's time), at most 15% of the
+    budget. One pass cannot tell kernels within a few percent apart on a shared machine (an
+    elementwise chain went to IREE over numba's fused kernel on a 7-12% lead in one pass, the last
+    evaluation of the budget; 0.79-0.84x of numba's when timed again)."""
+    return min(3 * _round_s([*_finalists(measurements, best), best]), 0.15 * budget)
 
 
 def _build_reserve_s(best: Measurement, measurements: Sequence[Measurement], budget: float,
