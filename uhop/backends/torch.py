@@ -16,6 +16,7 @@ CUDA-only candidates (the "library baseline" a generated kernel must beat):
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -51,24 +52,20 @@ def evaluate_expr(e: Any, xs: Any) -> Any:
     kernel and the elementwise op's float64 torch reference."""
     import torch
 
-    funcs = _TORCH_CHAIN_FUNCS or _chain_funcs()
-    out = ex.evaluate(e, xs, funcs)
+    out = ex.evaluate(e, xs, _chain_funcs())
     x0 = xs[0]
     if not torch.is_tensor(out) or out.data_ptr() == x0.data_ptr():
         out = torch.broadcast_to(torch.as_tensor(out, dtype=x0.dtype, device=x0.device), x0.shape).clone()
     return out
 
 
-_TORCH_CHAIN_FUNCS: dict[str, tuple[int, Any]] = {}
-
-
+@functools.cache
 def _chain_funcs() -> dict[str, tuple[int, Any]]:
     """:func:`_torch_funcs` with the scalar-first binaries rewritten (``1.0 - t``)."""
     funcs = dict(_torch_funcs())
     for k in ("sub", "div", "pow"):
         funcs[k] = (2, _scalar_first(funcs[k][1]))
-    _TORCH_CHAIN_FUNCS.update(funcs)
-    return _TORCH_CHAIN_FUNCS
+    return funcs
 
 
 def _scalar_first(f):

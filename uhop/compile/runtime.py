@@ -6,8 +6,8 @@ and the result checked against the region's aten reference in float64 with the t
 dtype; a region UHOP cannot serve, or whose result disagrees, runs its aten reference instead and
 the report says why.
 
-A region whose served kernel is the aten op itself (``torch/eager``, ``torch/sdpa`` on CPU: the
-tuner measured nothing faster) calls that op directly (:data:`ATEN`), without the adapters
+A region whose served kernel is the aten op itself (``torch/eager``, ``torch/sdpa``; on CPU, and on
+CUDA except float32 GEMMs, :func:`_aten_is_the_candidate`: the tuner measured nothing faster) calls that op directly (:data:`ATEN`), without the adapters
 between UHOP's op signature and the region's: on the 2-core CI machine they cost ~20 us a call,
 a few percent of a GPT-2 block at B1 T64, and the region must not be slower than eager.
 """
@@ -106,6 +106,14 @@ ATEN: dict[str, tuple[str, Kernel]] = {
 }
 
 
+def _aten_is_the_candidate(kind: str, device: str, dtype: str) -> bool:
+    """Whether :data:`ATEN`'s call is what UHOP's aten candidate runs for this region: on CPU;
+    on CUDA except float32 GEMMs, whose torch candidates carry the caller's tf32 setting."""
+    if device == "cpu":
+        return True
+    return device.startswith("cuda") and not (dtype == "float32" and kind in ("linear", "matmul", "conv2d"))
+
+
 def _served(kind: str, problem: Any, cell: dict[int, Kernel], adapt: Callable[[Kernel], Kernel]) -> Kernel:
     """The region's kernel: ``adapt(cell[0])`` (UHOP's kernel behind the region's signature), or
     the aten op itself when that is what the cell serves; re-chosen when background tuning swaps
@@ -113,7 +121,7 @@ def _served(kind: str, problem: Any, cell: dict[int, Kernel], adapt: Callable[[K
     from uhop import dispatch, metrics
 
     key = problem.key(BUCKETS["value"])
-    aten = ATEN.get(kind) if problem.device == "cpu" else None  # CUDA matmuls carry a tf32 wrapper
+    aten = ATEN.get(kind) if _aten_is_the_candidate(kind, problem.device, problem.dtype) else None
     state: list[Any] = [None, None]
 
     def choose(k: Kernel) -> Kernel:
@@ -369,10 +377,7 @@ def served_by_aten(kind: str, args: Sequence[Any]) -> str | None:
         if isinstance(a, Tensor):
             if any(not isinstance(d, int) for d in (*a.shape, *a.stride())):
                 return None
-            # CUDA float32 GEMMs: UHOP's torch candidates carry the caller's tf32 setting, the
-            # graph's aten call another path; other CUDA regions are the same call as written
-            if a.device.type != "cpu" and (a.device.type != "cuda" or (
-                    a.dtype == torch.float32 and kind in ("linear", "matmul", "conv2d"))):
+            if not _aten_is_the_candidate(kind, str(a.device), str(a.dtype).removeprefix("torch.")):
                 return None
             shape, stride = tuple(a.shape), tuple(a.stride())  # uninitialized: only shapes are read
             real.append(torch.empty_strided(shape, stride, dtype=a.dtype, device=a.device) if a.is_floating_point()

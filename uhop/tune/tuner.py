@@ -626,13 +626,12 @@ def _retime(
     or the remaining budget cannot pay for three rounds."""
     from uhop.tune import retime as rt
 
-    ok = sorted((m for m in measurements if m.ok and math.isfinite(m.median_s)), key=lambda m: m.median_s)
     top = _finalists(measurements, best, base)
     if len(top) < 2:
         return best, []
     rounds = min(rt.ROUNDS, int((deadline - time.monotonic()) / max(_round_s(top), 1e-9)))
     if rounds < 3:  # no budget to confirm: a pick other than the baseline must win by a clear margin
-        bm = next((m for m in ok if m.candidate == base), None)
+        bm = next((m for m in measurements if m.candidate == base and m.ok and math.isfinite(m.median_s)), None)
         if bm is not None and best.candidate != base and best.median_s > (1 - UNCONFIRMED_MARGIN) * bm.median_s:
             note = (f"kept the baseline: {best.candidate.id} was {bm.median_s / best.median_s:.2f}x faster in one "
                     f"unconfirmed pass (no budget left to re-time; needs {1 / (1 - UNCONFIRMED_MARGIN):.2f}x)")
