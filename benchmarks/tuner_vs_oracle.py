@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import platform
@@ -88,6 +89,24 @@ def product_call(op: str, params: dict[str, Any]):
     return lambda *xs: fn(*xs, **params)
 
 
+def _one_time_s(r: dict[str, Any]) -> float:
+    o = r.get("tuning_overhead_s") or {}
+    return float(o.get("probe", 0.0)) + float(o.get("worker_start", 0.0))
+
+
+class _TuningLog(logging.Handler):
+    """Keeps the ``uhop_overhead`` of the tuner's "tuned ... in" record."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.overhead: dict[str, float] | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        got = getattr(record, "uhop_overhead", None)
+        if got is not None:
+            self.overhead = {k: round(float(v), 4) for k, v in got.items()}
+
+
 def oracle(problem: Any) -> list[dict[str, Any]]:
     """Every candidate of every available backend, fully evaluated in a worker (no budget)."""
     from uhop import backends as bk
@@ -125,12 +144,19 @@ def run_case(case: tuple, device: str, rounds: int) -> dict[str, Any]:
             import torch
 
             sync = torch.cuda.synchronize
+        runs = _TuningLog()  # where the product's tuning run spent its time (the tuner's log record)
+        tlog = logging.getLogger("uhop")
+        level = tlog.level
+        tlog.setLevel(logging.INFO)
+        tlog.addHandler(runs)
         t0 = time.perf_counter()
         call(*xs)
         sync and sync()
         first_s = time.perf_counter() - t0
         uhop.wait()
         tune_s = time.perf_counter() - t0
+        tlog.removeHandler(runs)
+        tlog.setLevel(level)
         warm = warm_start(case, device, home)
         entries = open_store().entries(op)
         pick = entries[0].candidate if entries else None
@@ -156,6 +182,9 @@ def run_case(case: tuple, device: str, rounds: int) -> dict[str, Any]:
         config.reload()
         return {
             "name": name, "problem": p.describe(), "first_call_s": first_s, "tune_s": tune_s, "warm_start": warm,
+            # seconds by phase of the product's run: backend imports ("probe") and the isolation
+            # worker's start are one-time costs of a process, outside the budget
+            "tuning_overhead_s": runs.overhead,
             "candidates": len(orc), "evaluated_by_product": evaluated,
             # what the product's tuning run did with each candidate (why one was skipped or lost)
             "product_measurements": [{k: m.get(k) for k in ("candidate", "status", "reason", "median_s", "n")}
@@ -259,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         "pick_is_oracle_best_or_within_5pct": len({r["name"] for r in same + within}),
         "slower_than_library_beyond_5pct": [r["name"] for r in ok if r["pick_vs_library"] < 0.95],
         "tuning_over_10s": [r["name"] for r in ok if r["tune_s"] > 10.0],
+        # the budget's part: wall time less the process's one-time costs (imports, worker start)
+        "tuning_over_10s_budget": [r["name"] for r in ok if r["tune_s"] - _one_time_s(r) > 10.0],
         "warm_start_max_s": max((r["warm_start"].get("first_call_s", math.inf) for r in ok), default=None),
     }  # fmt: skip
     out.write_text(json.dumps(result, indent=1, default=str))

@@ -192,6 +192,7 @@ def resolve_interim(problem: Problem, policy: str | None = None) -> tuple[Resolv
                 return got, False
             store.invalidate(key)  # never serve it again; the re-tuned choice replaces it
         if policy == "background":
+            _prestart_worker(problem)  # a GPU worker's start (CUDA, torch, Triton) overlaps this call
             base = _baseline_kernel(problem)
             if base is not None:
                 _interim[key] = base
@@ -322,6 +323,21 @@ def _install(key: str, final: Resolved | None) -> None:
             _resolved[key] = final
         for cache, sig, problem, fallback in _sites.pop(key, []):
             cache[sig] = metrics.timed(problem.op, _adapt(*final[:2], problem)) if final is not None else fallback
+
+
+def _prestart_worker(problem: Problem) -> None:
+    """Start the isolation worker that will evaluate ``problem``'s candidates, without waiting:
+    on a GPU its start (a Python process importing torch and Triton and creating a CUDA context,
+    6 s on the lent H100's host) then overlaps the baseline's first call."""
+    s = settings()
+    if problem.device == "cpu" or s.isolate == "never":
+        return
+    try:
+        from uhop.tune.isolated import evaluator
+
+        evaluator(problem.device).start()
+    except Exception as exc:  # the tuner starts it again and reports why it cannot
+        log.debug("isolation worker not started early: %s", exc)
 
 
 def _tune_in_background(problem: Problem, key: str, base: Resolved, first_call: float | None = None) -> None:

@@ -69,3 +69,26 @@ def test_budget_keeps_three_retiming_rounds_for_a_close_race():
     assert tuner._retime_reserve_s(clear, clear[0], 10.0) == pytest.approx(3 * tuner._round_s([clear[0]] * 2))
     slow = [m(a, 2.0), m(b, 2.1)]
     assert tuner._retime_reserve_s(slow, slow[0], 10.0) == pytest.approx(1.5)  # capped
+
+
+def test_isolation_worker_start_is_a_one_time_cost_outside_the_budget(monkeypatch, tmp_path):
+    """On a GPU the worker's start (torch, Triton, a CUDA context) took 6 s of a 10 s budget and
+    left UHOP's kernels untimed; it is now counted like the backends' imports: reported, not
+    charged. Here a start made 2.5 s slower must still leave the 2 s budget for candidates."""
+    from uhop import config
+    from uhop.store import open_store
+    from uhop.tune import isolated, tuner
+
+    popen = isolated.subprocess.Popen
+
+    def slow_popen(cmd, **kw):  # the worker's process sleeps before its imports, as CUDA's start would
+        return popen([cmd[0], "-c", "import time; time.sleep(2.5)\n" + cmd[2], *cmd[3:]], **kw)
+
+    monkeypatch.setattr(isolated.subprocess, "Popen", slow_popen)
+    monkeypatch.setitem(isolated._evaluators, "cpu", isolated.IsolatedEvaluator("cpu"))
+    with config.override(home=tmp_path, isolate="always", tune_budget_s=2.0, precompile_workers=0):
+        res = tuner.tune("softmax", {"R": 64, "N": 256}, backends=["numpy"], store=open_store())
+    isolated._evaluators["cpu"].close()
+    assert res.overhead["worker_start"] >= 2.5
+    assert sum(m.ok for m in res.measurements) >= 2  # the baseline and more: the budget was not spent waiting
+    assert res.overhead["total"] < res.overhead["probe"] + res.overhead["worker_start"] + 2.0 + 1.0
