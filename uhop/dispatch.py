@@ -40,12 +40,20 @@ log = logging.getLogger("uhop")
 _ND = np.ndarray
 
 
+#: torch tensor types seen so far (torch.Tensor, nn.Parameter...): one set lookup on the hot path
+_TENSORS: set[type] = set()
+
+
 def _arg_sig(a: Any) -> Any:
-    if type(a) is _ND:
+    t = type(a)
+    if t is _ND:
         return (a.shape, a.dtype.num, a.flags.c_contiguous)
+    if t in _TENSORS:  # get_device() is an int, cheaper than .device
+        return (a.shape, a.dtype, a.is_contiguous(), a.get_device())
     if a is None:
         return None
-    if hasattr(a, "is_contiguous"):  # torch.Tensor; get_device() is an int, cheaper than .device
+    if hasattr(a, "is_contiguous"):  # torch.Tensor or a subclass
+        _TENSORS.add(t)
         return (a.shape, a.dtype, a.is_contiguous(), a.get_device())
     if hasattr(a, "__dlpack__") and hasattr(a, "shape"):  # CuPy, JAX, ... (zero-copy via DLPack)
         return (type(a), tuple(a.shape), str(a.dtype), getattr(a, "strides", None), a.__dlpack_device__())
@@ -510,7 +518,7 @@ _direct_cache: dict[Any, Kernel] = {}
 
 def call_op(op_name: str, args: Sequence[Any], params: Mapping[str, Any]) -> Any:
     try:
-        sig = (op_name, tuple(sorted(params.items())), tuple(map(_arg_sig, args)))
+        sig = (op_name, tuple(sorted(params.items())) if params else (), tuple(map(_arg_sig, args)))
         k = _direct_cache.get(sig)
     except TypeError:  # unhashable argument: let the checks below name it
         sig, k = None, None

@@ -33,11 +33,20 @@ def names() -> list[str]:
     return list(REGISTRY)
 
 
-def _direct(op_name: str):
-    def run(*args: Any, **params: Any) -> Any:
-        from uhop.dispatch import call_op
+_call_op: Any = None  # uhop.dispatch.call_op, bound on first use (dispatch imports this module)
 
-        return call_op(op_name, args, params)
+
+def _dispatcher() -> Any:
+    global _call_op
+    from uhop.dispatch import call_op
+
+    _call_op = call_op
+    return call_op
+
+
+def _direct(op_name: str):
+    def run(*args: Any, **params: Any) -> Any:  # the hot path: a few hundred ns over call_op
+        return (_call_op or _dispatcher())(op_name, args, params)
 
     run.__name__ = op_name
     run.__doc__ = f"{REGISTRY[op_name].description}\n\nDispatches to UHOP's best kernel for the inputs."
@@ -55,9 +64,7 @@ embedding = _direct("embedding")
 
 def elementwise(expr: Any, *args: Any) -> Any:
     """``elementwise("sigmoid(x*1.5+0.5)*x-0.25", x)``: evaluate a fused chain."""
-    from uhop.dispatch import call_op
-
-    return call_op("elementwise", args, {"expr": expr})
+    return (_call_op or _dispatcher())("elementwise", args, {"expr": expr})
 
 
 __all__ = ["Op", "Param", "REGISTRY", "get", "names", *REGISTRY]
