@@ -474,7 +474,7 @@ def _adapt(kernel: Kernel, backend: Backend, problem: Problem) -> Kernel:
         return from_torch_cpu_kernel
 
     def from_torch_kernel(*args: Any) -> Any:
-        return kernel(*[to(a, dev) for a in args]).cpu().numpy()
+        return _buffer.device_to_host(kernel(*[to(a, dev) for a in args]))
 
     return from_torch_kernel
 
