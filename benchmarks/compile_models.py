@@ -219,11 +219,30 @@ def main() -> None:
 
     home = Path(settings().home)
     store_empty = not any(home.glob("*.db"))
-    rows = []
+    rows: list[dict] = []
+    meta = {"machine": _cpu_name(), "cores": os.cpu_count(), "device": a.device, "dtype": a.dtype,
+            "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
+            "uhop_commit": _commit(), "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M"),
+            "command": " ".join(["python", *sys.argv]), "uhop_home_empty_at_start": store_empty,
+            "loadavg_start": load0, "rounds": a.rounds}
+    if a.device.startswith("cuda"):
+        meta["gpu"] = torch.cuda.get_device_name()
+
+    def save(done: bool) -> None:  # after every row: a run killed at a time limit keeps what it measured
+        if not a.out:
+            return
+        meta["complete"] = done
+        meta["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = a.out.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+        tmp.replace(a.out)
+
     for name in a.models:
         if name == "numpy-gpt2":
             for T in a.seq:
                 rows.append(bench_numpy_gpt2(T, 2, a.rounds, a.min_s))
+                save(False)
             continue
         if name == "resnet":
             model = ResNetSmall(64, 4, 1000).eval().to(a.device, dtype)
@@ -239,17 +258,9 @@ def main() -> None:
             x = torch.randint(0, 50257, s, device=a.device) if name == "gpt2" else torch.randn(s, device=a.device, dtype=dtype)
             print(f"{name} {s} {a.dtype} on {a.device}", flush=True)
             rows.append(bench_torch(name, model, x, a.device, a.variants, a.rounds, a.min_s))
-    meta = {"machine": _cpu_name(), "cores": os.cpu_count(), "device": a.device, "dtype": a.dtype,
-            "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
-            "uhop_commit": _commit(), "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M"),
-            "command": " ".join(["python", *sys.argv]), "uhop_home_empty_at_start": store_empty,
-            "loadavg_start": load0, "loadavg_end": [round(v, 2) for v in os.getloadavg()], "rounds": a.rounds}
-    if a.device.startswith("cuda"):
-        meta["gpu"] = torch.cuda.get_device_name()
-    out = {"meta": meta, "rows": rows}
+            save(False)
+    save(True)
     if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps(out, indent=1))
         print(f"wrote {a.out}")
 
 

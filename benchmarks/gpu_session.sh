@@ -8,6 +8,7 @@
 # platformdirs): `pip download --python-version 3.12 --only-binary :all: -d .whl pydantic platformdirs`.
 # Stages, most important first:
 #   first                        #19 managed memory + #13 --explain of a GPU tuning run + tuner-a
+#   verify                       the cases the H100 run of 2026-12-05 missed + Buffer GPU tests (5 min)
 #   mini                         the --explain run and two product picks (about 4 minutes)
 #   tuner-a / tuner-b / tuner-c  #13: product pick vs oracle, GPU suite + the extra cases
 #   sweep                        #20: width sweep through the product path vs eager / torch.compile
@@ -17,7 +18,7 @@
 # Two stages in one call: the tuner stages take STOP_S (start no case after it, default 400) and
 # LIMIT_S (kill after it, default 570), e.g. `bash ... buffers && STOP_S=300 LIMIT_S=470 bash ... tuner-a`.
 set -u
-stage=${1:?"stage: first | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
+stage=${1:?"stage: first | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
 OUT=${OUT:-/tmp/uhop-gpu-out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -25,30 +26,37 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=$PWD:/tmp/site
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >"$OUT/gpu.csv" 2>&1
 python3 -c "import torch, triton; print(torch.__version__, triton.__version__)" >"$OUT/versions.txt" 2>&1
+gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | grep -oiE 'h100|h200|a100|b200' | tr A-Z a-z)
+gpu=${gpu:-gpu}  # output names say which card ran them (the tuner-* stage names once said h200 on an H100)
 tvo() { timeout "${LIMIT_S:-570}" python3 benchmarks/tuner_vs_oracle.py --device cuda:0 --stop-s "${STOP_S:-400}" --only "$1" --out "$OUT/$2" 2>&1 | tail -40; }
 case "$stage" in
-  tuner-a) tvo softmax,layernorm,rmsnorm,elementwise,ew_gelu_mul_64m,softmax_gpt2_vocab tuner_vs_oracle_h200_a.json ;;
-  tuner-b) tvo gemm_8192,gemm_4096,gemm_1024,gemm_misaligned,gemm_skinny,gemm_short_k tuner_vs_oracle_h200_b.json ;;
-  tuner-c) tvo gemm_llm_mlp,gemm_fp32,gemm_bias_gelu,attention,attention_causal,conv2d tuner_vs_oracle_h200_c.json ;;
-  sweep) timeout 570 python3 benchmarks/width_sweep.py --deadline-s 420 --stop-s 480 --out "$OUT/width_sweep_h200_product.json" 2>&1 | tail -40 ;;
-  buffers) timeout 570 python3 benchmarks/buffer_chain.py --json "$OUT/buffer_chain_h200.json" 2>&1 | tail -40 ;;
+  tuner-a) tvo softmax,layernorm,rmsnorm,elementwise,ew_gelu_mul_64m,softmax_gpt2_vocab tuner_vs_oracle_${gpu}_a.json ;;
+  tuner-b) tvo gemm_8192,gemm_4096,gemm_1024,gemm_misaligned,gemm_skinny,gemm_short_k tuner_vs_oracle_${gpu}_b.json ;;
+  tuner-c) tvo gemm_llm_mlp,gemm_fp32,gemm_bias_gelu,attention,attention_causal,conv2d tuner_vs_oracle_${gpu}_c.json ;;
+  sweep) timeout 570 python3 benchmarks/width_sweep.py --deadline-s 420 --stop-s 480 --out "$OUT/width_sweep_${gpu}_product.json" 2>&1 | tail -40 ;;
+  buffers) timeout 570 python3 benchmarks/buffer_chain.py --json "$OUT/buffer_chain_${gpu}.json" 2>&1 | tail -40 ;;
   first)  # the checks owed since the fifth session, in one call: managed memory (#19), where a GPU
           # tuning run's time goes (#13), then the memory-bound product picks (#13)
-    timeout 90 python3 benchmarks/buffer_chain.py --json "$OUT/buffer_chain_h200.json" 2>&1 | tail -12
+    timeout 90 python3 benchmarks/buffer_chain.py --json "$OUT/buffer_chain_${gpu}.json" 2>&1 | tail -12
     UHOP_HOME=$(mktemp -d) timeout 60 python3 -m uhop tune softmax --shape 32768x4096 --dtype bfloat16 \
       --device cuda:0 --explain 2>&1 | tail -45 | tee "$OUT/explain_softmax.txt"
     STOP_S=${STOP_S:-250} LIMIT_S=${LIMIT_S:-380} tvo softmax,layernorm,rmsnorm,elementwise,ew_gelu_mul_64m,softmax_gpt2_vocab \
-      tuner_vs_oracle_h200_a.json ;;
+      tuner_vs_oracle_${gpu}_a.json ;;
   mini)  # when little device time is left: where a GPU tuning run's time goes, and two product picks
     UHOP_HOME=$(mktemp -d) timeout 60 python3 -m uhop tune softmax --shape 32768x4096 --dtype bfloat16 \
       --device cuda:0 --explain 2>&1 | tail -45 | tee "$OUT/explain_softmax.txt"
-    STOP_S=${STOP_S:-60} LIMIT_S=${LIMIT_S:-150} tvo softmax,layernorm tuner_vs_oracle_h200_mini.json ;;
+    STOP_S=${STOP_S:-60} LIMIT_S=${LIMIT_S:-150} tvo softmax,layernorm tuner_vs_oracle_${gpu}_mini.json ;;
   rows)  # candidate study, not product figures: every long-row config timed, then Nsight Compute
-    timeout "${LIMIT_S:-300}" python3 benchmarks/row_variants.py --deadline-s "${STOP_S:-200}" --out "$OUT/row_variants_h200.json" 2>&1 | tail -60
+    timeout "${LIMIT_S:-300}" python3 benchmarks/row_variants.py --deadline-s "${STOP_S:-200}" --out "$OUT/row_variants_${gpu}.json" 2>&1 | tail -60
     m=gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,lts__t_sector_hit_rate.pct,launch__registers_per_thread
     m=$m,launch__occupancy_limit_registers,sm__warps_active.avg.pct_of_peak_sustained_active,l1tex__t_bytes_pipe_lsu_mem_local_op_ld.sum
     timeout 120 ncu --profile-from-start off --clock-control none --csv --metrics "$m" python3 benchmarks/ncu_rows.py \
-      >"$OUT/ncu_rows_h200.csv" 2>"$OUT/ncu_rows.log"; tail -3 "$OUT/ncu_rows.log" ;;
-  compile) timeout 570 python3 benchmarks/compile_models.py --device cuda --dtype bfloat16 --out "$OUT/compile_h200_bf16.json" 2>&1 | tail -40 ;;
+      >"$OUT/ncu_rows_${gpu}.csv" 2>"$OUT/ncu_rows.log"; tail -3 "$OUT/ncu_rows.log" ;;
+  verify)  # after the H100 run of 2026-12-05 15:10: the cases it missed (worker start off the budget),
+           # the GPU half of the Buffer tests, the buffer chain with pinned copies and prefetch
+    timeout 40 python3 -m pytest -q -p no:cacheprovider tests/unit/test_buffer.py 2>&1 | tail -3 | tee "$OUT/test_buffer_gpu.txt"
+    timeout 75 python3 benchmarks/buffer_chain.py --json "$OUT/buffer_chain_${gpu}_run2.json" 2>&1 | tail -8
+    STOP_S=${STOP_S:-100} LIMIT_S=${LIMIT_S:-170} tvo ew_gelu_mul_64m,gemm_bias_gelu,conv2d,attention tuner_vs_oracle_${gpu}_verify.json ;;
+  compile) timeout 570 python3 benchmarks/compile_models.py --device cuda --dtype bfloat16 --out "$OUT/compile_${gpu}_bf16.json" 2>&1 | tail -40 ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac
