@@ -273,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         r = run_in_child(case[0], args)
         result["cases"].append(r)
+        out.write_text(json.dumps(result, indent=1, default=str))  # a run killed at a time limit keeps these
         print(line(r), flush=True)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1, default=str))
