@@ -189,7 +189,28 @@ def test_matmul_torch_reference_matches_numpy_reference(act):
     got = reference_on(p, xs, "cpu")  # the same code path a CUDA problem takes, on the CPU here
     assert got is not None and got.dtype == np.float64 and got.shape == ref.shape
     np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
-    assert get("conv2d").reference_torch is None  # ops without one keep the numpy reference
+
+
+@pytest.mark.parametrize(("dims", "params"), [
+    ({"N": 2, "C": 5, "H": 9, "W": 11, "K": 7, "R": 3, "S": 3}, {"padding": 1}),
+    ({"N": 1, "C": 3, "H": 13, "W": 10, "K": 4, "R": 5, "S": 2}, {"stride": 2}),
+    ({"N": 3, "C": 2, "H": 6, "W": 6, "K": 3, "R": 1, "S": 1}, {"stride": 3, "padding": 2}),
+])  # fmt: skip
+@pytest.mark.parametrize("arity", [2, 3])
+def test_conv2d_torch_reference_matches_numpy_reference(dims, params, arity):
+    """A CUDA conv2d's float64 reference is computed on the device by tap-wise matmuls; it must
+    be the numpy (einsum) reference to float64 rounding, with stride, padding and bias."""
+    pytest.importorskip("torch")
+    from uhop.measure.validate import reference_on
+    from uhop.problem import Problem
+
+    rng = np.random.default_rng()
+    p = Problem.make("conv2d", dims, "float32", params, arity=arity)
+    xs = p.spec.make_inputs(p.dim, p.param, rng, p.dtype, p.arity)
+    ref = p.spec.reference(*[x.astype(np.float64) for x in xs], **p.param)
+    got = reference_on(p, xs, "cpu")
+    assert got is not None and got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize(("dims", "match"), [

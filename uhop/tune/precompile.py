@@ -55,6 +55,15 @@ class Precompiler:
                 except RuntimeError:  # the pool broke (a build killed its process): stop queueing
                     return
 
+    def pending_s(self, candidate: Candidate, default_s: float) -> float:
+        """Seconds ``candidate``'s evaluation may still wait for its build: 0 when it is built (or
+        not queued here), else the slowest build finished so far (``default_s`` before any)."""
+        fut = self._futures.get(candidate)
+        if fut is None or fut.done():
+            return 0.0
+        built = [f.result() for f in self._futures.values() if f.done() and not f.cancelled() and f.exception() is None]
+        return max(built, default=default_s)
+
     def wait(self, candidate: Candidate, timeout: float) -> float | None:
         """Wait up to ``timeout`` seconds for ``candidate``'s build; its compile seconds in the
         pool, or None when it was not built there (not queued, failed, still running)."""

@@ -429,6 +429,7 @@ def _budgeted(
             break
         if best is not None and (
             time.monotonic() + _expected_s(took, by_name[cand.backend], cand, problem, trials, scale)
+            + (pre.pending_s(cand, by_name[cand.backend].eval_s) if pre is not None else 0.0)  # its build, if not done
             + _build_reserve_s(best, measurements, budget, kernels) + _retime_reserve_s(measurements, best, budget)
             > deadline - END_MARGIN * budget
             or (max_evals is not None and sum(m.status != "skipped" for m in measurements) >= max_evals)
