@@ -120,8 +120,8 @@ def _problem(op, R, N, dtype="bfloat16", device="cuda:0"):
 
 
 def test_search_space_is_small_and_pruned_by_width():
-    """<= 4 candidates per problem; whole rows in registers up to MAX_ROW, long rows stream (many
-    rows) or split (fewer rows than SMs); split never has more chunks per row than SMs."""
+    """<= 4 candidates per problem; whole rows in registers up to MAX_ROW, long rows split into
+    chunks first (streaming next); split never has more chunks per row than SMs."""
     from uhop.backends.triton_kernels import rowops as ro
 
     h200 = Limits(232448, 1024, 132, (9, 0))
@@ -139,8 +139,9 @@ def test_search_space_is_small_and_pruned_by_width():
         first = cands[0][0]
         if N <= ro.MAX_ROW and R >= h200.sm_count * 4:
             assert first == "row"
-        if N > ro.MAX_ROW:
-            assert first == ("stream" if R >= h200.sm_count else "split")
+        if N > ro.MAX_ROW:  # split first: chunks of 8192 with 4 warps led on every long row on the H100
+            assert first == "split" and cands[0][1]["CHUNK"] == 8192 and cands[0][1]["warps"] == 4, cands
+            assert "stream" in [t for t, _ in cands]
         for t, cfg in cands:
             assert cfg["warps"] & (cfg["warps"] - 1) == 0, cfg  # num_warps: a power of two (5120 once gave 10)
             if t == "split" and cfg["phases"] == 1:

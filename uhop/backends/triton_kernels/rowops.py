@@ -241,19 +241,32 @@ def _warps(elems: int, lo: int = 4, hi: int = 16) -> int:
     return max(lo, min(hi, 1 << (w.bit_length() - 1)))
 
 
+#: fp32 values per thread of a ``split`` chunk: on the H100 (``row_variants_h100.json``) chunks
+#: of 8192 with 4 warps beat every other shape on every long row, 2421 GB/s on 8192 x 50257 bf16
+#: against 2308 (4096, 4 warps), 1794 (8192, 16 warps: 16 per thread) and 1694 (2048, 4 warps)
+SPLIT_PER_THREAD = 64
+
+
+def split_warps(chunk: int) -> int:
+    return _warps(chunk * PER_THREAD // SPLIT_PER_THREAD)
+
+
 def split_chunk(R: int, N: int, sm: int, resident: bool) -> int | None:
-    """The ``split`` chunk for rows of N: most lanes used, at least 2 programs per SM where the
-    rows allow it, and (``resident``, the one-launch form) no more chunks per row than SMs."""
-    best, best_score = None, -1.0
-    for chunk in (4096, 8192, 2048, 1024):  # 4096 first: it beat 8192 on the H200 at equal lane use
+    """The ``split`` chunk for rows of N: the largest (fewest partial statistics, most bytes in
+    flight per thread) that still gives every SM a program, and (``resident``, the one-launch
+    form) no more chunks per row than SMs; when none fills the SMs, the one that fills most.
+    Lane use (N / (chunks x CHUNK)) is no longer weighed: 8192 wastes 12% of the lanes of a row
+    of 50257 and was still the fastest (2048 wastes 2% and ran at 0.70x)."""
+    best, best_fill = None, -1.0
+    for chunk in (8192, 4096, 2048, 1024):
         S = -(-N // chunk)
-        if resident and S > sm:
+        if S < 2 or (resident and S > sm):
             continue
-        lanes = N / (S * chunk)
-        fill = min(1.0, R * S / (2 * sm))
-        score = lanes * fill
-        if score > best_score + 0.02:
-            best, best_score = chunk, score
+        fill = min(1.0, R * S / sm)
+        if fill >= 1.0:
+            return chunk
+        if fill > best_fill + 1e-9:
+            best, best_fill = chunk, fill
     return best
 
 
@@ -280,7 +293,7 @@ def configs(problem: Any, lim: Limits) -> list[tuple[str, dict[str, Any]]]:
     phases = 2 if interp else 1  # the interpreter runs programs in sequence: no waiting there
     out: list[tuple[str, dict[str, Any]]] = []
     chunk = split_chunk(R, N, sm, resident=phases == 1)
-    split = ("split", {"CHUNK": chunk, "warps": _warps(chunk), "phases": phases}) if chunk else None
+    split = ("split", {"CHUNK": chunk, "warps": split_warps(chunk), "phases": phases}) if chunk else None
     # stream: rows in flight (programs) x row bytes should stay well inside L2 (50 MB on H100/H200)
     row_bytes = N * ITEMSIZE[problem.dtype]
     per_sm = 2 if 2 * sm * row_bytes <= 32 * 2**20 else 1
@@ -295,7 +308,16 @@ def configs(problem: Any, lim: Limits) -> list[tuple[str, dict[str, Any]]]:
         few_rows = R * N < 2 * sm * ROW_TILE or -(-R // rows) < sm
         if split and few_rows and N >= 2048:
             out.append(split)
-        out.append(row)
+        # Half the warps (twice the values per thread) first, where that stays <= 48 per thread: on
+        # the H100 (row_variants_h100.json) layernorm 32768 x 5120 ran 2916 GB/s with 4 warps and
+        # 1907 with 8; at 11008 8 warps led 16 (2786 vs 2706, rmsnorm 2911 vs 2883)
+        elems = rows * (b1 + b2)
+        if warps >= 8 and elems // (32 * (warps // 2)) <= 48:
+            out.append(("row", {**row[1], "warps": warps // 2}))
+            row = out[-1] if -(-R // rows) > 8 * sm else row
+            out.append(("row", {**out[-1][1], "warps": warps}))
+        else:
+            out.append(row)
         if -(-R // rows) > 8 * sm:  # enough row blocks for a persistent grid to pay
             out.append(("row", {**row[1], "grid": 4, "stages": 2}))
         if b2:
@@ -304,13 +326,14 @@ def configs(problem: Any, lim: Limits) -> list[tuple[str, dict[str, Any]]]:
             out.append(("row", {**row[1], "warps": _warps(2 * rows * b1, 8), "ROWS": 2 * rows}))
         if split and split not in out and N >= 2048:
             out.append(split)
-    elif R >= sm or not split:
-        out += [stream, *([split] if split else []), ("stream", {**stream[1], "grid": 3 - per_sm})]
-    else:
-        out += [split, stream]
+    elif not split:
+        out += [stream, ("stream", {**stream[1], "grid": 3 - per_sm})]
+    else:  # split first, many rows or few: on the H100 it led stream on every long row (2421 vs 2004 GB/s at 8192 x 50257)
         alt = chunk // 2
+        out += [split, stream]
         if alt >= 1024 and (phases == 2 or -(-N // alt) <= sm):
-            out.append(("split", {"CHUNK": alt, "warps": _warps(alt), "phases": phases}))
+            out.append(("split", {"CHUNK": alt, "warps": split_warps(alt), "phases": phases}))
+        out.append(("split", {**split[1], "warps": 2 * split[1]["warps"]}))
     return out[:4]
 
 
