@@ -8,6 +8,7 @@
 # platformdirs): `pip download --python-version 3.12 --only-binary :all: -d .whl pydantic platformdirs`.
 # Stages, most important first:
 #   first                        #19 managed memory + #13 --explain of a GPU tuning run + tuner-a
+#   next                         the cases the seventh session's changes touch (9 min)
 #   verify                       the cases the H100 run of 2026-12-05 missed + Buffer GPU tests (5 min)
 #   mini                         the --explain run and two product picks (about 4 minutes)
 #   tuner-a / tuner-b / tuner-c  #13: product pick vs oracle, GPU suite + the extra cases
@@ -18,7 +19,7 @@
 # Two stages in one call: the tuner stages take STOP_S (start no case after it, default 400) and
 # LIMIT_S (kill after it, default 570), e.g. `bash ... buffers && STOP_S=300 LIMIT_S=470 bash ... tuner-a`.
 set -u
-stage=${1:?"stage: first | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
+stage=${1:?"stage: first | next | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
 OUT=${OUT:-/tmp/uhop-gpu-out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -57,6 +58,10 @@ case "$stage" in
     timeout 40 python3 -m pytest -q -p no:cacheprovider tests/unit/test_buffer.py 2>&1 | tail -3 | tee "$OUT/test_buffer_gpu.txt"
     timeout 75 python3 benchmarks/buffer_chain.py --json "$OUT/buffer_chain_${gpu}_run2.json" 2>&1 | tail -8
     STOP_S=${STOP_S:-100} LIMIT_S=${LIMIT_S:-170} tvo ew_gelu_mul_64m,gemm_bias_gelu,conv2d,attention tuner_vs_oracle_${gpu}_verify.json ;;
+  next)  # the seventh session's changes on a GPU (row space, worker start off the budget, conv2d
+         # reference on the device): the cases that missed or changed, most important first
+    STOP_S=${STOP_S:-330} LIMIT_S=${LIMIT_S:-540} tvo ew_gelu_mul_64m,gemm_bias_gelu,softmax_gpt2_vocab,layernorm_5120,softmax,conv2d,gemm_1024 \
+      tuner_vs_oracle_${gpu}_next.json ;;
   compile) timeout 570 python3 benchmarks/compile_models.py --device cuda --dtype bfloat16 --out "$OUT/compile_${gpu}_bf16.json" 2>&1 | tail -40 ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac

@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 GPU_EXTRA = [
     ("ew_gelu_mul_64m", "elementwise", {"N": 64 * 1024 * 1024}, "bfloat16", {"expr": "gelu(x0)*x1+0.5*x0"}, 2),
     ("softmax_gpt2_vocab", "softmax", {"R": 8192, "N": 50257}, "bfloat16", {}, 1),
+    ("layernorm_5120", "layernorm", {"R": 32768, "N": 5120}, "bfloat16", {}, 3),  # issue 20: weight and bias
 ]
 
 
@@ -262,9 +263,12 @@ def main(argv: list[str] | None = None) -> int:
             r = {"name": case[0], "error": f"{type(exc).__name__}: {exc}"[:500]}
         Path(args.child_out).write_text(json.dumps(r, default=str))
         return 0
-    if args.only:
-        want = set(args.only.split(","))
-        cases = [c for c in cases if c[0] in want]
+    if args.only:  # in the order given: a run stopped by --stop-s has done the first ones
+        by_name = {c[0]: c for c in cases}
+        unknown = [n for n in args.only.split(",") if n not in by_name]
+        if unknown:
+            ap.error(f"--only: unknown case(s) {unknown}; known: {', '.join(by_name)}")
+        cases = [by_name[n] for n in args.only.split(",")]
     out = Path(args.out or f"benchmarks/results/tuner_vs_oracle_{args.device.split(':')[0]}.json")
     result: dict[str, Any] = {"env": environment(args.device), "cases": []}
     for case in cases:

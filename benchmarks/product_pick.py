@@ -1,0 +1,75 @@
+"""One problem through the product path on a GPU, for a short device call: the first call of
+``uhop.ops.<op>`` with default settings and an empty store, ``uhop.wait()``, then the product call
+and torch eager re-timed interleaved (CUDA events). Prints one JSON line per case. Describes the
+product (its pick and its rate), not the candidates: no oracle here (``tuner_vs_oracle.py`` has it).
+
+    PYTHONPATH=. python3 benchmarks/product_pick.py layernorm:32768x5120:bfloat16:3 conv2d:64x256x56x56x256x3x3:bfloat16:2
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+
+def main(specs: list[str], device: str = "cuda:0") -> None:
+    os.environ.setdefault("UHOP_HOME", tempfile.mkdtemp())
+    import torch
+
+    import uhop
+    from uhop.ops import get as get_op
+    from uhop.problem import Problem
+    from uhop.store import open_store
+    from uhop.tune.retime import interleaved
+
+    cuda = device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+
+    seen: dict[str, float] = {}
+
+    class Grab(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.update(getattr(record, "uhop_overhead", {}) or {})
+
+    lg = logging.getLogger("uhop")
+    lg.setLevel(logging.INFO)
+    lg.addHandler(Grab())
+    for spec in specs:
+        op, shape, dtype, arity = spec.split(":")
+        dims = get_op(op).parse_shape(shape)
+        p = Problem.make(op, dims, dtype, {}, arity=int(arity), device=device, array="torch")
+        g = torch.Generator(device=device).manual_seed(0)
+        xs = [torch.rand(s, device=device, generator=g, dtype=torch.float32).mul_(2).sub_(1).to(getattr(torch, dtype))
+              for s in p.spec.shapes_from_dims(p.dim, p.param, int(arity))]  # fmt: skip
+        fn = getattr(uhop.ops, op)
+        seen.clear()
+        t0 = time.perf_counter()
+        fn(*xs)
+        sync()
+        first = time.perf_counter() - t0
+        uhop.wait()
+        tuned = time.perf_counter() - t0
+        entries = open_store().entries(op)
+        entry = entries[0] if entries else None
+        eager = {"layernorm": lambda x, w, b: torch.nn.functional.layer_norm(x, (x.shape[-1],), w, b),
+                 "softmax": lambda x: torch.softmax(x, -1),
+                 "conv2d": lambda x, w, *b: torch.nn.functional.conv2d(x, w, *b)}[op]  # fmt: skip
+        s = interleaved([fn, eager], [[xs], [xs]], sync=sync if cuda else None, rounds=7, min_time_s=0.05, cuda_events=cuda)
+        m = [statistics.median(r) for r in s]
+        print(json.dumps({"problem": p.describe(), "pick": entry.candidate if entry else None, "first_call_s": round(first, 3),
+                          "tuned_s": round(tuned, 2), "overhead_s": {k: round(v, 3) for k, v in seen.items()},
+                          "uhop_ms": m[0] * 1e3, "eager_ms": m[1] * 1e3, "eager_over_uhop": m[1] / m[0],
+                          "uhop_gbps": p.bytes() / m[0] / 1e9, "device": torch.cuda.get_device_name() if cuda else "cpu"}), flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    dev = "cuda:0"
+    if args and args[0].startswith("--device="):
+        dev, args = args[0].split("=", 1)[1], args[1:]
+    main(args, dev)
