@@ -47,6 +47,31 @@ def test_device_trial_matches_the_host_reference(op, dims, params, arity, dtype)
     assert not torch.equal(t.dev_inputs[0], t2.dev_inputs[0])
 
 
+def test_elementwise_trials_are_drawn_on_the_device_and_the_flag_is_truthful(monkeypatch):
+    """An elementwise chain's uniform inputs are drawn on the device (on the H100 its trials of
+    2 x 64M elements were drawn by the host's RNG: only the baseline was timed in the budget),
+    with as many inputs as the expression has; every op claiming ``uniform_inputs`` draws uniform
+    [-1, 1) inputs on the host too, as many as ``input_count`` says."""
+    from uhop.ops import REGISTRY
+
+    drawn = []
+    monkeypatch.setattr(vm, "draw_inputs", lambda *a, **k: drawn.append(a) or pytest.fail("drawn on the host"))
+    p = _problem("elementwise", {"N": 4096}, {"expr": "gelu(x0)*x1+0.5*x0"}, None)
+    t = vm.DeviceTrial.draw(p, np.random.default_rng(), "uniform")
+    assert t is not None and len(t.dev_inputs) == 2 and not drawn
+    monkeypatch.undo()
+    for name, spec in REGISTRY.items():
+        case = next((c for c in CASES if c[0] == name), None)
+        if case is None or not spec.uniform_inputs:
+            continue
+        _, dims, params, arity = case
+        pp = spec.normalize_params(params)
+        xs = spec.make_inputs(dims, pp, np.random.default_rng(), "float32", arity)
+        assert len(xs) == spec.input_count(pp, arity), name
+        assert all(float(np.abs(x).max()) <= 1.0 for x in xs), name
+    assert not REGISTRY["embedding"].uniform_inputs
+
+
 def test_other_distributions_come_from_the_host_generator():
     p = _problem("softmax", {"R": 8, "N": 64}, {}, None)
     t = vm.DeviceTrial.draw(p, np.random.default_rng(1), "scaled")

@@ -113,7 +113,8 @@ class DeviceTrial:
     per candidate: on the H200 a softmax of 32768 x 4096 spent its whole 10 s budget on that).
     Host copies (``inputs``, ``reference``, ``bound``) are made on first use, for host readers
     such as the sandbox. Inputs come from the op's own generator on the host when the op defines
-    one (index ranges, domains) or a distribution other than uniform is asked for; the uniform
+    one (``Op.uniform_inputs`` False: index ranges, domains) or a distribution other than uniform
+    is asked for; the uniform
     [-1, 1) inputs of the default generator are drawn on the device from a secret seed."""
 
     def __init__(self, problem: Problem, dev_inputs: list[Any], dev_reference: Any) -> None:
@@ -130,11 +131,9 @@ class DeviceTrial:
         try:
             import torch
 
-            from uhop.ops.base import Op
-
             spec, dev = problem.spec, problem.device
             dt = getattr(torch, problem.dtype)
-            if distribution == "uniform" and type(spec).make_inputs is Op.make_inputs:
+            if distribution == "uniform" and spec.uniform_inputs:
                 g = torch.Generator(device=dev)
                 g.manual_seed(int(rng.integers(0, 2**63 - 1)))
                 f32 = uniform_on_device(problem, torch.float32, g)
@@ -187,7 +186,7 @@ def uniform_on_device(problem: Problem, dtype: Any, generator: Any = None) -> li
     import torch
 
     spec = problem.spec
-    shapes = spec.shapes_from_dims(problem.dim, problem.param, problem.arity or len(spec.inputs))
+    shapes = spec.shapes_from_dims(problem.dim, problem.param, spec.input_count(problem.param, problem.arity))
     return [torch.empty(s, device=problem.device, dtype=dtype).uniform_(-1.0, 1.0, generator=generator) for s in shapes]
 
 

@@ -159,6 +159,14 @@ class Op:
         scale = self.error_scale(dims, params)
         return rtol * max(1.0, scale), atol * scale
 
+    #: whether :meth:`make_inputs` draws every input uniform in [-1, 1) (then trials of GPU problems
+    #: are drawn on the device); False for ops that draw something else (embedding's indices)
+    uniform_inputs: bool = True
+
+    def input_count(self, params: Mapping[str, Any], arity: int | None) -> int:
+        """How many inputs :meth:`make_inputs` draws for ``arity`` (None: the op's default)."""
+        return len(self.inputs) if arity is None else arity
+
     def make_inputs(
         self,
         dims: Mapping[str, int],

@@ -42,6 +42,8 @@ class Embedding(Op):
     def shapes_from_dims(self, dims, params, arity):
         return [(dims["V"], dims["D"]), (dims["N"],)][:arity]
 
+    uniform_inputs = False  # indices in range, then a table
+
     def make_inputs(self, dims, params, rng, dtype="float64", arity=None):
         np_dtype = "float32" if dtype == "bfloat16" else dtype
         w = rng.uniform(-1.0, 1.0, size=(dims["V"], dims["D"])).astype(np_dtype)
