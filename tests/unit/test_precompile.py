@@ -66,3 +66,36 @@ def test_precompile_workers_setting():
     assert config.Settings(precompile_workers=3).precompile_processes == 3
     assert config.Settings(precompile_workers=0).precompile_processes == 0
     assert 0 <= config.Settings().precompile_processes <= 8
+
+
+def test_a_script_without_a_main_guard_runs_its_top_level_once(tmp_path):
+    """The build processes do not re-import the caller's ``__main__`` (multiprocessing's spawn
+    did: a script without ``if __name__ == "__main__"`` ran its top level again in each of
+    them, with its side effects and its own tuning)."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    mark = tmp_path / "runs.txt"
+    script = tmp_path / "noguard.py"
+    script.write_text(textwrap.dedent(f"""
+        import numpy as np
+        import uhop
+        with open({str(mark)!r}, "a") as f:
+            f.write("ran\\n")
+        x = np.random.default_rng().standard_normal((64, 337)).astype(np.float32)
+        uhop.ops.softmax(x)
+        uhop.wait()
+        from uhop.problem import Problem
+        from uhop.tune.tuner import tune
+        res = tune(problem=Problem.make("softmax", {{"R": 32, "N": 341}}, "float32"), policy="tune")
+        print("AHEAD", sum("ahead" in dict(m.phases) for m in res.measurements))
+    """))
+    env = {**os.environ, "UHOP_HOME": str(tmp_path / "home"), "UHOP_PRECOMPILE_WORKERS": "1",
+           "UHOP_BACKENDS": "numpy,numba", "UHOP_ISOLATE": "always", "UHOP_TUNE_BUDGET_S": "30"}  # fmt: skip
+    r = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert mark.read_text().splitlines() == ["ran"], r.stderr[-2000:]
+    ahead = int(r.stdout.split("AHEAD")[1].split()[0])
+    assert ahead >= 1, r.stdout  # the build process did build candidates ahead

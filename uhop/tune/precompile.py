@@ -4,8 +4,8 @@ A tuning run evaluates candidates one at a time (one timer at once); for JIT bac
 an evaluation can be the compile (numba 0.5-2 s, IREE 1-5 s per config). Backends whose
 ``compile`` fills an on-disk cache that every process reads (``Backend.precompiles``: numba's
 cache under ``UHOP_HOME/numba``, IREE's under ``UHOP_HOME/iree``, Triton's under
-``TRITON_CACHE_DIR`` after one launch: ``Backend.prebuild``) are built here by a pool of
-spawn processes, in the order the tuner will evaluate them, while the evaluation worker works
+``TRITON_CACHE_DIR`` after one launch: ``Backend.prebuild``) are built here by a few build
+processes, in the order the tuner will evaluate them, while the evaluation worker works
 through earlier candidates; when it reaches one, it loads the binary instead of compiling it.
 Inductor precompiles its Triton configs the same way. The tuner waits for a candidate's build
 before evaluating it (two processes never compile the same kernel) and re-times its finalists
@@ -17,13 +17,17 @@ candidate itself and records what happens.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
+import collections
 import dataclasses
+import json
 import logging
-import multiprocessing
 import os
 import signal
+import subprocess
+import sys
+import threading
 import time
+from multiprocessing.connection import Connection
 from typing import Any
 
 from uhop.backends.base import Candidate
@@ -33,81 +37,173 @@ log = logging.getLogger("uhop.tune")
 
 
 class Precompiler:
-    """A pool of ``workers`` spawn processes building candidates for one problem."""
+    """``workers`` processes building candidates for one problem, in the order submitted.
+
+    Plain ``python -c`` subprocesses, as the isolation worker (:mod:`uhop.tune.isolated`), not a
+    multiprocessing pool: spawn re-imports the caller's ``__main__`` script, so a script without
+    an ``if __name__ == "__main__"`` guard ran its top level again in every pool process (its
+    prints, its files, its own tuning, which then failed to start a pool inside a bootstrapping
+    process)."""
 
     def __init__(self, workers: int) -> None:
         from uhop.config import settings
 
-        snapshot = {f.name: getattr(settings(), f.name) for f in dataclasses.fields(settings())}
-        self._pool = cf.ProcessPoolExecutor(
-            max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init, initargs=(snapshot,),
-        )  # fmt: skip
-        self._futures: dict[Candidate, cf.Future[float]] = {}
+        snap = {f.name: getattr(settings(), f.name) for f in dataclasses.fields(settings())}
+        self._settings = json.dumps(snap, default=str)
+        self._cond = threading.Condition()
+        self._queue: collections.deque[tuple[Candidate, str]] = collections.deque()
+        self._state: dict[Candidate, str] = {}  # queued | running | done | failed | cancelled
+        self._built: dict[Candidate, float] = {}
+        self._closed = False
+        self._workers = max(1, workers)
+        self._procs: list[subprocess.Popen[bytes]] = []
+        for _ in range(self._workers):
+            threading.Thread(target=self._drive, daemon=True, name="uhop-precompile").start()
 
+    # ---- the caller's side ----------------------------------------------------------------
     def submit(self, problem: Problem, candidates: list[Candidate]) -> None:
         """Queue builds of ``candidates`` (in this order) for ``problem``."""
-        pj = problem.to_json()
-        for c in candidates:
-            if c not in self._futures:
-                try:
-                    self._futures[c] = self._pool.submit(_build, pj, c.to_json())
-                except RuntimeError:  # the pool broke (a build killed its process): stop queueing
-                    return
+        pj = json.dumps(problem.to_json())
+        with self._cond:
+            for c in candidates:
+                if c not in self._state and not self._closed:
+                    self._state[c] = "queued"
+                    self._queue.append((c, pj))
+            self._cond.notify_all()
 
     def pending_s(self, candidate: Candidate, default_s: float) -> float:
         """Seconds ``candidate``'s evaluation may still wait for its build: 0 when it is built (or
         not queued here), else the slowest build finished so far (``default_s`` before any)."""
-        fut = self._futures.get(candidate)
-        if fut is None or fut.done():
-            return 0.0
-        built = [f.result() for f in self._futures.values() if f.done() and not f.cancelled() and f.exception() is None]
-        return max(built, default=default_s)
+        with self._cond:
+            if self._state.get(candidate) not in ("queued", "running"):
+                return 0.0
+            return max(self._built.values(), default=default_s)
 
     def wait(self, candidate: Candidate, timeout: float) -> float | None:
         """Wait up to ``timeout`` seconds for ``candidate``'s build; its compile seconds in the
         pool, or None when it was not built there (not queued, failed, still running)."""
-        fut = self._futures.get(candidate)
-        if fut is None:
-            return None
-        if not fut.done() and not fut.running():
-            fut.cancel()  # not started: the evaluation compiles it now rather than wait for a slot
-        try:
-            return fut.result(timeout=max(timeout, 0.0))
-        except (cf.TimeoutError, cf.CancelledError):
-            return None
-        except Exception as exc:  # a failed build, a broken pool: the evaluation will say why
-            log.debug("precompile of %s failed: %s", candidate.id, exc)
-            return None
+        deadline = time.monotonic() + max(timeout, 0.0)
+        with self._cond:
+            while True:
+                state = self._state.get(candidate)
+                if state == "queued":
+                    ahead = next(i for i, q in enumerate(self._queue) if q[0] == candidate)
+                    if ahead >= self._workers:  # not about to start: the evaluation compiles it now
+                        self._state[candidate] = "cancelled"
+                        self._queue = collections.deque(q for q in self._queue if q[0] != candidate)
+                        return None
+                elif state != "running":
+                    return self._built.get(candidate)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
 
     def close(self) -> None:
-        """Cancel queued builds and let the processes go (a running compile finishes in the background)."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Drop queued builds and let the processes go (a running compile finishes in the background)."""
+        with self._cond:
+            self._closed = True
+            self._queue.clear()
+            self._cond.notify_all()
+
+    # ---- one driver thread per process ------------------------------------------------------
+    def _start(self) -> tuple[subprocess.Popen[bytes], Connection, Connection]:
+        to_child_r, to_child_w = os.pipe()
+        to_parent_r, to_parent_w = os.pipe()
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        boot = f"import sys; sys.path.insert(0, {root!r}); from uhop.tune.precompile import main; main()"
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(os.path.abspath(p) if p else os.getcwd() for p in sys.path))
+        try:
+            proc = subprocess.Popen([sys.executable, "-c", boot, str(to_child_r), str(to_parent_w)],
+                                    pass_fds=(to_child_r, to_parent_w), env=env, start_new_session=True,
+                                    stdin=subprocess.DEVNULL)  # fmt: skip
+        finally:
+            os.close(to_child_r)
+            os.close(to_parent_w)
+        send, recv = Connection(to_child_w, readable=False), Connection(to_parent_r, writable=False)
+        send.send_bytes(self._settings.encode())
+        return proc, send, recv
+
+    def _drive(self) -> None:
+        proc = send = recv = None
+        try:
+            while True:
+                with self._cond:
+                    while not self._queue and not self._closed:
+                        self._cond.wait()
+                    if self._closed:
+                        return
+                    cand, pj = self._queue.popleft()
+                    self._state[cand] = "running"
+                if proc is None or proc.poll() is not None:
+                    proc, send, recv = self._start()
+                    with self._cond:
+                        self._procs.append(proc)
+                secs: float | None = None
+                try:
+                    assert send is not None and recv is not None
+                    send.send_bytes(json.dumps({"problem": pj, "candidate": cand.to_json()}).encode())
+                    reply = json.loads(recv.recv_bytes())
+                    secs = reply.get("s")
+                    if secs is None:
+                        log.debug("precompile of %s failed: %s", cand.id, reply.get("error"))
+                except (EOFError, OSError):  # the build killed its process: the evaluation will say why
+                    proc = None
+                with self._cond:
+                    self._state[cand] = "done" if secs is not None else "failed"
+                    if secs is not None:
+                        self._built[cand] = float(secs)
+                    self._cond.notify_all()
+        finally:
+            for c in (send, recv):
+                if c is not None:
+                    c.close()  # the process reads EOF and exits after its build
 
 
-def _init(snapshot: dict[str, Any]) -> None:
+# ---- the build process ------------------------------------------------------------------------
+def main() -> None:
+    """Entry point of a build process (started by :class:`Precompiler`)."""
     try:  # die with the tuner
         import ctypes
 
         ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
     except Exception:
         pass
+    recv, send = Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False)
+    try:
+        snapshot = json.loads(recv.recv_bytes())
+    except EOFError:
+        return
     from pathlib import Path
 
     from uhop import config
 
-    snapshot["home"] = Path(snapshot["home"])
-    config.install(config.Settings(**snapshot))  # this process runs under the tuner's settings
+    fields = {f.name: f for f in dataclasses.fields(config.Settings)}
+    values = {k: v for k, v in snapshot.items() if k in fields}
+    values["home"] = Path(values["home"])
+    for k, v in list(values.items()):  # tuples arrive as lists
+        if isinstance(v, list):
+            values[k] = tuple(v)
+    config.install(config.Settings(**values))  # this process runs under the tuner's settings
     try:
         os.nice(5)  # behind the evaluation worker, whose timings are running
     except OSError:
         pass
-
-
-def _build(problem_json: dict[str, Any], candidate_json: dict[str, Any]) -> float:
     from uhop import backends as bk
 
-    problem, cand = Problem.from_json(problem_json), Candidate.from_json(candidate_json)
-    t0 = time.monotonic()
-    bk.get(cand.backend).prebuild(cand, problem)
-    return time.monotonic() - t0
+    while True:
+        try:
+            req = json.loads(recv.recv_bytes())
+        except (EOFError, OSError):
+            return
+        try:
+            problem, cand = Problem.from_json(json.loads(req["problem"])), Candidate.from_json(req["candidate"])
+            t0 = time.monotonic()
+            bk.get(cand.backend).prebuild(cand, problem)
+            reply: dict[str, Any] = {"s": time.monotonic() - t0}
+        except Exception as exc:  # not an error here: the evaluation compiles it and records what happens
+            reply = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+        try:
+            send.send_bytes(json.dumps(reply).encode())
+        except OSError:
+            return

@@ -78,7 +78,7 @@ def efficiency(c: Candidate, problem: Problem) -> tuple[float, float]:
         comp = {"numpy": 0.6, "torch": 0.7, "numba": 0.6, "triton": 0.65, "iree": 0.25}.get(b, 0.3)
         if b == "torch" and t in ("sdpa", "lt_epilogue"):
             comp, epi = 0.75, 1
-        return comp, float(epi)
+        return comp, float(epi) / serial  # a serial epilogue streams the output on one core
     # memory-bound: fused generated kernels make one pass; eager chains one per node
     if b in ("numba", "triton", "iree", "opencl"):
         eff = {"numba": 0.8, "triton": 0.85, "iree": 0.5, "opencl": 0.5}[b] * serial
