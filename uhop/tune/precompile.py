@@ -87,7 +87,7 @@ class Precompiler:
             while True:
                 state = self._state.get(candidate)
                 if state == "queued":
-                    ahead = next(i for i, q in enumerate(self._queue) if q[0] == candidate)
+                    ahead = next((i for i, q in enumerate(self._queue) if q[0] == candidate), self._workers)
                     if ahead >= self._workers:  # not about to start: the evaluation compiles it now
                         self._state[candidate] = "cancelled"
                         self._queue = collections.deque(q for q in self._queue if q[0] != candidate)
@@ -103,6 +103,8 @@ class Precompiler:
         """Drop queued builds and let the processes go (a running compile finishes in the background)."""
         with self._cond:
             self._closed = True
+            for c, _ in self._queue:
+                self._state[c] = "cancelled"
             self._queue.clear()
             self._cond.notify_all()
 
@@ -126,6 +128,7 @@ class Precompiler:
 
     def _drive(self) -> None:
         proc = send = recv = None
+        deaths = 0  # in a row: a process that cannot even start (a broken install) stops the pool
         try:
             while True:
                 with self._cond:
@@ -136,6 +139,9 @@ class Precompiler:
                     cand, pj = self._queue.popleft()
                     self._state[cand] = "running"
                 if proc is None or proc.poll() is not None:
+                    for c in (send, recv):
+                        if c is not None:
+                            c.close()
                     proc, send, recv = self._start()
                     with self._cond:
                         self._procs.append(proc)
@@ -149,6 +155,12 @@ class Precompiler:
                         log.debug("precompile of %s failed: %s", cand.id, reply.get("error"))
                 except (EOFError, OSError):  # the build killed its process: the evaluation will say why
                     proc = None
+                    deaths += 1
+                    if deaths >= 3:
+                        log.warning("precompile processes keep dying (last on %s); building in the evaluation instead", cand.id)
+                        self.close()
+                else:
+                    deaths = 0
                 with self._cond:
                     self._state[cand] = "done" if secs is not None else "failed"
                     if secs is not None:
