@@ -260,3 +260,29 @@ def test_energy_and_memory_objectives_on_cpu():
     e, how = energy_per_call(call, lambda: None, "cpu", 1e-3)
     assert e > 0 and (how.startswith("rapl") or how.startswith("estimate"))
     assert energy_per_call(call, lambda: None, "cpu", float("inf"))[0] == float("inf")
+
+
+def test_a_script_without_a_main_guard_runs_its_top_level_once_with_the_local_pool(tmp_path):
+    """The local executor's workers are fresh ``python -c`` processes: multiprocessing's spawn
+    re-imported the caller's ``__main__``, so a script without an ``if __name__ == "__main__"``
+    guard ran its top level (and its own tuning run) again in every worker."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    mark = tmp_path / "runs.txt"
+    script = tmp_path / "noguard.py"
+    script.write_text(textwrap.dedent(f"""
+        import uhop
+        with open({str(mark)!r}, "a") as f:
+            f.write("ran\\n")
+        res = uhop.tune("softmax", {{"R": 16, "N": 40}}, strategy="exhaustive", executor="local",
+                        workers=2, backends=["numpy"], budget_s=120)
+        print("PICK", res.best.candidate.id)
+    """))
+    env = {**os.environ, "UHOP_HOME": str(tmp_path / "home")}
+    r = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "PICK numpy/" in r.stdout, r.stdout
+    assert mark.read_text().splitlines() == ["ran"], r.stderr[-2000:]

@@ -5,9 +5,12 @@ pipes to deadlock on) and commit each result there. The parent watches them: a w
 has its job put back in the queue and is replaced (``kill -9``, OOM kill: someone else's doing),
 except when the candidate killed it (SIGSEGV, SIGABRT, SIGBUS, SIGILL, SIGFPE, or a CUDA context
 it poisoned: the worker exits with ``POISONED``), which fails the job at once; a job that
-runs past ``job_timeout_s`` has its worker killed and is failed. Workers are spawned (never forked:
-CUDA and BLAS thread pools do not survive a fork), die with the parent (``PR_SET_PDEATHSIG``), and
-for GPU problems there is one worker per visible GPU, each pinned with ``CUDA_VISIBLE_DEVICES``.
+runs past ``job_timeout_s`` has its worker killed and is failed. Workers are fresh ``python -c``
+processes (never forked: CUDA and BLAS thread pools do not survive a fork; not multiprocessing's
+spawn, which re-imports the caller's ``__main__``: a script without an ``if __name__ ==
+"__main__"`` guard ran its top level again in every worker, tuning again there), die with the
+parent (``PR_SET_PDEATHSIG``), stop when the parent closes their stop pipe, and for GPU problems
+there is one worker per visible GPU, each pinned with ``CUDA_VISIBLE_DEVICES``.
 
 On CPU the default is one worker: candidates timed side by side on the same cores slow each
 other down. ``workers=N`` trades timing accuracy for throughput.
@@ -15,12 +18,14 @@ other down. ``workers=N`` trades timing accuracy for throughput.
 
 from __future__ import annotations
 
-import multiprocessing as mp
+import json
 import os
+import select
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -92,6 +97,23 @@ def _set_pdeathsig() -> None:
         pass
 
 
+class _StopPipe:
+    """The read end of the parent's stop pipe: set once the parent closed (or wrote to) it."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def is_set(self) -> bool:
+        return bool(select.select([self.fd], [], [], 0)[0])
+
+
+def _boot() -> None:
+    """Entry point of a worker process (``python -c``, started by :class:`LocalExecutor`)."""
+    a = json.loads(sys.argv[1])
+    _worker_main(a["url"], a["run_id"], a["settings"], a["gpu"], _StopPipe(int(sys.argv[2])), a["parent"],
+                 a["lease_s"], a["registry"])  # fmt: skip
+
+
 def _worker_main(url: str, run_id: str, settings: dict[str, Any], gpu: str | None, stop: Any, parent: int,
                  lease_s: float, registry: dict[str, str]) -> None:  # fmt: skip
     _set_pdeathsig()
@@ -140,9 +162,8 @@ class LocalExecutor(Executor):
         gpus = visible_gpus() if self.device.startswith("cuda") else []
         n = workers or max(1, len(gpus))
         self._gpu = [gpus[i % len(gpus)] if gpus else None for i in range(n)]
-        self._ctx = mp.get_context("spawn")
-        self._stop = self._ctx.Event()
-        self._procs: list[Any] = [None] * n
+        self._stop_r, self._stop_w = os.pipe()  # closing the write end stops the workers
+        self._procs: list[subprocess.Popen[bytes] | None] = [None] * n
         self.job_timeout_s, self.lease_s, self.poll_s = job_timeout_s, lease_s, poll_s
         self._host = socket.gethostname()
         self.restarts = 0
@@ -155,25 +176,27 @@ class LocalExecutor(Executor):
         return f"{self._host}:{p.pid}"
 
     def _start(self, i: int) -> None:
-        p = self._ctx.Process(
-            target=_worker_main, name=f"uhop-tune-worker-{i}", daemon=True,
-            args=(self.queue.url, self.run_id, self.settings, self._gpu[i], self._stop, os.getpid(), self.lease_s,
-                  dict(backends.REGISTRY)),
-        )  # fmt: skip
-        p.start()
-        self._procs[i] = p
+        args = {"url": self.queue.url, "run_id": self.run_id, "settings": self.settings, "gpu": self._gpu[i],
+                "parent": os.getpid(), "lease_s": self.lease_s, "registry": dict(backends.REGISTRY)}  # fmt: skip
+        # this very UHOP first on the path, whatever the working directory holds (as the isolation worker)
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+        boot = f"import sys; sys.path.insert(0, {root!r}); from uhop.tune.executors.local import _boot; _boot()"
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(os.path.abspath(p) if p else os.getcwd() for p in sys.path))
+        if self._gpu[i] is not None:
+            env["CUDA_VISIBLE_DEVICES"] = self._gpu[i]
+        self._procs[i] = subprocess.Popen([sys.executable, "-c", boot, json.dumps(args), str(self._stop_r)],
+                                          pass_fds=(self._stop_r,), env=env, stdin=subprocess.DEVNULL)  # fmt: skip
 
     def worker_pids(self) -> list[int]:
-        return [p.pid for p in self._procs if p is not None and p.is_alive()]
+        return [p.pid for p in self._procs if p is not None and p.poll() is None]
 
     def _watch(self) -> None:
         for i, p in enumerate(self._procs):
             if p is None:
                 self._start(i)
-            elif not p.is_alive():
-                p.join()
-                own = p.exitcode in _CANDIDATE_DEATHS
-                why = f"the candidate killed its worker ({signal_name(p.exitcode)})" if own else f"worker exited with code {p.exitcode}"
+            elif p.poll() is not None:
+                own = p.returncode in _CANDIDATE_DEATHS
+                why = f"the candidate killed its worker ({signal_name(p.returncode)})" if own else f"worker exited with code {p.returncode}"
                 self.queue.release_worker(self._name(p), why, retry=not own)
                 self.restarts += 1
                 self._start(i)
@@ -183,7 +206,7 @@ class LocalExecutor(Executor):
                 for i, p in enumerate(self._procs):
                     if p is not None and self._name(p) == job.worker:
                         p.kill()
-                        p.join()
+                        p.wait()
                         self.queue.fail(job.id, job.attempts, f"timed out after {self.job_timeout_s:g} s", retry=False)  # type: ignore[arg-type]
                         self.restarts += 1
                         self._start(i)
@@ -199,12 +222,16 @@ class LocalExecutor(Executor):
                 time.sleep(self.poll_s)
 
     def close(self) -> None:
-        self._stop.set()
+        if self._stop_w >= 0:
+            os.close(self._stop_w)  # every worker's stop pipe reads EOF: they finish their job and exit
+            self._stop_w = -1
         for p in self._procs:
             if p is not None:
-                p.join(timeout=5)
-                if p.is_alive():
+                try:
+                    p.wait(timeout=5)
+                except subprocess.TimeoutExpired:
                     p.kill()
-                    p.join()
+                    p.wait()
         self._procs = [None] * len(self._procs)
-        self._stop = self._ctx.Event()
+        os.close(self._stop_r)
+        self._stop_r, self._stop_w = os.pipe()  # usable again (the tuner may run it once more)
