@@ -92,3 +92,24 @@ def test_isolation_worker_start_is_a_one_time_cost_outside_the_budget(monkeypatc
     assert res.overhead["worker_start"] >= 2.5
     assert sum(m.ok for m in res.measurements) >= 2  # the baseline and more: the budget was not spent waiting
     assert res.overhead["total"] < res.overhead["probe"] + res.overhead["worker_start"] + 2.0 + 1.0
+
+
+def test_the_fastest_library_candidate_within_1_5x_is_re_timed():
+    """A first pass must not drop the library path on noise: torch's SDPA timed 1.254x the best
+    in one pass (after numba kernels ran) and was left out of the re-timing, where it was faster."""
+    from uhop.backends.base import Candidate
+    from uhop.measure.bench import Timing
+    from uhop.tune import tuner
+
+    def m(c, s):
+        return tuner.Measurement(c, "ok", timing=Timing(s, s, s, 0.0, 5, 1))
+
+    a, b = Candidate.of("numba", "blocked", block=128), Candidate.of("numba", "blocked", block=512)
+    sdpa, eager = Candidate.of("torch", "sdpa"), Candidate.of("numpy", "eager")
+    ms = [m(a, 0.0192), m(b, 0.0204), m(sdpa, 0.0241), m(eager, 0.079)]
+    without = [x.candidate for x in tuner._finalists(ms, ms[0], eager)]
+    assert sdpa not in without  # 1.25x is the race's own bound
+    got = [x.candidate for x in tuner._finalists(ms, ms[0], eager, frozenset({"torch", "numpy"}))]
+    assert got == [a, b, sdpa]  # numpy's eager path, at 4x, is not re-timed
+    far = [m(a, 0.0192), m(sdpa, 0.030)]
+    assert [x.candidate for x in tuner._finalists(far, far[0], None, frozenset({"torch"}))] == [a]
