@@ -395,6 +395,7 @@ def _budgeted(
             per_backend.append([])
             progress and progress(0, 0, Measurement(Candidate(b.name, "<candidates>"), "crash", str(exc)))
     by_name = {b.name: b for b in usable}
+    vendors = frozenset(n for n, b in by_name.items() if b.vendor)  # library paths: always in the re-timing
     order = budget_order(problem, usable, per_backend)
     base = baseline(problem, usable, per_backend)
     measurements: list[Measurement] = _quarantined(order, by_name, key, store)
@@ -430,7 +431,7 @@ def _budgeted(
         if best is not None and (
             time.monotonic() + _expected_s(took, by_name[cand.backend], cand, problem, trials, scale)
             + (pre.pending_s(cand, by_name[cand.backend].eval_s) if pre is not None else 0.0)  # its build, if not done
-            + _build_reserve_s(best, measurements, budget, kernels) + _retime_reserve_s(measurements, best, budget)
+            + _build_reserve_s(best, measurements, budget, kernels) + _retime_reserve_s(measurements, best, budget, vendors)
             > deadline - END_MARGIN * budget
             or (max_evals is not None and sum(m.status != "skipped" for m in measurements) >= max_evals)
         ):
@@ -556,13 +557,14 @@ def _round_s(top: Sequence[Measurement]) -> float:
     return sum(3 * max(settings().bench_min_s / 4, m.median_s) + 2 * m.median_s for m in top)
 
 
-def _retime_reserve_s(measurements: Sequence[Measurement], best: Measurement, budget: float) -> float:
+def _retime_reserve_s(measurements: Sequence[Measurement], best: Measurement, budget: float,
+                      vendors: frozenset[str] = frozenset()) -> float:  # fmt: skip
     """Seconds a new candidate must leave for confirming the race it may join: three re-timing
     rounds of the finalists and of the new one (counted at the best's time), at most 15% of the
     budget. One pass cannot tell kernels within a few percent apart on a shared machine (an
     elementwise chain went to IREE over numba's fused kernel on a 7-12% lead in one pass, the last
     evaluation of the budget; 0.79-0.84x of numba's when timed again)."""
-    return min(3 * _round_s([*_finalists(measurements, best), best]), 0.15 * budget)
+    return min(3 * _round_s([*_finalists(measurements, best, vendors=vendors), best]), 0.15 * budget)
 
 
 def _build_reserve_s(best: Measurement, measurements: Sequence[Measurement], budget: float,
@@ -641,7 +643,7 @@ def _retime(
     or the remaining budget cannot pay for three rounds."""
     from uhop.tune import retime as rt
 
-    top = _finalists(measurements, best, base, frozenset(n for n, b in by_name.items() if b.vendor))
+    top = _finalists(measurements, best, base, frozenset(n for n, b in by_name.items() if b.vendor))  # as the loop's reserve
     if len(top) < 2:
         return best, []
     rounds = min(rt.ROUNDS, int((deadline - time.monotonic()) / max(_round_s(top), 1e-9)))
