@@ -30,15 +30,12 @@ def main(specs: list[str], device: str = "cuda:0") -> None:
     cuda = device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
-    seen: dict[str, float] = {}
+    from tuner_vs_oracle import _TuningLog  # the tuner's "where the time went" log record
 
-    class Grab(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            seen.update(getattr(record, "uhop_overhead", {}) or {})
-
+    grab = _TuningLog()
     lg = logging.getLogger("uhop")
     lg.setLevel(logging.INFO)
-    lg.addHandler(Grab())
+    lg.addHandler(grab)
     for spec in specs:
         op, shape, dtype, arity = spec.split(":")
         dims = get_op(op).parse_shape(shape)
@@ -47,7 +44,7 @@ def main(specs: list[str], device: str = "cuda:0") -> None:
         xs = [torch.rand(s, device=device, generator=g, dtype=torch.float32).mul_(2).sub_(1).to(getattr(torch, dtype))
               for s in p.spec.shapes_from_dims(p.dim, p.param, int(arity))]  # fmt: skip
         fn = getattr(uhop.ops, op)
-        seen.clear()
+        grab.overhead = None
         t0 = time.perf_counter()
         fn(*xs)
         sync()
@@ -62,7 +59,7 @@ def main(specs: list[str], device: str = "cuda:0") -> None:
         s = interleaved([fn, eager], [[xs], [xs]], sync=sync if cuda else None, rounds=7, min_time_s=0.05, cuda_events=cuda)
         m = [statistics.median(r) for r in s]
         print(json.dumps({"problem": p.describe(), "pick": entry.candidate if entry else None, "first_call_s": round(first, 3),
-                          "tuned_s": round(tuned, 2), "overhead_s": {k: round(v, 3) for k, v in seen.items()},
+                          "tuned_s": round(tuned, 2), "overhead_s": grab.overhead,
                           "uhop_ms": m[0] * 1e3, "eager_ms": m[1] * 1e3, "eager_over_uhop": m[1] / m[0],
                           "uhop_gbps": p.bytes() / m[0] / 1e9, "device": torch.cuda.get_device_name() if cuda else "cpu"}), flush=True)  # fmt: skip
 

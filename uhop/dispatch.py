@@ -337,8 +337,7 @@ def _prestart_worker(problem: Problem) -> None:
     """Start the isolation worker that will evaluate ``problem``'s candidates, without waiting:
     on a GPU its start (a Python process importing torch and Triton and creating a CUDA context,
     6 s on the lent H100's host) then overlaps the baseline's first call."""
-    s = settings()
-    if problem.device == "cpu" or s.isolate == "never":
+    if not settings().isolates(problem.device):  # on CPU only backends that JIT native code need it
         return
     try:
         from uhop.tune.isolated import evaluator

@@ -178,7 +178,7 @@ class Op:
         """Fresh random inputs (uniform in [-1, 1), never all zeros), as numpy arrays of ``dtype``
         (float32 for bfloat16: numpy has no bfloat16; callers convert)."""
         np_dtype = "float32" if dtype == "bfloat16" else dtype
-        shapes = self.shapes_from_dims(dims, params, len(self.inputs) if arity is None else arity)
+        shapes = self.shapes_from_dims(dims, params, self.input_count(params, arity))
         if np_dtype in ("float32", "float16"):  # drawn in float32: half the time of float64 draws
             return [_uniform32(rng, s).astype(np_dtype, copy=False) for s in shapes]
         return [rng.uniform(-1.0, 1.0, size=s).astype(np_dtype) for s in shapes]

@@ -8,9 +8,9 @@ the candidate is recorded as ``crash`` with the signal, when it runs past
 ``UHOP_ISOLATE_TIMEOUT_S`` it is killed and recorded as ``timeout``, and after a CUDA error the
 worker checks its context and exits if it is poisoned. The next candidate gets a fresh worker.
 
-The worker is a plain ``python -m uhop.tune.isolated`` subprocess (not multiprocessing's spawn,
-which re-imports the caller's ``__main__`` script), in its own session, dying with its parent
-(``PR_SET_PDEATHSIG``), talking over two pipes with :mod:`multiprocessing.connection` framing.
+The worker is a plain ``python -c`` subprocess (:mod:`uhop.tune.subproc`: not multiprocessing's
+spawn, which re-imports the caller's ``__main__`` script), in its own session, dying with its
+parent, talking over two pipes with :mod:`multiprocessing.connection` framing.
 It is started when tuning starts, so its imports (torch, CUDA context, Triton) overlap the
 parent's candidate enumeration, and it stays warm between problems until ``idle_s`` passes.
 Only trusted code runs in it; untrusted kernel files are additionally sandboxed by the ``user``
@@ -88,22 +88,9 @@ class IsolatedEvaluator:
             return
         self._discard()
 
-        to_child_r, to_child_w = os.pipe()
-        to_parent_r, to_parent_w = os.pipe()
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(os.path.abspath(p) if p else os.getcwd() for p in sys.path))
-        # The worker must import this very UHOP, whatever the working directory holds (a folder
-        # named ``uhop`` there would shadow it under ``python -m``): its root goes first.
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        boot = f"import sys; sys.path.insert(0, {root!r}); from uhop.tune.isolated import main; main()"
-        try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-c", boot, str(to_child_r), str(to_parent_w)],
-                pass_fds=(to_child_r, to_parent_w), env=env, start_new_session=True, stdin=subprocess.DEVNULL,
-            )  # fmt: skip
-        finally:
-            os.close(to_child_r)
-            os.close(to_parent_w)
-        self._send, self._recv = Connection(to_child_w, readable=False), Connection(to_parent_r, writable=False)
+        from uhop.tune import subproc
+
+        self._proc, self._send, self._recv = subproc.start_duplex("uhop.tune.isolated:main")
         self._ready = False
         self.starts += 1
         self._send.send({"cmd": "init", "device": self.device})
@@ -272,12 +259,9 @@ def _close_all() -> None:
 
 # ---- the worker process ------------------------------------------------------------------------
 def _serve(recv: Connection, send: Connection) -> None:
-    try:  # die with the parent
-        import ctypes
+    from uhop.tune.subproc import die_with_parent
 
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
+    die_with_parent()
     init = recv.recv()
     try:
         from uhop import backends as bk
@@ -384,7 +368,9 @@ def _retime_here(req: dict[str, Any], problem: Problem, vset: Any) -> list[list[
 def main() -> None:
     """Entry point of the worker process (started by :meth:`IsolatedEvaluator.start`)."""
     try:
-        _serve(Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False))
+        from uhop.tune.subproc import duplex_ends
+
+        _serve(*duplex_ends())
     except (BrokenPipeError, EOFError):  # the parent went away (exited, or dropped this worker): no one to tell
         sys.exit(0)
 

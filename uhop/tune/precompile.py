@@ -22,9 +22,7 @@ import dataclasses
 import json
 import logging
 import os
-import signal
 import subprocess
-import sys
 import threading
 import time
 from multiprocessing.connection import Connection
@@ -39,11 +37,10 @@ log = logging.getLogger("uhop.tune")
 class Precompiler:
     """``workers`` processes building candidates for one problem, in the order submitted.
 
-    Plain ``python -c`` subprocesses, as the isolation worker (:mod:`uhop.tune.isolated`), not a
-    multiprocessing pool: spawn re-imports the caller's ``__main__`` script, so a script without
-    an ``if __name__ == "__main__"`` guard ran its top level again in every pool process (its
-    prints, its files, its own tuning, which then failed to start a pool inside a bootstrapping
-    process)."""
+    Plain ``python -c`` subprocesses (:mod:`uhop.tune.subproc`), not a multiprocessing pool:
+    spawn re-imports the caller's ``__main__`` script, so a script without an ``if __name__ ==
+    "__main__"`` guard ran its top level again in every pool process (its prints, its files, its
+    own tuning, which then failed to start a pool inside a bootstrapping process)."""
 
     def __init__(self, workers: int) -> None:
         from uhop.config import settings
@@ -56,7 +53,6 @@ class Precompiler:
         self._built: dict[Candidate, float] = {}
         self._closed = False
         self._workers = max(1, workers)
-        self._procs: list[subprocess.Popen[bytes]] = []
         for _ in range(self._workers):
             threading.Thread(target=self._drive, daemon=True, name="uhop-precompile").start()
 
@@ -110,19 +106,9 @@ class Precompiler:
 
     # ---- one driver thread per process ------------------------------------------------------
     def _start(self) -> tuple[subprocess.Popen[bytes], Connection, Connection]:
-        to_child_r, to_child_w = os.pipe()
-        to_parent_r, to_parent_w = os.pipe()
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        boot = f"import sys; sys.path.insert(0, {root!r}); from uhop.tune.precompile import main; main()"
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(os.path.abspath(p) if p else os.getcwd() for p in sys.path))
-        try:
-            proc = subprocess.Popen([sys.executable, "-c", boot, str(to_child_r), str(to_parent_w)],
-                                    pass_fds=(to_child_r, to_parent_w), env=env, start_new_session=True,
-                                    stdin=subprocess.DEVNULL)  # fmt: skip
-        finally:
-            os.close(to_child_r)
-            os.close(to_parent_w)
-        send, recv = Connection(to_child_w, readable=False), Connection(to_parent_r, writable=False)
+        from uhop.tune import subproc
+
+        proc, send, recv = subproc.start_duplex("uhop.tune.precompile:main")
         send.send_bytes(self._settings.encode())
         return proc, send, recv
 
@@ -143,8 +129,6 @@ class Precompiler:
                         if c is not None:
                             c.close()
                     proc, send, recv = self._start()
-                    with self._cond:
-                        self._procs.append(proc)
                 secs: float | None = None
                 try:
                     assert send is not None and recv is not None
@@ -175,13 +159,10 @@ class Precompiler:
 # ---- the build process ------------------------------------------------------------------------
 def main() -> None:
     """Entry point of a build process (started by :class:`Precompiler`)."""
-    try:  # die with the tuner
-        import ctypes
+    from uhop.tune.subproc import die_with_parent, duplex_ends
 
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-    recv, send = Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False)
+    die_with_parent()
+    recv, send = duplex_ends()
     try:
         snapshot = json.loads(recv.recv_bytes())
     except EOFError:

@@ -479,7 +479,8 @@ def _budgeted(
     ties: list[Candidate] = []
     if best is not None and policy == "tune":
         best, ties = _retime(problem, measurements, best, base, order, by_name, kernels, vset, iso, isolated,
-                             trials, deadline - _build_reserve_s(best, measurements, budget, kernels), overhead)  # fmt: skip
+                             trials, deadline - _build_reserve_s(best, measurements, budget, kernels), overhead,
+                             vendors)  # fmt: skip
     if iso is not None:
         iso.release()
     _warn_backend_failures(problem, measurements)
@@ -637,13 +638,14 @@ def _retime(
     problem: Problem, measurements: list[Measurement], best: Measurement, base: Candidate | None,
     order: Sequence[Candidate], by_name: Mapping[str, Backend], kernels: Mapping[Candidate, Kernel],
     vset: ValidationSet | None, iso: Any, isolated: set[str], trials: int, deadline: float, overhead: dict[str, float],
+    vendors: frozenset[str] = frozenset(),
 ) -> tuple[Measurement, list[Candidate]]:  # fmt: skip
     """Re-time the candidates that could still win (within 1.25x of the best; the baseline too),
     interleaved, and pick robustly (:mod:`uhop.tune.retime`). Skipped when one candidate is left
     or the remaining budget cannot pay for three rounds."""
     from uhop.tune import retime as rt
 
-    top = _finalists(measurements, best, base, frozenset(n for n, b in by_name.items() if b.vendor))  # as the loop's reserve
+    top = _finalists(measurements, best, base, vendors)
     if len(top) < 2:
         return best, []
     rounds = min(rt.ROUNDS, int((deadline - time.monotonic()) / max(_round_s(top), 1e-9)))

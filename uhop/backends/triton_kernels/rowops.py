@@ -311,11 +311,10 @@ def configs(problem: Any, lim: Limits) -> list[tuple[str, dict[str, Any]]]:
         # Half the warps (twice the values per thread) first, where that stays <= 48 per thread: on
         # the H100 (row_variants_h100.json) layernorm 32768 x 5120 ran 2916 GB/s with 4 warps and
         # 1907 with 8; at 11008 8 warps led 16 (2786 vs 2706, rmsnorm 2911 vs 2883)
-        elems = rows * (b1 + b2)
-        if warps >= 8 and elems // (32 * (warps // 2)) <= 48:
-            out.append(("row", {**row[1], "warps": warps // 2}))
-            row = out[-1] if -(-R // rows) > 8 * sm else row
-            out.append(("row", {**out[-1][1], "warps": warps}))
+        if warps >= 8 and rows * (b1 + b2) // (32 * (warps // 2)) <= 48:
+            half = ("row", {**row[1], "warps": warps // 2})
+            out += [half, row]
+            row = half  # the variants below take the first's warps (or set their own)
         else:
             out.append(row)
         if -(-R // rows) > 8 * sm:  # enough row blocks for a persistent grid to pay

@@ -32,6 +32,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from uhop import backends
+from uhop.tune import subproc
 from uhop.tune.executors import Executor
 from uhop.tune.isolated import device_healthy, signal_name
 from uhop.tune.jobs import TERMINAL, JobQueue, TuningJob, worker_name
@@ -88,15 +89,6 @@ def visible_gpus() -> list[str]:
     return []
 
 
-def _set_pdeathsig() -> None:
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:  # not Linux: the parent-pid check in the loop still ends the worker
-        pass
-
-
 class _StopPipe:
     """The read end of the parent's stop pipe: set once the parent closed (or wrote to) it."""
 
@@ -116,7 +108,7 @@ def _boot() -> None:
 
 def _worker_main(url: str, run_id: str, settings: dict[str, Any], gpu: str | None, stop: Any, parent: int,
                  lease_s: float, registry: dict[str, str]) -> None:  # fmt: skip
-    _set_pdeathsig()
+    subproc.die_with_parent()
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     from uhop import backends, config
@@ -178,14 +170,11 @@ class LocalExecutor(Executor):
     def _start(self, i: int) -> None:
         args = {"url": self.queue.url, "run_id": self.run_id, "settings": self.settings, "gpu": self._gpu[i],
                 "parent": os.getpid(), "lease_s": self.lease_s, "registry": dict(backends.REGISTRY)}  # fmt: skip
-        # this very UHOP first on the path, whatever the working directory holds (as the isolation worker)
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-        boot = f"import sys; sys.path.insert(0, {root!r}); from uhop.tune.executors.local import _boot; _boot()"
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(os.path.abspath(p) if p else os.getcwd() for p in sys.path))
+        env = dict(os.environ)
         if self._gpu[i] is not None:
             env["CUDA_VISIBLE_DEVICES"] = self._gpu[i]
-        self._procs[i] = subprocess.Popen([sys.executable, "-c", boot, json.dumps(args), str(self._stop_r)],
-                                          pass_fds=(self._stop_r,), env=env, stdin=subprocess.DEVNULL)  # fmt: skip
+        self._procs[i] = subproc.start("uhop.tune.executors.local:_boot", (json.dumps(args), str(self._stop_r)),
+                                       pass_fds=(self._stop_r,), env=env)  # fmt: skip
 
     def worker_pids(self) -> list[int]:
         return [p.pid for p in self._procs if p is not None and p.poll() is None]
