@@ -190,7 +190,9 @@ def run_case(op, R, N, dtype, arity, expr, opts, copy) -> dict[str, Any]:
     try:
         from uhop.store import open_store
 
-        row["uhop_store"] = [str(getattr(e, "candidate", e))[:160] for e in open_store().entries(op)][-1:]
+        mine = [e for e in open_store().entries(op)  # this case's entry (the store holds every case's)
+                if e.problem.get("dims") == dims and e.problem.get("dtype") == dtype]
+        row["uhop_store"] = [str(e.candidate)[:160] for e in mine]
     except Exception as exc:
         row["uhop_store"] = f"unreadable: {exc}"
     return row

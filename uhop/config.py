@@ -125,6 +125,7 @@ class Settings:
     compile_backends: str = "torch,triton"
     compile_rest: str = "inductor"
     compile_buckets: str = "pow2"
+    compile_cudagraphs: bool = True
     fusion_report: bool = False
 
     def __post_init__(self) -> None:
@@ -196,6 +197,7 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "compile_backends": ("UHOP_COMPILE_BACKENDS", str.strip),
     "compile_rest": ("UHOP_COMPILE_REST", str.strip),
     "compile_buckets": ("UHOP_COMPILE_BUCKETS", str.strip),
+    "compile_cudagraphs": ("UHOP_COMPILE_CUDAGRAPHS", _bool),
     "fusion_report": ("UHOP_FUSION_REPORT", _bool),
 }
 

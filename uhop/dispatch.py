@@ -136,6 +136,14 @@ _lock = threading.RLock()
 #: kernel replaces them there. Each site: (cache dict, signature, problem, fallback).
 _sites: dict[str, list[tuple[dict[Any, Any], Any, Problem, Callable[..., Any]]]] = {}
 _interim: dict[str, Resolved] = {}
+#: kernels swapped in at call sites since start (a background tuning or re-validation ending, a
+#: spot-check fault): what recorded launch sequences (CUDA graphs) re-record on
+_swaps = [0]
+
+
+def generation() -> int:
+    """How many times a served kernel was swapped at its call sites in this process."""
+    return _swaps[0]
 
 
 _UHOP_DIR = __import__("os").path.dirname(__file__) + __import__("os").sep
@@ -327,6 +335,7 @@ def _install(key: str, final: Resolved | None) -> None:
     kernel exists, each site falls back to its own function)."""
     with _lock:
         _interim.pop(key, None)
+        _swaps[0] += 1
         if final is not None:
             _resolved[key] = final
         for cache, sig, problem, fallback in _sites.pop(key, []):
@@ -390,6 +399,7 @@ def _spot_checked(kernel: Kernel, backend: Backend, problem: Problem, key: str) 
                 _resolved.pop(key, None)
             else:
                 _resolved[key] = got
+            _swaps[0] += 1
         # call sites that cached the wrapper reach it with this backend's arrays
         return None if got is None else _adapt(*got[:2], dataclasses.replace(problem, array=backend.array))
 

@@ -1,5 +1,6 @@
 """Small models for the compile tests and benchmarks: a GPT-2 block (explicit and SDPA attention),
-a GPT-2 style model, an MLP, a small conv net with batchnorm, a ResNet-style net."""
+a GPT-2 style model, a Llama-style block (RMSNorm, rotary embeddings, SwiGLU), an MLP, a small
+conv net with batchnorm, a ResNet-style net."""
 
 from __future__ import annotations
 
@@ -57,6 +58,38 @@ class GPT2Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
+
+
+class LlamaBlock(nn.Module):
+    """A Llama-style decoder block: pre-RMSNorm, rotary position embeddings (rotate-half form),
+    causal SDPA without biases, SwiGLU MLP (``down(silu(gate(x)) * up(x))``)."""
+
+    def __init__(self, d: int = 4096, heads: int = 32, ff: int = 11008, ctx: int = 4096) -> None:
+        super().__init__()
+        self.h = heads
+        self.norm_1, self.norm_2 = nn.RMSNorm(d, eps=1e-5), nn.RMSNorm(d, eps=1e-5)
+        self.wq, self.wk, self.wv, self.wo = (nn.Linear(d, d, bias=False) for _ in range(4))
+        self.gate, self.up = nn.Linear(d, ff, bias=False), nn.Linear(d, ff, bias=False)
+        self.down = nn.Linear(ff, d, bias=False)
+        hd = d // heads
+        inv = 1.0 / (10000 ** (torch.arange(0, hd, 2).float() / hd))
+        ang = torch.outer(torch.arange(ctx).float(), inv)
+        self.register_buffer("cos", torch.cat([ang.cos(), ang.cos()], -1), persistent=False)
+        self.register_buffer("sin", torch.cat([ang.sin(), ang.sin()], -1), persistent=False)
+
+    def _rope(self, t: torch.Tensor) -> torch.Tensor:
+        T, half = t.shape[2], t.shape[-1] // 2
+        rot = torch.cat([-t[..., half:], t[..., :half]], -1)
+        return t * self.cos[:T].to(t.dtype) + rot * self.sin[:T].to(t.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        h = self.norm_1(x)
+        q, k, v = (w(h).view(B, T, self.h, C // self.h).transpose(1, 2) for w in (self.wq, self.wk, self.wv))
+        y = F.scaled_dot_product_attention(self._rope(q), self._rope(k), v, is_causal=True)
+        x = x + self.wo(y.transpose(1, 2).reshape(B, T, C))
+        h = self.norm_2(x)
+        return x + self.down(F.silu(self.gate(h)) * self.up(h))
 
 
 class GPT2(nn.Module):

@@ -11,7 +11,9 @@ options={...})`` or the environment:
   share one tuning per power-of-two shape class, so a generate loop does not tune per token;
 * ``backends``: the backends region problems are tuned over (``UHOP_COMPILE_BACKENDS``, comma
   separated; ``all`` for every backend). Default ``torch,triton``: kernels that take torch tensors
-  and share torch's thread pool (see ``runtime.BACKENDS``).
+  and share torch's thread pool (see ``runtime.BACKENDS``);
+* ``cudagraphs``: ``True`` (default) or ``False`` (``UHOP_COMPILE_CUDAGRAPHS``) — a graph run for
+  inference on one GPU is recorded and replayed as a CUDA graph (:mod:`uhop.compile.cudagraphs`).
 
 Dynamic shapes are Dynamo's: a dim that changes between calls is made symbolic on the first
 recompile (``torch._dynamo.config.automatic_dynamic_shapes``), or up front with
@@ -29,7 +31,7 @@ import torch
 from torch import fx
 
 import uhop.compile.regions  # noqa: F401 - registers torch.ops.uhop.*
-from uhop.compile import runtime
+from uhop.compile import cudagraphs, runtime
 from uhop.compile.partition import partition
 from uhop.compile.report import REPORT, GraphCompiled
 
@@ -40,13 +42,15 @@ class CompileOptions:
     mode: str | None = None
     buckets: str = "pow2"
     backends: tuple[str, ...] = ("torch", "triton")
+    cudagraphs: bool = True
 
     @classmethod
     def make(cls, options: dict[str, Any] | None = None, mode: str | None = None) -> CompileOptions:
         o = dict(options or {})
-        unknown = set(o) - {"rest", "mode", "buckets", "backends"}
+        known = ("rest", "mode", "buckets", "backends", "cudagraphs")
+        unknown = set(o) - set(known)
         if unknown:
-            raise ValueError(f"backend='uhop' options: unknown {sorted(unknown)}; known: rest, mode, buckets, backends")
+            raise ValueError(f"backend='uhop' options: unknown {sorted(unknown)}; known: {', '.join(known)}")
         from uhop.config import read
 
         names = o.get("backends", read("compile_backends"))
@@ -63,7 +67,10 @@ class CompileOptions:
             raise ValueError(f"backend='uhop' option rest must be 'inductor' or 'eager', got {rest!r}")
         if buckets not in ("pow2", "exact"):
             raise ValueError(f"backend='uhop' option buckets must be 'pow2' or 'exact', got {buckets!r}")
-        return cls(rest, o.get("mode", mode), buckets, tuple(names))
+        graphs = o.get("cudagraphs", read("compile_cudagraphs"))
+        if not isinstance(graphs, bool):
+            raise ValueError(f"backend='uhop' option cudagraphs must be True or False, got {graphs!r}")
+        return cls(rest, o.get("mode", mode), buckets, tuple(names), graphs)
 
 
 def _cache_salt() -> Any:
@@ -124,18 +131,24 @@ def uhop_backend(gm: fx.GraphModule, example_inputs: list[Any], mode: str | None
         isinstance(t, torch.Tensor) and t.requires_grad for t in example_inputs)
     nodes = sum(1 for n in gm.graph.nodes if n.op in ("call_function", "call_method", "call_module"))
     regions = partition(gm, inference=not training, served_by_aten=runtime.served_by_aten)
+    from torch._inductor import list_mode_options
+
     if opts.rest == "eager":
         compiled = gm.forward
     else:
-        from torch._inductor import list_mode_options
         from torch._inductor.compile_fx import compile_fx
 
         patches = dict(list_mode_options(opts.mode)) if opts.mode else {}
         patches["post_grad_custom_post_pass"] = _cache_salt()
         compiled = compile_fx(gm, example_inputs, config_patches=patches)
+    # Inductor modes that record CUDA graphs themselves (reduce-overhead, max-autotune) get no second wrapper
+    own = opts.rest == "inductor" and bool(opts.mode) and list_mode_options(opts.mode).get("triton.cudagraphs")
+    compiled, off = cudagraphs.wrap(compiled, gm, example_inputs, training, opts.cudagraphs and not own,
+                                    len(REPORT.graphs))
     name, recompile = _compile_id()
     REPORT.add_graph(GraphCompiled(len(REPORT.graphs), name, nodes, regions, opts.rest, opts.mode or "default",
-                                   _is_dynamic(example_inputs), recompile, time.perf_counter() - t0))
+                                   _is_dynamic(example_inputs), recompile, time.perf_counter() - t0,
+                                   "inductor's" if own else off or "on"))
     return compiled
 
 

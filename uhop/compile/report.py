@@ -41,6 +41,9 @@ class GraphCompiled:
     dynamic: bool
     recompile: bool
     compile_s: float = 0.0
+    #: "on" (replayed as a CUDA graph after its first call), "inductor's" (the Inductor mode
+    #: records them), or why not ("off", "autograd", "not on one CUDA device", ...)
+    cudagraphs: str = "off"
 
 
 @dataclass
@@ -124,10 +127,12 @@ def _graph_breaks() -> dict[str, int]:
 def format_graph(g: GraphCompiled | dict) -> str:
     g = g if isinstance(g, dict) else asdict(g)
     kept = sum(1 for r in g["regions"] if r.get("note"))
+    cg = g.get("cudagraphs", "off")
+    graphs = "" if cg in ("off", "not on CUDA") else f", CUDA graphs: {cg}"
     head = (f"[uhop] graph {g['graph']} ({g['name']}): {g['nodes']} nodes, {len(g['regions']) - kept} UHOP regions"
             f"{f' (+{kept} left as written)' if kept else ''}, "
             f"rest -> {g['rest']}, {g['mode']}{', dynamic' if g['dynamic'] else ''}"
-            f"{', RECOMPILE' if g['recompile'] else ''}, compiled in {g['compile_s']:.2f} s")
+            f"{', RECOMPILE' if g['recompile'] else ''}{graphs}, compiled in {g['compile_s']:.2f} s")
     lines = [head]
     for r in g["regions"]:
         saved = f", ~{r['bytes_saved'] / 1e6:.2f} MB saved" if r["bytes_saved"] else ""

@@ -1,0 +1,216 @@
+"""CUDA graphs for ``backend="uhop"`` graphs run for inference on a GPU.
+
+A compiled graph of a transformer block launches a few dozen kernels; on the lent H100's host
+the Python and dispatcher work of launching them took longer than the GPU ran them (GPT-2 block,
+B8 T1024 bf16: 0.66 ms of CPU per forward through UHOP's regions, 0.32 ms of GPU). A CUDA graph
+replays the whole launch sequence with one call.
+
+:class:`GraphRunner` wraps the function a graph compiled to:
+
+* the first call runs it as is (regions resolve and check their kernels then, which synchronizes
+  and cannot be captured); a later call records it, when no background tuning is pending (a
+  kernel swapped in after recording would otherwise never run), and every call after that copies
+  the non-static inputs into the graph's input buffers, replays, and returns *copies* of the
+  outputs: the semantics of ``torch.compile``'s default mode (an output stays valid after the
+  next call; Inductor's ``reduce-overhead`` instead returns the graph's own buffers);
+* static inputs (parameters and buffers, which Dynamo marks) are read in place: a call where one
+  moved (``module.weight = new``) records again; an in-place update of one (a KV cache buffer)
+  is captured as such;
+* a kernel swapped in by background tuning (``dispatch`` counts swaps) records again;
+* it stays out of the way of what it cannot capture: grad-enabled calls, symbolic shapes, CPU
+  or multi-device inputs, a graph that writes into a non-static input (that write would land in
+  the copy), and a capture that fails (one warning; the graph then runs uncaptured).
+
+``torch.compile(model, backend="uhop", options={"cudagraphs": False})`` (or
+``UHOP_COMPILE_CUDAGRAPHS=0``) turns it off. An Inductor mode that records CUDA graphs itself
+(``reduce-overhead``, ``max-autotune``) gets no second wrapper.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+import warnings
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, fx
+
+log = logging.getLogger("uhop.compile")
+#: graph number in the fusion report -> its runner (tests, reports)
+RUNNERS: weakref.WeakValueDictionary[int, GraphRunner] = weakref.WeakValueDictionary()
+
+
+def _static(t: Any) -> bool:
+    """Dynamo marks a module's parameters and buffers as static inputs (same address each call)."""
+    return isinstance(t, torch.nn.Parameter) or getattr(t, "_dynamo_static_input_type", None) is not None
+
+
+def _root_placeholder(n: Any) -> fx.Node | None:
+    """The graph input a value is (a view of), following first arguments; None if not one."""
+    seen = 0
+    while isinstance(n, fx.Node) and seen < 64:
+        if n.op == "placeholder":
+            return n
+        if not n.args:
+            return None
+        n, seen = n.args[0], seen + 1
+    return None
+
+
+def _inplace(n: fx.Node) -> bool:
+    if n.op not in ("call_method", "call_function"):
+        return False
+    if n.target in (operator.setitem, torch.Tensor.__setitem__):
+        return True
+    name = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", "")
+    return name.endswith("_") and not name.endswith("__") or n.kwargs.get("out") is not None
+
+
+def mutated_inputs(gm: fx.GraphModule) -> set[int]:
+    """Indices of the graph's inputs that an in-place op writes into (directly or via a view)."""
+    index = {n: i for i, n in enumerate(n for n in gm.graph.nodes if n.op == "placeholder")}
+    out = set()
+    for n in gm.graph.nodes:
+        if _inplace(n):
+            root = _root_placeholder(n.args[0] if n.args else n.kwargs.get("out"))
+            if root is not None:
+                out.add(index[root])
+    return out
+
+
+def why_not(gm: fx.GraphModule, example_inputs: Sequence[Any], training: bool) -> str | None:
+    """Why this graph cannot be run as a CUDA graph (None: it can)."""
+    if training:
+        return "autograd"
+    devices = set()
+    for t in example_inputs:
+        if isinstance(t, torch.SymInt) or (isinstance(t, Tensor) and any(isinstance(s, torch.SymInt) for s in t.shape)):
+            return "dynamic shapes"
+        if isinstance(t, Tensor):
+            devices.add(t.device)
+    if not any(d.type == "cuda" for d in devices):
+        return "not on CUDA"
+    if len(devices) > 1:
+        return "inputs on several devices"
+    written = [i for i in mutated_inputs(gm) if not _static(example_inputs[i])]
+    if written:
+        return f"writes into input {written[0]}"
+    return None
+
+
+def _generation() -> int:
+    from uhop import dispatch
+
+    return dispatch.generation()
+
+
+def _background_pending() -> bool:
+    from uhop.tune.background import queue
+
+    return queue().pending() > 0
+
+
+class GraphRunner:
+    """``fn`` (what Inductor or eager made of one graph) replayed as a CUDA graph; see the module
+    docstring. Keeps ``fn``'s calling convention (Dynamo's boxed call: one list argument)."""
+
+    def __init__(self, fn: Callable[..., Any], example_inputs: Sequence[Any]):
+        self.fn = fn
+        self.boxed = bool(getattr(fn, "_boxed_call", False))
+        self.static = [_static(t) for t in example_inputs]
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.disabled = False
+        self.calls = 0
+        self.records = 0
+        self._gen = -1
+        self._ptrs: tuple[int, ...] = ()
+        self._inputs: list[Any] = []
+        self._outputs: Any = None
+        self._pool: Any = None
+
+    def _run(self, args: list[Any]) -> Any:
+        return self.fn(list(args)) if self.boxed else self.fn(*args)
+
+    def __call__(self, *args: Any) -> Any:
+        a = list(args[0]) if self.boxed else list(args)
+        if self.boxed:
+            args[0].clear()  # the boxed convention: the callee drops the caller's references
+        self.calls += 1
+        if self.disabled or torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in a):
+            return self._run(a)
+        ptrs = tuple(t.data_ptr() for t, s in zip(a, self.static, strict=True) if s)
+        if self.graph is None or ptrs != self._ptrs or self._gen != _generation():
+            self.graph = None
+            if self.calls < 2 or _background_pending():  # first use resolves the regions
+                return self._run(a)
+            if not self._record(a, ptrs):
+                return self._run(a)
+        for i, t in enumerate(a):
+            if not self.static[i] and isinstance(t, Tensor):
+                self._inputs[i].copy_(t)
+        self.graph.replay()
+        return _clone(self._outputs)
+
+    def _record(self, a: list[Any], ptrs: tuple[int, ...]) -> bool:
+        gen = _generation()
+        self._inputs = [t if s or not isinstance(t, Tensor) else torch.empty_strided(
+            t.shape, t.stride(), dtype=t.dtype, device=t.device) for t, s in zip(a, self.static, strict=True)]
+        for mine, t in zip(self._inputs, a, strict=True):
+            if mine is not t and isinstance(t, Tensor):
+                mine.copy_(t)
+        device = next(t.device for t in a if isinstance(t, Tensor))
+        try:
+            with torch.cuda.device(device):
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):  # warm-up on the capture stream (lazy inits)
+                    self._run(self._inputs)
+                torch.cuda.current_stream().wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                self._pool = self._pool or torch.cuda.graph_pool_handle()
+                with torch.cuda.graph(graph, pool=self._pool, stream=side, capture_error_mode="thread_local"):
+                    self._outputs = self._run(self._inputs)
+        except Exception as exc:  # noqa: BLE001 - anything capture refuses: run uncaptured from now on
+            self.disabled, self._outputs, self._inputs = True, None, []
+            warnings.warn(f"uhop: this graph runs without CUDA graphs: capture failed ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:200] if str(exc) else ''})", stacklevel=3)  # fmt: skip
+            return False
+        self.graph, self._ptrs, self._gen = graph, ptrs, gen
+        self.records += 1
+        log.debug("recorded a CUDA graph (%d inputs, record %d)", len(a), self.records)
+        return True
+
+
+def _clone(out: Any) -> Any:
+    if isinstance(out, Tensor):
+        return out.clone()
+    if isinstance(out, (list, tuple)):
+        return type(out)(_clone(o) for o in out)
+    return out
+
+
+def wrap(fn: Callable[..., Any], gm: fx.GraphModule, example_inputs: Sequence[Any], training: bool,
+         enabled: bool, number: int) -> tuple[Callable[..., Any], str]:
+    """(what Dynamo should call, why CUDA graphs are off: "" when the runner wraps ``fn``);
+    ``number``: the graph's number in the fusion report."""
+    if not enabled:
+        return fn, "off"
+    reason = why_not(gm, example_inputs, training)
+    if reason:
+        return fn, reason
+    runner = GraphRunner(fn, example_inputs)
+    if runner.boxed:
+        def call(args: list[Any]) -> Any:
+            return runner(args)
+
+        call._boxed_call = True  # type: ignore[attr-defined]
+    else:
+        def call(*args: Any) -> Any:
+            return runner(*args)
+
+    RUNNERS[number] = runner
+    call.runner = runner  # type: ignore[attr-defined] - keeps it alive while Dynamo holds the call
+    return call, ""
