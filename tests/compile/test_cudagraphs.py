@@ -59,6 +59,27 @@ def test_option_and_environment(monkeypatch):
         CompileOptions.make({"cudagraphs": "yes"})
 
 
+@pytest.mark.parametrize("rest", ["inductor", "eager"])
+def test_runner_takes_the_calling_convention_dynamo_uses(rest):
+    """Dynamo calls what a backend returns with the inputs as arguments, though aot_autograd's
+    ``forward`` carries ``_boxed_call`` (copied from the boxed function it wraps)."""
+    from torch._inductor.compile_fx import compile_fx
+
+    runners = []
+
+    def backend(gm, ex):
+        r = cudagraphs.GraphRunner(compile_fx(gm, ex) if rest == "inductor" else gm.forward, ex)
+        r.disabled = True  # no CUDA here: the runner only forwards
+        runners.append(r)
+        return r
+
+    m = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(m, backend=backend)(x), m(x))
+    assert runners[0].calls == 1 and not runners[0].boxed
+
+
 def test_cpu_graph_report_does_not_mention_cuda_graphs():
     m = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
     with torch.no_grad():

@@ -115,11 +115,14 @@ def _background_pending() -> bool:
 
 class GraphRunner:
     """``fn`` (what Inductor or eager made of one graph) replayed as a CUDA graph; see the module
-    docstring. Keeps ``fn``'s calling convention (Dynamo's boxed call: one list argument)."""
+    docstring. Called as ``fn`` is (Dynamo's boxed call, one list argument, or unboxed)."""
 
     def __init__(self, fn: Callable[..., Any], example_inputs: Sequence[Any]):
         self.fn = fn
-        self.boxed = bool(getattr(fn, "_boxed_call", False))
+        #: Dynamo's calling convention for this graph, seen at the first call: one list of inputs
+        #: ("boxed", when it flattens them) or the inputs as arguments. ``_boxed_call`` cannot
+        #: tell: aot_autograd's unboxed ``forward`` copies it from the boxed function it wraps.
+        self.boxed = False
         self.static = [_static(t) for t in example_inputs]
         self.graph: torch.cuda.CUDAGraph | None = None
         self.disabled = False
@@ -135,6 +138,7 @@ class GraphRunner:
         return self.fn(list(args)) if self.boxed else self.fn(*args)
 
     def __call__(self, *args: Any) -> Any:
+        self.boxed = len(args) == 1 and type(args[0]) is list  # graph inputs are tensors, never lists
         a = list(args[0]) if self.boxed else list(args)
         if self.boxed:
             args[0].clear()  # the boxed convention: the callee drops the caller's references
@@ -202,15 +206,5 @@ def wrap(fn: Callable[..., Any], gm: fx.GraphModule, example_inputs: Sequence[An
     if reason:
         return fn, reason
     runner = GraphRunner(fn, example_inputs)
-    if runner.boxed:
-        def call(args: list[Any]) -> Any:
-            return runner(args)
-
-        call._boxed_call = True  # type: ignore[attr-defined]
-    else:
-        def call(*args: Any) -> Any:
-            return runner(*args)
-
     RUNNERS[number] = runner
-    call.runner = runner  # type: ignore[attr-defined] - keeps it alive while Dynamo holds the call
-    return call, ""
+    return runner, ""
