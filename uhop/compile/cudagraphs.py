@@ -132,7 +132,6 @@ class GraphRunner:
         self._ptrs: tuple[int, ...] = ()
         self._inputs: list[Any] = []
         self._outputs: Any = None
-        self._pool: Any = None
 
     def _run(self, args: list[Any]) -> Any:
         return self.fn(list(args)) if self.boxed else self.fn(*args)
@@ -174,8 +173,10 @@ class GraphRunner:
                     self._run(self._inputs)
                 torch.cuda.current_stream().wait_stream(side)
                 graph = torch.cuda.CUDAGraph()
-                self._pool = self._pool or torch.cuda.graph_pool_handle()
-                with torch.cuda.graph(graph, pool=self._pool, stream=side, capture_error_mode="thread_local"):
+                # a fresh pool per recording: the previous graph's pool was freed with it (the
+                # allocator asserts on capturing into a pool no graph holds any more)
+                with torch.cuda.graph(graph, pool=torch.cuda.graph_pool_handle(), stream=side,
+                                      capture_error_mode="thread_local"):
                     self._outputs = self._run(self._inputs)
         except Exception as exc:  # noqa: BLE001 - anything capture refuses: run uncaptured from now on
             self.disabled, self._outputs, self._inputs = True, None, []
