@@ -258,3 +258,24 @@ def test_regions_served_by_aten_are_left_as_written_on_recompile():
     from uhop.compile.report import format_graph
 
     assert "left as written" in format_graph(REPORT.graphs[1])
+
+
+@pytest.mark.parametrize("rest", ["eager", "inductor"])
+def test_in_place_update_of_an_input_is_kept(rest):
+    """An unused ``x.add_(1)`` is a side effect: dead-code elimination after partitioning
+    dropped it (the caller's tensor was never updated)."""
+
+    def f(x, y):
+        x.add_(1)
+        x[0] = 5.0
+        return x * y
+
+    x, y = torch.randn(8), torch.randn(8)
+    want = x.clone()
+    want.add_(1)
+    want[0] = 5.0
+    c = torch.compile(f, backend="uhop", options={"rest": rest})
+    with torch.no_grad():
+        out = c(x, y)
+    torch.testing.assert_close(x, want)
+    torch.testing.assert_close(out, want * y)

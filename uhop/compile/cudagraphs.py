@@ -29,7 +29,6 @@ replays the whole launch sequence with one call.
 from __future__ import annotations
 
 import logging
-import operator
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
@@ -37,6 +36,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, fx
+
+from uhop.compile.partition import inplace
 
 log = logging.getLogger("uhop.compile")
 #: graph number in the fusion report -> its runner (tests, reports)
@@ -60,21 +61,12 @@ def _root_placeholder(n: Any) -> fx.Node | None:
     return None
 
 
-def _inplace(n: fx.Node) -> bool:
-    if n.op not in ("call_method", "call_function"):
-        return False
-    if n.target in (operator.setitem, torch.Tensor.__setitem__):
-        return True
-    name = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", "")
-    return name.endswith("_") and not name.endswith("__") or n.kwargs.get("out") is not None
-
-
 def mutated_inputs(gm: fx.GraphModule) -> set[int]:
     """Indices of the graph's inputs that an in-place op writes into (directly or via a view)."""
     index = {n: i for i, n in enumerate(n for n in gm.graph.nodes if n.op == "placeholder")}
     out = set()
     for n in gm.graph.nodes:
-        if _inplace(n):
+        if inplace(n):
             root = _root_placeholder(n.args[0] if n.args else n.kwargs.get("out"))
             if root is not None:
                 out.add(index[root])

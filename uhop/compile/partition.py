@@ -126,8 +126,8 @@ class Partitioner:
                 for rule in rules:
                     if rule(node):
                         break
-            self.g.eliminate_dead_code()
-        self.g.eliminate_dead_code()
+            self.g.eliminate_dead_code(is_impure_node=_impure)
+        self.g.eliminate_dead_code(is_impure_node=_impure)
         self.g.lint()
         self.gm.recompile()
         return self.regions
@@ -329,6 +329,23 @@ class Partitioner:
         last, act, extra = self._with_activation(node)
         self._replace(last, [node, *extra], "conv2d", (x, w, b, stride, pad, act), 2 * _nbytes(node) if extra else 0)
         return True
+
+
+def inplace(n: fx.Node) -> bool:
+    """An in-place write (``x.add_(1)``, ``x[i] = v``, ``out=``): Dynamo's graphs keep them as
+    written, and FX does not count a method call as a side effect."""
+    if n.op not in ("call_method", "call_function"):
+        return False
+    if n.target in (operator.setitem, torch.Tensor.__setitem__):
+        return True
+    name = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", "")
+    return (name.endswith("_") and not name.endswith("__")) or n.kwargs.get("out") is not None
+
+
+def _impure(n: fx.Node) -> bool:
+    """Kept by dead-code elimination: FX's side effects and in-place writes (an unused
+    ``x.add_(1)`` on an input was dropped, losing the caller's update)."""
+    return n.is_impure() or inplace(n)
 
 
 def _swaps_last_two(n: fx.Node) -> bool:
