@@ -28,9 +28,9 @@ def main() -> None:
     a = ap.parse_args()
     os.environ.setdefault("UHOP_HOME", tempfile.mkdtemp())
     import torch
+    from gpu_dispatch_check import overhead
 
     import uhop
-    from gpu_dispatch_check import overhead
     from uhop.dispatch import _direct_cache
 
     x, y = torch.randn(4, 4), torch.randn(4, 4)

@@ -148,3 +148,21 @@ def test_write_into_a_non_static_input_is_not_captured():
             c(x, y)
     torch.testing.assert_close(x, x0 + 3)
     assert REPORT.graphs[-1].cudagraphs.startswith("writes into input")
+
+
+@gpu
+def test_gpu_gemm_and_conv_with_nothing_measured_stay_for_inductor_while_uhop_tunes():
+    """On a GPU, a GEMM, conv or attention whose problem has nothing measured stays as written
+    (the vendor kernel, through Inductor) while its problem tunes in the background; norms
+    become regions at once."""
+    from uhop.store import open_store
+
+    m = nn.Sequential(nn.LayerNorm(64), nn.Linear(64, 64)).eval().cuda()
+    x = torch.randn(4, 64, device="cuda")
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(m, backend="uhop")(x), m(x), rtol=1e-4, atol=1e-4)
+    regions = {r.kind: r.note for r in REPORT.graphs[0].regions}
+    assert regions["layer_norm"] == ""
+    assert "vendor kernel until UHOP measures" in regions["linear"]
+    uhop.wait()
+    assert any(e.op == "matmul" for e in open_store().entries())  # tuned for the next compile

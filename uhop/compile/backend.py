@@ -130,7 +130,7 @@ def uhop_backend(gm: fx.GraphModule, example_inputs: list[Any], mode: str | None
     training = torch.is_grad_enabled() and any(
         isinstance(t, torch.Tensor) and t.requires_grad for t in example_inputs)
     nodes = sum(1 for n in gm.graph.nodes if n.op in ("call_function", "call_method", "call_module"))
-    regions = partition(gm, inference=not training, served_by_aten=runtime.served_by_aten)
+    regions = partition(gm, inference=not training, leave=runtime.leave_as_written)
     from torch._inductor import list_mode_options
 
     if opts.rest == "eager":

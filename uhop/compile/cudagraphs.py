@@ -14,12 +14,15 @@ replays the whole launch sequence with one call.
   outputs: the semantics of ``torch.compile``'s default mode (an output stays valid after the
   next call; Inductor's ``reduce-overhead`` instead returns the graph's own buffers);
 * static inputs (parameters and buffers, which Dynamo marks) are read in place: a call where one
-  moved (``module.weight = new``) records again; an in-place update of one (a KV cache buffer)
-  is captured as such;
+  moved (``module.weight = new``) records again;
 * a kernel swapped in by background tuning (``dispatch`` counts swaps) records again;
+* at each recording it times replays (with the copies) against launching the kernels and keeps
+  the graph only where replays are faster (:data:`PAYS`): a graph whose launches already hide
+  behind its GPU work would only pay for the copies;
 * it stays out of the way of what it cannot capture: grad-enabled calls, symbolic shapes, CPU
-  or multi-device inputs, a graph that writes into a non-static input (that write would land in
-  the copy), and a capture that fails (one warning; the graph then runs uncaptured).
+  or multi-device inputs, a graph that writes into an input (recording runs the graph more than
+  once; a write into a copied input would land in the copy), and a capture that fails (one
+  warning; the graph then runs uncaptured).
 
 ``torch.compile(model, backend="uhop", options={"cudagraphs": False})`` (or
 ``UHOP_COMPILE_CUDAGRAPHS=0``) turns it off. An Inductor mode that records CUDA graphs itself
@@ -29,6 +32,8 @@ replays the whole launch sequence with one call.
 from __future__ import annotations
 
 import logging
+import math
+import time
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
@@ -40,6 +45,8 @@ from torch import Tensor, fx
 from uhop.compile.partition import inplace
 
 log = logging.getLogger("uhop.compile")
+#: replays must be this much faster than launching the graph's kernels to be used
+PAYS = 1.03
 #: graph number in the fusion report -> its runner (tests, reports)
 RUNNERS: weakref.WeakValueDictionary[int, GraphRunner] = weakref.WeakValueDictionary()
 
@@ -87,8 +94,8 @@ def why_not(gm: fx.GraphModule, example_inputs: Sequence[Any], training: bool) -
         return "not on CUDA"
     if len(devices) > 1:
         return "inputs on several devices"
-    written = [i for i in mutated_inputs(gm) if not _static(example_inputs[i])]
-    if written:
+    written = sorted(mutated_inputs(gm))  # recording runs the graph more than once: a write
+    if written:  # into a buffer (an accumulation) would be applied twice; into a copied input, lost
         return f"writes into input {written[0]}"
     return None
 
@@ -124,6 +131,10 @@ class GraphRunner:
         self._ptrs: tuple[int, ...] = ()
         self._inputs: list[Any] = []
         self._outputs: Any = None
+        #: (swap generation, static addresses) for which replays measured no faster than launches
+        self._declined: tuple[int, tuple[int, ...]] | None = None
+        #: launches' time / replays' time, measured at the last recording
+        self.speedup = math.nan
 
     def _run(self, args: list[Any]) -> Any:
         return self.fn(list(args)) if self.boxed else self.fn(*args)
@@ -137,20 +148,39 @@ class GraphRunner:
         if self.disabled or torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in a):
             return self._run(a)
         ptrs = tuple(t.data_ptr() for t, s in zip(a, self.static, strict=True) if s)
-        if self.graph is None or ptrs != self._ptrs or self._gen != _generation():
+        gen = _generation()
+        if self.graph is None or ptrs != self._ptrs or self._gen != gen:
             self.graph = None
-            if self.calls < 2 or _background_pending():  # first use resolves the regions
+            if self.calls < 2 or _background_pending() or self._declined == (gen, ptrs):
+                return self._run(a)  # first use resolves the regions; or replays did not pay
+            if not self._record(a, ptrs, gen):
                 return self._run(a)
-            if not self._record(a, ptrs):
-                return self._run(a)
+        return self._replay(a)
+
+    def _replay(self, a: list[Any]) -> Any:
         for i, t in enumerate(a):
             if not self.static[i] and isinstance(t, Tensor):
                 self._inputs[i].copy_(t)
         self.graph.replay()
         return _clone(self._outputs)
 
-    def _record(self, a: list[Any], ptrs: tuple[int, ...]) -> bool:
-        gen = _generation()
+    def _pays(self, a: list[Any]) -> bool:
+        """Whether replaying (with the input copies and output clones) beats launching: a graph
+        whose launches already hide behind its GPU work gains nothing and pays for the copies.
+        Best of three rounds of three calls each way (the graph mutates nothing: see why_not)."""
+        best = {"launch": math.inf, "replay": math.inf}
+        for _ in range(3):
+            for name, f in (("launch", self._run), ("replay", self._replay)):
+                torch.cuda.synchronize()
+                t = time.perf_counter()
+                for _ in range(3):
+                    f(a)
+                torch.cuda.synchronize()
+                best[name] = min(best[name], time.perf_counter() - t)
+        self.speedup = best["launch"] / best["replay"]
+        return self.speedup > PAYS
+
+    def _record(self, a: list[Any], ptrs: tuple[int, ...], gen: int) -> bool:
         self._inputs = [t if s or not isinstance(t, Tensor) else torch.empty_strided(
             t.shape, t.stride(), dtype=t.dtype, device=t.device) for t, s in zip(a, self.static, strict=True)]
         for mine, t in zip(self._inputs, a, strict=True):
@@ -177,7 +207,11 @@ class GraphRunner:
             return False
         self.graph, self._ptrs, self._gen = graph, ptrs, gen
         self.records += 1
-        log.debug("recorded a CUDA graph (%d inputs, record %d)", len(a), self.records)
+        if not self._pays(a):
+            self.graph, self._outputs, self._inputs, self._declined = None, None, [], (gen, ptrs)
+            log.debug("CUDA graph not used: replay %.2fx the launches' speed", self.speedup)
+            return False
+        log.debug("recorded a CUDA graph (%d inputs, record %d, %.2fx)", len(a), self.records, self.speedup)
         return True
 
 

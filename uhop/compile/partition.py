@@ -110,9 +110,9 @@ class Partitioner:
     """Rewrites one graph in place. ``inference``: fusions valid only without autograd allowed."""
 
     def __init__(self, gm: fx.GraphModule, inference: bool,
-                 served_by_aten: Callable[[str, list[Any]], str | None] | None = None) -> None:
+                 leave: Callable[[str, list[Any]], str | None] | None = None) -> None:
         self.gm, self.g, self.inference = gm, gm.graph, inference
-        self.served_by_aten = served_by_aten
+        self.leave = leave
         self.regions: list[RegionFound] = []
 
     def run(self) -> list[RegionFound]:
@@ -136,12 +136,12 @@ class Partitioner:
     def _replace(self, last: fx.Node, fused: list[fx.Node], kind: str, args: tuple, saved: int = 0,
                  as_written: bool = True) -> None:
         """Replace ``fused`` (ending at ``last``) by one region op, unless the nodes as written
-        are the aten call UHOP would serve (``as_written``: not a rewrite such as the explicit
-        attention pattern) and ``served_by_aten`` says it would: then they stay, for Inductor."""
-        if as_written and self.served_by_aten is not None:
-            cid = self.served_by_aten(kind, [_val(a) if isinstance(a, fx.Node) else a for a in args])
-            if cid:
-                self.regions.append(RegionFound(kind, [_name(n) for n in fused], 0, f"left as written: served {cid}"))
+        (``as_written``: not a rewrite such as the explicit attention pattern) are better left to
+        Inductor: ``leave`` says why (:func:`uhop.compile.runtime.leave_as_written`)."""
+        if as_written and self.leave is not None:
+            why = self.leave(kind, [_val(a) if isinstance(a, fx.Node) else a for a in args])
+            if why:
+                self.regions.append(RegionFound(kind, [_name(n) for n in fused], 0, f"left as written: {why}"))
                 return
         with self.g.inserting_before(last):
             new = self.g.call_function(getattr(U, kind).default, args)
@@ -390,9 +390,9 @@ def _name(n: fx.Node) -> str:
 
 
 def partition(gm: fx.GraphModule, inference: bool,
-              served_by_aten: Callable[[str, list[Any]], str | None] | None = None) -> list[RegionFound]:
-    """Rewrite ``gm`` in place; returns the regions found. ``served_by_aten(kind, args)``: the
-    aten candidate id when UHOP's kernel for a region is known to be the aten op as written
-    (:func:`uhop.compile.runtime.served_by_aten`); such regions are reported and left alone."""
-    return Partitioner(gm, inference, served_by_aten).run()
+              leave: Callable[[str, list[Any]], str | None] | None = None) -> list[RegionFound]:
+    """Rewrite ``gm`` in place; returns the regions found. ``leave(kind, args)``: why a region's
+    ops should stay as written for Inductor, or None
+    (:func:`uhop.compile.runtime.leave_as_written`); such regions are reported and left alone."""
+    return Partitioner(gm, inference, leave).run()
 

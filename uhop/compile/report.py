@@ -25,8 +25,9 @@ class RegionFound:
     #: bytes of intermediates that no longer round-trip through memory (each fused-away
     #: intermediate written once and read once), from the example inputs' shapes; 0 if unknown
     bytes_saved: int = 0
-    #: "" (replaced by a UHOP region op) or why the ops were left as written (the kernel UHOP
-    #: serves for the region is the aten op itself: "left as written: served torch/eager")
+    #: "" (replaced by a UHOP region op) or why the ops were left as written ("left as written:
+    #: served torch/eager": UHOP's kernel for the region is the aten op itself; on a GPU, a GEMM,
+    #: conv or attention with nothing measured yet: the vendor kernel while UHOP tunes it)
     note: str = ""
 
 
