@@ -170,3 +170,24 @@ def test_row_fused_residual_add(rowops, op, shape, dtype):
         rowops.launcher("stream", {"BLOCK": 64, "warps": 4, "stages": 1, "grid": 1}, 0, 0.0, "cpu")(
             x, residual=r
         )
+
+
+def test_shifted_weight_tables_and_their_cache():
+    """Misaligned rows read their weights from row k = a - start of a shifted table (aligned
+    loads); the launcher's cache rebuilds it when the weight is updated in place."""
+    from uhop.backends.triton_kernels.rowops import ShiftedTables, shifted_table
+
+    w = torch.randn(37)
+    t = shifted_table(w, 8, 5)
+    assert t.shape == (8, 40) and t.is_contiguous()
+    for k in range(8):
+        torch.testing.assert_close(t[k, : 37 - k], w[k:])
+        assert not t[k, 37 - k :].any()
+    cache = ShiftedTables()
+    first = cache.get(w, 8, 5)
+    assert cache.get(w, 8, 5) is first
+    w.mul_(2)  # in place: a new version
+    torch.testing.assert_close(cache.get(w, 8, 5)[3, :34], w[3:])
+    with torch.inference_mode():
+        wi = torch.randn(37)  # no version counter: a table per call
+        torch.testing.assert_close(cache.get(wi, 8, 5)[1, :36], wi[1:])

@@ -17,7 +17,7 @@ from uhop.backends.triton_kernels.rowops import _bounds, _finish
 
 @triton.jit
 def _split_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, sync_ptr, NV, SV, S, eps,
+    x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, sync_ptr, NV, SV, S, eps, wt_ptr, bt_ptr, NPV,
     OP: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, VEC: tl.constexpr, ALIGNED: tl.constexpr,
     CHUNK: tl.constexpr, SP: tl.constexpr, PHASE: tl.constexpr,
 ):  # fmt: skip
@@ -108,13 +108,20 @@ def _split_kernel(
             inv = tl.rsqrt(tl.sum(q2 + q0 * d * d, axis=0) / N + eps)
         else:
             inv = tl.rsqrt(tl.sum(q0, axis=0) / N + eps)
-        col = a - start + lo + idx
         w = 0.0
         bb = 0.0
-        if HAS_W:
-            w = tl.load(w_ptr + col, mask=cmask, other=0.0).to(tl.float32)
-        if HAS_B:
-            bb = tl.load(b_ptr + col, mask=cmask, other=0.0).to(tl.float32)
+        if ALIGNED:
+            col = lo + idx
+            if HAS_W:
+                w = tl.load(w_ptr + col, mask=cmask, other=0.0).to(tl.float32)
+            if HAS_B:
+                bb = tl.load(b_ptr + col, mask=cmask, other=0.0).to(tl.float32)
+        else:  # row (a - start) of the shifted tables (rowops.shifted_table): aligned loads
+            col = (a - start) * (NPV * VEC) + lo + idx
+            if HAS_W:
+                w = tl.load(wt_ptr + col, mask=cmask, other=0.0).to(tl.float32)
+            if HAS_B:
+                bb = tl.load(bt_ptr + col, mask=cmask, other=0.0).to(tl.float32)
         y = _finish(x, m, s, mean, inv, w, bb, OP, HAS_W, HAS_B)
         tl.store(y_ptr + a + lo + idx, y.to(y_ptr.dtype.element_ty), mask=cmask)
         if not ALIGNED:
