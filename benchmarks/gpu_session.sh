@@ -16,10 +16,13 @@
 #   buffers                      #19: 5-op chain, host round trips vs uhop.Buffer (copies, managed)
 #   compile                      #16: torch.compile(backend="uhop") vs eager / compile, bf16
 #   rows                         #20: every long-row config timed (row_variants.py) + ncu_rows.py
+#   eighth                       the eighth session's unmeasured changes: CUDA graph runner's replay
+#                                check + vendor-first regions (GPU tests, 3 models), shifted weight
+#                                tables on odd widths (product picks), about 9 minutes
 # Two stages in one call: the tuner stages take STOP_S (start no case after it, default 400) and
 # LIMIT_S (kill after it, default 570), e.g. `bash ... buffers && STOP_S=300 LIMIT_S=470 bash ... tuner-a`.
 set -u
-stage=${1:?"stage: first | next | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
+stage=${1:?"stage: first | next | eighth | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
 OUT=${OUT:-/tmp/uhop-gpu-out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -63,5 +66,17 @@ case "$stage" in
     STOP_S=${STOP_S:-330} LIMIT_S=${LIMIT_S:-540} tvo ew_gelu_mul_64m,gemm_bias_gelu,softmax_gpt2_vocab,layernorm_5120,softmax,conv2d,gemm_1024 \
       tuner_vs_oracle_${gpu}_next.json ;;
   compile) timeout 570 python3 benchmarks/compile_models.py --device cuda --dtype bfloat16 --out "$OUT/compile_${gpu}_bf16.json" 2>&1 | tail -40 ;;
+  eighth)  # CUDA graphs + vendor-first regions (#16), then the odd-width weight tables (#20)
+    timeout 100 python3 -m pytest -q -p no:cacheprovider tests/compile/test_cudagraphs.py 2>&1 | grep -v "^DEBUG" | tail -12 \
+      | tee "$OUT/test_cudagraphs_gpu.txt"
+    T0=$(date +%s)
+    for spec in "resnet --batch 64" "gpt2-block --batch 8 --seq 1024" "llama-block --batch 1 --seq 2048"; do
+      set -- $spec
+      l=$(( 330 - ($(date +%s) - T0) )); [ "$l" -lt 60 ] && { echo "skip $1"; continue; }
+      UHOP_HOME=$(mktemp -d) timeout $l python3 benchmarks/compile_models.py --device cuda --dtype bfloat16 --models $spec \
+        --out "$OUT/compile_${gpu}_bf16_$1.json" 2>&1 | grep -E "first call|\] *:|ms," | tail -7
+    done
+    timeout 120 python3 benchmarks/product_pick.py --device=cuda:0 layernorm:2670x50257:bfloat16:3 \
+      rmsnorm:883x151936:bfloat16:2 2>&1 | tail -6 | tee "$OUT/product_pick_odd_${gpu}.txt" ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac

@@ -417,7 +417,7 @@ def launcher(template: str, cfg: dict[str, Any], op: int, eps: float, device: st
         nv = N // vec if aligned else N
         flags.update(VEC=vec, ALIGNED=aligned)
         npv, wtab, btab = 1, wt, bt
-        if not aligned and template in ("row", "split"):
+        if not aligned:  # row, split and stream read weights of misaligned rows from shifted tables
             npv = triton.cdiv(N, vec)
             wtab = tables.get(w, vec, npv) if w is not None else y
             btab = tables.get(b, vec, npv) if b is not None else y
@@ -438,7 +438,7 @@ def launcher(template: str, cfg: dict[str, Any], op: int, eps: float, device: st
             return y.reshape(x.shape)
         if template == "stream":
             grid = min(R, int(cfg["grid"]) * sm)
-            lk._stream_kernel[(grid,)](x2, wt, bt, y, R, nv, eps, BLOCK=cfg["BLOCK"], STAGES=cfg["stages"],
+            lk._stream_kernel[(grid,)](x2, wt, bt, y, R, nv, eps, wtab, btab, npv, BLOCK=cfg["BLOCK"], STAGES=cfg["stages"],
                                        num_warps=warps, **flags)  # fmt: skip
             return y.reshape(x.shape)
         chunk = cfg["CHUNK"]

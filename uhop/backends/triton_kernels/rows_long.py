@@ -201,7 +201,7 @@ def _row_loop_kernel(
 
 @triton.jit
 def _stream_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr, R, NV, eps,
+    x_ptr, w_ptr, b_ptr, y_ptr, R, NV, eps, wt_ptr, bt_ptr, NPV,
     OP: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, VEC: tl.constexpr, ALIGNED: tl.constexpr,
     BLOCK: tl.constexpr, STAGES: tl.constexpr,
 ):  # fmt: skip
@@ -273,11 +273,14 @@ def _stream_kernel(
             x = tl.load(x_ptr + a + c + idx, mask=cm, other=0.0, eviction_policy="evict_first").to(tl.float32)
             w = 0.0
             bb = 0.0
-            col = a - start + c + idx
+            if ALIGNED:
+                col = c + idx
+            else:  # row (a - start) of the shifted tables (rowops.shifted_table): aligned loads
+                col = (a - start) * (NPV * VEC) + c + idx
             if HAS_W:
-                w = tl.load(w_ptr + col, mask=cm, other=0.0, eviction_policy="evict_last").to(tl.float32)
+                w = tl.load(wt_ptr + col, mask=cm, other=0.0, eviction_policy="evict_last").to(tl.float32)
             if HAS_B:
-                bb = tl.load(b_ptr + col, mask=cm, other=0.0, eviction_policy="evict_last").to(tl.float32)
+                bb = tl.load(bt_ptr + col, mask=cm, other=0.0, eviction_policy="evict_last").to(tl.float32)
             y = _finish(x, m, s, mean, inv, w, bb, OP, HAS_W, HAS_B)
             tl.store(y_ptr + a + c + idx, y.to(y_ptr.dtype.element_ty), mask=cm)
         tcol = b - start + hidx
