@@ -118,9 +118,9 @@ class GraphRunner:
 
     def __init__(self, fn: Callable[..., Any], example_inputs: Sequence[Any]):
         self.fn = fn
-        #: Dynamo's calling convention for this graph, seen at the first call: one list of inputs
-        #: ("boxed", when it flattens them) or the inputs as arguments. ``_boxed_call`` cannot
-        #: tell: aot_autograd's unboxed ``forward`` copies it from the boxed function it wraps.
+        #: the calling convention of the current call: one list of inputs ("boxed", when Dynamo
+        #: flattens them) or the inputs as arguments. ``fn._boxed_call`` cannot tell:
+        #: aot_autograd's unboxed ``forward`` copies it from the boxed function it wraps.
         self.boxed = False
         self.static = [_static(t) for t in example_inputs]
         self.graph: torch.cuda.CUDAGraph | None = None
