@@ -99,3 +99,28 @@ def test_a_script_without_a_main_guard_runs_its_top_level_once(tmp_path):
     assert mark.read_text().splitlines() == ["ran"], r.stderr[-2000:]
     ahead = int(r.stdout.split("AHEAD")[1].split()[0])
     assert ahead >= 1, r.stdout  # the build process did build candidates ahead
+
+
+def test_the_pool_is_closed_when_the_tuning_loop_raises(uhop_home, monkeypatch):
+    """An exception out of the loop (here the progress callback's: a Ctrl-C lands the same way)
+    leaves no precompile pool building for a tuning run that is over."""
+    from uhop.tune import precompile
+    from uhop.tune.tuner import tune
+
+    pools = []
+    real = precompile.Precompiler.__init__
+
+    def spy(self, workers):
+        real(self, workers)
+        pools.append(self)
+
+    monkeypatch.setattr(precompile.Precompiler, "__init__", spy)
+
+    def stop(*_):
+        raise RuntimeError("stop here")
+
+    p = Problem.make("softmax", {"R": 16, "N": 331}, "float32")
+    with config.override(precompile_workers=1, backends=("numpy", "numba"), tune_budget_s=60, isolate="always"):
+        with pytest.raises(RuntimeError, match="stop here"):
+            tune(problem=p, policy="tune", progress=stop)
+    assert pools and all(pool._closed for pool in pools)

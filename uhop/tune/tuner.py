@@ -424,58 +424,59 @@ def _budgeted(
     cold = iso is not None  # the first isolated evaluation waits for the worker's start: off the budget too
     took: dict[str, list[float]] = {}  # seconds per evaluation, by backend
     scale = 1.0  # measured / prior time per call of the candidates timed so far (this machine, now)
-    for i, cand in enumerate(order):
-        if best is not None and policy == "fast":
-            measurements.extend(Measurement(c, "skipped", "policy=fast") for c in order[i:])
-            break
-        if best is not None and (
-            time.monotonic() + _expected_s(took, by_name[cand.backend], cand, problem, trials, scale)
-            + (pre.pending_s(cand, by_name[cand.backend].eval_s) if pre is not None else 0.0)  # its build, if not done
-            + _build_reserve_s(best, measurements, budget, kernels) + _retime_reserve_s(measurements, best, budget, vendors)
-            > deadline - END_MARGIN * budget
-            or (max_evals is not None and sum(m.status != "skipped" for m in measurements) >= max_evals)
-        ):
-            measurements.append(Measurement(cand, "skipped", "budget spent"))  # a cheaper one may still fit
-            continue
-        cutoff = 3 * best.median_s if best is not None and math.isfinite(best.median_s) else math.inf
-        t0 = time.monotonic()
-        setup = 0.0
-        if iso is not None and cand.backend in isolated:
-            built_s = waited = None
-            if pre is not None and by_name[cand.backend].precompiles:
-                built_s = pre.wait(cand, deadline - time.monotonic())
-                waited = time.monotonic() - t0
-            m, kernel = iso.evaluate(cand, problem, trials=trials, time_it=policy == "tune", cutoff_s=cutoff), None
-            if waited is not None:  # built by the pool ("ahead"), then the worker's "compile" loaded it
-                m = m.with_(phases=(*m.phases, ("wait", waited), *((("ahead", built_s),) if built_s is not None else ())))
-            setup = iso.last_setup_s + (waited or 0.0)  # the pipeline's fill, not this candidate's cost
-            overhead["worker_start"] += iso.last_start_s
-            overhead["reference"] += iso.last_setup_s - iso.last_start_s
-            if cold:  # a one-time cost of this process, as the backends' imports (a crash's restart is not)
-                deadline += iso.last_start_s
-                cold = False
-        else:
-            if vset is None:
-                vset = ValidationSet(problem, trials=trials)
-                setup = time.monotonic() - t0
-                overhead["reference"] += setup
-            m, kernel = evaluate(cand, by_name[cand.backend], problem, vset, time_it=policy == "tune", cutoff_s=cutoff)
-        took.setdefault(cand.backend, []).append(time.monotonic() - t0 - setup)
-        measurements.append(m)
-        if m.ok and kernel is not None:
-            kernels[cand] = kernel
-        if m.ok and math.isfinite(m.median_s):
-            from uhop.tune.prior import prior_s
+    try:
+        for i, cand in enumerate(order):
+            if best is not None and policy == "fast":
+                measurements.extend(Measurement(c, "skipped", "policy=fast") for c in order[i:])
+                break
+            if best is not None and (
+                time.monotonic() + _expected_s(took, by_name[cand.backend], cand, problem, trials, scale)
+                + (pre.pending_s(cand, by_name[cand.backend].eval_s) if pre is not None else 0.0)  # its build, if not done
+                + _build_reserve_s(best, measurements, budget, kernels) + _retime_reserve_s(measurements, best, budget, vendors)
+                > deadline - END_MARGIN * budget
+                or (max_evals is not None and sum(m.status != "skipped" for m in measurements) >= max_evals)
+            ):
+                measurements.append(Measurement(cand, "skipped", "budget spent"))  # a cheaper one may still fit
+                continue
+            cutoff = 3 * best.median_s if best is not None and math.isfinite(best.median_s) else math.inf
+            t0 = time.monotonic()
+            setup = 0.0
+            if iso is not None and cand.backend in isolated:
+                built_s = waited = None
+                if pre is not None and by_name[cand.backend].precompiles:
+                    built_s = pre.wait(cand, deadline - time.monotonic())
+                    waited = time.monotonic() - t0
+                m, kernel = iso.evaluate(cand, problem, trials=trials, time_it=policy == "tune", cutoff_s=cutoff), None
+                if waited is not None:  # built by the pool ("ahead"), then the worker's "compile" loaded it
+                    m = m.with_(phases=(*m.phases, ("wait", waited), *((("ahead", built_s),) if built_s is not None else ())))
+                setup = iso.last_setup_s + (waited or 0.0)  # the pipeline's fill, not this candidate's cost
+                overhead["worker_start"] += iso.last_start_s
+                overhead["reference"] += iso.last_setup_s - iso.last_start_s
+                if cold:  # a one-time cost of this process, as the backends' imports (a crash's restart is not)
+                    deadline += iso.last_start_s
+                    cold = False
+            else:
+                if vset is None:
+                    vset = ValidationSet(problem, trials=trials)
+                    setup = time.monotonic() - t0
+                    overhead["reference"] += setup
+                m, kernel = evaluate(cand, by_name[cand.backend], problem, vset, time_it=policy == "tune", cutoff_s=cutoff)
+            took.setdefault(cand.backend, []).append(time.monotonic() - t0 - setup)
+            measurements.append(m)
+            if m.ok and kernel is not None:
+                kernels[cand] = kernel
+            if m.ok and math.isfinite(m.median_s):
+                from uhop.tune.prior import prior_s
 
-            scale = max(scale, m.median_s / prior_s(cand, problem))
-        if m.ok and (best is None or m.median_s < best.median_s):
-            best = m
-        log.debug("  %s: %s %s", cand.id, m.status, f"{m.median_s * 1e3:.4g} ms" if m.ok else m.reason)
-        if progress:
-            progress(i + 1, len(order), m)
-
-    if pre is not None:  # before the re-timing: no compiler beside the finalists' timings
-        pre.close()
+                scale = max(scale, m.median_s / prior_s(cand, problem))
+            if m.ok and (best is None or m.median_s < best.median_s):
+                best = m
+            log.debug("  %s: %s %s", cand.id, m.status, f"{m.median_s * 1e3:.4g} ms" if m.ok else m.reason)
+            if progress:
+                progress(i + 1, len(order), m)
+    finally:  # before the re-timing: no compiler beside the finalists' timings (and none left
+        if pre is not None:  # running when the loop raises)
+            pre.close()
     ties: list[Candidate] = []
     if best is not None and policy == "tune":
         best, ties = _retime(problem, measurements, best, base, order, by_name, kernels, vset, iso, isolated,
