@@ -551,8 +551,11 @@ def call_op(op_name: str, args: Sequence[Any], params: Mapping[str, Any]) -> Any
         spec.check_arrays(args)  # raises, naming the argument
     try:
         problem = make_problem(spec, args, params)
-    except UnsupportedInput:
-        return _reference_call(spec, args, params)
+    except UnsupportedInput as exc:
+        k = _as_written(spec, args, params, exc)
+        if sig is not None:  # later calls of this signature go straight to it
+            _direct_cache[sig] = k
+        return k(*args)
     with _first_call():  # from before the background job is queued to the end of this call
         k = serve(problem, None, _direct_cache, sig, lambda *a: _reference_call(spec, a, params))
         return k(*args)
@@ -564,6 +567,22 @@ def _first_call() -> Any:
     from uhop.tune.background import first_call
 
     return first_call()
+
+
+def _as_written(spec: Op, args: Sequence[Any], params: Mapping[str, Any], why: Exception) -> Callable[..., Any]:
+    """What serves inputs UHOP's kernels do not take (elementwise inputs that broadcast, of mixed
+    dtypes): torch tensors are computed by torch on their device, with torch's broadcasting and
+    type promotion, as the chain written in torch would be (not through the float64 reference on
+    the host: a copy of every input to the host and back); numpy arrays by the reference. One
+    warning per signature says so."""
+    _warn(f"{why}; computed as written")
+    array, _ = _array_kind(args)
+    if array == "torch" and spec.name == "elementwise":
+        from uhop.backends.torch import evaluate_expr
+
+        e = spec.expression(spec.normalize_params(params))
+        return lambda *a: evaluate_expr(e, list(a))
+    return lambda *a: _reference_call(spec, a, params)
 
 
 def _reference_call(spec: Op, args: Sequence[Any], params: Mapping[str, Any]) -> Any:

@@ -154,6 +154,29 @@ def test_direct_ops_and_broadcasting_fallback():
     close(uhop.ops.rmsnorm(x, y), x / np.sqrt((x.astype(np.float64) ** 2).mean(-1, keepdims=True) + 1e-6) * y, 1e-5)
 
 
+def test_torch_inputs_uhop_cannot_fuse_are_computed_by_torch_as_written():
+    """A row vector and a 0-d tensor that broadcast, or inputs of mixed dtypes: torch computes the
+    chain as written (its broadcasting and promotion, on the inputs' device), with one warning per
+    signature; never the float64 reference through the host."""
+    torch = pytest.importorskip("torch")
+    x, row, s = torch.randn(4, 8), torch.randn(8), torch.tensor(2.5)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        out = uhop.ops.elementwise("x0*x1+x2", x, row, s)
+        again = uhop.ops.elementwise("x0*x1+x2", x, row, s)
+    assert [str(m.message) for m in w if m.category is UhopWarning] == [
+        "elementwise: x1 has shape (8,) but x0 has (4, 8); fused elementwise inputs must share one shape; "
+        "computed as written"]  # fmt: skip
+    assert out.shape == (4, 8) and out.dtype == torch.float32
+    torch.testing.assert_close(out, x * row + s)
+    torch.testing.assert_close(again, out)
+    xb = torch.randn(4, 8, dtype=torch.bfloat16)
+    with pytest.warns(UhopWarning, match="mixed dtypes"):
+        mixed = uhop.ops.elementwise("x0+x1*2", xb, x)
+    assert mixed.dtype == torch.float32  # torch's promotion
+    torch.testing.assert_close(mixed, xb.float() + x * 2)
+
+
 def test_uhop_disable_calls_user_function(monkeypatch):
     calls = []
 

@@ -85,6 +85,16 @@ class Elementwise(Op):
                 )
         return {"N": math.prod(shape)}
 
+    def check_dtypes(self, args: Sequence[Any]) -> str:
+        """One dtype for every input: the fused kernels load and store one type. Inputs of mixed
+        (supported) dtypes are valid for the chain as written (the caller's library promotes)."""
+        from uhop.ops.base import dtype_name
+
+        dts = {dtype_name(a) for a in args if a is not None}
+        if len(dts) > 1 and dts <= set(self.dtypes):
+            raise UnsupportedInput(f"elementwise: inputs of mixed dtypes {sorted(dts)}; fused kernels take one dtype")
+        return super().check_dtypes(args)
+
     def output_shape(self, shapes, params):
         return tuple(shapes[0])
 
