@@ -110,7 +110,7 @@ class Problem:
 
     def describe(self) -> str:
         dims = "x".join(str(v) for _, v in self.dims)
-        extra = ",".join(f"{k}={v}" for k, v in self.params)
+        extra = ",".join(f"{k}={v}" for k, v in self.params if v != "")  # "": an unset string param
         return f"{self.op}[{dims}] {self.dtype}{(' ' + extra) if extra else ''} on {self.device}"
 
     def to_json(self) -> dict[str, Any]:

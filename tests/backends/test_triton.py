@@ -172,6 +172,26 @@ def test_elementwise_codegen(interpreter, expr, n, dtype):
     _check(interpreter, "elementwise", {"N": n}, dtype, {"expr": expr}, limit=2)
 
 
+@pytest.mark.parametrize(
+    ("bcast", "reduce", "n", "c"),
+    [
+        ("frs", "none", 5 * 37, 37),  # a row vector of an odd width and a scalar
+        ("fsr", "none", 3 * 4099, 4099),  # several blocks per row
+        ("sff", "none", 777, 1),  # only a scalar: no row structure (C = 1)
+        ("frs", "sum", 6 * 70, 70),
+        ("fff", "mean", 9 * 33, 33),
+        ("frs", "max", 4 * 2500, 2500),  # rows longer than one block
+        ("frs", "sum", 300 * 5, 5),  # many short rows per program
+    ],
+)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_elementwise_broadcast_and_reduction(interpreter, bcast, reduce, n, c, dtype):
+    """Every config of the chain (row vector at offs % C, scalar) and rowsum templates against
+    float64, on fresh inputs of the forms ``bcast`` gives."""
+    params = {"expr": "sigmoid(x0*x1)*x0-x2+0.5", "bcast": "" if bcast == "fff" else bcast, "reduce": reduce}
+    _check(interpreter, "elementwise", {"N": n, "C": c}, dtype, params, arity=3, limit=4)
+
+
 def test_elementwise_generated_source_is_cached(interpreter, uhop_home):
     from uhop.backends.triton_kernels import elementwise as ew
     from uhop.ops import expr as ex

@@ -155,26 +155,50 @@ def test_direct_ops_and_broadcasting_fallback():
 
 
 def test_torch_inputs_uhop_cannot_fuse_are_computed_by_torch_as_written():
-    """A row vector and a 0-d tensor that broadcast, or inputs of mixed dtypes: torch computes the
-    chain as written (its broadcasting and promotion, on the inputs' device), with one warning per
-    signature; never the float64 reference through the host."""
+    """A column vector (broadcast along a dim other than the last), or inputs of mixed dtypes:
+    torch computes the chain as written (its broadcasting and promotion, on the inputs' device),
+    with one warning per signature; never the float64 reference through the host."""
     torch = pytest.importorskip("torch")
-    x, row, s = torch.randn(4, 8), torch.randn(8), torch.tensor(2.5)
+    x, col = torch.randn(4, 8), torch.randn(4, 1)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        out = uhop.ops.elementwise("x0*x1+x2", x, row, s)
-        again = uhop.ops.elementwise("x0*x1+x2", x, row, s)
+        out = uhop.ops.elementwise("x0*x1+1", x, col)
+        again = uhop.ops.elementwise("x0*x1+1", x, col)
     assert [str(m.message) for m in w if m.category is UhopWarning] == [
-        "elementwise: x1 has shape (8,) but x0 has (4, 8); fused elementwise inputs must share one shape; "
-        "computed as written"]  # fmt: skip
+        "elementwise: x1 has shape (4, 1), which broadcasts to (4, 8) other than as a row vector along the "
+        "last dim or a scalar; fused elementwise inputs take those forms; computed as written"]  # fmt: skip
     assert out.shape == (4, 8) and out.dtype == torch.float32
-    torch.testing.assert_close(out, x * row + s)
+    torch.testing.assert_close(out, x * col + 1)
     torch.testing.assert_close(again, out)
     xb = torch.randn(4, 8, dtype=torch.bfloat16)
     with pytest.warns(UhopWarning, match="mixed dtypes"):
         mixed = uhop.ops.elementwise("x0+x1*2", xb, x)
     assert mixed.dtype == torch.float32  # torch's promotion
     torch.testing.assert_close(mixed, xb.float() + x * 2)
+
+
+@pytest.mark.parametrize("reduce", ["none", "sum", "mean", "max"])
+@pytest.mark.parametrize("array", ["numpy", "torch"])
+def test_elementwise_row_vector_scalar_and_reduction_are_served(array, reduce):
+    """A row vector along the last dim and a scalar broadcast into the chain, and a reduction over
+    the last dim, are one problem UHOP serves (no warning), against float64 on fresh inputs."""
+    rng = np.random.default_rng()
+    x, row, s = (rng.standard_normal(shape).astype(np.float32) for shape in ((6, 5, 33), (33,), (1,)))
+    want = 1 / (1 + np.exp(-(x.astype(np.float64) * row))) * x - s
+    want = {"none": want, "sum": want.sum(-1), "mean": want.mean(-1), "max": want.max(-1)}[reduce]
+    args = (x, row, s)
+    if array == "torch":
+        torch = pytest.importorskip("torch")
+        args = tuple(torch.from_numpy(a) for a in args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UhopWarning)
+        got = uhop.ops.elementwise("sigmoid(x0*x1)*x0-x2", *args, reduce=reduce)
+    got = np.asarray(got)
+    assert got.shape == want.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    entry = open_store().entries("elementwise")[0]
+    assert entry.problem["params"]["bcast"] == "frs" and entry.problem["params"]["reduce"] == reduce
+    assert entry.problem["dims"] == {"N": 6 * 5 * 33, "C": 33}
 
 
 def test_uhop_disable_calls_user_function(monkeypatch):

@@ -48,6 +48,12 @@ class Candidate:
         return cls.of(d["backend"], d["template"], **d.get("config", {}))
 
 
+def plain_chain_only(problem: Problem) -> bool:
+    """An elementwise problem whose inputs broadcast or whose result is reduced (see
+    ``Backend.elementwise_forms``)."""
+    return problem.op == "elementwise" and (bool(problem.param.get("bcast")) or problem.param.get("reduce", "none") != "none")
+
+
 class Backend(ABC):
     name: ClassVar[str]
     #: array library the kernels take and return: "numpy" or "torch"
@@ -59,6 +65,9 @@ class Backend(ABC):
     #: generated code from UHOP's own templates runs in-process; untrusted code never does
     trusted: ClassVar[bool] = True
     ops: ClassVar[tuple[str, ...]] = ()
+    #: its elementwise kernels take inputs that broadcast (row vectors, scalars) and reduce over
+    #: the last dim (``bcast`` / ``reduce`` params); else only same-shape chains
+    elementwise_forms: ClassVar[bool] = False
     #: modules (besides the backend's own) whose source determines the kernels: hashed into every
     #: stored entry's content hash, so editing a kernel module invalidates what was tuned with it
     source_modules: ClassVar[tuple[str, ...]] = ()
@@ -122,6 +131,7 @@ class Backend(ABC):
             problem.op in self.ops
             and problem.dtype in self.dtypes
             and problem.device.split(":")[0] in self.devices
+            and (self.elementwise_forms or not plain_chain_only(problem))
         )
 
     @abstractmethod

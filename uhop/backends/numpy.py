@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from uhop.backends.base import Backend, Candidate, Kernel
+from uhop.backends.base import Backend, Candidate, Kernel, plain_chain_only
 from uhop.ops import expr as ex
 from uhop.problem import Problem
 
@@ -210,6 +210,20 @@ def elementwise_kernel(expr_text: str, dtype: str, block: int) -> Kernel:
     return kernel
 
 
+def broadcast_kernel(expr_text: str, dtype: str, reduce: str) -> Kernel:
+    """The eager chain over inputs broadcast to the output's shape (row vectors and scalars
+    expanded: the library baseline, not a fused kernel), then the reduction over the last dim."""
+    from uhop.ops.elementwise import reduce_last
+
+    chain = elementwise_kernel(expr_text, dtype, 0)
+
+    def kernel(*xs: np.ndarray) -> np.ndarray:
+        shape = np.broadcast_shapes(*[x.shape for x in xs])
+        return reduce_last(chain(*[np.broadcast_to(x, shape) for x in xs]), reduce)
+
+    return kernel
+
+
 def _rows(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x).reshape(-1, x.shape[-1])
 
@@ -344,6 +358,8 @@ class NumpyBackend(Backend):
             return [c("numpy", "take")]
         # Row ops and chains: block=0 is the eager baseline; blocks keep temporaries in L2.
         if op == "elementwise":
+            if plain_chain_only(problem):  # inputs that broadcast, a reduction: whole arrays
+                return [c("numpy", "eager", block=0)]
             return [c("numpy", "blocked", block=b) for b in (16384, 65536, 262144)] + [c("numpy", "eager", block=0)]
         return [c("numpy", "blocked", block=b) for b in (16, 64, 256)] + [c("numpy", "eager", block=0)]
 
@@ -358,6 +374,8 @@ class NumpyBackend(Backend):
         if problem.op == "embedding":
             return lambda w, idx: np.take(w, idx, axis=0)
         if problem.op == "elementwise":
+            if plain_chain_only(problem):
+                return broadcast_kernel(p["expr"], problem.dtype, p.get("reduce", "none"))
             return elementwise_kernel(p["expr"], problem.dtype, cfg["block"])
         if problem.op == "softmax":
             return softmax_kernel(cfg["block"])

@@ -47,15 +47,16 @@ def _torch_funcs() -> dict[str, tuple[int, Any]]:
 
 
 def evaluate_expr(e: Any, xs: Any) -> Any:
-    """An expression tree on torch tensors (eager: one torch op per node), as a new tensor of
-    x0's shape also when the expression is a constant or x0 itself. The torch backend's chain
+    """An expression tree on torch tensors (eager: one torch op per node), as a new tensor of the
+    inputs' broadcast shape also when the expression is a constant or an input itself. The torch backend's chain
     kernel and the elementwise op's float64 torch reference."""
     import torch
 
     out = ex.evaluate(e, xs, _chain_funcs())
     x0 = xs[0]
-    if not torch.is_tensor(out) or out.data_ptr() == x0.data_ptr():
-        out = torch.broadcast_to(torch.as_tensor(out, dtype=x0.dtype, device=x0.device), x0.shape).clone()
+    if not torch.is_tensor(out) or any(out.data_ptr() == x.data_ptr() for x in xs):
+        shape = torch.broadcast_shapes(*[x.shape for x in xs])
+        out = torch.broadcast_to(torch.as_tensor(out, dtype=x0.dtype, device=x0.device), shape).clone()
     return out
 
 
@@ -177,6 +178,7 @@ class TorchBackend(Backend):
     vendor = True
     ops = ("matmul", "softmax", "layernorm", "rmsnorm", "elementwise", "attention", "conv2d", "embedding")
     dtypes = ("float32", "float64", "float16", "bfloat16")
+    elementwise_forms = True
 
     def _probe(self) -> tuple[bool, str]:
         import torch
@@ -329,6 +331,8 @@ class TorchBackend(Backend):
 
             return conv
         if op == "elementwise":
-            e = ex.parse(p["expr"])
-            return lambda *xs: evaluate_expr(e, xs)
+            from uhop.ops.elementwise import reduce_last
+
+            e, reduce = ex.parse(p["expr"]), p.get("reduce", "none")
+            return lambda *xs: reduce_last(evaluate_expr(e, xs), reduce)
         raise NotImplementedError(op)

@@ -63,6 +63,8 @@ class TritonBackend(Backend):
             return False, f"triton {triton.__version__} installed, but torch sees no CUDA device"
         return True, f"triton {triton.__version__} on {torch.cuda.get_device_name(0)}"
 
+    elementwise_forms = True  # the chain template reads row vectors and scalars; rowsum reduces
+
     def supports(self, problem: Problem) -> bool:
         from uhop.backends.triton_kernels import interpreting
 

@@ -62,9 +62,12 @@ conv2d = _direct("conv2d")
 embedding = _direct("embedding")
 
 
-def elementwise(expr: Any, *args: Any) -> Any:
-    """``elementwise("sigmoid(x*1.5+0.5)*x-0.25", x)``: evaluate a fused chain."""
-    return (_call_op or _dispatcher())("elementwise", args, {"expr": expr})
+def elementwise(expr: Any, *args: Any, reduce: str = "none") -> Any:
+    """``elementwise("sigmoid(x*1.5+0.5)*x-0.25", x)``: evaluate a fused chain. Inputs have one
+    shape, or broadcast as a row vector along the last dim or a scalar; ``reduce`` ("sum",
+    "mean", "max") reduces the result over the last dim in the same pass."""
+    params = {"expr": expr} if reduce == "none" else {"expr": expr, "reduce": reduce}
+    return (_call_op or _dispatcher())("elementwise", args, params)
 
 
 __all__ = ["Op", "Param", "REGISTRY", "get", "names", *REGISTRY]

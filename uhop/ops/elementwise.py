@@ -1,6 +1,13 @@
-"""elementwise: a fused chain of elementwise operations over same-shape tensors.
+"""elementwise: a fused chain of elementwise operations, optionally reduced over the last dim.
 
-The chain is the ``expr`` param: canonical text of an :mod:`uhop.ops.expr` tree.
+The chain is the ``expr`` param: canonical text of an :mod:`uhop.ops.expr` tree. Inputs have the
+output's shape or broadcast to it in two forms the fused kernels index directly: a row vector
+along the last dim (shape ``(C,)``, ``(1, C)``...) and a scalar (one element). ``bcast`` records
+each input's form (``f`` full, ``r`` row, ``s`` scalar; ``""`` when all are full), derived from the
+inputs' shapes. ``reduce`` (``none``, ``sum``, ``mean``, ``max``) reduces the chain's result over
+the last dim in the same pass (``x * sigmoid(x)`` summed per row: one read of x, one write per row).
+Dims: ``N`` elements of the broadcast shape, ``C`` its last dim where it matters (a row input or
+a reduction; else 1, so that chains of any shape share a key).
 """
 
 from __future__ import annotations
@@ -54,13 +61,43 @@ def _chunked(e: Any, flat: list[np.ndarray], n: int) -> np.ndarray | None:
     return out
 
 
+#: reductions over the last dim at the end of a chain
+REDUCTIONS = ("none", "sum", "mean", "max")
+
+
+def needs_rows(params: Mapping[str, Any]) -> bool:
+    """Whether the problem's row structure (its last dim C) matters: a row input or a reduction."""
+    return "r" in (params.get("bcast") or "") or params.get("reduce", "none") != "none"
+
+
+def reduce_last(out: Any, reduce: str) -> Any:
+    """``out`` reduced over its last dim (numpy or torch; ``none``: as is). Half-precision sums and
+    means accumulate in float32 (numpy would accumulate float16 in float16)."""
+    if reduce == "none":
+        return out
+    if isinstance(out, np.ndarray):
+        acc = np.float32 if out.dtype == np.float16 else None
+        if reduce == "max":
+            return out.max(axis=-1)
+        r = out.sum(axis=-1, dtype=acc) if reduce == "sum" else out.mean(axis=-1, dtype=acc)
+        return r.astype(out.dtype, copy=False)
+    if reduce == "max":
+        return out.amax(dim=-1)
+    return out.sum(dim=-1) if reduce == "sum" else out.mean(dim=-1)
+
+
 class Elementwise(Op):
     name = "elementwise"
     inputs = ("x0",)
     variadic = True
-    params = (Param("expr", "x0", None, str),)
-    dims = ("N",)
-    description = "a fused chain of elementwise ops, e.g. expr='sigmoid(x0*1.5+0.5)*x0-0.25'"
+    params = (Param("expr", "x0", None, str), Param("bcast", "", None, str),
+              Param("reduce", "none", REDUCTIONS, str))  # fmt: skip
+    dims = ("N", "C")
+    description = ("a fused chain of elementwise ops, e.g. expr='sigmoid(x0*1.5+0.5)*x0-0.25', inputs that "
+                   "broadcast (row vector, scalar), optionally reduced over the last dim (reduce='sum')")
+
+    def defaulted_dims(self) -> dict[str, int]:
+        return {"C": 1}
 
     def expression(self, params: Mapping[str, Any]) -> ex.Expr:
         return parse_cached(params["expr"])
@@ -72,18 +109,41 @@ class Elementwise(Op):
         return out
 
     def check(self, args: Sequence[Any], params: Mapping[str, Any]) -> dict[str, int]:
+        """Dims of the broadcast output; sets ``params["bcast"]`` from the inputs' shapes."""
         self.check_arrays(args)
         need = ex.n_vars(self.expression(params))
         if len(args) != need:
             raise InputError(f"elementwise: expr {params['expr']!r} uses {need} input(s), got {len(args)}")
-        shape = tuple(args[0].shape)
-        for i, a in enumerate(args[1:], start=1):
-            if tuple(a.shape) != shape:
+        shapes = [tuple(a.shape) for a in args]
+        try:
+            out = tuple(np.broadcast_shapes(*shapes))
+        except ValueError:
+            raise InputError(f"elementwise: input shapes {shapes} do not broadcast together") from None
+        C = out[-1] if out else 1
+        forms = []
+        for i, s in enumerate(shapes):
+            n = math.prod(s)
+            if s == out:
+                forms.append("f")
+            elif n == 1:
+                forms.append("s")
+            elif n == C and s[-1] == C:
+                forms.append("r")
+            else:
                 raise UnsupportedInput(
-                    f"elementwise: x{i} has shape {tuple(a.shape)} but x0 has {shape}; fused elementwise "
-                    "inputs must share one shape"
+                    f"elementwise: x{i} has shape {s}, which broadcasts to {out} other than as a row vector "
+                    f"along the last dim or a scalar; fused elementwise inputs take those forms"
                 )
-        return {"N": math.prod(shape)}
+        bcast = "" if set(forms) == {"f"} else "".join(forms)
+        given = params.get("bcast") or ""
+        if given and given != bcast:
+            raise InputError(f"elementwise: bcast={given!r} does not match the inputs' shapes {shapes} "
+                             f"(they give {bcast!r}); leave bcast out, it is derived")  # fmt: skip
+        if params.get("reduce", "none") != "none" and not out:
+            raise InputError(f"elementwise: reduce={params['reduce']!r} needs inputs of at least one dim")
+        if isinstance(params, dict):
+            params["bcast"] = bcast
+        return {"N": math.prod(out), "C": C if needs_rows(params) else 1}
 
     def check_dtypes(self, args: Sequence[Any]) -> str:
         """One dtype for every input: the fused kernels load and store one type. Inputs of mixed
@@ -96,38 +156,56 @@ class Elementwise(Op):
         return super().check_dtypes(args)
 
     def output_shape(self, shapes, params):
-        return tuple(shapes[0])
+        out = tuple(np.broadcast_shapes(*[tuple(x) for x in shapes]))
+        return out[:-1] if params.get("reduce", "none") != "none" else out
 
     def shapes_from_dims(self, dims, params, arity):
-        return [(dims["N"],)] * arity
+        n, c = dims["N"], dims.get("C", 1)
+        forms = params.get("bcast") or "f" * arity
+        if len(forms) != arity or set(forms) - set("frs"):
+            raise InputError(f"elementwise: bcast must give one of f, r, s per input ({arity}), got {forms!r}")
+        if n % c or ("r" in forms and c < 2):
+            raise InputError(f"elementwise: N={n} must be a multiple of C={c} (and C > 1 for a row input)")
+        full = (n // c, c) if needs_rows(params) else (n,)
+        return [full if f == "f" else (c,) if f == "r" else (1,) for f in forms]
 
     def input_count(self, params, arity):
         return ex.n_vars(self.expression(params)) if arity is None else arity
 
-    def reference(self, *args: np.ndarray, expr: str = "x0", **_: Any) -> np.ndarray:
+    def reference(self, *args: np.ndarray, expr: str = "x0", reduce: str = "none", **_: Any) -> np.ndarray:
         e = parse_cached(expr)
-        shape = np.shape(args[0])
+        shape = tuple(np.broadcast_shapes(*[np.shape(a) for a in args]))
         n = math.prod(shape)
+        out = None
         if n >= REF_CHUNKED and all(type(a) is np.ndarray and a.shape == shape for a in args):
             out = _chunked(e, [a.reshape(-1) for a in args], n)
-            if out is not None:
-                return out.reshape(shape)
-        with np.errstate(all="ignore"):  # NaN/Inf behave as numpy's float64 math says
-            out = ex.evaluate(e, args)
-        return np.broadcast_to(np.asarray(out, dtype=np.float64), shape).copy()
+            out = None if out is None else out.reshape(shape)
+        if out is None:
+            with np.errstate(all="ignore"):  # NaN/Inf behave as numpy's float64 math says
+                out = ex.evaluate(e, args)
+            out = np.broadcast_to(np.asarray(out, dtype=np.float64), shape).copy()
+        return reduce_last(out, reduce)
 
-    def reference_torch(self, *args: Any, expr: str = "x0", **_: Any) -> Any:
+    def reference_torch(self, *args: Any, expr: str = "x0", reduce: str = "none", **_: Any) -> Any:
         """:meth:`reference` on float64 torch tensors, with torch's float64 functions."""
         from uhop.backends.torch import evaluate_expr
 
-        return evaluate_expr(parse_cached(expr), args)
+        return reduce_last(evaluate_expr(parse_cached(expr), args), reduce)
 
     def flops(self, dims, params) -> float:
-        return float(dims["N"] * max(1, ex.op_count(self.expression(params))))
+        return float(dims["N"] * (max(1, ex.op_count(self.expression(params))) + (params.get("reduce", "none") != "none")))
 
     def bytes(self, dims, dtype, params) -> float:
-        return float(ITEMSIZE[dtype] * dims["N"] * (ex.n_vars(self.expression(params)) + 1))
+        n, c = dims["N"], dims.get("C", 1)
+        forms = params.get("bcast") or "f" * ex.n_vars(self.expression(params))
+        read = sum(n if f == "f" else c if f == "r" else 1 for f in forms)
+        written = n // c if params.get("reduce", "none") != "none" else n
+        return float(ITEMSIZE[dtype] * (read + written))
 
     def error_scale(self, dims, params) -> float:
-        # Each op can add half an ulp; long chains (and exp of large values) amplify it.
-        return float(max(2, ex.op_count(self.expression(params))))
+        # Each op can add half an ulp; long chains (and exp of large values) amplify it; a reduction
+        # adds the rounding of its fp32 accumulation (a tree: log2 of the row's length levels).
+        scale = float(max(2, ex.op_count(self.expression(params))))
+        if params.get("reduce", "none") != "none":
+            scale += math.log2(max(2, dims.get("C", 1)))
+        return scale

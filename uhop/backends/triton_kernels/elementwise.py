@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import inspect
+import math
 import os
 import sys
 from typing import Any
@@ -53,39 +54,14 @@ def _const(v: float) -> str:
     return repr(float(v))
 
 
-def generate(e: ex.Expr, n_inputs: int) -> str:
-    """Triton source of a kernel ``ew(x0, ..., out, n, BLOCK, EVEN, WIDE)`` computing ``e``."""
-    from uhop.backends.triton_kernels import interpreting
-
-    templates = {**TEMPLATES, **INTERPRETER_TEMPLATES} if interpreting() else TEMPLATES
-    args = ", ".join(f"x{i}_ptr" for i in range(n_inputs))
-    lines = [
-        "import triton",
-        "import triton.language as tl",
-        "from triton.language.extra import libdevice  # noqa: F401",
-        "",
-        "",
-        "@triton.jit",
-        f"def ew({args}, out_ptr, n, BLOCK: tl.constexpr, EVEN: tl.constexpr, WIDE: tl.constexpr):",
-        "    pid = tl.program_id(0)",
-        "    nprog = tl.num_programs(0)",
-        "    for blk in tl.range(pid, tl.cdiv(n, BLOCK), nprog):",
-        "        if WIDE:",
-        "            offs = blk.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)",
-        "        else:",
-        "            offs = blk * BLOCK + tl.arange(0, BLOCK)",
-        "        mask = offs < n",
-    ]
+def _body(e: ex.Expr, templates: dict[str, str], load: Any) -> tuple[list[str], str]:
+    """Lines computing ``e`` (fp32) with ``load(i)`` the line loading input i, and its result."""
     names: dict[ex.Expr, str] = {}
     body: list[str] = []
     for i, node in enumerate(ex.nodes(e)):
         if isinstance(node, ex.Var):
             v = f"x{node.index}"
-            body.append(
-                f"if EVEN:\n            {v} = tl.load(x{node.index}_ptr + offs, eviction_policy='evict_first').to(tl.float32)\n"
-                f"        else:\n            {v} = tl.load(x{node.index}_ptr + offs, mask=mask, other=0.0, "
-                "eviction_policy='evict_first').to(tl.float32)"
-            )
+            body.append(load(node.index))
             names[node] = v
         elif isinstance(node, ex.Const):
             names[node] = _const(node.value)
@@ -94,11 +70,82 @@ def generate(e: ex.Expr, n_inputs: int) -> str:
             t = f"t{i}"
             body.append(f"{t} = {templates[node.fn].format(*(names[a] for a in node.args))}")
             names[node] = t
-    lines += ["        " + b for b in body]
     result = names[e]
     if isinstance(e, ex.Var):  # identity chain: still a new tensor
         result = f"({result} + 0.0)"
-    lines += [
+    return body, result
+
+
+def generate(e: ex.Expr, n_inputs: int, forms: str = "", reduce: str = "none") -> str:
+    """Triton source of ``ew(x0, ..., out, n, C, BLOCK, EVEN, WIDE)`` computing ``e`` over n
+    elements (``forms``: per input ``f`` full, ``r`` a row vector of C read at ``offs % C``, ``s``
+    a scalar; "" all full), or, with a ``reduce``, of ``ewr(x0, ..., out, R, C, ROWS, BLOCK)``:
+    ROWS rows per program, the chain over BLOCK columns at a time accumulated in fp32 registers,
+    one value per row stored."""
+    from uhop.backends.triton_kernels import interpreting
+
+    templates = {**TEMPLATES, **INTERPRETER_TEMPLATES} if interpreting() else TEMPLATES
+    forms = forms or "f" * n_inputs
+    args = ", ".join(f"x{i}_ptr" for i in range(n_inputs))
+    head = ["import triton", "import triton.language as tl", "from triton.language.extra import libdevice  # noqa: F401",
+            "", "", "@triton.jit"]  # fmt: skip
+    if reduce != "none":
+        def load(i: int) -> str:
+            if forms[i] == "s":
+                return f"x{i} = tl.load(x{i}_ptr).to(tl.float32)"
+            if forms[i] == "r":
+                return (f"x{i} = tl.load(x{i}_ptr + cols[None, :], mask=cmask[None, :], other=0.0, "
+                        "eviction_policy='evict_last').to(tl.float32)")
+            return (f"x{i} = tl.load(x{i}_ptr + base + cols[None, :], mask=m, other=0.0, "
+                    "eviction_policy='evict_first').to(tl.float32)")
+
+        body, result = _body(e, templates, load)
+        if reduce == "max":
+            init, acc = 'tl.full((ROWS, BLOCK), -float("inf"), tl.float32)', (
+                f'acc = tl.maximum(acc, tl.where(m, {result}, -float("inf")), propagate_nan=tl.PropagateNan.ALL)')
+            final = "r = tl.max(acc, axis=1, propagate_nan=True)" if not interpreting() else "r = tl.max(acc, axis=1)"
+        else:
+            init, acc = "tl.zeros((ROWS, BLOCK), tl.float32)", f"acc += tl.where(m, {result}, 0.0)"
+            final = "r = tl.sum(acc, axis=1)" + (" / C" if reduce == "mean" else "")
+        lines = head + [
+            f"def ewr({args}, out_ptr, R, C, ROWS: tl.constexpr, BLOCK: tl.constexpr):",
+            "    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)",
+            "    rmask = rows < R",
+            "    base = rows.to(tl.int64)[:, None] * C",
+            f"    acc = {init}",
+            "    for c in tl.range(0, C, BLOCK):",
+            "        cols = c + tl.arange(0, BLOCK)",
+            "        cmask = cols < C",
+            "        m = rmask[:, None] & cmask[None, :]",
+            *("        " + b for b in body),
+            f"        {acc}",
+            f"    {final}",
+            "    tl.store(out_ptr + rows, r.to(out_ptr.dtype.element_ty), mask=rmask)",
+            "",
+        ]
+        return "\n".join(lines)
+
+    def load(i: int) -> str:
+        if forms[i] == "s":
+            return f"x{i} = tl.load(x{i}_ptr).to(tl.float32)"
+        at = "offs % C" if forms[i] == "r" else "offs"
+        keep = "evict_last" if forms[i] == "r" else "evict_first"
+        return (f"if EVEN:\n            x{i} = tl.load(x{i}_ptr + {at}, eviction_policy='{keep}').to(tl.float32)\n"
+                f"        else:\n            x{i} = tl.load(x{i}_ptr + {at}, mask=mask, other=0.0, "
+                f"eviction_policy='{keep}').to(tl.float32)")
+
+    body, result = _body(e, templates, load)
+    lines = head + [
+        f"def ew({args}, out_ptr, n, C, BLOCK: tl.constexpr, EVEN: tl.constexpr, WIDE: tl.constexpr):",
+        "    pid = tl.program_id(0)",
+        "    nprog = tl.num_programs(0)",
+        "    for blk in tl.range(pid, tl.cdiv(n, BLOCK), nprog):",
+        "        if WIDE:",
+        "            offs = blk.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)",
+        "        else:",
+        "            offs = blk * BLOCK + tl.arange(0, BLOCK)",
+        "        mask = offs < n",
+        *("        " + b for b in body),
         "        if EVEN:",
         f"            tl.store(out_ptr + offs, {result}.to(out_ptr.dtype.element_ty))",
         "        else:",
@@ -121,34 +168,48 @@ def _gen_dir() -> str:
     return os.path.join(base, "triton_gen")
 
 
-def load_kernel(e: ex.Expr, n_inputs: int) -> Any:
-    """The generated ``ew`` JIT function for ``e`` (written once, then imported from disk)."""
-    src = generate(e, n_inputs)
-    digest = hashlib.sha256((src + inspect.getsource(generate)).encode()).hexdigest()[:20]
-    if digest in _modules:
-        return _modules[digest].ew
-    d = _gen_dir()
-    os.makedirs(d, exist_ok=True)
-    path = os.path.join(d, f"ew_{digest}.py")
-    if not os.path.exists(path):
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            f.write(src)
-        os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
-    name = f"uhop_triton_gen_ew_{digest}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    _modules[digest] = mod
-    return mod.ew
+def load_kernel(e: ex.Expr, n_inputs: int, forms: str = "", reduce: str = "none") -> Any:
+    """The generated JIT function for ``e`` (written once, then imported from disk): ``ew``, or
+    ``ewr`` with a reduction."""
+    src = generate(e, n_inputs, forms, reduce)
+    digest = hashlib.sha256((src + inspect.getsource(generate) + inspect.getsource(_body)).encode()).hexdigest()[:20]
+    if digest not in _modules:
+        d = _gen_dir()
+        os.makedirs(d, exist_ok=True)
+        path = os.path.join(d, f"ew_{digest}.py")
+        if not os.path.exists(path):
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
+                f.write(src)
+            os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+        name = f"uhop_triton_gen_ew_{digest}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+        _modules[digest] = mod
+    mod = _modules[digest]
+    return mod.ewr if reduce != "none" else mod.ew
 
 
 def configs(problem: Any, lim: Limits) -> list[tuple[str, dict[str, Any]]]:
     """At most 4 block shapes, the expected best first. On the H200 (64M bf16 elements, 1, 2 and 4
     inputs, benchmarks/width_sweep.py) 1024-2048 elements per 4-warp program beat larger blocks
-    and a persistent grid by 1-10%: more programs in flight hide the loads' latency better."""
+    and a persistent grid by 1-10%: more programs in flight hide the loads' latency better.
+    Reductions (``rowsum``): a program reduces ROWS rows, BLOCK columns at a time, about 2048-4096
+    elements per pass; short rows take several rows per program."""
+    from uhop.backends.triton_kernels import next_pow2
+
+    if problem.param.get("reduce", "none") != "none":
+        c = problem.dim["C"]
+        found: list[tuple[str, dict[str, Any]]] = []
+        for elems, warps in ((2048, 4), (4096, 8), (1024, 4)):
+            block = min(next_pow2(c), elems)
+            cfg = {"ROWS": max(1, elems // block), "BLOCK": block, "warps": warps}
+            if ("rowsum", cfg) not in found:
+                found.append(("rowsum", cfg))
+        return found
     n = problem.dim["N"]
     out = []
     for block, warps in ((2048, 4), (1024, 4), (4096, 8), (8192, 8)):
@@ -164,21 +225,43 @@ def build(template: str, cfg: dict[str, Any], problem: Any) -> Any:
 
     from uhop.backends.triton_kernels import limits
 
-    if template != "chain":
+    if template not in ("chain", "rowsum"):
         raise ValueError(f"unknown elementwise template {template!r}")
     e = ex.parse(problem.param["expr"])
     n_in = problem.arity
-    kern = load_kernel(e, n_in)
-    block, warps = cfg["BLOCK"], cfg["warps"]
+    forms = problem.param.get("bcast") or ""
+    reduce = problem.param.get("reduce", "none")
+    if (template == "rowsum") != (reduce != "none"):
+        raise ValueError(f"template {template!r} does not serve reduce={reduce!r}")
+    kern = load_kernel(e, n_in, forms, reduce)
+    warps = cfg["warps"]
+
+    if template == "rowsum":
+        rows, block = cfg["ROWS"], cfg["BLOCK"]
+
+        def run_reduce(*xs):
+            shape = torch.broadcast_shapes(*[x.shape for x in xs])
+            c = shape[-1]
+            r = math.prod(shape[:-1])
+            out = torch.empty(shape[:-1], device=xs[0].device, dtype=xs[0].dtype)
+            flat = [x.reshape(-1) for x in xs]  # a view for contiguous inputs, a copy otherwise
+            kern[(triton.cdiv(r, rows),)](*flat, out, r, c, ROWS=rows, BLOCK=block, num_warps=warps)
+            return out
+
+        return run_reduce
+
+    block = cfg["BLOCK"]
     sm = limits(problem.device).sm_count
 
     def run(*xs):
+        shape = torch.broadcast_shapes(*[x.shape for x in xs]) if forms else xs[0].shape
         flat = [x.reshape(-1) for x in xs]  # a view for contiguous inputs, a copy otherwise
-        n = flat[0].numel()
-        out = torch.empty_like(xs[0], memory_format=torch.contiguous_format)
+        n = math.prod(shape)
+        out = torch.empty(shape, device=xs[0].device, dtype=xs[0].dtype)
         blocks = triton.cdiv(n, block)
         grid = blocks if cfg["grid"] == "full" else min(blocks, int(cfg["grid"]) * sm)
-        kern[(grid,)](*flat, out, n, BLOCK=block, EVEN=n % block == 0, WIDE=n + block >= 2**31, num_warps=warps)
+        c = shape[-1] if shape else 1
+        kern[(grid,)](*flat, out, n, c, BLOCK=block, EVEN=n % block == 0, WIDE=n + block >= 2**31, num_warps=warps)
         return out
 
     return run
