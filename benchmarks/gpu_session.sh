@@ -19,10 +19,11 @@
 #   eighth                       the eighth session's unmeasured changes: CUDA graph runner's replay
 #                                check + vendor-first regions (GPU tests, 3 models), shifted weight
 #                                tables on odd widths (product picks), about 9 minutes
+#   forms                        #20: elementwise chains with broadcast inputs and reductions (sweep)
 # Two stages in one call: the tuner stages take STOP_S (start no case after it, default 400) and
 # LIMIT_S (kill after it, default 570), e.g. `bash ... buffers && STOP_S=300 LIMIT_S=470 bash ... tuner-a`.
 set -u
-stage=${1:?"stage: first | next | eighth | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
+stage=${1:?"stage: first | next | eighth | forms | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
 OUT=${OUT:-/tmp/uhop-gpu-out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -37,6 +38,8 @@ case "$stage" in
   tuner-a) tvo softmax,layernorm,rmsnorm,elementwise,ew_gelu_mul_64m,softmax_gpt2_vocab tuner_vs_oracle_${gpu}_a.json ;;
   tuner-b) tvo gemm_8192,gemm_4096,gemm_1024,gemm_misaligned,gemm_skinny,gemm_short_k tuner_vs_oracle_${gpu}_b.json ;;
   tuner-c) tvo gemm_llm_mlp,gemm_fp32,gemm_bias_gelu,attention,attention_causal,conv2d tuner_vs_oracle_${gpu}_c.json ;;
+  forms) timeout 420 python3 benchmarks/width_sweep.py --only elementwise --deadline-s 330 --stop-s 360 \
+      --out "$OUT/width_sweep_${gpu}_forms.json" 2>&1 | tail -12 ;;
   sweep) timeout 570 python3 benchmarks/width_sweep.py --deadline-s 420 --stop-s 480 --out "$OUT/width_sweep_${gpu}_product.json" 2>&1 | tail -40 ;;
   buffers) timeout 570 python3 benchmarks/buffer_chain.py --json "$OUT/buffer_chain_${gpu}.json" 2>&1 | tail -40 ;;
   first)  # the checks owed since the fifth session, in one call: managed memory (#19), where a GPU

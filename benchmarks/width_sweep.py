@@ -51,6 +51,15 @@ CASES: list[tuple[str, int, int, str, int]] = [
     ("rmsnorm", 64, 262144, "bfloat16", 2),
 ]
 CHAINS = [("gelu(x0)*x1+0.5*x0", 2), ("sigmoid(x0*1.5+0.5)*x0-0.25", 1), ("x0*x1+x2*x3-x0", 4)]
+#: chains whose inputs broadcast (f full, r a row vector of N, s a scalar) or that reduce over the
+#: last dim: (rows, width, (expr, forms, reduce))
+FORMS = [
+    (32768, 4096, ("x0*sigmoid(x0)+x1", "fr", "none")),  # a bias row
+    (32768, 4096, ("x0*x1+x2", "frs", "none")),
+    (32768, 4096, ("x0*sigmoid(x0)", "f", "sum")),  # silu, then a per-row sum: one pass
+    (8192, 50257, ("x0*x0", "f", "mean")),  # mean of squares over long, odd rows
+    (32768, 4096, ("x0*x1", "fr", "max")),
+]
 
 
 def torch_fn(op: str, expr: str | None = None):
@@ -64,17 +73,25 @@ def torch_fn(op: str, expr: str | None = None):
         return lambda x, w: torch.nn.functional.rms_norm(x, x.shape[-1:], w, 1e-6)
     from uhop.backends.torch import evaluate_expr
     from uhop.ops import expr as ex
+    from uhop.ops.elementwise import reduce_last
 
-    e = ex.parse(expr)
+    text, _, reduce = _form(expr)
+    e = ex.parse(text)
 
-    return lambda *xs: evaluate_expr(e, xs)  # one torch op per node: what eager users write
+    return lambda *xs: reduce_last(evaluate_expr(e, xs), reduce)  # one torch op per node: what eager users write
 
 
-def uhop_fn(op: str, expr: str | None = None):
+def _form(expr: Any) -> tuple[str, str, str]:
+    """(expr, input forms, reduce) of an elementwise case: a FORMS entry or a plain chain."""
+    return expr if isinstance(expr, tuple) else (expr, "", "none")
+
+
+def uhop_fn(op: str, expr: Any = None):
     import uhop.ops as uo
 
     if op == "elementwise":
-        return lambda *xs: uo.elementwise(expr, *xs)
+        text, _, reduce = _form(expr)
+        return lambda *xs: uo.elementwise(text, *xs, reduce=reduce)
     return getattr(uo, op)
 
 
@@ -132,7 +149,13 @@ def run_case(op, R, N, dtype, arity, expr, opts, copy) -> dict[str, Any]:
 
     dt = getattr(torch, dtype)
     g = torch.Generator(device="cuda").manual_seed(R * 7 + N)
-    if op == "elementwise":
+    if op == "elementwise" and isinstance(expr, tuple):
+        text, forms, reduce = expr
+        shapes = {"f": (R, N), "r": (N,), "s": (1,)}
+        args = [torch.randn(shapes[f], device="cuda", dtype=dt, generator=g) for f in forms]
+        params = {"expr": text, "reduce": reduce}
+        dims = uhop.ops.get(op).check(args, params)  # sets params["bcast"]
+    elif op == "elementwise":
         args = [torch.randn(R * N, device="cuda", dtype=dt, generator=g) for _ in range(arity)]
         dims, params = {"N": R * N}, {"expr": expr}
     else:
@@ -190,8 +213,9 @@ def run_case(op, R, N, dtype, arity, expr, opts, copy) -> dict[str, Any]:
     try:
         from uhop.store import open_store
 
+        full = {**uhop.ops.get(op).defaulted_dims(), **dims}
         mine = [e for e in open_store().entries(op)  # this case's entry (the store holds every case's)
-                if e.problem.get("dims") == dims and e.problem.get("dtype") == dtype]
+                if e.problem.get("dims") == full and e.problem.get("dtype") == dtype]
         row["uhop_store"] = [str(e.candidate)[:160] for e in mine]
     except Exception as exc:
         row["uhop_store"] = f"unreadable: {exc}"
@@ -243,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     cases += [("elementwise", 1, 1 << 26, "bfloat16", n, e) for e, n in CHAINS[:1]]
     cases += [(op, R, N, dt, ar, None) for op, R, N, dt, ar in CASES[2:]]
     cases += [("elementwise", 1, 1 << 26, "bfloat16", n, e) for e, n in CHAINS[1:]]
+    cases += [("elementwise", R, N, "bfloat16", len(f[1]), f) for R, N, f in FORMS]
     cases = [c for c in cases if not only or c[0] in only]
     result: dict[str, Any] = {"env": environment(), "copy_gbps": [copy_gbps()], "rows": []}
     copy = result["copy_gbps"][0]
