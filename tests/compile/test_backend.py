@@ -279,3 +279,27 @@ def test_in_place_update_of_an_input_is_kept(rest):
         out = c(x, y)
     torch.testing.assert_close(x, want)
     torch.testing.assert_close(out, want * y)
+
+
+def test_vendor_first_regions_stay_as_written_until_uhop_measured_them(monkeypatch):
+    """The GPU rule, exercised on CPU: a GEMM region with nothing measured stays as written (for
+    Inductor) while its problem tunes in the background; once measured, a later compile keeps it
+    as written only because the measured winner is the aten op; norms become regions at once."""
+    from uhop.compile import runtime
+    from uhop.store import open_store
+
+    monkeypatch.setattr(runtime, "vendor_first", lambda kind, device: kind in runtime.VENDOR_FIRST)
+    m = GPT2Block(64, 4).eval()
+    x = torch.randn(2, 12, 64)
+    with torch.no_grad():
+        _check(m, x)
+    first = {r.kind: r.note for r in REPORT.graphs[0].regions}
+    assert first["layer_norm"] == ""
+    assert "vendor kernel until UHOP measures a faster one" in first["linear"]
+    uhop.wait()
+    assert {e.op for e in open_store().entries()} >= {"matmul", "attention"}  # queued at compile time
+    torch._dynamo.reset()
+    with torch.no_grad():
+        _check(m, x)
+    second = [r for r in REPORT.graphs[1].regions if r.kind == "linear"]
+    assert second and all(r.note.startswith("left as written: served torch/eager") for r in second), second

@@ -14,6 +14,7 @@ a few percent of a GPT-2 block at B1 T64, and the region must not be slower than
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections.abc import Callable, Sequence
@@ -27,6 +28,7 @@ from uhop.compile.regions import N_TENSORS, REFERENCE, activate, conform
 from uhop.compile.report import REPORT, RegionRun
 
 Kernel = Callable[..., Tensor]
+log = logging.getLogger("uhop.compile")
 _kernels: dict[Any, Kernel] = {}
 _checked: dict[str, bool] = {}  # problem key (shape class) -> passed the check (once per class)
 _lock = threading.RLock()
@@ -364,6 +366,11 @@ _ADAPT: dict[str, Callable[[Kernel], Kernel]] = {
 VENDOR_FIRST = {"linear", "matmul", "conv2d", "conv_bn", "attention", "embedding"}
 
 
+def vendor_first(kind: str, device: str) -> bool:
+    """Whether a region of ``kind`` on ``device`` with nothing measured stays as written."""
+    return kind in VENDOR_FIRST and device.startswith("cuda")
+
+
 def leave_as_written(kind: str, args: Sequence[Any]) -> str | None:
     """At compile time: why a region's ops should stay in the graph as written (for Inductor),
     or None to make them a UHOP region.
@@ -413,9 +420,12 @@ def leave_as_written(kind: str, args: Sequence[Any]) -> str | None:
         else:
             entry = open_store().get(key)
             cid = Candidate.from_json(entry.candidate).id if entry is not None else None
-        if cid is None and kind in VENDOR_FIRST and device.startswith("cuda"):
-            with override(shape_buckets=BUCKETS["value"], backends=BACKENDS["value"]):
-                dispatch.resolve_interim(problem, "background")  # queues the tuning
+        if cid is None and vendor_first(kind, device):
+            try:
+                with override(shape_buckets=BUCKETS["value"], backends=BACKENDS["value"]):
+                    dispatch.resolve_interim(problem, "background")  # queues the tuning
+            except Exception as exc:  # noqa: BLE001 - the ops stay as written all the same
+                log.debug("no background tuning for %s: %s", problem.describe(), exc)
             return "vendor kernel until UHOP measures a faster one (tuning in the background)"
     except (Fallback, UhopError, ValueError, TypeError, KeyError):
         return None
