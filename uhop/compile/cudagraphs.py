@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 import warnings
 import weakref
@@ -131,6 +132,8 @@ class GraphRunner:
         self._ptrs: tuple[int, ...] = ()
         self._inputs: list[Any] = []
         self._outputs: Any = None
+        self._lock = threading.RLock()
+        self._done: torch.cuda.Event | None = None  # recorded after the last replay's copies out
         #: (swap generation, static addresses) for which replays measured no faster than launches
         self._declined: tuple[int, tuple[int, ...]] | None = None
         #: launches' time / replays' time, measured at the last recording
@@ -148,21 +151,33 @@ class GraphRunner:
         if self.disabled or torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in a):
             return self._run(a)
         ptrs = tuple(t.data_ptr() for t, s in zip(a, self.static, strict=True) if s)
-        gen = _generation()
-        if self.graph is None or ptrs != self._ptrs or self._gen != gen:
-            self.graph = None
-            if self.calls < 2 or _background_pending() or self._declined == (gen, ptrs):
-                return self._run(a)  # first use resolves the regions; or replays did not pay
-            if not self._record(a, ptrs, gen):
-                return self._run(a)
-        return self._replay(a)
+        with self._lock:  # one recording at a time, none while another caller replays
+            gen = _generation()
+            ready = self.graph is not None and ptrs == self._ptrs and self._gen == gen
+            if not ready:
+                self.graph = None
+                # first use resolves the regions; replays that did not pay, or a failed capture: launch
+                ready = (self.calls >= 2 and not _background_pending() and self._declined != (gen, ptrs)
+                         and self._record(a, ptrs, gen))  # fmt: skip
+            if ready:
+                return self._replay(a)
+        return self._run(a)
 
     def _replay(self, a: list[Any]) -> Any:
-        for i, t in enumerate(a):
-            if not self.static[i] and isinstance(t, Tensor):
-                self._inputs[i].copy_(t)
-        self.graph.replay()
-        return _clone(self._outputs)
+        """Copy in, replay, copy out. The graph's buffers are shared by every caller: one at a
+        time, and a caller on another stream first waits for the previous replay's copies out."""
+        with self._lock:
+            stream = torch.cuda.current_stream()
+            if self._done is not None:
+                stream.wait_event(self._done)
+            for i, t in enumerate(a):
+                if not self.static[i] and isinstance(t, Tensor):
+                    self._inputs[i].copy_(t)
+            self.graph.replay()
+            out = _clone(self._outputs)
+            self._done = self._done or torch.cuda.Event()
+            self._done.record(stream)
+            return out
 
     def _pays(self, a: list[Any]) -> bool:
         """Whether replaying (with the input copies and output clones) beats launching: a graph
