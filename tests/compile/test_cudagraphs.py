@@ -166,3 +166,35 @@ def test_gpu_gemm_and_conv_with_nothing_measured_stay_for_inductor_while_uhop_tu
     assert "vendor kernel until UHOP measures" in regions["linear"]
     uhop.wait()
     assert any(e.op == "matmul" for e in open_store().entries())  # tuned for the next compile
+
+
+@gpu
+def test_callers_on_several_threads_and_streams_get_their_own_results():
+    import threading
+
+    m = nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 64)).eval().cuda()
+    c = torch.compile(m, backend="uhop")
+    xs = [torch.randn(32, 64, device="cuda") for _ in range(4)]
+    with torch.inference_mode():
+        want = [m(x) for x in xs]
+        for _ in range(3):
+            c(xs[0])
+        uhop.wait()
+        errors = []
+
+        def work(k: int) -> None:
+            try:
+                with torch.inference_mode(), torch.cuda.stream(torch.cuda.Stream()):
+                    for _ in range(50):
+                        got = c(xs[k])
+                        torch.cuda.current_stream().synchronize()
+                        torch.testing.assert_close(got, want[k], rtol=1e-4, atol=1e-4)
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, errors[0]
