@@ -152,6 +152,49 @@ def test_local_pool_runs_120_jobs_exactly_once(tmp_path):
     assert time.time() - t0 < 120
 
 
+def test_local_worker_reads_its_stop_pipe_above_fd_1024(tmp_path):
+    """A parent with many files open hands its workers a stop pipe above 1024, which select()
+    refuses: every worker died at start and the pool restarted them for ever (the CI suite's
+    process got there)."""
+    import resource
+
+    from uhop.tune.executors.local import _StopPipe
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if max(soft, hard if hard != resource.RLIM_INFINITY else 4096) <= 1500:
+        pytest.skip(f"the file limit ({soft}/{hard}) leaves no descriptor above 1024 to test")
+    if soft <= 1500:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1501 if hard == resource.RLIM_INFINITY else min(hard, 4096), hard))
+    r, w = os.pipe()
+    high = os.dup2(r, 1500)
+    try:
+        stop = _StopPipe(high)
+        assert not stop.is_set()
+        os.close(w)
+        assert stop.is_set()
+    finally:
+        os.close(high)
+        os.close(r)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_worker_that_cannot_start_fails_the_run_instead_of_restarting_for_ever(tmp_path, monkeypatch):
+    from uhop.tune.executors import make_executor
+    from uhop.tune.executors import local
+    from uhop.tune.search import worker_settings
+
+    monkeypatch.setattr(local, "EARLY_EXITS", 3)
+    monkeypatch.setattr(local.LocalExecutor, "entry", "uhop.tune.executors.local:_no_such_entry")
+    q = open_queue(f"sqlite:///{tmp_path / 'q.db'}")
+    run = q.create_run({})
+    ids = q.submit([softmax_job(run, 8, 16)])
+    t0 = time.time()
+    with make_executor("local", q, run, settings=worker_settings(), workers=1) as ex:
+        with pytest.raises(RuntimeError, match="3 times in a row"):
+            list(ex.run(ids))
+    assert time.time() - t0 < 60
+
+
 def test_killed_local_worker_job_is_retried(tmp_path):
     from uhop import config
     from uhop.tune.executors import make_executor

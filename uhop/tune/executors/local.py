@@ -94,9 +94,13 @@ class _StopPipe:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
+        # poll, not select: select() refuses descriptors >= 1024, and a parent with many files
+        # open (a server; the test suite's process) hands the worker one above that
+        self._poll = select.poll()
+        self._poll.register(fd, select.POLLIN | select.POLLHUP)
 
     def is_set(self) -> bool:
-        return bool(select.select([self.fd], [], [], 0)[0])
+        return bool(self._poll.poll(0))
 
 
 def _boot() -> None:
@@ -141,10 +145,17 @@ def _worker_main(url: str, run_id: str, settings: dict[str, Any], gpu: str | Non
                 os._exit(POISONED)  # every later job here would fail: the executor starts a fresh worker
 
 
+#: a worker slot whose process exits this soon after starting, this many times in a row, fails the run
+EARLY_EXIT_S = 10.0
+EARLY_EXITS = 5
+
+
 class LocalExecutor(Executor):
     """A pool of spawned worker processes on this machine (one per GPU for GPU problems)."""
 
     name = "local"
+    #: what a worker process runs (``module:function``)
+    entry = "uhop.tune.executors.local:_boot"
 
     def __init__(self, queue: JobQueue, run_id: str, *, workers: int | None = None, job_timeout_s: float = 600.0,
                  lease_s: float = 120.0, poll_s: float = 0.02, address: str | None = None, **kw: Any) -> None:  # fmt: skip
@@ -156,6 +167,8 @@ class LocalExecutor(Executor):
         self._gpu = [gpus[i % len(gpus)] if gpus else None for i in range(n)]
         self._stop_r, self._stop_w = os.pipe()  # closing the write end stops the workers
         self._procs: list[subprocess.Popen[bytes] | None] = [None] * n
+        self._started = [0.0] * n
+        self._early = [0] * n  # consecutive exits of a slot's worker right after its start
         self.job_timeout_s, self.lease_s, self.poll_s = job_timeout_s, lease_s, poll_s
         self._host = socket.gethostname()
         self.restarts = 0
@@ -173,8 +186,9 @@ class LocalExecutor(Executor):
         env = dict(os.environ)
         if self._gpu[i] is not None:
             env["CUDA_VISIBLE_DEVICES"] = self._gpu[i]
-        self._procs[i] = subproc.start("uhop.tune.executors.local:_boot", (json.dumps(args), str(self._stop_r)),
+        self._procs[i] = subproc.start(self.entry, (json.dumps(args), str(self._stop_r)),
                                        pass_fds=(self._stop_r,), env=env)  # fmt: skip
+        self._started[i] = time.monotonic()
 
     def worker_pids(self) -> list[int]:
         return [p.pid for p in self._procs if p is not None and p.poll() is None]
@@ -187,6 +201,12 @@ class LocalExecutor(Executor):
                 own = p.returncode in _CANDIDATE_DEATHS
                 why = f"the candidate killed its worker ({signal_name(p.returncode)})" if own else f"worker exited with code {p.returncode}"
                 self.queue.release_worker(self._name(p), why, retry=not own)
+                early = not own and time.monotonic() - self._started[i] < EARLY_EXIT_S
+                self._early[i] = self._early[i] + 1 if early else 0
+                if self._early[i] >= EARLY_EXITS:  # it cannot start: restarting it for ever helps nobody
+                    raise RuntimeError(
+                        f"local executor: its worker process exited (code {p.returncode}) within {EARLY_EXIT_S:g} s "
+                        f"of starting, {EARLY_EXITS} times in a row; its error is on stderr above")
                 self.restarts += 1
                 self._start(i)
         now = time.time()
