@@ -42,6 +42,9 @@ def uhop_home(tmp_path, monkeypatch):
                          policy="tune"):
         yield home
     clear_process_cache()
+    from uhop.store import close_stores
+
+    close_stores()  # each test's home had its own store: its connections would stay open (fds)
     # The test's own environment changes go first: a variable it set to a bad value (to test the
     # error) must not fail this re-read of the settings.
     monkeypatch.undo()

@@ -398,6 +398,23 @@ class SQLiteStore(SQLiteDB, ExportImport):
 _stores: dict[str, SQLiteStore] = {}
 
 
+def close_stores() -> None:
+    """Close and forget every store this process opened (a process that moves between many
+    homes: the test suite gives each test its own). Each thread's connection to a store closes
+    once the store is dropped; this thread's closes now. Call it when no background work is
+    running (``uhop.wait()``)."""
+    import sys
+
+    for store in list(_stores.values()):
+        try:
+            store.close()
+        except Exception:  # noqa: BLE001 - closing is best effort
+            pass
+    _stores.clear()
+    if "uhop.perf.telemetry" in sys.modules:  # its tables live in the stores' files
+        sys.modules["uhop.perf.telemetry"].close_all()
+
+
 def open_store(url: str | None = None) -> SQLiteStore:
     """The store for ``url`` (default: ``UHOP_STORE`` or SQLite under ``UHOP_HOME``), cached per URL."""
     from uhop.config import settings

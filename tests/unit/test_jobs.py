@@ -179,8 +179,7 @@ def test_local_worker_reads_its_stop_pipe_above_fd_1024(tmp_path):
 
 
 def test_a_worker_that_cannot_start_fails_the_run_instead_of_restarting_for_ever(tmp_path, monkeypatch):
-    from uhop.tune.executors import make_executor
-    from uhop.tune.executors import local
+    from uhop.tune.executors import local, make_executor
     from uhop.tune.search import worker_settings
 
     monkeypatch.setattr(local, "EARLY_EXITS", 3)

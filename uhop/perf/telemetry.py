@@ -238,6 +238,13 @@ def _decode(row: dict[str, Any]) -> dict[str, Any]:
 _sqlite_tel: dict[str, SQLiteTelemetry] = {}
 
 
+def close_all() -> None:
+    """Close and forget the telemetry tables opened so far (:func:`uhop.store.close_stores`)."""
+    for t in list(_sqlite_tel.values()):
+        t.close()
+    _sqlite_tel.clear()
+
+
 def telemetry_db(store: Any) -> Any:
     """The telemetry table of ``store``: the PostgreSQL store is its own telemetry table; a SQLite
     store gets a :class:`SQLiteTelemetry` on the same file."""
