@@ -181,6 +181,8 @@ def test_elementwise_codegen(interpreter, expr, n, dtype):
         ("frs", "sum", 6 * 70, 70),
         ("fff", "mean", 9 * 33, 33),
         ("frs", "max", 4 * 2500, 2500),  # rows longer than one block
+        ("frs", "sum", 3 * 20000, 20000),  # few long rows: columns split over programs, partials combined
+        ("fff", "max", 2 * 9000, 9000),
         ("frs", "sum", 300 * 5, 5),  # many short rows per program
     ],
 )

@@ -106,21 +106,30 @@ def generate(e: ex.Expr, n_inputs: int, forms: str = "", reduce: str = "none") -
             final = "r = tl.max(acc, axis=1, propagate_nan=True)" if not interpreting() else "r = tl.max(acc, axis=1)"
         else:
             init, acc = "tl.zeros((ROWS, BLOCK), tl.float32)", f"acc += tl.where(m, {result}, 0.0)"
-            final = "r = tl.sum(acc, axis=1)" + (" / C" if reduce == "mean" else "")
+            final = "r = tl.sum(acc, axis=1)"
         lines = head + [
-            f"def ewr({args}, out_ptr, R, C, ROWS: tl.constexpr, BLOCK: tl.constexpr):",
+            f"def ewr({args}, out_ptr, R, C, SPAN, ROWS: tl.constexpr, BLOCK: tl.constexpr, PARTIAL: tl.constexpr):",
+            "    # program (i, p): rows [i*ROWS, (i+1)*ROWS), columns [p*SPAN, (p+1)*SPAN); PARTIAL: an fp32",
+            "    # partial per (row, p) for the launcher to combine (a few long rows over many programs)",
             "    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)",
+            "    part = tl.program_id(1)",
             "    rmask = rows < R",
             "    base = rows.to(tl.int64)[:, None] * C",
+            "    lo = part * SPAN",
+            "    hi = tl.minimum(lo + SPAN, C)",
             f"    acc = {init}",
-            "    for c in tl.range(0, C, BLOCK):",
+            "    for c in tl.range(lo, hi, BLOCK):",
             "        cols = c + tl.arange(0, BLOCK)",
-            "        cmask = cols < C",
+            "        cmask = cols < hi",
             "        m = rmask[:, None] & cmask[None, :]",
             *("        " + b for b in body),
             f"        {acc}",
             f"    {final}",
-            "    tl.store(out_ptr + rows, r.to(out_ptr.dtype.element_ty), mask=rmask)",
+            "    if PARTIAL:",
+            "        tl.store(out_ptr + rows.to(tl.int64) * tl.num_programs(1) + part, r, mask=rmask)",
+            "    else:",
+            *(["        r = r / C"] if reduce == "mean" else []),
+            "        tl.store(out_ptr + rows, r.to(out_ptr.dtype.element_ty), mask=rmask)",
             "",
         ]
         return "\n".join(lines)
@@ -154,6 +163,9 @@ def generate(e: ex.Expr, n_inputs: int, forms: str = "", reduce: str = "none") -
     ]
     return "\n".join(lines)
 
+
+#: the fewest columns one program of a split-row reduction covers
+SPLIT_MIN = 4096
 
 _modules: dict[str, Any] = {}
 
@@ -203,12 +215,19 @@ def configs(problem: Any, lim: Limits) -> list[tuple[str, dict[str, Any]]]:
 
     if problem.param.get("reduce", "none") != "none":
         c = problem.dim["C"]
+        r = problem.dim["N"] // c
         found: list[tuple[str, dict[str, Any]]] = []
         for elems, warps in ((2048, 4), (4096, 8), (1024, 4)):
             block = min(next_pow2(c), elems)
-            cfg = {"ROWS": max(1, elems // block), "BLOCK": block, "warps": warps}
+            rows = max(1, elems // block)
+            # fewer row blocks than 2 programs per SM, long rows: the columns split over programs
+            split = min(-(-2 * lim.sm_count // -(-r // rows)), -(-c // SPLIT_MIN)) if c >= 2 * SPLIT_MIN else 1
+            cfg = {"ROWS": rows, "BLOCK": block, "warps": warps, **({"split": split} if split > 1 else {})}
             if ("rowsum", cfg) not in found:
                 found.append(("rowsum", cfg))
+        first = found[0][1]
+        if "split" in first:  # the unsplit form too, for the tuner to weigh against
+            found.append(("rowsum", {k: v for k, v in first.items() if k != "split"}))
         return found
     n = problem.dim["N"]
     out = []
@@ -237,16 +256,29 @@ def build(template: str, cfg: dict[str, Any], problem: Any) -> Any:
     warps = cfg["warps"]
 
     if template == "rowsum":
-        rows, block = cfg["ROWS"], cfg["BLOCK"]
+        rows, block, split = cfg["ROWS"], cfg["BLOCK"], int(cfg.get("split", 1))
 
         def run_reduce(*xs):
             shape = torch.broadcast_shapes(*[x.shape for x in xs])
             c = shape[-1]
             r = math.prod(shape[:-1])
-            out = torch.empty(shape[:-1], device=xs[0].device, dtype=xs[0].dtype)
             flat = [x.reshape(-1) for x in xs]  # a view for contiguous inputs, a copy otherwise
-            kern[(triton.cdiv(r, rows),)](*flat, out, r, c, ROWS=rows, BLOCK=block, num_warps=warps)
-            return out
+            span = triton.cdiv(triton.cdiv(c, split), block) * block
+            parts = triton.cdiv(c, span)
+            grid = (triton.cdiv(r, rows), parts)
+            if parts == 1:
+                out = torch.empty(shape[:-1], device=xs[0].device, dtype=xs[0].dtype)
+                kern[grid](*flat, out, r, c, span, ROWS=rows, BLOCK=block, PARTIAL=False, num_warps=warps)
+                return out
+            ws = torch.empty((r, parts), device=xs[0].device, dtype=torch.float32)
+            kern[grid](*flat, ws, r, c, span, ROWS=rows, BLOCK=block, PARTIAL=True, num_warps=warps)
+            if reduce == "max":
+                y = ws.amax(dim=1)
+            else:
+                y = ws.sum(dim=1)
+                if reduce == "mean":
+                    y = y / c
+            return y.to(xs[0].dtype).reshape(shape[:-1])
 
         return run_reduce
 
