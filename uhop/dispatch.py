@@ -570,8 +570,9 @@ def _first_call() -> Any:
 
 
 def _as_written(spec: Op, args: Sequence[Any], params: Mapping[str, Any], why: Exception) -> Callable[..., Any]:
-    """What serves inputs UHOP's kernels do not take (elementwise inputs that broadcast, of mixed
-    dtypes): torch tensors are computed by torch on their device, with torch's broadcasting and
+    """What serves inputs UHOP's kernels do not take (elementwise inputs of mixed dtypes, or that
+    broadcast other than as a row vector or a scalar): torch tensors are computed by torch on their
+    device, with torch's broadcasting and
     type promotion, as the chain written in torch would be (not through the float64 reference on
     the host: a copy of every input to the host and back); numpy arrays by the reference. One
     warning per signature says so."""

@@ -48,7 +48,7 @@ class Candidate:
         return cls.of(d["backend"], d["template"], **d.get("config", {}))
 
 
-def plain_chain_only(problem: Problem) -> bool:
+def needs_elementwise_forms(problem: Problem) -> bool:
     """An elementwise problem whose inputs broadcast or whose result is reduced (see
     ``Backend.elementwise_forms``)."""
     return problem.op == "elementwise" and (bool(problem.param.get("bcast")) or problem.param.get("reduce", "none") != "none")
@@ -131,7 +131,7 @@ class Backend(ABC):
             problem.op in self.ops
             and problem.dtype in self.dtypes
             and problem.device.split(":")[0] in self.devices
-            and (self.elementwise_forms or not plain_chain_only(problem))
+            and (self.elementwise_forms or not needs_elementwise_forms(problem))
         )
 
     @abstractmethod

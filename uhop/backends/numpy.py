@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from uhop.backends.base import Backend, Candidate, Kernel, plain_chain_only
+from uhop.backends.base import Backend, Candidate, Kernel, needs_elementwise_forms
 from uhop.ops import expr as ex
 from uhop.problem import Problem
 
@@ -358,7 +358,7 @@ class NumpyBackend(Backend):
             return [c("numpy", "take")]
         # Row ops and chains: block=0 is the eager baseline; blocks keep temporaries in L2.
         if op == "elementwise":
-            if plain_chain_only(problem):  # inputs that broadcast, a reduction: whole arrays
+            if needs_elementwise_forms(problem):  # inputs that broadcast, a reduction: whole arrays
                 return [c("numpy", "eager", block=0)]
             return [c("numpy", "blocked", block=b) for b in (16384, 65536, 262144)] + [c("numpy", "eager", block=0)]
         return [c("numpy", "blocked", block=b) for b in (16, 64, 256)] + [c("numpy", "eager", block=0)]
@@ -374,7 +374,7 @@ class NumpyBackend(Backend):
         if problem.op == "embedding":
             return lambda w, idx: np.take(w, idx, axis=0)
         if problem.op == "elementwise":
-            if plain_chain_only(problem):
+            if needs_elementwise_forms(problem):
                 return broadcast_kernel(p["expr"], problem.dtype, p.get("reduce", "none"))
             return elementwise_kernel(p["expr"], problem.dtype, cfg["block"])
         if problem.op == "softmax":
