@@ -62,7 +62,7 @@ class Problem:
             from uhop.ops.expr import n_vars
 
             n = n_vars(spec.expression(p))  # type: ignore[attr-defined]
-        full = {**spec.defaulted_dims(), **dims}
+        full = spec.canonical_dims({**spec.defaulted_dims(), **dims}, p)
         missing = [d for d in spec.dims if d not in full]
         unknown = sorted(set(dims) - set(spec.dims))
         if missing or unknown:

@@ -223,3 +223,22 @@ def test_problem_dims_errors_name_the_dim(dims, match):
     with pytest.raises(InputError, match=match):
         Problem.make("matmul", dims, "float32")
     assert Problem.make("matmul", {"M": 4, "N": 5, "K": 6}, "float32").dim["B"] == 1  # defaulted batch
+
+
+def test_elementwise_shape_text_and_arrays_pose_one_problem():
+    """``uhop tune elementwise --shape 64x512`` and a call on (64, 512) arrays share the key: a
+    plain chain keys on its element count only; a reduction keeps the row length."""
+    import numpy as np
+
+    from uhop.dispatch import make_problem
+    from uhop.ops import get
+    from uhop.problem import Problem
+
+    spec = get("elementwise")
+    x = np.zeros((64, 512), np.float32)
+    for params in ({"expr": "x0*2"}, {"expr": "x0*2", "reduce": "sum"}):
+        from_text = Problem.make("elementwise", spec.parse_shape("64x512"), "float32", params)
+        from_arrays = make_problem(spec, [x], params)
+        assert from_text.key() == from_arrays.key(), (from_text.dims, from_arrays.dims)
+    assert spec.parse_shape("1000") == {"N": 1000, "C": 1}
+    assert Problem.make("elementwise", spec.parse_shape("64x512"), "float32", {"expr": "x0"}).dim == {"N": 32768, "C": 1}

@@ -132,6 +132,11 @@ class Op:
         """Dims that ``--shape`` may omit, with their defaults (a batch dim of 1, say)."""
         return {}
 
+    def canonical_dims(self, dims: dict[str, int], params: Mapping[str, Any]) -> dict[str, int]:
+        """``dims`` as the problem key takes them (dims that do not matter for ``params`` at
+        their default), so that ``uhop tune --shape`` and a call on arrays pose one problem."""
+        return dims
+
     # ---- semantics ------------------------------------------------------------------------
     #: an optional float64 torch implementation of :meth:`reference` (same semantics), used to
     #: compute the reference on a GPU for GPU problems where the host would take seconds

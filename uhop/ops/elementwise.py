@@ -99,6 +99,22 @@ class Elementwise(Op):
     def defaulted_dims(self) -> dict[str, int]:
         return {"C": 1}
 
+    def canonical_dims(self, dims: dict[str, int], params: Mapping[str, Any]) -> dict[str, int]:
+        """C only where the rows matter (a row input, a reduction): a plain chain is one problem
+        whatever the shape of its N elements."""
+        return dims if needs_rows(params) or "C" not in dims else {**dims, "C": 1}
+
+    def parse_shape(self, text: str) -> dict[str, int]:
+        """``"N"`` (elements), or the output's shape ``"R x C"`` / ``"A x B x C"``: N is their
+        product and C the last (``--shape 4096x512 -p reduce=sum``: 4096 row sums of 512)."""
+        try:
+            values = [int(v) for v in text.lower().replace(",", "x").split("x") if v]
+        except ValueError:
+            raise InputError(f"shape for elementwise must be N or a shape like 4096x512, got {text!r}") from None
+        if not values or any(v <= 0 for v in values):
+            raise InputError(f"shape dims must be positive, got {text!r}")
+        return {"N": math.prod(values), "C": values[-1] if len(values) > 1 else 1}
+
     def expression(self, params: Mapping[str, Any]) -> ex.Expr:
         return parse_cached(params["expr"])
 
@@ -143,7 +159,7 @@ class Elementwise(Op):
             raise InputError(f"elementwise: reduce={params['reduce']!r} needs inputs of at least one dim")
         if isinstance(params, dict):
             params["bcast"] = bcast
-        return {"N": math.prod(out), "C": C if needs_rows(params) else 1}
+        return {"N": math.prod(out), "C": C}  # Problem.make keeps C where the rows matter
 
     def check_dtypes(self, args: Sequence[Any]) -> str:
         """One dtype for every input: the fused kernels load and store one type. Inputs of mixed
