@@ -6,8 +6,10 @@ module is written to ``$UHOP_HOME/triton_gen/ew_<hash>.py`` and imported (Triton
 source file); the hash covers the expression and this generator, so a change in either makes a
 new file.
 
-Config keys: BLOCK (elements per program), warps, and ``grid``: "full" (one program per block)
-or programs per SM for a persistent grid.
+Config keys: ``chain``: BLOCK (elements per program), warps, and ``grid``: "full" (one program
+per block) or programs per SM for a persistent grid. ``rowsum`` (a chain reduced over the last
+dim): ROWS, BLOCK (columns per step), warps, and ``split`` (column ranges per row, for a few long
+rows; their fp32 partials are combined by the launcher).
 """
 
 from __future__ import annotations
