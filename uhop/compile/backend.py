@@ -143,11 +143,12 @@ def uhop_backend(gm: fx.GraphModule, example_inputs: list[Any], mode: str | None
         compiled = compile_fx(gm, example_inputs, config_patches=patches)
     # Inductor modes that record CUDA graphs themselves (reduce-overhead, max-autotune) get no second wrapper
     own = opts.rest == "inductor" and bool(opts.mode) and list_mode_options(opts.mode).get("triton.cudagraphs")
-    compiled, off = cudagraphs.wrap(compiled, gm, example_inputs, training, opts.cudagraphs and not own,
+    dynamic = _is_dynamic(example_inputs)
+    compiled, off = cudagraphs.wrap(compiled, gm, example_inputs, training, dynamic, opts.cudagraphs and not own,
                                     len(REPORT.graphs))
     name, recompile = _compile_id()
     REPORT.add_graph(GraphCompiled(len(REPORT.graphs), name, nodes, regions, opts.rest, opts.mode or "default",
-                                   _is_dynamic(example_inputs), recompile, time.perf_counter() - t0,
+                                   dynamic, recompile, time.perf_counter() - t0,
                                    "inductor's" if own else off or "on"))
     return compiled
 

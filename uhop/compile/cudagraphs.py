@@ -81,16 +81,14 @@ def mutated_inputs(gm: fx.GraphModule) -> set[int]:
     return out
 
 
-def why_not(gm: fx.GraphModule, example_inputs: Sequence[Any], training: bool) -> str | None:
-    """Why this graph cannot be run as a CUDA graph (None: it can)."""
+def why_not(gm: fx.GraphModule, example_inputs: Sequence[Any], training: bool, dynamic: bool = False) -> str | None:
+    """Why this graph cannot be run as a CUDA graph (None: it can). ``dynamic``: it has symbolic
+    shapes (the backend knows: ``backend._is_dynamic``)."""
     if training:
         return "autograd"
-    devices = set()
-    for t in example_inputs:
-        if isinstance(t, torch.SymInt) or (isinstance(t, Tensor) and any(isinstance(s, torch.SymInt) for s in t.shape)):
-            return "dynamic shapes"
-        if isinstance(t, Tensor):
-            devices.add(t.device)
+    if dynamic:
+        return "dynamic shapes"
+    devices = {t.device for t in example_inputs if isinstance(t, Tensor)}
     if not any(d.type == "cuda" for d in devices):
         return "not on CUDA"
     if len(devices) > 1:
@@ -239,12 +237,12 @@ def _clone(out: Any) -> Any:
 
 
 def wrap(fn: Callable[..., Any], gm: fx.GraphModule, example_inputs: Sequence[Any], training: bool,
-         enabled: bool, number: int) -> tuple[Callable[..., Any], str]:
+         dynamic: bool, enabled: bool, number: int) -> tuple[Callable[..., Any], str]:
     """(what Dynamo should call, why CUDA graphs are off: "" when the runner wraps ``fn``);
     ``number``: the graph's number in the fusion report."""
     if not enabled:
         return fn, "off"
-    reason = why_not(gm, example_inputs, training)
+    reason = why_not(gm, example_inputs, training, dynamic)
     if reason:
         return fn, reason
     runner = GraphRunner(fn, example_inputs)
