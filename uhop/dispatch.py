@@ -570,12 +570,12 @@ def _first_call() -> Any:
 
 
 def _as_written(spec: Op, args: Sequence[Any], params: Mapping[str, Any], why: Exception) -> Callable[..., Any]:
-    """What serves inputs UHOP's kernels do not take (elementwise inputs of mixed dtypes, or that
-    broadcast other than as a row vector or a scalar): torch tensors are computed by torch on their
-    device, with torch's broadcasting and
-    type promotion, as the chain written in torch would be (not through the float64 reference on
-    the host: a copy of every input to the host and back); numpy arrays by the reference. One
-    warning per signature says so."""
+    """What serves inputs UHOP's kernels do not take (elementwise inputs that broadcast other than
+    as a row vector along the last dim or a scalar: a column vector): torch tensors are computed
+    by torch on their device, with torch's broadcasting and type promotion, as the chain written
+    in torch would be (not through the float64 reference on the host: a copy of every input to the
+    host and back); numpy arrays by the reference. One warning per signature says so. Inputs of
+    mixed floating dtypes are a problem UHOP serves (the ``dtypes`` param), not this."""
     _warn(f"{why}; computed as written")
     array, _ = _array_kind(args)
     if array == "torch" and spec.name == "elementwise":
@@ -587,14 +587,14 @@ def _as_written(spec: Op, args: Sequence[Any], params: Mapping[str, Any], why: E
 
 
 def _reference_call(spec: Op, args: Sequence[Any], params: Mapping[str, Any]) -> Any:
-    """Evaluate with the numpy backend's eager path in the inputs' dtype (UHOP_DISABLE=1, or
-    inputs UHOP's kernels don't take, such as broadcasting elementwise inputs)."""
-    from uhop.ops.base import as_f64
+    """The float64 reference, returned in the dtype the inputs' library gives (UHOP_DISABLE=1, or
+    inputs UHOP's kernels don't take, such as a column vector in an elementwise chain)."""
+    from uhop.ops.base import as_f64, result_dtype
 
     p = spec.normalize_params(params)
     array, _ = _array_kind(args)
     out = spec.reference(*[as_f64(a) for a in args], **p)
-    dt = dtype_name(next(a for a in args if a is not None))
+    dt = result_dtype(args) or dtype_name(next(a for a in args if a is not None))
     if array == "torch":
         import torch
 

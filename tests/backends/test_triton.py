@@ -194,6 +194,24 @@ def test_elementwise_broadcast_and_reduction(interpreter, bcast, reduce, n, c, d
     _check(interpreter, "elementwise", {"N": n, "C": c}, dtype, params, arity=3, limit=4)
 
 
+@pytest.mark.parametrize(
+    ("dtypes", "bcast", "reduce", "dtype"),
+    [
+        ("bfloat16,float32,float32", "frs", "none", "float32"),  # a bf16 activation, an fp32 row and scalar
+        ("float16,float32,float16", "", "none", "float32"),
+        ("float32,bfloat16,float32", "frs", "sum", "float32"),  # the row in bf16, reduced
+        ("float16,float32,float32", "", "max", "float32"),
+        ("bfloat16,float16,bfloat16", "", "mean", "float32"),  # bf16 with fp16: fp32, as torch promotes
+        ("bfloat16,float32,float32", "fss", "none", "bfloat16"),  # fp32 0-dim scalars (torch): a bf16 result
+    ],
+)
+def test_elementwise_mixed_dtypes(interpreter, dtypes, bcast, reduce, dtype):
+    """Inputs of mixed dtypes: each loaded in its own dtype, fp32 math, the output allocated and
+    stored in the problem's dtype (not x0's), on an odd width (37 x 129), chain and rowsum."""
+    params = {"expr": "sigmoid(x0*x1)*x0-x2+0.5", "bcast": bcast, "reduce": reduce, "dtypes": dtypes}
+    _check(interpreter, "elementwise", {"N": 37 * 129, "C": 129}, dtype, params, arity=3, limit=2)
+
+
 def test_elementwise_generated_source_is_cached(interpreter, uhop_home):
     from uhop.backends.triton_kernels import elementwise as ew
     from uhop.ops import expr as ex

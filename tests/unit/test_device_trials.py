@@ -127,3 +127,28 @@ def test_a_tuning_run_on_device_trials_validates_every_backend(monkeypatch, tmp_
     x = torch.randn(256, 1000)
     torch.testing.assert_close(torch.as_tensor(res.kernel(x)), torch.softmax(x, -1), rtol=1e-5, atol=1e-6)
     config.reload()
+
+
+@pytest.mark.parametrize("distribution", ["uniform", "scaled"])
+def test_mixed_dtype_trials_hold_each_input_in_its_dtype(distribution):
+    """An elementwise problem of mixed input dtypes: device and host trials draw each input in its
+    own dtype (bfloat16 rounded to nearest even on both), the reference from those values, and
+    the torch kernel (promoting as torch does) passes on both."""
+    p = _problem("elementwise", {"N": 37 * 129, "C": 129}, {"expr": "sigmoid(x0*x1)*x0-x2", "bcast": "frs",
+                 "reduce": "sum", "dtypes": "bfloat16,float32,float16"}, 3)  # fmt: skip
+    want = [torch.bfloat16, torch.float32, torch.float16]
+    rng = np.random.default_rng()
+    dev = vm.DeviceTrial.draw(p, rng, distribution)
+    assert dev is not None and [x.dtype for x in dev.dev_inputs] == want
+    host = vm.ValidationSet(p, trials=1, distributions=[distribution])
+    assert [x.dtype for x in host.native_inputs(host.trials[0], "torch", "cpu")] == want
+    for t in (dev, host.trials[0]):
+        np.testing.assert_array_equal(vm._round_bf16(t.inputs[0]), t.inputs[0])
+        assert [x.dtype for x in t.inputs] == [np.float32, np.float32, np.float16]
+        ref = p.spec.reference(*[x.astype(np.float64) for x in t.inputs], **p.param)
+        np.testing.assert_allclose(t.reference, ref, rtol=1e-12, atol=1e-12)
+    vs = vm.ValidationSet(p, trials=0)
+    vs.trials = [dev, host.trials[0]]
+    tb = bk.get("torch")
+    v = vm.check_kernel(tb.compile(tb.candidates(p)[0], p), vs, "torch", "cpu")
+    assert v.ok, v

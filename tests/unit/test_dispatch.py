@@ -155,9 +155,9 @@ def test_direct_ops_and_broadcasting_fallback():
 
 
 def test_torch_inputs_uhop_cannot_fuse_are_computed_by_torch_as_written():
-    """A column vector (broadcast along a dim other than the last), or inputs of mixed dtypes:
-    torch computes the chain as written (its broadcasting and promotion, on the inputs' device),
-    with one warning per signature; never the float64 reference through the host."""
+    """A column vector (broadcast along a dim other than the last): torch computes the chain as
+    written (its broadcasting and promotion, on the inputs' device), with one warning per
+    signature; never the float64 reference through the host."""
     torch = pytest.importorskip("torch")
     x, col = torch.randn(4, 8), torch.randn(4, 1)
     with warnings.catch_warnings(record=True) as w:
@@ -170,11 +170,92 @@ def test_torch_inputs_uhop_cannot_fuse_are_computed_by_torch_as_written():
     assert out.shape == (4, 8) and out.dtype == torch.float32
     torch.testing.assert_close(out, x * col + 1)
     torch.testing.assert_close(again, out)
-    xb = torch.randn(4, 8, dtype=torch.bfloat16)
-    with pytest.warns(UhopWarning, match="mixed dtypes"):
-        mixed = uhop.ops.elementwise("x0+x1*2", xb, x)
-    assert mixed.dtype == torch.float32  # torch's promotion
-    torch.testing.assert_close(mixed, xb.float() + x * 2)
+
+
+def _served_quietly(expr, *args, **params):
+    """``uhop.ops.elementwise`` with any UhopWarning (the as-written fallback's) an error, and the
+    store entry it made."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UhopWarning)
+        got = uhop.ops.elementwise(expr, *args, **params)
+    (entry,) = open_store().entries("elementwise")
+    return got, entry
+
+
+@pytest.mark.parametrize("reduce", ["none", "sum"])
+def test_numpy_float16_and_float32_inputs_are_served(reduce):
+    """Inputs of mixed dtypes are one problem UHOP tunes and serves (no warning, a stored entry
+    keyed by each input's dtype): a float16 full input and a float32 row vector, against float64
+    on fresh inputs, the result float32 as numpy promotes."""
+    x = rng.uniform(-2, 2, size=(37, 129)).astype(np.float16)
+    row = rng.uniform(-1, 1, size=129).astype(np.float32)
+    got, entry = _served_quietly("sigmoid(x0*1.5+0.5)*x1-x0", x, row, reduce=reduce)
+    x64 = x.astype(np.float64)
+    want = 1 / (1 + np.exp(-(x64 * 1.5 + 0.5))) * row - x64
+    want = want.sum(-1) if reduce == "sum" else want
+    assert got.dtype == np.float32 and got.shape == want.shape
+    close(got, want, 3e-3 * (10 if reduce == "sum" else 1))
+    assert entry.problem["dtype"] == "float32" and entry.problem["params"]["dtypes"] == "float16,float32"
+    assert entry.candidate["backend"] in ("numpy", "torch")
+
+
+def test_torch_bfloat16_and_float32_inputs_are_served():
+    """bfloat16 activations times a float32 row and a float32 0-dim scalar on the CPU: the torch
+    backend serves them (float32 result, as torch promotes); a bfloat16 tensor and a 0-dim float32
+    tensor alone stay bfloat16, as in torch."""
+    torch = pytest.importorskip("torch")
+    x = torch.randn(37, 129, dtype=torch.bfloat16)
+    row, s = torch.randn(129), torch.tensor(0.25)
+    got, entry = _served_quietly("gelu(x0)*x1+x2", x, row, s)
+    want = torch.nn.functional.gelu(x.double()) * row.double() + 0.25
+    assert got.dtype == torch.float32 and got.shape == (37, 129)
+    torch.testing.assert_close(got.double(), want, rtol=1e-2, atol=1e-2)
+    assert entry.problem["params"]["dtypes"] == "bfloat16,float32,float32"
+    assert entry.candidate["backend"] == "torch"
+    clear_process_cache()
+    for e in open_store().entries("elementwise"):
+        open_store().invalidate(e.key)
+    got, entry = _served_quietly("x0*x1-1", x, s)
+    assert got.dtype == torch.bfloat16 == (x * s).dtype
+    assert entry.problem["dtype"] == "bfloat16" and entry.problem["params"]["dtypes"] == "bfloat16,float32"
+    torch.testing.assert_close(got.double(), x.double() * 0.25 - 1, rtol=1e-2, atol=1e-2)
+
+
+def test_decorated_chain_of_mixed_dtypes_is_served():
+    """@uhop.optimize on a numpy chain of float16 and float32 arrays: traced, checked, served."""
+
+    @uhop.optimize("elementwise")
+    def chain(a, b):
+        return np.exp(a) * b - a
+
+    a, b = rng.uniform(-1, 1, size=(9, 33)).astype(np.float16), f32(9, 33)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UhopWarning)
+        got = chain(a, b)
+    assert got.dtype == np.float32
+    close(got, np.exp(a.astype(np.float64)) * b - a, 3e-3)
+    assert open_store().entries("elementwise")[0].problem["params"]["dtypes"] == "float16,float32"
+
+
+def test_mixed_dtypes_param_that_does_not_match_the_inputs_is_an_input_error():
+    """``dtypes`` is derived; one given must match the inputs, name one supported dtype per input
+    and not be all one dtype; integer inputs are rejected as before."""
+    a, b = rng.uniform(-1, 1, size=8).astype(np.float16), f32(8)
+
+    @uhop.optimize("elementwise", dtypes="float32,float16")
+    def add(x, y):
+        return x + y
+
+    with pytest.raises(InputError, match="x0 is float16; x1 is float32"):
+        add(a, b)
+    with pytest.raises(InputError, match="does not match the inputs"):
+        uhop.optimize("elementwise", dtypes="float16,float32,float32")(add)(a, b)
+    with pytest.raises(InputError, match="each input's dtype, from float32"):
+        uhop.optimize("elementwise", expr="x0+x1", dtypes="float16,int8")
+    with pytest.raises(InputError, match="not all the same"):
+        uhop.optimize("elementwise", expr="x0+x1", dtypes="float32,float32")
+    with pytest.raises(InputError, match="dtype int64"):  # integer inputs: as before
+        uhop.ops.elementwise("x0+x1", b, np.arange(8))
 
 
 @pytest.mark.parametrize("reduce", ["none", "sum", "mean", "max"])

@@ -242,3 +242,46 @@ def test_elementwise_shape_text_and_arrays_pose_one_problem():
         assert from_text.key() == from_arrays.key(), (from_text.dims, from_arrays.dims)
     assert spec.parse_shape("1000") == {"N": 1000, "C": 1}
     assert Problem.make("elementwise", spec.parse_shape("64x512"), "float32", {"expr": "x0"}).dim == {"N": 32768, "C": 1}
+
+
+@pytest.mark.parametrize(("shape", "row", "reduce"), [((37, 129), False, "none"), ((37, 129), True, "sum")])
+def test_elementwise_mixed_dtypes_cli_and_arrays_pose_one_problem(shape, row, reduce):
+    """``uhop tune elementwise --shape 37x129 -p dtypes=float16,float32 --dtype float32`` (its
+    params parsed as the CLI parses them) and a call on a float16 and a float32 array share the
+    key; chains of one dtype keep keys without ``dtypes``."""
+    from uhop.cli.core import parse_params
+    from uhop.dispatch import make_problem
+    from uhop.ops import get
+    from uhop.problem import Problem
+
+    spec = get("elementwise")
+    x, y = np.zeros(shape, np.float16), np.zeros(shape[-1:] if row else shape, np.float32)
+    cli = ["expr=gelu(x0)*x1", f"reduce={reduce}", "dtypes=float16,float32"] + (["bcast=fr"] if row else [])
+    dims = spec.parse_shape("x".join(map(str, shape)))
+    from_text = Problem.make("elementwise", dims, "float32", parse_params(cli))
+    from_arrays = make_problem(spec, [x, y], {"expr": "gelu(x0)*x1", "reduce": reduce})
+    assert from_text.key() == from_arrays.key(), (from_text, from_arrays)
+    assert from_arrays.dtype == "float32" and from_arrays.param["dtypes"] == "float16,float32"
+    plain = make_problem(spec, [y, y], {"expr": "gelu(x0)*x1"})
+    assert "dtypes" not in plain.param  # "" stays out of the key: stored entries keep theirs
+    two = {"expr": "x0*x1", "dtypes": "float16,float32"}
+    with pytest.raises(InputError, match="give a float32 result, not bfloat16"):  # a --dtype they cannot give
+        Problem.make("elementwise", {"N": 64}, "bfloat16", two).bytes()
+    with pytest.raises(InputError, match="one dtype per input: 2 for 3"):
+        Problem.make("elementwise", {"N": 64}, "float32", {**two, "expr": "x0*x1+x2"}).bytes()
+
+
+def test_result_dtype_follows_the_callers_library():
+    """Mixed floating inputs: numpy's result_type; torch's promotion, in which a 0-dim tensor
+    does not raise a dimensioned one's dtype; bfloat16 with float16 is float32."""
+    from uhop.ops.base import promote, result_dtype
+
+    h, f = np.zeros(3, np.float16), np.zeros(3, np.float32)
+    assert result_dtype([h, f]) == "float32" == np.result_type(h, f).name
+    assert result_dtype([h, np.zeros(3)]) == "float64"
+    assert promote(["bfloat16", "float16"]) == "float32" and promote(["bfloat16", "float64"]) == "float64"
+    torch = pytest.importorskip("torch")
+    b = torch.zeros(3, dtype=torch.bfloat16)
+    for other in (torch.zeros(3), torch.zeros(1), torch.tensor(1.0), torch.zeros(3, dtype=torch.float16),
+                  torch.tensor(1.0, dtype=torch.float64)):  # fmt: skip
+        assert result_dtype([b, other]) == str((b * other).dtype).removeprefix("torch."), other

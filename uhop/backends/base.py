@@ -49,9 +49,17 @@ class Candidate:
 
 
 def needs_elementwise_forms(problem: Problem) -> bool:
-    """An elementwise problem whose inputs broadcast or whose result is reduced (see
-    ``Backend.elementwise_forms``)."""
-    return problem.op == "elementwise" and (bool(problem.param.get("bcast")) or problem.param.get("reduce", "none") != "none")
+    """An elementwise problem whose inputs broadcast, are of mixed dtypes, or whose result is
+    reduced (see ``Backend.elementwise_forms``)."""
+    if problem.op != "elementwise":
+        return False
+    p = problem.param
+    return bool(p.get("bcast")) or bool(p.get("dtypes")) or p.get("reduce", "none") != "none"
+
+
+def input_dtypes_supported(problem: Problem, dtypes: Sequence[str]) -> bool:
+    """Whether every input's dtype (:meth:`~uhop.ops.base.Op.input_dtypes`) is in ``dtypes``."""
+    return all(d in dtypes for d in problem.spec.input_dtypes(problem.dtype, problem.param, problem.arity))
 
 
 class Backend(ABC):
@@ -65,8 +73,9 @@ class Backend(ABC):
     #: generated code from UHOP's own templates runs in-process; untrusted code never does
     trusted: ClassVar[bool] = True
     ops: ClassVar[tuple[str, ...]] = ()
-    #: its elementwise kernels take inputs that broadcast (row vectors, scalars) and reduce over
-    #: the last dim (``bcast`` / ``reduce`` params); else only same-shape chains
+    #: its elementwise kernels take inputs that broadcast (row vectors, scalars), inputs of mixed
+    #: dtypes (each loaded in its own), and reduce over the last dim (``bcast`` / ``dtypes`` /
+    #: ``reduce`` params); else only same-shape, same-dtype chains
     elementwise_forms: ClassVar[bool] = False
     #: modules (besides the backend's own) whose source determines the kernels: hashed into every
     #: stored entry's content hash, so editing a kernel module invalidates what was tuned with it
@@ -132,6 +141,7 @@ class Backend(ABC):
             and problem.dtype in self.dtypes
             and problem.device.split(":")[0] in self.devices
             and (self.elementwise_forms or not needs_elementwise_forms(problem))
+            and input_dtypes_supported(problem, self.dtypes)
         )
 
     @abstractmethod

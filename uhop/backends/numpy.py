@@ -325,12 +325,22 @@ def conv2d_kernel(stride: int, padding: int) -> Kernel:
     return kernel
 
 
+def _whole_arrays(problem: Problem) -> bool:
+    """An elementwise form the blocked kernel does not take (broadcasting inputs, a reduction);
+    inputs of mixed dtypes alone it does: each block's ufuncs read them into the result's dtype."""
+    p = problem.param
+    return needs_elementwise_forms(problem) and (bool(p.get("bcast")) or p.get("reduce", "none") != "none")
+
+
 class NumpyBackend(Backend):
     name = "numpy"
     array = "numpy"
     vendor = True
     ops = ("matmul", "softmax", "layernorm", "rmsnorm", "elementwise", "attention", "conv2d", "embedding")
     dtypes = ("float32", "float64", "float16")
+    #: eager: inputs broadcast to the output's shape, then the chain and the reduction; inputs of
+    #: mixed dtypes (float16 with float32, ...) computed into temporaries of the result's dtype
+    elementwise_forms = True
 
     def _probe(self) -> tuple[bool, str]:
         blas = "BLAS"
@@ -358,7 +368,7 @@ class NumpyBackend(Backend):
             return [c("numpy", "take")]
         # Row ops and chains: block=0 is the eager baseline; blocks keep temporaries in L2.
         if op == "elementwise":
-            if needs_elementwise_forms(problem):  # inputs that broadcast, a reduction: whole arrays
+            if _whole_arrays(problem):  # inputs that broadcast, a reduction: whole arrays
                 return [c("numpy", "eager", block=0)]
             return [c("numpy", "blocked", block=b) for b in (16384, 65536, 262144)] + [c("numpy", "eager", block=0)]
         return [c("numpy", "blocked", block=b) for b in (16, 64, 256)] + [c("numpy", "eager", block=0)]
@@ -374,7 +384,7 @@ class NumpyBackend(Backend):
         if problem.op == "embedding":
             return lambda w, idx: np.take(w, idx, axis=0)
         if problem.op == "elementwise":
-            if needs_elementwise_forms(problem):
+            if _whole_arrays(problem):
                 return broadcast_kernel(p["expr"], problem.dtype, p.get("reduce", "none"))
             return elementwise_kernel(p["expr"], problem.dtype, cfg["block"])
         if problem.op == "softmax":

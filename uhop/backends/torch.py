@@ -334,5 +334,15 @@ class TorchBackend(Backend):
             from uhop.ops.elementwise import reduce_last
 
             e, reduce = ex.parse(p["expr"]), p.get("reduce", "none")
-            return lambda *xs: reduce_last(evaluate_expr(e, xs), reduce)
+            if not p.get("dtypes"):
+                return lambda *xs: reduce_last(evaluate_expr(e, xs), reduce)
+            dt = getattr(torch, problem.dtype)
+
+            def mixed(*xs):
+                # torch promotes as the caller's chain would; a scalar input of shape (1,) where the
+                # caller's was 0-dim (which takes no part in torch's promotion) is cast back
+                out = reduce_last(evaluate_expr(e, xs), reduce)
+                return out if out.dtype == dt else out.to(dt)
+
+            return mixed
         raise NotImplementedError(op)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from uhop.backends.base import Backend, Candidate, Kernel
+from uhop.backends.base import Backend, Candidate, Kernel, input_dtypes_supported
 from uhop.problem import Problem
 
 #: op -> template module (in uhop.backends.triton_kernels)
@@ -63,12 +63,16 @@ class TritonBackend(Backend):
             return False, f"triton {triton.__version__} installed, but torch sees no CUDA device"
         return True, f"triton {triton.__version__} on {torch.cuda.get_device_name(0)}"
 
-    elementwise_forms = True  # the chain template reads row vectors and scalars; rowsum reduces
+    #: the chain template reads row vectors and scalars and loads each input in its own dtype;
+    #: rowsum reduces
+    elementwise_forms = True
 
     def supports(self, problem: Problem) -> bool:
         from uhop.backends.triton_kernels import interpreting
 
         if problem.op not in self.ops or problem.dtype not in self.dtypes or problem.array != "torch":
+            return False
+        if not input_dtypes_supported(problem, self.dtypes):
             return False
         if problem.param.get("trans_b", False):  # its matmul kernels read b as (K, N)
             return False
@@ -109,14 +113,12 @@ class TritonBackend(Backend):
         return not interpreting()
 
     def prebuild(self, candidate: Candidate, problem: Problem) -> None:
-        """Build and launch ``candidate`` once on inputs of the problem's shapes, dtype and device:
+        """Build and launch ``candidate`` once on inputs of the problem's shapes, dtypes and device:
         the launch specializes and compiles exactly what the evaluation will run (Triton keys on
         dtypes, constexprs and the 16-divisibility of sizes and pointers, all the same here) and
         leaves the binary in the cache."""
-        import torch
-
         from uhop.measure.validate import uniform_on_device
 
         kernel = self.compile(candidate, problem)
-        kernel(*uniform_on_device(problem, getattr(torch, problem.dtype)))
+        kernel(*uniform_on_device(problem))
         self.synchronize(problem.device)

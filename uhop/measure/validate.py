@@ -28,8 +28,8 @@ class Verdict:
 
 @dataclass
 class Trial:
-    inputs: list[np.ndarray]  # numpy, in the problem's dtype (float32 stands in for bfloat16)
-    reference: np.ndarray  # float64, computed from the inputs as rounded to the problem's dtype
+    inputs: list[np.ndarray]  # numpy, each in its input's dtype (float32 stands in for bfloat16)
+    reference: np.ndarray  # float64, computed from the inputs as rounded to their dtypes
     #: ``atol + rtol * |reference|`` when the reference is all finite (computed once per trial,
     #: so each candidate's comparison is a subtraction and a compare), else None
     bound: np.ndarray | None = None
@@ -59,8 +59,7 @@ class ValidationSet:
                 xs = draw_inputs(problem, rng, distributions[i % len(distributions)])
             else:
                 xs = spec.make_inputs(problem.dim, problem.param, rng, problem.dtype, problem.arity)
-            if problem.dtype == "bfloat16":
-                xs = [_round_bf16(x) if np.issubdtype(x.dtype, np.floating) else x for x in xs]
+            xs = round_inputs(problem, xs)
             ref = reference_on(problem, xs, problem.device) if problem.device.startswith("cuda") else None
             if ref is None:
                 ref = spec.reference(*[as_f64(x) for x in xs], **problem.param)
@@ -82,14 +81,26 @@ class ValidationSet:
         if isinstance(trial, DeviceTrial) and array == "torch" and device == trial.device:
             return [x.clone() for x in trial.dev_inputs]  # device to device: no host round trip
         out = []
-        for x in trial.inputs:
+        for x, dt in zip(trial.inputs, input_dtypes(self.problem, len(trial.inputs)), strict=True):
             y = convert(x.copy(), array, device)
-            if array == "torch" and self.problem.dtype == "bfloat16":
+            if array == "torch" and dt == "bfloat16" and x.dtype.kind == "f":  # held as float32 on the host
                 import torch
 
                 y = y.to(torch.bfloat16)
             out.append(y)
         return out
+
+
+def input_dtypes(problem: Problem, n: int) -> list[str]:
+    """The dtype of each of ``problem``'s ``n`` inputs (:meth:`~uhop.ops.base.Op.input_dtypes`)."""
+    return problem.spec.input_dtypes(problem.dtype, problem.param, n)
+
+
+def round_inputs(problem: Problem, xs: list[np.ndarray]) -> list[np.ndarray]:
+    """Host inputs as their dtypes hold them: the float32 arrays standing in for bfloat16 inputs
+    rounded to bfloat16 (the reference is computed from what the kernels read)."""
+    return [_round_bf16(x) if dt == "bfloat16" and x.dtype.kind == "f" else x
+            for x, dt in zip(xs, input_dtypes(problem, len(xs)), strict=True)]  # fmt: skip
 
 
 def _device_trials_possible(problem: Problem) -> bool:
@@ -107,7 +118,7 @@ def _device_trials_possible(problem: Problem) -> bool:
 
 class DeviceTrial:
     """A trial drawn, rounded and referenced on the problem's GPU (a :class:`Trial` to every
-    reader): the inputs in the problem's dtype and the float64 reference stay there, so building
+    reader): the inputs in their dtypes and the float64 reference stay there, so building
     a validation set and handing a torch kernel its inputs are device work (milliseconds), not
     host RNG, host float64 math and gigabytes over PCIe (seconds at 100M elements, per trial and
     per candidate: on the H200 a softmax of 32768 x 4096 spent its whole 10 s budget on that).
@@ -132,7 +143,6 @@ class DeviceTrial:
             import torch
 
             spec, dev = problem.spec, problem.device
-            dt = getattr(torch, problem.dtype)
             if distribution == "uniform" and spec.uniform_inputs:
                 g = torch.Generator(device=dev)
                 g.manual_seed(int(rng.integers(0, 2**63 - 1)))
@@ -140,8 +150,9 @@ class DeviceTrial:
             else:
                 host = draw_inputs(problem, rng, distribution)
                 f32 = [torch.from_numpy(np.ascontiguousarray(x)).to(dev) for x in host]
-            # the problem's dtype (bfloat16: round to nearest even, as _round_bf16 on the host)
-            xs = [x.to(dt) if x.is_floating_point() else x for x in f32]
+            # each input's dtype (bfloat16: round to nearest even, as _round_bf16 on the host)
+            dts = [getattr(torch, d) for d in input_dtypes(problem, len(f32))]
+            xs = [x.to(dt) if x.is_floating_point() else x for x, dt in zip(f32, dts, strict=True)]
             ref = spec.reference_torch(*[x.double() if x.is_floating_point() else x for x in xs], **problem.param)
             if not isinstance(ref, torch.Tensor) or ref.dtype != torch.float64:
                 log.info("no device trial for %s: its torch reference returned %s", problem.describe(), type(ref))
@@ -154,7 +165,7 @@ class DeviceTrial:
 
     @property
     def inputs(self) -> list[np.ndarray]:
-        """Host copies in the problem's dtype (float32 holding bfloat16 values)."""
+        """Host copies in each input's dtype (float32 holding bfloat16 values)."""
         if "inputs" not in self._host:
             import torch
 
@@ -180,14 +191,18 @@ class DeviceTrial:
         return tuple(self.dev_reference.shape)
 
 
-def uniform_on_device(problem: Problem, dtype: Any, generator: Any = None) -> list[Any]:
-    """The problem's inputs as uniform [-1, 1) torch tensors of ``dtype`` on its device (the
-    default generator's distribution, drawn where the kernels run)."""
+def uniform_on_device(problem: Problem, dtype: Any = None, generator: Any = None) -> list[Any]:
+    """The problem's inputs as uniform [-1, 1) torch tensors on its device (the default
+    generator's distribution, drawn where the kernels run), of torch dtype ``dtype``, or None:
+    each of its input's dtype."""
     import torch
 
     spec = problem.spec
     shapes = spec.shapes_from_dims(problem.dim, problem.param, spec.input_count(problem.param, problem.arity))
-    return [torch.empty(s, device=problem.device, dtype=dtype).uniform_(-1.0, 1.0, generator=generator) for s in shapes]
+    names = input_dtypes(problem, len(shapes))
+    dts = [dtype or getattr(torch, d) for d in names]
+    return [torch.empty(s, device=problem.device, dtype=dt).uniform_(-1.0, 1.0, generator=generator)
+            for s, dt in zip(shapes, dts, strict=True)]  # fmt: skip
 
 
 def reference_shape(trial: Any) -> tuple[int, ...]:

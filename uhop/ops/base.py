@@ -8,7 +8,7 @@ random inputs. Validation, benchmarks, the CLI and the cost model read them from
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -37,6 +37,29 @@ def dtype_name(x: Any) -> str:
     if isinstance(name, str):
         return name
     return str(dt).removeprefix("torch.")
+
+
+def promote(names: Iterable[str]) -> str:
+    """The floating dtype torch and numpy give a result of floating dtypes ``names``: the widest;
+    float16 with bfloat16 gives float32 (torch; numpy has no bfloat16)."""
+    found = set(names)
+    if {"float16", "bfloat16"} <= found:
+        found.add("float32")
+    return max(found, key=lambda d: ITEMSIZE.get(d, 0))
+
+
+def result_dtype(args: Sequence[Any]) -> str | None:
+    """The dtype the caller's library gives an elementwise result of the floating arrays among
+    ``args`` (None if there are none): numpy's ``result_type``; for torch tensors
+    :func:`promote` over those with dims (torch lets a 0-dim tensor of the same category not
+    raise the result's dtype: ``bf16_tensor * torch.tensor(0.5)`` stays bfloat16)."""
+    floats = [a for a in args if is_array(a) and dtype_name(a) in ITEMSIZE]
+    if not floats:
+        return None
+    if all(isinstance(a, np.ndarray) for a in floats):
+        return np.result_type(*floats).name
+    ranked = [a for a in floats if len(a.shape) > 0] or floats
+    return promote(dtype_name(a) for a in ranked)
 
 
 def is_array(x: Any) -> bool:
@@ -172,6 +195,13 @@ class Op:
         """How many inputs :meth:`make_inputs` draws for ``arity`` (None: the op's default)."""
         return len(self.inputs) if arity is None else arity
 
+    def input_dtypes(self, dtype: str, params: Mapping[str, Any], n: int) -> list[str]:
+        """The dtype of each of the ``n`` inputs of a problem of ``dtype`` (its result's dtype)
+        and ``params``: every reader that draws or converts trial inputs asks here. Default: all
+        ``dtype``. Integer inputs (embedding's indices) are the op's own business, drawn by its
+        :meth:`make_inputs`; their entry here is not read."""
+        return [dtype] * n
+
     def make_inputs(
         self,
         dims: Mapping[str, int],
@@ -180,13 +210,18 @@ class Op:
         dtype: str = "float64",
         arity: int | None = None,
     ) -> list[np.ndarray]:
-        """Fresh random inputs (uniform in [-1, 1), never all zeros), as numpy arrays of ``dtype``
-        (float32 for bfloat16: numpy has no bfloat16; callers convert)."""
-        np_dtype = "float32" if dtype == "bfloat16" else dtype
+        """Fresh random inputs (uniform in [-1, 1), never all zeros), as numpy arrays of each
+        input's dtype (:meth:`input_dtypes`; float32 for bfloat16: numpy has no bfloat16, callers
+        round and convert)."""
         shapes = self.shapes_from_dims(dims, params, self.input_count(params, arity))
-        if np_dtype in ("float32", "float16"):  # drawn in float32: half the time of float64 draws
-            return [_uniform32(rng, s).astype(np_dtype, copy=False) for s in shapes]
-        return [rng.uniform(-1.0, 1.0, size=s).astype(np_dtype) for s in shapes]
+        out = []
+        for s, dt in zip(shapes, self.input_dtypes(dtype, params, len(shapes)), strict=True):
+            np_dtype = "float32" if dt == "bfloat16" else dt
+            if np_dtype in ("float32", "float16"):  # drawn in float32: half the time of float64 draws
+                out.append(_uniform32(rng, s).astype(np_dtype, copy=False))
+            else:
+                out.append(rng.uniform(-1.0, 1.0, size=s).astype(np_dtype))
+        return out
 
     # ---- helpers for subclasses -------------------------------------------------------------
     def normalize_params(self, given: Mapping[str, Any]) -> dict[str, Any]:

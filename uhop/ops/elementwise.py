@@ -4,14 +4,25 @@ The chain is the ``expr`` param: canonical text of an :mod:`uhop.ops.expr` tree.
 output's shape or broadcast to it in two forms the fused kernels index directly: a row vector
 along the last dim (shape ``(C,)``, ``(1, C)``...) and a scalar (one element). ``bcast`` records
 each input's form (``f`` full, ``r`` row, ``s`` scalar; ``""`` when all are full), derived from the
-inputs' shapes. ``reduce`` (``none``, ``sum``, ``mean``, ``max``) reduces the chain's result over
-the last dim in the same pass (``x * sigmoid(x)`` summed per row: one read of x, one write per row).
+inputs' shapes. Inputs may be of different floating dtypes (a bfloat16 activation times a float32
+scale): ``dtypes`` records each input's dtype (``"bfloat16,float32"``; ``""``, and left out of the
+key, when all share one), derived from the inputs, and the problem's dtype is the result's, as
+the caller's library promotes (:func:`~uhop.ops.base.result_dtype`: bfloat16 with float32 or with
+float16 gives float32, anything with float64 float64). Kernels read each input in its own dtype
+and return the result's (Triton computes in float32, numpy in the result's dtype, torch as the
+caller's chain would); the tolerance is the loosest of the result's and the inputs' dtypes.
+``reduce`` (``none``, ``sum``, ``mean``, ``max``) reduces the chain's result over the last dim
+in the same pass (``x * sigmoid(x)`` summed per row: one read of x, one write per row).
 Dims: ``N`` elements of the broadcast shape, ``C`` its last dim where it matters (a row input or
 a reduction; else 1, so that chains of any shape share a key).
+
+What still runs as written (:func:`uhop.dispatch._as_written`, one warning): inputs that
+broadcast other than as a row vector or a scalar (a column vector).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
@@ -21,7 +32,7 @@ import numpy as np
 
 from uhop.errors import InputError
 from uhop.ops import expr as ex
-from uhop.ops.base import ITEMSIZE, Op, Param
+from uhop.ops.base import ITEMSIZE, TOLERANCE, Op, Param, dtype_name, promote, result_dtype
 
 
 class UnsupportedInput(InputError):
@@ -61,6 +72,13 @@ def _chunked(e: Any, flat: list[np.ndarray], n: int) -> np.ndarray | None:
     return out
 
 
+@lru_cache(maxsize=64)
+def _promotions(names: tuple[str, ...]) -> frozenset[str]:
+    """The dtypes a result of inputs of dtypes ``names`` can have: the promotion of any non-empty
+    subset of them (torch's 0-dim tensors take no part in it)."""
+    return frozenset(promote(c) for k in range(1, len(names) + 1) for c in itertools.combinations(names, k))
+
+
 #: reductions over the last dim at the end of a chain
 REDUCTIONS = ("none", "sum", "mean", "max")
 
@@ -91,10 +109,11 @@ class Elementwise(Op):
     inputs = ("x0",)
     variadic = True
     params = (Param("expr", "x0", None, str), Param("bcast", "", None, str),
-              Param("reduce", "none", REDUCTIONS, str))  # fmt: skip
+              Param("reduce", "none", REDUCTIONS, str), Param("dtypes", "", None, str))  # fmt: skip
     dims = ("N", "C")
     description = ("a fused chain of elementwise ops, e.g. expr='sigmoid(x0*1.5+0.5)*x0-0.25', inputs that "
-                   "broadcast (row vector, scalar), optionally reduced over the last dim (reduce='sum')")
+                   "broadcast (row vector, scalar) or are of mixed dtypes, optionally reduced over the last dim "
+                   "(reduce='sum')")  # fmt: skip
 
     def defaulted_dims(self) -> dict[str, int]:
         return {"C": 1}
@@ -119,9 +138,22 @@ class Elementwise(Op):
         return parse_cached(params["expr"])
 
     def normalize_params(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """Canonical ``expr`` text; ``dtypes`` checked (supported floating dtypes, not all one;
+        their count against the inputs where those are known: :meth:`check`, :meth:`input_dtypes`)
+        and left out when empty, so chains of one dtype keep the keys they had."""
         out = super().normalize_params(given)
         e = out["expr"]
         out["expr"] = (e if isinstance(e, ex.Expr) else parse_cached(str(e))).text()
+        text = out.pop("dtypes").replace(" ", "")
+        if text:
+            names = text.split(",")
+            if any(d not in self.dtypes for d in names) or len(set(names)) < 2:
+                raise InputError(
+                    f"elementwise: dtypes={text!r} must name each input's dtype, from "
+                    f"{', '.join(self.dtypes)}, not all the same (inputs of one dtype: leave dtypes out "
+                    f"and give that dtype)"
+                )
+            out["dtypes"] = text
         return out
 
     def check(self, args: Sequence[Any], params: Mapping[str, Any]) -> dict[str, int]:
@@ -157,19 +189,59 @@ class Elementwise(Op):
                              f"(they give {bcast!r}); leave bcast out, it is derived")  # fmt: skip
         if params.get("reduce", "none") != "none" and not out:
             raise InputError(f"elementwise: reduce={params['reduce']!r} needs inputs of at least one dim")
+        dtypes = self._derived_dtypes(args, params.get("dtypes") or "")
         if isinstance(params, dict):
             params["bcast"] = bcast
+            params.pop("dtypes", None)
+            if dtypes:
+                params["dtypes"] = dtypes
         return {"N": math.prod(out), "C": C}  # Problem.make keeps C where the rows matter
 
-    def check_dtypes(self, args: Sequence[Any]) -> str:
-        """One dtype for every input: the fused kernels load and store one type. Inputs of mixed
-        (supported) dtypes are valid for the chain as written (the caller's library promotes)."""
-        from uhop.ops.base import dtype_name
+    def _derived_dtypes(self, args: Sequence[Any], given: str) -> str:
+        """``dtypes`` for ``args``: each input's dtype where supported floating dtypes differ,
+        else ""; a ``given`` value must match it."""
+        names = [dtype_name(a) for a in args]
+        mixed = len(set(names)) > 1 and set(names) <= set(self.dtypes)
+        derived = ",".join(names) if mixed else ""
+        if given and given != derived:
+            pairs = enumerate(zip(names, given.split(","), strict=False))
+            wrong = [f"x{i} is {n}" for i, (n, g) in pairs if n != g]
+            raise InputError(f"elementwise: dtypes={given!r} does not match the inputs ({'; '.join(wrong) or names}"
+                             f"); leave dtypes out, it is derived")  # fmt: skip
+        return derived
 
-        dts = {dtype_name(a) for a in args if a is not None}
-        if len(dts) > 1 and dts <= set(self.dtypes):
-            raise UnsupportedInput(f"elementwise: inputs of mixed dtypes {sorted(dts)}; fused kernels take one dtype")
+    def check_dtypes(self, args: Sequence[Any]) -> str:
+        """The result's dtype: the inputs' one dtype, or for inputs of mixed supported floating
+        dtypes the one their library promotes to (:func:`~uhop.ops.base.result_dtype`)."""
+        names = {dtype_name(a) for a in args if a is not None}
+        if len(names) > 1 and names <= set(self.dtypes):
+            return result_dtype(args) or super().check_dtypes(args)
         return super().check_dtypes(args)
+
+    def input_dtypes(self, dtype: str, params: Mapping[str, Any], n: int) -> list[str]:
+        """Each input's dtype: ``dtypes`` where given, else ``dtype``. ``dtype`` must be a result
+        the inputs' library can give: the promotion of some of their dtypes (torch leaves a 0-dim
+        float32 tensor out of a bfloat16 chain's promotion)."""
+        text = params.get("dtypes") or ""
+        if not text:
+            return [dtype] * n
+        names = text.split(",")
+        if len(names) != n:
+            raise InputError(f"elementwise: dtypes={text!r} must name one dtype per input: {len(names)} for {n}")  # fmt: skip
+        if dtype not in _promotions(tuple(sorted(set(names)))):
+            raise InputError(f"elementwise: inputs of dtypes {text} give a {promote(names)} result, not {dtype}; "
+                             f"pose the problem with dtype {promote(names)}")  # fmt: skip
+        return names
+
+    def tolerance(self, dtype: str, dims: Mapping[str, int], params: Mapping[str, Any]) -> tuple[float, float]:  # fmt: skip
+        """The loosest of the result's and every input's dtype: a chain as written computes its
+        intermediates in the inputs' dtypes (torch rounds ``gelu(x0)`` of a bfloat16 ``x0`` to
+        bfloat16 before it meets a float32 ``x1``)."""
+        names = [dtype, *(params.get("dtypes") or "").split(",")]
+        rtol = max(TOLERANCE[d][0] for d in names if d in TOLERANCE)
+        atol = max(TOLERANCE[d][1] for d in names if d in TOLERANCE)
+        scale = self.error_scale(dims, params)
+        return rtol * max(1.0, scale), atol * scale
 
     def output_shape(self, shapes, params):
         out = tuple(np.broadcast_shapes(*[tuple(x) for x in shapes]))
@@ -214,9 +286,10 @@ class Elementwise(Op):
     def bytes(self, dims, dtype, params) -> float:
         n, c = dims["N"], dims.get("C", 1)
         forms = params.get("bcast") or "f" * ex.n_vars(self.expression(params))
-        read = sum(n if f == "f" else c if f == "r" else 1 for f in forms)
+        read = sum(ITEMSIZE[d] * (n if f == "f" else c if f == "r" else 1)
+                   for f, d in zip(forms, self.input_dtypes(dtype, params, len(forms)), strict=True))  # fmt: skip
         written = n // c if params.get("reduce", "none") != "none" else n
-        return float(ITEMSIZE[dtype] * (read + written))
+        return float(read + ITEMSIZE[dtype] * written)
 
     def error_scale(self, dims, params) -> float:
         # Each op can add half an ulp; long chains (and exp of large values) amplify it; a reduction

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from uhop import metrics
-from uhop.measure.validate import DISTRIBUTIONS, Trial, ValidationSet, _round_bf16, compare, reference_on
+from uhop.measure.validate import DISTRIBUTIONS, Trial, ValidationSet, compare, reference_on, round_inputs
 from uhop.ops import get as get_op
 from uhop.ops.base import as_f64
 from uhop.problem import Problem
@@ -242,7 +242,7 @@ class Evaluation:
         sets = []
         for _ in range(n):
             xs = draw(self.problem, rng, DISTRIBUTIONS[int(rng.integers(len(DISTRIBUTIONS)))])
-            sets.append([_round_bf16(x) if x.dtype.kind == "f" else x for x in xs] if self.problem.dtype == "bfloat16" else xs)
+            sets.append(round_inputs(self.problem, xs))
         return sets
 
     def time(self, *, repeat: int = 5, min_time_s: float = 0.05, sample: int = 3,

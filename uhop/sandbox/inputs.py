@@ -27,9 +27,9 @@ from uhop.measure.validate import (
     Trial,
     ValidationSet,
     _bound,
-    _round_bf16,
     draw_inputs,
     reference_on,
+    round_inputs,
 )
 from uhop.ops.base import as_f64
 from uhop.problem import Problem
@@ -116,11 +116,10 @@ def special_inputs(problem: Problem, rng: np.random.Generator) -> list[np.ndarra
 
 
 def trial(problem: Problem, xs: list[np.ndarray]) -> Trial:
-    """A trial on ``xs``: inputs rounded as the problem's dtype holds them, the float64
-    reference (on the problem's GPU where the op has a torch reference) with NaN and inf as its
-    float64 math gives them."""
-    if problem.dtype == "bfloat16":
-        xs = [_round_bf16(x) if x.dtype.kind == "f" else x for x in xs]
+    """A trial on ``xs``: inputs rounded as their dtypes hold them, the float64 reference (on
+    the problem's GPU where the op has a torch reference) with NaN and inf as its float64 math
+    gives them."""
+    xs = round_inputs(problem, xs)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         ref = reference_on(problem, xs, problem.device) if problem.device.startswith("cuda") else None
         if ref is None:

@@ -108,14 +108,15 @@ class SpotChecked:
         return _like(ref, out)
 
     def _reference(self, args: tuple) -> Any:
+        """The float64 reference of ``args`` in the problem's (result) dtype, array and device;
+        each input is read in its own dtype (``as_f64``), mixed dtypes included."""
         ref = self.problem.spec.reference(*[as_f64(a) for a in args], **self.problem.param)
-        dtype = "float32" if self.problem.dtype == "bfloat16" else self.problem.dtype
-        out = ref.astype(dtype)
+        dt = self.problem.dtype
         if self.problem.array == "torch":
             import torch
 
-            out = torch.from_numpy(out).to(self.problem.device)
-        return out
+            return torch.from_numpy(ref).to(dtype=getattr(torch, dt), device=self.problem.device)
+        return ref.astype("float32" if dt == "bfloat16" else dt)  # numpy has no bfloat16
 
     def _quarantine(self, reason: str) -> None:
         with self._lock:

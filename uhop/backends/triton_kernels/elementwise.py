@@ -1,10 +1,11 @@
 """Fused elementwise chains: Triton source generated from the expr IR (:mod:`uhop.ops.expr`).
 
-Every input is read once and the output written once; intermediates stay in registers, computed
-in fp32 (the IR's constants are float64, rounded to fp32 like any fp32 kernel). The generated
-module is written to ``$UHOP_HOME/triton_gen/ew_<hash>.py`` and imported (Triton JIT needs a
-source file); the hash covers the expression and this generator, so a change in either makes a
-new file.
+Every input is read once, each in its own dtype (inputs of mixed dtypes: a bfloat16 activation
+and a float32 scale), and the output written once in the problem's dtype (with mixed inputs the
+promoted one, not x0's); intermediates stay in registers, computed in fp32 (the IR's constants
+are float64, rounded to fp32 like any fp32 kernel). The generated module is written to
+``$UHOP_HOME/triton_gen/ew_<hash>.py`` and imported (Triton JIT needs a source file); the hash
+covers the expression and this generator, so a change in either makes a new file.
 
 Config keys: ``chain``: BLOCK (elements per program), warps, and ``grid``: "full" (one program
 per block) or programs per SM for a persistent grid. ``rowsum`` (a chain reduced over the last
@@ -256,6 +257,7 @@ def build(template: str, cfg: dict[str, Any], problem: Any) -> Any:
         raise ValueError(f"template {template!r} does not serve reduce={reduce!r}")
     kern = load_kernel(e, n_in, forms, reduce)
     warps = cfg["warps"]
+    out_dtype = getattr(torch, problem.dtype)  # the result's: with mixed inputs, not x0's
 
     if template == "rowsum":
         rows, block, split = cfg["ROWS"], cfg["BLOCK"], int(cfg.get("split", 1))
@@ -269,7 +271,7 @@ def build(template: str, cfg: dict[str, Any], problem: Any) -> Any:
             parts = triton.cdiv(c, span)
             grid = (triton.cdiv(r, rows), parts)
             if parts == 1:
-                out = torch.empty(shape[:-1], device=xs[0].device, dtype=xs[0].dtype)
+                out = torch.empty(shape[:-1], device=xs[0].device, dtype=out_dtype)
                 kern[grid](*flat, out, r, c, span, ROWS=rows, BLOCK=block, PARTIAL=False, num_warps=warps)
                 return out
             ws = torch.empty((r, parts), device=xs[0].device, dtype=torch.float32)
@@ -280,7 +282,7 @@ def build(template: str, cfg: dict[str, Any], problem: Any) -> Any:
                 y = ws.sum(dim=1)
                 if reduce == "mean":
                     y = y / c
-            return y.to(xs[0].dtype).reshape(shape[:-1])
+            return y.to(out_dtype).reshape(shape[:-1])
 
         return run_reduce
 
@@ -291,7 +293,7 @@ def build(template: str, cfg: dict[str, Any], problem: Any) -> Any:
         shape = torch.broadcast_shapes(*[x.shape for x in xs]) if forms else xs[0].shape
         flat = [x.reshape(-1) for x in xs]  # a view for contiguous inputs, a copy otherwise
         n = math.prod(shape)
-        out = torch.empty(shape, device=xs[0].device, dtype=xs[0].dtype)
+        out = torch.empty(shape, device=xs[0].device, dtype=out_dtype)
         blocks = triton.cdiv(n, block)
         grid = blocks if cfg["grid"] == "full" else min(blocks, int(cfg["grid"]) * sm)
         c = shape[-1] if shape else 1
