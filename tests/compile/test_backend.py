@@ -18,6 +18,7 @@ from zoo import GPT2, MLP, GPT2Block, ResNetSmall  # noqa: E402
 
 import uhop.compile  # noqa: E402,F401 - registers backend="uhop" for a source checkout
 from uhop.compile import REPORT  # noqa: E402
+from uhop.compile.report import format_report  # noqa: E402
 
 EAGER = {"rest": "eager"}  # the rest without Inductor's C++ compile: fast tests
 
@@ -212,6 +213,40 @@ def test_jit_numpy_attention_written_out_becomes_one_attention_region():
     want = attend(*[a.astype(np.float64) for a in (q, k, v, mask)])
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
     assert _kinds() == ["attention"]
+
+
+def test_small_integer_powers_are_written_out_as_products():
+    """x**2, x**3, x**4 (int or integral float exponents, numpy or torch) become products: numpy
+    code reaches Inductor with the exponent lifted to a tensor and a vector pow per element (a
+    numpy GPT-2's tanh-GELU ran 3x slower). Other exponents and integer bases are left alone."""
+    import uhop
+
+    def f(x, n):
+        ln = ((x - x.mean(-1, keepdims=True)) ** 2).mean(-1, keepdims=True)
+        gelu = 0.5 * x * (1.0 + np.tanh(0.7978845608 * (x + 0.044715 * x**3)))
+        return gelu + ln + x**4.0 - np.abs(x) ** 0.5 + np.abs(x) ** 2.5, n**2
+
+    rng = np.random.default_rng()
+    x = rng.standard_normal((5, 37)).astype(np.float32)
+    n = rng.integers(-9, 9, size=7)
+    got, got_n = uhop.jit(f)(x, n)
+    want, want_n = f(x.astype(np.float64), n)
+    assert got.dtype == np.float32 and got_n.dtype == n.dtype
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+    np.testing.assert_array_equal(got_n, want_n)
+    (g,) = REPORT.graphs
+    assert sorted(r.split(": ")[1] for r in g.rewrites) == ["x**2 as x*x", "x**3 as x*x*x", "x**4 as x*x*x*x"]
+    assert "rewritten  " in format_report(REPORT.to_json())
+
+    REPORT.clear()
+    torch._dynamo.reset()
+
+    def t(x):  # HF's NewGELU writes torch.pow(x, 3.0)
+        return 0.5 * x * (1.0 + torch.tanh(0.7978845608 * (x + 0.044715 * torch.pow(x, 3.0)))) + x.pow(2)
+
+    xt = torch.randn(4, 33, dtype=torch.float64)
+    torch.testing.assert_close(torch.compile(t, backend="uhop", options=EAGER)(xt), t(xt))
+    assert len(REPORT.graphs[0].rewrites) == 2
 
 
 def test_softmax_written_out_in_torch_is_matched_but_tensor_max_is_not():

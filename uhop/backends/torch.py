@@ -99,9 +99,9 @@ def _with_tf32(kernel: Kernel, allow: bool) -> Kernel:
     return run
 
 
-def _sdpa(q, k, v, mask, causal):
+def _sdpa(q, k, v, mask, causal, scale=None):
     """SDPA with UHOP's attention semantics: a mask and ``causal`` may come together (torch's SDPA
-    refuses both, so the causal part joins the mask)."""
+    refuses both, so the causal part joins the mask); 3-D inputs run as one 4-D batch."""
     import torch
     import torch.nn.functional as F
 
@@ -115,8 +115,8 @@ def _sdpa(q, k, v, mask, causal):
         # 2-9x slower than the flash kernel at 12-96 x 64 x 64, so the tuner saw SDPA tie with
         # eager matmul+softmax and served that to 4-D callers, where SDPA is the flash kernel)
         q, k, v = q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal).squeeze(0)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale).squeeze(0)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale)
 
 
 def _gelu_tanh_(y):

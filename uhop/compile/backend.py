@@ -130,7 +130,8 @@ def uhop_backend(gm: fx.GraphModule, example_inputs: list[Any], mode: str | None
     training = torch.is_grad_enabled() and any(
         isinstance(t, torch.Tensor) and t.requires_grad for t in example_inputs)
     nodes = sum(1 for n in gm.graph.nodes if n.op in ("call_function", "call_method", "call_module"))
-    regions = partition(gm, inference=not training, leave=runtime.leave_as_written)
+    rewrites: list[str] = []
+    regions = partition(gm, inference=not training, leave=runtime.leave_as_written, rewrites=rewrites)
     from torch._inductor import list_mode_options
 
     if opts.rest == "eager":
@@ -149,7 +150,7 @@ def uhop_backend(gm: fx.GraphModule, example_inputs: list[Any], mode: str | None
     name, recompile = _compile_id()
     REPORT.add_graph(GraphCompiled(len(REPORT.graphs), name, nodes, regions, opts.rest, opts.mode or "default",
                                    dynamic, recompile, time.perf_counter() - t0,
-                                   "inductor's" if own else off or "on"))
+                                   "inductor's" if own else off or "on", rewrites))
     return compiled
 
 

@@ -45,6 +45,8 @@ class GraphCompiled:
     #: "on" (replayed as a CUDA graph after its first call), "inductor's" (the Inductor mode
     #: records them), or why not ("off", "autograd", "not on one CUDA device", ...)
     cudagraphs: str = "off"
+    #: graph rewrites other than regions (``x**3`` written out as ``x*x*x``), one line each
+    rewrites: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -139,6 +141,8 @@ def format_graph(g: GraphCompiled | dict) -> str:
         saved = f", ~{r['bytes_saved'] / 1e6:.2f} MB saved" if r["bytes_saved"] else ""
         note = f" ({r['note']})" if r.get("note") else ""
         lines.append(f"    {r['kind']:<11} {' + '.join(r['ops'])}{saved}{note}")
+    if g.get("rewrites"):
+        lines.append(f"    rewritten  {'; '.join(g['rewrites'])}")
     return "\n".join(lines)
 
 
