@@ -15,6 +15,7 @@ include ``reduce-overhead`` (torch.compile recording CUDA graphs, as backend="uh
 inference graphs on a GPU), so that UHOP's figure stands next to the like-for-like one.
 """
 
+# ruff: noqa: I001 - uhop is imported before numpy and torch on purpose (below)
 from __future__ import annotations
 
 import argparse
@@ -28,14 +29,18 @@ import sys
 import time
 from pathlib import Path
 
+# uhop first, as docs/compile.md advises a program that mixes numpy or torch with UHOP: its thread
+# policy (docs/tuning.md) then reaches numpy's OpenBLAS and torch's OpenMP pools as they load.
+# Imported after numpy, OpenBLAS kept its default spin (~0.1 s after each call) and the numpy
+# forward's samples slowed the uhop.jit samples interleaved with them: T64 33 ms, T256 101 ms
+# against 18 and 53 ms measured alone (2-core VM, idle).
+import uhop
+import uhop.compile  # noqa: F401 - registers backend="uhop" for a source checkout
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "compile"))
 from zoo import GPT2, GPT2Block, LlamaBlock, ResNetSmall  # noqa: E402
-
-import uhop  # noqa: E402
-import uhop.compile  # noqa: E402,F401 - registers backend="uhop" for a source checkout
 
 VARIANTS = ("eager", "compile", "max-autotune", "reduce-overhead", "uhop")
 
