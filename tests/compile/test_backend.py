@@ -249,6 +249,32 @@ def test_small_integer_powers_are_written_out_as_products():
     assert len(REPORT.graphs[0].rewrites) == 2
 
 
+@pytest.mark.parametrize("fill, diagonal, causal", [(-1e10, 1, True), (-np.inf, 1, True), (-1e4, 1, False),
+                                                   (-1e10, 2, False)])  # fmt: skip
+def test_causal_mask_written_out_becomes_is_causal(fill, diagonal, causal):
+    """np.triu(np.full((T, T), c), 1) with c <= -1e9 is the causal mask: the attention region runs
+    SDPA's is_causal (no T x T mask read); other fills or diagonals stay an additive mask."""
+    import math
+
+    import uhop
+
+    def attend(q, k, v):
+        T = q.shape[1]
+        mask = np.triu(np.full((T, T), fill, dtype=np.float32), diagonal)
+        s = q @ k.transpose(0, 2, 1) * (1.0 / math.sqrt(q.shape[-1])) + mask
+        s = np.exp(s - s.max(-1, keepdims=True))
+        return (s / s.sum(-1, keepdims=True)) @ v
+
+    rng = np.random.default_rng()
+    q, k, v = (rng.standard_normal((3, 19, 8)).astype(np.float32) for _ in range(3))
+    got = uhop.jit(attend)(q, k, v)
+    with np.errstate(invalid="ignore"):  # -inf - -inf in the float64 reference's masked rows: none here
+        want = attend(*[a.astype(np.float64) for a in (q, k, v)])
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
+    assert _kinds() == ["attention"]
+    assert any("is_causal" in r for r in REPORT.graphs[0].rewrites) == causal
+
+
 def test_softmax_written_out_in_torch_is_matched_but_tensor_max_is_not():
     def soft(x):
         e = torch.exp(x - x.amax(-1, keepdim=True))
