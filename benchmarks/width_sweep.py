@@ -59,7 +59,12 @@ FORMS = [
     (32768, 4096, ("x0*sigmoid(x0)", "f", "sum")),  # silu, then a per-row sum: one pass
     (8192, 50257, ("x0*x0", "f", "mean")),  # mean of squares over long, odd rows
     (32768, 4096, ("x0*x1", "fr", "max")),
+    # mixed input dtypes (a 4th entry: each input's dtype, b bfloat16, h float16, f float32): a
+    # bfloat16 activation times a float32 scale row, the float32 result torch's promotion gives
+    (32768, 4096, ("x0*x1+x2", "frr", "none", "bff")),
 ]
+#: dtype codes of a FORMS entry's 4th field
+DTYPE_CODES = {"b": "bfloat16", "h": "float16", "f": "float32"}
 
 
 def torch_fn(op: str, expr: str | None = None):
@@ -83,7 +88,7 @@ def torch_fn(op: str, expr: str | None = None):
 
 def _form(expr: Any) -> tuple[str, str, str]:
     """(expr, input forms, reduce) of an elementwise case: a FORMS entry or a plain chain."""
-    return expr if isinstance(expr, tuple) else (expr, "", "none")
+    return expr[:3] if isinstance(expr, tuple) else (expr, "", "none")
 
 
 def uhop_fn(op: str, expr: Any = None):
@@ -150,11 +155,13 @@ def run_case(op, R, N, dtype, arity, expr, opts, copy) -> dict[str, Any]:
     dt = getattr(torch, dtype)
     g = torch.Generator(device="cuda").manual_seed(R * 7 + N)
     if op == "elementwise" and isinstance(expr, tuple):
-        text, forms, reduce = expr
+        text, forms, reduce = expr[:3]
         shapes = {"f": (R, N), "r": (N,), "s": (1,)}
-        args = [torch.randn(shapes[f], device="cuda", dtype=dt, generator=g) for f in forms]
+        dts = [getattr(torch, DTYPE_CODES[c]) for c in expr[3]] if len(expr) > 3 else [dt] * len(forms)
+        args = [torch.randn(shapes[f], device="cuda", dtype=d, generator=g) for f, d in zip(forms, dts, strict=True)]
         params = {"expr": text, "reduce": reduce}
-        dims = uhop.ops.get(op).check(args, params)  # sets params["bcast"]
+        dims = uhop.ops.get(op).check(args, params)  # sets params["bcast"] (and "dtypes" when mixed)
+        dtype = uhop.ops.get(op).check_dtypes(args)  # the result's: bytes count each input in its own
     elif op == "elementwise":
         args = [torch.randn(R * N, device="cuda", dtype=dt, generator=g) for _ in range(arity)]
         dims, params = {"N": R * N}, {"expr": expr}
