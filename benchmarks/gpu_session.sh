@@ -19,7 +19,8 @@
 #   eighth                       the eighth session's unmeasured changes: CUDA graph runner's replay
 #                                check + vendor-first regions (GPU tests, 3 models), shifted weight
 #                                tables on odd widths (product picks), about 9 minutes
-#   forms                        #20: elementwise chains with broadcast inputs and reductions (sweep)
+#   forms                        #20: elementwise chains with broadcast inputs, reductions and mixed
+#                                input dtypes (sweep, product path vs eager / torch.compile)
 # Two stages in one call: the tuner stages take STOP_S (start no case after it, default 400) and
 # LIMIT_S (kill after it, default 570), e.g. `bash ... buffers && STOP_S=300 LIMIT_S=470 bash ... tuner-a`.
 set -u
