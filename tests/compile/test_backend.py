@@ -58,16 +58,44 @@ def test_mlp_activation_fused_into_linear(act):
     assert _kinds().count("softmax") == 1
 
 
-def test_conv_net_folds_batchnorm_in_eval_under_no_grad():
-    m = ResNetSmall(8, 2).eval()
+def _nontrivial_bn(m: torch.nn.Module) -> torch.nn.Module:
     with torch.no_grad():
         for mod in m.modules():  # non-trivial running statistics
             if isinstance(mod, torch.nn.BatchNorm2d):
                 mod.running_mean.uniform_(-0.5, 0.5)
                 mod.running_var.uniform_(0.5, 2.0)
+    return m
+
+
+def test_conv_net_folds_batchnorm_in_eval_under_no_grad(monkeypatch):
+    from uhop.compile import runtime
+
+    monkeypatch.setattr(runtime, "vendor_first", lambda kind, device: False)  # regions at once (CPU rule: below)
+    m = _nontrivial_bn(ResNetSmall(8, 2).eval())
+    with torch.no_grad():
         _check(m, torch.randn(2, 3, 12, 12))
     kinds = _kinds()
     assert kinds.count("conv_bn") == 5 and kinds.count("linear") == 1
+    assert all(r.note == "" for g in REPORT.graphs for r in g.regions)  # UHOP regions, the bn folded
+
+
+def test_convs_on_cpu_stay_as_written_for_inductor_until_uhop_measured_them():
+    """On a CPU, Inductor carries activations channels-last from conv to conv (oneDNN's fast
+    layout; a region takes and returns NCHW): a conv with nothing measured stays as written while
+    it tunes in the background, and a later compile keeps it so when the measured winner is the
+    aten op."""
+    m = _nontrivial_bn(ResNetSmall(8, 2).eval())
+    x = torch.randn(2, 3, 12, 12)
+    with torch.no_grad():
+        _check(m, x)
+    first = [r for r in REPORT.graphs[0].regions if r.kind == "conv_bn"]
+    assert len(first) == 5 and all("vendor kernel until UHOP measures a faster one" in r.note for r in first)
+    uhop.wait()
+    torch._dynamo.reset()
+    with torch.no_grad():
+        _check(m, x)
+    second = [r for r in REPORT.graphs[1].regions if r.kind == "conv_bn"]
+    assert len(second) == 5 and all(r.note.startswith("left as written: served torch/eager") for r in second), second
 
 
 def test_small_gpt2_with_embeddings_and_inductor_rest():
