@@ -276,6 +276,12 @@ def test_small_integer_powers_are_written_out_as_products():
     torch.testing.assert_close(torch.compile(t, backend="uhop", options=EAGER)(xt), t(xt))
     assert len(REPORT.graphs[0].rewrites) == 2
 
+    REPORT.clear()
+    torch._dynamo.reset()
+    xh = torch.randn(4, 33, dtype=torch.bfloat16)  # half precision: pow rounds once, products twice
+    torch.testing.assert_close(torch.compile(t, backend="uhop", options=EAGER)(xh), t(xh))
+    assert REPORT.graphs[0].rewrites == []
+
 
 @pytest.mark.parametrize("fill, diagonal, causal", [(-1e10, 1, True), (-np.inf, 1, True), (-1e4, 1, False),
                                                    (-1e10, 2, False)])  # fmt: skip
