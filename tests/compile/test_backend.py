@@ -35,8 +35,17 @@ def _kinds() -> list[str]:
     return [r.kind for g in REPORT.graphs for r in g.regions]
 
 
+@pytest.fixture
+def regions_everywhere(monkeypatch):
+    """Regions even where the aten op is UHOP's only candidate (a CPU with the default region
+    backends leaves those as written): the tests that exercise the region machinery on CPU."""
+    from uhop.compile import runtime
+
+    monkeypatch.setattr(runtime, "_aten_only", lambda problem, aten_id: False)
+
+
 @pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "explicit-attention"])
-def test_gpt2_block_matches_float64_eager(sdpa):
+def test_gpt2_block_matches_float64_eager(sdpa, regions_everywhere):
     m = GPT2Block(64, 4, sdpa=sdpa).eval()
     with torch.no_grad():
         _check(m, torch.randn(2, 12, 64))
@@ -67,7 +76,7 @@ def _nontrivial_bn(m: torch.nn.Module) -> torch.nn.Module:
     return m
 
 
-def test_conv_net_folds_batchnorm_in_eval_under_no_grad(monkeypatch):
+def test_conv_net_folds_batchnorm_in_eval_under_no_grad(monkeypatch, regions_everywhere):
     from uhop.compile import runtime
 
     monkeypatch.setattr(runtime, "vendor_first", lambda kind, device: False)  # regions at once (CPU rule: below)
@@ -79,7 +88,7 @@ def test_conv_net_folds_batchnorm_in_eval_under_no_grad(monkeypatch):
     assert all(r.note == "" for g in REPORT.graphs for r in g.regions)  # UHOP regions, the bn folded
 
 
-def test_convs_on_cpu_stay_as_written_for_inductor_until_uhop_measured_them():
+def test_convs_on_cpu_stay_as_written_for_inductor_until_uhop_measured_them(regions_everywhere):
     """On a CPU, Inductor carries activations channels-last from conv to conv (oneDNN's fast
     layout; a region takes and returns NCHW): a conv with nothing measured stays as written while
     it tunes in the background, and a later compile keeps it so when the measured winner is the
@@ -332,7 +341,28 @@ def test_bad_option_names_the_option():
         torch.compile(MLP(8), backend="uhop", options={"rest": "tvm"})(torch.randn(2, 8))
 
 
-def test_regions_served_by_aten_are_left_as_written_on_recompile():
+def test_regions_whose_only_candidate_is_the_aten_op_stay_as_written():
+    """On a CPU with the default region backends (torch, triton) a GEMM or a norm has one
+    candidate, the aten op: it stays in the graph for Inductor from the first compile, with the
+    reason; attention (SDPA or UHOP's matmul+softmax) is still a region. With every backend
+    allowed there is a choice, and the GEMM becomes a region."""
+    m = GPT2Block(64, 4, sdpa=True).eval()
+    x = torch.randn(2, 12, 64)
+    with torch.no_grad():
+        _check(m, x)
+    regions = REPORT.graphs[0].regions
+    kept = [r for r in regions if r.note]
+    assert {r.kind for r in kept} == {"layer_norm", "linear"}, regions
+    assert all("the aten op is UHOP's only candidate here (torch/eager)" in r.note for r in kept)
+    assert [r.kind for r in regions if not r.note] == ["attention"]
+    REPORT.clear()
+    torch._dynamo.reset()
+    with torch.no_grad():
+        _check(m, x, options={"rest": "eager", "backends": "all"})
+    assert any(r.kind == "linear" and not r.note for r in REPORT.graphs[0].regions), REPORT.graphs[0].regions
+
+
+def test_regions_served_by_aten_are_left_as_written_on_recompile(regions_everywhere):
     """Once UHOP's kernel for a region is the aten op itself (CPU: nothing measured faster than
     torch's), a later compile leaves those ops in the graph (for Inductor) instead of a region op
     that would run the same call behind a dispatcher call; a rewrite (the explicit attention
@@ -376,7 +406,7 @@ def test_in_place_update_of_an_input_is_kept(rest):
     torch.testing.assert_close(out, want * y)
 
 
-def test_vendor_first_regions_stay_as_written_until_uhop_measured_them(monkeypatch):
+def test_vendor_first_regions_stay_as_written_until_uhop_measured_them(monkeypatch, regions_everywhere):
     """The GPU rule, exercised on CPU: a GEMM region with nothing measured stays as written (for
     Inductor) while its problem tunes in the background; once measured, a later compile keeps it
     as written only because the measured winner is the aten op; norms become regions at once."""

@@ -419,10 +419,13 @@ def leave_as_written(kind: str, args: Sequence[Any]) -> str | None:
         kind_, real = "conv2d", [x, w, b, stride, padding, act]
     else:
         kind_ = kind
+    aten = ATEN.get(kind_)  # conv_bn: the folded conv's aten candidate (Inductor runs conv, then bn)
     try:
         with override(shape_buckets=BUCKETS["value"], backends=BACKENDS["value"]):
             op, tensors, params = _op_args(kind_, real)
             problem = dispatch.make_problem(get_op(op), tensors, params)
+        if aten is not None and _aten_is_the_candidate(kind_, device, dtype) and _aten_only(problem, aten[0]):
+            return f"the aten op is UHOP's only candidate here ({aten[0]})"
         key = problem.key(BUCKETS["value"])
         got = dispatch._resolved.get(key)
         if got is not None:
@@ -439,10 +442,26 @@ def leave_as_written(kind: str, args: Sequence[Any]) -> str | None:
             return "vendor kernel until UHOP measures a faster one (tuning in the background)"
     except (Fallback, UhopError, ValueError, TypeError, KeyError):
         return None
-    aten = ATEN.get(kind_)  # conv_bn: the folded conv's aten candidate (Inductor runs conv, then bn)
     if aten is None or cid != aten[0] or not _aten_is_the_candidate(kind_, device, dtype):
         return None
     return f"served {cid}"
+
+
+def _aten_only(problem: Any, aten_id: str) -> bool:
+    """Whether the region backends (:data:`BACKENDS`) offer nothing for ``problem`` but the aten
+    op itself (on a CPU with the default ``torch,triton``: GEMMs, norms, softmax, embedding). Such
+    a region could only ever run that op, behind a dispatcher call and outside Inductor's fusions:
+    a GPT-2 block at B1 T64 on the 2-core VM ran 4% slower than eager with them as regions until
+    background tuning had stored the aten pick and a new process compiled them as written."""
+    from uhop import backends as bk
+
+    ids: set[str] = set()
+    for b in bk.for_problem(problem, BACKENDS["value"]):
+        try:
+            ids.update(c.id for c in b.candidates(problem))
+        except Exception:  # noqa: BLE001 - a backend that cannot enumerate offers nothing
+            continue
+    return ids == {aten_id}
 
 
 def _plan(kind: str, args: Sequence[Any]) -> tuple[Any, Kernel, str]:
