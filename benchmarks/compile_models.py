@@ -36,6 +36,7 @@ from pathlib import Path
 # against 18 and 53 ms measured alone (2-core VM, idle).
 import uhop
 import uhop.compile  # noqa: F401 - registers backend="uhop" for a source checkout
+from uhop.compile import REPORT
 import numpy as np
 import torch
 
@@ -94,9 +95,12 @@ def build(variant: str, model):
 
 def bench_torch(name: str, model, x, device: str, variants, rounds: int, min_s: float) -> dict:
     fns, compile_s = {}, {}
+    report: dict = {}
     with torch.inference_mode():
         want = model(x).float()
         for v in variants:
+            if v == "uhop":
+                REPORT.clear()  # this model's graphs and regions only
             fn = build(v, model)
             compile_s[v] = _timed(lambda fn=fn: fn(x), device)  # first call: compile (+ tune for uhop)
             err = float((fn(x).float() - want).abs().max())
@@ -105,6 +109,7 @@ def bench_torch(name: str, model, x, device: str, variants, rounds: int, min_s: 
                 t = time.perf_counter()
                 uhop.wait()
                 compile_s["uhop_background_tuning"] = round(time.perf_counter() - t, 3)
+                report = _fusion_summary()
             compile_s[v] = round(compile_s[v], 3)
             print(f"  {v:<13} first call {compile_s[v]:.2f} s, max |diff| vs eager {err:.3g}", flush=True)
         reps = {}
@@ -114,7 +119,7 @@ def bench_torch(name: str, model, x, device: str, variants, rounds: int, min_s: 
         times = _rounds({v: (lambda v=v: fns[v](x)) for v in variants}, reps, rounds, device)
     med = {v: statistics.median(t) * 1e3 for v, t in times.items()}
     row = {"model": name, "shape": list(x.shape), "ms": {v: round(m, 4) for v, m in med.items()},
-           "first_call_s": compile_s,
+           "first_call_s": compile_s, **({"fusion": report} if report else {}),
            "spread_ms": {v: round((max(t) - min(t)) * 1e3, 4) for v, t in times.items()}}
     if "eager" in med and "uhop" in med:
         row["uhop_speedup_vs_eager"] = round(med["eager"] / med["uhop"], 3)
@@ -128,6 +133,17 @@ def bench_torch(name: str, model, x, device: str, variants, rounds: int, min_s: 
     paired = f", uhop/eager speed {row['speedup_paired']}" if "speedup_paired" in row else ""
     print(f"  {name} {list(x.shape)}: " + ", ".join(f"{v} {m:.3f} ms" for v, m in med.items()) + paired, flush=True)
     return row
+
+
+def _fusion_summary() -> dict:
+    """What backend="uhop" made of the model (for reading a run afterwards): per graph, its regions
+    (kind, and why it was left as written) and rewrites; per region problem, the kernel chosen at
+    first use or the fallback and why."""
+    data = REPORT.to_json()
+    graphs = [{"regions": [[r["kind"], r["note"]] if r["note"] else r["kind"] for r in g["regions"]],
+               "rewrites": g.get("rewrites", []), "cudagraphs": g.get("cudagraphs")} for g in data["graphs"]]
+    runs = [[r["kind"], r["problem"], r["status"], r["kernel"], r["reason"]] for r in data["runs"]]
+    return {"graphs": graphs, "runs": runs, "graph_breaks": data["graph_breaks"], "recompiles": data["recompiles"]}
 
 
 # ---- numpy GPT-2 forward ------------------------------------------------------------------------
@@ -173,6 +189,7 @@ def bench_numpy_gpt2(T: int, layers: int, rounds: int, min_s: float) -> dict:
               for _ in range(layers)]  # fmt: skip
     x = rng.standard_normal((T, C)).astype(np.float32)
     fns = {"numpy": lambda: np_gpt2_forward(x, params, H)}
+    REPORT.clear()
     jitted = uhop.jit(np_gpt2_forward)
     t0 = time.perf_counter()
     got = jitted(x, params, H)
@@ -180,6 +197,7 @@ def bench_numpy_gpt2(T: int, layers: int, rounds: int, min_s: float) -> dict:
     t1 = time.perf_counter()
     uhop.wait()  # background tuning must not share the cores with the timing
     background = time.perf_counter() - t1
+    report = _fusion_summary()
     fns["uhop.jit"] = lambda: jitted(x, params, H)
     err = float(np.abs(got - np_gpt2_forward(x, params, H)).max())
     print(f"  uhop.jit first call {first:.2f} s, max |diff| vs numpy {err:.3g}", flush=True)
@@ -189,7 +207,8 @@ def bench_numpy_gpt2(T: int, layers: int, rounds: int, min_s: float) -> dict:
     print(f"  numpy-gpt2 T{T} L{layers}: " + ", ".join(f"{k} {m:.3f} ms" for k, m in med.items()), flush=True)
     return {"model": "numpy-gpt2", "shape": [T, C], "layers": layers, "ms": {k: round(m, 4) for k, m in med.items()},
             "first_call_s": {"uhop.jit": round(first, 3), "uhop_background_tuning": round(background, 3)},
-            "max_abs_diff": err, "spread_ms": {k: round((max(t) - min(t)) * 1e3, 4) for k, t in times.items()},
+            "max_abs_diff": err, "fusion": report,
+            "spread_ms": {k: round((max(t) - min(t)) * 1e3, 4) for k, t in times.items()},
             "uhop_speedup_vs_numpy": round(med["numpy"] / med["uhop.jit"], 3),
             "speedup_paired": _paired(times, "numpy", "uhop.jit")}
 
