@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from uhop.backends.torch import _sdpa
 from uhop.compile.regions import N_TENSORS, REFERENCE, activate, conform
 from uhop.compile.report import REPORT, RegionRun
 
@@ -87,8 +88,6 @@ def _aten_attention(q, k, v, mask, is_causal, scale):
     """SDPA as UHOP's ``torch/sdpa`` candidate runs it: a mask and ``is_causal`` joined (SDPA
     refuses both), 3-D inputs as one 4-D batch (3-D takes the math path: on the 2-core CPU 3.4x
     slower than the flash kernel at 12 x 1024 x 64 with a mask, the attention of a numpy GPT-2)."""
-    from uhop.backends.torch import _sdpa
-
     return _sdpa(q, k, v, mask, is_causal, scale)
 
 
