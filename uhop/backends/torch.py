@@ -4,8 +4,9 @@ SDPA/flash attention on CUDA), with torch's eager ops for norms, softmax and cha
 CUDA-only candidates (the "library baseline" a generated kernel must beat):
 
 * matmul ``lt_epilogue``: ``torch._addmm_activation``, cuBLASLt's fused bias + relu/gelu
-  epilogue (its gelu is the tanh form, within bf16/fp16 rounding of the exact one; offered for
-  those dtypes only, and validated like everything else).
+  epilogue. Its gelu is the tanh form: exact for ``gelu_tanh`` (GPT-2's MLP) in every dtype;
+  for the erf ``gelu`` within bf16/fp16 rounding, so offered for those dtypes only (and
+  validated like everything else).
 * matmul ``pad``: a misaligned GEMM (K or N not a multiple of 8 elements in 16-bit, 4 in fp32)
   runs 3-5x slower in cuBLAS; zero-pad K and N up to a multiple of ``to``, multiply, and copy
   the (M, N) corner out.
@@ -215,7 +216,8 @@ class TorchBackend(Backend):
         p, d = problem.param, problem.dim
         if problem.op == "matmul":
             half = problem.dtype in ("float16", "bfloat16")
-            if problem.arity == 3 and (p["activation"] == "relu" or (p["activation"] == "gelu" and half)):
+            act = p["activation"]
+            if problem.arity == 3 and (act in ("relu", "gelu_tanh") or (act == "gelu" and half)):
                 out.append(c("torch", "lt_epilogue"))
             step = 16 // (4 if problem.dtype == "float32" else 2)
             if d["K"] % step or d["N"] % step:
@@ -241,13 +243,18 @@ class TorchBackend(Backend):
         op = problem.op
         cfg = candidate.cfg
         if op == "matmul" and candidate.template == "lt_epilogue":
-            use_gelu = p["activation"] == "gelu"
+            use_gelu = p["activation"] in ("gelu", "gelu_tanh")
+            differentiable = _gelu_tanh if use_gelu else torch.relu  # _addmm_activation has no backward
 
             def lt(a, b, bias):
                 a2 = a.reshape(-1, a.shape[-1]) if b.dim() == 2 else None
                 if a2 is None:
                     raise ValueError("lt_epilogue needs a 2-D b")
-                return torch._addmm_activation(bias, a2, b, use_gelu=use_gelu).reshape(*a.shape[:-1], b.shape[-1])
+                if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad or bias.requires_grad):
+                    y = differentiable(torch.addmm(bias, a2, b))
+                else:
+                    y = torch._addmm_activation(bias, a2, b, use_gelu=use_gelu)
+                return y.reshape(*a.shape[:-1], b.shape[-1])
 
             return lt
         if op == "matmul" and candidate.template == "pad":
