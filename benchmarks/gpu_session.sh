@@ -71,7 +71,8 @@ case "$stage" in
       tuner_vs_oracle_${gpu}_next.json ;;
   compile) timeout 570 python3 benchmarks/compile_models.py --device cuda --dtype bfloat16 --out "$OUT/compile_${gpu}_bf16.json" 2>&1 | tail -40 ;;
   eighth)  # CUDA graphs + vendor-first regions (#16), then the odd-width weight tables (#20)
-    timeout 100 python3 -m pytest -q -p no:cacheprovider tests/compile/test_cudagraphs.py 2>&1 | grep -v "^DEBUG" | tail -12 \
+    timeout 100 python3 -m pytest -q -p no:cacheprovider tests/compile/test_cudagraphs.py tests/gpu/test_vendor_gpu.py 2>&1 \
+      | grep -v "^DEBUG" | tail -12 \
       | tee "$OUT/test_cudagraphs_gpu.txt"
     T0=$(date +%s)
     for spec in "resnet --batch 64" "gpt2-block --batch 8 --seq 1024" "llama-block --batch 1 --seq 2048"; do
