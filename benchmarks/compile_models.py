@@ -117,6 +117,9 @@ def bench_torch(name: str, model, x, device: str, variants, rounds: int, min_s: 
             one = min(_timed(lambda v=v: fns[v](x), device) for _ in range(3))
             reps[v] = max(1, int(min_s / max(one, 1e-6)))
         times = _rounds({v: (lambda v=v: fns[v](x)) for v in variants}, reps, rounds, device)
+        if PROFILE_DIR is not None:  # after the timing: the profiler must not perturb it
+            for v in variants:
+                _profile(fns[v], x, device, PROFILE_DIR / f"profile_{name}_{'x'.join(map(str, x.shape))}_{v}.txt")
     med = {v: statistics.median(t) * 1e3 for v, t in times.items()}
     row = {"model": name, "shape": list(x.shape), "ms": {v: round(m, 4) for v, m in med.items()},
            "first_call_s": compile_s, **({"fusion": report} if report else {}),
@@ -133,6 +136,27 @@ def bench_torch(name: str, model, x, device: str, variants, rounds: int, min_s: 
     paired = f", uhop/eager speed {row['speedup_paired']}" if "speedup_paired" in row else ""
     print(f"  {name} {list(x.shape)}: " + ", ".join(f"{v} {m:.3f} ms" for v, m in med.items()) + paired, flush=True)
     return row
+
+
+PROFILE_DIR: Path | None = None
+
+
+def _profile(fn, x, device: str, path: Path, calls: int = 5) -> None:
+    """torch.profiler's kernel table over ``calls`` forwards (a diagnostic: where each variant's
+    time goes, kernel by kernel; CUDA graph replays are traced per kernel by CUPTI)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    fn(x)
+    _sync(device)
+    with profile(activities=acts) as prof:
+        for _ in range(calls):
+            fn(x)
+        _sync(device)
+    key = "self_cuda_time_total" if device.startswith("cuda") else "self_cpu_time_total"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{calls} calls\n" + prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=90))
+    print(f"  profile: {path}", flush=True)
 
 
 def _fusion_summary() -> dict:
@@ -244,7 +268,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--min-s", type=float, default=0.05, help="seconds per timed sample (calls repeated to fill it)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                    help="after timing, write each variant's kernel table (torch.profiler, 5 forwards) to DIR")
     a = ap.parse_args()
+    global PROFILE_DIR
+    PROFILE_DIR = a.profile
     dtype = getattr(torch, a.dtype)
     if a.variants is None:
         a.variants = [v for v in VARIANTS if v != "reduce-overhead" or a.device.startswith("cuda")]

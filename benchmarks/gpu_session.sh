@@ -79,7 +79,7 @@ case "$stage" in
       set -- $spec
       l=$(( 330 - ($(date +%s) - T0) )); [ "$l" -lt 60 ] && { echo "skip $1"; continue; }
       UHOP_HOME=$(mktemp -d) timeout $l python3 benchmarks/compile_models.py --device cuda --dtype bfloat16 --models $spec \
-        --out "$OUT/compile_${gpu}_bf16_$1.json" 2>&1 | grep -E "first call|\] *:|ms," | tail -7
+        --out "$OUT/compile_${gpu}_bf16_$1.json" --profile "$OUT/profiles_$gpu" 2>&1 | grep -E "first call|\] *:|ms," | tail -7
     done
     timeout 120 python3 benchmarks/product_pick.py --device=cuda:0 layernorm:2670x50257:bfloat16:3 \
       rmsnorm:883x151936:bfloat16:2 2>&1 | tail -6 | tee "$OUT/product_pick_odd_${gpu}.txt" ;;
