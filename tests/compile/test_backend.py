@@ -116,6 +116,29 @@ def test_small_gpt2_with_embeddings_and_inductor_rest():
     assert REPORT.graphs[0].rest == "inductor"
 
 
+class SwiGLU(torch.nn.Module):
+    def __init__(self, d: int = 32, ff: int = 48) -> None:
+        super().__init__()
+        self.gate, self.up = torch.nn.Linear(d, ff, bias=False), torch.nn.Linear(d, ff, bias=False)
+        self.down = torch.nn.Linear(ff, d, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+@pytest.mark.parametrize("rest", ["inductor", "eager"])
+def test_activation_feeding_an_elementwise_op_is_left_to_inductor(rest, regions_everywhere):
+    """SwiGLU's silu(gate(x)) * up(x): with Inductor for the rest, the silu stays outside the
+    gate's linear region (Inductor fuses it into the multiply, one pass); run eagerly, it is fused
+    into the region (a GEMM epilogue where the pick has one)."""
+    with torch.no_grad():
+        _check(SwiGLU().eval(), torch.randn(3, 5, 32), options={"rest": rest})
+    linears = [r for g in REPORT.graphs for r in g.regions if r.kind == "linear"]
+    assert len(linears) == 3, linears
+    with_act = [r for r in linears if len(r.ops) == 2]
+    assert len(with_act) == (0 if rest == "inductor" else 1), linears
+
+
 def test_training_step_gradients_match_eager():
     torch.manual_seed(0)
     ref = GPT2Block(32, 2, sdpa=False).train()

@@ -131,7 +131,8 @@ def uhop_backend(gm: fx.GraphModule, example_inputs: list[Any], mode: str | None
         isinstance(t, torch.Tensor) and t.requires_grad for t in example_inputs)
     nodes = sum(1 for n in gm.graph.nodes if n.op in ("call_function", "call_method", "call_module"))
     rewrites: list[str] = []
-    regions = partition(gm, inference=not training, leave=runtime.leave_as_written, rewrites=rewrites)
+    regions = partition(gm, inference=not training, leave=runtime.leave_as_written, rewrites=rewrites,
+                        fusing_rest=opts.rest != "eager")
     from torch._inductor import list_mode_options
 
     if opts.rest == "eager":

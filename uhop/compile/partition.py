@@ -40,6 +40,9 @@ GELU = {F.gelu, torch._C._nn.gelu, "gelu"}
 RELU = {F.relu, torch.relu, "relu"}
 SILU = {F.silu}
 POW = {operator.pow, torch.pow, "pow", "power", "__pow__"}
+#: elementwise ops Inductor fuses with an activation before them (SwiGLU's ``silu(gate) * up``)
+POINTWISE = {operator.mul, operator.add, operator.sub, operator.truediv, torch.mul, torch.add, torch.sub,
+             torch.div, "mul", "add", "sub", "div", "multiply"}
 #: integer exponents written out as multiplications (:meth:`Partitioner._small_powers`)
 SMALL_POWERS = (2, 3, 4)
 
@@ -113,9 +116,11 @@ class Partitioner:
     """Rewrites one graph in place. ``inference``: fusions valid only without autograd allowed."""
 
     def __init__(self, gm: fx.GraphModule, inference: bool,
-                 leave: Callable[[str, list[Any]], str | None] | None = None) -> None:
+                 leave: Callable[[str, list[Any]], str | None] | None = None, fusing_rest: bool = True) -> None:
         self.gm, self.g, self.inference = gm, gm.graph, inference
         self.leave = leave
+        #: the rest of the graph goes to a fusing compiler (Inductor), not run eagerly
+        self.fusing_rest = fusing_rest
         self.regions: list[RegionFound] = []
         #: graph rewrites other than regions, for the fusion report ("x**3 -> x*x*x")
         self.rewrites: list[str] = []
@@ -184,9 +189,17 @@ class Partitioner:
         self.regions.append(RegionFound(kind, [_name(n) for n in fused], saved))
 
     def _with_activation(self, node: fx.Node) -> tuple[fx.Node, str, list[fx.Node]]:
+        """The activation applied to ``node`` alone, fused into its region; not one whose only
+        user is an elementwise op when Inductor compiles the rest: there the activation fuses into
+        that op's kernel (SwiGLU's ``silu(gate(h)) * up(h)``: one pass reading both products),
+        while in a region served by a GEMM without that epilogue it is a pass of its own
+        (2048 x 11008 bf16 on a GPU: about 30 us per block)."""
         user = _only_user(node)
         act = _activation_of(user) if user is not None else None
         if act is None:
+            return node, "none", []
+        after = _only_user(user)
+        if self.fusing_rest and after is not None and _is(after, POINTWISE):
             return node, "none", []
         return user, act, [user]
 
@@ -456,12 +469,13 @@ def _name(n: fx.Node) -> str:
 
 def partition(gm: fx.GraphModule, inference: bool,
               leave: Callable[[str, list[Any]], str | None] | None = None,
-              rewrites: list[str] | None = None) -> list[RegionFound]:
+              rewrites: list[str] | None = None, fusing_rest: bool = True) -> list[RegionFound]:
     """Rewrite ``gm`` in place; returns the regions found. ``leave(kind, args)``: why a region's
     ops should stay as written for Inductor, or None
     (:func:`uhop.compile.runtime.leave_as_written`); such regions are reported and left alone.
-    ``rewrites``, if given, receives the other rewrites made (for the fusion report)."""
-    p = Partitioner(gm, inference, leave)
+    ``rewrites``, if given, receives the other rewrites made (for the fusion report).
+    ``fusing_rest``: the rest goes to Inductor (False: it runs eagerly)."""
+    p = Partitioner(gm, inference, leave, fusing_rest)
     regions = p.run()
     if rewrites is not None:
         rewrites.extend(p.rewrites)
