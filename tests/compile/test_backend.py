@@ -139,6 +139,22 @@ def test_activation_feeding_an_elementwise_op_is_left_to_inductor(rest, regions_
     assert len(with_act) == (0 if rest == "inductor" else 1), linears
 
 
+@pytest.mark.parametrize("rest", ["inductor", "eager"])
+def test_norm_after_a_residual_add_is_left_to_inductor(rest, regions_everywhere):
+    """A pre-norm block's second norm reads x + attn(...): Inductor fuses that add into the
+    norm, so with Inductor for the rest the norm stays as written (the block's first norm, on
+    the graph's input, is a region); run eagerly, both are regions."""
+    with torch.no_grad():
+        _check(GPT2Block(64, 4).eval(), torch.randn(2, 12, 64), options={"rest": rest})
+    norms = [r for g in REPORT.graphs for r in g.regions if r.kind == "layer_norm"]
+    assert len(norms) == 2, norms
+    left = [r for r in norms if r.note]
+    if rest == "eager":
+        assert not left, norms
+    else:
+        assert len(left) == 1 and "Inductor fuses the elementwise op before it" in left[0].note, norms
+
+
 def test_training_step_gradients_match_eager():
     torch.manual_seed(0)
     ref = GPT2Block(32, 2, sdpa=False).train()
