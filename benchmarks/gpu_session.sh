@@ -21,10 +21,12 @@
 #                                tables on odd widths (product picks), about 9 minutes
 #   forms                        #20: elementwise chains with broadcast inputs, reductions and mixed
 #                                input dtypes (sweep, product path vs eager / torch.compile)
+#   ninth                        #16: GPT-2 and Llama blocks cold then warm store, with kernel tables
+#                                (tanh-GELU epilogue, activations and norms left to Inductor), ~9 min
 # Two stages in one call: the tuner stages take STOP_S (start no case after it, default 400) and
 # LIMIT_S (kill after it, default 570), e.g. `bash ... buffers && STOP_S=300 LIMIT_S=470 bash ... tuner-a`.
 set -u
-stage=${1:?"stage: first | next | eighth | forms | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
+stage=${1:?"stage: first | next | eighth | ninth | forms | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
 OUT=${OUT:-/tmp/uhop-gpu-out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -83,5 +85,21 @@ case "$stage" in
     done
     timeout 120 python3 benchmarks/product_pick.py --device=cuda:0 layernorm:2670x50257:bfloat16:3 \
       rmsnorm:883x151936:bfloat16:2 2>&1 | tail -6 | tee "$OUT/product_pick_odd_${gpu}.txt" ;;
+  ninth)  # #16 after the ninth/tenth sessions' compile changes: cuBLASLt's tanh-GELU epilogue, activations
+          # and norms left to Inductor's fusions; each block cold (empty store), then warm (same store, new
+          # process: the regions UHOP measured faster are formed); kernel tables under profiles_*
+    timeout 60 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_vendor_gpu.py 2>&1 | tail -3 | tee "$OUT/test_vendor_gpu.txt"
+    T0=$(date +%s)
+    for spec in "gpt2-block --batch 8 --seq 1024" "llama-block --batch 1 --seq 2048"; do
+      set -- $spec
+      h=$(mktemp -d)
+      for phase in cold warm; do
+        l=$(( 520 - ($(date +%s) - T0) )); [ "$l" -lt 50 ] && { echo "skip $1 $phase"; continue; }
+        v="eager compile max-autotune uhop"; [ $phase = warm ] && v="eager compile uhop"
+        UHOP_HOME=$h timeout $l python3 benchmarks/compile_models.py --device cuda --dtype bfloat16 --models $spec \
+          --variants $v --rounds 9 --out "$OUT/compile_${gpu}_bf16_$1_$phase.json" --profile "$OUT/profiles_${gpu}_$phase" \
+          2>&1 | grep -E "first call|\] *:|ms," | tail -6
+      done
+    done ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac
