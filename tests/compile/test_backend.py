@@ -460,6 +460,10 @@ def test_vendor_first_regions_stay_as_written_until_uhop_measured_them(monkeypat
     first = {r.kind: r.note for r in REPORT.graphs[0].regions}
     assert first["layer_norm"] == ""
     assert "vendor kernel until UHOP measures a faster one" in first["linear"]
+    # the MLP's linear + tanh-GELU is a region at once: a fused epilogue, once measured, is
+    # swapped in within this process
+    fc = [r for r in REPORT.graphs[0].regions if r.kind == "linear" and len(r.ops) == 2]
+    assert len(fc) == 1 and fc[0].note == "", REPORT.graphs[0].regions
     uhop.wait()
     assert {e.op for e in open_store().entries()} >= {"matmul", "attention"}  # queued at compile time
     torch._dynamo.reset()

@@ -432,7 +432,7 @@ def leave_as_written(kind: str, args: Sequence[Any]) -> str | None:
         else:
             entry = open_store().get(key)
             cid = Candidate.from_json(entry.candidate).id if entry is not None else None
-        if cid is None and vendor_first(kind, device):
+        if cid is None and vendor_first(kind, device) and not _epilogue_to_win(kind, real):
             try:
                 with override(shape_buckets=BUCKETS["value"], backends=BACKENDS["value"]):
                     dispatch.resolve_interim(problem, "background")  # queues the tuning
@@ -444,6 +444,16 @@ def leave_as_written(kind: str, args: Sequence[Any]) -> str | None:
     if aten is None or cid != aten[0] or not _aten_is_the_candidate(kind_, device, dtype):
         return None
     return f"served {cid}"
+
+
+def _epilogue_to_win(kind: str, args: Sequence[Any]) -> bool:
+    """A GEMM region with an activation is formed even with nothing measured: until its tuning
+    ends it runs the aten GEMM and the activation in place (the passes Inductor would make), and
+    afterwards a kernel that fuses the activation (cuBLASLt's bias+GELU epilogue, a Triton
+    epilogue) is swapped in, in this process. Left as written, the win would wait for a new
+    compile. (The activation is in the region only when no elementwise op follows it for
+    Inductor to fuse it into: :meth:`~uhop.compile.partition.Partitioner._with_activation`.)"""
+    return kind in ("linear", "matmul") and args[-1] != "none"
 
 
 def _aten_only(problem: Any, aten_id: str) -> bool:
