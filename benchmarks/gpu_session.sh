@@ -23,10 +23,12 @@
 #                                input dtypes (sweep, product path vs eager / torch.compile)
 #   ninth                        #16: GPT-2 and Llama blocks cold then warm store, with kernel tables
 #                                (tanh-GELU epilogue, activations and norms left to Inductor), ~9 min
+#   tenth                        what eighth and forms still owe: GPU tests, ResNet, odd-width picks,
+#                                elementwise forms, ~9 min
 # Two stages in one call: the tuner stages take STOP_S (start no case after it, default 400) and
 # LIMIT_S (kill after it, default 570), e.g. `bash ... buffers && STOP_S=300 LIMIT_S=470 bash ... tuner-a`.
 set -u
-stage=${1:?"stage: first | next | eighth | ninth | forms | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
+stage=${1:?"stage: first | next | eighth | ninth | tenth | forms | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
 OUT=${OUT:-/tmp/uhop-gpu-out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -101,5 +103,16 @@ case "$stage" in
           2>&1 | grep -E "first call|\] *:|ms," | tail -6
       done
     done ;;
+  tenth)  # what eighth and forms still owe, in one call: CUDA graph + vendor GPU tests, the ResNet-style net
+          # (vendor-first convs), the odd-width product picks (#20), the elementwise forms (#20), ~9 min
+    timeout 90 python3 -m pytest -q -p no:cacheprovider tests/compile/test_cudagraphs.py tests/gpu/test_vendor_gpu.py 2>&1 \
+      | grep -v "^DEBUG" | tail -6 | tee "$OUT/test_cudagraphs_vendor_gpu.txt"
+    UHOP_HOME=$(mktemp -d) timeout 130 python3 benchmarks/compile_models.py --device cuda --dtype bfloat16 --models resnet \
+      --batch 64 --variants eager compile max-autotune uhop --out "$OUT/compile_${gpu}_bf16_resnet.json" \
+      --profile "$OUT/profiles_$gpu" 2>&1 | grep -E "first call|\] *:|ms," | tail -6
+    timeout 110 python3 benchmarks/product_pick.py --device=cuda:0 layernorm:2670x50257:bfloat16:3 \
+      rmsnorm:883x151936:bfloat16:2 2>&1 | tail -6 | tee "$OUT/product_pick_odd_${gpu}.txt"
+    timeout 230 python3 benchmarks/width_sweep.py --only elementwise --deadline-s 190 --stop-s 200 \
+      --out "$OUT/width_sweep_${gpu}_forms.json" 2>&1 | tail -12 ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac
