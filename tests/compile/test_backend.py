@@ -471,3 +471,15 @@ def test_vendor_first_regions_stay_as_written_until_uhop_measured_them(monkeypat
         _check(m, x)
     second = [r for r in REPORT.graphs[1].regions if r.kind == "linear"]
     assert second and all(r.note.startswith("left as written: served torch/eager") for r in second), second
+
+
+def test_convs_served_by_any_torch_candidate_stay_as_written():
+    """A conv whose winner is cuDNN/oneDNN in another layout (channels-last, cuDNN's own
+    search) is left to Inductor, which calls the same library without converting layouts
+    around each conv; a generated kernel's win makes it a region."""
+    from uhop.compile.runtime import cudnn_conv
+
+    assert cudnn_conv("conv2d", "torch/channels_last{benchmark=True}")
+    assert cudnn_conv("conv_bn", "torch/eager{benchmark=True}")
+    assert not cudnn_conv("conv2d", "triton/implicit_gemm{BM=64}")
+    assert not cudnn_conv("linear", "torch/lt_epilogue")
