@@ -87,16 +87,17 @@ case "$stage" in
     done
     timeout 120 python3 benchmarks/product_pick.py --device=cuda:0 layernorm:2670x50257:bfloat16:3 \
       rmsnorm:883x151936:bfloat16:2 2>&1 | tail -6 | tee "$OUT/product_pick_odd_${gpu}.txt" ;;
-  ninth)  # #16 after the ninth/tenth sessions' compile changes: cuBLASLt's tanh-GELU epilogue, activations
-          # and norms left to Inductor's fusions; each block cold (empty store), then warm (same store, new
+  ninth)  # #16 after the tenth session's compile changes: cuBLASLt's tanh-GELU epilogue, activations, norms and
+          # cuDNN convs left to Inductor's fusions; each model cold (empty store), then warm (same store, new
           # process: the regions UHOP measured faster are formed); kernel tables under profiles_*
-    timeout 60 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_vendor_gpu.py 2>&1 | tail -3 | tee "$OUT/test_vendor_gpu.txt"
+    timeout 75 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_vendor_gpu.py tests/compile/test_cudagraphs.py 2>&1 \
+      | grep -v "^DEBUG" | tail -4 | tee "$OUT/test_vendor_cudagraphs_gpu.txt"
     T0=$(date +%s)
-    for spec in "gpt2-block --batch 8 --seq 1024" "llama-block --batch 1 --seq 2048"; do
+    for spec in "gpt2-block --batch 8 --seq 1024" "resnet --batch 64" "llama-block --batch 1 --seq 2048"; do
       set -- $spec
       h=$(mktemp -d)
       for phase in cold warm; do
-        l=$(( 520 - ($(date +%s) - T0) )); [ "$l" -lt 50 ] && { echo "skip $1 $phase"; continue; }
+        l=$(( 500 - ($(date +%s) - T0) )); [ "$l" -lt 45 ] && { echo "skip $1 $phase"; continue; }
         v="eager compile max-autotune uhop"; [ $phase = warm ] && v="eager compile uhop"
         UHOP_HOME=$h timeout $l python3 benchmarks/compile_models.py --device cuda --dtype bfloat16 --models $spec \
           --variants $v --rounds 9 --out "$OUT/compile_${gpu}_bf16_$1_$phase.json" --profile "$OUT/profiles_${gpu}_$phase" \
