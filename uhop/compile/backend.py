@@ -126,6 +126,7 @@ def uhop_backend(gm: fx.GraphModule, example_inputs: list[Any], mode: str | None
     t0 = time.perf_counter()
     runtime.BUCKETS["value"] = opts.buckets
     runtime.BACKENDS["value"] = opts.backends
+    runtime.REST["value"] = opts.rest
     # inference-only fusions (batchnorm folded into conv) only when autograd cannot need them
     training = torch.is_grad_enabled() and any(
         isinstance(t, torch.Tensor) and t.requires_grad for t in example_inputs)
