@@ -442,3 +442,29 @@ def test_tune_refuses_dims_too_large_for_memory_before_allocating():
 
     with pytest.raises(ProblemTooLargeError, match="needs at least"):
         uhop.tune("matmul", dims={"B": 1, "M": 100000, "N": 100000, "K": 100000}, dtype="float32")
+
+
+def test_a_kernel_of_another_array_library_is_timed_with_the_conversions():
+    """A torch caller served by a numpy kernel pays a torch -> numpy -> torch conversion per call
+    (several microseconds): the tuner times candidates as the caller will run them, so on a tiny
+    problem torch's own kernel wins and the conversion is in the numpy candidate's time."""
+    torch = pytest.importorskip("torch")
+    from uhop.backends.numpy import NumpyBackend
+    from uhop.problem import Problem
+    from uhop.tune.tuner import as_called, tune
+
+    p = Problem.make("matmul", {"B": 1, "M": 4, "N": 4, "K": 4}, "float32", {}, device="cpu", array="torch")
+    backend = NumpyBackend()
+    (cand,) = [c for c in backend.candidates(p) if c.template == "blas"]
+    called, array = as_called(backend.compile(cand, p), backend, p)
+    assert array == "torch"
+    a, b = torch.randn(4, 4), torch.randn(4, 4)
+    out = called(a, b)
+    assert isinstance(out, torch.Tensor)
+    torch.testing.assert_close(out.double(), a.double() @ b.double())
+    with config.override(tune_budget_s=20, backends=("numpy", "torch")):
+        res = tune(problem=p)
+    assert res.best.candidate.id == "torch/eager", [(m.candidate.id, m.status, m.median_s) for m in res.measurements]
+    # the same problem from numpy: no conversion for numpy's kernels
+    q = Problem.make("matmul", {"B": 1, "M": 4, "N": 4, "K": 4}, "float32", {}, device="cpu", array="numpy")
+    assert as_called(backend.compile(cand, q), backend, q)[1] == "numpy"

@@ -350,14 +350,16 @@ def _retime_here(req: dict[str, Any], problem: Problem, vset: Any) -> list[list[
     from uhop import backends as bk
     from uhop.config import settings
     from uhop.tune.retime import interleaved
+    from uhop.tune.tuner import as_called
 
     try:
         ks, args = [], []
         for cj in req["candidates"]:
             c = Candidate.from_json(cj)
             b = bk.get(c.backend)
-            ks.append(b.compile(c, problem))
-            args.append([vset.native_inputs(t, b.array, problem.device) for t in vset.trials])
+            k, array = as_called(b.compile(c, problem), b, problem)
+            ks.append(k)
+            args.append([vset.native_inputs(t, array, problem.device) for t in vset.trials])
         cuda = problem.device.startswith("cuda")
         sync = (lambda: bk.get("torch").synchronize(problem.device)) if cuda else None
         return interleaved(ks, args, sync=sync, rounds=req["rounds"], min_time_s=settings().bench_min_s / 4, cuda_events=cuda)
