@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from uhop.backends.base import Backend, Candidate, Kernel, needs_elementwise_forms
+from uhop.backends.base import Backend, Candidate, Kernel
 from uhop.ops import expr as ex
 from uhop.problem import Problem
 
@@ -329,7 +329,7 @@ def _whole_arrays(problem: Problem) -> bool:
     """An elementwise form the blocked kernel does not take (broadcasting inputs, a reduction);
     inputs of mixed dtypes alone it does: each block's ufuncs read them into the result's dtype."""
     p = problem.param
-    return needs_elementwise_forms(problem) and (bool(p.get("bcast")) or p.get("reduce", "none") != "none")
+    return bool(p.get("bcast")) or p.get("reduce", "none") != "none"
 
 
 class NumpyBackend(Backend):

@@ -41,8 +41,7 @@ RELU = {F.relu, torch.relu, "relu"}
 SILU = {F.silu}
 POW = {operator.pow, torch.pow, "pow", "power", "__pow__"}
 #: elementwise ops Inductor fuses with an activation before them (SwiGLU's ``silu(gate) * up``)
-POINTWISE = {operator.mul, operator.add, operator.sub, operator.truediv, torch.mul, torch.add, torch.sub,
-             torch.div, "mul", "add", "sub", "div", "multiply"}
+POINTWISE = SUB | DIV | {operator.mul, operator.add, torch.mul, torch.add, "mul", "add", "multiply"}
 #: integer exponents written out as multiplications (:meth:`Partitioner._small_powers`)
 SMALL_POWERS = (2, 3, 4)
 
@@ -238,24 +237,24 @@ class Partitioner:
         return True
 
     def _norm(self, node: fx.Node) -> bool:
-        if (_is(node, LAYER_NORM) or _is(node, RMS_NORM)) and self._fused_by_inductor(
-                node, "layer_norm" if _is(node, LAYER_NORM) else "rms_norm"):
+        kind = "layer_norm" if _is(node, LAYER_NORM) else "rms_norm" if _is(node, RMS_NORM) else None
+        if kind is None:
+            return False
+        if self._fused_by_inductor(node, kind):
             return True
-        if _is(node, LAYER_NORM):
+        if kind == "layer_norm":
             shape = _arg(node, 1, "normalized_shape")
             if not isinstance(shape, (tuple, list)) or len(shape) != 1:
                 return False
             args = (node.args[0], _arg(node, 2, "weight"), _arg(node, 3, "bias"), float(_arg(node, 4, "eps", 1e-5)))
             self._replace(node, [node], "layer_norm", args)
             return True
-        if _is(node, RMS_NORM):
-            shape = _arg(node, 1, "normalized_shape")
-            eps = _arg(node, 3, "eps")
-            if not isinstance(shape, (tuple, list)) or len(shape) != 1 or eps is None:
-                return False  # eps=None means the dtype's epsilon: left to aten
-            self._replace(node, [node], "rms_norm", (node.args[0], _arg(node, 2, "weight"), float(eps)))
-            return True
-        return False
+        shape = _arg(node, 1, "normalized_shape")
+        eps = _arg(node, 3, "eps")
+        if not isinstance(shape, (tuple, list)) or len(shape) != 1 or eps is None:
+            return False  # eps=None means the dtype's epsilon: left to aten
+        self._replace(node, [node], "rms_norm", (node.args[0], _arg(node, 2, "weight"), float(eps)))
+        return True
 
     def _softmax_dim_ok(self, node: fx.Node) -> bool:
         dim = _arg(node, 1, "dim")
