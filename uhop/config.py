@@ -26,7 +26,7 @@ from typing import Any
 #: dispatch policies (``UHOP_POLICY``, ``@uhop.optimize(policy=...)``)
 POLICIES = ("background", "tune", "fast")
 #: thread pools' wait policies (``UHOP_THREADS``, ``uhop/threads.py``)
-THREAD_POLICIES = ("passive", "default")
+THREAD_POLICIES = ("brief", "passive", "default")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -92,7 +92,7 @@ class Settings:
     disable: bool = False
     policy: str = "background"
     exit_wait_s: float = 20.0
-    threads: str = "passive"  # applied at import uhop (uhop/threads.py)
+    threads: str = "brief"  # applied at import uhop (uhop/threads.py)
     # tuning
     tune_budget_s: float = 10.0
     bench_min_s: float = 0.05

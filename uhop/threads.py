@@ -8,17 +8,22 @@ several times slower end to end (1.7-2.7x in a GPT-2 forward on 2 cores).
 
 ``UHOP_THREADS`` (applied at ``import uhop``, before UHOP starts any pool):
 
-- ``passive`` (default): OpenMP pools loaded after ``import uhop`` (numba's; torch's when torch
-  is imported after UHOP) sleep when idle (``OMP_WAIT_POLICY=PASSIVE``, ``KMP_BLOCKTIME=0`` for
-  Intel's runtime), so a pool that finished hands the cores to the next at once. It costs a
-  futex wake-up (microseconds) per parallel region, nothing next to the kernels UHOP runs in
-  parallel (serial candidates serve small problems). OpenBLAS's own pthreads (numpy's BLAS when
-  it is loaded after ``import uhop``, and always in UHOP's worker processes) spin for the
-  shortest time it allows before sleeping (``OPENBLAS_THREAD_TIMEOUT=4``, 2^4 spin cycles):
-  on the 2-core machine a torch SDPA right after a numpy GEMM took 28-29 ms with OpenBLAS's
-  default spin and 21-23 ms with this, against 16-20 ms once the BLAS threads slept (the tuner
-  had timed torch's kernel at twice its speed after numpy candidates, and picked wrongly);
-- ``default``: leave the libraries' own settings.
+- ``brief`` (default): OpenMP pools loaded after ``import uhop`` (numba's; torch's when torch is
+  imported after UHOP) spin briefly after a parallel region, then sleep (``GOMP_SPINCOUNT=3000``
+  for GNU OpenMP, tens of microseconds; ``KMP_BLOCKTIME=1``, 1 ms, for LLVM/Intel OpenMP). Back to back
+  regions of one library find their threads awake; a pool that finished hands the cores to the
+  next library a fraction of a millisecond later. OpenBLAS's own pthreads (numpy's BLAS when it is
+  loaded after ``import uhop``, and always in UHOP's worker processes) spin the shortest time it
+  allows before sleeping (``OPENBLAS_THREAD_TIMEOUT=4``, 2^4 spin cycles): on the 2-core machine a
+  torch SDPA right after a numpy GEMM took 28-29 ms with OpenBLAS's default spin and 21-23 ms with
+  this, against 16-20 ms once the BLAS threads slept (the tuner had timed torch's kernel at twice
+  its speed after numpy candidates, and picked wrongly);
+- ``passive``: as ``brief``, but the OpenMP threads sleep at once (``OMP_WAIT_POLICY=PASSIVE``,
+  ``KMP_BLOCKTIME=0``). Every parallel region then pays a wake-up: on the 2-core VM a torch op
+  on a 64x64 tensor took 55-60 us instead of 2-5 us (torch imported after UHOP). It was the
+  default until that was measured;
+- ``default``: leave the libraries' own settings (GNU OpenMP spins about 300,000 times, a
+  millisecond or more, after each region; LLVM's 200 ms).
 
 A value the user already set in the environment always wins. Pool sizes stay each library's
 default (all cores the process may use): the ops run one after another, not side by side.
@@ -42,8 +47,12 @@ def apply() -> str:
         policy = config.read("threads")
     except ValueError:
         return "default"
-    if policy == "passive":
+    if policy == "brief" and "OMP_WAIT_POLICY" not in os.environ:  # a user's wait policy wins
+        os.environ.setdefault("GOMP_SPINCOUNT", "3000")
+        os.environ.setdefault("KMP_BLOCKTIME", "1")
+    elif policy == "passive":
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         os.environ.setdefault("KMP_BLOCKTIME", "0")
+    if policy != "default":
         os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
     return policy

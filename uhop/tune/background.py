@@ -100,7 +100,7 @@ class Queue:
         while True:
             with self._cv:
                 while not self._jobs:
-                    if not self._cv.wait(timeout=30.0) and not self._jobs:
+                    if not self._cv.wait(timeout=IDLE_S) and not self._jobs:
                         self._thread = None  # idle: the next submit starts a new thread
                         return
                 # a caller's first call on a new problem is running: what a job starts with
@@ -146,6 +146,12 @@ def _depth(n: int) -> None:
 _queue = Queue()
 
 #: longest a job waits for first calls in flight before it starts anyway, seconds
+#: the tuning thread exits after this long without work (the next job starts a new one). Short:
+#: an OpenMP kernel it timed (numba's parallel candidates) gave it a thread team of its own, and
+#: while two teams exist GNU OpenMP counts more threads than cores and stops spinning between
+#: parallel regions, so every small op of the caller's torch paid a thread wake-up (5 -> 12-54 us
+#: for a 64x64 layer_norm on 2 cores) until the thread ended
+IDLE_S = 0.05
 HOLD_MAX_S = 2.0
 
 
