@@ -60,6 +60,32 @@ def _arg_sig(a: Any) -> Any:
     return (type(a), a)
 
 
+def args_sig(args: Sequence[Any]) -> tuple[Any, ...]:
+    """The cache key part of a call's arguments: ``tuple(map(_arg_sig, args))``, with the torch
+    tensor case inline (no call per argument: this runs on every dispatch)."""
+    out = []
+    for a in args:
+        if type(a) in _TENSORS:
+            out.append((a.shape, a.dtype, a.is_contiguous(), a.get_device()))
+        else:
+            out.append(_arg_sig(a))
+    return tuple(out)
+
+
+def call_sig(op_name: str, args: Sequence[Any], params: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The ``uhop.ops`` cache key: the op, its params, then each argument's :func:`_arg_sig`
+    (inline for torch tensors, as in :func:`args_sig`). Params keep the caller's keyword order
+    (not sorted: a call site passes them in one order; another order is one more entry for the
+    same kernel)."""
+    out = [op_name, tuple(params.items()) if params else ()]
+    for a in args:
+        if type(a) in _TENSORS:
+            out.append((a.shape, a.dtype, a.is_contiguous(), a.get_device()))
+        else:
+            out.append(_arg_sig(a))
+    return tuple(out)
+
+
 def _foreign(a: Any) -> bool:
     """An array of another library (CuPy, JAX...) that UHOP takes through DLPack as torch."""
     return a is not None and type(a) is not _ND and not hasattr(a, "is_contiguous") and hasattr(a, "__dlpack__")
@@ -527,7 +553,7 @@ _direct_cache: dict[Any, Kernel] = {}
 
 def call_op(op_name: str, args: Sequence[Any], params: Mapping[str, Any]) -> Any:
     try:
-        sig = (op_name, tuple(sorted(params.items())) if params else (), tuple(map(_arg_sig, args)))
+        sig = call_sig(op_name, args, params)
         k = _direct_cache.get(sig)
     except TypeError:  # unhashable argument: let the checks below name it
         sig, k = None, None
@@ -675,7 +701,7 @@ class Optimized:
         if kwargs:
             args = self._bind(args, kwargs)
         try:
-            k = self._kernels.get(tuple(map(_arg_sig, args)))
+            k = self._kernels.get(args_sig(args))
         except TypeError:  # unhashable (a list, say): the user's function decides what it means
             return self.fn(*args)
         if k is None:
@@ -700,7 +726,7 @@ class Optimized:
                 kernel = self._kernel_for(args)
             else:
                 kernel = self._kernel_with_call_params(args)
-            self._kernels.setdefault(tuple(map(_arg_sig, args)), kernel)  # serve() may have cached it already
+            self._kernels.setdefault(args_sig(args), kernel)  # serve() may have cached it already
             return kernel(*args)
 
     def _kernel_with_call_params(self, args: tuple[Any, ...]) -> Callable[..., Any]:
@@ -751,7 +777,7 @@ class Optimized:
         except UnsupportedInput:
             return self.fn
         try:
-            sig = None if any(_foreign(a) for a in args) else tuple(map(_arg_sig, args))
+            sig = None if any(_foreign(a) for a in args) else args_sig(args)
             return serve(problem, self.policy, self._kernels, sig, self.fn)
         except NoCandidateError as exc:
             _warn(f"{self.fn.__qualname__}: {exc}; calling the function as written")

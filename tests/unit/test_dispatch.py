@@ -352,6 +352,21 @@ def test_cache_hit_overhead_is_microseconds():
     assert best < 20e-6, f"dispatch overhead {best * 1e6:.2f} µs"
 
 
+def test_params_in_any_keyword_order_serve_one_store_entry():
+    """The ``uhop.ops`` key keeps the caller's keyword order: another order is another key in this
+    process, never another problem (no second tuning, one store entry), and the same result."""
+    torch = pytest.importorskip("torch")
+    a, b = torch.randn(12, 8), torch.randn(8, 5)
+    ref = a.double() @ b.double()
+    with config.override(policy="tune", tune_budget_s=3):
+        y1 = uhop.ops.matmul(a, b, activation="none", trans_b=False)
+        y2 = uhop.ops.matmul(a, b, trans_b=False, activation="none")
+        y3 = uhop.ops.matmul(a, b)
+    for y in (y1, y2, y3):
+        close(y.numpy(), ref.numpy())
+    assert len(open_store().entries("matmul")) == 1
+
+
 def test_stale_or_wrong_store_entries_are_never_served():
     x = f32(16, 40)
     uhop.ops.softmax(x)

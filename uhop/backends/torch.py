@@ -259,6 +259,8 @@ class TorchBackend(Backend):
             return lt
         if op == "matmul" and candidate.template == "pad":
             return _padded_matmul(p["activation"], int(cfg["to"]))
+        if op == "matmul" and p["activation"] == "none" and problem.arity == 2:
+            return torch.matmul  # no Python frame between the caller and ATen
         if op == "matmul":
             # in place on the fresh product (no second output tensor) unless autograd records it
             act_ = {"none": None, "relu": torch.relu_, "gelu": torch._C._nn.gelu_, "silu": _silu_,
