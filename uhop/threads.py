@@ -31,11 +31,19 @@ default (all cores the process may use): the ops run one after another, not side
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 
 from uhop import config
 
 POLICIES = config.THREAD_POLICIES
+#: libraries with thread pools already imported when the policy was applied: it cannot reach them
+#: (a pool reads its settings once, when the library loads)
+loaded_before: tuple[str, ...] = ()
+_applied = False
+_told = False
+log = logging.getLogger("uhop")
 
 
 def apply() -> str:
@@ -43,6 +51,10 @@ def apply() -> str:
     Read alone (:func:`uhop.config.read`): this runs at ``import uhop``, before the other settings
     are needed. A bad value changes nothing here and does not fail the import: the first use of
     the settings raises the ValueError naming it (the ``uhop`` command: one line, exit 2)."""
+    global loaded_before, _applied
+    if not _applied:
+        loaded_before = tuple(m for m in ("numpy", "torch", "numba") if m in sys.modules)
+        _applied = True
     try:
         policy = config.read("threads")
     except ValueError:
@@ -56,3 +68,18 @@ def apply() -> str:
     if policy != "default":
         os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
     return policy
+
+
+def note_unreached() -> None:
+    """Once per process, at the first CPU tuning run: name the libraries imported before UHOP,
+    whose pools the policy did not reach. numpy first matters most: OpenBLAS's threads then spin
+    for their default time after every BLAS call, about 0.1 s, on cores the next op needs (the
+    mixed chain of ``benchmarks/thread_policy.py`` at 64 rows, one store: 2.3 ms with numpy imported
+    first, 1.5 ms with the same settings in place from the start; four 64x64 torch ops after it
+    158 us against 26 us, 2-core VM)."""
+    global _told
+    if _told or not loaded_before or config.read("threads") == "default":
+        return
+    _told = True
+    log.info("thread policy %r does not reach %s: imported before uhop (import uhop first; "
+             "see UHOP_THREADS in the README)", config.read("threads"), ", ".join(loaded_before))

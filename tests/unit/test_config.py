@@ -147,6 +147,31 @@ def test_thread_policy_reaches_libraries_loaded_after_import_uhop():
     assert run(UHOP_THREADS="default") == ["-", "-", "-", "-"]
 
 
+def test_libraries_imported_before_uhop_are_named_once_at_the_first_cpu_tuning(tmp_path):
+    """The policy cannot reach a pool loaded before it: the first CPU tuning run says which."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import logging, sys\n"
+            "if sys.argv[1] == 'numpy-first': import numpy\n"
+            "import uhop, numpy as np\n"
+            "logging.basicConfig(level=logging.INFO, format='%(message)s')\n"
+            "for n in (8, 9):\n"
+            "    uhop.ops.softmax(np.ones((4, n), np.float32))\n"
+            "uhop.wait()")  # fmt: skip
+    env = {**os.environ, "UHOP_HOME": str(tmp_path), "UHOP_TUNE_BUDGET_S": "1", "UHOP_BACKENDS": "numpy"}
+    env.pop("UHOP_THREADS", None)
+    said = []
+    for order in ("numpy-first", "uhop-first"):
+        r = subprocess.run([sys.executable, "-c", code, order], env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-800:]
+        said.append([ln for ln in r.stderr.splitlines() if ln.startswith("thread policy")])
+    assert said[0] == ["thread policy 'brief' does not reach numpy: imported before uhop (import uhop first; "
+                       "see UHOP_THREADS in the README)"]  # fmt: skip
+    assert said[1] == []
+
+
 def test_the_brief_policy_keeps_small_torch_ops_fast_when_torch_loads_after_uhop():
     """The measured cost of ``passive``: with torch imported after UHOP each parallel region
     woke sleeping threads (55-60 us for a 64x64 torch op on the 2-core VM, 2-5 us otherwise).

@@ -75,7 +75,7 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print everything as
         typer.echo(json.dumps({
             "uhop": __version__, "python": platform.python_version(), "machine": platform.machine(), "cpu": cpu_model(),
             "manifests": manifests, "store": s.resolved_store_url, "policy": s.policy, "shape_buckets": s.shape_buckets,
-            "backends": backends, "components": comps,
+            "threads": s.threads, "backends": backends, "components": comps,
         }, indent=1, default=str))  # fmt: skip
         return
     console.print(f"[bold]UHOP {__version__}[/bold]  Python {platform.python_version()}  {platform.machine()}", highlight=False)
@@ -84,7 +84,7 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print everything as
         console.print(f"Manifest ({dev}): {escape(name)}  (`uhop hw show --device {dev}`)", highlight=False)
     # The store URL alone on its line, never folded by us (a terminal wraps it; a copy stays whole).
     console.print(f"Store: {escape(s.resolved_store_url)}", highlight=False, soft_wrap=True)
-    console.print(f"Policy: {s.policy}   shape buckets: {s.shape_buckets}", highlight=False)
+    console.print(f"Policy: {s.policy}   shape buckets: {s.shape_buckets}   threads: {s.threads}", highlight=False)
     t = Table(title="Backends")
     t.add_column("backend", no_wrap=True)
     t.add_column("here", no_wrap=True)

@@ -416,6 +416,10 @@ def _budgeted(
     order = [c for c in order if all(m.candidate != c for m in measurements)]
     overhead["enumerate"] = time.monotonic() - t
     log.info("tuning %s: %d candidates, budget %.3g s", problem.describe(), len(order), budget)
+    if problem.device == "cpu":
+        from uhop.threads import note_unreached
+
+        note_unreached()
     pre = None
     if iso is not None:  # the worker draws its inputs and builds its first candidate meanwhile
         first = next((c for c in order if c.backend in isolated), None)
