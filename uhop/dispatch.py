@@ -73,17 +73,10 @@ def args_sig(args: Sequence[Any]) -> tuple[Any, ...]:
 
 
 def call_sig(op_name: str, args: Sequence[Any], params: Mapping[str, Any]) -> tuple[Any, ...]:
-    """The ``uhop.ops`` cache key: the op, its params, then each argument's :func:`_arg_sig`
-    (inline for torch tensors, as in :func:`args_sig`). Params keep the caller's keyword order
-    (not sorted: a call site passes them in one order; another order is one more entry for the
-    same kernel)."""
-    out = [op_name, tuple(params.items()) if params else ()]
-    for a in args:
-        if type(a) in _TENSORS:
-            out.append((a.shape, a.dtype, a.is_contiguous(), a.get_device()))
-        else:
-            out.append(_arg_sig(a))
-    return tuple(out)
+    """The ``uhop.ops`` cache key: the op, its params, then :func:`args_sig`. Params keep the
+    caller's keyword order (not sorted: a call site passes them in one order; another order is one
+    more entry for the same kernel)."""
+    return (op_name, tuple(params.items()) if params else (), *args_sig(args))
 
 
 def _foreign(a: Any) -> bool:

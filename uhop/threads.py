@@ -10,9 +10,9 @@ several times slower end to end (1.7-2.7x in a GPT-2 forward on 2 cores).
 
 - ``brief`` (default): OpenMP pools loaded after ``import uhop`` (numba's; torch's when torch is
   imported after UHOP) spin briefly after a parallel region, then sleep (``GOMP_SPINCOUNT=3000``
-  for GNU OpenMP, tens of microseconds; ``KMP_BLOCKTIME=1``, 1 ms, for LLVM/Intel OpenMP). Back to back
-  regions of one library find their threads awake; a pool that finished hands the cores to the
-  next library a fraction of a millisecond later. OpenBLAS's own pthreads (numpy's BLAS when it is
+  for GNU OpenMP, tens of microseconds; ``KMP_BLOCKTIME=1``, 1 ms, for LLVM/Intel OpenMP). Back
+  to back regions of one library find their threads awake; a pool that finished hands the cores
+  to the next library a fraction of a millisecond later. OpenBLAS's own pthreads (numpy's BLAS when it is
   loaded after ``import uhop``, and always in UHOP's worker processes) spin the shortest time it
   allows before sleeping (``OPENBLAS_THREAD_TIMEOUT=4``, 2^4 spin cycles): on the 2-core machine a
   torch SDPA right after a numpy GEMM took 28-29 ms with OpenBLAS's default spin and 21-23 ms with

@@ -52,5 +52,5 @@ def test_lt_epilogue_keeps_autograd():
     for t in (a, b, bias):
         t.grad = None
     F.gelu(torch.addmm(bias, a, b), approximate="tanh").sum().backward()
-    for got, ref in zip(want, (a.grad, b.grad, bias.grad)):
+    for got, ref in zip(want, (a.grad, b.grad, bias.grad), strict=True):
         torch.testing.assert_close(got, ref)

@@ -146,13 +146,13 @@ def _depth(n: int) -> None:
 _queue = Queue()
 
 #: longest a job waits for first calls in flight before it starts anyway, seconds
-#: the tuning thread exits after this long without work (the next job starts a new one). Short:
-#: an OpenMP kernel it timed (numba's parallel candidates) gave it a thread team of its own, and
-#: while two teams exist GNU OpenMP counts more threads than cores and stops spinning between
-#: parallel regions, so every small op of the caller's torch paid a thread wake-up (5 -> 12-54 us
-#: for a 64x64 layer_norm on 2 cores) until the thread ended
-IDLE_S = 0.05
 HOLD_MAX_S = 2.0
+#: the tuning thread exits after this long without work, seconds (the next job starts a new one).
+#: Short: a parallel kernel it ran gave it an OpenMP thread team of its own, and while two teams
+#: exist GNU OpenMP counts more threads than cores and stops spinning between parallel regions, so
+#: every small op of the caller's torch paid a thread wake-up until the thread ended (a 64x64
+#: layer_norm on 2 cores: 5 -> 12 us while another thread holding a team was alive)
+IDLE_S = 0.05
 
 
 def first_call() -> contextlib.AbstractContextManager[None]:
