@@ -54,6 +54,7 @@ def main(specs: list[str], device: str = "cuda:0") -> None:
         entries = open_store().entries(op)
         entry = entries[0] if entries else None
         eager = {"layernorm": lambda x, w, b: torch.nn.functional.layer_norm(x, (x.shape[-1],), w, b),
+                 "rmsnorm": lambda x, w=None: torch.nn.functional.rms_norm(x, (x.shape[-1],), w),
                  "softmax": lambda x: torch.softmax(x, -1),
                  "conv2d": lambda x, w, *b: torch.nn.functional.conv2d(x, w, *b)}[op]  # fmt: skip
         s = interleaved([fn, eager], [[xs], [xs]], sync=sync if cuda else None, rounds=7, min_time_s=0.05, cuda_events=cuda)
