@@ -224,6 +224,10 @@ def run_case(op, R, N, dtype, arity, expr, opts, copy) -> dict[str, Any]:
         mine = [e for e in open_store().entries(op)  # this case's entry (the store holds every case's)
                 if e.problem.get("dims") == full and e.problem.get("dtype") == dtype]
         row["uhop_store"] = [str(e.candidate)[:160] for e in mine]
+        # what the product's tuning did with each candidate (why a kernel lost, failed or was skipped)
+        row["uhop_measured"] = [{"params": e.problem.get("params"), "pick": e.candidate, "measurements": [
+            {"candidate": m["candidate"], "status": m["status"], "median_s": m.get("median_s"),
+             "reason": (m.get("reason") or "")[:200]} for m in open_store().measurements(e.key)]} for e in mine]
     except Exception as exc:
         row["uhop_store"] = f"unreadable: {exc}"
     return row
