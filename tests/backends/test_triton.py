@@ -212,6 +212,33 @@ def test_elementwise_mixed_dtypes(interpreter, dtypes, bcast, reduce, dtype):
     _check(interpreter, "elementwise", {"N": 37 * 129, "C": 129}, dtype, params, arity=3, limit=2)
 
 
+def test_elementwise_max_reduction_keeps_nan_with_the_gpus_source(interpreter, monkeypatch):
+    """The max rowsum is generated the same for the GPU as for the interpreter (the GPU's had
+    called ``tl.max(..., propagate_nan=True)``, which Triton 3.6 does not take: every candidate
+    failed to compile on the H100 and torch served the op), and a NaN in a row gives a NaN max,
+    as numpy's and torch's max do."""
+    from uhop.backends.triton_kernels import elementwise as ew
+    from uhop.dispatch import make_problem
+    from uhop.ops import expr as ex
+    from uhop.ops import get
+
+    e = ex.parse("x0*x1")
+    here = ew.generate(e, 2, "fr", "max")
+    monkeypatch.setattr("uhop.backends.triton_kernels.interpreting", lambda: False)
+    assert ew.generate(e, 2, "fr", "max") == here
+    monkeypatch.undo()
+    x0 = torch.randn(21, 700).to(torch.bfloat16)
+    x1 = torch.randn(700).to(torch.bfloat16)
+    x0[5, 333] = float("nan")
+    p = make_problem(get("elementwise"), [x0, x1], {"expr": "x0*x1", "reduce": "max"})
+    ref = (x0.double() * x1.double()).amax(-1)
+    rest = torch.arange(21) != 5
+    for c in interpreter.candidates(p)[:2]:
+        y = interpreter.compile(c, p)(x0, x1)
+        assert torch.isnan(y[5]), c.id
+        torch.testing.assert_close(y[rest].double(), ref[rest], rtol=1e-2, atol=1e-2)
+
+
 def test_elementwise_generated_source_is_cached(interpreter, uhop_home):
     from uhop.backends.triton_kernels import elementwise as ew
     from uhop.ops import expr as ex

@@ -106,11 +106,20 @@ def generate(e: ex.Expr, n_inputs: int, forms: str = "", reduce: str = "none") -
         if reduce == "max":
             init, acc = 'tl.full((ROWS, BLOCK), -float("inf"), tl.float32)', (
                 f'acc = tl.maximum(acc, tl.where(m, {result}, -float("inf")), propagate_nan=tl.PropagateNan.ALL)')
-            final = "r = tl.max(acc, axis=1, propagate_nan=True)" if not interpreting() else "r = tl.max(acc, axis=1)"
+            # tl.max takes no propagate_nan (Triton 3.6: a compile error on the GPU, which the
+            # interpreter never hit): a reduce whose combine keeps NaN, as numpy's max does
+            final = "r = tl.reduce(acc, 1, _max_nan)"
         else:
             init, acc = "tl.zeros((ROWS, BLOCK), tl.float32)", f"acc += tl.where(m, {result}, 0.0)"
             final = "r = tl.sum(acc, axis=1)"
-        lines = head + [
+        lines = head[:-1] + ([
+            "@triton.jit",
+            "def _max_nan(a, b):",
+            "    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)",
+            "",
+            "",
+        ] if reduce == "max" else []) + [
+            "@triton.jit",
             f"def ewr({args}, out_ptr, R, C, SPAN, ROWS: tl.constexpr, BLOCK: tl.constexpr, PARTIAL: tl.constexpr):",
             "    # program (i, p): rows [i*ROWS, (i+1)*ROWS), columns [p*SPAN, (p+1)*SPAN); PARTIAL: an fp32",
             "    # partial per (row, p) for the launcher to combine (a few long rows over many programs)",
