@@ -24,11 +24,13 @@
 #   ninth                        #16: GPT-2 and Llama blocks cold then warm store, with kernel tables
 #                                (tanh-GELU epilogue, activations and norms left to Inductor), ~9 min
 #   tenth                        what eighth and forms still owe: GPU tests, ResNet, odd-width picks,
-#                                elementwise forms, ~9 min
+#                                elementwise forms, ~9 min (run in parts on the H100, 2026-12-06)
+#   eleventh                     elementwise forms after the rowsum max fix, the tuner cases the H100 run
+#                                of 2026-12-06 did not reach, GPU tests, ~8 min
 # Two stages in one call: the tuner stages take STOP_S (start no case after it, default 400) and
 # LIMIT_S (kill after it, default 570), e.g. `bash ... buffers && STOP_S=300 LIMIT_S=470 bash ... tuner-a`.
 set -u
-stage=${1:?"stage: first | next | eighth | ninth | tenth | forms | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
+stage=${1:?"stage: first | next | eighth | ninth | tenth | eleventh | forms | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
 OUT=${OUT:-/tmp/uhop-gpu-out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -117,5 +119,12 @@ case "$stage" in
       rmsnorm:883x151936:bfloat16:2 2>&1 | tail -6 | tee "$OUT/product_pick_odd_${gpu}.txt"
     timeout 230 python3 benchmarks/width_sweep.py --only elementwise --deadline-s 190 --stop-s 200 \
       --out "$OUT/width_sweep_${gpu}_forms.json" 2>&1 | tail -12 ;;
+  eleventh)  # what the eleventh session's H100 lease left: the elementwise forms after the rowsum max fix
+             # (each candidate's status recorded), the tuner cases it did not reach, the GPU tests (~8 min)
+    timeout 90 python3 -m pytest -q -p no:cacheprovider tests/compile/test_cudagraphs.py tests/gpu/test_vendor_gpu.py 2>&1 \
+      | grep -v "^DEBUG" | tail -4 | tee "$OUT/test_cudagraphs_vendor_gpu.txt"
+    timeout 200 python3 benchmarks/width_sweep.py --only elementwise --deadline-s 160 --stop-s 170 \
+      --out "$OUT/width_sweep_${gpu}_forms.json" 2>&1 | grep -v "^W1" | tail -10
+    STOP_S=150 LIMIT_S=220 tvo gemm_8192,gemm_fp32,attention,gemm_1024 tuner_vs_oracle_${gpu}_rest.json ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac
