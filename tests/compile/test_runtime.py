@@ -152,3 +152,27 @@ def test_first_call_runs_the_region_kernel_once():
             got = torch.ops.uhop.softmax(x)
     torch.testing.assert_close(got, ref(x))
     assert len(calls) == 1
+
+
+def test_conv_bn_is_looked_up_and_tuned_as_the_folded_conv_it_runs(monkeypatch):
+    """At compile time a conv+batchnorm region is judged by the problem it runs: the folded conv,
+    which always has a bias, even when the conv had none (ResNet's). With the conv's own (absent)
+    bias the compile step queued and looked up another problem than the region resolved: on the
+    H100 a warm process formed the stem conv's region from a stored winner, then found nothing
+    stored for the region's own problem and tuned it again (5 s, served by the interim meanwhile)."""
+    import uhop
+    from uhop.store import open_store
+
+    x, w = torch.randn(2, 3, 10, 10), torch.randn(8, 3, 3, 3)
+    mean, var, gamma, beta = torch.randn(8), torch.rand(8) + 0.5, torch.randn(8), torch.randn(8)
+    args = (x, w, None, mean, var, gamma, beta, 1e-5, 1, 1, "relu")
+    monkeypatch.setitem(runtime.BACKENDS, "value", ("torch", "numpy"))  # more than the aten op to tune
+    monkeypatch.setitem(runtime.BUCKETS, "value", "exact")
+    why = runtime.leave_as_written("conv_bn", args)  # nothing stored: vendor first, tuning queued
+    assert why is not None and "tuning in the background" in why
+    assert uhop.wait(timeout=300)
+    (entry,) = open_store().entries("conv2d")
+    with torch.inference_mode():
+        problem, _, _ = runtime._plan("conv_bn", args)
+    assert entry.key == problem.key(runtime.BUCKETS["value"])
+    assert entry.problem["arity"] == 3

@@ -416,8 +416,10 @@ def leave_as_written(kind: str, args: Sequence[Any]) -> str | None:
             real.append(a)
     device = next((str(a.device) for a in real if isinstance(a, Tensor)), "cpu")
     dtype = next((str(a.dtype).removeprefix("torch.") for a in real if isinstance(a, Tensor)), "")
-    if kind == "conv_bn":  # its problem is the conv's (batchnorm folds into it)
-        x, w, b, *_, stride, padding, act = real
+    if kind == "conv_bn":  # its problem is the folded conv's, as _plan resolves it at run time:
+        x, w, b, *_, stride, padding, act = real  # always a bias (batchnorm's shift folds into it)
+        if b is None:  # a conv without bias looked up without one: another problem (the H100's warm
+            b = torch.empty(w.shape[0], dtype=w.dtype, device=w.device)  # ResNet re-tuned its stem)
         kind_, real = "conv2d", [x, w, b, stride, padding, act]
     else:
         kind_ = kind
