@@ -48,21 +48,19 @@ def _arg_sig(a: Any) -> Any:
     t = type(a)
     if t is _ND:
         return (a.shape, a.dtype.num, a.flags.c_contiguous)
-    if t in _TENSORS:  # get_device() is an int, cheaper than .device
-        return (a.shape, a.dtype, a.is_contiguous(), a.get_device())
     if a is None:
         return None
-    if hasattr(a, "is_contiguous"):  # torch.Tensor or a subclass
+    if hasattr(a, "is_contiguous"):  # torch.Tensor or a subclass: from now on args_sig keys it inline
         _TENSORS.add(t)
-        return (a.shape, a.dtype, a.is_contiguous(), a.get_device())
+        return (a.shape, a.dtype, a.is_contiguous(), a.get_device())  # get_device(): an int, not a .device
     if hasattr(a, "__dlpack__") and hasattr(a, "shape"):  # CuPy, JAX, ... (zero-copy via DLPack)
         return (type(a), tuple(a.shape), str(a.dtype), getattr(a, "strides", None), a.__dlpack_device__())
     return (type(a), a)
 
 
 def args_sig(args: Sequence[Any]) -> tuple[Any, ...]:
-    """The cache key part of a call's arguments: ``tuple(map(_arg_sig, args))``, with the torch
-    tensor case inline (no call per argument: this runs on every dispatch)."""
+    """The cache key part of a call's arguments: :func:`_arg_sig` of each, with the torch tensor
+    case inline (no call per argument: this runs on every dispatch)."""
     out = []
     for a in args:
         if type(a) in _TENSORS:
@@ -76,7 +74,7 @@ def call_sig(op_name: str, args: Sequence[Any], params: Mapping[str, Any]) -> tu
     """The ``uhop.ops`` cache key: the op, its params, then :func:`args_sig`. Params keep the
     caller's keyword order (not sorted: a call site passes them in one order; another order is one
     more entry for the same kernel)."""
-    return (op_name, tuple(params.items()) if params else (), *args_sig(args))
+    return (op_name, tuple(params.items()) if params else (), args_sig(args))
 
 
 def _foreign(a: Any) -> bool:

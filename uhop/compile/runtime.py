@@ -344,6 +344,9 @@ def _op_args(kind: str, args: Sequence[Any]) -> tuple[str, tuple[Any, ...], dict
     if kind == "conv2d":
         x, w, b, stride, padding, act = args
         return "conv2d", (x, w, b), {"stride": stride, "padding": padding}
+    if kind == "conv_bn":  # the folded conv's problem: batchnorm's shift always gives it a bias
+        x, w, b, *_, stride, padding, act = args
+        return "conv2d", (x, w, w.new_empty(w.shape[0]) if b is None else b), {"stride": stride, "padding": padding}
     raise Fallback(f"no UHOP op for region kind {kind!r}")
 
 
@@ -416,17 +419,11 @@ def leave_as_written(kind: str, args: Sequence[Any]) -> str | None:
             real.append(a)
     device = next((str(a.device) for a in real if isinstance(a, Tensor)), "cpu")
     dtype = next((str(a.dtype).removeprefix("torch.") for a in real if isinstance(a, Tensor)), "")
-    if kind == "conv_bn":  # its problem is the folded conv's, as _plan resolves it at run time:
-        x, w, b, *_, stride, padding, act = real  # always a bias (batchnorm's shift folds into it)
-        if b is None:  # a conv without bias looked up without one: another problem (the H100's warm
-            b = torch.empty(w.shape[0], dtype=w.dtype, device=w.device)  # ResNet re-tuned its stem)
-        kind_, real = "conv2d", [x, w, b, stride, padding, act]
-    else:
-        kind_ = kind
+    kind_ = "conv2d" if kind == "conv_bn" else kind  # conv_bn's problem is the folded conv's (_op_args)
     aten = ATEN.get(kind_)  # conv_bn: the folded conv's aten candidate (Inductor runs conv, then bn)
     try:
         with override(shape_buckets=BUCKETS["value"], backends=BACKENDS["value"]):
-            op, tensors, params = _op_args(kind_, real)
+            op, tensors, params = _op_args(kind, real)
             problem = dispatch.make_problem(get_op(op), tensors, params)
         if aten is not None and _aten_is_the_candidate(kind_, device, dtype) and _aten_only(problem, aten[0]):
             return f"the aten op is UHOP's only candidate here ({aten[0]})"
@@ -503,7 +500,8 @@ def _plan(kind: str, args: Sequence[Any]) -> tuple[Any, Kernel, str]:
 
         return run
 
-    problem, kernel, kid = _resolve(kind, "conv2d", (x, wf, bf), {"stride": stride, "padding": padding}, conv_bn)
+    op, _, params = _op_args(kind, args)  # the folded conv's problem, as the compile step looks it up
+    problem, kernel, kid = _resolve(kind, op, (x, wf, bf), params, conv_bn)
     return problem, kernel, kid + "+folded-bn"
 
 

@@ -357,9 +357,9 @@ def _retime_here(req: dict[str, Any], problem: Problem, vset: Any) -> list[list[
         for cj in req["candidates"]:
             c = Candidate.from_json(cj)
             b = bk.get(c.backend)
-            k, array = as_called(b.compile(c, problem), b, problem)
+            k, inputs = as_called(b.compile(c, problem), b, problem, vset)
             ks.append(k)
-            args.append([vset.native_inputs(t, array, problem.device) for t in vset.trials])
+            args.append(inputs)
         cuda = problem.device.startswith("cuda")
         sync = (lambda: bk.get("torch").synchronize(problem.device)) if cuda else None
         return interleaved(ks, args, sync=sync, rounds=req["rounds"], min_time_s=settings().bench_min_s / 4, cuda_events=cuda)

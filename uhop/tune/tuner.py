@@ -216,8 +216,7 @@ def evaluate(
         return Measurement(candidate, "ok", "chosen without timing (policy=fast)", max_err=verdict.max_err,
                            phases=phases), kernel  # fmt: skip
     s = settings()
-    called, array = as_called(kernel, backend, problem)
-    arg_sets = [vset.native_inputs(t, array, problem.device) for t in vset.trials]
+    called, arg_sets = as_called(kernel, backend, problem, vset)
     try:
         timing = benchmark(
             called, arg_sets, sync=sync, repeat=s.bench_repeat, min_time_s=s.bench_min_s, cutoff_s=cutoff_s,
@@ -236,17 +235,18 @@ def evaluate(
     return Measurement(candidate, "ok", "", timing, verdict.max_err, phases=phases), kernel
 
 
-def as_called(kernel: Kernel, backend: Backend, problem: Problem) -> tuple[Kernel, str]:
-    """The kernel as the caller will run it, and the array library its inputs are in: a kernel of
-    another library than the caller's (a numpy kernel serving torch CPU tensors) is timed inside
-    the conversions dispatch wraps around it (:func:`uhop.dispatch._adapt`). On small problems
-    they are most of the call: a 4x4 matmul through a numpy kernel took 12 us from torch tensors
-    (torch's own 1.8 us) while the kernel alone timed on a par with torch's."""
-    if problem.device != "cpu" or backend.array == problem.array:
-        return kernel, backend.array
-    from uhop.dispatch import _adapt
+def as_called(kernel: Kernel, backend: Backend, problem: Problem, vset: Any) -> tuple[Kernel, list[list[Any]]]:
+    """The kernel as the caller will run it, and ``vset``'s inputs in the arrays it takes then: a
+    kernel of another library than the caller's (a numpy kernel serving torch CPU tensors) is
+    timed inside the conversions dispatch wraps around it (:func:`uhop.dispatch._adapt`). On small
+    problems they are most of the call: a 4x4 matmul through a numpy kernel took 12 us from torch
+    tensors (torch's own 1.8 us) while the kernel alone timed on a par with torch's."""
+    array = backend.array
+    if problem.device == "cpu" and backend.array != problem.array:
+        from uhop.dispatch import _adapt
 
-    return _adapt(kernel, backend, problem), problem.array
+        kernel, array = _adapt(kernel, backend, problem), problem.array
+    return kernel, [vset.native_inputs(t, array, problem.device) for t in vset.trials]
 
 
 def _trials_for(problem: Problem, wanted: int) -> int:
@@ -688,9 +688,9 @@ def _retime(
         ks, args = [], []
         for c in cands:
             b = by_name[c.backend]
-            k, array = as_called(kernels.get(c) or b.compile(c, problem), b, problem)
+            k, inputs = as_called(kernels.get(c) or b.compile(c, problem), b, problem, vset)
             ks.append(k)
-            args.append([vset.native_inputs(tr, array, problem.device) for tr in vset.trials])
+            args.append(inputs)
         samples = rt.interleaved(ks, args, rounds=rounds, min_time_s=settings().bench_min_s / 4)
     overhead["retime"] = time.monotonic() - t
     if samples is None:  # the worker died re-timing: keep the first-pass pick

@@ -91,7 +91,7 @@ def generate(e: ex.Expr, n_inputs: int, forms: str = "", reduce: str = "none") -
     forms = forms or "f" * n_inputs
     args = ", ".join(f"x{i}_ptr" for i in range(n_inputs))
     head = ["import triton", "import triton.language as tl", "from triton.language.extra import libdevice  # noqa: F401",
-            "", "", "@triton.jit"]  # fmt: skip
+            "", ""]  # fmt: skip
     if reduce != "none":
         def load(i: int) -> str:
             if forms[i] == "s":
@@ -112,13 +112,9 @@ def generate(e: ex.Expr, n_inputs: int, forms: str = "", reduce: str = "none") -
         else:
             init, acc = "tl.zeros((ROWS, BLOCK), tl.float32)", f"acc += tl.where(m, {result}, 0.0)"
             final = "r = tl.sum(acc, axis=1)"
-        lines = head[:-1] + ([
-            "@triton.jit",
-            "def _max_nan(a, b):",
-            "    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)",
-            "",
-            "",
-        ] if reduce == "max" else []) + [
+        combine = ["@triton.jit", "def _max_nan(a, b):", "    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)",
+                   "", ""]  # fmt: skip
+        lines = head + (combine if reduce == "max" else []) + [
             "@triton.jit",
             f"def ewr({args}, out_ptr, R, C, SPAN, ROWS: tl.constexpr, BLOCK: tl.constexpr, PARTIAL: tl.constexpr):",
             "    # program (i, p): rows [i*ROWS, (i+1)*ROWS), columns [p*SPAN, (p+1)*SPAN); PARTIAL: an fp32",
@@ -157,6 +153,7 @@ def generate(e: ex.Expr, n_inputs: int, forms: str = "", reduce: str = "none") -
 
     body, result = _body(e, templates, load)
     lines = head + [
+        "@triton.jit",
         f"def ew({args}, out_ptr, n, C, BLOCK: tl.constexpr, EVEN: tl.constexpr, WIDE: tl.constexpr):",
         "    pid = tl.program_id(0)",
         "    nprog = tl.num_programs(0)",
