@@ -126,6 +126,7 @@ class Settings:
     compile_rest: str = "inductor"
     compile_buckets: str = "pow2"
     compile_cudagraphs: bool = True
+    compile_tune_rest: bool = False
     fusion_report: bool = False
 
     def __post_init__(self) -> None:
@@ -198,6 +199,7 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "compile_rest": ("UHOP_COMPILE_REST", str.strip),
     "compile_buckets": ("UHOP_COMPILE_BUCKETS", str.strip),
     "compile_cudagraphs": ("UHOP_COMPILE_CUDAGRAPHS", _bool),
+    "compile_tune_rest": ("UHOP_COMPILE_TUNE_REST", _bool),
     "fusion_report": ("UHOP_FUSION_REPORT", _bool),
 }
 

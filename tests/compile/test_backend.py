@@ -19,6 +19,7 @@ from zoo import GPT2, MLP, GPT2Block, ResNetSmall  # noqa: E402
 import uhop.compile  # noqa: E402,F401 - registers backend="uhop" for a source checkout
 from uhop.compile import REPORT  # noqa: E402
 from uhop.compile.report import format_report  # noqa: E402
+from uhop.compile.backend import CompileOptions  # noqa: E402
 
 EAGER = {"rest": "eager"}  # the rest without Inductor's C++ compile: fast tests
 
@@ -378,6 +379,30 @@ def test_softmax_written_out_in_torch_is_matched_but_tensor_max_is_not():
 def test_bad_option_names_the_option():
     with pytest.raises(Exception, match="rest must be 'inductor' or 'eager'"):
         torch.compile(MLP(8), backend="uhop", options={"rest": "tvm"})(torch.randn(2, 8))
+
+
+def test_tune_rest_has_inductor_tune_the_rest(monkeypatch):
+    """``tune_rest`` reaches Inductor as coordinate-descent tuning of the rest's kernels (a GPU-only
+    effect: on CPU Inductor's C++ kernels are not tuned, the result must be the same)."""
+    from torch._inductor import compile_fx as cfx
+
+    seen = []
+    real = cfx.compile_fx
+
+    def spy(gm, ex, config_patches=None, **kw):
+        seen.append(dict(config_patches or {}))
+        return real(gm, ex, config_patches=config_patches, **kw)
+
+    monkeypatch.setattr(cfx, "compile_fx", spy)
+    m, x = MLP(8).eval(), torch.randn(2, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(m, backend="uhop", options={"tune_rest": True})(x), m(x))
+    assert seen and seen[0].get("coordinate_descent_tuning") is True  # (compile_fx then calls itself)
+    assert CompileOptions.make({}).tune_rest is False
+    monkeypatch.setenv("UHOP_COMPILE_TUNE_REST", "1")
+    assert CompileOptions.make({}).tune_rest is True
+    with pytest.raises(ValueError, match="tune_rest must be True or False"):
+        CompileOptions.make({"tune_rest": "yes"})
 
 
 def test_regions_whose_only_candidate_is_the_aten_op_stay_as_written():

@@ -13,7 +13,11 @@ options={...})`` or the environment:
   separated; ``all`` for every backend). Default ``torch,triton``: kernels that take torch tensors
   and share torch's thread pool (see ``runtime.BACKENDS``);
 * ``cudagraphs``: ``True`` (default) or ``False`` (``UHOP_COMPILE_CUDAGRAPHS``) — a graph run for
-  inference on one GPU is recorded and replayed as a CUDA graph (:mod:`uhop.compile.cudagraphs`).
+  inference on one GPU is recorded and replayed as a CUDA graph (:mod:`uhop.compile.cudagraphs`);
+* ``tune_rest``: ``False`` (default) or ``True`` (``UHOP_COMPILE_TUNE_REST``) — Inductor
+  coordinate-descent-tunes the Triton kernels it generates for the rest (``max-autotune``'s tuning
+  of pointwise and reduction kernels, without its GEMM/conv templates); a longer first compile,
+  cached by Inductor for the next process.
 
 Dynamic shapes are Dynamo's: a dim that changes between calls is made symbolic on the first
 recompile (``torch._dynamo.config.automatic_dynamic_shapes``), or up front with
@@ -43,11 +47,12 @@ class CompileOptions:
     buckets: str = "pow2"
     backends: tuple[str, ...] = ("torch", "triton")
     cudagraphs: bool = True
+    tune_rest: bool = False
 
     @classmethod
     def make(cls, options: dict[str, Any] | None = None, mode: str | None = None) -> CompileOptions:
         o = dict(options or {})
-        known = ("rest", "mode", "buckets", "backends", "cudagraphs")
+        known = ("rest", "mode", "buckets", "backends", "cudagraphs", "tune_rest")
         unknown = set(o) - set(known)
         if unknown:
             raise ValueError(f"backend='uhop' options: unknown {sorted(unknown)}; known: {', '.join(known)}")
@@ -70,7 +75,10 @@ class CompileOptions:
         graphs = o.get("cudagraphs", read("compile_cudagraphs"))
         if not isinstance(graphs, bool):
             raise ValueError(f"backend='uhop' option cudagraphs must be True or False, got {graphs!r}")
-        return cls(rest, o.get("mode", mode), buckets, tuple(names), graphs)
+        tune = o.get("tune_rest", read("compile_tune_rest"))
+        if not isinstance(tune, bool):
+            raise ValueError(f"backend='uhop' option tune_rest must be True or False, got {tune!r}")
+        return cls(rest, o.get("mode", mode), buckets, tuple(names), graphs, tune)
 
 
 def _cache_salt() -> Any:
@@ -143,6 +151,8 @@ def uhop_backend(gm: fx.GraphModule, example_inputs: list[Any], mode: str | None
 
         patches = dict(list_mode_options(opts.mode)) if opts.mode else {}
         patches["post_grad_custom_post_pass"] = _cache_salt()
+        if opts.tune_rest:
+            patches["coordinate_descent_tuning"] = True
         compiled = compile_fx(gm, example_inputs, config_patches=patches)
     # Inductor modes that record CUDA graphs themselves (reduce-overhead, max-autotune) get no second wrapper
     own = opts.rest == "inductor" and bool(opts.mode) and list_mode_options(opts.mode).get("triton.cudagraphs")
