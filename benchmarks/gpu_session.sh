@@ -93,14 +93,15 @@ case "$stage" in
           # cuDNN convs left to Inductor's fusions; each model cold (empty store), then warm (same store, new
           # process: the regions UHOP measured faster are formed); kernel tables under profiles_*
     T0=$(date +%s)
-    # NINTH_MODELS / NINTH_S / NINTH_TESTS=0: fewer models, less time, no tests (a short lease)
+    # NINTH_MODELS / NINTH_S / NINTH_TESTS=0: fewer models, less time, no tests (a short lease);
+    # NINTH_COLD / NINTH_WARM: the variants of each phase (e.g. add uhop-tune-rest)
     IFS=, read -ra specs <<<"${NINTH_MODELS:-gpt2-block --batch 8 --seq 1024,resnet --batch 64,llama-block --batch 1 --seq 2048}"
     for spec in "${specs[@]}"; do
       set -- $spec
       h=$(mktemp -d)
       for phase in cold warm; do
         l=$(( ${NINTH_S:-450} - ($(date +%s) - T0) )); [ "$l" -lt 45 ] && { echo "skip $1 $phase"; continue; }
-        v="eager compile max-autotune uhop"; [ $phase = warm ] && v="eager compile uhop"
+        v=${NINTH_COLD:-eager compile max-autotune uhop}; [ $phase = warm ] && v=${NINTH_WARM:-eager compile uhop}
         UHOP_HOME=$h timeout $l python3 benchmarks/compile_models.py --device cuda --dtype bfloat16 --models $spec \
           --variants $v --rounds 9 --out "$OUT/compile_${gpu}_bf16_$1_$phase.json" --profile "$OUT/profiles_${gpu}_$phase" \
           2>&1 | grep -E "first call|\] *:|ms," | tail -6
