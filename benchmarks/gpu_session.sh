@@ -27,10 +27,11 @@
 #                                elementwise forms, ~9 min (run in parts on the H100, 2026-12-06)
 #   eleventh                     elementwise forms after the rowsum max fix, the tuner cases the H100 run
 #                                of 2026-12-06 did not reach, GPU tests, ~8 min
+#   twelfth                      ResNet with tune_rest (cold, warm), GPU tests, elementwise forms, ~9 min
 # Two stages in one call: the tuner stages take STOP_S (start no case after it, default 400) and
 # LIMIT_S (kill after it, default 570), e.g. `bash ... buffers && STOP_S=300 LIMIT_S=470 bash ... tuner-a`.
 set -u
-stage=${1:?"stage: first | next | eighth | ninth | tenth | eleventh | forms | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
+stage=${1:?"stage: first | next | eighth | ninth | tenth | eleventh | twelfth | forms | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
 OUT=${OUT:-/tmp/uhop-gpu-out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -127,5 +128,14 @@ case "$stage" in
     timeout 200 python3 benchmarks/width_sweep.py --only elementwise --deadline-s 160 --stop-s 170 \
       --out "$OUT/width_sweep_${gpu}_forms.json" 2>&1 | grep -v "^W1" | tail -10
     STOP_S=150 LIMIT_S=220 tvo gemm_8192,gemm_fp32,attention,gemm_1024 tuner_vs_oracle_${gpu}_rest.json ;;
+  twelfth)  # the ResNet-style net with the rest's kernels tuned by Inductor (tune_rest), cold then warm, and
+            # the elementwise forms after the rowsum max fix with the GPU tests (~9 min)
+    NINTH_MODELS="resnet --batch 64" NINTH_S=240 NINTH_TESTS=0 NINTH_COLD="eager compile max-autotune uhop uhop-tune-rest" \
+      NINTH_WARM="eager compile uhop uhop-tune-rest" bash "$0" ninth
+    (cd "$OUT" && tar czf profiles.tgz profiles_* && rm -rf profiles_*)
+    timeout 90 python3 -m pytest -q -p no:cacheprovider tests/compile/test_cudagraphs.py tests/gpu/test_vendor_gpu.py 2>&1 \
+      | grep -v "^DEBUG" | tail -4 | tee "$OUT/test_cudagraphs_vendor_gpu.txt"
+    timeout 200 python3 benchmarks/width_sweep.py --only elementwise --deadline-s 160 --stop-s 170 \
+      --out "$OUT/width_sweep_${gpu}_forms.json" 2>&1 | grep -v "^W1" | tail -10 ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac
