@@ -542,14 +542,17 @@ def clear_process_cache() -> None:
 _direct_cache: dict[Any, Kernel] = {}
 
 
-def call_op(op_name: str, args: Sequence[Any], params: Mapping[str, Any]) -> Any:
-    try:
-        sig = call_sig(op_name, args, params)
-        k = _direct_cache.get(sig)
-    except TypeError:  # unhashable argument: let the checks below name it
-        sig, k = None, None
-    if k is not None:
-        return k(*args)
+def call_op(op_name: str, args: Sequence[Any], params: Mapping[str, Any], sig: Any = False) -> Any:
+    """``uhop.ops.<op>(*args, **params)``. ``sig``: the caller's :func:`call_sig` of this call,
+    already looked up and missed (None: unhashable); not given, computed and looked up here."""
+    if sig is False:
+        try:
+            sig = call_sig(op_name, args, params)
+            k = _direct_cache.get(sig)
+        except TypeError:  # unhashable argument: let the checks below name it
+            sig, k = None, None
+        if k is not None:
+            return k(*args)
     # ---- uhop.Buffer (issue 19): run at the placed location, return a Buffer ----
     if any(type(a) is _buffer.Buffer for a in args):
         return _buffer.apply(args, lambda xs: call_op(op_name, xs, params), op=op_name, params=params)

@@ -78,8 +78,10 @@ def note_unreached() -> None:
     first, 1.5 ms with the same settings in place from the start; four 64x64 torch ops after it
     158 us against 26 us, 2-core VM)."""
     global _told
-    if _told or not loaded_before or config.read("threads") == "default":
+    if _told or not loaded_before:
         return
     _told = True
-    log.info("thread policy %r does not reach %s: imported before uhop (import uhop first; "
-             "see UHOP_THREADS in the README)", config.read("threads"), ", ".join(loaded_before))
+    policy = config.read("threads")
+    if policy != "default":
+        log.info("thread policy %r does not reach %s: imported before uhop (import uhop first; "
+                 "see UHOP_THREADS in the README)", policy, ", ".join(loaded_before))

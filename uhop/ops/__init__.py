@@ -48,14 +48,16 @@ def _dispatcher() -> Any:
 def _direct(op_name: str):
     def run(*args: Any, **params: Any) -> Any:
         if _hit is not None:  # the hot path: the key, one dict lookup, the kernel
-            sig, cache = _hit
+            key, cache = _hit
             try:
-                k = cache.get(sig(op_name, args, params))
+                sig = key(op_name, args, params)
+                k = cache.get(sig)
             except TypeError:  # unhashable argument: call_op names it
-                k = None
+                sig = k = None
             if k is not None:
                 return k(*args)
-        return (_call_op or _dispatcher())(op_name, args, params)
+            return _call_op(op_name, args, params, sig)
+        return _dispatcher()(op_name, args, params)
 
     run.__name__ = op_name
     run.__doc__ = f"{REGISTRY[op_name].description}\n\nDispatches to UHOP's best kernel for the inputs."
