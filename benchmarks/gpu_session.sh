@@ -130,7 +130,7 @@ case "$stage" in
     STOP_S=150 LIMIT_S=220 tvo gemm_8192,gemm_fp32,attention,gemm_1024 tuner_vs_oracle_${gpu}_rest.json ;;
   twelfth)  # the ResNet-style net with the rest's kernels tuned by Inductor (tune_rest), cold then warm, and
             # the elementwise forms after the rowsum max fix with the GPU tests (~9 min)
-    NINTH_MODELS="resnet --batch 64" NINTH_S=240 NINTH_TESTS=0 NINTH_COLD="eager compile max-autotune uhop uhop-tune-rest" \
+    NINTH_MODELS="resnet --batch 64" NINTH_S=240 NINTH_TESTS=0 NINTH_COLD="eager compile max-autotune uhop uhop-tune-rest uhop-max-autotune" \
       NINTH_WARM="eager compile uhop uhop-tune-rest" bash "$0" ninth
     (cd "$OUT" && tar czf profiles.tgz profiles_* && rm -rf profiles_*)
     timeout 90 python3 -m pytest -q -p no:cacheprovider tests/compile/test_cudagraphs.py tests/gpu/test_vendor_gpu.py 2>&1 \
