@@ -1,0 +1,90 @@
+"""``uhop.ops`` on torch tensors: a signature seen once is served through torch's C++ tensor guard
+instead of the Python key (see ``uhop.dispatch.KernelCache``). A guard hit must always be the
+kernel the key would find, including after background tuning swaps a kernel in."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import uhop  # noqa: E402
+from uhop import config  # noqa: E402
+from uhop.dispatch import _direct_cache, call_sig  # noqa: E402
+
+
+def _ref_softmax(x):
+    return torch.softmax(x.double(), -1)
+
+
+def _close(y, ref):
+    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(autouse=True)
+def _fresh():
+    uhop.dispatch.clear_process_cache()
+    yield
+    uhop.dispatch.clear_process_cache()
+
+
+def test_second_call_is_served_by_a_guard_on_the_keyed_kernel():
+    x = torch.randn(6, 33)
+    with config.override(policy="tune", tune_budget_s=3):
+        _close(uhop.ops.softmax(x), _ref_softmax(x))  # tunes, keys the kernel
+        x2 = torch.randn(6, 33)
+        _close(uhop.ops.softmax(x2), _ref_softmax(x2))  # key path hit: the guard is built
+    (n, params, guard, k), = _direct_cache.guarded["softmax"]
+    assert (n, params) == (1, {})
+    assert k is _direct_cache[call_sig("softmax", (x,), {})]
+    x3 = torch.randn(6, 33)
+    assert guard.check(x3)
+    _close(uhop.ops.softmax(x3), _ref_softmax(x3))
+
+
+def test_a_kernel_swapped_in_is_served_at_once():
+    """Background tuning replaces an interim kernel by a write to the cache: every guard goes."""
+    x = torch.randn(5, 17)
+    with config.override(policy="tune", tune_budget_s=3):
+        uhop.ops.softmax(x)
+        uhop.ops.softmax(x)
+    assert "softmax" in _direct_cache.guarded
+    calls = []
+
+    def swapped(t):
+        calls.append(1)
+        return torch.softmax(t, -1)
+
+    _direct_cache[call_sig("softmax", (x,), {})] = swapped
+    assert _direct_cache.guarded == {}
+    _close(uhop.ops.softmax(x), _ref_softmax(x))
+    _close(uhop.ops.softmax(x), _ref_softmax(x))  # now through the rebuilt guard
+    assert len(calls) == 2 and _direct_cache.guarded["softmax"][0][3] is swapped
+
+
+def test_other_strides_dtypes_and_params_do_not_pass_the_guard():
+    a = torch.randn(9, 9)
+    with config.override(policy="tune", tune_budget_s=3):
+        for _ in range(2):
+            uhop.ops.softmax(a)
+        (_, _, guard, _), = _direct_cache.guarded["softmax"]
+        t = torch.randn(9, 9).t()  # same shape, transposed strides
+        d = torch.randn(9, 9, dtype=torch.float64)
+        assert not guard.check(t) and not guard.check(d) and not guard.check(torch.randn(9, 10))
+        for y, x in ((uhop.ops.softmax(t), t), (uhop.ops.softmax(d), d)):
+            _close(y, _ref_softmax(x))
+        m, w = torch.randn(7, 8), torch.randn(8, 5)
+        for _ in range(2):
+            _close(uhop.ops.matmul(m, w), m.double() @ w.double())
+        # the same tensors with an activation are another problem, never the guarded plain GEMM
+        ref = torch.nn.functional.relu(m.double() @ w.double())
+        _close(uhop.ops.matmul(m, w, activation="relu"), ref)
+
+
+def test_at_most_a_few_signatures_per_op_are_guarded():
+    with config.override(policy="fast"):
+        xs = [torch.randn(3, n) for n in range(10, 17)]
+        for _ in range(2):
+            for x in xs:
+                _close(uhop.ops.softmax(x), _ref_softmax(x))
+    assert len(_direct_cache.guarded["softmax"]) == uhop.ops._GUARDED_PER_OP < len(xs)
