@@ -130,12 +130,12 @@ case "$stage" in
     STOP_S=150 LIMIT_S=220 tvo gemm_8192,gemm_fp32,attention,gemm_1024 tuner_vs_oracle_${gpu}_rest.json ;;
   twelfth)  # the ResNet-style net with the rest's kernels tuned by Inductor (tune_rest), cold then warm, and
             # the elementwise forms after the rowsum max fix with the GPU tests (~9 min)
-    NINTH_MODELS="resnet --batch 64" NINTH_S=240 NINTH_TESTS=0 NINTH_COLD="eager compile max-autotune uhop uhop-tune-rest uhop-max-autotune" \
+    NINTH_MODELS="resnet --batch 64" NINTH_S=${RESNET_S:-240} NINTH_TESTS=0 NINTH_COLD="eager compile max-autotune uhop uhop-tune-rest uhop-max-autotune" \
       NINTH_WARM="eager compile uhop uhop-tune-rest" bash "$0" ninth
     (cd "$OUT" && tar czf profiles.tgz profiles_* && rm -rf profiles_*)
     timeout 90 python3 -m pytest -q -p no:cacheprovider tests/compile/test_cudagraphs.py tests/gpu/test_vendor_gpu.py 2>&1 \
       | grep -v "^DEBUG" | tail -4 | tee "$OUT/test_cudagraphs_vendor_gpu.txt"
-    timeout 200 python3 benchmarks/width_sweep.py --only elementwise --deadline-s 160 --stop-s 170 \
-      --out "$OUT/width_sweep_${gpu}_forms.json" 2>&1 | grep -v "^W1" | tail -10 ;;
+    f=${FORMS_S:-200}; timeout $f python3 benchmarks/width_sweep.py --only elementwise --deadline-s $((f - 40)) \
+      --stop-s $((f - 30)) --out "$OUT/width_sweep_${gpu}_forms.json" 2>&1 | grep -v "^W1" | tail -10 ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac
