@@ -78,7 +78,7 @@ case "$stage" in
       tuner_vs_oracle_${gpu}_next.json ;;
   compile) timeout 570 python3 benchmarks/compile_models.py --device cuda --dtype bfloat16 --out "$OUT/compile_${gpu}_bf16.json" 2>&1 | tail -40 ;;
   eighth)  # CUDA graphs + vendor-first regions (#16), then the odd-width weight tables (#20)
-    timeout 100 python3 -m pytest -q -p no:cacheprovider tests/compile/test_cudagraphs.py tests/gpu/test_vendor_gpu.py 2>&1 \
+    timeout 100 python3 -m pytest -q -p no:cacheprovider tests/compile/test_cudagraphs.py tests/gpu/test_vendor_gpu.py tests/gpu/test_guarded_dispatch_gpu.py 2>&1 \
       | grep -v "^DEBUG" | tail -12 \
       | tee "$OUT/test_cudagraphs_gpu.txt"
     T0=$(date +%s)
@@ -112,7 +112,7 @@ case "$stage" in
       tests/compile/test_cudagraphs.py 2>&1 | grep -v "^DEBUG" | tail -4 | tee "$OUT/test_vendor_cudagraphs_gpu.txt" ;;
   tenth)  # what eighth and forms still owe, in one call: CUDA graph + vendor GPU tests, the ResNet-style net
           # (vendor-first convs), the odd-width product picks (#20), the elementwise forms (#20), ~9 min
-    timeout 90 python3 -m pytest -q -p no:cacheprovider tests/compile/test_cudagraphs.py tests/gpu/test_vendor_gpu.py 2>&1 \
+    timeout 90 python3 -m pytest -q -p no:cacheprovider tests/compile/test_cudagraphs.py tests/gpu/test_vendor_gpu.py tests/gpu/test_guarded_dispatch_gpu.py 2>&1 \
       | grep -v "^DEBUG" | tail -6 | tee "$OUT/test_cudagraphs_vendor_gpu.txt"
     UHOP_HOME=$(mktemp -d) timeout 130 python3 benchmarks/compile_models.py --device cuda --dtype bfloat16 --models resnet \
       --batch 64 --variants eager compile max-autotune uhop --out "$OUT/compile_${gpu}_bf16_resnet.json" \
@@ -123,7 +123,7 @@ case "$stage" in
       --out "$OUT/width_sweep_${gpu}_forms.json" 2>&1 | tail -12 ;;
   eleventh)  # what the eleventh session's H100 lease left: the elementwise forms after the rowsum max fix
              # (each candidate's status recorded), the tuner cases it did not reach, the GPU tests (~8 min)
-    timeout 90 python3 -m pytest -q -p no:cacheprovider tests/compile/test_cudagraphs.py tests/gpu/test_vendor_gpu.py 2>&1 \
+    timeout 90 python3 -m pytest -q -p no:cacheprovider tests/compile/test_cudagraphs.py tests/gpu/test_vendor_gpu.py tests/gpu/test_guarded_dispatch_gpu.py 2>&1 \
       | grep -v "^DEBUG" | tail -4 | tee "$OUT/test_cudagraphs_vendor_gpu.txt"
     timeout 200 python3 benchmarks/width_sweep.py --only elementwise --deadline-s 160 --stop-s 170 \
       --out "$OUT/width_sweep_${gpu}_forms.json" 2>&1 | grep -v "^W1" | tail -10
@@ -133,7 +133,7 @@ case "$stage" in
     NINTH_MODELS="resnet --batch 64" NINTH_S=${RESNET_S:-240} NINTH_TESTS=0 NINTH_COLD="eager compile max-autotune uhop uhop-tune-rest uhop-max-autotune" \
       NINTH_WARM="eager compile uhop uhop-tune-rest" bash "$0" ninth
     (cd "$OUT" && tar czf profiles.tgz profiles_* && rm -rf profiles_*)
-    timeout 90 python3 -m pytest -q -p no:cacheprovider tests/compile/test_cudagraphs.py tests/gpu/test_vendor_gpu.py 2>&1 \
+    timeout 90 python3 -m pytest -q -p no:cacheprovider tests/compile/test_cudagraphs.py tests/gpu/test_vendor_gpu.py tests/gpu/test_guarded_dispatch_gpu.py 2>&1 \
       | grep -v "^DEBUG" | tail -4 | tee "$OUT/test_cudagraphs_vendor_gpu.txt"
     f=${FORMS_S:-200}; timeout $f python3 benchmarks/width_sweep.py --only elementwise --deadline-s $((f - 40)) \
       --stop-s $((f - 30)) --out "$OUT/width_sweep_${gpu}_forms.json" 2>&1 | grep -v "^W1" | tail -10 ;;

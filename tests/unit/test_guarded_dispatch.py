@@ -87,4 +87,24 @@ def test_at_most_a_few_signatures_per_op_are_guarded():
         for _ in range(2):
             for x in xs:
                 _close(uhop.ops.softmax(x), _ref_softmax(x))
-    assert len(_direct_cache.guarded["softmax"]) == uhop.ops._GUARDED_PER_OP < len(xs)
+    assert len(_direct_cache.guarded["softmax"]) == uhop.dispatch.GUARDED_PER_OP < len(xs)
+
+
+def test_decorated_function_on_torch_tensors_is_served_by_a_guard_too():
+    @uhop.optimize("softmax", policy="tune")
+    def soft(x):
+        return torch.softmax(x, -1)
+
+    x = torch.randn(4, 21)
+    with config.override(tune_budget_s=3):
+        for _ in range(2):
+            _close(soft(x), _ref_softmax(x))
+    (n, _, guard, k), = soft._kernels.guarded[""]
+    assert n == 1 and guard.check(x) and k is next(iter(soft._kernels.values()))
+    y = torch.randn(4, 21)
+    _close(soft(y), _ref_softmax(y))
+    t = torch.randn(21, 4).t()  # transposed: a new signature, tuned and cached (guards dropped)
+    _close(soft(t), _ref_softmax(t))
+    for z in (t, y):  # each back through the key path once, then guarded
+        _close(soft(z), _ref_softmax(z))
+    assert [e[2].check(t) for e in soft._kernels.guarded[""]] == [True, False]

@@ -35,10 +35,6 @@ def names() -> list[str]:
 
 _call_op: Any = None  # uhop.dispatch.call_op, bound on first use (dispatch imports this module)
 _hit: Any = None  # (call_sig, the kernel cache): a call whose signature is cached runs from here
-_guards: Any = None  # torch's TensorGuards (None: torch not imported yet; False: unavailable)
-_GUARDED_PER_OP = 4  # signatures per op served by a guard, more go through the key (a failed check: 0.14 us)
-
-
 _tensor_types: Any = ()  # uhop.dispatch._TENSORS: the torch tensor types seen
 
 
@@ -48,39 +44,6 @@ def _dispatcher() -> Any:
 
     _call_op, _hit, _tensor_types = call_op, (call_sig, _direct_cache), _TENSORS
     return call_op
-
-
-def _remember(op_name: str, args: tuple, params: dict, k: Any, cache: Any) -> None:
-    """After a hit on the key path: a guard for these arguments, when they are all torch tensors
-    (see :class:`uhop.dispatch.KernelCache`); torch builds without the guard class keep the key."""
-    global _guards
-    if _guards is None:
-        import sys
-
-        if "torch" not in sys.modules:
-            return
-        try:
-            from torch._C._dynamo.guards import TensorGuards as _guards
-        except ImportError:
-            _guards = False
-    if _guards is False or not args:
-        return
-    import torch
-
-    if not all(isinstance(a, torch.Tensor) for a in args):
-        return
-    entries = cache.guarded.get(op_name, ())
-    if len(entries) >= _GUARDED_PER_OP:
-        return
-    try:
-        g = _guards(*args, dynamic_dims_sizes=[list(a.shape) for a in args],
-                    dynamic_dims_strides=[list(a.stride()) for a in args])
-    except Exception:  # another torch's signature: the key path serves
-        _guards = False
-        return
-    guarded = dict(cache.guarded)  # copied: a reader may be iterating the old one
-    guarded[op_name] = (*entries, (len(args), dict(params), g, k))
-    cache.guarded = guarded
 
 
 def _direct(op_name: str):
@@ -97,7 +60,7 @@ def _direct(op_name: str):
                 sig = k = None
             if k is not None:
                 if args and type(args[0]) in _tensor_types:  # numpy calls skip it
-                    _remember(op_name, args, params, k, cache)
+                    cache.remember(op_name, args, params, k)
                 return k(*args)
             return _call_op(op_name, args, params, sig)
         return _dispatcher()(op_name, args, params)
