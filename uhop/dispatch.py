@@ -580,7 +580,7 @@ class KernelCache(dict):
             except ImportError:
                 _guards = False
         entries = self.guarded.get(name, ())
-        if _guards is False or len(entries) >= GUARDED_PER_OP or not all(type(a) in _TENSORS for a in args):
+        if _guards is False or len(entries) >= GUARDED_PER_OP or not _TENSORS.issuperset(map(type, args)):
             return
         try:
             g = _guards(*args, dynamic_dims_sizes=[list(a.shape) for a in args],
