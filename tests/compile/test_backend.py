@@ -108,6 +108,21 @@ def test_convs_on_cpu_stay_as_written_for_inductor_until_uhop_measured_them(regi
     assert len(second) == 5 and all(r.note.startswith("left as written: served torch/eager") for r in second), second
 
 
+def test_convs_stay_with_inductor_untuned_when_it_compiles_the_rest(regions_everywhere):
+    """With Inductor compiling the rest, convolutions (with their folded batchnorm) are never
+    regions and never tuned for the graph: Inductor keeps activations in its conv layout from conv
+    to conv, and every measured conv region lost to that (see ``runtime.CONVS``)."""
+    from uhop.store import open_store
+
+    m = _nontrivial_bn(ResNetSmall(8, 2).eval())
+    with torch.no_grad():
+        _check(m, torch.randn(2, 3, 12, 12), options={"rest": "inductor"})
+    convs = [r for r in REPORT.graphs[0].regions if r.kind == "conv_bn"]
+    assert len(convs) == 5 and all("Inductor's convolution" in r.note for r in convs), convs
+    uhop.wait()
+    assert not open_store().entries("conv2d")
+
+
 def test_small_gpt2_with_embeddings_and_inductor_rest():
     m = GPT2(vocab=97, ctx=32, d=32, heads=2, layers=2).eval()
     idx = torch.randint(0, 97, (2, 10))

@@ -168,6 +168,7 @@ def test_conv_bn_is_looked_up_and_tuned_as_the_folded_conv_it_runs(monkeypatch):
     args = (x, w, None, mean, var, gamma, beta, 1e-5, 1, 1, "relu")
     monkeypatch.setitem(runtime.BACKENDS, "value", ("torch", "numpy"))  # more than the aten op to tune
     monkeypatch.setitem(runtime.BUCKETS, "value", "exact")
+    monkeypatch.setitem(runtime.REST, "value", "eager")  # with Inductor's rest convs are never regions
     why = runtime.leave_as_written("conv_bn", args)  # nothing stored: vendor first, tuning queued
     assert why is not None and "tuning in the background" in why
     assert uhop.wait(timeout=300)

@@ -376,6 +376,15 @@ VENDOR_FIRST = {"linear", "matmul", "conv2d", "conv_bn", "attention", "embedding
 #: around one conv); a ResNet-style net at B1 ran 15.3 ms with its convs as regions (warm store),
 #: 12.6 ms under Inductor's default.
 VENDOR_FIRST_CPU = {"conv2d", "conv_bn"}
+#: convolutions are never regions when Inductor compiles the rest (nor tuned for the graph): every
+#: measured conv region lost to Inductor's own conv in context. H100, bf16, the ResNet-style net at
+#: B64 (2026-12-06, three runs in fresh processes): 0.66-0.69 ms with its convs as written, 1.01-1.22
+#: ms once a warm store formed them as regions served by the tuner's winner, a Triton implicit-GEMM
+#: conv that measured fastest on the tuner's NCHW inputs and took 116 us per conv in the model
+#: against cuDNN's 54 us channels-last; cuDNN as a region (its NCHW conversions) 1.30 ms. The CPU:
+#: 15.3 ms as regions against 12.6 ms (see VENDOR_FIRST_CPU). With ``rest="eager"`` nothing keeps
+#: a layout between convs, and the measured winner is a region.
+CONVS = {"conv2d", "conv_bn"}
 
 
 def vendor_first(kind: str, device: str) -> bool:
@@ -407,6 +416,8 @@ def leave_as_written(kind: str, args: Sequence[Any]) -> str | None:
 
     if metrics.enabled() or (kind not in ATEN and kind not in VENDOR_FIRST):
         return None
+    if kind in CONVS and REST["value"] == "inductor":
+        return "Inductor's convolution, in the layout it keeps from conv to conv (a region converts around each)"
     real: list[Any] = []
     for a in args:
         if isinstance(a, Tensor):
