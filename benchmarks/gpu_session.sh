@@ -28,10 +28,13 @@
 #   eleventh                     elementwise forms after the rowsum max fix, the tuner cases the H100 run
 #                                of 2026-12-06 did not reach, GPU tests, ~8 min
 #   twelfth                      ResNet with tune_rest (cold, warm), GPU tests, elementwise forms, ~9 min
+#   thirteenth                   ResNet with convs left to Inductor (cold, warm), GPU tests, ~6 min
+# On an H200 (the card issues #13 and #20 are judged on), most important first: sweep, tuner-a,
+# then ninth (the three models), tuner-b, tuner-c.
 # Two stages in one call: the tuner stages take STOP_S (start no case after it, default 400) and
 # LIMIT_S (kill after it, default 570), e.g. `bash ... buffers && STOP_S=300 LIMIT_S=470 bash ... tuner-a`.
 set -u
-stage=${1:?"stage: first | next | eighth | ninth | tenth | eleventh | twelfth | forms | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
+stage=${1:?"stage: first | next | eighth | ninth | tenth | eleventh | twelfth | thirteenth | forms | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
 OUT=${OUT:-/tmp/uhop-gpu-out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -137,5 +140,11 @@ case "$stage" in
       | grep -v "^DEBUG" | tail -4 | tee "$OUT/test_cudagraphs_vendor_gpu.txt"
     f=${FORMS_S:-200}; timeout $f python3 benchmarks/width_sweep.py --only elementwise --deadline-s $((f - 40)) \
       --stop-s $((f - 30)) --out "$OUT/width_sweep_${gpu}_forms.json" 2>&1 | grep -v "^W1" | tail -10 ;;
+  thirteenth)  # what the twelfth session's lease left: the ResNet-style net with convolutions left to
+               # Inductor (runtime.CONVS), cold then warm; the GPU tests (tensor-guard dispatch); ~6 min
+    NINTH_MODELS="resnet --batch 64" NINTH_S=${RESNET_S:-220} NINTH_TESTS=0 bash "$0" ninth
+    (cd "$OUT" && tar czf profiles.tgz profiles_* && rm -rf profiles_*)
+    timeout 100 python3 -m pytest -q -p no:cacheprovider tests/compile/test_cudagraphs.py tests/gpu/test_vendor_gpu.py \
+      tests/gpu/test_guarded_dispatch_gpu.py 2>&1 | grep -v "^DEBUG" | tail -4 | tee "$OUT/test_gpu.txt" ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac
