@@ -4,16 +4,9 @@ a GPU."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-torch = pytest.importorskip("torch")
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)"),
-    pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="GPU tests, not the interpreter"),
-]
+torch = pytest.importorskip("torch")  # marked gpu and skipped without one: tests/gpu/conftest.py
 
 import uhop  # noqa: E402
 from uhop import config  # noqa: E402
