@@ -140,8 +140,22 @@ def make_problem(spec: Op, args: Sequence[Any], params: Mapping[str, Any]) -> Pr
     dims = spec.check(args, p)
     dtype = spec.check_dtypes(args)
     array, device = _array_kind(args)
-    layout = "contiguous" if all(_is_contiguous(a) for a in args) else "strided"
+    layout = "contiguous" if all(_is_contiguous(a) for a in args) else _layout(spec.name, args)
     return Problem.make(spec.name, dims, dtype, p, len(args), layout, device, array)
+
+
+def _layout(op: str, args: Sequence[Any]) -> str:
+    """A problem's layout when not every input is C-contiguous: ``channels_last`` for a
+    convolution whose 4-D torch inputs are channels-last (what PyTorch vision models and
+    Inductor run; candidates are timed on inputs in that layout, where cuDNN and oneDNN run
+    their fast kernels), else ``strided``."""
+    if op != "conv2d" or not all(hasattr(a, "is_contiguous") for a in args):
+        return "strided"
+    import torch
+
+    nhwc = torch.channels_last
+    ok = all(a.is_contiguous() or (a.dim() == 4 and a.is_contiguous(memory_format=nhwc)) for a in args)
+    return "channels_last" if ok else "strided"
 
 
 # ---- resolving a problem to a kernel --------------------------------------------------------

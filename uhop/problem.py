@@ -33,7 +33,8 @@ class Problem:
     params: tuple[tuple[str, Any], ...] = ()
     #: number of array inputs present (optional inputs such as bias change the kernel)
     arity: int = 0
-    #: "contiguous" when every input is C-contiguous, else "strided"
+    #: "contiguous" when every input is C-contiguous; "channels_last" for a conv2d whose 4-D
+    #: torch inputs are channels-last (candidates are timed on inputs in that layout); else "strided"
     layout: str = "contiguous"
     #: "cpu" or "cuda:N"
     device: str = "cpu"

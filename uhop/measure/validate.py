@@ -78,8 +78,11 @@ class ValidationSet:
         return cache[(index, device)]
 
     def native_inputs(self, trial: Trial, array: str, device: str) -> list[Any]:
+        """Trial inputs in ``array`` on ``device``: copies a kernel may overwrite; torch tensors
+        in the problem's memory layout (``channels_last``: 4-D inputs channels-last, so candidates
+        are timed on what the caller passes)."""
         if isinstance(trial, DeviceTrial) and array == "torch" and device == trial.device:
-            return [x.clone() for x in trial.dev_inputs]  # device to device: no host round trip
+            return _in_layout([x.clone() for x in trial.dev_inputs], self.problem.layout)  # no host round trip
         out = []
         for x, dt in zip(trial.inputs, input_dtypes(self.problem, len(trial.inputs)), strict=True):
             y = convert(x.copy(), array, device)
@@ -88,7 +91,15 @@ class ValidationSet:
 
                 y = y.to(torch.bfloat16)
             out.append(y)
-        return out
+        return _in_layout(out, self.problem.layout) if array == "torch" else out
+
+
+def _in_layout(xs: list[Any], layout: str) -> list[Any]:
+    if layout != "channels_last":
+        return xs
+    import torch
+
+    return [x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x for x in xs]
 
 
 def input_dtypes(problem: Problem, n: int) -> list[str]:
