@@ -584,6 +584,16 @@ class KernelCache(dict):
         self.guarded = {}
         return super().pop(*a)
 
+    def popitem(self) -> tuple[Any, Kernel]:
+        self.guarded = {}
+        return super().popitem()
+
+    def update(self, *a: Any, **kw: Any) -> None:
+        self.guarded = {}
+        super().update(*a, **kw)
+
+    # setdefault is dict's own: it never replaces a kernel, so no guard goes stale
+
     def remember(self, name: str, args: tuple[Any, ...], params: dict[str, Any], k: Kernel) -> None:
         """After a hit on the key path: a guard for these arguments under ``name`` when they are
         all torch tensors; torch builds without the guard class keep the key."""
