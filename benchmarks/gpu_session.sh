@@ -28,7 +28,8 @@
 #   eleventh                     elementwise forms after the rowsum max fix, the tuner cases the H100 run
 #                                of 2026-12-06 did not reach, GPU tests, ~8 min
 #   twelfth                      ResNet with tune_rest (cold, warm), GPU tests, elementwise forms, ~9 min
-#   thirteenth                   ResNet with convs left to Inductor (cold, warm), GPU tests, ~6 min
+#   thirteenth                   ResNet with convs left to Inductor (cold, warm), GPU tests, the ResNet conv
+#                                through uhop.ops in both layouts, ~8 min
 # On an H200 (the card issues #13 and #20 are judged on), most important first: sweep, tuner-a,
 # then ninth (the three models), tuner-b, tuner-c.
 # Two stages in one call: the tuner stages take STOP_S (start no case after it, default 400) and
@@ -145,6 +146,9 @@ case "$stage" in
     NINTH_MODELS="resnet --batch 64" NINTH_S=${RESNET_S:-220} NINTH_TESTS=0 bash "$0" ninth
     (cd "$OUT" && tar czf profiles.tgz profiles_* && rm -rf profiles_*)
     timeout 100 python3 -m pytest -q -p no:cacheprovider tests/compile/test_cudagraphs.py tests/gpu/test_vendor_gpu.py \
-      tests/gpu/test_guarded_dispatch_gpu.py 2>&1 | grep -v "^DEBUG" | tail -4 | tee "$OUT/test_gpu.txt" ;;
+      tests/gpu/test_guarded_dispatch_gpu.py 2>&1 | grep -v "^DEBUG" | tail -4 | tee "$OUT/test_gpu.txt"
+    # the ResNet's 3x3 conv through uhop.ops, NCHW and channels-last (each layout its own problem now)
+    timeout 120 python3 benchmarks/product_pick.py conv2d:64x64x56x56x64x3x3:bfloat16:2 \
+      conv2d:64x64x56x56x64x3x3:bfloat16:2:channels_last 2>&1 | tail -2 | tee "$OUT/product_pick_conv_layouts.txt" ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac

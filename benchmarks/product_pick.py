@@ -4,6 +4,10 @@ and torch eager re-timed interleaved (CUDA events). Prints one JSON line per cas
 product (its pick and its rate), not the candidates: no oracle here (``tuner_vs_oracle.py`` has it).
 
     PYTHONPATH=. python3 benchmarks/product_pick.py layernorm:32768x5120:bfloat16:3 conv2d:64x256x56x56x256x3x3:bfloat16:2
+
+A fifth field ``channels_last`` passes the 4-D inputs channels-last (uhop and eager alike), as a
+PyTorch vision model in that memory format does:
+``conv2d:64x64x56x56x64x3x3:bfloat16:2:channels_last``.
 """
 
 from __future__ import annotations
@@ -37,12 +41,15 @@ def main(specs: list[str], device: str = "cuda:0") -> None:
     lg.setLevel(logging.INFO)
     lg.addHandler(grab)
     for spec in specs:
-        op, shape, dtype, arity = spec.split(":")
+        op, shape, dtype, arity, *layout = spec.split(":")
+        layout = layout[0] if layout else "contiguous"
         dims = get_op(op).parse_shape(shape)
-        p = Problem.make(op, dims, dtype, {}, arity=int(arity), device=device, array="torch")
+        p = Problem.make(op, dims, dtype, {}, arity=int(arity), layout=layout, device=device, array="torch")
         g = torch.Generator(device=device).manual_seed(0)
         xs = [torch.rand(s, device=device, generator=g, dtype=torch.float32).mul_(2).sub_(1).to(getattr(torch, dtype))
               for s in p.spec.shapes_from_dims(p.dim, p.param, int(arity))]  # fmt: skip
+        if layout == "channels_last":
+            xs = [x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x for x in xs]
         fn = getattr(uhop.ops, op)
         grab.overhead = None
         t0 = time.perf_counter()
@@ -51,15 +58,18 @@ def main(specs: list[str], device: str = "cuda:0") -> None:
         first = time.perf_counter() - t0
         uhop.wait()
         tuned = time.perf_counter() - t0
+        from uhop.config import settings
+
         entries = open_store().entries(op)
-        entry = entries[0] if entries else None
+        key = p.key(settings().shape_buckets)
+        entry = next((e for e in entries if e.key == key), entries[-1] if entries else None)
         eager = {"layernorm": lambda x, w, b: torch.nn.functional.layer_norm(x, (x.shape[-1],), w, b),
                  "rmsnorm": lambda x, w=None: torch.nn.functional.rms_norm(x, (x.shape[-1],), w),
                  "softmax": lambda x: torch.softmax(x, -1),
                  "conv2d": lambda x, w, *b: torch.nn.functional.conv2d(x, w, *b)}[op]  # fmt: skip
         s = interleaved([fn, eager], [[xs], [xs]], sync=sync if cuda else None, rounds=7, min_time_s=0.05, cuda_events=cuda)
         m = [statistics.median(r) for r in s]
-        print(json.dumps({"problem": p.describe(), "pick": entry.candidate if entry else None, "first_call_s": round(first, 3),
+        print(json.dumps({"problem": p.describe(), "layout": layout, "pick": entry.candidate if entry else None, "first_call_s": round(first, 3),
                           "tuned_s": round(tuned, 2), "overhead_s": grab.overhead,
                           "uhop_ms": m[0] * 1e3, "eager_ms": m[1] * 1e3, "eager_over_uhop": m[1] / m[0],
                           "uhop_gbps": p.bytes() / m[0] / 1e9, "device": torch.cuda.get_device_name() if cuda else "cpu"}), flush=True)  # fmt: skip
