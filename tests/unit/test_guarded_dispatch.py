@@ -108,3 +108,34 @@ def test_decorated_function_on_torch_tensors_is_served_by_a_guard_too():
     for z in (t, y):  # each back through the key path once, then guarded
         _close(soft(z), _ref_softmax(z))
     assert [e[2].check(t) for e in soft._kernels.guarded[""]] == [True, False]
+
+
+def test_guards_under_concurrent_swaps():
+    """Calls keep returning correct results while another thread keeps swapping the kernel (as
+    background tuning does): a reader never sees a half-built guard table."""
+    import threading
+    import time
+
+    x = torch.randn(8, 40)
+    with config.override(policy="tune", tune_budget_s=3):
+        uhop.ops.softmax(x)
+    sig = call_sig("softmax", (x,), {})
+    stop = threading.Event()
+
+    def swapper():
+        kernels = [lambda t: torch.softmax(t, -1), lambda t: torch.softmax(t.double(), -1).float()]
+        i = 0
+        while not stop.is_set():
+            _direct_cache[sig] = kernels[i % 2]
+            i += 1
+            time.sleep(0)  # let the caller run between swaps
+
+    t = threading.Thread(target=swapper)
+    t.start()
+    try:
+        ref = _ref_softmax(x)
+        for _ in range(500):
+            _close(uhop.ops.softmax(x), ref)
+    finally:
+        stop.set()
+        t.join()
