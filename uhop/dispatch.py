@@ -45,9 +45,7 @@ _TENSORS: set[type] = set()
 
 
 def _arg_sig(a: Any) -> Any:
-    t = type(a)
-    if t is _ND:
-        return (a.shape, a.dtype.num, a.flags.c_contiguous)
+    t = type(a)  # numpy arrays and known torch types are keyed inline by args_sig
     if a is None:
         return None
     if hasattr(a, "is_contiguous"):  # torch.Tensor or a subclass: from now on args_sig keys it inline
@@ -60,11 +58,14 @@ def _arg_sig(a: Any) -> Any:
 
 def args_sig(args: Sequence[Any]) -> tuple[Any, ...]:
     """The cache key part of a call's arguments: :func:`_arg_sig` of each, with the torch tensor
-    case inline (no call per argument: this runs on every dispatch)."""
+    and numpy array cases inline (no call per argument: this runs on every dispatch)."""
     out = []
     for a in args:
-        if type(a) in _TENSORS:
+        t = type(a)
+        if t in _TENSORS:
             out.append((a.shape, a.dtype, a.is_contiguous(), a.get_device()))
+        elif t is _ND:
+            out.append((a.shape, a.dtype.num, a.flags.c_contiguous))
         else:
             out.append(_arg_sig(a))
     return tuple(out)
