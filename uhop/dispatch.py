@@ -555,8 +555,9 @@ def clear_process_cache() -> None:
 
 # ---- uhop.ops.<op>(...) -------------------------------------------------------------------
 class KernelCache(dict):
-    """``call_sig -> kernel`` for ``uhop.ops``, plus ``guarded``: per op, ``(n, params, guard,
-    kernel)`` entries for calls whose arguments are all torch tensors, where ``guard`` is torch's
+    """A signature -> kernel cache (``uhop.ops``' :func:`call_sig`, a decorated function's
+    :func:`args_sig`), plus ``guarded``: per op (``""`` for a decorated function), ``(n, params,
+    guard, kernel)`` entries for calls whose arguments are all torch tensors, where ``guard`` is torch's
     C++ tensor check (dtype, device, sizes, strides, dispatch keys) of the arguments that keyed
     the kernel; a passing check costs about 0.2 us against 0.8 us for the key and its lookup.
     A guard is stricter than the key (strides, not only contiguity), so a hit is always the

@@ -23,7 +23,7 @@ def _why_not() -> str | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    mine = [i for i in items if Path(str(i.fspath)).parent == HERE]
+    mine = [i for i in items if Path(i.path).parent == HERE]
     if not mine:
         return
     why = _why_not()

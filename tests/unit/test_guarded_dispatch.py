@@ -21,13 +21,6 @@ def _close(y, ref):
     torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-6)
 
 
-@pytest.fixture(autouse=True)
-def _fresh():
-    uhop.dispatch.clear_process_cache()
-    yield
-    uhop.dispatch.clear_process_cache()
-
-
 def test_second_call_is_served_by_a_guard_on_the_keyed_kernel():
     x = torch.randn(6, 33)
     with config.override(policy="tune", tune_budget_s=3):
