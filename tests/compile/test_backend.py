@@ -513,13 +513,17 @@ def test_vendor_first_regions_stay_as_written_until_uhop_measured_them(monkeypat
     assert second and all(r.note.startswith("left as written: served torch/eager") for r in second), second
 
 
-def test_convs_served_by_any_torch_candidate_stay_as_written():
-    """A conv whose winner is cuDNN/oneDNN in another layout (channels-last, cuDNN's own
-    search) is left to Inductor, which calls the same library without converting layouts
-    around each conv; a generated kernel's win makes it a region."""
-    from uhop.compile.runtime import cudnn_conv
+def test_convs_stay_with_inductor_whatever_won(monkeypatch):
+    """With Inductor compiling the rest a conv (and conv+bn) stays as written before anything is
+    looked up or tuned, whether cuDNN/oneDNN or a generated kernel won its tuning; run eagerly,
+    the vendor-first rule decides instead (see ``runtime.CONVS``)."""
+    from uhop.compile import runtime
 
-    assert cudnn_conv("conv2d", "torch/channels_last{benchmark=True}")
-    assert cudnn_conv("conv_bn", "torch/eager{benchmark=True}")
-    assert not cudnn_conv("conv2d", "triton/implicit_gemm{BM=64}")
-    assert not cudnn_conv("linear", "torch/lt_epilogue")
+    x, w = torch.randn(2, 3, 10, 10), torch.randn(8, 3, 3, 3)
+    conv = (x, w, None, 1, 1, "none")
+    bn = (x, w, None, torch.randn(8), torch.rand(8) + 0.5, torch.randn(8), torch.randn(8), 1e-5, 1, 1, "relu")
+    monkeypatch.setitem(runtime.REST, "value", "inductor")
+    for kind, args in (("conv2d", conv), ("conv_bn", bn)):
+        assert runtime.leave_as_written(kind, args).startswith("Inductor's convolution")
+    monkeypatch.setitem(runtime.REST, "value", "eager")
+    assert not (runtime.leave_as_written("conv2d", conv) or "").startswith("Inductor's convolution")

@@ -401,9 +401,11 @@ def leave_as_written(kind: str, args: Sequence[Any]) -> str | None:
     * ``"served <aten candidate>"``: the kernel this process or the store serves for the
       region's problem is the aten op itself (:data:`ATEN`): a region op would run the same aten
       call plus a dispatcher call (~20-50 us on CPU);
-    * on CUDA for :data:`VENDOR_FIRST` kinds, on a CPU for :data:`VENDOR_FIRST_CPU` (convolutions),
-      with nothing stored for the problem: the vendor
-      kernel (through Inductor) while the problem tunes in the background.
+    * convolutions (:data:`CONVS`) whenever Inductor compiles the rest, whatever was measured:
+      Inductor's conv in the layout it keeps from conv to conv;
+    * on CUDA for :data:`VENDOR_FIRST` kinds, on a CPU for :data:`VENDOR_FIRST_CPU` (convolutions,
+      under ``rest="eager"``), with nothing stored for the problem: the vendor
+      kernel while the problem tunes in the background.
 
     ``args``: the region's arguments, tensors as example (fake) values. Symbolic shapes or
     metrics on (regions count their calls) give None."""
@@ -454,21 +456,9 @@ def leave_as_written(kind: str, args: Sequence[Any]) -> str | None:
             return "vendor kernel until UHOP measures a faster one (tuning in the background)"
     except (Fallback, UhopError, ValueError, TypeError, KeyError):
         return None
-    if cid is not None and cudnn_conv(kind_, cid) and REST["value"] == "inductor":
-        return f"served {cid}: cuDNN, which Inductor calls in the layout it keeps between convs"
     if aten is None or cid != aten[0] or not _aten_is_the_candidate(kind_, device, dtype):
         return None
     return f"served {cid}"
-
-
-def cudnn_conv(kind: str, cid: str) -> bool:
-    """Whether a conv's measured winner is one of torch's (cuDNN or oneDNN in some layout:
-    ``torch/channels_last``, ``torch/eager{benchmark=True}``). As a region it would convert
-    NCHW to its layout and back around every conv; Inductor calls the same library and keeps
-    the activations channels-last from conv to conv (H100, bf16, a ResNet-style net at B64:
-    1.30 ms with cuDNN convs as regions, 0.70 ms as written). Run eagerly (``rest="eager"``),
-    the measured winner, conversions included, is better than the aten conv, and is a region."""
-    return kind in ("conv2d", "conv_bn") and cid.startswith("torch/")
 
 
 def _epilogue_to_win(kind: str, args: Sequence[Any]) -> bool:
