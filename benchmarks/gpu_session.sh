@@ -30,12 +30,14 @@
 #   twelfth                      ResNet with tune_rest (cold, warm), GPU tests, elementwise forms, ~9 min
 #   thirteenth                   ResNet with convs left to Inductor (cold, warm), GPU tests, the ResNet conv
 #                                through uhop.ops in both layouts, ~8 min
+#   llama-cg                     #16: the Llama block with and without UHOP's CUDA graphs next to compile /
+#                                reduce-overhead, kernel tables, the horizontal-fusion probe, ~6 min
 # On an H200 (the card issues #13 and #20 are judged on), most important first: sweep, tuner-a,
 # then ninth (the three models), tuner-b, tuner-c.
 # Two stages in one call: the tuner stages take STOP_S (start no case after it, default 400) and
 # LIMIT_S (kill after it, default 570), e.g. `bash ... buffers && STOP_S=300 LIMIT_S=470 bash ... tuner-a`.
 set -u
-stage=${1:?"stage: first | next | eighth | ninth | tenth | eleventh | twelfth | thirteenth | forms | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
+stage=${1:?"stage: first | next | eighth | ninth | tenth | eleventh | twelfth | thirteenth | llama-cg | forms | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
 OUT=${OUT:-/tmp/uhop-gpu-out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -94,6 +96,12 @@ case "$stage" in
     done
     timeout 120 python3 benchmarks/product_pick.py --device=cuda:0 layernorm:2670x50257:bfloat16:3 \
       rmsnorm:883x151936:bfloat16:2 2>&1 | tail -6 | tee "$OUT/product_pick_odd_${gpu}.txt" ;;
+  llama-cg)  # why UHOP (CUDA graphs) ran the Llama block slower than torch.compile default on the H100
+    UHOP_HOME=$(mktemp -d) timeout 330 python3 benchmarks/compile_models.py --device cuda --dtype bfloat16 --models llama-block \
+      --batch 1 --seq 2048 --variants eager compile reduce-overhead uhop uhop-no-cudagraphs --rounds 9 \
+      --out "$OUT/compile_${gpu}_bf16_llama-block_cg.json" --profile "$OUT/profiles_${gpu}_cg" 2>&1 | grep -E "first call|\] *:|ms," | tail -8
+    tar czf "$OUT/profiles_cg.tgz" -C "$OUT" "profiles_${gpu}_cg" && rm -rf "$OUT/profiles_${gpu}_cg"
+    [ "${PROBE:-1}" = 0 ] || timeout 200 python3 benchmarks/hfuse_probe.py --out "$OUT/hfuse_probe_${gpu}.json" 2>&1 | grep -v Warn | tail -6 ;;
   ninth)  # #16 after the tenth session's compile changes: cuBLASLt's tanh-GELU epilogue, activations, norms and
           # cuDNN convs left to Inductor's fusions; each model cold (empty store), then warm (same store, new
           # process: the regions UHOP measured faster are formed); kernel tables under profiles_*

@@ -331,3 +331,39 @@ def test_prebuild_launches_each_candidate_once_on_problem_shaped_inputs(interpre
         p = Problem.make(op, dims, "float32", params, arity=arity, device="cpu", array="torch")
         for c in interpreter.candidates(p)[:2]:
             interpreter.prebuild(c, p)
+
+
+@pytest.mark.parametrize("template", ["ptr", "tma"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("m", "n", "k", "act"), [(67, 41, 43, "silu"), (9, 72, 24, "gelu_tanh"), (1, 3, 8, "gelu"),
+                                                  (40, 33, 64, "silu")])  # fmt: skip
+def test_gated_mlp_dual_gemm(interpreter, template, dtype, m, n, k, act):
+    """``act(x @ Wg.T) * (x @ Wu.T)`` in one kernel, against float64 of the same inputs: odd sizes,
+    K not a multiple of the tile, misaligned rows (the tma template falls back to pointers)."""
+    import torch.nn.functional as F
+
+    from uhop.backends.triton_kernels import limits, swiglu
+
+    x = torch.randn(m, k).to(dtype)
+    wg, wu = ((torch.randn(n, k) / k**0.5).to(dtype) for _ in range(2))
+    cfg = {"BM": 32, "BN": 32, "BK": 16, "GM": 2, "warps": 4, "stages": 2, "ws": False}
+    got = swiglu.build(template, cfg, act, limits("cpu").sm_count)(x, wg, wu)
+    h = x.double() @ wg.double().T
+    gate = {"silu": F.silu, "gelu": F.gelu, "gelu_tanh": lambda t: F.gelu(t, approximate="tanh")}[act](h)
+    want = gate * (x.double() @ wu.double().T)
+    assert got.shape == (m, n) and got.dtype == dtype
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-4
+    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol * max(1.0, float(want.abs().max())))
+
+
+def test_gated_mlp_configs_fit_and_refuse_bad_input(interpreter):
+    from uhop.backends.triton_kernels import limits, swiglu
+
+    lim = limits("cpu")
+    cands = swiglu.configs(2048, 11008, 4096, 2, True, lim.fits)
+    assert cands[0][0] == "tma" and all(lim.fits(swiglu.swiglu_smem(c["BM"], c["BN"], c["BK"], c["stages"], 2), 1)
+                                        for _, c in cands)  # fmt: skip
+    with pytest.raises(ValueError, match="activation must be one of"):
+        swiglu.build("ptr", cands[-1][1], "relu")
+    with pytest.raises(ValueError, match="unknown gated-MLP template"):
+        swiglu.build("wgmma", cands[-1][1], "silu")

@@ -136,6 +136,8 @@ class GraphRunner:
         self._declined: tuple[int, tuple[int, ...]] | None = None
         #: launches' time / replays' time, measured at the last recording
         self.speedup = math.nan
+        #: the fusion report's entry for this graph: its ``cudagraphs`` field follows each decision
+        self.report: Any = None
 
     def _run(self, args: list[Any]) -> Any:
         return self.fn(list(args)) if self.boxed else self.fn(*args)
@@ -191,7 +193,14 @@ class GraphRunner:
                 torch.cuda.synchronize()
                 best[name] = min(best[name], time.perf_counter() - t)
         self.speedup = best["launch"] / best["replay"]
-        return self.speedup > PAYS
+        pays = self.speedup > PAYS
+        if self.report is not None:
+            from uhop.compile.report import REPORT
+
+            self.report.cudagraphs = (f"{'on' if pays else 'declined'}: replays ran {self.speedup:.2f}x "
+                                      f"the launches' speed (record {self.records})")
+            REPORT.save()
+        return pays
 
     def _record(self, a: list[Any], ptrs: tuple[int, ...], gen: int) -> bool:
         self._inputs = [t if s or not isinstance(t, Tensor) else torch.empty_strided(
@@ -215,6 +224,8 @@ class GraphRunner:
                     self._outputs = self._run(self._inputs)
         except Exception as exc:  # noqa: BLE001 - anything capture refuses: run uncaptured from now on
             self.disabled, self._outputs, self._inputs = True, None, []
+            if self.report is not None:
+                self.report.cudagraphs = f"off: capture failed ({type(exc).__name__})"
             warnings.warn(f"uhop: this graph runs without CUDA graphs: capture failed ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0][:200] if str(exc) else ''})", stacklevel=3)  # fmt: skip
             return False

@@ -42,8 +42,9 @@ class GraphCompiled:
     dynamic: bool
     recompile: bool
     compile_s: float = 0.0
-    #: "on" (replayed as a CUDA graph after its first call), "inductor's" (the Inductor mode
-    #: records them), or why not ("off", "autograd", "not on one CUDA device", ...)
+    #: "on" (to be replayed as a CUDA graph from its second call), then, once recorded, "on: ..." or
+    #: "declined: ..." with the replays' measured speed over launching; "inductor's" (the Inductor
+    #: mode records them), or why not ("off", "autograd", "not on one CUDA device", ...)
     cudagraphs: str = "off"
     #: graph rewrites other than regions (``x**3`` written out as ``x*x*x``), one line each
     rewrites: list[str] = field(default_factory=list)
