@@ -5,7 +5,7 @@ side by side in one run, with compile wall time. Writes JSON.
     python benchmarks/compile_models.py --device cuda --dtype bfloat16 --out benchmarks/data/compile_h200.json
 
 Models: ``gpt2-block`` (d768, 12 heads), ``llama-block`` (d4096, 32 heads, SwiGLU ff 11008,
-rotary embeddings), ``gpt2`` (12 layers, d768, vocab 50257), ``resnet``
+rotary embeddings), ``llama-small-block`` (the same layout at d768, 12 heads, ff 2048), ``gpt2`` (12 layers, d768, vocab 50257), ``resnet``
 (ResNet-style, width 64, 4 blocks, 56x56 inputs), ``numpy-gpt2`` (a numpy GPT-2 forward: numpy
 vs ``uhop.jit``). Times are medians of interleaved rounds (each round times every variant once, in
 an order rotated by one each round, so machine load hits all alike), in milliseconds per forward,
@@ -266,7 +266,7 @@ def _commit() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=["gpt2-block", "resnet", "numpy-gpt2"],
-                    choices=["gpt2-block", "llama-block", "gpt2", "resnet", "numpy-gpt2"])
+                    choices=["gpt2-block", "llama-block", "llama-small-block", "gpt2", "resnet", "numpy-gpt2"])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
@@ -322,6 +322,9 @@ def main() -> None:
         elif name == "llama-block":
             model = LlamaBlock().eval().to(a.device, dtype)
             shapes = [(b, t, 4096) for b in a.batch for t in a.seq]
+        elif name == "llama-small-block":  # GPT-2-small widths with Llama's layout: d768, SwiGLU ff 2048
+            model = LlamaBlock(d=768, heads=12, ff=2048, ctx=max(a.seq)).eval().to(a.device, dtype)
+            shapes = [(b, t, 768) for b in a.batch for t in a.seq]
         elif name == "gpt2":
             model = GPT2().eval().to(a.device, dtype)
             shapes = [(b, t) for b in a.batch for t in a.seq]

@@ -30,6 +30,8 @@
 #   twelfth                      ResNet with tune_rest (cold, warm), GPU tests, elementwise forms, ~9 min
 #   thirteenth                   ResNet with convs left to Inductor (cold, warm), GPU tests, the ResNet conv
 #                                through uhop.ops in both layouts, ~8 min
+#   gated                        #16: the gated-MLP op/region: GPU tests, product picks, a d768 Llama-layout block
+#                                cold then warm, ~7 min
 #   llama-cg                     #16: the Llama block with and without UHOP's CUDA graphs next to compile /
 #                                reduce-overhead, kernel tables, the horizontal-fusion probe, ~6 min
 # On an H200 (the card issues #13 and #20 are judged on), most important first: sweep, tuner-a,
@@ -37,7 +39,7 @@
 # Two stages in one call: the tuner stages take STOP_S (start no case after it, default 400) and
 # LIMIT_S (kill after it, default 570), e.g. `bash ... buffers && STOP_S=300 LIMIT_S=470 bash ... tuner-a`.
 set -u
-stage=${1:?"stage: first | next | eighth | ninth | tenth | eleventh | twelfth | thirteenth | llama-cg | forms | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
+stage=${1:?"stage: first | next | eighth | ninth | tenth | eleventh | twelfth | thirteenth | llama-cg | gated | forms | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
 OUT=${OUT:-/tmp/uhop-gpu-out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -158,5 +160,12 @@ case "$stage" in
     # the ResNet's 3x3 conv through uhop.ops, NCHW and channels-last (each layout its own problem now)
     timeout 120 python3 benchmarks/product_pick.py conv2d:64x64x56x56x64x3x3:bfloat16:2 \
       conv2d:64x64x56x56x64x3x3:bfloat16:2:channels_last 2>&1 | tail -2 | tee "$OUT/product_pick_conv_layouts.txt" ;;
+  gated)  # the gated-MLP op and region (thirteenth session): GPU tests, product picks at a small and a Llama
+          # width, a small Llama-layout block (d768) cold then warm (the region forms from the warm store), ~7 min
+    timeout 90 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gated_mlp_gpu.py 2>&1 | tail -2 | tee "$OUT/test_gated_gpu.txt"
+    timeout 150 python3 benchmarks/product_pick.py gated_mlp:8192x2048x768:bfloat16:3 gated_mlp:2048x11008x4096:bfloat16:3 \
+      2>&1 | grep '^{' | tee "$OUT/product_pick_gated_${gpu}.txt"
+    NINTH_MODELS="llama-small-block --batch 8 --seq 1024" NINTH_S=${GATED_S:-270} NINTH_TESTS=0 bash "$0" ninth
+    (cd "$OUT" && tar czf profiles_gated.tgz profiles_* && rm -rf profiles_*) ;;
   *) echo "unknown stage $stage"; exit 2 ;;
 esac

@@ -66,7 +66,9 @@ def main(specs: list[str], device: str = "cuda:0") -> None:
         eager = {"layernorm": lambda x, w, b: torch.nn.functional.layer_norm(x, (x.shape[-1],), w, b),
                  "rmsnorm": lambda x, w=None: torch.nn.functional.rms_norm(x, (x.shape[-1],), w),
                  "softmax": lambda x: torch.softmax(x, -1),
-                 "conv2d": lambda x, w, *b: torch.nn.functional.conv2d(x, w, *b)}[op]  # fmt: skip
+                 "conv2d": lambda x, w, *b: torch.nn.functional.conv2d(x, w, *b),
+                 # what eager PyTorch code runs for a gated MLP: two GEMMs, the gate, the product
+                 "gated_mlp": lambda x, wg, wu: torch.nn.functional.silu(x @ wg.T) * (x @ wu.T)}[op]  # fmt: skip
         s = interleaved([fn, eager], [[xs], [xs]], sync=sync if cuda else None, rounds=7, min_time_s=0.05, cuda_events=cuda)
         m = [statistics.median(r) for r in s]
         print(json.dumps({"problem": p.describe(), "layout": layout, "pick": entry.candidate if entry else None, "first_call_s": round(first, 3),

@@ -66,10 +66,10 @@ def main() -> None:
                 "cublas_concat": torch.compile(lambda x, wgu=wgu, N=N: (lambda gu: F.silu(gu[:, :N]) * gu[:, N:])(F.linear(x, wgu))),
             }
             errors = {}
-            for t, cfg in swiglu.configs(M, N, K, 2, lim.hopper, lim.fits):
+            for t, cfg in swiglu.tiles(M, N, K, 2, lim.hopper, lim.fits):
                 name = t + "{" + ",".join(f"{k}={v}" for k, v in cfg.items()) + "}"
                 try:
-                    run = swiglu.build(t, cfg, "silu", lim.sm_count)
+                    run = swiglu.make(t, cfg, "silu", lim.sm_count)
                     got = run(x, wg, wu)
                     torch.cuda.synchronize()
                     err = float((got.float() - want).abs().max() / want.abs().max())

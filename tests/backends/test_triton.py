@@ -347,7 +347,7 @@ def test_gated_mlp_dual_gemm(interpreter, template, dtype, m, n, k, act):
     x = torch.randn(m, k).to(dtype)
     wg, wu = ((torch.randn(n, k) / k**0.5).to(dtype) for _ in range(2))
     cfg = {"BM": 32, "BN": 32, "BK": 16, "GM": 2, "warps": 4, "stages": 2, "ws": False}
-    got = swiglu.build(template, cfg, act, limits("cpu").sm_count)(x, wg, wu)
+    got = swiglu.make(template, cfg, act, limits("cpu").sm_count)(x, wg, wu)
     h = x.double() @ wg.double().T
     gate = {"silu": F.silu, "gelu": F.gelu, "gelu_tanh": lambda t: F.gelu(t, approximate="tanh")}[act](h)
     want = gate * (x.double() @ wu.double().T)
@@ -360,10 +360,17 @@ def test_gated_mlp_configs_fit_and_refuse_bad_input(interpreter):
     from uhop.backends.triton_kernels import limits, swiglu
 
     lim = limits("cpu")
-    cands = swiglu.configs(2048, 11008, 4096, 2, True, lim.fits)
+    cands = swiglu.tiles(2048, 11008, 4096, 2, True, lim.fits)
     assert cands[0][0] == "tma" and all(lim.fits(swiglu.swiglu_smem(c["BM"], c["BN"], c["BK"], c["stages"], 2), 1)
                                         for _, c in cands)  # fmt: skip
     with pytest.raises(ValueError, match="activation must be one of"):
-        swiglu.build("ptr", cands[-1][1], "relu")
+        swiglu.make("ptr", cands[-1][1], "relu")
     with pytest.raises(ValueError, match="unknown gated-MLP template"):
-        swiglu.build("wgmma", cands[-1][1], "silu")
+        swiglu.make("wgmma", cands[-1][1], "silu")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize(("m", "n", "k", "act"), [(31, 37, 29, "silu"), (64, 40, 24, "gelu_tanh")])
+def test_gated_mlp_candidates_validate(interpreter, dtype, m, n, k, act):
+    """The backend's gated-MLP candidates, through the validator UHOP's tuner uses."""
+    _check(interpreter, "gated_mlp", {"M": m, "N": n, "K": k}, dtype, {"activation": act}, 3)

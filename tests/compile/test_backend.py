@@ -133,9 +133,11 @@ def test_small_gpt2_with_embeddings_and_inductor_rest():
 
 
 class SwiGLU(torch.nn.Module):
-    def __init__(self, d: int = 32, ff: int = 48) -> None:
+    """Bias-free projections form one gated_mlp region; with a bias on the gate they do not."""
+
+    def __init__(self, d: int = 32, ff: int = 48, gate_bias: bool = False) -> None:
         super().__init__()
-        self.gate, self.up = torch.nn.Linear(d, ff, bias=False), torch.nn.Linear(d, ff, bias=False)
+        self.gate, self.up = torch.nn.Linear(d, ff, bias=gate_bias), torch.nn.Linear(d, ff, bias=False)
         self.down = torch.nn.Linear(ff, d, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -144,13 +146,13 @@ class SwiGLU(torch.nn.Module):
 
 @pytest.mark.parametrize("rest", ["inductor", "eager"])
 def test_activation_feeding_an_elementwise_op_is_left_to_inductor(rest, regions_everywhere):
-    """SwiGLU's silu(gate(x)) * up(x): with Inductor for the rest, the silu stays outside the
-    gate's linear region (Inductor fuses it into the multiply, one pass); run eagerly, it is fused
-    into the region (a GEMM epilogue where the pick has one)."""
+    """silu(gate(x)) * up(x) where the gate has a bias (no gated_mlp region): with Inductor for the
+    rest, the silu stays outside the gate's linear region (Inductor fuses it into the multiply, one
+    pass); run eagerly, it is fused into the region (a GEMM epilogue where the pick has one)."""
     with torch.no_grad():
-        _check(SwiGLU().eval(), torch.randn(3, 5, 32), options={"rest": rest})
+        _check(SwiGLU(gate_bias=True).eval(), torch.randn(3, 5, 32), options={"rest": rest})
     linears = [r for g in REPORT.graphs for r in g.regions if r.kind == "linear"]
-    assert len(linears) == 3, linears
+    assert len(linears) == 3 and "gated_mlp" not in _kinds(), linears
     with_act = [r for r in linears if len(r.ops) == 2]
     assert len(with_act) == (0 if rest == "inductor" else 1), linears
 
@@ -527,3 +529,60 @@ def test_convs_stay_with_inductor_whatever_won(monkeypatch):
         assert runtime.leave_as_written(kind, args).startswith("Inductor's convolution")
     monkeypatch.setitem(runtime.REST, "value", "eager")
     assert not (runtime.leave_as_written("conv2d", conv) or "").startswith("Inductor's convolution")
+
+
+class _Gated(torch.nn.Module):
+    """A gated MLP as Llama-style code writes it: ``down(act(gate(x)) * up(x))``."""
+
+    def __init__(self, d: int = 24, ff: int = 40, act: str = "silu", bias: bool = False, share: bool = False) -> None:
+        super().__init__()
+        self.gate, self.up = torch.nn.Linear(d, ff, bias=bias), torch.nn.Linear(d, ff, bias=False)
+        self.down = torch.nn.Linear(ff, d, bias=False)
+        self.act, self.share = act, share
+
+    def forward(self, x):
+        g = self.gate(x)
+        a = F.silu(g) if self.act == "silu" else F.gelu(g, approximate="tanh" if self.act == "gelu_tanh" else "none")
+        y = self.down(a * self.up(x))
+        return y + g.sum(-1, keepdim=True) if self.share else y  # share: the gate's product is used twice
+
+
+@pytest.mark.parametrize("act", ["silu", "gelu", "gelu_tanh"])
+def test_gated_mlp_is_one_region_and_trains(act, regions_everywhere):
+    m = _Gated(act=act)
+    x = torch.randn(3, 9, 24)
+    with torch.no_grad():
+        _check(m, x)
+    region = next(r for g in REPORT.graphs for r in g.regions if r.kind == "gated_mlp")
+    assert region.ops == ["linear", "silu" if act == "silu" else "gelu", "linear", "mul"] and not region.note
+    assert region.bytes_saved == 2 * 3 * 3 * 9 * 40 * 4  # three M x N float32 intermediates, written and read
+    run = next(r for r in REPORT.runs if r.kind == "gated_mlp")
+    assert run.status == "uhop" and run.problem.startswith("gated_mlp[27x40x24]"), run
+    # a training step: gradients through the region (the reference's vjp) match eager's
+    REPORT.clear()
+    torch._dynamo.reset()
+    m2, xs = copy.deepcopy(m), x.clone().requires_grad_()
+    torch.compile(m2, backend="uhop", options=EAGER)(xs).square().sum().backward()
+    xe = x.clone().requires_grad_()
+    m(xe).square().sum().backward()
+    torch.testing.assert_close(xs.grad, xe.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(m2.gate.weight.grad, m.gate.weight.grad, rtol=1e-4, atol=1e-5)
+    assert "gated_mlp" in _kinds()
+
+
+@pytest.mark.parametrize("variant", ["bias", "share"])
+def test_gated_mlp_needs_bias_free_projections_used_only_by_the_product(variant, regions_everywhere):
+    m = _Gated(bias=variant == "bias", share=variant == "share")
+    with torch.no_grad():
+        _check(m, torch.randn(2, 5, 24))
+    assert "gated_mlp" not in _kinds() and _kinds().count("linear") == 3
+
+
+def test_llama_block_forms_the_gated_region(regions_everywhere):
+    from zoo import LlamaBlock
+
+    m = LlamaBlock(d=32, heads=4, ff=48, ctx=16).eval()
+    with torch.no_grad():
+        _check(m, torch.randn(2, 8, 32), atol=5e-4)
+    kinds = _kinds()
+    assert kinds.count("gated_mlp") == 1 and kinds.count("linear") == 5, kinds  # q, k, v, o, down

@@ -18,9 +18,9 @@ def test_every_config_matches_float64(m, n, k):
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     wg, wu = (torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5 for _ in range(2))
     want = F.silu(x.double() @ wg.double().T) * (x.double() @ wu.double().T)
-    cands = swiglu.configs(m, n, k, 2, lim.hopper, lim.fits)
+    cands = swiglu.tiles(m, n, k, 2, lim.hopper, lim.fits)
     assert cands
     for template, cfg in cands:
-        got = swiglu.build(template, cfg, "silu", lim.sm_count)(x, wg, wu)
+        got = swiglu.make(template, cfg, "silu", lim.sm_count)(x, wg, wu)
         torch.testing.assert_close(got.double(), want, rtol=2e-2, atol=2e-2 * float(want.abs().max()),
                                    msg=lambda s, t=template, c=cfg: f"{t}{c}: {s}")  # fmt: skip

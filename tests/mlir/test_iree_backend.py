@@ -141,3 +141,11 @@ def test_probe_message_when_missing(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", fake)
     assert IreeBackend()._probe() == (False, "iree not installed: pip install 'uhop[mlir]'")
+
+
+def test_b_as_nk_is_not_offered(iree):
+    """The emitted matmul reads b as (K, N): a ``trans_b`` problem (F.linear's weight) is left to
+    the other backends instead of failing every IREE candidate's compile."""
+    p = Problem.make("matmul", {"B": 1, "M": 15, "N": 12, "K": 16}, "float32", {"trans_b": True}, arity=2)
+    assert not iree.supports(p)
+    assert iree.supports(Problem.make("matmul", {"B": 1, "M": 15, "N": 12, "K": 16}, "float32", arity=2))

@@ -28,7 +28,8 @@ def t(x):
 
 
 def test_registry_has_every_op():
-    assert set(REGISTRY) == {"matmul", "softmax", "layernorm", "rmsnorm", "elementwise", "attention", "conv2d", "embedding"}
+    assert set(REGISTRY) == {"matmul", "softmax", "layernorm", "rmsnorm", "elementwise", "attention", "conv2d", "embedding",
+                             "gated_mlp"}
     with pytest.raises(UnknownOpError, match="known ops"):
         get("matmull")
 

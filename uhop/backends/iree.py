@@ -61,6 +61,11 @@ class IreeBackend(Backend):
 
         return True, f"IREE {compiler_version()} (llvm-cpu, host CPU)"
 
+    def supports(self, problem: Problem) -> bool:
+        # the emitted matmul reads b as (K, N): F.linear's (N, K) weight (trans_b) is not expressed,
+        # and every candidate failed to compile on it (one warning per problem, nothing served)
+        return super().supports(problem) and not problem.param.get("trans_b", False)
+
     # ---- candidates ---------------------------------------------------------------------------
     def candidates(self, problem: Problem) -> list[Candidate]:
         c = Candidate.of

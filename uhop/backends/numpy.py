@@ -87,7 +87,7 @@ def _erf(x: np.ndarray, out: np.ndarray) -> np.ndarray:
 
 
 def _needs_erf(problem: Problem) -> bool:
-    if problem.op == "matmul":
+    if problem.op in ("matmul", "gated_mlp"):
         return problem.param.get("activation") == "gelu"
     if problem.op == "elementwise":
         return any(isinstance(n, ex.Call) and n.fn in ("erf", "gelu") for n in ex.nodes(ex.parse(problem.param["expr"])))
@@ -287,6 +287,19 @@ def matmul_kernel(activation: str, dtype: str, trans_b: bool = False) -> Kernel:
     return kernel
 
 
+def gated_mlp_kernel(activation: str, dtype: str) -> Kernel:
+    """``act(x @ wg.T) * (x @ wu.T)``: two BLAS GEMMs on transposed views, the gate's activation
+    and the product written into the first GEMM's output."""
+    gate = matmul_kernel(activation, dtype, trans_b=True)
+
+    def kernel(x: np.ndarray, wg: np.ndarray, wu: np.ndarray) -> np.ndarray:
+        y = gate(x, wg)
+        y *= np.matmul(x, wu.T)
+        return y
+
+    return kernel
+
+
 def attention_kernel(causal: bool) -> Kernel:
     def kernel(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         s = np.matmul(q, np.swapaxes(k, -1, -2))
@@ -336,7 +349,8 @@ class NumpyBackend(Backend):
     name = "numpy"
     array = "numpy"
     vendor = True
-    ops = ("matmul", "softmax", "layernorm", "rmsnorm", "elementwise", "attention", "conv2d", "embedding")
+    ops = ("matmul", "softmax", "layernorm", "rmsnorm", "elementwise", "attention", "conv2d", "embedding",
+           "gated_mlp")
     dtypes = ("float32", "float64", "float16")
     #: eager: inputs broadcast to the output's shape, then the chain and the reduction; inputs of
     #: mixed dtypes (float16 with float32, ...) computed into temporaries of the result's dtype
@@ -358,7 +372,7 @@ class NumpyBackend(Backend):
 
     def candidates(self, problem: Problem) -> list[Candidate]:
         op, c = problem.op, Candidate.of
-        if op == "matmul":
+        if op in ("matmul", "gated_mlp"):
             return [c("numpy", "blas")]
         if op == "attention":
             return [c("numpy", "eager")]
@@ -377,6 +391,8 @@ class NumpyBackend(Backend):
         p, cfg = problem.param, candidate.cfg
         if problem.op == "matmul":
             return matmul_kernel(p["activation"], problem.dtype, p.get("trans_b", False))
+        if problem.op == "gated_mlp":
+            return gated_mlp_kernel(p["activation"], problem.dtype)
         if problem.op == "attention":
             return attention_kernel(p["causal"])
         if problem.op == "conv2d":

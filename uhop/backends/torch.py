@@ -142,7 +142,8 @@ def _reading_b_transposed(kernel: Kernel) -> Kernel:
     """matmul with trans_b: b is (N, K); its .mT view goes to BLAS as a transposed operand."""
 
     def kernel_nk(a, b, bias=None):
-        return kernel(a, b.mT, bias)
+        # no bias: two arguments (the bias-free kernel is torch.matmul itself, which takes two)
+        return kernel(a, b.mT) if bias is None else kernel(a, b.mT, bias)
 
     return kernel_nk
 
@@ -177,7 +178,8 @@ class TorchBackend(Backend):
     array = "torch"
     devices = ("cpu", "cuda")
     vendor = True
-    ops = ("matmul", "softmax", "layernorm", "rmsnorm", "elementwise", "attention", "conv2d", "embedding")
+    ops = ("matmul", "softmax", "layernorm", "rmsnorm", "elementwise", "attention", "conv2d", "embedding",
+           "gated_mlp")
     dtypes = ("float32", "float64", "float16", "bfloat16")
     elementwise_forms = True
 
@@ -282,6 +284,16 @@ class TorchBackend(Backend):
             return mm
         if op == "softmax":
             return lambda x: torch.softmax(x, dim=-1)
+        if op == "gated_mlp":  # two GEMMs, the gate in place on the fresh product, one multiply
+            gate_ = {"silu": _silu_, "gelu": torch._C._nn.gelu_, "gelu_tanh": _gelu_tanh_}[p["activation"]]
+            gate = {"silu": F.silu, "gelu": F.gelu, "gelu_tanh": _gelu_tanh}[p["activation"]]
+
+            def gated(x, wg, wu):
+                g = F.linear(x, wg)
+                g = gate(g) if g.requires_grad else gate_(g)
+                return g.mul_(F.linear(x, wu)) if not g.requires_grad else g * F.linear(x, wu)
+
+            return gated
         if op == "embedding":
             return lambda w, idx: F.embedding(idx, w)
         if op == "layernorm":

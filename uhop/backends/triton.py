@@ -25,6 +25,7 @@ FAMILIES = {
     "elementwise": "elementwise",
     "attention": "attention",
     "conv2d": "conv2d",
+    "gated_mlp": "swiglu",
 }
 
 
@@ -44,7 +45,7 @@ class TritonBackend(Backend):
         "uhop.backends.triton_kernels", "uhop.backends.triton_kernels.matmul", "uhop.backends.triton_kernels.rowops",
         "uhop.backends.triton_kernels.rows_long", "uhop.backends.triton_kernels.elementwise",
         "uhop.backends.triton_kernels.attention",
-        "uhop.backends.triton_kernels.conv2d",
+        "uhop.backends.triton_kernels.conv2d", "uhop.backends.triton_kernels.swiglu",
     )  # fmt: skip
     devices = ("cuda",)
     ops = tuple(FAMILIES)

@@ -1,7 +1,8 @@
 """The FX partitioner: find the regions UHOP serves in a Dynamo graph and replace each with one
 ``torch.ops.uhop.<kind>`` call; everything else stays for Inductor (or eager).
 
-Regions: linear / matmul (+ activation, incl. tanh-GELU), layer_norm, rms_norm, softmax,
+Regions: linear / matmul (+ activation, incl. tanh-GELU), a gated MLP's projections
+(``act(linear(x, wg)) * linear(x, wu)``), layer_norm, rms_norm, softmax,
 attention (SDPA, or the explicit QKᵀ → scale → mask → softmax → V pattern), embedding,
 conv2d (+ eval batchnorm folded in, inference only) (+ activation). An op whose intermediate has
 other users is not fused into the region after it (its value is needed anyway).
@@ -42,6 +43,9 @@ SILU = {F.silu}
 POW = {operator.pow, torch.pow, "pow", "power", "__pow__"}
 #: elementwise ops Inductor fuses with an activation before them (SwiGLU's ``silu(gate) * up``)
 POINTWISE = SUB | DIV | {operator.mul, operator.add, torch.mul, torch.add, "mul", "add", "multiply"}
+MUL = {operator.mul, torch.mul, "mul"}
+#: the activations of a gated MLP's gate (SwiGLU's silu, GeGLU's gelu)
+GATED = ("silu", "gelu", "gelu_tanh")
 #: integer exponents written out as multiplications (:meth:`Partitioner._small_powers`)
 SMALL_POWERS = (2, 3, 4)
 
@@ -128,8 +132,9 @@ class Partitioner:
         self._small_powers()
         # softmax written out (exp(x - max) / sum) first, as one softmax node; then attention: its
         # QKᵀ and PV matmuls and its softmax must not become regions alone
-        for rules in ((self._softmax_written_out,), (self._attention_explicit,), (self._sdpa, self._linear, self._matmul, self._norm,
-                                                    self._softmax, self._embedding, self._conv)):
+        # a gated MLP's two projections and their product before the linear rule takes each alone
+        for rules in ((self._softmax_written_out,), (self._attention_explicit,), (self._gated_mlp,),
+                      (self._sdpa, self._linear, self._matmul, self._norm, self._softmax, self._embedding, self._conv)):
             for node in list(self.g.nodes):
                 if node.op not in ("call_function", "call_method") or not node.users:
                     continue
@@ -211,6 +216,34 @@ class Partitioner:
         saved = 2 * _nbytes(node) if extra else 0
         self._replace(last, [node, *extra], "linear", (x, w, b, act), saved)
         return True
+
+    def _gated_mlp(self, node: fx.Node) -> bool:
+        """``act(linear(x, wg)) * linear(x, wu)`` (SwiGLU, GeGLU; no biases, one input ``x``, the
+        intermediates used only here) -> one ``gated_mlp`` region: UHOP's one-kernel form writes
+        only the product, where two GEMMs write both projections and read them back."""
+        if not _is(node, MUL) or len(node.args) != 2 or node.kwargs:
+            return False
+        for gated, up in (node.args, node.args[::-1]):
+            if not (isinstance(gated, fx.Node) and isinstance(up, fx.Node)):
+                continue
+            act = _activation_of(gated)
+            gate = gated.args[0] if act in GATED and gated.args else None
+            if not (isinstance(gate, fx.Node) and _is(gate, LINEAR) and _is(up, LINEAR)):
+                continue
+            if _only_user(gate) is not gated or _only_user(gated) is not node or _only_user(up) is not node:
+                continue
+            x, wg, wu = gate.args[0], gate.args[1], up.args[1]
+            if up.args[0] is not x or _arg(gate, 2, "bias") is not None or _arg(up, 2, "bias") is not None:
+                continue
+            vx, vg, vu = _val(x), _val(wg), _val(wu)
+            if not all(isinstance(v, torch.Tensor) for v in (vx, vg, vu)) or vg.dim() != 2:
+                continue
+            if tuple(vg.shape) != tuple(vu.shape) or not (vx.dtype == vg.dtype == vu.dtype):
+                continue
+            saved = 2 * (_nbytes(gate) + _nbytes(gated) + _nbytes(up))  # vs each op writing and reading its output
+            self._replace(node, [gate, gated, up, node], "gated_mlp", (x, wg, wu, act), saved)
+            return True
+        return False
 
     def _matmul(self, node: fx.Node) -> bool:
         if not _is(node, MATMUL) or len(node.args) != 2:

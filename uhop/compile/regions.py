@@ -64,11 +64,12 @@ REFERENCE: dict[str, Callable[..., Tensor]] = {
     "embedding": lambda w, idx: F.embedding(idx, w),
     "conv2d": lambda x, w, b, stride, padding, activation: activate(F.conv2d(x, w, b, stride, padding), activation),
     "conv_bn": _conv_bn_ref,
+    "gated_mlp": lambda x, wg, wu, activation: activate(F.linear(x, wg), activation) * F.linear(x, wu),
 }
 
 #: how many leading positional arguments are tensors (or None) per kind
 N_TENSORS = {"linear": 3, "matmul": 2, "layer_norm": 3, "rms_norm": 2, "softmax": 1, "attention": 4,
-             "embedding": 2, "conv2d": 3, "conv_bn": 7}
+             "embedding": 2, "conv2d": 3, "conv_bn": 7, "gated_mlp": 3}
 
 
 def conform(kind: str, out: Tensor) -> Tensor:
@@ -100,6 +101,8 @@ SCHEMAS = {
     # inference only (eval batchnorm folded into the conv): the partitioner emits it under no_grad
     "conv_bn": "conv_bn(Tensor x, Tensor w, Tensor? b, Tensor mean, Tensor var, Tensor? gamma, Tensor? beta, "
                "float eps, int stride, int padding, str activation) -> Tensor",
+    # a gated MLP's projections: act(x @ wg.T) * (x @ wu.T), weights (N, K) as nn.Linear holds them
+    "gated_mlp": "gated_mlp(Tensor x, Tensor wg, Tensor wu, str activation) -> Tensor",
 }  # fmt: skip
 
 _LIB = torch.library.Library("uhop", "DEF")

@@ -13,12 +13,12 @@ from uhop.ops.attention import Attention, Conv2d
 from uhop.ops.base import Op, Param
 from uhop.ops.elementwise import Elementwise
 from uhop.ops.embedding import Embedding
-from uhop.ops.matmul import Matmul
+from uhop.ops.matmul import GatedMLP, Matmul
 from uhop.ops.norms import LayerNorm, RMSNorm, Softmax
 
 REGISTRY: dict[str, Op] = {
     op.name: op for op in (Matmul(), Softmax(), LayerNorm(), RMSNorm(), Elementwise(), Attention(), Conv2d(),
-                           Embedding())
+                           Embedding(), GatedMLP())
 }
 
 
@@ -77,6 +77,7 @@ rmsnorm = _direct("rmsnorm")
 attention = _direct("attention")
 conv2d = _direct("conv2d")
 embedding = _direct("embedding")
+gated_mlp = _direct("gated_mlp")
 
 
 def elementwise(expr: Any, *args: Any, reduce: str = "none") -> Any:

@@ -148,3 +148,61 @@ class Matmul(Op):
         if dtype == "float32" and params.get("precision") == "tf32":
             return max(rtol, TF32_TOLERANCE[0]), max(atol, TF32_TOLERANCE[1] * self.error_scale(dims, params))
         return rtol, atol
+
+
+GATES = ("silu", "gelu", "gelu_tanh")
+
+
+class GatedMLP(Op):
+    """A gated MLP's gate and up projections: ``act(x @ w_gate.T) * (x @ w_up.T)`` (SwiGLU with
+    ``silu``, GeGLU with ``gelu`` / ``gelu_tanh``), the weights in ``nn.Linear``'s (N, K) layout.
+    As two GEMMs and an elementwise pass, both products go to memory and are read back; one kernel
+    (:mod:`uhop.backends.triton_kernels.swiglu`) writes only the gated product."""
+
+    name = "gated_mlp"
+    inputs = ("x", "w_gate", "w_up")
+    params = (Param("activation", "silu", GATES, str),)
+    dims = ("M", "N", "K")
+    description = ("act(x @ w_gate.T) * (x @ w_up.T) (SwiGLU / GeGLU projections); x (..., K), w_gate and w_up "
+                   "(N, K) as nn.Linear holds them; --shape MxNxK")  # fmt: skip
+
+    def check(self, args: Sequence[Any], params: Mapping[str, Any]) -> dict[str, int]:
+        self.check_arrays(args)
+        x, wg, wu = args
+        if x.ndim < 1:
+            raise InputError(f"gated_mlp: x must have at least 1 dim (..., K), got shape {tuple(x.shape)}")
+        K = x.shape[-1]
+        for name, w in (("w_gate", wg), ("w_up", wu)):
+            if w.ndim != 2 or w.shape[1] != K:
+                raise InputError(f"gated_mlp: {name} must be (N, K={K}) as nn.Linear holds it, got shape {tuple(w.shape)}")
+        if tuple(wg.shape) != tuple(wu.shape):
+            raise InputError(f"gated_mlp: w_gate {tuple(wg.shape)} and w_up {tuple(wu.shape)} must have one shape")
+        return {"M": math.prod(x.shape[:-1]), "N": wg.shape[0], "K": K}
+
+    def output_shape(self, shapes: Sequence[tuple[int, ...]], params: Mapping[str, Any]) -> tuple[int, ...]:
+        return (*shapes[0][:-1], shapes[1][0])
+
+    def shapes_from_dims(self, dims: Mapping[str, int], params: Mapping[str, Any], arity: int) -> list[tuple[int, ...]]:
+        M, N, K = dims["M"], dims["N"], dims["K"]
+        return [(M, K), (N, K), (N, K)][:arity]
+
+    def reference(self, x, w_gate, w_up, activation="silu", **_: Any) -> np.ndarray:
+        return apply_activation(x @ w_gate.T, activation) * (x @ w_up.T)
+
+    def reference_torch(self, x, w_gate, w_up, activation="silu", **_: Any) -> Any:
+        import torch.nn.functional as F
+
+        gate = {"silu": F.silu, "gelu": F.gelu, "gelu_tanh": lambda t: F.gelu(t, approximate="tanh")}[activation]
+        return gate(x @ w_gate.mT) * (x @ w_up.mT)
+
+    def flops(self, dims, params) -> float:
+        return 4.0 * dims["M"] * dims["N"] * dims["K"]
+
+    def bytes(self, dims, dtype, params) -> float:
+        from uhop.ops.base import ITEMSIZE
+
+        M, N, K = dims["M"], dims["N"], dims["K"]
+        return ITEMSIZE[dtype] * (M * K + 2 * N * K + M * N)
+
+    def error_scale(self, dims, params) -> float:
+        return math.sqrt(dims["K"])

@@ -54,6 +54,7 @@ SHAPES: dict[str, tuple[str, ...]] = {
     "attention": ("1x2x17x16", "2x3x37x32"),
     "conv2d": ("1x3x13x11x5x3x3", "2x4x17x19x7x3x3"),
     "embedding": ("97x13x31", "211x29x67"),  # V x D x N (table rows, width, indices)
+    "gated_mlp": ("31x37x29", "67x53x71"),  # M x N x K
 }
 
 CATEGORIES = (

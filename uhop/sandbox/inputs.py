@@ -100,6 +100,7 @@ SPECIAL: dict[str, Callable[[list[np.ndarray], np.random.Generator, Problem], No
     "attention": _nan_rows,
     "elementwise": _elementwise,
     "embedding": _embedding,
+    "gated_mlp": _nan_rows,
 }
 
 

@@ -106,7 +106,21 @@ def swiglu_smem(bm: int, bn: int, bk: int, stages: int, itemsize: int, epilogue:
     return stages * (bm * bk + 2 * bn * bk) * itemsize + bm * bn * epilogue
 
 
-def configs(M: int, N: int, K: int, itemsize: int, hopper: bool, fits) -> list[tuple[str, dict[str, Any]]]:
+def configs(problem: Any, lim: Any) -> list[tuple[str, dict[str, Any]]]:
+    """The backend's search space for a ``gated_mlp`` problem (:func:`tiles`)."""
+    d = problem.dim
+    return tiles(d["M"], d["N"], d["K"], 4 if problem.dtype == "float32" else 2, lim.hopper, lim.fits)
+
+
+def build(template: str, cfg: dict[str, Any], problem: Any) -> Any:
+    """The backend's kernel for a ``gated_mlp`` problem (:func:`make`)."""
+    from uhop.backends.triton_kernels import limits
+
+    sms = limits(problem.device).sm_count if template == "tma" else 0
+    return make(template, cfg, problem.param["activation"], sms)
+
+
+def tiles(M: int, N: int, K: int, itemsize: int, hopper: bool, fits) -> list[tuple[str, dict[str, Any]]]:
     """(template, config) pairs, best guess first; ``fits(smem_bytes, threads)`` prunes by the
     device's limits. Two fp32 accumulators per program: tiles are half as wide as a GEMM's."""
     out: list[tuple[str, dict[str, Any]]] = []
@@ -126,7 +140,7 @@ def configs(M: int, N: int, K: int, itemsize: int, hopper: bool, fits) -> list[t
     return out
 
 
-def build(template: str, cfg: dict[str, Any], act: str, num_sms: int = 0) -> Any:
+def make(template: str, cfg: dict[str, Any], act: str, num_sms: int = 0) -> Any:
     """A callable ``run(x, w_gate, w_up) -> act(x @ w_gate.T) * (x @ w_up.T)``; ``x`` (..., K),
     weights (N, K) as ``nn.Linear`` holds them."""
     import torch
