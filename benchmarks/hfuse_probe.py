@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from uhop.benchsuite import machine_info
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "compile"))
 from zoo import LlamaBlock  # noqa: E402
 
@@ -66,15 +68,6 @@ class FusedLlama(torch.nn.Module):
         return x + b.down(F.silu(g) * u)
 
 
-def _triton_version() -> str:
-    try:
-        import triton
-
-        return triton.__version__
-    except ImportError:
-        return "absent"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=9)
@@ -83,7 +76,7 @@ def main() -> None:
     torch.manual_seed(0)
     dt, dev = torch.bfloat16, "cuda"
     res = {"meta": {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "python": platform.python_version(),
-                    "note": "candidate study: times candidates directly, not the product path", "command": " ".join(["python", *sys.argv]), "triton": _triton_version()}}
+                    "note": "candidate study: times candidates directly, not the product path", "command": " ".join(["python", *sys.argv]), "machine": machine_info()}}
     with torch.inference_mode():
         gemm = {}
         for name, M, K, Ns in (("qkv", 2048, 4096, (4096, 4096, 4096)), ("gate_up", 2048, 4096, (11008, 11008)),

@@ -19,6 +19,7 @@ import torch
 
 import uhop
 import uhop.compile  # noqa: F401 - registers backend="uhop" for a source checkout
+from uhop.benchsuite import machine_info
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "compile"))
 from zoo import GPT2Block, LlamaBlock  # noqa: E402
@@ -28,15 +29,6 @@ VARIANTS = {
     "uhop": lambda m: torch.compile(m, backend="uhop"),
     "uhop-no-cudagraphs": lambda m: torch.compile(m, backend="uhop", options={"cudagraphs": False}),
 }
-
-
-def _triton_version() -> str:
-    try:
-        import triton
-
-        return triton.__version__
-    except ImportError:
-        return "absent"
 
 
 def main() -> None:
@@ -54,7 +46,7 @@ def main() -> None:
     else:
         m, x = GPT2Block().eval().cuda().bfloat16(), torch.randn(8, 1024, 768, device="cuda", dtype=torch.bfloat16)
     res: dict = {"meta": {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "model": a.model,
-                          "note": "diagnostic: host vs GPU time per call of each compiled variant", "command": " ".join(["python", *sys.argv]), "triton": _triton_version()}}
+                          "note": "diagnostic: host vs GPU time per call of each compiled variant", "command": " ".join(["python", *sys.argv]), "machine": machine_info()}}
     fns = {}
     with torch.inference_mode():
         for v in a.variants:

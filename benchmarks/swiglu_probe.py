@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from uhop.backends.triton_kernels import limits, swiglu
+from uhop.benchsuite import machine_info
 
 
 def _ms(fn, iters: int = 20) -> float:
@@ -35,15 +36,6 @@ def _ms(fn, iters: int = 20) -> float:
     return s.elapsed_time(e) / iters
 
 
-def _triton_version() -> str:
-    try:
-        import triton
-
-        return triton.__version__
-    except ImportError:
-        return "absent"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", nargs="+", default=["2048x4096x11008", "8192x4096x11008", "8192x768x3072"])
@@ -53,7 +45,7 @@ def main() -> None:
     torch.manual_seed(0)
     lim = limits("cuda:0")
     res: dict = {"meta": {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
-                          "note": "candidate study: every candidate timed directly, not the product path", "command": " ".join(["python", *sys.argv]), "triton": _triton_version()}, "shapes": {}}
+                          "note": "candidate study: every candidate timed directly, not the product path", "command": " ".join(["python", *sys.argv]), "machine": machine_info()}, "shapes": {}}
     with torch.inference_mode():
         for spec in a.shapes:
             M, K, N = map(int, spec.split("x"))

@@ -112,17 +112,33 @@ def _mm_ptr_kernel(
 
 
 @triton.jit
+def _persistent(M, N, K, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """A persistent program's walk: its first tile, the tile grid, K steps and the tile count."""
+    num_pid_m = tl.cdiv(M, BM)
+    num_pid_n = tl.cdiv(N, BN)
+    return tl.program_id(0), num_pid_m, num_pid_n, tl.cdiv(K, BK), num_pid_m * num_pid_n
+
+
+@triton.jit
+def _store_tile(out, c_desc, c_ptr, pid_m, pid_n, M, N, s_cm, BM: tl.constexpr, BN: tl.constexpr,
+                TMA_STORE: tl.constexpr):  # fmt: skip
+    """One output tile: through the TMA descriptor (16-byte aligned rows), else masked stores."""
+    if TMA_STORE:
+        c_desc.store([pid_m * BM, pid_n * BN], out)
+    else:
+        rm = pid_m * BM + tl.arange(0, BM)
+        rn = pid_n * BN + tl.arange(0, BN)
+        tl.store(c_ptr + rm[:, None].to(tl.int64) * s_cm + rn[None, :], out, mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+@triton.jit
 def _mm_tma_kernel(
     a_desc, b_desc, c_desc, c_ptr, bias_ptr, M, N, K, s_cm,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, PREC: tl.constexpr, TMA_STORE: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GM: tl.constexpr,
     NUM_SMS: tl.constexpr, WS: tl.constexpr, FLATTEN: tl.constexpr,
 ):  # fmt: skip
-    start = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BM)
-    num_pid_n = tl.cdiv(N, BN)
-    k_tiles = tl.cdiv(K, BK)
-    num_tiles = num_pid_m * num_pid_n
+    start, num_pid_m, num_pid_n, k_tiles, num_tiles = _persistent(M, N, K, BM, BN, BK)
     # A separate counter for the epilogue lets the compiler overlap one tile's epilogue with the
     # next tile's loads when the loops are flattened.
     tile_c = start - NUM_SMS
@@ -139,13 +155,7 @@ def _mm_tma_kernel(
         pid_m, pid_n = _tile_of(tile_c, num_pid_m, num_pid_n, GM)
         rn = pid_n * BN + tl.arange(0, BN)
         acc = _epilogue(acc, bias_ptr, rn, N, HAS_BIAS, ACT)
-        out = acc.to(c_ptr.dtype.element_ty)
-        if TMA_STORE:
-            c_desc.store([pid_m * BM, pid_n * BN], out)
-        else:
-            rm = pid_m * BM + tl.arange(0, BM)
-            c_ptrs = c_ptr + rm[:, None].to(tl.int64) * s_cm + rn[None, :]
-            tl.store(c_ptrs, out, mask=(rm[:, None] < M) & (rn[None, :] < N))
+        _store_tile(acc.to(c_ptr.dtype.element_ty), c_desc, c_ptr, pid_m, pid_n, M, N, s_cm, BM, BN, TMA_STORE)
 
 
 @triton.jit

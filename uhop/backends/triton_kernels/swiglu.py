@@ -22,7 +22,7 @@ from typing import Any
 import triton
 import triton.language as tl
 
-from uhop.backends.triton_kernels.matmul import ACT_CODES, _epilogue, _tile_of
+from uhop.backends.triton_kernels.matmul import ACT_CODES, _epilogue, _persistent, _store_tile, _tile_of
 
 GATES = ("silu", "gelu", "gelu_tanh")
 
@@ -70,11 +70,7 @@ def _swiglu_tma_kernel(
     ACT: tl.constexpr, TMA_STORE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     GM: tl.constexpr, NUM_SMS: tl.constexpr, WS: tl.constexpr, FLATTEN: tl.constexpr,
 ):  # fmt: skip
-    start = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BM)
-    num_pid_n = tl.cdiv(N, BN)
-    k_tiles = tl.cdiv(K, BK)
-    num_tiles = num_pid_m * num_pid_n
+    start, num_pid_m, num_pid_n, k_tiles, num_tiles = _persistent(M, N, K, BM, BN, BK)
     tile_c = start - NUM_SMS  # the epilogue's own counter (see matmul._mm_tma_kernel)
     for tile_id in tl.range(start, num_tiles, NUM_SMS, flatten=FLATTEN, warp_specialize=WS):
         pid_m, pid_n = _tile_of(tile_id, num_pid_m, num_pid_n, GM)
@@ -92,12 +88,7 @@ def _swiglu_tma_kernel(
         pid_m, pid_n = _tile_of(tile_c, num_pid_m, num_pid_n, GM)
         rn = pid_n * BN + tl.arange(0, BN)
         out = (_epilogue(acc_g, c_ptr, rn, N, False, ACT) * acc_u).to(c_ptr.dtype.element_ty)
-        if TMA_STORE:
-            c_desc.store([pid_m * BM, pid_n * BN], out)
-        else:
-            rm = pid_m * BM + tl.arange(0, BM)
-            c_ptrs = c_ptr + rm[:, None].to(tl.int64) * s_cm + rn[None, :]
-            tl.store(c_ptrs, out, mask=(rm[:, None] < M) & (rn[None, :] < N))
+        _store_tile(out, c_desc, c_ptr, pid_m, pid_n, M, N, s_cm, BM, BN, TMA_STORE)
 
 
 def swiglu_smem(bm: int, bn: int, bk: int, stages: int, itemsize: int, epilogue: int = 0) -> int:
