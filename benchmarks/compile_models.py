@@ -12,7 +12,10 @@ an order rotated by one each round, so machine load hits all alike), in millisec
 under ``torch.inference_mode``; ``speedup_paired`` is the median over rounds of the per-round ratio
 baseline / UHOP, with its quartiles (the spread a shared machine leaves). On CUDA the variants
 include ``reduce-overhead`` (torch.compile recording CUDA graphs, as backend="uhop" does for
-inference graphs on a GPU), so that UHOP's figure stands next to the like-for-like one.
+inference graphs on a GPU), so that UHOP's figure stands next to the like-for-like one, and each
+row has ``gpu_ms`` too: the same samples timed by CUDA events (the GPU's time; ``ms`` is the
+wall time, which a launch-bound variant or a host stall also shows). Outputs are dropped between
+calls (until 2026-12-06 each sample kept its outputs alive).
 """
 
 # ruff: noqa: I001 - uhop is imported before numpy and torch on purpose (below)
@@ -60,16 +63,38 @@ def _timed(fn, device: str) -> float:
     return time.perf_counter() - t
 
 
-def _rounds(fns: dict, reps: dict, rounds: int, device: str) -> dict:
+def _rounds(fns: dict, reps: dict, rounds: int, device: str, gpu: dict | None = None) -> dict:
     """Seconds per call, ``{variant: [per round]}``; each round visits every variant once, in an
-    order rotated by one each round."""
+    order rotated by one each round. Each sample calls the variant ``reps[v]`` times back to
+    back, dropping the outputs (as a serving loop does). ``gpu``, on CUDA: filled with the same
+    samples timed by CUDA events around the calls (the GPU's time, without the host's work before
+    the first launch and after the last)."""
     names = list(fns)
     times = {v: [] for v in names}
+    cuda = device.startswith("cuda") and gpu is not None
+    for v in names if cuda else ():
+        gpu[v] = []
     for r in range(rounds):
         for j in range(len(names)):
             v = names[(j + r) % len(names)]
-            n = reps[v]
-            times[v].append(_timed(lambda v=v, n=n: [fns[v]() for _ in range(n)], device) / n)
+            n, f = reps[v], fns[v]
+
+            def sample(n=n, f=f) -> None:
+                for _ in range(n):
+                    f()
+
+            if cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                _sync(device)
+                t = time.perf_counter()
+                start.record()
+                sample()
+                end.record()
+                _sync(device)
+                times[v].append((time.perf_counter() - t) / n)
+                gpu[v].append(start.elapsed_time(end) / 1e3 / n)
+            else:
+                times[v].append(_timed(sample, device) / n)
     return times
 
 
@@ -122,7 +147,8 @@ def bench_torch(name: str, model, x, device: str, variants, rounds: int, min_s: 
         for v in variants:  # calls per sample so each sample lasts >= min_s
             one = min(_timed(lambda v=v: fns[v](x), device) for _ in range(3))
             reps[v] = max(1, int(min_s / max(one, 1e-6)))
-        times = _rounds({v: (lambda v=v: fns[v](x)) for v in variants}, reps, rounds, device)
+        gpu: dict = {}
+        times = _rounds({v: (lambda v=v: fns[v](x)) for v in variants}, reps, rounds, device, gpu)
         if "uhop" in variants:  # after the timing: the CUDA graph decision (second call on) shows too
             report = _fusion_summary()
         if PROFILE_DIR is not None:  # after the timing: the profiler must not perturb it
@@ -131,7 +157,8 @@ def bench_torch(name: str, model, x, device: str, variants, rounds: int, min_s: 
     med = {v: statistics.median(t) * 1e3 for v, t in times.items()}
     row = {"model": name, "shape": list(x.shape), "ms": {v: round(m, 4) for v, m in med.items()},
            "first_call_s": compile_s, **({"fusion": report} if report else {}),
-           "spread_ms": {v: round((max(t) - min(t)) * 1e3, 4) for v, t in times.items()}}
+           "spread_ms": {v: round((max(t) - min(t)) * 1e3, 4) for v, t in times.items()},
+           **({"gpu_ms": {v: round(statistics.median(t) * 1e3, 4) for v, t in gpu.items()}} if gpu else {})}
     if "eager" in med and "uhop" in med:
         row["uhop_speedup_vs_eager"] = round(med["eager"] / med["uhop"], 3)
         row["speedup_paired"] = _paired(times, "eager", "uhop")
@@ -143,6 +170,8 @@ def bench_torch(name: str, model, x, device: str, variants, rounds: int, min_s: 
             row["uhop_vs_best_of_eager_compile_max_autotune"] = round(med["uhop"] / min(three), 3)
     paired = f", uhop/eager speed {row['speedup_paired']}" if "speedup_paired" in row else ""
     print(f"  {name} {list(x.shape)}: " + ", ".join(f"{v} {m:.3f} ms" for v, m in med.items()) + paired, flush=True)
+    if gpu:
+        print("    GPU (CUDA events): " + ", ".join(f"{v} {m:.3f} ms" for v, m in row["gpu_ms"].items()), flush=True)
     return row
 
 
