@@ -18,8 +18,8 @@ from zoo import GPT2, MLP, GPT2Block, ResNetSmall  # noqa: E402
 
 import uhop.compile  # noqa: E402,F401 - registers backend="uhop" for a source checkout
 from uhop.compile import REPORT  # noqa: E402
-from uhop.compile.report import format_report  # noqa: E402
 from uhop.compile.backend import CompileOptions  # noqa: E402
+from uhop.compile.report import format_report  # noqa: E402
 
 EAGER = {"rest": "eager"}  # the rest without Inductor's C++ compile: fast tests
 
@@ -586,3 +586,48 @@ def test_llama_block_forms_the_gated_region(regions_everywhere):
         _check(m, torch.randn(2, 8, 32), atol=5e-4)
     kinds = _kinds()
     assert kinds.count("gated_mlp") == 1 and kinds.count("linear") == 5, kinds  # q, k, v, o, down
+
+
+def test_frozen_weights_never_serve_stale_results(monkeypatch):
+    """Under torch._inductor.config.freezing the rest is compiled with the weights as constants;
+    a weight changed in place afterwards makes the graph run as written (one warning), with the
+    new weights, instead of the frozen graph's stale result."""
+    import torch._inductor.config as inductor_config
+
+    from uhop.compile.frozen import FrozenGuard
+
+    monkeypatch.setattr(inductor_config, "freezing", True)
+    m = GPT2Block(32, 4).eval()
+    x = torch.randn(2, 6, 32)
+    guards = []
+    import uhop.compile.frozen as fz
+
+    real = fz.FrozenGuard
+
+    def spy(*a, **k):
+        g = real(*a, **k)
+        guards.append(g)
+        return g
+
+    monkeypatch.setattr(fz, "FrozenGuard", spy)
+    with torch.no_grad():
+        c = torch.compile(m, backend="uhop")
+        torch.testing.assert_close(c(x), m(x), rtol=1e-4, atol=1e-5)
+        assert guards and isinstance(guards[0], FrozenGuard) and not guards[0].thawed
+        for p in m.parameters():
+            p.mul_(0.9)
+        with pytest.warns(UserWarning, match="changed after it was frozen"):
+            got = c(x)
+        torch.testing.assert_close(got, m(x), rtol=1e-4, atol=1e-5)  # the new weights, not the frozen ones
+        assert guards[0].thawed
+        torch.testing.assert_close(c(x), m(x), rtol=1e-4, atol=1e-5)
+
+
+def test_without_freezing_no_guard(monkeypatch):
+    import uhop.compile.frozen as fz
+
+    made = []
+    monkeypatch.setattr(fz, "FrozenGuard", lambda *a, **k: made.append(1))
+    with torch.no_grad():
+        _check(GPT2Block(32, 4).eval(), torch.randn(2, 6, 32), options={"rest": "inductor"})
+    assert not made

@@ -67,7 +67,6 @@ def test_bias_free_linear_region_is_served_by_its_baseline():
     torch = pytest.importorskip("torch")
     from uhop.compile.report import REPORT
     from uhop.compile.runtime import run_region
-
     from uhop.config import override
 
     x, w = torch.randn(3, 5, 16), torch.randn(12, 16)

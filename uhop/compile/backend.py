@@ -19,6 +19,10 @@ options={...})`` or the environment:
   of pointwise and reduction kernels, without its GEMM/conv templates); a longer first compile,
   cached by Inductor for the next process.
 
+With ``torch._inductor.config.freezing = True`` (PyTorch's CPU-inference recipe) the rest is
+compiled with frozen weights, and a weight changed afterwards makes the graph run as written
+instead of serving stale results (:mod:`uhop.compile.frozen`).
+
 Dynamic shapes are Dynamo's: a dim that changes between calls is made symbolic on the first
 recompile (``torch._dynamo.config.automatic_dynamic_shapes``), or up front with
 ``torch.compile(dynamic=True)`` / ``torch._dynamo.mark_dynamic``; the fusion report counts the
@@ -35,7 +39,7 @@ import torch
 from torch import fx
 
 import uhop.compile.regions  # noqa: F401 - registers torch.ops.uhop.*
-from uhop.compile import cudagraphs, runtime
+from uhop.compile import cudagraphs, frozen, runtime
 from uhop.compile.partition import partition
 from uhop.compile.report import REPORT, GraphCompiled
 
@@ -153,7 +157,8 @@ def uhop_backend(gm: fx.GraphModule, example_inputs: list[Any], mode: str | None
         patches["post_grad_custom_post_pass"] = _cache_salt()
         if opts.tune_rest:
             patches["coordinate_descent_tuning"] = True
-        compiled = compile_fx(gm, example_inputs, config_patches=patches)
+        # under torch._inductor.config.freezing: guarded against weights that change (frozen.py)
+        compiled = frozen.guard(gm, lambda: compile_fx(gm, example_inputs, config_patches=patches))
     # Inductor modes that record CUDA graphs themselves (reduce-overhead, max-autotune) get no second wrapper
     own = opts.rest == "inductor" and bool(opts.mode) and list_mode_options(opts.mode).get("triton.cudagraphs")
     dynamic = _is_dynamic(example_inputs)

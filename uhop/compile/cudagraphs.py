@@ -148,6 +148,9 @@ class GraphRunner:
         if self.boxed:
             args[0].clear()  # the boxed convention: the callee drops the caller's references
         self.calls += 1
+        stale = getattr(self.fn, "stale", None)  # frozen weights that changed (uhop.compile.frozen)
+        if stale is not None and not self.disabled and stale():
+            self.disabled, self.graph = True, None  # replays would keep computing with the old weights
         if self.disabled or torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in a):
             return self._run(a)
         ptrs = tuple(t.data_ptr() for t, s in zip(a, self.static, strict=True) if s)
