@@ -54,8 +54,8 @@ def _swiglu_ptr_kernel(
             a = tl.load(a_ptrs, mask=rk[None, :] < left, other=0.0)
             g = tl.load(g_ptrs, mask=rk[:, None] < left, other=0.0)
             u = tl.load(u_ptrs, mask=rk[:, None] < left, other=0.0)
-        acc_g = tl.dot(a, g, acc_g)
-        acc_u = tl.dot(a, u, acc_u)
+        acc_g = tl.dot(a, g, acc_g, input_precision="ieee")  # fp32 inputs: no tf32 rounding
+        acc_u = tl.dot(a, u, acc_u, input_precision="ieee")
         a_ptrs += BK * s_ak
         g_ptrs += BK * s_gk
         u_ptrs += BK * s_uk
@@ -82,8 +82,8 @@ def _swiglu_tma_kernel(
             a = a_desc.load([off_m, ki * BK])
             g = g_desc.load([off_n, ki * BK])
             u = u_desc.load([off_n, ki * BK])
-            acc_g = tl.dot(a, g.T, acc_g)
-            acc_u = tl.dot(a, u.T, acc_u)
+            acc_g = tl.dot(a, g.T, acc_g, input_precision="ieee")
+            acc_u = tl.dot(a, u.T, acc_u, input_precision="ieee")
         tile_c += NUM_SMS
         pid_m, pid_n = _tile_of(tile_c, num_pid_m, num_pid_n, GM)
         rn = pid_n * BN + tl.arange(0, BN)
