@@ -307,7 +307,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--profile", type=Path, default=None, metavar="DIR",
                     help="after timing, write each variant's kernel table (torch.profiler, 5 forwards) to DIR")
+    ap.add_argument("--freezing", action="store_true",
+                    help="torch._inductor.config.freezing = True for every compiled variant (PyTorch's CPU-inference "
+                         "recipe: weights as constants); compare with a run without it, eager being in both")  # fmt: skip
     a = ap.parse_args()
+    if a.freezing:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True
     global PROFILE_DIR
     PROFILE_DIR = a.profile
     dtype = getattr(torch, a.dtype)
@@ -323,7 +330,7 @@ def main() -> None:
     rows: list[dict] = []
     meta = {"machine": _cpu_name(), "cores": os.cpu_count(), "device": a.device, "dtype": a.dtype,
             "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
-            "uhop_commit": _commit(), "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M"),
+            "uhop_commit": _commit(), "threads": torch.get_num_threads(), "inductor_freezing": a.freezing, "date": time.strftime("%Y-%m-%d %H:%M"),
             "command": " ".join(["python", *sys.argv]), "uhop_home_empty_at_start": store_empty,
             "loadavg_start": load0, "rounds": a.rounds}
     if a.device.startswith("cuda"):
