@@ -19,21 +19,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from hfuse_probe import _ms  # the same CUDA-event timer (benchmarks/, the script directory, is on sys.path)
 
 from uhop.backends.triton_kernels import limits, swiglu
 from uhop.benchsuite import machine_info
-
-
-def _ms(fn, iters: int = 20) -> float:
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    fn()
-    torch.cuda.synchronize()
-    s.record()
-    for _ in range(iters):
-        fn()
-    e.record()
-    torch.cuda.synchronize()
-    return s.elapsed_time(e) / iters
 
 
 def main() -> None:
