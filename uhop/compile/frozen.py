@@ -4,8 +4,8 @@ With ``torch._inductor.config.freezing = True`` set before compiling (PyTorch's 
 inference), Dynamo installs a model's parameters and buffers in the graph as attributes and
 Inductor treats them as constants: it folds what depends on them alone and, on a CPU, pre-packs
 GEMM weights for oneDNN. ``backend="uhop"`` compiles the rest with it the same way. Measured on
-the 2-core CI machine, a GPT-2 block (d768) B1 T256 float32, 9 rounds: 12.85 ms per forward
-frozen against 14.78 ms (the same backend without freezing).
+the 2-core CI machine, a GPT-2 block (d768) float32 at B1, ``compile_models.py [--freezing]``:
+1.06-1.23x eager frozen, 0.99-1.00x not (docs/compile.md).
 
 Constants are a promise that the weights do not change; Dynamo guards neither their values nor
 their storage, and Inductor's frozen graph computes with the old weights after
