@@ -232,8 +232,8 @@ class Partitioner:
                 continue
             if _only_user(gate) is not gated or _only_user(gated) is not node or _only_user(up) is not node:
                 continue
-            x, wg, wu = gate.args[0], gate.args[1], up.args[1]
-            if up.args[0] is not x or _arg(gate, 2, "bias") is not None or _arg(up, 2, "bias") is not None:
+            x, wg, wu = _arg(gate, 0, "input"), _arg(gate, 1, "weight"), _arg(up, 1, "weight")
+            if _arg(up, 0, "input") is not x or _arg(gate, 2, "bias") is not None or _arg(up, 2, "bias") is not None:
                 continue
             vx, vg, vu = _val(x), _val(wg), _val(wu)
             if not all(isinstance(v, torch.Tensor) for v in (vx, vg, vu)) or vg.dim() != 2:
