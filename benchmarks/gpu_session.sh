@@ -35,7 +35,7 @@
 #   llama-cg                     #16: the Llama block with and without UHOP's CUDA graphs next to compile /
 #                                reduce-overhead, kernel tables, the horizontal-fusion probe, ~6 min
 # On an H200 (the card issues #13 and #20 are judged on), most important first: sweep, tuner-a,
-# then ninth (the three models), tuner-b, tuner-c.
+# then ninth (the three models), tuner-b, tuner-c, gated (the gated-MLP op and region on the H200).
 # Two stages in one call: the tuner stages take STOP_S (start no case after it, default 400) and
 # LIMIT_S (kill after it, default 570), e.g. `bash ... buffers && STOP_S=300 LIMIT_S=470 bash ... tuner-a`.
 set -u
