@@ -198,3 +198,32 @@ def test_callers_on_several_threads_and_streams_get_their_own_results():
         for t in threads:
             t.join()
     assert not errors, errors[0]
+
+
+@gpu
+def test_frozen_weights_changed_stop_the_replays(monkeypatch):
+    """Under torch._inductor.config.freezing a recorded graph replays Inductor's frozen kernels;
+    a weight updated in place afterwards stops the replays and the graph runs as written with the
+    new weights (uhop.compile.frozen), instead of replaying the old constants."""
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config, "freezing", True)
+    m = GPT2Block(64, 4).eval().cuda()
+    x = torch.randn(2, 16, 64, device="cuda")
+    c = torch.compile(m, backend="uhop")
+    with torch.inference_mode():
+        c(x)
+        uhop.wait()
+        for _ in range(3):
+            c(x)
+        r = _runner()
+        torch.testing.assert_close(c(x), m(x), rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(0.9)
+    with torch.inference_mode(), pytest.warns(UserWarning, match="changed after it was frozen"):
+        got = c(x)
+    with torch.inference_mode():
+        torch.testing.assert_close(got, m(x), rtol=1e-4, atol=1e-4)
+        assert r.disabled and r.graph is None
+        torch.testing.assert_close(c(x), m(x), rtol=1e-4, atol=1e-4)
