@@ -132,16 +132,20 @@ def test_small_gpt2_with_embeddings_and_inductor_rest():
     assert REPORT.graphs[0].rest == "inductor"
 
 
-class SwiGLU(torch.nn.Module):
-    """Bias-free projections form one gated_mlp region; with a bias on the gate they do not."""
+class _Gated(torch.nn.Module):
+    """A gated MLP as Llama-style code writes it: ``down(act(gate(x)) * up(x))``."""
 
-    def __init__(self, d: int = 32, ff: int = 48, gate_bias: bool = False) -> None:
+    def __init__(self, d: int = 24, ff: int = 40, act: str = "silu", bias: bool = False, share: bool = False) -> None:
         super().__init__()
-        self.gate, self.up = torch.nn.Linear(d, ff, bias=gate_bias), torch.nn.Linear(d, ff, bias=False)
+        self.gate, self.up = torch.nn.Linear(d, ff, bias=bias), torch.nn.Linear(d, ff, bias=False)
         self.down = torch.nn.Linear(ff, d, bias=False)
+        self.act, self.share = act, share
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.silu(self.gate(x)) * self.up(x))
+    def forward(self, x):
+        g = self.gate(x)
+        a = F.silu(g) if self.act == "silu" else F.gelu(g, approximate="tanh" if self.act == "gelu_tanh" else "none")
+        y = self.down(a * self.up(x))
+        return y + g.sum(-1, keepdim=True) if self.share else y  # share: the gate's product is used twice
 
 
 @pytest.mark.parametrize("rest", ["inductor", "eager"])
@@ -150,7 +154,7 @@ def test_activation_feeding_an_elementwise_op_is_left_to_inductor(rest, regions_
     rest, the silu stays outside the gate's linear region (Inductor fuses it into the multiply, one
     pass); run eagerly, it is fused into the region (a GEMM epilogue where the pick has one)."""
     with torch.no_grad():
-        _check(SwiGLU(gate_bias=True).eval(), torch.randn(3, 5, 32), options={"rest": rest})
+        _check(_Gated(32, 48, bias=True).eval(), torch.randn(3, 5, 32), options={"rest": rest})
     linears = [r for g in REPORT.graphs for r in g.regions if r.kind == "linear"]
     assert len(linears) == 3 and "gated_mlp" not in _kinds(), linears
     with_act = [r for r in linears if len(r.ops) == 2]
@@ -529,22 +533,6 @@ def test_convs_stay_with_inductor_whatever_won(monkeypatch):
         assert runtime.leave_as_written(kind, args).startswith("Inductor's convolution")
     monkeypatch.setitem(runtime.REST, "value", "eager")
     assert not (runtime.leave_as_written("conv2d", conv) or "").startswith("Inductor's convolution")
-
-
-class _Gated(torch.nn.Module):
-    """A gated MLP as Llama-style code writes it: ``down(act(gate(x)) * up(x))``."""
-
-    def __init__(self, d: int = 24, ff: int = 40, act: str = "silu", bias: bool = False, share: bool = False) -> None:
-        super().__init__()
-        self.gate, self.up = torch.nn.Linear(d, ff, bias=bias), torch.nn.Linear(d, ff, bias=False)
-        self.down = torch.nn.Linear(ff, d, bias=False)
-        self.act, self.share = act, share
-
-    def forward(self, x):
-        g = self.gate(x)
-        a = F.silu(g) if self.act == "silu" else F.gelu(g, approximate="tanh" if self.act == "gelu_tanh" else "none")
-        y = self.down(a * self.up(x))
-        return y + g.sum(-1, keepdim=True) if self.share else y  # share: the gate's product is used twice
 
 
 @pytest.mark.parametrize("act", ["silu", "gelu", "gelu_tanh"])

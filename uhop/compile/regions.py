@@ -15,22 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-#: activation names as UHOP's matmul spells them (``gelu_tanh``: GELU's tanh approximation)
-ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu")
-
-
-def activate(y: Tensor, activation: str) -> Tensor:
-    if activation == "none":
-        return y
-    if activation == "relu":
-        return torch.relu(y)
-    if activation == "gelu":
-        return F.gelu(y)
-    if activation == "gelu_tanh":
-        return F.gelu(y, approximate="tanh")
-    if activation == "silu":
-        return F.silu(y)
-    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+from uhop.ops.matmul import activate_torch as activate  # the ops' own: regions and references agree
 
 
 def _fold_bn(w: Tensor, b: Tensor | None, mean: Tensor, var: Tensor, gamma: Tensor | None,

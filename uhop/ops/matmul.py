@@ -47,6 +47,24 @@ def apply_activation(y: np.ndarray, activation: str) -> np.ndarray:
     raise InputError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
 
 
+def activate_torch(y: Any, activation: str) -> Any:
+    """:func:`apply_activation` on a torch tensor (torch's ops; ``gelu`` the exact erf form)."""
+    import torch
+    import torch.nn.functional as F
+
+    if activation == "none":
+        return y
+    if activation == "relu":
+        return torch.relu(y)
+    if activation == "gelu":
+        return F.gelu(y)
+    if activation == "gelu_tanh":
+        return F.gelu(y, approximate="tanh")
+    if activation == "silu":
+        return F.silu(y)
+    raise InputError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+
+
 PRECISIONS = ("ieee", "tf32")
 #: (rtol, atol) at unit scale for tf32 products: each input rounded to 11 significant bits
 #: (relative error up to 2**-11), so a K-term dot product of unit-scale values errs by about
@@ -121,15 +139,7 @@ class Matmul(Op):
         y = torch.matmul(a, b.mT if trans_b else b)
         if bias is not None:
             y = y + bias
-        if activation == "relu":
-            return torch.relu(y)
-        if activation == "gelu":
-            return torch.nn.functional.gelu(y)  # the exact (erf) form, as the numpy reference
-        if activation == "gelu_tanh":
-            return torch.nn.functional.gelu(y, approximate="tanh")
-        if activation == "silu":
-            return torch.nn.functional.silu(y)
-        return y
+        return activate_torch(y, activation)
 
     def flops(self, dims, params) -> float:
         return 2.0 * dims["B"] * dims["M"] * dims["N"] * dims["K"]
@@ -190,10 +200,7 @@ class GatedMLP(Op):
         return apply_activation(x @ w_gate.T, activation) * (x @ w_up.T)
 
     def reference_torch(self, x, w_gate, w_up, activation="silu", **_: Any) -> Any:
-        import torch.nn.functional as F
-
-        gate = {"silu": F.silu, "gelu": F.gelu, "gelu_tanh": lambda t: F.gelu(t, approximate="tanh")}[activation]
-        return gate(x @ w_gate.mT) * (x @ w_up.mT)
+        return activate_torch(x @ w_gate.mT, activation) * (x @ w_up.mT)
 
     def flops(self, dims, params) -> float:
         return 4.0 * dims["M"] * dims["N"] * dims["K"]
