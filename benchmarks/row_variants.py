@@ -1,7 +1,7 @@
 """Row-template configurations at the widths issue #20 names, each timed directly next to torch
 eager (a candidate benchmark: it describes the kernels, not the product's pick).
 
-    python benchmarks/row_variants.py [--out row_variants_h200.json] [--deadline-s 200]
+    python benchmarks/row_variants.py [--out row_variants_h200.json] [--deadline-s 200] [--regs | --persist]
 
 For each case, every configuration in ``VARIANTS`` goes through ``rowops.launcher`` (the same
 launcher the Triton backend compiles), is checked against a float64 reference, and is timed with
@@ -70,7 +70,49 @@ CASES = [
 ]
 
 
-def run_case(op: str, R: int, N: int, dtype: str, deadline: float) -> dict[str, Any]:
+#: ``--regs``: the search space's own configurations, each also under these register caps (ptxas
+#: .maxnreg): fewer registers per thread, more programs resident per SM, more loads in flight
+CAPS = (None, 128, 96, 80, 64)
+REG_CASES = [
+    ("softmax", 8192, 50257, "bfloat16"),
+    ("softmax", 883, 151936, "bfloat16"),
+    ("rmsnorm", 883, 151936, "bfloat16"),
+    ("layernorm", 2670, 50257, "bfloat16"),
+    ("softmax", 132, 262144, "bfloat16"),
+    ("softmax", 12192, 11008, "bfloat16"),
+    ("softmax", 4096, 32768, "bfloat16"),
+    ("softmax", 512, 262144, "bfloat16"),
+]
+
+
+def capped_variants(op: str, R: int, N: int, dtype: str) -> list[tuple[str, dict[str, Any]]]:
+    """rowops.configs for this problem on this GPU (what the product tries), plus split chunks of
+    16384 (8 warps), each with every cap in CAPS."""
+    from types import SimpleNamespace
+
+    from uhop.backends.triton_kernels import limits
+    from uhop.backends.triton_kernels.rowops import configs
+
+    p = SimpleNamespace(op=op, dim={"R": R, "N": N}, dtype=dtype, device="cuda:0", param={})
+    base = configs(p, limits("cuda:0"))
+    if N > 16384:
+        base.append(("split", {"CHUNK": 16384, "warps": 8, "phases": 1}))
+    return [(t, {**c, "maxnreg": cap} if cap else dict(c)) for t, c in base for cap in CAPS]
+
+
+def persist_variants(op: str, R: int, N: int, dtype: str) -> list[tuple[str, dict[str, Any]]]:
+    """``--persist``: the one-launch split next to its persistent form (groups of programs walking
+    rows, the next row's chunk loaded while a group waits), ``persist`` programs per SM."""
+    out: list[tuple[str, dict[str, Any]]] = [("split", {"CHUNK": 8192, "warps": 4, "phases": 1})]
+    for chunk, warps, per in ((8192, 4, 2), (8192, 4, 3), (8192, 4, 4), (4096, 4, 4), (4096, 4, 6),
+                              (4096, 4, 8), (8192, 8, 1), (8192, 8, 2), (16384, 8, 1), (16384, 16, 1)):  # fmt: skip
+        if N >= 2 * chunk:
+            out.append(("split", {"CHUNK": chunk, "warps": warps, "phases": 1, "persist": per}))
+    return out
+
+
+def run_case(op: str, R: int, N: int, dtype: str, deadline: float, regs: bool = False,
+             persist: bool = False) -> dict[str, Any]:  # fmt: skip
     import torch
 
     from uhop.backends.triton_kernels.rowops import OPS, launcher
@@ -89,7 +131,8 @@ def run_case(op: str, R: int, N: int, dtype: str, deadline: float) -> dict[str, 
     eps = 1e-5 if op == "layernorm" else 1e-6
     eager = [bench(ref_fn, args)]
     rows = []
-    for template, cfg in variants(N):
+    pick = persist_variants if persist else capped_variants if regs else (lambda op, R, N, dt: variants(N))
+    for template, cfg in pick(op, R, N, dtype):
         if time.monotonic() > deadline:
             rows.append({"template": template, "cfg": cfg, "error": "not run: deadline"})
             continue
@@ -101,6 +144,8 @@ def run_case(op: str, R: int, N: int, dtype: str, deadline: float) -> dict[str, 
             row["err"] = rel_err(y, ref)
             row["ms"] = bench(k, args)
             row["gbps"] = round(nbytes / row["ms"] / 1e6, 1)
+            if getattr(k, "last", None) is not None:
+                row["n_regs"], row["n_spills"] = k.last.n_regs, k.last.n_spills
         except Exception as exc:  # a rejected configuration is a result
             row["error"] = f"{type(exc).__name__}: {str(exc)[:160]}"
         rows.append(row)
@@ -117,22 +162,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="benchmarks/results/row_variants_h200.json")
     ap.add_argument("--deadline-s", type=float, default=200.0)
     ap.add_argument("--only", default="", help="comma-separated widths")
+    ap.add_argument("--regs", action="store_true", help="the search space's configs under register caps (CAPS)")
+    ap.add_argument("--persist", action="store_true", help="split vs its persistent form (REG_CASES)")
     a = ap.parse_args(argv)
     end = time.monotonic() + a.deadline_s
-    cases = [c for c in CASES if not a.only or str(c[2]) in a.only.split(",")]
+    cases = [c for c in (REG_CASES if a.regs or a.persist else CASES) if not a.only or str(c[2]) in a.only.split(",")]
     res: dict[str, Any] = {"env": {**environment(), "command": "benchmarks/row_variants.py " + " ".join(argv or sys.argv[1:])},
                            "copy_gbps": [copy_gbps()], "cases": []}  # fmt: skip
     for op, R, N, dtype in cases:
         if time.monotonic() > end:
             break
-        r = run_case(op, R, N, dtype, end)
+        r = run_case(op, R, N, dtype, end, a.regs, a.persist)
         res["cases"].append(r)
         b = r["best"]
         print(f"{op:<10}{R:>7}x{N:<7}{dtype:<9} eager {r['eager_gbps']:7.1f}  best "
               f"{b and b['gbps']} {b and (b['template'], b['cfg'])}", flush=True)  # fmt: skip
         top = sorted((v for v in r["variants"] if "gbps" in v), key=lambda v: -v["gbps"])[:5]
         for v in top:
-            print(f"    {v['gbps']:7.1f} {v['template']} {v['cfg']} err {v['err']:.1e}", flush=True)
+            print(f"    {v['gbps']:7.1f} {v['template']} {v['cfg']} err {v['err']:.1e} regs {v.get('n_regs')} "
+                  f"spills {v.get('n_spills')}", flush=True)
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(res, indent=1, default=str))
     res["copy_gbps"].append(copy_gbps())

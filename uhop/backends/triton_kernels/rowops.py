@@ -388,6 +388,8 @@ def launcher(template: str, cfg: dict[str, Any], op: int, eps: float, device: st
     if template not in ("row", "split", "stream", "loop"):
         raise ValueError(f"unknown row-op template {template!r}")
     warps = cfg["warps"]
+    # a register cap (ptxas .maxnreg): more programs resident per SM, so more loads in flight
+    regs = {"maxnreg": int(cfg["maxnreg"])} if cfg.get("maxnreg") else {}
     sm = limits(device).sm_count
     tables = ShiftedTables()
 
@@ -409,7 +411,7 @@ def launcher(template: str, cfg: dict[str, Any], op: int, eps: float, device: st
                              f"{tuple(residual.shape)} with template {template!r}")  # fmt: skip
         if template == "loop":
             lk._row_loop_kernel[(R,)](
-                x2, wt, bt, y, N, N, N, eps, BLOCK=cfg["BLOCK"], num_warps=warps, **flags
+                x2, wt, bt, y, N, N, N, eps, BLOCK=cfg["BLOCK"], num_warps=warps, **regs, **flags
             )
             return y.reshape(x.shape)
         vec = 16 // x2.element_size()
@@ -431,27 +433,45 @@ def launcher(template: str, cfg: dict[str, Any], op: int, eps: float, device: st
                 r = residual.reshape(R, N).contiguous()
                 h = torch.empty_like(y)
             extra = {"num_ctas": cfg["ctas"]} if cfg.get("ctas", 1) > 1 else {}  # a cluster per program (Hopper)
-            _row_kernel[(grid,)](x2, wt, bt, y, r, h, R, nv, nv, eps, wtab, btab, npv, ROWS=rows, BLOCK=b1, BLOCK2=b2,
+            extra.update(regs)
+            run.last = _row_kernel[(grid,)](x2, wt, bt, y, r, h, R, nv, nv, eps, wtab, btab, npv, ROWS=rows, BLOCK=b1, BLOCK2=b2,
                                  STAGES=cfg["stages"], HAS_R=residual is not None, num_warps=warps, **extra, **flags)  # fmt: skip
             if residual is not None:
                 return y.reshape(x.shape), h.reshape(x.shape)
             return y.reshape(x.shape)
         if template == "stream":
             grid = min(R, int(cfg["grid"]) * sm)
-            lk._stream_kernel[(grid,)](x2, wt, bt, y, R, nv, eps, wtab, btab, npv, BLOCK=cfg["BLOCK"], STAGES=cfg["stages"],
-                                       num_warps=warps, **flags)  # fmt: skip
+            run.last = lk._stream_kernel[(grid,)](x2, wt, bt, y, R, nv, eps, wtab, btab, npv, BLOCK=cfg["BLOCK"],
+                                                  STAGES=cfg["stages"], num_warps=warps, **regs, **flags)  # fmt: skip
             return y.reshape(x.shape)
         chunk = cfg["CHUNK"]
         S = triton.cdiv(N, chunk)
         ws = torch.empty(R * S * 3, device=x.device, dtype=torch.float32)
-        common = dict(CHUNK=chunk, SP=next_pow2(S), num_warps=warps, **flags)
+        if cfg.get("persist"):  # groups of S programs walk the rows, `persist` programs per SM
+            per_sm = int(cfg["persist"])
+            G = max(1, min(R, per_sm * sm // S))
+            # registers for per_sm programs per SM, so that every group is resident at once
+            cap = regs or {"maxnreg": min(255, 65536 // (per_sm * 32 * warps)) // 8 * 8}
+            common = dict(CHUNK=chunk, SP=next_pow2(S), num_warps=warps, **cap, **flags)
+            if cfg.get("phases", 1) == 1:
+                sync = torch.zeros(R, device=x.device, dtype=torch.int32)
+                run.last = lk._split_persist_kernel[(G * S,)](x2, wt, bt, y, ws, sync, R, nv, nv, S, G, eps, wtab, btab,
+                                                              npv, PHASE=0, **common)  # fmt: skip
+            else:
+                for phase in (1, 2):
+                    lk._split_persist_kernel[(G * S,)](x2, wt, bt, y, ws, ws, R, nv, nv, S, G, eps, wtab, btab, npv,
+                                                       PHASE=phase, **common)  # fmt: skip
+            return y.reshape(x.shape)
+        common = dict(CHUNK=chunk, SP=next_pow2(S), num_warps=warps, **regs, **flags)
         if cfg.get("phases", 1) == 1:
             sync = torch.zeros(R, device=x.device, dtype=torch.int32)
-            lk._split_kernel[(R * S,)](x2, wt, bt, y, ws, sync, nv, nv, S, eps, wtab, btab, npv, PHASE=0, **common)
+            run.last = lk._split_kernel[(R * S,)](x2, wt, bt, y, ws, sync, nv, nv, S, eps, wtab, btab, npv, PHASE=0,
+                                                 **common)  # fmt: skip
         else:
             for phase in (1, 2):
                 lk._split_kernel[(R * S,)](x2, wt, bt, y, ws, ws, nv, nv, S, eps, wtab, btab, npv, PHASE=phase,
                                            **common)  # fmt: skip
         return y.reshape(x.shape)
 
+    run.last = None  # the last launch's compiled kernel (its n_regs and n_spills, on a GPU)
     return run

@@ -298,3 +298,193 @@ def _stream_kernel(
         yt = _finish(xt, m, s, mean, inv, wt, bt, OP, HAS_W, HAS_B)
         tl.store(y_ptr + start + hidx, yh.to(y_ptr.dtype.element_ty), mask=hm)
         tl.store(y_ptr + b + hidx, yt.to(y_ptr.dtype.element_ty), mask=tm)
+
+
+# ---- persistent split: groups of S programs walk rows, the next row's chunk loaded while waiting ----
+
+
+@triton.jit
+def _row_start(row, sv64, VEC: tl.constexpr, ALIGNED: tl.constexpr):
+    """Offset of ``row`` (its stride ``sv64`` an int64 tensor: 64-bit offsets, and in the
+    interpreter ``row`` may be a Python int)."""
+    if ALIGNED:
+        return row * sv64 * VEC
+    else:
+        return row * sv64
+
+
+@triton.jit
+def _chunk_load(x_ptr, start, N, part, ok, VEC: tl.constexpr, ALIGNED: tl.constexpr, CHUNK: tl.constexpr):
+    """This program's chunk of the row at ``start`` (fp32), its mask, and (chunk 0 of a misaligned
+    row) the row's head and tail; ``ok`` false loads nothing (past the last row)."""
+    a, nb, hd, b, end = _bounds(start, N, VEC, ALIGNED)
+    idx = tl.arange(0, CHUNK)
+    hidx = tl.arange(0, VEC)
+    lo = part * CHUNK
+    cmask = (lo + idx < nb) & ok
+    x = tl.load(x_ptr + a + lo + idx, mask=cmask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+    hmask = (hidx < hd) & (part == 0) & ok
+    tmask = (hidx < end - b) & (part == 0) & ok
+    if ALIGNED:
+        xh = tl.zeros((VEC,), tl.float32)
+        xt = xh
+    else:
+        xh = tl.load(x_ptr + start + hidx, mask=hmask, other=0.0).to(tl.float32)
+        xt = tl.load(x_ptr + b + hidx, mask=tmask, other=0.0).to(tl.float32)
+    return x, cmask, xh, hmask, xt, tmask
+
+
+@triton.jit
+def _chunk_partials(x, cmask, xh, hmask, xt, tmask, OP: tl.constexpr, ALIGNED: tl.constexpr):
+    """(p0, p1, p2) of one chunk: softmax (max, sum of exp); layernorm (count, mean, M2); rmsnorm
+    (sum of squares, 0, 0)."""
+    if OP == 0 or OP == 3:
+        p0 = tl.max(tl.where(cmask, x, -float("inf")), axis=0)
+        if not ALIGNED:
+            p0 = tl.maximum(p0, tl.max(tl.where(hmask, xh, -float("inf")), axis=0))
+            p0 = tl.maximum(p0, tl.max(tl.where(tmask, xt, -float("inf")), axis=0))
+        p1 = tl.sum(tl.where(cmask, tl.exp2((x - p0) * 1.4426950408889634), 0.0), axis=0)
+        if not ALIGNED:
+            p1 += tl.sum(tl.where(hmask, tl.exp2((xh - p0) * 1.4426950408889634), 0.0), axis=0)
+            p1 += tl.sum(tl.where(tmask, tl.exp2((xt - p0) * 1.4426950408889634), 0.0), axis=0)
+        p2 = p1 * 0.0
+    elif OP == 1:
+        p0 = tl.sum(cmask.to(tl.float32), axis=0)
+        tot = tl.sum(x, axis=0)
+        if not ALIGNED:
+            p0 += tl.sum(hmask.to(tl.float32), axis=0) + tl.sum(tmask.to(tl.float32), axis=0)
+            tot += tl.sum(xh, axis=0) + tl.sum(xt, axis=0)
+        p1 = tot / tl.maximum(p0, 1.0)
+        xc = tl.where(cmask, x - p1, 0.0)
+        p2 = tl.sum(xc * xc, axis=0)
+        if not ALIGNED:
+            hc = tl.where(hmask, xh - p1, 0.0)
+            tc = tl.where(tmask, xt - p1, 0.0)
+            p2 += tl.sum(hc * hc, axis=0) + tl.sum(tc * tc, axis=0)
+    else:
+        p0 = tl.sum(x * x, axis=0)
+        if not ALIGNED:
+            p0 += tl.sum(xh * xh, axis=0) + tl.sum(xt * xt, axis=0)
+        p1 = p0 * 0.0
+        p2 = p1
+    return p0, p1, p2
+
+
+@triton.jit
+def _combine(ws_ptr, row64, S, N, eps, OP: tl.constexpr, SP: tl.constexpr):
+    """The row's statistics (m, s, mean, inv) from its S chunks' partials in the workspace."""
+    j = tl.arange(0, SP)
+    jm = j < S
+    sib = ws_ptr + (row64 * S + j) * 3
+    q0 = tl.load(sib, mask=jm, other=0.0, volatile=True)
+    q1 = tl.load(sib + 1, mask=jm, other=0.0, volatile=True)
+    q2 = tl.load(sib + 2, mask=jm, other=0.0, volatile=True)
+    m = 0.0
+    s = 1.0
+    mean = 0.0
+    inv = 1.0
+    if OP == 0 or OP == 3:
+        q0 = tl.where(jm, q0, -float("inf"))
+        m = tl.max(q0, axis=0)
+        s = tl.sum(tl.where(q1 > 0.0, q1 * tl.exp2((q0 - m) * 1.4426950408889634), 0.0), axis=0)
+    elif OP == 1:
+        mean = tl.sum(q0 * q1, axis=0) / N
+        d = q1 - mean
+        inv = tl.rsqrt(tl.sum(q2 + q0 * d * d, axis=0) / N + eps)
+    else:
+        inv = tl.rsqrt(tl.sum(q0, axis=0) / N + eps)
+    return m, s, mean, inv
+
+
+@triton.jit
+def _chunk_write(x, cmask, xh, hmask, xt, tmask, y_ptr, w_ptr, b_ptr, wt_ptr, bt_ptr, start, N, part, NPV,
+                 m, s, mean, inv, OP: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, VEC: tl.constexpr,
+                 ALIGNED: tl.constexpr, CHUNK: tl.constexpr):  # fmt: skip
+    a, nb, hd, b, end = _bounds(start, N, VEC, ALIGNED)
+    idx = tl.arange(0, CHUNK)
+    hidx = tl.arange(0, VEC)
+    lo = part * CHUNK
+    w = 0.0
+    bb = 0.0
+    if ALIGNED:
+        col = lo + idx
+        if HAS_W:
+            w = tl.load(w_ptr + col, mask=cmask, other=0.0).to(tl.float32)
+        if HAS_B:
+            bb = tl.load(b_ptr + col, mask=cmask, other=0.0).to(tl.float32)
+    else:  # row (a - start) of the shifted tables (rowops.shifted_table): aligned loads
+        col = (a - start) * (NPV * VEC) + lo + idx
+        if HAS_W:
+            w = tl.load(wt_ptr + col, mask=cmask, other=0.0).to(tl.float32)
+        if HAS_B:
+            bb = tl.load(bt_ptr + col, mask=cmask, other=0.0).to(tl.float32)
+    y = _finish(x, m, s, mean, inv, w, bb, OP, HAS_W, HAS_B)
+    tl.store(y_ptr + a + lo + idx, y.to(y_ptr.dtype.element_ty), mask=cmask)
+    if not ALIGNED:
+        tcol = b - start + hidx
+        wh = 0.0
+        bh = 0.0
+        wt = 0.0
+        bt = 0.0
+        if HAS_W:
+            wh = tl.load(w_ptr + hidx, mask=hmask, other=0.0).to(tl.float32)
+            wt = tl.load(w_ptr + tcol, mask=tmask, other=0.0).to(tl.float32)
+        if HAS_B:
+            bh = tl.load(b_ptr + hidx, mask=hmask, other=0.0).to(tl.float32)
+            bt = tl.load(b_ptr + tcol, mask=tmask, other=0.0).to(tl.float32)
+        yh = _finish(xh, m, s, mean, inv, wh, bh, OP, HAS_W, HAS_B)
+        yt = _finish(xt, m, s, mean, inv, wt, bt, OP, HAS_W, HAS_B)
+        tl.store(y_ptr + start + hidx, yh.to(y_ptr.dtype.element_ty), mask=hmask)
+        tl.store(y_ptr + b + hidx, yt.to(y_ptr.dtype.element_ty), mask=tmask)
+
+
+@triton.jit
+def _split_persist_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, sync_ptr, R, NV, SV, S, G, eps, wt_ptr, bt_ptr, NPV,
+    OP: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, VEC: tl.constexpr, ALIGNED: tl.constexpr,
+    CHUNK: tl.constexpr, SP: tl.constexpr, PHASE: tl.constexpr,
+):  # fmt: skip
+    # Program t is chunk t % S of rows g, g + G, g + 2G, ... (g = t // S): a group of S adjacent
+    # programs walks its rows together, waiting only on itself (groups are dispatched in index
+    # order, so a group never waits on one that is not resident: as deadlock-free as _split_kernel).
+    # After publishing row r's partials it loads row r + G's chunk, so those loads are in flight
+    # while it waits for its siblings and writes row r. PHASE as in _split_kernel.
+    if ALIGNED:
+        N = NV * VEC
+    else:
+        N = NV
+    t = tl.program_id(0)
+    g = t // S
+    part = t % S
+    z64 = t.to(tl.int64) * 0
+    sv64 = z64 + SV
+    start = _row_start(g, sv64, VEC, ALIGNED)
+    x, cmask, xh, hmask, xt, tmask = _chunk_load(x_ptr, start, N, part, g < R, VEC, ALIGNED, CHUNK)
+    for row in range(g, R, G):
+        if PHASE != 2:
+            p0, p1, p2 = _chunk_partials(x, cmask, xh, hmask, xt, tmask, OP, ALIGNED)
+            slot = ws_ptr + ((row + z64) * S + part) * 3
+            tl.store(slot, p0)
+            tl.store(slot + 1, p1)
+            tl.store(slot + 2, p2)
+        if PHASE == 0:
+            tl.debug_barrier()  # every thread's stores precede the release below
+            tl.atomic_add(sync_ptr + row, 1, sem="release")
+        nstart = _row_start(row + G, sv64, VEC, ALIGNED)
+        nx, ncm, nxh, nhm, nxt, ntm = _chunk_load(x_ptr, nstart, N, part, row + G < R, VEC, ALIGNED, CHUNK)
+        if PHASE == 0:
+            done = tl.atomic_add(sync_ptr + row, 0, sem="acquire")
+            while done < S:
+                done = tl.atomic_add(sync_ptr + row, 0, sem="acquire")
+            tl.debug_barrier()
+        if PHASE != 1:
+            m, s, mean, inv = _combine(ws_ptr, row + z64, S, N, eps, OP, SP)
+            _chunk_write(x, cmask, xh, hmask, xt, tmask, y_ptr, w_ptr, b_ptr, wt_ptr, bt_ptr, start, N, part, NPV,
+                         m, s, mean, inv, OP, HAS_W, HAS_B, VEC, ALIGNED, CHUNK)  # fmt: skip
+        x = nx
+        cmask = ncm
+        xh = nxh
+        hmask = nhm
+        xt = nxt
+        tmask = ntm
+        start = nstart
