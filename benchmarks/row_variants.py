@@ -103,11 +103,15 @@ def capped_variants(op: str, R: int, N: int, dtype: str) -> list[tuple[str, dict
 def persist_variants(op: str, R: int, N: int, dtype: str) -> list[tuple[str, dict[str, Any]]]:
     """``--persist``: the one-launch split next to its persistent form (groups of programs walking
     rows, the next row's chunk loaded while a group waits), ``persist`` programs per SM."""
-    out: list[tuple[str, dict[str, Any]]] = [("split", {"CHUNK": 8192, "warps": 4, "phases": 1})]
-    for chunk, warps, per in ((8192, 4, 2), (8192, 4, 3), (8192, 4, 4), (4096, 4, 4), (4096, 4, 6),
-                              (4096, 4, 8), (8192, 8, 1), (8192, 8, 2), (16384, 8, 1), (16384, 16, 1)):  # fmt: skip
-        if N >= 2 * chunk:
-            out.append(("split", {"CHUNK": chunk, "warps": warps, "phases": 1, "persist": per}))
+    base = {"CHUNK": 8192, "warps": 4, "phases": 1}
+    out: list[tuple[str, dict[str, Any]]] = [("split", base)]
+    # how a program waits: acquire loads (spin 0), volatile loads (1), with a nanosleep (2); each row's
+    # counter in its own 128-byte line (sync_stride 32) or packed (1)
+    for spin, stride in ((1, 1), (2, 1), (0, 32), (1, 32), (2, 32)):
+        out.append(("split", {**base, "spin": spin, "sync_stride": stride}))
+    out.append(("split", {**base, "persist": 4}))
+    out.append(("split", {**base, "persist": 4, "spin": 2, "sync_stride": 32}))
+    out.append(("split", {**base, "CHUNK": 4096, "spin": 2, "sync_stride": 32}))
     return out
 
 

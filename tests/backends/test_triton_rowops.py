@@ -83,6 +83,8 @@ TEMPLATES = [
     ("row", {"warps": 4, "ROWS": 2, "grid": 2, "stages": 2, "tiles": 1}),  # persistent grid
     ("row", {"warps": 4, "ROWS": 1, "grid": "full", "stages": 1, "tiles": 1, "ctas": 2}),  # a cluster per program
     ("split", {"CHUNK": 64, "warps": 4, "phases": 2}),
+    ("split", {"CHUNK": 64, "warps": 4, "phases": 2, "persist": 1}),  # two groups walk the rows
+    ("split", {"CHUNK": 32, "warps": 4, "phases": 2, "persist": 3, "spin": 2, "sync_stride": 1}),
     ("stream", {"BLOCK": 64, "warps": 4, "stages": 2, "grid": 1}),
     ("loop", {"BLOCK": 64, "warps": 4}),
 ]
@@ -142,6 +144,10 @@ def test_search_space_is_small_and_pruned_by_width():
         if N > ro.MAX_ROW:  # split first: chunks of 8192 with 4 warps led on every long row on the H100
             assert first == "split" and cands[0][1]["CHUNK"] == 8192 and cands[0][1]["warps"] == 4, cands
             assert "stream" in [t for t, _ in cands]
+            # then its persistent form (softmax, rmsnorm; not layernorm: it spills under the cap)
+            assert cands[1] == ("split", {**cands[0][1], "persist": 4, "spin": 2}), cands
+            ln = ro.configs(_problem("layernorm", R, N), h200)
+            assert not any(c.get("persist") for _, c in ln), ln
         for t, cfg in cands:
             assert cfg["warps"] & (cfg["warps"] - 1) == 0, cfg  # num_warps: a power of two (5120 once gave 10)
             if t == "split" and cfg["phases"] == 1:

@@ -86,16 +86,19 @@ def test_rowops(op, r, n):
     _all_candidates("triton", op, {"R": r, "N": n}, "bfloat16", arity=arity)
 
 
-@pytest.mark.parametrize("template", ["row", "split", "stream"])
+@pytest.mark.parametrize("template", ["row", "split", "split-persist", "split-spin", "stream"])
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 def test_row_templates_log_softmax_and_one_launch_split(template, dtype):
     """Every row template, log-softmax included (no op definition yet: reached via the
-    launcher), the split template in its one-launch form (waiting on siblings: GPU only)."""
+    launcher), the split template in its one-launch forms (waiting on siblings: GPU only), the
+    persistent one included (groups walking rows, loads of the next row in flight)."""
     from uhop.backends.triton_kernels import rowops as ro
 
     cfg = {
         "row": {"warps": 8, "ROWS": 1, "grid": "full", "stages": 1, "tiles": 2},
         "split": {"CHUNK": 2048, "warps": 4, "phases": 1},
+        "split-persist": {"CHUNK": 2048, "warps": 4, "phases": 1, "persist": 4, "spin": 2},
+        "split-spin": {"CHUNK": 2048, "warps": 4, "phases": 1, "spin": 1, "sync_stride": 1},
         "stream": {"BLOCK": 2048, "warps": 8, "stages": 3, "grid": 1},
     }[template]
     dt = getattr(torch, dtype)

@@ -28,8 +28,12 @@ infers divisibility by 16 from argument values).
 Config keys: row: warps, ROWS, grid, stages, tiles (1: next_pow2(N) lanes; 2: two power-of-two
 tiles, see ``row_tiles``), optional ctas (a program spread over a thread-block cluster of that many
 CTAs, Triton's ``num_ctas``: Hopper; the row's reductions then cross CTAs; measured by
-``benchmarks/row_variants.py`` only, not in the search space yet); split: CHUNK, warps, phases; stream: BLOCK, warps, stages, grid
-(programs per SM); loop: BLOCK, warps.
+``benchmarks/row_variants.py`` only, not in the search space yet); split: CHUNK, warps, phases, optional
+persist (the persistent form: groups of ``cdiv(N, CHUNK)`` programs walk rows, ``persist`` programs
+per SM, registers capped so that all are resident), spin (how a program polls its row's counter:
+0 acquire loads, 1 volatile loads, 2 volatile loads with a nanosleep), sync_stride (int32s between
+rows' counters, default 32); stream: BLOCK, warps, stages, grid (programs per SM); loop: BLOCK,
+warps. Every template takes an optional maxnreg (ptxas's register cap).
 """
 
 from __future__ import annotations
@@ -330,9 +334,16 @@ def configs(problem: Any, lim: Limits) -> list[tuple[str, dict[str, Any]]]:
         out += [stream, ("stream", {**stream[1], "grid": 3 - per_sm})]
     else:  # split first, many rows or few: on the H100 it led stream on every long row (2421 vs 2004 GB/s at 8192 x 50257)
         alt = chunk // 2
-        out += [split, stream]
+        out += [split]
+        # the persistent form (groups walk the rows, the next chunk in flight while a group waits;
+        # polls with a nanosleep): on the H100 (row_variants_spin_h100_fourteenth.json) +7.5% at
+        # 132 x 262144, +5% at 512 x 262144, +3% at 883 x 151936, level at 8192 x 50257. Not for
+        # layernorm, whose two-chunk live set spills under the register cap four per SM need.
+        if problem.op != "layernorm":
+            out.append(("split", {**split[1], "persist": 4, "spin": 2}))
+        out.append(stream)
         if alt >= 1024 and (phases == 2 or -(-N // alt) <= sm):
-            out.append(("split", {"CHUNK": alt, "warps": split_warps(alt), "phases": phases}))
+            out.append(("split", {"CHUNK": alt, "warps": split_warps(alt), "phases": phases, "spin": 2}))
         out.append(("split", {**split[1], "warps": 2 * split[1]["warps"]}))
     return out[:4]
 
@@ -447,14 +458,18 @@ def launcher(template: str, cfg: dict[str, Any], op: int, eps: float, device: st
         chunk = cfg["CHUNK"]
         S = triton.cdiv(N, chunk)
         ws = torch.empty(R * S * 3, device=x.device, dtype=torch.float32)
+        # int32s between rows' counters: 32 puts each in its own 128-byte line, so the programs polling
+        # one row do not queue behind another's on the same L2 line (+1-5% on every long row of
+        # row_variants_spin_h100_fourteenth.json)
+        sstride = int(cfg.get("sync_stride", 32))
         if cfg.get("persist"):  # groups of S programs walk the rows, `persist` programs per SM
             per_sm = int(cfg["persist"])
             G = max(1, min(R, per_sm * sm // S))
             # registers for per_sm programs per SM, so that every group is resident at once
             cap = regs or {"maxnreg": min(255, 65536 // (per_sm * 32 * warps)) // 8 * 8}
-            common = dict(CHUNK=chunk, SP=next_pow2(S), num_warps=warps, **cap, **flags)
+            common = dict(CHUNK=chunk, SP=next_pow2(S), num_warps=warps, SPIN=cfg.get("spin", 0), SYNC=sstride, **cap, **flags)
             if cfg.get("phases", 1) == 1:
-                sync = torch.zeros(R, device=x.device, dtype=torch.int32)
+                sync = torch.zeros(R * sstride, device=x.device, dtype=torch.int32)
                 run.last = lk._split_persist_kernel[(G * S,)](x2, wt, bt, y, ws, sync, R, nv, nv, S, G, eps, wtab, btab,
                                                               npv, PHASE=0, **common)  # fmt: skip
             else:
@@ -462,9 +477,9 @@ def launcher(template: str, cfg: dict[str, Any], op: int, eps: float, device: st
                     lk._split_persist_kernel[(G * S,)](x2, wt, bt, y, ws, ws, R, nv, nv, S, G, eps, wtab, btab, npv,
                                                        PHASE=phase, **common)  # fmt: skip
             return y.reshape(x.shape)
-        common = dict(CHUNK=chunk, SP=next_pow2(S), num_warps=warps, **regs, **flags)
+        common = dict(CHUNK=chunk, SP=next_pow2(S), num_warps=warps, SPIN=cfg.get("spin", 0), SYNC=sstride, **regs, **flags)
         if cfg.get("phases", 1) == 1:
-            sync = torch.zeros(R, device=x.device, dtype=torch.int32)
+            sync = torch.zeros(R * sstride, device=x.device, dtype=torch.int32)
             run.last = lk._split_kernel[(R * S,)](x2, wt, bt, y, ws, sync, nv, nv, S, eps, wtab, btab, npv, PHASE=0,
                                                  **common)  # fmt: skip
         else:

@@ -16,10 +16,30 @@ from uhop.backends.triton_kernels.rowops import _bounds, _finish
 
 
 @triton.jit
+def _wait(sync_ptr, row, S, SPIN: tl.constexpr):  # sync_ptr: the row's counter
+    """Wait until the S programs of ``row`` have published (then acquire their partials). SPIN 0:
+    poll with atomics; 1: poll with volatile loads (no atomic traffic on the L2 slice holding the
+    counter), one acquiring atomic at the end; 2: as 1 with a nanosleep between polls."""
+    if SPIN == 0:
+        done = tl.atomic_add(sync_ptr + row, 0, sem="acquire")
+        while done < S:
+            done = tl.atomic_add(sync_ptr + row, 0, sem="acquire")
+    else:
+        done = tl.load(sync_ptr + row, volatile=True)
+        while done < S:
+            if SPIN == 2:
+                tl.inline_asm_elementwise("nanosleep.u32 64; mov.u32 $0, 0;", "=r", [], dtype=tl.int32,
+                                          is_pure=False, pack=1)  # fmt: skip
+            done = tl.load(sync_ptr + row, volatile=True)
+        done = tl.atomic_add(sync_ptr + row, 0, sem="acquire")
+
+
+@triton.jit
 def _split_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, sync_ptr, NV, SV, S, eps, wt_ptr, bt_ptr, NPV,
     OP: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, VEC: tl.constexpr, ALIGNED: tl.constexpr,
-    CHUNK: tl.constexpr, SP: tl.constexpr, PHASE: tl.constexpr,
+    CHUNK: tl.constexpr, SP: tl.constexpr, PHASE: tl.constexpr, SPIN: tl.constexpr = 0,
+    SYNC: tl.constexpr = 1,
 ):  # fmt: skip
     # PHASE 0: one launch (publish, wait for siblings, write); 1: publish only; 2: write only
     if ALIGNED:
@@ -82,10 +102,8 @@ def _split_kernel(
         tl.store(slot + 2, p2)
     if PHASE == 0:
         tl.debug_barrier()  # every thread's stores precede the release below
-        tl.atomic_add(sync_ptr + row, 1, sem="release")
-        done = tl.atomic_add(sync_ptr + row, 0, sem="acquire")
-        while done < S:
-            done = tl.atomic_add(sync_ptr + row, 0, sem="acquire")
+        tl.atomic_add(sync_ptr + row * SYNC, 1, sem="release")
+        _wait(sync_ptr + row * SYNC, 0, S, SPIN)
         tl.debug_barrier()
     if PHASE != 1:
         j = tl.arange(0, SP)
@@ -442,7 +460,8 @@ def _chunk_write(x, cmask, xh, hmask, xt, tmask, y_ptr, w_ptr, b_ptr, wt_ptr, bt
 def _split_persist_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, sync_ptr, R, NV, SV, S, G, eps, wt_ptr, bt_ptr, NPV,
     OP: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, VEC: tl.constexpr, ALIGNED: tl.constexpr,
-    CHUNK: tl.constexpr, SP: tl.constexpr, PHASE: tl.constexpr,
+    CHUNK: tl.constexpr, SP: tl.constexpr, PHASE: tl.constexpr, SPIN: tl.constexpr = 0,
+    SYNC: tl.constexpr = 1,
 ):  # fmt: skip
     # Program t is chunk t % S of rows g, g + G, g + 2G, ... (g = t // S): a group of S adjacent
     # programs walks its rows together, waiting only on itself (groups are dispatched in index
@@ -469,13 +488,11 @@ def _split_persist_kernel(
             tl.store(slot + 2, p2)
         if PHASE == 0:
             tl.debug_barrier()  # every thread's stores precede the release below
-            tl.atomic_add(sync_ptr + row, 1, sem="release")
+            tl.atomic_add(sync_ptr + row * SYNC, 1, sem="release")
         nstart = _row_start(row + G, sv64, VEC, ALIGNED)
         nx, ncm, nxh, nhm, nxt, ntm = _chunk_load(x_ptr, nstart, N, part, row + G < R, VEC, ALIGNED, CHUNK)
         if PHASE == 0:
-            done = tl.atomic_add(sync_ptr + row, 0, sem="acquire")
-            while done < S:
-                done = tl.atomic_add(sync_ptr + row, 0, sem="acquire")
+            _wait(sync_ptr + row * SYNC, 0, S, SPIN)
             tl.debug_barrier()
         if PHASE != 1:
             m, s, mean, inv = _combine(ws_ptr, row + z64, S, N, eps, OP, SP)
