@@ -16,6 +16,27 @@ from uhop.backends.triton_kernels.rowops import _bounds, _finish
 
 
 @triton.jit
+def _edges_write(xh, hm, xt, tm, y_ptr, w_ptr, b_ptr, start, b, hidx, m, s, mean, inv,
+                 OP: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr):  # fmt: skip
+    """y for a misaligned row's head [start, start + VEC) and tail [b, b + VEC) (masked)."""
+    tcol = b - start + hidx
+    wh = 0.0
+    bh = 0.0
+    wt = 0.0
+    bt = 0.0
+    if HAS_W:
+        wh = tl.load(w_ptr + hidx, mask=hm, other=0.0).to(tl.float32)
+        wt = tl.load(w_ptr + tcol, mask=tm, other=0.0).to(tl.float32)
+    if HAS_B:
+        bh = tl.load(b_ptr + hidx, mask=hm, other=0.0).to(tl.float32)
+        bt = tl.load(b_ptr + tcol, mask=tm, other=0.0).to(tl.float32)
+    yh = _finish(xh, m, s, mean, inv, wh, bh, OP, HAS_W, HAS_B)
+    yt = _finish(xt, m, s, mean, inv, wt, bt, OP, HAS_W, HAS_B)
+    tl.store(y_ptr + start + hidx, yh.to(y_ptr.dtype.element_ty), mask=hm)
+    tl.store(y_ptr + b + hidx, yt.to(y_ptr.dtype.element_ty), mask=tm)
+
+
+@triton.jit
 def _wait(sync_ptr, row, S, SPIN: tl.constexpr):  # sync_ptr: the row's counter
     """Wait until the S programs of ``row`` have published (then acquire their partials). SPIN 0:
     poll with atomics; 1: poll with volatile loads (no atomic traffic on the L2 slice holding the
@@ -41,7 +62,8 @@ def _split_kernel(
     CHUNK: tl.constexpr, SP: tl.constexpr, PHASE: tl.constexpr, SPIN: tl.constexpr = 0,
     SYNC: tl.constexpr = 1,
 ):  # fmt: skip
-    # PHASE 0: one launch (publish, wait for siblings, write); 1: publish only; 2: write only
+    # PHASE 0: one launch (publish, wait for siblings, write); 1: publish only; 2: write only.
+    # Program t is chunk t % S of row t // S; SYNC: int32s between rows' counters.
     if ALIGNED:
         N = NV * VEC
     else:
@@ -49,54 +71,12 @@ def _split_kernel(
     t = tl.program_id(0)
     row = t // S
     part = t % S
-    if ALIGNED:
-        start = row.to(tl.int64) * SV * VEC
-    else:
-        start = row.to(tl.int64) * SV
-    a, nb, hd, b, end = _bounds(start, N, VEC, ALIGNED)
-    idx = tl.arange(0, CHUNK)
-    hidx = tl.arange(0, VEC)
-    lo = part * CHUNK
-    cmask = lo + idx < nb
-    x = tl.load(x_ptr + a + lo + idx, mask=cmask, other=0.0, eviction_policy="evict_first").to(tl.float32)
-    # the head and tail (< VEC elements each) belong to chunk 0
-    hmask = (hidx < hd) & (part == 0)
-    tmask = (hidx < end - b) & (part == 0)
-    if not ALIGNED:
-        xh = tl.load(x_ptr + start + hidx, mask=hmask, other=0.0).to(tl.float32)
-        xt = tl.load(x_ptr + b + hidx, mask=tmask, other=0.0).to(tl.float32)
-    # partial statistics (p0, p1, p2) of this chunk
-    if OP == 0 or OP == 3:
-        p0 = tl.max(tl.where(cmask, x, -float("inf")), axis=0)
-        if not ALIGNED:
-            p0 = tl.maximum(p0, tl.max(tl.where(hmask, xh, -float("inf")), axis=0))
-            p0 = tl.maximum(p0, tl.max(tl.where(tmask, xt, -float("inf")), axis=0))
-        p1 = tl.sum(tl.where(cmask, tl.exp2((x - p0) * 1.4426950408889634), 0.0), axis=0)
-        if not ALIGNED:
-            p1 += tl.sum(tl.where(hmask, tl.exp2((xh - p0) * 1.4426950408889634), 0.0), axis=0)
-            p1 += tl.sum(tl.where(tmask, tl.exp2((xt - p0) * 1.4426950408889634), 0.0), axis=0)
-        p2 = p1 * 0.0
-    elif OP == 1:  # count, mean, M2 (Chan et al.): exact combination, no cancellation
-        p0 = tl.sum(cmask.to(tl.float32), axis=0)
-        tot = tl.sum(x, axis=0)
-        if not ALIGNED:
-            p0 += tl.sum(hmask.to(tl.float32), axis=0) + tl.sum(tmask.to(tl.float32), axis=0)
-            tot += tl.sum(xh, axis=0) + tl.sum(xt, axis=0)
-        p1 = tot / tl.maximum(p0, 1.0)
-        xc = tl.where(cmask, x - p1, 0.0)
-        p2 = tl.sum(xc * xc, axis=0)
-        if not ALIGNED:
-            hc = tl.where(hmask, xh - p1, 0.0)
-            tc = tl.where(tmask, xt - p1, 0.0)
-            p2 += tl.sum(hc * hc, axis=0) + tl.sum(tc * tc, axis=0)
-    else:
-        p0 = tl.sum(x * x, axis=0)
-        if not ALIGNED:
-            p0 += tl.sum(xh * xh, axis=0) + tl.sum(xt * xt, axis=0)
-        p1 = p0 * 0.0
-        p2 = p1
-    slot = ws_ptr + t.to(tl.int64) * 3
+    z64 = t.to(tl.int64) * 0
+    start = _row_start(row, z64 + SV, VEC, ALIGNED)
+    x, cmask, xh, hmask, xt, tmask = _chunk_load(x_ptr, start, N, part, True, VEC, ALIGNED, CHUNK)
     if PHASE != 2:
+        p0, p1, p2 = _chunk_partials(x, cmask, xh, hmask, xt, tmask, OP, ALIGNED)
+        slot = ws_ptr + (t + z64) * 3
         tl.store(slot, p0)
         tl.store(slot + 1, p1)
         tl.store(slot + 2, p2)
@@ -106,58 +86,9 @@ def _split_kernel(
         _wait(sync_ptr + row * SYNC, 0, S, SPIN)
         tl.debug_barrier()
     if PHASE != 1:
-        j = tl.arange(0, SP)
-        jm = j < S
-        sib = ws_ptr + (row.to(tl.int64) * S + j) * 3
-        q0 = tl.load(sib, mask=jm, other=0.0, volatile=True)
-        q1 = tl.load(sib + 1, mask=jm, other=0.0, volatile=True)
-        q2 = tl.load(sib + 2, mask=jm, other=0.0, volatile=True)
-        m = 0.0
-        s = 1.0
-        mean = 0.0
-        inv = 1.0
-        if OP == 0 or OP == 3:
-            q0 = tl.where(jm, q0, -float("inf"))
-            m = tl.max(q0, axis=0)
-            s = tl.sum(tl.where(q1 > 0.0, q1 * tl.exp2((q0 - m) * 1.4426950408889634), 0.0), axis=0)
-        elif OP == 1:
-            mean = tl.sum(q0 * q1, axis=0) / N
-            d = q1 - mean
-            inv = tl.rsqrt(tl.sum(q2 + q0 * d * d, axis=0) / N + eps)
-        else:
-            inv = tl.rsqrt(tl.sum(q0, axis=0) / N + eps)
-        w = 0.0
-        bb = 0.0
-        if ALIGNED:
-            col = lo + idx
-            if HAS_W:
-                w = tl.load(w_ptr + col, mask=cmask, other=0.0).to(tl.float32)
-            if HAS_B:
-                bb = tl.load(b_ptr + col, mask=cmask, other=0.0).to(tl.float32)
-        else:  # row (a - start) of the shifted tables (rowops.shifted_table): aligned loads
-            col = (a - start) * (NPV * VEC) + lo + idx
-            if HAS_W:
-                w = tl.load(wt_ptr + col, mask=cmask, other=0.0).to(tl.float32)
-            if HAS_B:
-                bb = tl.load(bt_ptr + col, mask=cmask, other=0.0).to(tl.float32)
-        y = _finish(x, m, s, mean, inv, w, bb, OP, HAS_W, HAS_B)
-        tl.store(y_ptr + a + lo + idx, y.to(y_ptr.dtype.element_ty), mask=cmask)
-        if not ALIGNED:
-            tcol = b - start + hidx
-            wh = 0.0
-            bh = 0.0
-            wt = 0.0
-            bt = 0.0
-            if HAS_W:
-                wh = tl.load(w_ptr + hidx, mask=hmask, other=0.0).to(tl.float32)
-                wt = tl.load(w_ptr + tcol, mask=tmask, other=0.0).to(tl.float32)
-            if HAS_B:
-                bh = tl.load(b_ptr + hidx, mask=hmask, other=0.0).to(tl.float32)
-                bt = tl.load(b_ptr + tcol, mask=tmask, other=0.0).to(tl.float32)
-            yh = _finish(xh, m, s, mean, inv, wh, bh, OP, HAS_W, HAS_B)
-            yt = _finish(xt, m, s, mean, inv, wt, bt, OP, HAS_W, HAS_B)
-            tl.store(y_ptr + start + hidx, yh.to(y_ptr.dtype.element_ty), mask=hmask)
-            tl.store(y_ptr + b + hidx, yt.to(y_ptr.dtype.element_ty), mask=tmask)
+        m, s, mean, inv = _combine(ws_ptr, row + z64, S, N, eps, OP, SP)
+        _chunk_write(x, cmask, xh, hmask, xt, tmask, y_ptr, w_ptr, b_ptr, wt_ptr, bt_ptr, start, N, part, NPV,
+                     m, s, mean, inv, OP, HAS_W, HAS_B, VEC, ALIGNED, CHUNK)  # fmt: skip
 
 
 @triton.jit
@@ -301,21 +232,7 @@ def _stream_kernel(
                 bb = tl.load(bt_ptr + col, mask=cm, other=0.0, eviction_policy="evict_last").to(tl.float32)
             y = _finish(x, m, s, mean, inv, w, bb, OP, HAS_W, HAS_B)
             tl.store(y_ptr + a + c + idx, y.to(y_ptr.dtype.element_ty), mask=cm)
-        tcol = b - start + hidx
-        wh = 0.0
-        bh = 0.0
-        wt = 0.0
-        bt = 0.0
-        if HAS_W:
-            wh = tl.load(w_ptr + hidx, mask=hm, other=0.0).to(tl.float32)
-            wt = tl.load(w_ptr + tcol, mask=tm, other=0.0).to(tl.float32)
-        if HAS_B:
-            bh = tl.load(b_ptr + hidx, mask=hm, other=0.0).to(tl.float32)
-            bt = tl.load(b_ptr + tcol, mask=tm, other=0.0).to(tl.float32)
-        yh = _finish(xh, m, s, mean, inv, wh, bh, OP, HAS_W, HAS_B)
-        yt = _finish(xt, m, s, mean, inv, wt, bt, OP, HAS_W, HAS_B)
-        tl.store(y_ptr + start + hidx, yh.to(y_ptr.dtype.element_ty), mask=hm)
-        tl.store(y_ptr + b + hidx, yt.to(y_ptr.dtype.element_ty), mask=tm)
+        _edges_write(xh, hm, xt, tm, y_ptr, w_ptr, b_ptr, start, b, hidx, m, s, mean, inv, OP, HAS_W, HAS_B)
 
 
 # ---- persistent split: groups of S programs walk rows, the next row's chunk loaded while waiting ----
@@ -439,21 +356,7 @@ def _chunk_write(x, cmask, xh, hmask, xt, tmask, y_ptr, w_ptr, b_ptr, wt_ptr, bt
     y = _finish(x, m, s, mean, inv, w, bb, OP, HAS_W, HAS_B)
     tl.store(y_ptr + a + lo + idx, y.to(y_ptr.dtype.element_ty), mask=cmask)
     if not ALIGNED:
-        tcol = b - start + hidx
-        wh = 0.0
-        bh = 0.0
-        wt = 0.0
-        bt = 0.0
-        if HAS_W:
-            wh = tl.load(w_ptr + hidx, mask=hmask, other=0.0).to(tl.float32)
-            wt = tl.load(w_ptr + tcol, mask=tmask, other=0.0).to(tl.float32)
-        if HAS_B:
-            bh = tl.load(b_ptr + hidx, mask=hmask, other=0.0).to(tl.float32)
-            bt = tl.load(b_ptr + tcol, mask=tmask, other=0.0).to(tl.float32)
-        yh = _finish(xh, m, s, mean, inv, wh, bh, OP, HAS_W, HAS_B)
-        yt = _finish(xt, m, s, mean, inv, wt, bt, OP, HAS_W, HAS_B)
-        tl.store(y_ptr + start + hidx, yh.to(y_ptr.dtype.element_ty), mask=hmask)
-        tl.store(y_ptr + b + hidx, yt.to(y_ptr.dtype.element_ty), mask=tmask)
+        _edges_write(xh, hmask, xt, tmask, y_ptr, w_ptr, b_ptr, start, b, hidx, m, s, mean, inv, OP, HAS_W, HAS_B)
 
 
 @triton.jit
