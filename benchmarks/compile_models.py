@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "compile"
 from zoo import GPT2, GPT2Block, LlamaBlock, ResNetSmall  # noqa: E402
 
 VARIANTS = ("eager", "compile", "max-autotune", "reduce-overhead", "uhop", "uhop-tune-rest", "uhop-max-autotune",
-            "uhop-no-cudagraphs")
+            "uhop-no-cudagraphs", "uhop-no-pack")
 
 
 def _sync(device: str) -> None:
@@ -122,6 +122,8 @@ def build(variant: str, model):
         return torch.compile(model, backend="uhop", options={"mode": "max-autotune-no-cudagraphs"})
     if variant == "uhop-no-cudagraphs":  # not the default: no CUDA graph recorded for the graphs
         return torch.compile(model, backend="uhop", options={"cudagraphs": False})
+    if variant == "uhop-no-pack":  # not the default: CPU linear layers without MKL-packed weights
+        return torch.compile(model, backend="uhop", options={"pack_weights": False})
     raise ValueError(variant)
 
 

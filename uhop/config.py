@@ -127,6 +127,7 @@ class Settings:
     compile_buckets: str = "pow2"
     compile_cudagraphs: bool = True
     compile_tune_rest: bool = False
+    compile_pack_weights: bool = True
     fusion_report: bool = False
 
     def __post_init__(self) -> None:
@@ -200,6 +201,7 @@ ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "compile_buckets": ("UHOP_COMPILE_BUCKETS", str.strip),
     "compile_cudagraphs": ("UHOP_COMPILE_CUDAGRAPHS", _bool),
     "compile_tune_rest": ("UHOP_COMPILE_TUNE_REST", _bool),
+    "compile_pack_weights": ("UHOP_COMPILE_PACK_WEIGHTS", _bool),
     "fusion_report": ("UHOP_FUSION_REPORT", _bool),
 }
 

@@ -17,7 +17,10 @@ options={...})`` or the environment:
 * ``tune_rest``: ``False`` (default) or ``True`` (``UHOP_COMPILE_TUNE_REST``) — Inductor
   coordinate-descent-tunes the Triton kernels it generates for the rest (``max-autotune``'s tuning
   of pointwise and reduction kernels, without its GEMM/conv templates); a longer first compile,
-  cached by Inductor for the next process.
+  cached by Inductor for the next process;
+* ``pack_weights``: ``True`` (default) or ``False`` (``UHOP_COMPILE_PACK_WEIGHTS``) — on a CPU, an
+  inference graph's float32 linear layers run on MKL-packed weights, packed once per parameter and
+  repacked after an in-place update (:mod:`uhop.compile.packed`).
 
 With ``torch._inductor.config.freezing = True`` (PyTorch's CPU-inference recipe) the rest is
 compiled with frozen weights, and a weight changed afterwards makes the graph run as written
@@ -39,7 +42,7 @@ import torch
 from torch import fx
 
 import uhop.compile.regions  # noqa: F401 - registers torch.ops.uhop.*
-from uhop.compile import cudagraphs, frozen, runtime
+from uhop.compile import cudagraphs, frozen, packed, runtime
 from uhop.compile.partition import partition
 from uhop.compile.report import REPORT, GraphCompiled
 
@@ -52,11 +55,12 @@ class CompileOptions:
     backends: tuple[str, ...] = ("torch", "triton")
     cudagraphs: bool = True
     tune_rest: bool = False
+    pack_weights: bool = True
 
     @classmethod
     def make(cls, options: dict[str, Any] | None = None, mode: str | None = None) -> CompileOptions:
         o = dict(options or {})
-        known = ("rest", "mode", "buckets", "backends", "cudagraphs", "tune_rest")
+        known = ("rest", "mode", "buckets", "backends", "cudagraphs", "tune_rest", "pack_weights")
         unknown = set(o) - set(known)
         if unknown:
             raise ValueError(f"backend='uhop' options: unknown {sorted(unknown)}; known: {', '.join(known)}")
@@ -82,7 +86,10 @@ class CompileOptions:
         tune = o.get("tune_rest", read("compile_tune_rest"))
         if not isinstance(tune, bool):
             raise ValueError(f"backend='uhop' option tune_rest must be True or False, got {tune!r}")
-        return cls(rest, o.get("mode", mode), buckets, tuple(names), graphs, tune)
+        pack = o.get("pack_weights", read("compile_pack_weights"))
+        if not isinstance(pack, bool):
+            raise ValueError(f"backend='uhop' option pack_weights must be True or False, got {pack!r}")
+        return cls(rest, o.get("mode", mode), buckets, tuple(names), graphs, tune, pack)
 
 
 def _cache_salt() -> Any:
@@ -144,8 +151,13 @@ def uhop_backend(gm: fx.GraphModule, example_inputs: list[Any], mode: str | None
         isinstance(t, torch.Tensor) and t.requires_grad for t in example_inputs)
     nodes = sum(1 for n in gm.graph.nodes if n.op in ("call_function", "call_method", "call_module"))
     rewrites: list[str] = []
+    # parameters (graph inputs bound to nn.Parameter) whose linear layers may run on packed weights
+    weights: set[str] = set()
+    if opts.pack_weights and not training and not frozen.freezing() and packed.available():
+        phs = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        weights = {n.name for n, t in zip(phs, example_inputs) if isinstance(t, torch.nn.Parameter)}
     regions = partition(gm, inference=not training, leave=runtime.leave_as_written, rewrites=rewrites,
-                        fusing_rest=opts.rest != "eager")
+                        fusing_rest=opts.rest != "eager", weights=weights)
     from torch._inductor import list_mode_options
 
     if opts.rest == "eager":

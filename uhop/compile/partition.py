@@ -119,8 +119,11 @@ class Partitioner:
     """Rewrites one graph in place. ``inference``: fusions valid only without autograd allowed."""
 
     def __init__(self, gm: fx.GraphModule, inference: bool,
-                 leave: Callable[[str, list[Any]], str | None] | None = None, fusing_rest: bool = True) -> None:
+                 leave: Callable[[str, list[Any]], str | None] | None = None, fusing_rest: bool = True,
+                 weights: set[str] | frozenset[str] = frozenset()) -> None:
         self.gm, self.g, self.inference = gm, gm.graph, inference
+        #: placeholders bound to parameters: their CPU float32 linears run on packed weights
+        self.weights = weights
         self.leave = leave
         #: the rest of the graph goes to a fusing compiler (Inductor), not run eagerly
         self.fusing_rest = fusing_rest
@@ -212,9 +215,38 @@ class Partitioner:
         if not _is(node, LINEAR):
             return False
         x, w, b = node.args[0], node.args[1], _arg(node, 2, "bias")
+        if self._packed_linear(node, x, w, b):
+            return True
         last, act, extra = self._with_activation(node)
         saved = 2 * _nbytes(node) if extra else 0
         self._replace(last, [node, *extra], "linear", (x, w, b, act), saved)
+        return True
+
+    def _packed_linear(self, node: fx.Node, x: Any, w: Any, b: Any) -> bool:
+        """On a CPU, inference, float32, where the linear would be left as written for aten's op
+        (UHOP measured nothing faster): ``linear(x, w, b)`` with ``w`` a parameter runs on the
+        parameter packed for MKL once (Inductor's freezing without frozen weights; an activation
+        after it stays for Inductor to fuse). A region UHOP serves with its own kernel stays one."""
+        if not (self.inference and isinstance(w, fx.Node) and w.op == "placeholder" and w.name in self.weights):
+            return False
+        vx, vw, vb = _val(x), _val(w), _val(b) if isinstance(b, fx.Node) else None
+        if not (isinstance(vx, torch.Tensor) and isinstance(vw, torch.Tensor) and vw.dim() == 2):
+            return False
+        if vx.device.type != "cpu" or vx.dtype != torch.float32 or vw.dtype != torch.float32:
+            return False
+        _, act, extra = self._with_activation(node)  # the region the linear rule would form
+        why = self.leave("linear", [vx, vw, vb, act]) if self.leave is not None else None
+        if not why:
+            return False
+        from uhop.compile import packed
+
+        with self.g.inserting_before(node):
+            new = self.g.call_function(packed.OP, (x, w, b))
+        new.meta.update(node.meta)
+        node.replace_all_uses_with(new)
+        self.regions.append(RegionFound("linear", [_name(n) for n in (node, *extra)], 0,
+                                        f"left as written: {why}; the linear on the MKL-packed weight"))  # fmt: skip
+        self.rewrites.append(f"{_name(node)}: linear on the MKL-packed weight {w.name}")
         return True
 
     def _gated_mlp(self, node: fx.Node) -> bool:
@@ -517,13 +549,16 @@ def _name(n: fx.Node) -> str:
 
 def partition(gm: fx.GraphModule, inference: bool,
               leave: Callable[[str, list[Any]], str | None] | None = None,
-              rewrites: list[str] | None = None, fusing_rest: bool = True) -> list[RegionFound]:
+              rewrites: list[str] | None = None, fusing_rest: bool = True,
+              weights: set[str] | frozenset[str] = frozenset()) -> list[RegionFound]:
     """Rewrite ``gm`` in place; returns the regions found. ``leave(kind, args)``: why a region's
     ops should stay as written for Inductor, or None
     (:func:`uhop.compile.runtime.leave_as_written`); such regions are reported and left alone.
     ``rewrites``, if given, receives the other rewrites made (for the fusion report).
-    ``fusing_rest``: the rest goes to Inductor (False: it runs eagerly)."""
-    p = Partitioner(gm, inference, leave, fusing_rest)
+    ``fusing_rest``: the rest goes to Inductor (False: it runs eagerly). ``weights``: names of
+    placeholders bound to the model's parameters, whose float32 linear layers on a CPU run on
+    MKL-packed weights when ``inference`` (:mod:`uhop.compile.packed`)."""
+    p = Partitioner(gm, inference, leave, fusing_rest, weights)
     regions = p.run()
     if rewrites is not None:
         rewrites.extend(p.rewrites)

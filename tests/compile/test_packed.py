@@ -1,0 +1,105 @@
+"""CPU inference under backend="uhop": linear layers on MKL-packed weights (uhop.compile.packed).
+Numerics against float64 on fresh random inputs; one pack per parameter across calls; a repack
+(never a stale result) after an in-place update or for another model; no packing for training
+graphs, with the option off, or outside the packed row range."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import uhop.compile  # noqa: F401 - registers backend="uhop" for a source checkout
+from uhop.compile import REPORT, packed
+
+pytestmark = pytest.mark.skipif(not packed.available(), reason="this torch has no MKL packed linear ops")
+
+
+class Net(nn.Module):
+    def __init__(self, d: int = 64, h: int = 192) -> None:
+        super().__init__()
+        self.up = nn.Linear(d, h)
+        self.down = nn.Linear(h, d, bias=False)
+
+    def forward(self, x):
+        return self.down(F.gelu(self.up(x), approximate="tanh")) + x
+
+
+def _ref(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return copy.deepcopy(m).double()(x.double())
+
+
+def _packed_rewrites() -> list[str]:
+    return [r for g in REPORT.graphs for r in g.rewrites if "MKL-packed" in r]
+
+
+def test_packed_weights_match_float64_and_pack_once():
+    m = Net().eval()
+    c = torch.compile(m, backend="uhop")
+    before = packed.STATS["packs"]
+    with torch.no_grad():
+        for _ in range(4):
+            x = torch.randn(2, 16, 64)  # 32 rows: the packed range
+            torch.testing.assert_close(c(x).double(), _ref(m, x), rtol=1e-4, atol=1e-4)
+    assert packed.STATS["packs"] - before == 2  # one per parameter, not per call
+    assert len(_packed_rewrites()) == 2, [g.rewrites for g in REPORT.graphs]
+    notes = [r.note for g in REPORT.graphs for r in g.regions if r.kind == "linear"]
+    assert notes and all("MKL-packed" in n for n in notes), notes
+
+
+def test_in_place_update_and_another_model_repack():
+    m = Net().eval()
+    c = torch.compile(m, backend="uhop")
+    x = torch.randn(3, 8, 64)
+    with torch.no_grad():
+        c(x)
+        new = {k: torch.randn_like(v) for k, v in m.state_dict().items()}
+        m.load_state_dict(new)  # in place: the version counters move, the storages stay
+        before = packed.STATS["packs"]
+        torch.testing.assert_close(c(x).double(), _ref(m, x), rtol=1e-4, atol=1e-4)
+        assert packed.STATS["packs"] - before == 2
+        m.up.weight.mul_(0.5)
+        torch.testing.assert_close(c(x).double(), _ref(m, x), rtol=1e-4, atol=1e-4)
+        other = Net().eval()  # same architecture: Dynamo may reuse the graph, never the packs
+        got = torch.compile(other, backend="uhop")(x)
+        torch.testing.assert_close(got.double(), _ref(other, x), rtol=1e-4, atol=1e-4)
+
+
+def test_rows_outside_the_packed_range_and_odd_layouts_run_aten():
+    m = Net().eval()
+    c = torch.compile(m, backend="uhop", dynamic=True)
+    with torch.no_grad():
+        for rows in (1, 5, 200):  # 1: MKL's GEMV path; 200: above PACK_MAX_M
+            x = torch.randn(rows, 64)
+            torch.testing.assert_close(c(x).double(), _ref(m, x), rtol=1e-4, atol=1e-4)
+    # the op itself: a transposed (non-contiguous) weight, an inference tensor, float64
+    w, b = torch.randn(48, 32), torch.randn(48)
+    x = torch.randn(7, 32)
+    for ww, xx in ((w.t().contiguous().t(), x), (w.double(), x.double())):
+        torch.testing.assert_close(packed.OP(xx, ww, b.to(xx.dtype)), F.linear(xx, ww, b.to(xx.dtype)))
+    with torch.inference_mode():
+        wi = torch.randn(48, 32)
+        before = packed.STATS["packs"]
+        torch.testing.assert_close(packed.OP(x, wi, b), F.linear(x, wi, b))
+        assert packed.STATS["packs"] == before  # no version counter: never cached, never packed
+
+
+def test_training_graphs_and_the_option_off_do_not_pack():
+    m = Net()
+    x = torch.randn(4, 8, 64)
+    out = torch.compile(m, backend="uhop")(x)  # grad enabled, parameters require grad
+    out.sum().backward()
+    assert m.up.weight.grad is not None and not _packed_rewrites()
+    torch._dynamo.reset()
+    REPORT.clear()
+    with torch.no_grad():
+        torch.compile(m.eval(), backend="uhop", options={"pack_weights": False})(x)
+    assert not _packed_rewrites()
+    from uhop.compile.backend import CompileOptions
+
+    with pytest.raises(ValueError, match="pack_weights must be True or False"):
+        CompileOptions.make({"pack_weights": "yes"})

@@ -1,0 +1,91 @@
+"""CPU inference: linear layers on MKL-packed weights, without freezing the graph.
+
+Inductor's freezing (``torch._inductor.config.freezing``) speeds a float32 model up on a CPU mostly
+by packing GEMM weights once for MKL (``torch.ops.mkl._mkl_reorder_linear_weight``) instead of
+repacking them on every call; but it is a process-wide flag Dynamo reads while it traces, it
+treats the weights as constants (a weight updated in place serves stale results), and UHOP cannot
+turn it on for a user. Measured on the 2-core CI machine (float32, GPT-2's four linear shapes,
+d768, each op alone): ``_mkl_linear`` on a packed weight runs 0.84-1.13x ``F.linear`` at 1 row
+(MKL's GEMV path needs no packing), 1.3-1.9x at 4-32 rows, 1.2-1.35x at 64, 1.07-1.21x at 128 and
+1.02-1.23x at 256-1024; inside a GPT-2 block (``compile_models.py --variants uhop uhop-no-pack``)
+1.07x at 64 rows and 0.95-1.0x from 128 rows up (the packed panels are 2.2x the weight's bytes).
+
+So on a CPU, for an inference graph, ``backend="uhop"`` rewrites ``linear(x, w, b)`` whose weight
+is a parameter of the model into ``torch.ops.uhop.packed_linear(x, w, b)``: the weight is packed
+on first use and kept with the parameter (one pack per parameter, about 2.2x its size: MKL pads
+its panels); a call checks the parameter's identity, storage and version counter (a few hundred
+nanoseconds) and repacks after an in-place update (``load_state_dict``, an optimizer step), so it
+never computes with stale weights. Row counts outside [:data:`PACK_MIN_M`, :data:`PACK_MAX_M`], other dtypes, inference tensors
+(no version counter) and anything unusual run ``F.linear``. Off with
+``options={"pack_weights": False}`` or ``UHOP_COMPILE_PACK_WEIGHTS=0``.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+#: rows (the product of x's leading dims) for which the packed GEMM is used; outside, F.linear
+PACK_MIN_M, PACK_MAX_M = 2, 64
+
+_LIB = torch.library.Library("uhop", "FRAGMENT")
+_LIB.define("packed_linear(Tensor x, Tensor w, Tensor? b) -> Tensor")
+
+#: id(weight) -> (weakref to it, data_ptr, version, packed); the entry goes when the weight does
+_PACKS: dict[int, tuple[weakref.ref, int, int, Tensor]] = {}
+_LOCK = threading.Lock()
+#: packs made in this process (tests and the fusion report read it)
+STATS = {"packs": 0}
+
+
+def available() -> bool:
+    """Whether this torch has MKL's packed linear ops (x86 builds with MKL)."""
+    return bool(getattr(torch._C, "has_mkl", False)) and hasattr(torch.ops.mkl, "_mkl_linear")
+
+
+def _forget(key: int) -> None:
+    with _LOCK:
+        _PACKS.pop(key, None)
+
+
+def packed_weight(w: Tensor) -> Tensor | None:
+    """``w`` packed for MKL (one pack serves every row count), repacked when ``w`` changed in
+    place or was replaced; None for a tensor without a version counter (an inference tensor)."""
+    try:
+        version = w._version
+    except RuntimeError:  # inference tensors can change in place untracked
+        return None
+    key, ptr = id(w), w.data_ptr()
+    got = _PACKS.get(key)
+    if got is not None and got[0]() is w and got[1] == ptr and got[2] == version:
+        return got[3]
+    packed = torch.ops.mkl._mkl_reorder_linear_weight(w.detach(), 64)
+    with _LOCK:
+        _PACKS[key] = (weakref.ref(w, lambda _, k=key: _forget(k)), ptr, version, packed)
+        STATS["packs"] += 1
+    return packed
+
+
+def _impl(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    m = x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
+    ok = (x.device.type == "cpu" and x.dtype == w.dtype == torch.float32 and w.dim() == 2 and w.is_contiguous()
+          and PACK_MIN_M <= m <= PACK_MAX_M and (b is None or (b.dtype == torch.float32 and b.dim() == 1))
+          and not torch.is_grad_enabled())  # fmt: skip
+    packed = packed_weight(w) if ok else None
+    if packed is None:
+        return F.linear(x, w, b)
+    y = torch.ops.mkl._mkl_linear(x.reshape(m, x.shape[-1]).contiguous(), packed, w, b, m)
+    return y.reshape(*x.shape[:-1], w.shape[0])
+
+
+def _fake(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    return x.new_empty((*x.shape[:-1], w.shape[0]))
+
+
+_LIB.impl("packed_linear", _impl, "CompositeExplicitAutograd")
+torch.library.register_fake("uhop::packed_linear", _fake, lib=_LIB)
+OP = torch.ops.uhop.packed_linear.default
