@@ -4,7 +4,8 @@ side by side in one run, with compile wall time. Writes JSON.
     python benchmarks/compile_models.py --models gpt2-block --batch 1 8 --seq 64 256 1024
     python benchmarks/compile_models.py --device cuda --dtype bfloat16 --out benchmarks/data/compile_h200.json
 
-Models: ``gpt2-block`` (d768, 12 heads), ``llama-block`` (d4096, 32 heads, SwiGLU ff 11008,
+Models: ``gpt2-block`` (d768, 12 heads; ``gpt2-hf-block``: its projections as Hugging Face's
+``Conv1D``, addmm on (in, out) weights), ``llama-block`` (d4096, 32 heads, SwiGLU ff 11008,
 rotary embeddings), ``llama-small-block`` (the same layout at d768, 12 heads, ff 2048), ``gpt2`` (12 layers, d768, vocab 50257), ``resnet``
 (ResNet-style, width 64, 4 blocks, 56x56 inputs), ``numpy-gpt2`` (a numpy GPT-2 forward: numpy
 vs ``uhop.jit``). Times are medians of interleaved rounds (each round times every variant once, in
@@ -297,7 +298,8 @@ def _commit() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=["gpt2-block", "resnet", "numpy-gpt2"],
-                    choices=["gpt2-block", "llama-block", "llama-small-block", "gpt2", "resnet", "numpy-gpt2"])
+                    choices=["gpt2-block", "gpt2-hf-block", "llama-block", "llama-small-block", "gpt2", "resnet",
+                             "numpy-gpt2"])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
@@ -366,8 +368,8 @@ def main() -> None:
         elif name == "gpt2":
             model = GPT2().eval().to(a.device, dtype)
             shapes = [(b, t) for b in a.batch for t in a.seq]
-        else:
-            model = GPT2Block().eval().to(a.device, dtype)
+        else:  # gpt2-hf-block: projections as Hugging Face's Conv1D (addmm with (in, out) weights)
+            model = GPT2Block(hf=name == "gpt2-hf-block").eval().to(a.device, dtype)
             shapes = [(b, t, 768) for b in a.batch for t in a.seq]
         for s in shapes:
             torch._dynamo.reset()

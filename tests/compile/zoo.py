@@ -11,15 +11,33 @@ import torch.nn.functional as F
 from torch import nn
 
 
+class Conv1D(nn.Module):
+    """Hugging Face GPT-2's projection: ``addmm(bias, x, weight)``, the weight held (in, out)."""
+
+    def __init__(self, k: int, n: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(k, n) * 0.02)
+        self.bias = nn.Parameter(torch.zeros(n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight)
+        return y.view(*x.shape[:-1], -1)
+
+
+def _proj(k: int, n: int, hf: bool) -> nn.Module:
+    return Conv1D(k, n) if hf else nn.Linear(k, n)
+
+
 class GPT2Attention(nn.Module):
     """Causal self-attention, GPT-2 style: one fused qkv projection. ``sdpa=False`` writes the
-    explicit QKᵀ→mask→softmax→V pattern (as the original GPT-2 code does)."""
+    explicit QKᵀ→mask→softmax→V pattern (as the original GPT-2 code does); ``hf=True`` projects
+    with Hugging Face's ``Conv1D`` (addmm) instead of ``nn.Linear``."""
 
-    def __init__(self, d: int, heads: int, sdpa: bool = True) -> None:
+    def __init__(self, d: int, heads: int, sdpa: bool = True, hf: bool = False) -> None:
         super().__init__()
         self.h, self.sdpa = heads, sdpa
-        self.c_attn = nn.Linear(d, 3 * d)
-        self.c_proj = nn.Linear(d, d)
+        self.c_attn = _proj(d, 3 * d, hf)
+        self.c_proj = _proj(d, d, hf)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
@@ -38,22 +56,22 @@ class GPT2Attention(nn.Module):
 
 
 class GPT2MLP(nn.Module):
-    def __init__(self, d: int) -> None:
+    def __init__(self, d: int, hf: bool = False) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(d, 4 * d)
-        self.c_proj = nn.Linear(4 * d, d)
+        self.c_fc = _proj(d, 4 * d, hf)
+        self.c_proj = _proj(4 * d, d, hf)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
 
 
 class GPT2Block(nn.Module):
-    def __init__(self, d: int = 768, heads: int = 12, sdpa: bool = True) -> None:
+    def __init__(self, d: int = 768, heads: int = 12, sdpa: bool = True, hf: bool = False) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(d)
-        self.attn = GPT2Attention(d, heads, sdpa)
+        self.attn = GPT2Attention(d, heads, sdpa, hf)
         self.ln_2 = nn.LayerNorm(d)
-        self.mlp = GPT2MLP(d)
+        self.mlp = GPT2MLP(d, hf)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x))
