@@ -106,7 +106,7 @@ def persist_variants(op: str, R: int, N: int, dtype: str) -> list[tuple[str, dic
     base = {"CHUNK": 8192, "warps": 4, "phases": 1}
     out: list[tuple[str, dict[str, Any]]] = [("split", base)]
     # how a program waits: acquire loads (spin 0), volatile loads (1), with a nanosleep (2); each row's
-    # counter in its own 128-byte line (sync_stride 32) or packed (1)
+    # counter (int64) in its own 128-byte line or more (sync_stride 16, 32) or packed (1)
     for spin, stride in ((1, 1), (2, 1), (0, 32), (1, 32), (2, 32)):
         out.append(("split", {**base, "spin": spin, "sync_stride": stride}))
     out.append(("split", {**base, "persist": 4}))

@@ -144,3 +144,29 @@ def test_dispatch_keeps_cuda_tensors_on_device():
         y = uhop.ops.softmax(x)
     assert y.device == x.device and y.dtype == x.dtype
     torch.testing.assert_close(y.float(), torch.softmax(x.float(), -1), rtol=2e-2, atol=2e-3)
+
+
+@pytest.mark.parametrize("persist", [0, 4])
+def test_split_counters_carry_over_launches_and_streams(persist):
+    """The one-launch split keeps its int64 counters across launches (never re-zeroed: each launch
+    adds its S per row) and per stream: many launches of changing shapes, chunk counts and row
+    counts, on two streams without synchronizing between them, all against float64."""
+    from uhop.backends.triton_kernels import rowops as ro
+
+    cfg = {"CHUNK": 2048, "warps": 4, "phases": 1, "spin": 2, **({"persist": persist} if persist else {})}
+    k = ro.launcher("split", cfg, 0, 0.0, DEV)
+    streams = [torch.cuda.current_stream(), torch.cuda.Stream()]
+    jobs = []
+    for i in range(30):
+        R, N = ((7, 20000), (3, 50257), (11, 9000), (200, 4099))[i % 4]
+        x = torch.randn(R, N, device=DEV, dtype=torch.bfloat16) * 3
+        s = streams[i % 2]
+        s.wait_stream(streams[0])  # x is made on the default stream
+        with torch.cuda.stream(s):
+            y = k(x)
+        jobs.append((x, y))
+    torch.cuda.synchronize()
+    for x, y in jobs:
+        r = torch.softmax(x.double(), -1)
+        err = float((y.double() - r).norm() / r.norm())
+        assert err < 1e-2, (tuple(x.shape), err)

@@ -32,7 +32,7 @@ CTAs, Triton's ``num_ctas``: Hopper; the row's reductions then cross CTAs; measu
 persist (the persistent form: groups of ``cdiv(N, CHUNK)`` programs walk rows, ``persist`` programs
 per SM, registers capped so that all are resident), spin (how a program polls its row's counter:
 0 acquire loads, 1 volatile loads, 2 volatile loads with a nanosleep), sync_stride (int32s between
-rows' counters, default 32); stream: BLOCK, warps, stages, grid (programs per SM); loop: BLOCK,
+rows' int64 counters, default 16: 128 bytes); stream: BLOCK, warps, stages, grid (programs per SM); loop: BLOCK,
 warps. Every template takes an optional maxnreg (ptxas's register cap).
 """
 
@@ -388,6 +388,34 @@ class ShiftedTables:
         return t
 
 
+class SplitScratch:
+    """A ``split`` launcher's counters and partials workspace, kept per (device, stream, chunks per
+    row) instead of allocated per call (allocating and zeroing them cost 22 us of host time per
+    call on the H100 machine, more than the whole kernel of a 17 MB softmax). The int64 counters
+    are zeroed once: each launch adds S to every row's (see ``rows_long._arrive``), which holds
+    only while every launch on them has the same S, hence S in the key, and while launches on
+    them do not overlap, hence the stream (kernels on one stream run in order; another stream gets
+    its own). The workspace is rewritten by each launch before it is read."""
+
+    def __init__(self, keep: int = 8) -> None:
+        self._got: dict[tuple, tuple[Any, Any]] = {}
+        self._keep = keep
+
+    def get(self, R: int, S: int, stride: int, device: Any) -> tuple[Any, Any]:
+        import torch
+
+        key = (device, torch.cuda.current_stream(device).cuda_stream, S, stride)
+        sync, ws = self._got.pop(key, (None, None))
+        if sync is None or sync.numel() < R * stride:  # a new buffer is zeroed once, on this stream
+            sync = torch.zeros(R * stride, device=device, dtype=torch.int64)
+        if ws is None or ws.numel() < R * S * 3:
+            ws = torch.empty(R * S * 3, device=device, dtype=torch.float32)
+        if len(self._got) >= self._keep:
+            self._got.pop(next(iter(self._got)))
+        self._got[key] = (sync, ws)  # most recently used last
+        return sync, ws
+
+
 def launcher(template: str, cfg: dict[str, Any], op: int, eps: float, device: str) -> Any:
     """The kernel for op code ``op`` (see OPS; the tests reach log-softmax, which has no op
     definition yet, through here)."""
@@ -403,6 +431,7 @@ def launcher(template: str, cfg: dict[str, Any], op: int, eps: float, device: st
     regs = {"maxnreg": int(cfg["maxnreg"])} if cfg.get("maxnreg") else {}
     sm = limits(device).sm_count
     tables = ShiftedTables()
+    scratch = SplitScratch()
 
     def run(x, w=None, b=None, residual=None):
         """y = op(x) (op(x + residual), returning (y, x + residual), when ``residual`` is given)."""
@@ -457,11 +486,14 @@ def launcher(template: str, cfg: dict[str, Any], op: int, eps: float, device: st
             return y.reshape(x.shape)
         chunk = cfg["CHUNK"]
         S = triton.cdiv(N, chunk)
-        ws = torch.empty(R * S * 3, device=x.device, dtype=torch.float32)
-        # int32s between rows' counters: 32 puts each in its own 128-byte line, so the programs polling
-        # one row do not queue behind another's on the same L2 line (+1-5% on every long row of
-        # row_variants_spin_h100_fourteenth.json)
-        sstride = int(cfg.get("sync_stride", 32))
+        # counters between rows' counters: 16 (int64) puts each in its own 128-byte line, so the
+        # programs polling one row do not queue behind another's on the same L2 line (+1-5% on every
+        # long row of row_variants_spin_h100_fourteenth.json)
+        sstride = int(cfg.get("sync_stride", 16))
+        if cfg.get("phases", 1) == 1:
+            sync, ws = scratch.get(R, S, sstride, x.device)
+        else:  # two launches: no counters
+            ws = torch.empty(R * S * 3, device=x.device, dtype=torch.float32)
         if cfg.get("persist"):  # groups of S programs walk the rows, `persist` programs per SM
             per_sm = int(cfg["persist"])
             G = max(1, min(R, per_sm * sm // S))
@@ -469,7 +501,6 @@ def launcher(template: str, cfg: dict[str, Any], op: int, eps: float, device: st
             cap = regs or {"maxnreg": min(255, 65536 // (per_sm * 32 * warps)) // 8 * 8}
             common = dict(CHUNK=chunk, SP=next_pow2(S), num_warps=warps, SPIN=cfg.get("spin", 0), SYNC=sstride, **cap, **flags)
             if cfg.get("phases", 1) == 1:
-                sync = torch.zeros(R * sstride, device=x.device, dtype=torch.int32)
                 run.last = lk._split_persist_kernel[(G * S,)](x2, wt, bt, y, ws, sync, R, nv, nv, S, G, eps, wtab, btab,
                                                               npv, PHASE=0, **common)  # fmt: skip
             else:
@@ -479,7 +510,6 @@ def launcher(template: str, cfg: dict[str, Any], op: int, eps: float, device: st
             return y.reshape(x.shape)
         common = dict(CHUNK=chunk, SP=next_pow2(S), num_warps=warps, SPIN=cfg.get("spin", 0), SYNC=sstride, **regs, **flags)
         if cfg.get("phases", 1) == 1:
-            sync = torch.zeros(R * sstride, device=x.device, dtype=torch.int32)
             run.last = lk._split_kernel[(R * S,)](x2, wt, bt, y, ws, sync, nv, nv, S, eps, wtab, btab, npv, PHASE=0,
                                                  **common)  # fmt: skip
         else:

@@ -37,8 +37,23 @@ def _edges_write(xh, hm, xt, tm, y_ptr, w_ptr, b_ptr, start, b, hidx, m, s, mean
 
 
 @triton.jit
+def _arrive(cnt_ptr, S):
+    """Count this program in at its row's counter (int64, releasing the partials it stored) and
+    return the count that means all S of the row's programs are in. Counters are not zeroed per
+    launch: each launch adds S to every row's, so between launches a counter is a multiple of S
+    and this launch's arrivals end at the next multiple."""
+    old = tl.atomic_add(cnt_ptr, 1, sem="release")
+    return old - old % S + S
+
+
+@triton.jit
+def _arrive_and_wait(cnt_ptr, S, SPIN: tl.constexpr):
+    _wait(cnt_ptr, 0, _arrive(cnt_ptr, S), SPIN)
+
+
+@triton.jit
 def _wait(sync_ptr, row, S, SPIN: tl.constexpr):  # sync_ptr: the row's counter
-    """Wait until the S programs of ``row`` have published (then acquire their partials). SPIN 0:
+    """Wait until the counter of ``row`` reaches S (then acquire the partials published). SPIN 0:
     poll with atomics; 1: poll with volatile loads (no atomic traffic on the L2 slice holding the
     counter), one acquiring atomic at the end; 2: as 1 with a nanosleep between polls."""
     if SPIN == 0:
@@ -82,8 +97,7 @@ def _split_kernel(
         tl.store(slot + 2, p2)
     if PHASE == 0:
         tl.debug_barrier()  # every thread's stores precede the release below
-        tl.atomic_add(sync_ptr + row * SYNC, 1, sem="release")
-        _wait(sync_ptr + row * SYNC, 0, S, SPIN)
+        _arrive_and_wait(sync_ptr + row * SYNC, S, SPIN)
         tl.debug_barrier()
     if PHASE != 1:
         m, s, mean, inv = _combine(ws_ptr, row + z64, S, N, eps, OP, SP)
@@ -389,13 +403,14 @@ def _split_persist_kernel(
             tl.store(slot, p0)
             tl.store(slot + 1, p1)
             tl.store(slot + 2, p2)
+        target = S
         if PHASE == 0:
             tl.debug_barrier()  # every thread's stores precede the release below
-            tl.atomic_add(sync_ptr + row * SYNC, 1, sem="release")
+            target = _arrive(sync_ptr + row * SYNC, S)
         nstart = _row_start(row + G, sv64, VEC, ALIGNED)
         nx, ncm, nxh, nhm, nxt, ntm = _chunk_load(x_ptr, nstart, N, part, row + G < R, VEC, ALIGNED, CHUNK)
         if PHASE == 0:
-            _wait(sync_ptr + row * SYNC, 0, S, SPIN)
+            _wait(sync_ptr + row * SYNC, 0, target, SPIN)
             tl.debug_barrier()
         if PHASE != 1:
             m, s, mean, inv = _combine(ws_ptr, row + z64, S, N, eps, OP, SP)
