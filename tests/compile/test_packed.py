@@ -122,3 +122,28 @@ def test_gpt2_blocks_both_layouts_match_float64():
             torch.testing.assert_close(torch.compile(m, backend="uhop")(x).double(), _ref(m, x), rtol=2e-4,
                                        atol=2e-4)  # fmt: skip
         assert len(_packed_rewrites()) == (0 if hf else 4), (hf, [g.rewrites for g in REPORT.graphs])
+
+
+def test_packed_bytes_are_capped(monkeypatch):
+    """Past the cap on packed bytes held, a weight runs unpacked (F.linear), with one warning; the
+    bytes held come back when a packed weight is freed."""
+    import gc
+    import warnings
+
+    m = Net().eval()
+    x = torch.randn(4, 64)
+    with torch.no_grad():
+        packed.OP(x, m.up.weight, m.up.bias)  # packed: within the default cap
+        held = packed.STATS["bytes"]
+        assert held > 2 * m.up.weight.numel() * 4
+        monkeypatch.setattr(packed, "budget_bytes", lambda: held + 1000)  # no room for another
+        before, over = packed.STATS["packs"], packed.STATS["over_budget"]
+        h = torch.randn(4, 192)
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            y = packed.OP(h, m.down.weight, None)
+        assert packed.STATS["packs"] == before and packed.STATS["over_budget"] == over + 1
+        torch.testing.assert_close(y.double(), F.linear(h.double(), m.down.weight.double()), rtol=1e-4, atol=1e-4)
+    del m
+    gc.collect()
+    assert packed.STATS["bytes"] <= held - 2 * 192 * 64 * 4  # the up projection's pack is gone

@@ -18,11 +18,17 @@ nanoseconds) and repacks after an in-place update (``load_state_dict``, an optim
 never computes with stale weights. Row counts outside [:data:`PACK_MIN_M`, :data:`PACK_MAX_M`], other dtypes, inference tensors
 (no version counter) and anything unusual run ``F.linear``. Off with
 ``options={"pack_weights": False}`` or ``UHOP_COMPILE_PACK_WEIGHTS=0``.
+
+Packs held at once are capped at :func:`budget_bytes` (an eighth of the machine's memory, at most
+4 GiB): a large model compiled on a CPU does not grow by 2.2x its linear weights unasked; weights
+past the cap run ``F.linear`` (one warning says so).
 """
 
 from __future__ import annotations
 
+import os
 import threading
+import warnings
 import weakref
 
 import torch
@@ -38,8 +44,21 @@ _LIB.define("packed_linear(Tensor x, Tensor w, Tensor? b) -> Tensor")
 #: id(weight) -> (weakref to it, data_ptr, version, packed); the entry goes when the weight does
 _PACKS: dict[int, tuple[weakref.ref, int, int, Tensor]] = {}
 _LOCK = threading.Lock()
-#: packs made in this process (tests and the fusion report read it)
-STATS = {"packs": 0}
+#: packs made in this process, bytes held now, weights left unpacked by the cap
+STATS = {"packs": 0, "bytes": 0, "over_budget": 0}
+
+
+def budget_bytes() -> int:
+    """The most bytes of packed weights held at once: an eighth of physical memory, <= 4 GiB."""
+    try:
+        phys = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        phys = 16 << 30
+    return min(4 << 30, phys // 8)
+
+
+def _nbytes(packed: Tensor) -> int:
+    return packed.numel() * packed.element_size()
 
 
 def available() -> bool:
@@ -49,7 +68,9 @@ def available() -> bool:
 
 def _forget(key: int) -> None:
     with _LOCK:
-        _PACKS.pop(key, None)
+        got = _PACKS.pop(key, None)
+        if got is not None:
+            STATS["bytes"] -= _nbytes(got[3])
 
 
 def packed_weight(w: Tensor) -> Tensor | None:
@@ -63,10 +84,23 @@ def packed_weight(w: Tensor) -> Tensor | None:
     got = _PACKS.get(key)
     if got is not None and got[0]() is w and got[1] == ptr and got[2] == version:
         return got[3]
+    held = _nbytes(got[3]) if got is not None and got[0]() is w else 0  # a repack replaces its own
+    if STATS["bytes"] - held + 2.3 * w.numel() * w.element_size() > budget_bytes():
+        with _LOCK:
+            STATS["over_budget"] += 1
+            first = STATS["over_budget"] == 1
+        if first:
+            warnings.warn(f"uhop: packed linear weights reached their cap ({budget_bytes() >> 20} MiB held at once); "
+                          "further linear layers run unpacked (F.linear)", stacklevel=2)  # fmt: skip
+        return None
     packed = torch.ops.mkl._mkl_reorder_linear_weight(w.detach(), 64)
     with _LOCK:
+        old = _PACKS.get(key)
+        if old is not None:
+            STATS["bytes"] -= _nbytes(old[3])
         _PACKS[key] = (weakref.ref(w, lambda _, k=key: _forget(k)), ptr, version, packed)
         STATS["packs"] += 1
+        STATS["bytes"] += _nbytes(packed)
     return packed
 
 
