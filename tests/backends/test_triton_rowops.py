@@ -197,3 +197,22 @@ def test_shifted_weight_tables_and_their_cache():
     with torch.inference_mode():
         wi = torch.randn(37)  # no version counter: a table per call
         torch.testing.assert_close(cache.get(wi, 8, 5)[1, :36], wi[1:])
+
+
+def test_split_scratch_is_kept_per_chunk_count_and_grows():
+    """The one-launch split's counters are reused (never re-zeroed: launches add S per row, so a
+    buffer serves one S only), grown zeroed when more rows come, one workspace per key."""
+    from uhop.backends.triton_kernels.rowops import SplitScratch
+
+    sc = SplitScratch(keep=2)
+    sync, ws = sc.get(10, 7, 16, "cpu")
+    assert sync.dtype == torch.int64 and sync.numel() == 160 and not sync.any() and ws.numel() == 210
+    sync.add_(7)  # what one launch leaves behind
+    again, ws2 = sc.get(4, 7, 16, "cpu")
+    assert again.data_ptr() == sync.data_ptr() and ws2.data_ptr() == ws.data_ptr() and int(again[0]) == 7
+    other, _ = sc.get(4, 5, 16, "cpu")  # another chunk count: its own, zeroed counters
+    assert other.data_ptr() != sync.data_ptr() and not other.any()
+    grown, _ = sc.get(40, 7, 16, "cpu")  # more rows: a new, zeroed buffer
+    assert grown.numel() == 640 and not grown.any()
+    sc.get(1, 3, 16, "cpu")  # keep=2: the least recently used key goes
+    assert len(sc._got) == 2

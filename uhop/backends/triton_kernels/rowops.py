@@ -404,7 +404,9 @@ class SplitScratch:
     def get(self, R: int, S: int, stride: int, device: Any) -> tuple[Any, Any]:
         import torch
 
-        key = (device, torch.cuda.current_stream(device).cuda_stream, S, stride)
+        device = torch.device(device)
+        stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+        key = (device, stream, S, stride)
         sync, ws = self._got.pop(key, (None, None))
         if sync is None or sync.numel() < R * stride:  # a new buffer is zeroed once, on this stream
             sync = torch.zeros(R * stride, device=device, dtype=torch.int64)
