@@ -2,7 +2,9 @@
 config keys and the alignment scheme these share).
 
 ``split``: cooperative chunks, one program each, statistics exchanged through a workspace and
-an atomic counter per row (one pass over memory). ``stream``: a persistent grid, one row per
+an atomic counter per row (one pass over memory); the counters (int64) are kept across launches
+and never re-zeroed (:func:`_arrive`). Its persistent form (:func:`_split_persist_kernel`): groups
+of a row's programs walk rows together, loading the next row's chunk while they wait. ``stream``: a persistent grid, one row per
 program at a time, two passes over the row with pipelined loads: the first keeps the row in L2
 (``evict_last``) so the second mostly reads L2, not HBM. ``loop``: the plain two-pass fallback.
 """
@@ -52,17 +54,17 @@ def _arrive_and_wait(cnt_ptr, S, SPIN: tl.constexpr):
 
 
 @triton.jit
-def _wait(sync_ptr, row, S, SPIN: tl.constexpr):  # sync_ptr: the row's counter
-    """Wait until the counter of ``row`` reaches S (then acquire the partials published). SPIN 0:
-    poll with atomics; 1: poll with volatile loads (no atomic traffic on the L2 slice holding the
-    counter), one acquiring atomic at the end; 2: as 1 with a nanosleep between polls."""
+def _wait(sync_ptr, row, target, SPIN: tl.constexpr):  # sync_ptr: the row's counter
+    """Wait until the counter of ``row`` reaches ``target`` (then acquire the partials published).
+    SPIN 0: poll with acquiring loads; 1: poll with volatile loads (cheaper on the L2 slice holding
+    the counter), one acquiring read at the end; 2: as 1 with a nanosleep between polls."""
     if SPIN == 0:
         done = tl.atomic_add(sync_ptr + row, 0, sem="acquire")
-        while done < S:
+        while done < target:
             done = tl.atomic_add(sync_ptr + row, 0, sem="acquire")
     else:
         done = tl.load(sync_ptr + row, volatile=True)
-        while done < S:
+        while done < target:
             if SPIN == 2:
                 tl.inline_asm_elementwise("nanosleep.u32 64; mov.u32 $0, 0;", "=r", [], dtype=tl.int32,
                                           is_pure=False, pack=1)  # fmt: skip
