@@ -115,6 +115,10 @@ def _only_user(node: fx.Node) -> fx.Node | None:
     return users[0] if len(users) == 1 else None
 
 
+#: ``_replace``'s default: ask ``leave`` (a caller that already asked passes its answer, None included)
+_ASK = object()
+
+
 class Partitioner:
     """Rewrites one graph in place. ``inference``: fusions valid only without autograd allowed."""
 
@@ -179,13 +183,20 @@ class Partitioner:
             self.rewrites.append(f"{node.name}: x**{int(n)} as {'*'.join('x' * int(n))}")
 
     # ---- helpers -----------------------------------------------------------------------------
+    def _left_why(self, kind: str, args: tuple) -> str | None:
+        """Why a region of ``kind`` on ``args`` is better left as written for Inductor, or None
+        (``leave``: :func:`uhop.compile.runtime.leave_as_written`)."""
+        if self.leave is None:
+            return None
+        return self.leave(kind, [_val(a) if isinstance(a, fx.Node) else a for a in args])
+
     def _replace(self, last: fx.Node, fused: list[fx.Node], kind: str, args: tuple, saved: int = 0,
-                 as_written: bool = True) -> None:
+                 as_written: bool = True, why: str | None | object = _ASK) -> None:
         """Replace ``fused`` (ending at ``last``) by one region op, unless the nodes as written
         (``as_written``: not a rewrite such as the explicit attention pattern) are better left to
-        Inductor: ``leave`` says why (:func:`uhop.compile.runtime.leave_as_written`)."""
-        if as_written and self.leave is not None:
-            why = self.leave(kind, [_val(a) if isinstance(a, fx.Node) else a for a in args])
+        Inductor (``why``: :meth:`_left_why`, asked here unless the caller already did)."""
+        if as_written:
+            why = self._left_why(kind, args) if why is _ASK else why
             if why:
                 self.regions.append(RegionFound(kind, [_name(n) for n in fused], 0, f"left as written: {why}"))
                 return
@@ -215,29 +226,28 @@ class Partitioner:
         if not _is(node, LINEAR):
             return False
         x, w, b = node.args[0], node.args[1], _arg(node, 2, "bias")
-        if self._packed_linear(node, x, w, b):
-            return True
         last, act, extra = self._with_activation(node)
-        saved = 2 * _nbytes(node) if extra else 0
-        self._replace(last, [node, *extra], "linear", (x, w, b, act), saved)
+        args = (x, w, b, act)
+        why = self._left_why("linear", args)
+        if why and self._packable(x, w):
+            self._packed_linear(node, x, w, b, extra, why)
+        else:
+            self._replace(last, [node, *extra], "linear", args, 2 * _nbytes(node) if extra else 0, why=why)
         return True
 
-    def _packed_linear(self, node: fx.Node, x: Any, w: Any, b: Any) -> bool:
-        """On a CPU, inference, float32, where the linear would be left as written for aten's op
-        (UHOP measured nothing faster): ``linear(x, w, b)`` with ``w`` a parameter runs on the
-        parameter packed for MKL once (Inductor's freezing without frozen weights; an activation
-        after it stays for Inductor to fuse). A region UHOP serves with its own kernel stays one."""
+    def _packable(self, x: Any, w: Any) -> bool:
+        """On a CPU, inference, float32, ``w`` a parameter: the linear can run on ``w`` packed for
+        MKL (:mod:`uhop.compile.packed`)."""
         if not (self.inference and isinstance(w, fx.Node) and w.op == "placeholder" and w.name in self.weights):
             return False
-        vx, vw, vb = _val(x), _val(w), _val(b) if isinstance(b, fx.Node) else None
-        if not (isinstance(vx, torch.Tensor) and isinstance(vw, torch.Tensor) and vw.dim() == 2):
-            return False
-        if vx.device.type != "cpu" or vx.dtype != torch.float32 or vw.dtype != torch.float32:
-            return False
-        _, act, extra = self._with_activation(node)  # the region the linear rule would form
-        why = self.leave("linear", [vx, vw, vb, act]) if self.leave is not None else None
-        if not why:
-            return False
+        vx, vw = _val(x), _val(w)
+        return (isinstance(vx, torch.Tensor) and isinstance(vw, torch.Tensor) and vw.dim() == 2
+                and vx.device.type == "cpu" and vx.dtype == vw.dtype == torch.float32)  # fmt: skip
+
+    def _packed_linear(self, node: fx.Node, x: Any, w: Any, b: Any, extra: list[fx.Node], why: str) -> None:
+        """A linear left as written for aten's op (UHOP measured nothing faster: ``why``) runs on its
+        parameter packed for MKL once (Inductor's freezing without frozen weights); an activation
+        after it stays for Inductor to fuse. A region UHOP serves with its own kernel stays one."""
         from uhop.compile import packed
 
         with self.g.inserting_before(node):
@@ -247,7 +257,6 @@ class Partitioner:
         self.regions.append(RegionFound("linear", [_name(n) for n in (node, *extra)], 0,
                                         f"left as written: {why}; the linear on the MKL-packed weight"))  # fmt: skip
         self.rewrites.append(f"{_name(node)}: linear on the MKL-packed weight {w.name}")
-        return True
 
     def _gated_mlp(self, node: fx.Node) -> bool:
         """``act(linear(x, wg)) * linear(x, wu)`` (SwiGLU, GeGLU; no biases, one input ``x``, the
