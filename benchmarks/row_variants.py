@@ -1,7 +1,7 @@
 """Row-template configurations at the widths issue #20 names, each timed directly next to torch
 eager (a candidate benchmark: it describes the kernels, not the product's pick).
 
-    python benchmarks/row_variants.py [--out row_variants_h200.json] [--deadline-s 200] [--regs | --persist]
+    python benchmarks/row_variants.py [--out row_variants_h200.json] [--deadline-s 200] [--regs | --persist | --cuda]
 
 For each case, every configuration in ``VARIANTS`` goes through ``rowops.launcher`` (the same
 launcher the Triton backend compiles), is checked against a float64 reference, and is timed with
@@ -115,8 +115,42 @@ def persist_variants(op: str, R: int, N: int, dtype: str) -> list[tuple[str, dic
     return out
 
 
+#: ``--cuda``: the CUDA cluster kernels (uhop.backends.cuda_rows) next to Triton's split, on the long
+#: rows and few-row cases of the width sweep that stayed under 85% of copy on the H100
+CUDA_CASES = [
+    ("softmax", 8192, 50257, "bfloat16"),
+    ("layernorm", 2670, 50257, "bfloat16"),
+    ("softmax", 883, 151936, "bfloat16"),
+    ("rmsnorm", 883, 151936, "bfloat16"),
+    ("softmax", 512, 262144, "bfloat16"),
+    ("softmax", 132, 262144, "bfloat16"),
+    ("rmsnorm", 64, 262144, "bfloat16"),
+    ("softmax", 16, 262144, "bfloat16"),
+    ("softmax", 4096, 32768, "bfloat16"),
+    ("softmax", 2048, 50257, "float32"),
+]
+
+
+def cuda_variants(op: str, R: int, N: int, dtype: str) -> list[tuple[str, dict[str, Any]]]:
+    """Triton's best-known split next to every cluster size / CTA size / loads-in-flight of the
+    CUDA kernel whose chunk fits in shared memory."""
+    from uhop.backends.cuda_rows import layout
+    from uhop.backends.triton_kernels import limits
+
+    item = {"bfloat16": 2, "float16": 2, "float32": 4}[dtype]
+    smem = limits("cuda:0").shared_mem_bytes - 1024
+    out: list[tuple[str, dict[str, Any]]] = [("split", {"CHUNK": 8192, "warps": 4, "phases": 1})]
+    for CL in (1, 2, 4, 8):
+        if layout(N, item, CL)[1] > smem:
+            continue
+        for threads in (256, 512, 1024):
+            for U in (2, 4, 8) if threads == 512 else (4,):
+                out.append(("cuda", {"CL": CL, "threads": threads, "U": U}))
+    return out
+
+
 def run_case(op: str, R: int, N: int, dtype: str, deadline: float, regs: bool = False,
-             persist: bool = False) -> dict[str, Any]:  # fmt: skip
+             persist: bool = False, cuda: bool = False) -> dict[str, Any]:  # fmt: skip
     import torch
 
     from uhop.backends.triton_kernels.rowops import OPS, launcher
@@ -135,14 +169,19 @@ def run_case(op: str, R: int, N: int, dtype: str, deadline: float, regs: bool = 
     eps = 1e-5 if op == "layernorm" else 1e-6
     eager = [bench(ref_fn, args)]
     rows = []
-    pick = persist_variants if persist else capped_variants if regs else (lambda op, R, N, dt: variants(N))
+    pick = cuda_variants if cuda else persist_variants if persist else capped_variants if regs else (lambda op, R, N, dt: variants(N))
     for template, cfg in pick(op, R, N, dtype):
         if time.monotonic() > deadline:
             rows.append({"template": template, "cfg": cfg, "error": "not run: deadline"})
             continue
         row: dict[str, Any] = {"template": template, "cfg": cfg}
         try:
-            k = launcher(template, cfg, OPS[op], eps, "cuda:0")
+            if template == "cuda":
+                from uhop.backends.cuda_rows import launcher as cuda_launcher
+
+                k = cuda_launcher(cfg, OPS[op], eps, "cuda:0")
+            else:
+                k = launcher(template, cfg, OPS[op], eps, "cuda:0")
             y = k(*args)
             torch.cuda.synchronize()
             row["err"] = rel_err(y, ref)
@@ -168,15 +207,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="comma-separated widths")
     ap.add_argument("--regs", action="store_true", help="the search space's configs under register caps (CAPS)")
     ap.add_argument("--persist", action="store_true", help="split vs its persistent form (REG_CASES)")
+    ap.add_argument("--cuda", action="store_true", help="the CUDA cluster kernels vs Triton's split (CUDA_CASES)")
     a = ap.parse_args(argv)
     end = time.monotonic() + a.deadline_s
-    cases = [c for c in (REG_CASES if a.regs or a.persist else CASES) if not a.only or str(c[2]) in a.only.split(",")]
+    pool = CUDA_CASES if a.cuda else REG_CASES if a.regs or a.persist else CASES
+    cases = [c for c in pool if not a.only or str(c[2]) in a.only.split(",")]
     res: dict[str, Any] = {"env": {**environment(), "command": "benchmarks/row_variants.py " + " ".join(argv or sys.argv[1:])},
                            "copy_gbps": [copy_gbps()], "cases": []}  # fmt: skip
     for op, R, N, dtype in cases:
         if time.monotonic() > end:
             break
-        r = run_case(op, R, N, dtype, end, a.regs, a.persist)
+        r = run_case(op, R, N, dtype, end, a.regs, a.persist, a.cuda)
         res["cases"].append(r)
         b = r["best"]
         print(f"{op:<10}{R:>7}x{N:<7}{dtype:<9} eager {r['eager_gbps']:7.1f}  best "

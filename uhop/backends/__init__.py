@@ -16,6 +16,7 @@ REGISTRY: dict[str, str] = {
     "torch": "uhop.backends.torch:TorchBackend",
     "numba": "uhop.backends.numba:NumbaBackend",
     "triton": "uhop.backends.triton:TritonBackend",
+    "cuda": "uhop.backends.cuda:CudaBackend",
     "iree": "uhop.backends.iree:IreeBackend",
     "opencl": "uhop.backends.opencl:OpenCLBackend",
     "user": "uhop.backends.user:UserKernelBackend",

@@ -80,8 +80,12 @@ def efficiency(c: Candidate, problem: Problem) -> tuple[float, float]:
             comp, epi = 0.75, 1
         return comp, float(epi) / serial  # a serial epilogue streams the output on one core
     # memory-bound: fused generated kernels make one pass; eager chains one per node
-    if b in ("numba", "triton", "iree", "opencl"):
-        eff = {"numba": 0.8, "triton": 0.85, "iree": 0.5, "opencl": 0.5}[b] * serial
+    if b in ("numba", "triton", "iree", "opencl", "cuda"):
+        # cuda: the cluster row kernels, offered for long rows only, ahead of Triton's split there
+        # in 16-bit (row_variants_cuda_h100_fifteenth.json: 86-92% of copy against 82%), behind it
+        # in float32 (2692 vs 2857 GB/s at 2048 x 50257)
+        cuda = 0.9 if problem.dtype in ("bfloat16", "float16") else 0.8
+        eff = {"numba": 0.8, "triton": 0.85, "iree": 0.5, "opencl": 0.5, "cuda": cuda}[b] * serial
         return 1.0, 1.0 / eff
     if b == "numpy" and t == "blocked":  # the chain stays in cache per block, at Python speed
         return 1.0, 2.5

@@ -1,0 +1,124 @@
+"""The CUDA cluster row kernels (uhop.backends.cuda_rows) on a real GPU: every op, dtype and cluster
+size against a float64 reference, at widths with a misaligned head and tail, on rows that start
+at misaligned addresses, and through the backend's candidates. Skipped, with the reason, without
+a CUDA GPU of compute capability 9 or newer (clusters are Hopper's)."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)"
+    ),
+    pytest.mark.skipif(
+        torch.cuda.is_available() and torch.cuda.get_device_capability(0)[0] < 9,
+        reason="thread-block clusters need compute capability 9.0 or newer",
+    ),
+]
+
+from uhop.backends.cuda_rows import OPS, launcher  # noqa: E402
+
+DEV = "cuda:0"
+TOL = {torch.bfloat16: 2e-2, torch.float16: 4e-3, torch.float32: 2e-4}
+
+
+def _ref(op, x, w, b):
+    x = x.double()
+    w = None if w is None else w.double()
+    b = None if b is None else b.double()
+    if op == "softmax":
+        return torch.softmax(x, -1)
+    if op == "log_softmax":
+        return torch.log_softmax(x, -1)
+    if op == "layernorm":
+        return torch.nn.functional.layer_norm(x, x.shape[-1:], w, b, 1e-5)
+    return torch.nn.functional.rms_norm(x, x.shape[-1:], w, 1e-6)
+
+
+def _inputs(op, R, N, dt, with_w=True):
+    x = torch.randn(R, N, device=DEV, dtype=dt) * 3 + 0.5
+    w = b = None
+    if op in ("layernorm", "rmsnorm") and with_w:
+        w = torch.randn(N, device=DEV, dtype=dt)
+    if op == "layernorm" and with_w:
+        b = torch.randn(N, device=DEV, dtype=dt)
+    return x, w, b
+
+
+def _check(y, ref, dt):
+    err = (y.double() - ref).abs()
+    bound = TOL[dt] * (1 + ref.abs())
+    assert torch.isfinite(y).all()
+    assert bool((err <= bound).all()), f"max err {err.max().item():.3e} (bound {TOL[dt]} x (1 + |ref|))"
+
+
+@pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("CL", [1, 2, 4, 8])
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "layernorm", "rmsnorm"])
+def test_every_op_dtype_cluster(op, CL, dt):
+    eps = 1e-5 if op == "layernorm" else 1e-6
+    run = launcher({"CL": CL, "threads": 256, "U": 4}, OPS[op], eps, DEV)
+    from uhop.backends.cuda_rows import layout
+    from uhop.backends.triton_kernels import limits
+
+    for R, N in ((3, 1), (5, 7), (4, 1000), (3, 50257), (2, 70001)):
+        x, w, b = _inputs(op, R, N, dt)
+        if layout(N, x.element_size(), CL)[1] > limits(DEV).shared_mem_bytes - 1024:
+            with pytest.raises(ValueError, match="shared memory"):
+                run(x, w, b)
+            continue
+        y = run(x, w, b)
+        assert y.shape == x.shape and y.dtype == x.dtype
+        _check(y, _ref(op, x, w, b), dt)
+
+
+@pytest.mark.parametrize("op", ["layernorm", "rmsnorm"])
+def test_norms_without_weight(op):
+    run = launcher({"CL": 2, "threads": 512, "U": 2}, OPS[op], 1e-5 if op == "layernorm" else 1e-6, DEV)
+    x, _, _ = _inputs(op, 6, 50257, torch.bfloat16, with_w=False)
+    _check(run(x), _ref(op, x, None, None), torch.bfloat16)
+
+
+def test_misaligned_and_strided_inputs():
+    """A view starting 2 bytes into an allocation, and a non-contiguous one: same result as a copy."""
+    run = launcher({"CL": 4, "threads": 256, "U": 8}, OPS["layernorm"], 1e-5, DEV)
+    base = torch.randn(5 * 30011 + 1, device=DEV, dtype=torch.bfloat16)
+    x = base[1:].view(5, 30011)  # rows at odd element offsets, the first 2 bytes past a 16-byte line
+    w = torch.randn(30011, device=DEV, dtype=torch.bfloat16)
+    b = torch.randn(30011, device=DEV, dtype=torch.bfloat16)
+    _check(run(x, w, b), _ref("layernorm", x, w, b), torch.bfloat16)
+    xt = torch.randn(40000, 6, device=DEV, dtype=torch.bfloat16).t()
+    _check(run(xt, w[:1].expand(40000).contiguous(), None), _ref("layernorm", xt, w[:1].expand(40000), None),
+           torch.bfloat16)  # fmt: skip
+
+
+def test_many_rows_and_extreme_values():
+    """8192 rows of a GPT-2 vocabulary (the #20 case), with -inf entries and a large offset."""
+    run = launcher({"CL": 1, "threads": 512, "U": 4}, OPS["softmax"], 0.0, DEV)
+    x = torch.randn(8192, 50257, device=DEV, dtype=torch.bfloat16) * 4 + 100
+    x[:, ::97] = float("-inf")
+    _check(run(x), _ref("softmax", x, None, None), torch.bfloat16)
+
+
+def test_backend_candidates_validate():
+    """Every candidate the backend offers for a long-row problem passes UHOP's validation."""
+    from uhop import backends as bk
+    from uhop.measure.validate import ValidationSet, check_kernel
+    from uhop.problem import Problem
+
+    b = bk.get("cuda")
+    assert b.available, b.availability
+    for op, dims in (("softmax", {"R": 64, "N": 50257}), ("rmsnorm", {"R": 16, "N": 151936})):
+        p = Problem.make(
+            op, dims, "bfloat16", {"eps": 1e-6} if op == "rmsnorm" else {}, device=DEV, array="torch"
+        )
+        cands = b.candidates(p)
+        assert cands, f"no candidates for {p}"
+        vset = ValidationSet(p, trials=2)
+        for c in cands:
+            v = check_kernel(b.compile(c, p), vset, "torch", DEV, torch.cuda.synchronize)
+            assert v.ok, f"{c.id} on {p.describe()}: {v.status} {v.reason}"

@@ -1,0 +1,125 @@
+"""CUDA C++ backend: UHOP's own CUDA kernel templates, compiled at run time with NVRTC and launched
+through the driver API (:mod:`uhop.backends.nvrtc`), for what Triton cannot express. Today: row
+ops over long rows, one row per thread-block cluster with the row held in shared memory
+(:mod:`uhop.backends.cuda_rows`).
+
+Kernels take and return torch tensors on the problem's CUDA device. Needs a GPU of compute
+capability 8.0 or newer (clusters of more than one CTA: 9.0, Hopper) and NVRTC, which CUDA
+PyTorch wheels ship. Compile errors surface as :class:`~uhop.backends.nvrtc.CudaError`, which the
+tuner records.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from uhop.backends.base import Backend, Candidate, Kernel, input_dtypes_supported
+from uhop.problem import Problem
+
+#: rows at least this wide get candidates: narrower ones fit one Triton program's registers
+#: (``rowops.MAX_ROW``), where the ``row`` template is at 91-97% of copy on the H100
+MIN_N = 16385
+#: shared memory a CTA may take so that two fit on an SM (H100/H200: 228 KB per SM)
+TWO_PER_SM = 113 * 1024
+
+
+def configs(R: int, N: int, itemsize: int, sm: int, smem_max: int, cc: tuple[int, int]) -> list[dict[str, Any]]:
+    """Candidate configs, the expected best first. The first cluster is the smallest whose chunks
+    let two CTAs share an SM (one loads while the other reduces or writes), grown while the rows
+    give fewer CTAs than SMs; then the next cluster up with 512 and 256 threads, and two loads in
+    flight instead of four. On the H100 (``row_variants_cuda_h100_fifteenth.json``) these four
+    hold the best config of every case but one (16 x 262144: 2% behind)."""
+    from uhop.backends.cuda_rows import layout
+
+    sizes = [c for c in ((1, 2, 4, 8) if cc[0] >= 9 else (1,)) if layout(N, itemsize, c)[1] <= smem_max - 1024]
+    if not sizes:
+        return []
+    i = next((k for k, c in enumerate(sizes) if layout(N, itemsize, c)[1] <= TWO_PER_SM), 0)
+    while R * sizes[i] < sm and i + 1 < len(sizes):
+        i += 1
+    first, up = sizes[i], sizes[min(i + 1, len(sizes) - 1)]
+    out: list[dict[str, Any]] = []
+    for c in (
+        {"CL": first, "threads": 512, "U": 4},
+        {"CL": up, "threads": 512, "U": 4} if up != first else {"CL": first, "threads": 512, "U": 2},
+        {"CL": up, "threads": 256, "U": 4},
+        {"CL": first, "threads": 512, "U": 2},
+    ):
+        if c not in out:
+            out.append(c)
+    return out
+
+
+class CudaBackend(Backend):
+    name = "cuda"
+    crash_prone = True
+    eval_s = 0.5  # an NVRTC compile (0.1-0.3 s; cached on disk) and a module load per candidate
+    precompiles = True
+    array = "torch"
+    source_modules = ("uhop.backends.cuda_rows", "uhop.backends.nvrtc")
+    devices = ("cuda",)
+    ops = ("softmax", "layernorm", "rmsnorm")
+    dtypes = ("float32", "float16", "bfloat16")
+    requires = ("torch",)
+
+    def _probe(self) -> tuple[bool, str]:
+        import torch
+
+        from uhop.backends import nvrtc
+
+        if not torch.cuda.is_available():
+            return False, "torch sees no CUDA device"
+        major, minor = torch.cuda.get_device_capability(0)
+        if major < 8:
+            return False, f"needs compute capability 8.0 or newer, the GPU has {major}.{minor}"
+        ok, why = nvrtc.available()
+        return ok, (f"{why} on {torch.cuda.get_device_name(0)}" if ok else why)
+
+    def supports(self, problem: Problem) -> bool:
+        if problem.op not in self.ops or problem.dtype not in self.dtypes or problem.array != "torch":
+            return False
+        if not problem.device.startswith("cuda") or not input_dtypes_supported(problem, self.dtypes):
+            return False
+        return problem.dim.get("N", 0) >= MIN_N
+
+    def synchronize(self, device: str) -> None:
+        import torch
+
+        torch.cuda.synchronize()
+
+    def candidates(self, problem: Problem) -> list[Candidate]:
+        import torch
+
+        from uhop.backends.triton_kernels import limits
+        from uhop.ops.base import ITEMSIZE
+
+        lim = limits(problem.device)
+        idx = int(problem.device.split(":")[1]) if ":" in problem.device else 0
+        cc = torch.cuda.get_device_capability(idx)
+        cfgs = configs(problem.dim["R"], problem.dim["N"], ITEMSIZE[problem.dtype], lim.sm_count,
+                       lim.shared_mem_bytes, cc)  # fmt: skip
+        return [Candidate.of(self.name, "cluster", **c) for c in cfgs]
+
+    def prebuild(self, candidate: Candidate, problem: Problem) -> None:
+        """Compile the candidate's cubin into the on-disk cache (no GPU context: a precompile
+        process only needs NVRTC); the evaluation worker then loads it."""
+        import torch
+
+        from uhop.backends import cuda_rows, nvrtc
+
+        idx = int(problem.device.split(":")[1]) if ":" in problem.device else 0
+        major, minor = torch.cuda.get_device_capability(idx)
+        op, cfg = cuda_rows.OPS[problem.op], candidate.cfg
+        src = cuda_rows.source(op, problem.dtype, int(cfg["CL"]), int(cfg["threads"]), int(cfg.get("U", 4)),
+                               problem.arity >= 2 and op in (1, 2), problem.arity >= 3 and op == 1)  # fmt: skip
+        nvrtc.compile_cubin(src, cuda_rows.NAME, f"sm_{major}{minor}", cuda_rows.OPTIONS)
+
+    def compile(self, candidate: Candidate, problem: Problem) -> Kernel:
+        from uhop.backends import cuda_rows
+
+        if candidate.template != "cluster":
+            raise ValueError(f"unknown CUDA template {candidate.template!r}")
+        run = cuda_rows.launcher(candidate.cfg, cuda_rows.OPS[problem.op], float(problem.param.get("eps", 0.0)),
+                                 problem.device)  # fmt: skip
+        run.prepare(problem.dtype, arity=problem.arity)  # compile and load now, not at the first call
+        return run
