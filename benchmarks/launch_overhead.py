@@ -1,4 +1,5 @@
-"""Host time per call of small GPU row ops: torch eager, the Triton row launcher, and the product
+"""Host time per call of small GPU row ops: torch eager, the Triton row launchers, the CUDA cluster
+launcher (rows past 16K), and the product
 path (``uhop.ops.softmax`` with its pick stored), each run back to back N times with one
 synchronize at the end, so a host-bound call shows its host cost; GPU time per call from CUDA
 events for comparison. A candidate/product overhead study, GPU only.
@@ -43,10 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     os.environ.setdefault("UHOP_HOME", tempfile.mkdtemp())
     import torch
+    from width_sweep import environment
 
     import uhop
+    from uhop.backends import cuda_rows
     from uhop.backends.triton_kernels.rowops import OPS, launcher
-    from width_sweep import environment
 
     rows = []
     for R, N in ((16, 262144), (64, 4096), (132, 262144)):
@@ -63,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
              "uhop.ops": per_call_us(lambda: uhop.ops.softmax(x))}  # fmt: skip
         if row is not None:
             r["row"] = per_call_us(lambda: row(x))
+        else:  # the CUDA backend's cluster kernel (launched through ctypes, no Triton launch path)
+            cl = cuda_rows.launcher({"CL": 8, "threads": 512, "U": 4}, OPS["softmax"], 0.0, "cuda:0")
+            r["cluster"] = per_call_us(lambda: cl(x))
         print(r, flush=True)
         rows.append(r)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

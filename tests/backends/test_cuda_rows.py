@@ -59,6 +59,12 @@ def test_compile_error_reports_the_log(tmp_path, monkeypatch):
         config.reload()
 
 
+def test_kernel_rejects_a_bad_signature():
+    with pytest.raises(ValueError, match="signature"):
+        nvrtc.kernel("", "k", 0, "pz")
+    assert len(cuda_rows.SIGNATURE) == cuda_rows.SOURCE.split("uhop_rows(")[1].split(")")[0].count(",") + 1
+
+
 def test_source_rejects_bad_configs():
     for kw, match in (({"CL": 3}, "CL"), ({"threads": 100}, "threads"), ({"U": 16}, "U")):
         args = {

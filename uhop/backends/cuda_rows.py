@@ -25,7 +25,6 @@ Config keys: ``CL`` (CTAs per row, a cluster of 1, 2, 4 or 8; shared memory per 
 
 from __future__ import annotations
 
-import ctypes
 from typing import Any
 
 #: op -> kernel op code (as ``triton_kernels.rowops.OPS``)
@@ -312,6 +311,8 @@ uhop_rows(const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ w, c
 """
 
 NAME = "uhop_rows"
+#: uhop_rows's parameters: x, y, w, b, wt, bt, N, wrow, vpc, eps
+SIGNATURE = "ppppppiqif"
 #: NVRTC options: approximate exp2 / reciprocal / rsqrt (one MUFU instruction each; statistics and
 #: outputs are checked against float64 at each dtype's tolerance like every candidate)
 OPTIONS = ("--use_fast_math",)
@@ -335,6 +336,15 @@ def layout(N: int, itemsize: int, CL: int) -> tuple[int, int]:
     ve = 16 // itemsize
     vpc = -(-(N // ve) // CL)
     return vpc, max(16, vpc * 16)
+
+
+def raw_stream(index: int) -> int:
+    """The current CUDA stream of device ``index`` as a raw handle (what Inductor's launchers call;
+    ``torch.cuda.current_stream().cuda_stream`` where that private entry point is missing)."""
+    import torch
+
+    get = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    return int(get(index)) if get is not None else torch.cuda.current_stream(index).cuda_stream
 
 
 def _vector(v: Any, name: str, x: Any) -> Any:
@@ -367,7 +377,7 @@ def launcher(cfg: dict[str, Any], op: int, eps: float, device: str) -> Any:
         key = (dtype, has_w, has_b)
         k = kernels.get(key)
         if k is None:
-            k = kernels[key] = nvrtc.kernel(source(op, dtype, CL, NT, U, has_w, has_b), NAME, idx, OPTIONS)
+            k = kernels[key] = nvrtc.kernel(source(op, dtype, CL, NT, U, has_w, has_b), NAME, idx, SIGNATURE, OPTIONS)
         return k
 
     def run(x, w=None, b=None):
@@ -393,11 +403,10 @@ def launcher(cfg: dict[str, Any], op: int, eps: float, device: str) -> Any:
             wrow = npv * ve
             wt = tables.get(w, ve, npv) if w is not None else None
             bt = tables.get(b, ve, npv) if b is not None else None
-        ptr = ctypes.c_void_p
-        p = [ptr(t.data_ptr() if t is not None else y.data_ptr()) for t in (x2, y, w, b, wt, bt)]
-        args = [*p, ctypes.c_int(N), ctypes.c_longlong(wrow), ctypes.c_int(vpc), ctypes.c_float(eps)]
-        stream = torch.cuda.current_stream(x2.device).cuda_stream
-        k.launch(R * CL, NT, smem, stream, args, cluster=CL)
+        yp = y.data_ptr()
+        args = (x2.data_ptr(), yp, w.data_ptr() if w is not None else yp, b.data_ptr() if b is not None else yp,
+                wt.data_ptr() if wt is not None else yp, bt.data_ptr() if bt is not None else yp, N, wrow, vpc, eps)  # fmt: skip
+        k.launch(R * CL, NT, smem, raw_stream(x2.device.index), args, cluster=CL)
         return y.reshape(x.shape)
 
     def prepare(dtype: str, arity: int = 1) -> None:

@@ -159,37 +159,64 @@ def compile_cubin(source: str, name: str, arch: str, options: tuple[str, ...] = 
 _ATTR = {"max_dynamic_shared": 8, "num_regs": 4, "local_bytes": 3, "max_threads": 0}
 
 
-class Kernel:
-    """One ``extern "C"`` kernel of a loaded module, on one device. Arguments are given as ctypes
-    values by the caller (``ctypes.c_void_p(t.data_ptr())``, ``ctypes.c_int(n)``...): a launch
-    packs their addresses and calls ``cuLaunchKernel`` on the given stream, a few microseconds."""
+#: kernel parameter kinds -> ctypes: a pointer, int32, int64, float32
+_KINDS = {"p": ctypes.c_void_p, "i": ctypes.c_int, "q": ctypes.c_longlong, "f": ctypes.c_float}
 
-    def __init__(self, func: ctypes.c_void_p, device: int, name: str) -> None:
-        self.func, self.device, self.name = func, device, name
+
+class _Slots:
+    """One thread's packed launch: the parameter values, the array of their addresses and the
+    launch config, built once and refilled per launch (a launch then costs a few attribute sets
+    and one driver call, not a dozen ctypes allocations)."""
+
+    def __init__(self, signature: str) -> None:
+        self.vals = [_KINDS[k]() for k in signature]
+        self.params = (ctypes.c_void_p * len(self.vals))(*[ctypes.addressof(v) for v in self.vals])
+        self.attr = _LaunchAttribute(id=_CLUSTER_DIMENSION)
+        self.cfg = _LaunchConfig()
+        self.cfg.gridDimY = self.cfg.gridDimZ = self.cfg.blockDimY = self.cfg.blockDimZ = 1
+        self.cfg.attrs = ctypes.pointer(self.attr)
+
+
+class Kernel:
+    """One ``extern "C"`` kernel of a loaded module, on one device, with its parameter kinds
+    (``signature``: one letter per parameter, see ``_KINDS``). :meth:`launch` takes plain Python
+    ints and floats (pointers as ``tensor.data_ptr()``)."""
+
+    def __init__(self, func: ctypes.c_void_p, device: int, name: str, signature: str) -> None:
+        self.func, self.device, self.name, self.signature = func, device, name, signature
         self._smem = 0
+        self._local = threading.local()
 
     def attribute(self, what: str) -> int:
         v = ctypes.c_int()
         _cu_check(driver().cuFuncGetAttribute(ctypes.byref(v), _ATTR[what], self.func), "cuFuncGetAttribute")
         return v.value
 
-    def launch(self, grid: int, block: int, smem: int, stream: int, args: list[Any], cluster: int = 1) -> None:
-        """``grid`` CTAs of ``block`` threads, in clusters of ``cluster`` CTAs (a launch attribute,
+    def launch(self, grid: int, block: int, smem: int, stream: int, args: Any, cluster: int = 1) -> None:
+        """``grid`` CTAs of ``block`` threads with ``smem`` bytes of dynamic shared memory on
+        ``stream`` (a raw ``cudaStream_t``), in clusters of ``cluster`` CTAs (a launch attribute of
         ``cuLaunchKernelEx``: Hopper; ``grid`` must be a multiple of it)."""
+        if len(args) != len(self.signature):
+            raise ValueError(f"{self.name}: {len(self.signature)} arguments ({self.signature}), got {len(args)}")
         if smem > 48 * 1024 and smem > self._smem:
             _cu_check(driver().cuFuncSetAttribute(self.func, _ATTR["max_dynamic_shared"], ctypes.c_int(smem)),
                       f"{self.name}: {smem} bytes of dynamic shared memory")  # fmt: skip
             self._smem = smem
         _current_context(self.device)
-        params = (ctypes.c_void_p * len(args))(*[ctypes.addressof(a) for a in args])
+        slots = getattr(self._local, "slots", None)
+        if slots is None:
+            slots = self._local.slots = _Slots(self.signature)
+        for holder, v in zip(slots.vals, args, strict=True):
+            holder.value = v
         if cluster == 1:
             _cu_check(driver().cuLaunchKernel(self.func, grid, 1, 1, block, 1, 1, smem, ctypes.c_void_p(stream),
-                                              params, None), f"launching {self.name}")  # fmt: skip
+                                              slots.params, None), f"launching {self.name}")  # fmt: skip
             return
-        attr = _LaunchAttribute(id=_CLUSTER_DIMENSION)
-        attr.value.cluster = (ctypes.c_uint * 3)(cluster, 1, 1)
-        cfg = _LaunchConfig(grid, 1, 1, block, 1, 1, smem, ctypes.c_void_p(stream), ctypes.pointer(attr), 1)
-        _cu_check(driver().cuLaunchKernelEx(ctypes.byref(cfg), self.func, params, None),
+        cfg = slots.cfg
+        cfg.gridDimX, cfg.blockDimX, cfg.sharedMemBytes, cfg.hStream = grid, block, smem, stream
+        slots.attr.value.cluster[0], slots.attr.value.cluster[1], slots.attr.value.cluster[2] = cluster, 1, 1
+        cfg.numAttrs = 1
+        _cu_check(driver().cuLaunchKernelEx(ctypes.byref(cfg), self.func, slots.params, None),
                   f"launching {self.name} in clusters of {cluster}")  # fmt: skip
 
 
@@ -240,14 +267,17 @@ def _current_context(device: int) -> int:
     return ctx
 
 
-def kernel(source: str, name: str, device: int, options: tuple[str, ...] = ()) -> Kernel:
+def kernel(source: str, name: str, device: int, signature: str, options: tuple[str, ...] = ()) -> Kernel:
     """``name`` from ``source`` compiled for ``device``'s architecture and loaded on it (cached per
-    process and on disk)."""
+    process and on disk); ``signature``: its parameters' kinds (``"ppif"``: two pointers, an int32,
+    a float32)."""
+    if any(k not in _KINDS for k in signature):
+        raise ValueError(f"signature: letters of {''.join(_KINDS)} (pointer, int32, int64, float32), got {signature!r}")
     import torch
 
     major, minor = torch.cuda.get_device_capability(device)
     arch = f"sm_{major}{minor}"
-    key = (hashlib.sha256("\0".join((source, name, *options)).encode()).hexdigest(), device)
+    key = (hashlib.sha256("\0".join((source, name, signature, *options)).encode()).hexdigest(), device)
     got = _modules.get(key)
     if got is not None:
         return got
@@ -259,5 +289,5 @@ def kernel(source: str, name: str, device: int, options: tuple[str, ...] = ()) -
             mod, func = ctypes.c_void_p(), ctypes.c_void_p()
             _cu_check(driver().cuModuleLoadData(ctypes.byref(mod), ctypes.c_char_p(cubin)), f"loading {name}")
             _cu_check(driver().cuModuleGetFunction(ctypes.byref(func), mod, name.encode()), f"finding {name}")
-            got = _modules[key] = Kernel(func, device, name)
+            got = _modules[key] = Kernel(func, device, name, signature)
     return got

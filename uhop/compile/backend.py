@@ -155,7 +155,7 @@ def uhop_backend(gm: fx.GraphModule, example_inputs: list[Any], mode: str | None
     weights: set[str] = set()
     if opts.pack_weights and not training and not frozen.freezing() and packed.available():
         phs = [n for n in gm.graph.nodes if n.op == "placeholder"]
-        weights = {n.name for n, t in zip(phs, example_inputs) if isinstance(t, torch.nn.Parameter)}
+        weights = {n.name for n, t in zip(phs, example_inputs, strict=False) if isinstance(t, torch.nn.Parameter)}
     regions = partition(gm, inference=not training, leave=runtime.leave_as_written, rewrites=rewrites,
                         fusing_rest=opts.rest != "eager", weights=weights)
     from torch._inductor import list_mode_options
