@@ -140,7 +140,7 @@ def cuda_variants(op: str, R: int, N: int, dtype: str) -> list[tuple[str, dict[s
     item = {"bfloat16": 2, "float16": 2, "float32": 4}[dtype]
     smem = limits("cuda:0").shared_mem_bytes - 1024
     out: list[tuple[str, dict[str, Any]]] = [("split", {"CHUNK": 8192, "warps": 4, "phases": 1})]
-    for CL in (1, 2, 4, 8):
+    for CL in (1, 2, 4, 8, 16):
         if layout(N, item, CL)[1] > smem:
             continue
         for threads in (256, 512, 1024):

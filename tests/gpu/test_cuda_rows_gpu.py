@@ -96,6 +96,19 @@ def test_misaligned_and_strided_inputs():
            torch.bfloat16)  # fmt: skip
 
 
+@pytest.mark.parametrize("op", ["softmax", "layernorm"])
+def test_clusters_of_16(op):
+    """The non-portable cluster size (the H100 and H200 run clusters of 16)."""
+    run = launcher({"CL": 16, "threads": 256, "U": 4}, OPS[op], 1e-5, DEV)
+    for R, N in ((3, 262144), (2, 100003)):
+        x, w, b = _inputs(op, R, N, torch.bfloat16)
+        _check(run(x, w, b), _ref(op, x, w, b), torch.bfloat16)
+    x, w, b = _inputs(op, 6, 50000, torch.bfloat16)
+    y = run(x.view(2, 3, 50000), w, b)  # 3-D input: rows over the leading dims
+    assert y.shape == (2, 3, 50000)
+    _check(y.reshape(6, 50000), _ref(op, x, w, b), torch.bfloat16)
+
+
 def test_many_rows_and_extreme_values():
     """8192 rows of a GPT-2 vocabulary (the #20 case), with -inf entries and a large offset."""
     run = launcher({"CL": 1, "threads": 512, "U": 4}, OPS["softmax"], 0.0, DEV)
@@ -122,3 +135,22 @@ def test_backend_candidates_validate():
         for c in cands:
             v = check_kernel(b.compile(c, p), vset, "torch", DEV, torch.cuda.synchronize)
             assert v.ok, f"{c.id} on {p.describe()}: {v.status} {v.reason}"
+
+
+def test_captured_in_a_cuda_graph():
+    """A launch on a capturing stream is recorded, and replays compute on the new contents."""
+    run = launcher({"CL": 4, "threads": 256, "U": 4}, OPS["rmsnorm"], 1e-6, DEV)
+    x, w, _ = _inputs("rmsnorm", 8, 70001, torch.bfloat16)
+    run(x, w)  # compile and load outside the capture
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        with torch.cuda.graph(g, stream=s):
+            y = run(x, w)
+    torch.cuda.current_stream().wait_stream(s)
+    x.copy_(torch.randn_like(x) * 2)
+    g.replay()
+    torch.cuda.synchronize()
+    _check(y, _ref("rmsnorm", x, w, None), torch.bfloat16)

@@ -156,7 +156,7 @@ def compile_cubin(source: str, name: str, arch: str, options: tuple[str, ...] = 
 
 
 #: CU_FUNC_ATTRIBUTE_* (cuda.h)
-_ATTR = {"max_dynamic_shared": 8, "num_regs": 4, "local_bytes": 3, "max_threads": 0}
+_ATTR = {"max_dynamic_shared": 8, "num_regs": 4, "local_bytes": 3, "max_threads": 0, "non_portable_cluster": 14}
 
 
 #: kernel parameter kinds -> ctypes: a pointer, int32, int64, float32
@@ -185,6 +185,7 @@ class Kernel:
     def __init__(self, func: ctypes.c_void_p, device: int, name: str, signature: str) -> None:
         self.func, self.device, self.name, self.signature = func, device, name, signature
         self._smem = 0
+        self._big_clusters = False
         self._local = threading.local()
 
     def attribute(self, what: str) -> int:
@@ -212,6 +213,10 @@ class Kernel:
             _cu_check(driver().cuLaunchKernel(self.func, grid, 1, 1, block, 1, 1, smem, ctypes.c_void_p(stream),
                                               slots.params, None), f"launching {self.name}")  # fmt: skip
             return
+        if cluster > 8 and not self._big_clusters:  # 16: a non-portable size (H100, H200), allowed per kernel
+            _cu_check(driver().cuFuncSetAttribute(self.func, _ATTR["non_portable_cluster"], ctypes.c_int(1)),
+                      f"{self.name}: clusters of {cluster}")  # fmt: skip
+            self._big_clusters = True
         cfg = slots.cfg
         cfg.gridDimX, cfg.blockDimX, cfg.sharedMemBytes, cfg.hStream = grid, block, smem, stream
         slots.attr.value.cluster[0], slots.attr.value.cluster[1], slots.attr.value.cluster[2] = cluster, 1, 1
