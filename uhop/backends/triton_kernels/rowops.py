@@ -322,11 +322,19 @@ def configs(problem: Any, lim: Limits) -> list[tuple[str, dict[str, Any]]]:
             row = half  # the variants below take the first's warps (or set their own)
         else:
             out.append(row)
+        one_tile = ("row", {**row[1], "tiles": 1, "warps": _warps(rows * next_pow2(N))})
+        # past 8192, one power-of-two tile ahead of the persistent grid, except for layernorm: on the H100
+        # softmax 12192 x 11008 ran 0.203 ms with one tile of 16384 (16 warps) against 0.220 with
+        # two tiles (8 warps) and 0.223 persistent, rmsnorm a tie, layernorm 0.325 against 0.195
+        # (width_sweep_h100_rows_fourteenth.json; the full sweep's budget stopped before it)
+        tile_first = b2 and N > 8192 and problem.op != "layernorm"
+        if tile_first:
+            out.append(one_tile)
         if -(-R // rows) > 8 * sm:  # enough row blocks for a persistent grid to pay
             out.append(("row", {**row[1], "grid": 4, "stages": 2}))
-        if b2:
-            out.append(("row", {**row[1], "tiles": 1, "warps": _warps(rows * next_pow2(N))}))
-        elif b1 >= 1024 and rows * b1 * 2 <= 2 * ROW_TILE and R >= 2 * rows:  # more per program
+        if b2 and not tile_first:
+            out.append(one_tile)
+        if not b2 and b1 >= 1024 and rows * b1 * 2 <= 2 * ROW_TILE and R >= 2 * rows:  # more per program
             out.append(("row", {**row[1], "warps": _warps(2 * rows * b1, 8), "ROWS": 2 * rows}))
         if split and split not in out and N >= 2048:
             out.append(split)
