@@ -81,6 +81,14 @@ def test_source_rejects_bad_configs():
             cuda_rows.source(**args)
 
 
+def test_operands_follow_the_op_and_arity():
+    ops = cuda_rows.OPS
+    assert cuda_rows.operands(ops["softmax"], 1) == (False, False)
+    assert cuda_rows.operands(ops["rmsnorm"], 2) == (True, False)
+    assert cuda_rows.operands(ops["layernorm"], 3) == (True, True)
+    assert cuda_rows.operands(ops["layernorm"], 1) == (False, False)
+
+
 def test_layout_covers_the_aligned_body():
     for N in (16385, 50257, 151936, 262144):
         for item in (2, 4):

@@ -331,21 +331,18 @@ def source(op: int, dtype: str, CL: int, threads: int, U: int, has_w: bool, has_
     return "".join(f"#define {k} {v}\n" for k, v in defs.items()) + SOURCE
 
 
+def operands(op: int, arity: int) -> tuple[bool, bool]:
+    """(weight, bias) read by a call with ``arity`` inputs (x, weight, bias) of op code ``op``:
+    norms take a weight, layernorm a bias too; softmax neither."""
+    return arity >= 2 and op in (1, 2), arity >= 3 and op == 1
+
+
 def layout(N: int, itemsize: int, CL: int) -> tuple[int, int]:
     """(vectors per CTA, dynamic shared memory bytes) for rows of N: a row's aligned body has at
     most N // VE 16-byte vectors, split over CL CTAs."""
     ve = 16 // itemsize
     vpc = -(-(N // ve) // CL)
     return vpc, max(16, vpc * 16)
-
-
-def raw_stream(index: int) -> int:
-    """The current CUDA stream of device ``index`` as a raw handle (what Inductor's launchers call;
-    ``torch.cuda.current_stream().cuda_stream`` where that private entry point is missing)."""
-    import torch
-
-    get = getattr(torch._C, "_cuda_getCurrentRawStream", None)
-    return int(get(index)) if get is not None else torch.cuda.current_stream(index).cuda_stream
 
 
 def _vector(v: Any, name: str, x: Any) -> Any:
@@ -374,11 +371,13 @@ def launcher(cfg: dict[str, Any], op: int, eps: float, device: str) -> Any:
     smem_max = limits(device).shared_mem_bytes - 1024  # the kernel's static shared memory, with room
     kernels: dict[tuple, Any] = {}
 
-    def get(dtype: str, has_w: bool, has_b: bool) -> Any:
+    def get(dtype: Any, has_w: bool, has_b: bool) -> Any:
+        """The kernel for x of ``dtype`` (a torch dtype or its name), compiled and loaded once."""
         key = (dtype, has_w, has_b)
         k = kernels.get(key)
         if k is None:
-            k = kernels[key] = nvrtc.kernel(source(op, dtype, CL, NT, U, has_w, has_b), NAME, idx, SIGNATURE, OPTIONS)
+            name = str(dtype).removeprefix("torch.")
+            k = kernels[key] = nvrtc.kernel(source(op, name, CL, NT, U, has_w, has_b), NAME, idx, SIGNATURE, OPTIONS)
         return k
 
     def run(x, w=None, b=None):
@@ -390,7 +389,7 @@ def launcher(cfg: dict[str, Any], op: int, eps: float, device: str) -> Any:
         y = torch.empty((R, N), device=x2.device, dtype=x2.dtype)
         if R == 0 or N == 0:
             return y.reshape(x.shape)
-        k = get(str(x2.dtype).removeprefix("torch."), w is not None, b is not None)
+        k = get(x2.dtype, w is not None, b is not None)
         ve = 16 // x2.element_size()
         vpc, smem = layout(N, x2.element_size(), CL)
         if smem > smem_max:
@@ -407,12 +406,14 @@ def launcher(cfg: dict[str, Any], op: int, eps: float, device: str) -> Any:
         yp = y.data_ptr()
         args = (x2.data_ptr(), yp, w.data_ptr() if w is not None else yp, b.data_ptr() if b is not None else yp,
                 wt.data_ptr() if wt is not None else yp, bt.data_ptr() if bt is not None else yp, N, wrow, vpc, eps)  # fmt: skip
-        k.launch(R * CL, NT, smem, raw_stream(x2.device.index), args, cluster=CL)
+        k.launch(R * CL, NT, smem, nvrtc.current_stream(x2.device.index), args, cluster=CL)
+        run.last = k
         return y if x.dim() == 2 else y.reshape(x.shape)
 
     def prepare(dtype: str, arity: int = 1) -> None:
         """Compile and load the kernel a call with ``arity`` inputs (x, weight, bias) will launch."""
-        get(dtype, arity >= 2 and op in (1, 2), arity >= 3 and op == 1)
+        get(getattr(torch, dtype), *operands(op, arity))
 
     run.prepare = prepare
+    run.last = None  # the last launch's Kernel (its n_regs and n_spills)
     return run

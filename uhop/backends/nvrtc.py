@@ -193,6 +193,16 @@ class Kernel:
         _cu_check(driver().cuFuncGetAttribute(ctypes.byref(v), _ATTR[what], self.func), "cuFuncGetAttribute")
         return v.value
 
+    @property
+    def n_regs(self) -> int:
+        """Registers per thread (as Triton's compiled kernels report them)."""
+        return self.attribute("num_regs")
+
+    @property
+    def n_spills(self) -> int:
+        """Local memory per thread in bytes: spills (0 when everything fits in registers)."""
+        return self.attribute("local_bytes")
+
     def launch(self, grid: int, block: int, smem: int, stream: int, args: Any, cluster: int = 1) -> None:
         """``grid`` CTAs of ``block`` threads with ``smem`` bytes of dynamic shared memory on
         ``stream`` (a raw ``cudaStream_t``), in clusters of ``cluster`` CTAs (a launch attribute of
@@ -245,6 +255,15 @@ class _LaunchConfig(ctypes.Structure):  # CUlaunchConfig
 
 
 _modules: dict[tuple[str, int], Kernel] = {}
+
+
+def current_stream(index: int) -> int:
+    """The current CUDA stream of device ``index`` as a raw handle (what Inductor's launchers call;
+    ``torch.cuda.current_stream().cuda_stream`` where that private entry point is missing)."""
+    import torch
+
+    get = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    return int(get(index)) if get is not None else torch.cuda.current_stream(index).cuda_stream
 
 
 _primary: dict[int, int] = {}

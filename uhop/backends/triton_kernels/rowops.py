@@ -54,6 +54,17 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def _width(NV, VEC: tl.constexpr, ALIGNED: tl.constexpr):
+    """The row width N from the kernels' NV argument: in units of VEC when rows are aligned (so
+    Triton sees a multiple of VEC), in elements otherwise."""
+    if ALIGNED:
+        N = NV * VEC
+    else:
+        N = NV
+    return N
+
+
+@triton.jit
 def _bounds(start, N, VEC: tl.constexpr, ALIGNED: tl.constexpr):
     """Aligned body [a, a + nb) and head/tail lengths of the rows starting at ``start``."""
     end = start + N
@@ -171,10 +182,7 @@ def _row_kernel(
     # ALIGNED: N = NV * VEC and the row stride SV * VEC; else N = NV, row stride SV (== N: x and y
     # rows must have the same alignment, which build() ensures). The body is one tile of BLOCK
     # lanes, or BLOCK + BLOCK2 (5120 = 4096 + 1024): powers of two that waste fewer registers.
-    if ALIGNED:
-        N = NV * VEC
-    else:
-        N = NV
+    N = _width(NV, VEC, ALIGNED)
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     idx = tl.arange(0, BLOCK)

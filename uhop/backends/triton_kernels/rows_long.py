@@ -14,7 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from uhop.backends.triton_kernels.rowops import _bounds, _finish
+from uhop.backends.triton_kernels.rowops import _bounds, _finish, _width
 
 
 @triton.jit
@@ -81,10 +81,7 @@ def _split_kernel(
 ):  # fmt: skip
     # PHASE 0: one launch (publish, wait for siblings, write); 1: publish only; 2: write only.
     # Program t is chunk t % S of row t // S; SYNC: int32s between rows' counters.
-    if ALIGNED:
-        N = NV * VEC
-    else:
-        N = NV
+    N = _width(NV, VEC, ALIGNED)
     t = tl.program_id(0)
     row = t // S
     part = t % S
@@ -170,10 +167,7 @@ def _stream_kernel(
     OP: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, VEC: tl.constexpr, ALIGNED: tl.constexpr,
     BLOCK: tl.constexpr, STAGES: tl.constexpr,
 ):  # fmt: skip
-    if ALIGNED:
-        N = NV * VEC
-    else:
-        N = NV
+    N = _width(NV, VEC, ALIGNED)
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     idx = tl.arange(0, BLOCK)
@@ -387,10 +381,7 @@ def _split_persist_kernel(
     # order, so a group never waits on one that is not resident: as deadlock-free as _split_kernel).
     # After publishing row r's partials it loads row r + G's chunk, so those loads are in flight
     # while it waits for its siblings and writes row r. PHASE as in _split_kernel.
-    if ALIGNED:
-        N = NV * VEC
-    else:
-        N = NV
+    N = _width(NV, VEC, ALIGNED)
     t = tl.program_id(0)
     g = t // S
     part = t % S
