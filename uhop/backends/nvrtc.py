@@ -18,6 +18,7 @@ import ctypes
 import glob
 import hashlib
 import os
+import struct
 import sys
 import threading
 from pathlib import Path
@@ -159,22 +160,30 @@ def compile_cubin(source: str, name: str, arch: str, options: tuple[str, ...] = 
 _ATTR = {"max_dynamic_shared": 8, "num_regs": 4, "local_bytes": 3, "max_threads": 0, "non_portable_cluster": 14}
 
 
-#: kernel parameter kinds -> ctypes: a pointer, int32, int64, float32
-_KINDS = {"p": ctypes.c_void_p, "i": ctypes.c_int, "q": ctypes.c_longlong, "f": ctypes.c_float}
+#: kernel parameter kinds -> struct codes (native alignment: a kernel's parameter block is laid out
+#: as a C struct of them): a pointer, int32, int64, float32
+_KINDS = {"p": "P", "i": "i", "q": "q", "f": "f"}
+#: cuLaunchKernel's ``extra`` keys (cuda.h CU_LAUNCH_PARAM_*_AS_INT)
+_PARAM_END, _PARAM_BUFFER_POINTER, _PARAM_BUFFER_SIZE = 0, 1, 2
 
 
 class _Slots:
-    """One thread's packed launch: the parameter values, the array of their addresses and the
-    launch config, built once and refilled per launch (a launch then costs a few attribute sets
-    and one driver call, not a dozen ctypes allocations)."""
+    """One thread's packed launch: the parameters as one buffer (handed to the driver through
+    ``extra``, filled by one ``struct.pack_into``) and the launch config, built once and refilled
+    per launch: a launch costs one pack, a few attribute sets and one driver call."""
 
     def __init__(self, signature: str) -> None:
-        self.vals = [_KINDS[k]() for k in signature]
-        self.params = (ctypes.c_void_p * len(self.vals))(*[ctypes.addressof(v) for v in self.vals])
+        self.fmt = struct.Struct("@" + "".join(_KINDS[k] for k in signature))
+        self.buf = ctypes.create_string_buffer(max(8, self.fmt.size))
+        self.size = ctypes.c_size_t(self.fmt.size)
+        self.extra = (ctypes.c_void_p * 5)(_PARAM_BUFFER_POINTER, ctypes.addressof(self.buf), _PARAM_BUFFER_SIZE,
+                                           ctypes.addressof(self.size), _PARAM_END)  # fmt: skip
         self.attr = _LaunchAttribute(id=_CLUSTER_DIMENSION)
         self.cfg = _LaunchConfig()
         self.cfg.gridDimY = self.cfg.gridDimZ = self.cfg.blockDimY = self.cfg.blockDimZ = 1
         self.cfg.attrs = ctypes.pointer(self.attr)
+        self.cfg_ref = ctypes.byref(self.cfg)
+        self.ctx = False  # this thread has had the kernel's context made current once
 
 
 class Kernel:
@@ -187,6 +196,7 @@ class Kernel:
         self._smem = 0
         self._big_clusters = False
         self._local = threading.local()
+        self._occupancy: dict[tuple[int, int, int], int] = {}
 
     def attribute(self, what: str) -> int:
         v = ctypes.c_int()
@@ -209,34 +219,78 @@ class Kernel:
         ``cuLaunchKernelEx``: Hopper; ``grid`` must be a multiple of it)."""
         if len(args) != len(self.signature):
             raise ValueError(f"{self.name}: {len(self.signature)} arguments ({self.signature}), got {len(args)}")
+        slots = getattr(self._local, "slots", None)
+        if slots is None:
+            slots = self._local.slots = _Slots(self.signature)
+        if not slots.ctx:
+            _current_context(self.device)
+            slots.ctx = True
+        if (smem > 48 * 1024 and smem > self._smem) or (cluster > 8 and not self._big_clusters):
+            self._allow(smem, cluster)
+        slots.fmt.pack_into(slots.buf, 0, *args)
+        code = self._submit(slots, grid, block, smem, stream, cluster)
+        if code:  # another context current on this thread since (or none): ours, and once more
+            _current_context(self.device)
+            code = self._submit(slots, grid, block, smem, stream, cluster)
+        _cu_check(code, f"launching {self.name}" + (f" in clusters of {cluster}" if cluster > 1 else ""))
+
+    def _allow(self, smem: int, cluster: int) -> None:
+        """Opt the kernel in to ``smem`` bytes of dynamic shared memory (past 48 KB) and to clusters
+        of 16 (a non-portable size the H100 and H200 allow, per kernel)."""
         if smem > 48 * 1024 and smem > self._smem:
             _cu_check(driver().cuFuncSetAttribute(self.func, _ATTR["max_dynamic_shared"], ctypes.c_int(smem)),
                       f"{self.name}: {smem} bytes of dynamic shared memory")  # fmt: skip
             self._smem = smem
-        _current_context(self.device)
-        slots = getattr(self._local, "slots", None)
-        if slots is None:
-            slots = self._local.slots = _Slots(self.signature)
-        for holder, v in zip(slots.vals, args, strict=True):
-            holder.value = v
-        if cluster == 1:
-            _cu_check(driver().cuLaunchKernel(self.func, grid, 1, 1, block, 1, 1, smem, ctypes.c_void_p(stream),
-                                              slots.params, None), f"launching {self.name}")  # fmt: skip
-            return
-        if cluster > 8 and not self._big_clusters:  # 16: a non-portable size (H100, H200), allowed per kernel
+        if cluster > 8 and not self._big_clusters:
             _cu_check(driver().cuFuncSetAttribute(self.func, _ATTR["non_portable_cluster"], ctypes.c_int(1)),
                       f"{self.name}: clusters of {cluster}")  # fmt: skip
             self._big_clusters = True
+
+    def max_active_clusters(self, block: int, smem: int, cluster: int) -> int:
+        """How many clusters of ``cluster`` CTAs (``block`` threads, ``smem`` bytes of dynamic shared
+        memory each) the device runs at once: the driver's occupancy calculator, per config once."""
+        key = (block, smem, cluster)
+        got = self._occupancy.get(key)
+        if got is not None:
+            return got
+        _current_context(self.device)
+        self._allow(smem, cluster)
+        n = ctypes.c_int()
+        if cluster == 1:
+            _cu_check(driver().cuOccupancyMaxActiveBlocksPerMultiprocessor(ctypes.byref(n), self.func, block,
+                                                                           ctypes.c_size_t(smem)),
+                      "cuOccupancyMaxActiveBlocksPerMultiprocessor")  # fmt: skip
+            sms = ctypes.c_int()
+            _cu_check(driver().cuDeviceGetAttribute(ctypes.byref(sms), _MULTIPROCESSOR_COUNT, self.device),
+                      "cuDeviceGetAttribute")  # fmt: skip
+            got = n.value * sms.value
+        else:
+            s = _Slots(self.signature)
+            cfg = s.cfg
+            cfg.gridDimX, cfg.blockDimX, cfg.sharedMemBytes, cfg.hStream = cluster, block, smem, None
+            s.attr.value.cluster[0], s.attr.value.cluster[1], s.attr.value.cluster[2] = cluster, 1, 1
+            cfg.numAttrs = 1
+            _cu_check(driver().cuOccupancyMaxActiveClusters(ctypes.byref(n), self.func, s.cfg_ref),
+                      "cuOccupancyMaxActiveClusters")  # fmt: skip
+            got = n.value
+        got = self._occupancy[key] = max(1, got)
+        return got
+
+    def _submit(self, slots: _Slots, grid: int, block: int, smem: int, stream: int, cluster: int) -> int:
+        if cluster == 1:
+            return driver().cuLaunchKernel(self.func, grid, 1, 1, block, 1, 1, smem, ctypes.c_void_p(stream), None,
+                                           slots.extra)  # fmt: skip
         cfg = slots.cfg
         cfg.gridDimX, cfg.blockDimX, cfg.sharedMemBytes, cfg.hStream = grid, block, smem, stream
-        slots.attr.value.cluster[0], slots.attr.value.cluster[1], slots.attr.value.cluster[2] = cluster, 1, 1
+        v = slots.attr.value.cluster
+        v[0], v[1], v[2] = cluster, 1, 1
         cfg.numAttrs = 1
-        _cu_check(driver().cuLaunchKernelEx(ctypes.byref(cfg), self.func, slots.params, None),
-                  f"launching {self.name} in clusters of {cluster}")  # fmt: skip
+        return driver().cuLaunchKernelEx(slots.cfg_ref, self.func, None, slots.extra)
 
 
-#: CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION (cuda.h)
+#: CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT (cuda.h)
 _CLUSTER_DIMENSION = 4
+_MULTIPROCESSOR_COUNT = 16
 
 
 class _LaunchValue(ctypes.Union):  # CUlaunchAttributeValue: a 64-byte union
