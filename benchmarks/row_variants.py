@@ -142,16 +142,12 @@ def cuda_variants(op: str, R: int, N: int, dtype: str) -> list[tuple[str, dict[s
     item = {"bfloat16": 2, "float16": 2, "float32": 4}[dtype]
     smem = limits("cuda:0").shared_mem_bytes - 1024
     out: list[tuple[str, dict[str, Any]]] = [("split", {"CHUNK": 8192, "warps": 4, "phases": 1})]
-    tables = {"layernorm": 2, "rmsnorm": 1}.get(op, 0)
     for CL in (1, 2, 4, 8, 16):
         if layout(N, item, CL)[1] > smem:
             continue
         for threads in (256, 512, 1024):
             for U in (2, 4, 8) if threads == 512 else (4,):
                 out.append(("cuda", {"CL": CL, "threads": threads, "U": U}))
-        if tables and layout(N, item, CL, tables)[1] <= smem:  # persistent, weights staged in shared memory
-            for threads in (256, 512):
-                out.append(("cuda", {"CL": CL, "threads": threads, "U": 4, "P": 1}))
     return out
 
 

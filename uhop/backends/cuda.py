@@ -23,16 +23,12 @@ MIN_N = 16385
 TWO_PER_SM = 113 * 1024
 
 
-def configs(R: int, N: int, itemsize: int, sm: int, smem_max: int, cc: tuple[int, int],
-            tables: int = 0) -> list[dict[str, Any]]:  # fmt: skip
+def configs(R: int, N: int, itemsize: int, sm: int, smem_max: int, cc: tuple[int, int]) -> list[dict[str, Any]]:
     """Candidate configs, the expected best first. The first cluster is the smallest whose chunks
     let two CTAs share an SM (one loads while the other reduces or writes), grown while the rows
     give fewer CTAs than SMs; then the next cluster up with 512 and 256 threads, and two loads in
     flight instead of four. On the H100 (``row_variants_cuda_h100_fifteenth.json``) these four
-    hold the best config of every case but one (16 x 262144: 2% behind). Norms reading ``tables``
-    vectors (weight, bias) over rows enough for every cluster to take several (``R * CL >= 4 *
-    sm``) also get the persistent form (``P``: the tables staged in shared memory once per CTA)
-    at the smallest cluster whose chunk and tables let two CTAs share an SM, and the next up."""
+    hold the best config of every case but one (16 x 262144: 2% behind)."""
     from uhop.backends.cuda_rows import layout
 
     sizes = [c for c in ((1, 2, 4, 8) if cc[0] >= 9 else (1,)) if layout(N, itemsize, c)[1] <= smem_max - 1024]
@@ -51,13 +47,6 @@ def configs(R: int, N: int, itemsize: int, sm: int, smem_max: int, cc: tuple[int
     ):
         if c not in out:
             out.append(c)
-    if tables:
-        staged = [c for c in sizes if layout(N, itemsize, c, tables)[1] <= smem_max - 1024]
-        k = next((j for j, c in enumerate(staged) if layout(N, itemsize, c, tables)[1] <= TWO_PER_SM), None)
-        if k is not None:
-            for c in staged[k : k + 2]:
-                if R * c >= 4 * sm:
-                    out.insert(min(len(out), 1 + (c != staged[k])), {"CL": c, "threads": 512, "U": 4, "P": 1})
     return out
 
 
@@ -106,7 +95,6 @@ class CudaBackend(Backend):
     def candidates(self, problem: Problem) -> list[Candidate]:
         import torch
 
-        from uhop.backends import cuda_rows
         from uhop.backends.triton_kernels import limits
         from uhop.ops.base import ITEMSIZE
 
@@ -114,7 +102,7 @@ class CudaBackend(Backend):
         idx = int(problem.device.split(":")[1]) if ":" in problem.device else 0
         cc = torch.cuda.get_device_capability(idx)
         cfgs = configs(problem.dim["R"], problem.dim["N"], ITEMSIZE[problem.dtype], lim.sm_count,
-                       lim.shared_mem_bytes, cc, sum(cuda_rows.operands(cuda_rows.OPS[problem.op], problem.arity)))  # fmt: skip
+                       lim.shared_mem_bytes, cc)  # fmt: skip
         return [Candidate.of(self.name, "cluster", **c) for c in cfgs]
 
     def prebuild(self, candidate: Candidate, problem: Problem) -> None:
@@ -128,7 +116,7 @@ class CudaBackend(Backend):
         major, minor = torch.cuda.get_device_capability(idx)
         op, cfg = cuda_rows.OPS[problem.op], candidate.cfg
         src = cuda_rows.source(op, problem.dtype, int(cfg["CL"]), int(cfg["threads"]), int(cfg.get("U", 4)),
-                               *cuda_rows.operands(op, problem.arity), bool(cfg.get("P", 0)))  # fmt: skip
+                               *cuda_rows.operands(op, problem.arity))  # fmt: skip
         nvrtc.compile_cubin(src, cuda_rows.NAME, f"sm_{major}{minor}", cuda_rows.OPTIONS)
 
     def compile(self, candidate: Candidate, problem: Problem) -> Kernel:

@@ -21,9 +21,7 @@ aligned address).
 
 Config keys: ``CL`` (CTAs per row, a cluster of 1, 2, 4, 8 or 16, 16 being a non-portable size the H100 and
 H200 allow; shared memory per CTA is its chunk),
-``threads`` (per CTA), ``U`` (16-byte loads in flight per thread), ``P`` (1: a persistent grid of as
-many clusters as fit at once, looping over rows, each CTA with its columns of the weight and bias
-staged in shared memory once; 0, the default: one cluster per row, weights read from L2 per row).
+``threads`` (per CTA), ``U`` (16-byte loads in flight per thread).
 """
 
 from __future__ import annotations
@@ -107,26 +105,6 @@ __device__ __forceinline__ void st_stream(uint4* p, uint4 v) {
                : "memory");
 }
 
-#if STAGE
-// VE values of T from element e0 of a table staged in shared memory, whatever e0's alignment (16-bit
-// values at an odd e0: five words funnel-shifted by one value)
-__device__ __forceinline__ uint4 ld_staged(const T* s, int e0) {
-  const u32* s32 = (const u32*)s;
-#if DT == 2
-  return make_uint4(s32[e0], s32[e0 + 1], s32[e0 + 2], s32[e0 + 3]);
-#else
-  s32 += e0 >> 1;
-  const u32 a0 = s32[0], a1 = s32[1], a2 = s32[2], a3 = s32[3];
-  if (e0 & 1) {
-    const u32 a4 = s32[4];
-    return make_uint4(__funnelshift_r(a0, a1, 16), __funnelshift_r(a1, a2, 16), __funnelshift_r(a2, a3, 16),
-                      __funnelshift_r(a3, a4, 16));
-  }
-  return make_uint4(a0, a1, a2, a3);
-#endif
-}
-#endif
-
 // Partial statistics: softmax (a: max, b: sum of exp(x - a)); layernorm (a: sum of x - shift,
 // b: sum of (x - shift)^2); rmsnorm (b: sum of x^2).
 struct Stat { float a, b; };
@@ -189,43 +167,21 @@ __device__ __forceinline__ float ld_peer(u32 addr, u32 rank) {
 }
 #endif
 
-// launched in clusters of CL CTAs (a launch attribute): rank = cluster_ctarank; cluster c takes rows
-// c, c + clusters, ... (one row each when the grid has a cluster per row; a persistent grid loops)
+// launched in clusters of CL CTAs (a launch attribute): rank = cluster_ctarank, row = clusterid.x
 extern "C" __global__ void __launch_bounds__(NT)
 uhop_rows(const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ w, const T* __restrict__ b,
-          const T* __restrict__ wt, const T* __restrict__ bt, int N, long long wrow, int vpc, float eps, int R) {
+          const T* __restrict__ wt, const T* __restrict__ bt, int N, long long wrow, int vpc, float eps) {
   extern __shared__ uint4 buf[];
   __shared__ float red[64];
   __shared__ float part[2];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 #if CL > 1
-  u32 rank, first, stride;
+  u32 rank, row;
   asm("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
-  asm("mov.u32 %0, %%clusterid.x;" : "=r"(first));
-  asm("mov.u32 %0, %%nclusterid.x;" : "=r"(stride));
+  asm("mov.u32 %0, %%clusterid.x;" : "=r"(row));
 #else
-  const u32 rank = 0, first = blockIdx.x, stride = gridDim.x;
+  const u32 rank = 0, row = blockIdx.x;
 #endif
-#if STAGE
-  // this CTA's columns of w and b staged once in shared memory after its chunk of x, from the
-  // aligned column rank * vpc * VE: every row it takes reads them from here, not from L2
-  T* const ws = (T*)(buf + vpc);
-  T* const bs = ws + (vpc + 2) * VE;
-  {
-    const int c0 = rank * vpc * VE, ns = (vpc + 2) * VE;
-    for (int j = tid; j < ns; j += NT) {
-      const int c = c0 + j;
-#if HAS_W
-      ws[j] = c < N ? w[c] : (T)0;
-#endif
-#if HAS_B
-      bs[j] = c < N ? b[c] : (T)0;
-#endif
-    }
-    __syncthreads();
-  }
-#endif
-  for (u32 row = first; row < (u32)R; row += stride) {
   const T* xr = x + (long long)row * N;
   T* yr = y + (long long)row * N;
   int hd = (int)(((16u - ((u32)(u64)xr & 15u)) & 15u) / ES);
@@ -302,19 +258,11 @@ uhop_rows(const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ w, c
         unpack(buf[i], f);
 #if HAS_W
         float fw[VE];
-#if STAGE
-        unpack(hd == 0 ? ((const uint4*)ws)[i] : ld_staged(ws, i * VE + hd), fw);
-#else
         unpack(ld_keep(wv + i), fw);
-#endif
 #endif
 #if HAS_B
         float fb[VE];
-#if STAGE
-        unpack(hd == 0 ? ((const uint4*)bs)[i] : ld_staged(bs, i * VE + hd), fb);
-#else
         unpack(ld_keep(bv + i), fb);
-#endif
 #endif
 #pragma unroll
         for (int k = 0; k < VE; k++) {
@@ -360,29 +308,26 @@ uhop_rows(const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ w, c
 #if CL > 1
   asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
 #endif
-  }
 }
 """
 
 NAME = "uhop_rows"
-#: uhop_rows's parameters: x, y, w, b, wt, bt, N, wrow, vpc, eps, R
-SIGNATURE = "ppppppiqifi"
+#: uhop_rows's parameters: x, y, w, b, wt, bt, N, wrow, vpc, eps
+SIGNATURE = "ppppppiqif"
 #: NVRTC options: approximate exp2 / reciprocal / rsqrt (one MUFU instruction each; statistics and
 #: outputs are checked against float64 at each dtype's tolerance like every candidate)
 OPTIONS = ("--use_fast_math",)
 
 
-def source(op: int, dtype: str, CL: int, threads: int, U: int, has_w: bool, has_b: bool, stage: bool = False) -> str:
-    """The kernel's source for one specialization (macros ahead of :data:`SOURCE`); ``stage``:
-    the weight and bias staged in shared memory once per CTA (a persistent grid's kernel)."""
+def source(op: int, dtype: str, CL: int, threads: int, U: int, has_w: bool, has_b: bool) -> str:
+    """The kernel's source for one specialization (macros ahead of :data:`SOURCE`)."""
     if CL not in (1, 2, 4, 8, 16):
         raise ValueError(f"CL: a cluster of 1, 2, 4, 8 or 16 CTAs, got {CL!r}")
     if threads not in (128, 256, 512, 1024):
         raise ValueError(f"threads: 128, 256, 512 or 1024, got {threads!r}")
     if U not in (1, 2, 4, 8):
         raise ValueError(f"U: 1, 2, 4 or 8 loads in flight per thread, got {U!r}")
-    defs = dict(DT=DTYPES[dtype], OP=op, CL=CL, NT=threads, U=U, HAS_W=int(has_w), HAS_B=int(has_b),
-                STAGE=int(bool(stage) and (has_w or has_b)))  # fmt: skip
+    defs = dict(DT=DTYPES[dtype], OP=op, CL=CL, NT=threads, U=U, HAS_W=int(has_w), HAS_B=int(has_b))
     return "".join(f"#define {k} {v}\n" for k, v in defs.items()) + SOURCE
 
 
@@ -392,13 +337,12 @@ def operands(op: int, arity: int) -> tuple[bool, bool]:
     return arity >= 2 and op in (1, 2), arity >= 3 and op == 1
 
 
-def layout(N: int, itemsize: int, CL: int, tables: int = 0) -> tuple[int, int]:
+def layout(N: int, itemsize: int, CL: int) -> tuple[int, int]:
     """(vectors per CTA, dynamic shared memory bytes) for rows of N: a row's aligned body has at
-    most N // VE 16-byte vectors, split over CL CTAs; ``tables`` staged vectors (weight, bias) take
-    vpc + 2 vectors each after the chunk (a row's body may start up to VE - 1 values in)."""
+    most N // VE 16-byte vectors, split over CL CTAs."""
     ve = 16 // itemsize
     vpc = -(-(N // ve) // CL)
-    return vpc, max(16, vpc * 16 + tables * (vpc + 2) * 16)
+    return vpc, max(16, vpc * 16)
 
 
 def _vector(v: Any, name: str, x: Any) -> Any:
@@ -413,17 +357,14 @@ def _vector(v: Any, name: str, x: Any) -> Any:
 
 
 def launcher(cfg: dict[str, Any], op: int, eps: float, device: str) -> Any:
-    """The kernel ``run(x, w=None, b=None) -> y`` for op code ``op`` (torch CUDA tensors). Config
-    ``P`` 1: a persistent grid, whose CTAs stage their columns of the weight and bias in shared
-    memory once and take row after row (norms over many rows: the weights are not re-read from L2
-    per row)."""
+    """The kernel ``run(x, w=None, b=None) -> y`` for op code ``op`` (torch CUDA tensors)."""
     import torch
 
     from uhop.backends import nvrtc
     from uhop.backends.triton_kernels import limits
     from uhop.backends.triton_kernels.rowops import ShiftedTables
 
-    CL, NT, U, P = int(cfg["CL"]), int(cfg["threads"]), int(cfg.get("U", 4)), bool(cfg.get("P", 0))
+    CL, NT, U = int(cfg["CL"]), int(cfg["threads"]), int(cfg.get("U", 4))
     dev = torch.device(device)
     idx = dev.index if dev.index is not None else torch.cuda.current_device()
     tables = ShiftedTables()
@@ -436,8 +377,7 @@ def launcher(cfg: dict[str, Any], op: int, eps: float, device: str) -> Any:
         k = kernels.get(key)
         if k is None:
             name = str(dtype).removeprefix("torch.")
-            k = kernels[key] = nvrtc.kernel(source(op, name, CL, NT, U, has_w, has_b, P), NAME, idx, SIGNATURE,
-                                            OPTIONS)  # fmt: skip
+            k = kernels[key] = nvrtc.kernel(source(op, name, CL, NT, U, has_w, has_b), NAME, idx, SIGNATURE, OPTIONS)
         return k
 
     def run(x, w=None, b=None):
@@ -451,26 +391,22 @@ def launcher(cfg: dict[str, Any], op: int, eps: float, device: str) -> Any:
             return y.reshape(x.shape)
         k = get(x2.dtype, w is not None, b is not None)
         ve = 16 // x2.element_size()
-        stage = (w is not None) + (b is not None) if P else 0
-        vpc, smem = layout(N, x2.element_size(), CL, stage)
+        vpc, smem = layout(N, x2.element_size(), CL)
         if smem > smem_max:
-            raise ValueError(f"rows of {N} {x2.dtype} need {smem} bytes of shared memory per CTA in clusters of {CL}"
-                             f"{' with the weights staged' if stage else ''}; the device allows {smem_max}: a larger CL")  # fmt: skip
+            raise ValueError(f"rows of {N} {x2.dtype} need {smem} bytes of shared memory per CTA in clusters of {CL}; "
+                             f"the device allows {smem_max}: a larger CL")  # fmt: skip
         w, b = _vector(w, "w", x2), _vector(b, "b", x2)
         wrow = 0
         wt, bt = w, b
-        if N % ve and not stage:  # misaligned rows: body weights from the shifted tables (row hd: w[hd + j])
+        if N % ve:  # misaligned rows: body weights from the shifted tables (row hd: w[hd + j])
             npv = -(-N // ve)
             wrow = npv * ve
             wt = tables.get(w, ve, npv) if w is not None else None
             bt = tables.get(b, ve, npv) if b is not None else None
         yp = y.data_ptr()
         args = (x2.data_ptr(), yp, w.data_ptr() if w is not None else yp, b.data_ptr() if b is not None else yp,
-                wt.data_ptr() if wt is not None else yp, bt.data_ptr() if bt is not None else yp, N, wrow, vpc, eps,
-                R)  # fmt: skip
-        # persistent (P): as many clusters as fit on the device at once, each looping over rows
-        clusters = min(R, k.max_active_clusters(NT, smem, CL)) if P else R
-        k.launch(clusters * CL, NT, smem, nvrtc.current_stream(x2.device.index), args, cluster=CL)
+                wt.data_ptr() if wt is not None else yp, bt.data_ptr() if bt is not None else yp, N, wrow, vpc, eps)  # fmt: skip
+        k.launch(R * CL, NT, smem, nvrtc.current_stream(x2.device.index), args, cluster=CL)
         run.last = k
         return y if x.dim() == 2 else y.reshape(x.shape)
 

@@ -196,7 +196,6 @@ class Kernel:
         self._smem = 0
         self._big_clusters = False
         self._local = threading.local()
-        self._occupancy: dict[tuple[int, int, int], int] = {}
 
     def attribute(self, what: str) -> int:
         v = ctypes.c_int()
@@ -246,36 +245,6 @@ class Kernel:
                       f"{self.name}: clusters of {cluster}")  # fmt: skip
             self._big_clusters = True
 
-    def max_active_clusters(self, block: int, smem: int, cluster: int) -> int:
-        """How many clusters of ``cluster`` CTAs (``block`` threads, ``smem`` bytes of dynamic shared
-        memory each) the device runs at once: the driver's occupancy calculator, per config once."""
-        key = (block, smem, cluster)
-        got = self._occupancy.get(key)
-        if got is not None:
-            return got
-        _current_context(self.device)
-        self._allow(smem, cluster)
-        n = ctypes.c_int()
-        if cluster == 1:
-            _cu_check(driver().cuOccupancyMaxActiveBlocksPerMultiprocessor(ctypes.byref(n), self.func, block,
-                                                                           ctypes.c_size_t(smem)),
-                      "cuOccupancyMaxActiveBlocksPerMultiprocessor")  # fmt: skip
-            sms = ctypes.c_int()
-            _cu_check(driver().cuDeviceGetAttribute(ctypes.byref(sms), _MULTIPROCESSOR_COUNT, self.device),
-                      "cuDeviceGetAttribute")  # fmt: skip
-            got = n.value * sms.value
-        else:
-            s = _Slots(self.signature)
-            cfg = s.cfg
-            cfg.gridDimX, cfg.blockDimX, cfg.sharedMemBytes, cfg.hStream = cluster, block, smem, None
-            s.attr.value.cluster[0], s.attr.value.cluster[1], s.attr.value.cluster[2] = cluster, 1, 1
-            cfg.numAttrs = 1
-            _cu_check(driver().cuOccupancyMaxActiveClusters(ctypes.byref(n), self.func, s.cfg_ref),
-                      "cuOccupancyMaxActiveClusters")  # fmt: skip
-            got = n.value
-        got = self._occupancy[key] = max(1, got)
-        return got
-
     def _submit(self, slots: _Slots, grid: int, block: int, smem: int, stream: int, cluster: int) -> int:
         if cluster == 1:
             return driver().cuLaunchKernel(self.func, grid, 1, 1, block, 1, 1, smem, ctypes.c_void_p(stream), None,
@@ -288,9 +257,8 @@ class Kernel:
         return driver().cuLaunchKernelEx(slots.cfg_ref, self.func, None, slots.extra)
 
 
-#: CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT (cuda.h)
+#: CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION (cuda.h)
 _CLUSTER_DIMENSION = 4
-_MULTIPROCESSOR_COUNT = 16
 
 
 class _LaunchValue(ctypes.Union):  # CUlaunchAttributeValue: a 64-byte union
