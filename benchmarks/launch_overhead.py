@@ -1,4 +1,5 @@
-"""Host time per call of small GPU row ops: torch eager, the Triton row launchers, the CUDA cluster
+"""Host time per call of small GPU row ops: torch eager, the Triton row launchers (direct launches
+of the compiled kernel, and through Triton's JIT for comparison), the CUDA cluster
 launcher (rows past 16K), and the product
 path (``uhop.ops.softmax`` with its pick stored), each run back to back N times with one
 synchronize at the end, so a host-bound call shows its host cost; GPU time per call from CUDA
@@ -63,6 +64,15 @@ def main(argv: list[str] | None = None) -> int:
              "empty+zeros": per_call_us(lambda: (torch.empty(R * 24, device="cuda"),
                                                   torch.zeros(R * 32, device="cuda", dtype=torch.int32))),
              "uhop.ops": per_call_us(lambda: uhop.ops.softmax(x))}  # fmt: skip
+        # the Triton launchers as served (direct launches of the compiled kernel) and through the JIT
+        from uhop.backends.triton_kernels import rows_long, rowops
+
+        for name, lk in (("split", rows_long.split), ("row", rowops._row)):
+            if name == "row" and row is None:
+                continue
+            lk._direct = False
+            r[f"{name}_jit"] = per_call_us(lambda name=name: (split if name == "split" else row)(x))
+            lk._direct = None
         if row is not None:
             r["row"] = per_call_us(lambda: row(x))
         else:  # the CUDA backend's cluster kernel (launched through ctypes, no Triton launch path)

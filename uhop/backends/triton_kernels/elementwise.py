@@ -24,6 +24,7 @@ import sys
 from typing import Any
 
 from uhop.backends.triton_kernels import Limits
+from uhop.backends.triton_kernels.launch import Launcher
 from uhop.ops import expr as ex
 
 #: expr function -> Triton expression template over its arguments ({0}, {1})
@@ -274,7 +275,7 @@ def build(template: str, cfg: dict[str, Any], problem: Any) -> Any:
     reduce = problem.param.get("reduce", "none")
     if (template == "rowsum") != (reduce != "none"):
         raise ValueError(f"template {template!r} does not serve reduce={reduce!r}")
-    kern = load_kernel(e, n_in, forms, reduce)
+    kern = Launcher(load_kernel(e, n_in, forms, reduce))  # direct launches once compiled
     warps = cfg["warps"]
     out_dtype = getattr(torch, problem.dtype)  # the result's: with mixed inputs, not x0's
 
@@ -291,10 +292,10 @@ def build(template: str, cfg: dict[str, Any], problem: Any) -> Any:
             grid = (triton.cdiv(r, rows), parts)
             if parts == 1:
                 out = torch.empty(shape[:-1], device=xs[0].device, dtype=out_dtype)
-                kern[grid](*flat, out, r, c, span, ROWS=rows, BLOCK=block, PARTIAL=False, num_warps=warps)
+                kern(grid, *flat, out, r, c, span, ROWS=rows, BLOCK=block, PARTIAL=False, num_warps=warps)
                 return out
             ws = torch.empty((r, parts), device=xs[0].device, dtype=torch.float32)
-            kern[grid](*flat, ws, r, c, span, ROWS=rows, BLOCK=block, PARTIAL=True, num_warps=warps)
+            kern(grid, *flat, ws, r, c, span, ROWS=rows, BLOCK=block, PARTIAL=True, num_warps=warps)
             if reduce == "max":
                 y = ws.amax(dim=1)
             else:
@@ -316,7 +317,7 @@ def build(template: str, cfg: dict[str, Any], problem: Any) -> Any:
         blocks = triton.cdiv(n, block)
         grid = blocks if cfg["grid"] == "full" else min(blocks, int(cfg["grid"]) * sm)
         c = shape[-1] if shape else 1
-        kern[(grid,)](*flat, out, n, c, BLOCK=block, EVEN=n % block == 0, WIDE=n + block >= 2**31, LOOP=grid < blocks,
+        kern((grid,), *flat, out, n, c, BLOCK=block, EVEN=n % block == 0, WIDE=n + block >= 2**31, LOOP=grid < blocks,
                       num_warps=warps)  # fmt: skip
         return out
 

@@ -44,6 +44,7 @@ import triton
 import triton.language as tl
 
 from uhop.backends.triton_kernels import Limits, next_pow2
+from uhop.backends.triton_kernels.launch import Launcher
 
 #: op -> kernel op code. 3 (log-softmax) is served by the kernels but has no op definition yet.
 OPS = {"softmax": 0, "layernorm": 1, "rmsnorm": 2, "log_softmax": 3}
@@ -434,6 +435,9 @@ class SplitScratch:
         return sync, ws
 
 
+_row = Launcher(_row_kernel)
+
+
 def launcher(template: str, cfg: dict[str, Any], op: int, eps: float, device: str) -> Any:
     """The kernel for op code ``op`` (see OPS; the tests reach log-softmax, which has no op
     definition yet, through here)."""
@@ -458,7 +462,7 @@ def launcher(template: str, cfg: dict[str, Any], op: int, eps: float, device: st
         if not x2.is_contiguous():  # x and y rows must share their alignment
             x2 = x2.contiguous()
         R = x2.shape[0]
-        y = torch.empty((R, N), device=x.device, dtype=x.dtype)
+        y = torch.empty_like(x2)  # contiguous (R, N); half the host time of torch.empty(shape, device=, dtype=)
         w = None if w is None else w.contiguous()
         b = None if b is None else b.contiguous()
         wt = w if w is not None else y
@@ -468,7 +472,7 @@ def launcher(template: str, cfg: dict[str, Any], op: int, eps: float, device: st
             raise ValueError(f"residual: the row template fuses one of x's shape {tuple(x.shape)}; got "
                              f"{tuple(residual.shape)} with template {template!r}")  # fmt: skip
         if template == "loop":
-            lk._row_loop_kernel[(R,)](
+            lk.row_loop((R,), 
                 x2, wt, bt, y, N, N, N, eps, BLOCK=cfg["BLOCK"], num_warps=warps, **regs, **flags
             )
             return y.reshape(x.shape)
@@ -492,14 +496,14 @@ def launcher(template: str, cfg: dict[str, Any], op: int, eps: float, device: st
                 h = torch.empty_like(y)
             extra = {"num_ctas": cfg["ctas"]} if cfg.get("ctas", 1) > 1 else {}  # a cluster per program (Hopper)
             extra.update(regs)
-            run.last = _row_kernel[(grid,)](x2, wt, bt, y, r, h, R, nv, nv, eps, wtab, btab, npv, ROWS=rows, BLOCK=b1, BLOCK2=b2,
+            run.last = _row((grid,), x2, wt, bt, y, r, h, R, nv, nv, eps, wtab, btab, npv, ROWS=rows, BLOCK=b1, BLOCK2=b2,
                                  STAGES=cfg["stages"], HAS_R=residual is not None, num_warps=warps, **extra, **flags)  # fmt: skip
             if residual is not None:
                 return y.reshape(x.shape), h.reshape(x.shape)
             return y.reshape(x.shape)
         if template == "stream":
             grid = min(R, int(cfg["grid"]) * sm)
-            run.last = lk._stream_kernel[(grid,)](x2, wt, bt, y, R, nv, eps, wtab, btab, npv, BLOCK=cfg["BLOCK"],
+            run.last = lk.stream((grid,), x2, wt, bt, y, R, nv, eps, wtab, btab, npv, BLOCK=cfg["BLOCK"],
                                                   STAGES=cfg["stages"], num_warps=warps, **regs, **flags)  # fmt: skip
             return y.reshape(x.shape)
         chunk = cfg["CHUNK"]
@@ -519,20 +523,20 @@ def launcher(template: str, cfg: dict[str, Any], op: int, eps: float, device: st
             cap = regs or {"maxnreg": min(255, 65536 // (per_sm * 32 * warps)) // 8 * 8}
             common = dict(CHUNK=chunk, SP=next_pow2(S), num_warps=warps, SPIN=cfg.get("spin", 0), SYNC=sstride, **cap, **flags)
             if cfg.get("phases", 1) == 1:
-                run.last = lk._split_persist_kernel[(G * S,)](x2, wt, bt, y, ws, sync, R, nv, nv, S, G, eps, wtab, btab,
+                run.last = lk.split_persist((G * S,), x2, wt, bt, y, ws, sync, R, nv, nv, S, G, eps, wtab, btab,
                                                               npv, PHASE=0, **common)  # fmt: skip
             else:
                 for phase in (1, 2):
-                    lk._split_persist_kernel[(G * S,)](x2, wt, bt, y, ws, ws, R, nv, nv, S, G, eps, wtab, btab, npv,
+                    lk.split_persist((G * S,), x2, wt, bt, y, ws, ws, R, nv, nv, S, G, eps, wtab, btab, npv,
                                                        PHASE=phase, **common)  # fmt: skip
             return y.reshape(x.shape)
         common = dict(CHUNK=chunk, SP=next_pow2(S), num_warps=warps, SPIN=cfg.get("spin", 0), SYNC=sstride, **regs, **flags)
         if cfg.get("phases", 1) == 1:
-            run.last = lk._split_kernel[(R * S,)](x2, wt, bt, y, ws, sync, nv, nv, S, eps, wtab, btab, npv, PHASE=0,
+            run.last = lk.split((R * S,), x2, wt, bt, y, ws, sync, nv, nv, S, eps, wtab, btab, npv, PHASE=0,
                                                  **common)  # fmt: skip
         else:
             for phase in (1, 2):
-                lk._split_kernel[(R * S,)](x2, wt, bt, y, ws, ws, nv, nv, S, eps, wtab, btab, npv, PHASE=phase,
+                lk.split((R * S,), x2, wt, bt, y, ws, ws, nv, nv, S, eps, wtab, btab, npv, PHASE=phase,
                                            **common)  # fmt: skip
         return y.reshape(x.shape)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from uhop.backends.triton_kernels.launch import Launcher
 from uhop.backends.triton_kernels.rowops import _bounds, _finish, _width
 
 
@@ -416,3 +417,8 @@ def _split_persist_kernel(
         xt = nxt
         tmask = ntm
         start = nstart
+
+
+#: direct launchers (uhop.backends.triton_kernels.launch) for rowops.launcher
+split, row_loop, stream, split_persist = (Launcher(k) for k in (_split_kernel, _row_loop_kernel, _stream_kernel,
+                                                                 _split_persist_kernel))  # fmt: skip
