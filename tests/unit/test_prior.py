@@ -125,3 +125,18 @@ def test_cuda_cluster_rows_rank_by_dtype():
     for dtype, cuda_first in (("bfloat16", True), ("float16", True), ("float32", False)):
         p = Problem.make("softmax", {"R": 8192, "N": 50257}, dtype, device="cuda:0", array="torch")
         assert (prior_s(cuda, p) < prior_s(triton, p)) is cuda_first, dtype
+
+
+def test_a_candidate_built_ahead_is_not_expected_to_pay_its_backends_compiles():
+    """The slowest recent evaluation sets the expectation; for a candidate the precompile pool
+    builds, less the compile in it (its wait for the build is counted apart)."""
+    from uhop.tune import tuner
+
+    p = Problem.make("softmax", {"R": 64, "N": 4096}, "float32")
+    b = bk.get("numpy")
+    c = b.candidates(p)[0]
+    took = {b.name: [(3.2, 2.9), (0.4, 0.1)]}  # the first compiled in the worker, the second loaded
+    cold = tuner._expected_s(took, b, c, p, trials=2, scale=1.0)
+    warm = tuner._expected_s(took, b, c, p, trials=2, scale=1.0, ahead=True)
+    assert cold == pytest.approx(3.2) and warm == pytest.approx(0.3, abs=0.05)
+    assert tuner._expected_s({}, b, c, p, trials=2, scale=1.0, ahead=True) >= b.eval_s  # nothing measured yet

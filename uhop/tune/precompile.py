@@ -67,6 +67,11 @@ class Precompiler:
                     self._queue.append((c, pj))
             self._cond.notify_all()
 
+    def ahead(self, candidate: Candidate) -> bool:
+        """Whether ``candidate`` is built here (queued, building or built), not by its evaluation."""
+        with self._cond:
+            return self._state.get(candidate) in ("queued", "running", "done")
+
     def pending_s(self, candidate: Candidate, default_s: float) -> float:
         """Seconds ``candidate``'s evaluation may still wait for its build: 0 when it is built (or
         not queued here), else the slowest build finished so far (``default_s`` before any)."""

@@ -257,17 +257,22 @@ def _trials_for(problem: Problem, wanted: int) -> int:
     return min(wanted, 2) if elements > (1 << 22) else wanted
 
 
-def _expected_s(took: Mapping[str, list[float]], backend: Backend, cand: Candidate, problem: Problem,
-                trials: int, scale: float) -> float:  # fmt: skip
+def _expected_s(took: Mapping[str, list[tuple[float, float]]], backend: Backend, cand: Candidate, problem: Problem,
+                trials: int, scale: float, ahead: bool = False) -> float:  # fmt: skip
     """How long evaluating ``cand`` may take: the slowest of its backend's last three evaluations
     (a JIT compile varies with the config; starting one that overruns costs the whole budget's
     promise), or before its first the backend's own estimate (``Backend.eval_s``); at least the
     calls it will make (validation, timing) at its expected time per call, the roofline prior
-    scaled by what the measured candidates showed of this machine (``scale``)."""
+    scaled by what the measured candidates showed of this machine (``scale``). ``took`` holds
+    (seconds, of which compiling) per evaluation; a candidate built ``ahead`` by the precompile
+    pool (its wait for that build is counted apart) is expected to cost those evaluations less
+    their compiles: on the H100 a softmax's first Triton evaluation, compiled in the worker,
+    made the tuner skip three precompiled candidates as "budget spent" with half the budget
+    left (width_sweep_h100_product.json, sixteenth session, 12192 x 11008 bf16)."""
     from uhop.tune.prior import prior_s
 
     recent = took.get(backend.name, [])[-3:]
-    base = max(recent) if recent else backend.eval_s
+    base = max(e - (c if ahead else 0.0) for e, c in recent) if recent else backend.eval_s
     per_call = prior_s(cand, problem) * scale
     return max(base, per_call * (2 * trials + 4) + settings().bench_min_s)
 
@@ -440,7 +445,7 @@ def _budgeted(
     # the same process pays neither; --explain and the JSON report both.
     deadline = t_start + probe_s + budget
     cold = iso is not None  # the first isolated evaluation waits for the worker's start: off the budget too
-    took: dict[str, list[float]] = {}  # seconds per evaluation, by backend
+    took: dict[str, list[tuple[float, float]]] = {}  # (seconds, of which compiling) per evaluation, by backend
     scale = 1.0  # measured / prior time per call of the candidates timed so far (this machine, now)
     try:
         for i, cand in enumerate(order):
@@ -448,7 +453,8 @@ def _budgeted(
                 measurements.extend(Measurement(c, "skipped", "policy=fast") for c in order[i:])
                 break
             if best is not None and (
-                time.monotonic() + _expected_s(took, by_name[cand.backend], cand, problem, trials, scale)
+                time.monotonic() + _expected_s(took, by_name[cand.backend], cand, problem, trials, scale,
+                                               pre is not None and pre.ahead(cand))  # fmt: skip
                 + (pre.pending_s(cand, by_name[cand.backend].eval_s) if pre is not None else 0.0)  # its build, if not done
                 + _build_reserve_s(best, measurements, budget, kernels) + _retime_reserve_s(measurements, best, budget, vendors)
                 > deadline - END_MARGIN * budget
@@ -479,7 +485,7 @@ def _budgeted(
                     setup = time.monotonic() - t0
                     overhead["reference"] += setup
                 m, kernel = evaluate(cand, by_name[cand.backend], problem, vset, time_it=policy == "tune", cutoff_s=cutoff)
-            took.setdefault(cand.backend, []).append(time.monotonic() - t0 - setup)
+            took.setdefault(cand.backend, []).append((time.monotonic() - t0 - setup, dict(m.phases).get("compile", 0.0)))
             measurements.append(m)
             if m.ok and kernel is not None:
                 kernels[cand] = kernel
