@@ -2,9 +2,10 @@
 JIT's per-call binding.
 
 ``JITFunction.run`` re-derives, on every call, the specialization of each argument, the cache key,
-the current device and stream, launch metadata and hooks (12.3 us of host time per launch on the
-H100 machine, 2026-12-06, against 5.5 us for calling the compiled kernel's launcher directly:
-``.gpu-scratch`` diagnosis, ``benchmarks/launch_overhead.py``). Memory-bound kernels of a few
+the current device and stream, launch metadata and hooks (12.3 us of host time per launch of a
+small kernel on the H100 machine, 2026-12-06, against 5.5 us for calling the compiled kernel's
+launcher directly; ``benchmarks/launch_overhead.py`` times the row launchers both ways,
+``launch_overhead_h100_sixteenth.json``). Memory-bound kernels of a few
 microseconds are host-bound at that rate. :class:`Launcher` keeps, per specialization, the
 compiled kernel the JIT returned, and calls its launcher directly, as Inductor's generated
 launchers do (``torch/_inductor/runtime/triton_heuristics.py``).
