@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                                                   torch.zeros(R * 32, device="cuda", dtype=torch.int32))),
              "uhop.ops": per_call_us(lambda: uhop.ops.softmax(x))}  # fmt: skip
         # the Triton launchers as served (direct launches of the compiled kernel) and through the JIT
-        from uhop.backends.triton_kernels import rows_long, rowops
+        from uhop.backends.triton_kernels import rowops, rows_long
 
         for name, lk in (("split", rows_long.split), ("row", rowops._row)):
             if name == "row" and row is None:

@@ -472,9 +472,7 @@ def launcher(template: str, cfg: dict[str, Any], op: int, eps: float, device: st
             raise ValueError(f"residual: the row template fuses one of x's shape {tuple(x.shape)}; got "
                              f"{tuple(residual.shape)} with template {template!r}")  # fmt: skip
         if template == "loop":
-            lk.row_loop((R,), 
-                x2, wt, bt, y, N, N, N, eps, BLOCK=cfg["BLOCK"], num_warps=warps, **regs, **flags
-            )
+            lk.row_loop((R,), x2, wt, bt, y, N, N, N, eps, BLOCK=cfg["BLOCK"], num_warps=warps, **regs, **flags)
             return y.reshape(x.shape)
         vec = 16 // x2.element_size()
         aligned = N % vec == 0
