@@ -131,3 +131,24 @@ def test_backend_declines_without_a_gpu():
     assert not b.supports(p)  # float32: Triton's split led on the H100
     p = Problem.make("rmsnorm", {"R": 8, "N": 50257}, "bfloat16", {"eps": 1e-6}, device="cuda:0", array="torch")
     assert b.supports(p)
+
+
+def test_launch_parameters_pack_as_the_kernels_parameter_block():
+    """One buffer, laid out as the C struct of uhop_rows's parameters (natural alignment: the
+    int64 after an int32 starts 8 bytes in, not 4), handed to the driver through ``extra``."""
+    import ctypes
+    import struct
+
+    class Params(ctypes.Structure):  # uhop_rows(x, y, w, b, wt, bt, int N, long long wrow, int vpc, float eps)
+        _fields_ = [*((n, ctypes.c_void_p) for n in ("x", "y", "w", "b", "wt", "bt")), ("N", ctypes.c_int),
+                    ("wrow", ctypes.c_longlong), ("vpc", ctypes.c_int), ("eps", ctypes.c_float)]  # fmt: skip
+
+    s = nvrtc._Slots(cuda_rows.SIGNATURE)
+    args = (0x7F0000001000, 0x7F0000002000, 16, 32, 48, 64, 50257, 50264, 786, 1e-5)
+    s.fmt.pack_into(s.buf, 0, *args)
+    ref = Params(*args)
+    assert s.size.value == ctypes.sizeof(ref) == 72
+    assert bytes(s.buf)[:72] == bytes(ref)
+    extra = list(s.extra)
+    assert extra[0] == 1 and extra[1] == ctypes.addressof(s.buf) and extra[2] == 2 and extra[4] is None
+    assert struct.unpack_from("@Q", (ctypes.c_char * 8).from_address(extra[3]))[0] == 72
