@@ -38,6 +38,7 @@
 #                                torch.compile) with the CUDA backend in the search, GPU tests first, ~5 min
 #   fifteenth                    the fifteenth session's checks: CUDA row GPU tests, launch overhead with the
 #                                cluster launcher, then tuner-a (the memory-bound product picks), ~9 min
+#   h200                         on an H200, first: the product sweep (#20) and tuner-a (#13) in one call, ~9 min
 #   sixteenth                    direct Triton launches + repacked CUDA launches: GPU tests, launch overhead, ~3 min
 #   llama-cg                     #16: the Llama block with and without UHOP's CUDA graphs next to compile /
 #                                reduce-overhead, kernel tables, the horizontal-fusion probe, ~6 min
