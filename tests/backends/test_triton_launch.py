@@ -69,3 +69,22 @@ def test_interpreter_runs_the_plain_jit_call(monkeypatch):
     launch((3,), x, y, 300, 2.5, BLOCK=128)
     assert launch._direct is False
     assert torch.equal(y, x * 2.5)
+
+
+def test_arguments_outside_the_key_take_the_jit_path(monkeypatch):
+    """A numpy int, an unhashable keyword value: the plain JIT call, every time, nothing cached."""
+    import numpy as np
+
+    calls = []
+
+    class FakeJit:  # stands in for a JITFunction: records what its [grid](...) call got
+        def __getitem__(self, grid):
+            return lambda *a, **k: calls.append((grid, a, k)) or "compiled"
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    launch = Launcher(FakeJit())
+    launch._direct = True  # as on a GPU
+    x = torch.zeros(8)
+    assert launch((1,), x, np.int64(16), BLOCK=8) == "compiled"
+    assert launch((1,), x, 16, OPTS=[1, 2]) == "compiled"
+    assert len(calls) == 2 and launch._cache == {}

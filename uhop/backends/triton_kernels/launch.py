@@ -83,9 +83,9 @@ class Launcher:
         try:  # (plain tensors inline: half the host time of a call per argument)
             key = (dev, *[(a.dtype, a.data_ptr() % 16 == 0) if type(a) is T else _spec(a) for a in args],
                    *kwargs.items())  # fmt: skip
-        except _Plain:
+            hit = self._cache.get(key)
+        except (_Plain, TypeError):  # an argument the key does not cover, or an unhashable keyword value
             return self.fn[grid](*args, **kwargs)
-        hit = self._cache.get(key)
         if hit is None:
             ck = self.fn[grid](*args, **kwargs)
             hit = self._entry(ck, len(args), kwargs)
