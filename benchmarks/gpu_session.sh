@@ -38,6 +38,7 @@
 #                                torch.compile) with the CUDA backend in the search, GPU tests first, ~5 min
 #   fifteenth                    the fifteenth session's checks: CUDA row GPU tests, launch overhead with the
 #                                cluster launcher, then tuner-a (the memory-bound product picks), ~9 min
+#   ncu-cluster                  #20: Nsight Compute on the cluster kernels at 2670 x 50257 (why layernorm is at 80%)
 #   h200                         on an H200, first: the product sweep (#20) and tuner-a (#13) in one call, ~9 min
 #   sixteenth                    direct Triton launches + repacked CUDA launches: GPU tests, launch overhead, ~3 min
 #   llama-cg                     #16: the Llama block with and without UHOP's CUDA graphs next to compile /
@@ -48,7 +49,7 @@
 # Two stages in one call: the tuner stages take STOP_S (start no case after it, default 400) and
 # LIMIT_S (kill after it, default 570), e.g. `bash ... buffers && STOP_S=300 LIMIT_S=470 bash ... tuner-a`.
 set -u
-stage=${1:?"stage: h200 | first | cuda | rows-product | fifteenth | sixteenth | next | eighth | ninth | tenth | eleventh | twelfth | thirteenth | llama-cg | gated | forms | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
+stage=${1:?"stage: h200 | ncu-cluster | first | cuda | rows-product | fifteenth | sixteenth | next | eighth | ninth | tenth | eleventh | twelfth | thirteenth | llama-cg | gated | forms | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
 OUT=${OUT:-/tmp/uhop-gpu-out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -101,6 +102,12 @@ case "$stage" in
     timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_triton_launch_gpu.py tests/gpu/test_cuda_rows_gpu.py \
       tests/gpu/test_triton_gpu.py 2>&1 | tail -8 | tee "$OUT/test_gpu.txt"
     timeout 120 python3 benchmarks/launch_overhead.py --out "$OUT/launch_overhead_${gpu}.json" 2>&1 | tail -5 ;;
+  ncu-cluster)  # #20: why layernorm's cluster kernel stays at 80% of copy at 50257 (softmax 92%): Nsight
+                # Compute's memory and warp-stall sections for each op's served configs, ~3 min
+    timeout 280 ncu --profile-from-start off --clock-control none --csv --section SpeedOfLight \
+      --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy \
+      python3 benchmarks/ncu_rows.py cluster50257 >"$OUT/ncu_cluster50257_${gpu}.csv" 2>"$OUT/ncu_cluster.log"
+    tail -3 "$OUT/ncu_cluster.log" ;;
   rows)  # candidate study, not product figures: every long-row config timed, then Nsight Compute
     timeout "${LIMIT_S:-300}" python3 benchmarks/row_variants.py --deadline-s "${STOP_S:-200}" --out "$OUT/row_variants_${gpu}.json" 2>&1 | tail -60
     m=gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,lts__t_sector_hit_rate.pct,launch__registers_per_thread
