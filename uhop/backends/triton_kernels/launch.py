@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from uhop.backends.nvrtc import current_stream
+
 _I32, _I64, _U64 = 0, 1, 2
 
 
@@ -96,7 +98,7 @@ class Launcher:
             return ck
         ck, run, function, meta, tail, enter, leave = hit
         g = grid + (1, 1) if len(grid) == 1 else grid + (1,) if len(grid) == 2 else grid
-        stream = torch._C._cuda_getCurrentRawStream(dev)
+        stream = current_stream(dev)
         md = None if enter is None else ck.launch_metadata(g, stream, *args, *tail)
         run(g[0], g[1], g[2], stream, function, meta, md, enter, leave, *args, *tail)
         return ck
