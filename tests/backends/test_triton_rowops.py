@@ -194,6 +194,16 @@ def test_shifted_weight_tables_and_their_cache():
     assert cache.get(w, 8, 5) is first
     w.mul_(2)  # in place: a new version
     torch.testing.assert_close(cache.get(w, 8, 5)[3, :34], w[3:])
+    # a new weight of the same size at a freed one's address (the caching allocator's usual reuse):
+    # its own table, never the old tensor's
+    mem = torch.randn(37)
+    old = mem.data  # a tensor over mem's storage, version 0
+    cache.get(old, 8, 5)
+    del old
+    mem.data.copy_(torch.randn(37))  # the memory is rewritten, as a new allocation's owner would
+    new = mem.data  # another tensor object at the same address, version 0 again
+    assert new.data_ptr() == mem.data_ptr() and new._version == 0
+    torch.testing.assert_close(cache.get(new, 8, 5)[2, :35], new[2:])
     with torch.inference_mode():
         wi = torch.randn(37)  # no version counter: a table per call
         torch.testing.assert_close(cache.get(wi, 8, 5)[1, :36], wi[1:])

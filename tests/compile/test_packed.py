@@ -78,7 +78,7 @@ def test_rows_outside_the_packed_range_and_odd_layouts_run_aten():
     m = Net().eval()
     c = torch.compile(m, backend="uhop", dynamic=True)
     with torch.no_grad():
-        for rows in (1, 5, 200):  # 1: MKL's GEMV path; 200: above PACK_MAX_M
+        for rows in (1, 5, 200, packed.PACK_MAX_M + 3):  # 1: MKL's GEMV path; the last above PACK_MAX_M
             x = torch.randn(rows, 64)
             torch.testing.assert_close(c(x).double(), _ref(m, x), rtol=1e-4, atol=1e-4)
     # the op itself: a transposed (non-contiguous) weight, an inference tensor, float64
@@ -147,3 +147,16 @@ def test_packed_bytes_are_capped(monkeypatch):
     del m
     gc.collect()
     assert packed.STATS["bytes"] <= held - 2 * 192 * 64 * 4  # the up projection's pack is gone
+
+
+def test_one_pack_serves_every_row_count_in_the_range():
+    # MKL packs for PACK_BATCH rows; the same pack must give float64-close results at any count
+    w = torch.randn(96, 80, requires_grad=False)
+    b = torch.randn(96)
+    before = packed.STATS["packs"]
+    with torch.no_grad():
+        for rows in (packed.PACK_MIN_M, 17, 64, packed.PACK_BATCH, 1000, packed.PACK_MAX_M):
+            x = torch.randn(rows, 80)
+            want = F.linear(x.double(), w.double(), b.double())
+            torch.testing.assert_close(packed.OP(x, w, b).double(), want, rtol=1e-4, atol=1e-4)
+    assert packed.STATS["packs"] - before == 1

@@ -177,3 +177,25 @@ def test_conv_bn_is_looked_up_and_tuned_as_the_folded_conv_it_runs(monkeypatch):
         problem, _, _ = runtime._plan("conv_bn", args)
     assert entry.key == problem.key(runtime.BUCKETS["value"])
     assert entry.problem["arity"] == 3
+
+
+def test_folded_conv_bn_is_never_served_for_other_tensors_at_the_same_addresses():
+    """The fold cache keys on the tensors themselves, not only their addresses and versions: a new
+    model's parameters often land at a freed one's addresses with version 0 again."""
+    mem = [torch.randn(8, 4, 3, 3), torch.randn(8), torch.randn(8), torch.rand(8) + 0.5, torch.randn(8), torch.randn(8)]
+
+    def ref(ts):
+        w, b, mean, var, gamma, beta = (t.double() for t in ts)
+        scale = gamma / torch.sqrt(var + 1e-5)
+        return w * scale.view(-1, 1, 1, 1), (b - mean) * scale + beta
+
+    old = [m.data for m in mem]  # tensors over mem's storages, version 0
+    wf, bf = runtime._fold(*old, 1e-5)
+    torch.testing.assert_close((wf.double(), bf.double()), ref(old))
+    del old, wf, bf
+    for m in mem:
+        m.data.copy_(torch.randn_like(m).abs() + 0.5)  # rewritten, as by a new owner
+    new = [m.data for m in mem]  # other tensor objects at the same addresses, version 0
+    assert all(n.data_ptr() == m.data_ptr() and n._version == 0 for n, m in zip(new, mem))
+    wf, bf = runtime._fold(*new, 1e-5)
+    torch.testing.assert_close((wf.double(), bf.double()), ref(new))

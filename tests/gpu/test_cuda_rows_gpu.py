@@ -76,6 +76,29 @@ def test_every_op_dtype_cluster(op, CL, dt):
         _check(y, _ref(op, x, w, b), dt)
 
 
+@pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("CL", [1, 2, 4])
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "layernorm", "rmsnorm"])
+def test_two_rows_per_cluster(op, CL, dt):
+    """RW = 2 (rows r and r + 8 share a cluster and its weight loads): every row count around
+    the groups of 16, including a last group with and without partners, misaligned widths."""
+    eps = 1e-5 if op == "layernorm" else 1e-6
+    from uhop.backends.cuda_rows import layout
+    from uhop.backends.triton_kernels import limits
+
+    run = launcher({"CL": CL, "threads": 512, "U": 4, "RW": 2}, OPS[op], eps, DEV)
+    cases = ((1, 50257), (7, 20011), (9, 20011), (16, 16400), (17, 50257), (37, 30001), (40, 1000), (2670, 50257))
+    for R, N in cases:  # the last: the #20 case
+        x, w, b = _inputs(op, R, N, dt)
+        if layout(N, x.element_size(), CL, 2)[1] > limits(DEV).shared_mem_bytes - 1024:
+            with pytest.raises(ValueError, match="shared memory"):
+                run(x, w, b)
+            continue
+        y = run(x, w, b)
+        assert y.shape == x.shape and y.dtype == x.dtype
+        _check(y, _ref(op, x, w, b), dt)
+
+
 @pytest.mark.parametrize("op", ["layernorm", "rmsnorm"])
 def test_norms_without_weight(op):
     run = launcher({"CL": 2, "threads": 512, "U": 2}, OPS[op], 1e-5 if op == "layernorm" else 1e-6, DEV)

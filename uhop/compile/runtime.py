@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -523,20 +524,23 @@ def _act_(y: Tensor, activation: str) -> Tensor:
     return activate(y, activation)
 
 
-_folded: dict[Any, tuple[Tensor, Tensor]] = {}
+_folded: dict[Any, tuple[tuple, Tensor, Tensor]] = {}
 
 
 def _fold(w, b, mean, var, gamma, beta, eps) -> tuple[Tensor, Tensor]:
-    """Folded conv weight and bias, cached until any input tensor changes (its version counter)."""
+    """Folded conv weight and bias, cached until any input tensor changes: its version counter,
+    its address, or the tensor itself (a new model's parameters often land at a freed one's
+    addresses, version 0 again, so the address alone would serve the old model's fold)."""
     from uhop.compile.regions import _fold_bn
 
     ts = (w, b, mean, var, gamma, beta)
-    key = (tuple((t.data_ptr(), t._version) if t is not None else None for t in ts), eps)
+    key = (tuple((id(t), t.data_ptr(), t._version) if t is not None else None for t in ts), eps)
     hit = _folded.get(key)
-    if hit is None:
+    if hit is None or any(r() is not t for r, t in zip(hit[0], ts) if t is not None):
         if len(_folded) > 4096:
             _folded.clear()
         with torch.no_grad():
             wf, bf = _fold_bn(w, b, mean, var, gamma, beta, eps)
-        hit = _folded[key] = (wf.contiguous(), bf.contiguous())
-    return hit
+        refs = tuple(weakref.ref(t) if t is not None else None for t in ts)
+        hit = _folded[key] = (refs, wf.contiguous(), bf.contiguous())
+    return hit[1], hit[2]

@@ -38,6 +38,8 @@ warps. Every template takes an optional maxnreg (ptxas's register cap).
 
 from __future__ import annotations
 
+import weakref
+
 from typing import Any
 
 import triton
@@ -384,24 +386,29 @@ def shifted_table(v: Any, vec: int, npv: int) -> Any:
 
 
 class ShiftedTables:
-    """A launcher's :func:`shifted_table` per weight tensor, rebuilt when the tensor changes (its
-    address, or its version counter: an in-place update); inference tensors, which have no version
-    counter, get a fresh table per call."""
+    """A launcher's :func:`shifted_table` per weight tensor, rebuilt when the tensor changes: another
+    tensor object (a freed weight's address is reused by the next allocation, so the address alone
+    would serve a stale table for a new weight of the same size), another address, or a new
+    version counter (an in-place update). Inference tensors, which have no version counter, get a
+    fresh table per call. Like every cache of torch's keyed on versions, writes through
+    ``w.data`` (which bypass the version counter) are not seen."""
 
     def __init__(self, keep: int = 8) -> None:
-        self._got: dict[tuple, Any] = {}
+        self._got: dict[tuple, tuple[Any, Any]] = {}
         self._keep = keep
 
     def get(self, v: Any, vec: int, npv: int) -> Any:
         try:
-            key = (v.data_ptr(), v._version, v.dtype, v.device, vec, npv)
+            key = (id(v), v.data_ptr(), v._version, v.dtype, v.device, vec, npv)
         except RuntimeError:  # an inference tensor: no version counter
             return shifted_table(v, vec, npv)
-        t = self._got.get(key)
-        if t is None:
-            if len(self._got) >= self._keep:
-                self._got.pop(next(iter(self._got)))
-            t = self._got[key] = shifted_table(v, vec, npv)
+        got = self._got.get(key)
+        if got is not None and got[0]() is v:
+            return got[1]
+        if len(self._got) >= self._keep:
+            self._got.pop(next(iter(self._got)))
+        t = shifted_table(v, vec, npv)
+        self._got[key] = (weakref.ref(v), t)
         return t
 
 
