@@ -3,6 +3,10 @@ rows r and r + 8 per cluster sharing each weight / bias load (RW 2), every fitti
 and CTA shape, interleaved rounds in one process; GB/s from CUDA events over 10 calls. Times the
 kernels directly (a candidate study, not the product path).
 
+Ran at commit 761bd18, where ``uhop.backends.cuda_rows`` took ``RW``; RW 2 was slower on every case
+(``benchmarks/results/diagnosis_seventeenth_rw2_h100.json``) and was removed, so at later commits
+the RW 2 configs run the RW 1 kernel.
+
     OUT=/tmp python3 benchmarks/diagnosis/seventeenth_rw2.py
 """
 import json, os, statistics, sys, tempfile

@@ -24,12 +24,10 @@ def test_every_specialization_compiles_without_spills(op, dtype, tmp_path, monke
 
     config.reload()
     try:
-        for CL, RW in ((1, 1), (2, 1), (8, 1), (1, 2), (2, 2)):
-            if RW == 2 and dtype == "float32":  # offered for 16-bit rows only (float32 CL 2: a 4-byte spill)
-                continue
+        for CL in (1, 2, 8):
             for threads, U in ((256, 8), (512, 4)):  # what the backend offers
                 has_w = op in ("layernorm", "rmsnorm")
-                src = cuda_rows.source(cuda_rows.OPS[op], dtype, CL, threads, U, has_w, op == "layernorm", RW)
+                src = cuda_rows.source(cuda_rows.OPS[op], dtype, CL, threads, U, has_w, op == "layernorm")
                 cubin, log = nvrtc.compile_cubin(
                     src, cuda_rows.NAME, "sm_90", (*cuda_rows.OPTIONS, "--ptxas-options=-v")
                 )
@@ -68,7 +66,7 @@ def test_kernel_rejects_a_bad_signature():
 
 
 def test_source_rejects_bad_configs():
-    for kw, match in (({"CL": 3}, "CL"), ({"threads": 100}, "threads"), ({"U": 16}, "U"), ({"RW": 3}, "RW")):
+    for kw, match in (({"CL": 3}, "CL"), ({"threads": 100}, "threads"), ({"U": 16}, "U")):
         args = {
             "op": 0,
             "dtype": "bfloat16",
@@ -99,20 +97,6 @@ def test_layout_covers_the_aligned_body():
                 ve = 16 // item
                 assert vpc * CL * ve >= (N // ve) * ve  # every whole vector of the row has a CTA
                 assert smem == max(16, vpc * 16)
-                assert cuda_rows.layout(N, item, CL, RW=2) == (vpc, max(16, 2 * vpc * 16))
-
-
-def test_row_pairs_cover_every_row_once():
-    # RW == 2: cluster c serves rows r = (c // 8) * 16 + c % 8 and r + 8 (when r + 8 < R), the
-    # kernel's mapping; every row of R is served by exactly one cluster, none past the last
-    for R in (*range(1, 40), 2670, 8192):
-        seen = []
-        for c in range(cuda_rows.clusters(R, 2)):
-            r = (c // 8) * 16 + c % 8
-            assert r < R
-            seen += [r, r + 8] if r + 8 < R else [r]
-        assert sorted(seen) == list(range(R)), R
-    assert cuda_rows.clusters(2670, 1) == 2670
 
 
 def test_search_space():
@@ -155,18 +139,16 @@ def test_launch_parameters_pack_as_the_kernels_parameter_block():
     import ctypes
     import struct
 
-    class Params(ctypes.Structure):  # uhop_rows(x, y, w, b, wt, bt, int N, long long wrow, int vpc, float eps, int R)
+    class Params(ctypes.Structure):  # uhop_rows(x, y, w, b, wt, bt, int N, long long wrow, int vpc, float eps)
         _fields_ = [*((n, ctypes.c_void_p) for n in ("x", "y", "w", "b", "wt", "bt")), ("N", ctypes.c_int),
-                    ("wrow", ctypes.c_longlong), ("vpc", ctypes.c_int), ("eps", ctypes.c_float),
-                    ("R", ctypes.c_int)]  # fmt: skip
+                    ("wrow", ctypes.c_longlong), ("vpc", ctypes.c_int), ("eps", ctypes.c_float)]  # fmt: skip
 
     s = nvrtc._Slots(cuda_rows.SIGNATURE)
-    args = (0x7F0000001000, 0x7F0000002000, 16, 32, 48, 64, 50257, 50264, 786, 1e-5, 2670)
+    args = (0x7F0000001000, 0x7F0000002000, 16, 32, 48, 64, 50257, 50264, 786, 1e-5)
     s.fmt.pack_into(s.buf, 0, *args)
     ref = Params(*args)
-    # the parameter block ends with the last parameter (76 bytes); the C struct pads to 80
-    assert s.size.value == Params.R.offset + 4 == 76 and ctypes.sizeof(ref) == 80
-    assert bytes(s.buf)[:76] == bytes(ref)[:76]
+    assert s.size.value == ctypes.sizeof(ref) == 72
+    assert bytes(s.buf)[:72] == bytes(ref)
     extra = list(s.extra)
     assert extra[0] == 1 and extra[1] == ctypes.addressof(s.buf) and extra[2] == 2 and extra[4] is None
-    assert struct.unpack_from("@Q", (ctypes.c_char * 8).from_address(extra[3]))[0] == 76
+    assert struct.unpack_from("@Q", (ctypes.c_char * 8).from_address(extra[3]))[0] == 72

@@ -116,7 +116,7 @@ class CudaBackend(Backend):
         major, minor = torch.cuda.get_device_capability(idx)
         op, cfg = cuda_rows.OPS[problem.op], candidate.cfg
         src = cuda_rows.source(op, problem.dtype, int(cfg["CL"]), int(cfg["threads"]), int(cfg.get("U", 4)),
-                               *cuda_rows.operands(op, problem.arity), int(cfg.get("RW", 1)))  # fmt: skip
+                               *cuda_rows.operands(op, problem.arity))  # fmt: skip
         nvrtc.compile_cubin(src, cuda_rows.NAME, f"sm_{major}{minor}", cuda_rows.OPTIONS)
 
     def compile(self, candidate: Candidate, problem: Problem) -> Kernel:

@@ -21,9 +21,7 @@ aligned address).
 
 Config keys: ``CL`` (CTAs per row, a cluster of 1, 2, 4, 8 or 16, 16 being a non-portable size the H100 and
 H200 allow; shared memory per CTA is its chunk),
-``threads`` (per CTA), ``U`` (16-byte loads in flight per thread), ``RW`` (rows per cluster, 1 or 2:
-with 2, a weight or bias vector read from L2 serves two rows, rows r and r + 8, which share their
-16-byte phase; the CTA holds both chunks).
+``threads`` (per CTA), ``U`` (16-byte loads in flight per thread).
 """
 
 from __future__ import annotations
@@ -169,129 +167,95 @@ __device__ __forceinline__ float ld_peer(u32 addr, u32 rank) {
 }
 #endif
 
-// launched in clusters of CL CTAs (a launch attribute): rank = cluster_ctarank, cluster c = clusterid.x.
-// RW == 1: cluster c serves row c. RW == 2: rows r and r + 8, r = (c / 8) * 16 + c % 8, which start at
-// the same 16-byte phase (8 rows of any width span a multiple of 16 bytes), so one weight / bias load
-// serves both rows' outputs (half the L2 reads of the norms' tables); r + 8 may be past the last row.
+// launched in clusters of CL CTAs (a launch attribute): rank = cluster_ctarank, row = clusterid.x
 extern "C" __global__ void __launch_bounds__(NT)
 uhop_rows(const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ w, const T* __restrict__ b,
-          const T* __restrict__ wt, const T* __restrict__ bt, int N, long long wrow, int vpc, float eps, int R) {
+          const T* __restrict__ wt, const T* __restrict__ bt, int N, long long wrow, int vpc, float eps) {
   extern __shared__ uint4 buf[];
-  __shared__ float red[64 * RW];
-  __shared__ float part[2 * RW];
+  __shared__ float red[64];
+  __shared__ float part[2];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 #if CL > 1
-  u32 rank, cid;
+  u32 rank, row;
   asm("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
-  asm("mov.u32 %0, %%clusterid.x;" : "=r"(cid));
+  asm("mov.u32 %0, %%clusterid.x;" : "=r"(row));
 #else
-  const u32 rank = 0, cid = blockIdx.x;
+  const u32 rank = 0, row = blockIdx.x;
 #endif
-#if RW == 1
-  const long long row = cid;
-  const int nr = 1;
-#else
-  const long long row = (long long)(cid >> 3) * 16 + (cid & 7);
-  const int nr = row + 8 < R ? 2 : 1;
-#endif
-  const T* xr = x + row * N;
-  T* yr = y + row * N;
-  const long long rs = 8LL * N;  // from one of a cluster's rows to the next (RW == 2)
+  const T* xr = x + (long long)row * N;
+  T* yr = y + (long long)row * N;
   int hd = (int)(((16u - ((u32)(u64)xr & 15u)) & 15u) / ES);
   if (hd > N) hd = N;
   const int nvb = (N - hd) / VE, tl = N - hd - nvb * VE;
   const int v0 = rank * vpc, nv = max(0, min(nvb, v0 + vpc) - v0);
+  const uint4* xv = (const uint4*)(xr + hd) + v0;
+  uint4* yv = (uint4*)(yr + hd) + v0;
   // head elements on rank 0's first threads, tail elements on the last rank's next ones
   int ecol = -1;
   if (rank == 0 && tid < hd) ecol = tid;
   if (rank == CL - 1 && tid >= VE && tid < VE + tl) ecol = hd + nvb * VE + (tid - VE);
-  float e[RW], shift[RW];
-  Stat s[RW];
-#pragma unroll
-  for (int q = 0; q < RW; q++) {
-    s[q] = st_init();
-    e[q] = 0.f;
-    shift[q] = 0.f;
-    if (q < nr) {
-      const T* xq = xr + q * rs;
-      const uint4* xv = (const uint4*)(xq + hd) + v0;
-      uint4* bq = buf + q * vpc;
-      if (ecol >= 0) e[q] = to_f(xq[ecol]);
+  float e = ecol >= 0 ? to_f(xr[ecol]) : 0.f;
 #if OP == 1
-      shift[q] = to_f(xq[0]);
+  const float shift = to_f(xr[0]);
+#else
+  const float shift = 0.f;
 #endif
-      for (int base = tid; base < nv; base += NT * U) {
-        uint4 v[U];
+
+  Stat s = st_init();
+  for (int base = tid; base < nv; base += NT * U) {
+    uint4 v[U];
 #pragma unroll
-        for (int u = 0; u < U; u++) if (base + u * NT < nv) v[u] = ld_stream(xv + base + u * NT);
+    for (int u = 0; u < U; u++) if (base + u * NT < nv) v[u] = ld_stream(xv + base + u * NT);
 #pragma unroll
-        for (int u = 0; u < U; u++) {
-          if (base + u * NT < nv) {
-            bq[base + u * NT] = v[u];
-            float f[VE];
-            unpack(v[u], f);
-            st_add<VE>(s[q], f, shift[q]);
-          }
-        }
+    for (int u = 0; u < U; u++) {
+      if (base + u * NT < nv) {
+        buf[base + u * NT] = v[u];
+        float f[VE];
+        unpack(v[u], f);
+        st_add<VE>(s, f, shift);
       }
-      if (ecol >= 0) st_add<1>(s[q], &e[q], shift[q]);
     }
   }
-#pragma unroll
-  for (int q = 0; q < RW; q++) {
-    s[q] = st_warp(s[q]);
-    if (lane == 0) { red[64 * q + 2 * warp] = s[q].a; red[64 * q + 2 * warp + 1] = s[q].b; }
-  }
+  if (ecol >= 0) st_add<1>(s, &e, shift);
+  s = st_warp(s);
+  if (lane == 0) { red[2 * warp] = s.a; red[2 * warp + 1] = s.b; }
   __syncthreads();
   if (warp == 0) {
-#pragma unroll
-    for (int q = 0; q < RW; q++) {
-      Stat r = lane < NT / 32 ? Stat{red[64 * q + 2 * lane], red[64 * q + 2 * lane + 1]} : st_init();
-      r = st_warp(r);
-      if (lane == 0) { part[2 * q] = r.a; part[2 * q + 1] = r.b; }
-    }
+    s = lane < NT / 32 ? Stat{red[2 * lane], red[2 * lane + 1]} : st_init();
+    s = st_warp(s);
+    if (lane == 0) { part[0] = s.a; part[1] = s.b; }
   }
-  Stat t[RW];
 #if CL > 1
   asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
   asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+  Stat t = st_init();
   const u32 pa = smem_addr(&part[0]);
 #pragma unroll
-  for (int q = 0; q < RW; q++) {
-    t[q] = st_init();
-#pragma unroll
-    for (u32 k = 0; k < CL; k++) t[q] = st_combine(t[q], Stat{ld_peer(pa + 8 * q, k), ld_peer(pa + 8 * q + 4, k)});
-  }
+  for (u32 k = 0; k < CL; k++) t = st_combine(t, Stat{ld_peer(pa, k), ld_peer(pa + 4, k)});
   // done with the peers' shared memory: they may leave once everyone has read (the wait at the end)
   asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
 #else
   __syncthreads();
-#pragma unroll
-  for (int q = 0; q < RW; q++) t[q] = Stat{part[2 * q], part[2 * q + 1]};
+  const Stat t{part[0], part[1]};
 #endif
-  // per row: y = x * sa + sb (norms: sa = inv, sb = -mean * inv), softmax exp2(x * L2E - ms) * inv
-  float ca[RW], cb[RW];
-#pragma unroll
-  for (int q = 0; q < RW; q++) {
 #if OP == 0
-    ca[q] = t[q].a * L2E; cb[q] = 1.f / t[q].b;
+  const float ms = t.a * L2E, inv = 1.f / t.b;
 #elif OP == 3
-    ca[q] = t[q].a + logf(t[q].b); cb[q] = 0.f;
+  const float lse = t.a + logf(t.b);
 #elif OP == 1
-    const float mu = t[q].a / N;
-    ca[q] = shift[q] + mu; cb[q] = rsqrtf(fmaxf(t[q].b / N - mu * mu, 0.f) + eps);
+  const float mu = t.a / N, mean = shift + mu, inv = rsqrtf(fmaxf(t.b / N - mu * mu, 0.f) + eps);
 #else
-    ca[q] = 0.f; cb[q] = rsqrtf(t[q].b / N + eps);
+  const float inv = rsqrtf(t.b / N + eps);
 #endif
-  }
   const uint4* wv = (const uint4*)(wt + hd * wrow) + v0;
   const uint4* bv = (const uint4*)(bt + hd * wrow) + v0;
-  uint4* yv = (uint4*)(yr + hd) + v0;
   for (int base = tid; base < nv; base += NT * U) {
 #pragma unroll
     for (int u = 0; u < U; u++) {
       const int i = base + u * NT;
       if (i < nv) {
+        float f[VE];
+        unpack(buf[i], f);
 #if HAS_W
         float fw[VE];
         unpack(ld_keep(wv + i), fw);
@@ -301,57 +265,45 @@ uhop_rows(const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ w, c
         unpack(ld_keep(bv + i), fb);
 #endif
 #pragma unroll
-        for (int q = 0; q < RW; q++) {
-          if (q < nr) {
-            float f[VE];
-            unpack(buf[q * vpc + i], f);
-#pragma unroll
-            for (int k = 0; k < VE; k++) {
+        for (int k = 0; k < VE; k++) {
 #if OP == 0
-              float r = exp2f(fmaf(f[k], L2E, -ca[q])) * cb[q];
+          float r = exp2f(fmaf(f[k], L2E, -ms)) * inv;
 #elif OP == 3
-              float r = f[k] - ca[q];
+          float r = f[k] - lse;
 #elif OP == 1
-              float r = (f[k] - ca[q]) * cb[q];
+          float r = (f[k] - mean) * inv;
 #else
-              float r = f[k] * cb[q];
+          float r = f[k] * inv;
 #endif
 #if HAS_W
-              r *= fw[k];
+          r *= fw[k];
 #endif
 #if HAS_B
-              r += fb[k];
+          r += fb[k];
 #endif
-              f[k] = r;
-            }
-            st_stream(yv + q * rs / VE + i, pack(f));
-          }
+          f[k] = r;
         }
+        st_stream(yv + i, pack(f));
       }
     }
   }
   if (ecol >= 0) {
-#pragma unroll
-    for (int q = 0; q < RW; q++) {
-      if (q < nr) {
 #if OP == 0
-        float r = exp2f(fmaf(e[q], L2E, -ca[q])) * cb[q];
+    float r = exp2f(fmaf(e, L2E, -ms)) * inv;
 #elif OP == 3
-        float r = e[q] - ca[q];
+    float r = e - lse;
 #elif OP == 1
-        float r = (e[q] - ca[q]) * cb[q];
+    float r = (e - mean) * inv;
 #else
-        float r = e[q] * cb[q];
+    float r = e * inv;
 #endif
 #if HAS_W
-        r *= to_f(w[ecol]);
+    r *= to_f(w[ecol]);
 #endif
 #if HAS_B
-        r += to_f(b[ecol]);
+    r += to_f(b[ecol]);
 #endif
-        yr[q * rs + ecol] = from_f(r);
-      }
-    }
+    yr[ecol] = from_f(r);
   }
 #if CL > 1
   asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
@@ -360,14 +312,14 @@ uhop_rows(const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ w, c
 """
 
 NAME = "uhop_rows"
-#: uhop_rows's parameters: x, y, w, b, wt, bt, N, wrow, vpc, eps, R
-SIGNATURE = "ppppppiqifi"
+#: uhop_rows's parameters: x, y, w, b, wt, bt, N, wrow, vpc, eps
+SIGNATURE = "ppppppiqif"
 #: NVRTC options: approximate exp2 / reciprocal / rsqrt (one MUFU instruction each; statistics and
 #: outputs are checked against float64 at each dtype's tolerance like every candidate)
 OPTIONS = ("--use_fast_math",)
 
 
-def source(op: int, dtype: str, CL: int, threads: int, U: int, has_w: bool, has_b: bool, RW: int = 1) -> str:
+def source(op: int, dtype: str, CL: int, threads: int, U: int, has_w: bool, has_b: bool) -> str:
     """The kernel's source for one specialization (macros ahead of :data:`SOURCE`)."""
     if CL not in (1, 2, 4, 8, 16):
         raise ValueError(f"CL: a cluster of 1, 2, 4, 8 or 16 CTAs, got {CL!r}")
@@ -375,9 +327,7 @@ def source(op: int, dtype: str, CL: int, threads: int, U: int, has_w: bool, has_
         raise ValueError(f"threads: 128, 256, 512 or 1024, got {threads!r}")
     if U not in (1, 2, 4, 8):
         raise ValueError(f"U: 1, 2, 4 or 8 loads in flight per thread, got {U!r}")
-    if RW not in (1, 2):
-        raise ValueError(f"RW: 1 or 2 rows per cluster, got {RW!r}")
-    defs = dict(DT=DTYPES[dtype], OP=op, CL=CL, NT=threads, U=U, HAS_W=int(has_w), HAS_B=int(has_b), RW=RW)
+    defs = dict(DT=DTYPES[dtype], OP=op, CL=CL, NT=threads, U=U, HAS_W=int(has_w), HAS_B=int(has_b))
     return "".join(f"#define {k} {v}\n" for k, v in defs.items()) + SOURCE
 
 
@@ -387,17 +337,12 @@ def operands(op: int, arity: int) -> tuple[bool, bool]:
     return arity >= 2 and op in (1, 2), arity >= 3 and op == 1
 
 
-def layout(N: int, itemsize: int, CL: int, RW: int = 1) -> tuple[int, int]:
-    """(vectors per CTA per row, dynamic shared memory bytes) for rows of N: a row's aligned body
-    has at most N // VE 16-byte vectors, split over CL CTAs; a CTA holds its chunk of RW rows."""
+def layout(N: int, itemsize: int, CL: int) -> tuple[int, int]:
+    """(vectors per CTA, dynamic shared memory bytes) for rows of N: a row's aligned body has at
+    most N // VE 16-byte vectors, split over CL CTAs."""
     ve = 16 // itemsize
     vpc = -(-(N // ve) // CL)
-    return vpc, max(16, RW * vpc * 16)
-
-
-def clusters(R: int, RW: int) -> int:
-    """Clusters a launch over R rows needs: RW == 2 pairs row r with r + 8 in groups of 16."""
-    return R if RW == 1 else (R // 16) * 8 + min(R % 16, 8)
+    return vpc, max(16, vpc * 16)
 
 
 def _vector(v: Any, name: str, x: Any) -> Any:
@@ -420,7 +365,7 @@ def launcher(cfg: dict[str, Any], op: int, eps: float, device: str) -> Any:
     from uhop.backends.triton_kernels import limits
     from uhop.backends.triton_kernels.rowops import ShiftedTables
 
-    CL, NT, U, RW = int(cfg["CL"]), int(cfg["threads"]), int(cfg.get("U", 4)), int(cfg.get("RW", 1))
+    CL, NT, U = int(cfg["CL"]), int(cfg["threads"]), int(cfg.get("U", 4))
     dev = torch.device(device)
     idx = dev.index if dev.index is not None else torch.cuda.current_device()
     tables = ShiftedTables()
@@ -433,7 +378,7 @@ def launcher(cfg: dict[str, Any], op: int, eps: float, device: str) -> Any:
         k = kernels.get(key)
         if k is None:
             name = str(dtype).removeprefix("torch.")
-            k = kernels[key] = nvrtc.kernel(source(op, name, CL, NT, U, has_w, has_b, RW), NAME, idx, SIGNATURE, OPTIONS)
+            k = kernels[key] = nvrtc.kernel(source(op, name, CL, NT, U, has_w, has_b), NAME, idx, SIGNATURE, OPTIONS)
         return k
 
     def run(x, w=None, b=None):
@@ -447,10 +392,10 @@ def launcher(cfg: dict[str, Any], op: int, eps: float, device: str) -> Any:
             return y.reshape(x.shape)
         k = get(x2.dtype, w is not None, b is not None)
         ve = 16 // x2.element_size()
-        vpc, smem = layout(N, x2.element_size(), CL, RW)
+        vpc, smem = layout(N, x2.element_size(), CL)
         if smem > smem_max:
-            raise ValueError(f"{RW} row(s) of {N} {x2.dtype} need {smem} bytes of shared memory per CTA in clusters "
-                             f"of {CL}; the device allows {smem_max}: a larger CL")  # fmt: skip
+            raise ValueError(f"rows of {N} {x2.dtype} need {smem} bytes of shared memory per CTA in clusters of {CL}; "
+                             f"the device allows {smem_max}: a larger CL")  # fmt: skip
         w, b = _vector(w, "w", x2), _vector(b, "b", x2)
         wrow = 0
         wt, bt = w, b
@@ -461,8 +406,8 @@ def launcher(cfg: dict[str, Any], op: int, eps: float, device: str) -> Any:
             bt = tables.get(b, ve, npv) if b is not None else None
         yp = y.data_ptr()
         args = (x2.data_ptr(), yp, w.data_ptr() if w is not None else yp, b.data_ptr() if b is not None else yp,
-                wt.data_ptr() if wt is not None else yp, bt.data_ptr() if bt is not None else yp, N, wrow, vpc, eps, R)  # fmt: skip
-        k.launch(clusters(R, RW) * CL, NT, smem, nvrtc.current_stream(x2.device.index), args, cluster=CL)
+                wt.data_ptr() if wt is not None else yp, bt.data_ptr() if bt is not None else yp, N, wrow, vpc, eps)  # fmt: skip
+        k.launch(R * CL, NT, smem, nvrtc.current_stream(x2.device.index), args, cluster=CL)
         run.last = k
         return y if x.dim() == 2 else y.reshape(x.shape)
 
