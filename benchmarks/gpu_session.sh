@@ -40,7 +40,8 @@
 #                                cluster launcher, then tuner-a (the memory-bound product picks), ~9 min
 #   ncu-cluster                  #20: Nsight Compute on the cluster kernels at 2670 x 50257 (why layernorm is at 80%)
 #   h200                         on an H200, first: the product sweep (#20) and tuner-a (#13) in one call, ~9 min
-#   seventeenth                  row-op GPU tests (CUDA, Triton, direct launches), ~1 min
+#   seventeenth                  Triton / CUDA GPU tests (direct launches now for GEMM, attention, conv, gated MLP
+#                                too), their host cost direct vs JIT, ~4 min
 #   sixteenth                    direct Triton launches + repacked CUDA launches: GPU tests, launch overhead, ~3 min
 #   llama-cg                     #16: the Llama block with and without UHOP's CUDA graphs next to compile /
 #                                reduce-overhead, kernel tables, the horizontal-fusion probe, ~6 min
@@ -103,10 +104,11 @@ case "$stage" in
     timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_triton_launch_gpu.py tests/gpu/test_cuda_rows_gpu.py \
       tests/gpu/test_triton_gpu.py 2>&1 | tail -8 | tee "$OUT/test_gpu.txt"
     timeout 120 python3 benchmarks/launch_overhead.py --out "$OUT/launch_overhead_${gpu}.json" 2>&1 | tail -5 ;;
-  seventeenth)  # the seventeenth session's GPU checks: the CUDA and Triton row tests (new: fresh weights at a
-                # reused address never read an old shifted table), ~1 min
+  seventeenth)  # the seventeenth session's GPU checks: the CUDA and Triton tests (new: fresh weights at a
+                # reused address never read an old shifted table; GEMM-family kernels launched directly), ~4 min
     timeout 300 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_cuda_rows_gpu.py tests/gpu/test_triton_gpu.py \
-      tests/gpu/test_triton_launch_gpu.py 2>&1 | tail -8 | tee "$OUT/test_gpu.txt" ;;
+      tests/gpu/test_triton_launch_gpu.py tests/gpu/test_gated_mlp_gpu.py 2>&1 | tail -8 | tee "$OUT/test_gpu.txt"
+    OUT=$OUT timeout 120 python3 benchmarks/diagnosis/seventeenth_launch.py 2>&1 | tail -8 ;;
   ncu-cluster)  # #20: why layernorm's cluster kernel stays at 80% of copy at 50257 (softmax 92%): Nsight
                 # Compute's memory and warp-stall sections for each op's served configs, ~3 min
     timeout 280 ncu --profile-from-start off --clock-control none --csv --section SpeedOfLight \

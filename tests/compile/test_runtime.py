@@ -196,6 +196,6 @@ def test_folded_conv_bn_is_never_served_for_other_tensors_at_the_same_addresses(
     for m in mem:
         m.data.copy_(torch.randn_like(m).abs() + 0.5)  # rewritten, as by a new owner
     new = [m.data for m in mem]  # other tensor objects at the same addresses, version 0
-    assert all(n.data_ptr() == m.data_ptr() and n._version == 0 for n, m in zip(new, mem))
+    assert all(n.data_ptr() == m.data_ptr() and n._version == 0 for n, m in zip(new, mem, strict=True))
     wf, bf = runtime._fold(*new, 1e-5)
     torch.testing.assert_close((wf.double(), bf.double()), ref(new))

@@ -536,7 +536,7 @@ def _fold(w, b, mean, var, gamma, beta, eps) -> tuple[Tensor, Tensor]:
     ts = (w, b, mean, var, gamma, beta)
     key = (tuple((id(t), t.data_ptr(), t._version) if t is not None else None for t in ts), eps)
     hit = _folded.get(key)
-    if hit is None or any(r() is not t for r, t in zip(hit[0], ts) if t is not None):
+    if hit is None or any(r() is not t for r, t in zip(hit[0], ts, strict=True) if t is not None):
         if len(_folded) > 4096:
             _folded.clear()
         with torch.no_grad():

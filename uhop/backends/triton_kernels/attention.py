@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from uhop.backends.triton_kernels import Limits, next_pow2
+from uhop.backends.triton_kernels.launch import Launcher
 
 
 @triton.jit
@@ -171,6 +172,9 @@ def configs(problem: Any, lim: Limits) -> list[tuple[str, dict[str, Any]]]:
     return out or [("flash", {"BM": 16, "BN": 16, "warps": 4, "stages": 1})]
 
 
+_attn = Launcher(_attn_fwd)  # direct launches once compiled (launch.py)
+
+
 def build(template: str, cfg: dict[str, Any], problem: Any) -> Any:
     import torch
 
@@ -191,8 +195,8 @@ def build(template: str, cfg: dict[str, Any], problem: Any) -> Any:
         bd, be = max(16, next_pow2(D)), max(16, next_pow2(E))
         even = S % BM == 0 and L % BN == 0 and bd == D and be == E
         grid = (triton.cdiv(S, BM), nb)
-        _attn_fwd[grid](
-            q3, k3, v3, o, S, L, D, E, 1.0 / math.sqrt(D) * 1.4426950408889634,
+        _attn(
+            grid, q3, k3, v3, o, S, L, D, E, 1.0 / math.sqrt(D) * 1.4426950408889634,
             q3.stride(0), q3.stride(1), k3.stride(0), k3.stride(1), v3.stride(0), v3.stride(1),
             o.stride(0), o.stride(1),
             CAUSAL=causal, EVEN=even, PREC="ieee" if q.dtype == torch.float32 else "tf32", BM=BM, BN=BN, BD=bd, BE=be,

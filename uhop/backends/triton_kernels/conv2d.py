@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from uhop.backends.triton_kernels import Limits, matmul_smem
+from uhop.backends.triton_kernels.launch import Launcher
 
 
 @triton.jit
@@ -85,6 +86,9 @@ def configs(problem: Any, lim: Limits) -> list[tuple[str, dict[str, Any]]]:
     return out or [("igemm", {"BM": 32, "BN": 32, "BK": 32, "warps": 4, "stages": 1, "GM": 8})]
 
 
+_conv = Launcher(_conv_kernel)  # direct launches once compiled (launch.py)
+
+
 def build(template: str, cfg: dict[str, Any], problem: Any) -> Any:
     import torch
 
@@ -103,8 +107,8 @@ def build(template: str, cfg: dict[str, Any], problem: Any) -> Any:
         # weights as a (R*S*C, K) matrix, reduction order (r, s, c) like the A tiles (a small copy)
         wt = w.permute(2, 3, 1, 0).reshape(R * S * C, K).contiguous()
         grid = (triton.cdiv(NB * P * Q, BM) * triton.cdiv(K, BN),)
-        _conv_kernel[grid](
-            x, wt, bias if bias is not None else y, y, NB, C, H, W, K, R, S, P, Q, st, pd,
+        _conv(
+            grid, x, wt, bias if bias is not None else y, y, NB, C, H, W, K, R, S, P, Q, st, pd,
             *x.stride(), *y.stride(),
             HAS_BIAS=bias is not None, PREC=prec, CHUNK_C=C % cfg["BK"] == 0, BM=BM, BN=BN, BK=cfg["BK"], GM=cfg["GM"],
             num_warps=cfg["warps"], num_stages=cfg["stages"],

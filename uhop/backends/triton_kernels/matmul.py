@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 
 from uhop.backends.triton_kernels import Limits, matmul_smem
+from uhop.backends.triton_kernels.launch import Launcher
 
 ACT_CODES = {"none": 0, "relu": 1, "gelu": 2, "silu": 3, "gelu_tanh": 4}
 
@@ -241,6 +242,9 @@ def configs(problem: Any, lim: Limits, tf32: bool = False) -> list[tuple[str, di
 
 
 # ---- build --------------------------------------------------------------------------------
+_mm_ptr = Launcher(_mm_ptr_kernel)  # direct launches once compiled (launch.py)
+
+
 def build(template: str, cfg: dict[str, Any], problem: Any) -> Any:
     import torch
 
@@ -265,8 +269,8 @@ def build(template: str, cfg: dict[str, Any], problem: Any) -> Any:
         N = b3.shape[-1]
         c = torch.empty((nb, M, N), device=a.device, dtype=a.dtype)
         grid = (triton.cdiv(M, BM) * triton.cdiv(N, BN), nb)
-        _mm_ptr_kernel[grid](
-            a3, b3, bias if bias is not None else c, c, M, N, K,
+        _mm_ptr(
+            grid, a3, b3, bias if bias is not None else c, c, M, N, K,
             a3.stride(0), a3.stride(1), a3.stride(2), b3.stride(0) if batched_b else 0, b3.stride(1), b3.stride(2),
             c.stride(0), c.stride(1), c.stride(2),
             HAS_BIAS=bias is not None, ACT=act, PREC=prec, EVEN_K=K % BK == 0,

@@ -39,7 +39,6 @@ warps. Every template takes an optional maxnreg (ptxas's register cap).
 from __future__ import annotations
 
 import weakref
-
 from typing import Any
 
 import triton

@@ -22,6 +22,7 @@ from typing import Any
 import triton
 import triton.language as tl
 
+from uhop.backends.triton_kernels.launch import Launcher
 from uhop.backends.triton_kernels.matmul import ACT_CODES, _epilogue, _persistent, _store_tile, _tile_of
 
 GATES = ("silu", "gelu", "gelu_tanh")
@@ -131,6 +132,9 @@ def tiles(M: int, N: int, K: int, itemsize: int, hopper: bool, fits) -> list[tup
     return out
 
 
+_swiglu_ptr = Launcher(_swiglu_ptr_kernel)  # direct launches once compiled (launch.py)
+
+
 def make(template: str, cfg: dict[str, Any], act: str, num_sms: int = 0) -> Any:
     """A callable ``run(x, w_gate, w_up) -> act(x @ w_gate.T) * (x @ w_up.T)``; ``x`` (..., K),
     weights (N, K) as ``nn.Linear`` holds them."""
@@ -152,7 +156,8 @@ def make(template: str, cfg: dict[str, Any], act: str, num_sms: int = 0) -> Any:
         M, K = a.shape
         N = wg.shape[0]
         c = torch.empty((M, N), device=x.device, dtype=x.dtype)
-        _swiglu_ptr_kernel[(triton.cdiv(M, BM) * triton.cdiv(N, BN),)](
+        _swiglu_ptr(
+            (triton.cdiv(M, BM) * triton.cdiv(N, BN),),
             a, wg, wu, c, M, N, K, a.stride(0), a.stride(1), wg.stride(0), wg.stride(1), wu.stride(0), wu.stride(1),
             c.stride(0), c.stride(1), ACT=code, EVEN_K=K % BK == 0, BM=BM, BN=BN, BK=BK, GM=GM,
             num_warps=warps, num_stages=stages,
