@@ -7,11 +7,12 @@ treats the weights as constants (a weight updated in place serves stale results)
 turn it on for a user. Measured on the 2-core CI machine (float32, GPT-2's four linear shapes,
 d768, each op alone): ``_mkl_linear`` on a packed weight runs 0.84-1.13x ``F.linear`` at 1 row
 (MKL's GEMV path needs no packing), 1.3-1.9x at 4-32 rows, 1.2-1.35x at 64, 1.07-1.21x at 128 and
-1.02-1.23x at 256-1024. Which row count MKL is told to pack for matters: packed for 64 rows, a
-GPT-2 block (``compile_models.py --variants uhop uhop-no-pack``) ran 1.07x at 64 rows and
-0.94-1.04x from 256 rows up; packed for 256 (:data:`PACK_BATCH`), 1.17-1.32x at 16-64 rows,
-1.16x at 256, 1.01-1.06x at 512-2048 (B8), 1.02x at 1024. From 8192 rows MKL's packed GEMM
-gains nothing (compute-bound, 1.03-1.08x slower each op alone).
+1.02-1.23x at 256-1024. Which row count MKL is told to pack for matters (``benchmarks/diagnosis/
+seventeenth_pack_batch.py``): packed for 64 rows, a GPT-2 block (``compile_models.py --variants
+uhop uhop-no-pack``) ran 1.07x at 64 rows and 0.95-1.0x from 128 rows up; packed for 256
+(:data:`PACK_BATCH`), the block runs 1.02-1.15x eager at B1 T16-T1024 and 1.01-1.11x at B8 T8-T256
+(``compile_cpu_gpt2_block_b{1,8}_seventeenth_packed.json``). From 8192 rows MKL's packed GEMM
+gains nothing (compute-bound: 1.04-1.09x slower than ``F.linear`` each op alone).
 
 So on a CPU, for an inference graph, ``backend="uhop"`` rewrites ``linear(x, w, b)`` whose weight
 is a parameter of the model into ``torch.ops.uhop.packed_linear(x, w, b)``: the weight is packed
@@ -42,8 +43,8 @@ from torch import Tensor
 #: rows (the product of x's leading dims) for which the packed GEMM is used; outside, F.linear
 PACK_MIN_M, PACK_MAX_M = 2, 4096
 #: the row count MKL is told to pack for. One pack serves every row count, but MKL blocks its
-#: panels for this one: packed for 64 rows, a GPT-2 block's GEMMs at 256-1024 rows ran 0.94-1.04x
-#: unpacked; packed for 256, 1.02-1.16x (a pack for 8192 ran 1.4-1.9x slower below 1024 rows)
+#: panels for this one (d768 -> 3072 each op alone, packed / F.linear time: packed for 64, 0.76 / 1.02
+#: at 256 / 1024 rows; for 256-2048, 0.70-0.73 / 0.94-0.96; for 8192, 1.3-1.9 below 8192 rows)
 PACK_BATCH = 256
 
 _LIB = torch.library.Library("uhop", "FRAGMENT")
