@@ -82,7 +82,7 @@ def test_new_weights_of_one_width_never_get_an_old_table(op):
     with version 0 and new values (what the caching allocator hands the next weight after a free;
     made deterministically with fresh ``.data`` views of one buffer): every call reads its own
     weights' shifted tables. Keyed on address and version alone, the second call read the first
-    weight's table (found with R = 7 then 9 at N = 20011)."""
+    weight's table (how a first test, one launcher over R = 7 then 9 at N = 20011, failed)."""
     run = launcher({"CL": 1, "threads": 512, "U": 4}, OPS[op], 1e-5, DEV)
     mw, mb = (torch.empty(20011, device=DEV, dtype=torch.bfloat16) for _ in range(2))
     for R in (7, 9, 16, 17, 37):
