@@ -111,8 +111,8 @@ def test_training_graphs_and_the_option_off_do_not_pack():
 
 
 def test_gpt2_blocks_both_layouts_match_float64():
-    """nn.Linear projections run packed; Hugging Face's Conv1D (addmm on (in, out) weights) stays
-    with aten: packing it measured 0.88-0.96x inside the block (docs/compile.md)."""
+    """nn.Linear projections and Hugging Face's Conv1D (addmm on (in, out) weights) both run on
+    packed weights, against float64."""
     for hf in (False, True):
         torch._dynamo.reset()
         REPORT.clear()
@@ -121,7 +121,7 @@ def test_gpt2_blocks_both_layouts_match_float64():
         with torch.no_grad():
             torch.testing.assert_close(torch.compile(m, backend="uhop")(x).double(), _ref(m, x), rtol=2e-4,
                                        atol=2e-4)  # fmt: skip
-        assert len(_packed_rewrites()) == (0 if hf else 4), (hf, [g.rewrites for g in REPORT.graphs])
+        assert len(_packed_rewrites()) == 4, (hf, [g.rewrites for g in REPORT.graphs])
 
 
 def test_packed_bytes_are_capped(monkeypatch):
@@ -160,3 +160,29 @@ def test_one_pack_serves_every_row_count_in_the_range():
             want = F.linear(x.double(), w.double(), b.double())
             torch.testing.assert_close(packed.OP(x, w, b).double(), want, rtol=1e-4, atol=1e-4)
     assert packed.STATS["packs"] - before == 1
+
+
+def test_packed_addmm_matches_float64_and_follows_updates():
+    """``addmm(b, x, w)`` on (in, out) weights: the transpose packed once per parameter, float64
+    close at every row count of the range, repacked after an in-place update; outside the range,
+    with another dtype or with autograd on, ``torch.addmm`` itself."""
+    w = torch.nn.Parameter(torch.randn(80, 96))  # (in, out)
+    b = torch.nn.Parameter(torch.randn(96))
+    before = packed.STATS["packs"]
+    with torch.no_grad():
+        for rows in (packed.PACK_MIN_M, 33, packed.PACK_BATCH, packed.PACK_MAX_M):
+            x = torch.randn(rows, 80)
+            want = torch.addmm(b.double(), x.double(), w.double())
+            torch.testing.assert_close(packed.ADDMM(b, x, w).double(), want, rtol=1e-4, atol=1e-4)
+        assert packed.STATS["packs"] - before == 1
+        w.mul_(-1)  # in place: a new version, a repack
+        x = torch.randn(5, 80)
+        torch.testing.assert_close(packed.ADDMM(b, x, w).double(), torch.addmm(b.double(), x.double(), w.double()),
+                                   rtol=1e-4, atol=1e-4)  # fmt: skip
+        assert packed.STATS["packs"] - before == 2
+        for xx in (torch.randn(1, 80), torch.randn(packed.PACK_MAX_M + 1, 80)):  # outside the range
+            torch.testing.assert_close(packed.ADDMM(b, xx, w), torch.addmm(b, xx, w))
+        assert packed.STATS["packs"] - before == 2
+    x = torch.randn(4, 80)
+    torch.testing.assert_close(packed.ADDMM(b, x, w), torch.addmm(b, x, w))  # autograd on: addmm itself
+    assert packed.STATS["packs"] - before == 2

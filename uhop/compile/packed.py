@@ -15,7 +15,8 @@ uhop uhop-no-pack``) ran 1.07x at 64 rows and 0.95-1.0x from 128 rows up; packed
 gains nothing (compute-bound: 1.04-1.09x slower than ``F.linear`` each op alone).
 
 So on a CPU, for an inference graph, ``backend="uhop"`` rewrites ``linear(x, w, b)`` whose weight
-is a parameter of the model into ``torch.ops.uhop.packed_linear(x, w, b)``: the weight is packed
+is a parameter of the model into ``torch.ops.uhop.packed_linear(x, w, b)`` (and ``addmm(b, x, w)``
+on an (in, out) parameter, Hugging Face's ``Conv1D``, into ``packed_addmm``, packing its transpose): the weight is packed
 on first use and kept with the parameter (one pack per parameter, about 2.2x its size: MKL pads
 its panels); a call checks the parameter's identity, storage and version counter and repacks
 after an in-place update (``load_state_dict``, an optimizer step), so it never computes with stale
@@ -49,9 +50,11 @@ PACK_BATCH = 256
 
 _LIB = torch.library.Library("uhop", "FRAGMENT")
 _LIB.define("packed_linear(Tensor x, Tensor w, Tensor? b) -> Tensor")
+_LIB.define("packed_addmm(Tensor b, Tensor x, Tensor w) -> Tensor")
 
-#: id(weight) -> (weakref to it, data_ptr, version, packed); the entry goes when the weight does
-_PACKS: dict[int, tuple[weakref.ref, int, int, Tensor]] = {}
+#: (id(weight), held transposed) -> (weakref to it, data_ptr, version, packed); the entry goes
+#: when the weight does
+_PACKS: dict[tuple[int, bool], tuple[weakref.ref, int, int, Tensor]] = {}
 _LOCK = threading.Lock()
 #: packs made in this process, bytes held now, weights left unpacked by the cap
 STATS = {"packs": 0, "bytes": 0, "over_budget": 0}
@@ -75,21 +78,22 @@ def available() -> bool:
     return bool(getattr(torch._C, "has_mkl", False)) and hasattr(torch.ops.mkl, "_mkl_linear")
 
 
-def _forget(key: int) -> None:
+def _forget(key: tuple[int, bool]) -> None:
     with _LOCK:
         got = _PACKS.pop(key, None)
         if got is not None:
             STATS["bytes"] -= _nbytes(got[3])
 
 
-def packed_weight(w: Tensor) -> Tensor | None:
-    """``w`` packed for MKL (one pack serves every row count), repacked when ``w`` changed in
-    place or was replaced; None for a tensor without a version counter (an inference tensor)."""
+def packed_weight(w: Tensor, transposed: bool = False) -> Tensor | None:
+    """``w`` (``linear``'s (out, in) layout; with ``transposed``, ``addmm``'s (in, out)) packed for
+    MKL (one pack serves every row count), repacked when ``w`` changed in place or was replaced;
+    None for a tensor without a version counter (an inference tensor)."""
     try:
         version = w._version
     except RuntimeError:  # inference tensors can change in place untracked
         return None
-    key, ptr = id(w), w.data_ptr()
+    key, ptr = (id(w), transposed), w.data_ptr()
     got = _PACKS.get(key)
     if got is not None and got[0]() is w and got[1] == ptr and got[2] == version:
         return got[3]
@@ -102,7 +106,9 @@ def packed_weight(w: Tensor) -> Tensor | None:
             warnings.warn(f"uhop: packed linear weights reached their cap ({budget_bytes() >> 20} MiB held at once); "
                           "further linear layers run unpacked (F.linear)", stacklevel=2)  # fmt: skip
         return None
-    packed = torch.ops.mkl._mkl_reorder_linear_weight(w.detach(), PACK_BATCH)
+    src = w.detach().t().contiguous() if transposed else w.detach()
+    packed = torch.ops.mkl._mkl_reorder_linear_weight(src, PACK_BATCH)
+    del src
     with _LOCK:
         old = _PACKS.get(key)
         if old is not None:
@@ -129,6 +135,26 @@ def _fake(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
     return x.new_empty((*x.shape[:-1], w.shape[0]))
 
 
+def _addmm_impl(b: Tensor, x: Tensor, w: Tensor) -> Tensor:
+    """``torch.addmm(b, x, w)`` with ``w`` held (in, out) (Hugging Face's ``Conv1D``), on ``w``'s
+    transpose packed for MKL."""
+    m = x.shape[0] if x.dim() == 2 else 0
+    ok = (x.device.type == "cpu" and x.dtype == w.dtype == b.dtype == torch.float32 and w.dim() == 2
+          and b.dim() == 1 and b.shape[0] == w.shape[1] and PACK_MIN_M <= m <= PACK_MAX_M
+          and not torch.is_grad_enabled())  # fmt: skip
+    packed = packed_weight(w, transposed=True) if ok else None
+    if packed is None:
+        return torch.addmm(b, x, w)
+    return torch.ops.mkl._mkl_linear(x.contiguous(), packed, w.t(), b, m)
+
+
+def _addmm_fake(b: Tensor, x: Tensor, w: Tensor) -> Tensor:
+    return x.new_empty((x.shape[0], w.shape[1]))
+
+
 _LIB.impl("packed_linear", _impl, "CompositeExplicitAutograd")
 torch.library.register_fake("uhop::packed_linear", _fake, lib=_LIB)
+_LIB.impl("packed_addmm", _addmm_impl, "CompositeExplicitAutograd")
+torch.library.register_fake("uhop::packed_addmm", _addmm_fake, lib=_LIB)
 OP = torch.ops.uhop.packed_linear.default
+ADDMM = torch.ops.uhop.packed_addmm.default
