@@ -6,14 +6,16 @@ product path).
 
     OUT=/tmp python3 benchmarks/diagnosis/seventeenth_launch.py
 """
-import json, os, statistics, sys, tempfile, time
+import json, os, statistics, sys, tempfile
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("UHOP_HOME", tempfile.mkdtemp())
 import torch
 from uhop import backends as bk
 from uhop.backends.triton_kernels import attention, conv2d, matmul, swiglu
 from uhop.measure.validate import ValidationSet
 from uhop.problem import Problem
+from hosttime import host_us  # noqa: E402
 from width_sweep import environment  # noqa: E402
 
 OUT = os.environ.get("OUT", "/tmp")
@@ -30,15 +32,7 @@ res = {"env": environment(), "cases": []}
 
 
 def per_call_us(fn, args, n=400):
-    for _ in range(20):
-        fn(*args)
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(n):
-        fn(*args)
-    us = (time.perf_counter() - t) / n * 1e6
-    torch.cuda.synchronize()
-    return us
+    return host_us(lambda: fn(*args), n, warm=20)
 
 
 for op, dims, params, arity, template, launcher in CASES:

@@ -1,21 +1,17 @@
 """Session 16 diagnosis: host launch cost breakdown (cluster ctypes path, Triton JIT vs direct
 CompiledKernel.run), and the 64M gelu chain: UHOP's generated kernel vs a straight-line variant vs
 Inductor. Results to $OUT/diag.json."""
-import json, os, sys, time, tempfile
+import json, os, tempfile
 os.environ.setdefault("UHOP_HOME", tempfile.mkdtemp())
 import torch, triton, triton.language as tl
 from triton.testing import do_bench
 OUT = os.environ.get("OUT", "/tmp")
 res = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
 
+from hosttime import host_us  # noqa: E402 - the shared timing helper, beside this script
+
 def host(fn, n=3000):
-    for _ in range(50): fn()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(n): fn()
-    h = (time.perf_counter() - t) / n * 1e6
-    torch.cuda.synchronize()
-    return round(h, 2)
+    return round(host_us(fn, n), 2)
 
 from uhop.backends import nvrtc, cuda_rows
 from uhop.backends.triton_kernels.rowops import OPS

@@ -1,20 +1,16 @@
 """Session 16 check 2: the repacked cluster launch (host us), empty variants, GPU tests of the cuda
 rows, the chain kernel as generated now vs Inductor, rowsum with and without evict_first."""
-import json, os, sys, time, tempfile, threading, importlib.util
+import json, os, tempfile, threading, importlib.util
 os.environ.setdefault("UHOP_HOME", tempfile.mkdtemp())
 import torch, triton
 from triton.testing import do_bench
 OUT = os.environ.get("OUT", "/tmp")
 res = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
 
+from hosttime import host_us  # noqa: E402 - the shared timing helper, beside this script
+
 def host(fn, n=3000):
-    for _ in range(50): fn()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(n): fn()
-    h = (time.perf_counter() - t) / n * 1e6
-    torch.cuda.synchronize()
-    return round(h, 2)
+    return round(host_us(fn, n), 2)
 
 from uhop.backends import nvrtc, cuda_rows
 from uhop.backends.triton_kernels.rowops import OPS

@@ -1,20 +1,15 @@
 """Launch A/B in one process: the kernelParams array of ctypes values (fifteenth session) vs one
 struct-packed buffer through ``extra`` (now), interleaved rounds; host us per launch."""
-import json, os, time, tempfile, ctypes
+import json, os, tempfile, ctypes
 os.environ.setdefault("UHOP_HOME", tempfile.mkdtemp())
 import torch
 from uhop.backends import nvrtc, cuda_rows
 from uhop.backends.triton_kernels.rowops import OPS
 OUT = os.environ.get("OUT", "/tmp")
 
-def host(fn, n=3000):
-    for _ in range(50): fn()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(n): fn()
-    h = (time.perf_counter() - t) / n * 1e6
-    torch.cuda.synchronize()
-    return h
+from hosttime import host_us  # noqa: E402 - the shared timing helper, beside this script
+
+host = host_us
 
 x = torch.randn(1, 32768, device="cuda", dtype=torch.bfloat16)
 y = torch.empty_like(x)

@@ -250,13 +250,7 @@ class Partitioner:
             return False
         from uhop.compile import packed
 
-        with self.g.inserting_before(node):
-            new = self.g.call_function(packed.ADDMM, (b, x, w))
-        new.meta.update(node.meta)
-        node.replace_all_uses_with(new)
-        self.regions.append(RegionFound("linear", [_name(node)], 0,
-                                        "left as written: addmm on (in, out) weights; on the MKL-packed weight"))  # fmt: skip
-        self.rewrites.append(f"{_name(node)}: addmm on the MKL-packed weight {w.name}")
+        self._on_packed(node, packed.ADDMM, (b, x, w), w, [node], "addmm on (in, out) weights", "addmm")
         return True
 
     def _packable(self, x: Any, w: Any) -> bool:
@@ -274,13 +268,19 @@ class Partitioner:
         after it stays for Inductor to fuse. A region UHOP serves with its own kernel stays one."""
         from uhop.compile import packed
 
+        self._on_packed(node, packed.OP, (x, w, b), w, [node, *extra], why, "linear")
+
+    def _on_packed(self, node: fx.Node, op: Any, args: tuple, w: fx.Node, nodes: list[fx.Node], why: str,
+                   what: str) -> None:  # fmt: skip
+        """``node`` replaced by ``op(*args)``, a :mod:`uhop.compile.packed` op on the parameter
+        ``w``, reported as a linear left as written (``why``) on the packed weight."""
         with self.g.inserting_before(node):
-            new = self.g.call_function(packed.OP, (x, w, b))
+            new = self.g.call_function(op, args)
         new.meta.update(node.meta)
         node.replace_all_uses_with(new)
-        self.regions.append(RegionFound("linear", [_name(n) for n in (node, *extra)], 0,
-                                        f"left as written: {why}; the linear on the MKL-packed weight"))  # fmt: skip
-        self.rewrites.append(f"{_name(node)}: linear on the MKL-packed weight {w.name}")
+        self.regions.append(RegionFound("linear", [_name(n) for n in nodes], 0,
+                                        f"left as written: {why}; the {what} on the MKL-packed weight"))  # fmt: skip
+        self.rewrites.append(f"{_name(node)}: {what} on the MKL-packed weight {w.name}")
 
     def _gated_mlp(self, node: fx.Node) -> bool:
         """``act(linear(x, wg)) * linear(x, wu)`` (SwiGLU, GeGLU; no biases, one input ``x``, the
