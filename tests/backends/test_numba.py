@@ -146,6 +146,70 @@ def test_attention_float64_batched_heads():
     assert compare(out, _reference(problem, [q, k, v]), problem).ok
 
 
+def _attention_ref(q, k, v, causal):
+    problem = Problem.make("attention", dict(B=q.shape[0], S=q.shape[1], L=k.shape[1], D=q.shape[2], E=v.shape[2]),
+                           "float32", {"causal": causal})  # fmt: skip
+    return problem, _reference(problem, [q, k, v])
+
+
+def test_task_parallel_attention_first_and_blas_threads_restored():
+    pytest.importorskip("threadpoolctl", reason="threadpoolctl not installed (pip install 'uhop[cpu]')")
+    problem = Problem.make("attention", dict(B=4, S=300, L=300, D=32, E=32), "float32", {"causal": True})
+    first = NB.candidates(problem)[0]
+    assert first.cfg["parallel"] is True, first.id
+    libs = nbmod._blas_control().lib_controllers
+    before = [lib.num_threads for lib in libs]
+    kernel = NB.compile(first, problem)
+    rng = np.random.default_rng()
+    q, k, v = (rng.standard_normal((4, 300, 32)).astype(np.float32) for _ in range(3))
+    ref = _attention_ref(q, k, v, True)[1]
+    # several caller threads at once: each result right, and the BLAS thread count restored after the last
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(3) as ex_:
+        outs = list(ex_.map(lambda _: kernel(q, k, v), range(6)))
+    for out in outs:
+        assert compare(out, ref, problem).ok
+    assert [lib.num_threads for lib in libs] == before
+
+
+def test_task_failure_is_raised_and_blas_threads_restored():
+    pytest.importorskip("threadpoolctl", reason="threadpoolctl not installed (pip install 'uhop[cpu]')")
+    libs = nbmod._blas_control().lib_controllers
+    before = [lib.num_threads for lib in libs]
+    done = []
+
+    def task(i):
+        if i == 5:
+            raise ValueError("task 5 failed")
+        done.append(i)
+
+    with pytest.raises(ValueError, match="task 5 failed"), nbmod._one_blas_thread():
+        assert all(lib.num_threads == 1 for lib in libs)
+        nbmod._run_tasks(task, list(range(40)))
+    assert [lib.num_threads for lib in libs] == before and len(done) < 40
+
+
+def test_task_parallel_attention_in_a_forked_child():
+    """A forked child inherits the parent's pool object but none of its threads: it must make its own."""
+    import multiprocessing as mp
+
+    pytest.importorskip("threadpoolctl", reason="threadpoolctl not installed (pip install 'uhop[cpu]')")
+    kernel = nbmod.attention_kernel("float32", False, True, False, 16)
+    rng = np.random.default_rng()
+    q, k, v = (rng.standard_normal((3, 64, 8)).astype(np.float32) for _ in range(3))
+    kernel(q, k, v)  # the parent's pool now exists
+    ctx = mp.get_context("fork")
+    results = ctx.Queue()
+    child = ctx.Process(target=lambda: results.put(kernel(q, k, v)))  # fork: the closure is inherited
+    child.start()
+    out = results.get(timeout=60)
+    child.join(10)
+    assert child.exitcode == 0
+    problem, ref = _attention_ref(q, k, v, False)
+    assert compare(out, ref, problem).ok
+
+
 @pytest.mark.parametrize(
     "op,dims,params,arity",
     [("elementwise", {"N": (1 << 20) + 1}, {"expr": CHAIN}, 1), ("layernorm", {"R": 67, "N": 45}, {}, 3),

@@ -15,13 +15,14 @@ so that loops vectorize: pip installs of numba have no SVML.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import math
 import os
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -282,9 +283,21 @@ def matmul_kernel(dtype: str, activation: str, arity: int, parallel: bool, wide:
 def attention_kernel(dtype: str, causal: bool, parallel: bool, wide: bool, block: int) -> Kernel:
     """Per batch and block of ``block`` queries: scores = q_blk k^T (BLAS), softmax in place
     (numba, the block stays in L2), out_blk = p v (BLAS, written straight into the output).
-    Causal blocks only touch the keys their queries can see, halving the work."""
-    sm = _nk().attention_softmax_fn(dtype, causal, parallel, wide)
+    Causal blocks only touch the keys their queries can see, halving the work.
+
+    ``parallel``: the (batch, block) tasks run on :func:`_task_threads` threads, each task with
+    single-threaded BLAS and a serial softmax (no GIL held by either), taken largest first from a
+    shared counter. Otherwise the blocks run one after another, each BLAS call using all cores.
+    That is two thread barriers per block, and a barrier waits for its slowest thread: on the
+    2-core VM the serial loop's 8 x 2048 x 64 causal attention took 47 ms idle and 444-478 ms
+    next to another process running multi-threaded BLAS; the task-parallel one 31-33 ms idle and
+    87-96 ms loaded (numpy as written: 260 ms idle, 700-770 ms loaded;
+    ``benchmarks/diagnosis/eighteenth_attention_load.py``)."""
+    sm = _nk().attention_softmax_fn(dtype, causal, False, wide)
     np_dtype = np.dtype(dtype)
+    if parallel and _blas_control() is None:
+        raise RuntimeError("task-parallel attention needs threadpoolctl (to run BLAS single-threaded per task): "
+                           "pip install 'uhop[cpu]'")  # fmt: skip
 
     def kernel(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
         lead, (S, D), L, E = q.shape[:-2], q.shape[-2:], k.shape[-2], v.shape[-1]
@@ -293,17 +306,107 @@ def attention_kernel(dtype: str, causal: bool, parallel: bool, wide: bool, block
         v3 = np.ascontiguousarray(v, dtype=np_dtype).reshape(-1, L, E)
         out = np.empty((q3.shape[0], S, E), dtype=np_dtype)
         scale = 1.0 / math.sqrt(D)
-        rows = max(1, block // (2 * _threads()))
-        for b in range(q3.shape[0]):
-            for s0 in range(0, S, block):
-                s1 = min(S, s0 + block)
-                n = min(L, s1) if causal else L
-                scores = q3[b, s0:s1] @ k3[b, :n].T
-                sm(scores, scale, s0, rows)
-                np.matmul(scores, v3[b, :n], out=out[b, s0:s1])
+
+        def one(b: int, s0: int, rows: int) -> None:
+            s1 = min(S, s0 + block)
+            n = min(L, s1) if causal else L
+            scores = q3[b, s0:s1] @ k3[b, :n].T
+            sm(scores, scale, s0, rows)
+            np.matmul(scores, v3[b, :n], out=out[b, s0:s1])
+
+        if parallel:
+            starts = range(0, S, block)
+            tasks = [(b, s0) for s0 in (reversed(starts) if causal else starts) for b in range(q3.shape[0])]
+            with _one_blas_thread():
+                _run_tasks(lambda t: one(t[0], t[1], block), tasks)
+        else:
+            for b in range(q3.shape[0]):
+                for s0 in range(0, S, block):
+                    one(b, s0, block)
         return out.reshape(*lead, S, E)
 
     return kernel
+
+
+# ---- task parallelism for kernels made of BLAS calls -------------------------------------------
+@functools.cache
+def _blas_control() -> Any:
+    """threadpoolctl's controller of the BLAS libraries loaded now (numpy's), or None without
+    threadpoolctl."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    return ThreadpoolController().select(user_api="blas")
+
+
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_saved: list[tuple[Any, int]] = []
+
+
+@contextlib.contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """BLAS single-threaded while any task-parallel kernel of this process runs (calls from
+    several threads nest: the first sets one thread, the last restores the libraries' own count)."""
+    global _blas_users, _blas_saved
+    with _blas_lock:
+        if _blas_users == 0:
+            ctl = _blas_control()
+            _blas_saved = [(lib, lib.num_threads) for lib in (ctl.lib_controllers if ctl is not None else [])]
+            for lib, n in _blas_saved:
+                if n != 1:
+                    lib.set_num_threads(1)
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                for lib, n in _blas_saved:
+                    if n != 1:
+                        lib.set_num_threads(n)
+
+
+_pool: tuple[int, Any] | None = None
+
+
+def _task_threads() -> int:
+    return max(1, _threads())
+
+
+def _run_tasks(fn: Callable[[Any], None], tasks: list[Any]) -> None:
+    """``fn(t)`` for every task, on the calling thread and ``_task_threads() - 1`` pool threads,
+    each taking the next task from a shared counter (a thread the OS deschedules holds no queue of
+    work back). The first exception is raised once every thread has stopped."""
+    global _pool
+    import itertools
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = min(_task_threads(), len(tasks))
+    counter = itertools.count()  # next() is atomic under the GIL
+    failed: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for i in iter(counter.__next__, None):
+                if i >= len(tasks) or failed:
+                    return
+                fn(tasks[i])
+        except BaseException as e:  # re-raised by the caller
+            failed.append(e)
+
+    futures = []
+    if workers > 1:
+        if _pool is None or _pool[0] != os.getpid():  # a forked child inherits no pool threads
+            _pool = (os.getpid(), ThreadPoolExecutor(_task_threads() - 1, thread_name_prefix="uhop-tasks"))
+        futures = [_pool[1].submit(work) for _ in range(workers - 1)]
+    work()
+    for f in futures:
+        f.result()
+    if failed:
+        raise failed[0]
 
 
 # ---- the backend ------------------------------------------------------------------------------
@@ -385,12 +488,15 @@ class NumbaBackend(Backend):
             flags = [flags[-1], *flags[:-1]]
             template = "blas+epilogue"
         elif problem.op == "attention":
-            # Serial softmax between multi-threaded BLAS calls: alternating numba's and the BLAS
-            # library's thread pools (both spin-wait) on the same cores was 3-10x slower.
+            # Blocks as tasks on all cores, each with single-threaded BLAS and a serial softmax
+            # (see attention_kernel); then the blocks one after another with all-core BLAS.
+            # Never numba's pool between BLAS calls: alternating two spinning thread pools on the
+            # same cores was 3-10x slower.
             S = problem.dim["S"]
-            blocks = [b for b in (128, 512) if b < 2 * S] or [S]
-            out = [c("numba", "blocked", parallel=False, wide=wide, block=b) for b in blocks]
-            return out + ([c("numba", "blocked", parallel=False, wide=False, block=blocks[0])] if wide else [])
+            blocks = [b for b in (128, 256) if b < 2 * S] or [S]
+            par = [c("numba", "blocked", parallel=True, wide=wide, block=b) for b in blocks] if _blas_control() else []
+            out = [*par, c("numba", "blocked", parallel=False, wide=wide, block=blocks[0])]
+            return out + ([c("numba", "blocked", parallel=bool(par), wide=False, block=blocks[0])] if wide else [])
         else:
             return []
         out = [c("numba", template, parallel=p, wide=w, rows=_row_block(R, threads, 8)) for p, w in flags]
@@ -417,8 +523,8 @@ class NumbaBackend(Backend):
         elif problem.op == "matmul":
             high = min(1 << 12, 1 << max(0, (d["B"] * d["M"] - 1).bit_length()))
             params, template, out_bytes = [*flags, Pow2("rows", 1, high)], "blas+epilogue", 0
-        elif problem.op == "attention":  # serial softmax only (see candidates)
-            params = [Categorical("parallel", (False,)), flags[1], Pow2("block", 16, 1024)]
+        elif problem.op == "attention":  # parallel: blocks as tasks (see attention_kernel)
+            params = [Categorical("parallel", (True, False) if _blas_control() else (False,)), flags[1], Pow2("block", 16, 1024)]
             template, out_bytes = "blocked", 0
         else:
             return None

@@ -287,7 +287,7 @@ def compile_source(source: str, dtype: str, parallel: bool, wide: bool, fastmath
                 mod.__dict__.update(namespace(dtype, wide), __file__=path)
                 exec(compile(source, path or f"<{name}>", "exec"), mod.__dict__)
                 sys.modules[name] = mod
-            fn = njit(parallel=parallel, fastmath=set(fastmath), error_model="numpy", cache=path is not None)(
+            fn = njit(parallel=parallel, fastmath=set(fastmath), error_model="numpy", nogil=True, cache=path is not None)(
                 mod.__dict__["kernel"]
             )
             _compiled[key] = fn
