@@ -18,6 +18,13 @@ def test_decide_prefers_the_baseline_within_the_noise_and_the_faster_beyond_it()
     # 30% faster in every round: no tie
     d = decide([[1.0, 1.0, 1.1, 1.0, 1.0], [0.7, 0.7, 0.75, 0.7, 0.7]], preference=[0, 1])
     assert d.winner == 1 and d.ties == ()
+    # 4-30% faster in every round: the quartiles of the ratios are 0.21 apart, so the spread alone
+    # would call it a tie; a lead beyond 3% in every round is not one
+    d = decide([[1.0] * 5, [0.70, 0.75, 0.90, 0.96, 0.96]], preference=[0, 1])
+    assert d.winner == 1 and d.ties == ()
+    # the same but behind in one round: the spread decides, a tie
+    d = decide([[1.0] * 5, [0.70, 0.75, 0.90, 0.96, 1.02]], preference=[0, 1])
+    assert d.fastest == 1 and d.winner == 0 and d.ties == (1,)
 
 
 def _m(c: Candidate, t: float) -> Measurement:
