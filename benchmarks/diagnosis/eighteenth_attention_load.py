@@ -26,17 +26,10 @@ import uhop  # noqa: E402
 from uhop.backends.numba import attention_kernel  # noqa: E402
 from uhop.demo import _chosen, attention  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from walltime import median_ms  # noqa: E402
+
 HOG = "import numpy as np\na = np.ones((512, 512), np.float32)\nwhile True: a @ a"
-
-
-def ms(f, n=7):
-    f()
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts) * 1e3
 
 
 ap = argparse.ArgumentParser()
@@ -65,7 +58,7 @@ for r in range(a.rounds):
         time.sleep(0.5 if hogs else 0.1)
         try:
             for n, f in fns.items():
-                res[cond][n].append(round(ms(f), 2))
+                res[cond][n].append(round(median_ms(f, n=7, warm=1), 2))
         finally:
             for h in hogs:
                 h.kill()

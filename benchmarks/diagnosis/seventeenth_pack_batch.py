@@ -6,20 +6,16 @@ after 2 warm-up calls, every variant in one process. Times the ops directly (not
 
     python3 benchmarks/diagnosis/seventeenth_pack_batch.py [--out FILE]
 """
-import argparse, json, platform, statistics, time
+import argparse
+import json
+import os
+import platform
+import sys
+
 import torch
 
-
-def ms(f, n=15):
-    for _ in range(2):
-        f()
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts) * 1e3
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from walltime import median_ms as ms  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--out", default="benchmarks/results/diagnosis_seventeenth_pack_batch_cpu.json")
