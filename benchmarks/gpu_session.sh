@@ -41,7 +41,8 @@
 #   ncu-cluster                  #20: Nsight Compute on the cluster kernels at 2670 x 50257 (why layernorm is at 80%)
 #   h200                         on an H200, first: the product sweep (#20) and tuner-a (#13) in one call, ~9 min
 #   eighteenth                   #20: the CUDA cluster row kernels' write phase with all U loads issued before
-#                                the first store (PF 1) against the old order, every config, ~3 min
+#                                the first store (PF 1) against the old order, every config, ~1 min (ran at
+#                                a2a7c9a; PF was removed after it, so later commits time one kernel twice)
 #   seventeenth                  Triton / CUDA GPU tests (direct launches now for GEMM, attention, conv, gated MLP
 #                                too), their host cost direct vs JIT, ~4 min
 #   sixteenth                    direct Triton launches + repacked CUDA launches: GPU tests, launch overhead, ~3 min

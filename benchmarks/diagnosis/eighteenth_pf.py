@@ -1,4 +1,5 @@
-"""PF A/B for the CUDA cluster row kernels (eighteenth session): the write phase as it was (per
+"""PF A/B for the CUDA cluster row kernels (eighteenth session, ran at a2a7c9a: PF was removed after
+it: its best config per case 0.97-1.00x the old best; later commits ignore PF): the write phase as it was (per
 16-byte vector: shared-memory x, L2 weight and bias loads, then the store; ptxas keeps every
 global load after the previous store, so a thread has one vector's loads in flight: LDG LDG LDS
 STG x U in the SASS) against PF 1 (all U vectors' loads issued before the first store: 2U LDG

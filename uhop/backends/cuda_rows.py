@@ -250,31 +250,20 @@ uhop_rows(const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ w, c
   const uint4* wv = (const uint4*)(wt + hd * wrow) + v0;
   const uint4* bv = (const uint4*)(bt + hd * wrow) + v0;
   for (int base = tid; base < nv; base += NT * U) {
-    uint4 px[U], pw[U], pb[U];
-#if PF  // all U loads (x from shared memory, weight and bias from L2) issued before the first store
 #pragma unroll
     for (int u = 0; u < U; u++) {
       const int i = base + u * NT;
       if (i < nv) {
-        px[u] = buf[i];
-        if (HAS_W) pw[u] = ld_keep(wv + i);
-        if (HAS_B) pb[u] = ld_keep(bv + i);
-      }
-    }
+        float f[VE];
+        unpack(buf[i], f);
+#if HAS_W
+        float fw[VE];
+        unpack(ld_keep(wv + i), fw);
 #endif
-#pragma unroll
-    for (int u = 0; u < U; u++) {
-      const int i = base + u * NT;
-      if (i < nv) {
-#if !PF
-        px[u] = buf[i];
-        if (HAS_W) pw[u] = ld_keep(wv + i);
-        if (HAS_B) pb[u] = ld_keep(bv + i);
+#if HAS_B
+        float fb[VE];
+        unpack(ld_keep(bv + i), fb);
 #endif
-        float f[VE], fw[VE], fb[VE];
-        unpack(px[u], f);
-        if (HAS_W) unpack(pw[u], fw);
-        if (HAS_B) unpack(pb[u], fb);
 #pragma unroll
         for (int k = 0; k < VE; k++) {
 #if OP == 0
@@ -286,8 +275,12 @@ uhop_rows(const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ w, c
 #else
           float r = f[k] * inv;
 #endif
-          if (HAS_W) r *= fw[k];
-          if (HAS_B) r += fb[k];
+#if HAS_W
+          r *= fw[k];
+#endif
+#if HAS_B
+          r += fb[k];
+#endif
           f[k] = r;
         }
         st_stream(yv + i, pack(f));
@@ -326,18 +319,15 @@ SIGNATURE = "ppppppiqif"
 OPTIONS = ("--use_fast_math",)
 
 
-def source(op: int, dtype: str, CL: int, threads: int, U: int, has_w: bool, has_b: bool, PF: int = 0) -> str:
-    """The kernel's source for one specialization (macros ahead of :data:`SOURCE`); ``PF`` 1:
-    the write phase issues its U loads before its first store."""
+def source(op: int, dtype: str, CL: int, threads: int, U: int, has_w: bool, has_b: bool) -> str:
+    """The kernel's source for one specialization (macros ahead of :data:`SOURCE`)."""
     if CL not in (1, 2, 4, 8, 16):
         raise ValueError(f"CL: a cluster of 1, 2, 4, 8 or 16 CTAs, got {CL!r}")
     if threads not in (128, 256, 512, 1024):
         raise ValueError(f"threads: 128, 256, 512 or 1024, got {threads!r}")
     if U not in (1, 2, 4, 8):
         raise ValueError(f"U: 1, 2, 4 or 8 loads in flight per thread, got {U!r}")
-    if PF not in (0, 1):
-        raise ValueError(f"PF: 0 or 1, got {PF!r}")
-    defs = dict(DT=DTYPES[dtype], OP=op, CL=CL, NT=threads, U=U, HAS_W=int(has_w), HAS_B=int(has_b), PF=PF)
+    defs = dict(DT=DTYPES[dtype], OP=op, CL=CL, NT=threads, U=U, HAS_W=int(has_w), HAS_B=int(has_b))
     return "".join(f"#define {k} {v}\n" for k, v in defs.items()) + SOURCE
 
 
@@ -375,7 +365,7 @@ def launcher(cfg: dict[str, Any], op: int, eps: float, device: str) -> Any:
     from uhop.backends.triton_kernels import limits
     from uhop.backends.triton_kernels.rowops import ShiftedTables
 
-    CL, NT, U, PF = int(cfg["CL"]), int(cfg["threads"]), int(cfg.get("U", 4)), int(cfg.get("PF", 0))
+    CL, NT, U = int(cfg["CL"]), int(cfg["threads"]), int(cfg.get("U", 4))
     dev = torch.device(device)
     idx = dev.index if dev.index is not None else torch.cuda.current_device()
     tables = ShiftedTables()
@@ -388,7 +378,7 @@ def launcher(cfg: dict[str, Any], op: int, eps: float, device: str) -> Any:
         k = kernels.get(key)
         if k is None:
             name = str(dtype).removeprefix("torch.")
-            k = kernels[key] = nvrtc.kernel(source(op, name, CL, NT, U, has_w, has_b, PF), NAME, idx, SIGNATURE, OPTIONS)
+            k = kernels[key] = nvrtc.kernel(source(op, name, CL, NT, U, has_w, has_b), NAME, idx, SIGNATURE, OPTIONS)
         return k
 
     def run(x, w=None, b=None):
