@@ -210,6 +210,22 @@ def test_task_parallel_attention_in_a_forked_child():
     assert compare(out, ref, problem).ok
 
 
+def test_a_child_forked_inside_a_task_parallel_call_gets_blas_threads_back():
+    import multiprocessing as mp
+
+    pytest.importorskip("threadpoolctl", reason="threadpoolctl not installed (pip install 'uhop[cpu]')")
+    libs = nbmod._blas_control().lib_controllers
+    before = [lib.num_threads for lib in libs]
+    ctx = mp.get_context("fork")
+    results = ctx.Queue()
+    with nbmod._one_blas_thread():  # as if another thread of the parent were inside attention
+        child = ctx.Process(target=lambda: results.put([lib.num_threads for lib in libs]))
+        child.start()
+    assert results.get(timeout=60) == before
+    child.join(10)
+    assert [lib.num_threads for lib in libs] == before
+
+
 @pytest.mark.parametrize(
     "op,dims,params,arity",
     [("elementwise", {"N": (1 << 20) + 1}, {"expr": CHAIN}, 1), ("layernorm", {"R": 67, "N": 45}, {}, 3),

@@ -369,7 +369,23 @@ def _one_blas_thread() -> Iterator[None]:
                         lib.set_num_threads(n)
 
 
-_pool: tuple[int, Any] | None = None
+_pool: Any = None  # the task threads' ThreadPoolExecutor, made on first use
+_pool_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has none of the parent's threads: no pool (a new one on first use), fresh
+    locks, and BLAS's own thread count back if a parent thread was inside a task-parallel call."""
+    global _pool, _pool_lock, _blas_lock, _blas_users
+    _pool, _pool_lock, _blas_lock = None, threading.Lock(), threading.Lock()
+    if _blas_users:
+        _blas_users = 0
+        for lib, n in _blas_saved:
+            if n != 1:
+                lib.set_num_threads(n)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _task_threads() -> int:
@@ -399,9 +415,11 @@ def _run_tasks(fn: Callable[[Any], None], tasks: list[Any]) -> None:
 
     futures = []
     if workers > 1:
-        if _pool is None or _pool[0] != os.getpid():  # a forked child inherits no pool threads
-            _pool = (os.getpid(), ThreadPoolExecutor(_task_threads() - 1, thread_name_prefix="uhop-tasks"))
-        futures = [_pool[1].submit(work) for _ in range(workers - 1)]
+        with _pool_lock:
+            if _pool is None:
+                _pool = ThreadPoolExecutor(_task_threads() - 1, thread_name_prefix="uhop-tasks")
+            pool = _pool
+        futures = [pool.submit(work) for _ in range(workers - 1)]
     work()
     for f in futures:
         f.result()
