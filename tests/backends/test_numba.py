@@ -157,6 +157,8 @@ def test_task_parallel_attention_first_and_blas_threads_restored():
     problem = Problem.make("attention", dict(B=4, S=300, L=300, D=32, E=32), "float32", {"causal": True})
     first = NB.candidates(problem)[0]
     assert first.cfg["parallel"] is True, first.id
+    tiny = Problem.make("attention", dict(B=2, S=4, L=64, D=64, E=64), "float32", {"causal": False})
+    assert NB.candidates(tiny)[0].cfg["parallel"] is False  # waking threads costs more than the work
     libs = nbmod._blas_control().lib_controllers
     before = [lib.num_threads for lib in libs]
     kernel = NB.compile(first, problem)

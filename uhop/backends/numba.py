@@ -510,10 +510,14 @@ class NumbaBackend(Backend):
             # (see attention_kernel); then the blocks one after another with all-core BLAS.
             # Never numba's pool between BLAS calls: alternating two spinning thread pools on the
             # same cores was 3-10x slower.
-            S = problem.dim["S"]
+            # Tiny problems (below _SERIAL_BELOW multiply-adds) in sequence first: waking the task
+            # threads cost 10-150 us there against a 10 us call.
+            d = problem.dim
+            S = d["S"]
             blocks = [b for b in (128, 256) if b < 2 * S] or [S]
             par = [c("numba", "blocked", parallel=True, wide=wide, block=b) for b in blocks] if _blas_control() else []
-            out = [*par, c("numba", "blocked", parallel=False, wide=wide, block=blocks[0])]
+            seq = c("numba", "blocked", parallel=False, wide=wide, block=blocks[0])
+            out = [seq, *par] if d["B"] * S * d["L"] * (d["D"] + d["E"]) < _SERIAL_BELOW else [*par, seq]
             return out + ([c("numba", "blocked", parallel=bool(par), wide=False, block=blocks[0])] if wide else [])
         else:
             return []
