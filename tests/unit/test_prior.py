@@ -9,10 +9,10 @@ from uhop.problem import Problem
 from uhop.tune.tuner import budget_order
 
 
-def _order(op, dims, params=None):
+def _order(op, dims, params=None, lead=False):
     p = Problem.make(op, dims, "float32", params or {})
     usable = [b for b in bk.for_problem(p) if b.name in ("numpy", "torch", "numba")]
-    return [c.id for c in budget_order(p, usable, [list(b.candidates(p)) for b in usable])]
+    return [c.id for c in budget_order(p, usable, [list(b.candidates(p)) for b in usable], lead)]
 
 
 def test_fused_kernels_come_before_eager_chains_on_memory_bound_ops():
@@ -28,6 +28,24 @@ def test_attention_that_keeps_scores_on_chip_comes_before_eager_attention():
     order = _order("attention", {"B": 8, "S": 2048, "L": 2048, "D": 64, "E": 64})
     assert order[0] == "numpy/eager"
     assert order[1].startswith("numba/blocked")
+
+
+def test_a_timing_run_measures_a_much_faster_candidate_before_a_slow_baseline():
+    """The baseline's full evaluation can spend a budget alone (numpy attention: 0.2-0.8 s a
+    call); with ``lead`` the expected fastest goes first when the prior expects it at least 2x
+    faster, so the baseline's first call can end it as too slow. Otherwise the baseline leads."""
+    pytest.importorskip("numba")
+    from uhop.tune import tuner
+
+    dims = {"B": 8, "S": 2048, "L": 2048, "D": 64, "E": 64}
+    order = _order("attention", dims, {"causal": True}, lead=True)  # the demo's attention
+    assert order[0].startswith("numba/blocked") and order[1] == "numpy/eager"
+    assert sorted(order) == sorted(_order("attention", dims, {"causal": True}))  # the same candidates
+    # a prior that expects no clear lead: the baseline stays first
+    p = Problem.make("matmul", {"B": 1, "M": 512, "N": 512, "K": 512}, "float32", {})
+    usable = [b for b in bk.for_problem(p) if b.name in ("numpy", "numba")]
+    got = tuner.budget_order(p, usable, [list(b.candidates(p)) for b in usable], lead=True)
+    assert got[0] == tuner.baseline(p, usable, [list(b.candidates(p)) for b in usable])
 
 
 def test_budget_keeps_time_for_building_the_winner_in_this_process(monkeypatch):

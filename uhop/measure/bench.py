@@ -42,6 +42,7 @@ def benchmark(
     cutoff_s: float = math.inf,
     timer: Callable[[], float] = _perf_counter,
     cuda_events: bool = False,
+    max_time_s: float = math.inf,
 ) -> Timing:
     """Time ``fn(*args)`` cycling through ``arg_sets`` (rotating input buffers, so a kernel is not
     flattered by inputs that stay in cache from the previous call).
@@ -49,7 +50,8 @@ def benchmark(
     ``sync`` waits for the device (GPU backends); it runs before each sample starts and before it
     ends, so asynchronous launches are counted. Samples are sized so that ``repeat`` of them take
     about ``min_time_s``. If the first measured call is already slower than ``cutoff_s`` (e.g. 3x
-    the best candidate so far) timing stops there and that single time is returned.
+    the best candidate so far) timing stops there and that single time is returned. Calls so slow
+    that ``repeat`` samples would pass ``max_time_s`` take fewer samples, three at least.
 
     ``cuda_events``: time each sample with a pair of CUDA events (device time of the whole
     sample, recorded on the current stream after synchronizing the whole device) instead of the
@@ -68,6 +70,8 @@ def benchmark(
     first = timer() - t0
     if first > cutoff_s:
         return Timing(first, first, first, 0.0, 1, 1)
+    if first * repeat > max_time_s:
+        repeat = max(3, min(repeat, int(max_time_s / first)))
     per_sample = max(min_time_s / max(repeat, 1), 1e-9)
     calls = max(1, min(10_000, int(per_sample / max(first, 1e-7))))
     samples = []

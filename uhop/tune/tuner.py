@@ -156,14 +156,36 @@ def baseline(problem: Problem, usable: Sequence[Backend], per_backend: Sequence[
     return next((c for b, c in vendors if b.array == want), vendors[0][1])
 
 
-def budget_order(problem: Problem, usable: Sequence[Backend], per_backend: Sequence[Sequence[Candidate]]) -> list[Candidate]:
+#: seconds of samples a first pass spends on a slow candidate (at least three samples); the
+#: finalists are timed again interleaved
+SLOW_TIMING_S = 1.0
+#: the baseline goes second, after the expected fastest, when that is expected this many times faster
+LEAD_AHEAD_OF_BASELINE = 2.0
+
+
+def budget_order(problem: Problem, usable: Sequence[Backend], per_backend: Sequence[Sequence[Candidate]],
+                 lead: bool = False) -> list[Candidate]:  # fmt: skip
     """Evaluation order of a budgeted run: the baseline, then every other candidate by expected
-    time (the trained cost model, else the roofline prior of :mod:`uhop.tune.prior`)."""
+    time (the trained cost model, else the roofline prior of :mod:`uhop.tune.prior`).
+
+    ``lead`` (timing runs): the expected fastest goes first when it is expected at least
+    :data:`LEAD_AHEAD_OF_BASELINE` times faster than the baseline; the baseline follows it, and
+    if it is more than 3x slower its first call ends its evaluation (``too-slow``). A slow
+    baseline measured in full first can spend the budget alone: the demo's numpy attention (0.2-0.8
+    s a call) took 8 s of an 11 s budget on a loaded 2-core VM and every numba candidate, 8-10x
+    faster, was skipped."""
     from uhop.tune.prior import order
 
     base = baseline(problem, usable, per_backend)
-    ranked = [c for c, _ in order(problem, [c for cs in per_backend for c in cs])]
-    return ([base] if base is not None else []) + [c for c in ranked if c != base]
+    scored = order(problem, [c for cs in per_backend for c in cs])
+    rest = [c for c, _ in scored if c != base]
+    if base is None:
+        return rest
+    if lead and rest:
+        expected = dict(scored)
+        if expected[rest[0]] * LEAD_AHEAD_OF_BASELINE <= expected.get(base, 0.0):
+            return [rest[0], base, *rest[1:]]
+    return [base, *rest]
 
 
 @metrics.observe_evaluation
@@ -220,7 +242,7 @@ def evaluate(
     try:
         timing = benchmark(
             called, arg_sets, sync=sync, repeat=s.bench_repeat, min_time_s=s.bench_min_s, cutoff_s=cutoff_s,
-            cuda_events=problem.device.startswith("cuda") and backend.array == "torch",
+            cuda_events=problem.device.startswith("cuda") and backend.array == "torch", max_time_s=SLOW_TIMING_S,
         )
     except Exception as exc:  # a kernel that validated but fails when timed is still contained
         return Measurement(candidate, "crash", f"while timing: {type(exc).__name__}: {exc}"[:300], phases=phases), None
@@ -382,7 +404,7 @@ def _budgeted(
     problem: Problem, policy: str, budget: float, allow: tuple[str, ...], store: Any, progress: ProgressFn | None,
     force: bool, max_evals: int | None, isolate: bool | None, t_start: float,
 ) -> TuneResult:  # fmt: skip
-    """The default tuning run: baseline first, then candidates by expected time while the budget
+    """The default tuning run: baseline first (second behind a clearly faster expected lead), then candidates by expected time while the budget
     lasts, an interleaved re-timing of the best few, and the store's conflict rule."""
     s = settings()
     key = problem.key(s.shape_buckets)
@@ -415,7 +437,7 @@ def _budgeted(
             progress and progress(0, 0, Measurement(Candidate(b.name, "<candidates>"), "crash", str(exc)))
     by_name = {b.name: b for b in usable}
     vendors = frozenset(n for n, b in by_name.items() if b.vendor)  # library paths: always in the re-timing
-    order = budget_order(problem, usable, per_backend)
+    order = budget_order(problem, usable, per_backend, lead=policy == "tune")
     base = baseline(problem, usable, per_backend)
     measurements: list[Measurement] = _quarantined(order, by_name, key, store)
     order = [c for c in order if all(m.candidate != c for m in measurements)]
