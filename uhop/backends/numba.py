@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import itertools
 import math
 import os
 import sys
@@ -289,10 +290,10 @@ def attention_kernel(dtype: str, causal: bool, parallel: bool, wide: bool, block
     single-threaded BLAS and a serial softmax (no GIL held by either), taken largest first from a
     shared counter. Otherwise the blocks run one after another, each BLAS call using all cores.
     That is two thread barriers per block, and a barrier waits for its slowest thread: on the
-    2-core VM the serial loop's 8 x 2048 x 64 causal attention took 47 ms idle and 444-478 ms
-    next to another process running multi-threaded BLAS; the task-parallel one 31-33 ms idle and
-    87-96 ms loaded (numpy as written: 260 ms idle, 700-770 ms loaded;
-    ``benchmarks/diagnosis/eighteenth_attention_load.py``)."""
+    2-core VM the blocks in sequence ran 8 x 2048 x 64 causal attention in 48 ms idle and 319-1968
+    ms beside two processes running multi-threaded BLAS; as tasks, 28-31 ms idle and 84-100 ms
+    beside them (numpy as written: 259-264 ms and 805-906 ms;
+    ``benchmarks/diagnosis/eighteenth_attention_load.py``, three interleaved rounds)."""
     sm = _nk().attention_softmax_fn(dtype, causal, False, wide)
     np_dtype = np.dtype(dtype)
     if parallel and _blas_control() is None:
@@ -397,7 +398,6 @@ def _run_tasks(fn: Callable[[Any], None], tasks: list[Any]) -> None:
     each taking the next task from a shared counter (a thread the OS deschedules holds no queue of
     work back). The first exception is raised once every thread has stopped."""
     global _pool
-    import itertools
     from concurrent.futures import ThreadPoolExecutor
 
     workers = min(_task_threads(), len(tasks))

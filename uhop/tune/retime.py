@@ -71,8 +71,8 @@ def decide(samples: Sequence[Sequence[float]], preference: Sequence[int] | None 
         q1, q3 = ratios[len(ratios) // 4], ratios[(3 * len(ratios)) // 4]
         margin = max(MIN_MARGIN, q3 - q1)
         # faster beyond MIN_MARGIN in every round (3+ rounds) is a lead whatever the spread: one
-        # noisy round widened the quartiles of five ratios and a CPU GEMM 10% slower in every round
-        # of a later check was kept as "tied" (tuner_vs_oracle_cpu_run19.json)
+        # noisy round of five widens the quartiles past a 10% lead (tuner_vs_oracle_cpu_run19.json
+        # kept a CPU GEMM as "tied" that was 10% slower in every round of the final check)
         every_round = len(ratios) >= 3 and ratios[-1] < 1.0 - MIN_MARGIN
         if statistics.median(ratios) >= 1.0 - margin and not every_round:
             ties.append(i)

@@ -404,8 +404,9 @@ def _budgeted(
     problem: Problem, policy: str, budget: float, allow: tuple[str, ...], store: Any, progress: ProgressFn | None,
     force: bool, max_evals: int | None, isolate: bool | None, t_start: float,
 ) -> TuneResult:  # fmt: skip
-    """The default tuning run: baseline first (second behind a clearly faster expected lead), then candidates by expected time while the budget
-    lasts, an interleaved re-timing of the best few, and the store's conflict rule."""
+    """The default tuning run: baseline first (second behind a clearly faster expected lead), then
+    candidates by expected time while the budget lasts, an interleaved re-timing of the best few,
+    and the store's conflict rule."""
     s = settings()
     key = problem.key(s.shape_buckets)
     t = time.monotonic()
