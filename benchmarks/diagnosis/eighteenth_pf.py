@@ -11,7 +11,6 @@ kernels directly (a candidate study, not the product path).
 """
 import json
 import os
-import statistics
 import sys
 import tempfile
 
@@ -19,6 +18,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 os.environ.setdefault("UHOP_HOME", tempfile.mkdtemp())
 import torch  # noqa: E402
 from width_sweep import copy_gbps, environment  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hosttime import best_by, interleaved_gbps, row_case  # noqa: E402
 
 from uhop.backends import cuda_rows  # noqa: E402
 from uhop.backends.triton_kernels import limits  # noqa: E402
@@ -30,23 +32,9 @@ CASES = [("layernorm", 2670, 50257), ("rmsnorm", 883, 151936), ("layernorm", 102
 smax = limits("cuda:0").shared_mem_bytes - 1024
 
 
-def gbps(k, args, nbytes, n=10):
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    s.record()
-    for _ in range(n):
-        k(*args)
-    e.record()
-    torch.cuda.synchronize()
-    return nbytes / (s.elapsed_time(e) / n * 1e-3) / 1e9
-
-
 res = {"env": environment(), "copy_gbps": copy_gbps(), "cases": []}
 for op, R, N in CASES:
-    g = torch.Generator(device="cuda").manual_seed(0)
-    x = torch.randn(R, N, device="cuda", dtype=torch.bfloat16, generator=g)
-    nw = {"layernorm": 2, "rmsnorm": 1}.get(op, 0)
-    args = [x] + [torch.randn(N, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(nw)]
-    nbytes = 2 * x.numel() * 2 + nw * N * 2
+    args, nbytes = row_case(op, R, N)
     ks, wrong = {}, []
     for CL in (1, 2, 4, 8):
         if cuda_rows.layout(N, 2, CL)[1] > smax:
@@ -62,13 +50,8 @@ for op, R, N in CASES:
                 elif not torch.equal(y, ref):
                     wrong.append(cfg)
                 ks[json.dumps(cfg)] = k
-    t = {c: [] for c in ks}
-    for _ in range(5):
-        for c, k in ks.items():
-            t[c].append(gbps(k, args, nbytes))
-    med = {c: round(statistics.median(v), 1) for c, v in t.items()}
-    best = {pf: max(((c, m) for c, m in med.items() if json.loads(c)["PF"] == pf), key=lambda p: p[1], default=None)
-            for pf in (0, 1)}
+    med = interleaved_gbps(ks, args, nbytes)
+    best = best_by(med, "PF", (0, 1))
     pairs = [(round(med[c.replace('"PF": 0', '"PF": 1')] / m, 3)) for c, m in med.items() if json.loads(c)["PF"] == 0]
     print(f"{op} {R}x{N}: best PF0 {best[0]}  best PF1 {best[1]}  PF1/PF0 per config {pairs}  differ: {wrong}", flush=True)
     res["cases"].append({"op": op, "R": R, "N": N, "gbps": med, "best": best, "pf1_over_pf0": pairs, "outputs_differ": wrong})

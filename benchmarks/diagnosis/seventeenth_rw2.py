@@ -9,7 +9,7 @@ the RW 2 configs run the RW 1 kernel.
 
     OUT=/tmp python3 benchmarks/diagnosis/seventeenth_rw2.py
 """
-import json, os, statistics, sys, tempfile
+import json, os, sys, tempfile
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 os.environ.setdefault("UHOP_HOME", tempfile.mkdtemp())
 import torch
@@ -18,29 +18,18 @@ from uhop.backends.triton_kernels import limits
 from uhop.backends.triton_kernels.rowops import OPS
 from width_sweep import copy_gbps, environment  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hosttime import best_by, interleaved_gbps, row_case  # noqa: E402
+
 OUT = os.environ.get("OUT", "/tmp")
 CASES = [("layernorm", 2670, 50257), ("layernorm", 8192, 16400), ("rmsnorm", 883, 151936),
          ("rmsnorm", 4096, 32768), ("layernorm", 1024, 65536), ("rmsnorm", 64, 262144), ("softmax", 8192, 50257)]
 smax = limits("cuda:0").shared_mem_bytes - 1024
 
 
-def gbps(k, args, nbytes, n=10):
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    s.record()
-    for _ in range(n):
-        k(*args)
-    e.record()
-    torch.cuda.synchronize()
-    return nbytes / (s.elapsed_time(e) / n * 1e-3) / 1e9
-
-
 res = {"env": environment(), "copy_gbps": copy_gbps(), "cases": []}
 for op, R, N in CASES:
-    g = torch.Generator(device="cuda").manual_seed(0)
-    x = torch.randn(R, N, device="cuda", dtype=torch.bfloat16, generator=g)
-    nw = {"layernorm": 2, "rmsnorm": 1}.get(op, 0)
-    args = [x] + [torch.randn(N, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(nw)]
-    nbytes = 2 * x.numel() * 2 + nw * N * 2
+    args, nbytes = row_case(op, R, N)
     ref = cuda_rows.launcher({"CL": 8, "threads": 512, "U": 4}, OPS[op], 1e-5, "cuda:0")(*args).float()
     ks = {}
     for RW in (1, 2):
@@ -55,13 +44,8 @@ for op, R, N in CASES:
                     print(op, R, N, cfg, "WRONG", err, flush=True)
                     continue
                 ks[json.dumps(cfg)] = k
-    t = {c: [] for c in ks}
-    for _ in range(5):
-        for c, k in ks.items():
-            t[c].append(gbps(k, args, nbytes))
-    med = {c: round(statistics.median(v), 1) for c, v in t.items()}
-    best = {rw: max(((c, m) for c, m in med.items() if json.loads(c)["RW"] == rw), key=lambda p: p[1], default=None)
-            for rw in (1, 2)}
+    med = interleaved_gbps(ks, args, nbytes)
+    best = best_by(med, "RW", (1, 2))
     print(f"{op} {R}x{N}: best RW1 {best[1]}  best RW2 {best[2]}", flush=True)
     res["cases"].append({"op": op, "R": R, "N": N, "gbps": med, "best": best})
     json.dump(res, open(f"{OUT}/diagnosis_seventeenth_rw2.json", "w"), indent=1)
