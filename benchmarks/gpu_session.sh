@@ -40,9 +40,6 @@
 #                                cluster launcher, then tuner-a (the memory-bound product picks), ~9 min
 #   ncu-cluster                  #20: Nsight Compute on the cluster kernels at 2670 x 50257 (why layernorm is at 80%)
 #   h200                         on an H200, first: the product sweep (#20) and tuner-a (#13) in one call, ~9 min
-#   eighteenth                   #20: the CUDA cluster row kernels' write phase with all U loads issued before
-#                                the first store (PF 1) against the old order, every config, ~1 min (ran at
-#                                a2a7c9a; PF was removed after it, so later commits time one kernel twice)
 #   seventeenth                  Triton / CUDA GPU tests (direct launches now for GEMM, attention, conv, gated MLP
 #                                too), their host cost direct vs JIT, ~4 min
 #   sixteenth                    direct Triton launches + repacked CUDA launches: GPU tests, launch overhead, ~3 min
@@ -54,7 +51,7 @@
 # Two stages in one call: the tuner stages take STOP_S (start no case after it, default 400) and
 # LIMIT_S (kill after it, default 570), e.g. `bash ... buffers && STOP_S=300 LIMIT_S=470 bash ... tuner-a`.
 set -u
-stage=${1:?"stage: h200 | eighteenth | seventeenth | ncu-cluster | first | cuda | rows-product | fifteenth | sixteenth | next | eighth | ninth | tenth | eleventh | twelfth | thirteenth | llama-cg | gated | forms | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
+stage=${1:?"stage: h200 | seventeenth | ncu-cluster | first | cuda | rows-product | fifteenth | sixteenth | next | eighth | ninth | tenth | eleventh | twelfth | thirteenth | llama-cg | gated | forms | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
 OUT=${OUT:-/tmp/uhop-gpu-out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -107,8 +104,6 @@ case "$stage" in
     timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_triton_launch_gpu.py tests/gpu/test_cuda_rows_gpu.py \
       tests/gpu/test_triton_gpu.py 2>&1 | tail -8 | tee "$OUT/test_gpu.txt"
     timeout 120 python3 benchmarks/launch_overhead.py --out "$OUT/launch_overhead_${gpu}.json" 2>&1 | tail -5 ;;
-  eighteenth)  # the CUDA row kernels' write phase, PF 0 vs 1 (benchmarks/diagnosis/eighteenth_pf.py)
-    OUT=$OUT timeout 420 python3 benchmarks/diagnosis/eighteenth_pf.py 2>&1 | tail -12 ;;
   seventeenth)  # the seventeenth session's GPU checks: the CUDA and Triton tests (new: fresh weights at a
                 # reused address never read an old shifted table; GEMM-family kernels launched directly), ~4 min
     timeout 300 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_cuda_rows_gpu.py tests/gpu/test_triton_gpu.py \

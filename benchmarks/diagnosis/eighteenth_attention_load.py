@@ -25,9 +25,7 @@ import numpy as np  # noqa: E402
 import uhop  # noqa: E402
 from uhop.backends.numba import attention_kernel  # noqa: E402
 from uhop.demo import _chosen, attention  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from walltime import median_ms  # noqa: E402
+from uhop.measure.bench import benchmark  # noqa: E402
 
 HOG = "import numpy as np\na = np.ones((512, 512), np.float32)\nwhile True: a @ a"
 
@@ -58,7 +56,7 @@ for r in range(a.rounds):
         time.sleep(0.5 if hogs else 0.1)
         try:
             for n, f in fns.items():
-                res[cond][n].append(round(median_ms(f, n=7, warm=1), 2))
+                res[cond][n].append(round(benchmark(f, [()], warmup=1, repeat=7, min_time_s=0).median_s * 1e3, 2))
         finally:
             for h in hogs:
                 h.kill()

@@ -14,8 +14,12 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from walltime import median_ms as ms  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+from uhop.measure.bench import benchmark  # noqa: E402
+
+
+def ms(f):  # median of 15 single calls after two warm-up calls
+    return benchmark(f, [()], warmup=2, repeat=15, min_time_s=0).median_s * 1e3
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--out", default="benchmarks/results/diagnosis_seventeenth_pack_batch_cpu.json")

@@ -286,7 +286,7 @@ def attention_kernel(dtype: str, causal: bool, parallel: bool, wide: bool, block
     (numba, the block stays in L2), out_blk = p v (BLAS, written straight into the output).
     Causal blocks only touch the keys their queries can see, halving the work.
 
-    ``parallel``: the (batch, block) tasks run on :func:`_task_threads` threads, each task with
+    ``parallel``: the (batch, block) tasks run on :func:`_threads` threads, each task with
     single-threaded BLAS and a serial softmax (no GIL held by either), taken largest first from a
     shared counter. Otherwise the blocks run one after another, each BLAS call using all cores.
     That is two thread barriers per block, and a barrier waits for its slowest thread: on the
@@ -346,6 +346,13 @@ _blas_users = 0
 _blas_saved: list[tuple[Any, int]] = []
 
 
+def _restore_blas() -> None:
+    """The BLAS libraries' own thread counts, as :func:`_one_blas_thread` found them."""
+    for lib, n in _blas_saved:
+        if n != 1:
+            lib.set_num_threads(n)
+
+
 @contextlib.contextmanager
 def _one_blas_thread() -> Iterator[None]:
     """BLAS single-threaded while any task-parallel kernel of this process runs (calls from
@@ -365,9 +372,7 @@ def _one_blas_thread() -> Iterator[None]:
         with _blas_lock:
             _blas_users -= 1
             if _blas_users == 0:
-                for lib, n in _blas_saved:
-                    if n != 1:
-                        lib.set_num_threads(n)
+                _restore_blas()
 
 
 _pool: Any = None  # the task threads' ThreadPoolExecutor, made on first use
@@ -381,26 +386,20 @@ def _after_fork_in_child() -> None:
     _pool, _pool_lock, _blas_lock = None, threading.Lock(), threading.Lock()
     if _blas_users:
         _blas_users = 0
-        for lib, n in _blas_saved:
-            if n != 1:
-                lib.set_num_threads(n)
+        _restore_blas()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _task_threads() -> int:
-    return max(1, _threads())
-
-
 def _run_tasks(fn: Callable[[Any], None], tasks: list[Any]) -> None:
-    """``fn(t)`` for every task, on the calling thread and ``_task_threads() - 1`` pool threads,
+    """``fn(t)`` for every task, on the calling thread and ``_threads() - 1`` pool threads,
     each taking the next task from a shared counter (a thread the OS deschedules holds no queue of
     work back). The first exception is raised once every thread has stopped."""
     global _pool
     from concurrent.futures import ThreadPoolExecutor
 
-    workers = min(_task_threads(), len(tasks))
+    workers = min(_threads(), len(tasks))
     counter = itertools.count()  # next() is atomic under the GIL
     failed: list[BaseException] = []
 
@@ -417,7 +416,7 @@ def _run_tasks(fn: Callable[[Any], None], tasks: list[Any]) -> None:
     if workers > 1:
         with _pool_lock:
             if _pool is None:
-                _pool = ThreadPoolExecutor(_task_threads() - 1, thread_name_prefix="uhop-tasks")
+                _pool = ThreadPoolExecutor(_threads() - 1, thread_name_prefix="uhop-tasks")
             pool = _pool
         futures = [pool.submit(work) for _ in range(workers - 1)]
     work()
