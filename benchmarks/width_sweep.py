@@ -15,7 +15,9 @@ over two rounds and on the same fresh random inputs:
 Every output is checked against a float64 torch reference (relative L2 error). Rates count the
 op's minimum bytes (each input read once, the output written once) over the median
 ``triton.testing.do_bench`` time (CUDA events, L2 cleared between runs); ``copy_gbps`` is a
-device-to-device copy of 1 GiB measured at the start and end of the same run.
+device-to-device copy of 1 GiB measured at the start and end of the same run; ``copy_same``, a
+copy of each case's own byte count timed beside it (``*_of_copy_same``: that copy's time over
+the kernel's), shows what launch and ramp-up leave of the ceiling for a small case.
 """
 
 from __future__ import annotations
@@ -200,6 +202,11 @@ def run_case(op, R, N, dtype, arity, expr, opts, copy) -> dict[str, Any]:
         fns["uhop"] = uf
     for name, f in fns.items():
         row[f"{name}_err"] = rel_err(f(*args), ref)
+    # a device copy moving the case's bytes (half read, half written): what "of copy" means for a
+    # small case, where launch and ramp-up cost the copy too (the 1 GiB figure is the ceiling)
+    src = torch.empty(max(1, int(nbytes) // 4), dtype=torch.bfloat16, device="cuda").uniform_()
+    dst = torch.empty_like(src)
+    fns["copy_same"] = lambda *_: dst.copy_(src)
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(2):  # interleaved rounds
         for name, f in fns.items():
@@ -209,6 +216,9 @@ def run_case(op, R, N, dtype, arity, expr, opts, copy) -> dict[str, Any]:
         row[f"{name}_ms"] = ms
         row[f"{name}_gbps"] = round(nbytes / ms / 1e6, 1)
         row[f"{name}_of_copy"] = round(nbytes / ms / 1e6 / copy, 3)
+    for name in ("eager", "compile", "uhop"):
+        if f"{name}_ms" in row:
+            row[f"{name}_of_copy_same"] = round(row["copy_same_ms"] / row[f"{name}_ms"], 3)
     if opts.oracle:
         row["oracle"] = oracle(op, dims, dtype, params, arity, args, ref)
         ok = [r for r in row["oracle"] if "ms" in r and r["err"] < 0.02]
@@ -312,7 +322,7 @@ def line(r: dict[str, Any]) -> str:
     errs = " ".join(f"{k[:-4]}={r[k]:.1e}" for k in r if k.endswith("_err") and isinstance(r[k], float))
     extra = r.get("error") or r.get("compile_error") or ""
     return (f"{name} uhop {g('uhop_gbps')} eager {g('eager_gbps')} compile {g('compile_gbps')} "
-            f"oracle {g('oracle_gbps')} {r.get('oracle_best', '')} first {r.get('first_call_s', '-')}s "
+            f"copy@size {g('copy_same_gbps')} oracle {g('oracle_gbps')} {r.get('oracle_best', '')} first {r.get('first_call_s', '-')}s "
             f"{errs} {extra}")  # fmt: skip
 
 
