@@ -40,6 +40,8 @@
 #                                cluster launcher, then tuner-a (the memory-bound product picks), ~9 min
 #   ncu-cluster                  #20: Nsight Compute on the cluster kernels at 2670 x 50257 (why layernorm is at 80%)
 #   h200                         on an H200, first: the product sweep (#20) and tuner-a (#13) in one call, ~9 min
+#   nineteenth                   #20: rowsum at odd widths (GPU tests, A/B vs the old generator), softmax 11008 and
+#                                the elementwise cases through the product path, ~6 min
 #   seventeenth                  Triton / CUDA GPU tests (direct launches now for GEMM, attention, conv, gated MLP
 #                                too), their host cost direct vs JIT, ~4 min
 #   sixteenth                    direct Triton launches + repacked CUDA launches: GPU tests, launch overhead, ~3 min
@@ -51,7 +53,7 @@
 # Two stages in one call: the tuner stages take STOP_S (start no case after it, default 400) and
 # LIMIT_S (kill after it, default 570), e.g. `bash ... buffers && STOP_S=300 LIMIT_S=470 bash ... tuner-a`.
 set -u
-stage=${1:?"stage: h200 | seventeenth | ncu-cluster | first | cuda | rows-product | fifteenth | sixteenth | next | eighth | ninth | tenth | eleventh | twelfth | thirteenth | llama-cg | gated | forms | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
+stage=${1:?"stage: h200 | nineteenth | seventeenth | ncu-cluster | first | cuda | rows-product | fifteenth | sixteenth | next | eighth | ninth | tenth | eleventh | twelfth | thirteenth | llama-cg | gated | forms | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
 OUT=${OUT:-/tmp/uhop-gpu-out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -95,6 +97,15 @@ case "$stage" in
     timeout 90 python3 benchmarks/launch_overhead.py --out "$OUT/launch_overhead_${gpu}.json" 2>&1 | tail -5
     STOP_S=${STOP_S:-300} LIMIT_S=${LIMIT_S:-420} tvo softmax,layernorm,rmsnorm,elementwise,ew_gelu_mul_64m,softmax_gpt2_vocab \
       tuner_vs_oracle_${gpu}_a.json ;;
+  nineteenth)  # the nineteenth session's changes: rowsum reductions at odd widths (aligned body, element-wise
+              # edges) and softmax's one-tile config first past 8192: GPU tests, the rowsum A/B against the
+              # generator before (OLD_EW: `git show 9a38bc1:uhop/backends/triton_kernels/elementwise.py`),
+              # then the sweep's cases they touch through the product path, ~6 min
+    timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_triton_gpu.py -k "elementwise or row" 2>&1 \
+      | tail -6 | tee "$OUT/test_gpu.txt"
+    OUT=$OUT OLD_EW=${OLD_EW:-.gpu-scratch/old_elementwise.py} timeout 200 python3 benchmarks/diagnosis/nineteenth_rowsum.py 2>&1 | tail -8
+    timeout 300 python3 benchmarks/width_sweep.py --match "softmax 12192x11008,elementwise" --deadline-s 240 --stop-s 260 \
+      --out "$OUT/width_sweep_${gpu}_nineteenth.json" 2>&1 | grep -v Warning | tail -14 ;;
   h200)  # the first call on an H200: the two measurements #20 and #13 are judged by, in one call
          # (~9 min; the full sweep took 250 s on the H100, each writes its JSON case by case)
     timeout 300 python3 benchmarks/width_sweep.py --deadline-s 240 --stop-s 260 --out "$OUT/width_sweep_${gpu}_product.json" 2>&1 | tail -8

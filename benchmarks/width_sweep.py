@@ -266,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/results/width_sweep.json")
     ap.add_argument("--only", default="", help="comma-separated ops")
+    ap.add_argument("--match", default="", help="comma-separated substrings of 'op RxN dtype expr' (any one keeps a case)")
     ap.add_argument("--no-product", dest="product", action="store_false")
     ap.add_argument("--no-compile", dest="compile", action="store_false")
     ap.add_argument(
@@ -290,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     cases += [("elementwise", 1, 1 << 26, "bfloat16", n, e) for e, n in CHAINS[1:]]
     cases += [("elementwise", R, N, "bfloat16", len(f[1]), f) for R, N, f in FORMS]
     cases = [c for c in cases if not only or c[0] in only]
+    match = [m for m in opts.match.split(",") if m]
+    cases = [c for c in cases if not match or any(m in f"{c[0]} {c[1]}x{c[2]} {c[3]} {c[5]}" for m in match)]
     result: dict[str, Any] = {"env": environment(), "copy_gbps": [copy_gbps()], "rows": []}
     copy = result["copy_gbps"][0]
     for op, R, N, dt, ar, expr in cases:

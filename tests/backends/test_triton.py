@@ -184,6 +184,9 @@ def test_elementwise_codegen(interpreter, expr, n, dtype):
         ("frs", "sum", 3 * 20000, 20000),  # few long rows: columns split over programs, partials combined
         ("fff", "max", 2 * 9000, 9000),
         ("frs", "sum", 300 * 5, 5),  # many short rows per program
+        ("fff", "mean", 7 * 4104, 4104),  # rows 16-byte aligned (bf16) while C % 16 != 0: edges path, empty edges
+        ("fff", "max", 3 * 50257, 50257),  # odd width: aligned body per row, head and tail element-wise
+        ("fsf", "sum", 6 * 1, 1),  # one column: the head holds the whole row
     ],
 )
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -229,13 +232,15 @@ def test_elementwise_max_reduction_keeps_nan_with_the_gpus_source(interpreter, m
     monkeypatch.undo()
     x0 = torch.randn(21, 700).to(torch.bfloat16)
     x1 = torch.randn(700).to(torch.bfloat16)
-    x0[5, 333] = float("nan")
+    x0[5, 333] = float("nan")  # in row 5's aligned body
+    x0[7, 1] = float("nan")  # row 7 starts 4 elements off the 16-byte grid: in its element-wise head
+    x0[6, 698] = float("nan")  # row 6 ends 4 elements past it: in its tail
     p = make_problem(get("elementwise"), [x0, x1], {"expr": "x0*x1", "reduce": "max"})
     ref = (x0.double() * x1.double()).amax(-1)
-    rest = torch.arange(21) != 5
+    rest = (torch.arange(21) != 5) & (torch.arange(21) != 6) & (torch.arange(21) != 7)
     for c in interpreter.candidates(p)[:2]:
         y = interpreter.compile(c, p)(x0, x1)
-        assert torch.isnan(y[5]), c.id
+        assert torch.isnan(y[5]) and torch.isnan(y[6]) and torch.isnan(y[7]), c.id
         torch.testing.assert_close(y[rest].double(), ref[rest], rtol=1e-2, atol=1e-2)
 
 

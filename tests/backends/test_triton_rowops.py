@@ -153,6 +153,13 @@ def test_search_space_is_small_and_pruned_by_width():
             if t == "split" and cfg["phases"] == 1:
                 assert -(-N // cfg["CHUNK"]) <= h200.sm_count
     assert ro.row_tiles(5120) == (4096, 1024) and ro.row_tiles(11008) == (8192, 4096)
+    # past 8192 wide: softmax tries one power-of-two tile first (it led the two-tile forms by 8-12%
+    # on the H100), rmsnorm before the persistent grid, layernorm last (1.7x slower there)
+    for op, at in (("softmax", 0), ("rmsnorm", 2), ("layernorm", 3)):
+        cands = ro.configs(_problem(op, 12192, 11008), h200)
+        tiles = [c.get("tiles") for t, c in cands]
+        assert tiles.index(1) == at and len(cands) <= 4, (op, cands)
+        assert len(set(map(str, cands))) == len(cands), cands
     assert ro.row_tiles(1000) == (1024, 0) and ro.row_tiles(4096) == (4096, 0)
     # the interpreter (device "cpu") gets the two-launch split: its programs run one at a time
     cpu = ro.configs(_problem("softmax", 3, 40000, device="cpu"), Limits(232448, 1024, 4, (9, 0)))

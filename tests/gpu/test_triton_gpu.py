@@ -118,6 +118,25 @@ def test_elementwise(dtype):
                     {"expr": "gelu(x0)+tanh(x1)*pow(abs(x0)+1.0, 2.5)-maximum(x1, 0.1)"})  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("bcast", "reduce", "r", "c", "dtypes"),
+    [
+        ("", "mean", 257, 50257, ""),  # odd width: an aligned body per row, element-wise head and tail
+        ("frs", "sum", 64, 4104, ""),  # 16-byte aligned rows of a width not a multiple of 16
+        ("", "max", 33, 20011, ""),
+        ("", "sum", 3, 70001, ""),  # few long rows: columns split over programs
+        ("fr", "max", 100, 5, ""),  # rows shorter than a vector
+        ("fff", "sum", 40, 1001, "bfloat16,float32,float32"),  # mixed input dtypes
+    ],
+)
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_elementwise_reductions_at_odd_widths(bcast, reduce, r, c, dtypes, dtype):
+    params = {"expr": "sigmoid(x0*x1)*x0-x2+0.5" if len(bcast) != 2 else "x0*x1", "bcast": "" if bcast == "fff" else bcast,
+              "reduce": reduce, **({"dtypes": dtypes} if dtypes else {})}  # fmt: skip
+    arity = 2 if len(bcast) == 2 else 3
+    _all_candidates("triton", "elementwise", {"N": r * c, "C": c}, "float32" if dtypes else dtype, params, arity=arity)
+
+
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize(("b", "s", "l", "d"), [(4, 256, 256, 64), (2, 200, 130, 128), (3, 77, 77, 32)])
 def test_attention(causal, b, s, l, d):  # noqa: E741

@@ -323,6 +323,16 @@ def configs(problem: Any, lim: Limits) -> list[tuple[str, dict[str, Any]]]:
         few_rows = R * N < 2 * sm * ROW_TILE or -(-R // rows) < sm
         if split and few_rows and N >= 2048:
             out.append(split)
+        one_tile = ("row", {**row[1], "tiles": 1, "warps": _warps(rows * next_pow2(N))})
+        # past 8192, one power-of-two tile: first for softmax, whose two-tile forms it led by 8-12%
+        # on the H100 at 12192 x 11008 (fourteenth session 0.203 vs 0.220 ms; nineteenth, bf16, 2742
+        # vs 2458 GB/s) and which the fp16 case's budget then never reached in fourth place
+        # (width_sweep_h100_product_nineteenth.json: 2504 GB/s, 83% of copy); ahead of the persistent
+        # grid for rmsnorm (a tie); last for layernorm (0.325 against 0.195 ms,
+        # width_sweep_h100_rows_fourteenth.json)
+        tile_first = b2 and N > 8192 and problem.op != "layernorm"
+        if tile_first and problem.op in ("softmax", "log_softmax"):
+            out.append(one_tile)
         # Half the warps (twice the values per thread) first, where that stays <= 48 per thread: on
         # the H100 (row_variants_h100.json) layernorm 32768 x 5120 ran 2916 GB/s with 4 warps and
         # 1907 with 8; at 11008 8 warps led 16 (2786 vs 2706, rmsnorm 2911 vs 2883)
@@ -332,13 +342,7 @@ def configs(problem: Any, lim: Limits) -> list[tuple[str, dict[str, Any]]]:
             row = half  # the variants below take the first's warps (or set their own)
         else:
             out.append(row)
-        one_tile = ("row", {**row[1], "tiles": 1, "warps": _warps(rows * next_pow2(N))})
-        # past 8192, one power-of-two tile ahead of the persistent grid, except for layernorm: on the H100
-        # softmax 12192 x 11008 ran 0.203 ms with one tile of 16384 (16 warps) against 0.220 with
-        # two tiles (8 warps) and 0.223 persistent, rmsnorm a tie, layernorm 0.325 against 0.195
-        # (width_sweep_h100_rows_fourteenth.json; the full sweep's budget stopped before it)
-        tile_first = b2 and N > 8192 and problem.op != "layernorm"
-        if tile_first:
+        if tile_first and one_tile not in out:
             out.append(one_tile)
         if -(-R // rows) > 8 * sm:  # enough row blocks for a persistent grid to pay
             out.append(("row", {**row[1], "grid": 4, "stages": 2}))
