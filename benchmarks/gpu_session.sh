@@ -101,7 +101,7 @@ case "$stage" in
               # edges) and softmax's one-tile config first past 8192: GPU tests, the rowsum A/B against the
               # generator before (OLD_EW: `git show 9a38bc1:uhop/backends/triton_kernels/elementwise.py`),
               # then the sweep's cases they touch through the product path, ~6 min
-    timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_triton_gpu.py -k "elementwise or row" 2>&1 \
+    timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_triton_gpu.py -k "elementwise or row or batched" 2>&1 \
       | tail -6 | tee "$OUT/test_gpu.txt"
     OUT=$OUT OLD_EW=${OLD_EW:-.gpu-scratch/old_elementwise.py} timeout 200 python3 benchmarks/diagnosis/nineteenth_rowsum.py 2>&1 | tail -8
     timeout 300 python3 benchmarks/width_sweep.py --match "softmax 12192x11008,elementwise" --deadline-s 240 --stop-s 260 \

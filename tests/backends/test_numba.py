@@ -19,6 +19,7 @@ from uhop import dispatch  # noqa: E402
 from uhop.backends import numba as nbmod  # noqa: E402
 from uhop.backends.base import Candidate  # noqa: E402
 from uhop.config import override  # noqa: E402
+from uhop.errors import InputError  # noqa: E402
 from uhop.measure.validate import ValidationSet, check_kernel, compare  # noqa: E402
 from uhop.ops import expr as ex  # noqa: E402
 from uhop.ops.base import as_f64  # noqa: E402
@@ -125,6 +126,32 @@ def test_matmul_batched_float64():
     problem = Problem.make("matmul", {"B": 3, "M": 17, "N": 5, "K": 7}, "float64", {"activation": "gelu"}, arity=3)
     for cand in NB.candidates(problem):
         _check(problem, cand)
+
+
+@pytest.mark.parametrize("activation,arity", [("none", 2), ("gelu", 3), ("silu", 3)])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_matmul_with_a_batched_b_as_tasks(activation, arity, dtype):
+    """b with batch dims of its own (q @ k^T by hand): the task-parallel template first past tiny
+    sizes, every candidate against float64, and BLAS's thread count as it was afterwards."""
+    pytest.importorskip("threadpoolctl", reason="threadpoolctl not installed (pip install 'uhop[cpu]')")
+    params = {"activation": activation, "batched_b": True}
+    problem = Problem.make("matmul", {"B": 13, "M": 67, "N": 45, "K": 33}, dtype, params, arity=arity)
+    cands = NB.candidates(problem)
+    assert cands[0].template == "batched", cands
+    libs = nbmod._blas_control().lib_controllers
+    before = [lib.num_threads for lib in libs]
+    for cand in cands:
+        _check(problem, cand)
+    assert [lib.num_threads for lib in libs] == before
+    tiny = Problem.make("matmul", {"B": 2, "M": 4, "N": 4, "K": 4}, dtype, params, arity=arity)
+    assert NB.candidates(tiny)[0].template == "blas+epilogue"
+    # shared b: no batched template (one tall GEMM), and the batched one refuses a 2-D b by name
+    shared = Problem.make("matmul", {"B": 13, "M": 67, "N": 45, "K": 33}, dtype, {"activation": activation}, arity=arity)
+    assert all(c.template != "batched" for c in NB.candidates(shared))
+    k = NB.compile(cands[0], problem)
+    rng = np.random.default_rng()
+    with pytest.raises(InputError, match="batch dims"):
+        k(rng.standard_normal((13, 67, 33)).astype(dtype), rng.standard_normal((33, 45)).astype(dtype))
 
 
 @pytest.mark.parametrize("causal", [False, True])

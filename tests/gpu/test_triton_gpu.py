@@ -77,6 +77,17 @@ def test_matmul_batched():
     )
 
 
+@pytest.mark.parametrize(("dims", "act"), [((8, 300, 257, 129), "gelu"), ((4, 1024, 1024, 256), "gelu_tanh")])
+def test_matmul_with_a_batched_b(dims, act):
+    """b (B, K, N) is its own problem (batched_b): every Triton and torch candidate validates on
+    it (no cuBLASLt epilogue, no padded cuBLAS, no TMA: they take b 2-D)."""
+    B, M, N, K = dims
+    d = {"B": B, "M": M, "N": N, "K": K}
+    for name in ("triton", "torch"):
+        ok, _ = _all_candidates(name, "matmul", d, "bfloat16", {"activation": act, "batched_b": True}, 3)
+        assert not any("lt_epilogue" in c or "tma" in c or "padmm" in c for c in ok), ok
+
+
 @pytest.mark.parametrize("op", ["softmax", "layernorm", "rmsnorm"])
 @pytest.mark.parametrize(
     ("r", "n"), [(1000, 1000), (4096, 4096), (3, 50000), (64, 7), (8, 50257), (300, 5120), (140, 20001)]

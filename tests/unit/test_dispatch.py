@@ -367,6 +367,35 @@ def test_params_in_any_keyword_order_serve_one_store_entry():
     assert len(open_store().entries("matmul")) == 1
 
 
+def test_a_batched_b_is_its_own_problem():
+    """b with batch dims of its own and b shared by every row of a are two problems: a kernel
+    tuned on the shared form may take b 2-D only (IREE's compiled signature raised on a batched b
+    served from that key: "cannot reshape array of size 3072 into shape (32,24)"). The shared form
+    keeps the key it had (no batched_b param); batched_b=True on a 2-D b is refused by name."""
+    from uhop import ops as uops
+    from uhop.dispatch import make_problem
+
+    spec = uops.get("matmul")
+    rng = np.random.default_rng()
+    a = rng.standard_normal((4, 16, 32)).astype(np.float32)
+    b2, b3 = rng.standard_normal((32, 24)).astype(np.float32), rng.standard_normal((4, 32, 24)).astype(np.float32)
+    shared, batched = make_problem(spec, [a, b2], {}), make_problem(spec, [a, b3], {})
+    assert "batched_b" not in shared.param and batched.param["batched_b"] is True
+    assert shared.key() != batched.key() and shared.dim == batched.dim
+    assert make_problem(spec, [a[:1], b3[:1]], {}).param.get("batched_b") is None  # a batch of one: one GEMM
+    assert make_problem(spec, [a, b3], {"batched_b": False}).key() == batched.key()  # false is the default: derived
+    with pytest.raises(InputError, match="batched_b"):
+        make_problem(spec, [a, b2], {"batched_b": True})
+    # the tuner's inputs take the problem's form; both served in one process, each right
+    assert [s for s in spec.shapes_from_dims(batched.dim, batched.param, 2)] == [(4, 16, 32), (4, 32, 24)]
+    assert [s for s in spec.shapes_from_dims(shared.dim, shared.param, 2)] == [(4, 16, 32), (32, 24)]
+    with config.override(policy="tune", tune_budget_s=3):
+        for b in (b2, b3, b2, b3):
+            close(uhop.ops.matmul(a, b), a.astype(np.float64) @ b.astype(np.float64))
+    keys = {e.key for e in open_store().entries("matmul")}
+    assert keys == {shared.key(), batched.key()}
+
+
 def test_stale_or_wrong_store_entries_are_never_served():
     x = f32(16, 40)
     uhop.ops.softmax(x)

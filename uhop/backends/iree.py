@@ -64,7 +64,9 @@ class IreeBackend(Backend):
     def supports(self, problem: Problem) -> bool:
         # the emitted matmul reads b as (K, N): F.linear's (N, K) weight (trans_b) is not expressed,
         # and every candidate failed to compile on it (one warning per problem, nothing served)
-        return super().supports(problem) and not problem.param.get("trans_b", False)
+        # nor a b with batch dims of its own (the compiled signature takes b as one (K, N))
+        return (super().supports(problem) and not problem.param.get("trans_b", False)
+                and not problem.param.get("batched_b", False))  # fmt: skip
 
     # ---- candidates ---------------------------------------------------------------------------
     def candidates(self, problem: Problem) -> list[Candidate]:

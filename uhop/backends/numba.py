@@ -263,6 +263,46 @@ def norm_kernel(
     return kernel
 
 
+def batched_matmul_kernel(dtype: str, activation: str, arity: int, wide: bool, batches: int) -> Kernel:
+    """B GEMMs of a b with batch dims of its own (attention's q @ k^T written by hand), as tasks of
+    ``batches`` GEMMs on :func:`_threads` threads, each with single-threaded BLAS and a serial
+    epilogue on its slice. numpy (and ``blas+epilogue``) loop over the batch with all-core BLAS
+    calls, each a thread barrier: on the 2-core VM, 96 x (1024 x 64) @ (64 x 1024) float32 took 124
+    ms that way idle and 1770 ms beside two processes running multi-threaded BLAS; as tasks 88 and
+    266 ms (a prototype of this kernel, nineteenth session)."""
+    has_bias = arity >= 3
+    epi = None if (activation == "none" and not has_bias) else _nk().epilogue_fn(dtype, activation, has_bias, False, wide)
+    np_dtype = np.dtype(dtype)
+    unused = np.zeros(1, dtype=np_dtype)
+    if _blas_control() is None:
+        raise RuntimeError("task-parallel matmul needs threadpoolctl (to run BLAS single-threaded per task): "
+                           "pip install 'uhop[cpu]'")  # fmt: skip
+
+    def kernel(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+        if b.ndim < 3 or a.ndim < 3:
+            raise InputError(f"matmul: the batched template takes a and b with batch dims, got shapes "
+                             f"{tuple(a.shape)} and {tuple(b.shape)}")  # fmt: skip
+        M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
+        a3 = np.asarray(a).reshape(-1, M, K)
+        b3 = np.asarray(b).reshape(-1, K, N)
+        out = np.empty((a3.shape[0], M, N), dtype=np.result_type(a3, b3))
+        bv = np.ascontiguousarray(bias, dtype=np_dtype) if has_bias else unused
+        if has_bias and bv.shape != (N,):
+            raise InputError(f"matmul: bias must have shape ({N},), got {bv.shape}")
+
+        def one(lo: int) -> None:
+            hi = min(lo + batches, a3.shape[0])
+            np.matmul(a3[lo:hi], b3[lo:hi], out=out[lo:hi])
+            if epi is not None:
+                epi(out[lo:hi].reshape(-1, N), bv, M)
+
+        with _one_blas_thread():
+            _run_tasks(one, list(range(0, a3.shape[0], batches)))
+        return out.reshape(*a.shape[:-1], N)
+
+    return kernel
+
+
 def matmul_kernel(dtype: str, activation: str, arity: int, parallel: bool, wide: bool, rows: int) -> Kernel:
     has_bias = arity >= 3
     epi = None if (activation == "none" and not has_bias) else _nk().epilogue_fn(dtype, activation, has_bias, parallel, wide)
@@ -504,6 +544,13 @@ class NumbaBackend(Backend):
             R = problem.dim["B"] * problem.dim["M"]
             flags = [flags[-1], *flags[:-1]]
             template = "blas+epilogue"
+            d = problem.dim
+            if problem.param.get("batched_b") and d["B"] > 1 and _blas_control() is not None:
+                # B GEMMs as tasks (batched_matmul_kernel), about four per thread; first unless tiny
+                per = max(1, math.ceil(d["B"] / (threads * 4)))
+                tasks = c("numba", "batched", wide=wide, batches=per)
+                seq = [c("numba", template, parallel=p, wide=w, rows=_row_block(R, threads, 8)) for p, w in flags]
+                return [seq[0], tasks, *seq[1:]] if d["B"] * d["M"] * d["N"] * d["K"] < _SERIAL_BELOW else [tasks, *seq]
         elif problem.op == "attention":
             # Blocks as tasks on all cores, each with single-threaded BLAS and a serial softmax
             # (see attention_kernel); then the blocks one after another with all-core BLAS.
@@ -565,6 +612,8 @@ class NumbaBackend(Backend):
             kernel = softmax_kernel(dt, par, wide, int(cfg.get("rows", 16)), pool)
         elif problem.op in ("layernorm", "rmsnorm"):
             kernel = norm_kernel(problem.op, dt, problem.arity, p["eps"], par, wide, int(cfg.get("rows", 16)), pool)
+        elif problem.op == "matmul" and candidate.template == "batched":
+            kernel = batched_matmul_kernel(dt, p["activation"], problem.arity, wide, int(cfg.get("batches", 1)))
         elif problem.op == "matmul":
             kernel = matmul_kernel(dt, p["activation"], problem.arity, par, wide, int(cfg.get("rows", 16)))
         elif problem.op == "attention":

@@ -219,7 +219,7 @@ class TorchBackend(Backend):
         if problem.op == "matmul":
             half = problem.dtype in ("float16", "bfloat16")
             act = p["activation"]
-            if problem.arity == 3 and (act in ("relu", "gelu_tanh") or (act == "gelu" and half)):
+            if problem.arity == 3 and (act in ("relu", "gelu_tanh") or (act == "gelu" and half)) and not p.get("batched_b"):
                 out.append(c("torch", "lt_epilogue"))
             step = 16 // (4 if problem.dtype == "float32" else 2)
             if d["K"] % step or d["N"] % step:

@@ -82,14 +82,24 @@ class Matmul(Op):
     #: admits tensor-core kernels under a tolerance sized for that rounding
     #: ``trans_b``: b given as (..., N, K), F.linear's weight layout (read transposed, never copied);
     #: stated, not probed (no choices), so ``@optimize("matmul")`` keeps its probe count
+    #: ``batched_b``: b has batch dims of its own (B x (K, N), attention's q @ k^T) rather than one
+    #: (K, N) shared by every row of a; derived from the inputs and part of the key (a kernel tuned
+    #: on a shared b may take b 2-D only: IREE's compiled signature, cuBLASLt's epilogue), and left
+    #: out of it when false, so keys of the shared form are what they were
     params = (Param("activation", "none", ACTIVATIONS, str), Param("precision", "ieee", PRECISIONS, str),
-              Param("trans_b", False, None, bool))
+              Param("trans_b", False, None, bool), Param("batched_b", False, None, bool))
     dims = ("B", "M", "N", "K")
     description = ("act(a @ b + bias); a (...,M,K), b (...,K,N) or (K,N), bias (N,); --shape MxNxK or BxMxNxK; "
                    "precision=tf32 admits TF32 tensor-core kernels for float32")  # fmt: skip
 
     def defaulted_dims(self) -> dict[str, int]:
         return {"B": 1}
+
+    def normalize_params(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        out = super().normalize_params(given)
+        if not out.get("batched_b"):
+            out.pop("batched_b", None)  # the shared-b form: keys as they were before the param
+        return out
 
     def check(self, args: Sequence[Any], params: Mapping[str, Any]) -> dict[str, int]:
         self.check_arrays(args)
@@ -116,7 +126,17 @@ class Matmul(Op):
             )
         if bias is not None and tuple(bias.shape) != (N,):
             raise InputError(f"matmul: bias must have shape ({N},), got {tuple(bias.shape)}")
-        return {"B": math.prod(batch_a) if batch_a else 1, "M": M, "N": N, "K": K}
+        B = math.prod(batch_a) if batch_a else 1
+        batched = bool(batch_b) and B > 1
+        if "batched_b" in params and bool(params["batched_b"]) != batched:
+            raise InputError(f"matmul: batched_b={params['batched_b']!r} does not match b's shape {tuple(b.shape)} "
+                             f"(a is {tuple(a.shape)}); leave batched_b out, it is derived")  # fmt: skip
+        if isinstance(params, dict):
+            if batched:
+                params["batched_b"] = True
+            else:
+                params.pop("batched_b", None)
+        return {"B": B, "M": M, "N": N, "K": K}
 
     def output_shape(self, shapes: Sequence[tuple[int, ...]], params: Mapping[str, Any]) -> tuple[int, ...]:
         return (*shapes[0][:-1], shapes[1][-2] if params.get("trans_b") else shapes[1][-1])
@@ -124,7 +144,8 @@ class Matmul(Op):
     def shapes_from_dims(self, dims: Mapping[str, int], params: Mapping[str, Any], arity: int) -> list[tuple[int, ...]]:
         B, M, N, K = dims["B"], dims["M"], dims["N"], dims["K"]
         lead = (B,) if B > 1 else ()
-        return [(*lead, M, K), (N, K) if params.get("trans_b") else (K, N), (N,)][:arity]
+        blead = lead if params.get("batched_b") else ()
+        return [(*lead, M, K), (*blead, N, K) if params.get("trans_b") else (*blead, K, N), (N,)][:arity]
 
     def reference(self, a, b, bias=None, activation="none", trans_b=False, **_: Any) -> np.ndarray:
         y = np.matmul(a, np.swapaxes(b, -1, -2) if trans_b else b)
@@ -148,7 +169,7 @@ class Matmul(Op):
         from uhop.ops.base import ITEMSIZE
 
         B, M, N, K = dims["B"], dims["M"], dims["N"], dims["K"]
-        return ITEMSIZE[dtype] * (B * M * K + K * N + B * M * N)
+        return ITEMSIZE[dtype] * (B * M * K + (B if params.get("batched_b") else 1) * K * N + B * M * N)
 
     def error_scale(self, dims, params) -> float:
         return math.sqrt(dims["K"])

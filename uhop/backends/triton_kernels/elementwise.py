@@ -99,15 +99,15 @@ def generate(e: ex.Expr, n_inputs: int, forms: str = "", reduce: str = "none") -
             if forms[i] == "s":
                 return f"x{i} = tl.load(x{i}_ptr).to(tl.float32)"
             if forms[i] == "r":
-                return f"x{i} = tl.load(x{i}_ptr + COL, mask=MSK, other=0.0, eviction_policy='evict_last').to(tl.float32)"
+                return f"x{i} = tl.load(x{i}_ptr + COL, mask=RMSK, other=0.0, eviction_policy='evict_last').to(tl.float32)"
             return f"x{i} = tl.load(x{i}_ptr + OFF, mask=MSK, other=0.0, eviction_policy='evict_first').to(tl.float32)"
 
         body, result = _body(e, templates, load)
 
-        def region(off: str, col: str, msk: str, sfx: str = "") -> tuple[list[str], str]:
+        def region(off: str, col: str, msk: str, sfx: str = "", rmsk: str = "") -> tuple[list[str], str]:
             """The chain's lines for one region (body tile, head or tail), its names suffixed."""
             def rename(t: str) -> str:
-                t = t.replace("OFF", off).replace("COL", col).replace("MSK", msk)
+                t = t.replace("OFF", off).replace("COL", col).replace("RMSK", rmsk or msk).replace("MSK", msk)
                 return re.sub(r"\b([xt]\d+)\b", rf"\g<1>{sfx}", t) if sfx else t
             return [rename(b) for b in body], rename(result)
 
@@ -118,17 +118,19 @@ def generate(e: ex.Expr, n_inputs: int, forms: str = "", reduce: str = "none") -
             # tl.max takes no propagate_nan (Triton 3.6: a compile error on the GPU, which the
             # interpreter never hit): a reduce whose combine keeps NaN, as numpy's max does
             final = "r = tl.reduce(acc, 1, _max_nan)"
-            edge = "r = tl.maximum(r, tl.reduce({}, 1, _max_nan), propagate_nan=tl.PropagateNan.ALL)"
+            edges = ("er = tl.maximum(tl.reduce({}, 1, _max_nan), tl.reduce({}, 1, _max_nan), "
+                     "propagate_nan=tl.PropagateNan.ALL)")
+            join = "r = tl.maximum(r, er, propagate_nan=tl.PropagateNan.ALL)"
         else:
             init = "tl.zeros((ROWS, BLOCK), tl.float32)"
             fold = lambda m, v: f"tl.where({m}, {v}, 0.0)"  # noqa: E731
             acc = f"acc += {fold('m', '{}')}"
             final = "r = tl.sum(acc, axis=1)"
-            edge = "r += tl.sum({}, axis=1)"
-        main, res = region("a[:, None] + cols[None, :]", "COLS", "m")
-        main = [b.replace("COLS", "cols[None, :]") for b in main]
-        main_edges = [b.replace("COLS", "(a - start)[:, None] + cols[None, :]") for b in region(
-            "a[:, None] + cols[None, :]", "COLS", "m")[0]]
+            edges = "er = tl.sum({}, axis=1) + tl.sum({}, axis=1)"
+            join = "r += er"
+        # aligned rows: one column mask for every row (a broadcast row vector loads under it)
+        main, res = region("a[:, None] + cols[None, :]", "cols[None, :]", "m", rmsk="cmask[None, :]")
+        main_edges = region("a[:, None] + cols[None, :]", "(a - start)[:, None] + cols[None, :]", "m")[0]
         head, hres = region("start[:, None] + hidx[None, :]", "hidx[None, :]", "hm", "_h")
         tail, tres = region("b[:, None] + hidx[None, :]", "(b - start)[:, None] + hidx[None, :]", "tm", "_t")
         combine = ["@triton.jit", "def _max_nan(a, b):", "    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)",
@@ -153,28 +155,30 @@ def generate(e: ex.Expr, n_inputs: int, forms: str = "", reduce: str = "none") -
             "        nb = b - a",
             "    else:",
             "        a = start",
-            "        nb = start * 0 + C",
             "    lo = part * SPAN",
             "    hi = tl.minimum(lo + SPAN, C)",
-            f"    acc = {init}",
-            "    for i in tl.range(0, tl.cdiv(hi - lo, BLOCK)):",
-            "        cols = lo + i * BLOCK + tl.arange(0, BLOCK)",
-            "        m = rmask[:, None] & (cols[None, :] < tl.minimum(lo + SPAN, nb)[:, None])",
-            "        if EDGES:",
-            *("            " + b for b in main_edges),
-            "        else:",
-            *("            " + b for b in main),
-            f"        {acc.format(res)}",
-            f"    {final}",
-            "    if EDGES:",
+            "    if EDGES:  # the edges first: their loads in flight while the body streams",
             "        hidx = tl.arange(0, VEC)",
             "        first = part == 0",
             "        hm = rmask[:, None] & (start[:, None] + hidx[None, :] < tl.minimum(a, end)[:, None]) & first",
             "        tm = rmask[:, None] & (hidx[None, :] < (end - b)[:, None]) & first",
             *("        " + b for b in head),
-            f"        {edge.format(fold('hm', hres))}",
             *("        " + b for b in tail),
-            f"        {edge.format(fold('tm', tres))}",
+            f"        {edges.format(fold('hm', hres), fold('tm', tres))}",
+            f"    acc = {init}",
+            "    for i in tl.range(0, tl.cdiv(hi - lo, BLOCK)):",
+            "        cols = lo + i * BLOCK + tl.arange(0, BLOCK)",
+            "        if EDGES:",
+            "            m = rmask[:, None] & (cols[None, :] < tl.minimum(lo + SPAN, nb)[:, None])",
+            *("            " + b for b in main_edges),
+            "        else:",
+            "            cmask = cols < hi",
+            "            m = rmask[:, None] & cmask[None, :]",
+            *("            " + b for b in main),
+            f"        {acc.format(res)}",
+            f"    {final}",
+            "    if EDGES:",
+            f"        {join}",
             "    if PARTIAL:",
             "        tl.store(out_ptr + rows.to(tl.int64) * tl.num_programs(1) + part, r, mask=rmask)",
             "    else:",
@@ -273,15 +277,18 @@ def configs(problem: Any, lim: Limits) -> list[tuple[str, dict[str, Any]]]:
     """At most 4 block shapes, the expected best first. On the H200 (64M bf16 elements, 1, 2 and 4
     inputs, benchmarks/width_sweep.py) 1024-2048 elements per 4-warp program beat larger blocks
     and a persistent grid by 1-10%: more programs in flight hide the loads' latency better.
-    Reductions (``rowsum``): a program reduces ROWS rows, BLOCK columns at a time, about 2048-4096
-    elements per pass; short rows take several rows per program."""
+    Reductions (``rowsum``): a program reduces ROWS rows, BLOCK columns at a time, 1024-4096
+    elements per pass, 1024 first: on the H100 (``diagnosis_nineteenth_rowsum_h100.json``) it led
+    2048 by 7-10% on rows of 4096 and 4100 and trailed it by 2% on rows of 50257, and the product
+    path's budget often times only the first (``width_sweep_h100_nineteenth_rowsum_softmax.json``);
+    short rows take several rows per program."""
     from uhop.backends.triton_kernels import next_pow2
 
     if problem.param.get("reduce", "none") != "none":
         c = problem.dim["C"]
         r = problem.dim["N"] // c
         found: list[tuple[str, dict[str, Any]]] = []
-        for elems, warps in ((2048, 4), (4096, 8), (1024, 4)):
+        for elems, warps in ((1024, 4), (2048, 4), (4096, 8)):
             block = min(next_pow2(c), elems)
             rows = max(1, elems // block)
             # fewer row blocks than 2 programs per SM, long rows: the columns split over programs

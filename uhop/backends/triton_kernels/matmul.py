@@ -206,7 +206,8 @@ def configs(problem: Any, lim: Limits, tf32: bool = False) -> list[tuple[str, di
     B, M, N, K = d["B"], d["M"], d["N"], d["K"]
     itemsize = 4 if problem.dtype == "float32" else 2
     prec = "tf32" if (problem.dtype == "float32" and tf32) else "ieee"
-    rows = B * M  # a 2-D b lets a batched a be flattened into one tall GEMM
+    batched = bool(problem.param.get("batched_b", False))  # b (B, K, N): B GEMMs of M rows (the ptr template)
+    rows = M if batched else B * M  # a 2-D b lets a batched a be flattened into one tall GEMM
     out: list[tuple[str, dict[str, Any]]] = []
     if itemsize == 2:
         if rows <= 64:  # weight-read bound: narrow tiles, deep K
@@ -218,10 +219,10 @@ def configs(problem: Any, lim: Limits, tf32: bool = False) -> list[tuple[str, di
                      (128, 128, 128, 8, 3), (64, 256, 64, 4, 4)]  # fmt: skip
     else:
         tiles = [(128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 64, 32, 4, 4)]
-    small = rows * N < 1024 * 1024
-    tma_ok = lim.hopper and (problem.layout == "contiguous") and rows > 64
+    small = B * M * N < 1024 * 1024
+    tma_ok = lim.hopper and (problem.layout == "contiguous") and rows > 64 and not batched
     aligned = _aligned(K, itemsize) and _aligned(N, itemsize)
-    if not aligned:
+    if not aligned and not batched:
         out.append(("padmm", {"to": 16}))  # expected winner on big misaligned problems: tried first
     for bm, bn, bk, w, s in tiles:
         epi = itemsize if aligned else 0  # the TMA store stages the output tile in shared memory
