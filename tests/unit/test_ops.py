@@ -286,3 +286,31 @@ def test_result_dtype_follows_the_callers_library():
     for other in (torch.zeros(3), torch.zeros(1), torch.tensor(1.0), torch.zeros(3, dtype=torch.float16),
                   torch.tensor(1.0, dtype=torch.float64)):  # fmt: skip
         assert result_dtype([b, other]) == str((b * other).dtype).removeprefix("torch."), other
+
+
+def test_comparison_in_steps_finds_what_the_whole_array_comparison_finds(rng):
+    """The stepped comparison of a passing output (validate._within) against whole-array numpy:
+    the same largest error; one element off in any step (the first, one across a step boundary,
+    the ragged last), or a NaN, fails it, and the full comparison names the element."""
+    from uhop.measure import validate as v
+    from uhop.problem import Problem
+
+    n = 3 * v.WITHIN_CHUNK + 123
+    p = Problem.make("elementwise", {"N": n}, "float32", {"expr": "x0+x1"}, arity=2)
+    ref = rng.standard_normal(n)
+    out = (ref + rng.uniform(-1e-7, 1e-7, n)).astype(np.float32)
+    bound = v._bound(ref, p)
+    good = v.compare(out, ref, p, bound)
+    assert good.ok and good.max_err == float(np.abs(out.astype(np.float64) - ref).max())
+    for i in (0, v.WITHIN_CHUNK - 1, v.WITHIN_CHUNK, n - 1):
+        bad = out.copy()
+        bad[i] += 1.0
+        assert v._within(bad, ref, bound) is None
+        verdict = v.compare(bad, ref, p, bound)
+        assert not verdict.ok and f"flat index {i}" in verdict.reason, (i, verdict)
+    nan = out.copy()
+    nan[n - 5] = np.nan
+    assert v._within(nan, ref, bound) is None and not v.compare(nan, ref, p, bound).ok
+    torch = pytest.importorskip("torch")
+    assert v._within(torch.from_numpy(out), ref, bound) == good.max_err  # a torch output, converted per step
+    assert v._within(out[:0], ref[:0], bound[:0]) == 0.0
