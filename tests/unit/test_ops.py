@@ -305,12 +305,33 @@ def test_comparison_in_steps_finds_what_the_whole_array_comparison_finds(rng):
     for i in (0, v.WITHIN_CHUNK - 1, v.WITHIN_CHUNK, n - 1):
         bad = out.copy()
         bad[i] += 1.0
-        assert v._within(bad, ref, bound) is None
+        assert v._within(bad, ref, *bound) is None
         verdict = v.compare(bad, ref, p, bound)
         assert not verdict.ok and f"flat index {i}" in verdict.reason, (i, verdict)
     nan = out.copy()
     nan[n - 5] = np.nan
-    assert v._within(nan, ref, bound) is None and not v.compare(nan, ref, p, bound).ok
+    assert v._within(nan, ref, *bound) is None and not v.compare(nan, ref, p, bound).ok
     torch = pytest.importorskip("torch")
-    assert v._within(torch.from_numpy(out), ref, bound) == good.max_err  # a torch output, converted per step
-    assert v._within(out[:0], ref[:0], bound[:0]) == 0.0
+    assert v._within(torch.from_numpy(out), ref, *bound) == good.max_err  # a torch output, converted per step
+    assert v._within(out[:0], ref[:0], *bound) == 0.0
+
+
+def test_a_large_half_written_output_is_rejected_without_the_poison_fill():
+    """Host outputs above glibc's largest mmap threshold are not NaN-poisoned before the kernel
+    runs (each such allocation is a fresh zeroed mapping): a kernel that writes half of one still
+    fails validation on the zeros it leaves, and one that writes all of it passes."""
+    from uhop.measure import validate as v
+    from uhop.problem import Problem
+
+    n = v.MMAP_THRESHOLD_MAX // 4 + 4099  # float32: just above the threshold
+    p = Problem.make("elementwise", {"N": n}, "float32", {"expr": "x0+x1"}, arity=2)
+    vset = v.ValidationSet(p, trials=2)
+
+    def half(x0, x1):
+        out = np.empty_like(x0)
+        out[: n // 2] = x0[: n // 2] + x1[: n // 2]
+        return out
+
+    bad = v.check_kernel(half, vset, "numpy", "cpu")
+    assert not bad.ok and bad.status == "wrong-result", bad
+    assert v.check_kernel(lambda x0, x1: x0 + x1, vset, "numpy", "cpu").ok

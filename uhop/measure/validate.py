@@ -4,6 +4,7 @@ inputs, several draws, with its output checked for shape, dtype, aliasing and un
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from uhop.backends.base import convert
-from uhop.ops.base import as_f64, dtype_name
+from uhop.ops.base import ITEMSIZE, as_f64, dtype_name
 from uhop.problem import Problem
 
 log = logging.getLogger(__name__)
@@ -30,9 +31,9 @@ class Verdict:
 class Trial:
     inputs: list[np.ndarray]  # numpy, each in its input's dtype (float32 stands in for bfloat16)
     reference: np.ndarray  # float64, computed from the inputs as rounded to their dtypes
-    #: ``atol + rtol * |reference|`` when the reference is all finite (computed once per trial,
-    #: so each candidate's comparison is a subtraction and a compare), else None
-    bound: np.ndarray | None = None
+    #: (rtol, atol) when the reference is all finite (a passing output is then compared in
+    #: cache-sized steps, the bound computed per step), else None
+    bound: tuple[float, float] | None = None
 
 
 class ValidationSet:
@@ -192,7 +193,7 @@ class DeviceTrial:
         return self._host["reference"]
 
     @property
-    def bound(self) -> np.ndarray | None:
+    def bound(self) -> tuple[float, float] | None:
         if "bound" not in self._host:
             self._host["bound"] = _bound(self.reference, self.problem)
         return self._host["bound"]
@@ -277,14 +278,13 @@ def reference_on(problem: Problem, xs: list[np.ndarray], device: str) -> np.ndar
         return None
 
 
-def _bound(ref: np.ndarray, problem: Problem) -> np.ndarray | None:
+def _bound(ref: np.ndarray, problem: Problem) -> tuple[float, float] | None:
+    """(rtol, atol) of ``problem`` when ``ref`` is all finite (a passing output is then checked
+    in cache-sized steps, :func:`_within`), else None (the NaN/inf-aware comparison)."""
     if not np.isfinite(ref).all():
         return None
     rtol, atol = problem.spec.tolerance(problem.dtype, problem.dim, problem.param)
-    bound = np.abs(ref)
-    bound *= rtol
-    bound += atol
-    return bound
+    return float(rtol), float(atol)
 
 
 def _round_bf16(x: np.ndarray) -> np.ndarray:
@@ -298,34 +298,38 @@ def _round_bf16(x: np.ndarray) -> np.ndarray:
 WITHIN_CHUNK = 1 << 16
 
 
-def _within(out: Any, ref: np.ndarray, bound: np.ndarray) -> float | None:
-    """The largest ``|out - ref|`` when every element is within ``bound``, else None (NaN too).
-    In steps of :data:`WITHIN_CHUNK` elements: on the 2-core VM a 96 x 1024 x 1024 float32 output
-    took 5.2 s with whole-array float64 temporaries (800 MB each) and 0.26 s this way, which was
-    most of a batched matmul's tuning budget (nineteenth session)."""
+def _within(out: Any, ref: np.ndarray, rtol: float, atol: float) -> float | None:
+    """The largest ``|out - ref|`` when every element is within ``atol + rtol * |ref|``, else
+    None (NaN too). In steps of :data:`WITHIN_CHUNK` elements, the bound computed per step: on the
+    2-core VM a 96 x 1024 x 1024 float32 output took 5.2 s with whole-array float64 temporaries
+    (800 MB each) and 0.26 s this way, and each trial's stored bound array had cost 0.4 s more;
+    together most of a batched matmul's tuning budget (nineteenth session)."""
     src = out
     if hasattr(src, "detach"):  # torch: one copy to the host, converted per step
         src = src.detach()
         if src.device.type != "cpu":
             src = src.cpu()
-    src, r, b = src.reshape(-1), ref.reshape(-1), bound.reshape(-1)
+    src, r = src.reshape(-1), ref.reshape(-1)
     n = r.size
-    buf = np.empty(min(n, WITHIN_CHUNK))
+    buf, lim = np.empty(min(n, WITHIN_CHUNK)), np.empty(min(n, WITHIN_CHUNK))
     worst = 0.0
     for i in range(0, n, WITHIN_CHUNK):
         j = min(n, i + WITHIN_CHUNK)
-        e = buf[: j - i]
+        e, b = buf[: j - i], lim[: j - i]
         np.subtract(src[i:j] if isinstance(src, np.ndarray) else as_f64(src[i:j]), r[i:j], out=e)
         np.abs(e, out=e)
-        if not bool(np.all(e <= b[i:j])):  # NaN compares False: the full comparison says where
+        np.abs(r[i:j], out=b)
+        b *= rtol
+        b += atol
+        if not bool(np.all(e <= b)):  # NaN compares False: the full comparison says where
             return None
         worst = max(worst, float(e.max()))
     return worst
 
 
-def compare(out: Any, ref: np.ndarray, problem: Problem, bound: np.ndarray | None = None) -> Verdict:
+def compare(out: Any, ref: np.ndarray, problem: Problem, bound: tuple[float, float] | None = None) -> Verdict:
     """Compare a kernel output with the float64 reference under the op's tolerance. ``bound``
-    (:attr:`Trial.bound`, for an all-finite reference) makes a passing output cost three passes."""
+    (:attr:`Trial.bound`, for an all-finite reference) compares a passing output in cache-sized steps."""
     expected_shape = tuple(ref.shape)
     if not hasattr(out, "shape") or not hasattr(out, "dtype"):
         return Verdict(False, "bad-output", f"returned {type(out).__name__}, expected an array")
@@ -333,8 +337,8 @@ def compare(out: Any, ref: np.ndarray, problem: Problem, bound: np.ndarray | Non
         return Verdict(False, "bad-output", f"shape {tuple(out.shape)}, expected {expected_shape}")
     if dtype_name(out) != problem.dtype:
         return Verdict(False, "bad-output", f"dtype {dtype_name(out)}, expected {problem.dtype}")
-    if bound is not None and tuple(bound.shape) == expected_shape:
-        worst = _within(out, ref, bound)
+    if bound is not None:
+        worst = _within(out, ref, *bound)
         if worst is not None:
             return Verdict(True, "ok", "", worst)
     got = as_f64(out)
@@ -404,17 +408,29 @@ def _shares_memory(a: Any, b: Any) -> bool:
     return False
 
 
+#: glibc's largest mmap threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX): larger allocations are
+#: always fresh mappings
+MMAP_THRESHOLD_MAX = 32 * 2**20
+
+
 def _poison(problem: Problem, shape: tuple[int, ...], array: str, device: str) -> None:
     """Fill, then free, an output-sized NaN buffer right before the kernel runs: allocators hand
     the same memory to the kernel's next allocation of that size (torch's caching allocator always
     does; glibc does below its mmap threshold), so a kernel that leaves part of its output
-    unwritten returns NaN there instead of plausible stale values, and fails the comparison."""
+    unwritten returns NaN there instead of plausible stale values, and fails the comparison.
+    Host outputs above glibc's largest mmap threshold are not poisoned: glibc maps every such
+    allocation afresh and unmaps it on free, so the kernel's output gets new zeroed pages whatever
+    was filled before (a 400 MB fill cost 0.73 s per trial on the 2-core VM, for nothing)."""
     if array == "torch":
         import torch
 
         dt = getattr(torch, problem.dtype)
+        if device == "cpu" and math.prod(shape) * ITEMSIZE.get(problem.dtype, 8) > MMAP_THRESHOLD_MAX:
+            return
         buf = torch.full(shape, float("nan"), dtype=dt, device=device)
     else:
+        if math.prod(shape) * np.dtype(problem.dtype).itemsize > MMAP_THRESHOLD_MAX:
+            return
         buf = np.full(shape, np.nan, dtype=problem.dtype)
     del buf
 
