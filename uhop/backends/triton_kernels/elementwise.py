@@ -278,8 +278,9 @@ def configs(problem: Any, lim: Limits) -> list[tuple[str, dict[str, Any]]]:
     inputs, benchmarks/width_sweep.py) 1024-2048 elements per 4-warp program beat larger blocks
     and a persistent grid by 1-10%: more programs in flight hide the loads' latency better.
     Reductions (``rowsum``): a program reduces ROWS rows, BLOCK columns at a time, 1024-4096
-    elements per pass, 1024 first: on the H100 (``diagnosis_nineteenth_rowsum_h100.json``) it led
-    2048 by 7-10% on rows of 4096 and 4100 and trailed it by 2% on rows of 50257, and the product
+    elements per pass, 1024 first: on the H100 (``diagnosis_nineteenth_rowsum_h100*.json``) it led
+    2048 by 7% on an aligned sum over 4096 and by 1-3% on the other 4096-4100 cases, trailed it by
+    2% on rows of 50257 in one run of two, and the product
     path's budget often times only the first (``width_sweep_h100_nineteenth_rowsum_softmax.json``);
     short rows take several rows per program."""
     from uhop.backends.triton_kernels import next_pow2
