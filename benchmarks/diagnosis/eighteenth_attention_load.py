@@ -13,8 +13,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,13 +20,12 @@ import time
 os.environ.setdefault("UHOP_HOME", tempfile.mkdtemp(prefix="uhop-attn-load-"))
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cpuload import LOAD, idle_and_loaded  # noqa: E402
+
 import uhop  # noqa: E402
 from uhop.backends.numba import attention_kernel  # noqa: E402
 from uhop.demo import _chosen, attention  # noqa: E402
-from uhop.measure.bench import benchmark  # noqa: E402
-
-HOG = "import numpy as np\na = np.ones((512, 512), np.float32)\nwhile True: a @ a"
-
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--out", default="benchmarks/results/diagnosis_eighteenth_attention_load_cpu.json")
@@ -49,24 +46,10 @@ fns = {
     "blocked_tasks_256": (lambda kern: lambda: kern(q, k, v))(attention_kernel("float32", True, True, False, 256)),
     "uhop": lambda: opt(q, k, v),
 }
-res = {c: {n: [] for n in fns} for c in ("idle", "loaded")}
-for r in range(a.rounds):
-    for cond in ("idle", "loaded"):
-        hogs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(2)] if cond == "loaded" else []
-        time.sleep(0.5 if hogs else 0.1)
-        try:
-            for n, f in fns.items():
-                res[cond][n].append(round(benchmark(f, [()], warmup=1, repeat=7, min_time_s=0).median_s * 1e3, 2))
-        finally:
-            for h in hogs:
-                h.kill()
-                h.wait()
-        print(r, cond, {n: v[-1] for n, v in res[cond].items()}, flush=True)
-med = {c: {n: statistics.median(v) for n, v in d.items()} for c, d in res.items()}
-summary = {c: {n: f"{m:.1f} ms, {med[c]['numpy'] / m:.2f}x numpy" for n, m in d.items()} for c, d in med.items()}
+res, med, summary = idle_and_loaded(fns, a.rounds)
 print(json.dumps(summary, indent=1))
 meta = {"numpy": np.__version__, "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-        "uhop_first_call_and_tuning_s": round(tuned_s, 1), "load": "2 processes: " + HOG.replace("\n", "; "),
+        "uhop_first_call_and_tuning_s": round(tuned_s, 1), "load": LOAD,
         "command": "python3 benchmarks/diagnosis/eighteenth_attention_load.py"}
 json.dump({"meta": meta, "chosen": str(chosen), "ms_per_round": res, "median_ms": med, "summary": summary},
           open(a.out, "w"), indent=1)

@@ -13,8 +13,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,13 +20,12 @@ import time
 os.environ.setdefault("UHOP_HOME", tempfile.mkdtemp(prefix="uhop-bmm-load-"))
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cpuload import LOAD, idle_and_loaded  # noqa: E402
+
 import uhop  # noqa: E402
 from uhop.backends.numba import batched_matmul_kernel  # noqa: E402
 from uhop.demo import _chosen  # noqa: E402
-from uhop.measure.bench import benchmark  # noqa: E402
-
-HOG = "import numpy as np\na = np.ones((512, 512), np.float32)\nwhile True: a @ a"
-
 
 def scores(q, kt):
     return q @ kt
@@ -55,25 +52,11 @@ ref = q.astype(np.float64) @ kt.astype(np.float64)
 for f in (lambda: kern(q, kt), lambda: opt(q, kt)):
     assert np.abs(f() - ref).max() < 1e-3 * np.abs(ref).max()
 fns = {"numpy": lambda: scores(q, kt), f"batched_tasks_{per}": lambda: kern(q, kt), "uhop": lambda: opt(q, kt)}
-res = {c: {n: [] for n in fns} for c in ("idle", "loaded")}
-for r in range(a.rounds):
-    for cond in ("idle", "loaded"):
-        hogs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(2)] if cond == "loaded" else []
-        time.sleep(0.5 if hogs else 0.1)
-        try:
-            for n, f in fns.items():
-                res[cond][n].append(round(benchmark(f, [()], warmup=1, repeat=7, min_time_s=0).median_s * 1e3, 2))
-        finally:
-            for h in hogs:
-                h.kill()
-                h.wait()
-        print(r, cond, {n: v[-1] for n, v in res[cond].items()}, flush=True)
-med = {c: {n: statistics.median(v) for n, v in d.items()} for c, d in res.items()}
-summary = {c: {n: f"{m:.1f} ms, {med[c]['numpy'] / m:.2f}x numpy" for n, m in d.items()} for c, d in med.items()}
+res, med, summary = idle_and_loaded(fns, a.rounds)
 print(json.dumps(summary, indent=1))
 meta = {"numpy": np.__version__, "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
         "shape": a.shape, "uhop_first_call_and_tuning_s": round(tuned_s, 1),
-        "load": "2 processes: " + HOG.replace("\n", "; "),
+        "load": LOAD,
         "command": "python3 benchmarks/diagnosis/nineteenth_bmm_load.py" + (f" --shape {a.shape}" if a.shape != "12x1024x64x1024" else "")}
 json.dump({"meta": meta, "chosen": str(chosen), "ms_per_round": res, "median_ms": med, "summary": summary},
           open(a.out, "w"), indent=1)
