@@ -15,7 +15,6 @@ import numpy as np
 
 import uhop
 from uhop.config import override
-from uhop.measure.bench import benchmark
 
 
 # ---- the model, as a user writes it: plain numpy -------------------------------------------------
@@ -134,13 +133,12 @@ def run_demo(tokens: int = 2048, d_model: int = 512, budget_s: float = 15.0, con
         fn = optimized[name]
         fn(*args)
         chosen = _chosen(fn, args)
-        tn = benchmark(PLAIN[name], [args], min_time_s=0.2, repeat=5).median_s
-        tu = benchmark(fn, [args], min_time_s=0.2, repeat=5).median_s
+        tn, tu = _side_by_side(PLAIN[name], fn, args, rounds=5, min_time_s=0.07)
         shape = ", ".join("x".join(map(str, a.shape)) for a in args)
         t.add_row(f"{name}: {shape}", chosen.replace(",", ", "), f"{tn * 1e3:.2f}", f"{tu * 1e3:.2f}", f"{tn / tu:.2f}x")
     console.print(t)
-    tn = benchmark(lambda: block(PLAIN, x, p, heads), [()], min_time_s=0.5, repeat=5).median_s
-    tu = benchmark(lambda: block(optimized, x, p, heads), [()], min_time_s=0.5, repeat=5).median_s
+    tn, tu = _side_by_side(lambda: block(PLAIN, x, p, heads), lambda: block(optimized, x, p, heads), (),
+                           rounds=3, min_time_s=0.15)  # fmt: skip
     ok = rel < 1e-3
     console.print(
         f"whole block: numpy {tn * 1e3:.1f} ms, UHOP {tu * 1e3:.1f} ms -> [bold]{tn / tu:.2f}x[/bold]; "
@@ -245,6 +243,18 @@ def _key(fn: Any, args: tuple) -> str | None:
     if params is None:
         return None
     return make_problem(fn.spec, args, params).key(settings().shape_buckets)
+
+
+def _side_by_side(plain: Any, fast: Any, args: tuple, rounds: int, min_time_s: float) -> tuple[float, float]:
+    """Median seconds per call of ``plain`` and ``fast``, timed in alternating rounds (one after the
+    other, a kernel served as numpy's own BLAS call measured 0.94x of numpy on a busy VM: the
+    machine's drift between the two timings, not the kernel)."""
+    import statistics
+
+    from uhop.tune.retime import interleaved
+
+    s = interleaved([plain, fast], [[args], [args]], rounds=rounds, min_time_s=min_time_s)
+    return statistics.median(s[0]), statistics.median(s[1])
 
 
 def _chosen(fn: Any, args: tuple) -> str:
