@@ -268,8 +268,8 @@ def batched_matmul_kernel(dtype: str, activation: str, arity: int, wide: bool, b
     ``batches`` GEMMs on :func:`_threads` threads, each with single-threaded BLAS and a serial
     epilogue on its slice. numpy (and ``blas+epilogue``) loop over the batch with all-core BLAS
     calls, each a thread barrier: on the 2-core VM, 96 x (1024 x 64) @ (64 x 1024) float32 took 124
-    ms that way idle and 1770 ms beside two processes running multi-threaded BLAS; as tasks 88 and
-    266 ms (a prototype of this kernel, nineteenth session)."""
+    ms that way idle and 1981 ms beside two processes running multi-threaded BLAS; as tasks 91 and
+    271 ms (``benchmarks/diagnosis/nineteenth_bmm_load.py``, ``diagnosis_nineteenth_bmm_load_96_cpu.json``)."""
     has_bias = arity >= 3
     epi = None if (activation == "none" and not has_bias) else _nk().epilogue_fn(dtype, activation, has_bias, False, wide)
     np_dtype = np.dtype(dtype)

@@ -79,7 +79,7 @@ def efficiency(c: Candidate, problem: Problem) -> tuple[float, float]:
         if b == "torch" and t in ("sdpa", "lt_epilogue"):
             comp, epi = 0.75, 1
         if t == "batched":  # numba: a batched b's GEMMs as tasks, where numpy and torch loop all-core
-            comp = 0.75  # BLAS calls, a barrier each (1.34x numpy idle at 96 x 1024 x 64 x 1024)
+            comp = 0.75  # BLAS calls, a barrier each (1.36x numpy idle at 96 x 1024 x 64 x 1024)
         return comp, float(epi) / serial  # a serial epilogue streams the output on one core
     # memory-bound: fused generated kernels make one pass; eager chains one per node
     if b in ("numba", "triton", "iree", "opencl", "cuda"):
