@@ -247,7 +247,7 @@ def _key(fn: Any, args: tuple) -> str | None:
 
 def _side_by_side(plain: Any, fast: Any, args: tuple, rounds: int, min_time_s: float) -> tuple[float, float]:
     """Median seconds per call of ``plain`` and ``fast``, timed in alternating rounds (one after the
-    other, a kernel served as numpy's own BLAS call measured 0.94x of numpy on a busy VM: the
+    other, a kernel served as numpy's own BLAS call read 0.94x of numpy on the 2-core VM: the
     machine's drift between the two timings, not the kernel)."""
     import statistics
 
