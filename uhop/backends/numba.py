@@ -524,6 +524,7 @@ class NumbaBackend(Backend):
         # then serial (tiny problems, where waking threads costs more than the work).
         flags = [(True, wide), (True, False)] if wide else [(True, False)]
         flags.append((False, wide))
+        batched: Candidate | None = None  # matmul with a batched b: its GEMMs as tasks
         if problem.op == "elementwise":
             n = problem.dim["N"]
             if n < _SERIAL_BELOW:
@@ -548,9 +549,8 @@ class NumbaBackend(Backend):
             if problem.param.get("batched_b") and d["B"] > 1 and _blas_control() is not None:
                 # B GEMMs as tasks (batched_matmul_kernel), about four per thread; first unless tiny
                 per = max(1, math.ceil(d["B"] / (threads * 4)))
-                tasks = c("numba", "batched", wide=wide, batches=per)
-                seq = [c("numba", template, parallel=p, wide=w, rows=_row_block(R, threads, 8)) for p, w in flags]
-                return [seq[0], tasks, *seq[1:]] if d["B"] * d["M"] * d["N"] * d["K"] < _SERIAL_BELOW else [tasks, *seq]
+                batched = c("numba", "batched", wide=wide, batches=per)
+                batched_at = 1 if d["B"] * d["M"] * d["N"] * d["K"] < _SERIAL_BELOW else 0
         elif problem.op == "attention":
             # Blocks as tasks on all cores, each with single-threaded BLAS and a serial softmax
             # (see attention_kernel); then the blocks one after another with all-core BLAS.
@@ -571,6 +571,8 @@ class NumbaBackend(Backend):
         if R >= threads * 64:  # finer tasks balance better when another process shares the cores
             p, w = flags[0]
             out.insert(1, c("numba", template, parallel=p, wide=w, rows=_row_block(R, threads, 32)))
+        if batched is not None:
+            out.insert(batched_at, batched)
         nbytes = R * problem.dim["N"] * np.dtype(problem.dtype).itemsize
         return _with_recycling(out, nbytes) if template == "rows" else out
 
