@@ -233,6 +233,32 @@ class Kernel:
             code = self._submit(slots, grid, block, smem, stream, cluster)
         _cu_check(code, f"launching {self.name}" + (f" in clusters of {cluster}" if cluster > 1 else ""))
 
+    def resident(self, block: int, smem: int, cluster: int = 1) -> int:
+        """How many CTAs of ``block`` threads with ``smem`` bytes of dynamic shared memory (in
+        clusters of ``cluster``) the whole device holds at once: one wave of a launch. The driver's
+        occupancy calculator (``cuOccupancyMaxActiveClusters`` for clusters, which counts how they
+        pack into GPCs; per-SM blocks times SMs otherwise)."""
+        _current_context(self.device)
+        self._allow(smem, cluster)
+        n = ctypes.c_int()
+        if cluster == 1:
+            _cu_check(driver().cuOccupancyMaxActiveBlocksPerMultiprocessor(ctypes.byref(n), self.func, ctypes.c_int(block),
+                                                                         ctypes.c_size_t(smem)),
+                      "cuOccupancyMaxActiveBlocksPerMultiprocessor")  # fmt: skip
+            sms = ctypes.c_int()
+            _cu_check(driver().cuDeviceGetAttribute(ctypes.byref(sms), ctypes.c_int(_SM_COUNT), ctypes.c_int(self.device)),
+                      "cuDeviceGetAttribute")  # fmt: skip
+            return n.value * sms.value
+        slots = _Slots(self.signature)
+        cfg = slots.cfg
+        cfg.gridDimX, cfg.blockDimX, cfg.sharedMemBytes, cfg.hStream = cluster, block, smem, None
+        v = slots.attr.value.cluster
+        v[0], v[1], v[2] = cluster, 1, 1
+        cfg.numAttrs = 1
+        _cu_check(driver().cuOccupancyMaxActiveClusters(ctypes.byref(n), self.func, slots.cfg_ref),
+                  "cuOccupancyMaxActiveClusters")  # fmt: skip
+        return n.value * cluster
+
     def _allow(self, smem: int, cluster: int) -> None:
         """Opt the kernel in to ``smem`` bytes of dynamic shared memory (past 48 KB) and to clusters
         of 16 (a non-portable size the H100 and H200 allow, per kernel)."""
@@ -257,8 +283,8 @@ class Kernel:
         return driver().cuLaunchKernelEx(slots.cfg_ref, self.func, None, slots.extra)
 
 
-#: CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION (cuda.h)
-_CLUSTER_DIMENSION = 4
+#: CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT (cuda.h)
+_CLUSTER_DIMENSION, _SM_COUNT = 4, 16
 
 
 class _LaunchValue(ctypes.Union):  # CUlaunchAttributeValue: a 64-byte union
