@@ -36,7 +36,7 @@
 #                                split (row_variants.py --cuda), ~6 min
 #   rows-product                 #20: the row ops' product picks (softmax, rmsnorm, layernorm sweep cases, no
 #                                torch.compile) with the CUDA backend in the search, GPU tests first, ~5 min
-#   twentieth                    #20: the cluster row kernels' last partial wave (tail launches), ~4 min
+#   twentieth                    #20: the cluster row kernels' last partial wave (tail launches, at e719fdc)
 #   fifteenth                    the fifteenth session's checks: CUDA row GPU tests, launch overhead with the
 #                                cluster launcher, then tuner-a (the memory-bound product picks), ~9 min
 #   ncu-cluster                  #20: Nsight Compute on the cluster kernels at 2670 x 50257 (why layernorm is at 80%)
@@ -98,8 +98,8 @@ case "$stage" in
     timeout 90 python3 benchmarks/launch_overhead.py --out "$OUT/launch_overhead_${gpu}.json" 2>&1 | tail -5
     STOP_S=${STOP_S:-300} LIMIT_S=${LIMIT_S:-420} tvo softmax,layernorm,rmsnorm,elementwise,ew_gelu_mul_64m,softmax_gpt2_vocab \
       tuner_vs_oracle_${gpu}_a.json ;;
-  twentieth)  # #20: the cluster row kernels' last partial wave: GPU tests (the tail launch included),
-              # then every config with and without `tail` next to a same-size copy, ~4 min
+  twentieth)  # #20: the cluster row kernels' last partial wave: GPU tests, then every config with and without
+              # `tail` next to a same-size copy (run at e719fdc, where the `tail` key existed: no gain), ~1 min
     timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_cuda_rows_gpu.py 2>&1 | tail -6 | tee "$OUT/test_gpu.txt"
     OUT=$OUT timeout 300 python3 benchmarks/diagnosis/twentieth_tail.py 2>&1 | grep -v Warning | tail -14 ;;
   nineteenth)  # the nineteenth session's changes: rowsum reductions at odd widths (aligned body, element-wise

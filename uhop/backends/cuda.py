@@ -115,10 +115,9 @@ class CudaBackend(Backend):
         idx = int(problem.device.split(":")[1]) if ":" in problem.device else 0
         major, minor = torch.cuda.get_device_capability(idx)
         op, cfg = cuda_rows.OPS[problem.op], candidate.cfg
-        for cl in (int(cfg["CL"]), *((int(cfg["tail"]),) if cfg.get("tail") else ())):
-            src = cuda_rows.source(op, problem.dtype, cl, int(cfg["threads"]), int(cfg.get("U", 4)),
-                                   *cuda_rows.operands(op, problem.arity))  # fmt: skip
-            nvrtc.compile_cubin(src, cuda_rows.NAME, f"sm_{major}{minor}", cuda_rows.OPTIONS)
+        src = cuda_rows.source(op, problem.dtype, int(cfg["CL"]), int(cfg["threads"]), int(cfg.get("U", 4)),
+                               *cuda_rows.operands(op, problem.arity))  # fmt: skip
+        nvrtc.compile_cubin(src, cuda_rows.NAME, f"sm_{major}{minor}", cuda_rows.OPTIONS)
 
     def compile(self, candidate: Candidate, problem: Problem) -> Kernel:
         from uhop.backends import cuda_rows

@@ -21,8 +21,7 @@ aligned address).
 
 Config keys: ``CL`` (CTAs per row, a cluster of 1, 2, 4, 8 or 16, 16 being a non-portable size the H100 and
 H200 allow; shared memory per CTA is its chunk),
-``threads`` (per CTA), ``U`` (16-byte loads in flight per thread), ``tail`` (optional: rows past the
-last whole wave of the launch go to a second launch in clusters of ``tail`` CTAs).
+``threads`` (per CTA), ``U`` (16-byte loads in flight per thread).
 """
 
 from __future__ import annotations
@@ -367,36 +366,20 @@ def launcher(cfg: dict[str, Any], op: int, eps: float, device: str) -> Any:
     from uhop.backends.triton_kernels.rowops import ShiftedTables
 
     CL, NT, U = int(cfg["CL"]), int(cfg["threads"]), int(cfg.get("U", 4))
-    TAIL = int(cfg.get("tail", 0))
-    if TAIL and (TAIL not in (2, 4, 8, 16) or TAIL <= CL):
-        raise ValueError(f"tail: a cluster of 2, 4, 8 or 16 CTAs larger than CL={CL}, got {TAIL!r}")
     dev = torch.device(device)
     idx = dev.index if dev.index is not None else torch.cuda.current_device()
     tables = ShiftedTables()
     smem_max = limits(device).shared_mem_bytes - 1024  # the kernel's static shared memory, with room
     kernels: dict[tuple, Any] = {}
-    waves: dict[tuple, int] = {}  # (dtype, N, w, b) -> rows one wave of the main launch holds
 
-    def get(dtype: Any, has_w: bool, has_b: bool, cl: int = CL) -> Any:
+    def get(dtype: Any, has_w: bool, has_b: bool) -> Any:
         """The kernel for x of ``dtype`` (a torch dtype or its name), compiled and loaded once."""
-        key = (dtype, has_w, has_b, cl)
+        key = (dtype, has_w, has_b)
         k = kernels.get(key)
         if k is None:
             name = str(dtype).removeprefix("torch.")
-            k = kernels[key] = nvrtc.kernel(source(op, name, cl, NT, U, has_w, has_b), NAME, idx, SIGNATURE, OPTIONS)
+            k = kernels[key] = nvrtc.kernel(source(op, name, CL, NT, U, has_w, has_b), NAME, idx, SIGNATURE, OPTIONS)
         return k
-
-    def main_rows(k: Any, key: tuple, R: int, smem: int) -> int:
-        """With ``tail``: the rows the main launch takes, whole waves of it (the driver's occupancy
-        for this kernel); the rest go to a launch in clusters of ``tail``, whose CTAs are ``tail / CL``
-        times smaller, so that a last wave with few rows does not run them at one row per CL CTAs
-        while the rest of the GPU idles."""
-        if not TAIL:
-            return R
-        per = waves.get(key)
-        if per is None:
-            per = waves[key] = max(1, k.resident(NT, smem, CL) // CL)
-        return (R // per) * per
 
     def run(x, w=None, b=None):
         N = x.shape[-1]
@@ -422,26 +405,15 @@ def launcher(cfg: dict[str, Any], op: int, eps: float, device: str) -> Any:
             wt = tables.get(w, ve, npv) if w is not None else None
             bt = tables.get(b, ve, npv) if b is not None else None
         yp = y.data_ptr()
-        ptrs = (w.data_ptr() if w is not None else yp, b.data_ptr() if b is not None else yp,
-                wt.data_ptr() if wt is not None else yp, bt.data_ptr() if bt is not None else yp)  # fmt: skip
-        stream = nvrtc.current_stream(x2.device.index)
-        Rm = main_rows(k, (x2.dtype, N, w is not None, b is not None), R, smem)
-        if Rm:
-            k.launch(Rm * CL, NT, smem, stream, (x2.data_ptr(), yp, *ptrs, N, wrow, vpc, eps), cluster=CL)
-            run.last = k
-        if Rm < R:  # the last partial wave's rows, each over TAIL CTAs (rows start where they are)
-            kt = get(x2.dtype, w is not None, b is not None, TAIL)
-            vpt, smt = layout(N, x2.element_size(), TAIL)
-            off = Rm * N * x2.element_size()
-            kt.launch((R - Rm) * TAIL, NT, smt, stream, (x2.data_ptr() + off, yp + off, *ptrs, N, wrow, vpt, eps),
-                      cluster=TAIL)  # fmt: skip
+        args = (x2.data_ptr(), yp, w.data_ptr() if w is not None else yp, b.data_ptr() if b is not None else yp,
+                wt.data_ptr() if wt is not None else yp, bt.data_ptr() if bt is not None else yp, N, wrow, vpc, eps)  # fmt: skip
+        k.launch(R * CL, NT, smem, nvrtc.current_stream(x2.device.index), args, cluster=CL)
+        run.last = k
         return y if x.dim() == 2 else y.reshape(x.shape)
 
     def prepare(dtype: str, arity: int = 1) -> None:
         """Compile and load the kernel a call with ``arity`` inputs (x, weight, bias) will launch."""
         get(getattr(torch, dtype), *operands(op, arity))
-        if TAIL:
-            get(getattr(torch, dtype), *operands(op, arity), TAIL)
 
     run.prepare = prepare
     run.last = None  # the last launch's Kernel (its n_regs and n_spills)
