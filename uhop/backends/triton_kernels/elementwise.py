@@ -95,19 +95,19 @@ def generate(e: ex.Expr, n_inputs: int, forms: str = "", reduce: str = "none") -
     head_lines = ["import triton", "import triton.language as tl",
                   "from triton.language.extra import libdevice  # noqa: F401", "", ""]  # fmt: skip
     if reduce != "none":
-        def load(i: int) -> str:  # OFF / COL / MSK: the region's offsets, row columns and mask
+        def load(i: int) -> str:  # @OFF@ / @COL@ / @MSK@ / @RMSK@: the region's offsets, row columns, masks
             if forms[i] == "s":
                 return f"x{i} = tl.load(x{i}_ptr).to(tl.float32)"
             if forms[i] == "r":
-                return f"x{i} = tl.load(x{i}_ptr + COL, mask=RMSK, other=0.0, eviction_policy='evict_last').to(tl.float32)"
-            return f"x{i} = tl.load(x{i}_ptr + OFF, mask=MSK, other=0.0, eviction_policy='evict_first').to(tl.float32)"
+                return f"x{i} = tl.load(x{i}_ptr + @COL@, mask=@RMSK@, other=0.0, eviction_policy='evict_last').to(tl.float32)"
+            return f"x{i} = tl.load(x{i}_ptr + @OFF@, mask=@MSK@, other=0.0, eviction_policy='evict_first').to(tl.float32)"
 
         body, result = _body(e, templates, load)
 
         def region(off: str, col: str, msk: str, sfx: str = "", rmsk: str = "") -> tuple[list[str], str]:
             """The chain's lines for one region (body tile, head or tail), its names suffixed."""
             def rename(t: str) -> str:
-                t = t.replace("OFF", off).replace("COL", col).replace("RMSK", rmsk or msk).replace("MSK", msk)
+                t = t.replace("@OFF@", off).replace("@COL@", col).replace("@RMSK@", rmsk or msk).replace("@MSK@", msk)
                 return re.sub(r"\b([xt]\d+)\b", rf"\g<1>{sfx}", t) if sfx else t
             return [rename(b) for b in body], rename(result)
 
