@@ -204,11 +204,11 @@ def run_case(case: tuple, device: str, rounds: int) -> dict[str, Any]:
         med = {lab: statistics.median(s) for lab, s in zip(labels, samples, strict=True)}
         by = dict(zip(labels, samples, strict=True))
         ci: dict[str, Any] = {}  # the paired per-round ratios' median and its interval
-        for lab, name in (("oracle_best", "oracle"), ("library", "library")):
+        for lab, vs in (("oracle_best", "oracle"), ("library", "library")):
             if lab in by:
                 ratios = [o / u for o, u in zip(by[lab], by["uhop"], strict=True)]
-                ci[f"pick_vs_{name}_paired"] = statistics.median(ratios)
-                ci[f"pick_vs_{name}_ci"] = median_ci(ratios)
+                ci[f"pick_vs_{vs}_paired"] = statistics.median(ratios)
+                ci[f"pick_vs_{vs}_ci"] = median_ci(ratios)
         config.reload()
         return {
             "name": name, "problem": p.describe(), "first_call_s": first_s, "tune_s": tune_s, "warm_start": warm,
