@@ -52,7 +52,7 @@
 # in one call), or sweep, tuner-a,
 # then ninth (the three models), tuner-b, tuner-c, gated (the gated-MLP op and region on the H200).
 # Two stages in one call: the tuner stages take STOP_S (start no case after it, default 400) and
-# LIMIT_S (kill after it, default 570), e.g. `bash ... buffers && STOP_S=300 LIMIT_S=470 bash ... tuner-a`.
+# LIMIT_S (kill after it, default 570), ROUNDS (paired re-timing rounds, default 7 as in earlier GPU runs), e.g. `bash ... buffers && STOP_S=300 LIMIT_S=470 bash ... tuner-a`.
 set -u
 stage=${1:?"stage: h200 | nineteenth | seventeenth | ncu-cluster | first | cuda | rows-product | fifteenth | sixteenth | next | eighth | ninth | tenth | eleventh | twelfth | thirteenth | llama-cg | gated | forms | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
 OUT=${OUT:-/tmp/uhop-gpu-out}
@@ -64,7 +64,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
 python3 -c "import torch, triton; print(torch.__version__, triton.__version__)" >"$OUT/versions.txt" 2>&1
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | grep -oiE 'h100|h200|a100|b200' | tr A-Z a-z)
 gpu=${gpu:-gpu}  # output names say which card ran them (the tuner-* stage names once said h200 on an H100)
-tvo() { timeout "${LIMIT_S:-570}" python3 benchmarks/tuner_vs_oracle.py --device cuda:0 --stop-s "${STOP_S:-400}" --only "$1" --out "$OUT/$2" 2>&1 | tail -40; }
+tvo() { timeout "${LIMIT_S:-570}" python3 benchmarks/tuner_vs_oracle.py --device cuda:0 --stop-s "${STOP_S:-400}" --rounds "${ROUNDS:-7}" --only "$1" --out "$OUT/$2" 2>&1 | tail -40; }
 case "$stage" in
   tuner-a) tvo softmax,layernorm,rmsnorm,elementwise,ew_gelu_mul_64m,softmax_gpt2_vocab tuner_vs_oracle_${gpu}_a.json ;;
   tuner-b) tvo gemm_8192,gemm_4096,gemm_1024,gemm_misaligned,gemm_skinny,gemm_short_k tuner_vs_oracle_${gpu}_b.json ;;
