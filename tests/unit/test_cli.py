@@ -39,6 +39,42 @@ def test_info_and_ops():
         assert op in out
 
 
+def test_help_text_reads_as_paragraphs_not_source_lines():
+    """A docstring's wrapped lines are joined in ``--help`` (Typer keeps them otherwise), bullets and
+    indented examples keep their lines; every command of every sub-app gets it."""
+    from uhop.cli import reflow
+
+    doc = """Summary line
+    that wraps.
+
+    Body text over
+    two lines.
+
+    - a bullet
+      continued
+    - another
+
+    Example::
+
+        uhop tune softmax
+        uhop cache ls
+    """
+    assert reflow(doc) == ("Summary line that wraps.\n\nBody text over two lines.\n\n- a bullet continued\n- another"
+                           "\n\nExample::\n\n    uhop tune softmax\n    uhop cache ls")  # fmt: skip
+
+    def commands(t):
+        yield from t.registered_commands
+        for g in t.registered_groups:
+            yield from commands(g.typer_instance)
+
+    for info in commands(app):
+        for para in (info.help or "").split("\n\n"):
+            if not para.startswith(" ") and "\n" in para:  # only bullets keep line breaks
+                assert all(ln.startswith(("- ", "* ")) for ln in para.split("\n")[1:]), (info.name, para)
+    out = run("demo", "--help")
+    assert "The main job: a transformer block run through UHOP on this machine." in " ".join(out.split())
+
+
 def test_tune_then_cache_commands(tmp_path):
     out = run("tune", "matmul", "--shape", "64x48x32", "--budget", "5", "--json", str(tmp_path / "t.json"))
     assert "chosen" in out and "GFLOP/s" in out

@@ -37,7 +37,43 @@ def build_app() -> typer.Typer:
                 raise typer.Exit(code=_fail(reason))
 
         app.add_typer(sub, name=name, help=help_)
+    _reflow_commands(app)
     return app
+
+
+def reflow(doc: str) -> str:
+    """A docstring as ``--help`` text: each paragraph's wrapped lines joined into one (Typer's rich
+    help keeps every source line break of a paragraph after the first, so ``--help`` came out
+    ragged); a paragraph of bullets (``-``, ``*``) keeps one line per bullet, and a paragraph that
+    starts indented or with ``\b`` (an example, a table) stays as written."""
+    import inspect
+    import re
+
+    out = []
+    for para in inspect.cleandoc(doc).split("\n\n"):
+        lines = para.split("\n")
+        if para.startswith("\b") or lines[0][:1].isspace():
+            out.append(para)
+            continue
+        joined: list[str] = []
+        for ln in lines:
+            if joined and not re.match(r"[-*] ", ln):
+                joined[-1] += " " + ln.strip()
+            else:
+                joined.append(ln.strip())
+        out.append("\n".join(joined))
+    return "\n\n".join(out)
+
+
+def _reflow_commands(app: typer.Typer) -> None:
+    """Every command's help (its docstring unless given) through :func:`reflow`, sub-apps included."""
+    for info in app.registered_commands:
+        doc = info.help if info.help is not None else (info.callback.__doc__ if info.callback else None)
+        if doc:
+            info.help = reflow(doc)
+    for group in app.registered_groups:
+        if group.typer_instance is not None:
+            _reflow_commands(group.typer_instance)
 
 
 def _fail(reason: str) -> int:

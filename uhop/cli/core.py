@@ -45,8 +45,10 @@ def _root(
 
 @app.command()
 def info(as_json: bool = typer.Option(False, "--json", help="Print everything as JSON on stdout.")) -> None:
-    """Hardware, versions, backends (and why one is unavailable), every optional component with
-    its version or the exact install line, and what each enables."""
+    """Hardware, versions, backends and optional components.
+
+    Each backend with why it is unavailable, every optional component with its version or the
+    exact install line, and what each enables."""
     import platform
 
     from uhop import __version__, components
@@ -195,8 +197,10 @@ def demo(
     d_model: int = typer.Option(512, help="Model width."),
     budget: float = typer.Option(15.0, help="Tuning budget per op, seconds."),
 ) -> None:
-    """The main job: a transformer block (norms, attention, MLP) run through UHOP on this machine,
-    with the embedded default store; prints what was chosen per op and the speedup over numpy."""
+    """The main job: a transformer block run through UHOP on this machine.
+
+    Norms, attention and the MLP, tuned into the embedded default store; prints what was chosen
+    per op and the speedup over numpy."""
     from uhop.demo import run_demo
 
     if tokens < 1 or d_model < 8 or d_model % 8:
