@@ -370,8 +370,8 @@ def _install(key: str, final: Resolved | None) -> None:
         _swaps[0] += 1
         if final is not None:
             _resolved[key] = final
-        for cache, sig, problem, fallback in _sites.pop(key, []):
-            cache[sig] = metrics.timed(problem.op, _adapt(*final[:2], problem)) if final is not None else fallback
+        for cache, sig, problem, fallback, written in _sites.pop(key, []):
+            cache[sig] = _site_kernel(*final[:2], problem, written) if final is not None else fallback
 
 
 def _prestart_worker(problem: Problem) -> None:
@@ -465,23 +465,70 @@ def _verify(problem: Problem, key: str, got: Resolved) -> None:
     open_store().invalidate(key)
     base = _baseline_kernel(problem)
     with _lock:  # the caches serve the baseline (or the caller's own function) while it re-tunes
-        for cache, sig, p, fallback in _sites.get(key, []):
-            cache[sig] = _adapt(*base[:2], p) if base is not None else fallback
+        for cache, sig, p, fallback, written in _sites.get(key, []):
+            cache[sig] = _site_kernel(*base[:2], p, written) if base is not None else fallback
     _tune_in_background(problem, key, base if base is not None else got)
 
 
-def serve(problem: Problem, policy: str | None, cache: dict[Any, Any], sig: Any, fallback: Callable[..., Any]) -> Kernel:
+def serve(problem: Problem, policy: str | None, cache: dict[Any, Any], sig: Any, fallback: Callable[..., Any],
+          written: Callable[..., Any] | None = None) -> Kernel:
     """Resolve ``problem``, adapt the kernel to the caller's arrays, and cache it at
     ``cache[sig]`` (``sig`` None: not cached); an interim kernel is replaced there when its
-    background work ends, by ``fallback`` if no valid kernel exists."""
+    background work ends, by ``fallback`` if no valid kernel exists. ``written``: the caller's
+    own function, which serves calls that need gradients (:func:`_grad_guard`)."""
     with _lock:
         (kernel, backend, _), interim = resolve_interim(problem, policy)
-        k = metrics.timed(problem.op, _adapt(kernel, backend, problem))
+        k = _site_kernel(kernel, backend, problem, written)
         if sig is not None:
             cache[sig] = k
             if interim:
-                _sites.setdefault(problem.key(settings().shape_buckets), []).append((cache, sig, problem, fallback))
+                _sites.setdefault(problem.key(settings().shape_buckets), []).append((cache, sig, problem, fallback, written))
         return k
+
+
+def _site_kernel(kernel: Kernel, backend: Backend, problem: Problem, written: Callable[..., Any] | None) -> Kernel:
+    """What a call site caches: the kernel adapted to the caller's arrays, timed, and guarded for
+    calls that need gradients."""
+    return _grad_guard(metrics.timed(problem.op, _adapt(kernel, backend, problem)), backend, problem, written)
+
+
+def _grad_guard(k: Kernel, backend: Backend, problem: Problem, written: Callable[..., Any] | None) -> Kernel:
+    """UHOP's kernels other than torch's own compute no gradients: a torch call with grad mode on
+    and an input that requires grad goes to ``written`` (a decorated function: the caller's own,
+    as without UHOP) or to torch's op for the problem (``uhop.ops``), so autograd records it; other
+    calls go to ``k``. (Before, such a call returned a tensor without ``grad_fn`` whenever the pick
+    was not torch's: ``backward()`` raised, or gradients silently stopped there.)"""
+    if problem.array != "torch" or backend.name == "torch":
+        return k
+    import torch
+
+    grad_on = torch.is_grad_enabled
+    slow: list[Callable[..., Any]] = []
+
+    def guarded(*args: Any) -> Any:
+        if grad_on() and any(getattr(a, "requires_grad", False) for a in args):
+            if not slow:
+                slow.append(written or _autograd_kernel(problem))
+            return slow[0](*args)
+        return k(*args)
+
+    return guarded
+
+
+def _autograd_kernel(problem: Problem) -> Callable[..., Any]:
+    """torch's own op for ``problem`` (the torch backend's first candidate: autograd records it),
+    or, where torch has none, the float64 reference with one warning that gradients stop there."""
+    b = bk.get("torch")
+    try:
+        if b.available and b.supports(problem):
+            cand = next(iter(b.candidates(problem)))
+            return b.compile(cand, problem)
+    except Exception as exc:  # noqa: BLE001 (named in the warning below)
+        log.debug("no torch kernel for %s: %s", problem.describe(), exc)
+    _warn(f"{problem.describe()}: inputs require grad and torch has no op for this problem; computed without "
+          "autograd (gradients stop here)")  # fmt: skip
+    spec = get_op(problem.op)
+    return lambda *a: _reference_call(spec, a, problem.param)
 
 
 def wait(timeout: float | None = None) -> bool:
@@ -864,7 +911,7 @@ class Optimized:
             return self.fn
         try:
             sig = None if any(_foreign(a) for a in args) else args_sig(args)
-            return serve(problem, self.policy, self._kernels, sig, self.fn)
+            return serve(problem, self.policy, self._kernels, sig, self.fn, written=self.fn)
         except NoCandidateError as exc:
             _warn(f"{self.fn.__qualname__}: {exc}; calling the function as written")
             return self.fn

@@ -513,3 +513,49 @@ def test_a_kernel_of_another_array_library_is_timed_with_the_conversions():
     # the same problem from numpy: no conversion for numpy's kernels
     q = Problem.make("matmul", {"B": 1, "M": 4, "N": 4, "K": 4}, "float32", {}, device="cpu", array="numpy")
     assert all(isinstance(x, np.ndarray) for x in as_called(backend.compile(cand, q), backend, q, ValidationSet(q, trials=1))[1][0])
+
+
+def test_calls_that_need_gradients_keep_autograd_whatever_the_pick(monkeypatch):
+    """With grad mode on and an input that requires grad, a torch call is served by torch's op
+    (``uhop.ops``) or the caller's own function (a decorated one), so ``backward()`` gives the
+    float64 gradients; the same call under ``torch.no_grad()`` gets UHOP's kernel (here numpy's:
+    the only backend allowed besides torch, which is kept out of the tuning)."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.setenv("UHOP_BACKENDS", "numpy")
+    config.reload()
+    clear_process_cache()
+    x = torch.randn(3, 11, 24, requires_grad=True)
+    wg, wu = torch.randn(40, 24) / 5, (torch.randn(40, 24) / 5).requires_grad_()
+    xd, wgd, wud = (t.detach().double().requires_grad_() for t in (x, wg, wu))
+    ref = torch.nn.functional.silu(xd @ wgd.T) * (xd @ wud.T)
+    g = torch.randn_like(ref)
+    ref.backward(g)
+    for _ in range(2):  # first call (interim), then the tuned pick, both through the site's cache
+        y = uhop.ops.gated_mlp(x, wg, wu)
+        uhop.wait()
+        assert y.grad_fn is not None
+        x.grad = wu.grad = None
+        y.backward(g.float())
+        torch.testing.assert_close(x.grad.double(), xd.grad, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(wu.grad.double(), wud.grad, rtol=1e-4, atol=1e-5)
+    assert open_store().entries("gated_mlp")[0].candidate["backend"] == "numpy"
+    with torch.no_grad():
+        y = uhop.ops.gated_mlp(x, wg, wu)
+    assert y.grad_fn is None
+    torch.testing.assert_close(y.double(), ref.detach(), rtol=1e-4, atol=1e-5)
+
+    @uhop.optimize("softmax")
+    def sm(t):
+        return torch.softmax(t, dim=-1)
+
+    a = torch.randn(16, 100, requires_grad=True)
+    ad = a.detach().double().requires_grad_()
+    gs = torch.randn(16, 100, dtype=torch.float64)
+    torch.softmax(ad, -1).backward(gs)
+    for _ in range(2):
+        out = sm(a)
+        uhop.wait()
+        a.grad = None
+        out.backward(gs.float())
+        torch.testing.assert_close(a.grad.double(), ad.grad, rtol=1e-4, atol=1e-5)
+    assert open_store().entries("softmax")[0].candidate["backend"] == "numpy"
