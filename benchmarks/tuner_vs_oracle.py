@@ -356,8 +356,9 @@ def run_in_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
 def line(r: dict[str, Any]) -> str:
     if "error" in r:
         return f"{r['name']}: ERROR {r['error']}"
+    lo, hi = r.get("pick_vs_oracle_ci", (math.nan, math.nan))
     return (f"{r['name']:<22} pick {r['pick']}  oracle {r['oracle_best']}  pick/oracle {r['pick_vs_oracle']:.3f} "
-            f"({r.get('pick_vs_oracle_ci', (math.nan,) * 2)[0]:.3f}-{r.get('pick_vs_oracle_ci', (math.nan,) * 2)[1]:.3f})  "
+            f"({lo:.3f}-{hi:.3f})  "
             f"vs library {r['pick_vs_library']:.2f}x  first call {r['first_call_s']:.2f}s  tuned in {r['tune_s']:.1f}s")  # fmt: skip
 
 

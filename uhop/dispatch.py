@@ -517,7 +517,9 @@ def _grad_guard(k: Kernel, backend: Backend, problem: Problem, written: Callable
 
 def _autograd_kernel(problem: Problem) -> Callable[..., Any]:
     """torch's own op for ``problem`` (the torch backend's first candidate: autograd records it),
-    or, where torch has none, the float64 reference with one warning that gradients stop there."""
+    or, where torch has none, the float64 reference with one warning that gradients stop there.
+    Not :func:`_baseline_kernel`: that one honours ``UHOP_BACKENDS`` and falls back to numpy, and
+    which backends may be tuned must not decide whether gradients are right."""
     b = bk.get("torch")
     try:
         if b.available and b.supports(problem):
