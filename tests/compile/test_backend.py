@@ -273,6 +273,29 @@ def test_entry_point_declared():
     assert 'uhop = "uhop.compile.backend:uhop_backend"' in text
 
 
+def test_backend_name_works_in_a_process_that_never_imported_uhop():
+    """The entry point is the whole registration: ``torch.compile(backend="uhop")`` with no
+    ``import uhop`` (it failed with "duplicate name: uhop": loading the entry point imported
+    uhop.compile, which registered the name before torch did)."""
+    from importlib.metadata import entry_points
+
+    if "uhop" not in entry_points(group="torch_dynamo_backends").names:
+        pytest.skip("uhop is not installed (a source checkout on PYTHONPATH has no entry point)")
+    code = (
+        "import sys, torch\n"
+        "f = torch.compile(lambda x: torch.softmax(x * 2, -1), backend='uhop', options={'rest': 'eager'})\n"
+        "x = torch.randn(4, 8)\n"
+        "torch.testing.assert_close(f(x), torch.softmax(x * 2, -1))\n"
+        "assert 'uhop' in sys.modules\n"
+    )
+    from uhop.config import settings
+
+    home = settings().home
+    out = subprocess.run([sys.executable, "-c", code], env={"UHOP_HOME": str(home), "PATH": "/usr/bin:/bin"},
+                         capture_output=True, text=True, timeout=300, cwd="/")
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
 def test_jit_numpy_function_matches_numpy():
     import uhop
 

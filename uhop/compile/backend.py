@@ -188,7 +188,10 @@ def uhop_backend(gm: fx.GraphModule, example_inputs: list[Any], mode: str | None
 def register() -> None:
     """Register ``backend="uhop"`` in this process (the package's entry point does it for an
     installed UHOP; this covers a source checkout on ``PYTHONPATH``)."""
-    from torch._dynamo.backends.registry import _COMPILER_FNS, register_backend
+    from torch._dynamo.backends.registry import _BACKENDS, _COMPILER_FNS, register_backend
 
-    if "uhop" not in _COMPILER_FNS:
+    # When torch's lookup found the entry point first, it is importing this module to register
+    # the function itself: registering here too made ``torch.compile(backend="uhop")`` fail with
+    # "duplicate name: uhop" in a process that had not imported uhop.
+    if "uhop" not in _COMPILER_FNS and _BACKENDS.get("uhop") is None:
         register_backend(name="uhop")(uhop_backend)
