@@ -24,6 +24,7 @@ import numpy as np
 from uhop import backends as bk
 from uhop import buffer as _buffer  # uhop.Buffer (issue 19)
 from uhop import metrics
+from uhop import ops as _ops
 from uhop.backends.base import Backend, Candidate, Kernel
 from uhop.config import settings
 from uhop.errors import InputError, NoCandidateError, UhopWarning
@@ -827,6 +828,8 @@ class Optimized:
         return functools.partial(self.__call__, obj)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if _ops._compiling():  # Dynamo traces it (torch.compile): compiled as written, by that compiler
+            return self.fn(*args, **kwargs)
         if kwargs:
             args = self._bind(args, kwargs)
         cache = self._kernels

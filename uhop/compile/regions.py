@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from uhop.ops.in_graph import vjp_grads
 from uhop.ops.matmul import activate_torch as activate  # the ops' own: regions and references agree
 
 
@@ -122,22 +123,7 @@ def _register(kind: str) -> None:
         ctx.save_for_backward(*[t if isinstance(t, Tensor) else None for t in inputs[:nt]])
 
     def backward(ctx, grad):
-        saved = list(ctx.saved_tensors)
-        rest = ctx.inputs[nt:]
-        diff = [i for i, t in enumerate(saved) if t is not None and t.is_floating_point()]
-
-        def f(*xs):
-            full = list(saved)
-            for i, x in zip(diff, xs, strict=True):
-                full[i] = x
-            return ref(*full, *rest)
-
-        _, vjp = torch.func.vjp(f, *[saved[i] for i in diff])
-        grads = vjp(grad)
-        out: list = [None] * len(ctx.inputs)
-        for i, g in zip(diff, grads, strict=True):
-            out[i] = g
-        return tuple(out)
+        return tuple(vjp_grads(ref, [*ctx.saved_tensors, *ctx.inputs[nt:]], grad))
 
     torch.library.register_autograd(f"uhop::{kind}", backward, setup_context=setup_context, lib=_LIB)
 

@@ -6,6 +6,7 @@ first use, per the policy in force); ``uhop.ops.get("matmul")`` returns the op's
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from uhop.errors import UnknownOpError
@@ -46,8 +47,33 @@ def _dispatcher() -> Any:
     return call_op
 
 
+def _torch_not_imported() -> bool:
+    """``_compiling`` until torch is imported: then it becomes ``torch.compiler.is_compiling``."""
+    global _compiling
+    torch = sys.modules.get("torch")
+    if torch is None or not hasattr(torch, "compiler"):
+        return False
+    _compiling = torch.compiler.is_compiling
+    return _compiling()
+
+
+_compiling: Any = _torch_not_imported  # True while Dynamo traces a call (torch.compile)
+
+
+def _traced(op_name: str, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
+    """A call met while Dynamo traces: the op's torch custom op (one opaque node; UHOP dispatches
+    when the compiled graph runs), where it takes the call; else traced as before."""
+    from uhop.ops import in_graph
+
+    if in_graph.takes(op_name, args, params):
+        return in_graph.call(op_name, args, params)
+    return _dispatcher()(op_name, args, params)
+
+
 def _direct(op_name: str):
     def run(*args: Any, **params: Any) -> Any:
+        if _compiling():
+            return _traced(op_name, args, params)
         if _hit is not None:  # the hot path: a guard check, or the key and one dict lookup
             key, cache = _hit
             for n, p, g, k in cache.guarded.get(op_name, ()):
@@ -85,6 +111,8 @@ def elementwise(expr: Any, *args: Any, reduce: str = "none") -> Any:
     shape, or broadcast as a row vector along the last dim or a scalar; ``reduce`` ("sum",
     "mean", "max") reduces the result over the last dim in the same pass."""
     params = {"expr": expr} if reduce == "none" else {"expr": expr, "reduce": reduce}
+    if _compiling():
+        return _traced("elementwise", args, params)
     return (_call_op or _dispatcher())("elementwise", args, params)
 
 

@@ -1,0 +1,173 @@
+"""``uhop.ops`` and ``@uhop.optimize`` functions inside ``torch.compile``: one custom op node per
+call (no graph break, ``fullgraph=True`` works), numerics and gradients against float64 torch
+references written out here, and UHOP's dispatch serving the node when the graph runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import uhop
+from uhop import config
+from uhop.ops import in_graph
+
+D = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def _fast_policy():
+    torch._dynamo.reset()
+    with config.override(policy="fast"):  # choose without timing: these tests are about the graph
+        yield
+    torch._dynamo.reset()
+
+
+def _r(*shape, dtype=D, grad=False):
+    return torch.randn(*shape, dtype=dtype).requires_grad_(grad)
+
+
+def _gelu_tanh(y):
+    return 0.5 * y * (1 + torch.tanh(0.7978845608028654 * (y + 0.044715 * y**3)))
+
+
+def _ln(x, w, b, eps):
+    m = x.mean(-1, keepdim=True)
+    return (x - m) / torch.sqrt(((x - m) ** 2).mean(-1, keepdim=True) + eps) * w + b
+
+
+def _attn(q, k, v, mask, causal):
+    s = q @ k.mT / q.shape[-1] ** 0.5
+    if causal:
+        s = s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool).triu(1), float("-inf"))
+    s = s.masked_fill(~mask, float("-inf"))
+    return torch.softmax(s, -1) @ v
+
+
+# (name, uhop call, the same computed by hand, input shapes, the inputs that take gradients)
+CASES = [
+    ("matmul", lambda a, b, c: uhop.ops.matmul(a, b, c, activation="gelu_tanh", trans_b=True),
+     lambda a, b, c: _gelu_tanh(a @ b.T + c), [(6, 16), (24, 16), (24,)]),
+    ("softmax", lambda x: uhop.ops.softmax(x * 3), lambda x: torch.exp(3 * x) / torch.exp(3 * x).sum(-1, keepdim=True),
+     [(5, 33)]),
+    ("layernorm", lambda x, w, b: uhop.ops.layernorm(x, w, b, eps=1e-3), lambda x, w, b: _ln(x, w, b, 1e-3),
+     [(7, 40), (40,), (40,)]),
+    ("rmsnorm", lambda x, w: uhop.ops.rmsnorm(x, w), lambda x, w: x / torch.sqrt((x * x).mean(-1, keepdim=True) + 1e-6) * w,
+     [(7, 40), (40,)]),
+    ("elementwise", lambda x, y: uhop.ops.elementwise("x0*sigmoid(x0)+x1", x, y, reduce="sum"),
+     lambda x, y: (x * torch.sigmoid(x) + y).sum(-1), [(9, 20), (20,)]),
+    ("gated_mlp", lambda x, g, u: uhop.ops.gated_mlp(x, g, u),
+     lambda x, g, u: x @ g.T * torch.sigmoid(x @ g.T) * (x @ u.T), [(5, 16), (24, 16), (24, 16)]),
+    ("conv2d", lambda x, w, b: uhop.ops.conv2d(x, w, b, stride=2, padding=1),
+     lambda x, w, b: F.conv2d(x, w, b, stride=2, padding=1), [(2, 3, 9, 9), (4, 3, 3, 3), (4,)]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name,call,want,shapes", CASES, ids=[c[0] for c in CASES])
+def test_each_op_is_one_node_and_matches_float64(name, call, want, shapes):
+    args = [_r(*s) for s in shapes]
+    explained = torch._dynamo.explain(call)(*args)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    targets = [str(n.target) for g in explained.graphs for n in g.graph.nodes if n.op == "call_function"]
+    assert f"uhop_ops.{name}.default" in targets, targets
+    got = torch.compile(call, backend="aot_eager", fullgraph=True)(*args)
+    torch.testing.assert_close(got, want(*args), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("name,call,want,shapes", CASES, ids=[c[0] for c in CASES])
+def test_gradients_through_each_op_match_float64(name, call, want, shapes):
+    args = [_r(*s, grad=True) for s in shapes]
+    ref = [a.detach().clone().requires_grad_() for a in args]
+    w = torch.randn_like(want(*ref))
+    (torch.compile(call, backend="aot_eager", fullgraph=True)(*args) * w).sum().backward()
+    (want(*ref) * w).sum().backward()
+    for a, r in zip(args, ref, strict=True):
+        torch.testing.assert_close(a.grad, r.grad, rtol=1e-8, atol=1e-9)
+
+
+def test_attention_with_a_mask_and_embedding_in_one_graph():
+    q, k, v = (_r(2, 6, 8, grad=True) for _ in range(3))
+    mask = torch.rand(6, 6) > 0.3
+    mask[:, 0] = True  # every query keeps a key
+    emb, idx = _r(50, 8, grad=True), torch.randint(0, 50, (2, 6))
+
+    def f(q, k, v, emb):
+        return uhop.ops.attention(q + uhop.ops.embedding(emb, idx), k, v, mask, causal=True)
+
+    got = torch.compile(f, backend="aot_eager", fullgraph=True)(q, k, v, emb)
+    refs = [t.detach().clone().requires_grad_() for t in (q, k, v, emb)]
+    want = _attn(refs[0] + refs[3][idx], refs[1], refs[2], mask, True)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    got.pow(2).sum().backward()
+    want.pow(2).sum().backward()
+    for a, r in zip((q, k, v, emb), refs, strict=True):
+        torch.testing.assert_close(a.grad, r.grad, rtol=1e-8, atol=1e-9)
+
+
+def test_the_compiled_node_runs_uhops_dispatch_and_its_store():
+    from uhop.store import open_store
+
+    x = torch.randn(12, 70)
+    with config.override(policy="tune"):
+        torch.compile(lambda x: uhop.ops.softmax(x) + 1, fullgraph=True)(x)
+    keys = [e.key for e in open_store().entries("softmax")]
+    assert any(k.startswith("softmax:12x70:float32") for k in keys), keys
+
+
+def test_decorated_function_is_compiled_as_written():
+    @uhop.optimize("layernorm")
+    def ln(x, w, b):
+        return F.layer_norm(x, (x.shape[-1],), w, b, 1e-5)
+
+    x, w, b = _r(6, 32), _r(32), _r(32)
+    explained = torch._dynamo.explain(lambda x: ln(x, w, b) * 2)(x)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    got = torch.compile(lambda x: ln(x, w, b) * 2, backend="aot_eager", fullgraph=True)(x)
+    torch.testing.assert_close(got, 2 * _ln(x, w, b, 1e-5), rtol=1e-9, atol=1e-9)
+
+
+def test_a_call_the_custom_op_cannot_take_is_traced_as_before():
+    assert not in_graph.takes("matmul", (torch.ones(2, 2), torch.ones(2, 2)), {"precision": "tf32"})
+    assert not in_graph.takes("softmax", ([1.0, 2.0],), {})
+    assert in_graph.takes("layernorm", (torch.ones(2, 2), None, None), {"eps": 1e-3})
+
+
+@pytest.mark.parametrize("op", ["softmax", "layernorm", "matmul", "elementwise"])
+def test_custom_ops_pass_torch_opcheck(op):
+    args = {
+        "softmax": (_r(4, 9, grad=True),),
+        "layernorm": (_r(4, 9, grad=True), _r(9, grad=True), None, 1e-4),
+        "matmul": (_r(3, 5, grad=True), _r(5, 4, grad=True), _r(4), "silu", False),
+        "elementwise": ("x0*x1-exp(x0)", "mean", [_r(3, 6, grad=True), _r(3, 6)]),
+    }[op]
+    torch.library.opcheck(in_graph.OPS[op], args)
+
+
+def test_works_when_uhop_was_imported_before_torch():
+    code = (
+        "import uhop\n"
+        "import torch\n"
+        "x = torch.randn(4, 8)\n"
+        "f = torch.compile(lambda x: uhop.ops.softmax(x) * 2, backend='eager', fullgraph=True)\n"
+        "torch.testing.assert_close(f(x), torch.softmax(x, -1) * 2)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={"UHOP_HOME": str(config.settings().home), "PATH": "/usr/bin:/bin",
+                              "PYTHONPATH": ":".join(p for p in sys.path if p)})  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_inductor_and_the_uhop_backend_keep_the_node():
+    x, w = torch.randn(16, 32), torch.randn(32, 32) / 6
+
+    def f(x):
+        return uhop.ops.rmsnorm(torch.relu(x @ w)) * 0.5
+
+    want = f(x)
+    for backend, options in (("inductor", None), ("uhop", {"rest": "eager"})):
+        torch._dynamo.reset()
+        got = torch.compile(f, backend=backend, options=options, fullgraph=True)(x)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
