@@ -25,6 +25,8 @@ from typing import Any, Optional  # noqa: UP035 - torch.library infers schemas f
 import torch
 import torch.nn.functional as F
 
+from uhop.ops.matmul import activate_torch as _act
+
 _Tensor = torch.Tensor
 _TAGS = (torch.Tag.cudagraph_unsafe,) if hasattr(torch.Tag, "cudagraph_unsafe") else ()
 
@@ -44,16 +46,6 @@ def _fresh(out: _Tensor, args: tuple[Any, ...]) -> _Tensor:
 
 
 # ---- torch's own op per UHOP op: fake kernels and gradients ------------------------------------
-def _act(y: _Tensor, activation: str) -> _Tensor:
-    if activation == "none":
-        return y
-    if activation == "relu":
-        return torch.relu(y)
-    if activation == "silu":
-        return F.silu(y)
-    return F.gelu(y, approximate="tanh" if activation == "gelu_tanh" else "none")
-
-
 def _native_matmul(a, b, bias, activation, trans_b):
     y = torch.matmul(a, b.mT if trans_b else b)
     return _act(y if bias is None else y + bias, activation)
