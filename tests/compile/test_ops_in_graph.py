@@ -171,3 +171,25 @@ def test_inductor_and_the_uhop_backend_keep_the_node():
         torch._dynamo.reset()
         got = torch.compile(f, backend=backend, options=options, fullgraph=True)(x)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_torch_export_keeps_the_nodes_and_a_saved_program_runs(tmp_path):
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(16, 24, dtype=D) / 4)
+            self.g = torch.nn.Parameter(torch.rand(24, dtype=D) + 0.5)
+
+        def forward(self, x):
+            return uhop.ops.softmax(uhop.ops.rmsnorm(x @ self.w, self.g))
+
+    m, x = M(), _r(5, 16)
+    ep = torch.export.export(m, (x,))
+    targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    assert {"uhop_ops.rmsnorm.default", "uhop_ops.softmax.default"} <= targets, targets
+    torch.export.save(ep, tmp_path / "m.pt2")
+    got = torch.export.load(tmp_path / "m.pt2").module()(x)
+    with torch.no_grad():
+        h = x @ m.w
+        want = torch.softmax(h / torch.sqrt((h * h).mean(-1, keepdim=True) + 1e-6) * m.g, -1)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
