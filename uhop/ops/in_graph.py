@@ -1,4 +1,4 @@
-"""``uhop.ops`` inside ``torch.compile``: each op is a torch custom op (``torch.ops.uhop.<op>``).
+"""``uhop.ops`` inside ``torch.compile``: each op is a torch custom op (``torch.ops.uhop_ops.<op>``).
 
 Without this, Dynamo traced into UHOP's dispatcher (kernel caches, guards, the tuner) when a
 compiled model called ``uhop.ops.softmax``: graph breaks, pages of warnings, and
