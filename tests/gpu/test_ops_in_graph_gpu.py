@@ -14,6 +14,7 @@ pytestmark = [
 ]
 
 import uhop  # noqa: E402
+import uhop.compile  # noqa: E402,F401 - registers backend="uhop" for a source checkout (no entry point)
 from uhop import config  # noqa: E402
 
 
