@@ -496,3 +496,18 @@ def test_module_imports_without_numba_kernels():
     spec = importlib.util.find_spec("uhop.backends.numba")
     src = spec.loader.get_source("uhop.backends.numba")
     assert "\nimport numba" not in src and "\nfrom numba" not in src
+
+
+def test_gemm_epilogues_never_start_numbas_pool_after_blas():
+    """The GEMM + epilogue kernels run their epilogue serially: numba's OpenMP pool right after a
+    multi-threaded BLAS call gained nothing where UHOP's thread policy reaches both pools, and in a
+    process that imported torch before uhop (one libgomp, started with the default spin) it ran 3x
+    slower from the main thread, while the tuner, timing from its own thread, saw no difference."""
+    for dims, params in (({"B": 1, "M": 512, "N": 1024, "K": 1024}, {"activation": "gelu_tanh"}),
+                         ({"B": 1, "M": 4096, "N": 64, "K": 64}, {"activation": "silu"}),
+                         ({"B": 4, "M": 64, "N": 96, "K": 32}, {"activation": "relu", "batched_b": True})):  # fmt: skip
+        problem = Problem.make("matmul", dims, "float32", params)
+        epilogues = [c for c in NB.candidates(problem) if c.template == "blas+epilogue"]
+        assert epilogues and all(c.cfg["parallel"] is False for c in epilogues), epilogues
+        space = NB.space(problem)
+        assert [p.choices for p in space.params if p.name == "parallel"] == [(False,)]

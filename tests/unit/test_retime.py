@@ -25,6 +25,10 @@ def test_decide_prefers_the_baseline_within_the_noise_and_the_faster_beyond_it()
     # the same but behind in one round: the spread decides, a tie
     d = decide([[1.0] * 5, [0.70, 0.75, 0.90, 0.96, 1.02]], preference=[0, 1])
     assert d.fastest == 1 and d.winner == 0 and d.ties == (1,)
+    # 40% faster at the median, but the rounds spread so widely that the quartiles alone would call
+    # it a tie: further behind than MAX_MARGIN is never one (the preferred candidate lost here)
+    d = decide([[1.0] * 5, [0.35, 0.5, 0.6, 0.95, 1.3]], preference=[0, 1])
+    assert d.winner == 1 and d.ties == ()
 
 
 def _m(c: Candidate, t: float) -> Measurement:

@@ -540,10 +540,16 @@ class NumbaBackend(Backend):
                 flags = [flags[-1], *flags[:-1]]
             template = "rows"
         elif problem.op == "matmul":
-            # Serial epilogue first: right after a multi-threaded GEMM the BLAS threads still
-            # spin, and a numba thread pool competing with them for the cores measured slower.
+            # Serial epilogues only: right after a multi-threaded GEMM the BLAS threads still
+            # spin, and numba's OpenMP pool competing with them for the cores is a hazard with no
+            # gain. Where UHOP's thread policy reaches both pools (uhop imported first, and in its
+            # workers, where candidates are timed) the parallel epilogue ran within 1% of the
+            # serial one (512x1024x1024, 4096x4096x1024, 64x3072x768, tanh-GELU, 2-core VM); in a
+            # process that imported torch first (its libgomp is numba's, started with the default
+            # spin) the same kernel took 16 ms against 5.4 ms serial when called from the main
+            # thread, yet 5-6 ms from the tuner's background thread, so tuning could not see it.
             R = problem.dim["B"] * problem.dim["M"]
-            flags = [flags[-1], *flags[:-1]]
+            flags = [(False, w) for _, w in flags[-1:]]
             template = "blas+epilogue"
             d = problem.dim
             if problem.param.get("batched_b") and d["B"] > 1 and _blas_control() is not None:
@@ -590,8 +596,9 @@ class NumbaBackend(Backend):
         elif problem.op in ("softmax", "layernorm", "rmsnorm"):
             high = min(1 << 12, 1 << max(0, (d["R"] - 1).bit_length()))
             params, template, out_bytes = [*flags, Pow2("rows", 1, high)], "rows", d["R"] * d["N"] * itemsize
-        elif problem.op == "matmul":
+        elif problem.op == "matmul":  # serial epilogues only (see candidates)
             high = min(1 << 12, 1 << max(0, (d["B"] * d["M"] - 1).bit_length()))
+            flags = [Categorical("parallel", (False,)), flags[1]]
             params, template, out_bytes = [*flags, Pow2("rows", 1, high)], "blas+epilogue", 0
         elif problem.op == "attention":  # parallel: blocks as tasks (see attention_kernel)
             params = [Categorical("parallel", (True, False) if _blas_control() else (False,)), flags[1], Pow2("block", 16, 1024)]

@@ -5,7 +5,7 @@ candidate is timed while another process runs, the second while it sleeps. Befor
 committed the top candidates are timed again in rounds, each round visiting every candidate
 once in a rotated order (A B C, B C A, C A B, ...), so that drift hits all of them alike. The
 winner is the lowest median over rounds; a candidate whose paired per-round ratio to it is
-within the noise of those ratios (and :data:`MIN_MARGIN`) is a statistical tie, unless the
+within the noise of those ratios (at least :data:`MIN_MARGIN`, at most :data:`MAX_MARGIN`) is a statistical tie, unless the
 fastest led it by more than :data:`MIN_MARGIN` in every round; ties go to
 the most preferred candidate (the library baseline first, then the prior's order), so that runs
 on a noisy machine pick the same kernel instead of a coin flip.
@@ -22,6 +22,11 @@ from uhop.measure.bench import benchmark
 
 #: two candidates closer than this (relative, paired per round) are never told apart
 MIN_MARGIN = 0.03
+#: and a candidate whose paired median is further behind than this is never tied, however wide
+#: the noise: on a loaded 2-core VM the quartiles of five rounds' ratios spread by 0.4 and more,
+#: which made a numba GEMM epilogue 1.7x slower than the fastest a "tie", kept as the prior's
+#: favourite (the preference below) over the faster one
+MAX_MARGIN = 0.10
 ROUNDS = 5
 
 
@@ -69,7 +74,7 @@ def decide(samples: Sequence[Sequence[float]], preference: Sequence[int] | None 
         if not ratios:
             continue
         q1, q3 = ratios[len(ratios) // 4], ratios[(3 * len(ratios)) // 4]
-        margin = max(MIN_MARGIN, q3 - q1)
+        margin = min(max(MIN_MARGIN, q3 - q1), MAX_MARGIN)
         # faster beyond MIN_MARGIN in every round (3+ rounds) is a lead whatever the spread: one
         # noisy round of five widens the quartiles past a 10% lead (tuner_vs_oracle_cpu_run19.json
         # kept a CPU GEMM as "tied" that was 10% slower in every round of the final check)
