@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from hypothesis import settings as hypothesis_settings
 
+import uhop  # noqa: F401, E402 - before any test module imports numpy or torch, as the README asks (UHOP_THREADS)
+
 # CI draws the same hypothesis examples every run (a failure there is reproducible, not a dice
 # roll); local runs keep exploring new ones.
 hypothesis_settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
