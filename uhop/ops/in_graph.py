@@ -92,58 +92,67 @@ NATIVE: dict[str, Any] = {
 
 # ---- the custom ops: eager UHOP dispatch at run time ------------------------------------------
 _lib = "uhop_ops::"  # (uhop:: holds the graph regions of backend="uhop", uhop/compile/regions.py)
+_FNS: dict[str, Any] = {}  # each custom op's Python function (its signature binds the fake kernel's arguments)
 
 
-@torch.library.custom_op(_lib + "matmul", mutates_args=(), tags=_TAGS)
+def _custom_op(name: str) -> Any:
+    def define(fn: Any) -> Any:
+        _FNS[name] = fn
+        return torch.library.custom_op(_lib + name, mutates_args=(), tags=_TAGS)(fn)
+
+    return define
+
+
+@_custom_op("matmul")
 def matmul(a: _Tensor, b: _Tensor, bias: Optional[_Tensor] = None, activation: str = "none",  # noqa: UP045
            trans_b: bool = False) -> _Tensor:  # fmt: skip
     args = (a, b) if bias is None else (a, b, bias)
     return _fresh(_eager("matmul")(*args, activation=activation, trans_b=trans_b), args)
 
 
-@torch.library.custom_op(_lib + "softmax", mutates_args=(), tags=_TAGS)
+@_custom_op("softmax")
 def softmax(x: _Tensor) -> _Tensor:
     return _fresh(_eager("softmax")(x), (x,))
 
 
-@torch.library.custom_op(_lib + "layernorm", mutates_args=(), tags=_TAGS)
+@_custom_op("layernorm")
 def layernorm(x: _Tensor, weight: Optional[_Tensor] = None, bias: Optional[_Tensor] = None,  # noqa: UP045
               eps: float = 1e-5) -> _Tensor:  # fmt: skip
     args = (x, weight, bias) if bias is not None else (x, weight) if weight is not None else (x,)
     return _fresh(_eager("layernorm")(*args, eps=eps), args)
 
 
-@torch.library.custom_op(_lib + "rmsnorm", mutates_args=(), tags=_TAGS)
+@_custom_op("rmsnorm")
 def rmsnorm(x: _Tensor, weight: Optional[_Tensor] = None, eps: float = 1e-6) -> _Tensor:  # noqa: UP045
     args = (x,) if weight is None else (x, weight)
     return _fresh(_eager("rmsnorm")(*args, eps=eps), args)
 
 
-@torch.library.custom_op(_lib + "attention", mutates_args=(), tags=_TAGS)
+@_custom_op("attention")
 def attention(q: _Tensor, k: _Tensor, v: _Tensor, mask: Optional[_Tensor] = None,  # noqa: UP045
               causal: bool = False) -> _Tensor:  # fmt: skip
     args = (q, k, v) if mask is None else (q, k, v, mask)
     return _fresh(_eager("attention")(*args, causal=causal), args)
 
 
-@torch.library.custom_op(_lib + "conv2d", mutates_args=(), tags=_TAGS)
+@_custom_op("conv2d")
 def conv2d(x: _Tensor, weight: _Tensor, bias: Optional[_Tensor] = None, stride: int = 1,  # noqa: UP045
            padding: int = 0) -> _Tensor:  # fmt: skip
     args = (x, weight) if bias is None else (x, weight, bias)
     return _fresh(_eager("conv2d")(*args, stride=stride, padding=padding), args)
 
 
-@torch.library.custom_op(_lib + "embedding", mutates_args=(), tags=_TAGS)
+@_custom_op("embedding")
 def embedding(weight: _Tensor, indices: _Tensor) -> _Tensor:
     return _fresh(_eager("embedding")(weight, indices), (weight, indices))
 
 
-@torch.library.custom_op(_lib + "gated_mlp", mutates_args=(), tags=_TAGS)
+@_custom_op("gated_mlp")
 def gated_mlp(x: _Tensor, w_gate: _Tensor, w_up: _Tensor, activation: str = "silu") -> _Tensor:
     return _fresh(_eager("gated_mlp")(x, w_gate, w_up, activation=activation), (x, w_gate, w_up))
 
 
-@torch.library.custom_op(_lib + "elementwise", mutates_args=(), tags=_TAGS)
+@_custom_op("elementwise")
 def elementwise(expr: str, reduce: str, xs: list[_Tensor]) -> _Tensor:
     return _fresh(_eager("elementwise")(expr, *xs, reduce=reduce), tuple(xs))
 
@@ -226,7 +235,7 @@ def _register(name: str, op: Any, fn: Any) -> None:
 for _name, _op in (("matmul", matmul), ("softmax", softmax), ("layernorm", layernorm), ("rmsnorm", rmsnorm),
                    ("attention", attention), ("conv2d", conv2d), ("embedding", embedding),
                    ("gated_mlp", gated_mlp), ("elementwise", elementwise)):  # fmt: skip
-    _register(_name, _op, _op._init_fn)
+    _register(_name, _op, _FNS[_name])
 
 
 def takes(op: str, args: tuple[Any, ...], params: dict[str, Any]) -> bool:
