@@ -23,9 +23,9 @@ from uhop.measure.bench import benchmark
 #: two candidates closer than this (relative, paired per round) are never told apart
 MIN_MARGIN = 0.03
 #: and a candidate whose paired median is further behind than this is never tied, however wide
-#: the noise: on a loaded 2-core VM the quartiles of five rounds' ratios spread by 0.4 and more,
-#: which made a numba GEMM epilogue 1.7x slower than the fastest a "tie", kept as the prior's
-#: favourite (the preference below) over the faster one
+#: the noise: with the quartiles of five rounds' ratios wide apart (a loaded 2-core VM), a numba
+#: GEMM epilogue re-timed at 10.0 ms was "tied" with candidates whose first pass took 6.0-6.4 ms,
+#: and kept as the prior's favourite (the preference below)
 MAX_MARGIN = 0.10
 ROUNDS = 5
 
