@@ -50,7 +50,7 @@ def test_availability_names_the_device():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("activation,arity", [("none", 2), ("gelu", 3), ("relu", 3), ("silu", 2)])
+@pytest.mark.parametrize("activation,arity", [("none", 2), ("gelu", 3), ("gelu_tanh", 3), ("relu", 3), ("silu", 2)])
 def test_matmul_every_tile(dtype, activation, arity):
     _check_all(Problem.make("matmul", {"B": 1, "M": 37, "N": 50, "K": 70}, dtype, {"activation": activation}, arity=arity))
 

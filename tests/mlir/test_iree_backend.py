@@ -35,6 +35,7 @@ def validate(backend, problem, candidate=None):
     [
         ("matmul", {"B": 1, "M": 33, "N": 17, "K": 64}, "float32", {"activation": "gelu"}, 3),
         ("matmul", {"B": 3, "M": 7, "N": 5, "K": 3}, "float64", {"activation": "silu"}, 2),
+        ("matmul", {"B": 1, "M": 19, "N": 23, "K": 40}, "float32", {"activation": "gelu_tanh"}, 3),
         ("softmax", {"R": 13, "N": 100}, "float32", {}, 1),
         ("layernorm", {"R": 9, "N": 129}, "float32", {"eps": 1e-5}, 3),
         ("rmsnorm", {"R": 5, "N": 31}, "float64", {}, 2),

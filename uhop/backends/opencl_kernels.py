@@ -17,11 +17,13 @@ PREAMBLE = """
 #endif
 """
 
-#: act(v) for matmul's epilogue; gelu is the exact erf form (the op's reference)
+#: act(v) for matmul's epilogue; gelu is the exact erf form (the op's reference), gelu_tanh
+#: GPT-2's tanh approximation (torch's ``approximate="tanh"``: sqrt(2/pi) * (v + 0.044715 v^3))
 ACTIVATIONS: dict[str, str] = {
     "none": "(v)",
     "relu": "fmax((v), (T)0)",
     "gelu": "((T)0.5 * (v) * ((T)1 + erf((v) * (T)0.70710678118654752440)))",
+    "gelu_tanh": "((T)0.5 * (v) * ((T)1 + tanh((T)0.79788456080286535588 * ((v) + (T)0.044715 * (v) * (v) * (v)))))",
     "silu": "((v) / ((T)1 + exp(-(v))))",
 }
 

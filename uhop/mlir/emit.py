@@ -152,6 +152,13 @@ def _scalar(b: _Builder, fn: str, args: Sequence[Any]):
             arith.mulf(b.const(0.5), x),
             arith.addf(b.const(1.0), m.erf(arith.mulf(x, b.const(1.0 / math.sqrt(2.0))))),
         ),
+        "gelu_tanh": lambda x: arith.mulf(  # GPT-2's form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+            arith.mulf(b.const(0.5), x),
+            arith.addf(b.const(1.0), m.tanh(arith.mulf(
+                b.const(math.sqrt(2.0 / math.pi)),
+                arith.addf(x, arith.mulf(b.const(0.044715), arith.mulf(x, arith.mulf(x, x)))),
+            ))),
+        ),
         "square": lambda x: arith.mulf(x, x),
         "reciprocal": lambda x: arith.divf(b.const(1.0), x),
     }  # fmt: skip

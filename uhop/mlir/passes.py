@@ -36,7 +36,7 @@ from uhop.errors import InputError
 from uhop.mlir.emit import Emitted
 
 STRATEGIES = ("auto", "default", "tiled", "data-tiled")
-_TRANSCENDENTAL = ("gelu", "silu")
+_TRANSCENDENTAL = ("gelu", "gelu_tanh", "silu")
 
 
 @dataclass(frozen=True)
