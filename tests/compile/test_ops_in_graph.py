@@ -117,6 +117,27 @@ def test_the_compiled_node_runs_uhops_dispatch_and_its_store():
     assert any(k.startswith("softmax:12x70:float32") for k in keys), keys
 
 
+def test_nodes_keep_guards_of_their_own_and_leave_eagers_alone():
+    """torch's tensor guards check the dispatch-key state, which differs inside a node (autograd
+    keys excluded): an eager guard never passes there. Before, every node call added an entry to
+    the eager op's list (4 slots a name) that eager calls then failed in turn."""
+    from uhop.dispatch import _direct_cache
+
+    x = torch.randn(9, 31)
+    with torch.no_grad():
+        uhop.ops.softmax(x)
+        uhop.ops.softmax(x)  # the key path's hit: one guard for the eager list
+        eager = _direct_cache.guarded.get("softmax", ())
+        assert len(eager) == 1 and eager[0][2].check(x)
+        node = torch.ops.uhop_ops.softmax.default
+        for _ in range(5):
+            torch.testing.assert_close(node(x), torch.softmax(x, -1))
+        assert _direct_cache.guarded.get("softmax", ()) == eager  # untouched by the nodes
+        assert len(_direct_cache.guarded.get("softmax@node", ())) == 1  # one guard, passing in nodes
+        uhop.ops.softmax(x)
+        assert _direct_cache.guarded.get("softmax", ()) == eager
+
+
 def test_decorated_function_is_compiled_as_written():
     @uhop.optimize("layernorm")
     def ln(x, w, b):

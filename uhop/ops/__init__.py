@@ -70,13 +70,19 @@ def _traced(op_name: str, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
     return _dispatcher()(op_name, args, params)
 
 
-def _direct(op_name: str):
+def _direct(op_name: str, slot: str = ""):
+    """``uhop.ops.<op_name>``. ``slot`` names its guard list in the kernel cache (the op's name by
+    default): torch's tensor guards check the thread's dispatch-key state, which differs inside a
+    custom op node (autograd keys excluded), so the nodes keep a list of their own
+    (:data:`IN_NODE`) rather than failing every check of the eager list and filling it."""
+    slot = slot or op_name
+
     def run(*args: Any, **params: Any) -> Any:
         if _compiling():
             return _traced(op_name, args, params)
         if _hit is not None:  # the hot path: a guard check, or the key and one dict lookup
             key, cache = _hit
-            for n, p, g, k in cache.guarded.get(op_name, ()):
+            for n, p, g, k in cache.guarded.get(slot, ()):
                 if n == len(args) and p == params and g.check(*args):
                     return k(*args)
             try:
@@ -86,7 +92,7 @@ def _direct(op_name: str):
                 sig = k = None
             if k is not None:
                 if args and type(args[0]) in _tensor_types:  # numpy calls skip it
-                    cache.remember(op_name, args, params, k)
+                    cache.remember(slot, args, params, k)
                 return k(*args)
             return _call_op(op_name, args, params, sig)
         return _dispatcher()(op_name, args, params)
@@ -104,6 +110,11 @@ attention = _direct("attention")
 conv2d = _direct("conv2d")
 embedding = _direct("embedding")
 gated_mlp = _direct("gated_mlp")
+#: the same ops as called by their custom op nodes (uhop/ops/in_graph.py), guard lists of their own
+IN_NODE: dict[str, Any] = {
+    name: _direct(name, name + "@node")
+    for name in ("matmul", "softmax", "layernorm", "rmsnorm", "attention", "conv2d", "embedding", "gated_mlp")
+}
 
 
 def elementwise(expr: Any, *args: Any, reduce: str = "none") -> Any:

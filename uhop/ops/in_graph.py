@@ -33,7 +33,8 @@ _TAGS = (torch.Tag.cudagraph_unsafe,) if hasattr(torch.Tag, "cudagraph_unsafe") 
 
 
 def _eager(op: str) -> Any:
-    return getattr(_uops, op)
+    """``uhop.ops.<op>`` as a node calls it (its own guard list: ``uhop.ops.IN_NODE``)."""
+    return _uops.IN_NODE.get(op) or getattr(_uops, op)
 
 
 def _fresh(out: _Tensor, args: tuple[Any, ...]) -> _Tensor:
