@@ -103,6 +103,7 @@ def test_uhop_debug_shows_the_traceback(capsys, monkeypatch):
         (("tune", "matmul", "--shape", "8x8x8", "--no-such-flag"), "No such option: --no-such-flag"),
         (("tune", "matmul", "--shape", "8x8x8", "--budget", "x"), "--budget"),
         (("tune", "matmul", "--shape", "3x4"), "MxNxK or BxMxNxK"),
+        (("tune", "softmax", "--shape", "64"), "must be RxN, got"),
         (("tune", "matmul", "--shape", "8x8x8", "--strategy", "annealing"), "--strategy must be one of"),
         (("bench", "--suite", "huge"), "--suite must be one of"),
         (("cache", "show", "nope"), "no entry with key 'nope'"),

@@ -144,9 +144,8 @@ class Op:
         elif len(values) == len(self.dims):
             dims = dict(zip(self.dims, values, strict=True))
         else:
-            raise InputError(
-                f"shape for {self.name} must be {'x'.join(required)} or {'x'.join(self.dims)}, got {text!r}"
-            )
+            forms = " or ".join(dict.fromkeys(("x".join(required), "x".join(self.dims))))  # one form when none is optional
+            raise InputError(f"shape for {self.name} must be {forms}, got {text!r}")
         if any(v <= 0 for v in dims.values()):
             raise InputError(f"shape dims must be positive, got {text!r}")
         return dims
