@@ -39,6 +39,7 @@ except ImportError as exc:  # open_store turns this into "pip install 'uhop[perf
     raise ImportError(f"the PostgreSQL store needs psycopg 3: {exc}") from None
 
 from uhop.perf.telemetry import COLUMNS as TEL_COLUMNS
+from uhop.perf.telemetry import FLOORS_SQL
 from uhop.perf.telemetry import JSON_COLUMNS as TEL_JSON
 
 _DDL_LOCK = 7234101  # pg_advisory_xact_lock id for schema creation
@@ -69,7 +70,8 @@ CREATE TABLE IF NOT EXISTS telemetry (
     n INTEGER, calls INTEGER, energy_j DOUBLE PRECISION, versions JSONB NOT NULL,
     timer TEXT NOT NULL DEFAULT 'wall'
 );
-CREATE INDEX IF NOT EXISTS telemetry_op ON telemetry(op, key)
+CREATE INDEX IF NOT EXISTS telemetry_op ON telemetry(op, key);
+CREATE INDEX IF NOT EXISTS telemetry_floor ON telemetry(hw_hash, op, dtype)
 """
 
 _KERNEL_COLS = "key, op, problem, candidate, median_s, gflops, gbps, policy, fingerprint, content_hash, created, updated, spread"
@@ -280,6 +282,9 @@ class PostgresStore(PostgresDB, ExportImport):
             q, args = q + " AND status=%s", [*args, status]
         cols, rows = self._read(q + " ORDER BY id", args)
         return [dict(zip(cols, r, strict=True)) for r in rows]
+
+    def telemetry_floors(self, args: Sequence[Any]) -> dict[str, float]:
+        return {b: float(t) for b, t in self._read(FLOORS_SQL.format("%s"), tuple(args))[1] if t is not None}
 
     def telemetry_count(self, op: str | None = None) -> int:
         q, args = ("SELECT COUNT(*) FROM telemetry WHERE op=%s", (op,)) if op else ("SELECT COUNT(*) FROM telemetry", ())

@@ -55,7 +55,14 @@ CREATE TABLE IF NOT EXISTS telemetry (
     versions TEXT NOT NULL, timer TEXT NOT NULL DEFAULT 'wall'
 );
 CREATE INDEX IF NOT EXISTS telemetry_op ON telemetry(op, key);
+CREATE INDEX IF NOT EXISTS telemetry_floor ON telemetry(hw_hash, op, dtype);
 """
+
+#: per backend, the fastest call recorded on one machine for the same op and dtype on other,
+#: no larger problems (:func:`call_floors`); {0} is the driver's placeholder
+FLOORS_SQL = ("SELECT backend, MIN(min_s) FROM telemetry WHERE hw_hash={0} AND op={0} AND dtype={0} AND key<>{0} "
+              "AND status IN ('ok', 'too-slow') AND min_s > 0 AND COALESCE(flops, 0) <= {0} AND COALESCE(bytes, 0) <= {0} "
+              "GROUP BY backend")  # fmt: skip
 
 
 def _num(x: Any) -> float | None:
@@ -149,11 +156,12 @@ def make_rows(
         if d["status"] == "skipped":
             continue
         ok = d["status"] == "ok" and _num(t.get("median_s")) is not None
+        slow = d["status"] == "too-slow"  # its one timed call, where it got that far: min_s only
         rows.append({
             **common, "backend": cand.backend, "template": cand.template, "config": _dumps(dict(cand.config)),
             "config_hash": candidate_hash(cand), "status": d["status"], "reason": str(d.get("reason", ""))[:500],
             "max_err": _num(d.get("max_err")),
-            "median_s": _num(t.get("median_s")) if ok else None, "min_s": _num(t.get("min_s")) if ok else None,
+            "median_s": _num(t.get("median_s")) if ok else None, "min_s": _num(t.get("min_s")) if ok or slow else None,
             "max_s": _num(t.get("max_s")) if ok else None, "spread": _num(t.get("spread")) if ok else None,
             "n": t.get("n"), "calls": t.get("calls"),
             "energy_j": _num((energy_j or {}).get(cand.id)),
@@ -191,6 +199,23 @@ def record_measurements(
         return 0
 
 
+def call_floors(store: Any, problem: Any, fingerprint: Mapping[str, Any], key: str) -> dict[str, float]:
+    """Per backend, the fastest call recorded on this hardware for the same op and dtype on
+    another problem no larger than ``problem`` (in FLOPs and bytes): a valid candidate's fastest
+    sample, or the one call timed of a candidate stopped as too slow. A call of that backend on
+    ``problem`` is not expected to be faster (more work, the same launch and runtime costs), so the
+    tuner skips a candidate whose backend cannot get under its cutoff (3x the fastest so far) rather
+    than compile it: IREE and OpenCL candidates of a 4x4x4 matmul spent 4.6 s compiling, each
+    to be stopped as too slow, after an 8x8x8 one had shown the same. {} when nothing is recorded or
+    the table cannot be read (never raises)."""
+    try:
+        args = (hw_hash(fingerprint), problem.op, problem.dtype, key, float(problem.flops() or 0), float(problem.bytes() or 0))
+        return telemetry_db(store).floors(args)
+    except Exception as exc:
+        log.debug("call floors not read: %s: %s", type(exc).__name__, exc)
+        return {}
+
+
 # ---- storage ------------------------------------------------------------------------------------
 class SQLiteTelemetry(SQLiteDB):
     """The telemetry table inside the kernel store's SQLite file (the store's connection and
@@ -215,6 +240,9 @@ class SQLiteTelemetry(SQLiteDB):
         cur = self._conn().execute(q + " ORDER BY id", args)
         cols = [c[0] for c in cur.description]
         return [_decode(dict(zip(cols, r, strict=True))) for r in cur]
+
+    def floors(self, args: Sequence[Any]) -> dict[str, float]:
+        return {b: float(t) for b, t in self._conn().execute(FLOORS_SQL.format("?"), tuple(args)) if t is not None}
 
     def count(self, op: str | None = None) -> int:
         if op:
@@ -271,6 +299,9 @@ class _PgAdapter:
 
     def count(self, op: str | None = None) -> int:
         return self.store.telemetry_count(op)
+
+    def floors(self, args: Sequence[Any]) -> dict[str, float]:
+        return self.store.telemetry_floors(args)
 
     def delete(self, op: str | None = None) -> int:
         return self.store.delete_telemetry(op)

@@ -100,6 +100,16 @@ class Precompiler:
                     return None
                 self._cond.wait(left)
 
+    def drop(self, keep: Any) -> None:
+        """Cancel the queued builds of candidates for which ``keep(candidate)`` is false (the tuner
+        will not evaluate them; a running build finishes)."""
+        with self._cond:
+            gone = [c for c, _ in self._queue if not keep(c)]
+            for c in gone:
+                self._state[c] = "cancelled"
+            if gone:
+                self._queue = collections.deque(q for q in self._queue if keep(q[0]))
+
     def close(self) -> None:
         """Drop queued builds and let the processes go (a running compile finishes in the background)."""
         with self._cond:

@@ -99,8 +99,12 @@ def efficiency(c: Candidate, problem: Problem) -> tuple[float, float]:
 def score_bytes(c: Candidate, problem: Problem) -> float:
     """Attention's BxSxL score matrix, when ``c`` materializes it in memory (eager templates, and
     SDPA on a CPU, which measured no faster than numpy there): written, read for the softmax,
-    written again and read for the product, about four passes. Blocked and flash kernels keep
-    each block of scores on chip."""
+    written again and read for the product, about four passes. numpy's eager attention makes about
+    twelve, one ufunc at a time on one core (scale, causal mask, max, subtract, exp, sum, divide:
+    each reads and most write): 0.37 s a call at 8 x 2048 x 2048 x 64 causal on the 2-core EPYC VM,
+    where four passes had put it at 73 ms, under 2x numba's blocked kernel, so a timing run
+    measured it in full first (``budget_order``'s lead). Blocked and flash kernels keep each block
+    of scores on chip."""
     if problem.op != "attention":
         return 0.0
     fused = c.template in ("blocked", "flash") or (c.template == "sdpa" and problem.device != "cpu")
@@ -108,7 +112,8 @@ def score_bytes(c: Candidate, problem: Problem) -> float:
         return 0.0
     d = problem.dim
     item = 2 if problem.dtype in ("bfloat16", "float16") else 8 if problem.dtype == "float64" else 4
-    return 4.0 * d["B"] * d["S"] * d["L"] * item
+    passes = 12.0 if c.backend == "numpy" else 4.0
+    return passes * d["B"] * d["S"] * d["L"] * item
 
 
 def prior_s(c: Candidate, problem: Problem) -> float:

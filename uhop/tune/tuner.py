@@ -299,6 +299,29 @@ def _expected_s(took: Mapping[str, list[tuple[float, float]]], backend: Backend,
     return max(base, per_call * (2 * trials + 4) + settings().bench_min_s)
 
 
+def _call_floors(problem: Problem, store: Any, key: str) -> dict[str, float]:
+    """Per backend, its fastest call recorded on this machine for this op on a no larger problem
+    (:func:`uhop.perf.telemetry.call_floors`)."""
+    try:
+        from uhop.perf.telemetry import call_floors
+    except ImportError:
+        return {}
+    return call_floors(store, problem, hardware_fingerprint(problem.device), key)
+
+
+def _under_floor(cand: Candidate, floors: Mapping[str, float], best: Measurement, vendors: frozenset[str]) -> bool:
+    """Whether no call of ``cand``'s backend has ever been fast enough on this machine to pass the
+    timing cutoff (3x ``best``): it would be compiled, validated and rejected as too slow. Library
+    (vendor) candidates are always evaluated: they are the comparison."""
+    floor = floors.get(cand.backend)
+    return floor is not None and cand.backend not in vendors and math.isfinite(best.median_s) and floor > 3 * best.median_s
+
+
+def _floor_reason(cand: Candidate, floors: Mapping[str, float], best: Measurement) -> str:
+    return (f"call floor: {cand.backend}'s fastest call of this op on a no larger problem here took "
+            f"{floors[cand.backend] * 1e6:.3g} us > 3x the best ({best.median_s * 1e6:.3g} us); not compiled")  # fmt: skip
+
+
 def _record_telemetry(problem: Problem, measurements: Sequence[Measurement], store: Any, key: str) -> None:
     """Every measurement is data for the cost model (never raises; a no-op without uhop.perf)."""
     try:
@@ -448,6 +471,7 @@ def _budgeted(
         from uhop.threads import note_unreached
 
         note_unreached()
+    floors = _call_floors(problem, store, key)
     pre = None
     if iso is not None:  # the worker draws its inputs and builds its first candidate meanwhile
         first = next((c for c in order if c.backend in isolated), None)
@@ -475,6 +499,9 @@ def _budgeted(
             if best is not None and policy == "fast":
                 measurements.extend(Measurement(c, "skipped", "policy=fast") for c in order[i:])
                 break
+            if best is not None and _under_floor(cand, floors, best, vendors):
+                measurements.append(Measurement(cand, "skipped", _floor_reason(cand, floors, best)))
+                continue
             if best is not None and (
                 time.monotonic() + _expected_s(took, by_name[cand.backend], cand, problem, trials, scale,
                                                pre is not None and pre.ahead(cand))  # fmt: skip
@@ -518,6 +545,8 @@ def _budgeted(
                 scale = max(scale, m.median_s / prior_s(cand, problem))
             if m.ok and (best is None or m.median_s < best.median_s):
                 best = m
+                if pre is not None:  # builds of candidates that can no longer get under the cutoff
+                    pre.drop(lambda c, b=best: not _under_floor(c, floors, b, vendors))
             log.debug("  %s: %s %s", cand.id, m.status, f"{m.median_s * 1e3:.4g} ms" if m.ok else m.reason)
             if progress:
                 progress(i + 1, len(order), m)
