@@ -205,7 +205,7 @@ def call_floors(store: Any, problem: Any, fingerprint: Mapping[str, Any], key: s
     sample, or the one call timed of a candidate stopped as too slow. A call of that backend on
     ``problem`` is not expected to be faster (more work, the same launch and runtime costs), so the
     tuner skips a candidate whose backend cannot get under its cutoff (3x the fastest so far) rather
-    than compile it: IREE and OpenCL candidates of a 4x4x4 matmul spent 4.6 s compiling, each
+    than compile it: IREE and OpenCL candidates of a 4x4x4 matmul spent 4.3 s compiling, each
     to be stopped as too slow, after an 8x8x8 one had shown the same. {} when nothing is recorded or
     the table cannot be read (never raises)."""
     try:
