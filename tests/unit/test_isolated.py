@@ -92,3 +92,26 @@ def test_auto_isolates_crash_prone_cpu_backends(monkeypatch):
     by = {m.candidate.id: m for m in res.measurements}
     assert by["faulty/segfault"].status == "crash" and "SIGSEGV" in by["faulty/segfault"].reason
     assert by["faulty/honest"].ok and res.best is not None and res.best.ok
+
+
+def test_a_librarys_first_import_in_the_worker_is_reported_apart_from_the_candidate(uhop_home):
+    """The worker imports a backend's library on its first candidate (torch: 1-2 s); that is a
+    one-time cost of the worker, reported as ``last_import_s`` (the tuner adds it to the probe and
+    moves the deadline), not the candidate's compile: charged to the budget, torch's import left a
+    1024x4096x1024 GEMM + GELU no time for numba's kernels."""
+    pytest.importorskip("torch")
+    from uhop.backends.base import Candidate
+    from uhop.problem import Problem
+    from uhop.tune.isolated import IsolatedEvaluator
+
+    p = Problem.make("softmax", {"R": 8, "N": 40}, "float32")
+    ev = IsolatedEvaluator("cpu")  # a fresh worker: nothing imported beyond numpy and UHOP
+    try:
+        first = ev.evaluate(Candidate("torch", "eager", {}), p, trials=1)
+        assert first.ok, first.reason
+        assert ev.last_import_s > 0.05  # torch's import, here
+        assert dict(first.phases)["compile"] < ev.last_import_s
+        again = ev.evaluate(Candidate("torch", "eager", {}), p, trials=1)
+        assert again.ok and ev.last_import_s < 0.01  # once per library
+    finally:
+        ev.close()

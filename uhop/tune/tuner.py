@@ -512,6 +512,19 @@ def _budgeted(
             ):
                 measurements.append(Measurement(cand, "skipped", "budget spent"))  # a cheaper one may still fit
                 continue
+            backend = by_name[cand.backend]
+            if (iso is None or cand.backend not in isolated) and "availability" not in backend.__dict__:
+                # its library not imported yet (the lazy probe): a one-time cost of this process,
+                # off the budget as the probe's is (torch: 1.4 s, charged to the torch candidate's
+                # "compile", left a 1024x4096x1024 GEMM + GELU no time for numba's kernels)
+                t_imp = time.monotonic()
+                usable_now = backend.available
+                imported = time.monotonic() - t_imp
+                overhead["probe"] += imported
+                deadline += imported
+                if not usable_now:
+                    measurements.append(Measurement(cand, "skipped", f"backend unavailable: {backend.availability[1]}"))
+                    continue
             cutoff = 3 * best.median_s if best is not None and math.isfinite(best.median_s) else math.inf
             t0 = time.monotonic()
             setup = 0.0
@@ -523,7 +536,10 @@ def _budgeted(
                 m, kernel = iso.evaluate(cand, problem, trials=trials, time_it=policy == "tune", cutoff_s=cutoff), None
                 if waited is not None:  # built by the pool ("ahead"), then the worker's "compile" loaded it
                     m = m.with_(phases=(*m.phases, ("wait", waited), *((("ahead", built_s),) if built_s is not None else ())))
-                setup = iso.last_setup_s + (waited or 0.0)  # the pipeline's fill, not this candidate's cost
+                imported = getattr(iso, "last_import_s", 0.0)  # a library's first import in the worker (torch: 1.3 s):
+                setup = iso.last_setup_s + imported + (waited or 0.0)  # the pipeline's fill, not this candidate's cost
+                overhead["probe"] += imported
+                deadline += imported  # a one-time cost of the worker, off the budget as the probe's is
                 overhead["worker_start"] += iso.last_start_s
                 overhead["reference"] += iso.last_setup_s - iso.last_start_s
                 if cold:  # a one-time cost of this process, as the backends' imports (a crash's restart is not)
