@@ -65,3 +65,18 @@ def test_a_backend_too_slow_on_a_smaller_matmul_is_not_compiled_for_a_larger_one
         assert not any("compile" in dict(m.phases) for m in ocl_second)
         smaller = tune("matmul", {"B": 1, "M": 3, "N": 3, "K": 3}, "float32")
         assert all(not m.reason.startswith("call floor") for m in smaller.measurements)
+
+
+def test_on_a_gpu_only_steady_state_times_make_a_floor(uhop_home):
+    """A too-slow candidate's one timed call on a GPU is a wall-clock launch and synchronization
+    (Triton GEMMs of 64 cubed: 47-56 us on the H100, where 2048 cubed runs 28 us in steady state):
+    not a floor there. Valid candidates' fastest samples are."""
+    from uhop.perf.telemetry import call_floors, record_measurements
+    from uhop.store import open_store
+
+    def mm(n):
+        return Problem.make("matmul", {"B": 1, "M": n, "N": n, "K": n}, "bfloat16", {}, arity=2, device="cuda:0")
+
+    store, fp = open_store(), {"gpu": "a GPU of this test"}
+    record_measurements(mm(64), [_m("triton", "too-slow", 5e-5), _m("torch", "ok", 1.1e-5)], fp, store=store)
+    assert call_floors(store, mm(512), fp, mm(512).key()) == pytest.approx({"torch": 1.1e-5})

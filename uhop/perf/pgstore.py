@@ -283,8 +283,8 @@ class PostgresStore(PostgresDB, ExportImport):
         cols, rows = self._read(q + " ORDER BY id", args)
         return [dict(zip(cols, r, strict=True)) for r in rows]
 
-    def telemetry_floors(self, args: Sequence[Any]) -> dict[str, float]:
-        return {b: float(t) for b, t in self._read(FLOORS_SQL.format("%s"), tuple(args))[1] if t is not None}
+    def telemetry_floors(self, args: Sequence[Any], statuses: str) -> dict[str, float]:
+        return {b: float(t) for b, t in self._read(FLOORS_SQL.format("%s", statuses), tuple(args))[1] if t is not None}
 
     def telemetry_count(self, op: str | None = None) -> int:
         q, args = ("SELECT COUNT(*) FROM telemetry WHERE op=%s", (op,)) if op else ("SELECT COUNT(*) FROM telemetry", ())

@@ -59,10 +59,12 @@ CREATE INDEX IF NOT EXISTS telemetry_floor ON telemetry(hw_hash, op, dtype);
 """
 
 #: per backend, the fastest call recorded on one machine for the same op and dtype on other,
-#: no larger problems (:func:`call_floors`); {0} is the driver's placeholder
+#: no larger problems (:func:`call_floors`); {0} is the driver's placeholder, {1} the statuses read
 FLOORS_SQL = ("SELECT backend, MIN(min_s) FROM telemetry WHERE hw_hash={0} AND op={0} AND dtype={0} AND key<>{0} "
-              "AND status IN ('ok', 'too-slow') AND min_s > 0 AND COALESCE(flops, 0) <= {0} AND COALESCE(bytes, 0) <= {0} "
+              "AND status IN ({1}) AND min_s > 0 AND COALESCE(flops, 0) <= {0} AND COALESCE(bytes, 0) <= {0} "
               "GROUP BY backend")  # fmt: skip
+#: the statuses whose times :func:`call_floors` reads, on a CPU and on a GPU
+FLOOR_STATUSES = {"cpu": "'ok', 'too-slow'", "gpu": "'ok'"}
 
 
 def _num(x: Any) -> float | None:
@@ -202,7 +204,9 @@ def record_measurements(
 def call_floors(store: Any, problem: Any, fingerprint: Mapping[str, Any], key: str) -> dict[str, float]:
     """Per backend, the fastest call recorded on this hardware for the same op and dtype on
     another problem no larger than ``problem`` (in FLOPs and bytes): a valid candidate's fastest
-    sample, or the one call timed of a candidate stopped as too slow. A call of that backend on
+    sample, or on a CPU the one call timed of a candidate stopped as too slow (on a GPU that one
+    call is a wall-clock launch and synchronization, 47-56 us for Triton GEMMs of 64 cubed on the
+    H100 where a 2048-cubed one runs 28 us in steady state: not a floor). A call of that backend on
     ``problem`` is not expected to be faster (more work, the same launch and runtime costs), so the
     tuner skips a candidate whose backend cannot get under its cutoff (3x the fastest so far) rather
     than compile it: IREE and OpenCL candidates of a 4x4x4 matmul spent 4.3 s compiling, each
@@ -210,7 +214,7 @@ def call_floors(store: Any, problem: Any, fingerprint: Mapping[str, Any], key: s
     the table cannot be read (never raises)."""
     try:
         args = (hw_hash(fingerprint), problem.op, problem.dtype, key, float(problem.flops() or 0), float(problem.bytes() or 0))
-        return telemetry_db(store).floors(args)
+        return telemetry_db(store).floors(args, FLOOR_STATUSES["cpu" if problem.device == "cpu" else "gpu"])
     except Exception as exc:
         log.debug("call floors not read: %s: %s", type(exc).__name__, exc)
         return {}
@@ -241,8 +245,9 @@ class SQLiteTelemetry(SQLiteDB):
         cols = [c[0] for c in cur.description]
         return [_decode(dict(zip(cols, r, strict=True))) for r in cur]
 
-    def floors(self, args: Sequence[Any]) -> dict[str, float]:
-        return {b: float(t) for b, t in self._conn().execute(FLOORS_SQL.format("?"), tuple(args)) if t is not None}
+    def floors(self, args: Sequence[Any], statuses: str) -> dict[str, float]:
+        rows = self._conn().execute(FLOORS_SQL.format("?", statuses), tuple(args))
+        return {b: float(t) for b, t in rows if t is not None}
 
     def count(self, op: str | None = None) -> int:
         if op:
@@ -300,8 +305,8 @@ class _PgAdapter:
     def count(self, op: str | None = None) -> int:
         return self.store.telemetry_count(op)
 
-    def floors(self, args: Sequence[Any]) -> dict[str, float]:
-        return self.store.telemetry_floors(args)
+    def floors(self, args: Sequence[Any], statuses: str) -> dict[str, float]:
+        return self.store.telemetry_floors(args, statuses)
 
     def delete(self, op: str | None = None) -> int:
         return self.store.delete_telemetry(op)
