@@ -80,3 +80,17 @@ def test_on_a_gpu_only_steady_state_times_make_a_floor(uhop_home):
     store, fp = open_store(), {"gpu": "a GPU of this test"}
     record_measurements(mm(64), [_m("triton", "too-slow", 5e-5), _m("torch", "ok", 1.1e-5)], fp, store=store)
     assert call_floors(store, mm(512), fp, mm(512).key()) == pytest.approx({"torch": 1.1e-5})
+
+
+def test_call_floors_read_the_same_through_postgres(pg_url):
+    """The same floors from PostgreSQL's telemetry table (one SQL text for both stores)."""
+    from uhop.perf.pgstore import PostgresStore
+    from uhop.perf.telemetry import call_floors, record_measurements
+
+    s, fp = PostgresStore(pg_url), hardware_fingerprint("cpu")
+    s.delete_telemetry()
+    record_measurements(_mm(8), [_m("opencl", "too-slow", 3e-4), _m("iree", "ok", 9e-5)], fp, store=s, strict=True)
+    record_measurements(_mm(64), [_m("opencl", "ok", 1e-6)], fp, store=s, strict=True)
+    assert call_floors(s, _mm(16), fp, _mm(16).key()) == pytest.approx({"opencl": 3e-4, "iree": 9e-5})
+    assert call_floors(s, _mm(4), fp, _mm(4).key()) == {}
+    s.close()

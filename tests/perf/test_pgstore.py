@@ -173,28 +173,3 @@ def test_invalidate_drops_the_choice_and_keeps_history(pg_url, tmp_path):
         assert len(s.measurements("k")) == 1
         assert _rec(s, "k", "b", 5e-3).candidate["backend"] == "b"  # a stale entry is always replaced
         s.close()
-
-
-def test_call_floors_read_the_same_through_postgres(pg_url):
-    """The tuner's call floors (uhop.perf.telemetry.call_floors) from PostgreSQL's telemetry table:
-    the fastest valid or too-slow call of each backend, same op and dtype, no larger problem."""
-    from uhop.backends.base import Candidate
-    from uhop.measure.bench import Timing
-    from uhop.perf.pgstore import PostgresStore
-    from uhop.perf.telemetry import call_floors, record_measurements
-    from uhop.problem import Problem, hardware_fingerprint
-    from uhop.tune.tuner import Measurement
-
-    def mm(n):
-        return Problem.make("matmul", {"B": 1, "M": n, "N": n, "K": n}, "float32", {}, arity=2)
-
-    def m(backend, status, t):
-        return Measurement(Candidate(backend, "x", {}), status, "", Timing(t, t, t, 0.0, 1, 1))
-
-    s, fp = PostgresStore(pg_url), hardware_fingerprint("cpu")
-    s.delete_telemetry()
-    record_measurements(mm(8), [m("opencl", "too-slow", 3e-4), m("iree", "ok", 9e-5)], fp, store=s, strict=True)
-    record_measurements(mm(64), [m("opencl", "ok", 1e-6)], fp, store=s, strict=True)
-    assert call_floors(s, mm(16), fp, mm(16).key()) == pytest.approx({"opencl": 3e-4, "iree": 9e-5})
-    assert call_floors(s, mm(4), fp, mm(4).key()) == {}
-    s.close()

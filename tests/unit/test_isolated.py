@@ -96,9 +96,9 @@ def test_auto_isolates_crash_prone_cpu_backends(monkeypatch):
 
 def test_a_librarys_first_import_in_the_worker_is_reported_apart_from_the_candidate(uhop_home):
     """The worker imports a backend's library on its first candidate (torch: 1-2 s); that is a
-    one-time cost of the worker, reported as ``last_import_s`` (the tuner adds it to the probe and
-    moves the deadline), not the candidate's compile: charged to the budget, torch's import left a
-    1024x4096x1024 GEMM + GELU no time for numba's kernels."""
+    one-time cost of the worker, reported as the measurement's ``import`` phase (the tuner adds it
+    to the probe and moves the deadline), not the candidate's compile: charged to the budget,
+    torch's import left a 1024x4096x1024 GEMM + GELU no time for numba's kernels."""
     pytest.importorskip("torch")
     from uhop.backends.base import Candidate
     from uhop.problem import Problem
@@ -109,9 +109,10 @@ def test_a_librarys_first_import_in_the_worker_is_reported_apart_from_the_candid
     try:
         first = ev.evaluate(Candidate("torch", "eager", {}), p, trials=1)
         assert first.ok, first.reason
-        assert ev.last_import_s > 0.05  # torch's import, here
-        assert dict(first.phases)["compile"] < ev.last_import_s
+        phases = dict(first.phases)
+        assert phases.get("import", 0.0) > 0.05  # torch's import, here
+        assert phases["compile"] < phases["import"]
         again = ev.evaluate(Candidate("torch", "eager", {}), p, trials=1)
-        assert again.ok and ev.last_import_s < 0.01  # once per library
+        assert again.ok and dict(again.phases).get("import", 0.0) < 0.01  # once per library
     finally:
         ev.close()

@@ -74,7 +74,7 @@ def _direct(op_name: str, slot: str = ""):
     """``uhop.ops.<op_name>``. ``slot`` names its guard list in the kernel cache (the op's name by
     default): torch's tensor guards check the thread's dispatch-key state, which differs inside a
     custom op node (autograd keys excluded), so the nodes keep a list of their own
-    (:data:`IN_NODE`) rather than failing every check of the eager list and filling it."""
+    (``uhop.ops.in_graph``) rather than failing every check of the eager list and filling it."""
     slot = slot or op_name
 
     def run(*args: Any, **params: Any) -> Any:
@@ -110,11 +110,6 @@ attention = _direct("attention")
 conv2d = _direct("conv2d")
 embedding = _direct("embedding")
 gated_mlp = _direct("gated_mlp")
-#: the same ops as called by their custom op nodes (uhop/ops/in_graph.py), guard lists of their own
-IN_NODE: dict[str, Any] = {
-    name: _direct(name, name + "@node")
-    for name in ("matmul", "softmax", "layernorm", "rmsnorm", "attention", "conv2d", "embedding", "gated_mlp")
-}
 
 
 def elementwise(expr: Any, *args: Any, reduce: str = "none") -> Any:

@@ -33,8 +33,9 @@ _TAGS = (torch.Tag.cudagraph_unsafe,) if hasattr(torch.Tag, "cudagraph_unsafe") 
 
 
 def _eager(op: str) -> Any:
-    """``uhop.ops.<op>`` as a node calls it (its own guard list: ``uhop.ops.IN_NODE``)."""
-    return _uops.IN_NODE.get(op) or getattr(_uops, op)
+    """``uhop.ops.<op>`` as a node calls it: with a guard list of its own (``_uops._direct``'s
+    ``slot``; the dispatch-key state inside a node fails every eager guard), elementwise as is."""
+    return _IN_NODE.get(op) or getattr(_uops, op)
 
 
 def _fresh(out: _Tensor, args: tuple[Any, ...]) -> _Tensor:
@@ -227,6 +228,7 @@ def _register(name: str, fn: Any) -> None:
 
 for _name in _FNS:
     _register(_name, _FNS[_name])
+_IN_NODE = {name: _uops._direct(name, name + "@node") for name in _FNS if name != "elementwise"}
 OPS: dict[str, Any] = {name: getattr(torch.ops.uhop_ops, name).default for name in _FNS}
 _ORDER = {name: tuple(inspect.signature(fn).parameters) for name, fn in _FNS.items()}  # arguments by position
 

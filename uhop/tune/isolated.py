@@ -80,7 +80,6 @@ class IsolatedEvaluator:
         self.last_setup_s = 0.0
         #: the part of ``last_setup_s`` spent waiting for a new worker to start
         self.last_start_s = 0.0
-        self.last_import_s = 0.0  # the last eval's import of its backend's library in the worker (once per library)
 
     # ---- the worker's life ----------------------------------------------------------------
     def start(self) -> None:
@@ -153,7 +152,7 @@ class IsolatedEvaluator:
                "registry": dict(bk.REGISTRY),
                "time_it": time_it, "cutoff_s": cutoff_s, "settings": settings or worker_settings()}  # fmt: skip
         with self._lock:
-            self.last_setup_s = self.last_start_s = self.last_import_s = 0.0
+            self.last_setup_s = self.last_start_s = 0.0
             why = self._ensure_ready()
             if why:
                 return Measurement(candidate, "crash", f"the isolation worker {why}")
@@ -173,7 +172,6 @@ class IsolatedEvaluator:
                 return Measurement(candidate, "crash", f"killed its process ({reply}); a fresh worker takes the next candidate")
             m = Measurement.from_json(reply["measurement"])
             self.last_setup_s += float(reply.get("setup_s", 0.0))
-            self.last_import_s = float(reply.get("import_s", 0.0))
             if not reply.get("healthy", True):
                 self._discard()  # the worker exits by itself too; do not wait for it to be noticed
                 m = Measurement(m.candidate, "crash" if m.ok else m.status,
@@ -331,13 +329,8 @@ def _serve(recv: Connection, send: Connection) -> None:
                 continue
             cand = Candidate.from_json(req["candidate"])
             kernel, compile_s = built.pop(cand, (None, 0.0))
-            backend = bk.get(cand.backend)
-            t1 = time.monotonic()
-            if kernel is None and "availability" not in backend.__dict__:
-                backend.available  # noqa: B018 - its library's import: reported apart (import_s), off the budget
-            import_s = time.monotonic() - t1
             try:
-                m, _ = evaluate(cand, backend, problem, vsets[vkey], time_it=req["time_it"],
+                m, _ = evaluate(cand, bk.get(cand.backend), problem, vsets[vkey], time_it=req["time_it"],
                                 cutoff_s=req["cutoff_s"], built=kernel)  # fmt: skip
                 if kernel is not None:
                     m = m.with_(phases=(("compile", compile_s), *((k, v) for k, v in m.phases if k != "compile")))
@@ -347,7 +340,7 @@ def _serve(recv: Connection, send: Connection) -> None:
 
                 reply = Measurement(cand, "crash", f"{type(exc).__name__}: {exc}"[:300]).to_json()
         healthy = device_healthy(problem.device)
-        send.send({"measurement": reply, "healthy": healthy, "setup_s": setup_s + ahead_s, "import_s": import_s})
+        send.send({"measurement": reply, "healthy": healthy, "setup_s": setup_s + ahead_s})
         ahead_s = 0.0
         if not healthy:
             os._exit(3)
