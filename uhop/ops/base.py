@@ -164,9 +164,13 @@ class Op:
     #: compute the reference on a GPU for GPU problems where the host would take seconds
     #: (a 4096³ GEMM); ``None``: the numpy reference serves every device
     reference_torch: Any = None
+    #: whether :meth:`reference` also takes inputs in their own dtypes and converts them to
+    #: float64 itself (piece by piece: validation then makes no float64 copy of large inputs)
+    reference_upcasts: bool = False
 
     def reference(self, *args: np.ndarray, **params: Any) -> np.ndarray:
-        """float64 reference on float64 numpy inputs."""
+        """float64 reference on float64 numpy inputs (any float dtype where
+        :attr:`reference_upcasts`; the result is the same)."""
         raise NotImplementedError
 
     def flops(self, dims: Mapping[str, int], params: Mapping[str, Any]) -> float:

