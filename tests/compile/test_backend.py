@@ -551,11 +551,11 @@ def test_convs_stay_with_inductor_whatever_won(monkeypatch):
     x, w = torch.randn(2, 3, 10, 10), torch.randn(8, 3, 3, 3)
     conv = (x, w, None, 1, 1, "none")
     bn = (x, w, None, torch.randn(8), torch.rand(8) + 0.5, torch.randn(8), torch.randn(8), 1e-5, 1, 1, "relu")
-    monkeypatch.setitem(runtime.REST, "value", "inductor")
-    for kind, args in (("conv2d", conv), ("conv_bn", bn)):
-        assert runtime.leave_as_written(kind, args).startswith("Inductor's convolution")
-    monkeypatch.setitem(runtime.REST, "value", "eager")
-    assert not (runtime.leave_as_written("conv2d", conv) or "").startswith("Inductor's convolution")
+    with runtime.using(runtime.RegionOptions.of(rest="inductor")):
+        for kind, args in (("conv2d", conv), ("conv_bn", bn)):
+            assert runtime.leave_as_written(kind, args).startswith("Inductor's convolution")
+    with runtime.using(runtime.RegionOptions.of(rest="eager")):
+        assert not (runtime.leave_as_written("conv2d", conv) or "").startswith("Inductor's convolution")
 
 
 @pytest.mark.parametrize("act", ["silu", "gelu", "gelu_tanh"])
@@ -642,3 +642,38 @@ def test_without_freezing_no_guard(monkeypatch):
     with torch.no_grad():
         _check(GPT2Block(32, 4).eval(), torch.randn(2, 6, 32), options={"rest": "inductor"})
     assert not made
+
+
+class _Lin(torch.nn.Module):
+    def __init__(self, out: int) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(32, out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.lin(x))
+
+
+class _Lin2(_Lin):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.lin(x)) * 2.0
+
+
+def test_each_compiled_graph_keeps_its_own_options(regions_everywhere):
+    """Two models compiled with different options: each graph's regions read its own when they
+    first run for a new shape (options were module-wide, so the last compile's won: here the
+    first model's linear of 9 rows was tuned over the second model's backends). The two differ
+    in width (and shape class: 48 and 40 columns are one pow2 class): a problem stored by one
+    model is served to the other whatever its backend."""
+    torch.manual_seed(0)
+    m1, m2 = _Lin(48).eval(), _Lin2(24).eval()
+    c1 = torch.compile(m1, backend="uhop", dynamic=True, options={"rest": "eager", "backends": "numpy"})
+    c2 = torch.compile(m2, backend="uhop", dynamic=True, options={"rest": "eager", "backends": "torch"})
+    with torch.no_grad():
+        for model, compiled, rows in ((m1, c1, 5), (m2, c2, 5), (m1, c1, 9), (m2, c2, 9)):
+            x = torch.randn(rows, 32)
+            want = copy.deepcopy(model).double()(x.double())
+            torch.testing.assert_close(compiled(x).double(), want, rtol=2e-4, atol=2e-4)
+    runs = [r for r in REPORT.runs if r.kind == "linear"]
+    assert len(runs) == 4 and all(r.status == "uhop" for r in runs), runs
+    # in call order: model 1's kernels are numpy's, model 2's torch's, for both shape classes
+    assert [r.kernel.split("/")[0] for r in runs] == ["numpy", "torch", "numpy", "torch"], runs

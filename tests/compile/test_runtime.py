@@ -166,16 +166,15 @@ def test_conv_bn_is_looked_up_and_tuned_as_the_folded_conv_it_runs(monkeypatch):
     x, w = torch.randn(2, 3, 10, 10), torch.randn(8, 3, 3, 3)
     mean, var, gamma, beta = torch.randn(8), torch.rand(8) + 0.5, torch.randn(8), torch.randn(8)
     args = (x, w, None, mean, var, gamma, beta, 1e-5, 1, 1, "relu")
-    monkeypatch.setitem(runtime.BACKENDS, "value", ("torch", "numpy"))  # more than the aten op to tune
-    monkeypatch.setitem(runtime.BUCKETS, "value", "exact")
-    monkeypatch.setitem(runtime.REST, "value", "eager")  # with Inductor's rest convs are never regions
+    # more than the aten op to tune; run eagerly (with Inductor's rest convs are never regions)
+    monkeypatch.setattr(runtime, "LAST", [runtime.RegionOptions.of("exact", ("torch", "numpy"), "eager")])
     why = runtime.leave_as_written("conv_bn", args)  # nothing stored: vendor first, tuning queued
     assert why is not None and "tuning in the background" in why
     assert uhop.wait(timeout=300)
     (entry,) = open_store().entries("conv2d")
     with torch.inference_mode():
         problem, _, _ = runtime._plan("conv_bn", args)
-    assert entry.key == problem.key(runtime.BUCKETS["value"])
+    assert entry.key == problem.key("exact")
     assert entry.problem["arity"] == 3
 
 

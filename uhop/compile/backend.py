@@ -11,7 +11,7 @@ options={...})`` or the environment:
   share one tuning per power-of-two shape class, so a generate loop does not tune per token;
 * ``backends``: the backends region problems are tuned over (``UHOP_COMPILE_BACKENDS``, comma
   separated; ``all`` for every backend). Default ``torch,triton``: kernels that take torch tensors
-  and share torch's thread pool (see ``runtime.BACKENDS``);
+  and share torch's thread pool (see ``runtime.RegionOptions``);
 * ``cudagraphs``: ``True`` (default) or ``False`` (``UHOP_COMPILE_CUDAGRAPHS``) — a graph run for
   inference on one GPU is recorded and replayed as a CUDA graph (:mod:`uhop.compile.cudagraphs`);
 * ``tune_rest``: ``False`` (default) or ``True`` (``UHOP_COMPILE_TUNE_REST``) — Inductor
@@ -143,9 +143,10 @@ def uhop_backend(gm: fx.GraphModule, example_inputs: list[Any], mode: str | None
     """A Dynamo backend (``torch.compile(model, backend="uhop")``); see the module docstring."""
     opts = CompileOptions.make(options, mode)
     t0 = time.perf_counter()
-    runtime.BUCKETS["value"] = opts.buckets
-    runtime.BACKENDS["value"] = opts.backends
-    runtime.REST["value"] = opts.rest
+    # this graph's regions read its own options when they run (runtime.running); LAST serves
+    # region ops called outside a compiled graph
+    region_opts = runtime.RegionOptions.of(opts.buckets, opts.backends, opts.rest)
+    runtime.LAST[0] = region_opts
     # inference-only fusions (batchnorm folded into conv) only when autograd cannot need them
     training = torch.is_grad_enabled() and any(
         isinstance(t, torch.Tensor) and t.requires_grad for t in example_inputs)
@@ -156,8 +157,9 @@ def uhop_backend(gm: fx.GraphModule, example_inputs: list[Any], mode: str | None
     if opts.pack_weights and not training and not frozen.freezing() and packed.available():
         phs = [n for n in gm.graph.nodes if n.op == "placeholder"]
         weights = {n.name for n, t in zip(phs, example_inputs, strict=False) if isinstance(t, torch.nn.Parameter)}
-    regions = partition(gm, inference=not training, leave=runtime.leave_as_written, rewrites=rewrites,
-                        fusing_rest=opts.rest != "eager", weights=weights)
+    with runtime.using(region_opts):
+        regions = partition(gm, inference=not training, leave=runtime.leave_as_written, rewrites=rewrites,
+                            fusing_rest=opts.rest != "eager", weights=weights)
     from torch._inductor import list_mode_options
 
     if opts.rest == "eager":
@@ -182,7 +184,7 @@ def uhop_backend(gm: fx.GraphModule, example_inputs: list[Any], mode: str | None
     if isinstance(compiled, cudagraphs.GraphRunner):
         compiled.report = record  # its decision (replays timed against launches) shows in the report
     REPORT.add_graph(record)
-    return compiled
+    return runtime.running(compiled, region_opts)
 
 
 def register() -> None:

@@ -32,18 +32,80 @@ from uhop.compile.report import REPORT, RegionRun
 Kernel = Callable[..., Tensor]
 log = logging.getLogger("uhop.compile")
 _kernels: dict[Any, Kernel] = {}
-_checked: dict[str, bool] = {}  # problem key (shape class) -> passed the check (once per class)
+#: (problem key (shape class), options) -> passed the check (once per class and options)
+_checked: dict[tuple[str, Any], bool] = {}
 _lock = threading.RLock()
-#: shape classes for region problems ("pow2": a generate loop shares one tuning per power of two)
-BUCKETS = {"value": "pow2"}
-#: backends region problems are tuned over (empty: all). Default: those taking torch tensors:
-#: numpy/numba kernels run on their own thread pools (OpenBLAS, numba's), which measured well
-#: alone but contended with torch's OpenMP pool between the torch ops of a model (a GPT-2 block
-#: at B1 T64 on 2 cores ran 1.6x slower than with torch-only regions)
-BACKENDS = {"value": ("torch", "triton")}
-#: what runs the rest of the graph being compiled ("inductor" or "eager"): the rules that leave ops
-#: to Inductor's layout choices and fusions hold only when Inductor compiles them
-REST = {"value": "inductor"}
+class RegionOptions:
+    """The options of one ``torch.compile(..., backend="uhop", options=...)`` that its regions
+    read when they first run: ``buckets`` (shape classes of region problems: "pow2", a generate
+    loop shares one tuning per power of two, or "exact"), ``backends`` (what region problems are
+    tuned over; empty: all) and ``rest`` (who runs the rest of the graph: "inductor" or "eager";
+    the rules that leave ops to Inductor's layouts and fusions hold only under Inductor).
+    Interned (:meth:`of`): equal options are one object, hashed by identity in a region's
+    signature. The default backends are those taking torch tensors: numpy/numba kernels run on
+    their own thread pools (OpenBLAS, numba's), which measured well alone but contended with
+    torch's OpenMP pool between the torch ops of a model (a GPT-2 block at B1 T64 on 2 cores ran
+    1.6x slower than with torch-only regions)."""
+
+    __slots__ = ("backends", "buckets", "rest")
+    _interned: dict[tuple[str, tuple[str, ...], str], RegionOptions] = {}
+
+    def __init__(self, buckets: str, backends: tuple[str, ...], rest: str) -> None:
+        self.buckets, self.backends, self.rest = buckets, backends, rest
+
+    @classmethod
+    def of(cls, buckets: str = "pow2", backends: Sequence[str] = ("torch", "triton"), rest: str = "inductor") -> RegionOptions:
+        key = (buckets, tuple(backends), rest)
+        with _lock:
+            return cls._interned.setdefault(key, cls(*key))
+
+    def __repr__(self) -> str:
+        return f"RegionOptions(buckets={self.buckets!r}, backends={self.backends!r}, rest={self.rest!r})"
+
+
+#: the options of the graph running on this thread (set around each call of a compiled graph
+#: and while it is partitioned); outside any, those of the last graph compiled (:data:`LAST`)
+_active = threading.local()
+LAST: list[RegionOptions] = [RegionOptions.of()]
+
+
+def current() -> RegionOptions:
+    got = getattr(_active, "value", None)
+    return got if got is not None else LAST[0]
+
+
+def running(fn: Callable[..., Any], options: RegionOptions) -> Callable[..., Any]:
+    """``fn`` (a compiled graph) called with its regions reading ``options``: two models compiled
+    with different options each keep their own (a module-wide setting made the last compile's
+    win for every graph). Keeps ``fn``'s calling convention (Dynamo's boxed call)."""
+    local = _active
+
+    def run(*args: Any) -> Any:
+        prev = getattr(local, "value", None)
+        local.value = options
+        try:
+            return fn(*args)
+        finally:
+            local.value = prev
+
+    run._boxed_call = getattr(fn, "_boxed_call", False)  # type: ignore[attr-defined]
+    run.runs = fn  # type: ignore[attr-defined] - what it wraps (a CUDA graph runner, say)
+    return run
+
+
+class using:  # noqa: N801 - a context manager, read as one
+    """``with using(options):`` regions run or partitioned on this thread read ``options``."""
+
+    def __init__(self, options: RegionOptions) -> None:
+        self.options = options
+
+    def __enter__(self) -> RegionOptions:
+        self.prev = getattr(_active, "value", None)
+        _active.value = self.options
+        return self.options
+
+    def __exit__(self, *exc: Any) -> None:
+        _active.value = self.prev
 
 
 class Fallback(Exception):
@@ -52,7 +114,8 @@ class Fallback(Exception):
 
 def run_region(kind: str, args: Sequence[Any]) -> Tensor:
     nt = N_TENSORS[kind]
-    sig = (kind, *[(t.shape, t.dtype, t.stride(), t.device) if isinstance(t, Tensor) else t for t in args[:nt]],
+    o = getattr(_active, "value", None)
+    sig = (kind, o if o is not None else LAST[0], *[(t.shape, t.dtype, t.stride(), t.device) if isinstance(t, Tensor) else t for t in args[:nt]],
            *args[nt:])
     k = _kernels.get(sig)
     if k is None:
@@ -131,7 +194,7 @@ def _served(kind: str, problem: Any, cell: dict[int, Kernel], adapt: Callable[[K
     the cell's kernel (one dict lookup and one identity test a call)."""
     from uhop import dispatch, metrics
 
-    key = problem.key(BUCKETS["value"])
+    key = problem.key(current().buckets)
     aten = ATEN.get(kind) if _aten_is_the_candidate(kind, problem.device, problem.dtype) else None
     state: list[Any] = [None, None]
 
@@ -160,10 +223,11 @@ def _first_use(kind: str, args: Sequence[Any]) -> tuple[Kernel, Tensor | None]:
     ref = REFERENCE[kind]
     if settings().disable:
         return ref, None
+    o = current()
     try:
-        with override(shape_buckets=BUCKETS["value"], backends=BACKENDS["value"]):
+        with override(shape_buckets=o.buckets, backends=o.backends):
             problem, kernel, kernel_id = _plan(kind, args)
-            key = problem.key(BUCKETS["value"])
+            key = (problem.key(o.buckets), o)
     except Fallback as exc:
         REPORT.add_run(RegionRun(kind, _describe(args, N_TENSORS[kind]), "aten", "fallback", str(exc)))
         return ref, None
@@ -429,7 +493,8 @@ def leave_as_written(kind: str, args: Sequence[Any]) -> str | None:
 
     if metrics.enabled() or (kind not in ATEN and kind not in VENDOR_FIRST):
         return None
-    if kind in CONVS and REST["value"] == "inductor":
+    o = current()
+    if kind in CONVS and o.rest == "inductor":
         return "Inductor's convolution, in the layout it keeps from conv to conv (a region converts around each)"
     real: list[Any] = []
     for a in args:
@@ -446,12 +511,12 @@ def leave_as_written(kind: str, args: Sequence[Any]) -> str | None:
     kind_ = "conv2d" if kind == "conv_bn" else kind  # conv_bn's problem is the folded conv's (_op_args)
     aten = ATEN.get(kind_)  # conv_bn: the folded conv's aten candidate (Inductor runs conv, then bn)
     try:
-        with override(shape_buckets=BUCKETS["value"], backends=BACKENDS["value"]):
+        with override(shape_buckets=o.buckets, backends=o.backends):
             op, tensors, params = _op_args(kind, real)
             problem = dispatch.make_problem(get_op(op), tensors, params)
         if aten is not None and _aten_is_the_candidate(kind_, device, dtype) and _aten_only(problem, aten[0]):
             return f"the aten op is UHOP's only candidate here ({aten[0]})"
-        key = problem.key(BUCKETS["value"])
+        key = problem.key(o.buckets)
         got = dispatch._resolved.get(key)
         if got is not None:
             cid = got[2].id
@@ -460,7 +525,7 @@ def leave_as_written(kind: str, args: Sequence[Any]) -> str | None:
             cid = Candidate.from_json(entry.candidate).id if entry is not None else None
         if cid is None and vendor_first(kind, device) and not _epilogue_to_win(kind, real):
             try:
-                with override(shape_buckets=BUCKETS["value"], backends=BACKENDS["value"]):
+                with override(shape_buckets=o.buckets, backends=o.backends):
                     dispatch.resolve_interim(problem, "background")  # queues the tuning
             except Exception as exc:  # noqa: BLE001 - the ops stay as written all the same
                 log.debug("no background tuning for %s: %s", problem.describe(), exc)
@@ -483,7 +548,7 @@ def _epilogue_to_win(kind: str, args: Sequence[Any]) -> bool:
 
 
 def _aten_only(problem: Any, aten_id: str) -> bool:
-    """Whether the region backends (:data:`BACKENDS`) offer nothing for ``problem`` but the aten
+    """Whether the region backends (:func:`current`) offer nothing for ``problem`` but the aten
     op itself (on a CPU with the default ``torch,triton``: GEMMs, norms, softmax, embedding). Such
     a region could only ever run that op, behind a dispatcher call and outside Inductor's fusions:
     a GPT-2 block at B1 T64 on the 2-core VM ran 4% slower than eager with them as regions until
@@ -491,7 +556,7 @@ def _aten_only(problem: Any, aten_id: str) -> bool:
     from uhop import backends as bk
 
     ids: set[str] = set()
-    for b in bk.for_problem(problem, BACKENDS["value"]):
+    for b in bk.for_problem(problem, current().backends):
         try:
             ids.update(c.id for c in b.candidates(problem))
         except Exception:  # noqa: BLE001 - a backend that cannot enumerate offers nothing
