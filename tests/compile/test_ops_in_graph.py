@@ -156,6 +156,35 @@ def test_a_call_the_custom_op_cannot_take_is_traced_as_before():
     assert in_graph.takes("layernorm", (torch.ones(2, 2), None, None), {"eps": 1e-3})
 
 
+def test_numpy_arrays_in_a_compiled_numpy_function_are_one_node_each():
+    """``uhop.ops`` on numpy arrays inside ``uhop.jit`` / ``torch.compile`` of numpy code (which
+    Dynamo traces as tensors): one node per call, arrays in and out, no graph break, float64
+    numerics. Traced into the dispatcher, the first compile failed ('ndarray' object has no
+    attribute 'is_contiguous')."""
+    import numpy as np
+
+    rng = np.random.default_rng()
+    x, w = rng.standard_normal((24, 16)).astype(np.float32), rng.standard_normal((16, 40)).astype(np.float32)
+    g, b = rng.standard_normal(40).astype(np.float32), rng.standard_normal(40).astype(np.float32)
+
+    def f(x, w, g, b):
+        h = uhop.ops.layernorm(uhop.ops.softmax(x @ w) * 3.0, g, b, eps=1e-4)
+        return uhop.ops.elementwise("x0*sigmoid(x0)", h)
+
+    explained = torch._dynamo.explain(f)(x, w, g, b)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    nodes = [str(n.target) for gm in explained.graphs for n in gm.graph.nodes if n.op == "call_function"]
+    assert sum("uhop_ops" in t for t in nodes) == 3, nodes
+    torch._dynamo.reset()
+    got = uhop.jit(f)(x, w, g, b)
+    assert isinstance(got, np.ndarray) and got.dtype == np.float32 and got.shape == (24, 40)
+    h = x.astype(np.float64) @ w
+    e = np.exp(h - h.max(-1, keepdims=True))
+    s = 3 * e / e.sum(-1, keepdims=True)
+    n = (s - s.mean(-1, keepdims=True)) / np.sqrt(s.var(-1, keepdims=True) + 1e-4) * g + b
+    np.testing.assert_allclose(got, n / (1 + np.exp(-n)), rtol=2e-4, atol=2e-4)
+
+
 @pytest.mark.parametrize("op", ["softmax", "layernorm", "matmul", "elementwise"])
 def test_custom_ops_pass_torch_opcheck(op):
     args = {

@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+import numpy as np
+
 from uhop.errors import UnknownOpError
 from uhop.ops.attention import Attention, Conv2d
 from uhop.ops.base import Op, Param
@@ -62,11 +64,21 @@ _compiling: Any = _torch_not_imported  # True while Dynamo traces a call (torch.
 
 def _traced(op_name: str, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
     """A call met while Dynamo traces: the op's torch custom op (one opaque node; UHOP dispatches
-    when the compiled graph runs), where it takes the call; else traced as before."""
+    when the compiled graph runs), where it takes the call; else traced as before. numpy arrays
+    (numpy code under ``uhop.jit`` / ``torch.compile``, which Dynamo traces as tensors) go in
+    as the tensors they are traced as and come out as arrays again: traced into the dispatcher,
+    ``uhop.ops.softmax(x @ w)`` in a jitted numpy function failed to compile
+    ("'ndarray' object has no attribute 'is_contiguous'")."""
+    import torch
+
     from uhop.ops import in_graph
 
     if in_graph.takes(op_name, args, params):
         return in_graph.call(op_name, args, params)
+    if any(isinstance(a, np.ndarray) for a in args):
+        ts = tuple(torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in args)
+        if in_graph.takes(op_name, ts, params):
+            return in_graph.call(op_name, ts, params).numpy()
     return _dispatcher()(op_name, args, params)
 
 
