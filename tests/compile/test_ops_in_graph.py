@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import textwrap
 
 import pytest
 import torch
@@ -243,3 +244,33 @@ def test_torch_export_keeps_the_nodes_and_a_saved_program_runs(tmp_path):
         h = x @ m.w
         want = torch.softmax(h / torch.sqrt((h * h).mean(-1, keepdim=True) + 1e-6) * m.g, -1)
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_a_script_that_exits_while_its_regions_tune_exits_cleanly(tmp_path):
+    """A uhop.jit script whose last calls queued background tuning, exiting without waiting for
+    it (UHOP_EXIT_WAIT_S=0, or past the wait): the tuning thread is stopped at its next candidate
+    and joined before the interpreter finalizes. Left running, it aborted the process at exit
+    ("terminate called without an active exception", status 134) after every such script."""
+    code = textwrap.dedent("""
+        import math
+        import numpy as np
+        import uhop
+
+        def attn(q, k, v):
+            s = q @ k.transpose(0, 2, 1) * (1.0 / math.sqrt(q.shape[-1]))
+            s = np.exp(s - s.max(-1, keepdims=True))
+            return (s / s.sum(-1, keepdims=True)) @ v
+
+        rng = np.random.default_rng(0)
+        f = uhop.jit(attn)
+        for t in (8, 24):
+            q, k, v = (rng.standard_normal((4, t, 16)).astype(np.float32) for _ in range(3))
+            f(q, k, v)
+        from uhop.tune.background import queue
+        print("pending", queue().pending(), flush=True)
+    """)
+    env = {"UHOP_HOME": str(tmp_path), "UHOP_EXIT_WAIT_S": "0", "PATH": "/usr/bin:/bin",
+           "PYTHONPATH": ":".join(p for p in sys.path if p)}  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+    assert "pending 0" not in out.stdout, "nothing was tuning at exit: the test tests nothing"

@@ -12,7 +12,10 @@ and the store keeps it for every later process.
 :func:`wait` blocks until the queue is empty (scripts, tests, benchmarks). At interpreter exit the
 queue is given up to ``UHOP_EXIT_WAIT_S`` seconds to finish, so that a short script still stores
 what its first call started tuning; after that the work is abandoned (nothing half-written: the
-store is written once per problem, in one transaction). In a forked child the queue starts empty:
+store is written once per problem, in one transaction): queued jobs are dropped and the running
+one stops at its next candidate, and the thread is joined before the interpreter finalizes (a
+tuning thread left inside a library call at exit aborted the process: "terminate called without
+an active exception", exit status 134, after a script whose last calls had started tuning). In a forked child the queue starts empty:
 the parent's thread does not exist there, and the child serves what it inherited.
 """
 
@@ -30,6 +33,20 @@ from typing import Any
 log = logging.getLogger("uhop")
 
 Job = Callable[[], None]
+
+
+class Abandoned(BaseException):
+    """Raised inside a job at its next check once the process is exiting: it stores nothing.
+    A BaseException, as SystemExit is: no ``except Exception`` on the way records it as a failure."""
+
+
+_abandon = threading.Event()
+
+
+def check_abandoned() -> None:
+    """Called by the tuner between candidates: raises :class:`Abandoned` at interpreter exit."""
+    if _abandon.is_set():
+        raise Abandoned
 
 
 class Queue:
@@ -113,6 +130,8 @@ class Queue:
                 self._running = key
             try:
                 job()
+            except Abandoned:
+                log.debug("background tuning of %s abandoned: the process is exiting", key)
             except Exception:  # a job must never kill the thread the other problems wait on
                 log.exception("background tuning of %s failed", key)
             finally:
@@ -123,6 +142,20 @@ class Queue:
                     self._persist.discard(key)
                     self.done.append(key)
                     self._cv.notify_all()
+
+    def abandon(self, join_s: float) -> bool:
+        """Drop the queued jobs, stop the running one at its next check and join the thread (at
+        most ``join_s`` seconds); True if no thread is left running."""
+        with self._cv:
+            self._jobs.clear()
+            self._persist.clear()
+            thread = self._thread
+            _abandon.set()
+            self._cv.notify_all()
+        if thread is None or thread is threading.current_thread():
+            return True
+        thread.join(join_s)
+        return not thread.is_alive()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until no job is queued or running; False if ``timeout`` seconds passed first."""
@@ -147,6 +180,8 @@ _queue = Queue()
 
 #: longest a job waits for first calls in flight before it starts anyway, seconds
 HOLD_MAX_S = 2.0
+#: longest interpreter exit waits for the tuning thread to stop at its next check, seconds
+ABANDON_JOIN_S = 10.0
 #: the tuning thread exits after this long without work, seconds (the next job starts a new one).
 #: Short: a parallel kernel it ran gave it an OpenMP thread team of its own, and while two teams
 #: exist GNU OpenMP counts more threads than cores and stops spinning between parallel regions, so
@@ -174,14 +209,13 @@ def _at_exit() -> None:
     from uhop.config import settings
 
     n = _queue.pending(persist_only=True)
-    if not n:
-        return
     limit = settings().exit_wait_s
-    if limit <= 0:
-        return
-    log.warning("uhop: finishing background tuning of %d problem(s) before exit (at most %.0f s; "
-                "UHOP_EXIT_WAIT_S=0 skips it)", n, limit)  # fmt: skip
-    _queue.wait_persisting(limit)
+    if n and limit > 0:
+        log.warning("uhop: finishing background tuning of %d problem(s) before exit (at most %.0f s; "
+                    "UHOP_EXIT_WAIT_S=0 skips it)", n, limit)  # fmt: skip
+        _queue.wait_persisting(limit)
+    if not _queue.abandon(ABANDON_JOIN_S):
+        log.warning("uhop: the tuning thread did not stop within %.0f s of exit", ABANDON_JOIN_S)
 
 
 def _register_exit() -> None:
@@ -196,8 +230,9 @@ def _register_exit() -> None:
 
 
 def _reset_after_fork() -> None:
-    global _queue
+    global _queue, _abandon
     _queue = Queue()
+    _abandon = threading.Event()
 
 
 _register_exit()

@@ -513,8 +513,11 @@ def _budgeted(
     cold = iso is not None  # the first isolated evaluation waits for the worker's start: off the budget too
     took: dict[str, list[tuple[float, float]]] = {}  # (seconds, of which compiling) per evaluation, by backend
     scale = 1.0  # measured / prior time per call of the candidates timed so far (this machine, now)
+    from uhop.tune.background import check_abandoned
+
     try:
         for i, cand in enumerate(order):
+            check_abandoned()  # the process is exiting: stop here, store nothing
             if best is not None and policy == "fast":
                 measurements.extend(Measurement(c, "skipped", "policy=fast") for c in order[i:])
                 break
@@ -577,6 +580,7 @@ def _budgeted(
         if pre is not None:  # running when the loop raises)
             pre.close()
     ties: list[Candidate] = []
+    check_abandoned()
     if best is not None and policy == "tune":
         best, ties = _retime(problem, measurements, best, base, order, by_name, kernels, vset, iso, isolated,
                              trials, deadline - _build_reserve_s(best, measurements, budget, kernels), overhead,
