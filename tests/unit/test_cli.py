@@ -119,6 +119,55 @@ def test_real_console_script(tmp_path):
     assert "chosen" in res.stdout
 
 
+def _procs_with_env(marker: str) -> list[int]:
+    """PIDs of live processes whose environment holds ``marker`` (this test's UHOP_HOME)."""
+    import os
+    from pathlib import Path
+
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and int(d.name) != os.getpid():
+            try:
+                if marker.encode() in (d / "environ").read_bytes():
+                    pids.append(int(d.name))
+            except OSError:
+                continue
+    return pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_ctrl_c_stops_a_tuning_run_says_so_and_leaves_no_worker(tmp_path):
+    """Ctrl-C during `uhop tune`: exit status 130 and 'interrupted' on stderr (typer's own exit
+    said nothing), nothing stored, and no isolation worker or compiler left running."""
+    import os
+    import signal
+    import time
+
+    env = {"UHOP_HOME": str(tmp_path), "PATH": os.environ["PATH"], "UHOP_TUNE_BUDGET_S": "60"}
+    p = subprocess.Popen([sys.executable, "-m", "uhop", "tune", "matmul", "--shape", "384x384x384"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while len(_procs_with_env(str(tmp_path))) < 2 and time.monotonic() < deadline:  # the worker is up
+            time.sleep(0.2)
+        time.sleep(1.0)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 130 and "interrupted" in err, (p.returncode, err[-1500:])
+    deadline = time.monotonic() + 10
+    while _procs_with_env(str(tmp_path)) and time.monotonic() < deadline:  # workers die with their parent
+        time.sleep(0.2)
+    assert not _procs_with_env(str(tmp_path))
+    from uhop import config
+    from uhop.store import open_store
+
+    with config.override(home=tmp_path):
+        assert not open_store().entries("matmul")
+
+
 def test_demo_runs_the_block_and_checks_it_against_float64():
     out = run("demo", "--tokens", "64", "--d-model", "64", "--budget", "1")
     assert "What UHOP chose" in out and "whole block" in out and "ok" in out

@@ -141,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         _show_logs()
         rc = build_app()(args=argv, prog_name="uhop", standalone_mode=False)
+        if rc == 130:  # typer turns Ctrl-C into a silent exit status 130
+            sys.stderr.write("interrupted\n")
     except click.exceptions.NoArgsIsHelpError as exc:
         click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
         rc = 0
