@@ -246,3 +246,29 @@ def test_the_tuning_thread_ends_when_idle():
     while any(t.name == "uhop-tuner" for t in threading.enumerate()) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not any(t.name == "uhop-tuner" for t in threading.enumerate())
+
+
+def test_ctrl_c_exits_at_once_instead_of_waiting_for_background_tuning(uhop_home):
+    """A script interrupted (an uncaught KeyboardInterrupt) while a problem tunes in the
+    background: no exit wait for the pick (it waited up to UHOP_EXIT_WAIT_S, 20 s), the tuning
+    thread stopped and joined without an error of its own (the queue emptied under it raised
+    KeyError there), nothing stored."""
+    import time
+
+    script = textwrap.dedent("""
+        import time, numpy as np, uhop
+        a = np.random.rand(384, 384).astype(np.float32)
+        uhop.ops.matmul(a, a)
+        time.sleep(1.0)
+        print("interrupting", flush=True)
+        raise KeyboardInterrupt
+    """)
+    env = {**os.environ, "UHOP_HOME": str(uhop_home), "UHOP_TUNE_BUDGET_S": "60"}
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    took = time.monotonic() - t0
+    assert "interrupting" in p.stdout and "KeyboardInterrupt" in p.stderr, p.stderr[-2000:]
+    assert "Exception in thread" not in p.stderr and "finishing background tuning" not in p.stderr, p.stderr[-2000:]
+    assert took < 15, took  # imports and the first call included; the wait alone was 20 s
+    clear_process_cache()
+    assert not open_store().entries("matmul")

@@ -117,8 +117,8 @@ class Queue:
         while True:
             with self._cv:
                 while not self._jobs:
-                    if not self._cv.wait(timeout=IDLE_S) and not self._jobs:
-                        self._thread = None  # idle: the next submit starts a new thread
+                    if _abandon.is_set() or not self._cv.wait(timeout=IDLE_S) and not self._jobs:
+                        self._thread = None  # idle (the next submit starts a new thread), or exiting
                         return
                 # a caller's first call on a new problem is running: what a job starts with
                 # (importing a JIT runtime or torch, drawing a float64 reference) holds the GIL
@@ -126,6 +126,8 @@ class Queue:
                 hold_end = time.monotonic() + HOLD_MAX_S
                 while self._holds and time.monotonic() < hold_end:
                     self._cv.wait(timeout=hold_end - time.monotonic())
+                if not self._jobs:  # dropped while it waited (the process is exiting)
+                    continue
                 key, job = self._jobs.popitem(last=False)
                 self._running = key
             try:
@@ -205,15 +207,26 @@ def wait(timeout: float | None = None) -> bool:
     return _queue.wait(timeout)
 
 
+def _interrupted() -> bool:
+    """Whether the program is ending on Ctrl-C (an uncaught KeyboardInterrupt, which the
+    interpreter has printed and kept as ``sys.last_value`` by the time exit hooks run)."""
+    import sys
+
+    return isinstance(getattr(sys, "last_exc", None) or getattr(sys, "last_value", None), KeyboardInterrupt)
+
+
 def _at_exit() -> None:
     from uhop.config import settings
 
     n = _queue.pending(persist_only=True)
     limit = settings().exit_wait_s
-    if n and limit > 0:
+    if n and limit > 0 and not _interrupted():  # Ctrl-C means now: no wait for a pick to store
         log.warning("uhop: finishing background tuning of %d problem(s) before exit (at most %.0f s; "
                     "UHOP_EXIT_WAIT_S=0 skips it)", n, limit)  # fmt: skip
-        _queue.wait_persisting(limit)
+        try:
+            _queue.wait_persisting(limit)
+        except KeyboardInterrupt:  # Ctrl-C during the wait: stop now
+            pass
     if not _queue.abandon(ABANDON_JOIN_S):
         log.warning("uhop: the tuning thread did not stop within %.0f s of exit", ABANDON_JOIN_S)
 
