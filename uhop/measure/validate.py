@@ -468,9 +468,14 @@ def _torch_same_bits(x: Any, before: Any) -> bool:
     if x.dtype != before.dtype or x.shape != before.shape:
         return False
     ints = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}.get(x.element_size())
-    if ints is None or x.dtype == torch.bool:
-        return bool(x.equal(before)) if not x.is_floating_point() else bool(((x == before) | (x.isnan() & before.isnan())).all())
-    return bool(x.view(ints).equal(before.view(ints)))
+    if ints is not None and x.dtype != torch.bool:
+        try:
+            return bool(x.view(ints).equal(before.view(ints)))
+        except RuntimeError:  # a dtype torch will not view as integers: compared by value
+            pass
+    if x.is_floating_point() or x.is_complex():
+        return bool(((x == before) | (x.isnan() & before.isnan())).all())
+    return bool(x.equal(before))
 
 
 def check_kernel(

@@ -260,7 +260,7 @@ class Elementwise(Op):
     def input_count(self, params, arity):
         return ex.n_vars(self.expression(params)) if arity is None else arity
 
-    reference_upcasts = True  # chunk by chunk (16M float32 elements: 0.18 s less per trial)
+    reference_upcasts = True  # chunk by chunk: no whole-array float64 copy of each input per trial
 
     def reference(self, *args: np.ndarray, expr: str = "x0", reduce: str = "none", **_: Any) -> np.ndarray:
         e = parse_cached(expr)
