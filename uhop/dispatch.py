@@ -293,10 +293,13 @@ def _builds_slowly(entry: Any) -> bool:
 
 def _load_stored(problem: Problem, key: str, entry: Any, base: Resolved) -> None:
     """Build a stored JIT kernel while the baseline serves, then re-validate and swap it in."""
+    from uhop.tune.background import check_abandoned
+
     got = _from_store(problem, key, entry)
     if got is None:
         from uhop.store import open_store
 
+        check_abandoned()  # at exit a failed build may be the shutdown's: the entry stays
         open_store().invalidate(key)
         _tune_in_background(problem, key, base)
         return
@@ -442,14 +445,18 @@ def _spot_checked(kernel: Kernel, backend: Backend, problem: Problem, key: str) 
 
 def _valid(problem: Problem, got: Resolved) -> bool:
     """Full-size validation of a stored kernel (one fresh draw); warns when it fails."""
+    from uhop.tune.background import check_abandoned
+
     kernel, backend, cand = got
     try:
         sync = (lambda: backend.synchronize(problem.device)) if problem.device != "cpu" else None
         v = check_kernel(kernel, ValidationSet(problem, trials=1), backend.array, problem.device, sync)
     except Exception as exc:
+        check_abandoned()  # at exit a failure may be the shutdown's (thread pools refuse work): no verdict
         _warn(f"stored kernel {cand.id} for {problem.describe()} failed validation ({type(exc).__name__}: {exc}); re-tuning")
         return False
     if not v.ok:
+        check_abandoned()
         _warn(f"stored kernel {cand.id} for {problem.describe()} failed validation ({v.status}: {v.reason}); re-tuning")
     return v.ok
 

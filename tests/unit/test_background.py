@@ -272,3 +272,46 @@ def test_ctrl_c_exits_at_once_instead_of_waiting_for_background_tuning(uhop_home
     assert took < 15, took  # imports and the first call included; the wait alone was 20 s
     clear_process_cache()
     assert not open_store().entries("matmul")
+
+
+def test_exit_hook_runs_before_concurrent_futures_and_exit_never_drops_a_store_entry(uhop_home):
+    """At exit, thread pools refuse new work once concurrent.futures' exit hook has run, so a
+    stored kernel's re-validation still running then could fail for that reason alone: UHOP's
+    hook is moved to run first when its thread starts, and a validation failure once the process
+    is exiting drops no store entry (tuner_vs_oracle_cpu_run28.json lost five picks this way
+    when the exit began joining the tuning thread)."""
+    import concurrent.futures.thread  # noqa: F401 - registers its hook
+    import threading as th
+
+    from uhop.dispatch import _verify, make_problem
+    from uhop.ops import get
+    from uhop.tune import background as bg
+
+    cf_hook = next(h for h in th._threading_atexits if getattr(h, "func", None) is concurrent.futures.thread._python_exit)
+    th._threading_atexits.remove(cf_hook)
+    th._threading_atexits.append(cf_hook)  # as when a library imports it after uhop
+    bg.queue().submit("test-job", lambda: None, persist=False)  # a job starts: the hook goes last
+    uhop.wait()
+    assert getattr(th._threading_atexits[-1], "func", None) is bg._at_exit
+    with config.override(policy="tune"):
+        uhop.ops.softmax(rng.random((8, 40)).astype(np.float32))
+    (entry,) = open_store().entries("softmax")
+    problem = make_problem(get("softmax"), (np.zeros((8, 40), np.float32),), {})
+
+    def broken(x):
+        raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    from uhop.backends import get as get_backend
+    from uhop.backends.base import Candidate
+
+    got = (broken, get_backend("numpy"), Candidate.from_json(entry.candidate))
+    bg._abandon.set()
+    try:
+        with pytest.raises(bg.Abandoned):
+            _verify(problem, entry.key, got)
+    finally:
+        bg._abandon.clear()
+    assert [e.key for e in open_store().entries("softmax")] == [entry.key]
+    with pytest.warns(UserWarning, match="failed validation"):  # not exiting: the verdict stands
+        _verify(problem, entry.key, got)
+    uhop.wait()

@@ -75,6 +75,7 @@ class Queue:
                 self._persist.add(key)
             _depth(len(self._jobs) + (self._running is not None))
             if self._thread is None or not self._thread.is_alive():
+                _exit_hook_first()
                 self._thread = threading.Thread(target=self._run, name="uhop-tuner", daemon=True)
                 self._thread.start()
             self._cv.notify_all()
@@ -130,6 +131,7 @@ class Queue:
                     continue
                 key, job = self._jobs.popitem(last=False)
                 self._running = key
+            _exit_hook_first()  # a library imported since (concurrent.futures) must not precede it
             try:
                 job()
             except Abandoned:
@@ -229,6 +231,23 @@ def _at_exit() -> None:
             pass
     if not _queue.abandon(ABANDON_JOIN_S):
         log.warning("uhop: the tuning thread did not stop within %.0f s of exit", ABANDON_JOIN_S)
+
+
+def _exit_hook_first() -> None:
+    """Make :func:`_at_exit` the first of threading's exit hooks to run (they run last registered
+    first): concurrent.futures' hook, registered by whichever library imported it after UHOP,
+    makes every thread pool refuse new work, and the jobs that run during the exit wait or
+    finish while it joins the thread use thread pools (numba kernels' tasks, the chunked float64
+    references): a stored kernel's re-validation failed there and dropped a valid store entry."""
+    hooks = getattr(threading, "_threading_atexits", None)
+    if getattr(threading, "_SHUTTING_DOWN", False) or not isinstance(hooks, list) or not hooks:
+        return  # the hooks are running (or this Python keeps them elsewhere): leave the list alone
+    if getattr(hooks[-1], "func", None) is _at_exit:
+        return
+    ours = [h for h in hooks if getattr(h, "func", None) is _at_exit]
+    for h in ours:
+        hooks.remove(h)
+    hooks.extend(ours)
 
 
 def _register_exit() -> None:
