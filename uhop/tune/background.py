@@ -15,8 +15,9 @@ what its first call started tuning; after that the work is abandoned (nothing ha
 store is written once per problem, in one transaction): queued jobs are dropped and the running
 one stops at its next candidate, and the thread is joined before the interpreter finalizes (a
 tuning thread left inside a library call at exit aborted the process: "terminate called without
-an active exception", exit status 134, after a script whose last calls had started tuning). In a forked child the queue starts empty:
-the parent's thread does not exist there, and the child serves what it inherited.
+an active exception", exit status 134, after a script whose last calls had started tuning). In a
+forked child the queue starts empty: the parent's thread does not exist there, and the child
+serves what it inherited.
 """
 
 from __future__ import annotations
