@@ -19,6 +19,7 @@ import math
 import threading
 import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -35,6 +36,9 @@ _kernels: dict[Any, Kernel] = {}
 #: (problem key (shape class), options) -> passed the check (once per class and options)
 _checked: dict[tuple[str, Any], bool] = {}
 _lock = threading.RLock()
+
+
+@dataclass(frozen=True, eq=False)  # identity equality and hash: one object per options (of)
 class RegionOptions:
     """The options of one ``torch.compile(..., backend="uhop", options=...)`` that its regions
     read when they first run: ``buckets`` (shape classes of region problems: "pow2", a generate
@@ -47,22 +51,18 @@ class RegionOptions:
     torch's OpenMP pool between the torch ops of a model (a GPT-2 block at B1 T64 on 2 cores ran
     1.6x slower than with torch-only regions)."""
 
-    __slots__ = ("backends", "buckets", "rest")
-    _interned: dict[tuple[str, tuple[str, ...], str], RegionOptions] = {}
-
-    def __init__(self, buckets: str, backends: tuple[str, ...], rest: str) -> None:
-        self.buckets, self.backends, self.rest = buckets, backends, rest
+    buckets: str = "pow2"
+    backends: tuple[str, ...] = ("torch", "triton")
+    rest: str = "inductor"
 
     @classmethod
     def of(cls, buckets: str = "pow2", backends: Sequence[str] = ("torch", "triton"), rest: str = "inductor") -> RegionOptions:
         key = (buckets, tuple(backends), rest)
         with _lock:
-            return cls._interned.setdefault(key, cls(*key))
-
-    def __repr__(self) -> str:
-        return f"RegionOptions(buckets={self.buckets!r}, backends={self.backends!r}, rest={self.rest!r})"
+            return _INTERNED.setdefault(key, cls(*key))
 
 
+_INTERNED: dict[tuple[str, tuple[str, ...], str], RegionOptions] = {}
 #: the options of the graph running on this thread (set around each call of a compiled graph
 #: and while it is partitioned); outside any, those of the last graph compiled (:data:`LAST`)
 _active = threading.local()
@@ -72,25 +72,6 @@ LAST: list[RegionOptions] = [RegionOptions.of()]
 def current() -> RegionOptions:
     got = getattr(_active, "value", None)
     return got if got is not None else LAST[0]
-
-
-def running(fn: Callable[..., Any], options: RegionOptions) -> Callable[..., Any]:
-    """``fn`` (a compiled graph) called with its regions reading ``options``: two models compiled
-    with different options each keep their own (a module-wide setting made the last compile's
-    win for every graph). Keeps ``fn``'s calling convention (Dynamo's boxed call)."""
-    local = _active
-
-    def run(*args: Any) -> Any:
-        prev = getattr(local, "value", None)
-        local.value = options
-        try:
-            return fn(*args)
-        finally:
-            local.value = prev
-
-    run._boxed_call = getattr(fn, "_boxed_call", False)  # type: ignore[attr-defined]
-    run.runs = fn  # type: ignore[attr-defined] - what it wraps (a CUDA graph runner, say)
-    return run
 
 
 class using:  # noqa: N801 - a context manager, read as one
@@ -106,6 +87,19 @@ class using:  # noqa: N801 - a context manager, read as one
 
     def __exit__(self, *exc: Any) -> None:
         _active.value = self.prev
+
+
+def running(fn: Callable[..., Any], options: RegionOptions) -> Callable[..., Any]:
+    """``fn`` (a compiled graph) called with its regions reading ``options``: two models compiled
+    with different options each keep their own (a module-wide setting made the last compile's
+    win for every graph). Keeps ``fn``'s calling convention (Dynamo's boxed call)."""
+
+    def run(*args: Any) -> Any:
+        with using(options):
+            return fn(*args)
+
+    run._boxed_call = getattr(fn, "_boxed_call", False)  # type: ignore[attr-defined]
+    return run
 
 
 class Fallback(Exception):

@@ -28,6 +28,7 @@ from uhop.measure.bench import Timing, benchmark
 from uhop.measure.validate import ValidationSet, check_kernel
 from uhop.problem import Problem, hardware_fingerprint
 from uhop.store import Entry, open_store
+from uhop.tune.background import check_abandoned
 
 
 @dataclass(frozen=True)
@@ -513,8 +514,6 @@ def _budgeted(
     cold = iso is not None  # the first isolated evaluation waits for the worker's start: off the budget too
     took: dict[str, list[tuple[float, float]]] = {}  # (seconds, of which compiling) per evaluation, by backend
     scale = 1.0  # measured / prior time per call of the candidates timed so far (this machine, now)
-    from uhop.tune.background import check_abandoned
-
     try:
         for i, cand in enumerate(order):
             check_abandoned()  # the process is exiting: stop here, store nothing
