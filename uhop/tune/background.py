@@ -219,11 +219,9 @@ def _interrupted() -> bool:
 
 
 def _at_exit() -> None:
-    from uhop.config import settings
-
     n = _queue.pending(persist_only=True)
-    limit = settings().exit_wait_s
-    if n and limit > 0 and not _interrupted():  # Ctrl-C means now: no wait for a pick to store
+    limit = _exit_wait_s() if n and not _interrupted() else 0.0  # Ctrl-C means now: no wait for a pick
+    if limit > 0:
         log.warning("uhop: finishing background tuning of %d problem(s) before exit (at most %.0f s; "
                     "UHOP_EXIT_WAIT_S=0 skips it)", n, limit)  # fmt: skip
         try:
@@ -232,6 +230,17 @@ def _at_exit() -> None:
             pass
     if not _queue.abandon(ABANDON_JOIN_S):
         log.warning("uhop: the tuning thread did not stop within %.0f s of exit", ABANDON_JOIN_S)
+
+
+def _exit_wait_s() -> float:
+    """``UHOP_EXIT_WAIT_S``; 0 where the settings cannot be read (a bad ``UHOP_*`` value is
+    reported where it is used, not as a traceback at exit)."""
+    from uhop.config import settings
+
+    try:
+        return settings().exit_wait_s
+    except Exception:
+        return 0.0
 
 
 def _exit_hook_first() -> None:
