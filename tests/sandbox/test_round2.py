@@ -357,6 +357,28 @@ def test_roofline_floor_rejects_a_time_below_it(monkeypatch):
     assert chk.roofline_floor_s(p) > 0  # this machine's manifest has a compute peak
 
 
+def test_an_overestimated_transport_never_makes_an_honest_kernel_a_timing_fault(monkeypatch):
+    """The transport subtracted from a timing batch is an estimate: committing to a 512 x 1000
+    softmax output (a 3 ms BLAKE2b on a 2-core VM) calibrated at 6 ms against a 4.5 ms batch,
+    and an honest numpy softmax came out at 0 us a call, a ``timing-fault`` (``uhop kernel
+    check --shape 512x1000``, and the tuner's ``user`` backend). Here the calibration is made to
+    overshoot by far: the time is the worker's own, never zero."""
+    import importlib
+
+    chk = importlib.import_module("uhop.sandbox.check")
+
+    def overshoot(self, shape, dtype, reps=3):
+        self.transport = (0.5, 0.5)  # seconds: more than any batch of this kernel takes
+        return self.transport
+
+    monkeypatch.setattr(chk.Evaluation, "calibrate", overshoot)
+    res = check_file(HERE / "honest" / "softmax_numpy.py", shapes=["64x100", "512x1000"], limits=Limits(wall_s=20))
+    assert res.ok, res.line()
+    floor = chk.roofline_floor_s(chk.problems_for(load_kernel(HERE / "honest" / "softmax_numpy.py"), None, None,
+                                                  ["512x1000"])[0])  # fmt: skip
+    assert floor <= res.median_s < 0.5, res.line()
+
+
 def test_validation_inputs_cover_several_distributions():
     from uhop.measure.validate import DISTRIBUTIONS, ValidationSet
     from uhop.problem import Problem

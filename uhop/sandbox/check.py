@@ -253,8 +253,9 @@ class Evaluation:
         back, and ``sample`` of them, picked here after the reply, are checked against the
         float64 reference (computing only some calls, or the last, fails): the worker commits to
         every output by its digest in the timed reply and reveals the sample afterwards. The cost
-        of the commitment, calibrated before load (:meth:`calibrate`), is subtracted; a median below the
-        roofline floor of the problem on this hardware is a ``timing-fault``."""
+        of the commitment, calibrated before load (:meth:`calibrate`), is subtracted, down to no
+        less than the worker's own time for the calls; a median below the roofline floor of the
+        problem on this hardware is a ``timing-fault``."""
         p = self.problem
         a, b = getattr(self, "transport", (0.0, 0.0))
         out_bytes = int(np.prod(self._out_shape())) * 8
@@ -291,7 +292,12 @@ class Evaluation:
             child = reply.get("child_s")
             if not isinstance(child, (int, float)) or not (child <= wall * 1.05 + 1e-3):  # claims more time than passed
                 raise SandboxFault("crash", f"worker reported {child!r} s for a {wall:.3g} s batch")
-            return max(wall - a - b * calls, 0.0) / calls
+            # never below the worker's own time for the calls: the calibrated transport is an
+            # estimate, and where it overshoots (committing to a 2 MB output costs 3 ms here,
+            # three times a 512 x 1000 softmax) the subtraction left 0 and an honest kernel was a
+            # timing-fault. A worker can only slow itself down with this claim (it is checked
+            # against the wall time above), so a cheater gains nothing from it.
+            return max(wall - a - b * calls, min(float(child), wall)) / calls
 
         first = min(batch(1), batch(2))  # the first call of a fresh worker is slow: not the estimate
         # batches long enough that the subtracted fixed cost is at most 5% of one (noise in its

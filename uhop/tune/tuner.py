@@ -174,19 +174,29 @@ def budget_order(problem: Problem, usable: Sequence[Backend], per_backend: Seque
     if it is more than 3x slower its first call ends its evaluation (``too-slow``). A slow
     baseline measured in full first can spend the budget alone: the demo's numpy attention (0.2-0.8
     s a call) took 8 s of an 11 s budget on a loaded 2-core VM and every numba candidate, 8-10x
-    faster, was skipped."""
+    faster, was skipped.
+
+    Kernel files the user registered (``uhop kernel add``, or promoted by ``uhop ai``: the
+    ``user`` backend) come right after the baseline: someone chose to add them, and the prior
+    knows nothing of them (it ranked a registered softmax with numpy's eager chain, and a 10 s
+    run spent its budget before reaching it)."""
     from uhop.tune.prior import order
 
     base = baseline(problem, usable, per_backend)
     scored = order(problem, [c for cs in per_backend for c in cs])
-    rest = [c for c, _ in scored if c != base]
+    added = [c for c, _ in scored if c != base and c.backend in REGISTERED_BACKENDS]
+    rest = [c for c, _ in scored if c != base and c.backend not in REGISTERED_BACKENDS]
     if base is None:
-        return rest
+        return [*added, *rest]
     if lead and rest:
         expected = dict(scored)
         if expected[rest[0]] * LEAD_AHEAD_OF_BASELINE <= expected.get(base, 0.0):
-            return [rest[0], base, *rest[1:]]
-    return [base, *rest]
+            return [rest[0], base, *added, *rest[1:]]
+    return [base, *added, *rest]
+
+
+#: backends whose candidates are files a user registered: evaluated first in a budgeted run
+REGISTERED_BACKENDS = ("user",)
 
 
 @metrics.observe_evaluation
