@@ -3,7 +3,12 @@
 Every row times three things with the one benchmark function on the same inputs:
 ``naive`` (the plain numpy formula a user would write), ``library`` (the vendor path UHOP could
 have picked itself: numpy/OpenBLAS for GEMM, torch's CPU kernels where torch is installed), and
-``uhop`` (the public entry point, ``uhop.ops.<op>``, dispatch overhead included).
+``uhop`` (the public entry point, ``uhop.ops.<op>``, dispatch overhead included), interleaved
+round by round (the machine's noise falls on all three alike).
+
+``uhop bench OP --shape S`` runs one case of the user's own: the library baseline and the
+plain numpy formula where the op and params match a suite row, else the op's reference (numpy)
+as the naive baseline and no library row.
 """
 
 from __future__ import annotations
@@ -97,6 +102,9 @@ class Case:
     shape: str
     params: dict[str, Any]
     arity: int
+    dtype: str = "float32"
+    #: the suite row whose naive formula and library call this case shares ("" for none)
+    baseline: str = ""
 
 
 SUITES: dict[str, list[Case]] = {
@@ -118,6 +126,26 @@ SUITES: dict[str, list[Case]] = {
         Case("matmul", "matmul", "128x128x128", {}, 2),
     ],
 }
+
+
+def custom_case(op: str, shape: str, params: dict[str, Any] | None = None, arity: int | None = None,
+                dtype: str = "float32") -> Case:  # fmt: skip
+    """One case from the command line (``uhop bench matmul --shape 512x512x512``). Raises
+    ``InputError`` (unknown op, bad shape, dtype, params or arity) naming what was expected."""
+    from uhop.errors import InputError
+    from uhop.ops import get as get_op
+    from uhop.problem import Problem
+
+    spec = get_op(op)
+    params = dict(params or {})
+    arity = len(spec.inputs) if arity is None else arity
+    if dtype not in ("float32", "float64"):
+        raise InputError(f"dtype must be float32 or float64 for `uhop bench` (numpy baselines), got {dtype!r}")
+    Problem.make(op, spec.parse_shape(shape), dtype, params, arity)  # validates all of it
+    baseline = next((c.name for c in SUITES["cpu"] if (c.op, c.params, c.arity) == (op, params, arity)
+                     and (op != "elementwise")), "")  # fmt: skip
+    name = " ".join([op, *(f"{k}={v}" for k, v in params.items())])
+    return Case(name, op, shape, params, arity, dtype, baseline)
 
 
 def machine_info() -> dict[str, Any]:
@@ -151,20 +179,26 @@ def _peak(dtype: str) -> tuple[float | None, float | None]:
 
 
 def run_suite(suite: str, budget_s: float = 30.0, console: Any = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    if suite not in SUITES:
+        raise ValueError(f"suite must be one of {', '.join(SUITES)}, got {suite!r}")
+    return run_cases(SUITES[suite], budget_s=budget_s, console=console)
+
+
+def run_cases(cases: list[Case], budget_s: float = 30.0, console: Any = None,
+              overhead: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
     import uhop
     from uhop.ops import get as get_op
     from uhop.problem import Problem
+    from uhop.tune.retime import interleaved
     from uhop.tune.tuner import tune
 
-    if suite not in SUITES:
-        raise ValueError(f"suite must be one of {', '.join(SUITES)}, got {suite!r}")
     rng = np.random.default_rng(0)
     rows = []
-    peak_flops, peak_bw = _peak("float32")
-    for case in SUITES[suite]:
+    for case in cases:
+        peak_flops, peak_bw = _peak(case.dtype)
         spec = get_op(case.op)
         dims = spec.parse_shape(case.shape)
-        problem = Problem.make(case.op, dims, "float32", case.params, case.arity)
+        problem = Problem.make(case.op, dims, case.dtype, case.params, case.arity)
         if console:
             from uhop.cli.progress import Reporter
 
@@ -174,7 +208,7 @@ def run_suite(suite: str, budget_s: float = 30.0, console: Any = None) -> tuple[
             console.print(f"  chose {res.best.candidate.id if res.best else 'nothing'}; timing UHOP, naive and library ...")
         else:
             res = tune(problem=problem, budget_s=budget_s)
-        xs = spec.make_inputs(problem.dim, problem.param, rng, "float32", case.arity)
+        xs = spec.make_inputs(problem.dim, problem.param, rng, case.dtype, case.arity)
         sets = [xs] + [[x.copy() for x in xs] for _ in range(2)]
         direct = getattr(uhop.ops, case.op)
         if case.op == "elementwise":
@@ -188,36 +222,44 @@ def run_suite(suite: str, budget_s: float = 30.0, console: Any = None) -> tuple[
             def run_uhop(*a, _d=direct, _p=p):
                 return _d(*a, **_p)
 
-        naive = NAIVE[case.name]
+        known = case.baseline or (case.name if case.name in NAIVE else "")
+        naive = NAIVE.get(known)
         if naive is None:
             p = problem.param
 
             def naive(*a, _spec=spec, _p=p):
                 return _spec.reference(*a, **_p)
 
-        t_uhop = benchmark(run_uhop, sets, min_time_s=0.3, repeat=7)
-        t_naive = benchmark(naive, sets, min_time_s=0.3, repeat=7)
-        lib = _library(case.name)
-        t_lib = benchmark(lib[1], sets, min_time_s=0.3, repeat=7) if lib else None
+        lib = _library(known) if known else None
+        kernels = [run_uhop, naive] + ([lib[1]] if lib else [])
+        # interleaved rounds (each: the median of three samples of ~50 ms per kernel, in an
+        # order rotated every round), as the tuner's final check times its finalists
+        samples = interleaved(kernels, [sets] * len(kernels), rounds=7, min_time_s=0.05)
+        meds = [float(np.median(s)) for s in samples]
+        t_uhop, t_naive = meds[0], meds[1]
+        t_lib = meds[2] if lib else None
+        q = np.quantile(samples[0], [0.1, 0.9])
         flops, nbytes = problem.flops(), problem.bytes()
         row = {
             "name": case.name,
             "problem": problem.describe(),
             "chosen": res.best.candidate.id if res.best else None,
-            "uhop_s": t_uhop.median_s,
-            "uhop_spread": t_uhop.spread,
-            "naive_s": t_naive.median_s,
+            "uhop_s": t_uhop,
+            "uhop_spread": float((q[1] - q[0]) / t_uhop),
+            "naive_s": t_naive,
+            "naive": "numpy formula" if known in NAIVE and NAIVE[known] is not None else "op reference (numpy)",
             "library": lib[0] if lib else None,
-            "library_s": t_lib.median_s if t_lib else None,
-            "speedup_vs_naive": t_naive.median_s / t_uhop.median_s,
-            "speedup_vs_library": (t_lib.median_s / t_uhop.median_s) if t_lib else None,
-            "gflops": flops / t_uhop.median_s / 1e9,
-            "gbps": nbytes / t_uhop.median_s / 1e9,
-            "pct_peak_flops": 100 * flops / t_uhop.median_s / peak_flops if peak_flops else None,
-            "pct_peak_bw": 100 * nbytes / t_uhop.median_s / peak_bw if peak_bw else None,
+            "library_s": t_lib,
+            "speedup_vs_naive": t_naive / t_uhop,
+            "speedup_vs_library": (t_lib / t_uhop) if t_lib else None,
+            "gflops": flops / t_uhop / 1e9,
+            "gbps": nbytes / t_uhop / 1e9,
+            "pct_peak_flops": 100 * flops / t_uhop / peak_flops if peak_flops else None,
+            "pct_peak_bw": 100 * nbytes / t_uhop / peak_bw if peak_bw else None,
         }
         rows.append(row)
-    rows.append(dispatch_overhead())
+    if overhead:
+        rows.append(dispatch_overhead())
     return rows, machine_info()
 
 
@@ -282,6 +324,8 @@ def print_table(rows: list[dict[str, Any]], console: Any) -> None:
     # Ten columns do not fit 80: times and picks are two tables (same rows, same order).
     console.print(times)
     console.print(picks)
+    if any(r.get("naive") == "op reference (numpy)" for r in cases):
+        console.print("naive: the op's reference in numpy where no suite row has these params (no library row)")
     ov = next((r for r in rows if r["name"] == "dispatch_overhead"), None)
     if ov:
         console.print(f"cache-hit dispatch overhead: {ov['overhead_us']:.2f} µs per call "

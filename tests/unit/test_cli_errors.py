@@ -106,6 +106,12 @@ def test_uhop_debug_shows_the_traceback(capsys, monkeypatch):
         (("tune", "softmax", "--shape", "64"), "must be RxN, got"),
         (("tune", "matmul", "--shape", "8x8x8", "--strategy", "annealing"), "--strategy must be one of"),
         (("bench", "--suite", "huge"), "--suite must be one of"),
+        (("bench", "foo", "--shape", "3x3"), "unknown op 'foo'"),
+        (("bench", "softmax"), "give the problem's dims: `uhop bench softmax --shape DIMS`"),
+        (("bench", "--shape", "3x3"), "go with an OP"),
+        (("bench", "softmax", "--shape", "3x3x3"), "must be RxN, got"),
+        (("bench", "softmax", "--shape", "8x8", "--dtype", "float16"), "dtype must be float32 or float64"),
+        (("bench", "matmul", "--shape", "8x8x8", "-p", "activation=foo"), "activation must be one of"),
         (("cache", "show", "nope"), "no entry with key 'nope'"),
         (("cache", "import", "/nonexistent.json"), "does not exist"),
     ],
@@ -227,3 +233,24 @@ def test_progress_prints_lines_when_piped():
             rep.update(i, 49)
     assert buf.getvalue().splitlines() == [buf.getvalue().splitlines()[0], buf.getvalue().splitlines()[-1]]
     assert "x 49/49" in buf.getvalue()  # the first and the final count, nothing in between
+
+
+def test_bench_one_op_of_the_users_own(capsys):
+    """`uhop bench OP --shape`: the product's pick against the suite's baselines where the op and
+    params match a suite row (softmax: numpy's formula, torch's kernel), else the op's reference
+    and no library row (matmul with a bias and ReLU); ratios from interleaved rounds."""
+    import json
+
+    code, out, err = cli(capsys, "bench", "softmax", "--shape", "64x100", "--budget", "2", "--json", "-")
+    assert code == 0, err
+    (row,) = json.loads(out)["results"]
+    assert row["problem"].startswith("softmax[64x100] float32") and row["chosen"]
+    assert row["naive"] == "numpy formula" and row["library"].startswith("torch")
+    assert row["speedup_vs_naive"] == pytest.approx(row["naive_s"] / row["uhop_s"])
+    code, out, err = cli(capsys, "bench", "matmul", "--shape", "32x48x16", "-p", "activation=relu", "--arity", "3",
+                         "--dtype", "float64", "--budget", "2", "--json", "-")  # fmt: skip
+    assert code == 0, err
+    (row,) = json.loads(out)["results"]
+    assert row["name"] == "matmul activation=relu" and "float64" in row["problem"]
+    assert row["naive"] == "op reference (numpy)" and row["library"] is None and row["speedup_vs_library"] is None
+    assert row["uhop_s"] > 0 and row["naive_s"] > 0

@@ -158,21 +158,41 @@ app.command("tune")(tune_command)
 
 @app.command()
 def bench(
+    op: str | None = typer.Argument(None, help="One op of your own to bench (with --shape) instead of a suite."),
+    shape: str | None = typer.Option(None, "--shape", "-s", help="With OP: dims in the op's order (`uhop ops`), e.g. 512x512x512."),
+    param: list[str] = typer.Option([], "--param", "-p", help="With OP: op parameter NAME=VALUE (repeatable)."),
+    arity: int | None = typer.Option(None, help="With OP: number of inputs (e.g. 3 for matmul with bias)."),
+    dtype: str = typer.Option("float32", "--dtype", help="With OP: float32 or float64."),
     suite: str = typer.Option("cpu", help="Suite: 'cpu' (default), or 'quick' (small shapes, for CI)."),
     json_out: str | None = typer.Option(None, "--json", help="Write results as JSON to this file ('-': stdout, no table)."),
     budget: float = typer.Option(30.0, help="Tuning budget per problem, seconds."),
     plot: Path | None = typer.Option(None, "--plot", help="Write a plot (.svg, or .png): UHOP vs the baselines per case."),
 ) -> None:
-    """UHOP vs the naive eager baseline vs the library baseline, side by side in one run."""
-    from uhop.benchsuite import SUITES, print_table, run_suite
+    """UHOP vs the naive eager baseline vs the library baseline, side by side in one run: a suite,
+    or one op of your own (`uhop bench softmax --shape 4096x1000`)."""
+    from uhop.benchsuite import SUITES, custom_case, print_table, run_cases, run_suite
+    from uhop.errors import UhopError
 
     if suite not in SUITES:
         raise fail(f"--suite must be one of {', '.join(SUITES)}, got {suite!r}")
     if budget <= 0:
         raise fail(f"--budget must be > 0 seconds, got {budget}")
+    if op is None and (shape is not None or param or arity is not None):
+        raise fail("--shape, --param and --arity go with an OP: `uhop bench OP --shape DIMS` (ops: `uhop ops`)")
+    case = None
+    if op is not None:
+        if shape is None:
+            raise fail(f"give the problem's dims: `uhop bench {op} --shape DIMS` (`uhop ops` lists each op's dims)")
+        try:
+            case = custom_case(op, shape, parse_params(param), arity, dtype)
+        except UhopError as exc:
+            raise fail(str(exc)) from None
     to_stdout = json_out == "-"
     out = Console(stderr=True) if to_stdout else console  # progress goes to stderr when JSON takes stdout
-    rows, meta = run_suite(suite, budget_s=budget, console=out)
+    if case is not None:
+        rows, meta = run_cases([case], budget_s=budget, console=out, overhead=False)
+    else:
+        rows, meta = run_suite(suite, budget_s=budget, console=out)
     if plot is not None:
         from uhop.report import bench_plot, write_plot
 
