@@ -27,7 +27,7 @@ from uhop import metrics
 from uhop import ops as _ops
 from uhop.backends.base import Backend, Candidate, Kernel
 from uhop.config import settings
-from uhop.errors import InputError, NoCandidateError, UhopWarning
+from uhop.errors import EmptyInput, InputError, NoCandidateError, UhopWarning
 from uhop.measure.validate import ValidationSet, agrees, check_kernel
 from uhop.ops import get as get_op
 from uhop.ops.base import Op, dtype_name, is_array
@@ -141,6 +141,10 @@ def make_problem(spec: Op, args: Sequence[Any], params: Mapping[str, Any]) -> Pr
     p = spec.normalize_params(params)
     dims = spec.check(args, p)
     dtype = spec.check_dtypes(args)
+    empty = next((i for i, a in enumerate(args) if a is not None and 0 in tuple(a.shape)), None)
+    if empty is not None:  # consistent shapes, nothing to compute: no problem to tune
+        name = spec.arg_names(len(args))[empty]
+        raise EmptyInput(f"{spec.name}: {name} is empty (shape {tuple(args[empty].shape)})")
     array, device = _array_kind(args)
     layout = "contiguous" if all(_is_contiguous(a) for a in args) else _layout(spec.name, args)
     return Problem.make(spec.name, dims, dtype, p, len(args), layout, device, array)
@@ -714,6 +718,11 @@ def call_op(op_name: str, args: Sequence[Any], params: Mapping[str, Any], sig: A
         spec.check_arrays(args)  # raises, naming the argument
     try:
         problem = make_problem(spec, args, params)
+    except EmptyInput as exc:  # the signature's exact shapes are empty ones: cached as such
+        k = functools.partial(_empty_result, spec, params=params, why=exc)
+        if sig is not None:
+            _direct_cache[sig] = k
+        return k(*args)
     except UnsupportedInput as exc:
         k = _as_written(spec, args, params, exc)
         if sig is not None:  # later calls of this signature go straight to it
@@ -730,6 +739,32 @@ def _first_call() -> Any:
     from uhop.tune.background import first_call
 
     return first_call()
+
+
+def _empty_result(spec: Op, *args: Any, params: Mapping[str, Any], why: EmptyInput) -> Any:
+    """``uhop.ops`` on inputs with no elements (a batch of zero rows, an expert that got no
+    tokens): what torch returns. An empty output is allocated (the caller's library, dtype and
+    device); a non-empty one (a matmul with K = 0: zeros) comes from the reference. No tuning,
+    nothing stored. Where the reference has no value (attention over zero keys) the call raises
+    ``InputError`` naming the empty input."""
+    from uhop.ops.base import result_dtype
+
+    p = spec.normalize_params(params)
+    given = [a for a in args if a is not None]
+    shape = tuple(spec.output_shape([tuple(a.shape) for a in given], p))
+    dt = result_dtype(args) or dtype_name(given[0])
+    if 0 not in shape:
+        try:
+            with np.errstate(all="ignore"):
+                return _reference_call(spec, args, params)
+        except (ValueError, IndexError) as exc:
+            raise InputError(f"{why}: the op has no value for it ({exc})") from None
+    array, _ = _array_kind(args)
+    if array == "torch":
+        import torch
+
+        return torch.empty(shape, dtype=getattr(torch, dt), device=given[0].device)
+    return np.empty(shape, dtype=dt)
 
 
 def _as_written(spec: Op, args: Sequence[Any], params: Mapping[str, Any], why: Exception) -> Callable[..., Any]:

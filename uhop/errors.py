@@ -8,10 +8,20 @@ class UhopError(Exception):
 
 
 class InputError(UhopError, ValueError):
-    """Bad input to an op: wrong type, rank, shape, dtype or an empty tensor.
+    """Bad input to an op: wrong type, rank, shape or dtype.
 
     The message names the argument and what was expected, as the reference would complain.
     """
+
+
+class UnsupportedInput(InputError):
+    """Valid for the reference (numpy would broadcast) but not for UHOP's fused kernels."""
+
+
+class EmptyInput(UnsupportedInput):
+    """An input with no elements (a batch of zero rows): valid, with nothing for a kernel to do;
+    ``uhop.ops`` returns the op's (empty or constant) result, a decorated function runs as
+    written, neither tunes nor stores anything."""
 
 
 class UnknownOpError(UhopError, KeyError):

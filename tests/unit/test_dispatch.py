@@ -126,8 +126,7 @@ def test_bad_input_to_decorated_function_is_clear():
 
     with pytest.raises(InputError, match=r"a's last dim \(K=5\)"):
         mm(f32(4, 5), f32(6, 3))
-    with pytest.raises(InputError, match="empty"):
-        mm(np.ones((0, 5), np.float32), f32(5, 3))
+    assert mm(np.ones((0, 5), np.float32), f32(5, 3)).shape == (0, 3)  # valid: called as written
     with pytest.raises(InputError, match="dtype int64"):
         mm(np.ones((4, 5), np.int64), np.ones((5, 3), np.int64))
 

@@ -88,7 +88,6 @@ def test_elementwise_reference(rng):
         ("matmul", [np.ones((3, 4), np.int32), np.ones((4, 2), np.int32)], {}, "a has dtype int32"),
         ("matmul", [np.ones((3, 4), np.float32), np.ones((4, 2), np.float64)], {}, "b has dtype float64 but earlier"),
         ("matmul", [[[1.0]], np.ones((1, 1), np.float32)], {}, "a must be a numpy array or torch tensor, got list"),
-        ("matmul", [np.ones((0, 4), np.float32), np.ones((4, 2), np.float32)], {}, "a is empty"),
         ("matmul", [np.ones((3, 4), np.float32), np.ones((4, 2), np.float32)], {"activation": "tanh"}, "activation must be one of"),
         ("matmul", [np.ones((3, 4), np.float32)], {}, "takes 2 to 3 inputs"),
         ("softmax", [np.ones((2, 3), np.float32)], {"dim": 0}, "no parameter"),
@@ -397,3 +396,44 @@ def test_elementwise_reference_upcasts_inputs_itself(rng, n):
     row = rng.uniform(-1, 1, 10).astype(np.float16)
     m = x[: 100 * 10].reshape(100, 10)
     np.testing.assert_array_equal(spec.reference(m, row, expr="x0*x1"), m.astype(np.float64) * row.astype(np.float64))
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+def test_empty_inputs_give_what_torch_gives_and_tune_nothing(lib, uhop_home):
+    """A batch of zero rows (an expert that got no tokens, an empty detection list) is valid:
+    ``uhop.ops`` returns torch's result (empty outputs; a matmul with K = 0 is its bias, through
+    the activation) in the caller's library and dtype; nothing is tuned or stored. Shape errors
+    are still errors; attention over zero keys, which has no value, names the empty input."""
+    import torch
+
+    import uhop
+    from uhop.store import open_store
+
+    rng = np.random.default_rng()
+    mk = (lambda *s: rng.standard_normal(s).astype(np.float32)) if lib == "numpy" else (lambda *s: torch.randn(*s))
+    to_np = (lambda r: r) if lib == "numpy" else (lambda r: r.numpy())
+    cases = [
+        (uhop.ops.softmax, (mk(0, 7),), {}, (0, 7)),
+        (uhop.ops.softmax, (mk(3, 0),), {}, (3, 0)),
+        (uhop.ops.matmul, (mk(0, 4), mk(4, 5)), {}, (0, 5)),
+        (uhop.ops.layernorm, (mk(0, 8), mk(8), mk(8)), {}, (0, 8)),
+        (uhop.ops.rmsnorm, (mk(2, 0, 8), mk(8)), {}, (2, 0, 8)),
+        (uhop.ops.attention, (mk(2, 0, 8), mk(2, 5, 8), mk(2, 5, 8)), {}, (2, 0, 8)),
+        (uhop.ops.conv2d, (mk(0, 3, 8, 8), mk(4, 3, 3, 3)), {}, (0, 4, 6, 6)),
+    ]
+    for fn, args, params, shape in cases:
+        for _ in range(2):  # the second call through the cached signature
+            out = fn(*args, **params)
+            assert type(out) is type(args[0]) and tuple(out.shape) == shape and out.dtype == args[0].dtype
+    bias = mk(5)
+    for _ in range(2):
+        out = uhop.ops.matmul(mk(3, 0), mk(0, 5), bias, activation="relu")
+        np.testing.assert_array_equal(to_np(out), np.broadcast_to(np.maximum(to_np(bias), 0), (3, 5)))
+    out = uhop.ops.elementwise("x0*2+x1", mk(0), mk(0))
+    assert tuple(out.shape) == (0,)
+    with pytest.raises(InputError, match=r"K=4.*\(3\)"):
+        uhop.ops.matmul(mk(0, 4), mk(3, 5))
+    with pytest.raises(InputError, match="k is empty"):
+        uhop.ops.attention(mk(2, 3, 8), mk(2, 0, 8), mk(2, 0, 8))
+    uhop.wait()
+    assert not open_store().entries()

@@ -7,7 +7,6 @@ random inputs. Validation, benchmarks, the CLI and the cost model read them from
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -270,8 +269,6 @@ class Op:
                 raise InputError(f"{self.name}: {name} is required, got None")
             if a is not None and not is_array(a):
                 raise InputError(f"{self.name}: {name} must be a numpy array or torch tensor, got {type(a).__name__}")
-            if a is not None and math.prod(a.shape) == 0:
-                raise InputError(f"{self.name}: {name} is empty (shape {tuple(a.shape)}); expected a non-empty tensor")
 
 
 def as_f64(x: Any) -> np.ndarray | None:

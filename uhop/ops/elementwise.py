@@ -30,13 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from uhop.errors import InputError
+from uhop.errors import InputError, UnsupportedInput
 from uhop.ops import expr as ex
 from uhop.ops.base import ITEMSIZE, TOLERANCE, Op, Param, dtype_name, promote, result_dtype
-
-
-class UnsupportedInput(InputError):
-    """Valid for the reference (numpy would broadcast) but not for UHOP's fused kernels."""
 
 
 @lru_cache(maxsize=1024)
