@@ -97,6 +97,7 @@ def test_elementwise_reference(rng):
         ("conv2d", [np.ones((1, 3, 5, 5), np.float32), np.ones((2, 4, 3, 3), np.float32)], {}, "3 channels but weight expects 4"),
         ("conv2d", [np.ones((3, 5, 5), np.float32), np.ones((2, 3, 3, 3), np.float32)], {}, "x must be 4-D"),
         ("conv2d", [np.ones((1, 3, 2, 2), np.float32), np.ones((2, 3, 3, 3), np.float32)], {}, "larger than the padded input"),
+        ("embedding", [np.zeros(3, np.int64), np.ones((4, 2), np.float32)], {}, r"swap them \(torch's F.embedding"),
         ("elementwise", [np.ones(3, np.float32)], {"expr": "x0+x1"}, "uses 2 input"),
         ("elementwise", [np.ones(3, np.float32)], {"expr": "foo(x0)"}, "unknown function 'foo'"),
     ],

@@ -25,6 +25,10 @@ class Embedding(Op):
     def check(self, args: Sequence[Any], params: Mapping[str, Any]) -> dict[str, int]:
         self.check_arrays(args)
         w, idx = args
+        wdt, idt = (str(a.dtype).removeprefix("torch.") for a in args)
+        if wdt in _INT and idt not in _INT:  # F.embedding's order
+            raise InputError(f"embedding takes (weight, indices), got integer {wdt} weight and {idt} indices: "
+                             "swap them (torch's F.embedding takes (indices, weight))")  # fmt: skip
         if w.ndim != 2:
             raise InputError(f"embedding: weight must be 2-D (V, D), got shape {tuple(w.shape)}")
         return {"V": int(w.shape[0]), "D": int(w.shape[1]), "N": math.prod(idx.shape)}
