@@ -399,7 +399,7 @@ def test_elementwise_reference_upcasts_inputs_itself(rng, n):
     np.testing.assert_array_equal(spec.reference(m, row, expr="x0*x1"), m.astype(np.float64) * row.astype(np.float64))
 
 
-@pytest.mark.parametrize("lib", ["numpy", "torch"])
+@pytest.mark.parametrize("lib", ["numpy", "torch", "cuda"])
 def test_empty_inputs_give_what_torch_gives_and_tune_nothing(lib, uhop_home):
     """A batch of zero rows (an expert that got no tokens, an empty detection list) is valid:
     ``uhop.ops`` returns torch's result (empty outputs; a matmul with K = 0 is its bias, through
@@ -410,9 +410,14 @@ def test_empty_inputs_give_what_torch_gives_and_tune_nothing(lib, uhop_home):
     import uhop
     from uhop.store import open_store
 
+    if lib == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
     rng = np.random.default_rng()
-    mk = (lambda *s: rng.standard_normal(s).astype(np.float32)) if lib == "numpy" else (lambda *s: torch.randn(*s))
-    to_np = (lambda r: r) if lib == "numpy" else (lambda r: r.numpy())
+    if lib == "numpy":
+        mk, to_np = (lambda *s: rng.standard_normal(s).astype(np.float32)), (lambda r: r)
+    else:
+        dev = "cuda" if lib == "cuda" else "cpu"
+        mk, to_np = (lambda *s: torch.randn(*s, device=dev)), (lambda r: r.cpu().numpy())
     cases = [
         (uhop.ops.softmax, (mk(0, 7),), {}, (0, 7)),
         (uhop.ops.softmax, (mk(3, 0),), {}, (3, 0)),
@@ -426,6 +431,7 @@ def test_empty_inputs_give_what_torch_gives_and_tune_nothing(lib, uhop_home):
         for _ in range(2):  # the second call through the cached signature
             out = fn(*args, **params)
             assert type(out) is type(args[0]) and tuple(out.shape) == shape and out.dtype == args[0].dtype
+            assert getattr(out, "device", None) == getattr(args[0], "device", None)
     bias = mk(5)
     for _ in range(2):
         out = uhop.ops.matmul(mk(3, 0), mk(0, 5), bias, activation="relu")
