@@ -575,7 +575,12 @@ def main() -> None:
         raise SystemExit("uhop sandbox: more than one thread before confinement")
     shielded = _filters().shield()
     fs = json.loads(os.environ.pop("UHOP_SANDBOX_LANDLOCK", "null"))
-    if fs and "tmpfs" in layers and _filters().landlock(fs["writable"], fs["readable"] + [f"/proc/{os.getpid()}"]):
+    own = f"/proc/{os.getpid()}"
+    # The CUDA driver writes beneath its own /proc/<pid> at cuInit (without it: error 304,
+    # "OS call failed", on the H100 of 2026-12-07, whatever else it was allowed; found by
+    # benchmarks/diagnosis/gpu_sandbox_layers.py). Its own entries only, and GPU workers only.
+    own_w = [own] if fs and fs.get("gpu") else []
+    if fs and "tmpfs" in layers and _filters().landlock(fs["writable"] + own_w, fs["readable"] + [own]):
         layers.append("landlock")  # writes beneath the private tmpfs only, for every later thread
         os.environ["UHOP_SANDBOX_LAYERS"] = ",".join(layers)
     if tools is not None:

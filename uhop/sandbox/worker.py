@@ -172,7 +172,8 @@ class Worker:
             env["UHOP_SANDBOX_DISK_BYTES"] = str(self.limits.disk_bytes)
             readable = _readable(gpu, tools)
             env["UHOP_SANDBOX_READABLE"] = json.dumps(readable)
-            env["UHOP_SANDBOX_LANDLOCK"] = json.dumps({"writable": self._writable(), "readable": readable})
+            env["UHOP_SANDBOX_LANDLOCK"] = json.dumps({"writable": self._writable(), "readable": readable,
+                                                       "gpu": self.gpu})  # fmt: skip
             if ids:
                 os.chown(home, *ids)
         if tools:
