@@ -53,6 +53,20 @@ def test_report_since_filters(small_store, tmp_path):
     assert r.exit_code == 2 and "--since must be" in r.output
 
 
+def test_report_takes_the_file_as_an_argument_too(small_store, tmp_path):
+    """``uhop report out.html`` (was "No such command 'out.html'": report and serve were groups
+    with a callback, their usage "COMMAND [ARGS]...")."""
+    url, _ = small_store
+    app = build_app()
+    r = CliRunner().invoke(app, ["report", str(tmp_path / "a.html"), "--store", url])
+    assert r.exit_code == 0 and (tmp_path / "a.html").stat().st_size > 0, r.output
+    r = CliRunner().invoke(app, ["report", str(tmp_path / "b.html"), "-o", str(tmp_path / "c.html"), "--store", url])
+    assert r.exit_code == 2 and "give the file once" in r.output
+    for cmd in ("report", "serve"):
+        usage = CliRunner().invoke(app, [cmd, "--help"]).output
+        assert "COMMAND" not in usage, usage
+
+
 def test_parse_since():
     now = 1_000_000.0
     assert parse_since("24h", now) == now - 86400

@@ -36,6 +36,12 @@ def build_app() -> typer.Typer:
             def _missing(reason: str = typer.Option(reason, hidden=True)) -> None:
                 raise typer.Exit(code=_fail(reason))
 
+        cb = getattr(sub, "registered_callback", None)
+        if not sub.registered_commands and not sub.registered_groups and cb is not None and cb.callback:
+            # one command (report, serve): registered as a command, so that its usage line is
+            # not "COMMAND [ARGS]..." and a positional argument is not taken for a subcommand
+            app.command(name, help=help_)(cb.callback)
+            continue
         app.add_typer(sub, name=name, help=help_)
     _reflow_commands(app)
     return app
