@@ -199,6 +199,10 @@ def stats(as_json: bool = typer.Option(False, "--json", help="Print the counts a
         typer.echo(json.dumps({"store": store.url, "rows": len(rows), "counts": [
             {"op": op, "backend": b, "status": st, "rows": n} for (op, b, st), n in sorted(c.items())]}, indent=1))  # fmt: skip
         return
+    if not rows:  # not an empty table under a title folded to its width
+        typer.echo(f"no telemetry rows in {store.url} yet: every tuning run records its measurements, "
+                   "`uhop perf collect` measures a seeded suite")  # fmt: skip
+        return
     t = Table(title=escape(f"{len(rows)} telemetry rows in {store.url}"))
     for col in ("op", "backend", "status", "rows"):  # 80 columns: names fold, never cut
         t.add_column(col, overflow="fold", no_wrap=col == "rows", justify="right" if col == "rows" else "left")
