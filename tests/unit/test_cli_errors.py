@@ -14,6 +14,7 @@ import time
 import pytest
 
 from uhop.cli import main
+from uhop.errors import InputError
 
 
 @pytest.fixture(autouse=True)
@@ -106,6 +107,9 @@ def test_uhop_debug_shows_the_traceback(capsys, monkeypatch):
         (("tune", "softmax", "--shape", "64"), "must be RxN, got"),
         (("tune", "matmul", "--shape", "8x8x8", "--strategy", "annealing"), "--strategy must be one of"),
         (("bench", "--suite", "huge"), "--suite must be one of"),
+        (("tune", "softmax", "--shape", "8x8", "--device", "tpu"), "--device must be cpu, cuda or cuda:N, got 'tpu'"),
+        (("tune", "softmax", "--shape", "8x8", "--device", "cuda:7"), "--device cuda:7: "),
+        (("tune", "softmax", "--shape", "8x8", "-b", "numpy", "-b", "nosuch"), "--backend: unknown 'nosuch'; known: numpy"),
         (("bench", "foo", "--shape", "3x3"), "unknown op 'foo'"),
         (("bench", "softmax"), "give the problem's dims: `uhop bench softmax --shape DIMS`"),
         (("bench", "--shape", "3x3"), "go with an OP"),
@@ -254,3 +258,21 @@ def test_bench_one_op_of_the_users_own(capsys):
     assert row["name"] == "matmul activation=relu" and "float64" in row["problem"]
     assert row["naive"] == "op reference (numpy)" and row["library"] is None and row["speedup_vs_library"] is None
     assert row["uhop_s"] > 0 and row["naive_s"] > 0
+
+
+def test_tune_names_an_unknown_backend(monkeypatch):
+    """tune(backends=...) and UHOP_BACKENDS with a misspelt name said "no available backend
+    supports ..." with every backend's probe; now the name and the known ones."""
+    from uhop import config
+    from uhop.tune.tuner import tune
+
+    with pytest.raises(InputError, match=r"backends: unknown backend\(s\) 'numbaa'; known: numpy"):
+        tune("softmax", {"R": 4, "N": 8}, backends=("numbaa",))
+    monkeypatch.setenv("UHOP_BACKENDS", "numpy,tourch")
+    config.reload()
+    try:
+        with pytest.raises(InputError, match=r"UHOP_BACKENDS: unknown backend\(s\) 'tourch'"):
+            tune("softmax", {"R": 4, "N": 8})
+    finally:
+        monkeypatch.delenv("UHOP_BACKENDS")
+        config.reload()

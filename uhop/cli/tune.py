@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import typer
@@ -76,6 +77,7 @@ def tune_command(
     explain: bool = typer.Option(False, "--explain", help="Show where the tuning time went (per phase and candidate)."),
 ) -> None:
     """Tune one problem: table of candidates with time, GFLOP/s or GB/s, validity and the choice."""
+    from uhop import backends as bk
     from uhop.cli.core import _fmt_time, fail, fold_id, parse_params
     from uhop.cli.progress import Reporter
     from uhop.errors import InputError, NoCandidateError, ProblemTooLargeError, UnknownOpError
@@ -100,6 +102,17 @@ def tune_command(
         raise fail(f"--budget must be >= 1 evaluations, got {budget}")
     if policy not in ("tune", "fast"):
         raise fail(f"--policy must be tune or fast, got {policy!r}")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise fail(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+    if device.startswith("cuda"):
+        n = _cuda_devices()
+        index = int(device.partition(":")[2] or 0)
+        if index >= n:
+            raise fail(f"--device {device}: " + (f"this machine has {n} CUDA device(s) (cuda:0..cuda:{n - 1})" if n
+                                                  else "torch sees no CUDA device on this machine"))  # fmt: skip
+    unknown = [b for b in backend if b not in bk.REGISTRY]
+    if unknown:
+        raise fail(f"--backend: unknown {', '.join(map(repr, unknown))}; known: {', '.join(bk.REGISTRY)}")
     if weight_values is not None and len(weight_values) != len(objs):
         raise fail(f"--weights: {len(weight_values)} given for {len(objs)} objectives ({', '.join(objs)})")
     if len(objs) > 1 and strategy is None:
@@ -249,3 +262,12 @@ def _print_explain(console: Console, res) -> None:
         ph = dict(m.phases)
         c.add_row(m.candidate.id, m.status, *(f"{ph[k]:.3f}" if k in ph else "-" for k in cols))
     console.print(c)
+
+
+def _cuda_devices() -> int:
+    """CUDA devices torch sees (0 without torch or a CUDA build)."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -23,7 +23,7 @@ from uhop import backends as bk
 from uhop import metrics
 from uhop.backends.base import Backend, Candidate, Kernel
 from uhop.config import settings
-from uhop.errors import NoCandidateError
+from uhop.errors import InputError, NoCandidateError
 from uhop.measure.bench import Timing, benchmark
 from uhop.measure.validate import ValidationSet, check_kernel
 from uhop.problem import Problem, hardware_fingerprint
@@ -435,6 +435,10 @@ def tune(
         raise ValueError(f"policy must be 'background', 'tune' or 'fast', got {policy!r}")
     if policy == "background":  # a tune() call is the tuning itself: it blocks
         policy = "tune"
+    unknown = [b for b in (tuple(backends) or s.backends) if b not in bk.REGISTRY]
+    if unknown:
+        where = "backends" if backends else "UHOP_BACKENDS"
+        raise InputError(f"{where}: unknown backend(s) {', '.join(map(repr, unknown))}; known: {', '.join(bk.REGISTRY)}")
     store = store or open_store()
     if strategy is not None or executor is not None or resume is not None:
         from uhop.tune.search import search
