@@ -189,7 +189,6 @@ def run_cases(cases: list[Case], budget_s: float = 30.0, console: Any = None,
     import uhop
     from uhop.ops import get as get_op
     from uhop.problem import Problem
-    from uhop.tune.retime import interleaved
     from uhop.tune.tuner import tune
 
     rng = np.random.default_rng(0)
@@ -232,9 +231,7 @@ def run_cases(cases: list[Case], budget_s: float = 30.0, console: Any = None,
 
         lib = _library(known) if known else None
         kernels = [run_uhop, naive] + ([lib[1]] if lib else [])
-        # interleaved rounds (each: the median of three samples of ~50 ms per kernel, in an
-        # order rotated every round), as the tuner's final check times its finalists
-        samples = interleaved(kernels, [sets] * len(kernels), rounds=7, min_time_s=0.05)
+        samples = _interleaved(kernels, sets)
         meds = [float(np.median(s)) for s in samples]
         t_uhop, t_naive = meds[0], meds[1]
         t_lib = meds[2] if lib else None
@@ -263,6 +260,33 @@ def run_cases(cases: list[Case], budget_s: float = 30.0, console: Any = None,
     return rows, machine_info()
 
 
+def _interleaved(kernels: list[Callable[..., Any]], sets: list[list[Any]], rounds: int = 7,
+                 round_s: float = 0.05) -> list[list[float]]:  # fmt: skip
+    """Seconds per call, ``[kernel][round]``: each round times every kernel over about
+    ``round_s`` of calls (rotating input sets), in an order rotated by one each round, so the
+    machine's noise falls on all alike. One warm-up call each, which also sizes the rounds: a
+    slow baseline (numpy attention, the einsum convolution: 0.3-2 s a call) makes 8 calls in all,
+    as a 7-sample benchmark did (``tune.retime.interleaved``'s benchmark per round made 35)."""
+    from time import perf_counter
+
+    per = []
+    for k in kernels:
+        t0 = perf_counter()
+        k(*sets[0])
+        per.append(max(perf_counter() - t0, 1e-7))
+    calls = [max(1, min(10_000, int(round_s / t))) for t in per]
+    out: list[list[float]] = [[] for _ in kernels]
+    n = len(kernels)
+    for r in range(rounds):
+        for j in range(n):
+            i = (j + r) % n
+            t0 = perf_counter()
+            for c in range(calls[i]):
+                kernels[i](*sets[c % len(sets)])
+            out[i].append((perf_counter() - t0) / calls[i])
+    return out
+
+
 def dispatch_overhead(n: int = 20000) -> dict[str, Any]:
     """Per-call cost of a cache hit through ``@uhop.optimize`` over calling the chosen kernel."""
     import uhop
@@ -273,6 +297,8 @@ def dispatch_overhead(n: int = 20000) -> dict[str, Any]:
 
     a = np.random.default_rng(1).uniform(-1, 1, (8, 8)).astype(np.float32)
     b = a.copy()
+    mm(a, b)
+    uhop.wait()  # the tuned kernel, not the interim one, and no tuning running beside the timing
     mm(a, b)
     kernel = next(iter(mm._kernels.values()))
     t_direct = benchmark(kernel, [(a, b)], min_time_s=0.2, repeat=9)
