@@ -173,6 +173,11 @@ _lock = threading.RLock()
 #: kernel replaces them there. Each site: (cache dict, signature, problem, fallback).
 _sites: dict[str, list[tuple[dict[Any, Any], Any, Problem, Callable[..., Any]]]] = {}
 _interim: dict[str, Resolved] = {}
+#: kernels a ``tune()`` call in this process just built, validated and stored: key -> (content
+#: hash, the kernel). The first dispatch of the key serves it when the store still holds that
+#: entry, instead of building it again and re-validating it while a baseline serves (after
+#: ``tune()``, the first 8 calls of a 8192 x 1024 softmax ran at 19 ms, the baseline's, not 2 ms).
+_fresh: dict[str, tuple[str, Resolved]] = {}
 #: kernels swapped in at call sites since start (a background tuning or re-validation ending, a
 #: spot-check fault): what recorded launch sequences (CUDA graphs) re-record on
 _swaps = [0]
@@ -227,6 +232,13 @@ def resolve_interim(problem: Problem, policy: str | None = None) -> tuple[Resolv
         store = open_store()
         entry = store.get(key)
         metrics.store_lookup(problem.op, entry is not None)
+        fresh = _fresh.pop(key, None)
+        if fresh is not None and entry is not None and entry.content_hash == fresh[0] \
+                and Candidate.from_json(entry.candidate) == fresh[1][2]:  # fmt: skip
+            kernel, backend, cand = fresh[1]
+            _resolved[key] = (_spot_checked(kernel, backend, problem, key), backend, cand)
+            metrics.selection(problem.op, cand.backend, entry.policy)
+            return _resolved[key], False
         if entry is not None and policy == "background" and _builds_slowly(entry):
             base = _baseline_kernel(problem)  # the stored JIT kernel is loaded off the caller's path
             if base is not None:
@@ -255,6 +267,7 @@ def resolve_interim(problem: Problem, policy: str | None = None) -> tuple[Resolv
 
         res = tune(problem=problem, policy=policy, store=store)
         assert res.kernel is not None and res.backend is not None and res.served is not None
+        _fresh.pop(key, None)
         _resolved[key] = (_spot_checked(res.kernel, res.backend, problem, key), res.backend, res.served)
         metrics.selection(problem.op, res.served.backend, res.policy)
         return _resolved[key], False
@@ -612,6 +625,14 @@ def clear_process_cache() -> None:
         _interim.clear()
         _sites.clear()
         _direct_cache.clear()
+        _fresh.clear()
+
+
+def note_tuned(key: str, content_hash: str, got: Resolved) -> None:
+    """A ``tune()`` call of this process stored ``got`` for ``key`` (see :data:`_fresh`)."""
+    with _lock:
+        if key not in _resolved and key not in _interim:  # not dispatch's own tuning (it serves its result)
+            _fresh[key] = (content_hash, got)
 
 
 # ---- uhop.ops.<op>(...) -------------------------------------------------------------------

@@ -639,6 +639,10 @@ def _budgeted(
     if kernel is None:  # validated in the worker; the same build serves here
         kernel = backend.compile(served, problem)
     _loaded_here.add(backend.name)
+    if entry is not None and entry.content_hash:  # this process's dispatch serves it as built
+        from uhop.dispatch import note_tuned
+
+        note_tuned(key, entry.content_hash, (kernel, backend, served))
     overhead["total"] = time.monotonic() - t_start
     log.info("tuned %s in %.2f s: %s%s", problem.describe(), overhead["total"], served.id,
              f" ({best.median_s * 1e3:.4g} ms)" if med else "", extra={"uhop_overhead": dict(overhead)})  # fmt: skip
