@@ -122,7 +122,9 @@ def test_a_tuning_run_on_device_trials_validates_every_backend(monkeypatch, tmp_
     with config.override(isolate="never"):
         res = tune(problem=p, policy="tune", store=open_store(), budget_s=20)
     assert made and all(t is not None for t in made)
-    ok = [m for m in res.measurements if m.ok]
+    # validated on the device trials: ok, or too slow at its first timed call (validation comes
+    # first; whether torch's softmax is within 3x of numba's 72 us here is the machine's load)
+    ok = [m for m in res.measurements if m.ok or (m.status == "too-slow" and "not validated" not in m.reason)]
     assert len({m.candidate.backend for m in ok}) >= 2, [(m.candidate.id, m.status, m.reason) for m in res.measurements]
     x = torch.randn(256, 1000)
     torch.testing.assert_close(torch.as_tensor(res.kernel(x)), torch.softmax(x, -1), rtol=1e-5, atol=1e-6)
