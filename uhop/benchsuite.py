@@ -1,6 +1,6 @@
 """``uhop bench``: UHOP vs the naive eager baseline vs the library baseline, in one run.
 
-Every row times three things with the one benchmark function on the same inputs:
+Every row times three things on the same inputs:
 ``naive`` (the plain numpy formula a user would write), ``library`` (the vendor path UHOP could
 have picked itself: numpy/OpenBLAS for GEMM, torch's CPU kernels where torch is installed), and
 ``uhop`` (the public entry point, ``uhop.ops.<op>``, dispatch overhead included), interleaved
