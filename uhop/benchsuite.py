@@ -138,10 +138,10 @@ def custom_case(op: str, shape: str, params: dict[str, Any] | None = None, arity
 
     spec = get_op(op)
     params = dict(params or {})
-    arity = len(spec.inputs) if arity is None else arity
     if dtype not in ("float32", "float64"):
         raise InputError(f"dtype must be float32 or float64 for `uhop bench` (numpy baselines), got {dtype!r}")
-    Problem.make(op, spec.parse_shape(shape), dtype, params, arity)  # validates all of it
+    # validates all of it; the problem's default arity leaves optional inputs out (matmul's bias)
+    arity = Problem.make(op, spec.parse_shape(shape), dtype, params, arity).arity
     baseline = next((c.name for c in SUITES["cpu"] if (c.op, c.params, c.arity) == (op, params, arity)
                      and (op != "elementwise")), "")  # fmt: skip
     name = " ".join([op, *(f"{k}={v}" for k, v in params.items())])

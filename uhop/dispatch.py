@@ -27,11 +27,10 @@ from uhop import metrics
 from uhop import ops as _ops
 from uhop.backends.base import Backend, Candidate, Kernel
 from uhop.config import settings
-from uhop.errors import EmptyInput, InputError, NoCandidateError, UhopWarning
+from uhop.errors import EmptyInput, InputError, NoCandidateError, UhopWarning, UnsupportedInput
 from uhop.measure.validate import ValidationSet, agrees, check_kernel
 from uhop.ops import get as get_op
 from uhop.ops.base import Op, dtype_name, is_array
-from uhop.ops.elementwise import UnsupportedInput
 from uhop.ops.expr import TraceError, trace
 from uhop.problem import Problem
 
@@ -768,24 +767,15 @@ def _empty_result(spec: Op, *args: Any, params: Mapping[str, Any], why: EmptyInp
     device); a non-empty one (a matmul with K = 0: zeros) comes from the reference. No tuning,
     nothing stored. Where the reference has no value (attention over zero keys) the call raises
     ``InputError`` naming the empty input."""
-    from uhop.ops.base import result_dtype
-
     p = spec.normalize_params(params)
-    given = [a for a in args if a is not None]
-    shape = tuple(spec.output_shape([tuple(a.shape) for a in given], p))
-    dt = result_dtype(args) or dtype_name(given[0])
-    if 0 not in shape:
-        try:
-            with np.errstate(all="ignore"):
-                return _reference_call(spec, args, params)
-        except (ValueError, IndexError) as exc:
-            raise InputError(f"{why}: the op has no value for it ({exc})") from None
-    array, _ = _array_kind(args)
-    if array == "torch":
-        import torch
-
-        return torch.empty(shape, dtype=getattr(torch, dt), device=given[0].device)
-    return np.empty(shape, dtype=dt)
+    shape = tuple(spec.output_shape([tuple(a.shape) for a in args if a is not None], p))
+    if 0 in shape:
+        return _as_callers(np.empty(shape), args)
+    try:
+        with np.errstate(all="ignore"):
+            return _reference_call(spec, args, params)
+    except (ValueError, IndexError) as exc:
+        raise InputError(f"{why}: the op has no value for it ({exc})") from None
 
 
 def _as_written(spec: Op, args: Sequence[Any], params: Mapping[str, Any], why: Exception) -> Callable[..., Any]:
@@ -808,16 +798,22 @@ def _as_written(spec: Op, args: Sequence[Any], params: Mapping[str, Any], why: E
 def _reference_call(spec: Op, args: Sequence[Any], params: Mapping[str, Any]) -> Any:
     """The float64 reference, returned in the dtype the inputs' library gives (UHOP_DISABLE=1, or
     inputs UHOP's kernels don't take, such as a column vector in an elementwise chain)."""
-    from uhop.ops.base import as_f64, result_dtype
+    from uhop.ops.base import as_f64
 
-    p = spec.normalize_params(params)
-    array, _ = _array_kind(args)
-    out = spec.reference(*[as_f64(a) for a in args], **p)
-    dt = result_dtype(args) or dtype_name(next(a for a in args if a is not None))
-    if array == "torch":
+    out = spec.reference(*[as_f64(a) for a in args], **spec.normalize_params(params))
+    return _as_callers(out, args)
+
+
+def _as_callers(out: np.ndarray, args: Sequence[Any]) -> Any:
+    """A numpy result in the inputs' library, result dtype and device."""
+    from uhop.ops.base import result_dtype
+
+    first = next(a for a in args if a is not None)
+    dt = result_dtype(args) or dtype_name(first)
+    if _array_kind(args)[0] == "torch":
         import torch
 
-        return torch.from_numpy(out).to(dtype=getattr(torch, dt), device=next(a for a in args if a is not None).device)
+        return torch.from_numpy(out).to(dtype=getattr(torch, dt), device=first.device)
     return out.astype(dt)
 
 

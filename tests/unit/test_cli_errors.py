@@ -258,6 +258,11 @@ def test_bench_one_op_of_the_users_own(capsys):
     assert row["name"] == "matmul activation=relu" and "float64" in row["problem"]
     assert row["naive"] == "op reference (numpy)" and row["library"] is None and row["speedup_vs_library"] is None
     assert row["uhop_s"] > 0 and row["naive_s"] > 0
+    from uhop.benchsuite import custom_case
+
+    # the problem's default arity (was every input: a matmul with a bias, attention with a mask)
+    assert (custom_case("matmul", "8x8x8").arity, custom_case("matmul", "8x8x8").baseline) == (2, "matmul")
+    assert custom_case("attention", "1x2x16x8", {"causal": True}).baseline == "attention_causal"
 
 
 def test_tune_names_an_unknown_backend(monkeypatch):

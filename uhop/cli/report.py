@@ -12,7 +12,7 @@ app = typer.Typer(help="Write the dashboard's views as one self-contained HTML f
 @app.callback(invoke_without_command=True)
 def report(
     path: Path | None = typer.Argument(None, help="HTML file to write (as --out)."),
-    out: Path = typer.Option(Path("report.html"), "--out", "-o", help="HTML file to write."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="HTML file to write (default report.html)."),
     since: str | None = typer.Option(None, "--since", help="Only what changed since: 24h, 7d, 2026-12-01 or Unix seconds."),
     store: str | None = typer.Option(None, "--store", help="Store URL (default UHOP_STORE or SQLite under UHOP_HOME)."),
 ) -> None:
@@ -21,10 +21,9 @@ def report(
     from uhop.config import settings
     from uhop.report import parse_since, write_report
 
-    if path is not None:
-        if out != Path("report.html"):
-            raise fail(f"give the file once: {path} or --out {out}")
-        out = path
+    if path is not None and out is not None:
+        raise fail(f"give the file once: {path} or --out {out}")
+    out = path or out or Path("report.html")
     try:
         t = parse_since(since)
         path = write_report(store or settings().resolved_store_url, out, t)
