@@ -264,6 +264,7 @@ class Worker:
         except ts.BrokerError as exc:
             raise Fault("crash", f"tool broker: {exc}") from None
         ts.install_triton(ts.SubprocessShim(self.tools))
+        _warm_triton_compiler()
         return ["tools"]
 
     def cmd_put(self, header, blobs):
@@ -429,6 +430,39 @@ def _readonly_many(xs: list) -> list:
     for a in out:
         a.flags.writeable = False
     return out
+
+
+def _warm_triton_compiler() -> bool:
+    """Run Triton's first MLIR pass pipeline once, in the trusted phase. LLVM installs its signal
+    handlers (SIGHUP, SIGQUIT, SIGTERM, SIGUSR1/2, SIGSYS, SIGXCPU, SIGXFSZ) the first time a
+    process compiles; a Triton kernel's first call compiles, so without this the side-effect
+    check charged an honest kernel with "changed signal handlers" (every Triton CUDA kernel file
+    failed on the H100, 2026-12-07). The baseline taken after load holds them instead. Costs a
+    few ms; a Triton without these internals leaves the check as it was."""
+    try:
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler.compiler import ASTSource, make_backend
+        from triton._C.libtriton import ir
+
+        @triton.jit
+        def _noop(x_ptr):
+            pass
+
+        src = ASTSource(_noop, signature={"x_ptr": "*fp32"})
+        backend = make_backend(GPUTarget("cuda", 80, 32))
+        options = backend.parse_options({})
+        stages: dict = {}
+        backend.add_stages(stages, options, src.language)
+        ctx = ir.context()
+        ir.load_dialects(ctx)
+        backend.load_dialects(ctx)
+        mod = src.make_ir(GPUTarget("cuda", 80, 32), options, backend.get_codegen_implementation(options),
+                          backend.get_module_map(), ctx)
+        stages["ttir"](mod, {})
+        return True
+    except Exception:
+        return False
 
 
 _WATCHED = ("SIGALRM", "SIGVTALRM", "SIGPROF", "SIGUSR1", "SIGUSR2", "SIGIO", "SIGCHLD", "SIGSEGV", "SIGBUS")
