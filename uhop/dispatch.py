@@ -574,10 +574,17 @@ def _adapt(kernel: Kernel, backend: Backend, problem: Problem) -> Kernel:
     if problem.array == "torch":
         import torch
 
-        def from_numpy_kernel(*args: Any) -> Any:
-            return torch.from_numpy(kernel(*[to(a, dev) for a in args]))
+        if dev == "cpu":
 
-        return from_numpy_kernel
+            def from_numpy_kernel(*args: Any) -> Any:
+                return torch.from_numpy(kernel(*[to(a, dev) for a in args]))
+
+            return from_numpy_kernel
+
+        def to_device_kernel(*args: Any) -> Any:  # a sandboxed user kernel of a CUDA problem
+            return torch.from_numpy(kernel(*[to(a, dev) for a in args])).to(dev)
+
+        return to_device_kernel
 
     if dev == "cpu":  # the common case, kept to two C calls per argument
         from torch import from_numpy

@@ -51,3 +51,35 @@ def test_cuda_host_memory_is_polled(tmp_path):
     )
     res = check_file(f, limits=Limits(wall_s=60, memory_bytes=1 << 30), time_it=False)
     assert res.category == "memory", res.line()
+
+
+def test_registered_triton_cuda_kernel_is_tuned_and_served(monkeypatch, uhop_home):
+    """A user's flow on a GPU: ``uhop kernel add`` a Triton CUDA file, then a tuning run of a
+    CUDA problem it serves evaluates it in the sandbox (validated and timed, not an error), and
+    ``uhop.ops`` serves whatever the store holds with float64-correct results."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    import uhop
+    from uhop.backends import user
+    from uhop.problem import Problem
+    from uhop.tune.tuner import tune
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    cmd = [sys.executable, "-c", "import sys; from uhop.cli import main; sys.argv[0] = 'uhop'; main()"]
+    r = subprocess.run([*cmd, "kernel", "add", str(HONEST / "softmax_triton_cuda.py")], capture_output=True,
+                       text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert len(user.list_kernels("softmax")) == 1
+    prob = Problem.make("softmax", {"R": 512, "N": 1000}, "float32", device="cuda:0", array="torch")
+    res = tune(problem=prob, budget_s=30.0, force=True, backends=("torch", "triton", "user"))
+    (m,) = [m for m in res.measurements if m.candidate.backend == "user"]
+    assert m.status in ("ok", "too-slow"), (m.status, m.reason)
+    assert m.median_s > 0
+    x = torch.randn(512, 1000, device="cuda")
+    y = uhop.ops.softmax(x)
+    x64 = x.double().cpu().numpy()
+    e = np.exp(x64 - x64.max(-1, keepdims=True))
+    np.testing.assert_allclose(y.cpu().numpy(), e / e.sum(-1, keepdims=True), rtol=1e-5, atol=1e-6)

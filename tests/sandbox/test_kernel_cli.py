@@ -121,3 +121,28 @@ def test_a_registered_kernel_is_evaluated_before_the_budget_runs_out(uhop_home):
     assert m.median_s > 0
     order = [x.candidate.backend for x in res.measurements]
     assert order.index("user") <= 2, order  # the baseline (and a lead candidate) before it
+
+
+def test_a_registered_numpy_kernel_serves_torch_callers(uhop_home):
+    """A registered file is a candidate for every problem of its op on its device, whatever array
+    library the caller uses: a torch CPU caller's problem evaluates it (it was never offered), timed
+    inside the conversions dispatch wraps around it, and the served result is a torch tensor."""
+    import numpy as np
+    import torch
+
+    from uhop.dispatch import _adapt
+    from uhop.tune.tuner import tune
+
+    assert runner.invoke(app, ["add", str(HERE / "honest" / "softmax_numpy.py")]).exit_code == 0
+    prob = Problem.make("softmax", {"R": 64, "N": 333}, "float32", array="torch")
+    res = tune(problem=prob, budget_s=5.0, force=True, backends=("torch", "user"))
+    (m,) = [m for m in res.measurements if m.candidate.backend == "user"]
+    assert m.status in ("ok", "too-slow"), (m.status, m.reason)
+    b = user.UserKernelBackend()
+    k = _adapt(b.compile(b.candidates(prob)[0], prob), b, prob)
+    x = torch.randn(64, 333)
+    y = k(x)
+    assert isinstance(y, torch.Tensor)
+    x64 = x.double().numpy()
+    e = np.exp(x64 - x64.max(-1, keepdims=True))
+    np.testing.assert_allclose(y.numpy(), e / e.sum(-1, keepdims=True), rtol=1e-5, atol=1e-6)

@@ -133,9 +133,6 @@ class UserKernelBackend(Backend):
         iso = resolve_isolation()  # raises SandboxUnavailable: reported as the reason
         return True, f"{len(list_kernels())} kernel file(s) in {kernels_dir()}; sandbox: {iso}"
 
-    def supports(self, problem: Problem) -> bool:
-        return super().supports(problem) and problem.array == "numpy"
-
     def candidates(self, problem: Problem) -> list[Candidate]:
         return [
             Candidate.of("user", kf.sha256[:16], file=kf.path.name)

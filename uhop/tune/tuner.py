@@ -292,9 +292,10 @@ def as_called(kernel: Kernel, backend: Backend, problem: Problem, vset: Any) -> 
     kernel of another library than the caller's (a numpy kernel serving torch CPU tensors) is
     timed inside the conversions dispatch wraps around it (:func:`uhop.dispatch._adapt`). On small
     problems they are most of the call: a 4x4 matmul through a numpy kernel took 12 us from torch
-    tensors (torch's own 1.8 us) while the kernel alone timed on a par with torch's."""
+    tensors (torch's own 1.8 us) while the kernel alone timed on a par with torch's. A sandboxed
+    user kernel serving CUDA tensors is timed with its copies to the host and back."""
     array = backend.array
-    if problem.device == "cpu" and backend.array != problem.array:
+    if backend.array != problem.array:
         from uhop.dispatch import _adapt
 
         kernel, array = _adapt(kernel, backend, problem), problem.array
