@@ -185,7 +185,7 @@ def generate(
         raise ValueError("give exactly one of shape (e.g. '256x256x256') or dims")
     spec = get_op(op)
     problem = Problem.make(op, dict(dims) if dims is not None else spec.parse_shape(shape), dtype, dict(params or {}),
-                           device=device)  # fmt: skip
+                           device=device, array="numpy" if device == "cpu" else "torch")  # fmt: skip
     options = options or FactoryOptions()
     cfg = provider or ProviderConfig.resolve(**provider_flags)
     client = Provider(cfg)
