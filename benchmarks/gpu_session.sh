@@ -5,7 +5,8 @@
 #   run(command="bash benchmarks/gpu_session.sh tuner-a", carry=[".whl"])
 #
 # .whl/ holds wheels for the GPU machine's Python (3.12) that it lacks (pydantic and its deps,
-# platformdirs): `pip download --python-version 3.12 --only-binary :all: -d .whl pydantic platformdirs`.
+# platformdirs; openai for tests/ai): `pip download --python-version 3.12 --only-binary :all: -d .whl pydantic platformdirs openai`
+# (then remove typing_extensions from .whl: the machine's own is newer).
 # Stages, most important first:
 #   first                        #19 managed memory + #13 --explain of a GPU tuning run + tuner-a
 #   next                         the cases the seventh session's changes touch (9 min)
