@@ -181,6 +181,30 @@ def _dist_versions() -> dict[str, str]:
 
 
 @functools.cache
+def cuda_device_count() -> int:
+    """CUDA devices torch sees (0 without torch or a CUDA build)."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def require_device(device: str, name: str = "device") -> str:
+    """``device`` if this machine has it (``cpu``, ``cuda`` or ``cuda:N``), else an
+    :class:`InputError` naming ``name`` and what exists here."""
+    import re
+
+    if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise InputError(f"{name} must be cpu, cuda or cuda:N, got {device!r}")
+    if device.startswith("cuda"):
+        n = cuda_device_count()
+        if int(device.partition(":")[2] or 0) >= n:
+            raise InputError(f"{name} {device}: " + (f"this machine has {n} CUDA device(s) (cuda:0..cuda:{n - 1})" if n
+                                                      else "torch sees no CUDA device on this machine"))  # fmt: skip
+    return device
+
+
 def hardware_fingerprint(device: str = "cpu") -> dict[str, Any]:
     """What must match for a stored kernel to be served: device identity and the versions of
     everything that changes the generated code or the library paths it calls."""

@@ -167,6 +167,30 @@ def test_provider_failures_are_attempts_and_loop_goes_on(fake, baseline):
     assert doc["rejected_by_category"]["timeout"] == 2 and doc["validated"] == 0
 
 
+def test_an_unreachable_provider_stops_the_run_after_one_attempt():
+    """Connection refused through every retry: the next request would be refused too (the run
+    made every request of every round before, 44 s for 2 x 2 on a closed port)."""
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    res = generate("softmax", SHAPE, rounds=2, variants=2, options=FactoryOptions(baseline="store"),
+                   base_url=f"http://127.0.0.1:{port}/v1", model="m", api_key="k", timeout_s=2.0, max_retries=1,
+                   backoff_s=0.01)  # fmt: skip
+    assert [a.category for a in res.attempts] == ["connection"]
+    assert res.stopped.startswith(f"provider unreachable at 127.0.0.1:{port}")
+
+
+def test_a_device_this_machine_lacks_is_refused_before_any_request(fake):
+    from uhop.errors import InputError
+
+    for device, expected in (("tpu", "must be cpu, cuda or cuda:N"), ("cuda:7", "cuda:7")):
+        with pytest.raises(InputError, match=expected):
+            _run(fake, device=device)
+    assert fake.requests == []
+
+
 def test_budget_stops_the_run(fake):
     fake.push(code_reply(WRONG), code_reply(WRONG), code_reply(WRONG))
     res = _run(fake, rounds=3, variants=1, budget=Budget(max_tokens=1))

@@ -146,3 +146,17 @@ def test_a_registered_numpy_kernel_serves_torch_callers(uhop_home):
     x64 = x.double().numpy()
     e = np.exp(x64 - x64.max(-1, keepdims=True))
     np.testing.assert_allclose(y.numpy(), e / e.sum(-1, keepdims=True), rtol=1e-5, atol=1e-6)
+
+
+def test_a_cuda_file_on_a_machine_without_cuda_is_a_usage_error():
+    """Not "rejected: crash: AssertionError: Torch not compiled with CUDA enabled": the machine
+    lacks what the file needs, the file is not at fault (exit 2, the reason named)."""
+    import pytest
+
+    from uhop.problem import cuda_device_count
+
+    if cuda_device_count():
+        pytest.skip("this machine has a CUDA device")
+    r = runner.invoke(app, ["check", str(HERE / "honest" / "softmax_torch_cuda.py")])
+    assert r.exit_code == 2, r.output
+    assert "DEVICE = 'cuda'" in r.output and "no CUDA device" in r.output

@@ -183,6 +183,9 @@ def generate(
         raise ValueError(f"rounds and variants must be >= 1, got rounds={rounds}, variants={variants}")
     if (shape is None) == (dims is None):
         raise ValueError("give exactly one of shape (e.g. '256x256x256') or dims")
+    from uhop.problem import require_device
+
+    require_device(device)  # before any request: a run for a device this machine lacks costs tokens for nothing
     spec = get_op(op)
     problem = Problem.make(op, dict(dims) if dims is not None else spec.parse_shape(shape), dtype, dict(params or {}),
                            device=device, array="numpy" if device == "cpu" else "torch")  # fmt: skip
@@ -260,6 +263,9 @@ def generate(
                 progress(a)
             if row["category"] == "client-error":  # a bad key or model name: every request would fail alike
                 stopped = f"provider refused the request: {row['reason']}"
+                break
+            if row["category"] == "connection":  # unreachable through every retry: so would the next request be
+                stopped = f"provider unreachable at {endpoint}: {row['reason']}"
                 break
         if stopped:
             break

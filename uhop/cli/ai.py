@@ -83,6 +83,13 @@ def generate_cmd(
             raise _usage(f"--param must be NAME=VALUE, got {p!r}")
         k, v = p.split("=", 1)
         params[k] = v
+    from uhop.errors import InputError
+    from uhop.problem import require_device
+
+    try:
+        require_device(device, "--device")
+    except InputError as exc:
+        raise _usage(str(exc)) from None
     if cost_budget is not None and not (price_in or price_out):
         raise _usage("--cost-budget needs --price-in/--price-out (USD per million tokens)")
     try:

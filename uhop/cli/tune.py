@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 
 import typer
@@ -83,7 +82,7 @@ def tune_command(
     from uhop.errors import InputError, NoCandidateError, ProblemTooLargeError, UnknownOpError
     from uhop.limits import check_fits
     from uhop.ops import get as get_op
-    from uhop.problem import Problem
+    from uhop.problem import Problem, require_device
     from uhop.tune.tuner import tune
 
     console = Console()
@@ -102,14 +101,10 @@ def tune_command(
         raise fail(f"--budget must be >= 1 evaluations, got {budget}")
     if policy not in ("tune", "fast"):
         raise fail(f"--policy must be tune or fast, got {policy!r}")
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
-        raise fail(f"--device must be cpu, cuda or cuda:N, got {device!r}")
-    if device.startswith("cuda"):
-        n = _cuda_devices()
-        index = int(device.partition(":")[2] or 0)
-        if index >= n:
-            raise fail(f"--device {device}: " + (f"this machine has {n} CUDA device(s) (cuda:0..cuda:{n - 1})" if n
-                                                  else "torch sees no CUDA device on this machine"))  # fmt: skip
+    try:
+        require_device(device, "--device")
+    except InputError as exc:
+        raise fail(str(exc)) from None
     unknown = [b for b in backend if b not in bk.REGISTRY]
     if unknown:
         raise fail(f"--backend: unknown {', '.join(map(repr, unknown))}; known: {', '.join(bk.REGISTRY)}")
@@ -263,11 +258,3 @@ def _print_explain(console: Console, res) -> None:
         c.add_row(m.candidate.id, m.status, *(f"{ph[k]:.3f}" if k in ph else "-" for k in cols))
     console.print(c)
 
-
-def _cuda_devices() -> int:
-    """CUDA devices torch sees (0 without torch or a CUDA build)."""
-    try:
-        import torch
-    except ImportError:
-        return 0
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -35,11 +35,11 @@ from uhop import metrics
 from uhop.measure.validate import DISTRIBUTIONS, Trial, ValidationSet, compare, reference_on, round_inputs
 from uhop.ops import get as get_op
 from uhop.ops.base import as_f64
-from uhop.problem import Problem
+from uhop.problem import Problem, cuda_device_count
 from uhop.sandbox.child import digest as child_digest
 from uhop.sandbox.inputs import draw, validation_set
 from uhop.sandbox.kernelfile import KernelFile, KernelFileError, StaticPolicy, load
-from uhop.sandbox.worker import Limits, SandboxFault, Worker, WorkerPool, pool
+from uhop.sandbox.worker import Limits, SandboxFault, SandboxUnavailable, Worker, WorkerPool, pool
 
 _perf = time.perf_counter
 
@@ -415,6 +415,9 @@ def check(
     if not problems:
         raise ValueError("problems must hold at least one Problem")
     base = dict(path=str(kf.path), op=kf.op, sha256=kf.sha256, shapes=tuple(p.describe() for p in problems))
+    if kf.device == "cuda" and not cuda_device_count():  # the machine's limit, not the candidate's fault
+        raise SandboxUnavailable(f"{kf.path.name} runs on CUDA (DEVICE = 'cuda'); torch sees no CUDA device on this "
+                                 "machine: check it where there is a GPU")  # fmt: skip
     # the references: computed here, before any candidate code runs anywhere; several
     # distributions and scales with secret parameters (right only on [-1, 1) fails) and special
     # values where the op defines them (right only for finite inputs fails)
