@@ -162,8 +162,9 @@ def bench(
     shape: str | None = typer.Option(None, "--shape", "-s", help="With OP: dims in the op's order (`uhop ops`), e.g. 512x512x512."),
     param: list[str] = typer.Option([], "--param", "-p", help="With OP: op parameter NAME=VALUE (repeatable)."),
     arity: int | None = typer.Option(None, help="With OP: number of inputs (e.g. 3 for matmul with bias)."),
-    dtype: str = typer.Option("float32", "--dtype", help="With OP: float32 or float64."),
-    suite: str = typer.Option("cpu", help="Suite: 'cpu' (default), or 'quick' (small shapes, for CI)."),
+    dtype: str = typer.Option("float32", "--dtype", help="With OP: float32 or float64 (on a GPU: float32, float16 or bfloat16)."),
+    suite: str | None = typer.Option(None, help="Suite: 'cpu' (the default on a CPU), 'gpu' (bf16, the default with --device cuda), or 'quick' (small shapes, for CI)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N: on a GPU the baselines are torch eager and torch.compile."),
     json_out: str | None = typer.Option(None, "--json", help="Write results as JSON to this file ('-': stdout, no table)."),
     budget: float = typer.Option(30.0, help="Tuning budget per problem, seconds."),
     plot: Path | None = typer.Option(None, "--plot", help="Write a plot (.svg, or .png): UHOP vs the baselines per case."),
@@ -172,7 +173,15 @@ def bench(
     or one op of your own (`uhop bench softmax --shape 4096x1000`)."""
     from uhop.benchsuite import SUITES, custom_case, print_table, run_cases, run_suite
     from uhop.errors import UhopError
+    from uhop.problem import require_device
 
+    try:
+        require_device(device, "--device")
+    except UhopError as exc:
+        raise fail(str(exc)) from None
+    suite = suite or ("cpu" if device == "cpu" else "gpu")
+    if suite == "gpu" and device == "cpu":
+        raise fail("--suite gpu runs on a CUDA device: add --device cuda")
     if suite not in SUITES:
         raise fail(f"--suite must be one of {', '.join(SUITES)}, got {suite!r}")
     if budget <= 0:
@@ -184,7 +193,7 @@ def bench(
         if shape is None:
             raise fail(f"give the problem's dims: `uhop bench {op} --shape DIMS` (`uhop ops` lists each op's dims)")
         try:
-            case = custom_case(op, shape, parse_params(param), arity, dtype)
+            case = custom_case(op, shape, parse_params(param), arity, dtype, device)
         except UhopError as exc:
             raise fail(str(exc)) from None
     to_stdout = json_out == "-"
@@ -192,7 +201,7 @@ def bench(
     if case is not None:
         rows, meta = run_cases([case], budget_s=budget, console=out, overhead=False)
     else:
-        rows, meta = run_suite(suite, budget_s=budget, console=out)
+        rows, meta = run_suite(suite, budget_s=budget, console=out, device=device)
     if plot is not None:
         from uhop.report import bench_plot, write_plot
 

@@ -441,9 +441,9 @@ def _warm_triton_compiler() -> bool:
     few ms; a Triton without these internals leaves the check as it was."""
     try:
         import triton
+        from triton._C.libtriton import ir
         from triton.backends.compiler import GPUTarget
         from triton.compiler.compiler import ASTSource, make_backend
-        from triton._C.libtriton import ir
 
         @triton.jit
         def _noop(x_ptr):
