@@ -82,7 +82,7 @@ class Problem:
             params=tuple(sorted(p.items())),
             arity=n,
             layout=layout,
-            device=device,
+            device=_indexed(device),
             array=array,
         )
 
@@ -181,6 +181,21 @@ def _dist_versions() -> dict[str, str]:
 
 
 @functools.cache
+def _indexed(device: str) -> str:
+    """``cuda`` as the device it means, ``cuda:N`` (torch's current device): a tensor's device
+    always carries its index, so a problem made for ``cuda`` (``uhop tune --device cuda``,
+    ``uhop bench --device cuda``) had a key of its own and its kernel never served a caller
+    (``uhop bench`` tuned every GPU case twice)."""
+    if device != "cuda":
+        return device
+    try:
+        import torch
+
+        return f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cuda:0"
+    except ImportError:
+        return "cuda:0"
+
+
 def cuda_device_count() -> int:
     """CUDA devices torch sees (0 without torch or a CUDA build)."""
     try:

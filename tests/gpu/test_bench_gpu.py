@@ -28,3 +28,25 @@ def test_cli_on_the_gpu(capsys):
     doc = json.loads(capsys.readouterr().out)
     (row,) = doc["results"]
     assert row["speedup_vs_naive"] > 0 and row["speedup_vs_library"] > 0
+
+
+def test_cli_tuned_for_cuda_serves_a_cuda_caller_in_a_new_process(tmp_path):
+    """``uhop tune ... --device cuda``, then ``uhop.ops`` on a CUDA tensor in a new process: no
+    second tuning (the entry was keyed ``cuda``, callers ask for ``cuda:0``)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "UHOP_HOME": str(tmp_path), "UHOP_TUNE_BUDGET_S": "10"}
+    env.pop("UHOP_POLICY", None)
+    p = subprocess.run([sys.executable, "-m", "uhop", "tune", "softmax", "--shape", "1024x1000", "--device", "cuda"],
+                       env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-2000:]
+    script = ("import json, torch, uhop\nfrom uhop.store import open_store\n"
+              "uhop.ops.softmax(torch.randn(1024, 1000, device='cuda'))\nuhop.wait()\n"
+              "print(json.dumps([(e.key, len(open_store().measurements(e.key))) for e in open_store().entries('softmax')]))")  # fmt: skip
+    before = subprocess.run([sys.executable, "-c", script.replace("uhop.ops.softmax", "0 and uhop.ops.softmax")],
+                            env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    after = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert after.returncode == 0, after.stderr[-2000:]
+    assert json.loads(after.stdout.strip().splitlines()[-1]) == json.loads(before.stdout.strip().splitlines()[-1])

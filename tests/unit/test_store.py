@@ -198,3 +198,14 @@ def test_keys_and_content_hashes_are_deterministic_across_processes(monkeypatch)
     backend = bk.get("numpy")
     monkeypatch.setattr(type(backend), "source_modules", ("uhop.backends.torch",), raising=False)
     assert content_hash(Candidate.of("numpy", "blocked", block=64), key, backend) != h
+
+
+def test_a_problem_made_for_cuda_is_the_indexed_device_callers_have():
+    """A tensor's device carries its index: ``uhop tune --device cuda`` stored under a key no
+    caller ever asked for (and ``uhop bench --device cuda`` tuned every case twice)."""
+    from uhop.problem import Problem
+
+    a = Problem.make("softmax", {"R": 8, "N": 16}, "float32", device="cuda", array="torch")
+    b = Problem.make("softmax", {"R": 8, "N": 16}, "float32", device="cuda:0", array="torch")
+    assert a.device.startswith("cuda:") and (a.device != "cuda:0" or a.key() == b.key())
+    assert Problem.make("softmax", {"R": 8, "N": 16}, "float32").device == "cpu"
