@@ -24,6 +24,12 @@ class EmptyInput(UnsupportedInput):
     written, neither tunes nor stores anything."""
 
 
+class UnsupportedDtype(InputError):
+    """Inputs of dtypes the op's kernels do not take (integers, mixed float dtypes): ``uhop.ops``
+    raises it; a decorated function runs as written for that signature, with one ``UhopWarning``
+    (its own code says what such inputs mean: ``a @ b`` of integer matrices works undecorated)."""
+
+
 class UnknownOpError(UhopError, KeyError):
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
         return str(self.args[0]) if self.args else ""

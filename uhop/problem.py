@@ -180,7 +180,6 @@ def _dist_versions() -> dict[str, str]:
     return out
 
 
-@functools.cache
 def _indexed(device: str) -> str:
     """``cuda`` as the device it means, ``cuda:N`` (torch's current device): a tensor's device
     always carries its index, so a problem made for ``cuda`` (``uhop tune --device cuda``,
@@ -220,6 +219,7 @@ def require_device(device: str, name: str = "device") -> str:
     return device
 
 
+@functools.cache
 def hardware_fingerprint(device: str = "cpu") -> dict[str, Any]:
     """What must match for a stored kernel to be served: device identity and the versions of
     everything that changes the generated code or the library paths it calls."""

@@ -127,8 +127,36 @@ def test_bad_input_to_decorated_function_is_clear():
     with pytest.raises(InputError, match=r"a's last dim \(K=5\)"):
         mm(f32(4, 5), f32(6, 3))
     assert mm(np.ones((0, 5), np.float32), f32(5, 3)).shape == (0, 3)  # valid: called as written
-    with pytest.raises(InputError, match="dtype int64"):
-        mm(np.ones((4, 5), np.int64), np.ones((5, 3), np.int64))
+    # integer matrices: the function's own code says what they mean (a @ b works undecorated)
+    ai, bi = np.arange(20).reshape(4, 5), np.arange(15).reshape(5, 3)
+    with pytest.warns(UhopWarning, match="dtype int64.*as written"):
+        out = mm(ai, bi)
+    assert out.dtype == np.int64 and (out == ai @ bi).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert (mm(ai + 1, bi) == (ai + 1) @ bi).all()  # same signature: no new warning
+    with pytest.raises(InputError, match="dtype int64"):  # uhop.ops has no function of the user's to run
+        uhop.ops.matmul(ai, bi)
+
+
+def test_decorated_function_with_inputs_of_mixed_dtypes_runs_as_written():
+    """Issue #16: inputs of mixed dtypes raised instead of falling back (a float64 weight next
+    to float32 activations in real model code)."""
+
+    @uhop.optimize("layernorm")
+    def ln(x, w, b, eps=1e-5):
+        m = x.mean(-1, keepdims=True)
+        v = ((x - m) ** 2).mean(-1, keepdims=True)
+        return (x - m) / np.sqrt(v + eps) * w + b
+
+    x = f32(16, 40)
+    w, b = rng.standard_normal(40), rng.standard_normal(40)  # float64
+    with pytest.warns(UhopWarning, match="as written"):
+        out = ln(x, w, b)
+    np.testing.assert_allclose(out, ln.__wrapped__(x, w, b) if hasattr(ln, "__wrapped__") else out)
+    x64 = x.astype(np.float64)
+    ref = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-5) * w + b
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_nan_and_inf_inputs_behave_as_reference():

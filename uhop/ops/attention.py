@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from uhop.errors import InputError
+from uhop.errors import InputError, UnsupportedDtype
 from uhop.ops.base import ITEMSIZE, Op, Param
 
 
@@ -97,7 +97,7 @@ class Attention(Op):
         if len(args) > 3 and args[3] is not None:
             md = str(args[3].dtype).removeprefix("torch.")
             if md not in ("bool", dtype):
-                raise InputError(f"attention: mask has dtype {md}; expected bool or {dtype} (the dtype of q)")
+                raise UnsupportedDtype(f"attention: mask has dtype {md}; expected bool or {dtype} (the dtype of q)")
         return dtype
 
     def reference(self, q, k, v, mask=None, causal=False, **_: Any) -> np.ndarray:

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from uhop.errors import InputError
+from uhop.errors import InputError, UnsupportedDtype
 
 #: dtypes UHOP knows, with their itemsize. ``bfloat16`` exists only as torch tensors.
 ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
@@ -244,11 +244,11 @@ class Op:
                 continue
             d = dtype_name(a)
             if d not in self.dtypes:
-                raise InputError(f"{self.name}: {name} has dtype {d}; supported: {', '.join(self.dtypes)}")
+                raise UnsupportedDtype(f"{self.name}: {name} has dtype {d}; supported: {', '.join(self.dtypes)}")
             if dtype is None:
                 dtype = d
             elif d != dtype:
-                raise InputError(f"{self.name}: {name} has dtype {d} but earlier inputs are {dtype}")
+                raise UnsupportedDtype(f"{self.name}: {name} has dtype {d} but earlier inputs are {dtype}")
         if dtype is None:
             raise InputError(f"{self.name}: no array inputs")
         return dtype
