@@ -420,11 +420,20 @@ def _tune_in_background(problem: Problem, key: str, base: Resolved, first_call: 
     queued this began; the budget counts from there (the baseline's build and first run are part
     of the time to the tuned kernel), at most a quarter of it, so that a job queued behind
     others' tuning still gets most of its budget."""
+    from uhop.tune.background import TuningLease
     from uhop.tune.tuner import tune
 
     budget = settings().tune_budget_s
     if first_call is not None:
         budget -= min(max(time.monotonic() - first_call, 0.0), 0.25 * budget)
+    lease = TuningLease(key)
+    if not lease.acquire():  # another process on this machine is tuning it: take its result
+        got = _await_other_tuning(problem, key, lease, wait_s=max(3 * settings().tune_budget_s, 30.0))
+        if got is not None:
+            lease.release()
+            metrics.selection(problem.op, got[2].backend, "background")
+            _install(key, got)
+            return
     try:
         res = tune(problem=problem, policy="tune", budget_s=budget)
     except NoCandidateError as exc:
@@ -436,9 +445,33 @@ def _tune_in_background(problem: Problem, key: str, base: Resolved, first_call: 
                     type(exc).__name__, exc, base[2].id)  # fmt: skip
         _install(key, base)
         return
+    finally:
+        lease.release()
     assert res.kernel is not None and res.backend is not None and res.served is not None
     metrics.selection(problem.op, res.served.backend, "background")
     _install(key, (_spot_checked(res.kernel, res.backend, problem, key), res.backend, res.served))
+
+
+def _await_other_tuning(problem: Problem, key: str, lease: Any, wait_s: float) -> Resolved | None:
+    """Wait (polling, exit not held up) until the process tuning ``key`` ends, then serve what it
+    stored, validated here at full size; None, with ``lease`` held where it could be taken, when
+    it stored nothing valid (it failed or died) or ``wait_s`` passed: this process tunes then."""
+    from uhop.store import open_store
+    from uhop.tune.background import check_abandoned
+
+    _background().no_exit_wait(key)
+    log.info("%s is being tuned by another process; waiting for its result", problem.describe())
+    deadline = time.monotonic() + wait_s
+    while not lease.acquire():
+        check_abandoned()
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.2)
+    entry = open_store().get(key)
+    if entry is None or entry.median_s is None:
+        return None
+    got = _from_store(problem, key, entry)
+    return got if got is not None and _valid(problem, got) else None
 
 
 # ---- dispatch-time spot checks (uhop.sandbox.spotcheck) ----------------------------------------

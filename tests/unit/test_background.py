@@ -315,3 +315,50 @@ def test_exit_hook_runs_before_concurrent_futures_and_exit_never_drops_a_store_e
     with pytest.warns(UserWarning, match="failed validation"):  # not exiting: the verdict stands
         _verify(problem, entry.key, got)
     uhop.wait()
+
+
+SAME_PROBLEM = textwrap.dedent(
+    """
+    import json, time
+    import numpy as np, uhop
+    from uhop import dispatch
+    from uhop.store import open_store
+    x = np.random.default_rng().standard_normal((96, 700)).astype(np.float32)
+    uhop.ops.softmax(x)
+    uhop.wait()
+    (e,) = open_store().entries("softmax")
+    (got,) = dispatch._resolved.values()
+    print(json.dumps({"rows": len(open_store().measurements(e.key)), "served": got[2].id, "stored": e.candidate}))
+    """
+)
+
+
+def test_processes_meeting_one_new_problem_tune_it_once(uhop_home):
+    """A pool of worker processes meeting the same new problem: one tunes it, the others serve
+    the baseline until it is stored, then serve the stored pick (each worker tuned it, all at
+    once, and each one's exit waited for its own tuning: a 2-process spawn pool took 15.7 s to
+    close)."""
+    import time
+
+    from uhop.problem import Problem
+    from uhop.tune.background import TuningLease
+
+    env = {**os.environ, "UHOP_HOME": str(uhop_home), "UHOP_TUNE_BUDGET_S": "6", "UHOP_BACKENDS": "numpy,torch,numba"}
+    env.pop("UHOP_POLICY", None)
+    a = subprocess.Popen([sys.executable, "-c", SAME_PROBLEM], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)  # fmt: skip
+    lease = TuningLease(Problem.make("softmax", {"R": 96, "N": 700}, "float32").key(config.settings().shape_buckets))
+    deadline = time.monotonic() + 120
+    while lease.acquire():  # until process A holds it (it is tuning)
+        lease.release()
+        assert a.poll() is None and time.monotonic() < deadline, a.stderr.read()[-2000:] if a.poll() is not None else ""
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    b = subprocess.run([sys.executable, "-c", SAME_PROBLEM], env=env, capture_output=True, text=True, timeout=300)
+    b_s = time.monotonic() - t0
+    out_a, err_a = a.communicate(timeout=300)
+    assert a.returncode == 0 and b.returncode == 0, err_a[-2000:] + b.stderr[-2000:]
+    ra, rb = (json.loads(o.strip().splitlines()[-1]) for o in (out_a, b.stdout))
+    assert rb["rows"] == ra["rows"], (ra, rb)  # B stored no measurements of its own
+    assert rb["stored"] == ra["stored"] and rb["served"] == ra["served"]
+    assert b_s < 60, b_s
