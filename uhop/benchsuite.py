@@ -226,7 +226,7 @@ def _gpu_inputs(problem: Any, xs: list[np.ndarray]) -> list[Any]:
     return out
 
 
-def _gpu_baselines(problem: Any, console: Any = None) -> list[tuple[str, Callable[..., Any] | None, str]]:
+def _gpu_baselines(problem: Any) -> list[tuple[str, Callable[..., Any] | None, str]]:
     """(label, kernel or None, note): torch eager (the torch backend's kernel for the problem:
     torch's own op) and torch.compile of it (compiled at its first call, during the warm-up)."""
     import torch

@@ -8,7 +8,8 @@
 * :func:`should_promote` is the rule, the store's own (:func:`uhop.store.replaces`): valid, and a
   median per-call time below the current best's by more than the measured spread of either
   (the best's stored (p90-p10)/median, the candidate's (median-min)/median as served: through
-  the sandboxed worker, timed in this process like every tuner candidate, :func:`served_timing`), at least ``min_gain``; the spread counts up to ``uhop.store.MAX_SPREAD``.
+  the sandboxed worker, timed in this process like every tuner candidate, :func:`served_timing`),
+  at least ``min_gain``; the spread counts up to ``uhop.store.MAX_SPREAD``.
   The store applies the same rule again inside its write transaction, so a concurrent faster
   writer still wins.
 * :func:`promote` registers the file for the ``user`` backend (content-hashed, like
