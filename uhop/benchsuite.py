@@ -226,19 +226,19 @@ def _gpu_inputs(problem: Any, xs: list[np.ndarray]) -> list[Any]:
     return out
 
 
-def _gpu_baselines(problem: Any) -> list[tuple[str, Callable[..., Any] | None, str]]:
-    """(label, kernel or None, note): torch eager (the torch backend's kernel for the problem:
-    torch's own op) and torch.compile of it (compiled at its first call, during the warm-up)."""
+def _gpu_baselines(problem: Any) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """torch eager (the torch backend's kernel for the problem: torch's own op) and
+    torch.compile of it (compiled at its first call, during the warm-up)."""
     import torch
 
     from uhop import backends as bk
+    from uhop.errors import InputError
 
     tb = bk.get("torch")
     if not (tb.available and tb.supports(problem)):
-        return [("torch eager", None, "torch has no kernel for this problem"), ("torch.compile", None, "")]
+        raise InputError(f"torch has no kernel for {problem.describe()}: no GPU baseline to compare with")
     eager = tb.compile(next(iter(tb.candidates(problem))), problem)
-    compiled = torch.compile(eager)
-    return [("torch eager", eager, ""), (f"torch.compile (torch {torch.__version__})", compiled, "")]
+    return eager, torch.compile(eager)
 
 
 def run_cases(cases: list[Case], budget_s: float = 30.0, console: Any = None,
@@ -289,12 +289,9 @@ def run_cases(cases: list[Case], budget_s: float = 30.0, console: Any = None,
         if gpu:
             import torch
 
-            (naive_label, naive, note), (lib_label, lib_fn, _) = _gpu_baselines(problem)
-            lib = (lib_label, lib_fn) if lib_fn is not None else None
+            naive, compiled = _gpu_baselines(problem)
+            naive_label, lib = "torch eager", (f"torch.compile (torch {torch.__version__})", compiled)
             sync = torch.cuda.synchronize
-            if naive is None:  # nothing to compare with but UHOP itself
-                naive = run_uhop
-                naive_label = f"UHOP ({note})"
         else:
             known = case.baseline or (case.name if case.name in NAIVE else "")
             naive = NAIVE.get(known)
