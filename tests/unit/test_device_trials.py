@@ -113,8 +113,8 @@ def test_a_tuning_run_on_device_trials_validates_every_backend(monkeypatch, tmp_
     made = []
     real = vm.DeviceTrial.draw.__func__
 
-    def counting(cls, *a):
-        t = real(cls, *a)
+    def counting(cls, *a, **k):
+        t = real(cls, *a, **k)
         made.append(t)
         return t
 
@@ -154,3 +154,25 @@ def test_mixed_dtype_trials_hold_each_input_in_its_dtype(distribution):
     tb = bk.get("torch")
     v = vm.check_kernel(tb.compile(tb.candidates(p)[0], p), vs, "torch", "cpu")
     assert v.ok, v
+
+
+@pytest.mark.parametrize("on_device", [False, True], ids=["host", "device"])
+def test_inputs_only_sets_compute_no_reference(monkeypatch, on_device):
+    """``references=False`` (timing a kernel, as ``uhop.ai.promote.served_timing`` does) draws the
+    same inputs and never runs the float64 reference, on the host or the device path."""
+    monkeypatch.setattr(vm, "_device_trials_possible", lambda problem: on_device)
+    p = _problem("layernorm", {"R": 16, "N": 300}, {"eps": 1e-5}, 3)
+    calls = []
+    spec = p.spec
+    for name in ("reference", "reference_torch"):
+        real = getattr(spec, name)
+        monkeypatch.setattr(spec, name, lambda *a, _real=real, **k: calls.append(1) or _real(*a, **k))
+    vset = vm.ValidationSet(p, trials=2, references=False)
+    assert calls == [] and len(vset.trials) == 2
+    for t in vset.trials:
+        assert isinstance(t, vm.DeviceTrial) == on_device
+        xs = vset.native_inputs(t, "torch", "cpu")
+        assert [tuple(x.shape) for x in xs] == [(16, 300), (300,), (300,)]
+    assert not torch.equal(*(vset.native_inputs(t, "torch", "cpu")[0] for t in vset.trials))  # fresh draws
+    vm.ValidationSet(p, trials=1)
+    assert calls  # the default set computes its reference

@@ -41,10 +41,12 @@ class ValidationSet:
     (in this process, never by the candidate) and reused for every candidate of a tuning run."""
 
     def __init__(self, problem: Problem, trials: int = 3, seed: int | None = None,
-                 distributions: Sequence[str] | None = None) -> None:  # fmt: skip
+                 distributions: Sequence[str] | None = None, references: bool = True) -> None:  # fmt: skip
         """``distributions`` (names from :data:`DISTRIBUTIONS`): trial ``i`` draws from
         ``distributions[i % len]``, each with its own secret scale and offset; default: the op's
-        own uniform [-1, 1) inputs for every trial."""
+        own uniform [-1, 1) inputs for every trial. ``references=False`` draws inputs only (for
+        timing: the float64 references, seconds on a host for large problems, are left out and
+        each trial's ``reference`` is None)."""
         self.problem = problem
         spec = problem.spec
         rng = np.random.default_rng(secrets.randbits(63) if seed is None else seed)
@@ -52,7 +54,8 @@ class ValidationSet:
         on_device = _device_trials_possible(problem)
         for i in range(trials):
             if on_device:
-                dt = DeviceTrial.draw(problem, rng, distributions[i % len(distributions)] if distributions else "uniform")
+                dt = DeviceTrial.draw(problem, rng, distributions[i % len(distributions)] if distributions else "uniform",
+                                      reference=references)  # fmt: skip
                 if dt is not None:
                     self.trials.append(dt)  # type: ignore[arg-type] - a Trial to every reader
                     continue
@@ -61,6 +64,9 @@ class ValidationSet:
             else:
                 xs = spec.make_inputs(problem.dim, problem.param, rng, problem.dtype, problem.arity)
             xs = round_inputs(problem, xs)
+            if not references:
+                self.trials.append(Trial(xs, None))  # type: ignore[arg-type] - inputs only
+                continue
             ref = reference_on(problem, xs, problem.device) if problem.device.startswith("cuda") else None
             if ref is None:
                 ref = spec.reference(*(xs if spec.reference_upcasts else [as_f64(x) for x in xs]), **problem.param)
@@ -148,9 +154,10 @@ class DeviceTrial:
         self._host: dict[str, Any] = {}
 
     @classmethod
-    def draw(cls, problem: Problem, rng: np.random.Generator, distribution: str) -> DeviceTrial | None:
+    def draw(cls, problem: Problem, rng: np.random.Generator, distribution: str,
+             reference: bool = True) -> DeviceTrial | None:  # fmt: skip
         """A fresh trial on the device, or None (the host path is then used) when the device or
-        the torch reference fails."""
+        the torch reference fails; without its ``reference`` (None) when that is False."""
         try:
             import torch
 
@@ -165,6 +172,8 @@ class DeviceTrial:
             # each input's dtype (bfloat16: round to nearest even, as _round_bf16 on the host)
             dts = [getattr(torch, d) for d in input_dtypes(problem, len(f32))]
             xs = [x.to(dt) if x.is_floating_point() else x for x, dt in zip(f32, dts, strict=True)]
+            if not reference:
+                return cls(problem, xs, None)
             ref = spec.reference_torch(*[x.double() if x.is_floating_point() else x for x in xs], **problem.param)
             if not isinstance(ref, torch.Tensor) or ref.dtype != torch.float64:
                 log.info("no device trial for %s: its torch reference returned %s", problem.describe(), type(ref))
