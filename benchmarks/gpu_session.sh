@@ -42,6 +42,7 @@
 #                                cluster launcher, then tuner-a (the memory-bound product picks), ~9 min
 #   ncu-cluster                  #20: Nsight Compute on the cluster kernels at 2670 x 50257 (why layernorm is at 80%)
 #   h200                         on an H200, first: the product sweep (#20) and tuner-a (#13) in one call, ~9 min
+#   h200b                        on an H200, second: the bench GPU test, then tuner-b and tuner-c, shorter, ~9 min
 #   nineteenth                   #20: rowsum at odd widths (GPU tests, A/B vs the old generator), softmax 11008 and
 #                                the elementwise cases through the product path, ~6 min
 #   seventeenth                  Triton / CUDA GPU tests (direct launches now for GEMM, attention, conv, gated MLP
@@ -55,7 +56,7 @@
 # Two stages in one call: the tuner stages take STOP_S (start no case after it, default 400) and
 # LIMIT_S (kill after it, default 570), ROUNDS (paired re-timing rounds, default 7 as in earlier GPU runs), e.g. `bash ... buffers && STOP_S=300 LIMIT_S=470 bash ... tuner-a`.
 set -u
-stage=${1:?"stage: h200 | nineteenth | seventeenth | ncu-cluster | first | cuda | rows-product | fifteenth | sixteenth | next | eighth | ninth | tenth | eleventh | twelfth | thirteenth | llama-cg | gated | forms | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
+stage=${1:?"stage: h200 | h200b | nineteenth | seventeenth | ncu-cluster | first | cuda | rows-product | fifteenth | sixteenth | next | eighth | ninth | tenth | eleventh | twelfth | thirteenth | llama-cg | gated | forms | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
 OUT=${OUT:-/tmp/uhop-gpu-out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -116,6 +117,13 @@ case "$stage" in
          # (~9 min; the full sweep took 250 s on the H100, each writes its JSON case by case)
     timeout 300 python3 benchmarks/width_sweep.py --deadline-s 240 --stop-s 260 --out "$OUT/width_sweep_${gpu}_product.json" 2>&1 | tail -8
     STOP_S=180 LIMIT_S=250 tvo softmax,layernorm,rmsnorm,elementwise,ew_gelu_mul_64m,softmax_gpt2_vocab tuner_vs_oracle_${gpu}_a.json ;;
+  h200b)  # the second call on an H200: the `uhop bench --device cuda` GPU test (the 7d4ee33 mend is unverified on a
+          # GPU), then #13's GEMM, attention and conv cases (tuner-b, tuner-c) with less time each, ~9 min
+    timeout 90 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_bench_gpu.py 2>&1 | tail -3 | tee "$OUT/test_bench_gpu.txt"
+    STOP_S=${STOP_S:-170} LIMIT_S=${LIMIT_S:-230} tvo gemm_8192,gemm_4096,gemm_1024,gemm_misaligned,gemm_skinny,gemm_short_k \
+      tuner_vs_oracle_${gpu}_b.json
+    STOP_S=${STOP_S:-170} LIMIT_S=${LIMIT_S:-230} tvo gemm_llm_mlp,gemm_fp32,gemm_bias_gelu,attention,attention_causal,conv2d \
+      tuner_vs_oracle_${gpu}_c.json ;;
   sixteenth)  # the sixteenth session's checks: direct Triton launches and the repacked CUDA launches
               # (GPU tests, launch overhead), ~3 min; then run `sweep` for the product figures
     timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_triton_launch_gpu.py tests/gpu/test_cuda_rows_gpu.py \

@@ -103,6 +103,8 @@ def test_tune_then_cache_commands(tmp_path):
         (["tune", "matmul", "--shape", "8x8x8", "-p", "activation=tanh"], "activation must be one of"),
         (["cache", "show", "nope"], "no entry with key"),
         (["cache", "import", "/nonexistent.json"], "does not exist"),
+        (["cache", "clear", "--op", "gemm"], "--op 'gemm' is not an op; known ops: attention"),
+        (["cache", "export", "/nonexistent/dir/x.json"], "folder /nonexistent/dir does not exist"),
     ],
 )
 def test_bad_input_exits_nonzero_with_a_clear_message(args, msg):

@@ -90,7 +90,7 @@ def test_elementwise_reference(rng):
         ("matmul", [[[1.0]], np.ones((1, 1), np.float32)], {}, "a must be a numpy array or torch tensor, got list"),
         ("matmul", [np.ones((3, 4), np.float32), np.ones((4, 2), np.float32)], {"activation": "tanh"}, "activation must be one of"),
         ("matmul", [np.ones((3, 4), np.float32)], {}, "takes 2 to 3 inputs"),
-        ("softmax", [np.ones((2, 3), np.float32)], {"dim": 0}, "no parameter"),
+        ("softmax", [np.ones((2, 3), np.float32)], {"eps": 0.1}, "no parameter"),
         ("layernorm", [np.ones((2, 3), np.float32), np.ones(4, np.float32)], {}, r"weight must have shape \(3,\)"),
         ("attention", [np.ones((2, 4, 8), np.float32)] * 2 + [np.ones((2, 5, 8), np.float32)], {}, "same seq length"),
         ("attention", [np.ones((2, 4, 8), np.float32), np.ones((2, 4, 6), np.float32), np.ones((2, 4, 8), np.float32)], {}, "q's last dim"),
@@ -444,3 +444,85 @@ def test_empty_inputs_give_what_torch_gives_and_tune_nothing(lib, uhop_home):
         uhop.ops.attention(mk(2, 3, 8), mk(2, 0, 8), mk(2, 0, 8))
     uhop.wait()
     assert not open_store().entries()
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+def test_softmax_along_any_axis(lib, uhop_home, monkeypatch):
+    """``uhop.ops.softmax(x, axis=...)`` (numpy's name) or ``dim=...`` (torch's), as the libraries
+    call it: the last axis by default, another moved last around the kernel; checked against a
+    float64 softmax on fresh inputs. A bad axis names the argument."""
+    import uhop
+
+    monkeypatch.setenv("UHOP_POLICY", "fast")  # served by the baseline: the axis handling is under test
+    rng = np.random.default_rng()
+    x64 = rng.uniform(-4, 4, (5, 33, 7))
+    x = x64.astype(np.float32)
+    if lib == "torch":
+        torch = pytest.importorskip("torch")
+        x, name, to_np = torch.from_numpy(x), "dim", (lambda r: r.numpy())
+    else:
+        name, to_np = "axis", (lambda r: r)
+    for a in (0, 1, 2, -1, -2, -3):
+        e = np.exp(x64 - x64.max(axis=a, keepdims=True))
+        want = e / e.sum(axis=a, keepdims=True)
+        got = uhop.ops.softmax(x, **{name: a})
+        assert tuple(got.shape) == x64.shape and type(got) is type(x)
+        np.testing.assert_allclose(to_np(got), want, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(to_np(uhop.ops.softmax(x, **{name: -1})), to_np(uhop.ops.softmax(x)))
+    for bad, match in [({name: 3}, rf"{name} must be an int in \[-3, 3\).*got 3"),
+                       ({name: 1.5}, rf"{name} must be an int.*got 1.5"),
+                       ({"axis": 0, "dim": 0}, "give axis or dim, not both")]:  # fmt: skip
+        with pytest.raises(InputError, match=match):
+            uhop.ops.softmax(x, **bad)
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+def test_attention_takes_sdpa_keywords(lib, uhop_home, monkeypatch):
+    """``uhop.ops.attention`` as torch's SDPA is called: ``attn_mask=`` / ``mask=`` (boolean or
+    additive), ``is_causal=``, ``scale=`` (folded into q), ``dropout_p=0``; checked against a
+    float64 reference on fresh inputs. Conflicting or bad keywords name the argument."""
+    import math
+
+    import uhop
+    from uhop.ops.attention import apply_mask
+
+    monkeypatch.setenv("UHOP_POLICY", "fast")
+    rng = np.random.default_rng()
+    q64, k64, v64 = (rng.uniform(-1, 1, (2, 3, n, 8)) for n in (5, 6, 6))
+    keep = rng.uniform(size=(5, 6)) > 0.3
+    keep[:, 0] = True  # every query keeps a key
+    add64 = rng.uniform(-2, 0, (3, 5, 6))
+
+    def ref(mask=None, causal=False, scale=None):
+        s = q64 @ np.swapaxes(k64, -1, -2) * (1 / math.sqrt(8) if scale is None else scale)
+        s = apply_mask(s, mask, causal)
+        p = np.exp(s - s.max(-1, keepdims=True))
+        return (p / p.sum(-1, keepdims=True)) @ v64
+
+    if lib == "torch":
+        torch = pytest.importorskip("torch")
+        conv, to_np = (lambda a: torch.from_numpy(np.ascontiguousarray(a))), (lambda r: r.numpy())
+    else:
+        conv, to_np = (lambda a: a), (lambda r: r)
+    q, k, v = (conv(a.astype(np.float32)) for a in (q64, k64, v64))
+    m, add = conv(keep), conv(add64.astype(np.float32))
+    cases = [
+        ({"attn_mask": m}, ref(keep)),
+        ({"mask": add}, ref(add64)),
+        ({"is_causal": True}, ref(causal=True)),
+        ({"attn_mask": add, "is_causal": True, "dropout_p": 0.0}, ref(add64, True)),
+        ({"scale": 0.7}, ref(scale=0.7)),
+        ({"scale": 1 / math.sqrt(8)}, ref()),
+    ]
+    for kw, want in cases:
+        np.testing.assert_allclose(to_np(uhop.ops.attention(q, k, v, **kw)), want, rtol=2e-5, atol=2e-6, err_msg=str(kw))
+    np.testing.assert_array_equal(to_np(uhop.ops.attention(q, k, v, m)), to_np(uhop.ops.attention(q, k, v, mask=m)))
+    for kw, match in [({"mask": m, "attn_mask": m}, "mask or attn_mask, not both"),
+                      ({"is_causal": True, "causal": True}, "causal or is_causal, not both"),
+                      ({"dropout_p": 0.1}, "dropout_p must be 0"),
+                      ({"scale": -1.0}, "scale must be a positive finite number"),
+                      ({"scale": "0.5"}, "scale must be a positive finite number")]:  # fmt: skip
+        with pytest.raises(InputError, match=match):
+            uhop.ops.attention(q, k, v, **kw)
+    with pytest.raises(InputError, match="mask is given twice"):
+        uhop.ops.attention(q, k, v, m, attn_mask=m)

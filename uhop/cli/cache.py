@@ -94,8 +94,12 @@ def clear(
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask."),
 ) -> None:
     """Delete stored kernels (and their measurements)."""
+    from uhop import ops
+    from uhop.cli.core import fail
     from uhop.dispatch import clear_process_cache
 
+    if op is not None and op not in ops.REGISTRY:
+        raise fail(f"--op {op!r} is not an op; known ops: {', '.join(sorted(ops.REGISTRY))}")
     if not yes and not typer.confirm(f"Delete {'all' if op is None else op} entries from {_store().url}?"):
         raise typer.Exit(1)
     n = _store().delete(op=op)
@@ -106,6 +110,12 @@ def clear(
 @app.command("export")
 def export(file: Path = typer.Argument(..., help="JSON file to write.")) -> None:
     """Export every entry and its measurements to JSON."""
+    from uhop.cli.core import fail
+
+    if not file.parent.is_dir():
+        raise fail(f"FILE {file}: folder {file.parent} does not exist")
+    if file.is_dir():
+        raise fail(f"FILE {file} is a folder; give a file name")
     n = _store().export(file)
     console.print(f"exported {n} entr{'y' if n == 1 else 'ies'} to {file}")
 
@@ -120,7 +130,7 @@ def import_(file: Path = typer.Argument(..., help="A file written by `uhop cache
     try:
         n = _store().import_(file)
     except ValueError as exc:
-        raise fail(str(exc), 1) from None
+        raise fail(str(exc)) from None
     console.print(f"imported {n} entr{'y' if n == 1 else 'ies'}")
 
 

@@ -6,12 +6,13 @@ first use, per the policy in force); ``uhop.ops.get("matmul")`` returns the op's
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any
 
 import numpy as np
 
-from uhop.errors import UnknownOpError
+from uhop.errors import InputError, UnknownOpError
 from uhop.ops.attention import Attention, Conv2d
 from uhop.ops.base import Op, Param
 from uhop.ops.elementwise import Elementwise
@@ -115,10 +116,76 @@ def _direct(op_name: str, slot: str = ""):
 
 
 matmul = _direct("matmul")
-softmax = _direct("softmax")
+_softmax_last = _direct("softmax")
+
+
+def softmax(x: Any, *args: Any, axis: int | None = None, dim: int | None = None, **params: Any) -> Any:
+    """Softmax along ``axis`` (numpy's name) or ``dim`` (torch's), the last by default; another
+    axis is moved last around the kernel (one copy each way).
+
+    Dispatches to UHOP's best kernel for the inputs."""
+    if args or params or axis is None and dim is None:  # softmax takes neither: the op names them
+        return _softmax_last(x, *args, **params)
+    if axis is not None and dim is not None:
+        raise InputError(f"softmax: give axis or dim, not both (axis={axis!r}, dim={dim!r})")
+    a = axis if axis is not None else dim
+    nd = getattr(x, "ndim", None)
+    if isinstance(a, bool) or not isinstance(a, (int, np.integer)) or nd is None or not -nd <= a < max(nd, 1):
+        name = "axis" if axis is not None else "dim"
+        raise InputError(f"softmax: {name} must be an int in [{-(nd or 1)}, {max(nd or 1, 1)}) for an input "
+                         f"of {nd} dimension(s); got {a!r}")  # fmt: skip
+    a = int(a) % max(nd, 1)
+    if a == nd - 1 or nd == 0:
+        return _softmax_last(x)
+    if isinstance(x, np.ndarray):
+        return np.moveaxis(_softmax_last(np.ascontiguousarray(np.moveaxis(x, a, -1))), -1, a)
+    if not hasattr(x, "movedim"):
+        raise InputError(f"softmax: axis/dim other than the last needs a numpy array or torch tensor; got {type(x).__name__}")
+    return _softmax_last(x.movedim(a, -1).contiguous()).movedim(-1, a)
+
+
 layernorm = _direct("layernorm")
 rmsnorm = _direct("rmsnorm")
-attention = _direct("attention")
+_attention = _direct("attention")
+
+
+def attention(q: Any, k: Any, v: Any, *args: Any, mask: Any = None, attn_mask: Any = None, is_causal: Any = None,
+              scale: Any = None, dropout_p: float = 0.0, **params: Any) -> Any:  # fmt: skip
+    """softmax(q k^T * scale [+ mask]) v, with the mask as a fourth input or ``mask=`` /
+    ``attn_mask=`` (torch's SDPA name: boolean, True = attend, or additive; broadcastable to
+    (..., S, L)), ``causal=`` or ``is_causal=`` (top-left aligned), ``scale`` 1/sqrt(D) by default
+    (another is folded into q: one elementwise pass). No dropout: ``dropout_p`` must be 0.
+
+    Dispatches to UHOP's best kernel for the inputs."""
+    if mask is None and attn_mask is None and is_causal is None and scale is None and not dropout_p:
+        return _attention(q, k, v, *args, **params)
+    if mask is not None and attn_mask is not None:
+        raise InputError("attention: give mask or attn_mask, not both")
+    m = mask if mask is not None else attn_mask
+    if m is not None:
+        if args:
+            raise InputError("attention: the mask is given twice (a fourth input and mask=/attn_mask=)")
+        args = (m,)
+    if is_causal is not None:
+        if "causal" in params:
+            raise InputError("attention: give causal or is_causal, not both")
+        params["causal"] = is_causal
+    if dropout_p:
+        raise InputError(f"attention: dropout_p must be 0 (UHOP's attention has no dropout; torch's SDPA has); "
+                         f"got {dropout_p!r}")  # fmt: skip
+    if scale is not None:
+        d = getattr(q, "shape", (0,))[-1] if getattr(q, "ndim", 0) else 0
+        if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating, np.integer)) or not (
+            math.isfinite(scale) and scale > 0
+        ):
+            raise InputError(f"attention: scale must be a positive finite number; got {scale!r}")
+        f = float(scale) * math.sqrt(d) if d else 1.0
+        if abs(f - 1.0) > 1e-12:
+            if not (isinstance(q, np.ndarray) or hasattr(q, "movedim")):
+                raise InputError(f"attention: a scale other than 1/sqrt(D) needs q as a numpy array or torch tensor; "
+                                 f"got {type(q).__name__}")  # fmt: skip
+            q = q * (np.asarray(f, dtype=q.dtype) if isinstance(q, np.ndarray) else f)
+    return _attention(q, k, v, *args, **params)
 conv2d = _direct("conv2d")
 embedding = _direct("embedding")
 gated_mlp = _direct("gated_mlp")
