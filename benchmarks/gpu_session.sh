@@ -42,6 +42,7 @@
 #                                cluster launcher, then tuner-a (the memory-bound product picks), ~9 min
 #   ncu-cluster                  #20: Nsight Compute on the cluster kernels at 2670 x 50257 (why layernorm is at 80%)
 #   h200                         on an H200, first: the product sweep (#20) and tuner-a (#13) in one call, ~9 min
+#   logsm                        log-softmax as an op: GPU tests, the sweep's log-softmax cases (product path), ~5 min
 #   h200b                        on an H200, second: the bench GPU test, then tuner-b and tuner-c, shorter, ~9 min
 #   nineteenth                   #20: rowsum at odd widths (GPU tests, A/B vs the old generator), softmax 11008 and
 #                                the elementwise cases through the product path, ~6 min
@@ -56,7 +57,7 @@
 # Two stages in one call: the tuner stages take STOP_S (start no case after it, default 400) and
 # LIMIT_S (kill after it, default 570), ROUNDS (paired re-timing rounds, default 7 as in earlier GPU runs), e.g. `bash ... buffers && STOP_S=300 LIMIT_S=470 bash ... tuner-a`.
 set -u
-stage=${1:?"stage: h200 | h200b | nineteenth | seventeenth | ncu-cluster | first | cuda | rows-product | fifteenth | sixteenth | next | eighth | ninth | tenth | eleventh | twelfth | thirteenth | llama-cg | gated | forms | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
+stage=${1:?"stage: h200 | h200b | logsm | nineteenth | seventeenth | ncu-cluster | first | cuda | rows-product | fifteenth | sixteenth | next | eighth | ninth | tenth | eleventh | twelfth | thirteenth | llama-cg | gated | forms | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
 OUT=${OUT:-/tmp/uhop-gpu-out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -124,6 +125,12 @@ case "$stage" in
       tuner_vs_oracle_${gpu}_b.json
     STOP_S=${STOP_S:-170} LIMIT_S=${LIMIT_S:-230} tvo gemm_llm_mlp,gemm_fp32,gemm_bias_gelu,attention,attention_causal,conv2d \
       tuner_vs_oracle_${gpu}_c.json ;;
+  logsm)  # log-softmax as an op (twenty-sixth session): its Triton and CUDA candidates and `uhop bench` on a
+          # GPU (GPU tests), then the sweep's log-softmax cases through the product path, ~5 min
+    timeout 300 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_triton_gpu.py tests/gpu/test_cuda_rows_gpu.py \
+      tests/gpu/test_bench_gpu.py -k "rowops or backend_candidates or every_op or bench" 2>&1 | tail -6 | tee "$OUT/test_gpu.txt"
+    timeout 260 python3 benchmarks/width_sweep.py --only log_softmax --deadline-s 200 --stop-s 220 \
+      --out "$OUT/width_sweep_${gpu}_log_softmax.json" 2>&1 | grep -v Warning | tail -6 ;;
   sixteenth)  # the sixteenth session's checks: direct Triton launches and the repacked CUDA launches
               # (GPU tests, launch overhead), ~3 min; then run `sweep` for the product figures
     timeout 240 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_triton_launch_gpu.py tests/gpu/test_cuda_rows_gpu.py \

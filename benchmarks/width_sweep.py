@@ -3,7 +3,7 @@
     python benchmarks/width_sweep.py [--out benchmarks/results/width_sweep_h200.json]
         [--only softmax,layernorm] [--no-product] [--no-compile] [--oracle] [--deadline-s 480]
 
-For each case (softmax / layernorm / rmsnorm over widths 64..262144, odd widths, few long rows and
+For each case (softmax / log-softmax / layernorm / rmsnorm over widths 64..262144, odd widths, few long rows and
 many short ones, bf16/fp16/fp32; elementwise chains of 1 to 4 inputs) this times, interleaved
 over two rounds and on the same fresh random inputs:
 - ``uhop``: the product path, ``uhop.ops.<op>(x, ...)`` with default settings and an empty store
@@ -51,6 +51,10 @@ CASES: list[tuple[str, int, int, str, int]] = [
     ("softmax", 2048, 50257, "float32", 1),
     ("softmax", ELEMS // 11008, 11008, "float16", 1),
     ("rmsnorm", 64, 262144, "bfloat16", 2),
+    # log-softmax (an LM's loss and sampling): GPT-2's and Qwen's vocabularies, a short width
+    ("log_softmax", 8192, 50257, "bfloat16", 1),
+    ("log_softmax", 2048, 151936, "bfloat16", 1),
+    ("log_softmax", ELEMS // 4096, 4096, "bfloat16", 1),
 ]
 CHAINS = [("gelu(x0)*x1+0.5*x0", 2), ("sigmoid(x0*1.5+0.5)*x0-0.25", 1), ("x0*x1+x2*x3-x0", 4)]
 #: chains whose inputs broadcast (f full, r a row vector of N, s a scalar) or that reduce over the
@@ -74,6 +78,8 @@ def torch_fn(op: str, expr: str | None = None):
 
     if op == "softmax":
         return lambda x: torch.softmax(x, dim=-1)
+    if op == "log_softmax":
+        return lambda x: torch.log_softmax(x, dim=-1)
     if op == "layernorm":
         return lambda x, w, b: torch.nn.functional.layer_norm(x, x.shape[-1:], w, b, 1e-5)
     if op == "rmsnorm":

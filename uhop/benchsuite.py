@@ -53,6 +53,11 @@ def _np_rmsnorm(x, w, eps=1e-6):
     return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
 
 
+def _np_log_softmax(x):
+    s = x - x.max(axis=-1, keepdims=True)
+    return s - np.log(np.exp(s).sum(axis=-1, keepdims=True))
+
+
 def _np_attention(q, k, v, causal=False):
     s = q @ np.swapaxes(k, -1, -2) / np.float32(math.sqrt(q.shape[-1]))
     if causal:
@@ -68,6 +73,7 @@ def _np_gelu_mm(a, b, bias):
 NAIVE: dict[str, Callable[..., Any]] = {
     "elementwise": lambda x: (1 / (1 + np.exp(-(x * 1.5 + 0.5)))) * x - 0.25,
     "softmax": _np_softmax,
+    "log_softmax": _np_log_softmax,
     "layernorm": _np_layernorm,
     "rmsnorm": _np_rmsnorm,
     "matmul": lambda a, b: a @ b,
@@ -91,6 +97,7 @@ def _library(name: str) -> tuple[str, Callable[..., Any]] | None:
     table: dict[str, Callable[..., Any]] = {
         "elementwise": lambda x: torch.sigmoid(t(x) * 1.5 + 0.5) * t(x) - 0.25,
         "softmax": lambda x: torch.softmax(t(x), -1),
+        "log_softmax": lambda x: torch.log_softmax(t(x), -1),
         "layernorm": lambda x, w, b: F.layer_norm(t(x), (x.shape[-1],), t(w), t(b), 1e-5),
         "rmsnorm": lambda x, w: F.rms_norm(t(x), (x.shape[-1],), t(w), 1e-6),
         "matmul_gelu": lambda a, b, bias: F.gelu(torch.addmm(t(bias), t(a), t(b))),

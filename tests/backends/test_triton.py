@@ -143,11 +143,11 @@ def test_matmul_batched_and_candidates(interpreter):
         assert matmul_smem(cfg["BM"], cfg["BN"], cfg["BK"], cfg["stages"], 2) <= lim.shared_mem_bytes
 
 
-@pytest.mark.parametrize("op", ["softmax", "layernorm", "rmsnorm"])
+@pytest.mark.parametrize("op", ["softmax", "layernorm", "rmsnorm", "log_softmax"])
 @pytest.mark.parametrize(("r", "n"), [(1, 1), (7, 33), (13, 100), (4, 1024), (3, 40000)])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_rowops(interpreter, op, r, n, dtype):
-    arity = {"softmax": 1, "layernorm": 3, "rmsnorm": 2}[op]
+    arity = {"softmax": 1, "layernorm": 3, "rmsnorm": 2, "log_softmax": 1}[op]
     _check(interpreter, op, {"R": r, "N": n}, dtype, arity=arity, limit=2)
 
 

@@ -164,7 +164,8 @@ def test_backend_candidates_validate():
 
     b = bk.get("cuda")
     assert b.available, b.availability
-    for op, dims in (("softmax", {"R": 64, "N": 50257}), ("rmsnorm", {"R": 16, "N": 151936})):
+    for op, dims in (("softmax", {"R": 64, "N": 50257}), ("rmsnorm", {"R": 16, "N": 151936}),
+                     ("log_softmax", {"R": 96, "N": 50257})):  # fmt: skip
         p = Problem.make(
             op, dims, "bfloat16", {"eps": 1e-6} if op == "rmsnorm" else {}, device=DEV, array="torch"
         )

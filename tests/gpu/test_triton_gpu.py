@@ -88,12 +88,12 @@ def test_matmul_with_a_batched_b(dims, act):
         assert not any("lt_epilogue" in c or "tma" in c or "padmm" in c for c in ok), ok
 
 
-@pytest.mark.parametrize("op", ["softmax", "layernorm", "rmsnorm"])
+@pytest.mark.parametrize("op", ["softmax", "layernorm", "rmsnorm", "log_softmax"])
 @pytest.mark.parametrize(
     ("r", "n"), [(1000, 1000), (4096, 4096), (3, 50000), (64, 7), (8, 50257), (300, 5120), (140, 20001)]
 )
 def test_rowops(op, r, n):
-    arity = {"softmax": 1, "layernorm": 3, "rmsnorm": 2}[op]
+    arity = {"softmax": 1, "layernorm": 3, "rmsnorm": 2, "log_softmax": 1}[op]
     _all_candidates("triton", op, {"R": r, "N": n}, "bfloat16", arity=arity)
 
 

@@ -29,7 +29,7 @@ def t(x):
 
 def test_registry_has_every_op():
     assert set(REGISTRY) == {"matmul", "softmax", "layernorm", "rmsnorm", "elementwise", "attention", "conv2d", "embedding",
-                             "gated_mlp"}
+                             "gated_mlp", "log_softmax"}
     with pytest.raises(UnknownOpError, match="known ops"):
         get("matmull")
 
@@ -46,6 +46,10 @@ def test_matmul_reference_vs_torch(rng, act):
 def test_row_ops_reference_vs_torch(rng):
     x, w, b = rnd(rng, 3, 4, 11), rnd(rng, 11), rnd(rng, 11)
     np.testing.assert_allclose(get("softmax").reference(x), torch.softmax(t(x), -1).numpy(), rtol=1e-12)
+    big = x * 300  # exp over/underflows: the reference stays finite and exact
+    np.testing.assert_allclose(get("log_softmax").reference(big), torch.log_softmax(t(big), -1).numpy(), rtol=1e-12)
+    assert np.isfinite(get("log_softmax").reference(big)).all()
+    np.testing.assert_array_equal(get("log_softmax").reference_torch(t(big)).numpy(), get("log_softmax").reference(big))
     np.testing.assert_allclose(
         get("layernorm").reference(x, w, b, eps=1e-5), F.layer_norm(t(x), (11,), t(w), t(b), 1e-5).numpy(), rtol=1e-10, atol=1e-12
     )

@@ -58,7 +58,7 @@ class CudaBackend(Backend):
     array = "torch"
     source_modules = ("uhop.backends.cuda_rows", "uhop.backends.nvrtc")
     devices = ("cuda",)
-    ops = ("softmax", "layernorm", "rmsnorm")
+    ops = ("softmax", "layernorm", "rmsnorm", "log_softmax")
     dtypes = ("float32", "float16", "bfloat16")
     requires = ("torch",)
 

@@ -230,8 +230,8 @@ def _rows(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=dtype).reshape(-1, x.shape[-1])
 
 
-def softmax_kernel(dtype: str, parallel: bool, wide: bool, rows: int, pool: OutputPool) -> Kernel:
-    fn = _nk().softmax_fn(dtype, parallel, wide)
+def softmax_kernel(dtype: str, parallel: bool, wide: bool, rows: int, pool: OutputPool, log: bool = False) -> Kernel:
+    fn = _nk().softmax_fn(dtype, parallel, wide, log)
     np_dtype = np.dtype(dtype)
 
     def kernel(x: np.ndarray) -> np.ndarray:
@@ -495,7 +495,7 @@ class NumbaBackend(Backend):
     source_modules = ("uhop.backends.numba_kernels",)
     array = "numpy"
     devices = ("cpu",)
-    ops = ("elementwise", "softmax", "layernorm", "rmsnorm", "matmul", "attention")
+    ops = ("elementwise", "softmax", "layernorm", "rmsnorm", "matmul", "attention", "log_softmax")
     dtypes = ("float32", "float64")
 
     def _probe(self) -> tuple[bool, str]:
@@ -534,7 +534,7 @@ class NumbaBackend(Backend):
             if n > 4 * chunks[0]:
                 out.insert(1, c("numba", "fused", parallel=flags[0][0], wide=flags[0][1], chunk=chunks[1]))
             return _with_recycling(out, n * np.dtype(problem.dtype).itemsize)
-        if problem.op in ("softmax", "layernorm", "rmsnorm"):
+        if problem.op in ("softmax", "layernorm", "rmsnorm", "log_softmax"):
             R = problem.dim["R"]
             if R * problem.dim["N"] < _SERIAL_BELOW or R == 1:
                 flags = [flags[-1], *flags[:-1]]
@@ -593,7 +593,7 @@ class NumbaBackend(Backend):
         d = problem.dim
         if problem.op == "elementwise":
             params, template, out_bytes = [*flags, Pow2("chunk", 1 << 12, 1 << 18)], "fused", d["N"] * itemsize
-        elif problem.op in ("softmax", "layernorm", "rmsnorm"):
+        elif problem.op in ("softmax", "layernorm", "rmsnorm", "log_softmax"):
             high = min(1 << 12, 1 << max(0, (d["R"] - 1).bit_length()))
             params, template, out_bytes = [*flags, Pow2("rows", 1, high)], "rows", d["R"] * d["N"] * itemsize
         elif problem.op == "matmul":  # serial epilogues only (see candidates)
@@ -617,8 +617,8 @@ class NumbaBackend(Backend):
         pool = OutputPool(bool(cfg.get("recycle", False)))
         if problem.op == "elementwise":
             kernel = elementwise_kernel(p["expr"], dt, problem.arity, par, wide, int(cfg.get("chunk", 65536)), pool)
-        elif problem.op == "softmax":
-            kernel = softmax_kernel(dt, par, wide, int(cfg.get("rows", 16)), pool)
+        elif problem.op in ("softmax", "log_softmax"):
+            kernel = softmax_kernel(dt, par, wide, int(cfg.get("rows", 16)), pool, log=problem.op == "log_softmax")
         elif problem.op in ("layernorm", "rmsnorm"):
             kernel = norm_kernel(problem.op, dt, problem.arity, p["eps"], par, wide, int(cfg.get("rows", 16)), pool)
         elif problem.op == "matmul" and candidate.template == "batched":

@@ -41,6 +41,23 @@ def softmax(x, out, rows):
                 o[j] *= inv
 
 
+def log_softmax(x, out, rows):
+    """log-softmax(x (R, N)) into out: per row a max pass, a pass summing exponentials (nothing
+    stored), and one writing x - max - log(sum)."""
+    R, N = x.shape
+    for blk in prange((R + rows - 1) // rows):
+        hint()
+        for r in range(blk * rows, min(R, blk * rows + rows)):
+            xr, o = x[r], out[r]
+            m = row_max(xr)  # NaN rows: NaN flows through exp into the sum below
+            s = 0.0
+            for j in range(N):
+                s += exp_(xr[j] - m)
+            shift = T(m + math.log(s))
+            for j in range(N):
+                o[j] = xr[j] - shift
+
+
 def layernorm(x, w, b, out, eps, rows):
     """Variance from a second pass over the centred row (no E[x^2]-E[x]^2 cancellation);
     ``w``/``b`` are ignored (pass any array) when ``has_w``/``has_b`` are False."""

@@ -228,7 +228,10 @@ def _rows(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x).reshape(-1, x.shape[-1])
 
 
-def softmax_kernel(block: int) -> Kernel:
+def softmax_kernel(block: int, log: bool = False) -> Kernel:
+    """Softmax (``log``: log-softmax, x - max - log(sum(exp(x - max)))) over rows of ``block``
+    (0: all rows at once)."""
+
     def kernel(x: np.ndarray) -> np.ndarray:
         x2 = _rows(x)
         out = np.empty_like(x2)
@@ -238,6 +241,9 @@ def softmax_kernel(block: int) -> Kernel:
             for r in range(0, R, b):
                 blk, o = x2[r : r + b], out[r : r + b]
                 np.subtract(blk, blk.max(axis=1, keepdims=True), out=o)
+                if log:
+                    o -= np.log(np.exp(o).sum(axis=1, keepdims=True))
+                    continue
                 np.exp(o, out=o)
                 o /= o.sum(axis=1, keepdims=True)
         return out.reshape(x.shape)
@@ -350,7 +356,7 @@ class NumpyBackend(Backend):
     array = "numpy"
     vendor = True
     ops = ("matmul", "softmax", "layernorm", "rmsnorm", "elementwise", "attention", "conv2d", "embedding",
-           "gated_mlp")
+           "gated_mlp", "log_softmax")
     dtypes = ("float32", "float64", "float16")
     #: eager: inputs broadcast to the output's shape, then the chain and the reduction; inputs of
     #: mixed dtypes (float16 with float32, ...) computed into temporaries of the result's dtype
@@ -403,6 +409,6 @@ class NumpyBackend(Backend):
             if _whole_arrays(problem):
                 return broadcast_kernel(p["expr"], problem.dtype, p.get("reduce", "none"))
             return elementwise_kernel(p["expr"], problem.dtype, cfg["block"])
-        if problem.op == "softmax":
-            return softmax_kernel(cfg["block"])
+        if problem.op in ("softmax", "log_softmax"):
+            return softmax_kernel(cfg["block"], log=problem.op == "log_softmax")
         return norm_kernel(problem.op, p["eps"], cfg["block"])

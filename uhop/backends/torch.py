@@ -179,7 +179,7 @@ class TorchBackend(Backend):
     devices = ("cpu", "cuda")
     vendor = True
     ops = ("matmul", "softmax", "layernorm", "rmsnorm", "elementwise", "attention", "conv2d", "embedding",
-           "gated_mlp")
+           "gated_mlp", "log_softmax")
     dtypes = ("float32", "float64", "float16", "bfloat16")
     elementwise_forms = True
 
@@ -284,6 +284,8 @@ class TorchBackend(Backend):
             return mm
         if op == "softmax":
             return lambda x: torch.softmax(x, dim=-1)
+        if op == "log_softmax":
+            return lambda x: torch.log_softmax(x, dim=-1)
         if op == "gated_mlp":  # two GEMMs, the gate in place on the fresh product, one multiply
             gate_ = {"silu": _silu_, "gelu": torch._C._nn.gelu_, "gelu_tanh": _gelu_tanh_}[p["activation"]]
             gate = {"silu": F.silu, "gelu": F.gelu, "gelu_tanh": _gelu_tanh}[p["activation"]]

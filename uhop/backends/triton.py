@@ -20,6 +20,7 @@ from uhop.problem import Problem
 FAMILIES = {
     "matmul": "matmul",
     "softmax": "rowops",
+    "log_softmax": "rowops",
     "layernorm": "rowops",
     "rmsnorm": "rowops",
     "elementwise": "elementwise",

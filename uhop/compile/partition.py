@@ -28,6 +28,7 @@ MATMUL = {operator.matmul, torch.matmul, torch.bmm, "matmul", "bmm", "__matmul__
 LAYER_NORM = {F.layer_norm, torch.layer_norm}
 RMS_NORM = {F.rms_norm, getattr(torch, "rms_norm", F.rms_norm)}
 SOFTMAX = {F.softmax, torch.softmax, "softmax"}
+LOG_SOFTMAX = {F.log_softmax, torch.log_softmax, "log_softmax"}
 SDPA = {F.scaled_dot_product_attention}
 EMBEDDING = {F.embedding}
 CONV2D = {torch.conv2d, F.conv2d}
@@ -142,7 +143,8 @@ class Partitioner:
         # QKᵀ and PV matmuls and its softmax must not become regions alone
         # a gated MLP's two projections and their product before the linear rule takes each alone
         for rules in ((self._softmax_written_out,), (self._attention_explicit,), (self._gated_mlp,),
-                      (self._sdpa, self._linear, self._addmm, self._matmul, self._norm, self._softmax, self._embedding, self._conv)):
+                      (self._sdpa, self._linear, self._addmm, self._matmul, self._norm, self._softmax, self._log_softmax, self._embedding,
+                       self._conv)):
             for node in list(self.g.nodes):
                 if node.op not in ("call_function", "call_method") or not node.users:
                     continue
@@ -357,7 +359,8 @@ class Partitioner:
     def _softmax_dim_ok(self, node: fx.Node) -> bool:
         dim = _arg(node, 1, "dim")
         v = _val(node.args[0])
-        if _arg(node, 3, "dtype") is not None or node.kwargs.get("dtype") is not None or v is None:
+        # a dtype (F.softmax's 4th argument, torch.softmax's and Tensor.softmax's 3rd): left to aten
+        if any(isinstance(a, torch.dtype) for a in node.args[2:]) or node.kwargs.get("dtype") is not None or v is None:
             return False
         return dim is not None and dim in (-1, v.dim() - 1)
 
@@ -365,6 +368,12 @@ class Partitioner:
         if not _is(node, SOFTMAX) or not self._softmax_dim_ok(node):
             return False
         self._replace(node, [node], "softmax", (node.args[0],))
+        return True
+
+    def _log_softmax(self, node: fx.Node) -> bool:
+        if not _is(node, LOG_SOFTMAX) or not self._softmax_dim_ok(node):
+            return False
+        self._replace(node, [node], "log_softmax", (node.args[0],))
         return True
 
     def _softmax_written_out(self, node: fx.Node) -> bool:

@@ -45,6 +45,7 @@ REFERENCE: dict[str, Callable[..., Tensor]] = {
     "layer_norm": lambda x, w, b, eps: F.layer_norm(x, (x.shape[-1],), w, b, eps),
     "rms_norm": lambda x, w, eps: F.rms_norm(x, (x.shape[-1],), w, eps),
     "softmax": lambda x: torch.softmax(x, -1),
+    "log_softmax": lambda x: torch.log_softmax(x, -1),
     "attention": lambda q, k, v, mask, is_causal, scale: F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale),
     "embedding": lambda w, idx: F.embedding(idx, w),
@@ -54,7 +55,7 @@ REFERENCE: dict[str, Callable[..., Tensor]] = {
 }
 
 #: how many leading positional arguments are tensors (or None) per kind
-N_TENSORS = {"linear": 3, "matmul": 2, "layer_norm": 3, "rms_norm": 2, "softmax": 1, "attention": 4,
+N_TENSORS = {"linear": 3, "matmul": 2, "layer_norm": 3, "rms_norm": 2, "softmax": 1, "log_softmax": 1, "attention": 4,
              "embedding": 2, "conv2d": 3, "conv_bn": 7, "gated_mlp": 3}
 
 
@@ -80,6 +81,7 @@ SCHEMAS = {
     "layer_norm": "layer_norm(Tensor x, Tensor? w, Tensor? b, float eps) -> Tensor",
     "rms_norm": "rms_norm(Tensor x, Tensor? w, float eps) -> Tensor",
     "softmax": "softmax(Tensor x) -> Tensor",
+    "log_softmax": "log_softmax(Tensor x) -> Tensor",
     # SDPA semantics: ``mask`` additive (float) or boolean (True = keep), broadcastable
     "attention": "attention(Tensor q, Tensor k, Tensor v, Tensor? mask, bool is_causal, float? scale) -> Tensor",
     "embedding": "embedding(Tensor w, Tensor idx) -> Tensor",

@@ -167,6 +167,7 @@ ATEN: dict[str, tuple[str, Kernel]] = {
     "layer_norm": ("torch/eager", REFERENCE["layer_norm"]),
     "rms_norm": ("torch/eager", REFERENCE["rms_norm"]),
     "softmax": ("torch/eager", REFERENCE["softmax"]),
+    "log_softmax": ("torch/eager", REFERENCE["log_softmax"]),
     "attention": ("torch/sdpa", _aten_attention),
     "embedding": ("torch/eager", REFERENCE["embedding"]),
     "conv2d": ("torch/eager", _aten_conv2d),
@@ -312,7 +313,7 @@ def _sample(kind: str, args: Sequence[Any], out: Tensor) -> tuple[list[Any], Ten
     the tuner before the store kept it; this check catches wiring faults (layouts, strides,
     parameters) of the region, and those show on every row. None: check everything."""
     a = list(args)
-    if kind in ("linear", "layer_norm", "rms_norm", "softmax") or (kind == "matmul" and args[1].dim() == 2):
+    if kind in ("linear", "layer_norm", "rms_norm", "softmax", "log_softmax") or (kind == "matmul" and args[1].dim() == 2):
         x = args[0]
         rows = x.reshape(-1, x.shape[-1])
         idx = _pick(rows.shape[0], ROWS_CHECKED, x.device)
@@ -395,8 +396,8 @@ def _op_args(kind: str, args: Sequence[Any]) -> tuple[str, tuple[Any, ...], dict
     if kind == "rms_norm":
         x, w, eps = args
         return "rmsnorm", (x, w), {"eps": eps}
-    if kind == "softmax":
-        return "softmax", tuple(args), {}
+    if kind in ("softmax", "log_softmax"):
+        return kind, tuple(args), {}
     if kind == "attention":
         q, kk, v, mask, causal, scale = args
         if scale is not None and not math.isclose(scale, 1 / math.sqrt(q.shape[-1]), rel_tol=1e-6):
@@ -424,6 +425,7 @@ _ADAPT: dict[str, Callable[[Kernel], Kernel]] = {
     "layer_norm": lambda k: lambda x, w, b, eps: k(x, w, b),
     "rms_norm": lambda k: lambda x, w, eps: k(x, w),
     "softmax": lambda k: k,
+    "log_softmax": lambda k: k,
     "attention": lambda k: lambda q, kk, v, mask, causal, scale: k(q, kk, v) if mask is None else k(q, kk, v, mask),
     "embedding": lambda k: k,
     "conv2d": lambda k: lambda x, w, b, s, p, a: _act_(k(x, w, b), a),

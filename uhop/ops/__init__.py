@@ -18,11 +18,11 @@ from uhop.ops.base import Op, Param
 from uhop.ops.elementwise import Elementwise
 from uhop.ops.embedding import Embedding
 from uhop.ops.matmul import GatedMLP, Matmul
-from uhop.ops.norms import LayerNorm, RMSNorm, Softmax
+from uhop.ops.norms import LayerNorm, LogSoftmax, RMSNorm, Softmax
 
 REGISTRY: dict[str, Op] = {
     op.name: op for op in (Matmul(), Softmax(), LayerNorm(), RMSNorm(), Elementwise(), Attention(), Conv2d(),
-                           Embedding(), GatedMLP())
+                           Embedding(), GatedMLP(), LogSoftmax())
 }
 
 
@@ -116,32 +116,42 @@ def _direct(op_name: str, slot: str = ""):
 
 
 matmul = _direct("matmul")
-_softmax_last = _direct("softmax")
+def _along_axis(op_name: str, what: str) -> Any:
+    """``uhop.ops.<op_name>(x, axis=...)`` for a row op over the last dim: ``axis`` (numpy's name)
+    or ``dim`` (torch's), the last by default; another axis is moved last around the kernel (one
+    copy each way)."""
+    last = _direct(op_name)
+
+    def run(x: Any, *args: Any, axis: int | None = None, dim: int | None = None, **params: Any) -> Any:
+        if args or params or axis is None and dim is None:  # the op takes neither: it names them
+            return last(x, *args, **params)
+        if axis is not None and dim is not None:
+            raise InputError(f"{op_name}: give axis or dim, not both (axis={axis!r}, dim={dim!r})")
+        a = axis if axis is not None else dim
+        nd = getattr(x, "ndim", None)
+        if isinstance(a, bool) or not isinstance(a, (int, np.integer)) or nd is None or not -nd <= a < max(nd, 1):
+            name = "axis" if axis is not None else "dim"
+            raise InputError(f"{op_name}: {name} must be an int in [{-(nd or 1)}, {max(nd or 1, 1)}) for an input "
+                             f"of {nd} dimension(s); got {a!r}")  # fmt: skip
+        a = int(a) % max(nd, 1)
+        if a == nd - 1 or nd == 0:
+            return last(x)
+        if isinstance(x, np.ndarray):
+            return np.moveaxis(last(np.ascontiguousarray(np.moveaxis(x, a, -1))), -1, a)
+        if not hasattr(x, "movedim"):
+            raise InputError(f"{op_name}: axis/dim other than the last needs a numpy array or torch tensor; "
+                             f"got {type(x).__name__}")  # fmt: skip
+        return last(x.movedim(a, -1).contiguous()).movedim(-1, a)
+
+    run.__name__ = op_name
+    run.__doc__ = (f"{what} along ``axis`` (numpy's name) or ``dim`` (torch's), the last by default; another "
+                   "axis is moved last around the kernel (one copy each way).\n\nDispatches to UHOP's best "
+                   "kernel for the inputs.")  # fmt: skip
+    return run
 
 
-def softmax(x: Any, *args: Any, axis: int | None = None, dim: int | None = None, **params: Any) -> Any:
-    """Softmax along ``axis`` (numpy's name) or ``dim`` (torch's), the last by default; another
-    axis is moved last around the kernel (one copy each way).
-
-    Dispatches to UHOP's best kernel for the inputs."""
-    if args or params or axis is None and dim is None:  # softmax takes neither: the op names them
-        return _softmax_last(x, *args, **params)
-    if axis is not None and dim is not None:
-        raise InputError(f"softmax: give axis or dim, not both (axis={axis!r}, dim={dim!r})")
-    a = axis if axis is not None else dim
-    nd = getattr(x, "ndim", None)
-    if isinstance(a, bool) or not isinstance(a, (int, np.integer)) or nd is None or not -nd <= a < max(nd, 1):
-        name = "axis" if axis is not None else "dim"
-        raise InputError(f"softmax: {name} must be an int in [{-(nd or 1)}, {max(nd or 1, 1)}) for an input "
-                         f"of {nd} dimension(s); got {a!r}")  # fmt: skip
-    a = int(a) % max(nd, 1)
-    if a == nd - 1 or nd == 0:
-        return _softmax_last(x)
-    if isinstance(x, np.ndarray):
-        return np.moveaxis(_softmax_last(np.ascontiguousarray(np.moveaxis(x, a, -1))), -1, a)
-    if not hasattr(x, "movedim"):
-        raise InputError(f"softmax: axis/dim other than the last needs a numpy array or torch tensor; got {type(x).__name__}")
-    return _softmax_last(x.movedim(a, -1).contiguous()).movedim(-1, a)
+softmax = _along_axis("softmax", "Softmax")
+log_softmax = _along_axis("log_softmax", "Log-softmax")
 
 
 layernorm = _direct("layernorm")

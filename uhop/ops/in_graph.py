@@ -82,6 +82,7 @@ def _native_rms(x, weight, eps):
 NATIVE: dict[str, Any] = {
     "matmul": _native_matmul,
     "softmax": lambda x: torch.softmax(x, dim=-1),
+    "log_softmax": lambda x: torch.log_softmax(x, dim=-1),
     "layernorm": lambda x, weight, bias, eps: F.layer_norm(x, (x.shape[-1],), weight, bias, eps),
     "rmsnorm": _native_rms,
     "attention": _native_attention,
@@ -120,6 +121,11 @@ def matmul(a: _Tensor, b: _Tensor, bias: Optional[_Tensor] = None, activation: s
 @_custom_op("softmax")
 def softmax(x: _Tensor) -> _Tensor:
     return _fresh(_eager("softmax")(x), (x,))
+
+
+@_custom_op("log_softmax")
+def log_softmax(x: _Tensor) -> _Tensor:
+    return _fresh(_eager("log_softmax")(x), (x,))
 
 
 @_custom_op("layernorm")
@@ -201,7 +207,7 @@ def _register(name: str, fn: Any) -> None:
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
         # tensors go through save_for_backward (version checks); the rest (params) kept as is
         ctx.inputs = [None if isinstance(x, (_Tensor, list)) else x for x in inputs]
-        if name == "softmax":
+        if name in ("softmax", "log_softmax"):
             ctx.save_for_backward(output)
             return
         ctx.tensor_at = [isinstance(x, _Tensor) for x in inputs]
@@ -215,6 +221,9 @@ def _register(name: str, fn: Any) -> None:
         if name == "softmax":  # from the output alone, no recompute
             (y,) = ctx.saved_tensors
             return ((grad - (grad * y).sum(-1, keepdim=True)) * y,)
+        if name == "log_softmax":  # d/dx (x - lse(x)) = grad - softmax(x) * sum(grad), softmax = exp(y)
+            (y,) = ctx.saved_tensors
+            return (grad - y.exp() * grad.sum(-1, keepdim=True),)
         saved = list(ctx.saved_tensors)
         if name == "elementwise":
             return None, None, vjp_grads(lambda *xs: native(inputs[0], inputs[1], list(xs)), saved, grad)

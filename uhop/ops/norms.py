@@ -1,4 +1,4 @@
-"""Row-wise ops over the last dimension: softmax, layernorm, rmsnorm."""
+"""Row-wise ops over the last dimension: softmax, log-softmax, layernorm, rmsnorm."""
 
 from __future__ import annotations
 
@@ -60,6 +60,27 @@ class Softmax(_RowOp):
 
     def bytes(self, dims, dtype, params) -> float:
         return ITEMSIZE[dtype] * 2 * dims["R"] * dims["N"]
+
+
+class LogSoftmax(Softmax):
+    """log(softmax(x)) computed stably as x - max - log(sum(exp(x - max))): what a language
+    model's loss and sampling take (``F.log_softmax``, ``F.cross_entropy``'s first step)."""
+
+    name = "log_softmax"
+    description = "log-softmax over the last dim (x - logsumexp(x))"
+
+    def reference(self, x, **_: Any) -> np.ndarray:
+        m = np.max(x, axis=-1, keepdims=True)
+        s = x - m
+        return s - np.log(np.sum(np.exp(s), axis=-1, keepdims=True))
+
+    def reference_torch(self, x, **_: Any) -> Any:
+        """:meth:`reference` on float64 torch tensors."""
+        s = x - x.amax(dim=-1, keepdim=True)
+        return s - s.exp().sum(dim=-1, keepdim=True).log()
+
+    def flops(self, dims, params) -> float:
+        return 4.0 * dims["R"] * dims["N"]
 
 
 class LayerNorm(_RowOp):

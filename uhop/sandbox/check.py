@@ -48,6 +48,7 @@ _perf = time.perf_counter
 SHAPES: dict[str, tuple[str, ...]] = {
     "matmul": ("31x37x29", "67x53x71"),
     "softmax": ("37x61", "101x127"),
+    "log_softmax": ("37x61", "101x127"),
     "layernorm": ("37x61", "101x127"),
     "rmsnorm": ("37x61", "101x127"),
     "elementwise": ("1031", "4099"),

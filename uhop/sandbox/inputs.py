@@ -94,6 +94,7 @@ def _embedding(xs: list[np.ndarray], rng: np.random.Generator, p: Problem) -> No
 #: ops whose special-value trial exists, and how its inputs are changed (in place)
 SPECIAL: dict[str, Callable[[list[np.ndarray], np.random.Generator, Problem], None]] = {
     "softmax": _softmax,
+    "log_softmax": _softmax,
     "layernorm": _nan_rows,
     "rmsnorm": _nan_rows,
     "matmul": _matmul,

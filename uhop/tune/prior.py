@@ -46,7 +46,7 @@ def _passes(problem: Problem) -> int:
 
         e = parse(problem.param["expr"])
         return max(1, _nodes(e))
-    if problem.op in ("softmax", "layernorm", "rmsnorm"):
+    if problem.op in ("softmax", "layernorm", "rmsnorm", "log_softmax"):
         return 5
     act = problem.param.get("activation", "none")
     return {"none": 1, "relu": 2, "silu": 4, "gelu": 6}.get(str(act), 4)

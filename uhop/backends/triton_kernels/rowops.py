@@ -47,7 +47,7 @@ import triton.language as tl
 from uhop.backends.triton_kernels import Limits, next_pow2
 from uhop.backends.triton_kernels.launch import Launcher
 
-#: op -> kernel op code. 3 (log-softmax) is served by the kernels but has no op definition yet.
+#: op -> kernel op code
 OPS = {"softmax": 0, "layernorm": 1, "rmsnorm": 2, "log_softmax": 3}
 #: widest row kept whole in one program's registers (fp32 statistics: <= 32 values per thread
 #: at 16 warps); wider rows go to ``split``
@@ -449,8 +449,7 @@ _row = Launcher(_row_kernel)
 
 
 def launcher(template: str, cfg: dict[str, Any], op: int, eps: float, device: str) -> Any:
-    """The kernel for op code ``op`` (see OPS; the tests reach log-softmax, which has no op
-    definition yet, through here)."""
+    """The kernel for op code ``op`` (see OPS)."""
     import torch
 
     from uhop.backends.triton_kernels import limits
