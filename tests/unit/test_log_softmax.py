@@ -74,6 +74,20 @@ def test_uhop_ops_log_softmax_along_any_axis(lib, uhop_home, monkeypatch):
         uhop.ops.log_softmax(x, eps=1e-5)
 
 
+def test_buffers_take_the_last_axis_and_name_the_others(uhop_home, monkeypatch):
+    monkeypatch.setenv("UHOP_POLICY", "fast")
+    x = np.random.default_rng().uniform(-3, 3, (16, 77)).astype(np.float32)
+    buf = uhop.Buffer(x)
+    for kw in ({}, {"axis": -1}, {"dim": 1}):
+        out = uhop.ops.log_softmax(buf, **kw)
+        assert isinstance(out, uhop.Buffer)
+        np.testing.assert_allclose(out.numpy(), _ref(x.astype(np.float64)), rtol=1e-5, atol=1e-5)
+    with pytest.raises(InputError, match="other than the last needs a numpy array or torch tensor; got Buffer"):
+        uhop.ops.log_softmax(buf, axis=0)
+    with pytest.raises(InputError, match="x must be a numpy array or torch tensor, got list"):
+        uhop.ops.log_softmax([[1.0, 2.0]], axis=0)
+
+
 def test_masked_positions_and_infinities_give_torchs_result(uhop_home):
     x = torch.randn(4, 37)
     x[0, :5] = float("-inf")  # a masked prefix: -inf out, the rest normalized over the others

@@ -116,6 +116,8 @@ def _direct(op_name: str, slot: str = ""):
 
 
 matmul = _direct("matmul")
+
+
 def _along_axis(op_name: str, what: str) -> Any:
     """``uhop.ops.<op_name>(x, axis=...)`` for a row op over the last dim: ``axis`` (numpy's name)
     or ``dim`` (torch's), the last by default; another axis is moved last around the kernel (one
@@ -129,9 +131,13 @@ def _along_axis(op_name: str, what: str) -> Any:
             raise InputError(f"{op_name}: give axis or dim, not both (axis={axis!r}, dim={dim!r})")
         a = axis if axis is not None else dim
         nd = getattr(x, "ndim", None)
-        if isinstance(a, bool) or not isinstance(a, (int, np.integer)) or nd is None or not -nd <= a < max(nd, 1):
+        if nd is None and hasattr(x, "shape"):  # a uhop.Buffer
+            nd = len(x.shape)
+        if nd is None:  # not an array: the op names the input
+            return last(x)
+        if isinstance(a, bool) or not isinstance(a, (int, np.integer)) or not -nd <= a < max(nd, 1):
             name = "axis" if axis is not None else "dim"
-            raise InputError(f"{op_name}: {name} must be an int in [{-(nd or 1)}, {max(nd or 1, 1)}) for an input "
+            raise InputError(f"{op_name}: {name} must be an int in [{-max(nd, 1)}, {max(nd, 1)}) for an input "
                              f"of {nd} dimension(s); got {a!r}")  # fmt: skip
         a = int(a) % max(nd, 1)
         if a == nd - 1 or nd == 0:
