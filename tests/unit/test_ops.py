@@ -530,3 +530,9 @@ def test_attention_takes_sdpa_keywords(lib, uhop_home, monkeypatch):
             uhop.ops.attention(q, k, v, **kw)
     with pytest.raises(InputError, match="mask is given twice"):
         uhop.ops.attention(q, k, v, m, attn_mask=m)
+    if lib == "numpy":  # a Buffer's scale is not silently dropped: 1/sqrt(D) is served, another named
+        bq, bk_, bv = (uhop.Buffer(a) for a in (q, k, v))
+        np.testing.assert_allclose(uhop.ops.attention(bq, bk_, bv, scale=1 / math.sqrt(8)).numpy(), ref(),
+                                   rtol=2e-5, atol=2e-6)  # fmt: skip
+        with pytest.raises(InputError, match="scale other than 1/sqrt.D. needs q as a numpy array or torch tensor"):
+            uhop.ops.attention(bq, bk_, bv, scale=0.7)

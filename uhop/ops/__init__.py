@@ -190,7 +190,8 @@ def attention(q: Any, k: Any, v: Any, *args: Any, mask: Any = None, attn_mask: A
         raise InputError(f"attention: dropout_p must be 0 (UHOP's attention has no dropout; torch's SDPA has); "
                          f"got {dropout_p!r}")  # fmt: skip
     if scale is not None:
-        d = getattr(q, "shape", (0,))[-1] if getattr(q, "ndim", 0) else 0
+        shape = tuple(getattr(q, "shape", ()))  # numpy, torch, a uhop.Buffer
+        d = shape[-1] if shape else 0
         if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating, np.integer)) or not (
             math.isfinite(scale) and scale > 0
         ):
@@ -202,6 +203,8 @@ def attention(q: Any, k: Any, v: Any, *args: Any, mask: Any = None, attn_mask: A
                                  f"got {type(q).__name__}")  # fmt: skip
             q = q * (np.asarray(f, dtype=q.dtype) if isinstance(q, np.ndarray) else f)
     return _attention(q, k, v, *args, **params)
+
+
 conv2d = _direct("conv2d")
 embedding = _direct("embedding")
 gated_mlp = _direct("gated_mlp")
