@@ -9,7 +9,9 @@ over two rounds and on the same fresh random inputs:
 - ``uhop``: the product path, ``uhop.ops.<op>(x, ...)`` with default settings and an empty store
   (``UHOP_HOME`` is a fresh temp dir). The first call tunes (its wall time is ``first_call_s``);
   when ``uhop.wait`` exists the sweep waits for background tuning before timing.
-- ``eager``: torch's own op; ``compile``: ``torch.compile`` of the same function (default mode).
+- ``eager``: torch's own op; ``compile``: ``torch.compile`` of the same function (default mode,
+  static shapes, a fresh Dynamo cache per case; runs before the twenty-sixth session's fix reused
+  one cache across cases, so their later cases timed dynamic-shape kernels).
 - ``oracle`` (``--oracle``, labelled so: not a UHOP figure): each Triton candidate of the row /
   chain templates timed directly, i.e. what the tuner would pick with an unlimited budget.
 Every output is checked against a float64 torch reference (relative L2 error). Rates count the
@@ -187,8 +189,12 @@ def run_case(op, R, N, dtype, arity, expr, opts, copy) -> dict[str, Any]:
         row["expr"] = expr
     fns: dict[str, Any] = {"eager": torch_fn(op, expr)}
     if opts.compile:
+        # a fresh Dynamo cache and static shapes per case: each case's lambda shares its code object
+        # with the other cases of its op, so reused they recompiled with dynamic shapes (and past the
+        # recompile limit), which ran softmax 16 x 262144 at 7 GB/s (twenty-sixth session, H200)
+        torch._dynamo.reset()
         t0 = time.perf_counter()
-        cf = torch.compile(torch_fn(op, expr))
+        cf = torch.compile(torch_fn(op, expr), dynamic=False)
         try:
             cf(*args)
             torch.cuda.synchronize()

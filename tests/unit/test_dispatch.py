@@ -443,7 +443,7 @@ def test_stale_or_wrong_store_entries_are_never_served():
 
     real = npb.softmax_kernel
     try:
-        npb.softmax_kernel = lambda block: (lambda x: np.zeros_like(x))  # a wrong kernel behind the stored entry
+        npb.softmax_kernel = lambda block, **_: (lambda x: np.zeros_like(x))  # a wrong kernel behind the stored entry
         clear_process_cache()
         # in-process tuning: the patched (wrong) numpy kernel must also lose the re-tuning
         with pytest.warns(UhopWarning, match="failed validation"), config.override(isolate="never"):
