@@ -874,6 +874,31 @@ def _is_probing() -> bool:
     return getattr(_probing, "depth", 0) > 0
 
 
+def _input_error(spec: Any, args: Sequence[Any], params: Mapping[str, Any]) -> InputError | None:
+    """The op's error for the caller's own inputs (the probe's are smaller: its message would
+    name shapes the caller never passed), or None if they pass."""
+    try:
+        make_problem(spec, args, dict(params))
+    except InputError as exc:
+        return exc
+    except Exception:
+        return None
+    return None
+
+
+def _runs_as_written(fn: Callable[..., Any], small: Sequence[Any]) -> bool:
+    """Whether ``fn`` returns on the probe's small inputs (nested decorated functions run as
+    written while probing)."""
+    _probing.depth = getattr(_probing, "depth", 0) + 1
+    try:
+        fn(*small)
+        return True
+    except Exception:
+        return False
+    finally:
+        _probing.depth -= 1
+
+
 def _small_like(args: Sequence[Any], rng: np.random.Generator) -> list[Any]:
     """Random inputs shaped like ``args`` with every dim capped at 8 (equal dims stay equal, so
     shape relations such as a shared K survive)."""
@@ -1065,8 +1090,17 @@ class Optimized:
                 _warn(f"{name}: {exc}; UHOP calls the function as written for inputs of these dtypes")
                 return None
             except InputError as exc:
-                # Inputs the op cannot take: raise as the reference would (clear, names the argument).
-                raise InputError(f"{name}: {exc}") from None
+                # Inputs the op cannot take. Where the function itself takes them (numpy's ``a @ b``
+                # with a vector b, batch dims that broadcast), it runs as written for them, as an
+                # undecorated function would; where it fails too, or where the decorator's own
+                # params are what the inputs contradict, UHOP's error names the argument.
+                real = _input_error(self.spec, args, params) or exc
+                own = {k: v for k, v in params.items() if k not in self.params}
+                if _input_error(self.spec, small, own) is not None and _runs_as_written(self.fn, small):
+                    _warn(f"{name}: UHOP's {self.spec.name} does not take these inputs ({real}); calling the "
+                          "function as written for them")  # fmt: skip
+                    raise UnsupportedInput(str(real)) from None
+                raise InputError(f"{name}: {real}") from None
             _probing.depth = getattr(_probing, "depth", 0) + 1
             try:
                 v = agrees(self.fn, self.spec.reference, small, problem)

@@ -139,6 +139,31 @@ def test_bad_input_to_decorated_function_is_clear():
         uhop.ops.matmul(ai, bi)
 
 
+def test_shapes_the_op_refuses_but_the_function_takes_run_as_written():
+    """``a @ b`` with a vector b, or a b whose batch dims broadcast: numpy computes it, UHOP's
+    matmul does not take it. The decorated function runs as written (one warning naming the
+    caller's shapes, not the probe's); shapes the function refuses too still raise UHOP's error."""
+
+    @uhop.optimize("matmul")
+    def mm(a, b):
+        return a @ b
+
+    a = f32(9, 17)
+    for b, said in ((f32(17), r"got shape \(17,\)"), (f32(1, 17, 4), r"batch dims of a \(\) and b \(1,\)")):
+        with pytest.warns(UhopWarning, match=f"does not take these inputs.*{said}.*as written"):
+            out = mm(a, b)
+        close(out, a.astype(np.float64) @ b.astype(np.float64))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            close(mm(a, b), a.astype(np.float64) @ b.astype(np.float64))  # same signature: no new warning
+    b = f32(17, 5)
+    close(mm(a, b), a.astype(np.float64) @ b.astype(np.float64))  # rank-2 b is still UHOP's
+    with pytest.raises(InputError, match=r"mm: matmul: a is \(9, 17\) and b is \(6, 5, 3\): a's last dim \(K=17\)"):
+        mm(a, f32(6, 5, 3))  # numpy fails too: UHOP's error, with the caller's shapes (the probe's are capped at 8)
+    with pytest.raises(InputError, match="b must have at least 2 dims"):
+        uhop.ops.matmul(a, f32(17))  # uhop.ops has no function of the user's to run
+
+
 def test_decorated_function_with_inputs_of_mixed_dtypes_runs_as_written():
     """Issue #16: inputs of mixed dtypes raised instead of falling back (a float64 weight next
     to float32 activations in real model code)."""
