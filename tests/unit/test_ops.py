@@ -47,7 +47,8 @@ def test_row_ops_reference_vs_torch(rng):
     x, w, b = rnd(rng, 3, 4, 11), rnd(rng, 11), rnd(rng, 11)
     np.testing.assert_allclose(get("softmax").reference(x), torch.softmax(t(x), -1).numpy(), rtol=1e-12)
     big = x * 300  # exp over/underflows: the reference stays finite and exact
-    np.testing.assert_allclose(get("log_softmax").reference(big), torch.log_softmax(t(big), -1).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(get("log_softmax").reference(big), torch.log_softmax(t(big), -1).numpy(), rtol=1e-12,
+                               atol=1e-12)  # near-zero outputs (the dominant entry) differ in the last bit  # fmt: skip
     assert np.isfinite(get("log_softmax").reference(big)).all()
     np.testing.assert_allclose(get("log_softmax").reference_torch(t(big)).numpy(), get("log_softmax").reference(big),
                                rtol=1e-12, atol=1e-12)  # fmt: skip
