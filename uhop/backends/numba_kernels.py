@@ -329,7 +329,7 @@ _REDUCE = frozenset(FASTMATH_REDUCE)
 
 def softmax_fn(dtype: str, parallel: bool, wide: bool, log: bool = False):
     """softmax (``log``: log-softmax)(x (R, N), out (R, N), rows): ``rows`` rows per parallel task."""
-    return template_fn("log_softmax" if log else "softmax", dtype, parallel, wide, _REDUCE)
+    return template_fn("softmax", dtype, parallel, wide, _REDUCE, log=log)
 
 
 def norm_fn(kind: str, dtype: str, has_w: bool, has_b: bool, parallel: bool, wide: bool):

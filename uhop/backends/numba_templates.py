@@ -4,7 +4,7 @@ These functions are never called or jitted here: :func:`uhop.backends.numba_kern
 copies a template's source into a generated module (one per dtype and flag set) where the free
 names are bound: ``T`` (the numpy scalar type), ``exp_`` and ``row_max`` (vectorizable helpers,
 :mod:`numba_kernels`), ``hint`` (512-bit vector preference or nothing), ``act`` (matmul's
-activation), ``ZERO`` and the flags ``has_w``, ``has_b``, ``has_bias``, ``causal`` (module
+activation), ``ZERO`` and the flags ``has_w``, ``has_b``, ``has_bias``, ``causal``, ``log`` (module
 constants, so numba folds the branches away). Generated modules live in files so that numba's
 on-disk cache keeps their machine code: a new process loads a kernel instead of compiling it
 (0.5-2 s each). Closures, which the factories used before, cannot be cached: numba pickles the
@@ -23,8 +23,9 @@ from numba import prange
 
 
 def softmax(x, out, rows):
-    """softmax(x (R, N)) into out: per row a max pass, an exp pass that stores and sums, and a
-    scaling pass, on a row that stays in L1/L2."""
+    """softmax(x (R, N)) into out, or with ``log`` log-softmax (x - max - log(sum)): per row a
+    max pass, an exp pass that sums (and for softmax stores), then a scaling (a shifting) pass,
+    on a row that stays in L1/L2."""
     R, N = x.shape
     for blk in prange((R + rows - 1) // rows):
         hint()
@@ -34,28 +35,17 @@ def softmax(x, out, rows):
             s = 0.0
             for j in range(N):
                 e = exp_(xr[j] - m)
-                o[j] = e
+                if not log:
+                    o[j] = e
                 s += e
-            inv = T(1.0 / s)
-            for j in range(N):
-                o[j] *= inv
-
-
-def log_softmax(x, out, rows):
-    """log-softmax(x (R, N)) into out: per row a max pass, a pass summing exponentials (nothing
-    stored), and one writing x - max - log(sum)."""
-    R, N = x.shape
-    for blk in prange((R + rows - 1) // rows):
-        hint()
-        for r in range(blk * rows, min(R, blk * rows + rows)):
-            xr, o = x[r], out[r]
-            m = row_max(xr)  # NaN rows: NaN flows through exp into the sum below
-            s = 0.0
-            for j in range(N):
-                s += exp_(xr[j] - m)
-            shift = T(m + math.log(s))
-            for j in range(N):
-                o[j] = xr[j] - shift
+            if log:
+                shift = T(m + math.log(s))
+                for j in range(N):
+                    o[j] = xr[j] - shift
+            else:
+                inv = T(1.0 / s)
+                for j in range(N):
+                    o[j] *= inv
 
 
 def layernorm(x, w, b, out, eps, rows):
