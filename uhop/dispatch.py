@@ -7,6 +7,7 @@ happens once per new signature, in :meth:`Optimized._miss`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -874,6 +875,16 @@ def _is_probing() -> bool:
     return getattr(_probing, "depth", 0) > 0
 
 
+@contextlib.contextmanager
+def _probe() -> Any:
+    """Calls of the user's function on the probe's small inputs (see :data:`_probing`)."""
+    _probing.depth = getattr(_probing, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _probing.depth -= 1
+
+
 def _input_error(spec: Any, args: Sequence[Any], params: Mapping[str, Any]) -> InputError | None:
     """The op's error for the caller's own inputs (the probe's are smaller: its message would
     name shapes the caller never passed), or None if they pass."""
@@ -889,14 +900,12 @@ def _input_error(spec: Any, args: Sequence[Any], params: Mapping[str, Any]) -> I
 def _runs_as_written(fn: Callable[..., Any], small: Sequence[Any]) -> bool:
     """Whether ``fn`` returns on the probe's small inputs (nested decorated functions run as
     written while probing)."""
-    _probing.depth = getattr(_probing, "depth", 0) + 1
     try:
-        fn(*small)
+        with _probe():
+            fn(*small)
         return True
     except Exception:
         return False
-    finally:
-        _probing.depth -= 1
 
 
 def _small_like(args: Sequence[Any], rng: np.random.Generator) -> list[Any]:
@@ -1101,11 +1110,8 @@ class Optimized:
                           "function as written for them")  # fmt: skip
                     raise UnsupportedInput(str(real)) from None
                 raise InputError(f"{name}: {real}") from None
-            _probing.depth = getattr(_probing, "depth", 0) + 1
-            try:
+            with _probe():
                 v = agrees(self.fn, self.spec.reference, small, problem)
-            finally:
-                _probing.depth -= 1
             if v.ok:
                 log.debug("%s implements %s with %s", name, self.spec.name, params)
                 return params

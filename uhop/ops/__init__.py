@@ -83,14 +83,20 @@ def _traced(op_name: str, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
     return _dispatcher()(op_name, args, params)
 
 
-def _direct(op_name: str, slot: str = ""):
+def _direct(op_name: str, slot: str = "", keywords: tuple[frozenset[str], Any, str] | None = None):
     """``uhop.ops.<op_name>``. ``slot`` names its guard list in the kernel cache (the op's name by
     default): torch's tensor guards check the thread's dispatch-key state, which differs inside a
     custom op node (autograd keys excluded), so the nodes keep a list of their own
-    (``uhop.ops.in_graph``) rather than failing every check of the eager list and filling it."""
+    (``uhop.ops.in_graph``) rather than failing every check of the eager list and filling it.
+    ``keywords``: (names, handler, doc) for call forms beyond the op's own params (``axis=``,
+    SDPA's ``attn_mask=``): a call naming one goes to ``handler(run, args, params)``, which
+    rewrites it into the op's form; other calls pay one truth test of their keywords."""
     slot = slot or op_name
+    names, handler, extra_doc = keywords or (frozenset(), None, "")
 
     def run(*args: Any, **params: Any) -> Any:
+        if params and handler is not None and not names.isdisjoint(params):
+            return handler(run, args, params)
         if _compiling():
             return _traced(op_name, args, params)
         if _hit is not None:  # the hot path: a guard check, or the key and one dict lookup
@@ -111,77 +117,64 @@ def _direct(op_name: str, slot: str = ""):
         return _dispatcher()(op_name, args, params)
 
     run.__name__ = op_name
-    run.__doc__ = f"{REGISTRY[op_name].description}\n\nDispatches to UHOP's best kernel for the inputs."
+    run.__doc__ = f"{REGISTRY[op_name].description}{extra_doc}\n\nDispatches to UHOP's best kernel for the inputs."
     return run
 
 
 matmul = _direct("matmul")
 
 
-def _along_axis(op_name: str, what: str) -> Any:
-    """``uhop.ops.<op_name>(x, axis=...)`` for a row op over the last dim: ``axis`` (numpy's name)
-    or ``dim`` (torch's), the last by default; another axis is moved last around the kernel (one
-    copy each way)."""
-    last = _direct(op_name)
-
-    def run(x: Any, *args: Any, axis: int | None = None, dim: int | None = None, **params: Any) -> Any:
-        if args or params or axis is None and dim is None:  # the op takes neither: it names them
-            return last(x, *args, **params)
-        if axis is not None and dim is not None:
-            raise InputError(f"{op_name}: give axis or dim, not both (axis={axis!r}, dim={dim!r})")
-        a = axis if axis is not None else dim
-        nd = getattr(x, "ndim", None)
-        if nd is None and hasattr(x, "shape"):  # a uhop.Buffer
-            nd = len(x.shape)
-        if nd is None:  # not an array: the op names the input
-            return last(x)
-        if isinstance(a, bool) or not isinstance(a, (int, np.integer)) or not -nd <= a < max(nd, 1):
-            name = "axis" if axis is not None else "dim"
-            raise InputError(f"{op_name}: {name} must be an int in [{-max(nd, 1)}, {max(nd, 1)}) for an input "
-                             f"of {nd} dimension(s); got {a!r}")  # fmt: skip
-        a = int(a) % max(nd, 1)
-        if a == nd - 1 or nd == 0:
-            return last(x)
-        if isinstance(x, np.ndarray):
-            return np.moveaxis(last(np.ascontiguousarray(np.moveaxis(x, a, -1))), -1, a)
-        if not hasattr(x, "movedim"):
-            raise InputError(f"{op_name}: axis/dim other than the last needs a numpy array or torch tensor; "
-                             f"got {type(x).__name__}")  # fmt: skip
-        return last(x.movedim(a, -1).contiguous()).movedim(-1, a)
-
-    run.__name__ = op_name
-    run.__doc__ = (f"{what} along ``axis`` (numpy's name) or ``dim`` (torch's), the last by default; another "
-                   "axis is moved last around the kernel (one copy each way).\n\nDispatches to UHOP's best "
-                   "kernel for the inputs.")  # fmt: skip
-    return run
+def _along_axis(run: Any, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
+    """A row op over ``axis`` (numpy's name) or ``dim`` (torch's): the last served as is, another
+    moved last around the kernel (one copy each way)."""
+    op_name = run.__name__
+    axis, dim = params.pop("axis", None), params.pop("dim", None)
+    if len(args) != 1 or params or axis is None and dim is None:  # the op names what is wrong
+        return run(*args, **params)
+    if axis is not None and dim is not None:
+        raise InputError(f"{op_name}: give axis or dim, not both (axis={axis!r}, dim={dim!r})")
+    x, a = args[0], axis if axis is not None else dim
+    nd = getattr(x, "ndim", None)
+    if nd is None and hasattr(x, "shape"):  # a uhop.Buffer
+        nd = len(x.shape)
+    if nd is None:  # not an array: the op names the input
+        return run(x)
+    if isinstance(a, bool) or not isinstance(a, (int, np.integer)) or not -nd <= a < max(nd, 1):
+        name = "axis" if axis is not None else "dim"
+        raise InputError(f"{op_name}: {name} must be an int in [{-max(nd, 1)}, {max(nd, 1)}) for an input "
+                         f"of {nd} dimension(s); got {a!r}")  # fmt: skip
+    a = int(a) % max(nd, 1)
+    if a == nd - 1 or nd == 0:
+        return run(x)
+    if isinstance(x, np.ndarray):
+        return np.moveaxis(run(np.ascontiguousarray(np.moveaxis(x, a, -1))), -1, a)
+    if not hasattr(x, "movedim"):
+        raise InputError(f"{op_name}: axis/dim other than the last needs a numpy array or torch tensor; "
+                         f"got {type(x).__name__}")  # fmt: skip
+    return run(x.movedim(a, -1).contiguous()).movedim(-1, a)
 
 
-softmax = _along_axis("softmax", "Softmax")
-log_softmax = _along_axis("log_softmax", "Log-softmax")
-
-
+_AXIS = (frozenset({"axis", "dim"}), _along_axis,
+         "; along ``axis=`` (numpy's name) or ``dim=`` (torch's), another axis moved last around the kernel")
+softmax = _direct("softmax", keywords=_AXIS)
+log_softmax = _direct("log_softmax", keywords=_AXIS)
 layernorm = _direct("layernorm")
 rmsnorm = _direct("rmsnorm")
-_attention = _direct("attention")
 
 
-def attention(q: Any, k: Any, v: Any, *args: Any, mask: Any = None, attn_mask: Any = None, is_causal: Any = None,
-              scale: Any = None, dropout_p: float = 0.0, **params: Any) -> Any:  # fmt: skip
-    """softmax(q k^T * scale [+ mask]) v, with the mask as a fourth input or ``mask=`` /
-    ``attn_mask=`` (torch's SDPA name: boolean, True = attend, or additive; broadcastable to
-    (..., S, L)), ``causal=`` or ``is_causal=`` (top-left aligned), ``scale`` 1/sqrt(D) by default
-    (another is folded into q: one elementwise pass). No dropout: ``dropout_p`` must be 0.
-
-    Dispatches to UHOP's best kernel for the inputs."""
-    if mask is None and attn_mask is None and is_causal is None and scale is None and not dropout_p:
-        return _attention(q, k, v, *args, **params)
+def _sdpa_keywords(run: Any, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
+    """Attention called as torch's SDPA is: ``mask=`` / ``attn_mask=`` (the fourth input),
+    ``is_causal=`` (``causal``), ``scale`` (1/sqrt(D) as is, another folded into q: one
+    elementwise pass), ``dropout_p`` (0 only)."""
+    mask, attn_mask = params.pop("mask", None), params.pop("attn_mask", None)
+    is_causal, scale, dropout_p = params.pop("is_causal", None), params.pop("scale", None), params.pop("dropout_p", 0.0)
     if mask is not None and attn_mask is not None:
         raise InputError("attention: give mask or attn_mask, not both")
     m = mask if mask is not None else attn_mask
     if m is not None:
-        if args:
+        if len(args) > 3:
             raise InputError("attention: the mask is given twice (a fourth input and mask=/attn_mask=)")
-        args = (m,)
+        args = (*args, m)
     if is_causal is not None:
         if "causal" in params:
             raise InputError("attention: give causal or is_causal, not both")
@@ -189,7 +182,8 @@ def attention(q: Any, k: Any, v: Any, *args: Any, mask: Any = None, attn_mask: A
     if dropout_p:
         raise InputError(f"attention: dropout_p must be 0 (UHOP's attention has no dropout; torch's SDPA has); "
                          f"got {dropout_p!r}")  # fmt: skip
-    if scale is not None:
+    if scale is not None and args:
+        q = args[0]
         shape = tuple(getattr(q, "shape", ()))  # numpy, torch, a uhop.Buffer
         d = shape[-1] if shape else 0
         if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating, np.integer)) or not (
@@ -201,8 +195,14 @@ def attention(q: Any, k: Any, v: Any, *args: Any, mask: Any = None, attn_mask: A
             if not (isinstance(q, np.ndarray) or hasattr(q, "movedim")):
                 raise InputError(f"attention: a scale other than 1/sqrt(D) needs q as a numpy array or torch tensor; "
                                  f"got {type(q).__name__}")  # fmt: skip
-            q = q * (np.asarray(f, dtype=q.dtype) if isinstance(q, np.ndarray) else f)
-    return _attention(q, k, v, *args, **params)
+            args = (q * (np.asarray(f, dtype=q.dtype) if isinstance(q, np.ndarray) else f), *args[1:])
+    return run(*args, **params)
+
+
+attention = _direct("attention", keywords=(
+    frozenset({"mask", "attn_mask", "is_causal", "scale", "dropout_p"}), _sdpa_keywords,
+    "; the mask also as ``mask=`` / ``attn_mask=``, ``is_causal=``, ``scale=`` (another than 1/sqrt(D) "
+    "folded into q), ``dropout_p=0``, as torch's SDPA is called"))
 
 
 conv2d = _direct("conv2d")
