@@ -1,7 +1,7 @@
 """Row-template configurations at the widths issue #20 names, each timed directly next to torch
 eager (a candidate benchmark: it describes the kernels, not the product's pick).
 
-    python benchmarks/row_variants.py [--out row_variants_h200.json] [--deadline-s 200] [--regs | --persist | --cuda]
+    python benchmarks/row_variants.py [--out row_variants_h200.json] [--deadline-s 200] [--regs | --persist | --cuda | --pipe]
 
 For each case, every configuration in ``VARIANTS`` goes through ``rowops.launcher`` (the same
 launcher the Triton backend compiles), is checked against a float64 reference, and is timed with
@@ -151,8 +151,55 @@ def cuda_variants(op: str, R: int, N: int, dtype: str) -> list[tuple[str, dict[s
     return out
 
 
+#: ``--pipe``: the bulk-copy pipeline kernels (uhop.backends.cuda_pipe) next to what the product tries
+#: today, on the rows of 4096-50257 that stayed under 85% of copy on the H200
+PIPE_CASES = [
+    ("softmax", 12192, 11008, "bfloat16"),
+    ("layernorm", 12192, 11008, "bfloat16"),
+    ("softmax", 8192, 50257, "bfloat16"),
+    ("rmsnorm", 12192, 11008, "bfloat16"),
+    ("softmax", 12192, 11008, "float16"),
+    ("log_softmax", 8192, 50257, "bfloat16"),
+    ("layernorm", 2670, 50257, "bfloat16"),
+    ("softmax", 4096, 32768, "bfloat16"),
+    ("softmax", 32768, 4096, "bfloat16"),
+    ("layernorm", 32768, 5120, "bfloat16"),
+    ("softmax", 134217, 1000, "bfloat16"),
+]
+
+
+def pipe_variants(op: str, R: int, N: int, dtype: str) -> list[tuple[str, dict[str, Any]]]:
+    """The product's candidates (Triton's row templates, the CUDA cluster kernels past 16K), then
+    every pipeline shape whose stages fit an SM: CTAs per SM x stages, 128-512 threads."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from uhop.backends import cuda as cuda_backend
+    from uhop.backends.cuda_pipe import SM_SMEM, layout
+    from uhop.backends.triton_kernels import limits
+    from uhop.backends.triton_kernels.rowops import configs
+
+    lim = limits("cuda:0")
+    item = {"bfloat16": 2, "float16": 2, "float32": 4}[dtype]
+    p = SimpleNamespace(op=op, dim={"R": R, "N": N}, dtype=dtype, device="cuda:0", param={})
+    out: list[tuple[str, dict[str, Any]]] = list(configs(p, lim))
+    if N >= cuda_backend.MIN_N:
+        cc = torch.cuda.get_device_capability(0)
+        out += [("cuda", c) for c in cuda_backend.configs(R, N, item, lim.sm_count, lim.shared_mem_bytes, cc)]
+    one = layout(N, item, 1)[1]
+    fits = min(lim.shared_mem_bytes - 1024, SM_SMEM) // one
+    for ctas in (1, 2, 3, 4, 6, 8):
+        for S in (2, 3, 4, 6, 8):
+            if ctas * S > fits or ctas * S > 16:
+                continue
+            for threads in ((128, 256) if N <= 2048 else (256, 512)):
+                out.append(("pipe", {"threads": threads, "S": S, "ctas": ctas}))
+    return out
+
+
 def run_case(op: str, R: int, N: int, dtype: str, deadline: float, regs: bool = False,
-             persist: bool = False, cuda: bool = False) -> dict[str, Any]:  # fmt: skip
+             persist: bool = False, cuda: bool = False, pipe: bool = False) -> dict[str, Any]:  # fmt: skip
     import torch
 
     from uhop.backends.triton_kernels.rowops import OPS, launcher
@@ -171,7 +218,7 @@ def run_case(op: str, R: int, N: int, dtype: str, deadline: float, regs: bool = 
     eps = 1e-5 if op == "layernorm" else 1e-6
     eager = [bench(ref_fn, args)]
     rows = []
-    pick = cuda_variants if cuda else persist_variants if persist else capped_variants if regs else (lambda op, R, N, dt: variants(N))
+    pick = pipe_variants if pipe else cuda_variants if cuda else persist_variants if persist else capped_variants if regs else (lambda op, R, N, dt: variants(N))
     for template, cfg in pick(op, R, N, dtype):
         if time.monotonic() > deadline:
             rows.append({"template": template, "cfg": cfg, "error": "not run: deadline"})
@@ -182,6 +229,10 @@ def run_case(op: str, R: int, N: int, dtype: str, deadline: float, regs: bool = 
                 from uhop.backends.cuda_rows import launcher as cuda_launcher
 
                 k = cuda_launcher(cfg, OPS[op], eps, "cuda:0")
+            elif template == "pipe":
+                from uhop.backends.cuda_pipe import launcher as pipe_launcher
+
+                k = pipe_launcher(cfg, OPS[op], eps, "cuda:0")
             else:
                 k = launcher(template, cfg, OPS[op], eps, "cuda:0")
             y = k(*args)
@@ -210,16 +261,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--regs", action="store_true", help="the search space's configs under register caps (CAPS)")
     ap.add_argument("--persist", action="store_true", help="split vs its persistent form (REG_CASES)")
     ap.add_argument("--cuda", action="store_true", help="the CUDA cluster kernels vs Triton's split (CUDA_CASES)")
+    ap.add_argument("--pipe", action="store_true", help="the bulk-copy pipeline kernels vs the product's candidates (PIPE_CASES)")
     a = ap.parse_args(argv)
     end = time.monotonic() + a.deadline_s
-    pool = CUDA_CASES if a.cuda else REG_CASES if a.regs or a.persist else CASES
+    pool = PIPE_CASES if a.pipe else CUDA_CASES if a.cuda else REG_CASES if a.regs or a.persist else CASES
     cases = [c for c in pool if not a.only or str(c[2]) in a.only.split(",")]
     res: dict[str, Any] = {"env": {**environment(), "command": "benchmarks/row_variants.py " + " ".join(argv or sys.argv[1:])},
                            "copy_gbps": [copy_gbps()], "cases": []}  # fmt: skip
     for op, R, N, dtype in cases:
         if time.monotonic() > end:
             break
-        r = run_case(op, R, N, dtype, end, a.regs, a.persist, a.cuda)
+        r = run_case(op, R, N, dtype, end, a.regs, a.persist, a.cuda, a.pipe)
         res["cases"].append(r)
         b = r["best"]
         print(f"{op:<10}{R:>7}x{N:<7}{dtype:<9} eager {r['eager_gbps']:7.1f}  best "

@@ -126,7 +126,9 @@ def test_backend_declines_without_a_gpu():
     p = Problem.make("softmax", {"R": 8, "N": 50257}, "bfloat16", device="cpu", array="torch")
     assert not b.supports(p)  # CUDA devices only
     p = Problem.make("softmax", {"R": 8, "N": 4096}, "bfloat16", device="cuda:0", array="torch")
-    assert not b.supports(p)  # rows one Triton program holds are not its business
+    assert not b.supports(p)  # few rows one Triton program holds each are not its business
+    p = Problem.make("softmax", {"R": 4096, "N": 11008}, "bfloat16", device="cuda:0", array="torch")
+    assert b.supports(p)  # many rows of 4K-56K: the bulk-copy pipeline (cuda_pipe)
     p = Problem.make("softmax", {"R": 8, "N": 50257}, "float32", device="cuda:0", array="torch")
     assert not b.supports(p)  # float32: Triton's split led on the H100
     p = Problem.make("rmsnorm", {"R": 8, "N": 50257}, "bfloat16", {"eps": 1e-6}, device="cuda:0", array="torch")

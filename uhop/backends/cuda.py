@@ -1,7 +1,8 @@
 """CUDA C++ backend: UHOP's own CUDA kernel templates, compiled at run time with NVRTC and launched
 through the driver API (:mod:`uhop.backends.nvrtc`), for what Triton cannot express. Today: row
 ops over long rows, one row per thread-block cluster with the row held in shared memory
-(:mod:`uhop.backends.cuda_rows`).
+(``cluster``, :mod:`uhop.backends.cuda_rows`), and over many rows of 4K-56K elements, persistent
+CTAs keeping the next rows' bulk copies in flight (``pipe``, :mod:`uhop.backends.cuda_pipe`).
 
 Kernels take and return torch tensors on the problem's CUDA device. Needs a GPU of compute
 capability 8.0 or newer (clusters of more than one CTA: 9.0, Hopper) and NVRTC, which CUDA
@@ -16,9 +17,13 @@ from typing import Any
 from uhop.backends.base import Backend, Candidate, Kernel, input_dtypes_supported
 from uhop.problem import Problem
 
-#: rows at least this wide get candidates: narrower ones fit one Triton program's registers
-#: (``rowops.MAX_ROW``), where the ``row`` template is at 91-97% of copy on the H100
+#: rows at least this wide get ``cluster`` candidates: narrower ones fit one Triton program's
+#: registers (``rowops.MAX_ROW``), where the ``row`` template is at 91-97% of copy on the H100
 MIN_N = 16385
+#: rows at least this wide get ``pipe`` candidates (when there are rows enough to prefetch)
+PIPE_MIN_N = 4096
+#: and this many rows at least (``cuda_pipe.configs`` asks two per SM)
+PIPE_MIN_R = 256
 #: shared memory a CTA may take so that two fit on an SM (H100/H200: 228 KB per SM)
 TWO_PER_SM = 113 * 1024
 
@@ -50,13 +55,17 @@ def configs(R: int, N: int, itemsize: int, sm: int, smem_max: int, cc: tuple[int
     return out
 
 
+#: ``pipe`` candidates offered per problem (the first of :func:`cuda_pipe.configs`)
+PIPE_OFFERED = 2
+
+
 class CudaBackend(Backend):
     name = "cuda"
     crash_prone = True
     eval_s = 0.5  # an NVRTC compile (0.1-0.3 s; cached on disk) and a module load per candidate
     precompiles = True
     array = "torch"
-    source_modules = ("uhop.backends.cuda_rows", "uhop.backends.nvrtc")
+    source_modules = ("uhop.backends.cuda_rows", "uhop.backends.cuda_pipe", "uhop.backends.nvrtc")
     devices = ("cuda",)
     ops = ("softmax", "layernorm", "rmsnorm", "log_softmax")
     dtypes = ("float32", "float16", "bfloat16")
@@ -85,7 +94,8 @@ class CudaBackend(Backend):
             return False
         if not problem.device.startswith("cuda") or not input_dtypes_supported(problem, self.dtypes):
             return False
-        return problem.dim.get("N", 0) >= MIN_N
+        N, R = problem.dim.get("N", 0), problem.dim.get("R", 0)
+        return N >= MIN_N or (N >= PIPE_MIN_N and R >= PIPE_MIN_R)
 
     def synchronize(self, device: str) -> None:
         import torch
@@ -101,9 +111,16 @@ class CudaBackend(Backend):
         lim = limits(problem.device)
         idx = int(problem.device.split(":")[1]) if ":" in problem.device else 0
         cc = torch.cuda.get_device_capability(idx)
-        cfgs = configs(problem.dim["R"], problem.dim["N"], ITEMSIZE[problem.dtype], lim.sm_count,
-                       lim.shared_mem_bytes, cc)  # fmt: skip
-        return [Candidate.of(self.name, "cluster", **c) for c in cfgs]
+        from uhop.backends import cuda_pipe
+
+        R, N, item = problem.dim["R"], problem.dim["N"], ITEMSIZE[problem.dtype]
+        pipe = [Candidate.of(self.name, "pipe", **c)
+                for c in cuda_pipe.configs(R, N, item, lim.sm_count, lim.shared_mem_bytes, cc)]  # fmt: skip
+        cluster = []
+        if N >= MIN_N:
+            cluster = [Candidate.of(self.name, "cluster", **c)
+                       for c in configs(R, N, item, lim.sm_count, lim.shared_mem_bytes, cc)]  # fmt: skip
+        return pipe[:PIPE_OFFERED] + cluster
 
     def prebuild(self, candidate: Candidate, problem: Problem) -> None:
         """Compile the candidate's cubin into the on-disk cache (no GPU context: a precompile
@@ -115,6 +132,13 @@ class CudaBackend(Backend):
         idx = int(problem.device.split(":")[1]) if ":" in problem.device else 0
         major, minor = torch.cuda.get_device_capability(idx)
         op, cfg = cuda_rows.OPS[problem.op], candidate.cfg
+        if candidate.template == "pipe":
+            from uhop.backends import cuda_pipe
+
+            src = cuda_pipe.source(op, problem.dtype, int(cfg["threads"]), int(cfg["S"]),
+                                   *cuda_rows.operands(op, problem.arity))  # fmt: skip
+            nvrtc.compile_cubin(src, cuda_pipe.NAME, f"sm_{major}{minor}", cuda_pipe.OPTIONS)
+            return
         src = cuda_rows.source(op, problem.dtype, int(cfg["CL"]), int(cfg["threads"]), int(cfg.get("U", 4)),
                                *cuda_rows.operands(op, problem.arity))  # fmt: skip
         nvrtc.compile_cubin(src, cuda_rows.NAME, f"sm_{major}{minor}", cuda_rows.OPTIONS)
@@ -122,6 +146,13 @@ class CudaBackend(Backend):
     def compile(self, candidate: Candidate, problem: Problem) -> Kernel:
         from uhop.backends import cuda_rows
 
+        if candidate.template == "pipe":
+            from uhop.backends import cuda_pipe
+
+            run = cuda_pipe.launcher(candidate.cfg, cuda_pipe.OPS[problem.op], float(problem.param.get("eps", 0.0)),
+                                     problem.device)  # fmt: skip
+            run.prepare(problem.dtype, arity=problem.arity)
+            return run
         if candidate.template != "cluster":
             raise ValueError(f"unknown CUDA template {candidate.template!r}")
         run = cuda_rows.launcher(candidate.cfg, cuda_rows.OPS[problem.op], float(problem.param.get("eps", 0.0)),

@@ -32,7 +32,9 @@ from typing import Any
 OPS = {"softmax": 0, "layernorm": 1, "rmsnorm": 2, "log_softmax": 3}
 DTYPES = {"bfloat16": 0, "float16": 1, "float32": 2}
 
-SOURCE = r"""
+#: types, conversions, 16-byte loads and stores, and the partial statistics of each op (macros DT
+#: and OP), shared with :mod:`uhop.backends.cuda_pipe`
+HELPERS = r"""
 typedef unsigned int u32;
 typedef unsigned long long u64;
 #if DT == 2
@@ -153,6 +155,10 @@ __device__ __forceinline__ Stat st_warp(Stat s) {
   return s;
 }
 
+"""
+
+#: the kernel of this module: one row per cluster
+KERNEL = r"""
 #if CL > 1
 __device__ __forceinline__ u32 smem_addr(const void* p) {
   u32 a;
@@ -311,6 +317,7 @@ uhop_rows(const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ w, c
 }
 """
 
+SOURCE = HELPERS + KERNEL
 NAME = "uhop_rows"
 #: uhop_rows's parameters: x, y, w, b, wt, bt, N, wrow, vpc, eps
 SIGNATURE = "ppppppiqif"

@@ -1,0 +1,82 @@
+"""The bulk-copy pipeline row kernels (uhop.backends.cuda_pipe) without a GPU: every specialization
+compiles for sm_90 with NVRTC without spills, the launch signature matches the kernel's parameters,
+bad configs are refused, and the search space keeps its stages inside an SM's shared memory.
+Running them is tests/gpu/test_cuda_pipe_gpu.py."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from uhop.backends import cuda_pipe, nvrtc
+
+ok, why = nvrtc.available()
+needs_nvrtc = pytest.mark.skipif(not ok, reason=f"NVRTC not loadable: {why} (pip install 'uhop[cuda]')")
+H100 = dict(sm=132, smem_max=232448, cc=(9, 0))
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "layernorm", "rmsnorm"])
+def test_every_specialization_compiles_without_spills(op, dtype, tmp_path, monkeypatch):
+    monkeypatch.setenv("UHOP_HOME", str(tmp_path))
+    from uhop import config
+
+    config.reload()
+    try:
+        for threads, S in ((256, 4), (512, 2), (512, 8)):
+            has_w = op in ("layernorm", "rmsnorm")
+            src = cuda_pipe.source(cuda_pipe.OPS[op], dtype, threads, S, has_w, op == "layernorm")
+            cubin, log = nvrtc.compile_cubin(src, cuda_pipe.NAME, "sm_90", (*cuda_pipe.OPTIONS, "--ptxas-options=-v"))
+            assert cuda_pipe.NAME.encode() in cubin
+            spills = [int(n) for n in re.findall(r"(\d+) bytes spill stores", log)]
+            regs = [int(n) for n in re.findall(r"Used (\d+) registers", log)]
+            assert spills and max(spills) == 0, log
+            assert regs and max(regs) <= 65536 // (2 * threads), f"{regs} registers at {threads} threads"
+    finally:
+        config.reload()
+
+
+def test_signature_matches_the_kernels_parameters():
+    params = cuda_pipe.KERNEL.split("uhop_rows_pipe(")[1].split(")")[0]
+    assert len(cuda_pipe.SIGNATURE) == params.count(",") + 1
+    kinds = {"p": "*", "i": "int ", "q": "long long ", "f": "float "}
+    for code, decl in zip(cuda_pipe.SIGNATURE, params.split(","), strict=True):
+        assert kinds[code] in decl, (code, decl)
+
+
+def test_source_rejects_bad_configs():
+    for kw, match in (({"threads": 100}, "threads"), ({"S": 1}, "S"), ({"S": 9}, "S"), ({"dtype": "int8"}, "dtype")):
+        args = {"op": 0, "dtype": "bfloat16", "threads": 256, "S": 4, "has_w": False, "has_b": False, **kw}
+        with pytest.raises(ValueError, match=match):
+            cuda_pipe.source(**args)
+
+
+@pytest.mark.parametrize(
+    ("R", "N", "item"),
+    [(12192, 11008, 2), (8192, 50257, 2), (2670, 50257, 2), (4096, 32768, 2), (32768, 4096, 2), (4096, 16400, 4)],
+)
+def test_configs_fit_an_sm_and_prefetch(R, N, item):
+    cfgs = cuda_pipe.configs(R, N, item, **H100)
+    assert cfgs and len(cfgs) <= 4
+    one = cuda_pipe.layout(N, item, 1)[1]
+    for c in cfgs:
+        assert c["S"] >= 2 and c["threads"] in (256, 512)
+        assert c["ctas"] * c["S"] * one <= cuda_pipe.SM_SMEM  # every CTA of an SM resident at once
+        assert cuda_pipe.layout(N, item, c["S"])[1] <= H100["smem_max"] - 1024
+        assert R >= 2 * c["ctas"] * H100["sm"]  # every CTA has a row to prefetch behind its first
+
+
+def test_configs_decline_what_cannot_pipeline():
+    assert cuda_pipe.configs(2048, 50257, 4, **H100) == []  # two 200 KB stages do not fit
+    assert cuda_pipe.configs(100, 11008, 2, **H100) == []  # fewer rows than two per SM
+    assert cuda_pipe.configs(12192, 11008, 2, sm=132, smem_max=232448, cc=(8, 0)) == []  # no bulk copies
+
+
+def test_layout_holds_a_rows_aligned_body():
+    for N in (4096, 4097, 11008, 50257):
+        for item in (2, 4):
+            bufv, smem = cuda_pipe.layout(N, item, 3)
+            ve = 16 // item
+            assert bufv * ve >= N - (N % ve) and bufv % 8 == 0 and smem == 3 * bufv * 16

@@ -1,0 +1,300 @@
+"""Row ops over the last dim (softmax, log-softmax, layernorm, rmsnorm) for many rows of 4K-56K
+elements, in CUDA C++: persistent CTAs that keep the next rows' loads in flight with Hopper's bulk
+asynchronous copies while they reduce and write the current one.
+
+Why: a kernel whose threads load a row, reduce it and write it (Triton's ``row`` template, the
+``cluster`` kernels of :mod:`uhop.backends.cuda_rows`) has loads in flight only while its threads
+are loading; the rest of the time an SM's memory pipe idles unless another CTA on it happens to be
+loading. On the H100 that costs little (91-97% of its copy rate), on the H200, whose HBM moves 40%
+more bytes per second at about the same latency, rows of 11008-50257 ran at 74-82% of copy
+(``width_sweep_h200_product_twentysixth.json``). Here one thread of each CTA issues
+``cp.async.bulk`` copies (the TMA unit: no registers, no threads held) of whole rows into a ring of
+``S`` shared-memory stages, each completing on its own mbarrier; the CTA waits for row ``i``,
+computes its statistics from shared memory, writes y with 16-byte stores, and hands the stage back
+to the copy engine for row ``i + S`` of its rows. ``S - 1`` rows stay in flight per CTA however long
+the arithmetic takes.
+
+A row's aligned body goes through the copy engine (16-byte aligned source and size); the head and
+tail of rows that are not 16-byte aligned (fewer than 8 elements each) are loaded by threads, and
+their weights come from :func:`uhop.backends.triton_kernels.rowops.shifted_table` as in
+:mod:`uhop.backends.cuda_rows`, whose conversions and partial statistics this kernel shares.
+
+Config keys: ``threads`` (per CTA: 256 or 512), ``S`` (stages, 2-8), ``ctas`` (CTAs per SM of the
+persistent grid, 1-4; their stages must fit the SM's shared memory together).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from uhop.backends.cuda_rows import DTYPES, HELPERS, OPS, _vector, operands
+
+__all__ = ["KERNEL", "NAME", "OPS", "SIGNATURE", "configs", "launcher", "layout", "source"]
+
+KERNEL = r"""
+__device__ __forceinline__ u32 sa(const void* p) { return (u32)__cvta_generic_to_shared(p); }
+__device__ __forceinline__ void issue(const T* xr, int N, u32 dst, u32 bar) {
+  // the row's aligned body into a stage; completes on bar (one arrival, with its byte count)
+  const int hd = min(N, (int)(((16u - ((u32)(u64)xr & 15u)) & 15u) / ES));
+  const u32 bytes = (u32)((N - hd) / VE) * 16u;
+  if (bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" :: "r"(bar), "r"(bytes) : "memory");
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                 :: "r"(dst), "l"(xr + hd), "r"(bytes), "r"(bar) : "memory");
+  } else {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(bar) : "memory");
+  }
+}
+__device__ __forceinline__ void wait_stage(u32 bar, u32 parity) {
+  asm volatile("{\n .reg .pred P;\n WAIT:\n mbarrier.try_wait.parity.shared::cta.b64 P, [%0], %1;\n"
+               " @!P bra WAIT;\n}" :: "r"(bar), "r"(parity) : "memory");
+}
+
+// a persistent grid: CTA c handles rows c, c + G, c + 2G, ... (G = gridDim.x), S of them in flight
+extern "C" __global__ void __launch_bounds__(NT)
+uhop_rows_pipe(const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ w, const T* __restrict__ b,
+               const T* __restrict__ wt, const T* __restrict__ bt, int R, int N, long long wrow, int bufv, float eps) {
+  extern __shared__ uint4 buf[];  // S stages of bufv 16-byte vectors
+  __shared__ __align__(8) u64 bars[S];
+  __shared__ float red[64];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const long long G = gridDim.x;
+  if (tid == 0) {
+#pragma unroll
+    for (int s = 0; s < S; s++) asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" :: "r"(sa(&bars[s])) : "memory");
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+  }
+  __syncthreads();
+  if (tid == 0) {
+#pragma unroll
+    for (int s = 0; s < S; s++) {
+      const long long r = blockIdx.x + s * G;
+      if (r < R) issue(x + r * N, N, sa(buf + s * bufv), sa(&bars[s]));
+    }
+  }
+  for (int it = 0;; it++) {
+    const long long row = blockIdx.x + it * G;
+    if (row >= R) break;
+    const int st = it % S;
+    const T* xr = x + row * N;
+    T* yr = y + row * N;
+    const int hd = min(N, (int)(((16u - ((u32)(u64)xr & 15u)) & 15u) / ES));
+    const int nvb = (N - hd) / VE, tl = N - hd - nvb * VE;
+    // head elements on the first threads, tail elements on the next ones (both < VE)
+    int ecol = -1;
+    if (tid < hd) ecol = tid;
+    else if (tid >= VE && tid < VE + tl) ecol = hd + nvb * VE + (tid - VE);
+    float e = ecol >= 0 ? to_f(xr[ecol]) : 0.f;
+#if OP == 1
+    const float shift = to_f(xr[0]);
+#else
+    const float shift = 0.f;
+#endif
+    wait_stage(sa(&bars[st]), (u32)((it / S) & 1));
+    const uint4* sb = buf + st * bufv;
+    Stat s = st_init();
+#pragma unroll 4
+    for (int i = tid; i < nvb; i += NT) {
+      float f[VE];
+      unpack(sb[i], f);
+      st_add<VE>(s, f, shift);
+    }
+    if (ecol >= 0) st_add<1>(s, &e, shift);
+    s = st_warp(s);
+    if (lane == 0) { red[2 * warp] = s.a; red[2 * warp + 1] = s.b; }
+    __syncthreads();
+    Stat t = lane < NT / 32 ? Stat{red[2 * lane], red[2 * lane + 1]} : st_init();
+    t = st_warp(t);  // every warp combines the CTA's partials (no second barrier)
+#if OP == 0
+    const float ms = t.a * L2E, inv = 1.f / t.b;
+#elif OP == 3
+    const float lse = t.a + logf(t.b);
+#elif OP == 1
+    const float mu = t.a / N, mean = shift + mu, inv = rsqrtf(fmaxf(t.b / N - mu * mu, 0.f) + eps);
+#else
+    const float inv = rsqrtf(t.b / N + eps);
+#endif
+    uint4* yv = (uint4*)(yr + hd);
+    const uint4* wv = (const uint4*)(wt + hd * wrow);
+    const uint4* bv = (const uint4*)(bt + hd * wrow);
+#pragma unroll 2
+    for (int i = tid; i < nvb; i += NT) {
+      float f[VE];
+      unpack(sb[i], f);
+#if HAS_W
+      float fw[VE];
+      unpack(ld_keep(wv + i), fw);
+#endif
+#if HAS_B
+      float fb[VE];
+      unpack(ld_keep(bv + i), fb);
+#endif
+#pragma unroll
+      for (int k = 0; k < VE; k++) {
+#if OP == 0
+        float r = exp2f(fmaf(f[k], L2E, -ms)) * inv;
+#elif OP == 3
+        float r = f[k] - lse;
+#elif OP == 1
+        float r = (f[k] - mean) * inv;
+#else
+        float r = f[k] * inv;
+#endif
+#if HAS_W
+        r *= fw[k];
+#endif
+#if HAS_B
+        r += fb[k];
+#endif
+        f[k] = r;
+      }
+      st_stream(yv + i, pack(f));
+    }
+    if (ecol >= 0) {
+#if OP == 0
+      float r = exp2f(fmaf(e, L2E, -ms)) * inv;
+#elif OP == 3
+      float r = e - lse;
+#elif OP == 1
+      float r = (e - mean) * inv;
+#else
+      float r = e * inv;
+#endif
+#if HAS_W
+      r *= to_f(w[ecol]);
+#endif
+#if HAS_B
+      r += to_f(b[ecol]);
+#endif
+      yr[ecol] = from_f(r);
+    }
+    __syncthreads();  // the stage and red[] are free: the stage takes row it + S of this CTA
+    if (tid == 0) {
+      const long long nxt = row + S * G;
+      if (nxt < R) {
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+        issue(x + nxt * N, N, sa(buf + st * bufv), sa(&bars[st]));
+      }
+    }
+  }
+}
+"""
+
+NAME = "uhop_rows_pipe"
+#: uhop_rows_pipe's parameters: x, y, w, b, wt, bt, R, N, wrow, bufv, eps
+SIGNATURE = "ppppppiiqif"
+#: as the cluster kernels: one MUFU instruction per exp2 / reciprocal / rsqrt, checked against float64
+OPTIONS = ("--use_fast_math",)
+#: shared memory of an SM the stages of its CTAs may take (H100/H200: 228 KB per SM, 227 KB per
+#: CTA at most, about 1 KB per CTA reserved)
+SM_SMEM = 226 * 1024
+
+
+def source(op: int, dtype: str, threads: int, S: int, has_w: bool, has_b: bool) -> str:
+    """The kernel's source for one specialization (macros ahead of the shared helpers)."""
+    if threads not in (128, 256, 512, 1024):
+        raise ValueError(f"threads: 128, 256, 512 or 1024, got {threads!r}")
+    if not isinstance(S, int) or not 2 <= S <= 8:
+        raise ValueError(f"S: 2 to 8 stages, got {S!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: one of {sorted(DTYPES)}, got {dtype!r}")
+    defs = dict(DT=DTYPES[dtype], OP=op, NT=threads, S=S, HAS_W=int(has_w), HAS_B=int(has_b))
+    return "".join(f"#define {k} {v}\n" for k, v in defs.items()) + HELPERS + KERNEL
+
+
+def layout(N: int, itemsize: int, S: int) -> tuple[int, int]:
+    """(vectors per stage, dynamic shared memory bytes) for rows of N: a stage holds a row's aligned
+    body (at most N // VE 16-byte vectors), padded to 128 bytes."""
+    ve = 16 // itemsize
+    bufv = max(8, -(-(N // ve) // 8) * 8)
+    return bufv, S * bufv * 16
+
+
+def configs(R: int, N: int, itemsize: int, sm: int, smem_max: int, cc: tuple[int, int]) -> list[dict[str, Any]]:
+    """Candidate configs, the expected best first: as many rows in flight per SM as its shared
+    memory holds (stages x CTAs), never fewer than two stages per CTA; more CTAs per SM before more
+    stages (one CTA's reduction then overlaps another's). Empty before Hopper (bulk copies are
+    sm_90), when two stages do not fit, or when the rows do not give every SM a CTA with a second
+    row to prefetch."""
+    if cc[0] < 9 or R < 2 * sm:
+        return []
+    _, one = layout(N, itemsize, 1)
+    fits = min(smem_max - 1024, SM_SMEM) // one  # stages an SM holds
+    if fits < 2:
+        return []
+    out: list[dict[str, Any]] = []
+    for ctas, S in ((2, min(4, fits // 2)), (1, min(8, fits)), (3, min(3, fits // 3)), (1, 2)):
+        if S < 2 or ctas * S > fits or (R < 2 * ctas * sm):
+            continue
+        for threads in (512, 256):
+            c = {"threads": threads, "S": S, "ctas": ctas}
+            if c not in out:
+                out.append(c)
+    return out[:4]
+
+
+def launcher(cfg: dict[str, Any], op: int, eps: float, device: str) -> Any:
+    """The kernel ``run(x, w=None, b=None) -> y`` for op code ``op`` (torch CUDA tensors)."""
+    import torch
+
+    from uhop.backends import nvrtc
+    from uhop.backends.triton_kernels import limits
+    from uhop.backends.triton_kernels.rowops import ShiftedTables
+
+    NT, S, per_sm = int(cfg["threads"]), int(cfg["S"]), int(cfg.get("ctas", 1))
+    dev = torch.device(device)
+    idx = dev.index if dev.index is not None else torch.cuda.current_device()
+    lim = limits(device)
+    smem_max, sm = lim.shared_mem_bytes - 1024, lim.sm_count
+    tables = ShiftedTables()
+    kernels: dict[tuple, Any] = {}
+
+    def get(dtype: Any, has_w: bool, has_b: bool) -> Any:
+        key = (dtype, has_w, has_b)
+        k = kernels.get(key)
+        if k is None:
+            name = str(dtype).removeprefix("torch.")
+            k = kernels[key] = nvrtc.kernel(source(op, name, NT, S, has_w, has_b), NAME, idx, SIGNATURE, OPTIONS)
+        return k
+
+    def run(x, w=None, b=None):
+        N = x.shape[-1]
+        x2 = x if x.dim() == 2 else x.reshape(-1, N)
+        if not x2.is_contiguous() or x2.data_ptr() % 16:  # x and y rows must share their alignment
+            x2 = x2.contiguous() if not x2.is_contiguous() else x2.clone()
+        R = x2.shape[0]
+        y = torch.empty_like(x2)
+        if R == 0 or N == 0:
+            return y.reshape(x.shape)
+        if R * N >= 2**31 or N >= 2**31:
+            raise ValueError(f"x: at most 2**31 - 1 elements per call, got {R} x {N}")
+        k = get(x2.dtype, w is not None, b is not None)
+        ve = 16 // x2.element_size()
+        bufv, smem = layout(N, x2.element_size(), S)
+        if smem > smem_max:
+            raise ValueError(f"rows of {N} {x2.dtype} need {smem} bytes of shared memory for {S} stages; the "
+                             f"device allows {smem_max}: fewer stages (S)")  # fmt: skip
+        w, b = _vector(w, "w", x2), _vector(b, "b", x2)
+        wrow = 0
+        wt, bt = w, b
+        if N % ve:  # misaligned rows: body weights from the shifted tables (row hd: w[hd + j])
+            npv = -(-N // ve)
+            wrow = npv * ve
+            wt = tables.get(w, ve, npv) if w is not None else None
+            bt = tables.get(b, ve, npv) if b is not None else None
+        yp = y.data_ptr()
+        args = (x2.data_ptr(), yp, w.data_ptr() if w is not None else yp, b.data_ptr() if b is not None else yp,
+                wt.data_ptr() if wt is not None else yp, bt.data_ptr() if bt is not None else yp, R, N, wrow, bufv,
+                eps)  # fmt: skip
+        k.launch(min(R, per_sm * sm), NT, smem, nvrtc.current_stream(x2.device.index), args)
+        run.last = k
+        return y if x.dim() == 2 else y.reshape(x.shape)
+
+    def prepare(dtype: str, arity: int = 1) -> None:
+        """Compile and load the kernel a call with ``arity`` inputs (x, weight, bias) will launch."""
+        get(getattr(torch, dtype), *operands(op, arity))
+
+    run.prepare = prepare
+    run.last = None
+    return run
