@@ -42,6 +42,7 @@
 #                                cluster launcher, then tuner-a (the memory-bound product picks), ~9 min
 #   pipe                         #20: the bulk-copy pipeline row kernels: GPU tests, then every config next to
 #                                the product's candidates (row_variants.py --pipe), ~8 min
+#   pipe-product                 #20: the sweep's row cases of 4096-50257 through the product path with pipe offered
 #   ncu-cluster                  #20: Nsight Compute on the cluster kernels at 2670 x 50257 (why layernorm is at 80%)
 #   h200                         on an H200, first: the product sweep (#20) and tuner-a (#13) in one call, ~9 min
 #   logsm                        log-softmax as an op: GPU tests, the sweep's log-softmax cases (product path), ~5 min
@@ -62,7 +63,7 @@
 # Two stages in one call: the tuner stages take STOP_S (start no case after it, default 400) and
 # LIMIT_S (kill after it, default 570), ROUNDS (paired re-timing rounds, default 7 as in earlier GPU runs), e.g. `bash ... buffers && STOP_S=300 LIMIT_S=470 bash ... tuner-a`.
 set -u
-stage=${1:?"stage: pipe | h200 | h200b | logsm | nineteenth | seventeenth | ncu-cluster | first | cuda | rows-product | fifteenth | sixteenth | next | eighth | ninth | tenth | eleventh | twelfth | thirteenth | llama-cg | gated | forms | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
+stage=${1:?"stage: pipe | pipe-product | h200 | h200b | logsm | nineteenth | seventeenth | ncu-cluster | first | cuda | rows-product | fifteenth | sixteenth | next | eighth | ninth | tenth | eleventh | twelfth | thirteenth | llama-cg | gated | forms | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
 OUT=${OUT:-/tmp/uhop-gpu-out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -96,6 +97,10 @@ case "$stage" in
     timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_cuda_pipe_gpu.py 2>&1 | tail -25 | tee "$OUT/test_cuda_pipe_gpu.txt"
     timeout "${LIMIT_S:-400}" python3 benchmarks/row_variants.py --pipe --deadline-s "${STOP_S:-360}" \
       --out "$OUT/row_variants_pipe_${gpu}.json" 2>&1 | tail -80 ;;
+  pipe-product)  # the sweep's row cases of 4096-50257 through uhop.ops (default settings, empty store), pipe offered
+    timeout "${LIMIT_S:-560}" python3 benchmarks/width_sweep.py --no-compile --only softmax,layernorm,rmsnorm,log_softmax \
+      --match "x4096 ,x5120 ,x11008 ,x32768 ,x50257 " --deadline-s "${STOP_S:-420}" --stop-s "${STOP_S:-420}" \
+      --out "$OUT/width_sweep_${gpu}_pipe_product.json" 2>&1 | tail -30 ;;
   cuda)  # the CUDA cluster row kernels (uhop.backends.cuda_rows): correctness, then a candidate study
     python3 -c "from uhop.backends import nvrtc; print(nvrtc.available())" 2>&1 | tee "$OUT/nvrtc.txt"
     timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_cuda_rows_gpu.py 2>&1 | tail -15 | tee "$OUT/test_cuda_rows_gpu.txt"
