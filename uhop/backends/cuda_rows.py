@@ -133,6 +133,7 @@ __device__ __forceinline__ void st_add(Stat& s, const float* f, float shift) {
 #pragma unroll
   for (int i = 1; i < K; i++) m = fmaxf(m, f[i]);
   m = fmaxf(m, s.a);
+  if (m == NEG_INF) return;  // all -inf so far (a masked or top-k filtered row): exp2(-inf + inf) would be NaN
   float ms = m * L2E, acc = 0.f;
 #pragma unroll
   for (int i = 0; i < K; i++) acc += exp2f(fmaf(f[i], L2E, -ms));
