@@ -42,6 +42,7 @@
 #                                cluster launcher, then tuner-a (the memory-bound product picks), ~9 min
 #   pipe                         #20: the bulk-copy pipeline row kernels: GPU tests, then every config next to
 #                                the product's candidates (row_variants.py --pipe), ~8 min
+#   twentyseventh                the CUDA row kernels' GPU tests, the pipe study (H200 only), pipe-product, ~8 min
 #   pipe-product                 #20: the sweep's row cases of 4096-50257 through the product path with pipe offered
 #   ncu-cluster                  #20: Nsight Compute on the cluster kernels at 2670 x 50257 (why layernorm is at 80%)
 #   h200                         on an H200, first: the product sweep (#20) and tuner-a (#13) in one call, ~9 min
@@ -63,7 +64,7 @@
 # Two stages in one call: the tuner stages take STOP_S (start no case after it, default 400) and
 # LIMIT_S (kill after it, default 570), ROUNDS (paired re-timing rounds, default 7 as in earlier GPU runs), e.g. `bash ... buffers && STOP_S=300 LIMIT_S=470 bash ... tuner-a`.
 set -u
-stage=${1:?"stage: pipe | pipe-product | h200 | h200b | logsm | nineteenth | seventeenth | ncu-cluster | first | cuda | rows-product | fifteenth | sixteenth | next | eighth | ninth | tenth | eleventh | twelfth | thirteenth | llama-cg | gated | forms | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
+stage=${1:?"stage: twentyseventh | pipe | pipe-product | h200 | h200b | logsm | nineteenth | seventeenth | ncu-cluster | first | cuda | rows-product | fifteenth | sixteenth | next | eighth | ninth | tenth | eleventh | twelfth | thirteenth | llama-cg | gated | forms | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
 OUT=${OUT:-/tmp/uhop-gpu-out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -93,6 +94,14 @@ case "$stage" in
     UHOP_HOME=$(mktemp -d) timeout 60 python3 -m uhop tune softmax --shape 32768x4096 --dtype bfloat16 \
       --device cuda:0 --explain 2>&1 | tail -45 | tee "$OUT/explain_softmax.txt"
     STOP_S=${STOP_S:-60} LIMIT_S=${LIMIT_S:-150} tvo softmax,layernorm tuner_vs_oracle_${gpu}_mini.json ;;
+  twentyseventh)  # GPU tests of both CUDA row kernels (-inf rows, pipe), the pipe study on an H200, then pipe-product
+    timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_cuda_pipe_gpu.py tests/gpu/test_cuda_rows_gpu.py \
+      -k "pipe or filtered or candidates" 2>&1 | tail -8 | tee "$OUT/test_cuda_row_kernels_gpu.txt"
+    if [ "$gpu" = h200 ]; then
+      timeout 150 python3 benchmarks/row_variants.py --pipe --only 11008,50257,32768 --deadline-s 120 \
+        --out "$OUT/row_variants_pipe_${gpu}.json" 2>&1 | tail -40
+    fi
+    LIMIT_S=${LIMIT_S:-330} STOP_S=${STOP_S:-260} bash "$0" pipe-product ;;
   pipe)  # the bulk-copy pipeline row kernels (uhop.backends.cuda_pipe): correctness, then a candidate study
     timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_cuda_pipe_gpu.py 2>&1 | tail -25 | tee "$OUT/test_cuda_pipe_gpu.txt"
     timeout "${LIMIT_S:-400}" python3 benchmarks/row_variants.py --pipe --deadline-s "${STOP_S:-360}" \

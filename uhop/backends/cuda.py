@@ -1,7 +1,7 @@
 """CUDA C++ backend: UHOP's own CUDA kernel templates, compiled at run time with NVRTC and launched
 through the driver API (:mod:`uhop.backends.nvrtc`), for what Triton cannot express. Today: row
 ops over long rows, one row per thread-block cluster with the row held in shared memory
-(``cluster``, :mod:`uhop.backends.cuda_rows`), and over many rows of 4K-56K elements, persistent
+(``cluster``, :mod:`uhop.backends.cuda_rows`), and softmax over many rows of 8K-56K elements, persistent
 CTAs keeping the next rows' bulk copies in flight (``pipe``, :mod:`uhop.backends.cuda_pipe`).
 
 Kernels take and return torch tensors on the problem's CUDA device. Needs a GPU of compute
@@ -20,8 +20,12 @@ from uhop.problem import Problem
 #: rows at least this wide get ``cluster`` candidates: narrower ones fit one Triton program's
 #: registers (``rowops.MAX_ROW``), where the ``row`` template is at 91-97% of copy on the H100
 MIN_N = 16385
-#: rows at least this wide get ``pipe`` candidates (when there are rows enough to prefetch)
-PIPE_MIN_N = 4096
+#: rows at least this wide get ``pipe`` candidates (when there are rows enough to prefetch): at
+#: 4096-5120 Triton's ``row`` led them by 6-10% on the H100 (``row_variants_pipe_h100_twentyseventh.json``)
+PIPE_MIN_N = 8192
+#: ops ``pipe`` is offered for: on the H100 the norms ran 3-6% behind Triton's ``row`` (11008) and
+#: the cluster kernels (50257) with it; their kernels serve them (tests/gpu) for studies
+PIPE_OPS = ("softmax", "log_softmax")
 #: and this many rows at least (``cuda_pipe.configs`` asks two per SM)
 PIPE_MIN_R = 256
 #: shared memory a CTA may take so that two fit on an SM (H100/H200: 228 KB per SM)
@@ -95,7 +99,7 @@ class CudaBackend(Backend):
         if not problem.device.startswith("cuda") or not input_dtypes_supported(problem, self.dtypes):
             return False
         N, R = problem.dim.get("N", 0), problem.dim.get("R", 0)
-        return N >= MIN_N or (N >= PIPE_MIN_N and R >= PIPE_MIN_R)
+        return N >= MIN_N or (N >= PIPE_MIN_N and R >= PIPE_MIN_R and problem.op in PIPE_OPS)
 
     def synchronize(self, device: str) -> None:
         import torch
@@ -114,8 +118,10 @@ class CudaBackend(Backend):
         from uhop.backends import cuda_pipe
 
         R, N, item = problem.dim["R"], problem.dim["N"], ITEMSIZE[problem.dtype]
-        pipe = [Candidate.of(self.name, "pipe", **c)
-                for c in cuda_pipe.configs(R, N, item, lim.sm_count, lim.shared_mem_bytes, cc)]  # fmt: skip
+        pipe = []
+        if N >= PIPE_MIN_N and problem.op in PIPE_OPS:
+            pipe = [Candidate.of(self.name, "pipe", **c)
+                    for c in cuda_pipe.configs(R, N, item, lim.sm_count, lim.shared_mem_bytes, cc)]  # fmt: skip
         cluster = []
         if N >= MIN_N:
             cluster = [Candidate.of(self.name, "cluster", **c)

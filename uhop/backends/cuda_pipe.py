@@ -1,4 +1,4 @@
-"""Row ops over the last dim (softmax, log-softmax, layernorm, rmsnorm) for many rows of 4K-56K
+"""Row ops over the last dim (softmax, log-softmax, layernorm, rmsnorm) for many rows of 8K-56K
 elements, in CUDA C++: persistent CTAs that keep the next rows' loads in flight with Hopper's bulk
 asynchronous copies while they reduce and write the current one.
 
@@ -212,25 +212,26 @@ def layout(N: int, itemsize: int, S: int) -> tuple[int, int]:
 
 
 def configs(R: int, N: int, itemsize: int, sm: int, smem_max: int, cc: tuple[int, int]) -> list[dict[str, Any]]:
-    """Candidate configs, the expected best first: as many rows in flight per SM as its shared
-    memory holds (stages x CTAs), never fewer than two stages per CTA; more CTAs per SM before more
-    stages (one CTA's reduction then overlaps another's). Empty before Hopper (bulk copies are
-    sm_90), when two stages do not fit, or when the rows do not give every SM a CTA with a second
-    row to prefetch."""
+    """Candidate configs, the expected best first: one CTA per SM with three rows in flight where
+    three stages fit (two where only two do), then four, then 256 threads, then two CTAs per SM.
+    On the H100 (``row_variants_pipe_h100_twentyseventh.json``) one CTA with three stages led at
+    12192 x 11008 (2840 GB/s bf16, 2821 fp16; two or three CTAs per SM 2662-2749, eight stages
+    2750), two stages were the only fit at 8192 x 50257 (2787, level with the cluster kernel's
+    2789). Empty before Hopper (bulk copies are sm_90), when two stages do not fit, or when the
+    rows do not give every SM a CTA with a second row to prefetch."""
     if cc[0] < 9 or R < 2 * sm:
         return []
     _, one = layout(N, itemsize, 1)
     fits = min(smem_max - 1024, SM_SMEM) // one  # stages an SM holds
     if fits < 2:
         return []
-    out: list[dict[str, Any]] = []
-    for ctas, S in ((2, min(4, fits // 2)), (1, min(8, fits)), (3, min(3, fits // 3)), (1, 2)):
-        if S < 2 or ctas * S > fits or (R < 2 * ctas * sm):
-            continue
-        for threads in (512, 256):
-            c = {"threads": threads, "S": S, "ctas": ctas}
-            if c not in out:
-                out.append(c)
+    first = min(3, fits)
+    out: list[dict[str, Any]] = [{"threads": 512, "S": first, "ctas": 1}]
+    if fits >= 4:
+        out.append({"threads": 512, "S": 4, "ctas": 1})
+    out.append({"threads": 256, "S": first, "ctas": 1})
+    if fits >= 2 * first and R >= 4 * sm:
+        out.append({"threads": 512, "S": first, "ctas": 2})
     return out[:4]
 
 
