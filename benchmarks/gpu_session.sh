@@ -97,11 +97,12 @@ case "$stage" in
   twentyseventh)  # GPU tests of both CUDA row kernels (-inf rows, pipe), the pipe study on an H200, then pipe-product
     timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_cuda_pipe_gpu.py tests/gpu/test_cuda_rows_gpu.py \
       -k "pipe or filtered or candidates" 2>&1 | tail -8 | tee "$OUT/test_cuda_row_kernels_gpu.txt"
+    timeout 60 python3 benchmarks/diagnosis/twentyseventh_inf.py 2>&1 | tail -3 | tee "$OUT/inf_rows.json"
     if [ "$gpu" = h200 ]; then
       timeout 150 python3 benchmarks/row_variants.py --pipe --only 11008,50257,32768 --deadline-s 120 \
         --out "$OUT/row_variants_pipe_${gpu}.json" 2>&1 | tail -40
     fi
-    LIMIT_S=${LIMIT_S:-330} STOP_S=${STOP_S:-260} bash "$0" pipe-product ;;
+    LIMIT_S=${LIMIT_S:-260} STOP_S=${STOP_S:-200} bash "$0" pipe-product ;;
   pipe)  # the bulk-copy pipeline row kernels (uhop.backends.cuda_pipe): correctness, then a candidate study
     timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_cuda_pipe_gpu.py 2>&1 | tail -25 | tee "$OUT/test_cuda_pipe_gpu.txt"
     timeout "${LIMIT_S:-400}" python3 benchmarks/row_variants.py --pipe --deadline-s "${STOP_S:-360}" \
