@@ -101,8 +101,11 @@ case "$stage" in
     if [ "$gpu" = h200 ]; then
       timeout 150 python3 benchmarks/row_variants.py --pipe --only 11008,50257,32768 --deadline-s 120 \
         --out "$OUT/row_variants_pipe_${gpu}.json" 2>&1 | tail -40
-    fi
-    LIMIT_S=${LIMIT_S:-260} STOP_S=${STOP_S:-200} bash "$0" pipe-product ;;
+      LIMIT_S=${LIMIT_S:-260} STOP_S=${STOP_S:-200} bash "$0" pipe-product
+    else  # the H100 ran pipe-product at 320002b: the norms with their weights in shared memory
+      timeout 100 python3 benchmarks/row_variants.py --pipe --only 11008 --deadline-s 80 \
+        --out "$OUT/row_variants_pipe_wsm_${gpu}.json" 2>&1 | tail -30
+    fi ;;
   pipe)  # the bulk-copy pipeline row kernels (uhop.backends.cuda_pipe): correctness, then a candidate study
     timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_cuda_pipe_gpu.py 2>&1 | tail -25 | tee "$OUT/test_cuda_pipe_gpu.txt"
     timeout "${LIMIT_S:-400}" python3 benchmarks/row_variants.py --pipe --deadline-s "${STOP_S:-360}" \

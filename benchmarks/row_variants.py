@@ -195,6 +195,9 @@ def pipe_variants(op: str, R: int, N: int, dtype: str) -> list[tuple[str, dict[s
                 continue
             for threads in ((128, 256) if N <= 2048 else (256, 512)):
                 out.append(("pipe", {"threads": threads, "S": S, "ctas": ctas}))
+    if op in ("layernorm", "rmsnorm"):  # the weights read per row from L1/L2 instead of held in shared memory
+        out += [("pipe", {"threads": 512, "S": S, "ctas": ctas, "wsm": 0}) for ctas, S in ((1, 3), (2, 4))
+                if ctas * S <= fits]  # fmt: skip
     return out
 
 

@@ -25,9 +25,10 @@ def test_every_specialization_compiles_without_spills(op, dtype, tmp_path, monke
 
     config.reload()
     try:
-        for threads, S in ((256, 4), (512, 2), (512, 8)):
+        for threads, S, wsm in ((256, 4, True), (512, 2, False), (512, 8, True)):
             has_w = op in ("layernorm", "rmsnorm")
-            src = cuda_pipe.source(cuda_pipe.OPS[op], dtype, threads, S, has_w, op == "layernorm")
+            src = cuda_pipe.source(cuda_pipe.OPS[op], dtype, threads, S, has_w, op == "layernorm", wsm)
+            assert ("#define WSM 1" in src) == (wsm and has_w)
             cubin, log = nvrtc.compile_cubin(src, cuda_pipe.NAME, "sm_90", (*cuda_pipe.OPTIONS, "--ptxas-options=-v"))
             assert cuda_pipe.NAME.encode() in cubin
             spills = [int(n) for n in re.findall(r"(\d+) bytes spill stores", log)]
@@ -80,3 +81,12 @@ def test_layout_holds_a_rows_aligned_body():
             bufv, smem = cuda_pipe.layout(N, item, 3)
             ve = 16 // item
             assert bufv * ve >= N - (N % ve) and bufv % 8 == 0 and smem == 3 * bufv * 16
+
+
+def test_weights_in_shared_memory_on_aligned_rows_only():
+    cfg = {"threads": 512, "S": 3, "ctas": 1}
+    assert cuda_pipe.weights_in_smem(cfg, 2, 11008, True, True)
+    assert not cuda_pipe.weights_in_smem(cfg, 2, 50257, True, False)  # misaligned: shifted tables
+    assert not cuda_pipe.weights_in_smem(cfg, 2, 11008, False, False)  # softmax: nothing to hold
+    assert not cuda_pipe.weights_in_smem({**cfg, "wsm": 0}, 2, 11008, True, True)
+    assert cuda_pipe.layout(11008, 2, 3, 2)[1] == 5 * cuda_pipe.layout(11008, 2, 1)[1]

@@ -21,7 +21,7 @@ pytestmark = [
     ),
 ]
 
-from uhop.backends.cuda_pipe import OPS, launcher, layout  # noqa: E402
+from uhop.backends.cuda_pipe import OPS, launcher, layout, weights_in_smem  # noqa: E402
 
 DEV = "cuda:0"
 TOL = {torch.bfloat16: 2e-2, torch.float16: 4e-3, torch.float32: 2e-4}
@@ -59,12 +59,14 @@ def _check(y, ref, dt):
 def test_every_op_dtype_width(op, dt):
     eps = 1e-5 if op == "layernorm" else 1e-6
     sm = torch.cuda.get_device_properties(0).multi_processor_count
-    for cfg in ({"threads": 256, "S": 4, "ctas": 2}, {"threads": 512, "S": 2, "ctas": 1}):
+    # weights in shared memory on aligned widths (the default), and read per row (wsm 0)
+    for cfg in ({"threads": 256, "S": 4, "ctas": 2}, {"threads": 512, "S": 2, "ctas": 1, "wsm": 0}):
         run = launcher(cfg, OPS[op], eps, DEV)
         # 1 row; fewer rows than CTAs; more rows than stages x CTAs, not a multiple of the grid
         for R, N in ((1, 7), (5, 1000), (3, 4097), (2 * sm * 4 + 3, 1000), (2 * sm + 5, 11008), (sm + 1, 50257)):
             x, w, b = _inputs(op, R, N, dt)
-            if layout(N, x.element_size(), cfg["S"])[1] > torch.cuda.get_device_properties(0).shared_memory_per_block_optin - 1024:
+            extra = (w is not None) + (b is not None) if weights_in_smem(cfg, x.element_size(), N, w is not None, b is not None) else 0
+            if layout(N, x.element_size(), cfg["S"], extra)[1] > torch.cuda.get_device_properties(0).shared_memory_per_block_optin - 1024:
                 with pytest.raises(ValueError, match="shared memory"):
                     run(x, w, b)
                 continue

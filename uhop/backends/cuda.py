@@ -140,9 +140,11 @@ class CudaBackend(Backend):
         op, cfg = cuda_rows.OPS[problem.op], candidate.cfg
         if candidate.template == "pipe":
             from uhop.backends import cuda_pipe
+            from uhop.ops.base import ITEMSIZE
 
-            src = cuda_pipe.source(op, problem.dtype, int(cfg["threads"]), int(cfg["S"]),
-                                   *cuda_rows.operands(op, problem.arity))  # fmt: skip
+            has_w, has_b = cuda_rows.operands(op, problem.arity)
+            wsm = cuda_pipe.weights_in_smem(cfg, ITEMSIZE[problem.dtype], problem.dim["N"], has_w, has_b)
+            src = cuda_pipe.source(op, problem.dtype, int(cfg["threads"]), int(cfg["S"]), has_w, has_b, wsm)
             nvrtc.compile_cubin(src, cuda_pipe.NAME, f"sm_{major}{minor}", cuda_pipe.OPTIONS)
             return
         src = cuda_rows.source(op, problem.dtype, int(cfg["CL"]), int(cfg["threads"]), int(cfg.get("U", 4)),
@@ -157,7 +159,7 @@ class CudaBackend(Backend):
 
             run = cuda_pipe.launcher(candidate.cfg, cuda_pipe.OPS[problem.op], float(problem.param.get("eps", 0.0)),
                                      problem.device)  # fmt: skip
-            run.prepare(problem.dtype, arity=problem.arity)
+            run.prepare(problem.dtype, arity=problem.arity, N=problem.dim["N"])
             return run
         if candidate.template != "cluster":
             raise ValueError(f"unknown CUDA template {candidate.template!r}")

@@ -20,7 +20,9 @@ their weights come from :func:`uhop.backends.triton_kernels.rowops.shifted_table
 :mod:`uhop.backends.cuda_rows`, whose conversions and partial statistics this kernel shares.
 
 Config keys: ``threads`` (per CTA: 256 or 512), ``S`` (stages, 2-8), ``ctas`` (CTAs per SM of the
-persistent grid, 1-4; their stages must fit the SM's shared memory together).
+persistent grid, 1-4; their stages must fit the SM's shared memory together), ``wsm`` (default 1:
+on rows whose width is a multiple of the 16-byte vector, a norm's weight and bias are read into
+shared memory once per CTA; 0: from L1/L2 for every row).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 
 from uhop.backends.cuda_rows import DTYPES, HELPERS, OPS, _vector, operands
 
-__all__ = ["KERNEL", "NAME", "OPS", "SIGNATURE", "configs", "launcher", "layout", "source"]
+__all__ = ["KERNEL", "NAME", "OPS", "SIGNATURE", "configs", "launcher", "layout", "source", "weights_in_smem"]
 
 KERNEL = r"""
 __device__ __forceinline__ u32 sa(const void* p) { return (u32)__cvta_generic_to_shared(p); }
@@ -65,6 +67,21 @@ uhop_rows_pipe(const T* __restrict__ x, T* __restrict__ y, const T* __restrict__
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
   }
+#if WSM
+  // aligned rows: the weight (and bias) vectors read once per CTA into shared memory, after the
+  // stages, instead of once per row from L1/L2
+  uint4* sw = buf + S * bufv;
+  uint4* sbias = sw + bufv;
+#pragma unroll 1
+  for (int i = tid; i < N / VE; i += NT) {
+#if HAS_W
+    sw[i] = ld_keep((const uint4*)w + i);
+#endif
+#if HAS_B
+    sbias[i] = ld_keep((const uint4*)b + i);
+#endif
+  }
+#endif
   __syncthreads();
   if (tid == 0) {
 #pragma unroll
@@ -116,19 +133,29 @@ uhop_rows_pipe(const T* __restrict__ x, T* __restrict__ y, const T* __restrict__
     const float inv = rsqrtf(t.b / N + eps);
 #endif
     uint4* yv = (uint4*)(yr + hd);
+#if !WSM
     const uint4* wv = (const uint4*)(wt + hd * wrow);
     const uint4* bv = (const uint4*)(bt + hd * wrow);
+#endif
 #pragma unroll 2
     for (int i = tid; i < nvb; i += NT) {
       float f[VE];
       unpack(sb[i], f);
 #if HAS_W
       float fw[VE];
+#if WSM
+      unpack(sw[i], fw);
+#else
       unpack(ld_keep(wv + i), fw);
+#endif
 #endif
 #if HAS_B
       float fb[VE];
+#if WSM
+      unpack(sbias[i], fb);
+#else
       unpack(ld_keep(bv + i), fb);
+#endif
 #endif
 #pragma unroll
       for (int k = 0; k < VE; k++) {
@@ -191,24 +218,33 @@ OPTIONS = ("--use_fast_math",)
 SM_SMEM = 226 * 1024
 
 
-def source(op: int, dtype: str, threads: int, S: int, has_w: bool, has_b: bool) -> str:
-    """The kernel's source for one specialization (macros ahead of the shared helpers)."""
+def source(op: int, dtype: str, threads: int, S: int, has_w: bool, has_b: bool, wsm: bool = False) -> str:
+    """The kernel's source for one specialization (macros ahead of the shared helpers). ``wsm``:
+    the weight and bias held in shared memory (rows whose width is a multiple of the 16-byte
+    vector; others read them from the shifted tables)."""
     if threads not in (128, 256, 512, 1024):
         raise ValueError(f"threads: 128, 256, 512 or 1024, got {threads!r}")
     if not isinstance(S, int) or not 2 <= S <= 8:
         raise ValueError(f"S: 2 to 8 stages, got {S!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype: one of {sorted(DTYPES)}, got {dtype!r}")
-    defs = dict(DT=DTYPES[dtype], OP=op, NT=threads, S=S, HAS_W=int(has_w), HAS_B=int(has_b))
+    defs = dict(DT=DTYPES[dtype], OP=op, NT=threads, S=S, HAS_W=int(has_w), HAS_B=int(has_b),
+                WSM=int(wsm and (has_w or has_b)))  # fmt: skip
     return "".join(f"#define {k} {v}\n" for k, v in defs.items()) + HELPERS + KERNEL
 
 
-def layout(N: int, itemsize: int, S: int) -> tuple[int, int]:
+def weights_in_smem(cfg: dict[str, Any], itemsize: int, N: int, has_w: bool, has_b: bool) -> bool:
+    """Whether a launch holds the weight and bias in shared memory (see ``wsm``)."""
+    return bool(cfg.get("wsm", 1)) and (has_w or has_b) and N % (16 // itemsize) == 0
+
+
+def layout(N: int, itemsize: int, S: int, vectors: int = 0) -> tuple[int, int]:
     """(vectors per stage, dynamic shared memory bytes) for rows of N: a stage holds a row's aligned
-    body (at most N // VE 16-byte vectors), padded to 128 bytes."""
+    body (at most N // VE 16-byte vectors), padded to 128 bytes; ``vectors`` (0-2) more such rows
+    for a weight and a bias held in shared memory."""
     ve = 16 // itemsize
     bufv = max(8, -(-(N // ve) // 8) * 8)
-    return bufv, S * bufv * 16
+    return bufv, (S + vectors) * bufv * 16
 
 
 def configs(R: int, N: int, itemsize: int, sm: int, smem_max: int, cc: tuple[int, int]) -> list[dict[str, Any]]:
@@ -251,12 +287,13 @@ def launcher(cfg: dict[str, Any], op: int, eps: float, device: str) -> Any:
     tables = ShiftedTables()
     kernels: dict[tuple, Any] = {}
 
-    def get(dtype: Any, has_w: bool, has_b: bool) -> Any:
-        key = (dtype, has_w, has_b)
+    def get(dtype: Any, has_w: bool, has_b: bool, wsm: bool = False) -> Any:
+        key = (dtype, has_w, has_b, wsm)
         k = kernels.get(key)
         if k is None:
             name = str(dtype).removeprefix("torch.")
-            k = kernels[key] = nvrtc.kernel(source(op, name, NT, S, has_w, has_b), NAME, idx, SIGNATURE, OPTIONS)
+            src = source(op, name, NT, S, has_w, has_b, wsm)
+            k = kernels[key] = nvrtc.kernel(src, NAME, idx, SIGNATURE, OPTIONS)
         return k
 
     def run(x, w=None, b=None):
@@ -270,9 +307,10 @@ def launcher(cfg: dict[str, Any], op: int, eps: float, device: str) -> Any:
             return y.reshape(x.shape)
         if R * N >= 2**31 or N >= 2**31:
             raise ValueError(f"x: at most 2**31 - 1 elements per call, got {R} x {N}")
-        k = get(x2.dtype, w is not None, b is not None)
         ve = 16 // x2.element_size()
-        bufv, smem = layout(N, x2.element_size(), S)
+        wsm = weights_in_smem(cfg, x2.element_size(), N, w is not None, b is not None)
+        k = get(x2.dtype, w is not None, b is not None, wsm)
+        bufv, smem = layout(N, x2.element_size(), S, (w is not None) + (b is not None) if wsm else 0)
         if smem > smem_max:
             raise ValueError(f"rows of {N} {x2.dtype} need {smem} bytes of shared memory for {S} stages; the "
                              f"device allows {smem_max}: fewer stages (S)")  # fmt: skip
@@ -292,9 +330,12 @@ def launcher(cfg: dict[str, Any], op: int, eps: float, device: str) -> Any:
         run.last = k
         return y if x.dim() == 2 else y.reshape(x.shape)
 
-    def prepare(dtype: str, arity: int = 1) -> None:
-        """Compile and load the kernel a call with ``arity`` inputs (x, weight, bias) will launch."""
-        get(getattr(torch, dtype), *operands(op, arity))
+    def prepare(dtype: str, arity: int = 1, N: int = 0) -> None:
+        """Compile and load the kernel a call with ``arity`` inputs (x, weight, bias) on rows of
+        ``N`` will launch."""
+        has_w, has_b = operands(op, arity)
+        dt = getattr(torch, dtype)
+        get(dt, has_w, has_b, weights_in_smem(cfg, dt.itemsize, N, has_w, has_b))
 
     run.prepare = prepare
     run.last = None
