@@ -9,51 +9,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(
-        not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)"
-    ),
-    pytest.mark.skipif(
-        torch.cuda.is_available() and torch.cuda.get_device_capability(0)[0] < 9,
-        reason="thread-block clusters need compute capability 9.0 or newer",
-    ),
-]
+from rowcheck import DEV, check, check_filtered, check_or_refused, filtered_logits, inputs, needs_hopper, ref  # noqa: E402
 
 from uhop.backends.cuda_rows import OPS, launcher  # noqa: E402
 
-DEV = "cuda:0"
-TOL = {torch.bfloat16: 2e-2, torch.float16: 4e-3, torch.float32: 2e-4}
-
-
-def _ref(op, x, w, b):
-    x = x.double()
-    w = None if w is None else w.double()
-    b = None if b is None else b.double()
-    if op == "softmax":
-        return torch.softmax(x, -1)
-    if op == "log_softmax":
-        return torch.log_softmax(x, -1)
-    if op == "layernorm":
-        return torch.nn.functional.layer_norm(x, x.shape[-1:], w, b, 1e-5)
-    return torch.nn.functional.rms_norm(x, x.shape[-1:], w, 1e-6)
-
-
-def _inputs(op, R, N, dt, with_w=True):
-    x = torch.randn(R, N, device=DEV, dtype=dt) * 3 + 0.5
-    w = b = None
-    if op in ("layernorm", "rmsnorm") and with_w:
-        w = torch.randn(N, device=DEV, dtype=dt)
-    if op == "layernorm" and with_w:
-        b = torch.randn(N, device=DEV, dtype=dt)
-    return x, w, b
-
-
-def _check(y, ref, dt):
-    err = (y.double() - ref).abs()
-    bound = TOL[dt] * (1 + ref.abs())
-    assert torch.isfinite(y).all()
-    assert bool((err <= bound).all()), f"max err {err.max().item():.3e} (bound {TOL[dt]} x (1 + |ref|))"
+pytestmark = [pytest.mark.gpu, needs_hopper]
 
 
 @pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16, torch.float32], ids=str)
@@ -66,14 +26,8 @@ def test_every_op_dtype_cluster(op, CL, dt):
     from uhop.backends.triton_kernels import limits
 
     for R, N in ((3, 1), (5, 7), (4, 1000), (3, 50257), (2, 70001)):
-        x, w, b = _inputs(op, R, N, dt)
-        if layout(N, x.element_size(), CL)[1] > limits(DEV).shared_mem_bytes - 1024:
-            with pytest.raises(ValueError, match="shared memory"):
-                run(x, w, b)
-            continue
-        y = run(x, w, b)
-        assert y.shape == x.shape and y.dtype == x.dtype
-        _check(y, _ref(op, x, w, b), dt)
+        x, w, b = inputs(op, R, N, dt)
+        check_or_refused(run, op, x, w, b, layout(N, x.element_size(), CL)[1], limits(DEV).shared_mem_bytes - 1024)
 
 
 @pytest.mark.parametrize("op", ["layernorm", "rmsnorm"])
@@ -93,27 +47,27 @@ def test_new_weights_of_one_width_never_get_an_old_table(op):
         x = torch.randn(R, 20011, device=DEV, dtype=torch.bfloat16) * 3 + 0.5
         ref = torch.nn.functional.layer_norm(x.double(), (20011,), w.double(), b.double(), 1e-5) if op == "layernorm" \
             else torch.nn.functional.rms_norm(x.double(), (20011,), w.double(), 1e-5)
-        _check(run(x, w, b), ref, torch.bfloat16)
+        check(run(x, w, b), ref, torch.bfloat16)
         del w, b
 
 
 @pytest.mark.parametrize("op", ["layernorm", "rmsnorm"])
 def test_norms_without_weight(op):
     run = launcher({"CL": 2, "threads": 512, "U": 2}, OPS[op], 1e-5 if op == "layernorm" else 1e-6, DEV)
-    x, _, _ = _inputs(op, 6, 50257, torch.bfloat16, with_w=False)
-    _check(run(x), _ref(op, x, None, None), torch.bfloat16)
+    x, _, _ = inputs(op, 6, 50257, torch.bfloat16, with_w=False)
+    check(run(x), ref(op, x, None, None), torch.bfloat16)
 
 
-def test_misaligned_and_strided_inputs():
+def test_misaligned_and_stridedinputs():
     """A view starting 2 bytes into an allocation, and a non-contiguous one: same result as a copy."""
     run = launcher({"CL": 4, "threads": 256, "U": 8}, OPS["layernorm"], 1e-5, DEV)
     base = torch.randn(5 * 30011 + 1, device=DEV, dtype=torch.bfloat16)
     x = base[1:].view(5, 30011)  # rows at odd element offsets, the first 2 bytes past a 16-byte line
     w = torch.randn(30011, device=DEV, dtype=torch.bfloat16)
     b = torch.randn(30011, device=DEV, dtype=torch.bfloat16)
-    _check(run(x, w, b), _ref("layernorm", x, w, b), torch.bfloat16)
+    check(run(x, w, b), ref("layernorm", x, w, b), torch.bfloat16)
     xt = torch.randn(40000, 6, device=DEV, dtype=torch.bfloat16).t()
-    _check(run(xt, w[:1].expand(40000).contiguous(), None), _ref("layernorm", xt, w[:1].expand(40000), None),
+    check(run(xt, w[:1].expand(40000).contiguous(), None), ref("layernorm", xt, w[:1].expand(40000), None),
            torch.bfloat16)  # fmt: skip
 
 
@@ -122,12 +76,12 @@ def test_clusters_of_16(op):
     """The non-portable cluster size (the H100 and H200 run clusters of 16)."""
     run = launcher({"CL": 16, "threads": 256, "U": 4}, OPS[op], 1e-5, DEV)
     for R, N in ((3, 262144), (2, 100003)):
-        x, w, b = _inputs(op, R, N, torch.bfloat16)
-        _check(run(x, w, b), _ref(op, x, w, b), torch.bfloat16)
-    x, w, b = _inputs(op, 6, 50000, torch.bfloat16)
+        x, w, b = inputs(op, R, N, torch.bfloat16)
+        check(run(x, w, b), ref(op, x, w, b), torch.bfloat16)
+    x, w, b = inputs(op, 6, 50000, torch.bfloat16)
     y = run(x.view(2, 3, 50000), w, b)  # 3-D input: rows over the leading dims
     assert y.shape == (2, 3, 50000)
-    _check(y.reshape(6, 50000), _ref(op, x, w, b), torch.bfloat16)
+    check(y.reshape(6, 50000), ref(op, x, w, b), torch.bfloat16)
 
 
 def test_resident_ctas_follow_shared_memory():
@@ -140,7 +94,7 @@ def test_resident_ctas_follow_shared_memory():
     sms = limits(DEV).sm_count
     for CL in (1, 8):
         run = launcher({"CL": CL, "threads": 512, "U": 4}, OPS["softmax"], 0.0, DEV)
-        x, _, _ = _inputs("softmax", 2, 50257, torch.bfloat16)
+        x, _, _ = inputs("softmax", 2, 50257, torch.bfloat16)
         run(x)
         n = run.last.resident(512, layout(50257, 2, CL)[1], CL)
         assert n % CL == 0 and 0 < n <= sms * 4, n
@@ -153,7 +107,7 @@ def test_many_rows_and_extreme_values():
     run = launcher({"CL": 1, "threads": 512, "U": 4}, OPS["softmax"], 0.0, DEV)
     x = torch.randn(8192, 50257, device=DEV, dtype=torch.bfloat16) * 4 + 100
     x[:, ::97] = float("-inf")
-    _check(run(x), _ref("softmax", x, None, None), torch.bfloat16)
+    check(run(x), ref("softmax", x, None, None), torch.bfloat16)
 
 
 def test_backend_candidates_validate():
@@ -180,7 +134,7 @@ def test_backend_candidates_validate():
 def test_captured_in_a_cuda_graph():
     """A launch on a capturing stream is recorded, and replays compute on the new contents."""
     run = launcher({"CL": 4, "threads": 256, "U": 4}, OPS["rmsnorm"], 1e-6, DEV)
-    x, w, _ = _inputs("rmsnorm", 8, 70001, torch.bfloat16)
+    x, w, _ = inputs("rmsnorm", 8, 70001, torch.bfloat16)
     run(x, w)  # compile and load outside the capture
     torch.cuda.synchronize()
     g = torch.cuda.CUDAGraph()
@@ -193,7 +147,7 @@ def test_captured_in_a_cuda_graph():
     x.copy_(torch.randn_like(x) * 2)
     g.replay()
     torch.cuda.synchronize()
-    _check(y, _ref("rmsnorm", x, w, None), torch.bfloat16)
+    check(y, ref("rmsnorm", x, w, None), torch.bfloat16)
 
 
 @pytest.mark.parametrize("op", ["softmax", "log_softmax"])
@@ -201,12 +155,5 @@ def test_rows_filtered_to_a_few_finite_logits(op):
     """Sampling after top-k: all but a few logits of each row are -inf, so whole 16-byte vectors
     (a thread's first ones included) are -inf; their exp2(-inf - -inf) once made the row NaN."""
     run = launcher({"CL": 2, "threads": 512, "U": 4}, OPS[op], 0.0, DEV)
-    x = torch.full((64, 50257), float("-inf"), device=DEV, dtype=torch.bfloat16)
-    keep = torch.randint(0, 50257, (64, 40), device=DEV)
-    x.scatter_(1, keep, torch.randn(64, 40, device=DEV, dtype=torch.bfloat16) * 3)
-    y, ref = run(x).double(), _ref(op, x, None, None)
-    fin = torch.isfinite(ref)
-    assert bool((torch.isfinite(y) == fin).all()), "finite exactly where the reference is"
-    assert bool(((y[fin] - ref[fin]).abs() <= 2e-2 * (1 + ref[fin].abs())).all())
-    if op == "softmax":
-        assert bool((y[~fin] == 0).all())
+    x = filtered_logits(64)
+    check_filtered(op, run(x), x)

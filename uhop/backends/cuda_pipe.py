@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from uhop.backends.cuda_rows import DTYPES, HELPERS, OPS, _vector, operands
+from uhop.backends.cuda_rows import DTYPES, HELPERS, OPS, operands, pointers, weight_operands
 
 __all__ = ["KERNEL", "NAME", "OPS", "SIGNATURE", "configs", "launcher", "layout", "source", "weights_in_smem"]
 
@@ -47,6 +47,11 @@ __device__ __forceinline__ void issue(const T* xr, int N, u32 dst, u32 bar) {
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(bar) : "memory");
   }
 }
+#if WSM
+__device__ __forceinline__ uint4 ld_w(const uint4* p) { return *p; }  // weights held in shared memory
+#else
+__device__ __forceinline__ uint4 ld_w(const uint4* p) { return ld_keep(p); }
+#endif
 __device__ __forceinline__ void wait_stage(u32 bar, u32 parity) {
   asm volatile("{\n .reg .pred P;\n WAIT:\n mbarrier.try_wait.parity.shared::cta.b64 P, [%0], %1;\n"
                " @!P bra WAIT;\n}" :: "r"(bar), "r"(parity) : "memory");
@@ -123,79 +128,20 @@ uhop_rows_pipe(const T* __restrict__ x, T* __restrict__ y, const T* __restrict__
     __syncthreads();
     Stat t = lane < NT / 32 ? Stat{red[2 * lane], red[2 * lane + 1]} : st_init();
     t = st_warp(t);  // every warp combines the CTA's partials (no second barrier)
-#if OP == 0
-    const float ms = t.a * L2E, inv = 1.f / t.b;
-#elif OP == 3
-    const float lse = t.a + logf(t.b);
-#elif OP == 1
-    const float mu = t.a / N, mean = shift + mu, inv = rsqrtf(fmaxf(t.b / N - mu * mu, 0.f) + eps);
-#else
-    const float inv = rsqrtf(t.b / N + eps);
-#endif
+    const Fin q = fin_make(t, shift, N, eps);
     uint4* yv = (uint4*)(yr + hd);
-#if !WSM
+    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+#if WSM
+    const uint4* wv = sw;
+    const uint4* bv = sbias;
+#else
     const uint4* wv = (const uint4*)(wt + hd * wrow);
     const uint4* bv = (const uint4*)(bt + hd * wrow);
 #endif
 #pragma unroll 2
-    for (int i = tid; i < nvb; i += NT) {
-      float f[VE];
-      unpack(sb[i], f);
-#if HAS_W
-      float fw[VE];
-#if WSM
-      unpack(sw[i], fw);
-#else
-      unpack(ld_keep(wv + i), fw);
-#endif
-#endif
-#if HAS_B
-      float fb[VE];
-#if WSM
-      unpack(sbias[i], fb);
-#else
-      unpack(ld_keep(bv + i), fb);
-#endif
-#endif
-#pragma unroll
-      for (int k = 0; k < VE; k++) {
-#if OP == 0
-        float r = exp2f(fmaf(f[k], L2E, -ms)) * inv;
-#elif OP == 3
-        float r = f[k] - lse;
-#elif OP == 1
-        float r = (f[k] - mean) * inv;
-#else
-        float r = f[k] * inv;
-#endif
-#if HAS_W
-        r *= fw[k];
-#endif
-#if HAS_B
-        r += fb[k];
-#endif
-        f[k] = r;
-      }
-      st_stream(yv + i, pack(f));
-    }
-    if (ecol >= 0) {
-#if OP == 0
-      float r = exp2f(fmaf(e, L2E, -ms)) * inv;
-#elif OP == 3
-      float r = e - lse;
-#elif OP == 1
-      float r = (e - mean) * inv;
-#else
-      float r = e * inv;
-#endif
-#if HAS_W
-      r *= to_f(w[ecol]);
-#endif
-#if HAS_B
-      r += to_f(b[ecol]);
-#endif
-      yr[ecol] = from_f(r);
-    }
+    for (int i = tid; i < nvb; i += NT)
+      st_stream(yv + i, fin_vec(q, sb[i], HAS_W ? ld_w(wv + i) : zero, HAS_B ? ld_w(bv + i) : zero));
+    if (ecol >= 0) fin_elem(q, e, yr, w, b, ecol);
     __syncthreads();  // the stage and red[] are free: the stage takes row it + S of this CTA
     if (tid == 0) {
       const long long nxt = row + S * G;
@@ -307,25 +253,14 @@ def launcher(cfg: dict[str, Any], op: int, eps: float, device: str) -> Any:
             return y.reshape(x.shape)
         if R * N >= 2**31 or N >= 2**31:
             raise ValueError(f"x: at most 2**31 - 1 elements per call, got {R} x {N}")
-        ve = 16 // x2.element_size()
         wsm = weights_in_smem(cfg, x2.element_size(), N, w is not None, b is not None)
         k = get(x2.dtype, w is not None, b is not None, wsm)
         bufv, smem = layout(N, x2.element_size(), S, (w is not None) + (b is not None) if wsm else 0)
         if smem > smem_max:
             raise ValueError(f"rows of {N} {x2.dtype} need {smem} bytes of shared memory for {S} stages; the "
                              f"device allows {smem_max}: fewer stages (S)")  # fmt: skip
-        w, b = _vector(w, "w", x2), _vector(b, "b", x2)
-        wrow = 0
-        wt, bt = w, b
-        if N % ve:  # misaligned rows: body weights from the shifted tables (row hd: w[hd + j])
-            npv = -(-N // ve)
-            wrow = npv * ve
-            wt = tables.get(w, ve, npv) if w is not None else None
-            bt = tables.get(b, ve, npv) if b is not None else None
-        yp = y.data_ptr()
-        args = (x2.data_ptr(), yp, w.data_ptr() if w is not None else yp, b.data_ptr() if b is not None else yp,
-                wt.data_ptr() if wt is not None else yp, bt.data_ptr() if bt is not None else yp, R, N, wrow, bufv,
-                eps)  # fmt: skip
+        w, b, wt, bt, wrow = weight_operands(w, b, x2, tables)
+        args = (x2.data_ptr(), *pointers(y, y, w, b, wt, bt), R, N, wrow, bufv, eps)
         k.launch(min(R, per_sm * sm), NT, smem, nvrtc.current_stream(x2.device.index), args)
         run.last = k
         return y if x.dim() == 2 else y.reshape(x.shape)

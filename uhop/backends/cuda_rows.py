@@ -156,6 +156,59 @@ __device__ __forceinline__ Stat st_warp(Stat s) {
   return s;
 }
 
+// The output from the row's combined statistics t: Fin{a, b} = softmax (max x log2 e, 1 / sum);
+// log-softmax (log-sum-exp, -); layernorm (mean, 1 / std); rmsnorm (-, 1 / rms).
+struct Fin { float a, b; };
+__device__ __forceinline__ Fin fin_make(Stat t, float shift, int N, float eps) {
+#if OP == 0
+  return Fin{t.a * L2E, 1.f / t.b};
+#elif OP == 3
+  return Fin{t.a + logf(t.b), 0.f};
+#elif OP == 1
+  const float mu = t.a / N;
+  return Fin{shift + mu, rsqrtf(fmaxf(t.b / N - mu * mu, 0.f) + eps)};
+#else
+  return Fin{0.f, rsqrtf(t.b / N + eps)};
+#endif
+}
+// y of one element x, its weight wv and bias bv (ignored without HAS_W / HAS_B)
+__device__ __forceinline__ float fin_one(Fin q, float x, float wv, float bv) {
+#if OP == 0
+  float r = exp2f(fmaf(x, L2E, -q.a)) * q.b;
+#elif OP == 3
+  float r = x - q.a;
+#elif OP == 1
+  float r = (x - q.a) * q.b;
+#else
+  float r = x * q.b;
+#endif
+#if HAS_W
+  r *= wv;
+#endif
+#if HAS_B
+  r += bv;
+#endif
+  return r;
+}
+// y of one 16-byte vector of x, with the weight and bias vectors at the same columns
+__device__ __forceinline__ uint4 fin_vec(Fin q, uint4 xv, uint4 wq, uint4 bq) {
+  float f[VE], fw[VE], fb[VE];
+  unpack(xv, f);
+#if HAS_W
+  unpack(wq, fw);
+#endif
+#if HAS_B
+  unpack(bq, fb);
+#endif
+#pragma unroll
+  for (int k = 0; k < VE; k++) f[k] = fin_one(q, f[k], HAS_W ? fw[k] : 0.f, HAS_B ? fb[k] : 0.f);
+  return pack(f);
+}
+// one element of y at column c (a head or tail element) from its x value e
+__device__ __forceinline__ void fin_elem(Fin q, float e, T* yr, const T* w, const T* b, int c) {
+  yr[c] = from_f(fin_one(q, e, HAS_W ? to_f(w[c]) : 0.f, HAS_B ? to_f(b[c]) : 0.f));
+}
+
 """
 
 #: the kernel of this module: one row per cluster
@@ -245,73 +298,18 @@ uhop_rows(const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ w, c
   __syncthreads();
   const Stat t{part[0], part[1]};
 #endif
-#if OP == 0
-  const float ms = t.a * L2E, inv = 1.f / t.b;
-#elif OP == 3
-  const float lse = t.a + logf(t.b);
-#elif OP == 1
-  const float mu = t.a / N, mean = shift + mu, inv = rsqrtf(fmaxf(t.b / N - mu * mu, 0.f) + eps);
-#else
-  const float inv = rsqrtf(t.b / N + eps);
-#endif
+  const Fin q = fin_make(t, shift, N, eps);
   const uint4* wv = (const uint4*)(wt + hd * wrow) + v0;
   const uint4* bv = (const uint4*)(bt + hd * wrow) + v0;
+  const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
   for (int base = tid; base < nv; base += NT * U) {
 #pragma unroll
     for (int u = 0; u < U; u++) {
       const int i = base + u * NT;
-      if (i < nv) {
-        float f[VE];
-        unpack(buf[i], f);
-#if HAS_W
-        float fw[VE];
-        unpack(ld_keep(wv + i), fw);
-#endif
-#if HAS_B
-        float fb[VE];
-        unpack(ld_keep(bv + i), fb);
-#endif
-#pragma unroll
-        for (int k = 0; k < VE; k++) {
-#if OP == 0
-          float r = exp2f(fmaf(f[k], L2E, -ms)) * inv;
-#elif OP == 3
-          float r = f[k] - lse;
-#elif OP == 1
-          float r = (f[k] - mean) * inv;
-#else
-          float r = f[k] * inv;
-#endif
-#if HAS_W
-          r *= fw[k];
-#endif
-#if HAS_B
-          r += fb[k];
-#endif
-          f[k] = r;
-        }
-        st_stream(yv + i, pack(f));
-      }
+      if (i < nv) st_stream(yv + i, fin_vec(q, buf[i], HAS_W ? ld_keep(wv + i) : zero, HAS_B ? ld_keep(bv + i) : zero));
     }
   }
-  if (ecol >= 0) {
-#if OP == 0
-    float r = exp2f(fmaf(e, L2E, -ms)) * inv;
-#elif OP == 3
-    float r = e - lse;
-#elif OP == 1
-    float r = (e - mean) * inv;
-#else
-    float r = e * inv;
-#endif
-#if HAS_W
-    r *= to_f(w[ecol]);
-#endif
-#if HAS_B
-    r += to_f(b[ecol]);
-#endif
-    yr[ecol] = from_f(r);
-  }
+  if (ecol >= 0) fin_elem(q, e, yr, w, b, ecol);
 #if CL > 1
   asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
 #endif
@@ -365,6 +363,27 @@ def _vector(v: Any, name: str, x: Any) -> Any:
     return v.clone() if v.data_ptr() % 16 else v  # (the caller's own tensor when it can: tables key on it)
 
 
+def weight_operands(w: Any, b: Any, x2: Any, tables: Any) -> tuple[Any, Any, Any, Any, int]:
+    """(w, b, wt, bt, wrow) as the kernels read a weight and bias for rows x2: contiguous, x's dtype
+    and width; on rows whose width is not a multiple of the 16-byte vector, the body's from
+    ``tables`` (:class:`~uhop.backends.triton_kernels.rowops.ShiftedTables`: row hd holds
+    w[hd + j], rows of ``wrow`` elements); otherwise wt, bt are w, b and wrow 0."""
+    N, ve = x2.shape[-1], 16 // x2.element_size()
+    w, b = _vector(w, "w", x2), _vector(b, "b", x2)
+    if N % ve == 0:
+        return w, b, w, b, 0
+    npv = -(-N // ve)
+    wt = tables.get(w, ve, npv) if w is not None else None
+    bt = tables.get(b, ve, npv) if b is not None else None
+    return w, b, wt, bt, npv * ve
+
+
+def pointers(y: Any, *tensors: Any) -> tuple[int, ...]:
+    """The tensors' data pointers, y's for an absent one (a kernel never reads it)."""
+    yp = y.data_ptr()
+    return tuple(yp if t is None else t.data_ptr() for t in tensors)
+
+
 def launcher(cfg: dict[str, Any], op: int, eps: float, device: str) -> Any:
     """The kernel ``run(x, w=None, b=None) -> y`` for op code ``op`` (torch CUDA tensors)."""
     import torch
@@ -399,22 +418,12 @@ def launcher(cfg: dict[str, Any], op: int, eps: float, device: str) -> Any:
         if R == 0 or N == 0:
             return y.reshape(x.shape)
         k = get(x2.dtype, w is not None, b is not None)
-        ve = 16 // x2.element_size()
         vpc, smem = layout(N, x2.element_size(), CL)
         if smem > smem_max:
             raise ValueError(f"rows of {N} {x2.dtype} need {smem} bytes of shared memory per CTA in clusters of {CL}; "
                              f"the device allows {smem_max}: a larger CL")  # fmt: skip
-        w, b = _vector(w, "w", x2), _vector(b, "b", x2)
-        wrow = 0
-        wt, bt = w, b
-        if N % ve:  # misaligned rows: body weights from the shifted tables (row hd: w[hd + j])
-            npv = -(-N // ve)
-            wrow = npv * ve
-            wt = tables.get(w, ve, npv) if w is not None else None
-            bt = tables.get(b, ve, npv) if b is not None else None
-        yp = y.data_ptr()
-        args = (x2.data_ptr(), yp, w.data_ptr() if w is not None else yp, b.data_ptr() if b is not None else yp,
-                wt.data_ptr() if wt is not None else yp, bt.data_ptr() if bt is not None else yp, N, wrow, vpc, eps)  # fmt: skip
+        w, b, wt, bt, wrow = weight_operands(w, b, x2, tables)
+        args = (x2.data_ptr(), *pointers(y, y, w, b, wt, bt), N, wrow, vpc, eps)
         k.launch(R * CL, NT, smem, nvrtc.current_stream(x2.device.index), args, cluster=CL)
         run.last = k
         return y if x.dim() == 2 else y.reshape(x.shape)
