@@ -109,14 +109,13 @@ class CudaBackend(Backend):
     def candidates(self, problem: Problem) -> list[Candidate]:
         import torch
 
+        from uhop.backends import cuda_pipe
         from uhop.backends.triton_kernels import limits
         from uhop.ops.base import ITEMSIZE
 
         lim = limits(problem.device)
         idx = int(problem.device.split(":")[1]) if ":" in problem.device else 0
         cc = torch.cuda.get_device_capability(idx)
-        from uhop.backends import cuda_pipe
-
         R, N, item = problem.dim["R"], problem.dim["N"], ITEMSIZE[problem.dtype]
         pipe = []
         if N >= PIPE_MIN_N and problem.op in PIPE_OPS:

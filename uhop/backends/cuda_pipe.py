@@ -251,8 +251,8 @@ def launcher(cfg: dict[str, Any], op: int, eps: float, device: str) -> Any:
         y = torch.empty_like(x2)
         if R == 0 or N == 0:
             return y.reshape(x.shape)
-        if R * N >= 2**31 or N >= 2**31:
-            raise ValueError(f"x: at most 2**31 - 1 elements per call, got {R} x {N}")
+        if R >= 2**31 or N >= 2**31:  # (the kernel takes both as int; offsets are 64-bit)
+            raise ValueError(f"x: at most 2**31 - 1 rows of at most 2**31 - 1 elements, got {R} x {N}")
         wsm = weights_in_smem(cfg, x2.element_size(), N, w is not None, b is not None)
         k = get(x2.dtype, w is not None, b is not None, wsm)
         bufv, smem = layout(N, x2.element_size(), S, (w is not None) + (b is not None) if wsm else 0)
