@@ -54,7 +54,7 @@ def test_source_rejects_bad_configs():
 )
 def test_configs_fit_an_sm_and_prefetch(R, N, item):
     cfgs = cuda_pipe.configs(R, N, item, **H100)
-    assert cfgs and len(cfgs) <= 4
+    assert len(cfgs) == 2
     one = cuda_pipe.layout(N, item, 1)[1]
     for c in cfgs:
         assert c["S"] >= 2 and c["threads"] in (256, 512)

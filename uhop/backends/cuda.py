@@ -59,10 +59,6 @@ def configs(R: int, N: int, itemsize: int, sm: int, smem_max: int, cc: tuple[int
     return out
 
 
-#: ``pipe`` candidates offered per problem (the first of :func:`cuda_pipe.configs`)
-PIPE_OFFERED = 2
-
-
 class CudaBackend(Backend):
     name = "cuda"
     crash_prone = True
@@ -125,7 +121,7 @@ class CudaBackend(Backend):
         if N >= MIN_N:
             cluster = [Candidate.of(self.name, "cluster", **c)
                        for c in configs(R, N, item, lim.sm_count, lim.shared_mem_bytes, cc)]  # fmt: skip
-        return pipe[:PIPE_OFFERED] + cluster
+        return pipe + cluster
 
     def prebuild(self, candidate: Candidate, problem: Problem) -> None:
         """Compile the candidate's cubin into the on-disk cache (no GPU context: a precompile

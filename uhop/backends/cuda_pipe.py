@@ -194,13 +194,13 @@ def layout(N: int, itemsize: int, S: int, vectors: int = 0) -> tuple[int, int]:
 
 
 def configs(R: int, N: int, itemsize: int, sm: int, smem_max: int, cc: tuple[int, int]) -> list[dict[str, Any]]:
-    """Candidate configs, the expected best first: one CTA per SM with three rows in flight where
-    three stages fit (two where only two do), then four, then 256 threads, then two CTAs per SM.
-    On the H100 (``row_variants_pipe_h100_twentyseventh.json``) one CTA with three stages led at
-    12192 x 11008 (2840 GB/s bf16, 2821 fp16; two or three CTAs per SM 2662-2749, eight stages
-    2750), two stages were the only fit at 8192 x 50257 (2787, level with the cluster kernel's
-    2789). Empty before Hopper (bulk copies are sm_90), when two stages do not fit, or when the
-    rows do not give every SM a CTA with a second row to prefetch."""
+    """The two candidates the CUDA backend offers, the expected best first: one CTA per SM with
+    three rows in flight where three stages fit (two where only two do), then four stages where
+    they fit, else 256 threads. On the H100 (``row_variants_pipe_h100_twentyseventh.json``) one
+    CTA with three stages led at 12192 x 11008 (2840 GB/s bf16, 2821 fp16; two or three CTAs per SM
+    2662-2749, eight stages 2750), two stages were the only fit at 8192 x 50257 (2787, level with
+    the cluster kernel's 2789). Empty before Hopper (bulk copies are sm_90), when two stages do not
+    fit, or when the rows do not give every SM a CTA with a second row to prefetch."""
     if cc[0] < 9 or R < 2 * sm:
         return []
     _, one = layout(N, itemsize, 1)
@@ -208,13 +208,8 @@ def configs(R: int, N: int, itemsize: int, sm: int, smem_max: int, cc: tuple[int
     if fits < 2:
         return []
     first = min(3, fits)
-    out: list[dict[str, Any]] = [{"threads": 512, "S": first, "ctas": 1}]
-    if fits >= 4:
-        out.append({"threads": 512, "S": 4, "ctas": 1})
-    out.append({"threads": 256, "S": first, "ctas": 1})
-    if fits >= 2 * first and R >= 4 * sm:
-        out.append({"threads": 512, "S": first, "ctas": 2})
-    return out[:4]
+    second = {"threads": 512, "S": 4, "ctas": 1} if fits >= 4 else {"threads": 256, "S": first, "ctas": 1}
+    return [{"threads": 512, "S": first, "ctas": 1}, second]
 
 
 def launcher(cfg: dict[str, Any], op: int, eps: float, device: str) -> Any:
@@ -265,7 +260,7 @@ def launcher(cfg: dict[str, Any], op: int, eps: float, device: str) -> Any:
         run.last = k
         return y if x.dim() == 2 else y.reshape(x.shape)
 
-    def prepare(dtype: str, arity: int = 1, N: int = 0) -> None:
+    def prepare(dtype: str, arity: int, N: int) -> None:
         """Compile and load the kernel a call with ``arity`` inputs (x, weight, bias) on rows of
         ``N`` will launch."""
         has_w, has_b = operands(op, arity)
