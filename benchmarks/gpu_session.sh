@@ -65,7 +65,7 @@
 # Two stages in one call: the tuner stages take STOP_S (start no case after it, default 400) and
 # LIMIT_S (kill after it, default 570), ROUNDS (paired re-timing rounds, default 7 as in earlier GPU runs), e.g. `bash ... buffers && STOP_S=300 LIMIT_S=470 bash ... tuner-a`.
 set -u
-stage=${1:?"stage: twentyseventh | pipe | pipe-product | h200 | h200b | logsm | nineteenth | seventeenth | ncu-cluster | first | cuda | rows-product | fifteenth | sixteenth | next | eighth | ninth | tenth | eleventh | twelfth | thirteenth | llama-cg | gated | forms | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
+stage=${1:?"stage: twentyeighth | twentyseventh | pipe | pipe-product | h200 | h200b | logsm | nineteenth | seventeenth | ncu-cluster | first | cuda | rows-product | fifteenth | sixteenth | next | eighth | ninth | tenth | eleventh | twelfth | thirteenth | llama-cg | gated | forms | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
 OUT=${OUT:-/tmp/uhop-gpu-out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -95,6 +95,12 @@ case "$stage" in
     UHOP_HOME=$(mktemp -d) timeout 60 python3 -m uhop tune softmax --shape 32768x4096 --dtype bfloat16 \
       --device cuda:0 --explain 2>&1 | tail -45 | tee "$OUT/explain_softmax.txt"
     STOP_S=${STOP_S:-60} LIMIT_S=${LIMIT_S:-150} tvo softmax,layernorm tuner_vs_oracle_${gpu}_mini.json ;;
+  twentyeighth)  # the rowsum kernels' unmasked loop and approx candidate (GPU tests, then a study against the
+                 # generator before: .gpu-old_ew.py, carried), then what twentyseventh owes, ~8 min
+    timeout 120 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_triton_gpu.py -k "elementwise" \
+      2>&1 | tail -6 | tee "$OUT/test_triton_elementwise_gpu.txt"
+    OLD_EW=.gpu-old_ew.py OUT=$OUT timeout 120 python3 benchmarks/diagnosis/twentyeighth_rowsum.py 2>&1 | grep -v Warning | tail -9
+    bash "$0" twentyseventh ;;
   twentyseventh)  # GPU tests of both CUDA row kernels (-inf rows, pipe, shared finishing code), then the pipe study:
     # on an H200 its first measurement there, on an H100 the norms with their weights in shared memory
     timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_cuda_pipe_gpu.py tests/gpu/test_cuda_rows_gpu.py \

@@ -187,6 +187,10 @@ def test_elementwise_codegen(interpreter, expr, n, dtype):
         ("fff", "mean", 7 * 4104, 4104),  # rows 16-byte aligned (bf16) while C % 16 != 0: edges path, empty edges
         ("fff", "max", 3 * 50257, 50257),  # odd width: aligned body per row, head and tail element-wise
         ("fsf", "sum", 6 * 1, 1),  # one column: the head holds the whole row
+        ("frs", "sum", 4 * 2048, 2048),  # whole tiles of whole rows: the unmasked (EVEN) loop
+        ("fff", "max", 8 * 256, 256),  # EVEN with several rows per program
+        ("fsf", "mean", 2 * 16384, 16384),  # EVEN, columns split over programs
+        ("fff", "sum", 7 * 256, 256),  # R % ROWS != 0: masked
     ],
 )
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

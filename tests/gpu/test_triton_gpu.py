@@ -138,6 +138,8 @@ def test_elementwise(dtype):
         ("", "sum", 3, 70001, ""),  # few long rows: columns split over programs
         ("fr", "max", 100, 5, ""),  # rows shorter than a vector
         ("fff", "sum", 40, 1001, "bfloat16,float32,float32"),  # mixed input dtypes
+        ("", "sum", 64, 4096, ""),  # whole tiles of whole rows: the unmasked loop (and approx first)
+        ("", "mean", 3, 65536, ""),  # unmasked, columns split over programs
     ],
 )
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
@@ -146,6 +148,37 @@ def test_elementwise_reductions_at_odd_widths(bcast, reduce, r, c, dtypes, dtype
               "reduce": reduce, **({"dtypes": dtypes} if dtypes else {})}  # fmt: skip
     arity = 2 if len(bcast) == 2 else 3
     _all_candidates("triton", "elementwise", {"N": r * c, "C": c}, "float32" if dtypes else dtype, params, arity=arity)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+@pytest.mark.parametrize("expr", ["x0*sigmoid(x0)", "exp(x0*0.5-2.0)", "silu(x0)*0.5+sigmoid(x0)"])
+def test_elementwise_approx_reduction_matches_precise(expr, dtype):
+    """The approx rowsum (single-instruction exp and sigmoid) against float64 on fresh inputs over
+    the whole range: large magnitudes (sigmoid's saturation, exp's overflow to inf) and NaN in
+    rows of their own, next to the precise kernel of the same shape."""
+    from uhop.backends.triton import _family
+
+    r, c = 64, 4096
+    p = Problem.make("elementwise", {"N": r * c, "C": c}, dtype, {"expr": expr, "reduce": "sum"}, arity=1,
+                     device=DEV, array="torch")  # fmt: skip
+    fam = _family("elementwise")
+    cfg = {"ROWS": 1, "BLOCK": 1024, "warps": 4}
+    approx, precise = fam.build("rowsum", {**cfg, "approx": 1}, p), fam.build("rowsum", cfg, p)
+    x = torch.randn(r, c, device=DEV, dtype=getattr(torch, dtype)) * 4
+    x[1, 7], x[2, 9], x[3, 11] = 100.0, -100.0, float("nan")
+    x[4, :8] = 200.0  # exp overflows fp32: the sum inf in both
+    ref = torch.tensor([eval(expr, {"x0": row.double(), "sigmoid": torch.sigmoid, "exp": torch.exp,
+                                    "silu": torch.nn.functional.silu}).sum().item() for row in x])  # fmt: skip
+    ref = ref.to(getattr(torch, dtype)).double()  # rounded to the output's dtype (inf past fp16's range)
+    ya, yp = approx(x).double().cpu(), precise(x).double().cpu()
+    same_nan = torch.isnan(ya) == torch.isnan(ref)
+    assert bool(same_nan.all()) and bool((torch.isnan(yp) == torch.isnan(ref)).all())
+    fin = torch.isfinite(ref)
+    assert bool((ya[~fin].nan_to_num() == ref[~fin].nan_to_num()).all())
+    tol = 1e-5 if dtype == "float32" else 1e-2
+    for y in (ya, yp):
+        err = ((y[fin] - ref[fin]).abs() / ref[fin].abs().clamp_min(1.0)).max().item()
+        assert err < tol, (expr, dtype, err)
 
 
 @pytest.mark.parametrize("causal", [False, True])

@@ -44,6 +44,33 @@ TEMPLATES = {
 }  # fmt: skip
 
 
+#: ``approx`` kernels (reductions, whose one read per element leaves an SM about 16 instruction
+#: issues per element at the H200's copy rate): exp and sigmoid as one MUFU instruction each
+#: (``ex2.approx.ftz``, ``rcp.approx.ftz``: 2 ulp like Triton's ``exp`` and ``/``, subnormal
+#: results flushed to 0). In the loop of an unmasked ``x * sigmoid(x)`` sum on sm_90, Triton's own
+#: forms take 16.5 instructions per element (the non-ftz ex2's and the full-range division's
+#: scaling), these 7.6 (``tests/backends/test_elementwise_approx.py`` counts them in the SASS).
+APPROX_TEMPLATES = {
+    "exp": "_ex2({0} * 1.4426950408889634)",
+    "sigmoid": "_rcp(1.0 + _ex2({0} * -1.4426950408889634))",
+    "silu": "({0} * _rcp(1.0 + _ex2({0} * -1.4426950408889634)))",
+}
+
+#: the functions APPROX_TEMPLATES makes cheaper: a reduction over a chain with one of them gets an
+#: ``approx`` candidate
+APPROX_FNS = frozenset(APPROX_TEMPLATES)
+
+APPROX_HELPERS = [
+    "@triton.jit",
+    "def _ex2(x):",
+    '    return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)',
+    "", "",
+    "@triton.jit",
+    "def _rcp(x):",
+    '    return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)',
+    "", "",
+]  # fmt: skip
+
 #: Triton's CPU interpreter has no libdevice: CI runs these stand-ins (the GPU code uses libdevice).
 INTERPRETER_TEMPLATES = {
     "pow": "tl.exp({1} * tl.log({0}))",
@@ -81,19 +108,28 @@ def _body(e: ex.Expr, templates: dict[str, str], load: Any) -> tuple[list[str], 
     return body, result
 
 
-def generate(e: ex.Expr, n_inputs: int, forms: str = "", reduce: str = "none") -> str:
+def generate(e: ex.Expr, n_inputs: int, forms: str = "", reduce: str = "none", approx: bool = False,
+             interpret: bool | None = None) -> str:
     """Triton source of ``ew(x0, ..., out, n, C, BLOCK, EVEN, WIDE, LOOP)`` computing ``e`` over n
     elements (``forms``: per input ``f`` full, ``r`` a row vector of C read at ``offs % C``, ``s``
     a scalar; "" all full), or, with a ``reduce``, of ``ewr(x0, ..., out, R, C, ROWS, BLOCK)``:
     ROWS rows per program, the chain over BLOCK columns at a time accumulated in fp32 registers,
-    one value per row stored."""
+    one value per row stored. ``approx``: exp and sigmoid as single MUFU instructions
+    (APPROX_TEMPLATES; GPU code only: under Triton's interpreter, which runs no PTX, the precise
+    forms). ``interpret``: generate for the interpreter (default: whether Triton interprets)."""
     from uhop.backends.triton_kernels import interpreting
 
-    templates = {**TEMPLATES, **INTERPRETER_TEMPLATES} if interpreting() else TEMPLATES
+    interpret = interpreting() if interpret is None else interpret
+    templates = {**TEMPLATES, **INTERPRETER_TEMPLATES} if interpret else TEMPLATES
+    approx = approx and not interpret
+    if approx:
+        templates = {**templates, **APPROX_TEMPLATES}
     forms = forms or "f" * n_inputs
     args = ", ".join(f"x{i}_ptr" for i in range(n_inputs))
     head_lines = ["import triton", "import triton.language as tl",
                   "from triton.language.extra import libdevice  # noqa: F401", "", ""]  # fmt: skip
+    if approx:
+        head_lines += APPROX_HELPERS
     if reduce != "none":
         def load(i: int) -> str:  # @OFF@ / @COL@ / @MSK@ / @RMSK@: the region's offsets, row columns, masks
             if forms[i] == "s":
@@ -104,9 +140,12 @@ def generate(e: ex.Expr, n_inputs: int, forms: str = "", reduce: str = "none") -
 
         body, result = _body(e, templates, load)
 
-        def region(off: str, col: str, msk: str, sfx: str = "", rmsk: str = "") -> tuple[list[str], str]:
-            """The chain's lines for one region (body tile, head or tail), its names suffixed."""
+        def region(off: str, col: str, msk: str, sfx: str = "", rmsk: str = "", even: bool = False) -> tuple[list[str], str]:
+            """The chain's lines for one region (body tile, head or tail), its names suffixed;
+            ``even``: loads without masks."""
             def rename(t: str) -> str:
+                if even:
+                    t = re.sub(r", mask=@R?MSK@, other=0\.0", "", t)
                 t = t.replace("@OFF@", off).replace("@COL@", col).replace("@RMSK@", rmsk or msk).replace("@MSK@", msk)
                 return re.sub(r"\b([xt]\d+)\b", rf"\g<1>{sfx}", t) if sfx else t
             return [rename(b) for b in body], rename(result)
@@ -115,6 +154,7 @@ def generate(e: ex.Expr, n_inputs: int, forms: str = "", reduce: str = "none") -
             init = 'tl.full((ROWS, BLOCK), -float("inf"), tl.float32)'
             fold = lambda m, v: f'tl.where({m}, {v}, -float("inf"))'  # noqa: E731
             acc = f"acc = tl.maximum(acc, {fold('m', '{}')}, propagate_nan=tl.PropagateNan.ALL)"
+            acc_even = "acc = tl.maximum(acc, {}, propagate_nan=tl.PropagateNan.ALL)"
             # tl.max takes no propagate_nan (Triton 3.6: a compile error on the GPU, which the
             # interpreter never hit): a reduce whose combine keeps NaN, as numpy's max does
             final = "r = tl.reduce(acc, 1, _max_nan)"
@@ -125,11 +165,13 @@ def generate(e: ex.Expr, n_inputs: int, forms: str = "", reduce: str = "none") -
             init = "tl.zeros((ROWS, BLOCK), tl.float32)"
             fold = lambda m, v: f"tl.where({m}, {v}, 0.0)"  # noqa: E731
             acc = f"acc += {fold('m', '{}')}"
+            acc_even = "acc += {}"
             final = "r = tl.sum(acc, axis=1)"
             edges = "er = tl.sum({}, axis=1) + tl.sum({}, axis=1)"
             join = "r += er"
         # aligned rows: one column mask for every row (a broadcast row vector loads under it)
         main, res = region("a[:, None] + cols[None, :]", "cols[None, :]", "m", rmsk="cmask[None, :]")
+        even, eres = region("a[:, None] + cols[None, :]", "cols[None, :]", "", even=True)
         main_edges = region("a[:, None] + cols[None, :]", "(a - start)[:, None] + cols[None, :]", "m")[0]
         head, hres = region("start[:, None] + hidx[None, :]", "hidx[None, :]", "hm", "_h")
         tail, tres = region("b[:, None] + hidx[None, :]", "(b - start)[:, None] + hidx[None, :]", "tm", "_t")
@@ -138,12 +180,13 @@ def generate(e: ex.Expr, n_inputs: int, forms: str = "", reduce: str = "none") -
         lines = head_lines + (combine if reduce == "max" else []) + [
             "@triton.jit",
             f"def ewr({args}, out_ptr, R, C, SPAN, ROWS: tl.constexpr, BLOCK: tl.constexpr, PARTIAL: tl.constexpr,",
-            "        VEC: tl.constexpr, EDGES: tl.constexpr):",
+            "        VEC: tl.constexpr, EDGES: tl.constexpr, EVEN: tl.constexpr):",
             "    # program (i, p): rows [i*ROWS, (i+1)*ROWS), body columns [p*SPAN, (p+1)*SPAN); PARTIAL: an fp32",
             "    # partial per (row, p) for the launcher to combine (a few long rows over many programs).",
             "    # EDGES (C not a multiple of 16): a row's body starts at its first VEC-aligned element, so",
             "    # its loads are 16-byte vectors; the head before it and the tail after it go element-wise",
-            "    # in program (i, 0). Otherwise every row starts aligned (Triton sees C % 16 == 0).",
+            "    # in program (i, 0). Otherwise every row starts aligned (Triton sees C % 16 == 0). EVEN: no",
+            "    # edges, R % ROWS == 0 and C % BLOCK == 0 (so SPAN too): every tile whole, loaded unmasked.",
             "    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)",
             "    part = tl.program_id(1)",
             "    rmask = rows < R",
@@ -171,11 +214,15 @@ def generate(e: ex.Expr, n_inputs: int, forms: str = "", reduce: str = "none") -
             "        if EDGES:",
             "            m = rmask[:, None] & (cols[None, :] < tl.minimum(lo + SPAN, nb)[:, None])",
             *("            " + b for b in main_edges),
+            f"            {acc.format(res)}",
+            "        elif EVEN:  # whole tiles of whole rows: no masks, no selects",
+            *("            " + b for b in even),
+            f"            {acc_even.format(eres)}",
             "        else:",
             "            cmask = cols < hi",
             "            m = rmask[:, None] & cmask[None, :]",
             *("            " + b for b in main),
-            f"        {acc.format(res)}",
+            f"            {acc.format(res)}",
             f"    {final}",
             "    if EDGES:",
             f"        {join}",
@@ -248,10 +295,10 @@ def _gen_dir() -> str:
     return os.path.join(base, "triton_gen")
 
 
-def load_kernel(e: ex.Expr, n_inputs: int, forms: str = "", reduce: str = "none") -> Any:
+def load_kernel(e: ex.Expr, n_inputs: int, forms: str = "", reduce: str = "none", approx: bool = False) -> Any:
     """The generated JIT function for ``e`` (written once, then imported from disk): ``ew``, or
-    ``ewr`` with a reduction."""
-    src = generate(e, n_inputs, forms, reduce)
+    ``ewr`` with a reduction; ``approx``: see APPROX_TEMPLATES."""
+    src = generate(e, n_inputs, forms, reduce, approx)
     digest = hashlib.sha256((src + inspect.getsource(generate) + inspect.getsource(_body)).encode()).hexdigest()[:20]
     if digest not in _modules:
         d = _gen_dir()
@@ -271,6 +318,15 @@ def load_kernel(e: ex.Expr, n_inputs: int, forms: str = "", reduce: str = "none"
         _modules[digest] = mod
     mod = _modules[digest]
     return mod.ewr if reduce != "none" else mod.ew
+
+
+def uses_approx(expr: str) -> bool:
+    """Whether a chain calls a function APPROX_TEMPLATES computes more cheaply."""
+    try:
+        e = ex.parse(expr)
+    except Exception:
+        return False
+    return any(isinstance(n, ex.Call) and n.fn in APPROX_FNS for n in ex.nodes(e))
 
 
 def configs(problem: Any, lim: Limits) -> list[tuple[str, dict[str, Any]]]:
@@ -300,6 +356,8 @@ def configs(problem: Any, lim: Limits) -> list[tuple[str, dict[str, Any]]]:
         first = found[0][1]
         if "split" in first:  # the unsplit form too, for the tuner to weigh against
             found.append(("rowsum", {k: v for k, v in first.items() if k != "split"}))
+        if uses_approx(problem.param.get("expr", "")):  # the first shape with single-instruction exp/sigmoid
+            found = [("rowsum", {**first, "approx": 1}), *found[:3]]
         return found
     n = problem.dim["N"]
     out = []
@@ -324,7 +382,10 @@ def build(template: str, cfg: dict[str, Any], problem: Any) -> Any:
     reduce = problem.param.get("reduce", "none")
     if (template == "rowsum") != (reduce != "none"):
         raise ValueError(f"template {template!r} does not serve reduce={reduce!r}")
-    kern = Launcher(load_kernel(e, n_in, forms, reduce))  # direct launches once compiled
+    approx = bool(cfg.get("approx", 0))
+    if approx and template != "rowsum":
+        raise ValueError("approx: only the rowsum template takes it (a chain that writes every element is not issue-bound)")
+    kern = Launcher(load_kernel(e, n_in, forms, reduce, approx))  # direct launches once compiled
     warps = cfg["warps"]
     out_dtype = getattr(torch, problem.dtype)  # the result's: with mixed inputs, not x0's
 
@@ -344,13 +405,14 @@ def build(template: str, cfg: dict[str, Any], problem: Any) -> Any:
             vec = 16 // min([x.element_size() for x, f in zip(xs, forms or "f" * len(xs), strict=True)
                               if f == "f"] or [16])
             edges = c % 16 != 0 and vec > 1
+            even = not edges and c % block == 0 and r % rows == 0  # whole tiles: the unmasked loop
             if parts == 1:
                 out = torch.empty(shape[:-1], device=xs[0].device, dtype=out_dtype)
-                kern(grid, *flat, out, r, c, span, ROWS=rows, BLOCK=block, PARTIAL=False, VEC=max(vec, 1), EDGES=edges,
+                kern(grid, *flat, out, r, c, span, ROWS=rows, BLOCK=block, PARTIAL=False, VEC=max(vec, 1), EDGES=edges, EVEN=even,
                      num_warps=warps)  # fmt: skip
                 return out
             ws = torch.empty((r, parts), device=xs[0].device, dtype=torch.float32)
-            kern(grid, *flat, ws, r, c, span, ROWS=rows, BLOCK=block, PARTIAL=True, VEC=max(vec, 1), EDGES=edges,
+            kern(grid, *flat, ws, r, c, span, ROWS=rows, BLOCK=block, PARTIAL=True, VEC=max(vec, 1), EDGES=edges, EVEN=even,
                  num_warps=warps)  # fmt: skip
             if reduce == "max":
                 y = ws.amax(dim=1)
