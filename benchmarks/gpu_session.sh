@@ -95,11 +95,13 @@ case "$stage" in
     UHOP_HOME=$(mktemp -d) timeout 60 python3 -m uhop tune softmax --shape 32768x4096 --dtype bfloat16 \
       --device cuda:0 --explain 2>&1 | tail -45 | tee "$OUT/explain_softmax.txt"
     STOP_S=${STOP_S:-60} LIMIT_S=${LIMIT_S:-150} tvo softmax,layernorm tuner_vs_oracle_${gpu}_mini.json ;;
-  twentyeighth)  # the rowsum kernels' unmasked loop and approx candidate (GPU tests, then a study against the
-                 # generator before: .gpu-old_ew.py, carried), then what twentyseventh owes, ~8 min
-    timeout 120 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_triton_gpu.py -k "elementwise" \
+  twentyeighth)  # the rowsum kernels' unmasked loop and approx candidate, the softmax row kernel's fewer
+                 # instructions (GPU tests, then studies against the code before: .gpu-old_ew.py and
+                 # .gpu-old_rowops.py from `git show 4e8dc62~:...`, carried), then what twentyseventh owes, ~9 min
+    timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_triton_gpu.py -k "elementwise or softmax or row" \
       2>&1 | tail -6 | tee "$OUT/test_triton_elementwise_gpu.txt"
     OLD_EW=.gpu-old_ew.py OUT=$OUT timeout 120 python3 benchmarks/diagnosis/twentyeighth_rowsum.py 2>&1 | grep -v Warning | tail -9
+    OLD_ROWOPS=.gpu-old_rowops.py OUT=$OUT timeout 120 python3 benchmarks/diagnosis/twentyeighth_rows.py 2>&1 | grep -v Warning | tail -9
     bash "$0" twentyseventh ;;
   twentyseventh)  # GPU tests of both CUDA row kernels (-inf rows, pipe, shared finishing code), then the pipe study:
     # on an H200 its first measurement there, on an H100 the norms with their weights in shared memory

@@ -101,6 +101,29 @@ def test_templates_odd_widths(rowops, template, cfg, op, shape, dtype):
     check(rowops, template, cfg, op, shape, dtype)
 
 
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+@pytest.mark.parametrize(("shape", "dtype"), [((7, 37), torch.bfloat16), ((5, 96), torch.float16), ((3, 200), torch.float32)])
+def test_softmax_rows_with_minus_inf(rowops, op, shape, dtype):
+    """Softmax tiles pad with -inf instead of selecting: logits filtered to -inf (top-k sampling,
+    masks) in the head, body and tail of rows, one row all -inf but one element, one all -inf but
+    two, against float64 on fresh inputs; every template."""
+    x = (torch.randn(*shape) * 3).to(dtype)
+    n = shape[-1]
+    x[0, : n // 2] = float("-inf")
+    x[1, 1::3] = float("-inf")
+    x[2, :] = float("-inf")
+    x[2, n - 1] = 1.0
+    x[3 % shape[0], :] = float("-inf")
+    x[3 % shape[0], [0, n // 2]] = torch.tensor([2.0, -1.0], dtype=dtype)
+    ref = reference(op, x, None, None, 1e-5)
+    fin = torch.isfinite(ref)
+    for template, cfg in TEMPLATES:
+        y = rowops.launcher(template, cfg, OPS[op], 1e-5, "cpu")(x, None, None).double()
+        assert bool((y[~fin] == ref[~fin]).all()), f"{template}{cfg} {op}: -inf entries"
+        err = float((y[fin] - ref[fin]).abs().max())
+        assert err < 20 * TOL[dtype], f"{template}{cfg} {op} {shape} {dtype}: max error {err:.2e}"
+
+
 def test_tiny_rows_and_no_affine(rowops):
     for template, cfg in TEMPLATES:
         check(rowops, template, cfg, "layernorm", (3, 2), torch.bfloat16, affine=False)

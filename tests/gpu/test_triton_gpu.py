@@ -122,6 +122,37 @@ def test_row_templates_log_softmax_and_one_launch_split(template, dtype):
             assert err < (1e-5 if dtype == "float32" else 1e-2), (template, dtype, n, op, err)
 
 
+@pytest.mark.parametrize("template", ["row", "split", "split-persist", "stream", "loop"])
+@pytest.mark.parametrize("n", [1000, 11008, 50257])
+def test_row_templates_on_filtered_logits(template, n):
+    """Logits filtered to their top 50 (the rest -inf), as sampling does, through every row template
+    (the row kernel's -inf padding, the online max/sum of loop and stream, split's partials from
+    chunks that hold only -inf) against float64: no NaN, the -inf entries exactly 0 (softmax) and
+    -inf (log-softmax)."""
+    from uhop.backends.triton_kernels import rowops as ro
+
+    if template == "row" and n > ro.MAX_ROW:
+        pytest.skip(f"rows of {n} are past the row template's {ro.MAX_ROW}")
+    cfg = {
+        "row": {"warps": 8, "ROWS": 1, "grid": "full", "stages": 1, "tiles": 1},
+        "split": {"CHUNK": 2048, "warps": 4, "phases": 1},
+        "split-persist": {"CHUNK": 2048, "warps": 4, "phases": 1, "persist": 4, "spin": 2},
+        "stream": {"BLOCK": 2048, "warps": 8, "stages": 3, "grid": 1},
+        "loop": {"BLOCK": 2048, "warps": 8},
+    }[template]
+    x = torch.randn(64, n, device=DEV, dtype=torch.bfloat16) * 4
+    keep = x.float().topk(50, dim=-1).indices
+    x = torch.full_like(x, float("-inf")).scatter(-1, keep, x.gather(-1, keep))
+    for op, fn in ((0, torch.softmax), (3, torch.log_softmax)):
+        y = ro.launcher(template.split("-")[0], cfg, op, 0.0, DEV)(x).double()
+        r = fn(x.double(), -1)
+        fin = torch.isfinite(r)
+        assert not bool(torch.isnan(y).any()), (template, n, op)
+        assert bool((y[~fin] == r[~fin]).all()) and bool((y[r == 0] == 0).all()), (template, n, op)
+        err = float((y[fin] - r[fin]).norm() / r[fin].norm())
+        assert err < 1e-2, (template, n, op, err)
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_elementwise(dtype):
     _all_candidates("triton", "elementwise", {"N": 1_000_003}, dtype, {"expr": "sigmoid(x0*1.5+0.5)*x0-0.25"})

@@ -86,8 +86,8 @@ def _bounds(start, N, VEC: tl.constexpr, ALIGNED: tl.constexpr):
 @triton.jit
 def _finish(x, m, s, mean, inv, w, bb, OP: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr):
     """y from x and the row statistics (softmax: max m, sum s; norms: mean, 1/std)."""
-    if OP == 0:
-        y = tl.exp2((x - m) * 1.4426950408889634) / s
+    if OP == 0:  # as _row_stats's sum (one FFMA and an ex2 per element), one division per row
+        y = tl.exp2(x * 1.4426950408889634 - m * 1.4426950408889634) * (1.0 / s)
     elif OP == 3:
         y = x - m - tl.log(s)
     elif OP == 1:
@@ -105,25 +105,29 @@ def _finish(x, m, s, mean, inv, w, bb, OP: tl.constexpr, HAS_W: tl.constexpr, HA
 def _row_stats(
     x, bm, x2, bm2, xh, hm, xt, tm, N, eps, OP: tl.constexpr, TWO: tl.constexpr, EDGES: tl.constexpr
 ):
-    """Per-row (m, s, mean, inv) over the body tiles (x, x2) and the head/tail tiles."""
+    """Per-row (m, s, mean, inv) over the body tiles (x, x2) and the head/tail tiles. Softmax's
+    tiles come padded with -inf (``_pad``): the max and the sum of exp need no selects (on sm_90
+    they were 2 of the 16.5 instructions per element of a softmax over 4096)."""
     m = tl.zeros((x.shape[0],), tl.float32)
     s = m + 1.0
     mean = m
     inv = s
     if OP == 0 or OP == 3:
-        m = tl.max(tl.where(bm, x, -float("inf")), axis=1)
+        m = tl.max(x, axis=1)
         if TWO:
-            m = tl.maximum(m, tl.max(tl.where(bm2, x2, -float("inf")), axis=1))
+            m = tl.maximum(m, tl.max(x2, axis=1))
         if EDGES:
-            m = tl.maximum(m, tl.max(tl.where(hm, xh, -float("inf")), axis=1))
-            m = tl.maximum(m, tl.max(tl.where(tm, xt, -float("inf")), axis=1))
+            m = tl.maximum(m, tl.maximum(tl.max(xh, axis=1), tl.max(xt, axis=1)))
         m = tl.where(m == -float("inf"), 0.0, m)  # rows past R: keep the arithmetic finite
-        s = tl.sum(tl.where(bm, tl.exp2((x - m[:, None]) * 1.4426950408889634), 0.0), axis=1)
+        # x * log2(e) - m * log2(e): one FFMA per element; the rounding of m * log2(e) is the same
+        # for every element of a row and cancels in the normalization
+        mc = m[:, None] * 1.4426950408889634
+        s = tl.sum(tl.exp2(x * 1.4426950408889634 - mc), axis=1)
         if TWO:
-            s += tl.sum(tl.where(bm2, tl.exp2((x2 - m[:, None]) * 1.4426950408889634), 0.0), axis=1)
+            s += tl.sum(tl.exp2(x2 * 1.4426950408889634 - mc), axis=1)
         if EDGES:
-            s += tl.sum(tl.where(hm, tl.exp2((xh - m[:, None]) * 1.4426950408889634), 0.0), axis=1)
-            s += tl.sum(tl.where(tm, tl.exp2((xt - m[:, None]) * 1.4426950408889634), 0.0), axis=1)
+            s += tl.sum(tl.exp2(xh * 1.4426950408889634 - mc), axis=1)
+            s += tl.sum(tl.exp2(xt * 1.4426950408889634 - mc), axis=1)
         s = tl.where(s == 0.0, 1.0, s)
     elif OP == 1:
         tot = tl.sum(x, axis=1)
@@ -176,6 +180,16 @@ def _add_residual(x, r_ptr, h_ptr, offs, mask, HAS_R: tl.constexpr):
 
 
 @triton.jit
+def _pad(OP: tl.constexpr):
+    """The value masked lanes load: -inf for softmax and log-softmax (neutral for the max, exp2 of it
+    0 for the sum), 0 for the norms."""
+    if OP == 0 or OP == 3:
+        return -float("inf")
+    else:
+        return 0.0
+
+
+@triton.jit
 def _row_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, r_ptr, h_ptr, R, NV, SV, eps, wt_ptr, bt_ptr, NPV,
     OP: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, VEC: tl.constexpr, ALIGNED: tl.constexpr,
@@ -200,14 +214,14 @@ def _row_kernel(
             start = rows.to(tl.int64) * SV
         a, nb, hd, b, end = _bounds(start, N, VEC, ALIGNED)
         bm = rmask[:, None] & (idx[None, :] < nb[:, None])
-        x = tl.load(x_ptr + a[:, None] + idx[None, :], mask=bm, other=0.0, eviction_policy="evict_first")
+        x = tl.load(x_ptr + a[:, None] + idx[None, :], mask=bm, other=_pad(OP), eviction_policy="evict_first")
         x = _add_residual(x.to(tl.float32), r_ptr, h_ptr, a[:, None] + idx[None, :], bm, HAS_R)
         x2 = x
         bm2 = bm
         if TWO:
             bm2 = rmask[:, None] & (idx2[None, :] < nb[:, None])
             x2 = tl.load(
-                x_ptr + a[:, None] + idx2[None, :], mask=bm2, other=0.0, eviction_policy="evict_first"
+                x_ptr + a[:, None] + idx2[None, :], mask=bm2, other=_pad(OP), eviction_policy="evict_first"
             )
             x2 = _add_residual(x2.to(tl.float32), r_ptr, h_ptr, a[:, None] + idx2[None, :], bm2, HAS_R)
         xh = x
@@ -217,8 +231,8 @@ def _row_kernel(
         if not ALIGNED:
             hm = rmask[:, None] & (hidx[None, :] < hd[:, None])
             tm = rmask[:, None] & (hidx[None, :] < (end - b)[:, None])
-            xh = tl.load(x_ptr + start[:, None] + hidx[None, :], mask=hm, other=0.0).to(tl.float32)
-            xt = tl.load(x_ptr + b[:, None] + hidx[None, :], mask=tm, other=0.0).to(tl.float32)
+            xh = tl.load(x_ptr + start[:, None] + hidx[None, :], mask=hm, other=_pad(OP)).to(tl.float32)
+            xt = tl.load(x_ptr + b[:, None] + hidx[None, :], mask=tm, other=_pad(OP)).to(tl.float32)
             xh = _add_residual(xh, r_ptr, h_ptr, start[:, None] + hidx[None, :], hm, HAS_R)
             xt = _add_residual(xt, r_ptr, h_ptr, b[:, None] + hidx[None, :], tm, HAS_R)
         m, s, mean, inv = _row_stats(x, bm, x2, bm2, xh, hm, xt, tm, N, eps, OP, TWO, not ALIGNED)

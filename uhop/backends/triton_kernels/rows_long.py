@@ -125,8 +125,9 @@ def _row_loop_kernel(
         if OP == 0 or OP == 3:
             x = tl.where(cm, x, -float("inf"))
             m_new = tl.maximum(m, x)
-            scale = tl.where(m_new == -float("inf"), 0.0, tl.exp(m - m_new))
-            acc = acc * scale + tl.where(cm, tl.exp(x - m_new), 0.0)
+            # a lane that has seen only -inf (filtered logits) keeps acc 0: exp(-inf - -inf) is NaN
+            m_ref = tl.where(m_new == -float("inf"), 0.0, m_new)
+            acc = acc * tl.exp(m - m_ref) + tl.exp(x - m_ref)
             m = m_new
         elif OP == 1:
             xs = tl.where(cm, x - shift, 0.0)
@@ -196,8 +197,9 @@ def _stream_kernel(
             if OP == 0 or OP == 3:
                 x = tl.where(cm, x, -float("inf"))
                 m_new = tl.maximum(mv, x)
-                scale = tl.where(m_new == -float("inf"), 0.0, tl.exp2((mv - m_new) * 1.4426950408889634))
-                acc = acc * scale + tl.where(cm, tl.exp2((x - m_new) * 1.4426950408889634), 0.0)
+                # a lane that has seen only -inf (filtered logits) keeps acc 0: exp2(-inf - -inf) is NaN
+                m_ref = tl.where(m_new == -float("inf"), 0.0, m_new)
+                acc = acc * tl.exp2((mv - m_ref) * 1.4426950408889634) + tl.exp2((x - m_ref) * 1.4426950408889634)
                 mv = m_new
             elif OP == 1:
                 xs = tl.where(cm, x - shift, 0.0)
