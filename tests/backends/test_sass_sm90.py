@@ -39,11 +39,25 @@ def test_softmax_row_kernel_issues_per_element(op, n, block, block2, warps, most
     from uhop.backends.triton_kernels import rowops
 
     const = {"OP": op, "HAS_W": False, "HAS_B": False, "VEC": 8, "ALIGNED": True, "ROWS": 1, "BLOCK": block,
-             "BLOCK2": block2, "STAGES": 1, "HAS_R": False}  # fmt: skip
+             "BLOCK2": block2, "STAGES": 1, "HAS_R": False, "EXACT": False}  # fmt: skip
     listing = sm90.sass(rowops._row_kernel, ROW_SIG, const, ROW_PTRS, warps)
     per, mufu = _per_element(listing, n / (32 * warps))
     assert per <= most, per
     assert mufu * n / (block + block2) <= 1.1  # one ex2 per lane: the sum's exp reused for the output
+
+
+@pytest.mark.parametrize(("op", "n", "block", "block2", "warps"), [(1, 5120, 4096, 1024, 4), (1, 4096, 4096, 0, 8), (2, 4096, 4096, 0, 8)])
+def test_exact_tiles_drop_the_masks(op, n, block, block2, warps):
+    """Aligned rows of exactly the tiles' lanes (4096, 5120 = 4096 + 1024) with R % ROWS == 0 load
+    and store unmasked (EXACT): layernorm over 5120 18.0 -> 14.8 instructions per element."""
+    from uhop.backends.triton_kernels import rowops
+
+    counts = []
+    for exact in (False, True):
+        const = {"OP": op, "HAS_W": True, "HAS_B": op == 1, "VEC": 8, "ALIGNED": True, "ROWS": 1, "BLOCK": block,
+                 "BLOCK2": block2, "STAGES": 1, "HAS_R": False, "EXACT": exact}  # fmt: skip
+        counts.append(_per_element(sm90.sass(rowops._row_kernel, ROW_SIG, const, ROW_PTRS, warps), n / (32 * warps))[0])
+    assert counts[1] <= counts[0] - 0.9, counts
 
 
 def _rowsum(expr: str, approx: bool, even: bool, block: int = 1024) -> tuple[float, float]:

@@ -93,11 +93,14 @@ TEMPLATES = [
 @pytest.mark.parametrize(("template", "cfg"), TEMPLATES, ids=lambda v: v if isinstance(v, str) else "")
 @pytest.mark.parametrize("op", list(OPS))
 @pytest.mark.parametrize(
-    ("shape", "dtype"), [((5, 37), torch.bfloat16), ((3, 2, 200), torch.float32), ((6, 96), torch.float16)]
-)
+    ("shape", "dtype"),
+    [((5, 37), torch.bfloat16), ((3, 2, 200), torch.float32), ((6, 96), torch.float16), ((8, 64), torch.bfloat16),
+     ((4, 96), torch.float32)],
+)  # fmt: skip
 def test_templates_odd_widths(rowops, template, cfg, op, shape, dtype):
     """37 and 200 bf16/fp32 rows start off the 16-byte grid (head, body, tail); 96 fp16 is aligned
-    (one body, 96 = 64 + 32 in two tiles); 200 > 3 x 64 takes several split chunks."""
+    (one body, 96 = 64 + 32 in two tiles); 200 > 3 x 64 takes several split chunks; 8 x 64 and
+    4 x 96 fill the row template's tiles exactly (EXACT: unmasked)."""
     check(rowops, template, cfg, op, shape, dtype)
 
 

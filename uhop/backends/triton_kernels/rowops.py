@@ -194,10 +194,13 @@ def _row_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, r_ptr, h_ptr, R, NV, SV, eps, wt_ptr, bt_ptr, NPV,
     OP: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, VEC: tl.constexpr, ALIGNED: tl.constexpr,
     ROWS: tl.constexpr, BLOCK: tl.constexpr, BLOCK2: tl.constexpr, STAGES: tl.constexpr, HAS_R: tl.constexpr = False,
+    EXACT: tl.constexpr = False,
 ):  # fmt: skip
     # ALIGNED: N = NV * VEC and the row stride SV * VEC; else N = NV, row stride SV (== N: x and y
     # rows must have the same alignment, which build() ensures). The body is one tile of BLOCK
     # lanes, or BLOCK + BLOCK2 (5120 = 4096 + 1024): powers of two that waste fewer registers.
+    # EXACT: aligned rows of exactly BLOCK + BLOCK2 and R % ROWS == 0: every lane of every tile is
+    # an element, the masks constant (unmasked loads and stores, no selects).
     N = _width(NV, VEC, ALIGNED)
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
@@ -213,13 +216,19 @@ def _row_kernel(
         else:
             start = rows.to(tl.int64) * SV
         a, nb, hd, b, end = _bounds(start, N, VEC, ALIGNED)
-        bm = rmask[:, None] & (idx[None, :] < nb[:, None])
+        if EXACT:
+            bm = tl.full((ROWS, BLOCK), 1, tl.int1)
+        else:
+            bm = rmask[:, None] & (idx[None, :] < nb[:, None])
         x = tl.load(x_ptr + a[:, None] + idx[None, :], mask=bm, other=_pad(OP), eviction_policy="evict_first")
         x = _add_residual(x.to(tl.float32), r_ptr, h_ptr, a[:, None] + idx[None, :], bm, HAS_R)
         x2 = x
         bm2 = bm
         if TWO:
-            bm2 = rmask[:, None] & (idx2[None, :] < nb[:, None])
+            if EXACT:
+                bm2 = tl.full((ROWS, BLOCK2), 1, tl.int1)
+            else:
+                bm2 = rmask[:, None] & (idx2[None, :] < nb[:, None])
             x2 = tl.load(
                 x_ptr + a[:, None] + idx2[None, :], mask=bm2, other=_pad(OP), eviction_policy="evict_first"
             )
@@ -237,10 +246,12 @@ def _row_kernel(
             xt = _add_residual(xt, r_ptr, h_ptr, b[:, None] + hidx[None, :], tm, HAS_R)
         m, s, mean, inv = _row_stats(x, bm, x2, bm2, xh, hm, xt, tm, N, eps, OP, TWO, not ALIGNED)
         if ALIGNED:  # one weight row for every row: [1, BLOCK] loads, vectorized
-            _row_out(x, bm, idx[None, :], idx[None, :] < N, y_ptr + a[:, None] + idx[None, :], w_ptr, b_ptr,
+            wm = (idx[None, :] < N) | EXACT
+            _row_out(x, bm, idx[None, :], wm, y_ptr + a[:, None] + idx[None, :], w_ptr, b_ptr,
                      m, s, mean, inv, OP, HAS_W, HAS_B)  # fmt: skip
             if TWO:
-                _row_out(x2, bm2, idx2[None, :], idx2[None, :] < N, y_ptr + a[:, None] + idx2[None, :], w_ptr,
+                wm2 = (idx2[None, :] < N) | EXACT
+                _row_out(x2, bm2, idx2[None, :], wm2, y_ptr + a[:, None] + idx2[None, :], w_ptr,
                          b_ptr, m, s, mean, inv, OP, HAS_W, HAS_B)  # fmt: skip
         else:  # the body's first column differs per row (sh = a - start < VEC): its weights are
             # row sh of the shifted tables (see shifted_table), at 16-byte aligned addresses
@@ -517,8 +528,10 @@ def launcher(template: str, cfg: dict[str, Any], op: int, eps: float, device: st
                 h = torch.empty_like(y)
             extra = {"num_ctas": cfg["ctas"]} if cfg.get("ctas", 1) > 1 else {}  # a cluster per program (Hopper)
             extra.update(regs)
+            exact = aligned and N == b1 + b2 and R % rows == 0
             run.last = _row((grid,), x2, wt, bt, y, r, h, R, nv, nv, eps, wtab, btab, npv, ROWS=rows, BLOCK=b1, BLOCK2=b2,
-                                 STAGES=cfg["stages"], HAS_R=residual is not None, num_warps=warps, **extra, **flags)  # fmt: skip
+                                 STAGES=cfg["stages"], HAS_R=residual is not None, EXACT=exact, num_warps=warps, **extra,
+                                 **flags)  # fmt: skip
             if residual is not None:
                 return y.reshape(x.shape), h.reshape(x.shape)
             return y.reshape(x.shape)
