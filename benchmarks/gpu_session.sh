@@ -100,8 +100,8 @@ case "$stage" in
                  # .gpu-old_rowops.py from `git show 4e8dc62~:...`, carried), then what twentyseventh owes, ~9 min
     timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_triton_gpu.py -k "elementwise or softmax or row" \
       2>&1 | tail -6 | tee "$OUT/test_triton_elementwise_gpu.txt"
-    OLD_EW=.gpu-old_ew.py OUT=$OUT timeout 120 python3 benchmarks/diagnosis/twentyeighth_rowsum.py 2>&1 | grep -v Warning | tail -9
-    OLD_ROWOPS=.gpu-old_rowops.py OUT=$OUT timeout 120 python3 benchmarks/diagnosis/twentyeighth_rows.py 2>&1 | grep -v Warning | tail -9
+    OLD_ROWOPS=.gpu-old_rowops.py OUT=$OUT timeout 150 python3 benchmarks/diagnosis/twentyeighth_rows.py 2>&1 | grep -v Warning | tail -10
+    OLD_EW=.gpu-old_ew.py OUT=$OUT timeout 100 python3 benchmarks/diagnosis/twentyeighth_rowsum.py 2>&1 | grep -v Warning | tail -9
     bash "$0" twentyseventh ;;
   twentyseventh)  # GPU tests of both CUDA row kernels (-inf rows, pipe, shared finishing code), then the pipe study:
     # on an H200 its first measurement there, on an H100 the norms with their weights in shared memory
