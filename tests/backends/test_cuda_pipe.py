@@ -52,15 +52,26 @@ def test_source_rejects_bad_configs():
     ("R", "N", "item"),
     [(12192, 11008, 2), (8192, 50257, 2), (2670, 50257, 2), (4096, 32768, 2), (32768, 4096, 2), (4096, 16400, 4)],
 )
-def test_configs_fit_an_sm_and_prefetch(R, N, item):
-    cfgs = cuda_pipe.configs(R, N, item, **H100)
-    assert len(cfgs) == 2
+@pytest.mark.parametrize("vectors", [0, 2])
+def test_configs_fit_an_sm_and_prefetch(R, N, item, vectors):
+    cfgs = cuda_pipe.configs(R, N, item, **H100, vectors=vectors)
     one = cuda_pipe.layout(N, item, 1)[1]
+    if (H100["smem_max"] - 1024) // one - vectors < 2:  # two rows besides a weight and a bias do not fit
+        assert cfgs == []
+        return
+    assert len(cfgs) == 2
     for c in cfgs:
         assert c["S"] >= 2 and c["threads"] in (256, 512)
-        assert c["ctas"] * c["S"] * one <= cuda_pipe.SM_SMEM  # every CTA of an SM resident at once
-        assert cuda_pipe.layout(N, item, c["S"])[1] <= H100["smem_max"] - 1024
+        assert c["ctas"] * (c["S"] + vectors) * one <= cuda_pipe.SM_SMEM  # every CTA of an SM resident at once
+        assert cuda_pipe.layout(N, item, c["S"], vectors)[1] <= H100["smem_max"] - 1024
         assert R >= 2 * c["ctas"] * H100["sm"]  # every CTA has a row to prefetch behind its first
+
+
+def test_configs_as_measured():
+    """The H200's best first where six stages fit an SM (11008), one CTA where two or three do (50257)."""
+    assert cuda_pipe.configs(12192, 11008, 2, **H100) == [{"threads": 256, "S": 3, "ctas": 2}, {"threads": 512, "S": 3, "ctas": 1}]
+    assert cuda_pipe.configs(12192, 11008, 2, **H100, vectors=2)[0] == {"threads": 256, "S": 3, "ctas": 2}  # 2 x 5 x 22 KB
+    assert cuda_pipe.configs(8192, 50257, 2, **H100) == [{"threads": 256, "S": 2, "ctas": 1}, {"threads": 512, "S": 2, "ctas": 1}]
 
 
 def test_configs_decline_what_cannot_pipeline():

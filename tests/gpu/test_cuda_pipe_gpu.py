@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from rowcheck import DEV, check, check_filtered, check_or_refused, filtered_logits, inputs, needs_hopper  # noqa: E402
+from rowcheck import DEV, check, check_filtered, check_or_refused, filtered_logits, inputs, needs_hopper, ref  # noqa: E402
 
 from uhop.backends.cuda_pipe import OPS, launcher, layout, weights_in_smem  # noqa: E402
 from uhop.backends.triton_kernels import limits  # noqa: E402
@@ -67,6 +67,22 @@ def test_backend_offers_and_serves_pipe_candidates():
     for c in cands:
         k = be.compile(c, p)
         check(k(x), torch.softmax(x.double(), -1), torch.bfloat16)
+
+
+def test_backend_offers_layernorm_pipe_candidates_with_weights_in_smem():
+    """Layernorm's candidates (two CTAs of three stages each with the weight and bias held in
+    shared memory: 2 x 5 rows of 22 KB) against float64."""
+    from uhop.backends.cuda import CudaBackend
+    from uhop.problem import Problem
+
+    be = CudaBackend()
+    p = Problem.make("layernorm", {"R": 4096, "N": 11008}, "bfloat16", {"eps": 1e-5}, 3, "", DEV, "torch")
+    cands = [c for c in be.candidates(p) if c.template == "pipe"]
+    assert cands, be.candidates(p)
+    x, w, b = inputs("layernorm", 4096, 11008, torch.bfloat16)
+    for c in cands:
+        k = be.compile(c, p)
+        check(k(x, w, b), ref("layernorm", x, w, b), torch.bfloat16)
 
 
 @pytest.mark.parametrize("op", ["softmax", "log_softmax"])

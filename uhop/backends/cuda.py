@@ -1,8 +1,9 @@
 """CUDA C++ backend: UHOP's own CUDA kernel templates, compiled at run time with NVRTC and launched
 through the driver API (:mod:`uhop.backends.nvrtc`), for what Triton cannot express. Today: row
 ops over long rows, one row per thread-block cluster with the row held in shared memory
-(``cluster``, :mod:`uhop.backends.cuda_rows`), and softmax over many rows of 8K-56K elements, persistent
-CTAs keeping the next rows' bulk copies in flight (``pipe``, :mod:`uhop.backends.cuda_pipe`).
+(``cluster``, :mod:`uhop.backends.cuda_rows`), and softmax, log-softmax and layernorm over many rows
+of 8K-56K elements, persistent CTAs keeping the next rows' bulk copies in flight (``pipe``,
+:mod:`uhop.backends.cuda_pipe`).
 
 Kernels take and return torch tensors on the problem's CUDA device. Needs a GPU of compute
 capability 8.0 or newer (clusters of more than one CTA: 9.0, Hopper) and NVRTC, which CUDA
@@ -23,9 +24,11 @@ MIN_N = 16385
 #: rows at least this wide get ``pipe`` candidates (when there are rows enough to prefetch): at
 #: 4096-5120 Triton's ``row`` led them by 6-10% on the H100 (``row_variants_pipe_h100_twentyseventh.json``)
 PIPE_MIN_N = 8192
-#: ops ``pipe`` is offered for: on the H100 the norms ran 3-6% behind Triton's ``row`` (11008) and
-#: the cluster kernels (50257) with it; their kernels serve them (tests/gpu) for studies
-PIPE_OPS = ("softmax", "log_softmax")
+#: ops ``pipe`` is offered for. Layernorm: on the H200 (``row_variants_pipe_h200_twentyeighth.json``,
+#: weight and bias in shared memory) 3589 GB/s at 12192 x 11008 against Triton's row 3260; behind the
+#: cluster kernel at 2670 x 50257 (2811 vs 2950), where the tuner weighs both. Rmsnorm stays with
+#: Triton's row (3924 vs 3716 at 11008); its kernels serve it for studies (tests/gpu)
+PIPE_OPS = ("softmax", "log_softmax", "layernorm")
 #: and this many rows at least (``cuda_pipe.configs`` asks two per SM)
 PIPE_MIN_R = 256
 #: shared memory a CTA may take so that two fit on an SM (H100/H200: 228 KB per SM)
@@ -105,7 +108,7 @@ class CudaBackend(Backend):
     def candidates(self, problem: Problem) -> list[Candidate]:
         import torch
 
-        from uhop.backends import cuda_pipe
+        from uhop.backends import cuda_pipe, cuda_rows
         from uhop.backends.triton_kernels import limits
         from uhop.ops.base import ITEMSIZE
 
@@ -115,8 +118,11 @@ class CudaBackend(Backend):
         R, N, item = problem.dim["R"], problem.dim["N"], ITEMSIZE[problem.dtype]
         pipe = []
         if N >= PIPE_MIN_N and problem.op in PIPE_OPS:
+            # a norm's weight and bias held in shared memory take rows of it (cuda_pipe.weights_in_smem)
+            has_w, has_b = cuda_rows.operands(cuda_rows.OPS[problem.op], problem.arity)
+            vectors = (has_w + has_b) if cuda_pipe.weights_in_smem({}, item, N, has_w, has_b) else 0
             pipe = [Candidate.of(self.name, "pipe", **c)
-                    for c in cuda_pipe.configs(R, N, item, lim.sm_count, lim.shared_mem_bytes, cc)]  # fmt: skip
+                    for c in cuda_pipe.configs(R, N, item, lim.sm_count, lim.shared_mem_bytes, cc, vectors)]  # fmt: skip
         cluster = []
         if N >= MIN_N:
             cluster = [Candidate.of(self.name, "cluster", **c)

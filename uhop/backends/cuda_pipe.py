@@ -193,23 +193,30 @@ def layout(N: int, itemsize: int, S: int, vectors: int = 0) -> tuple[int, int]:
     return bufv, (S + vectors) * bufv * 16
 
 
-def configs(R: int, N: int, itemsize: int, sm: int, smem_max: int, cc: tuple[int, int]) -> list[dict[str, Any]]:
-    """The two candidates the CUDA backend offers, the expected best first: one CTA per SM with
-    three rows in flight where three stages fit (two where only two do), then four stages where
-    they fit, else 256 threads. On the H100 (``row_variants_pipe_h100_twentyseventh.json``) one
-    CTA with three stages led at 12192 x 11008 (2840 GB/s bf16, 2821 fp16; two or three CTAs per SM
-    2662-2749, eight stages 2750), two stages were the only fit at 8192 x 50257 (2787, level with
-    the cluster kernel's 2789). Empty before Hopper (bulk copies are sm_90), when two stages do not
-    fit, or when the rows do not give every SM a CTA with a second row to prefetch."""
+def configs(R: int, N: int, itemsize: int, sm: int, smem_max: int, cc: tuple[int, int], vectors: int = 0) -> list[dict[str, Any]]:
+    """The two candidates the CUDA backend offers, the expected best first (``vectors``: rows of
+    shared memory a CTA also holds, a norm's weight and bias, see ``wsm``).
+
+    Rows of which an SM holds six stages or more (11008 wide): two CTAs of 256 threads with three
+    stages each, then one CTA of 512 with three. On the H200 (``row_variants_pipe_h200_twentyeighth.json``)
+    the first led or was within 0.3% of the best at 12192 x 11008 (softmax bf16 3533 GB/s, fp16
+    3519, layernorm 3589: Triton's row 3176 / 3085 / 3260 in the same session); on the H100
+    (``row_variants_pipe_h100_twentyseventh.json``) the second led (softmax 2840, two or three CTAs
+    2662-2749). Rows of which only two or three fit (50257): one CTA, 256 threads then 512 (H200
+    softmax 3656 / 3599, the cluster kernel 3413; log-softmax 3614 / 3589 against 3504). Empty
+    before Hopper (bulk copies are sm_90), when two stages do not fit, or when the rows do not give
+    every SM a CTA with a second row to prefetch."""
     if cc[0] < 9 or R < 2 * sm:
         return []
     _, one = layout(N, itemsize, 1)
-    fits = min(smem_max - 1024, SM_SMEM) // one  # stages an SM holds
-    if fits < 2:
+    per_cta = max(1, smem_max - 1024) // one  # rows one CTA's shared memory holds
+    fits = min(smem_max - 1024, SM_SMEM) // one  # rows an SM holds
+    if min(per_cta, fits) - vectors < 2:
         return []
-    first = min(3, fits)
-    second = {"threads": 512, "S": 4, "ctas": 1} if fits >= 4 else {"threads": 256, "S": first, "ctas": 1}
-    return [{"threads": 512, "S": first, "ctas": 1}, second]
+    if fits >= 2 * (3 + vectors) and R >= 4 * sm:
+        return [{"threads": 256, "S": 3, "ctas": 2}, {"threads": 512, "S": 3, "ctas": 1}]
+    S = min(3, min(per_cta, fits) - vectors)
+    return [{"threads": 256, "S": S, "ctas": 1}, {"threads": 512, "S": S, "ctas": 1}]
 
 
 def launcher(cfg: dict[str, Any], op: int, eps: float, device: str) -> Any:
