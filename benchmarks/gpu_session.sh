@@ -65,7 +65,7 @@
 # Two stages in one call: the tuner stages take STOP_S (start no case after it, default 400) and
 # LIMIT_S (kill after it, default 570), ROUNDS (paired re-timing rounds, default 7 as in earlier GPU runs), e.g. `bash ... buffers && STOP_S=300 LIMIT_S=470 bash ... tuner-a`.
 set -u
-stage=${1:?"stage: pipe-product-short | twentyeighth | twentyseventh | pipe | pipe-product | h200 | h200b | logsm | nineteenth | seventeenth | ncu-cluster | first | cuda | rows-product | fifteenth | sixteenth | next | eighth | ninth | tenth | eleventh | twelfth | thirteenth | llama-cg | gated | forms | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
+stage=${1:?"stage: pipe-mini | pipe-product-short | twentyeighth | twentyseventh | pipe | pipe-product | h200 | h200b | logsm | nineteenth | seventeenth | ncu-cluster | first | cuda | rows-product | fifteenth | sixteenth | next | eighth | ninth | tenth | eleventh | twelfth | thirteenth | llama-cg | gated | forms | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
 OUT=${OUT:-/tmp/uhop-gpu-out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -118,6 +118,11 @@ case "$stage" in
     timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_cuda_pipe_gpu.py 2>&1 | tail -25 | tee "$OUT/test_cuda_pipe_gpu.txt"
     timeout "${LIMIT_S:-400}" python3 benchmarks/row_variants.py --pipe --deadline-s "${STOP_S:-360}" \
       --out "$OUT/row_variants_pipe_${gpu}.json" 2>&1 | tail -80 ;;
+  pipe-mini)  # with little device time left: the layernorm pipe candidates' GPU test, then two product picks
+    timeout 50 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_cuda_pipe_gpu.py -k "layernorm_pipe" \
+      2>&1 | tail -3 | tee "$OUT/test_pipe_layernorm_gpu.txt"
+    timeout 130 python3 benchmarks/width_sweep.py --no-compile --only softmax,layernorm --match "12192x11008 " \
+      --deadline-s 100 --stop-s 100 --out "$OUT/width_sweep_${gpu}_pipe_mini.json" 2>&1 | tail -8 ;;
   pipe-product-short)  # the layernorm pipe candidates' GPU test, then the sweep's 11008 and 50257 row cases
                        # through uhop.ops (default settings, empty store), ~6 min
     timeout 60 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_cuda_pipe_gpu.py -k "layernorm_pipe or offers" \

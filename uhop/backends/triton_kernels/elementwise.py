@@ -281,6 +281,8 @@ def generate(e: ex.Expr, n_inputs: int, forms: str = "", reduce: str = "none", a
 
 #: the fewest columns one program of a split-row reduction covers
 SPLIT_MIN = 4096
+#: programs per SM a split-row reduction aims for (8: 32-64 warps streaming; not yet measured)
+SPLIT_PER_SM = 8
 
 _modules: dict[str, Any] = {}
 
@@ -348,8 +350,11 @@ def configs(problem: Any, lim: Limits) -> list[tuple[str, dict[str, Any]]]:
         for elems, warps in ((1024, 4), (2048, 4), (4096, 8)):
             block = min(next_pow2(c), elems)
             rows = max(1, elems // block)
-            # fewer row blocks than 2 programs per SM, long rows: the columns split over programs
-            split = min(-(-2 * lim.sm_count // -(-r // rows)), -(-c // SPLIT_MIN)) if c >= 2 * SPLIT_MIN else 1
+            # fewer row blocks than SPLIT_PER_SM programs per SM, long rows: the columns split over
+            # programs (at two per SM, a silu sum over 32 rows of 2M bf16 read 922-1046 GB/s on the
+            # H200, 24% of copy: too few loads in flight; diagnosis_twentyeighth_rowsum_h200.json)
+            split = (min(-(-SPLIT_PER_SM * lim.sm_count // -(-r // rows)), -(-c // SPLIT_MIN))
+                     if c >= 2 * SPLIT_MIN else 1)  # fmt: skip
             cfg = {"ROWS": rows, "BLOCK": block, "warps": warps, **({"split": split} if split > 1 else {})}
             if ("rowsum", cfg) not in found:
                 found.append(("rowsum", cfg))
