@@ -1,6 +1,9 @@
 """The GPU helpers the diagnosis scripts share: microseconds of host time per call of ``fn``
 on a CUDA device (``warm`` calls first; the device drained before and after the timed loop, so
 the figure is the host's cost while the GPU keeps up, not the kernels')."""
+import importlib.util
+import json
+import os
 import time
 
 import torch
@@ -56,3 +59,66 @@ def best_by(med: dict, field: str, values) -> dict:
 
     return {v: max(((c, m) for c, m in med.items() if json.loads(c)[field] == v), key=lambda p: p[1], default=None)
             for v in values}
+
+
+def old_module(env: str, name: str):
+    """The module at the path in environment variable ``env`` (the code before a change, from
+    ``git show <commit>:<path>``), imported as ``name``."""
+    spec = importlib.util.spec_from_file_location(name, os.environ[env])
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def best(med: dict, gen: str):
+    """The fastest (config, GB/s) of generator ``gen`` in a study's medians."""
+    return max(((c, m) for c, m in med.items() if f'"{gen}"' in c), key=lambda t: t[1], default=None)
+
+
+def rowsum_study(cases, old_ew, out_name: str) -> None:
+    """Every ``rowsum`` config the backend offers for each (rows, width, dtype, expr, forms,
+    reduce) case, built by the current generator and by ``old_ew`` (configs it does not know are
+    skipped), interleaved rounds, outputs checked against float64; JSON to $OUT/``out_name``."""
+    sys_path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    import sys
+
+    if sys_path not in sys.path:
+        sys.path.insert(0, sys_path)
+    from width_sweep import copy_gbps, environment, torch_fn
+
+    from uhop.backends.triton_kernels import elementwise as new_ew
+    from uhop.backends.triton_kernels import limits
+    from uhop.ops import get
+    from uhop.problem import Problem
+
+    res = {"env": environment(), "copy_gbps": copy_gbps(), "cases": []}
+    lim = limits("cuda:0")
+    for R, C, dtype, text, forms, reduce in cases:
+        dt = getattr(torch, dtype)
+        g = torch.Generator(device="cuda").manual_seed(R + C)
+        shapes = {"f": (R, C), "r": (C,)}
+        args = [torch.randn(shapes[f], device="cuda", dtype=dt, generator=g) for f in forms]
+        params = {"expr": text, "reduce": reduce}
+        dims = get("elementwise").check(args, params)
+        p = Problem.make("elementwise", dims, dtype, params, arity=len(forms), device="cuda:0", array="torch")
+        nbytes = get("elementwise").bytes(dims, dtype, params)
+        ref = torch_fn("elementwise", (text, forms, reduce))(*[a.double() for a in args])
+        ks, errs = {}, {}
+        for template, cfg in new_ew.configs(p, lim):
+            for name, mod in (("old", old_ew), ("new", new_ew)):
+                if name == "old" and cfg.get("approx"):
+                    continue
+                k = mod.build(template, cfg, p)
+                y = k(*args)
+                err = float((y.double() - ref).norm() / ref.norm())
+                key = json.dumps({"gen": name, **cfg}, sort_keys=True)
+                errs[key] = err
+                if err < 2e-2:
+                    ks[key] = k
+        med = interleaved_gbps(ks, args, nbytes)
+        case = {"case": [R, C, dtype, text, forms, reduce], "bytes": nbytes, "gbps": med, "err": errs,
+                "best_old": best(med, "old"), "best_new": best(med, "new")}
+        res["cases"].append(case)
+        print(R, C, dtype, text, reduce, "old", case["best_old"], "new", case["best_new"], flush=True)
+        with open(os.path.join(os.environ.get("OUT", "/tmp"), out_name), "w") as f:
+            json.dump(res, f, indent=1)

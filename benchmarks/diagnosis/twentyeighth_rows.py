@@ -9,7 +9,6 @@ checked against float64. Times the kernels directly (a candidate study, not the 
     git show <before>:uhop/backends/triton_kernels/rowops.py > /tmp/old_rowops.py
     OLD_ROWOPS=/tmp/old_rowops.py OUT=/tmp python3 benchmarks/diagnosis/twentyeighth_rows.py
 """
-import importlib.util
 import json
 import os
 import sys
@@ -21,16 +20,14 @@ import torch  # noqa: E402
 from width_sweep import copy_gbps, environment  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hosttime import interleaved_gbps  # noqa: E402
+from hosttime import best, interleaved_gbps, old_module  # noqa: E402
 
 from uhop.backends.triton_kernels import limits  # noqa: E402
 from uhop.backends.triton_kernels import rowops as new_ro  # noqa: E402
 from uhop.problem import Problem  # noqa: E402
 
 OUT = os.environ.get("OUT", "/tmp")
-spec = importlib.util.spec_from_file_location("old_rowops", os.environ["OLD_ROWOPS"])
-old_ro = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(old_ro)
+old_ro = old_module("OLD_ROWOPS", "old_rowops")
 
 # (op, rows, width, dtype): the H200 sweep's misses first (76-85% of copy), then 92% cases
 CASES = [("softmax", 12192, 11008, "bfloat16"), ("softmax", 12192, 11008, "float16"),
@@ -72,8 +69,7 @@ for op, R, N, dtype in CASES:
     del ref
     med = interleaved_gbps(ks, [x], nbytes)
     case = {"case": [op, R, N, dtype], "bytes": nbytes, "gbps": med, "err": errs,
-            "best_old": max(((c, m) for c, m in med.items() if '"old"' in c), key=lambda t: t[1], default=None),
-            "best_new": max(((c, m) for c, m in med.items() if '"new"' in c), key=lambda t: t[1], default=None)}
+            "best_old": best(med, "old"), "best_new": best(med, "new")}
     res["cases"].append(case)
     print(op, R, N, dtype, "old", case["best_old"], "new", case["best_new"], flush=True)
     with open(os.path.join(OUT, "diagnosis_twentyeighth_rows.json"), "w") as f:
