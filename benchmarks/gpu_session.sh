@@ -59,9 +59,11 @@
 # in one call), or sweep, tuner-a,
 # then ninth (the three models), tuner-b, tuner-c, gated (the gated-MLP op and region on the H200).
 # Done on an H200 in the twenty-sixth session: h200, h200b (conv2d apart), the GPT-2 and Llama blocks
-# (ninth with NINTH_MODELS), logsm's sweep. Still owed there: `twentyseventh` (the pipe kernels' first
-# H200 study, then `pipe-product`), `NINTH_MODELS="resnet --batch 64" bash ... ninth`, then `rows` and
-# `ncu-cluster` (why rows of 11008-262144 reach 74-87% of the H200's copy).
+# (ninth with NINTH_MODELS), logsm's sweep; in the twenty-eighth: twentyeighth (the row and rowsum
+# studies, the pipe kernels' first H200 study). Still owed there: `pipe-product` (the pipe kernels,
+# layernorm's included, through the product path; `pipe-mini` with little time), `h200` again (the
+# whole sweep after the twenty-eighth session's changes), `NINTH_MODELS="resnet --batch 64" bash ... ninth`,
+# then `rows` and `ncu-cluster` (rows of 151936-262144 at 65-78% of the H200's copy).
 # Two stages in one call: the tuner stages take STOP_S (start no case after it, default 400) and
 # LIMIT_S (kill after it, default 570), ROUNDS (paired re-timing rounds, default 7 as in earlier GPU runs), e.g. `bash ... buffers && STOP_S=300 LIMIT_S=470 bash ... tuner-a`.
 set -u
