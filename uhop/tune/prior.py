@@ -85,8 +85,9 @@ def efficiency(c: Candidate, problem: Problem) -> tuple[float, float]:
     if b in ("numba", "triton", "iree", "opencl", "cuda"):
         # cuda: the cluster row kernels, offered for long rows only, ahead of Triton's split there
         # in 16-bit (row_variants_cuda_h100_fifteenth.json: 86-92% of copy against 82%), behind it
-        # in float32 (2692 vs 2857 GB/s at 2048 x 50257); the pipe kernels (softmax over 8K-56K,
-        # many rows) ahead of Triton's row at 11008 (row_variants_pipe_h100_twentyseventh.json)
+        # in float32 (2692 vs 2857 GB/s at 2048 x 50257); the pipe kernels (softmax and layernorm
+        # over 8K-56K, many rows) ahead of Triton's row at 11008 (row_variants_pipe_h100_twentyseventh.json;
+        # on the H200 by 10-14%, row_variants_pipe_h200_twentyeighth.json)
         cuda = 0.9 if problem.dtype in ("bfloat16", "float16") else 0.8
         eff = {"numba": 0.8, "triton": 0.85, "iree": 0.5, "opencl": 0.5, "cuda": cuda}[b] * serial
         return 1.0, 1.0 / eff
