@@ -122,6 +122,22 @@ def test_row_templates_log_softmax_and_one_launch_split(template, dtype):
             assert err < (1e-5 if dtype == "float32" else 1e-2), (template, dtype, n, op, err)
 
 
+@pytest.mark.parametrize("op", [0, 3])
+@pytest.mark.parametrize("n", [1000, 4096, 11008])
+def test_row_softmax_of_large_logits_keeps_fp32_accuracy(op, n):
+    """float32 logits around 1000 (ulp 6e-5): the row kernel's exp argument (an FMA for softmax)
+    keeps the result within a few fp32 roundings of float64."""
+    from uhop.backends.triton_kernels import rowops as ro
+
+    x = torch.randn(64, n, device=DEV, dtype=torch.float32) * 4 + 1000.0
+    for cfg in ({"warps": 8, "ROWS": 1, "grid": "full", "stages": 1, "tiles": 1},
+                {"warps": 8, "ROWS": 1, "grid": 4, "stages": 2, "tiles": 2}):  # fmt: skip
+        y = ro.launcher("row", cfg, op, 0.0, DEV)(x).double()
+        r = (torch.softmax if op == 0 else torch.log_softmax)(x.double(), -1)
+        err = float((y - r).abs().max())
+        assert err < (1e-6 if op == 0 else 4e-6), (op, n, cfg, err)
+
+
 @pytest.mark.parametrize("template", ["row", "split", "split-persist", "stream", "loop"])
 @pytest.mark.parametrize("n", [1000, 11008, 50257])
 def test_row_templates_on_filtered_logits(template, n):

@@ -49,7 +49,7 @@ TEMPLATES = {
 #: (``ex2.approx.ftz``, ``rcp.approx.ftz``: 2 ulp like Triton's ``exp`` and ``/``, subnormal
 #: results flushed to 0). In the loop of an unmasked ``x * sigmoid(x)`` sum on sm_90, Triton's own
 #: forms take 16.5 instructions per element (the non-ftz ex2's and the full-range division's
-#: scaling), these 7.6 (``tests/backends/test_elementwise_approx.py`` counts them in the SASS).
+#: scaling), these 7.6 (``tests/backends/test_sass_sm90.py`` counts them in the SASS).
 APPROX_TEMPLATES = {
     "exp": "_ex2({0} * 1.4426950408889634)",
     "sigmoid": "_rcp(1.0 + _ex2({0} * -1.4426950408889634))",

@@ -84,10 +84,23 @@ def _bounds(start, N, VEC: tl.constexpr, ALIGNED: tl.constexpr):
 
 
 @triton.jit
+def _exp_arg(x, m, mc, OP: tl.constexpr):
+    """The exponent (base 2) of x's term in the sum of exp. Softmax: fma(x, log2(e), -m * log2(e)),
+    one instruction per element, x * log2(e) unrounded inside it (the rounding of m * log2(e) is
+    common to the row and cancels in the normalization; Triton's interpreter does not fuse, so its
+    runs of this are up to ulp(x * log2(e)) off); log-softmax keeps (x - m) * log2(e), as that
+    rounding would shift its log(sum)."""
+    if OP == 0:
+        return tl.fma(x, 1.4426950408889634, -mc)
+    else:
+        return (x - m) * 1.4426950408889634
+
+
+@triton.jit
 def _finish(x, m, s, mean, inv, w, bb, OP: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr):
     """y from x and the row statistics (softmax: max m, sum s; norms: mean, 1/std)."""
-    if OP == 0:  # as _row_stats's sum (one FFMA and an ex2 per element), one division per row
-        y = tl.exp2(x * 1.4426950408889634 - m * 1.4426950408889634) * (1.0 / s)
+    if OP == 0:  # _row_stats's terms (the same FFMA and ex2: computed once), one division per row
+        y = tl.exp2(_exp_arg(x, m, m * 1.4426950408889634, OP)) * (1.0 / s)
     elif OP == 3:
         y = x - m - tl.log(s)
     elif OP == 1:
@@ -119,15 +132,14 @@ def _row_stats(
         if EDGES:
             m = tl.maximum(m, tl.maximum(tl.max(xh, axis=1), tl.max(xt, axis=1)))
         m = tl.where(m == -float("inf"), 0.0, m)  # rows past R: keep the arithmetic finite
-        # x * log2(e) - m * log2(e): one FFMA per element; the rounding of m * log2(e) is the same
-        # for every element of a row and cancels in the normalization
-        mc = m[:, None] * 1.4426950408889634
-        s = tl.sum(tl.exp2(x * 1.4426950408889634 - mc), axis=1)
+        md = m[:, None]
+        mc = md * 1.4426950408889634
+        s = tl.sum(tl.exp2(_exp_arg(x, md, mc, OP)), axis=1)
         if TWO:
-            s += tl.sum(tl.exp2(x2 * 1.4426950408889634 - mc), axis=1)
+            s += tl.sum(tl.exp2(_exp_arg(x2, md, mc, OP)), axis=1)
         if EDGES:
-            s += tl.sum(tl.exp2(xh * 1.4426950408889634 - mc), axis=1)
-            s += tl.sum(tl.exp2(xt * 1.4426950408889634 - mc), axis=1)
+            s += tl.sum(tl.exp2(_exp_arg(xh, md, mc, OP)), axis=1)
+            s += tl.sum(tl.exp2(_exp_arg(xt, md, mc, OP)), axis=1)
         s = tl.where(s == 0.0, 1.0, s)
     elif OP == 1:
         tot = tl.sum(x, axis=1)
