@@ -4,6 +4,7 @@ the figure is the host's cost while the GPU keeps up, not the kernels')."""
 import importlib.util
 import json
 import os
+import sys
 import time
 
 import torch
@@ -79,11 +80,7 @@ def rowsum_study(cases, old_ew, out_name: str) -> None:
     """Every ``rowsum`` config the backend offers for each (rows, width, dtype, expr, forms,
     reduce) case, built by the current generator and by ``old_ew`` (configs it does not know are
     skipped), interleaved rounds, outputs checked against float64; JSON to $OUT/``out_name``."""
-    sys_path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-    import sys
-
-    if sys_path not in sys.path:
-        sys.path.insert(0, sys_path)
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # width_sweep
     from width_sweep import copy_gbps, environment, torch_fn
 
     from uhop.backends.triton_kernels import elementwise as new_ew

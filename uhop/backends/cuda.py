@@ -118,9 +118,8 @@ class CudaBackend(Backend):
         R, N, item = problem.dim["R"], problem.dim["N"], ITEMSIZE[problem.dtype]
         pipe = []
         if N >= PIPE_MIN_N and problem.op in PIPE_OPS:
-            # a norm's weight and bias held in shared memory take rows of it (cuda_pipe.weights_in_smem)
-            has_w, has_b = cuda_rows.operands(cuda_rows.OPS[problem.op], problem.arity)
-            vectors = (has_w + has_b) if cuda_pipe.weights_in_smem({}, item, N, has_w, has_b) else 0
+            # a norm's weight and bias held in shared memory take rows of it
+            vectors = cuda_pipe.weight_rows({}, item, N, *cuda_rows.operands(cuda_rows.OPS[problem.op], problem.arity))
             pipe = [Candidate.of(self.name, "pipe", **c)
                     for c in cuda_pipe.configs(R, N, item, lim.sm_count, lim.shared_mem_bytes, cc, vectors)]  # fmt: skip
         cluster = []

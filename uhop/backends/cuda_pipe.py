@@ -31,7 +31,7 @@ from typing import Any
 
 from uhop.backends.cuda_rows import DTYPES, HELPERS, OPS, operands, pointers, weight_operands
 
-__all__ = ["KERNEL", "NAME", "OPS", "SIGNATURE", "configs", "launcher", "layout", "source", "weights_in_smem"]
+__all__ = ["KERNEL", "NAME", "OPS", "SIGNATURE", "configs", "launcher", "layout", "source", "weight_rows", "weights_in_smem"]
 
 KERNEL = r"""
 __device__ __forceinline__ u32 sa(const void* p) { return (u32)__cvta_generic_to_shared(p); }
@@ -184,6 +184,11 @@ def weights_in_smem(cfg: dict[str, Any], itemsize: int, N: int, has_w: bool, has
     return bool(cfg.get("wsm", 1)) and (has_w or has_b) and N % (16 // itemsize) == 0
 
 
+def weight_rows(cfg: dict[str, Any], itemsize: int, N: int, has_w: bool, has_b: bool) -> int:
+    """Rows of shared memory a CTA gives the weight and bias (``wsm``): one each, or none."""
+    return (has_w + has_b) if weights_in_smem(cfg, itemsize, N, has_w, has_b) else 0
+
+
 def layout(N: int, itemsize: int, S: int, vectors: int = 0) -> tuple[int, int]:
     """(vectors per stage, dynamic shared memory bytes) for rows of N: a stage holds a row's aligned
     body (at most N // VE 16-byte vectors), padded to 128 bytes; ``vectors`` (0-2) more such rows
@@ -255,9 +260,9 @@ def launcher(cfg: dict[str, Any], op: int, eps: float, device: str) -> Any:
             return y.reshape(x.shape)
         if R >= 2**31 or N >= 2**31:  # (the kernel takes both as int; offsets are 64-bit)
             raise ValueError(f"x: at most 2**31 - 1 rows of at most 2**31 - 1 elements, got {R} x {N}")
-        wsm = weights_in_smem(cfg, x2.element_size(), N, w is not None, b is not None)
-        k = get(x2.dtype, w is not None, b is not None, wsm)
-        bufv, smem = layout(N, x2.element_size(), S, (w is not None) + (b is not None) if wsm else 0)
+        wrows = weight_rows(cfg, x2.element_size(), N, w is not None, b is not None)
+        k = get(x2.dtype, w is not None, b is not None, wrows > 0)
+        bufv, smem = layout(N, x2.element_size(), S, wrows)
         if smem > smem_max:
             raise ValueError(f"rows of {N} {x2.dtype} need {smem} bytes of shared memory for {S} stages; the "
                              f"device allows {smem_max}: fewer stages (S)")  # fmt: skip

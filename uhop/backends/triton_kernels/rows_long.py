@@ -106,6 +106,16 @@ def _split_kernel(
 
 
 @triton.jit
+def _online_max_sum(m, acc, x):
+    """One step of the per-lane online softmax statistics: running max m and sum acc of exp(x - m).
+    A lane that has seen only -inf (filtered logits) keeps acc 0 (exp(-inf - -inf) would be NaN)."""
+    m_new = tl.maximum(m, x)
+    m_ref = tl.where(m_new == -float("inf"), 0.0, m_new)
+    acc = acc * tl.exp2((m - m_ref) * 1.4426950408889634) + tl.exp2((x - m_ref) * 1.4426950408889634)
+    return m_new, acc
+
+
+@triton.jit
 def _row_loop_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, N, s_x, s_y, eps,
     OP: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK: tl.constexpr,
@@ -123,12 +133,7 @@ def _row_loop_kernel(
         cm = start + offs < N
         x = tl.load(x_row + start + offs, mask=cm, other=0.0).to(tl.float32)
         if OP == 0 or OP == 3:
-            x = tl.where(cm, x, -float("inf"))
-            m_new = tl.maximum(m, x)
-            # a lane that has seen only -inf (filtered logits) keeps acc 0: exp(-inf - -inf) is NaN
-            m_ref = tl.where(m_new == -float("inf"), 0.0, m_new)
-            acc = acc * tl.exp(m - m_ref) + tl.exp(x - m_ref)
-            m = m_new
+            m, acc = _online_max_sum(m, acc, tl.where(cm, x, -float("inf")))
         elif OP == 1:
             xs = tl.where(cm, x - shift, 0.0)
             acc += xs
@@ -141,7 +146,7 @@ def _row_loop_kernel(
     inv = 1.0
     if OP == 0 or OP == 3:
         mx = tl.max(m, axis=0)
-        total = tl.sum(acc * tl.exp(m - mx), axis=0)
+        total = tl.sum(acc * tl.exp2((m - mx) * 1.4426950408889634), axis=0)
     elif OP == 1:
         s1 = tl.sum(acc, axis=0) / N
         var = tl.maximum(tl.sum(acc2, axis=0) / N - s1 * s1, 0.0)
@@ -195,12 +200,7 @@ def _stream_kernel(
             cm = c + idx < nb
             x = tl.load(x_ptr + a + c + idx, mask=cm, other=0.0, eviction_policy="evict_last").to(tl.float32)
             if OP == 0 or OP == 3:
-                x = tl.where(cm, x, -float("inf"))
-                m_new = tl.maximum(mv, x)
-                # a lane that has seen only -inf (filtered logits) keeps acc 0: exp2(-inf - -inf) is NaN
-                m_ref = tl.where(m_new == -float("inf"), 0.0, m_new)
-                acc = acc * tl.exp2((mv - m_ref) * 1.4426950408889634) + tl.exp2((x - m_ref) * 1.4426950408889634)
-                mv = m_new
+                mv, acc = _online_max_sum(mv, acc, tl.where(cm, x, -float("inf")))
             elif OP == 1:
                 xs = tl.where(cm, x - shift, 0.0)
                 acc += xs
