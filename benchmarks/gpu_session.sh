@@ -43,6 +43,7 @@
 #   pipe                         #20: the bulk-copy pipeline row kernels: GPU tests, then every config next to
 #                                the product's candidates (row_variants.py --pipe), ~8 min
 #   twentyseventh                the CUDA row kernels' GPU tests, the pipe study (H200 only), pipe-product, ~8 min
+#   twentyninth                  GPU tests of the twenty-eighth session's row changes, then pipe-product, ~9 min
 #   pipe-product                 #20: the sweep's row cases of 4096-50257 through the product path with pipe offered
 #   ncu-cluster                  #20: Nsight Compute on the cluster kernels at 2670 x 50257 (why layernorm is at 80%)
 #   h200                         on an H200, first: the product sweep (#20) and tuner-a (#13) in one call, ~9 min
@@ -67,7 +68,7 @@
 # Two stages in one call: the tuner stages take STOP_S (start no case after it, default 400) and
 # LIMIT_S (kill after it, default 570), ROUNDS (paired re-timing rounds, default 7 as in earlier GPU runs), e.g. `bash ... buffers && STOP_S=300 LIMIT_S=470 bash ... tuner-a`.
 set -u
-stage=${1:?"stage: pipe-mini | pipe-product-short | twentyeighth | twentyseventh | pipe | pipe-product | h200 | h200b | logsm | nineteenth | seventeenth | ncu-cluster | first | cuda | rows-product | fifteenth | sixteenth | next | eighth | ninth | tenth | eleventh | twelfth | thirteenth | llama-cg | gated | forms | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
+stage=${1:?"stage: twentyninth | pipe-mini | pipe-product-short | twentyeighth | twentyseventh | pipe | pipe-product | h200 | h200b | logsm | nineteenth | seventeenth | ncu-cluster | first | cuda | rows-product | fifteenth | sixteenth | next | eighth | ninth | tenth | eleventh | twelfth | thirteenth | llama-cg | gated | forms | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
 OUT=${OUT:-/tmp/uhop-gpu-out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -132,6 +133,13 @@ case "$stage" in
     timeout "${LIMIT_S:-290}" python3 benchmarks/width_sweep.py --no-compile --only softmax,layernorm,rmsnorm,log_softmax \
       --match "x11008 ,x50257 " --deadline-s "${STOP_S:-240}" --stop-s "${STOP_S:-240}" \
       --out "$OUT/width_sweep_${gpu}_pipe_product.json" 2>&1 | tail -14 ;;
+  twentyninth)  # what the twenty-eighth session left unverified on a GPU (the tl.fma softmax, log-softmax's
+                # revert, large logits, the layernorm pipe candidates: GPU tests), then pipe-product, ~9 min
+    timeout 120 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_cuda_pipe_gpu.py tests/gpu/test_triton_gpu.py \
+      -k "pipe or rowops or large_logits or filtered or row_templates" 2>&1 | tail -6 | tee "$OUT/test_gpu.txt"
+    timeout "${LIMIT_S:-420}" python3 benchmarks/width_sweep.py --no-compile --only softmax,layernorm,rmsnorm,log_softmax \
+      --match "x4096 ,x5120 ,x11008 ,x32768 ,x50257 " --deadline-s "${STOP_S:-330}" --stop-s "${STOP_S:-330}" \
+      --out "$OUT/width_sweep_${gpu}_pipe_product.json" 2>&1 | tail -30 ;;
   pipe-product)  # the sweep's row cases of 4096-50257 through uhop.ops (default settings, empty store), pipe offered
     timeout "${LIMIT_S:-560}" python3 benchmarks/width_sweep.py --no-compile --only softmax,layernorm,rmsnorm,log_softmax \
       --match "x4096 ,x5120 ,x11008 ,x32768 ,x50257 " --deadline-s "${STOP_S:-420}" --stop-s "${STOP_S:-420}" \
