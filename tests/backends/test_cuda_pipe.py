@@ -21,9 +21,10 @@ H100 = dict(sm=132, smem_max=232448, cc=(9, 0))
 @pytest.mark.parametrize("op", ["softmax", "log_softmax", "layernorm", "rmsnorm"])
 def test_every_specialization_compiles_without_spills(op, dtype):
     # (the cubins land in this test's own UHOP_HOME: tests/conftest.py)
-    for threads, S, wsm in ((256, 4, True), (512, 2, False), (512, 8, True)):
+    for threads, S, wsm, CL in ((256, 4, True, 1), (512, 2, False, 1), (512, 8, True, 1), (512, 3, True, 4), (256, 3, False, 16)):
         has_w = op in ("layernorm", "rmsnorm")
-        src = cuda_pipe.source(cuda_pipe.OPS[op], dtype, threads, S, has_w, op == "layernorm", wsm)
+        src = cuda_pipe.source(cuda_pipe.OPS[op], dtype, threads, S, has_w, op == "layernorm", wsm, CL)
+        assert f"#define CL {CL}" in src
         assert ("#define WSM 1" in src) == (wsm and has_w)
         cubin, log = nvrtc.compile_cubin(src, cuda_pipe.NAME, "sm_90", (*cuda_pipe.OPTIONS, "--ptxas-options=-v"))
         assert cuda_pipe.NAME.encode() in cubin
@@ -42,7 +43,8 @@ def test_signature_matches_the_kernels_parameters():
 
 
 def test_source_rejects_bad_configs():
-    for kw, match in (({"threads": 100}, "threads"), ({"S": 1}, "S"), ({"S": 9}, "S"), ({"dtype": "int8"}, "dtype")):
+    for kw, match in (({"threads": 100}, "threads"), ({"S": 1}, "S"), ({"S": 9}, "S"), ({"dtype": "int8"}, "dtype"),
+                      ({"CL": 3}, "CL"), ({"CL": 32}, "CL")):  # fmt: skip
         args = {"op": 0, "dtype": "bfloat16", "threads": 256, "S": 4, "has_w": False, "has_b": False, **kw}
         with pytest.raises(ValueError, match=match):
             cuda_pipe.source(**args)
@@ -95,3 +97,32 @@ def test_weights_in_shared_memory_on_aligned_rows_only():
     assert not cuda_pipe.weights_in_smem(cfg, 2, 11008, False, False)  # softmax: nothing to hold
     assert not cuda_pipe.weights_in_smem({**cfg, "wsm": 0}, 2, 11008, True, True)
     assert cuda_pipe.layout(11008, 2, 3, 2)[1] == 5 * cuda_pipe.layout(11008, 2, 1)[1]
+
+
+@pytest.mark.parametrize(("R", "N", "item", "vectors"), [(883, 151936, 2, 0), (512, 262144, 2, 0), (132, 262144, 2, 0),
+                                                         (64, 262144, 2, 1), (2670, 50257, 2, 2), (2048, 50257, 4, 0)])  # fmt: skip
+def test_cluster_configs_hold_three_stages_and_prefetch(R, N, item, vectors):
+    cfgs = cuda_pipe.cluster_configs(R, N, item, **H100, vectors=vectors)
+    assert cfgs
+    for c in cfgs:
+        per_sm = 2 if c["threads"] == 256 else 1
+        smem = cuda_pipe.layout(N, item, c["S"], vectors, c["CL"])[1]
+        assert c["S"] == 3 and c["CL"] in (2, 4, 8, 16)
+        assert per_sm * smem <= cuda_pipe.SM_SMEM and smem <= H100["smem_max"] - 1024
+        assert c["CL"] == 2 or per_sm * cuda_pipe.layout(N, item, 3, vectors, c["CL"] // 2)[1] > cuda_pipe.SM_SMEM  # the smallest
+        assert R >= 2 * (per_sm * H100["sm"] // c["CL"])  # a second row per cluster to prefetch
+    # one CTA per SM first, then two
+    assert cfgs[0]["threads"] == 512
+
+
+def test_cluster_configs_as_chosen():
+    assert cuda_pipe.cluster_configs(883, 151936, 2, **H100) == [{"CL": 4, "threads": 512, "S": 3}, {"CL": 8, "threads": 256, "S": 3}]
+    assert cuda_pipe.cluster_configs(16, 262144, 2, **H100) == []  # a row per cluster: nothing to prefetch
+    assert cuda_pipe.cluster_configs(883, 151936, 2, sm=132, smem_max=232448, cc=(8, 0)) == []
+
+
+def test_a_clusters_shares_cover_the_row():
+    for N, item, CL in ((151936, 2, 4), (262144, 2, 16), (50257, 2, 2), (7, 2, 4), (16400, 4, 8)):
+        vpc = cuda_pipe.share(N, item, CL)
+        assert (CL - 1) * vpc < max(1, N // (16 // item)) <= CL * vpc or N // (16 // item) == 0
+        assert cuda_pipe.layout(N, item, 1, 0, CL)[0] >= vpc

@@ -34,6 +34,48 @@ def test_every_op_dtype_width(op, dt):
             check_or_refused(run, op, x, w, b, smem, limits(DEV).shared_mem_bytes - 1024)
 
 
+@pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "layernorm", "rmsnorm"])
+def test_rows_held_by_clusters(op, dt):
+    """Rows split over a cluster's CTAs (``CL``), partial statistics exchanged through DSMEM, the
+    next rows' copies in flight: widths with a misaligned head and tail, rows fewer than the
+    clusters, and many per cluster (each CTA's two partial slots reused), 16-CTA clusters too."""
+    eps = 1e-5 if op == "layernorm" else 1e-6
+    for cfg in ({"CL": 4, "threads": 512, "S": 3}, {"CL": 16, "threads": 256, "S": 3, "wsm": 0},
+                {"CL": 2, "threads": 256, "S": 2}):  # fmt: skip
+        run = launcher(cfg, OPS[op], eps, DEV)
+        for R, N in ((1, 7), (5, 1000), (3, 4097), (97, 16400), (70, 50257), (41, 151936)):
+            x, w, b = inputs(op, R, N, dt)
+            wsm = weights_in_smem(cfg, x.element_size(), N, w is not None, b is not None)
+            vec = (w is not None) + (b is not None) if wsm else 0
+            smem = layout(N, x.element_size(), cfg["S"], vec, cfg["CL"])[1]
+            check_or_refused(run, op, x, w, b, smem, limits(DEV).shared_mem_bytes - 1024)
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+def test_cluster_rows_filtered_to_a_few_finite_logits(op):
+    """Top-k filtered rows: most CTAs of a cluster see only -inf, one or two the finite logits."""
+    run = launcher({"CL": 4, "threads": 512, "S": 3}, OPS[op], 0.0, DEV)
+    x = filtered_logits(600)
+    check_filtered(op, run(x), x)
+
+
+def test_backend_offers_cluster_pipe_candidates_for_long_rows():
+    from uhop.backends.cuda import CudaBackend
+    from uhop.problem import Problem
+
+    be = CudaBackend()
+    for op, arity in (("softmax", None), ("rmsnorm", 2)):
+        p = Problem.make(op, {"R": 883, "N": 151936}, "bfloat16", {"eps": 1e-6} if arity else {}, arity, "", DEV, "torch")
+        cands = [c for c in be.candidates(p) if c.template == "pipe"]
+        assert cands and all(c.cfg["CL"] > 1 for c in cands), be.candidates(p)
+        x, w, b = inputs(op, 883, 151936, torch.bfloat16)
+        for c in cands:
+            k = be.compile(c, p)
+            y = k(x) if arity is None else k(x, w)
+            check(y, ref(op, x, w if arity else None, None), torch.bfloat16)
+
+
 def test_rows_that_start_misaligned_and_3d_inputs():
     run = launcher({"threads": 256, "S": 3, "ctas": 2}, OPS["softmax"], 0.0, DEV)
     big = torch.randn(300 * 4099 + 5, device=DEV, dtype=torch.bfloat16)

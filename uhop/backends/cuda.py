@@ -116,16 +116,20 @@ class CudaBackend(Backend):
         idx = int(problem.device.split(":")[1]) if ":" in problem.device else 0
         cc = torch.cuda.get_device_capability(idx)
         R, N, item = problem.dim["R"], problem.dim["N"], ITEMSIZE[problem.dtype]
-        pipe = []
+        pipe, cluster = [], []
+        # a norm's weight and bias held in shared memory take rows of it
+        vectors = cuda_pipe.weight_rows({}, item, N, *cuda_rows.operands(cuda_rows.OPS[problem.op], problem.arity))
         if N >= PIPE_MIN_N and problem.op in PIPE_OPS:
-            # a norm's weight and bias held in shared memory take rows of it
-            vectors = cuda_pipe.weight_rows({}, item, N, *cuda_rows.operands(cuda_rows.OPS[problem.op], problem.arity))
             pipe = [Candidate.of(self.name, "pipe", **c)
                     for c in cuda_pipe.configs(R, N, item, lim.sm_count, lim.shared_mem_bytes, cc, vectors)]  # fmt: skip
-        cluster = []
         if N >= MIN_N:
             cluster = [Candidate.of(self.name, "cluster", **c)
                        for c in configs(R, N, item, lim.sm_count, lim.shared_mem_bytes, cc)]  # fmt: skip
+            # rows held by a cluster with the next rows' copies in flight: where one CTA's stages do
+            # not hold a row (the cluster kernels' widths), ahead of them; otherwise after
+            piped = [Candidate.of(self.name, "pipe", **c)
+                     for c in cuda_pipe.cluster_configs(R, N, item, lim.sm_count, lim.shared_mem_bytes, cc, vectors)]  # fmt: skip
+            return pipe + cluster + piped if pipe else piped + cluster
         return pipe + cluster
 
     def prebuild(self, candidate: Candidate, problem: Problem) -> None:
@@ -144,7 +148,8 @@ class CudaBackend(Backend):
 
             has_w, has_b = cuda_rows.operands(op, problem.arity)
             wsm = cuda_pipe.weights_in_smem(cfg, ITEMSIZE[problem.dtype], problem.dim["N"], has_w, has_b)
-            src = cuda_pipe.source(op, problem.dtype, int(cfg["threads"]), int(cfg["S"]), has_w, has_b, wsm)
+            src = cuda_pipe.source(op, problem.dtype, int(cfg["threads"]), int(cfg["S"]), has_w, has_b, wsm,
+                                   int(cfg.get("CL", 1)))  # fmt: skip
             nvrtc.compile_cubin(src, cuda_pipe.NAME, f"sm_{major}{minor}", cuda_pipe.OPTIONS)
             return
         src = cuda_rows.source(op, problem.dtype, int(cfg["CL"]), int(cfg["threads"]), int(cfg.get("U", 4)),

@@ -190,6 +190,27 @@ __device__ __forceinline__ float fin_one(Fin q, float x, float wv, float bv) {
 #endif
   return r;
 }
+#if CL > 1
+__device__ __forceinline__ u32 smem_addr(const void* p) {
+  u32 a;
+  asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+  return a;
+}
+// a float of CTA ``rank``'s shared memory at (this CTA's) shared address ``addr`` (DSMEM)
+__device__ __forceinline__ float ld_peer(u32 addr, u32 rank) {
+  u32 ra; float v;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(ra) : "r"(addr), "r"(rank));
+  asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(ra) : "memory");
+  return v;
+}
+// the row's statistics from every CTA's partial at shared address pa (the same order on every rank)
+__device__ __forceinline__ Stat st_cluster(u32 pa) {
+  Stat t = st_init();
+#pragma unroll
+  for (u32 k = 0; k < CL; k++) t = st_combine(t, Stat{ld_peer(pa, k), ld_peer(pa + 4, k)});
+  return t;
+}
+#endif
 // y of one 16-byte vector of x, with the weight and bias vectors at the same columns
 __device__ __forceinline__ uint4 fin_vec(Fin q, uint4 xv, uint4 wq, uint4 bq) {
   float f[VE], fw[VE], fb[VE];
@@ -213,19 +234,6 @@ __device__ __forceinline__ void fin_elem(Fin q, float e, T* yr, const T* w, cons
 
 #: the kernel of this module: one row per cluster
 KERNEL = r"""
-#if CL > 1
-__device__ __forceinline__ u32 smem_addr(const void* p) {
-  u32 a;
-  asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
-  return a;
-}
-__device__ __forceinline__ float ld_peer(u32 addr, u32 rank) {
-  u32 ra; float v;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(ra) : "r"(addr), "r"(rank));
-  asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(ra) : "memory");
-  return v;
-}
-#endif
 
 // launched in clusters of CL CTAs (a launch attribute): rank = cluster_ctarank, row = clusterid.x
 extern "C" __global__ void __launch_bounds__(NT)
@@ -288,10 +296,7 @@ uhop_rows(const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ w, c
 #if CL > 1
   asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
   asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-  Stat t = st_init();
-  const u32 pa = smem_addr(&part[0]);
-#pragma unroll
-  for (u32 k = 0; k < CL; k++) t = st_combine(t, Stat{ld_peer(pa, k), ld_peer(pa + 4, k)});
+  const Stat t = st_cluster(smem_addr(&part[0]));
   // done with the peers' shared memory: they may leave once everyone has read (the wait at the end)
   asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
 #else
