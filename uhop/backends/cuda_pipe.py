@@ -19,10 +19,17 @@ tail of rows that are not 16-byte aligned (fewer than 8 elements each) are loade
 their weights come from :func:`uhop.backends.triton_kernels.rowops.shifted_table` as in
 :mod:`uhop.backends.cuda_rows`, whose conversions and partial statistics this kernel shares.
 
+Rows too long for one CTA's stages (bf16 rows of 151936-262144) are held by a thread-block
+cluster (``CL`` CTAs, Hopper): each CTA streams its share of every row of the cluster's through its
+own stages, and the CTAs combine their partial statistics through distributed shared memory, one
+cluster barrier per row (two slots of partials per CTA, by row parity, so no second barrier).
+
 Config keys: ``threads`` (per CTA: 256 or 512), ``S`` (stages, 2-8), ``ctas`` (CTAs per SM of the
-persistent grid, 1-4; their stages must fit the SM's shared memory together), ``wsm`` (default 1:
-on rows whose width is a multiple of the 16-byte vector, a norm's weight and bias are read into
-shared memory once per CTA; 0: from L1/L2 for every row).
+persistent grid, 1-4; their stages must fit the SM's shared memory together; with ``CL`` > 1 the grid
+is as many clusters as the driver says are resident at once), ``CL`` (default 1: CTAs per row, a
+cluster of 1, 2, 4, 8 or 16), ``wsm`` (default 1: on rows whose width is a multiple of the 16-byte
+vector, a norm's weight and bias are read into shared memory once per CTA, its share of them in a
+cluster; 0: from L1/L2 for every row).
 """
 
 from __future__ import annotations
