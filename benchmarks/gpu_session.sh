@@ -135,11 +135,14 @@ case "$stage" in
       --out "$OUT/width_sweep_${gpu}_pipe_product.json" 2>&1 | tail -14 ;;
   twentyninth)  # what the twenty-eighth session left unverified on a GPU (the tl.fma softmax, log-softmax's
                 # revert, large logits, the layernorm pipe candidates) and the pipe kernels in clusters (CL):
-                # GPU tests, then the sweep's row cases of 4096-262144 through the product path, ~9 min
-    timeout 120 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_cuda_pipe_gpu.py tests/gpu/test_triton_gpu.py \
+                # GPU tests, the clusters' candidate study on long rows, then the sweep's row cases of
+                # 11008-262144 through the product path, ~9 min
+    timeout 110 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_cuda_pipe_gpu.py tests/gpu/test_triton_gpu.py \
       -k "pipe or rowops or large_logits or filtered or row_templates" 2>&1 | tail -6 | tee "$OUT/test_gpu.txt"
-    timeout "${LIMIT_S:-420}" python3 benchmarks/width_sweep.py --no-compile --only softmax,layernorm,rmsnorm,log_softmax \
-      --match "x4096 ,x5120 ,x11008 ,x32768 ,x50257 ,x151936 ,x262144 " --deadline-s "${STOP_S:-330}" --stop-s "${STOP_S:-330}" \
+    timeout 170 python3 benchmarks/row_variants.py --long --deadline-s 140 --out "$OUT/row_variants_long_${gpu}.json" 2>&1 \
+      | grep -v Warning | tail -60
+    timeout "${LIMIT_S:-250}" python3 benchmarks/width_sweep.py --no-compile --only softmax,layernorm,rmsnorm,log_softmax \
+      --match "x11008 ,x50257 ,x151936 ,x262144 " --deadline-s "${STOP_S:-200}" --stop-s "${STOP_S:-200}" \
       --out "$OUT/width_sweep_${gpu}_pipe_product.json" 2>&1 | tail -30 ;;
   pipe-product)  # the sweep's row cases of 4096-50257 through uhop.ops (default settings, empty store), pipe offered
     timeout "${LIMIT_S:-560}" python3 benchmarks/width_sweep.py --no-compile --only softmax,layernorm,rmsnorm,log_softmax \

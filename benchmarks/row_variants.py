@@ -1,7 +1,7 @@
 """Row-template configurations at the widths issue #20 names, each timed directly next to torch
 eager (a candidate benchmark: it describes the kernels, not the product's pick).
 
-    python benchmarks/row_variants.py [--out row_variants_h200.json] [--deadline-s 200] [--regs | --persist | --cuda | --pipe]
+    python benchmarks/row_variants.py [--out row_variants_h200.json] [--deadline-s 200] [--regs | --persist | --cuda | --pipe | --long]
 
 For each case, every configuration in ``VARIANTS`` goes through ``rowops.launcher`` (the same
 launcher the Triton backend compiles), is checked against a float64 reference, and is timed with
@@ -168,9 +168,25 @@ PIPE_CASES = [
 ]
 
 
+#: ``--long``: the pipeline kernels in clusters (``CL``) on the rows the cluster kernels serve, which
+#: stayed at 66-78% of copy on the H200 (width_sweep_h200_product_twentysixth.json)
+LONG_CASES = [
+    ("softmax", 883, 151936, "bfloat16"),
+    ("softmax", 512, 262144, "bfloat16"),
+    ("rmsnorm", 883, 151936, "bfloat16"),
+    ("log_softmax", 2048, 151936, "bfloat16"),
+    ("softmax", 132, 262144, "bfloat16"),
+    ("layernorm", 2670, 50257, "bfloat16"),
+    ("softmax", 8192, 50257, "bfloat16"),
+    ("rmsnorm", 64, 262144, "bfloat16"),
+    ("softmax", 2048, 50257, "float32"),
+]
+
+
 def pipe_variants(op: str, R: int, N: int, dtype: str) -> list[tuple[str, dict[str, Any]]]:
     """The product's candidates (Triton's row templates, the CUDA cluster kernels past 16K), then
-    every pipeline shape whose stages fit an SM: CTAs per SM x stages, 128-512 threads."""
+    every pipeline shape whose stages fit an SM: CTAs per SM x stages, 128-512 threads; past 16K,
+    clusters of 2-16 CTAs x 2-4 stages too."""
     from types import SimpleNamespace
 
     import torch
@@ -195,6 +211,13 @@ def pipe_variants(op: str, R: int, N: int, dtype: str) -> list[tuple[str, dict[s
                 continue
             for threads in ((128, 256) if N <= 2048 else (256, 512)):
                 out.append(("pipe", {"threads": threads, "S": S, "ctas": ctas}))
+    if N >= cuda_backend.MIN_N:  # rows held by clusters: one or two CTAs per SM
+        for CL in (2, 4, 8, 16):
+            cl = layout(N, item, 1, 0, CL)[1]
+            for S in (2, 3, 4):
+                for per_sm, threads in ((1, 512), (2, 256)):
+                    if per_sm * S * cl <= min(lim.shared_mem_bytes - 1024, SM_SMEM):
+                        out.append(("pipe", {"CL": CL, "threads": threads, "S": S}))
     if op in ("layernorm", "rmsnorm"):  # the weights read per row from L1/L2 instead of held in shared memory
         out += [("pipe", {"threads": 512, "S": S, "ctas": ctas, "wsm": 0}) for ctas, S in ((1, 3), (2, 4))
                 if ctas * S <= fits]  # fmt: skip
@@ -265,9 +288,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--persist", action="store_true", help="split vs its persistent form (REG_CASES)")
     ap.add_argument("--cuda", action="store_true", help="the CUDA cluster kernels vs Triton's split (CUDA_CASES)")
     ap.add_argument("--pipe", action="store_true", help="the bulk-copy pipeline kernels vs the product's candidates (PIPE_CASES)")
+    ap.add_argument("--long", action="store_true", help="as --pipe, on the long rows (LONG_CASES), clusters included")
     a = ap.parse_args(argv)
     end = time.monotonic() + a.deadline_s
-    pool = PIPE_CASES if a.pipe else CUDA_CASES if a.cuda else REG_CASES if a.regs or a.persist else CASES
+    a.pipe = a.pipe or a.long
+    pool = LONG_CASES if a.long else PIPE_CASES if a.pipe else CUDA_CASES if a.cuda else REG_CASES if a.regs or a.persist else CASES
     cases = [c for c in pool if not a.only or str(c[2]) in a.only.split(",")]
     res: dict[str, Any] = {"env": {**environment(), "command": "benchmarks/row_variants.py " + " ".join(argv or sys.argv[1:])},
                            "copy_gbps": [copy_gbps()], "cases": []}  # fmt: skip
