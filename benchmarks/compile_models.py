@@ -8,7 +8,10 @@ Models: ``gpt2-block`` (d768, 12 heads; ``gpt2-hf-block``: its projections as Hu
 ``Conv1D``, addmm on (in, out) weights), ``llama-block`` (d4096, 32 heads, SwiGLU ff 11008,
 rotary embeddings), ``llama-small-block`` (the same layout at d768, 12 heads, ff 2048), ``gpt2`` (12 layers, d768, vocab 50257), ``resnet``
 (ResNet-style, width 64, 4 blocks, 56x56 inputs), ``numpy-gpt2`` (a numpy GPT-2 forward: numpy
-vs ``uhop.jit``). Times are medians of interleaved rounds (each round times every variant once, in
+vs ``uhop.jit``); Hugging Face transformers' own model code at its base sizes, random weights
+(``pip install 'uhop[hf]'``): ``hf-gpt2`` (GPT-2 small, LM head), ``hf-bert`` (bert-base), ``hf-llama``
+(8 layers, d1024, GQA 16/4 heads, SwiGLU ff 2816, LM head of 32000), ``hf-t5`` (t5-small, encoder and
+decoder on the same ids), ``hf-vit`` (ViT-B/16 at 224x224). Times are medians of interleaved rounds (each round times every variant once, in
 an order rotated by one each round, so machine load hits all alike), in milliseconds per forward,
 under ``torch.inference_mode``; ``speedup_paired`` is the median over rounds of the per-round ratio
 baseline / UHOP, with its quartiles (the spread a shared machine leaves). On CUDA the variants
@@ -307,11 +310,43 @@ def _commit() -> str:
         return "?"
 
 
+HF_MODELS = ("hf-gpt2", "hf-bert", "hf-llama", "hf-t5", "hf-vit")
+
+
+class _HFOutput(torch.nn.Module):
+    """A transformers model called on one tensor, returning its logits or last hidden state."""
+
+    def __init__(self, model, t5: bool = False) -> None:
+        super().__init__()
+        self.model, self.t5 = model, t5
+
+    def forward(self, x):
+        out = self.model(input_ids=x, decoder_input_ids=x) if self.t5 else self.model(x)
+        return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
+def hf_model(name: str):
+    """(module, vocabulary or None for images) of a Hugging Face model at its base size."""
+    import transformers as t
+
+    if name == "hf-gpt2":
+        return _HFOutput(t.GPT2LMHeadModel(t.GPT2Config())), 50257
+    if name == "hf-bert":
+        return _HFOutput(t.BertModel(t.BertConfig())), 30522
+    if name == "hf-llama":
+        cfg = t.LlamaConfig(num_hidden_layers=8, hidden_size=1024, num_attention_heads=16, num_key_value_heads=4,
+                            intermediate_size=2816, vocab_size=32000)  # fmt: skip
+        return _HFOutput(t.LlamaForCausalLM(cfg)), 32000
+    if name == "hf-t5":
+        return _HFOutput(t.T5Model(t.T5Config()), t5=True), 32128
+    return _HFOutput(t.ViTModel(t.ViTConfig())), None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=["gpt2-block", "resnet", "numpy-gpt2"],
                     choices=["gpt2-block", "gpt2-hf-block", "llama-block", "llama-small-block", "gpt2", "resnet",
-                             "numpy-gpt2"])
+                             "numpy-gpt2", *HF_MODELS])  # fmt: skip
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
@@ -372,7 +407,12 @@ def main() -> None:
                 rows.append(bench_numpy_gpt2(T, 2, a.rounds, a.min_s))
                 save(False)
             continue
-        if name == "resnet":
+        vocab = None
+        if name in HF_MODELS:
+            model, vocab = hf_model(name)
+            model = model.eval().to(a.device, dtype)
+            shapes = [(b, 3, 224, 224) for b in a.batch] if vocab is None else [(b, t) for b in a.batch for t in a.seq]
+        elif name == "resnet":
             model = ResNetSmall(64, 4, 1000).eval().to(a.device, dtype)
             shapes = [(b, 3, 56, 56) for b in a.batch]
         elif name == "llama-block":
@@ -382,14 +422,14 @@ def main() -> None:
             model = LlamaBlock(d=768, heads=12, ff=2048, ctx=max(a.seq)).eval().to(a.device, dtype)
             shapes = [(b, t, 768) for b in a.batch for t in a.seq]
         elif name == "gpt2":
-            model = GPT2().eval().to(a.device, dtype)
+            model, vocab = GPT2().eval().to(a.device, dtype), 50257
             shapes = [(b, t) for b in a.batch for t in a.seq]
         else:  # gpt2-hf-block: projections as Hugging Face's Conv1D (addmm with (in, out) weights)
             model = GPT2Block(hf=name == "gpt2-hf-block").eval().to(a.device, dtype)
             shapes = [(b, t, 768) for b in a.batch for t in a.seq]
         for s in shapes:
             torch._dynamo.reset()
-            x = torch.randint(0, 50257, s, device=a.device) if name == "gpt2" else torch.randn(s, device=a.device, dtype=dtype)
+            x = torch.randint(0, vocab, s, device=a.device) if vocab else torch.randn(s, device=a.device, dtype=dtype)
             print(f"{name} {s} {a.dtype} on {a.device}", flush=True)
             rows.append(bench_torch(name, model, x, a.device, a.variants, a.rounds, a.min_s, a.same_store))
             save(False)

@@ -12,7 +12,7 @@ if ! python -m pip install -q --disable-pip-version-check -c requirements/ci.txt
   echo "  (or put its wheel in a --find-links folder), then run scripts/test.sh again." >&2
   exit 1
 fi
-python -m pip install -q --disable-pip-version-check -c requirements/ci.txt -e '.[cpu,torch,gpu,cuda,tune,perf,mlir,sandbox,distributed,ai,observe,opencl,test]'
+python -m pip install -q --disable-pip-version-check -c requirements/ci.txt -e '.[cpu,torch,gpu,cuda,tune,perf,mlir,sandbox,distributed,ai,observe,opencl,hf,test]'
 # OpenCL: only Debian's PoCL (installed above). The PoCL that pip can bundle with pyopencl
 # (pocl-binary-distribution) cannot compile kernels on some CPUs; pointing the ICD loader at the
 # system vendor folder keeps any such platform out of the process.

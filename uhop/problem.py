@@ -79,7 +79,8 @@ class Problem:
             op=op,
             dims=tuple((d, int(full[d])) for d in spec.dims),
             dtype=dtype,
-            params=tuple(sorted(p.items())),
+            # (an optional parameter left unset is not part of the problem: keys stay those of before it existed)
+            params=tuple(sorted((k, v) for k, v in p.items() if v is not None)),
             arity=n,
             layout=layout,
             device=_indexed(device),

@@ -273,6 +273,16 @@ def test_attention_flash_tma(interpreter, causal, s, l, d, cfg):  # noqa: E741
            template="flash_tma", cfg={"BM": bm, "BN": bn, "warps": 4, "stages": 2, "ws": ws})  # fmt: skip
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_with_its_own_scale(interpreter, causal):
+    """``scale`` other than 1/sqrt(D) (T5: 1), both templates."""
+    _check(interpreter, "attention", {"B": 2, "S": 40, "L": 40, "D": 32, "E": 32}, "float32",
+           {"causal": causal, "scale": 1.0}, limit=1)  # fmt: skip
+    _check(interpreter, "attention", {"B": 2, "S": 128, "L": 128, "D": 64, "E": 64}, "float16",
+           {"causal": causal, "scale": 0.05}, template="flash_tma",
+           cfg={"BM": 128, "BN": 64, "warps": 4, "stages": 2, "ws": False})  # fmt: skip
+
+
 def test_attention_bf16_4d(interpreter):
     from uhop.backends.triton import _family
 

@@ -215,6 +215,22 @@ def test_graph_break_is_counted_and_both_sides_run():
     assert sum(REPORT.graph_breaks.values()) >= 1
 
 
+def test_graph_breaks_count_from_the_reports_clear():
+    """Dynamo counts graph breaks for the process: a model compiled after a cleared report shows
+    its own (none), not an earlier model's."""
+
+    def broken(x):
+        y = x.softmax(-1)
+        print("graph break here")
+        return y * 2
+
+    torch.compile(broken, backend="uhop", options=EAGER)(torch.randn(3, 4))
+    assert sum(REPORT.graph_breaks.values()) >= 1
+    REPORT.clear()
+    torch.compile(lambda x: F.layer_norm(x, (4,)) * 3, backend="uhop", options=EAGER)(torch.randn(3, 4))
+    assert len(REPORT.graphs) == 1 and REPORT.graph_breaks == {}, REPORT.graph_breaks
+
+
 def test_generate_loop_does_not_recompile_per_token():
     m = GPT2Block(32, 2).eval()
     compiled = torch.compile(m, backend="uhop", options=EAGER)
@@ -229,15 +245,30 @@ def test_generate_loop_does_not_recompile_per_token():
     assert sum(r.kind == "attention" for r in REPORT.runs) <= 4
 
 
-def test_region_uhop_cannot_serve_falls_back_and_says_why():
+def test_region_uhop_cannot_serve_falls_back_and_says_why(regions_everywhere):
+    def f(a, b):
+        return a @ b  # batch dims that broadcast: no UHOP matmul problem
+
+    a, b = torch.randn(2, 5, 8), torch.randn(3, 1, 8, 4)
+    got = torch.compile(f, backend="uhop", options=EAGER)(a, b)
+    torch.testing.assert_close(got, f(a, b))
+    (run,) = REPORT.runs
+    assert run.status == "fallback" and "broadcast batch dims" in run.reason
+
+
+def test_attention_with_its_own_scale_is_a_region(regions_everywhere):
+    """SDPA with ``scale=`` (T5 uses 1): the attention op's scale parameter, checked vs float64."""
+
     def f(q, k, v):
         return F.scaled_dot_product_attention(q, k, v, scale=0.3)
 
     q, k, v = (torch.randn(1, 2, 5, 8) for _ in range(3))
     got = torch.compile(f, backend="uhop", options=EAGER)(q, k, v)
-    torch.testing.assert_close(got, f(q, k, v))
+    want = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), scale=0.3)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
     (run,) = REPORT.runs
-    assert run.status == "fallback" and "scale" in run.reason
+    assert run.status == "uhop", run
+    assert "scale" in run.problem or run.kernel, run
 
 
 def test_additive_mask_attention_region():

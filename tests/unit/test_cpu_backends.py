@@ -28,6 +28,8 @@ CASES = [
     ("elementwise", {"N": 1}, {"expr": "exp(x0)"}, 1),
     ("attention", {"B": 3, "S": 17, "L": 13, "D": 8, "E": 5}, {}, 3),
     ("attention", {"B": 2, "S": 11, "L": 11, "D": 16, "E": 16}, {"causal": True}, 3),
+    ("attention", {"B": 2, "S": 9, "L": 12, "D": 16, "E": 8}, {"scale": 1.0}, 3),  # T5's: no 1/sqrt(D)
+    ("attention", {"B": 3, "S": 13, "L": 13, "D": 8, "E": 8}, {"causal": True, "scale": 0.05}, 3),
     ("conv2d", {"N": 2, "C": 3, "H": 11, "W": 9, "K": 5, "R": 3, "S": 3}, {"padding": 1}, 3),
     ("conv2d", {"N": 1, "C": 4, "H": 13, "W": 13, "K": 2, "R": 5, "S": 3}, {"stride": 2}, 2),
 ]

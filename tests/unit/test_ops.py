@@ -485,7 +485,7 @@ def test_softmax_along_any_axis(lib, uhop_home, monkeypatch):
 @pytest.mark.parametrize("lib", ["numpy", "torch"])
 def test_attention_takes_sdpa_keywords(lib, uhop_home, monkeypatch):
     """``uhop.ops.attention`` as torch's SDPA is called: ``attn_mask=`` / ``mask=`` (boolean or
-    additive), ``is_causal=``, ``scale=`` (folded into q), ``dropout_p=0``; checked against a
+    additive), ``is_causal=``, ``scale=`` (the op's parameter), ``dropout_p=0``; checked against a
     float64 reference on fresh inputs. Conflicting or bad keywords name the argument."""
     import math
 
@@ -532,9 +532,7 @@ def test_attention_takes_sdpa_keywords(lib, uhop_home, monkeypatch):
             uhop.ops.attention(q, k, v, **kw)
     with pytest.raises(InputError, match="mask is given twice"):
         uhop.ops.attention(q, k, v, m, attn_mask=m)
-    if lib == "numpy":  # a Buffer's scale is not silently dropped: 1/sqrt(D) is served, another named
+    if lib == "numpy":  # a Buffer's scale is the op's parameter too
         bq, bk_, bv = (uhop.Buffer(a) for a in (q, k, v))
-        np.testing.assert_allclose(uhop.ops.attention(bq, bk_, bv, scale=1 / math.sqrt(8)).numpy(), ref(),
-                                   rtol=2e-5, atol=2e-6)  # fmt: skip
-        with pytest.raises(InputError, match="scale other than 1/sqrt.D. needs q as a numpy array or torch tensor"):
-            uhop.ops.attention(bq, bk_, bv, scale=0.7)
+        for scale, want in ((1 / math.sqrt(8), ref()), (0.7, ref(scale=0.7))):
+            np.testing.assert_allclose(uhop.ops.attention(bq, bk_, bv, scale=scale).numpy(), want, rtol=2e-5, atol=2e-6)

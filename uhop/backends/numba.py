@@ -321,7 +321,7 @@ def matmul_kernel(dtype: str, activation: str, arity: int, parallel: bool, wide:
     return kernel
 
 
-def attention_kernel(dtype: str, causal: bool, parallel: bool, wide: bool, block: int) -> Kernel:
+def attention_kernel(dtype: str, causal: bool, parallel: bool, wide: bool, block: int, scale: float | None = None) -> Kernel:
     """Per batch and block of ``block`` queries: scores = q_blk k^T (BLAS), softmax in place
     (numba, the block stays in L2), out_blk = p v (BLAS, written straight into the output).
     Causal blocks only touch the keys their queries can see, halving the work.
@@ -334,6 +334,8 @@ def attention_kernel(dtype: str, causal: bool, parallel: bool, wide: bool, block
     ms beside two processes running multi-threaded BLAS; as tasks, 28-31 ms idle and 84-100 ms
     beside them (numpy as written: 259-264 ms and 805-906 ms;
     ``benchmarks/diagnosis/eighteenth_attention_load.py``, three interleaved rounds)."""
+    from uhop.ops.attention import softmax_scale
+
     sm = _nk().attention_softmax_fn(dtype, causal, False, wide)
     np_dtype = np.dtype(dtype)
     if parallel and _blas_control() is None:
@@ -346,13 +348,13 @@ def attention_kernel(dtype: str, causal: bool, parallel: bool, wide: bool, block
         k3 = np.ascontiguousarray(k, dtype=np_dtype).reshape(-1, L, D)
         v3 = np.ascontiguousarray(v, dtype=np_dtype).reshape(-1, L, E)
         out = np.empty((q3.shape[0], S, E), dtype=np_dtype)
-        scale = 1.0 / math.sqrt(D)
+        factor = softmax_scale(scale, D)
 
         def one(b: int, s0: int, rows: int) -> None:
             s1 = min(S, s0 + block)
             n = min(L, s1) if causal else L
             scores = q3[b, s0:s1] @ k3[b, :n].T
-            sm(scores, scale, s0, rows)
+            sm(scores, factor, s0, rows)
             np.matmul(scores, v3[b, :n], out=out[b, s0:s1])
 
         if parallel:
@@ -626,7 +628,7 @@ class NumbaBackend(Backend):
         elif problem.op == "matmul":
             kernel = matmul_kernel(dt, p["activation"], problem.arity, par, wide, int(cfg.get("rows", 16)))
         elif problem.op == "attention":
-            kernel = attention_kernel(dt, bool(p["causal"]), par, wide, int(cfg.get("block", 128)))
+            kernel = attention_kernel(dt, bool(p["causal"]), par, wide, int(cfg.get("block", 128)), p.get("scale"))
         else:
             raise ValueError(f"numba backend has no kernel for op {problem.op!r}")
         _warm_up(kernel, problem)

@@ -306,10 +306,12 @@ def gated_mlp_kernel(activation: str, dtype: str) -> Kernel:
     return kernel
 
 
-def attention_kernel(causal: bool) -> Kernel:
+def attention_kernel(causal: bool, scale: float | None = None) -> Kernel:
+    from uhop.ops.attention import softmax_scale
+
     def kernel(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         s = np.matmul(q, np.swapaxes(k, -1, -2))
-        s *= q.dtype.type(1.0 / math.sqrt(q.shape[-1]))
+        s *= q.dtype.type(softmax_scale(scale, q.shape[-1]))
         if mask is not None:
             from uhop.ops.attention import apply_mask
 
@@ -400,7 +402,7 @@ class NumpyBackend(Backend):
         if problem.op == "gated_mlp":
             return gated_mlp_kernel(p["activation"], problem.dtype)
         if problem.op == "attention":
-            return attention_kernel(p["causal"])
+            return attention_kernel(p["causal"], p.get("scale"))
         if problem.op == "conv2d":
             return conv2d_kernel(p["stride"], p["padding"])
         if problem.op == "embedding":

@@ -18,7 +18,6 @@ CUDA-only candidates (the "library baseline" a generated kernel must beat):
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any
 
 from uhop.backends.base import Backend, Candidate, Kernel
@@ -312,7 +311,7 @@ class TorchBackend(Backend):
 
             return rms
         if op == "attention":
-            causal = p["causal"]
+            causal, scale = p["causal"], p.get("scale")
             if candidate.template == "sdpa" and "impl" in cfg:
                 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -324,17 +323,17 @@ class TorchBackend(Backend):
                     if three:
                         q, k, v = q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0)
                     with sdpa_kernel(backend):
-                        out = _sdpa(q, k, v, mask, causal)
+                        out = _sdpa(q, k, v, mask, causal, scale)
                     return out.squeeze(0) if three else out
 
                 return pinned
             if candidate.template == "sdpa":
-                return lambda q, k, v, mask=None: _sdpa(q, k, v, mask, causal)
+                return lambda q, k, v, mask=None: _sdpa(q, k, v, mask, causal, scale)
 
             def naive(q, k, v, mask=None):
-                from uhop.ops.attention import apply_mask
+                from uhop.ops.attention import apply_mask, softmax_scale
 
-                s = apply_mask(torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1])), mask, causal)
+                s = apply_mask(torch.matmul(q, k.transpose(-1, -2)) * softmax_scale(scale, q.shape[-1]), mask, causal)
                 return torch.matmul(torch.softmax(s, dim=-1), v)
 
             return naive

@@ -69,12 +69,17 @@ class FusionReport:
     graph_breaks: dict[str, int] = field(default_factory=dict)
     recompiles: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    #: Dynamo's graph-break counters when the report was last cleared: they count for the whole
+    #: process, a report counts from its clear (a model compiled after another one shows its own)
+    _breaks_before: dict[str, int] = field(default_factory=dict, repr=False)
 
     def add_graph(self, g: GraphCompiled) -> None:
         with self._lock:
             self.graphs.append(g)
             self.recompiles += int(g.recompile)
-            self.graph_breaks = _graph_breaks()
+            now = _graph_breaks()
+            self.graph_breaks = {k: v - self._breaks_before.get(k, 0) for k, v in now.items()
+                                 if v > self._breaks_before.get(k, 0)}  # fmt: skip
         self.save()
         if _report_on():
             print(format_graph(g), file=sys.stderr)
@@ -92,6 +97,7 @@ class FusionReport:
             self.runs.clear()
             self.graph_breaks = {}
             self.recompiles = 0
+            self._breaks_before = _graph_breaks() if "torch._dynamo" in sys.modules else {}
 
     def to_json(self) -> dict[str, Any]:
         with self._lock:

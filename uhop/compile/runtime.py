@@ -400,9 +400,10 @@ def _op_args(kind: str, args: Sequence[Any]) -> tuple[str, tuple[Any, ...], dict
         return kind, tuple(args), {}
     if kind == "attention":
         q, kk, v, mask, causal, scale = args
+        params = {"causal": bool(causal)}
         if scale is not None and not math.isclose(scale, 1 / math.sqrt(q.shape[-1]), rel_tol=1e-6):
-            raise Fallback(f"attention: scale {scale:g} is not 1/sqrt(head dim)")
-        return "attention", ((q, kk, v) if mask is None else (q, kk, v, mask)), {"causal": bool(causal)}
+            params["scale"] = float(scale)  # (T5's 1; 1/sqrt(head dim) is the default problem)
+        return "attention", ((q, kk, v) if mask is None else (q, kk, v, mask)), params
     if kind == "embedding":
         w, idx = args
         return "embedding", (w, idx), {}

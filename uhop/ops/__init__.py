@@ -94,8 +94,10 @@ def _direct(op_name: str, slot: str = "", keywords: tuple[frozenset[str], Any, s
     slot = slot or op_name
     names, handler, extra_doc = keywords or (frozenset(), None, "")
 
-    def run(*args: Any, **params: Any) -> Any:
-        if params and handler is not None and not names.isdisjoint(params):
+    def run(*args: Any, _op_form: bool = False, **params: Any) -> Any:
+        # (``_op_form``: a handler's call in the op's own form, where a keyword is also an op
+        # parameter, attention's ``scale``)
+        if params and handler is not None and not _op_form and not names.isdisjoint(params):
             return handler(run, args, params)
         if _compiling():
             return _traced(op_name, args, params)
@@ -164,8 +166,8 @@ rmsnorm = _direct("rmsnorm")
 
 def _sdpa_keywords(run: Any, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
     """Attention called as torch's SDPA is: ``mask=`` / ``attn_mask=`` (the fourth input),
-    ``is_causal=`` (``causal``), ``scale`` (1/sqrt(D) as is, another folded into q: one
-    elementwise pass), ``dropout_p`` (0 only)."""
+    ``is_causal=`` (``causal``), ``scale`` (the op's parameter; 1/sqrt(D) given explicitly is
+    the default problem), ``dropout_p`` (0 only)."""
     mask, attn_mask = params.pop("mask", None), params.pop("attn_mask", None)
     is_causal, scale, dropout_p = params.pop("is_causal", None), params.pop("scale", None), params.pop("dropout_p", 0.0)
     if mask is not None and attn_mask is not None:
@@ -190,19 +192,15 @@ def _sdpa_keywords(run: Any, args: tuple[Any, ...], params: dict[str, Any]) -> A
             math.isfinite(scale) and scale > 0
         ):
             raise InputError(f"attention: scale must be a positive finite number; got {scale!r}")
-        f = float(scale) * math.sqrt(d) if d else 1.0
-        if abs(f - 1.0) > 1e-12:
-            if not (isinstance(q, np.ndarray) or hasattr(q, "movedim")):
-                raise InputError(f"attention: a scale other than 1/sqrt(D) needs q as a numpy array or torch tensor; "
-                                 f"got {type(q).__name__}")  # fmt: skip
-            args = (q * (np.asarray(f, dtype=q.dtype) if isinstance(q, np.ndarray) else f), *args[1:])
-    return run(*args, **params)
+        if not d or abs(float(scale) * math.sqrt(d) - 1.0) > 1e-12:  # (1/sqrt(D): the default's store entries)
+            params["scale"] = float(scale)
+    return run(*args, _op_form=True, **params)
 
 
 attention = _direct("attention", keywords=(
     frozenset({"mask", "attn_mask", "is_causal", "scale", "dropout_p"}), _sdpa_keywords,
-    "; the mask also as ``mask=`` / ``attn_mask=``, ``is_causal=``, ``scale=`` (another than 1/sqrt(D) "
-    "folded into q), ``dropout_p=0``, as torch's SDPA is called"))
+    "; the mask also as ``mask=`` / ``attn_mask=``, ``is_causal=``, ``scale=`` (of q k^T, 1/sqrt(D) unless "
+    "given), ``dropout_p=0``, as torch's SDPA is called"))
 
 
 conv2d = _direct("conv2d")

@@ -1,4 +1,4 @@
-"""attention (softmax(Q K^T * scale [+ causal mask]) V) and conv2d (NCHW, stride, padding)."""
+"""attention (softmax(Q K^T * scale [+ mask] [+ causal mask]) V) and conv2d (NCHW, stride, padding)."""
 
 from __future__ import annotations
 
@@ -35,15 +35,28 @@ def apply_mask(s: Any, mask: Any, causal: bool) -> Any:
     return s + mask
 
 
+def softmax_scale(scale: float | None, D: int) -> float:
+    """The factor of q k^T: ``scale`` when given (as torch's SDPA takes it), else 1/sqrt(D)."""
+    return 1.0 / math.sqrt(D) if scale is None else float(scale)
+
+
 class Attention(Op):
     name = "attention"
     #: ``mask`` (optional): boolean (True = attend) or additive float, broadcastable to (..., S, L)
     inputs = ("q", "k", "v", "mask")
     optional = 1
-    params = (Param("causal", False, (False, True), bool),)
+    #: ``scale``: the factor of q k^T (None: 1/sqrt(D)); T5 uses 1, models with a query pre-scale others
+    params = (Param("causal", False, (False, True), bool), Param("scale", None, None, float))
     dims = ("B", "S", "L", "D", "E")
-    description = ("softmax(q k^T / sqrt(D) [+ mask]) v over (..., S, D) x (..., L, D) x (..., L, E); mask boolean "
-                   "(True = attend) or additive, broadcastable to (..., S, L); causal optional")
+    description = ("softmax(q k^T * scale [+ mask]) v over (..., S, D) x (..., L, D) x (..., L, E); scale 1/sqrt(D) "
+                   "unless given; mask boolean (True = attend) or additive, broadcastable to (..., S, L); causal optional")
+
+    def normalize_params(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        out = super().normalize_params(given)
+        s = out["scale"]
+        if s is not None and not (math.isfinite(s) and s > 0):
+            raise InputError(f"attention: scale must be a positive finite number; got {given.get('scale')!r}")
+        return out
 
     def defaulted_dims(self) -> dict[str, int]:
         return {"B": 1}
@@ -100,17 +113,17 @@ class Attention(Op):
                 raise UnsupportedDtype(f"attention: mask has dtype {md}; expected bool or {dtype} (the dtype of q)")
         return dtype
 
-    def reference(self, q, k, v, mask=None, causal=False, **_: Any) -> np.ndarray:
-        s = np.matmul(q, np.swapaxes(k, -1, -2)) / math.sqrt(q.shape[-1])
+    def reference(self, q, k, v, mask=None, causal=False, scale=None, **_: Any) -> np.ndarray:
+        s = np.matmul(q, np.swapaxes(k, -1, -2)) * softmax_scale(scale, q.shape[-1])
         s = apply_mask(s, mask, causal)  # top-left aligned causal, as torch's SDPA
         s = s - s.max(axis=-1, keepdims=True)
         p = np.exp(s)
         p /= p.sum(axis=-1, keepdims=True)
         return np.matmul(p, v)
 
-    def reference_torch(self, q, k, v, mask=None, causal=False, **_: Any) -> Any:
+    def reference_torch(self, q, k, v, mask=None, causal=False, scale=None, **_: Any) -> Any:
         """:meth:`reference` on float64 torch tensors (the same math, not a fused SDPA kernel)."""
-        s = (q @ k.mT) / math.sqrt(q.shape[-1])
+        s = (q @ k.mT) * softmax_scale(scale, q.shape[-1])
         s = apply_mask(s, mask, causal)
         s = s - s.amax(dim=-1, keepdim=True)
         p = s.exp()
@@ -127,7 +140,9 @@ class Attention(Op):
         return ITEMSIZE[dtype] * B * (S * D + L * D + L * E + S * E)
 
     def error_scale(self, dims, params) -> float:
-        return math.sqrt(dims["D"])
+        # a dot product of D terms; a scale above 1/sqrt(D) sharpens the softmax by as much
+        D = dims["D"]
+        return math.sqrt(D) * max(1.0, softmax_scale(params.get("scale"), D) * math.sqrt(D))
 
 
 class Conv2d(Op):

@@ -79,6 +79,8 @@ class Param:
     kind: type = object
 
     def coerce(self, value: Any) -> Any:
+        if value is None and self.default is None:  # an optional parameter left unset
+            return None
         if self.choices is not None and value not in self.choices:
             raise InputError(f"{self.name} must be one of {list(self.choices)}, got {value!r}")
         if self.kind in (int, float, bool, str) and not isinstance(value, self.kind):

@@ -9,7 +9,6 @@ Config keys: BM (query block), BN (key block), warps, stages.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import triton
@@ -180,10 +179,12 @@ def build(template: str, cfg: dict[str, Any], problem: Any) -> Any:
 
     if template not in ("flash", "flash_tma"):
         raise ValueError(f"unknown attention template {template!r}")
-    causal = bool(problem.param["causal"])
+    from uhop.ops.attention import softmax_scale
+
+    causal, scale = bool(problem.param["causal"]), problem.param.get("scale")
     BM, BN = cfg["BM"], cfg["BN"]
     if template == "flash_tma":
-        return _build_tma(cfg, causal)
+        return _build_tma(cfg, causal, scale)
 
     def run(q, k, v):
         S, D = q.shape[-2], q.shape[-1]
@@ -196,7 +197,7 @@ def build(template: str, cfg: dict[str, Any], problem: Any) -> Any:
         even = S % BM == 0 and L % BN == 0 and bd == D and be == E
         grid = (triton.cdiv(S, BM), nb)
         _attn(
-            grid, q3, k3, v3, o, S, L, D, E, 1.0 / math.sqrt(D) * 1.4426950408889634,
+            grid, q3, k3, v3, o, S, L, D, E, softmax_scale(scale, D) * 1.4426950408889634,
             q3.stride(0), q3.stride(1), k3.stride(0), k3.stride(1), v3.stride(0), v3.stride(1),
             o.stride(0), o.stride(1),
             CAUSAL=causal, EVEN=even, PREC="ieee" if q.dtype == torch.float32 else "tf32", BM=BM, BN=BN, BD=bd, BE=be,
@@ -207,9 +208,11 @@ def build(template: str, cfg: dict[str, Any], problem: Any) -> Any:
     return run
 
 
-def _build_tma(cfg: dict[str, Any], causal: bool) -> Any:
+def _build_tma(cfg: dict[str, Any], causal: bool, scale: float | None = None) -> Any:
     import torch
     from triton.tools.tensor_descriptor import TensorDescriptor
+
+    from uhop.ops.attention import softmax_scale
 
     BM, BN = cfg["BM"], cfg["BN"]
 
@@ -226,7 +229,7 @@ def _build_tma(cfg: dict[str, Any], causal: bool) -> Any:
         kd = TensorDescriptor(k2, list(k2.shape), [D, 1], [BN, D])
         vd = TensorDescriptor(v2, list(v2.shape), [D, 1], [BN, D])
         _attn_fwd_tma[(S // BM, nb)](
-            qd, kd, vd, od, S, L, 1.0 / math.sqrt(D) * 1.4426950408889634,
+            qd, kd, vd, od, S, L, softmax_scale(scale, D) * 1.4426950408889634,
             CAUSAL=causal, BM=BM, BN=BN, BD=D, WS=cfg.get("ws", False),
             num_warps=cfg["warps"], num_stages=cfg["stages"],
         )  # fmt: skip
