@@ -61,7 +61,9 @@
 # then ninth (the three models), tuner-b, tuner-c, gated (the gated-MLP op and region on the H200).
 # Done on an H200 in the twenty-sixth session: h200, h200b (conv2d apart), the GPT-2 and Llama blocks
 # (ninth with NINTH_MODELS), logsm's sweep; in the twenty-eighth: twentyeighth (the row and rowsum
-# studies, the pipe kernels' first H200 study). Still owed there: `pipe-product` (the pipe kernels,
+# studies, the pipe kernels' first H200 study). Still owed there, first: `twentyninth` (the pipe kernels in
+# clusters for rows of 151936-262144, and the twenty-eighth session's GPU tests; it covers `pipe-product`'s
+# long rows), then: `pipe-product` (the pipe kernels,
 # layernorm's included, through the product path; `pipe-mini` with little time), `h200` again (the
 # whole sweep after the twenty-eighth session's changes), `NINTH_MODELS="resnet --batch 64" bash ... ninth`,
 # then `rows` and `ncu-cluster` (rows of 151936-262144 at 65-78% of the H200's copy).
