@@ -400,9 +400,11 @@ def _op_args(kind: str, args: Sequence[Any]) -> tuple[str, tuple[Any, ...], dict
         return kind, tuple(args), {}
     if kind == "attention":
         q, kk, v, mask, causal, scale = args
+        from uhop.ops.attention import explicit_scale
+
         params = {"causal": bool(causal)}
-        if scale is not None and not math.isclose(scale, 1 / math.sqrt(q.shape[-1]), rel_tol=1e-6):
-            params["scale"] = float(scale)  # (T5's 1; 1/sqrt(head dim) is the default problem)
+        if (s := explicit_scale(scale, q.shape[-1])) is not None:
+            params["scale"] = s  # (T5's 1)
         return "attention", ((q, kk, v) if mask is None else (q, kk, v, mask)), params
     if kind == "embedding":
         w, idx = args

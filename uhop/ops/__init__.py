@@ -192,8 +192,10 @@ def _sdpa_keywords(run: Any, args: tuple[Any, ...], params: dict[str, Any]) -> A
             math.isfinite(scale) and scale > 0
         ):
             raise InputError(f"attention: scale must be a positive finite number; got {scale!r}")
-        if not d or abs(float(scale) * math.sqrt(d) - 1.0) > 1e-12:  # (1/sqrt(D): the default's store entries)
-            params["scale"] = float(scale)
+        from uhop.ops.attention import explicit_scale
+
+        if (s := explicit_scale(scale, d)) is not None:
+            params["scale"] = s
     return run(*args, _op_form=True, **params)
 
 

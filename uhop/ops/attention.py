@@ -40,6 +40,14 @@ def softmax_scale(scale: float | None, D: int) -> float:
     return 1.0 / math.sqrt(D) if scale is None else float(scale)
 
 
+def explicit_scale(scale: float | None, D: int) -> float | None:
+    """``scale`` as the op's parameter: None where it is 1/sqrt(D) (to float32 rounding), so that a
+    call passing the default explicitly poses the default problem and finds its store entries."""
+    if scale is None or (D > 0 and math.isclose(float(scale) * math.sqrt(D), 1.0, rel_tol=1e-6)):
+        return None
+    return float(scale)
+
+
 class Attention(Op):
     name = "attention"
     #: ``mask`` (optional): boolean (True = attend) or additive float, broadcastable to (..., S, L)
