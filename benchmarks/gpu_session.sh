@@ -140,7 +140,7 @@ case "$stage" in
                 # GPU tests, the clusters' candidate study on long rows, then the sweep's row cases of
                 # 11008-262144 through the product path, ~9 min
     timeout 110 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_cuda_pipe_gpu.py tests/gpu/test_triton_gpu.py \
-      -k "pipe or rowops or large_logits or filtered or row_templates" 2>&1 | tail -6 | tee "$OUT/test_gpu.txt"
+      -k "pipe or rowops or large_logits or filtered or row_templates or grouped" 2>&1 | tail -6 | tee "$OUT/test_gpu.txt"
     timeout 170 python3 benchmarks/row_variants.py --long --deadline-s 140 --out "$OUT/row_variants_long_${gpu}.json" 2>&1 \
       | grep -v Warning | tail -60
     timeout "${LIMIT_S:-250}" python3 benchmarks/width_sweep.py --no-compile --only softmax,layernorm,rmsnorm,log_softmax \

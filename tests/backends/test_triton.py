@@ -283,6 +283,30 @@ def test_attention_with_its_own_scale(interpreter, causal):
            cfg={"BM": 128, "BN": 64, "warps": 4, "stages": 2, "ws": False})  # fmt: skip
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_grouped_query(interpreter, causal):
+    """kv_groups: query batch-head i reads key/value batch-head i // kv_groups, both templates."""
+    _check(interpreter, "attention", {"B": 6, "S": 40, "L": 40, "D": 32, "E": 32}, "float32",
+           {"causal": causal, "kv_groups": 3}, limit=1)  # fmt: skip
+    _check(interpreter, "attention", {"B": 4, "S": 128, "L": 128, "D": 64, "E": 64}, "float16",
+           {"causal": causal, "kv_groups": 2}, template="flash_tma",
+           cfg={"BM": 128, "BN": 64, "warps": 4, "stages": 2, "ws": False})  # fmt: skip
+
+
+def test_attention_grouped_query_4d_against_sdpa(interpreter):
+    """4-D (batch, heads, seq, dim) inputs as Llama 3 passes them, against SDPA's enable_gqa in float64."""
+    from uhop.backends.triton import _family
+
+    p = Problem.make("attention", {"B": 2 * 8, "S": 48, "L": 48, "D": 32, "E": 32}, "float32",
+                     {"causal": True, "kv_groups": 4}, device="cpu", array="torch")  # fmt: skip
+    k = _family("attention").build("flash", {"BM": 32, "BN": 32, "warps": 4, "stages": 2}, p)
+    q = torch.randn(2, 8, 48, 32)
+    kk, v = torch.randn(2, 2, 48, 32), torch.randn(2, 2, 48, 32)
+    ref = torch.nn.functional.scaled_dot_product_attention(q.double(), kk.double(), v.double(), is_causal=True,
+                                                           enable_gqa=True)  # fmt: skip
+    torch.testing.assert_close(k(q, kk, v).double(), ref, rtol=1e-4, atol=1e-4)
+
+
 def test_attention_bf16_4d(interpreter):
     from uhop.backends.triton import _family
 

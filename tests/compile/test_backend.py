@@ -271,6 +271,28 @@ def test_attention_with_its_own_scale_is_a_region(regions_everywhere):
     assert "scale" in run.problem or run.kernel, run
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_grouped_query_attention_is_a_region(regions_everywhere, causal):
+    """SDPA with ``enable_gqa`` (Llama 3, Mistral, Qwen: 4 query heads per key/value head) is one
+    region served by the attention op's kv_groups, checked vs float64; autograd through it."""
+
+    def f(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
+
+    q = torch.randn(2, 8, 7, 16, requires_grad=True)
+    k, v = torch.randn(2, 2, 7, 16), torch.randn(2, 2, 7, 16)
+    got = torch.compile(f, backend="uhop", options=EAGER)(q, k, v)
+    want = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=causal, enable_gqa=True)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    (run,) = REPORT.runs
+    assert run.status == "uhop", run
+    assert "kv_groups=4" in run.problem, run
+    got.sum().backward()
+    qd = q.detach().double().requires_grad_()
+    F.scaled_dot_product_attention(qd, k.double(), v.double(), is_causal=causal, enable_gqa=True).sum().backward()
+    torch.testing.assert_close(q.grad.double(), qd.grad, rtol=1e-4, atol=1e-5)
+
+
 def test_additive_mask_attention_region():
     def f(q, k, v, bias):
         s = (q @ k.transpose(-2, -1)) / 4.0

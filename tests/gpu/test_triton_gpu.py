@@ -239,6 +239,16 @@ def test_attention(causal, b, s, l, d):  # noqa: E741
     )
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize(("b", "g", "s", "d"), [(32, 4, 256, 128), (12, 3, 200, 64)])
+def test_attention_grouped_query(causal, b, g, s, d):
+    """kv_groups (Llama 3's 4 query heads per k/v head): every Triton and torch candidate (SDPA's
+    enable_gqa, pinned to flash / cuDNN / efficient where those take it) against float64."""
+    dims, params = {"B": b, "S": s, "L": s, "D": d, "E": d}, {"causal": causal, "kv_groups": g}
+    _all_candidates("triton", "attention", dims, "bfloat16", params)
+    _all_candidates("torch", "attention", dims, "bfloat16", params)
+
+
 def test_conv2d():
     dims = {"N": 2, "C": 32, "H": 15, "W": 15, "K": 48, "R": 3, "S": 3}
     _all_candidates("triton", "conv2d", dims, "bfloat16", {"stride": 1, "padding": 1}, 3)

@@ -30,6 +30,10 @@ CASES = [
     ("attention", {"B": 2, "S": 11, "L": 11, "D": 16, "E": 16}, {"causal": True}, 3),
     ("attention", {"B": 2, "S": 9, "L": 12, "D": 16, "E": 8}, {"scale": 1.0}, 3),  # T5's: no 1/sqrt(D)
     ("attention", {"B": 3, "S": 13, "L": 13, "D": 8, "E": 8}, {"causal": True, "scale": 0.05}, 3),
+    # grouped-query attention: 6 query batch-heads over 2 key/value ones (query i reads kv i // 3)
+    ("attention", {"B": 6, "S": 11, "L": 14, "D": 8, "E": 8}, {"kv_groups": 3}, 3),
+    ("attention", {"B": 4, "S": 9, "L": 9, "D": 16, "E": 8}, {"causal": True, "kv_groups": 2}, 3),
+    ("attention", {"B": 4, "S": 9, "L": 12, "D": 16, "E": 16}, {"kv_groups": 4}, 4),  # with a mask
     ("conv2d", {"N": 2, "C": 3, "H": 11, "W": 9, "K": 5, "R": 3, "S": 3}, {"padding": 1}, 3),
     ("conv2d", {"N": 1, "C": 4, "H": 13, "W": 13, "K": 2, "R": 5, "S": 3}, {"stride": 2}, 2),
 ]

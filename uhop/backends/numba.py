@@ -321,7 +321,8 @@ def matmul_kernel(dtype: str, activation: str, arity: int, parallel: bool, wide:
     return kernel
 
 
-def attention_kernel(dtype: str, causal: bool, parallel: bool, wide: bool, block: int, scale: float | None = None) -> Kernel:
+def attention_kernel(dtype: str, causal: bool, parallel: bool, wide: bool, block: int, scale: float | None = None,
+                     kv_groups: int | None = None) -> Kernel:  # fmt: skip
     """Per batch and block of ``block`` queries: scores = q_blk k^T (BLAS), softmax in place
     (numba, the block stays in L2), out_blk = p v (BLAS, written straight into the output).
     Causal blocks only touch the keys their queries can see, halving the work.
@@ -333,9 +334,13 @@ def attention_kernel(dtype: str, causal: bool, parallel: bool, wide: bool, block
     2-core VM the blocks in sequence ran 8 x 2048 x 64 causal attention in 48 ms idle and 319-1968
     ms beside two processes running multi-threaded BLAS; as tasks, 28-31 ms idle and 84-100 ms
     beside them (numpy as written: 259-264 ms and 805-906 ms;
-    ``benchmarks/diagnosis/eighteenth_attention_load.py``, three interleaved rounds)."""
+    ``benchmarks/diagnosis/eighteenth_attention_load.py``, three interleaved rounds).
+
+    ``kv_groups`` (grouped-query attention): query batch-head ``b`` reads key/value batch-head
+    ``b // kv_groups`` of the flattened inputs, with no repeated copy of k and v."""
     from uhop.ops.attention import softmax_scale
 
+    g = kv_groups or 1
     sm = _nk().attention_softmax_fn(dtype, causal, False, wide)
     np_dtype = np.dtype(dtype)
     if parallel and _blas_control() is None:
@@ -353,9 +358,9 @@ def attention_kernel(dtype: str, causal: bool, parallel: bool, wide: bool, block
         def one(b: int, s0: int, rows: int) -> None:
             s1 = min(S, s0 + block)
             n = min(L, s1) if causal else L
-            scores = q3[b, s0:s1] @ k3[b, :n].T
+            scores = q3[b, s0:s1] @ k3[b // g, :n].T
             sm(scores, factor, s0, rows)
-            np.matmul(scores, v3[b, :n], out=out[b, s0:s1])
+            np.matmul(scores, v3[b // g, :n], out=out[b, s0:s1])
 
         if parallel:
             starts = range(0, S, block)
@@ -628,7 +633,8 @@ class NumbaBackend(Backend):
         elif problem.op == "matmul":
             kernel = matmul_kernel(dt, p["activation"], problem.arity, par, wide, int(cfg.get("rows", 16)))
         elif problem.op == "attention":
-            kernel = attention_kernel(dt, bool(p["causal"]), par, wide, int(cfg.get("block", 128)), p.get("scale"))
+            kernel = attention_kernel(dt, bool(p["causal"]), par, wide, int(cfg.get("block", 128)), p.get("scale"),
+                                      p.get("kv_groups"))  # fmt: skip
         else:
             raise ValueError(f"numba backend has no kernel for op {problem.op!r}")
         _warm_up(kernel, problem)
@@ -640,5 +646,7 @@ def _warm_up(kernel: Kernel, problem: Problem) -> None:
     the first timed call is not a compile)."""
     spec = problem.spec
     dims = {d: min(v, 3) for d, v in problem.dim.items()}
+    if problem.param.get("kv_groups"):  # grouped-query attention: a whole group of query heads
+        dims["B"] = problem.param["kv_groups"]
     xs = spec.make_inputs(dims, problem.param, np.random.default_rng(0), problem.dtype, problem.arity)
     kernel(*xs)

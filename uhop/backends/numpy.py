@@ -306,10 +306,11 @@ def gated_mlp_kernel(activation: str, dtype: str) -> Kernel:
     return kernel
 
 
-def attention_kernel(causal: bool, scale: float | None = None) -> Kernel:
-    from uhop.ops.attention import softmax_scale
+def attention_kernel(causal: bool, scale: float | None = None, kv_groups: int | None = None) -> Kernel:
+    from uhop.ops.attention import expand_kv, softmax_scale
 
     def kernel(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        k, v = expand_kv(k, kv_groups), expand_kv(v, kv_groups)
         s = np.matmul(q, np.swapaxes(k, -1, -2))
         s *= q.dtype.type(softmax_scale(scale, q.shape[-1]))
         if mask is not None:
@@ -402,7 +403,7 @@ class NumpyBackend(Backend):
         if problem.op == "gated_mlp":
             return gated_mlp_kernel(p["activation"], problem.dtype)
         if problem.op == "attention":
-            return attention_kernel(p["causal"], p.get("scale"))
+            return attention_kernel(p["causal"], p.get("scale"), p.get("kv_groups"))
         if problem.op == "conv2d":
             return conv2d_kernel(p["stride"], p["padding"])
         if problem.op == "embedding":

@@ -99,9 +99,10 @@ def _with_tf32(kernel: Kernel, allow: bool) -> Kernel:
     return run
 
 
-def _sdpa(q, k, v, mask, causal, scale=None):
+def _sdpa(q, k, v, mask, causal, scale=None, kv_groups=None):
     """SDPA with UHOP's attention semantics: a mask and ``causal`` may come together (torch's SDPA
-    refuses both, so the causal part joins the mask); 3-D inputs run as one 4-D batch."""
+    refuses both, so the causal part joins the mask); 3-D inputs run as one 4-D batch; ``kv_groups``
+    > 1 is SDPA's ``enable_gqa`` (k/v heads in dim -3, or the flattened batch of 3-D inputs)."""
     import torch
     import torch.nn.functional as F
 
@@ -115,7 +116,12 @@ def _sdpa(q, k, v, mask, causal, scale=None):
         # 2-9x slower than the flash kernel at 12-96 x 64 x 64, so the tuner saw SDPA tie with
         # eager matmul+softmax and served that to 4-D callers, where SDPA is the flash kernel)
         q, k, v = q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0)
+        if kv_groups and kv_groups > 1:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale,
+                                                  enable_gqa=True).squeeze(0)  # fmt: skip
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale).squeeze(0)
+    if kv_groups and kv_groups > 1:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=True)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale)
 
 
@@ -311,7 +317,7 @@ class TorchBackend(Backend):
 
             return rms
         if op == "attention":
-            causal, scale = p["causal"], p.get("scale")
+            causal, scale, groups = p["causal"], p.get("scale"), p.get("kv_groups")
             if candidate.template == "sdpa" and "impl" in cfg:
                 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -323,16 +329,17 @@ class TorchBackend(Backend):
                     if three:
                         q, k, v = q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0)
                     with sdpa_kernel(backend):
-                        out = _sdpa(q, k, v, mask, causal, scale)
+                        out = _sdpa(q, k, v, mask, causal, scale, groups)
                     return out.squeeze(0) if three else out
 
                 return pinned
             if candidate.template == "sdpa":
-                return lambda q, k, v, mask=None: _sdpa(q, k, v, mask, causal, scale)
+                return lambda q, k, v, mask=None: _sdpa(q, k, v, mask, causal, scale, groups)
 
             def naive(q, k, v, mask=None):
-                from uhop.ops.attention import apply_mask, softmax_scale
+                from uhop.ops.attention import apply_mask, expand_kv, softmax_scale
 
+                k, v = expand_kv(k, groups), expand_kv(v, groups)
                 s = apply_mask(torch.matmul(q, k.transpose(-1, -2)) * softmax_scale(scale, q.shape[-1]), mask, causal)
                 return torch.matmul(torch.softmax(s, dim=-1), v)
 

@@ -409,10 +409,11 @@ class Partitioner:
             return False
         q, k, v = node.args[:3]
         mask = _arg(node, 3, "attn_mask")
-        if _arg(node, 4, "dropout_p", 0.0) not in (0, 0.0) or node.kwargs.get("enable_gqa", False):
+        if _arg(node, 4, "dropout_p", 0.0) not in (0, 0.0):
             return False
-        scale = node.kwargs.get("scale")
-        self._replace(node, [node], "attention", (q, k, v, mask, bool(_arg(node, 5, "is_causal", False)), scale))
+        scale, gqa = node.kwargs.get("scale"), bool(node.kwargs.get("enable_gqa", False))
+        args = (q, k, v, mask, bool(_arg(node, 5, "is_causal", False)), scale)
+        self._replace(node, [node], "attention", (*args, True) if gqa else args)
         return True
 
     def _attention_explicit(self, node: fx.Node) -> bool:

@@ -46,8 +46,8 @@ REFERENCE: dict[str, Callable[..., Tensor]] = {
     "rms_norm": lambda x, w, eps: F.rms_norm(x, (x.shape[-1],), w, eps),
     "softmax": lambda x: torch.softmax(x, -1),
     "log_softmax": lambda x: torch.log_softmax(x, -1),
-    "attention": lambda q, k, v, mask, is_causal, scale: F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale),
+    "attention": lambda q, k, v, mask, is_causal, scale, enable_gqa=False: F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa),
     "embedding": lambda w, idx: F.embedding(idx, w),
     "conv2d": lambda x, w, b, stride, padding, activation: activate(F.conv2d(x, w, b, stride, padding), activation),
     "conv_bn": _conv_bn_ref,
@@ -83,7 +83,9 @@ SCHEMAS = {
     "softmax": "softmax(Tensor x) -> Tensor",
     "log_softmax": "log_softmax(Tensor x) -> Tensor",
     # SDPA semantics: ``mask`` additive (float) or boolean (True = keep), broadcastable
-    "attention": "attention(Tensor q, Tensor k, Tensor v, Tensor? mask, bool is_causal, float? scale) -> Tensor",
+    # (``enable_gqa``: k and v with fewer heads than q in dim -3, as SDPA's grouped-query attention)
+    "attention": "attention(Tensor q, Tensor k, Tensor v, Tensor? mask, bool is_causal, float? scale, "
+                 "bool enable_gqa=False) -> Tensor",
     "embedding": "embedding(Tensor w, Tensor idx) -> Tensor",
     "conv2d": "conv2d(Tensor x, Tensor w, Tensor? b, int stride, int padding, str activation) -> Tensor",
     # inference only (eval batchnorm folded into the conv): the partitioner emits it under no_grad

@@ -145,11 +145,18 @@ def _aten_matmul(a, b, act):
     return y if act == "none" else _ACT_[act](y)
 
 
-def _aten_attention(q, k, v, mask, is_causal, scale):
+def _aten_attention(q, k, v, mask, is_causal, scale, enable_gqa=False):
     """SDPA as UHOP's ``torch/sdpa`` candidate runs it: a mask and ``is_causal`` joined (SDPA
     refuses both), 3-D inputs as one 4-D batch (3-D takes the math path: on the 2-core CPU 3.4x
     slower than the flash kernel at 12 x 1024 x 64 with a mask, the attention of a numpy GPT-2)."""
-    return _sdpa(q, k, v, mask, is_causal, scale)
+    return _sdpa(q, k, v, mask, is_causal, scale, _kv_groups(q, k, enable_gqa))
+
+
+def _kv_groups(q: Tensor, k: Tensor, enable_gqa: bool) -> int | None:
+    """The attention op's ``kv_groups`` for SDPA's ``enable_gqa`` (query heads per k/v head)."""
+    if not enable_gqa or q.dim() < 3 or q.shape[-3] == k.shape[-3]:
+        return None
+    return q.shape[-3] // k.shape[-3]
 
 
 def _aten_gated_mlp(x, wg, wu, act):
@@ -339,8 +346,8 @@ def _sample(kind: str, args: Sequence[Any], out: Tensor) -> tuple[list[Any], Ten
         return a, out.reshape(-1, *out.shape[-2:])[idx]
     if kind in ("attention", "conv2d", "conv_bn"):
         x = args[0]
-        if x.dim() < 3:
-            return None
+        if x.dim() < 3 or kind == "attention" and args[1].shape[0] != x.shape[0]:
+            return None  # (3-D grouped-query attention: k and v have fewer batch-heads than q)
         idx = _pick(x.shape[0], BATCH_CHECKED, x.device)
         if idx is None:
             return None
@@ -399,12 +406,14 @@ def _op_args(kind: str, args: Sequence[Any]) -> tuple[str, tuple[Any, ...], dict
     if kind in ("softmax", "log_softmax"):
         return kind, tuple(args), {}
     if kind == "attention":
-        q, kk, v, mask, causal, scale = args
+        q, kk, v, mask, causal, scale, *gqa = args
         from uhop.ops.attention import explicit_scale
 
         params = {"causal": bool(causal)}
         if (s := explicit_scale(scale, q.shape[-1])) is not None:
             params["scale"] = s  # (T5's 1)
+        if (g := _kv_groups(q, kk, bool(gqa and gqa[0]))) is not None:
+            params["kv_groups"] = g  # (Llama 3, Mistral, Qwen: grouped-query attention)
         return "attention", ((q, kk, v) if mask is None else (q, kk, v, mask)), params
     if kind == "embedding":
         w, idx = args
@@ -429,7 +438,7 @@ _ADAPT: dict[str, Callable[[Kernel], Kernel]] = {
     "rms_norm": lambda k: lambda x, w, eps: k(x, w),
     "softmax": lambda k: k,
     "log_softmax": lambda k: k,
-    "attention": lambda k: lambda q, kk, v, mask, causal, scale: k(q, kk, v) if mask is None else k(q, kk, v, mask),
+    "attention": lambda k: lambda q, kk, v, mask, causal, scale, *_: k(q, kk, v) if mask is None else k(q, kk, v, mask),
     "embedding": lambda k: k,
     "conv2d": lambda k: lambda x, w, b, s, p, a: _act_(k(x, w, b), a),
     "gated_mlp": lambda k: lambda x, wg, wu, act: k(x.reshape(-1, x.shape[-1]), wg, wu).reshape(

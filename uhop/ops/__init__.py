@@ -167,8 +167,18 @@ rmsnorm = _direct("rmsnorm")
 def _sdpa_keywords(run: Any, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
     """Attention called as torch's SDPA is: ``mask=`` / ``attn_mask=`` (the fourth input),
     ``is_causal=`` (``causal``), ``scale`` (the op's parameter; 1/sqrt(D) given explicitly is
-    the default problem), ``dropout_p`` (0 only)."""
+    the default problem), ``dropout_p`` (0 only), ``enable_gqa`` (``kv_groups`` from the heads
+    of q and k, dim -3)."""
     mask, attn_mask = params.pop("mask", None), params.pop("attn_mask", None)
+    if params.pop("enable_gqa", False) and len(args) >= 2:
+        hq, hk = (tuple(getattr(t, "shape", ())) for t in args[:2])
+        if len(hq) < 3 or len(hk) < 3 or not hk[-3] or hq[-3] % hk[-3]:
+            raise InputError(f"attention: enable_gqa needs q and k with heads in dim -3, q's a multiple of k's; "
+                             f"got q {hq}, k {hk}")  # fmt: skip
+        if "kv_groups" in params:
+            raise InputError("attention: give enable_gqa or kv_groups, not both")
+        if hq[-3] != hk[-3]:
+            params["kv_groups"] = hq[-3] // hk[-3]
     is_causal, scale, dropout_p = params.pop("is_causal", None), params.pop("scale", None), params.pop("dropout_p", 0.0)
     if mask is not None and attn_mask is not None:
         raise InputError("attention: give mask or attn_mask, not both")
@@ -200,9 +210,9 @@ def _sdpa_keywords(run: Any, args: tuple[Any, ...], params: dict[str, Any]) -> A
 
 
 attention = _direct("attention", keywords=(
-    frozenset({"mask", "attn_mask", "is_causal", "scale", "dropout_p"}), _sdpa_keywords,
+    frozenset({"mask", "attn_mask", "is_causal", "scale", "dropout_p", "enable_gqa"}), _sdpa_keywords,
     "; the mask also as ``mask=`` / ``attn_mask=``, ``is_causal=``, ``scale=`` (of q k^T, 1/sqrt(D) unless "
-    "given), ``dropout_p=0``, as torch's SDPA is called"))
+    "given), ``dropout_p=0``, ``enable_gqa=`` (k and v with fewer heads than q), as torch's SDPA is called"))
 
 
 conv2d = _direct("conv2d")

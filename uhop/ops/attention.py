@@ -35,6 +35,17 @@ def apply_mask(s: Any, mask: Any, causal: bool) -> Any:
     return s + mask
 
 
+def expand_kv(t: Any, groups: int | None) -> Any:
+    """k or v of grouped-query attention as one head per query head: each of its heads (dim -3,
+    or the flattened batch of a 3-D problem) repeated ``groups`` times in place, so that query
+    head ``i`` meets key/value head ``i // groups``, as torch's SDPA ``enable_gqa`` has it."""
+    if not groups or groups == 1:
+        return t
+    if isinstance(t, np.ndarray):
+        return np.repeat(t, groups, axis=-3)
+    return t.repeat_interleave(groups, dim=-3)
+
+
 def softmax_scale(scale: float | None, D: int) -> float:
     """The factor of q k^T: ``scale`` when given (as torch's SDPA takes it), else 1/sqrt(D)."""
     return 1.0 / math.sqrt(D) if scale is None else float(scale)
@@ -54,16 +65,26 @@ class Attention(Op):
     inputs = ("q", "k", "v", "mask")
     optional = 1
     #: ``scale``: the factor of q k^T (None: 1/sqrt(D)); T5 uses 1, models with a query pre-scale others
-    params = (Param("causal", False, (False, True), bool), Param("scale", None, None, float))
+    #: ``kv_groups``: query heads per key/value head (grouped-query attention: k and v have
+    #: ``heads / kv_groups`` heads in dim -3, query head i reads k/v head i // kv_groups; None: 1)
+    params = (Param("causal", False, (False, True), bool), Param("scale", None, None, float),
+              Param("kv_groups", None, None, int))
     dims = ("B", "S", "L", "D", "E")
     description = ("softmax(q k^T * scale [+ mask]) v over (..., S, D) x (..., L, D) x (..., L, E); scale 1/sqrt(D) "
-                   "unless given; mask boolean (True = attend) or additive, broadcastable to (..., S, L); causal optional")
+                   "unless given; mask boolean (True = attend) or additive, broadcastable to (..., S, L); causal optional; "
+                   "kv_groups: query heads per k/v head (grouped-query attention, k/v with fewer heads in dim -3)")
 
     def normalize_params(self, given: Mapping[str, Any]) -> dict[str, Any]:
         out = super().normalize_params(given)
         s = out["scale"]
         if s is not None and not (math.isfinite(s) and s > 0):
             raise InputError(f"attention: scale must be a positive finite number; got {given.get('scale')!r}")
+        g = out["kv_groups"]
+        if g is not None and g < 1:
+            raise InputError(f"attention: kv_groups must be a positive int (query heads per key/value head); "
+                             f"got {given.get('kv_groups')!r}")
+        if g == 1:
+            out["kv_groups"] = None  # the default problem: its key as before the parameter existed
         return out
 
     def defaulted_dims(self) -> dict[str, int]:
@@ -86,9 +107,20 @@ class Attention(Op):
         for name, t in (("q", q), ("k", k), ("v", v)):
             if t.ndim < 2:
                 raise InputError(f"attention: {name} must have at least 2 dims (..., seq, dim), got {tuple(t.shape)}")
-        if not (q.shape[:-2] == k.shape[:-2] == v.shape[:-2]):
+        g = params.get("kv_groups") or 1
+        if k.shape[:-2] != v.shape[:-2]:
+            raise InputError(f"attention: k and v must have the same batch dims, got {tuple(k.shape)} and {tuple(v.shape)}")
+        if g > 1:
+            if not (q.ndim >= 3 and q.shape[:-3] == k.shape[:-3] and k.ndim == q.ndim and q.shape[-3] == g * k.shape[-3]):
+                raise InputError(
+                    f"attention: with kv_groups={g}, q's heads (dim -3) must be {g}x k's and v's, other batch dims "
+                    f"equal: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")  # fmt: skip
+        elif q.shape[:-2] != k.shape[:-2]:
+            hint = ""
+            if q.ndim >= 3 and q.ndim == k.ndim and q.shape[:-3] == k.shape[:-3] and k.shape[-3] and q.shape[-3] % k.shape[-3] == 0:
+                hint = " (grouped-query attention: pass enable_gqa=True, as to torch's SDPA)"
             raise InputError(
-                f"attention: batch dims must match: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+                f"attention: batch dims must match: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}{hint}"
             )
         if q.shape[-1] != k.shape[-1]:
             raise InputError(f"attention: q's last dim ({q.shape[-1]}) must equal k's ({k.shape[-1]})")
@@ -108,9 +140,16 @@ class Attention(Op):
     def output_shape(self, shapes, params):
         return (*shapes[0][:-1], shapes[2][-1])
 
+    def canonical_dims(self, dims, params):
+        g = params.get("kv_groups") or 1
+        if "B" in dims and dims["B"] % g:
+            raise InputError(f"attention: with kv_groups={g} the batch x heads dim B ({dims['B']}) must be a multiple of {g}")
+        return dims
+
     def shapes_from_dims(self, dims, params, arity):
         B, S, L, D, E = (dims[d] for d in self.dims)
-        return [(B, S, D), (B, L, D), (B, L, E), (S, L)][:arity]
+        Bkv = B // (params.get("kv_groups") or 1)  # flattened (batch, heads): query head i reads kv head i // g
+        return [(B, S, D), (Bkv, L, D), (Bkv, L, E), (S, L)][:arity]
 
     def check_dtypes(self, args: Sequence[Any]) -> str:
         """q, k, v share a dtype; a mask is boolean or of that dtype."""
@@ -121,7 +160,8 @@ class Attention(Op):
                 raise UnsupportedDtype(f"attention: mask has dtype {md}; expected bool or {dtype} (the dtype of q)")
         return dtype
 
-    def reference(self, q, k, v, mask=None, causal=False, scale=None, **_: Any) -> np.ndarray:
+    def reference(self, q, k, v, mask=None, causal=False, scale=None, kv_groups=None, **_: Any) -> np.ndarray:
+        k, v = expand_kv(k, kv_groups), expand_kv(v, kv_groups)
         s = np.matmul(q, np.swapaxes(k, -1, -2)) * softmax_scale(scale, q.shape[-1])
         s = apply_mask(s, mask, causal)  # top-left aligned causal, as torch's SDPA
         s = s - s.max(axis=-1, keepdims=True)
@@ -129,8 +169,9 @@ class Attention(Op):
         p /= p.sum(axis=-1, keepdims=True)
         return np.matmul(p, v)
 
-    def reference_torch(self, q, k, v, mask=None, causal=False, scale=None, **_: Any) -> Any:
+    def reference_torch(self, q, k, v, mask=None, causal=False, scale=None, kv_groups=None, **_: Any) -> Any:
         """:meth:`reference` on float64 torch tensors (the same math, not a fused SDPA kernel)."""
+        k, v = expand_kv(k, kv_groups), expand_kv(v, kv_groups)
         s = (q @ k.mT) * softmax_scale(scale, q.shape[-1])
         s = apply_mask(s, mask, causal)
         s = s - s.amax(dim=-1, keepdim=True)
@@ -145,7 +186,8 @@ class Attention(Op):
 
     def bytes(self, dims, dtype, params) -> float:
         B, S, L, D, E = (dims[d] for d in self.dims)
-        return ITEMSIZE[dtype] * B * (S * D + L * D + L * E + S * E)
+        Bkv = B // (params.get("kv_groups") or 1)
+        return ITEMSIZE[dtype] * (B * (S * D + S * E) + Bkv * (L * D + L * E))
 
     def error_scale(self, dims, params) -> float:
         # a dot product of D terms; a scale above 1/sqrt(D) sharpens the softmax by as much

@@ -52,10 +52,10 @@ def _native_matmul(a, b, bias, activation, trans_b):
     return _act(y if bias is None else y + bias, activation)
 
 
-def _native_attention(q, k, v, mask, causal):
+def _native_attention(q, k, v, mask, causal, scale=None, kv_groups=None):
     from uhop.backends.torch import _sdpa
 
-    return _sdpa(q, k, v, mask, causal)
+    return _sdpa(q, k, v, mask, causal, scale, kv_groups)
 
 
 def _native_elementwise(expr, reduce, xs):
@@ -143,9 +143,14 @@ def rmsnorm(x: _Tensor, weight: Optional[_Tensor] = None, eps: float = 1e-6) -> 
 
 @_custom_op("attention")
 def attention(q: _Tensor, k: _Tensor, v: _Tensor, mask: Optional[_Tensor] = None,  # noqa: UP045
-              causal: bool = False) -> _Tensor:  # fmt: skip
+              causal: bool = False, scale: Optional[float] = None, kv_groups: Optional[int] = None) -> _Tensor:  # noqa: UP045
     args = (q, k, v) if mask is None else (q, k, v, mask)
-    return _fresh(_eager("attention")(*args, causal=causal), args)
+    params: dict[str, Any] = {"causal": causal}
+    if scale is not None:
+        params["scale"] = scale
+    if kv_groups is not None:
+        params["kv_groups"] = kv_groups
+    return _fresh(_eager("attention")(*args, **params), args)
 
 
 @_custom_op("conv2d")

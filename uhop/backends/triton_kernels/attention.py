@@ -49,7 +49,7 @@ def _attn_block(acc, l_i, m_i, q, k_base, v_base, s_kl, s_vl, offs_m, offs_d, of
 
 @triton.jit
 def _attn_fwd(
-    q_ptr, k_ptr, v_ptr, o_ptr, S, L, D, E, qk_scale,
+    q_ptr, k_ptr, v_ptr, o_ptr, S, L, D, E, qk_scale, G,
     s_qb, s_qs, s_kb, s_kl, s_vb, s_vl, s_ob, s_os,
     CAUSAL: tl.constexpr, EVEN: tl.constexpr, PREC: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr,
@@ -61,8 +61,8 @@ def _attn_fwd(
     offs_e = tl.arange(0, BE)
     q_ptrs = q_ptr + bid * s_qb + offs_m[:, None].to(tl.int64) * s_qs + offs_d[None, :]
     q = tl.load(q_ptrs, mask=(offs_m[:, None] < S) & (offs_d[None, :] < D), other=0.0)
-    k_base = k_ptr + bid * s_kb
-    v_base = v_ptr + bid * s_vb
+    k_base = k_ptr + (bid // G) * s_kb  # grouped-query attention: G query heads per k/v head
+    v_base = v_ptr + (bid // G) * s_vb
     m_i = tl.full((BM,), -float("inf"), tl.float32)
     l_i = tl.zeros((BM,), tl.float32)
     acc = tl.zeros((BM, BE), tl.float32)
@@ -116,14 +116,14 @@ def _attn_tma_inner(acc, l_i, m_i, q, k_desc, v_desc, kv_row, offs_m, lo, hi, qk
 
 
 @triton.jit
-def _attn_fwd_tma(q_desc, k_desc, v_desc, o_desc, S, L, qk_scale,
+def _attn_fwd_tma(q_desc, k_desc, v_desc, o_desc, S, L, qk_scale, G,
                   CAUSAL: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, WS: tl.constexpr):
     """Even shapes (S % BM == 0, L % BN == 0, D a power of two): q, k, v, o are 2-D (B*seq, D)
     TMA descriptors; no block crosses a batch boundary, so no masks outside the diagonal."""
     start_m = tl.program_id(0) * BM
     bid = tl.program_id(1)
     q_row = bid * S + start_m
-    kv_row = bid * L
+    kv_row = (bid // G) * L
     offs_m = start_m + tl.arange(0, BM)
     q = q_desc.load([q_row, 0])
     m_i = tl.full((BM,), -float("inf"), tl.float32)
@@ -182,9 +182,10 @@ def build(template: str, cfg: dict[str, Any], problem: Any) -> Any:
     from uhop.ops.attention import softmax_scale
 
     causal, scale = bool(problem.param["causal"]), problem.param.get("scale")
+    groups = problem.param.get("kv_groups") or 1
     BM, BN = cfg["BM"], cfg["BN"]
     if template == "flash_tma":
-        return _build_tma(cfg, causal, scale)
+        return _build_tma(cfg, causal, scale, groups)
 
     def run(q, k, v):
         S, D = q.shape[-2], q.shape[-1]
@@ -197,7 +198,7 @@ def build(template: str, cfg: dict[str, Any], problem: Any) -> Any:
         even = S % BM == 0 and L % BN == 0 and bd == D and be == E
         grid = (triton.cdiv(S, BM), nb)
         _attn(
-            grid, q3, k3, v3, o, S, L, D, E, softmax_scale(scale, D) * 1.4426950408889634,
+            grid, q3, k3, v3, o, S, L, D, E, softmax_scale(scale, D) * 1.4426950408889634, groups,
             q3.stride(0), q3.stride(1), k3.stride(0), k3.stride(1), v3.stride(0), v3.stride(1),
             o.stride(0), o.stride(1),
             CAUSAL=causal, EVEN=even, PREC="ieee" if q.dtype == torch.float32 else "tf32", BM=BM, BN=BN, BD=bd, BE=be,
@@ -208,7 +209,7 @@ def build(template: str, cfg: dict[str, Any], problem: Any) -> Any:
     return run
 
 
-def _build_tma(cfg: dict[str, Any], causal: bool, scale: float | None = None) -> Any:
+def _build_tma(cfg: dict[str, Any], causal: bool, scale: float | None = None, groups: int = 1) -> Any:
     import torch
     from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -229,7 +230,7 @@ def _build_tma(cfg: dict[str, Any], causal: bool, scale: float | None = None) ->
         kd = TensorDescriptor(k2, list(k2.shape), [D, 1], [BN, D])
         vd = TensorDescriptor(v2, list(v2.shape), [D, 1], [BN, D])
         _attn_fwd_tma[(S // BM, nb)](
-            qd, kd, vd, od, S, L, softmax_scale(scale, D) * 1.4426950408889634,
+            qd, kd, vd, od, S, L, softmax_scale(scale, D) * 1.4426950408889634, groups,
             CAUSAL=causal, BM=BM, BN=BN, BD=D, WS=cfg.get("ws", False),
             num_warps=cfg["warps"], num_stages=cfg["stages"],
         )  # fmt: skip
