@@ -62,6 +62,10 @@ CASES = [
      lambda x, y: (x * torch.sigmoid(x) + y).sum(-1), [(9, 20), (20,)]),
     ("gated_mlp", lambda x, g, u: uhop.ops.gated_mlp(x, g, u),
      lambda x, g, u: x @ g.T * torch.sigmoid(x @ g.T) * (x @ u.T), [(5, 16), (24, 16), (24, 16)]),
+    # SDPA's keywords: grouped-query heads (2 per k/v head) and a scale of its own
+    ("attention", lambda q, k, v: uhop.ops.attention(q, k, v, is_causal=True, enable_gqa=True, scale=0.3),
+     lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True, scale=0.3),
+     [(2, 4, 6, 8), (2, 2, 6, 8), (2, 2, 6, 8)]),
     ("conv2d", lambda x, w, b: uhop.ops.conv2d(x, w, b, stride=2, padding=1),
      lambda x, w, b: F.conv2d(x, w, b, stride=2, padding=1), [(2, 3, 9, 9), (4, 3, 3, 3), (4,)]),
 ]  # fmt: skip

@@ -536,3 +536,49 @@ def test_attention_takes_sdpa_keywords(lib, uhop_home, monkeypatch):
         bq, bk_, bv = (uhop.Buffer(a) for a in (q, k, v))
         for scale, want in ((1 / math.sqrt(8), ref()), (0.7, ref(scale=0.7))):
             np.testing.assert_allclose(uhop.ops.attention(bq, bk_, bv, scale=scale).numpy(), want, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+def test_attention_grouped_query(lib, uhop_home, monkeypatch):
+    """``enable_gqa=True`` (torch's SDPA keyword) or ``kv_groups=``: k and v with fewer heads than
+    q, query head h reading k/v head h // groups; against a float64 reference on fresh inputs,
+    causal and with a mask. Heads that do not divide, or both keywords, name the argument."""
+    import uhop
+    from uhop.ops.attention import apply_mask
+
+    monkeypatch.setenv("UHOP_POLICY", "fast")
+    rng = np.random.default_rng()
+    q64 = rng.uniform(-1, 1, (2, 6, 5, 8))
+    k64, v64 = rng.uniform(-1, 1, (2, 2, 7, 8)), rng.uniform(-1, 1, (2, 2, 7, 4))
+    add64 = rng.uniform(-2, 0, (5, 7))
+
+    def ref(mask=None, causal=False):
+        kk, vv = np.repeat(k64, 3, axis=1), np.repeat(v64, 3, axis=1)
+        s = apply_mask(q64 @ np.swapaxes(kk, -1, -2) / np.sqrt(8), mask, causal)
+        p = np.exp(s - s.max(-1, keepdims=True))
+        return (p / p.sum(-1, keepdims=True)) @ vv
+
+    if lib == "torch":
+        torch = pytest.importorskip("torch")
+        conv, to_np = (lambda a: torch.from_numpy(np.ascontiguousarray(a))), (lambda r: r.numpy())
+    else:
+        conv, to_np = (lambda a: a), (lambda r: r)
+    q, k, v, add = (conv(a.astype(np.float32)) for a in (q64, k64, v64, add64))
+    for kw, want in [({"enable_gqa": True}, ref()), ({"kv_groups": 3, "causal": True}, ref(causal=True)),
+                     ({"enable_gqa": True, "attn_mask": add}, ref(add64))]:  # fmt: skip
+        got = to_np(uhop.ops.attention(q, k, v, **kw))
+        assert got.shape == (2, 6, 5, 4)
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6, err_msg=str(kw))
+    np.testing.assert_allclose(to_np(uhop.ops.attention(q, q, q, enable_gqa=True)),
+                               to_np(uhop.ops.attention(q, q, q)), rtol=1e-6)  # same heads: plain attention
+    with pytest.raises(InputError, match="enable_gqa=True"):
+        uhop.ops.attention(q, k, v)
+    with pytest.raises(InputError, match="kv_groups=4"):
+        uhop.ops.attention(q, k, v, kv_groups=4)
+    with pytest.raises(InputError, match="enable_gqa or kv_groups"):
+        uhop.ops.attention(q, k, v, enable_gqa=True, kv_groups=3)
+    with pytest.raises(InputError, match="enable_gqa needs"):
+        uhop.ops.attention(q, conv(np.ones((2, 4, 7, 8), np.float32)), conv(np.ones((2, 4, 7, 4), np.float32)),
+                           enable_gqa=True)
+    with pytest.raises(InputError, match="kv_groups must be a positive int"):
+        uhop.ops.attention(q, k, v, kv_groups=0)
