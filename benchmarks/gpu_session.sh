@@ -44,6 +44,7 @@
 #                                the product's candidates (row_variants.py --pipe), ~8 min
 #   twentyseventh                the CUDA row kernels' GPU tests, the pipe study (H200 only), pipe-product, ~8 min
 #   twentyninth                  GPU tests of the twenty-eighth session's row changes, then pipe-product, ~9 min
+#   gqa                          #16: grouped-query attention, GPU tests and the product path vs SDPA, ~3 min
 #   pipe-product                 #20: the sweep's row cases of 4096-50257 through the product path with pipe offered
 #   ncu-cluster                  #20: Nsight Compute on the cluster kernels at 2670 x 50257 (why layernorm is at 80%)
 #   h200                         on an H200, first: the product sweep (#20) and tuner-a (#13) in one call, ~9 min
@@ -70,7 +71,7 @@
 # Two stages in one call: the tuner stages take STOP_S (start no case after it, default 400) and
 # LIMIT_S (kill after it, default 570), ROUNDS (paired re-timing rounds, default 7 as in earlier GPU runs), e.g. `bash ... buffers && STOP_S=300 LIMIT_S=470 bash ... tuner-a`.
 set -u
-stage=${1:?"stage: twentyninth | pipe-mini | pipe-product-short | twentyeighth | twentyseventh | pipe | pipe-product | h200 | h200b | logsm | nineteenth | seventeenth | ncu-cluster | first | cuda | rows-product | fifteenth | sixteenth | next | eighth | ninth | tenth | eleventh | twelfth | thirteenth | llama-cg | gated | forms | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
+stage=${1:?"stage: twentyninth | gqa | pipe-mini | pipe-product-short | twentyeighth | twentyseventh | pipe | pipe-product | h200 | h200b | logsm | nineteenth | seventeenth | ncu-cluster | first | cuda | rows-product | fifteenth | sixteenth | next | eighth | ninth | tenth | eleventh | twelfth | thirteenth | llama-cg | gated | forms | verify | mini | tuner-a | tuner-b | tuner-c | sweep | buffers | compile | rows"}
 OUT=${OUT:-/tmp/uhop-gpu-out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -146,6 +147,13 @@ case "$stage" in
     timeout "${LIMIT_S:-250}" python3 benchmarks/width_sweep.py --no-compile --only softmax,layernorm,rmsnorm,log_softmax \
       --match "x11008 ,x50257 ,x151936 ,x262144 " --deadline-s "${STOP_S:-200}" --stop-s "${STOP_S:-200}" \
       --out "$OUT/width_sweep_${gpu}_pipe_product.json" 2>&1 | tail -30 ;;
+  gqa)  # grouped-query attention (kv_groups): GPU tests, then the product path (empty store, default settings)
+        # next to SDPA with enable_gqa at Llama 3 8B / 70B shapes, ~3 min
+    timeout 100 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_triton_gpu.py -k "grouped or test_attention" 2>&1 \
+      | tail -6 | tee "$OUT/test_gqa_gpu.txt"
+    (cd benchmarks && timeout 150 python3 product_pick.py attention:1x32x2048x128:bfloat16:3:causal=true:kv_groups=4 \
+      attention:4x32x1024x128:bfloat16:3:causal=true:kv_groups=4 attention:1x64x4096x128:bfloat16:3:causal=true:kv_groups=8 \
+      attention:8x32x512x128:bfloat16:3:kv_groups=4 2>&1 | grep -v Warn | tee "$OUT/gqa_product_${gpu}.jsonl" | tail -8) ;;
   pipe-product)  # the sweep's row cases of 4096-50257 through uhop.ops (default settings, empty store), pipe offered
     timeout "${LIMIT_S:-560}" python3 benchmarks/width_sweep.py --no-compile --only softmax,layernorm,rmsnorm,log_softmax \
       --match "x4096 ,x5120 ,x11008 ,x32768 ,x50257 " --deadline-s "${STOP_S:-420}" --stop-s "${STOP_S:-420}" \

@@ -7,7 +7,10 @@ product (its pick and its rate), not the candidates: no oracle here (``tuner_vs_
 
 A fifth field ``channels_last`` passes the 4-D inputs channels-last (uhop and eager alike), as a
 PyTorch vision model in that memory format does:
-``conv2d:64x64x56x56x64x3x3:bfloat16:2:channels_last``.
+``conv2d:64x64x56x56x64x3x3:bfloat16:2:channels_last``. Fields ``name=value`` are the op's
+params (ints, floats, ``true``/``false``), e.g. Llama 3 8B's grouped-query attention at 2048
+tokens, 32 query heads over 8 key/value heads (4-D inputs, batch 1; eager is SDPA with
+``enable_gqa``): ``attention:1x32x2048x128:bfloat16:3:causal=true:kv_groups=4``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,20 @@ import statistics
 import sys
 import tempfile
 import time
+
+
+def _param(field: str) -> tuple[str, object]:
+    name, text = field.split("=", 1)
+    low = text.lower()
+    if low in ("true", "false"):
+        return name, low == "true"
+    try:
+        return name, int(text)
+    except ValueError:
+        try:
+            return name, float(text)
+        except ValueError:
+            return name, text
 
 
 def main(specs: list[str], device: str = "cuda:0") -> None:
@@ -41,18 +58,22 @@ def main(specs: list[str], device: str = "cuda:0") -> None:
     lg.setLevel(logging.INFO)
     lg.addHandler(grab)
     for spec in specs:
-        op, shape, dtype, arity, *layout = spec.split(":")
-        layout = layout[0] if layout else "contiguous"
+        op, shape, dtype, arity, *rest = spec.split(":")
+        layout = next((f for f in rest if "=" not in f), "contiguous")
+        params = dict(_param(f) for f in rest if "=" in f)
         dims = get_op(op).parse_shape(shape)
-        p = Problem.make(op, dims, dtype, {}, arity=int(arity), layout=layout, device=device, array="torch")
+        p = Problem.make(op, dims, dtype, params, arity=int(arity), layout=layout, device=device, array="torch")
         g = torch.Generator(device=device).manual_seed(0)
         xs = [torch.rand(s, device=device, generator=g, dtype=torch.float32).mul_(2).sub_(1).to(getattr(torch, dtype))
               for s in p.spec.shapes_from_dims(p.dim, p.param, int(arity))]  # fmt: skip
+        if op == "attention":  # (batch 1, heads, seq, dim) as models call SDPA: 3-D takes its math path
+            xs = [x.unsqueeze(0) for x in xs]
         if layout == "channels_last":
             xs = [x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x for x in xs]
         fn = getattr(uhop.ops, op)
         grab.overhead = None
         t0 = time.perf_counter()
+        fn = (lambda *a, _f=fn, _p=dict(p.param): _f(*a, **{k: v for k, v in _p.items() if v is not None})) if params else fn
         fn(*xs)
         sync()
         first = time.perf_counter() - t0
@@ -68,7 +89,10 @@ def main(specs: list[str], device: str = "cuda:0") -> None:
                  "softmax": lambda x: torch.softmax(x, -1),
                  "conv2d": lambda x, w, *b: torch.nn.functional.conv2d(x, w, *b),
                  # what eager PyTorch code runs for a gated MLP: two GEMMs, the gate, the product
-                 "gated_mlp": lambda x, wg, wu: torch.nn.functional.silu(x @ wg.T) * (x @ wu.T)}[op]  # fmt: skip
+                 "gated_mlp": lambda x, wg, wu: torch.nn.functional.silu(x @ wg.T) * (x @ wu.T),
+                 "attention": lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(
+                     q, k, v, is_causal=bool(params.get("causal")), scale=params.get("scale"),
+                     enable_gqa=bool(params.get("kv_groups")))}[op]  # fmt: skip
         s = interleaved([fn, eager], [[xs], [xs]], sync=sync if cuda else None, rounds=7, min_time_s=0.05, cuda_events=cuda)
         m = [statistics.median(r) for r in s]
         print(json.dumps({"problem": p.describe(), "layout": layout, "pick": entry.candidate if entry else None, "first_call_s": round(first, 3),
