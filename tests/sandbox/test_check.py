@@ -75,6 +75,27 @@ def test_float64_and_params(tmp_path):
     assert not check_file(f, dtype="float32").ok  # not declared in DTYPES
 
 
+def test_grouped_query_attention_file_gets_whole_groups(tmp_path):
+    """A kernel file for grouped-query attention (PARAMS kv_groups=4) is validated at the default
+    shapes with their batch-heads rounded to whole groups of two k/v heads at least; one that gets
+    the grouping wrong (k/v of query head i read as head i % n, not i // 4) is rejected."""
+    body = ("import numpy as np\nOP = 'attention'\nPARAMS = {'kv_groups': 4}\n"
+            "def run(q, k, v):\n    k, v = {expand}\n"
+            "    s = q @ np.swapaxes(k, -1, -2) / np.sqrt(q.shape[-1])\n"
+            "    p = np.exp(s - s.max(-1, keepdims=True))\n"
+            "    return ((p / p.sum(-1, keepdims=True)) @ v).astype(q.dtype)\n")  # fmt: skip
+    good, bad = tmp_path / "gqa.py", tmp_path / "gqa_tiled.py"
+    good.write_text(body.replace("{expand}", "np.repeat(k, 4, axis=-3), np.repeat(v, 4, axis=-3)"))
+    bad.write_text(body.replace("{expand}", "np.tile(k, (4, 1, 1)), np.tile(v, (4, 1, 1))"))
+    res = check_file(good, time_it=False)
+    assert res.ok, res.line()
+    assert all("kv_groups=4" in s for s in res.shapes), res.shapes
+    res = check_file(bad, time_it=False)
+    # whole heads right (those whose i % n is i // 4) and whole heads wrong: the wrong region has a
+    # skipped block's shape, so it may be reported as a partial write; rejected either way
+    assert not res.ok and res.category in ("wrong-result", "partial-write"), res.line()
+
+
 @pytest.mark.parametrize(
     "text,category",
     [

@@ -106,7 +106,14 @@ def problems_for(kf: KernelFile, dtype: str | None = None, params: Mapping[str, 
         raise KernelFileError("bad-file", f"the file declares DTYPES={list(kf.dtypes)}; {dtype} was asked for")
     p = {**kf.params, **(params or {})}
     device = "cuda:0" if kf.device == "cuda" else "cpu"  # inputs still travel as numpy
-    return [Problem.make(kf.op, spec.parse_shape(s), dtype, p, device=device) for s in (shapes or SHAPES[kf.op])]
+    out = []
+    for s in shapes or SHAPES[kf.op]:
+        dims = spec.parse_shape(s)
+        g = (p.get("kv_groups") or 1) if kf.op == "attention" else 1
+        if g > 1 and shapes is None:  # grouped-query attention: whole groups of query heads, two
+            dims["B"] = g * max(2, dims["B"] // g)  # k/v heads at least (one hides a wrong group index)
+        out.append(Problem.make(kf.op, dims, dtype, p, device=device))
+    return out
 
 
 def _fresh_trial(problem: Problem) -> Trial:
