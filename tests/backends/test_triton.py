@@ -274,22 +274,15 @@ def test_attention_flash_tma(interpreter, causal, s, l, d, cfg):  # noqa: E741
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_attention_with_its_own_scale(interpreter, causal):
-    """``scale`` other than 1/sqrt(D) (T5: 1), both templates."""
-    _check(interpreter, "attention", {"B": 2, "S": 40, "L": 40, "D": 32, "E": 32}, "float32",
-           {"causal": causal, "scale": 1.0}, limit=1)  # fmt: skip
-    _check(interpreter, "attention", {"B": 2, "S": 128, "L": 128, "D": 64, "E": 64}, "float16",
-           {"causal": causal, "scale": 0.05}, template="flash_tma",
-           cfg={"BM": 128, "BN": 64, "warps": 4, "stages": 2, "ws": False})  # fmt: skip
-
-
-@pytest.mark.parametrize("causal", [False, True])
-def test_attention_grouped_query(interpreter, causal):
-    """kv_groups: query batch-head i reads key/value batch-head i // kv_groups, both templates."""
+@pytest.mark.parametrize(("flash", "tma"), [
+    ({"scale": 1.0}, {"scale": 0.05}),  # a scale other than 1/sqrt(D) (T5: 1)
+    ({"kv_groups": 3}, {"kv_groups": 2}),  # grouped-query: query batch-head i reads k/v batch-head i // kv_groups
+], ids=["scale", "kv_groups"])  # fmt: skip
+def test_attention_params_in_both_templates(interpreter, causal, flash, tma):
     _check(interpreter, "attention", {"B": 6, "S": 40, "L": 40, "D": 32, "E": 32}, "float32",
-           {"causal": causal, "kv_groups": 3}, limit=1)  # fmt: skip
+           {"causal": causal, **flash}, limit=1)  # fmt: skip
     _check(interpreter, "attention", {"B": 4, "S": 128, "L": 128, "D": 64, "E": 64}, "float16",
-           {"causal": causal, "kv_groups": 2}, template="flash_tma",
+           {"causal": causal, **tma}, template="flash_tma",
            cfg={"BM": 128, "BN": 64, "warps": 4, "stages": 2, "ws": False})  # fmt: skip
 
 

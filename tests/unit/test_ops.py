@@ -482,6 +482,24 @@ def test_softmax_along_any_axis(lib, uhop_home, monkeypatch):
             uhop.ops.softmax(x, **bad)
 
 
+def _attention64(q, k, v, mask=None, causal=False, scale=None):
+    """softmax(q k^T * scale [masked]) v in float64 numpy, written out (the test's reference)."""
+    from uhop.ops.attention import apply_mask
+
+    s = q @ np.swapaxes(k, -1, -2) * (1 / np.sqrt(q.shape[-1]) if scale is None else scale)
+    s = apply_mask(s, mask, causal)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    return (p / p.sum(-1, keepdims=True)) @ v
+
+
+def _array_lib(lib):
+    """(numpy array -> the library's array, the library's array -> numpy) for ``lib``."""
+    if lib == "torch":
+        torch = pytest.importorskip("torch")
+        return (lambda a: torch.from_numpy(np.ascontiguousarray(a))), (lambda r: r.numpy())
+    return (lambda a: a), (lambda r: r)
+
+
 @pytest.mark.parametrize("lib", ["numpy", "torch"])
 def test_attention_takes_sdpa_keywords(lib, uhop_home, monkeypatch):
     """``uhop.ops.attention`` as torch's SDPA is called: ``attn_mask=`` / ``mask=`` (boolean or
@@ -490,7 +508,6 @@ def test_attention_takes_sdpa_keywords(lib, uhop_home, monkeypatch):
     import math
 
     import uhop
-    from uhop.ops.attention import apply_mask
 
     monkeypatch.setenv("UHOP_POLICY", "fast")
     rng = np.random.default_rng()
@@ -500,16 +517,9 @@ def test_attention_takes_sdpa_keywords(lib, uhop_home, monkeypatch):
     add64 = rng.uniform(-2, 0, (3, 5, 6))
 
     def ref(mask=None, causal=False, scale=None):
-        s = q64 @ np.swapaxes(k64, -1, -2) * (1 / math.sqrt(8) if scale is None else scale)
-        s = apply_mask(s, mask, causal)
-        p = np.exp(s - s.max(-1, keepdims=True))
-        return (p / p.sum(-1, keepdims=True)) @ v64
+        return _attention64(q64, k64, v64, mask, causal, scale)
 
-    if lib == "torch":
-        torch = pytest.importorskip("torch")
-        conv, to_np = (lambda a: torch.from_numpy(np.ascontiguousarray(a))), (lambda r: r.numpy())
-    else:
-        conv, to_np = (lambda a: a), (lambda r: r)
+    conv, to_np = _array_lib(lib)
     q, k, v = (conv(a.astype(np.float32)) for a in (q64, k64, v64))
     m, add = conv(keep), conv(add64.astype(np.float32))
     cases = [
@@ -544,7 +554,6 @@ def test_attention_grouped_query(lib, uhop_home, monkeypatch):
     q, query head h reading k/v head h // groups; against a float64 reference on fresh inputs,
     causal and with a mask. Heads that do not divide, or both keywords, name the argument."""
     import uhop
-    from uhop.ops.attention import apply_mask
 
     monkeypatch.setenv("UHOP_POLICY", "fast")
     rng = np.random.default_rng()
@@ -553,16 +562,9 @@ def test_attention_grouped_query(lib, uhop_home, monkeypatch):
     add64 = rng.uniform(-2, 0, (5, 7))
 
     def ref(mask=None, causal=False):
-        kk, vv = np.repeat(k64, 3, axis=1), np.repeat(v64, 3, axis=1)
-        s = apply_mask(q64 @ np.swapaxes(kk, -1, -2) / np.sqrt(8), mask, causal)
-        p = np.exp(s - s.max(-1, keepdims=True))
-        return (p / p.sum(-1, keepdims=True)) @ vv
+        return _attention64(q64, np.repeat(k64, 3, axis=1), np.repeat(v64, 3, axis=1), mask, causal)
 
-    if lib == "torch":
-        torch = pytest.importorskip("torch")
-        conv, to_np = (lambda a: torch.from_numpy(np.ascontiguousarray(a))), (lambda r: r.numpy())
-    else:
-        conv, to_np = (lambda a: a), (lambda r: r)
+    conv, to_np = _array_lib(lib)
     q, k, v, add = (conv(a.astype(np.float32)) for a in (q64, k64, v64, add64))
     for kw, want in [({"enable_gqa": True}, ref()), ({"kv_groups": 3, "causal": True}, ref(causal=True)),
                      ({"enable_gqa": True, "attn_mask": add}, ref(add64))]:  # fmt: skip
