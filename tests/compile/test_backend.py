@@ -293,6 +293,40 @@ def test_grouped_query_attention_is_a_region(regions_everywhere, causal):
     torch.testing.assert_close(q.grad.double(), qd.grad, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("form", ["sdpa", "written_out"])
+def test_repeated_kv_heads_become_grouped_query_attention(regions_everywhere, form):
+    """transformers' ``repeat_kv`` before SDPA (its path with a padding mask): the region reads the
+    key/value heads as they are (kv_groups=4), no repeated copy; float64 numerics, gradients."""
+
+    def repeat_kv(h, n):
+        b, kv, s, d = h.shape
+        return h[:, :, None, :, :].expand(b, kv, n, s, d).reshape(b, kv * n, s, d)
+
+    def sdpa(q, k, v, m):
+        return F.scaled_dot_product_attention(q, repeat_kv(k, 4), repeat_kv(v, 4), attn_mask=m)
+
+    def written_out(q, k, v, m):  # a model's own attention
+        s = (q @ repeat_kv(k, 4).transpose(-2, -1)) * 0.25
+        return torch.softmax(s.masked_fill(~m, float("-inf")), dim=-1) @ repeat_kv(v, 4)
+
+    f = sdpa if form == "sdpa" else written_out
+    q = torch.randn(2, 8, 6, 16, requires_grad=True)
+    k, v = torch.randn(2, 2, 6, 16, requires_grad=True), torch.randn(2, 2, 6, 16)
+    m = torch.rand(2, 1, 6, 6) > 0.3
+    m[..., 0] = True
+    got = torch.compile(f, backend="uhop", options=EAGER)(q, k, v, m)
+    ref = [t.detach().double().requires_grad_() for t in (q, k)]
+    want = f(ref[0], ref[1], v.double(), m)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    (run,) = REPORT.runs
+    assert run.status == "uhop" and "kv_groups=4" in run.problem, run
+    assert any(r.kind == "attention" and "expand" in r.ops for g in REPORT.graphs for r in g.regions), REPORT.graphs
+    got.sum().backward()
+    want.sum().backward()
+    for t, r in zip((q, k), ref, strict=True):
+        torch.testing.assert_close(t.grad.double(), r.grad, rtol=1e-4, atol=1e-5)
+
+
 def test_additive_mask_attention_region():
     def f(q, k, v, bias):
         s = (q @ k.transpose(-2, -1)) / 4.0

@@ -30,10 +30,12 @@ def _model(name: str):
         cfg = t.BertConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128,
                            vocab_size=300, max_position_embeddings=64)  # fmt: skip
         return t.BertModel(cfg), (ids,), {"attention_mask": (torch.arange(12) < torch.tensor([[12], [7]])).long()}
-    if name == "llama":
+    if name in ("llama", "llama-padded"):
         cfg = t.LlamaConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
                             intermediate_size=96, vocab_size=300, max_position_embeddings=64)  # fmt: skip
-        return t.LlamaForCausalLM(cfg), (ids,), {}
+        # padded: a batch of prompts left-padded to one length (transformers then repeats k/v per query head)
+        pad = {"attention_mask": (torch.arange(12) >= torch.tensor([[0], [5]])).long()} if name == "llama-padded" else {}
+        return t.LlamaForCausalLM(cfg), (ids,), pad
     if name == "vit":
         cfg = t.ViTConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128,
                           image_size=32, patch_size=8)  # fmt: skip
@@ -50,7 +52,7 @@ def _double(a):
     return a.double() if torch.is_tensor(a) and a.is_floating_point() else a
 
 
-@pytest.mark.parametrize("name", ["gpt2", "bert", "llama", "vit", "t5"])
+@pytest.mark.parametrize("name", ["gpt2", "bert", "llama", "llama-padded", "vit", "t5"])
 def test_model_matches_float64_eager_in_one_graph(name):
     m, args, kw = _model(name)
     m.eval()
@@ -67,7 +69,8 @@ def test_model_matches_float64_eager_in_one_graph(name):
     assert all(r.status == "uhop" for r in REPORT.runs), [r for r in REPORT.runs if r.status != "uhop"]
     if name == "t5":  # its attention, scale 1, fell back to aten before the op took a scale
         assert any(r.kind == "attention" for r in REPORT.runs), REPORT.runs
-    if name == "llama":  # 4 query heads over 2 key/value heads: SDPA's enable_gqa, left to aten before kv_groups
+    if name.startswith("llama"):  # 4 query heads over 2 key/value heads: SDPA's enable_gqa (or repeat_kv and
+        # SDPA with the padding mask), left to aten before kv_groups
         assert any(r.kind == "attention" and "kv_groups=2" in r.problem for r in REPORT.runs), REPORT.runs
 
 

@@ -30,6 +30,8 @@ RMS_NORM = {F.rms_norm, getattr(torch, "rms_norm", F.rms_norm)}
 SOFTMAX = {F.softmax, torch.softmax, "softmax"}
 LOG_SOFTMAX = {F.log_softmax, torch.log_softmax, "log_softmax"}
 SDPA = {F.scaled_dot_product_attention}
+RESHAPE = {torch.reshape, "reshape", "view"}
+EXPAND = {"expand"}
 EMBEDDING = {F.embedding}
 CONV2D = {torch.conv2d, F.conv2d}
 BATCH_NORM = {F.batch_norm}
@@ -119,6 +121,44 @@ def _only_user(node: fx.Node) -> fx.Node | None:
 
 #: ``_replace``'s default: ask ``leave`` (a caller that already asked passes its answer, None included)
 _ASK = object()
+
+
+def _same_size(a: Any, b: Any) -> bool:
+    """Sizes equal without a guard: ints by value, symbolic sizes by their expression."""
+    return str(a) == str(b)
+
+
+def _repeated_kv(node: Any, user: fx.Node) -> tuple[fx.Node, int, list[fx.Node]] | None:
+    """``(x, n, nodes)`` where ``node`` is x (B, H, L, D) with each head repeated n times in place,
+    as transformers' ``repeat_kv`` writes it (``x[:, :, None].expand(B, H, n, L, D).reshape(B, H*n,
+    L, D)``, or ``unsqueeze(2)``), used by ``user`` alone; else None."""
+    if not (isinstance(node, fx.Node) and _is(node, RESHAPE) and set(node.users) == {user}):
+        return None
+    e = node.args[0]
+    if not (isinstance(e, fx.Node) and _is(e, EXPAND) and set(e.users) == {node}):
+        return None
+    u = e.args[0]
+    if not (isinstance(u, fx.Node) and set(u.users) == {e}):
+        return None
+    full = slice(None, None, None)
+    if _is(u, {operator.getitem}):
+        if not (isinstance(u.args[1], tuple) and len(u.args[1]) >= 3 and u.args[1][2] is None
+                and all(i == full for j, i in enumerate(u.args[1]) if j != 2)):  # fmt: skip
+            return None
+    elif not (_is(u, {torch.unsqueeze, "unsqueeze"}) and _arg(u, 1, "dim") == 2):
+        return None
+    x = u.args[0]
+    vx, vu, ve, vr = _val(x), _val(u), _val(e), _val(node)
+    if not all(isinstance(t, torch.Tensor) for t in (vx, vu, ve, vr)) or vx.dim() != 4:
+        return None
+    (b, h, length, d), n = vx.shape, ve.shape[2]
+    if not (isinstance(h, int) and isinstance(n, int) and n > 1 and tuple(vu.shape)[2] == 1):
+        return None
+    want_e, want_r = (b, h, n, length, d), (b, h * n, length, d)
+    if not (ve.dim() == 5 and all(map(_same_size, ve.shape, want_e)) and vr.dim() == 4
+            and all(map(_same_size, vr.shape, want_r))):  # fmt: skip
+        return None
+    return x, n, [u, e, node]
 
 
 class Partitioner:
@@ -412,8 +452,16 @@ class Partitioner:
         if _arg(node, 4, "dropout_p", 0.0) not in (0, 0.0):
             return False
         scale, gqa = node.kwargs.get("scale"), bool(node.kwargs.get("enable_gqa", False))
+        fused = [node]
+        rk, rv = _repeated_kv(k, node), _repeated_kv(v, node)
+        if not gqa and rk is not None and rv is not None and rk[1] == rv[1]:
+            # k and v repeated per query head (transformers' repeat_kv, with a padding mask or the
+            # eager attention): the region reads the key/value heads as they are (kv_groups), not a
+            # copy of them n times over
+            (k, _, kn), (v, _, vn) = rk, rv
+            fused, gqa = [*kn, *vn, node], True
         args = (q, k, v, mask, bool(_arg(node, 5, "is_causal", False)), scale)
-        self._replace(node, [node], "attention", (*args, True) if gqa else args)
+        self._replace(node, fused, "attention", (*args, True) if gqa else args)
         return True
 
     def _attention_explicit(self, node: fx.Node) -> bool:
@@ -457,6 +505,12 @@ class Partitioner:
         if not (_is(kt, TRANSPOSE) and _swaps_last_two(kt)):
             return False
         k, v = kt.args[0], pv.args[1]
+        rk, rv = _repeated_kv(k, kt), _repeated_kv(v, pv)
+        gqa = rk is not None and rv is not None and rk[1] == rv[1]
+        if gqa:  # k and v repeated per query head (repeat_kv): read as grouped-query heads
+            assert rk is not None and rv is not None
+            (k, _, kn), (v, _, vn) = rk, rv
+            fused += [*kn, *vn]
         vq, vk, vv = _val(q), _val(k), _val(v)
         if vq is None or vk is None or vv is None or not (vq.dim() == vk.dim() == vv.dim() >= 3):
             return False
@@ -468,7 +522,8 @@ class Partitioner:
         if causal:
             self.rewrites.append(f"{_name(mask)}: an additive causal mask as is_causal")
             mask = None
-        self._replace(pv, fused[::-1], "attention", (q, k, v, mask, causal, scale), saved, as_written=False)
+        args = (q, k, v, mask, causal, scale)
+        self._replace(pv, fused[::-1], "attention", (*args, True) if gqa else args, saved, as_written=False)
         return True
 
     def _embedding(self, node: fx.Node) -> bool:
