@@ -327,6 +327,25 @@ def test_repeated_kv_heads_become_grouped_query_attention(regions_everywhere, fo
         torch.testing.assert_close(t.grad.double(), r.grad, rtol=1e-4, atol=1e-5)
 
 
+def test_written_out_attention_through_casts_and_no_dropout(regions_everywhere):
+    """softmax in float32, cast back to bf16, dropout that drops nothing (transformers' eager
+    attention in a bf16 model): one attention region, within bf16's tolerance of float64."""
+
+    def f(q, k, v):
+        s = torch.matmul(q, k.transpose(2, 3)) * 0.25
+        p = F.dropout(torch.softmax(s, dim=-1, dtype=torch.float32).to(q.dtype), p=0.0, training=False)
+        return torch.matmul(p, v)
+
+    q, k, v = (torch.randn(2, 4, 9, 16, dtype=torch.bfloat16) for _ in range(3))
+    got = torch.compile(f, backend="uhop", options=EAGER)(q, k, v)
+    want = f(q.double(), k.double(), v.double())
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.double(), want, rtol=2e-2, atol=2e-2)
+    assert _kinds() == ["attention"], _kinds()
+    (region,) = [r for g in REPORT.graphs for r in g.regions]
+    assert {"to", "dropout", "softmax"} <= set(region.ops), region
+
+
 def test_additive_mask_attention_region():
     def f(q, k, v, bias):
         s = (q @ k.transpose(-2, -1)) / 4.0

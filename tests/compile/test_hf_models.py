@@ -30,9 +30,11 @@ def _model(name: str):
         cfg = t.BertConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128,
                            vocab_size=300, max_position_embeddings=64)  # fmt: skip
         return t.BertModel(cfg), (ids,), {"attention_mask": (torch.arange(12) < torch.tensor([[12], [7]])).long()}
-    if name in ("llama", "llama-padded"):
+    if name.startswith("llama"):
+        # eager: transformers' own attention code (repeat_kv, matmul, softmax in float32, dropout, matmul)
+        impl = {"attn_implementation": "eager"} if name == "llama-eager" else {}
         cfg = t.LlamaConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-                            intermediate_size=96, vocab_size=300, max_position_embeddings=64)  # fmt: skip
+                            intermediate_size=96, vocab_size=300, max_position_embeddings=64, **impl)  # fmt: skip
         # padded: a batch of prompts left-padded to one length (transformers then repeats k/v per query head)
         pad = {"attention_mask": (torch.arange(12) >= torch.tensor([[0], [5]])).long()} if name == "llama-padded" else {}
         return t.LlamaForCausalLM(cfg), (ids,), pad
@@ -52,7 +54,7 @@ def _double(a):
     return a.double() if torch.is_tensor(a) and a.is_floating_point() else a
 
 
-@pytest.mark.parametrize("name", ["gpt2", "bert", "llama", "llama-padded", "vit", "t5"])
+@pytest.mark.parametrize("name", ["gpt2", "bert", "llama", "llama-padded", "llama-eager", "vit", "t5"])
 def test_model_matches_float64_eager_in_one_graph(name):
     m, args, kw = _model(name)
     m.eval()

@@ -31,6 +31,7 @@ SOFTMAX = {F.softmax, torch.softmax, "softmax"}
 LOG_SOFTMAX = {F.log_softmax, torch.log_softmax, "log_softmax"}
 SDPA = {F.scaled_dot_product_attention}
 RESHAPE = {torch.reshape, "reshape", "view"}
+DROPOUT = {F.dropout, torch.dropout, "dropout"}
 EXPAND = {"expand"}
 EMBEDDING = {F.embedding}
 CONV2D = {torch.conv2d, F.conv2d}
@@ -121,6 +122,22 @@ def _only_user(node: fx.Node) -> fx.Node | None:
 
 #: ``_replace``'s default: ask ``leave`` (a caller that already asked passes its answer, None included)
 _ASK = object()
+
+
+def _is_cast(node: fx.Node) -> bool:
+    """``t.to(dtype)`` / ``t.to(dtype=...)`` / ``t.type(dtype)``: a dtype change and nothing else."""
+    if not _is(node, {"to", "type"}) or len(node.args) > 2:
+        return False
+    if len(node.args) == 2:
+        return isinstance(node.args[1], torch.dtype) and not node.kwargs
+    return set(node.kwargs) == {"dtype"} and isinstance(node.kwargs["dtype"], torch.dtype)
+
+
+def _is_no_dropout(node: fx.Node) -> bool:
+    """Dropout that drops nothing: p = 0, or not training."""
+    if not _is(node, DROPOUT) or node.kwargs.get("inplace", False) or (len(node.args) > 3 and node.args[3]):
+        return False
+    return _arg(node, 1, "p", 0.5) in (0, 0.0) or _arg(node, 2, "training", True) is False
 
 
 def _same_size(a: Any, b: Any) -> bool:
@@ -396,11 +413,13 @@ class Partitioner:
         self._replace(node, [node], "rms_norm", (node.args[0], _arg(node, 2, "weight"), float(eps)))
         return True
 
-    def _softmax_dim_ok(self, node: fx.Node) -> bool:
+    def _softmax_dim_ok(self, node: fx.Node, dtype_ok: bool = False) -> bool:
         dim = _arg(node, 1, "dim")
         v = _val(node.args[0])
         # a dtype (F.softmax's 4th argument, torch.softmax's and Tensor.softmax's 3rd): left to aten
-        if any(isinstance(a, torch.dtype) for a in node.args[2:]) or node.kwargs.get("dtype") is not None or v is None:
+        # (``dtype_ok``: the caller checks what the result's dtype becomes)
+        if v is None or not dtype_ok and (any(isinstance(a, torch.dtype) for a in node.args[2:])
+                                          or node.kwargs.get("dtype") is not None):  # fmt: skip
             return False
         return dim is not None and dim in (-1, v.dim() - 1)
 
@@ -465,13 +484,22 @@ class Partitioner:
         return True
 
     def _attention_explicit(self, node: fx.Node) -> bool:
-        """softmax(QKᵀ·c [masked]) @ V, matched from the softmax outwards."""
-        if not _is(node, SOFTMAX) or not self._softmax_dim_ok(node):
+        """softmax(QKᵀ·c [masked]) @ V, matched from the softmax outwards; between the softmax and
+        the product, casts that end in the scores' dtype (transformers' eager attention:
+        ``softmax(s, dtype=float32).to(q.dtype)``, the region's softmax accumulating in float32
+        as that one does) and dropout that drops nothing (p=0, or not training)."""
+        if not _is(node, SOFTMAX) or not self._softmax_dim_ok(node, dtype_ok=True):
             return False
-        pv = _only_user(node)
-        if pv is None or not _is(pv, MATMUL) or pv.args[0] is not node:
+        fused, probs = [node], node
+        while (pv := _only_user(probs)) is not None and (_is_cast(pv) or _is_no_dropout(pv)):
+            fused.append(pv)
+            probs = pv
+        if pv is None or not _is(pv, MATMUL) or pv.args[0] is not probs:
             return False
-        fused, cur, mask, scale = [node, pv], node.args[0], None, 1.0
+        vs, vp = _val(node.args[0]), _val(probs)
+        if not (isinstance(vs, torch.Tensor) and isinstance(vp, torch.Tensor) and vs.dtype == vp.dtype):
+            return False  # probabilities in another dtype than the scores: left as written
+        fused, cur, mask, scale = [*fused, pv], node.args[0], None, 1.0
         if _is(cur, {"masked_fill", torch.masked_fill}) and _only_user(cur) is node:
             m, fill = cur.args[1], cur.args[2]
             if not (isinstance(fill, float) and fill == -math.inf):
