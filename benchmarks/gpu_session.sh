@@ -64,7 +64,8 @@
 # (ninth with NINTH_MODELS), logsm's sweep; in the twenty-eighth: twentyeighth (the row and rowsum
 # studies, the pipe kernels' first H200 study). Still owed there, first: `twentyninth` (the pipe kernels in
 # clusters for rows of 151936-262144, and the twenty-eighth session's GPU tests; it covers `pipe-product`'s
-# long rows), then: `pipe-product` (the pipe kernels,
+# long rows; run on an H100 in the thirtieth session: tests pass, the clusters' pipes lose at 262144),
+# `gqa` (run on the H100 too), then: `pipe-product` (the pipe kernels,
 # layernorm's included, through the product path; `pipe-mini` with little time), `h200` again (the
 # whole sweep after the twenty-eighth session's changes), `NINTH_MODELS="resnet --batch 64" bash ... ninth`,
 # then `rows` and `ncu-cluster` (rows of 151936-262144 at 65-78% of the H200's copy).
