@@ -76,9 +76,11 @@ def test_model_matches_float64_eager_in_one_graph(name):
         assert any(r.kind == "attention" and "kv_groups=2" in r.problem for r in REPORT.runs), REPORT.runs
 
 
-def test_gpt2_generates_the_same_tokens_without_recompiling_per_token():
-    """The default options (Inductor compiles the rest), greedy decoding with the KV cache."""
-    m, (ids,), _ = _model("gpt2")
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_generates_the_same_tokens_without_recompiling_per_token(name):
+    """The default options (Inductor compiles the rest), greedy decoding with the KV cache (Llama's
+    steps: one query against the cache's grouped key/value heads)."""
+    m, (ids,), _ = _model(name)
     m.eval()
     prompt = ids[:1, :5]
     with torch.no_grad():
@@ -88,6 +90,9 @@ def test_gpt2_generates_the_same_tokens_without_recompiling_per_token():
     assert torch.equal(got, want), (got, want)
     # the prompt, the first cached step, then one dynamic graph for every later length
     assert len(REPORT.graphs) <= 3 and REPORT.recompiles <= 2, (len(REPORT.graphs), REPORT.recompiles)
+    if name == "llama":  # the steps' attention (one query row) served as a grouped-query region
+        assert any(r.status == "uhop" and "kv_groups=2" in r.problem and "x1x" in r.problem for r in REPORT.runs), \
+            REPORT.runs
 
 
 def test_llama_training_step_gradients_match_eager():
