@@ -1,5 +1,6 @@
-"""torch.compile(backend="uhop") on Hugging Face transformers' own model code (GPT-2, BERT, Llama,
-ViT, T5; small configs, random weights, nothing downloaded), as a user would try it: outputs
+"""torch.compile(backend="uhop") on Hugging Face transformers' own model code (GPT-2, BERT, Llama
+(with a padding mask, with eager attention), Qwen2, Mistral, Gemma, ViT, T5; small configs, random
+weights, nothing downloaded), as a user would try it: outputs
 against the same model in float64, one graph per model (no graph breaks from UHOP's regions),
 greedy generation token for token with a bounded number of recompiles, and a training step's
 gradients."""
@@ -38,6 +39,12 @@ def _model(name: str):
         # padded: a batch of prompts left-padded to one length (transformers then repeats k/v per query head)
         pad = {"attention_mask": (torch.arange(12) >= torch.tensor([[0], [5]])).long()} if name == "llama-padded" else {}
         return t.LlamaForCausalLM(cfg), (ids,), pad
+    if name in ("qwen2", "mistral", "gemma"):  # more grouped-query families (qkv biases, a sliding window, (1+w) norms)
+        config, model = {"qwen2": (t.Qwen2Config, t.Qwen2ForCausalLM), "mistral": (t.MistralConfig, t.MistralForCausalLM),
+                         "gemma": (t.GemmaConfig, t.GemmaForCausalLM)}[name]  # fmt: skip
+        cfg = config(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                     intermediate_size=96, vocab_size=300, max_position_embeddings=64)  # fmt: skip
+        return model(cfg), (ids,), {}
     if name == "vit":
         cfg = t.ViTConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128,
                           image_size=32, patch_size=8)  # fmt: skip
@@ -54,7 +61,8 @@ def _double(a):
     return a.double() if torch.is_tensor(a) and a.is_floating_point() else a
 
 
-@pytest.mark.parametrize("name", ["gpt2", "bert", "llama", "llama-padded", "llama-eager", "vit", "t5"])
+@pytest.mark.parametrize("name", ["gpt2", "bert", "llama", "llama-padded", "llama-eager", "qwen2", "mistral", "gemma",
+                                  "vit", "t5"])
 def test_model_matches_float64_eager_in_one_graph(name):
     m, args, kw = _model(name)
     m.eval()
@@ -71,7 +79,7 @@ def test_model_matches_float64_eager_in_one_graph(name):
     assert all(r.status == "uhop" for r in REPORT.runs), [r for r in REPORT.runs if r.status != "uhop"]
     if name == "t5":  # its attention, scale 1, fell back to aten before the op took a scale
         assert any(r.kind == "attention" for r in REPORT.runs), REPORT.runs
-    if name.startswith("llama"):  # 4 query heads over 2 key/value heads: SDPA's enable_gqa (or repeat_kv and
+    if name.startswith("llama") or name in ("qwen2", "mistral", "gemma"):  # 4 query heads over 2 key/value heads: SDPA's enable_gqa (or repeat_kv and
         # SDPA with the padding mask), left to aten before kv_groups
         assert any(r.kind == "attention" and "kv_groups=2" in r.problem for r in REPORT.runs), REPORT.runs
 
