@@ -327,6 +327,22 @@ def test_repeated_kv_heads_become_grouped_query_attention(regions_everywhere, fo
         torch.testing.assert_close(t.grad.double(), r.grad, rtol=1e-4, atol=1e-5)
 
 
+def test_repeated_kv_against_one_broadcast_query_head_is_left_as_written(regions_everywhere):
+    """One query head broadcast against k/v repeated to 4 heads is not grouped-query attention
+    (kv_groups would be 1/2): no fold, the model's own result."""
+
+    def f(q, k, v):
+        kk = k[:, :, None].expand(2, 2, 2, 6, 16).reshape(2, 4, 6, 16)
+        vv = v[:, :, None].expand(2, 2, 2, 6, 16).reshape(2, 4, 6, 16)
+        s = (q @ kk.transpose(-2, -1)) * 0.25
+        return torch.softmax(s, dim=-1) @ vv
+
+    q, k, v = torch.randn(2, 1, 6, 16), torch.randn(2, 2, 6, 16), torch.randn(2, 2, 6, 16)
+    got = torch.compile(f, backend="uhop", options=EAGER)(q, k, v)
+    torch.testing.assert_close(got.double(), f(q.double(), k.double(), v.double()), rtol=1e-5, atol=1e-6)
+    assert not any("kv_groups" in r.problem for r in REPORT.runs), REPORT.runs
+
+
 def test_written_out_attention_through_casts_and_no_dropout(regions_everywhere):
     """softmax in float32, cast back to bf16, dropout that drops nothing (transformers' eager
     attention in a bf16 model): one attention region, within bf16's tolerance of float64."""

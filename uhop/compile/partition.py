@@ -178,6 +178,18 @@ def _repeated_kv(node: Any, user: fx.Node) -> tuple[fx.Node, int, list[fx.Node]]
     return x, n, [u, e, node]
 
 
+def _folded_kv(q: Any, k: Any, v: Any, k_user: fx.Node, v_user: fx.Node) -> tuple[fx.Node, fx.Node, list[fx.Node]] | None:
+    """k and v as their key/value heads before :func:`_repeated_kv` (same n for both), where the
+    repeated ones have exactly q's batch and head dims (not broadcast against them); else None."""
+    rk, rv = _repeated_kv(k, k_user), _repeated_kv(v, v_user)
+    vq, vk = _val(q), _val(k)
+    if rk is None or rv is None or rk[1] != rv[1] or not isinstance(vq, torch.Tensor) or vq.dim() != 4:
+        return None
+    if not all(map(_same_size, tuple(vq.shape)[:2], tuple(vk.shape)[:2])):
+        return None
+    return rk[0], rv[0], [*rk[2], *rv[2]]
+
+
 class Partitioner:
     """Rewrites one graph in place. ``inference``: fusions valid only without autograd allowed."""
 
@@ -472,13 +484,13 @@ class Partitioner:
             return False
         scale, gqa = node.kwargs.get("scale"), bool(node.kwargs.get("enable_gqa", False))
         fused = [node]
-        rk, rv = _repeated_kv(k, node), _repeated_kv(v, node)
-        if not gqa and rk is not None and rv is not None and rk[1] == rv[1]:
+        folded = None if gqa else _folded_kv(q, k, v, node, node)
+        if folded is not None:
             # k and v repeated per query head (transformers' repeat_kv, with a padding mask or the
             # eager attention): the region reads the key/value heads as they are (kv_groups), not a
             # copy of them n times over
-            (k, _, kn), (v, _, vn) = rk, rv
-            fused, gqa = [*kn, *vn, node], True
+            k, v, repeats = folded
+            fused, gqa = [*repeats, node], True
         args = (q, k, v, mask, bool(_arg(node, 5, "is_causal", False)), scale)
         self._replace(node, fused, "attention", (*args, True) if gqa else args)
         return True
@@ -533,12 +545,11 @@ class Partitioner:
         if not (_is(kt, TRANSPOSE) and _swaps_last_two(kt)):
             return False
         k, v = kt.args[0], pv.args[1]
-        rk, rv = _repeated_kv(k, kt), _repeated_kv(v, pv)
-        gqa = rk is not None and rv is not None and rk[1] == rv[1]
-        if gqa:  # k and v repeated per query head (repeat_kv): read as grouped-query heads
-            assert rk is not None and rv is not None
-            (k, _, kn), (v, _, vn) = rk, rv
-            fused += [*kn, *vn]
+        folded = _folded_kv(q, k, v, kt, pv)
+        gqa = folded is not None
+        if folded is not None:  # k and v repeated per query head (repeat_kv): read as grouped-query heads
+            k, v, repeats = folded
+            fused += repeats
         vq, vk, vv = _val(q), _val(k), _val(v)
         if vq is None or vk is None or vv is None or not (vq.dim() == vk.dim() == vv.dim() >= 3):
             return False
