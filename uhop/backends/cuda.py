@@ -127,7 +127,7 @@ class CudaBackend(Backend):
                        for c in configs(R, N, item, lim.sm_count, lim.shared_mem_bytes, cc)]  # fmt: skip
             # rows held by a cluster with the next rows' copies in flight, after the cluster kernels:
             # on the H100 (row_variants_long_h100_thirtieth.json) they tie them at 151936 (-4% to
-            # +3%) and lose 16-18% at 262144; not yet measured on the H200
+            # +3%) and lose 11-18% at 262144; not yet measured on the H200
             piped = [Candidate.of(self.name, "pipe", **c)
                      for c in cuda_pipe.cluster_configs(R, N, item, lim.sm_count, lim.shared_mem_bytes, cc, vectors)]  # fmt: skip
             return pipe + cluster + piped
