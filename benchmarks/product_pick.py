@@ -24,6 +24,17 @@ import tempfile
 import time
 
 
+def _commit() -> str:
+    """The checkout's commit (results name the code they measured), or "" outside a git checkout."""
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except Exception:
+        return ""
+
+
 def _param(field: str) -> tuple[str, object]:
     name, text = field.split("=", 1)
     low = text.lower()
@@ -49,6 +60,13 @@ def main(specs: list[str], device: str = "cuda:0") -> None:
     from uhop.tune.retime import interleaved
 
     cuda = device.startswith("cuda")
+    versions = {"torch": torch.__version__, "python": sys.version.split()[0], "uhop_commit": _commit()}
+    try:
+        import triton
+
+        versions["triton"] = triton.__version__
+    except ImportError:
+        pass
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     from tuner_vs_oracle import _TuningLog  # the tuner's "where the time went" log record
@@ -98,7 +116,8 @@ def main(specs: list[str], device: str = "cuda:0") -> None:
         print(json.dumps({"problem": p.describe(), "layout": layout, "pick": entry.candidate if entry else None, "first_call_s": round(first, 3),
                           "tuned_s": round(tuned, 2), "overhead_s": grab.overhead,
                           "uhop_ms": m[0] * 1e3, "eager_ms": m[1] * 1e3, "eager_over_uhop": m[1] / m[0],
-                          "uhop_gbps": p.bytes() / m[0] / 1e9, "device": torch.cuda.get_device_name() if cuda else "cpu"}), flush=True)  # fmt: skip
+                          "uhop_gbps": p.bytes() / m[0] / 1e9, "device": torch.cuda.get_device_name() if cuda else "cpu",
+                          "versions": versions}), flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -99,10 +99,11 @@ def _with_tf32(kernel: Kernel, allow: bool) -> Kernel:
     return run
 
 
-def _sdpa(q, k, v, mask, causal, scale=None, kv_groups=None):
+def _sdpa(q, k, v, mask, causal, scale=None, gqa=False):
     """SDPA with UHOP's attention semantics: a mask and ``causal`` may come together (torch's SDPA
-    refuses both, so the causal part joins the mask); 3-D inputs run as one 4-D batch; ``kv_groups``
-    > 1 is SDPA's ``enable_gqa`` (k/v heads in dim -3, or the flattened batch of 3-D inputs)."""
+    refuses both, so the causal part joins the mask); 3-D inputs run as one 4-D batch; ``gqa``:
+    SDPA's ``enable_gqa`` (k/v heads in dim -3, or the flattened batch of 3-D inputs; the keyword
+    passed only then, torch before 2.5 has none)."""
     import torch
     import torch.nn.functional as F
 
@@ -111,18 +112,14 @@ def _sdpa(q, k, v, mask, causal, scale=None, kv_groups=None):
         keep = torch.ones(S, L, dtype=torch.bool, device=q.device).tril()
         mask = (mask & keep) if mask.dtype == torch.bool else mask.masked_fill(~keep, float("-inf"))
         causal = False
+    extra = {"enable_gqa": True} if gqa else {}
     if q.dim() == 3:
         # the fused kernels want (batch, heads, seq, dim): 3-D inputs take the math path (on CPU
         # 2-9x slower than the flash kernel at 12-96 x 64 x 64, so the tuner saw SDPA tie with
         # eager matmul+softmax and served that to 4-D callers, where SDPA is the flash kernel)
         q, k, v = q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0)
-        if kv_groups and kv_groups > 1:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale,
-                                                  enable_gqa=True).squeeze(0)  # fmt: skip
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale).squeeze(0)
-    if kv_groups and kv_groups > 1:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=True)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale, **extra).squeeze(0)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale, **extra)
 
 
 def _gelu_tanh_(y):
@@ -318,6 +315,7 @@ class TorchBackend(Backend):
             return rms
         if op == "attention":
             causal, scale, groups = p["causal"], p.get("scale"), p.get("kv_groups")
+            gqa = groups is not None
             if candidate.template == "sdpa" and "impl" in cfg:
                 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -329,12 +327,12 @@ class TorchBackend(Backend):
                     if three:
                         q, k, v = q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0)
                     with sdpa_kernel(backend):
-                        out = _sdpa(q, k, v, mask, causal, scale, groups)
+                        out = _sdpa(q, k, v, mask, causal, scale, gqa)
                     return out.squeeze(0) if three else out
 
                 return pinned
             if candidate.template == "sdpa":
-                return lambda q, k, v, mask=None: _sdpa(q, k, v, mask, causal, scale, groups)
+                return lambda q, k, v, mask=None: _sdpa(q, k, v, mask, causal, scale, gqa)
 
             def naive(q, k, v, mask=None):
                 from uhop.ops.attention import apply_mask, expand_kv, softmax_scale

@@ -47,7 +47,8 @@ REFERENCE: dict[str, Callable[..., Tensor]] = {
     "softmax": lambda x: torch.softmax(x, -1),
     "log_softmax": lambda x: torch.log_softmax(x, -1),
     "attention": lambda q, k, v, mask, is_causal, scale, enable_gqa=False: F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa),
+        q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale,
+        **({"enable_gqa": True} if enable_gqa else {})),  # (torch before 2.5 has no such keyword)
     "embedding": lambda w, idx: F.embedding(idx, w),
     "conv2d": lambda x, w, b, stride, padding, activation: activate(F.conv2d(x, w, b, stride, padding), activation),
     "conv_bn": _conv_bn_ref,

@@ -149,14 +149,7 @@ def _aten_attention(q, k, v, mask, is_causal, scale, enable_gqa=False):
     """SDPA as UHOP's ``torch/sdpa`` candidate runs it: a mask and ``is_causal`` joined (SDPA
     refuses both), 3-D inputs as one 4-D batch (3-D takes the math path: on the 2-core CPU 3.4x
     slower than the flash kernel at 12 x 1024 x 64 with a mask, the attention of a numpy GPT-2)."""
-    return _sdpa(q, k, v, mask, is_causal, scale, _kv_groups(q, k, enable_gqa))
-
-
-def _kv_groups(q: Tensor, k: Tensor, enable_gqa: bool) -> int | None:
-    """The attention op's ``kv_groups`` for SDPA's ``enable_gqa`` (query heads per k/v head)."""
-    if not enable_gqa or q.dim() < 3 or q.shape[-3] == k.shape[-3]:
-        return None
-    return q.shape[-3] // k.shape[-3]
+    return _sdpa(q, k, v, mask, is_causal, scale, enable_gqa)
 
 
 def _aten_gated_mlp(x, wg, wu, act):
@@ -407,12 +400,17 @@ def _op_args(kind: str, args: Sequence[Any]) -> tuple[str, tuple[Any, ...], dict
         return kind, tuple(args), {}
     if kind == "attention":
         q, kk, v, mask, causal, scale, *gqa = args
-        from uhop.ops.attention import explicit_scale
+        from uhop.errors import InputError
+        from uhop.ops.attention import explicit_scale, kv_groups_of
 
         params = {"causal": bool(causal)}
         if (s := explicit_scale(scale, q.shape[-1])) is not None:
             params["scale"] = s  # (T5's 1)
-        if (g := _kv_groups(q, kk, bool(gqa and gqa[0]))) is not None:
+        try:
+            g = kv_groups_of(q.shape, kk.shape) if gqa and gqa[0] else None
+        except InputError as exc:
+            raise Fallback(str(exc)) from None
+        if g is not None:
             params["kv_groups"] = g  # (Llama 3, Mistral, Qwen: grouped-query attention)
         return "attention", ((q, kk, v) if mask is None else (q, kk, v, mask)), params
     if kind == "embedding":

@@ -171,14 +171,12 @@ def _sdpa_keywords(run: Any, args: tuple[Any, ...], params: dict[str, Any]) -> A
     of q and k, dim -3)."""
     mask, attn_mask = params.pop("mask", None), params.pop("attn_mask", None)
     if params.pop("enable_gqa", False) and len(args) >= 2:
-        hq, hk = (tuple(getattr(t, "shape", ())) for t in args[:2])
-        if len(hq) < 3 or len(hk) < 3 or not hk[-3] or hq[-3] % hk[-3]:
-            raise InputError(f"attention: enable_gqa needs q and k with heads in dim -3, q's a multiple of k's; "
-                             f"got q {hq}, k {hk}")  # fmt: skip
+        from uhop.ops.attention import kv_groups_of
+
         if "kv_groups" in params:
             raise InputError("attention: give enable_gqa or kv_groups, not both")
-        if hq[-3] != hk[-3]:
-            params["kv_groups"] = hq[-3] // hk[-3]
+        if (g := kv_groups_of(getattr(args[0], "shape", ()), getattr(args[1], "shape", ()))) is not None:
+            params["kv_groups"] = g
     is_causal, scale, dropout_p = params.pop("is_causal", None), params.pop("scale", None), params.pop("dropout_p", 0.0)
     if mask is not None and attn_mask is not None:
         raise InputError("attention: give mask or attn_mask, not both")

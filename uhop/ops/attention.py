@@ -46,6 +46,16 @@ def expand_kv(t: Any, groups: int | None) -> Any:
     return t.repeat_interleave(groups, dim=-3)
 
 
+def kv_groups_of(q_shape: Sequence[int], k_shape: Sequence[int]) -> int | None:
+    """``kv_groups`` for q and k as SDPA's ``enable_gqa`` takes them (heads in dim -3): None where
+    the heads are equal; ``InputError`` unless k's heads divide q's."""
+    q_shape, k_shape = tuple(q_shape), tuple(k_shape)
+    if len(q_shape) < 3 or len(k_shape) < 3 or not k_shape[-3] or q_shape[-3] % k_shape[-3]:
+        raise InputError(f"attention: enable_gqa needs q and k with heads in dim -3, q's a multiple of k's; "
+                         f"got q {q_shape}, k {k_shape}")  # fmt: skip
+    return None if q_shape[-3] == k_shape[-3] else q_shape[-3] // k_shape[-3]
+
+
 def softmax_scale(scale: float | None, D: int) -> float:
     """The factor of q k^T: ``scale`` when given (as torch's SDPA takes it), else 1/sqrt(D)."""
     return 1.0 / math.sqrt(D) if scale is None else float(scale)

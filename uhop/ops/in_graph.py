@@ -55,7 +55,7 @@ def _native_matmul(a, b, bias, activation, trans_b):
 def _native_attention(q, k, v, mask, causal, scale=None, kv_groups=None):
     from uhop.backends.torch import _sdpa
 
-    return _sdpa(q, k, v, mask, causal, scale, kv_groups)
+    return _sdpa(q, k, v, mask, causal, scale, bool(kv_groups and kv_groups > 1))
 
 
 def _native_elementwise(expr, reduce, xs):
